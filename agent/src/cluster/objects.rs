@@ -1,0 +1,267 @@
+//! Raw Kubernetes objects -> validated compiler input, the same way for
+//! every source: invalid objects are reported field by field, the last
+//! valid version of a broken object stays in force, and a NetworkPolicy
+//! that was never valid fails closed.
+
+use super::{InputError, Snapshot};
+use crate::policy::model::{FieldError, Namespace, Pod, Policy};
+use k8s_openapi::api::core::v1::{Namespace as K8sNamespace, Pod as K8sPod};
+use k8s_openapi::api::networking::v1::NetworkPolicy as K8sPolicy;
+use serde_json::Value;
+use std::collections::{HashMap, HashSet};
+
+/// The kinds palisade reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kind {
+    Namespace,
+    Pod,
+    NetworkPolicy,
+}
+
+impl Kind {
+    /// The kind an object's apiVersion/kind names, if palisade reads it.
+    pub fn of(api_version: &str, kind: &str) -> Option<Kind> {
+        match (api_version, kind) {
+            ("v1", "Namespace") => Some(Kind::Namespace),
+            ("v1", "Pod") => Some(Kind::Pod),
+            ("networking.k8s.io/v1", "NetworkPolicy") => Some(Kind::NetworkPolicy),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Kind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Kind::Namespace => "Namespace",
+            Kind::Pod => "Pod",
+            Kind::NetworkPolicy => "NetworkPolicy",
+        })
+    }
+}
+
+/// An object as a source read it.
+#[derive(Clone, Debug)]
+pub enum Raw {
+    Namespace(K8sNamespace),
+    Pod(K8sPod),
+    Policy(K8sPolicy),
+    /// It did not even deserialize as its kind.
+    Broken {
+        kind: Kind,
+        value: Value,
+        error: FieldError,
+    },
+}
+
+impl Raw {
+    /// Deserializes a JSON value of a known kind, naming the failing field.
+    pub fn from_value(kind: Kind, value: Value) -> Raw {
+        fn de<T: serde::de::DeserializeOwned>(v: &Value) -> Result<T, FieldError> {
+            serde_path_to_error::deserialize(v)
+                .map_err(|e| FieldError { field: e.path().to_string(), message: e.inner().to_string() })
+        }
+        let parsed = match kind {
+            Kind::Namespace => de(&value).map(Raw::Namespace),
+            Kind::Pod => de(&value).map(Raw::Pod),
+            Kind::NetworkPolicy => de(&value).map(Raw::Policy),
+        };
+        parsed.unwrap_or_else(|error| Raw::Broken { kind, value, error })
+    }
+
+    pub fn key(&self) -> ObjKey {
+        let (kind, ns, name) = match self {
+            Raw::Namespace(o) => (Kind::Namespace, None, o.metadata.name.clone()),
+            Raw::Pod(o) => (Kind::Pod, o.metadata.namespace.clone(), o.metadata.name.clone()),
+            Raw::Policy(o) => (Kind::NetworkPolicy, o.metadata.namespace.clone(), o.metadata.name.clone()),
+            Raw::Broken { kind, value, .. } => {
+                let s = |p: &str| value.pointer(p).and_then(Value::as_str).map(str::to_string);
+                (*kind, s("/metadata/namespace"), s("/metadata/name"))
+            }
+        };
+        let namespace = match kind {
+            Kind::Namespace => String::new(),
+            _ => ns.unwrap_or_else(|| "default".to_string()),
+        };
+        ObjKey { kind, namespace, name: name.unwrap_or_default() }
+    }
+}
+
+/// Identifies an object across versions.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ObjKey {
+    pub kind: Kind,
+    pub namespace: String,
+    pub name: String,
+}
+
+impl std::fmt::Display for ObjKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.namespace.is_empty() {
+            write!(f, "{} {}", self.kind, self.name)
+        } else {
+            write!(f, "{} {}/{}", self.kind, self.namespace, self.name)
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+enum Valid {
+    Namespace(Namespace),
+    Pod(Pod),
+    Policy(Policy),
+}
+
+/// Remembers the last valid version of every object across snapshots.
+#[derive(Default)]
+pub struct Validator {
+    last_good: HashMap<ObjKey, Valid>,
+}
+
+impl Validator {
+    /// Builds a snapshot from (source, object) pairs. The first of two
+    /// objects with the same kind/namespace/name wins.
+    pub fn snapshot<'a>(&mut self, objects: impl IntoIterator<Item = (&'a str, &'a Raw)>) -> Snapshot {
+        let mut snap = Snapshot::default();
+        let mut seen: HashMap<ObjKey, &str> = HashMap::new();
+        let mut keep = HashSet::new();
+        for (source, raw) in objects {
+            let key = raw.key();
+            if let Some(first) = seen.get(&key) {
+                snap.errors.push(InputError {
+                    source: source.to_string(),
+                    object: key.to_string(),
+                    field: "metadata.name".into(),
+                    message: format!("also defined in {first}"),
+                    action: format!("using the one in {first}"),
+                });
+                continue;
+            }
+            seen.insert(key.clone(), source);
+            keep.insert(key.clone());
+            let valid = match raw {
+                Raw::Namespace(o) => Namespace::from_k8s(o).map(Valid::Namespace),
+                Raw::Pod(o) => Pod::from_k8s(o).map(Valid::Pod),
+                Raw::Policy(o) => Policy::from_k8s(o).map(Valid::Policy),
+                Raw::Broken { error, .. } => Err(vec![error.clone()]),
+            };
+            let chosen = match valid {
+                Ok(v) => {
+                    self.last_good.insert(key.clone(), v.clone());
+                    Some(v)
+                }
+                Err(errors) => {
+                    let (action, fallback) = match (self.last_good.get(&key), raw) {
+                        (Some(v), _) => ("keeping the last valid version".to_string(), Some(v.clone())),
+                        (None, Raw::Policy(_) | Raw::Broken { kind: Kind::NetworkPolicy, .. }) => {
+                            let value = match raw {
+                                Raw::Policy(o) => serde_json::to_value(o).unwrap_or(Value::Null),
+                                Raw::Broken { value, .. } => value.clone(),
+                                _ => Value::Null,
+                            };
+                            let p = Policy::fail_closed(&value, &key.namespace, &key.name);
+                            (fail_closed_action(&p), Some(Valid::Policy(p)))
+                        }
+                        (None, _) => ("ignored".to_string(), None),
+                    };
+                    for e in errors {
+                        snap.errors.push(InputError {
+                            source: source.to_string(),
+                            object: key.to_string(),
+                            field: e.field,
+                            message: e.message,
+                            action: action.clone(),
+                        });
+                    }
+                    fallback
+                }
+            };
+            match chosen {
+                Some(Valid::Namespace(n)) => {
+                    snap.input.namespaces.insert(n.name.clone(), n);
+                }
+                Some(Valid::Pod(p)) => {
+                    snap.input.pods.insert((p.namespace.clone(), p.name.clone()), p);
+                }
+                Some(Valid::Policy(p)) => {
+                    snap.input.policies.insert((p.namespace.clone(), p.name.clone()), p);
+                }
+                None => {}
+            }
+        }
+        self.last_good.retain(|k, _| keep.contains(k));
+        snap
+    }
+}
+
+fn fail_closed_action(p: &Policy) -> String {
+    let dirs: Vec<&str> = [("ingress", p.ingress.is_some()), ("egress", p.egress.is_some())]
+        .iter()
+        .filter(|(_, on)| *on)
+        .map(|(d, _)| *d)
+        .collect();
+    format!(
+        "never valid: isolating the pods it selects ({}) for {} and allowing nothing until it is fixed",
+        if p.pod_selector.is_empty() { "all pods of its namespace".to_string() } else { p.pod_selector.to_string() },
+        dirs.join(" and ")
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(yaml: &str) -> Raw {
+        let v: Value = serde_saphyr::from_str(yaml).unwrap();
+        let kind = Kind::of(v["apiVersion"].as_str().unwrap(), v["kind"].as_str().unwrap()).unwrap();
+        Raw::from_value(kind, v)
+    }
+
+    const GOOD: &str = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p, namespace: x}\nspec: {podSelector: {}, ingress: [{ports: [{port: 80}]}]}";
+    const BAD: &str = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p, namespace: x}\nspec: {podSelector: {}, ingress: [{ports: [{port: 70000}]}]}";
+    const UNDESERIALIZABLE: &str = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p, namespace: x}\nspec: {podSelector: {matchLabels: {app: a}}, ingress: [{ports: [{port: [80]}]}]}";
+
+    #[test]
+    fn last_good_version_stays_in_force() {
+        let mut v = Validator::default();
+        let good = raw(GOOD);
+        let s = v.snapshot([("f.yaml", &good)]);
+        assert!(s.errors.is_empty());
+        let before = s.input.policies.clone();
+        let bad = raw(BAD);
+        let s = v.snapshot([("f.yaml", &bad)]);
+        assert_eq!(s.errors.len(), 1);
+        assert_eq!(s.errors[0].field, "spec.ingress[0].ports[0].port");
+        assert_eq!(s.errors[0].object, "NetworkPolicy x/p");
+        assert!(s.errors[0].action.contains("last valid"));
+        assert_eq!(s.input.policies, before);
+    }
+
+    #[test]
+    fn never_valid_policy_fails_closed() {
+        let mut v = Validator::default();
+        let bad = raw(UNDESERIALIZABLE);
+        let s = v.snapshot([("f.yaml", &bad)]);
+        assert_eq!(s.errors.len(), 1);
+        assert!(s.errors[0].field.starts_with("spec.ingress[0].ports[0].port"), "{:?}", s.errors[0]);
+        let p = &s.input.policies[&("x".to_string(), "p".to_string())];
+        assert_eq!(p.ingress, Some(vec![]));
+        assert_eq!(p.egress, None);
+        assert_eq!(p.pod_selector.match_labels.get("app").map(String::as_str), Some("a"));
+    }
+
+    #[test]
+    fn duplicates_are_reported_and_deleted_objects_forgotten() {
+        let mut v = Validator::default();
+        let a = raw(GOOD);
+        let s = v.snapshot([("a.yaml", &a), ("b.yaml", &a)]);
+        assert_eq!(s.errors.len(), 1);
+        assert_eq!(s.errors[0].source, "b.yaml");
+        let s = v.snapshot([]);
+        assert!(s.input.policies.is_empty());
+        // Forgotten: a broken version now fails closed instead of reviving it.
+        let bad = raw(BAD);
+        let s = v.snapshot([("a.yaml", &bad)]);
+        assert!(s.errors[0].action.contains("never valid"));
+    }
+}

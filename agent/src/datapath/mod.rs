@@ -1,0 +1,421 @@
+//! Loading, pinning, attaching and diff-based map sync. The datapath never
+//! interprets a NetworkPolicy: it makes the kernel maps equal to what the
+//! compiler produced, in an order that never opens a window for traffic
+//! that neither the old nor the new state allows.
+//!
+//! bpffs layout under the agent's directory (default /sys/fs/bpf/palisade):
+//! `v<LAYOUT_VERSION>/` holds the maps, `links/<ifindex>-{from,to}-pod` the
+//! TCX links. Links do not depend on the map layout, so a new agent swaps
+//! its programs into existing links atomically (no gap in enforcement).
+
+pub mod bpffs;
+pub mod netlink;
+
+use crate::policy::{Compiled, IpPrefix, PolicyPrefix};
+use anyhow::{Context, Result, anyhow};
+use aya::maps::lpm_trie::Key as LpmKey;
+use aya::maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, RingBuf};
+use aya::programs::links::{FdLink, PinnedLink};
+use aya::programs::tc::{SchedClassifierLink, TcAttachOptions};
+use aya::programs::{LinkOrder, SchedClassifier, TcAttachType};
+use aya::{Ebpf, EbpfLoader};
+use netlink::Interfaces;
+use palisade_common::{
+    CFG_LOG_NEW_FLOWS, Config, CtEntry, CtKey, Endpoint, IpInfo, IpKey, LAYOUT_VERSION, PolicyKey, PolicyValue,
+    capacity, maps, programs, stat,
+};
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The classifier object, built by build.rs from the `palisade-ebpf` crate.
+pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/palisade-classifier"));
+
+/// Datapath knobs that are not policy.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Emit an event for every new allowed flow.
+    pub log_new_flows: bool,
+    /// At most one drop event per flow per interval.
+    pub drop_event_interval: Duration,
+}
+
+/// What the agent last wrote (and so believes the kernel holds).
+#[derive(Default)]
+struct Realized {
+    ips: BTreeMap<IpPrefix, IpInfo>,
+    policy: BTreeMap<PolicyPrefix, PolicyValue>,
+    endpoints: BTreeMap<u32, Endpoint>,
+    /// Interfaces whose links carry this agent's programs.
+    attached: BTreeSet<u32>,
+}
+
+/// Where a local pod stands after a sync.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct EndpointState {
+    pub namespace: String,
+    pub name: String,
+    pub ips: Vec<IpAddr>,
+    pub interface: Option<String>,
+    pub ifindex: Option<u32>,
+    pub identity: u32,
+    pub ingress_isolated: bool,
+    pub egress_isolated: bool,
+    pub audit: bool,
+    /// "enforced", "no-interface", or what went wrong.
+    pub state: String,
+}
+
+/// The outcome of one sync.
+#[derive(Clone, Debug, Default)]
+pub struct SyncReport {
+    pub endpoints: Vec<EndpointState>,
+    /// Map entries written or removed.
+    pub changes: usize,
+    pub revision: u32,
+    pub errors: Vec<String>,
+}
+
+/// Fill levels of the kernel maps.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct MapFill {
+    pub endpoints: (usize, u32),
+    pub ips: (usize, u32),
+    pub policy: (usize, u32),
+    pub conntrack: (usize, u32),
+}
+
+pub struct Datapath {
+    dir: PathBuf,
+    ebpf: Ebpf,
+    endpoints: HashMap<MapData, u32, Endpoint>,
+    ips: LpmTrie<MapData, IpKey, IpInfo>,
+    policy: LpmTrie<MapData, PolicyKey, PolicyValue>,
+    config_map: Array<MapData, Config>,
+    stats: PerCpuArray<MapData, u64>,
+    conntrack: HashMap<MapData, CtKey, CtEntry>,
+    config: Config,
+    realized: Realized,
+}
+
+fn take<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(ebpf: &mut Ebpf, name: &str) -> Result<T> {
+    let map = ebpf.take_map(name).ok_or_else(|| anyhow!("map {name} missing from the object"))?;
+    T::try_from(map).with_context(|| format!("map {name}"))
+}
+
+impl Datapath {
+    /// Loads the classifier, creating or adopting the pinned maps under
+    /// `dir`, and reads back what the maps already hold.
+    pub fn open(dir: &Path, settings: &Settings) -> Result<Datapath> {
+        bpffs::ensure(dir)?;
+        let maps_dir = dir.join(format!("v{LAYOUT_VERSION}"));
+        std::fs::create_dir_all(&maps_dir)?;
+        std::fs::create_dir_all(dir.join("links"))?;
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(&maps_dir)
+            .load(OBJECT)
+            .context("loading the classifier (is this a 6.6+ kernel with BTF, and are we root?)")?;
+        for name in [programs::FROM_POD, programs::TO_POD] {
+            let prog: &mut SchedClassifier =
+                ebpf.program_mut(name).ok_or_else(|| anyhow!("program {name} missing"))?.try_into()?;
+            prog.load().with_context(|| format!("verifying {name}"))?;
+        }
+        let endpoints: HashMap<_, u32, Endpoint> = take(&mut ebpf, maps::ENDPOINTS)?;
+        let ips: LpmTrie<_, IpKey, IpInfo> = take(&mut ebpf, maps::IPS)?;
+        let policy: LpmTrie<_, PolicyKey, PolicyValue> = take(&mut ebpf, maps::POLICY)?;
+        let config_map: Array<_, Config> = take(&mut ebpf, maps::CONFIG)?;
+        let stats = take(&mut ebpf, maps::STATS)?;
+        let conntrack = take(&mut ebpf, maps::CONNTRACK)?;
+        let mut realized = Realized::default();
+        for item in endpoints.iter() {
+            let (k, v) = item?;
+            realized.endpoints.insert(k, v);
+        }
+        for item in ips.iter() {
+            let (k, v) = item?;
+            realized.ips.insert(IpPrefix { prefix_len: k.prefix_len(), key: k.data() }, v);
+        }
+        for item in policy.iter() {
+            let (k, v) = item?;
+            realized.policy.insert(PolicyPrefix { prefix_len: k.prefix_len(), key: k.data() }, v);
+        }
+        let mut config = config_map.get(&0, 0).unwrap_or_default();
+        config.flags =
+            if settings.log_new_flows { config.flags | CFG_LOG_NEW_FLOWS } else { config.flags & !CFG_LOG_NEW_FLOWS };
+        config.drop_event_interval_ns = settings.drop_event_interval.as_nanos() as u64;
+        let mut dp = Datapath {
+            dir: dir.to_path_buf(),
+            ebpf,
+            endpoints,
+            ips,
+            policy,
+            config_map,
+            stats,
+            conntrack,
+            config,
+            realized,
+        };
+        dp.write_config()?;
+        Ok(dp)
+    }
+
+    /// The ring buffer verdict events arrive on.
+    pub fn take_events(&mut self) -> Result<RingBuf<MapData>> {
+        take(&mut self.ebpf, maps::EVENTS)
+    }
+
+    fn write_config(&mut self) -> Result<()> {
+        self.config_map.set(0, self.config, 0).context("writing the config map")
+    }
+
+    pub fn revision(&self) -> u32 {
+        self.config.revision
+    }
+
+    /// Makes the kernel hold `compiled`, with each local pod enforced on the
+    /// interface its address is routed to.
+    pub fn sync(&mut self, compiled: &Compiled, ifaces: &Interfaces) -> SyncReport {
+        let mut report = SyncReport::default();
+        let mut desired_eps: BTreeMap<u32, Endpoint> = BTreeMap::new();
+        for ep in &compiled.endpoints {
+            let ifindex = ep.ips.iter().find_map(|ip| ifaces.routes.get(ip).copied());
+            let mut state = EndpointState {
+                namespace: ep.namespace.clone(),
+                name: ep.name.clone(),
+                ips: ep.ips.clone(),
+                interface: ifindex.and_then(|i| ifaces.names.get(&i).cloned()),
+                ifindex,
+                identity: ep.identity,
+                ingress_isolated: ep.flags & palisade_common::EP_INGRESS_ISOLATED != 0,
+                egress_isolated: ep.flags & palisade_common::EP_EGRESS_ISOLATED != 0,
+                audit: ep.flags & palisade_common::EP_AUDIT != 0,
+                state: "enforced".into(),
+            };
+            match ifindex {
+                None => state.state = "no-interface: no host route to the pod's address".into(),
+                Some(i) if desired_eps.contains_key(&i) => {
+                    state.state = format!("conflict: interface {i} already serves another pod");
+                }
+                Some(i) => {
+                    desired_eps.insert(i, Endpoint { identity: ep.identity, flags: ep.flags });
+                }
+            }
+            report.endpoints.push(state);
+        }
+
+        // Additions and changes first, deletions last: a packet judged in
+        // between sees old and new entries side by side, never neither.
+        self.upsert_policy(&compiled.policy, &mut report);
+        self.upsert_ips(&compiled.ips, &mut report);
+        for (ifindex, ep) in &desired_eps {
+            if self.realized.endpoints.get(ifindex) != Some(ep) {
+                match self.endpoints.insert(ifindex, ep, 0) {
+                    Ok(()) => {
+                        self.realized.endpoints.insert(*ifindex, *ep);
+                        report.changes += 1;
+                    }
+                    Err(e) => report.errors.push(format!("endpoint map, interface {ifindex}: {e}")),
+                }
+            }
+        }
+        let mut failed_attach = BTreeMap::new();
+        for ifindex in desired_eps.keys() {
+            if !self.realized.attached.contains(ifindex) {
+                let name = ifaces.names.get(ifindex).cloned().unwrap_or_default();
+                match self.attach(*ifindex, &name) {
+                    Ok(()) => {
+                        self.realized.attached.insert(*ifindex);
+                    }
+                    Err(e) => {
+                        report.errors.push(format!("attaching to {name} ({ifindex}): {e:#}"));
+                        failed_attach.insert(*ifindex, format!("error: attaching failed: {e:#}"));
+                    }
+                }
+            }
+        }
+        for st in &mut report.endpoints {
+            if let Some(msg) = st.ifindex.and_then(|i| failed_attach.get(&i)) {
+                st.state = msg.clone();
+            }
+        }
+        let gone: Vec<u32> = self.realized.attached.iter().copied().filter(|i| !desired_eps.contains_key(i)).collect();
+        for ifindex in gone {
+            if let Err(e) = self.detach(ifindex) {
+                report.errors.push(format!("detaching from interface {ifindex}: {e:#}"));
+            }
+            self.realized.attached.remove(&ifindex);
+        }
+        let stale_eps: Vec<u32> =
+            self.realized.endpoints.keys().copied().filter(|i| !desired_eps.contains_key(i)).collect();
+        for ifindex in stale_eps {
+            match self.endpoints.remove(&ifindex) {
+                Ok(()) => report.changes += 1,
+                Err(e) => report.errors.push(format!("endpoint map, interface {ifindex}: {e}")),
+            }
+            self.realized.endpoints.remove(&ifindex);
+        }
+        // If the new state could not be written in full, keep the old one
+        // beside it rather than enforce half of the new one.
+        if report.errors.is_empty() {
+            self.remove_stale(compiled, &mut report);
+        }
+
+        // Tracked flows decided under the old state get decided again.
+        if report.changes > 0 {
+            self.config.revision = self.config.revision.wrapping_add(1);
+            if let Err(e) = self.write_config() {
+                report.errors.push(format!("{e:#}"));
+            }
+        }
+        report.revision = self.config.revision;
+        report
+    }
+
+    fn upsert_policy(&mut self, desired: &BTreeMap<PolicyPrefix, PolicyValue>, report: &mut SyncReport) {
+        for (k, v) in desired {
+            if self.realized.policy.get(k) == Some(v) {
+                continue;
+            }
+            match self.policy.insert(&LpmKey::new(k.prefix_len, k.key), v, 0) {
+                Ok(()) => {
+                    self.realized.policy.insert(*k, *v);
+                    report.changes += 1;
+                }
+                Err(e) => {
+                    report.errors.push(format!("policy map: {e}"));
+                    return;
+                }
+            }
+        }
+    }
+
+    fn upsert_ips(&mut self, desired: &BTreeMap<IpPrefix, IpInfo>, report: &mut SyncReport) {
+        for (k, v) in desired {
+            if self.realized.ips.get(k) == Some(v) {
+                continue;
+            }
+            match self.ips.insert(&LpmKey::new(k.prefix_len, k.key), v, 0) {
+                Ok(()) => {
+                    self.realized.ips.insert(*k, *v);
+                    report.changes += 1;
+                }
+                Err(e) => {
+                    report.errors.push(format!("address map: {e}"));
+                    return;
+                }
+            }
+        }
+    }
+
+    fn remove_stale(&mut self, compiled: &Compiled, report: &mut SyncReport) {
+        let stale: Vec<PolicyPrefix> =
+            self.realized.policy.keys().filter(|k| !compiled.policy.contains_key(k)).copied().collect();
+        for k in stale {
+            match self.policy.remove(&LpmKey::new(k.prefix_len, k.key)) {
+                Ok(()) => report.changes += 1,
+                Err(e) => report.errors.push(format!("policy map: {e}")),
+            }
+            self.realized.policy.remove(&k);
+        }
+        let stale: Vec<IpPrefix> =
+            self.realized.ips.keys().filter(|k| !compiled.ips.contains_key(k)).copied().collect();
+        for k in stale {
+            match self.ips.remove(&LpmKey::new(k.prefix_len, k.key)) {
+                Ok(()) => report.changes += 1,
+                Err(e) => report.errors.push(format!("address map: {e}")),
+            }
+            self.realized.ips.remove(&k);
+        }
+    }
+
+    fn link_path(&self, ifindex: u32, hook: &str) -> PathBuf {
+        self.dir.join("links").join(format!("{ifindex}-{hook}"))
+    }
+
+    /// Puts this agent's programs on an interface: into the links pinned
+    /// there by an earlier agent (an atomic swap), or into new pinned links
+    /// that run before any other TCX program.
+    fn attach(&mut self, ifindex: u32, name: &str) -> Result<()> {
+        for (prog_name, attach_type, hook) in [
+            (programs::FROM_POD, TcAttachType::Ingress, "from-pod"),
+            (programs::TO_POD, TcAttachType::Egress, "to-pod"),
+        ] {
+            let path = self.link_path(ifindex, hook);
+            let prog: &mut SchedClassifier =
+                self.ebpf.program_mut(prog_name).ok_or_else(|| anyhow!("program {prog_name} missing"))?.try_into()?;
+            if path.exists() {
+                let adopted = PinnedLink::from_pin(&path)
+                    .map_err(anyhow::Error::from)
+                    .and_then(|p| SchedClassifierLink::try_from(FdLink::from(p)).map_err(anyhow::Error::from))
+                    .and_then(|link| prog.attach_to_link(link).map_err(anyhow::Error::from));
+                match adopted {
+                    Ok(id) => {
+                        // The pin keeps the link; our handle can go.
+                        drop(prog.take_link(id)?);
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::debug!("pinned link {} unusable ({e:#}); attaching anew", path.display());
+                        std::fs::remove_file(&path).ok();
+                    }
+                }
+            }
+            let id = prog
+                .attach_with_options(name, attach_type, TcAttachOptions::TcxOrder(LinkOrder::first()))
+                .with_context(|| format!("attaching {prog_name}"))?;
+            let link = prog.take_link(id)?;
+            let fd: FdLink = link.try_into().context("TCX link")?;
+            fd.pin(&path).with_context(|| format!("pinning {}", path.display()))?;
+        }
+        Ok(())
+    }
+
+    /// Takes this agent's programs off an interface.
+    fn detach(&mut self, ifindex: u32) -> Result<()> {
+        for hook in ["from-pod", "to-pod"] {
+            let path = self.link_path(ifindex, hook);
+            if path.exists() {
+                // Removing the last reference to a link detaches it.
+                std::fs::remove_file(&path).with_context(|| format!("unpinning {}", path.display()))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes pinned links for interfaces this agent does not enforce on
+    /// (left by an earlier agent for pods that are gone).
+    pub fn collect_garbage(&mut self) {
+        let Ok(entries) = std::fs::read_dir(self.dir.join("links")) else { return };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().to_string();
+            let ifindex = name.split('-').next().and_then(|s| s.parse::<u32>().ok());
+            if ifindex.is_none_or(|i| !self.realized.attached.contains(&i)) {
+                std::fs::remove_file(entry.path()).ok();
+            }
+        }
+    }
+
+    /// Sums of the per-CPU counters, indexed by [`stat`].
+    pub fn counters(&self) -> Vec<u64> {
+        (0..stat::COUNT).map(|i| self.stats.get(&i, 0).map(|v| v.iter().sum()).unwrap_or(0)).collect()
+    }
+
+    pub fn fill(&self) -> MapFill {
+        MapFill {
+            endpoints: (self.realized.endpoints.len(), capacity::ENDPOINTS),
+            ips: (self.realized.ips.len(), capacity::IPS),
+            policy: (self.realized.policy.len(), capacity::POLICY),
+            conntrack: (self.conntrack.keys().count(), capacity::CONNTRACK),
+        }
+    }
+}
+
+/// Removes everything palisade pinned under `dir`: programs come off every
+/// interface and the maps go away with the last reference.
+pub fn uninstall(dir: &Path) -> Result<()> {
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
+    }
+    Ok(())
+}

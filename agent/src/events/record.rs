@@ -1,0 +1,304 @@
+//! The verdict event in Kubernetes terms, and how a kernel record becomes one.
+
+use super::View;
+use crate::policy::{Direction, IdentityInfo, PolicyRef};
+use ipnet::IpNet;
+use palisade_common::{
+    EVF_FRAGMENT, EVF_REDECIDED, Event, FAMILY_V4, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP,
+    REASON_MALFORMED, REASON_NO_RULE, REASON_NOT_ISOLATED, REASON_RELATED, REASON_RULE, REASON_TRACKED,
+    VERDICT_ALLOWED, VERDICT_AUDIT,
+};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::net::IpAddr;
+use std::time::{Duration, SystemTime};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Verdict {
+    Allowed,
+    Dropped,
+    Audit,
+}
+
+impl fmt::Display for Verdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Verdict::Allowed => "ALLOWED",
+            Verdict::Dropped => "DROPPED",
+            Verdict::Audit => "AUDIT",
+        })
+    }
+}
+
+/// One end of a flow.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Peer {
+    pub ip: IpAddr,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// "pod", "host" (the node itself), or "world" (anything else).
+    pub kind: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+    /// For world addresses: the most specific ipBlock CIDR they fall in.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cidr: Option<IpNet>,
+}
+
+impl Peer {
+    /// `namespace/pod` for pods, else the kind.
+    pub fn name(&self) -> String {
+        match (&self.namespace, &self.pod) {
+            (Some(ns), Some(p)) => format!("{ns}/{p}"),
+            _ => match self.cidr {
+                Some(c) if self.kind == "world" && c.prefix_len() > 0 => format!("world in {c}"),
+                _ => self.kind.clone(),
+            },
+        }
+    }
+}
+
+/// The rule that allowed a flow.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuleRef {
+    /// Absent for the built-in node allowance.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub direction: Direction,
+    pub rule: usize,
+    pub description: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerdictEvent {
+    /// RFC 3339 with milliseconds.
+    pub time: String,
+    pub verdict: Verdict,
+    /// Seen from the local pod: ingress (to it) or egress (from it).
+    pub direction: Direction,
+    pub protocol: String,
+    pub source: Peer,
+    pub destination: Peer,
+    /// "rule", "not-isolated", "no-rule", "malformed", "tracked", "related".
+    pub reason: String,
+    /// The allowing rule, for ALLOWED events decided by a rule.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy: Option<RuleRef>,
+    /// For drops and audits: the policies isolating the local pod.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub isolated_by: Vec<PolicyRef>,
+    /// Packets this event stands for (drops are summarised per flow).
+    pub count: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tcp_flags: Option<String>,
+    /// The flow was open and a policy change re-decided it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub redecided: bool,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fragment: bool,
+    pub ifindex: u32,
+}
+
+impl VerdictEvent {
+    /// The local pod's end of the flow.
+    pub fn local(&self) -> &Peer {
+        if self.direction == Direction::Ingress { &self.destination } else { &self.source }
+    }
+}
+
+fn endpoint(p: &Peer) -> String {
+    match p.port {
+        Some(port) if p.ip.is_ipv6() => format!("[{}]:{port}", p.ip),
+        Some(port) => format!("{}:{port}", p.ip),
+        None => p.ip.to_string(),
+    }
+}
+
+impl fmt::Display for VerdictEvent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} {} {} {} ({}) -> {} ({})",
+            self.verdict,
+            self.direction,
+            self.protocol,
+            endpoint(&self.source),
+            self.source.name(),
+            endpoint(&self.destination),
+            self.destination.name()
+        )?;
+        if let Some(flags) = &self.tcp_flags {
+            write!(f, " [{flags}]")?;
+        }
+        match (self.verdict, &self.policy) {
+            (Verdict::Allowed, Some(rule)) => write!(f, ": allowed by {}", rule.description)?,
+            (Verdict::Allowed, None) => write!(f, ": {} is not isolated for {}", self.local().name(), self.direction)?,
+            _ if self.reason == "malformed" => f.write_str(": malformed packet")?,
+            _ => write!(f, ": {}", super::isolation_text(&self.local().name(), self.direction, &self.isolated_by))?,
+        }
+        if self.verdict == Verdict::Audit {
+            f.write_str(" (audit: passed)")?;
+        }
+        if self.redecided {
+            f.write_str(" (open flow re-decided after a policy change)")?;
+        }
+        if self.count > 1 {
+            write!(f, " (x{})", self.count)?;
+        }
+        Ok(())
+    }
+}
+
+/// Converts kernel monotonic timestamps to wall-clock time.
+pub struct Clock {
+    offset: Duration,
+}
+
+fn monotonic_now() -> Duration {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: ts is a valid out pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+impl Clock {
+    pub fn new() -> Clock {
+        let wall = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+        Clock { offset: wall.saturating_sub(monotonic_now()) }
+    }
+
+    pub fn wall(&self, ktime_ns: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + self.offset + Duration::from_nanos(ktime_ns)
+    }
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Clock::new()
+    }
+}
+
+/// RFC 3339 with milliseconds, UTC.
+pub fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+/// Reads a record out of ring buffer bytes.
+pub fn parse(bytes: &[u8]) -> Option<Event> {
+    if bytes.len() < std::mem::size_of::<Event>() {
+        return None;
+    }
+    // SAFETY: length checked; Event is plain old data; read_unaligned
+    // copes with any alignment.
+    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<Event>()) })
+}
+
+fn protocol_name(p: u8) -> String {
+    match p {
+        PROTO_TCP => "TCP".into(),
+        PROTO_UDP => "UDP".into(),
+        PROTO_SCTP => "SCTP".into(),
+        PROTO_ICMP => "ICMP".into(),
+        PROTO_ICMPV6 => "ICMPv6".into(),
+        other => format!("proto-{other}"),
+    }
+}
+
+fn tcp_flags(f: u8) -> String {
+    let names = [(0x02, "SYN"), (0x10, "ACK"), (0x01, "FIN"), (0x04, "RST"), (0x08, "PSH"), (0x20, "URG")];
+    names.iter().filter(|(bit, _)| f & bit != 0).map(|(_, n)| *n).collect::<Vec<_>>().join(",")
+}
+
+fn addr(family: u8, bytes: &[u8; 16]) -> IpAddr {
+    if family == FAMILY_V4 { IpAddr::from([bytes[0], bytes[1], bytes[2], bytes[3]]) } else { IpAddr::from(*bytes) }
+}
+
+fn has_ports(protocol: u8) -> bool {
+    matches!(protocol, PROTO_TCP | PROTO_UDP | PROTO_SCTP)
+}
+
+/// Names one end of a flow.
+fn peer(ip: IpAddr, port: Option<u16>, identity: u32, view: &View) -> Peer {
+    let mut p = Peer { ip, port, kind: "world".into(), namespace: None, pod: None, cidr: None };
+    if let Some((ns, name)) = view.catalog.pods_by_ip.get(&ip) {
+        p.kind = "pod".into();
+        p.namespace = Some(ns.clone());
+        p.pod = Some(name.clone());
+    } else if view.catalog.host_ips.contains(&ip) {
+        p.kind = "host".into();
+    } else if let Some(IdentityInfo::Cidr { cell }) = view.catalog.identities.get(&identity) {
+        p.cidr = Some(*cell);
+    }
+    p
+}
+
+pub fn enrich(raw: &Event, view: &View, clock: &Clock) -> VerdictEvent {
+    let direction = Direction::from_code(raw.direction);
+    let ports = has_ports(raw.protocol);
+    let src_ip = addr(raw.family, &raw.src);
+    let dst_ip = addr(raw.family, &raw.dst);
+    let (src_port, dst_port) = if ports { (Some(raw.sport), Some(raw.dport)) } else { (None, None) };
+    // The local end is named by its interface, the remote end by address.
+    let (local_ip, local_port, remote_ip, remote_port) = match direction {
+        Direction::Egress => (src_ip, src_port, dst_ip, dst_port),
+        Direction::Ingress => (dst_ip, dst_port, src_ip, src_port),
+    };
+    let mut local = peer(local_ip, local_port, 0, view);
+    if let Some((ns, name)) = view.endpoints.get(&raw.ifindex) {
+        local.kind = "pod".into();
+        local.namespace = Some(ns.clone());
+        local.pod = Some(name.clone());
+    }
+    let remote = peer(remote_ip, remote_port, raw.peer_identity, view);
+    let (source, destination) = match direction {
+        Direction::Egress => (local, remote),
+        Direction::Ingress => (remote, local),
+    };
+    let verdict = match raw.verdict {
+        VERDICT_ALLOWED => Verdict::Allowed,
+        VERDICT_AUDIT => Verdict::Audit,
+        _ => Verdict::Dropped,
+    };
+    let reason = match raw.reason {
+        REASON_NOT_ISOLATED => "not-isolated",
+        REASON_RULE => "rule",
+        REASON_NO_RULE => "no-rule",
+        REASON_MALFORMED => "malformed",
+        REASON_TRACKED => "tracked",
+        REASON_RELATED => "related",
+        _ => "unknown",
+    };
+    let policy = (raw.rule != 0).then(|| view.catalog.rules.get(&raw.rule)).flatten().map(|r| RuleRef {
+        namespace: r.policy.as_ref().map(|p| p.namespace.clone()),
+        name: r.policy.as_ref().map(|p| p.name.clone()),
+        direction: r.direction,
+        rule: r.index,
+        description: r.to_string(),
+    });
+    let isolated_by = if verdict == Verdict::Allowed {
+        Vec::new()
+    } else {
+        view.catalog.isolating.get(&(raw.local_identity, direction)).cloned().unwrap_or_default()
+    };
+    VerdictEvent {
+        time: rfc3339(clock.wall(raw.ts_ns)),
+        verdict,
+        direction,
+        protocol: protocol_name(raw.protocol),
+        source,
+        destination,
+        reason: reason.into(),
+        policy,
+        isolated_by,
+        count: raw.count,
+        tcp_flags: (raw.protocol == PROTO_TCP && raw.tcp_flags != 0).then(|| tcp_flags(raw.tcp_flags)),
+        redecided: raw.flags & EVF_REDECIDED != 0,
+        fragment: raw.flags & EVF_FRAGMENT != 0,
+        ifindex: raw.ifindex,
+    }
+}

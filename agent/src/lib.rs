@@ -1,0 +1,12 @@
+//! palisade: Kubernetes NetworkPolicy enforcement in eBPF.
+//!
+//! Data flows one way: cluster state ([`cluster`]) -> compiler ([`policy`])
+//! -> kernel maps ([`datapath`]); kernel -> ring buffer -> [`events`] ->
+//! the log, the local [`api`] and metrics. [`run`] drives it.
+
+pub mod api;
+pub mod cluster;
+pub mod datapath;
+pub mod events;
+pub mod policy;
+pub mod run;

@@ -1,0 +1,274 @@
+//! The `palisade` command.
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use palisade::api::{self, Filter, Request};
+use palisade::events::{LogFormat, Verdict, VerdictEvent};
+use palisade::policy::Direction;
+use palisade::run;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+#[derive(Parser)]
+#[command(
+    name = "palisade",
+    version,
+    about = "Kubernetes NetworkPolicy enforcement in eBPF, with verdicts you can read"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the agent: enforce policy on this node's pods and report verdicts.
+    Run(RunArgs),
+    /// Show what is enforced now.
+    Status(StatusArgs),
+    /// Stream verdict events from the running agent.
+    Observe(ObserveArgs),
+    /// Remove everything palisade pinned: programs come off every interface.
+    Uninstall {
+        #[arg(long, default_value = "/sys/fs/bpf/palisade")]
+        bpffs: PathBuf,
+    },
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// Read Namespaces, Pods and NetworkPolicies from manifests in this
+    /// directory (watched for changes) instead of the Kubernetes API.
+    #[arg(long, env = "PALISADE_CLUSTER_STATE")]
+    cluster_state: Option<PathBuf>,
+    /// Pods with this spec.nodeName (or none) are local. Default: host name.
+    #[arg(long, env = "PALISADE_NODE_NAME")]
+    node_name: Option<String>,
+    /// bpffs directory for pinned maps and links.
+    #[arg(long, default_value = "/sys/fs/bpf/palisade")]
+    bpffs: PathBuf,
+    /// Unix socket of the local API.
+    #[arg(long, env = "PALISADE_SOCKET", default_value = api::DEFAULT_SOCKET)]
+    socket: PathBuf,
+    /// Audit mode for the whole node: would-be drops pass and are reported.
+    #[arg(long)]
+    audit: bool,
+    /// Do not let the node itself (kubelet probes) reach isolated pods.
+    #[arg(long)]
+    deny_host: bool,
+    /// How verdicts are written to stdout.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// Emit an event for every new allowed flow (true/false).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    log_new_flows: bool,
+    /// At most one drop event per flow per this interval.
+    #[arg(long, default_value = "1s")]
+    drop_event_interval: humantime::Duration,
+    /// Full resync period (changes are applied as they happen regardless).
+    #[arg(long, default_value = "30s")]
+    resync: humantime::Duration,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Output {
+    Text,
+    Json,
+}
+
+#[derive(Args)]
+struct StatusArgs {
+    #[arg(short, long, value_enum, default_value_t = Output::Text)]
+    output: Output,
+    /// Wait until the kernel holds the latest input (in_sync), then print.
+    #[arg(long)]
+    wait: bool,
+    /// How long --wait waits.
+    #[arg(long, default_value = "30s")]
+    timeout: humantime::Duration,
+    #[arg(long, env = "PALISADE_SOCKET", default_value = api::DEFAULT_SOCKET)]
+    socket: PathBuf,
+}
+
+#[derive(Args)]
+struct ObserveArgs {
+    /// Only events with either end in this namespace.
+    #[arg(short, long)]
+    namespace: Option<String>,
+    /// Only events with either end this pod (name or namespace/name).
+    #[arg(long)]
+    pod: Option<String>,
+    /// allowed, dropped or audit.
+    #[arg(long, value_parser = parse_verdict)]
+    verdict: Option<Verdict>,
+    /// ingress or egress (seen from the local pod).
+    #[arg(long, value_parser = parse_direction)]
+    direction: Option<Direction>,
+    /// TCP, UDP, SCTP, ICMP, ICMPv6.
+    #[arg(long)]
+    protocol: Option<String>,
+    /// Either end's port.
+    #[arg(long)]
+    port: Option<u16>,
+    /// Start with the last N matching events from the agent's history.
+    #[arg(long)]
+    last: Option<usize>,
+    /// Start with the history of this long ago (e.g. 5m).
+    #[arg(long)]
+    since: Option<humantime::Duration>,
+    /// Print the history and exit instead of following.
+    #[arg(long)]
+    no_follow: bool,
+    #[arg(short, long, value_enum, default_value_t = Output::Text)]
+    output: Output,
+    #[arg(long, env = "PALISADE_SOCKET", default_value = api::DEFAULT_SOCKET)]
+    socket: PathBuf,
+}
+
+fn parse_verdict(s: &str) -> Result<Verdict, String> {
+    serde_json::from_value(serde_json::Value::String(s.to_uppercase()))
+        .map_err(|_| format!("{s}: allowed, dropped or audit"))
+}
+
+fn parse_direction(s: &str) -> Result<Direction, String> {
+    serde_json::from_value(serde_json::Value::String(s.to_lowercase())).map_err(|_| format!("{s}: ingress or egress"))
+}
+
+fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let cli = Cli::parse();
+    let result = match cli.cmd {
+        Cmd::Run(a) => {
+            init_logging(a.log_format == LogFormat::Json);
+            run::run(run::Options {
+                cluster_state: a.cluster_state,
+                node_name: a.node_name.unwrap_or_else(run::hostname),
+                bpffs: a.bpffs,
+                socket: a.socket,
+                audit: a.audit,
+                allow_host: !a.deny_host,
+                log_format: a.log_format,
+                log_new_flows: a.log_new_flows,
+                drop_event_interval: a.drop_event_interval.into(),
+                resync: a.resync.into(),
+            })
+            .await
+        }
+        Cmd::Status(a) => status(a).await,
+        Cmd::Observe(a) => observe(a).await,
+        Cmd::Uninstall { bpffs } => palisade::datapath::uninstall(&bpffs),
+    };
+    if let Err(e) = result {
+        eprintln!("palisade: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn fetch_status(socket: &std::path::Path) -> Result<serde_json::Value> {
+    let mut lines = api::request(socket, &Request::Status).await?;
+    let line = lines.next_line().await?.context("the agent closed the connection")?;
+    Ok(serde_json::from_str(&line)?)
+}
+
+async fn status(a: StatusArgs) -> Result<()> {
+    let deadline = Instant::now() + Duration::from(a.timeout);
+    let st = loop {
+        let st = fetch_status(&a.socket).await;
+        match st {
+            Ok(st) if !a.wait || st["in_sync"] == true => break st,
+            Err(e) if !a.wait => return Err(e),
+            _ if Instant::now() >= deadline => bail!("not in sync after {}", a.timeout),
+            _ => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    };
+    match a.output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&st)?),
+        Output::Text => print_status(&st),
+    }
+    Ok(())
+}
+
+fn print_status(st: &serde_json::Value) {
+    let s = |v: &serde_json::Value| v.as_str().unwrap_or("-").to_string();
+    println!(
+        "node {}  source {}  in sync: {}  applied at {}  revision {}",
+        s(&st["node"]),
+        s(&st["source"]),
+        st["in_sync"],
+        s(&st["applied_at"]),
+        st["revision"]
+    );
+    println!();
+    println!("{:<32} {:<16} {:<9} {:<8} {:<8} STATE", "POD", "INTERFACE", "IDENTITY", "INGRESS", "EGRESS");
+    let iso = |v: &serde_json::Value| if v == true { "isolated" } else { "open" };
+    for p in st["pods"].as_array().into_iter().flatten() {
+        println!(
+            "{:<32} {:<16} {:<9} {:<8} {:<8} {}{}",
+            format!("{}/{}", s(&p["namespace"]), s(&p["name"])),
+            s(&p["interface"]),
+            p["identity"],
+            iso(&p["ingress_isolated"]),
+            iso(&p["egress_isolated"]),
+            s(&p["state"]),
+            if p["audit"] == true { " (audit)" } else { "" }
+        );
+    }
+    let errors = st["errors"].as_array().cloned().unwrap_or_default();
+    if !errors.is_empty() {
+        println!("\ninvalid input:");
+        for e in errors {
+            println!(
+                "  {}: {}: {}: {} ({})",
+                s(&e["source"]),
+                s(&e["object"]),
+                s(&e["field"]),
+                s(&e["message"]),
+                s(&e["action"])
+            );
+        }
+    }
+    for e in st["sync_errors"].as_array().into_iter().flatten() {
+        println!("sync error: {}", s(e));
+    }
+    if let Some(c) = st["counters"].as_object() {
+        let parts: Vec<String> = c.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        println!("\ncounters: {}", parts.join(" "));
+    }
+}
+
+async fn observe(a: ObserveArgs) -> Result<()> {
+    let req = Request::Observe {
+        filter: Filter {
+            namespace: a.namespace,
+            pod: a.pod,
+            verdict: a.verdict,
+            direction: a.direction,
+            protocol: a.protocol,
+            port: a.port,
+        },
+        last: a.last,
+        since_ms: a.since.map(|d| Duration::from(d).as_millis() as u64),
+        follow: !a.no_follow,
+    };
+    let mut lines = api::request(&a.socket, &req).await?;
+    while let Some(line) = lines.next_line().await? {
+        match a.output {
+            Output::Json => println!("{line}"),
+            Output::Text => match serde_json::from_str::<VerdictEvent>(&line) {
+                Ok(ev) => println!("{} {}", ev.time, ev),
+                Err(_) => println!("{line}"),
+            },
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,60 @@
+//! Stable numbering for identities and rules.
+//!
+//! A number is derived from a hash of what it stands for, so the same
+//! cluster state always compiles to the same numbers: across recompiles (a
+//! change touches only the map entries it must) and across agent restarts
+//! (a new agent finds the pinned maps already right). Collisions are
+//! resolved by probing in key order, which is deterministic too.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Numbers below this are reserved for fixed meanings.
+pub const FIRST_DYNAMIC: u32 = 256;
+
+/// FNV-1a, 64 bit: tiny, fast and stable across Rust versions and builds.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+fn fold(h: u64) -> u32 {
+    let v = (h ^ (h >> 32)) as u32;
+    if v < FIRST_DYNAMIC { v + FIRST_DYNAMIC } else { v }
+}
+
+/// Assigns a distinct number to every key.
+pub fn assign<K: AsRef<str> + Ord + Clone>(keys: impl IntoIterator<Item = K>) -> BTreeMap<K, u32> {
+    let keys: BTreeSet<K> = keys.into_iter().collect();
+    let mut used = BTreeSet::new();
+    let mut out = BTreeMap::new();
+    for key in keys {
+        let mut id = fold(fnv1a(key.as_ref().as_bytes()));
+        while !used.insert(id) {
+            id = id.checked_add(1).unwrap_or(FIRST_DYNAMIC);
+        }
+        out.insert(key, id);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_are_stable_distinct_and_not_reserved() {
+        let a = assign(["x", "y", "z"]);
+        let b = assign(["z", "y", "x", "w"]);
+        for k in ["x", "y", "z"] {
+            assert_eq!(a[k], b[k]);
+            assert!(a[k] >= FIRST_DYNAMIC);
+        }
+        let many = assign((0..20_000).map(|i| format!("k{i}")));
+        let distinct: BTreeSet<_> = many.values().collect();
+        assert_eq!(distinct.len(), 20_000);
+    }
+}

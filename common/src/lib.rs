@@ -1,0 +1,403 @@
+//! Map keys, map values and the verdict event record shared by the kernel
+//! classifier and the agent.
+//!
+//! Every type is `#[repr(C)]` with explicit padding so both sides agree on
+//! the layout byte for byte; `const` assertions below keep them in step.
+//! Multi-byte fields inside LPM keys are big-endian byte arrays, because the
+//! kernel's LPM trie matches prefixes bit by bit from the first byte.
+#![no_std]
+
+use core::mem::{offset_of, size_of};
+
+/// Bumped whenever a map's key or value layout changes, so an agent never
+/// adopts pinned maps (or runs a program against maps) it does not understand.
+pub const LAYOUT_VERSION: u32 = 1;
+
+/// Directions in NetworkPolicy terms, seen from the local pod.
+pub const DIR_INGRESS: u8 = 0;
+/// Traffic leaving the local pod.
+pub const DIR_EGRESS: u8 = 1;
+
+/// Address families as stored in keys (IPv4 addresses use the first 4 bytes).
+pub const FAMILY_V4: u8 = 4;
+/// IPv6.
+pub const FAMILY_V6: u8 = 6;
+
+/// IP protocol numbers the classifier knows.
+pub const PROTO_ICMP: u8 = 1;
+/// TCP.
+pub const PROTO_TCP: u8 = 6;
+/// UDP.
+pub const PROTO_UDP: u8 = 17;
+/// ICMPv6.
+pub const PROTO_ICMPV6: u8 = 58;
+/// SCTP.
+pub const PROTO_SCTP: u8 = 132;
+
+/// The wildcard peer identity in a [`PolicyKey`]: any source or destination.
+pub const PEER_ANY: u32 = 0;
+
+/// Key of the IP-to-identity LPM trie: a family byte then the address, so an
+/// IPv6 prefix never covers IPv4 addresses. Prefix length = 8 + CIDR bits.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct IpKey {
+    /// [`FAMILY_V4`] or [`FAMILY_V6`].
+    pub family: u8,
+    /// Address bytes in network order; IPv4 uses the first four.
+    pub addr: [u8; 16],
+}
+
+/// Bits of an [`IpKey`] taken by the family byte.
+pub const IP_KEY_FAMILY_BITS: u32 = 8;
+
+/// Value of the IP-to-identity trie.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IpInfo {
+    /// Peer identity: what policy rules are compiled against.
+    pub identity: u32,
+}
+
+/// Key of the policy LPM trie. A rule's entry is a prefix of it: the peer
+/// and everything before it are always complete; protocol and port are
+/// cut off where the rule does not restrict them, and port ranges become a
+/// handful of power-of-two prefixes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PolicyKey {
+    /// Identity of the local (selected) pod, big-endian.
+    pub local: [u8; 4],
+    /// [`DIR_INGRESS`] or [`DIR_EGRESS`].
+    pub direction: u8,
+    /// Peer identity, big-endian; [`PEER_ANY`] for rules without peers.
+    pub peer: [u8; 4],
+    /// IP protocol number.
+    pub protocol: u8,
+    /// Destination port, big-endian.
+    pub port: [u8; 2],
+}
+
+/// Prefix length of a [`PolicyKey`] entry matching any protocol and port.
+pub const POLICY_PREFIX_ANY_PROTO: u32 = 72;
+/// Prefix length of an entry matching one protocol, any port.
+pub const POLICY_PREFIX_PROTO: u32 = 80;
+/// Prefix length of an entry matching one protocol and one port.
+pub const POLICY_PREFIX_FULL: u32 = 96;
+
+/// Value of the policy trie: which rule the entry came from.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PolicyValue {
+    /// Id of the allowing rule (see the agent's rule catalog).
+    pub rule: u32,
+}
+
+/// Endpoint flag: some policy selects the pod for ingress.
+pub const EP_INGRESS_ISOLATED: u32 = 1 << 0;
+/// Endpoint flag: some policy selects the pod for egress.
+pub const EP_EGRESS_ISOLATED: u32 = 1 << 1;
+/// Endpoint flag: would-be drops pass and are reported as AUDIT.
+pub const EP_AUDIT: u32 = 1 << 2;
+
+/// Value of the endpoint map, keyed by the host-side interface index.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Endpoint {
+    /// Identity of the pod behind the interface.
+    pub identity: u32,
+    /// `EP_*` flags.
+    pub flags: u32,
+}
+
+/// Key of the connection tracking table: one entry per flow per local
+/// endpoint, written from the endpoint's point of view so both hooks of the
+/// interface find it without normalising the tuple.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct CtKey {
+    /// Host-side interface of the local pod.
+    pub ifindex: u32,
+    /// Port of the local pod (ICMP echo: the identifier).
+    pub local_port: u16,
+    /// Port of the peer (ICMP echo: the identifier).
+    pub remote_port: u16,
+    /// Local pod address.
+    pub local: [u8; 16],
+    /// Peer address.
+    pub remote: [u8; 16],
+    /// IP protocol number.
+    pub protocol: u8,
+    /// [`FAMILY_V4`] or [`FAMILY_V6`].
+    pub family: u8,
+    /// Always zero.
+    pub _pad: [u8; 2],
+}
+
+/// Verdict stored with a tracked flow: the flow was allowed.
+pub const CT_ALLOWED: u8 = 1;
+/// Verdict stored with a tracked flow: policy denies it but audit let it pass.
+pub const CT_AUDITED: u8 = 2;
+
+/// Value of the connection tracking table.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CtEntry {
+    /// Last time a packet of the flow was seen (bpf_ktime_get_ns), refreshed
+    /// at most once a second to keep the hot path write-free.
+    pub last_seen_ns: u64,
+    /// Policy revision the verdict was taken under; a stale one is re-decided.
+    pub revision: u32,
+    /// Rule that allowed the flow (0: not isolated).
+    pub rule: u32,
+    /// Direction of the flow's first packet ([`DIR_INGRESS`]/[`DIR_EGRESS`]).
+    pub origin: u8,
+    /// [`CT_ALLOWED`] or [`CT_AUDITED`].
+    pub verdict: u8,
+    /// Always zero.
+    pub _pad: [u8; 6],
+}
+
+/// Key of the drop-event suppression table (same tuple as connection
+/// tracking, seen from the endpoint).
+pub type SuppressKey = CtKey;
+
+/// Value of the drop-event suppression table.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SuppressEntry {
+    /// When the last event for this flow was emitted.
+    pub last_event_ns: u64,
+    /// Packets dropped since then without an event of their own.
+    pub suppressed: u32,
+    /// Always zero.
+    pub _pad: u32,
+}
+
+/// Key of the fragment table: enough to tie a non-first fragment to the
+/// ports its first fragment carried.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FragKey {
+    /// IP identification (IPv4: 16 bits, IPv6: 32 bits).
+    pub id: u32,
+    /// IP protocol number.
+    pub protocol: u8,
+    /// [`FAMILY_V4`] or [`FAMILY_V6`].
+    pub family: u8,
+    /// Always zero.
+    pub _pad: [u8; 2],
+    /// Source address.
+    pub src: [u8; 16],
+    /// Destination address.
+    pub dst: [u8; 16],
+}
+
+/// Value of the fragment table: the ports of the first fragment.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FragPorts {
+    /// Source port.
+    pub sport: u16,
+    /// Destination port.
+    pub dport: u16,
+}
+
+/// Config flag: emit an event for the first packet of every allowed flow.
+pub const CFG_LOG_NEW_FLOWS: u32 = 1 << 0;
+
+/// The single entry of the config array.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Config {
+    /// Bumped by the agent after every map change; tracked flows decided
+    /// under an older revision are decided again.
+    pub revision: u32,
+    /// `CFG_*` flags.
+    pub flags: u32,
+    /// Minimum nanoseconds between two drop events of one flow.
+    pub drop_event_interval_ns: u64,
+}
+
+/// Event verdict: the packet passed because policy allows it.
+pub const VERDICT_ALLOWED: u8 = 1;
+/// Event verdict: the packet was dropped.
+pub const VERDICT_DROPPED: u8 = 2;
+/// Event verdict: policy would drop it; audit mode let it pass.
+pub const VERDICT_AUDIT: u8 = 3;
+
+/// Reason: the pod is not isolated in this direction.
+pub const REASON_NOT_ISOLATED: u8 = 1;
+/// Reason: a rule allows it.
+pub const REASON_RULE: u8 = 2;
+/// Reason: the pod is isolated and no rule allows it.
+pub const REASON_NO_RULE: u8 = 3;
+/// Reason: the packet could not be parsed.
+pub const REASON_MALFORMED: u8 = 4;
+/// Reason: reply or later packet of a tracked flow.
+pub const REASON_TRACKED: u8 = 5;
+/// Reason: ICMP error about a tracked flow.
+pub const REASON_RELATED: u8 = 6;
+
+/// Event flag: the flow was already tracked and a policy change re-decided it.
+pub const EVF_REDECIDED: u8 = 1 << 0;
+/// Event flag: the packet is a non-first IP fragment.
+pub const EVF_FRAGMENT: u8 = 1 << 1;
+
+/// One verdict event, written by the classifier into the ring buffer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Event {
+    /// bpf_ktime_get_ns() of the packet.
+    pub ts_ns: u64,
+    /// Host-side interface of the local pod.
+    pub ifindex: u32,
+    /// Identity of the local pod.
+    pub local_identity: u32,
+    /// Identity of the peer address (0: unknown).
+    pub peer_identity: u32,
+    /// Deciding rule (0: none).
+    pub rule: u32,
+    /// Packets this event stands for (drops are rate limited per flow).
+    pub count: u32,
+    /// Source address.
+    pub src: [u8; 16],
+    /// Destination address.
+    pub dst: [u8; 16],
+    /// Source port (host order).
+    pub sport: u16,
+    /// Destination port (host order).
+    pub dport: u16,
+    /// [`FAMILY_V4`] or [`FAMILY_V6`].
+    pub family: u8,
+    /// IP protocol number.
+    pub protocol: u8,
+    /// [`DIR_INGRESS`] or [`DIR_EGRESS`].
+    pub direction: u8,
+    /// `VERDICT_*`.
+    pub verdict: u8,
+    /// `REASON_*`.
+    pub reason: u8,
+    /// TCP flags byte of the packet (0 for other protocols).
+    pub tcp_flags: u8,
+    /// `EVF_*` flags.
+    pub flags: u8,
+    /// Always zero.
+    pub _pad: [u8; 1],
+    /// Policy revision in force when the packet was judged.
+    pub revision: u32,
+    /// Always zero.
+    pub _pad2: u32,
+}
+
+/// Indexes into the per-CPU counter array.
+pub mod stat {
+    /// Packets allowed (any reason).
+    pub const ALLOWED: u32 = 0;
+    /// Packets dropped because no rule allows them.
+    pub const DROPPED_NO_RULE: u32 = 1;
+    /// Packets dropped as malformed.
+    pub const DROPPED_MALFORMED: u32 = 2;
+    /// Packets that audit mode let pass.
+    pub const AUDITED: u32 = 3;
+    /// Events the ring buffer had no room for.
+    pub const EVENTS_LOST: u32 = 4;
+    /// Events written.
+    pub const EVENTS_SENT: u32 = 5;
+    /// Drop events folded into a later event by per-flow suppression.
+    pub const EVENTS_SUPPRESSED: u32 = 6;
+    /// New flows entered into connection tracking.
+    pub const FLOWS_NEW: u32 = 7;
+    /// Number of counters.
+    pub const COUNT: u32 = 8;
+}
+
+/// Map names, as pinned under the agent's bpffs directory.
+pub mod maps {
+    /// ifindex -> [`super::Endpoint`].
+    pub const ENDPOINTS: &str = "PALISADE_ENDPOINTS";
+    /// LPM [`super::IpKey`] -> [`super::IpInfo`].
+    pub const IPS: &str = "PALISADE_IPS";
+    /// LPM [`super::PolicyKey`] -> [`super::PolicyValue`].
+    pub const POLICY: &str = "PALISADE_POLICY";
+    /// LRU [`super::CtKey`] -> [`super::CtEntry`].
+    pub const CONNTRACK: &str = "PALISADE_CT";
+    /// LRU [`super::SuppressKey`] -> [`super::SuppressEntry`].
+    pub const SUPPRESS: &str = "PALISADE_SUPPRESS";
+    /// LRU [`super::FragKey`] -> [`super::FragPorts`].
+    pub const FRAGS: &str = "PALISADE_FRAGS";
+    /// Array of one [`super::Config`].
+    pub const CONFIG: &str = "PALISADE_CONFIG";
+    /// Per-CPU array of u64 counters, see [`super::stat`].
+    pub const STATS: &str = "PALISADE_STATS";
+    /// Ring buffer of [`super::Event`].
+    pub const EVENTS: &str = "PALISADE_EVENTS";
+}
+
+/// Program names in the object file.
+pub mod programs {
+    /// Attached to the host veth's TC ingress: traffic leaving the pod.
+    pub const FROM_POD: &str = "palisade_from_pod";
+    /// Attached to the host veth's TC egress: traffic entering the pod.
+    pub const TO_POD: &str = "palisade_to_pod";
+}
+
+/// Map sizes: the kernel allocates hash tables up front, so these bound
+/// memory; the agent reports fill levels against them.
+pub mod capacity {
+    /// Local endpoints on one node.
+    pub const ENDPOINTS: u32 = 16 * 1024;
+    /// IP and CIDR entries (every pod in the cluster, every ipBlock).
+    pub const IPS: u32 = 512 * 1024;
+    /// Policy entries for the node's identities.
+    pub const POLICY: u32 = 1024 * 1024;
+    /// Tracked flows.
+    pub const CONNTRACK: u32 = 256 * 1024;
+    /// Flows with a recent drop event.
+    pub const SUPPRESS: u32 = 64 * 1024;
+    /// First fragments in flight.
+    pub const FRAGS: u32 = 8 * 1024;
+    /// Ring buffer bytes (power of two, multiple of the page size).
+    pub const EVENTS_BYTES: u32 = 4 * 1024 * 1024;
+}
+
+const _: () = {
+    assert!(size_of::<IpKey>() == 17);
+    assert!(size_of::<IpInfo>() == 4);
+    assert!(size_of::<PolicyKey>() == 12);
+    assert!(POLICY_PREFIX_FULL as usize == size_of::<PolicyKey>() * 8);
+    assert!(POLICY_PREFIX_PROTO as usize == offset_of!(PolicyKey, port) * 8);
+    assert!(POLICY_PREFIX_ANY_PROTO as usize == offset_of!(PolicyKey, protocol) * 8);
+    assert!(size_of::<PolicyValue>() == 4);
+    assert!(size_of::<Endpoint>() == 8);
+    assert!(size_of::<CtKey>() == 44);
+    assert!(offset_of!(CtKey, local) == 8);
+    assert!(size_of::<CtEntry>() == 24);
+    assert!(size_of::<SuppressEntry>() == 16);
+    assert!(size_of::<FragKey>() == 40);
+    assert!(size_of::<FragPorts>() == 4);
+    assert!(size_of::<Config>() == 16);
+    assert!(size_of::<Event>() == 80);
+    assert!(offset_of!(Event, src) == 28);
+    assert!(offset_of!(Event, family) == 64);
+    assert!(offset_of!(Event, revision) == 72);
+};
+
+#[cfg(feature = "user")]
+mod user {
+    use super::*;
+    // SAFETY: all of these are plain-old-data `repr(C)` structs whose padding
+    // is explicit, so any byte pattern is a valid value.
+    unsafe impl aya::Pod for IpKey {}
+    unsafe impl aya::Pod for IpInfo {}
+    unsafe impl aya::Pod for PolicyKey {}
+    unsafe impl aya::Pod for PolicyValue {}
+    unsafe impl aya::Pod for Endpoint {}
+    unsafe impl aya::Pod for CtKey {}
+    unsafe impl aya::Pod for CtEntry {}
+    unsafe impl aya::Pod for SuppressEntry {}
+    unsafe impl aya::Pod for FragKey {}
+    unsafe impl aya::Pod for FragPorts {}
+    unsafe impl aya::Pod for Config {}
+    unsafe impl aya::Pod for Event {}
+}

@@ -1,0 +1,385 @@
+//! palisade's TC classifiers: one on the host side of every local pod's
+//! veth, in each direction. A packet's verdict takes a handful of bounded
+//! map lookups and never loops over policies or pods.
+#![no_std]
+#![no_main]
+
+mod parse;
+
+use aya_ebpf::{
+    bindings::{BPF_ANY, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, TC_ACT_SHOT, TC_ACT_UNSPEC},
+    helpers::bpf_ktime_get_ns,
+    macros::{classifier, map},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key as LpmKey},
+    programs::TcContext,
+};
+use palisade_common::{
+    CFG_LOG_NEW_FLOWS, CT_ALLOWED, CT_AUDITED, Config, CtEntry, CtKey, DIR_EGRESS, DIR_INGRESS, EP_AUDIT,
+    EP_EGRESS_ISOLATED, EP_INGRESS_ISOLATED, EVF_FRAGMENT, EVF_REDECIDED, Endpoint, Event, FAMILY_V4, FragKey,
+    FragPorts, IP_KEY_FAMILY_BITS, IpInfo, IpKey, PEER_ANY, POLICY_PREFIX_FULL, PROTO_TCP, PolicyKey, PolicyValue,
+    REASON_MALFORMED, REASON_NO_RULE, REASON_NOT_ISOLATED, REASON_RULE, SuppressEntry, VERDICT_ALLOWED, VERDICT_AUDIT,
+    VERDICT_DROPPED, capacity, stat,
+};
+use parse::{FRAG_FIRST, FRAG_LATER, PARSED_IP, PARSED_NOT_IP, Packet};
+
+/// Let the packet continue (to the next TC program, if any).
+const PASS: i32 = TC_ACT_UNSPEC;
+const DROP: i32 = TC_ACT_SHOT as i32;
+
+/// Tracked TCP flows expire after six hours idle, others after a minute.
+const CT_TIMEOUT_TCP_NS: u64 = 6 * 3600 * 1_000_000_000;
+const CT_TIMEOUT_OTHER_NS: u64 = 60 * 1_000_000_000;
+/// last_seen is refreshed at most this often, so the hot path rarely writes.
+const CT_REFRESH_NS: u64 = 1_000_000_000;
+
+#[map(name = "PALISADE_ENDPOINTS")]
+static ENDPOINTS: HashMap<u32, Endpoint> = HashMap::pinned(capacity::ENDPOINTS, 0);
+
+#[map(name = "PALISADE_IPS")]
+static IPS: LpmTrie<IpKey, IpInfo> = LpmTrie::pinned(capacity::IPS, 0);
+
+#[map(name = "PALISADE_POLICY")]
+static POLICY: LpmTrie<PolicyKey, PolicyValue> = LpmTrie::pinned(capacity::POLICY, 0);
+
+#[map(name = "PALISADE_CT")]
+static CONNTRACK: LruHashMap<CtKey, CtEntry> = LruHashMap::pinned(capacity::CONNTRACK, 0);
+
+#[map(name = "PALISADE_SUPPRESS")]
+static SUPPRESS: LruHashMap<CtKey, SuppressEntry> = LruHashMap::pinned(capacity::SUPPRESS, 0);
+
+#[map(name = "PALISADE_FRAGS")]
+static FRAGS: LruHashMap<FragKey, FragPorts> = LruHashMap::pinned(capacity::FRAGS, 0);
+
+#[map(name = "PALISADE_CONFIG")]
+static CONFIG: Array<Config> = Array::pinned(1, 0);
+
+#[map(name = "PALISADE_STATS")]
+static STATS: PerCpuArray<u64> = PerCpuArray::pinned(stat::COUNT, 0);
+
+#[map(name = "PALISADE_EVENTS")]
+static EVENTS: RingBuf = RingBuf::pinned(capacity::EVENTS_BYTES, 0);
+
+/// Host veth TC ingress: packets the pod sends (its egress).
+#[classifier]
+pub fn palisade_from_pod(ctx: TcContext) -> i32 {
+    classify(&ctx, DIR_EGRESS)
+}
+
+/// Host veth TC egress: packets delivered to the pod (its ingress).
+#[classifier]
+pub fn palisade_to_pod(ctx: TcContext) -> i32 {
+    classify(&ctx, DIR_INGRESS)
+}
+
+/// The outcome of judging a flow against policy.
+struct Decision {
+    allowed: bool,
+    reason: u8,
+    rule: u32,
+    peer: u32,
+}
+
+#[inline(always)]
+fn classify(ctx: &TcContext, dir: u8) -> i32 {
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    // Interfaces without an endpoint entry are not ours to judge.
+    let Some(ep) = (unsafe { ENDPOINTS.get(&ifindex) }) else {
+        return PASS;
+    };
+    let ep = *ep;
+    let cfg = match CONFIG.get(0) {
+        Some(c) => *c,
+        None => Config::default(),
+    };
+    let mut pkt = Packet::empty();
+    match parse::parse(ctx, &mut pkt) {
+        PARSED_IP => judge(ctx, ifindex, &ep, dir, &cfg, &mut pkt),
+        PARSED_NOT_IP => PASS,
+        _ => {
+            count(stat::DROPPED_MALFORMED);
+            let d = Decision { allowed: false, reason: REASON_MALFORMED, rule: 0, peer: 0 };
+            emit(&pkt, ifindex, &ep, dir, &cfg, VERDICT_DROPPED, &d, 1, 0);
+            DROP
+        }
+    }
+}
+
+#[inline(always)]
+fn judge(ctx: &TcContext, ifindex: u32, ep: &Endpoint, dir: u8, cfg: &Config, pkt: &mut Packet) -> i32 {
+    if parse::is_ipv6_link_control(pkt) {
+        return PASS;
+    }
+    let mut ev_flags = 0u8;
+    if pkt.frag == FRAG_FIRST {
+        let ports = FragPorts { sport: pkt.sport, dport: pkt.dport };
+        let _ = FRAGS.insert(&frag_key(pkt), &ports, BPF_ANY as u64);
+    } else if pkt.frag == FRAG_LATER {
+        ev_flags |= EVF_FRAGMENT;
+        // Ports come from the first fragment; unknown ports only match
+        // rules that do not restrict ports.
+        if let Some(p) = unsafe { FRAGS.get(&frag_key(pkt)) } {
+            pkt.sport = p.sport;
+            pkt.dport = p.dport;
+        }
+    }
+
+    let key = ct_key(ifindex, dir, pkt);
+    let now = unsafe { bpf_ktime_get_ns() };
+    if let Some(ct) = CONNTRACK.get_ptr_mut(&key) {
+        let ct = unsafe { &mut *ct };
+        let timeout = if pkt.protocol == PROTO_TCP { CT_TIMEOUT_TCP_NS } else { CT_TIMEOUT_OTHER_NS };
+        if now.wrapping_sub(ct.last_seen_ns) < timeout {
+            if ct.revision == cfg.revision {
+                if now.wrapping_sub(ct.last_seen_ns) > CT_REFRESH_NS {
+                    ct.last_seen_ns = now;
+                }
+                count(if ct.verdict == CT_AUDITED { stat::AUDITED } else { stat::ALLOWED });
+                return PASS;
+            }
+            // Policy changed since the flow was decided: decide it again as
+            // its first packet was, whichever way this packet goes.
+            let origin = ct.origin;
+            let port = if origin == DIR_INGRESS { key.local_port } else { key.remote_port };
+            let d = decide(ep, origin, &key.remote, pkt.family, pkt.protocol, port, true);
+            if d.allowed {
+                ct.revision = cfg.revision;
+                ct.rule = d.rule;
+                ct.verdict = CT_ALLOWED;
+                ct.last_seen_ns = now;
+                count(stat::ALLOWED);
+                return PASS;
+            }
+            ev_flags |= EVF_REDECIDED;
+            if ep.flags & EP_AUDIT != 0 {
+                ct.revision = cfg.revision;
+                ct.verdict = CT_AUDITED;
+                ct.last_seen_ns = now;
+                count(stat::AUDITED);
+                emit(pkt, ifindex, ep, dir, cfg, VERDICT_AUDIT, &d, 1, ev_flags);
+                return PASS;
+            }
+            let _ = CONNTRACK.remove(&key);
+            return drop_packet(pkt, ifindex, ep, dir, cfg, &d, &key, now, ev_flags);
+        }
+    }
+
+    // ICMP errors about a tracked flow pass with it (path MTU discovery,
+    // port unreachable), whatever policy says about ICMP itself.
+    if parse::is_icmp_error(pkt.protocol, pkt.icmp_type) {
+        if let Some(q) = parse::quoted_flow(ctx, pkt) {
+            // The quoted packet went the other way: the local pod is its
+            // source when the error comes in, its destination when it goes out.
+            let mut qk = key;
+            qk.protocol = q.protocol;
+            if dir == DIR_INGRESS {
+                qk.local = q.src;
+                qk.remote = q.dst;
+                qk.local_port = q.sport;
+                qk.remote_port = q.dport;
+            } else {
+                qk.local = q.dst;
+                qk.remote = q.src;
+                qk.local_port = q.dport;
+                qk.remote_port = q.sport;
+            }
+            if CONNTRACK.get_ptr(&qk).is_some() {
+                count(stat::ALLOWED);
+                return PASS;
+            }
+        }
+    }
+
+    // A new flow.
+    let d = decide(ep, dir, &key.remote, pkt.family, pkt.protocol, pkt.dport, cfg.flags & CFG_LOG_NEW_FLOWS != 0);
+    let verdict = if d.allowed {
+        CT_ALLOWED
+    } else if ep.flags & EP_AUDIT != 0 {
+        CT_AUDITED
+    } else {
+        return drop_packet(pkt, ifindex, ep, dir, cfg, &d, &key, now, ev_flags);
+    };
+    let entry = CtEntry { last_seen_ns: now, revision: cfg.revision, rule: d.rule, origin: dir, verdict, _pad: [0; 6] };
+    let _ = CONNTRACK.insert(&key, &entry, BPF_ANY as u64);
+    count(stat::FLOWS_NEW);
+    if verdict == CT_AUDITED {
+        count(stat::AUDITED);
+        emit(pkt, ifindex, ep, dir, cfg, VERDICT_AUDIT, &d, 1, ev_flags);
+    } else {
+        count(stat::ALLOWED);
+        if cfg.flags & CFG_LOG_NEW_FLOWS != 0 {
+            emit(pkt, ifindex, ep, dir, cfg, VERDICT_ALLOWED, &d, 1, ev_flags);
+        }
+    }
+    PASS
+}
+
+/// Judges a flow by policy alone: isolation, then the most specific rule
+/// for the peer's identity, then rules that allow any peer.
+#[inline(always)]
+fn decide(ep: &Endpoint, dir: u8, remote: &[u8; 16], family: u8, protocol: u8, port: u16, want_peer: bool) -> Decision {
+    let isolated =
+        if dir == DIR_INGRESS { ep.flags & EP_INGRESS_ISOLATED != 0 } else { ep.flags & EP_EGRESS_ISOLATED != 0 };
+    if !isolated && !want_peer {
+        return Decision { allowed: true, reason: REASON_NOT_ISOLATED, rule: 0, peer: 0 };
+    }
+    let bits = if family == FAMILY_V4 { 32 } else { 128 };
+    let ip_key = LpmKey::new(IP_KEY_FAMILY_BITS + bits, IpKey { family, addr: *remote });
+    let peer = match IPS.get(&ip_key) {
+        Some(info) => info.identity,
+        None => PEER_ANY,
+    };
+    if !isolated {
+        return Decision { allowed: true, reason: REASON_NOT_ISOLATED, rule: 0, peer };
+    }
+    let mut pk = PolicyKey {
+        local: ep.identity.to_be_bytes(),
+        direction: dir,
+        peer: peer.to_be_bytes(),
+        protocol,
+        port: port.to_be_bytes(),
+    };
+    if peer != PEER_ANY {
+        if let Some(v) = POLICY.get(&LpmKey::new(POLICY_PREFIX_FULL, pk)) {
+            return Decision { allowed: true, reason: REASON_RULE, rule: v.rule, peer };
+        }
+    }
+    pk.peer = PEER_ANY.to_be_bytes();
+    if let Some(v) = POLICY.get(&LpmKey::new(POLICY_PREFIX_FULL, pk)) {
+        return Decision { allowed: true, reason: REASON_RULE, rule: v.rule, peer };
+    }
+    Decision { allowed: false, reason: REASON_NO_RULE, rule: 0, peer }
+}
+
+/// Drops the packet, with at most one event per flow per interval; the
+/// event carries how many drops it stands for.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn drop_packet(
+    pkt: &Packet,
+    ifindex: u32,
+    ep: &Endpoint,
+    dir: u8,
+    cfg: &Config,
+    d: &Decision,
+    key: &CtKey,
+    now: u64,
+    ev_flags: u8,
+) -> i32 {
+    count(stat::DROPPED_NO_RULE);
+    let mut n = 1u32;
+    if let Some(s) = SUPPRESS.get_ptr_mut(key) {
+        let s = unsafe { &mut *s };
+        if now.wrapping_sub(s.last_event_ns) < cfg.drop_event_interval_ns {
+            s.suppressed = s.suppressed.wrapping_add(1);
+            count(stat::EVENTS_SUPPRESSED);
+            return DROP;
+        }
+        n += s.suppressed;
+        s.suppressed = 0;
+        s.last_event_ns = now;
+    } else {
+        let s = SuppressEntry { last_event_ns: now, suppressed: 0, _pad: 0 };
+        let _ = SUPPRESS.insert(key, &s, BPF_ANY as u64);
+    }
+    emit(pkt, ifindex, ep, dir, cfg, VERDICT_DROPPED, d, n, ev_flags);
+    DROP
+}
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn emit(
+    pkt: &Packet,
+    ifindex: u32,
+    ep: &Endpoint,
+    dir: u8,
+    cfg: &Config,
+    verdict: u8,
+    d: &Decision,
+    n: u32,
+    flags: u8,
+) {
+    let Some(mut slot) = EVENTS.reserve::<Event>(0) else {
+        count(stat::EVENTS_LOST);
+        return;
+    };
+    slot.write(Event {
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+        ifindex,
+        local_identity: ep.identity,
+        peer_identity: d.peer,
+        rule: d.rule,
+        count: n,
+        src: pkt.src,
+        dst: pkt.dst,
+        sport: pkt.sport,
+        dport: pkt.dport,
+        family: pkt.family,
+        protocol: pkt.protocol,
+        direction: dir,
+        verdict,
+        reason: d.reason,
+        tcp_flags: pkt.tcp_flags,
+        flags,
+        _pad: [0],
+        revision: cfg.revision,
+        _pad2: 0,
+    });
+    // Never wake the reader per event (it drains on a timer), unless the
+    // buffer is filling up and a wake-up saves events from being lost.
+    let wake = if EVENTS.query(BPF_RB_AVAIL_DATA as u64) > (capacity::EVENTS_BYTES / 2) as u64 {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
+    slot.submit(wake as u64);
+    count(stat::EVENTS_SENT);
+}
+
+#[inline(always)]
+fn ct_key(ifindex: u32, dir: u8, pkt: &Packet) -> CtKey {
+    if dir == DIR_EGRESS {
+        CtKey {
+            ifindex,
+            local_port: pkt.sport,
+            remote_port: pkt.dport,
+            local: pkt.src,
+            remote: pkt.dst,
+            protocol: pkt.protocol,
+            family: pkt.family,
+            _pad: [0; 2],
+        }
+    } else {
+        CtKey {
+            ifindex,
+            local_port: pkt.dport,
+            remote_port: pkt.sport,
+            local: pkt.dst,
+            remote: pkt.src,
+            protocol: pkt.protocol,
+            family: pkt.family,
+            _pad: [0; 2],
+        }
+    }
+}
+
+#[inline(always)]
+fn frag_key(pkt: &Packet) -> FragKey {
+    FragKey { id: pkt.frag_id, protocol: pkt.protocol, family: pkt.family, _pad: [0; 2], src: pkt.src, dst: pkt.dst }
+}
+
+#[inline(always)]
+fn count(index: u32) {
+    if let Some(c) = STATS.get_ptr_mut(index) {
+        unsafe { *c += 1 };
+    }
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

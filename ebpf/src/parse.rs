@@ -1,0 +1,362 @@
+//! Packet parsing: Ethernet, IPv4/IPv6 (with extension headers and
+//! fragments) and the first bytes of TCP, UDP, SCTP and ICMP.
+//!
+//! Every read is bounds-checked against the packet; a packet whose headers
+//! are truncated or inconsistent is `Malformed`, never read past its end.
+
+use aya_ebpf::programs::TcContext;
+use core::mem::size_of;
+use network_types::{
+    eth::EthHdr,
+    ip::{Ipv4Hdr, Ipv6Hdr},
+};
+use palisade_common::{FAMILY_V4, FAMILY_V6, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP};
+
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86DD;
+
+/// IPv6 extension headers walked before giving up on finding the L4 header.
+const MAX_IPV6_EXT: usize = 6;
+
+/// The parsed view of a packet the classifier needs.
+pub struct Packet {
+    pub family: u8,
+    pub protocol: u8,
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    /// Host order. For ICMP echo both carry the identifier.
+    pub sport: u16,
+    pub dport: u16,
+    pub tcp_flags: u8,
+    /// ICMP/ICMPv6 type (0 for other protocols).
+    pub icmp_type: u8,
+    /// Offset of the L4 header.
+    pub l4_off: usize,
+    /// One of `FRAG_*`.
+    pub frag: u8,
+    /// IP identification, for fragments.
+    pub frag_id: u32,
+}
+
+/// Not fragmented.
+pub const FRAG_NONE: u8 = 0;
+/// First fragment: carries the L4 header, more follow.
+pub const FRAG_FIRST: u8 = 1;
+/// A later fragment: no L4 header, ports unknown.
+pub const FRAG_LATER: u8 = 2;
+
+impl Packet {
+    #[inline(always)]
+    pub const fn empty() -> Packet {
+        Packet {
+            family: FAMILY_V4,
+            protocol: 0,
+            src: [0; 16],
+            dst: [0; 16],
+            sport: 0,
+            dport: 0,
+            tcp_flags: 0,
+            icmp_type: 0,
+            l4_off: 0,
+            frag: FRAG_NONE,
+            frag_id: 0,
+        }
+    }
+}
+
+/// What [`parse`] found. A plain integer rather than an enum carrying the
+/// packet: copies of partly-initialised enums upset the verifier.
+pub type Parsed = u8;
+/// An IP packet, parsed into the `Packet`.
+pub const PARSED_IP: Parsed = 0;
+/// Not IP (ARP, LLDP, ...): none of NetworkPolicy's business.
+pub const PARSED_NOT_IP: Parsed = 1;
+/// Truncated or inconsistent headers.
+pub const PARSED_MALFORMED: Parsed = 2;
+
+#[inline(always)]
+fn ptr_at<T>(ctx: &TcContext, off: usize) -> Option<*const T> {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    if start + off + size_of::<T>() > end {
+        return None;
+    }
+    Some((start + off) as *const T)
+}
+
+/// Makes sure the first `want` bytes (or the whole packet) are in the
+/// linear part of the buffer, where direct packet access can see them.
+#[inline(always)]
+fn pull_headers(ctx: &TcContext, want: usize) {
+    let linear = ctx.data_end() - ctx.data();
+    let len = ctx.len() as usize;
+    if linear < want && linear < len {
+        let n = if len < want { len } else { want };
+        let _ = ctx.pull_data(n as u32);
+    }
+}
+
+/// Parses the packet into `pkt` (which starts out [`Packet::empty`]).
+#[inline(always)]
+pub fn parse(ctx: &TcContext, pkt: &mut Packet) -> Parsed {
+    pull_headers(ctx, 128);
+    let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
+        return PARSED_MALFORMED;
+    };
+    let ether_type = u16::from_be(unsafe { (*eth).ether_type });
+    match ether_type {
+        ETH_P_IP => parse_v4(ctx, pkt),
+        ETH_P_IPV6 => parse_v6(ctx, pkt),
+        _ => PARSED_NOT_IP,
+    }
+}
+
+#[inline(always)]
+fn parse_v4(ctx: &TcContext, pkt: &mut Packet) -> Parsed {
+    let Some(ip) = ptr_at::<Ipv4Hdr>(ctx, EthHdr::LEN) else {
+        return PARSED_MALFORMED;
+    };
+    let vihl = unsafe { (*ip).vihl };
+    let ihl = ((vihl & 0x0f) as usize) * 4;
+    if vihl >> 4 != 4 || ihl < Ipv4Hdr::LEN {
+        return PARSED_MALFORMED;
+    }
+    let mut tot_len = u16::from_be_bytes(unsafe { (*ip).tot_len }) as usize;
+    // BIG TCP (GSO packets over 64 KiB) carries a zero total length.
+    if tot_len == 0 && ctx.len() as usize > 0xffff {
+        tot_len = ctx.len() as usize - EthHdr::LEN;
+    }
+    if tot_len < ihl || EthHdr::LEN + tot_len > ctx.len() as usize {
+        return PARSED_MALFORMED;
+    }
+    let frags = u16::from_be_bytes(unsafe { (*ip).frags });
+    let more = frags & 0x2000 != 0;
+    let offset = frags & 0x1fff;
+    pkt.frag_id = u16::from_be_bytes(unsafe { (*ip).id }) as u32;
+    pkt.frag = if offset != 0 {
+        FRAG_LATER
+    } else if more {
+        FRAG_FIRST
+    } else {
+        FRAG_NONE
+    };
+    pkt.family = FAMILY_V4;
+    pkt.protocol = unsafe { (*ip).proto } as u8;
+    pkt.l4_off = EthHdr::LEN + ihl;
+    unsafe {
+        pkt.src[..4].copy_from_slice(&(*ip).src_addr);
+        pkt.dst[..4].copy_from_slice(&(*ip).dst_addr);
+    }
+    // A fragment offset of 8 bytes can only come from a tiny-fragment
+    // attack that overwrites the TCP header (RFC 1858).
+    if offset == 1 && pkt.protocol == PROTO_TCP {
+        return PARSED_MALFORMED;
+    }
+    if pkt.frag == FRAG_LATER {
+        return PARSED_IP;
+    }
+    let l4_len = tot_len - ihl;
+    if parse_l4(ctx, pkt, l4_len) { PARSED_IP } else { PARSED_MALFORMED }
+}
+
+#[inline(always)]
+fn parse_v6(ctx: &TcContext, pkt: &mut Packet) -> Parsed {
+    let Some(ip) = ptr_at::<Ipv6Hdr>(ctx, EthHdr::LEN) else {
+        return PARSED_MALFORMED;
+    };
+    if unsafe { (*ip).vcf[0] } >> 4 != 6 {
+        return PARSED_MALFORMED;
+    }
+    let payload_len = u16::from_be_bytes(unsafe { (*ip).payload_len }) as usize;
+    // BIG TCP (GSO packets over 64 KiB) carries a zero payload length.
+    let end = if payload_len == 0 && ctx.len() as usize > 0xffff {
+        ctx.len() as usize
+    } else {
+        EthHdr::LEN + Ipv6Hdr::LEN + payload_len
+    };
+    if end > ctx.len() as usize {
+        return PARSED_MALFORMED;
+    }
+    pkt.family = FAMILY_V6;
+    pkt.protocol = unsafe { (*ip).next_hdr } as u8;
+    pkt.src = unsafe { (*ip).src_addr };
+    pkt.dst = unsafe { (*ip).dst_addr };
+    pkt.l4_off = EthHdr::LEN + Ipv6Hdr::LEN;
+    // Extension headers are rare: read them with bpf_skb_load_bytes so the
+    // variable offsets stay simple for the verifier.
+    let mut i = 0;
+    while i < MAX_IPV6_EXT {
+        i += 1;
+        let nh = pkt.protocol;
+        let off = pkt.l4_off;
+        match nh {
+            // Hop-by-hop, routing, destination options: (len + 1) * 8 bytes.
+            0 | 43 | 60 => {
+                let Ok(hdr) = ctx.load::<[u8; 2]>(off) else {
+                    return PARSED_MALFORMED;
+                };
+                pkt.protocol = hdr[0];
+                pkt.l4_off = off + (hdr[1] as usize + 1) * 8;
+            }
+            // Authentication header: (len + 2) * 4 bytes.
+            51 => {
+                let Ok(hdr) = ctx.load::<[u8; 2]>(off) else {
+                    return PARSED_MALFORMED;
+                };
+                pkt.protocol = hdr[0];
+                pkt.l4_off = off + (hdr[1] as usize + 2) * 4;
+            }
+            // Fragment header: 8 bytes.
+            44 => {
+                let Ok(hdr) = ctx.load::<[u8; 8]>(off) else {
+                    return PARSED_MALFORMED;
+                };
+                pkt.protocol = hdr[0];
+                pkt.l4_off = off + 8;
+                let offset = u16::from_be_bytes([hdr[2], hdr[3]]) >> 3;
+                let more = hdr[3] & 1 != 0;
+                let id = u32::from_be_bytes([hdr[4], hdr[5], hdr[6], hdr[7]]);
+                pkt.frag_id = id;
+                if offset != 0 {
+                    pkt.frag = FRAG_LATER;
+                    return PARSED_IP;
+                }
+                if more {
+                    pkt.frag = FRAG_FIRST;
+                }
+            }
+            _ => break,
+        }
+        if pkt.l4_off > end {
+            return PARSED_MALFORMED;
+        }
+    }
+    let l4_len = end - pkt.l4_off;
+    if parse_l4(ctx, pkt, l4_len) { PARSED_IP } else { PARSED_MALFORMED }
+}
+
+/// Reads ports (and TCP flags, ICMP type/identifier). `l4_len` is what the
+/// IP header says the L4 part holds. Returns false if it is too short.
+#[inline(always)]
+fn parse_l4(ctx: &TcContext, pkt: &mut Packet, l4_len: usize) -> bool {
+    let min = match pkt.protocol {
+        PROTO_TCP => 20,
+        PROTO_UDP => 8,
+        PROTO_SCTP => 12,
+        PROTO_ICMP | PROTO_ICMPV6 => 8,
+        // Unknown protocols carry no ports NetworkPolicy can name.
+        _ => return true,
+    };
+    // A first fragment must carry the whole minimal L4 header (RFC 1858).
+    if l4_len < min {
+        return false;
+    }
+    let Ok(head) = load_l4(ctx, pkt.l4_off) else {
+        return false;
+    };
+    match pkt.protocol {
+        PROTO_TCP | PROTO_UDP | PROTO_SCTP => {
+            pkt.sport = u16::from_be_bytes([head[0], head[1]]);
+            pkt.dport = u16::from_be_bytes([head[2], head[3]]);
+            if pkt.protocol == PROTO_TCP {
+                pkt.tcp_flags = head[13];
+            }
+        }
+        _ => {
+            pkt.icmp_type = head[0];
+            if is_echo(pkt.protocol, head[0]) {
+                let ident = u16::from_be_bytes([head[4], head[5]]);
+                pkt.sport = ident;
+                pkt.dport = ident;
+            }
+        }
+    }
+    true
+}
+
+/// The first 14 bytes of the L4 header, by direct access when the offset is
+/// the common one, by a helper load otherwise.
+#[inline(always)]
+fn load_l4(ctx: &TcContext, off: usize) -> Result<[u8; 14], ()> {
+    if off <= 14 + 60 {
+        if let Some(p) = ptr_at::<[u8; 14]>(ctx, off) {
+            return Ok(unsafe { *p });
+        }
+    }
+    // Short packets (ICMP, UDP) may hold fewer than 14 bytes of L4.
+    let mut buf = [0u8; 14];
+    match ctx.load::<[u8; 8]>(off) {
+        Ok(b) => buf[..8].copy_from_slice(&b),
+        Err(_) => return Err(()),
+    }
+    if let Ok(b) = ctx.load::<[u8; 6]>(off + 8) {
+        buf[8..].copy_from_slice(&b);
+    }
+    Ok(buf)
+}
+
+/// ICMP echo request/reply: the identifier plays the role of a port.
+#[inline(always)]
+pub fn is_echo(protocol: u8, icmp_type: u8) -> bool {
+    match protocol {
+        PROTO_ICMP => icmp_type == 0 || icmp_type == 8,
+        PROTO_ICMPV6 => icmp_type == 128 || icmp_type == 129,
+        _ => false,
+    }
+}
+
+/// ICMP errors that quote the packet they are about.
+#[inline(always)]
+pub fn is_icmp_error(protocol: u8, icmp_type: u8) -> bool {
+    match protocol {
+        PROTO_ICMP => icmp_type == 3 || icmp_type == 11 || icmp_type == 12,
+        PROTO_ICMPV6 => icmp_type >= 1 && icmp_type <= 4,
+        _ => false,
+    }
+}
+
+/// Neighbour discovery and multicast listener messages: link-local plumbing
+/// that IPv6 cannot work without, never subject to policy.
+#[inline(always)]
+pub fn is_ipv6_link_control(pkt: &Packet) -> bool {
+    pkt.protocol == PROTO_ICMPV6 && ((pkt.icmp_type >= 130 && pkt.icmp_type <= 137) || pkt.icmp_type == 143)
+}
+
+/// The flow an ICMP error quotes: (src, dst, protocol, sport, dport) of the
+/// original packet. Only TCP, UDP and SCTP are looked at.
+pub struct Quoted {
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    pub protocol: u8,
+    pub sport: u16,
+    pub dport: u16,
+}
+
+#[inline(always)]
+pub fn quoted_flow(ctx: &TcContext, pkt: &Packet) -> Option<Quoted> {
+    let inner = pkt.l4_off + 8;
+    let mut q = Quoted { src: [0; 16], dst: [0; 16], protocol: 0, sport: 0, dport: 0 };
+    let l4 = if pkt.family == FAMILY_V4 {
+        let h = ctx.load::<[u8; 20]>(inner).ok()?;
+        if h[0] >> 4 != 4 {
+            return None;
+        }
+        q.protocol = h[9];
+        q.src[..4].copy_from_slice(&h[12..16]);
+        q.dst[..4].copy_from_slice(&h[16..20]);
+        inner + ((h[0] & 0x0f) as usize) * 4
+    } else {
+        let h = ctx.load::<[u8; 40]>(inner).ok()?;
+        q.protocol = h[6];
+        q.src.copy_from_slice(&h[8..24]);
+        q.dst.copy_from_slice(&h[24..40]);
+        inner + 40
+    };
+    if q.protocol != PROTO_TCP && q.protocol != PROTO_UDP && q.protocol != PROTO_SCTP {
+        return None;
+    }
+    let ports = ctx.load::<[u8; 4]>(l4).ok()?;
+    q.sport = u16::from_be_bytes([ports[0], ports[1]]);
+    q.dport = u16::from_be_bytes([ports[2], ports[3]]);
+    Some(q)
+}

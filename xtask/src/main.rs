@@ -1,0 +1,182 @@
+//! palisade's task runner: `cargo xtask <command>` (the alias lives in
+//! `.cargo/config.toml`). Each subcommand is a function below; shared
+//! plumbing (command runner, step timing) is in `util`, prerequisite
+//! installation in `setup`.
+
+mod setup;
+mod util;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Result, bail};
+use clap::{Parser, Subcommand};
+
+use util::{Steps, cargo, is_root, run, target_dir};
+
+#[derive(Parser)]
+#[command(name = "xtask", bin_name = "cargo xtask", about = "palisade development tasks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install missing prerequisites (Debian packages, nightly rust-src,
+    /// bpf-linker); quick no-op when everything is present.
+    Setup,
+    /// Build the `palisade` agent (and, through its build script, the eBPF
+    /// classifier).
+    Build {
+        /// Build with the release profile.
+        #[arg(long)]
+        release: bool,
+    },
+    /// The full test suite: unit and property tests, then the privileged
+    /// end-to-end tests (needs root).
+    Test {
+        /// Passed to the end-to-end test binaries, e.g. a test-name filter.
+        #[arg(last = true)]
+        e2e_args: Vec<String>,
+    },
+    /// rustfmt check and clippy (-D warnings) for the workspace and the eBPF
+    /// crate.
+    Lint,
+    /// What CI runs: setup, lint, test.
+    Ci,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // Errors are printed here rather than returned from main, so that a
+    // RUST_BACKTRACE in the environment does not bury them in a backtrace.
+    match util::init_env().and_then(|()| dispatch(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("\nerror: {e}");
+            for cause in e.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(task: Task) -> Result<()> {
+    match task {
+        Task::Setup => setup_task(),
+        Task::Build { release } => build(release),
+        Task::Test { e2e_args } => with_summary(|steps| test(steps, &e2e_args)),
+        Task::Lint => with_summary(lint),
+        Task::Ci => with_summary(|steps| {
+            require_root()?;
+            lint(steps)?;
+            test(steps, &[])
+        }),
+    }
+}
+
+/// Runs `f` with a step timer and prints the summary whether or not it
+/// succeeded.
+fn with_summary(f: impl FnOnce(&mut Steps) -> Result<()>) -> Result<()> {
+    let mut steps = Steps::default();
+    let result = f(&mut steps);
+    steps.print_summary();
+    result
+}
+
+fn setup_task() -> Result<()> {
+    eprintln!("checking prerequisites:");
+    setup::setup()
+}
+
+fn build(release: bool) -> Result<()> {
+    setup_task()?;
+    let mut c = cargo();
+    c.args(["build", "-p", "palisade"]);
+    if release {
+        c.arg("--release");
+    }
+    run(&mut c)?;
+    let profile = if release { "release" } else { "debug" };
+    eprintln!("built {}", target_dir().join(profile).join("palisade").display());
+    Ok(())
+}
+
+/// Path of the debug agent binary the end-to-end tests run.
+fn agent_bin() -> PathBuf {
+    target_dir().join("debug").join("palisade")
+}
+
+/// The end-to-end tests are part of the suite and are never skipped
+/// silently: without root, fail before spending minutes on anything else.
+fn require_root() -> Result<()> {
+    if !is_root() {
+        bail!(
+            "`cargo xtask test` includes the privileged end-to-end tests (network namespaces, \
+             eBPF, TC), which need root. Run it as root, e.g.\n    \
+             sudo -E env \"PATH=$PATH\" cargo xtask test\n\
+             For the unprivileged unit and property tests only:\n    \
+             cargo test --workspace --exclude palisade-e2e --exclude palisade-ebpf"
+        );
+    }
+    Ok(())
+}
+
+fn test(steps: &mut Steps, e2e_args: &[String]) -> Result<()> {
+    require_root()?;
+    steps.setup_once(setup_task)?;
+    // palisade-ebpf is excluded as well: it is a `no_std`/`no_main` BPF
+    // program that cannot link as a host test binary (`--workspace` would
+    // otherwise include this non-default member).
+    steps.run("unit + property tests", || {
+        run(cargo().args(["test", "--workspace", "--exclude", "palisade-e2e", "--exclude", "palisade-ebpf"]))
+    })?;
+    steps.run("build agent", || run(cargo().args(["build", "-p", "palisade"])))?;
+    let bin = agent_bin();
+    if !bin.is_file() {
+        bail!("agent binary not found at {} after build", bin.display());
+    }
+    steps.run("end-to-end tests", || {
+        run(cargo()
+            .env("PALISADE_BIN", &bin)
+            .args(["test", "-p", "palisade-e2e", "--", "--test-threads=1"])
+            .args(e2e_args))
+    })
+}
+
+fn lint(steps: &mut Steps) -> Result<()> {
+    steps.setup_once(setup_task)?;
+    // Run every linter, then report all failures together.
+    let mut failed = Vec::new();
+    let mut check = |steps: &mut Steps, name: &'static str, f: &dyn Fn() -> Result<()>| {
+        if let Err(e) = steps.run(name, f) {
+            eprintln!("{name}: {e:#}");
+            failed.push(name);
+        }
+    };
+    check(steps, "rustfmt", &|| run(cargo().args(["fmt", "--all", "--", "--check"])));
+    // Not AYA_BUILD_SKIP: the agent include_bytes!es the eBPF object, so its
+    // build script must really build it for clippy to get through.
+    check(steps, "clippy (workspace)", &|| {
+        run(cargo().args(["clippy", "--workspace", "--exclude", "palisade-ebpf"]).args([
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]))
+    });
+    // The classifier only compiles for the BPF target, with nightly and a
+    // rebuilt core, exactly as aya-build compiles it.
+    check(steps, "clippy (eBPF, nightly)", &|| {
+        run(cargo()
+            .args(["+nightly", "clippy", "-p", "palisade-ebpf"])
+            .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
+            .args(["--release", "--", "-D", "warnings"]))
+    });
+    if !failed.is_empty() {
+        bail!("lint failed: {}", failed.join(", "));
+    }
+    Ok(())
+}
