@@ -1,0 +1,84 @@
+//! Fixtures for palisade's privileged end-to-end tests: network namespaces
+//! as pods, the real agent binary, and real traffic between them. Every
+//! fixture cleans up on drop, so a failing test leaves no namespace,
+//! interface, pinned object or process behind.
+
+pub mod agent;
+pub mod netns;
+pub mod pods;
+pub mod probe;
+
+use anyhow::{Result, bail};
+use pods::{Pod, PodSpec};
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+/// The node name the agent under test runs as.
+pub const NODE: &str = "e2e-node";
+
+/// Fails unless we can do what the tests need (root: netns, BPF).
+pub fn require_root() -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("the end-to-end tests need root (network namespaces, BPF, TC); run them as root");
+    }
+    Ok(())
+}
+
+/// The upstream netpol suite's cluster: namespaces x, y, z with pods a, b,
+/// c each, all on this node, all serving 80 and 81 over TCP and UDP.
+pub struct Topology {
+    pub tag: String,
+    pub namespaces: Vec<String>,
+    pub pods: Vec<Pod>,
+}
+
+impl Topology {
+    /// `tag` (a few characters) keeps interface and namespace names unique.
+    pub fn xyz(tag: &str, subnet: u8) -> Result<Topology> {
+        pods::prepare_host()?;
+        let namespaces: Vec<String> = ["x", "y", "z"].iter().map(|s| s.to_string()).collect();
+        let mut pods = Vec::new();
+        for (ni, ns) in namespaces.iter().enumerate() {
+            for (pi, name) in ["a", "b", "c"].iter().enumerate() {
+                let host = (ni * 16 + pi + 1) as u8;
+                let spec = PodSpec {
+                    namespace: ns.clone(),
+                    name: name.to_string(),
+                    labels: vec![("pod".into(), name.to_string())],
+                    ip4: Ipv4Addr::new(10, 240, subnet, host),
+                    ip6: Ipv6Addr::new(0xfd10, 0x240, u16::from(subnet), 0, 0, 0, 0, u16::from(host)),
+                    node: NODE.into(),
+                };
+                pods.push(Pod::create(&format!("pl-{tag}-{ns}-{name}"), &format!("pl{tag}{ns}{name}"), spec)?);
+            }
+        }
+        Ok(Topology { tag: tag.into(), namespaces, pods })
+    }
+
+    pub fn pod(&self, id: &str) -> &Pod {
+        self.pods.iter().find(|p| p.id() == id).unwrap_or_else(|| panic!("no pod {id}"))
+    }
+
+    pub fn all(&self) -> Vec<&Pod> {
+        self.pods.iter().collect()
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        self.pods.iter().map(|p| p.id()).collect()
+    }
+
+    /// Namespaces (labelled `ns: <name>`) and pods as manifests.
+    pub fn manifests(&self) -> String {
+        let mut out = String::new();
+        for ns in &self.namespaces {
+            out.push_str(&format!(
+                "apiVersion: v1\nkind: Namespace\nmetadata: {{name: \"{ns}\", labels: {{ns: \"{ns}\"}}}}\n---\n"
+            ));
+        }
+        for p in &self.pods {
+            out.push_str(&p.manifest());
+            out.push_str("---\n");
+        }
+        out
+    }
+}

@@ -173,6 +173,17 @@ impl Datapath {
         self.config.revision
     }
 
+    /// The loaded classifier of one hook, for BPF_PROG_TEST_RUN in tests
+    /// and benchmarks.
+    pub fn classifier(&self, dir: crate::policy::Direction) -> Result<&SchedClassifier> {
+        let name = match dir {
+            crate::policy::Direction::Egress => programs::FROM_POD,
+            crate::policy::Direction::Ingress => programs::TO_POD,
+        };
+        let prog = self.ebpf.program(name).ok_or_else(|| anyhow!("program {name} missing"))?;
+        Ok(prog.try_into()?)
+    }
+
     /// Makes the kernel hold `compiled`, with each local pod enforced on the
     /// interface its address is routed to.
     pub fn sync(&mut self, compiled: &Compiled, ifaces: &Interfaces) -> SyncReport {

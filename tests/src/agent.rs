@@ -1,0 +1,163 @@
+//! The agent under test: the real `palisade` binary, run against a
+//! directory of manifests, with its own bpffs directory and socket. Stopped
+//! and uninstalled on drop, so a failed test leaves nothing pinned.
+
+use anyhow::{Context, Result, bail};
+use palisade::events::VerdictEvent;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The palisade binary: $PALISADE_BIN, or next to the test binary's
+/// target directory.
+pub fn binary() -> PathBuf {
+    if let Ok(p) = std::env::var("PALISADE_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    // target/<profile>/deps/<test> -> target/<profile>/palisade
+    exe.parent().and_then(Path::parent).map(|d| d.join("palisade")).expect("target dir")
+}
+
+pub struct Agent {
+    /// Manifests the agent watches.
+    pub state_dir: PathBuf,
+    pub bpffs: PathBuf,
+    pub socket: PathBuf,
+    pub stdout: PathBuf,
+    pub stderr: PathBuf,
+    work: PathBuf,
+    child: Option<Child>,
+}
+
+impl Agent {
+    /// Starts an agent named `tag` with extra `palisade run` arguments.
+    pub fn start(tag: &str, node: &str, extra: &[&str]) -> Result<Agent> {
+        let work = std::env::temp_dir().join(format!("palisade-e2e-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&work);
+        let state_dir = work.join("state");
+        std::fs::create_dir_all(&state_dir)?;
+        let mut agent = Agent {
+            bpffs: PathBuf::from(format!("/sys/fs/bpf/palisade-e2e-{tag}")),
+            socket: work.join("palisade.sock"),
+            stdout: work.join("agent.out"),
+            stderr: work.join("agent.err"),
+            state_dir,
+            work,
+            child: None,
+        };
+        let _ = Command::new(binary()).args(["uninstall", "--bpffs"]).arg(&agent.bpffs).status();
+        agent.spawn(node, extra)?;
+        Ok(agent)
+    }
+
+    /// (Re)starts the agent process on the same state, bpffs and socket.
+    pub fn spawn(&mut self, node: &str, extra: &[&str]) -> Result<()> {
+        let out = std::fs::OpenOptions::new().create(true).append(true).open(&self.stdout)?;
+        let err = std::fs::OpenOptions::new().create(true).append(true).open(&self.stderr)?;
+        let child = Command::new(binary())
+            .arg("run")
+            .arg("--cluster-state")
+            .arg(&self.state_dir)
+            .args(["--node-name", node, "--bpffs"])
+            .arg(&self.bpffs)
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::from(out))
+            .stderr(Stdio::from(err))
+            .spawn()
+            .with_context(|| format!("starting {}", binary().display()))?;
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.status().is_err() {
+            if let Some(Ok(Some(code))) = self.child.as_mut().map(|c| c.try_wait()) {
+                bail!("agent exited with {code}:\n{}", self.log_tail());
+            }
+            if Instant::now() > deadline {
+                bail!("agent did not come up:\n{}", self.log_tail());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
+    /// Kills the agent process (like a crash or OOM kill).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Writes a manifest file atomically (write, then rename).
+    pub fn apply(&self, file: &str, yaml: &str) -> Result<()> {
+        let tmp = self.work.join(format!(".{file}.tmp"));
+        std::fs::write(&tmp, yaml)?;
+        std::fs::rename(&tmp, self.state_dir.join(file))?;
+        Ok(())
+    }
+
+    pub fn remove(&self, file: &str) -> Result<()> {
+        let p = self.state_dir.join(file);
+        if p.exists() {
+            std::fs::remove_file(p)?;
+        }
+        Ok(())
+    }
+
+    /// Removes every manifest whose name starts with `prefix`.
+    pub fn remove_prefixed(&self, prefix: &str) -> Result<()> {
+        for e in std::fs::read_dir(&self.state_dir)?.flatten() {
+            if e.file_name().to_string_lossy().starts_with(prefix) {
+                std::fs::remove_file(e.path())?;
+            }
+        }
+        Ok(())
+    }
+
+    fn cli(&self, args: &[&str]) -> Result<String> {
+        let out = Command::new(binary()).args(args).arg("--socket").arg(&self.socket).output()?;
+        if !out.status.success() {
+            bail!("palisade {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).to_string())
+    }
+
+    pub fn status(&self) -> Result<Value> {
+        Ok(serde_json::from_str(&self.cli(&["status", "-o", "json"])?)?)
+    }
+
+    /// Waits until the kernel holds the latest manifests.
+    pub fn wait_in_sync(&self) -> Result<Value> {
+        let st: Value = serde_json::from_str(&self.cli(&["status", "--wait", "--timeout", "20s", "-o", "json"])?)?;
+        Ok(st)
+    }
+
+    /// Past events from the agent's history (newest last).
+    pub fn events(&self, extra: &[&str]) -> Result<Vec<VerdictEvent>> {
+        let mut args = vec!["observe", "--no-follow", "--last", "100000", "-o", "json"];
+        args.extend_from_slice(extra);
+        let out = self.cli(&args)?;
+        out.lines().filter(|l| !l.trim().is_empty()).map(|l| Ok(serde_json::from_str(l)?)).collect()
+    }
+
+    pub fn log_tail(&self) -> String {
+        let tail = |p: &Path| {
+            let s = std::fs::read_to_string(p).unwrap_or_default();
+            let lines: Vec<&str> = s.lines().collect();
+            lines[lines.len().saturating_sub(30)..].join("\n")
+        };
+        format!("--- stderr ---\n{}\n--- stdout ---\n{}", tail(&self.stderr), tail(&self.stdout))
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = Command::new(binary()).args(["uninstall", "--bpffs"]).arg(&self.bpffs).status();
+        let _ = std::fs::remove_dir_all(&self.work);
+    }
+}

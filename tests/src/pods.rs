@@ -1,0 +1,141 @@
+//! Pods made of network namespaces, wired the way ptp CNIs (kindnet,
+//! Calico) wire them: a veth whose host side has a /32 and /128 route to
+//! the pod, proxy ARP and a link-local IPv6 gateway, and a default route in
+//! the pod. Each pod serves TCP and UDP echo on ports 80 and 81.
+
+use crate::netns::{Netns, ip_batch, sysctl};
+use anyhow::{Context, Result};
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+/// The ports every pod serves, with their container port names.
+pub const SERVED: [(u16, &str); 2] = [(80, "80"), (81, "81")];
+
+#[derive(Clone, Debug)]
+pub struct PodSpec {
+    pub namespace: String,
+    pub name: String,
+    pub labels: Vec<(String, String)>,
+    pub ip4: Ipv4Addr,
+    pub ip6: Ipv6Addr,
+    /// spec.nodeName; the agent under test runs as [`crate::NODE`].
+    pub node: String,
+}
+
+pub struct Pod {
+    pub spec: PodSpec,
+    pub netns: Netns,
+    /// Host side of the veth.
+    pub host_if: String,
+}
+
+impl Pod {
+    pub fn id(&self) -> String {
+        format!("{}/{}", self.spec.namespace, self.spec.name)
+    }
+
+    pub fn ip(&self, v6: bool) -> IpAddr {
+        if v6 { IpAddr::V6(self.spec.ip6) } else { IpAddr::V4(self.spec.ip4) }
+    }
+
+    /// Creates the namespace, the veth and the routes, and starts servers.
+    pub fn create(netns_name: &str, host_if: &str, spec: PodSpec) -> Result<Pod> {
+        let netns = Netns::create(netns_name)?;
+        netns.run(|| {
+            for key in ["net.ipv6.conf.default.accept_dad", "net.ipv6.conf.all.accept_dad"] {
+                let _ = sysctl(key, "0");
+            }
+        });
+        let (ip4, ip6) = (spec.ip4, spec.ip6);
+        ip_batch(
+            None,
+            &[
+                format!("link add {host_if} type veth peer name eth0 netns {netns_name}"),
+                format!("link set {host_if} up"),
+                format!("addr add fe80::1/64 dev {host_if} nodad"),
+            ],
+        )?;
+        sysctl(&format!("net.ipv4.conf.{host_if}.proxy_arp"), "1")?;
+        let inside = [
+            "link set lo up".to_string(),
+            "link set eth0 up".to_string(),
+            format!("addr add {ip4}/32 dev eth0"),
+            format!("addr add {ip6}/128 dev eth0 nodad"),
+            "route add 169.254.1.1 dev eth0 scope link".to_string(),
+            "route add default via 169.254.1.1 dev eth0".to_string(),
+            "route add default via fe80::1 dev eth0".to_string(),
+        ];
+        ip_batch(Some(netns_name), &inside).context("pod side")?;
+        ip_batch(None, &[format!("route add {ip4}/32 dev {host_if}"), format!("route add {ip6}/128 dev {host_if}")])
+            .context("host routes")?;
+        let pod = Pod { spec, netns, host_if: host_if.to_string() };
+        pod.serve()?;
+        Ok(pod)
+    }
+
+    fn serve(&self) -> Result<()> {
+        for (port, _) in SERVED {
+            let tcp = self.netns.run(move || std::net::TcpListener::bind((Ipv6Addr::UNSPECIFIED, port)))?;
+            std::thread::spawn(move || {
+                for stream in tcp.incoming().flatten() {
+                    std::thread::spawn(move || echo_tcp(stream));
+                }
+            });
+            let udp = self.netns.run(move || std::net::UdpSocket::bind((Ipv6Addr::UNSPECIFIED, port)))?;
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 2048];
+                while let Ok((n, from)) = udp.recv_from(&mut buf) {
+                    let _ = udp.send_to(&buf[..n], from);
+                }
+            });
+        }
+        Ok(())
+    }
+
+    /// The Pod manifest, with its named container ports.
+    pub fn manifest(&self) -> String {
+        let s = &self.spec;
+        let labels: Vec<String> = s.labels.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+        let mut ports = Vec::new();
+        for (port, _) in SERVED {
+            for proto in ["TCP", "UDP", "SCTP"] {
+                ports.push(format!(
+                    "{{name: serve-{port}-{}, containerPort: {port}, protocol: {proto}}}",
+                    proto.to_lowercase()
+                ));
+            }
+        }
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {}, namespace: \"{}\", labels: {{{}}}}}\nspec:\n  nodeName: {}\n  containers: [{{name: server, image: agnhost, ports: [{}]}}]\nstatus:\n  phase: Running\n  podIP: {}\n  podIPs: [{{ip: {}}}, {{ip: \"{}\"}}]\n",
+            s.name,
+            s.namespace,
+            labels.join(", "),
+            s.node,
+            ports.join(", "),
+            s.ip4,
+            s.ip4,
+            s.ip6
+        )
+    }
+}
+
+fn echo_tcp(mut s: std::net::TcpStream) {
+    let mut buf = [0u8; 2048];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                if s.write_all(&buf[..n]).is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Host settings pods need: forwarding in both families.
+pub fn prepare_host() -> Result<()> {
+    sysctl("net.ipv4.ip_forward", "1")?;
+    sysctl("net.ipv6.conf.all.forwarding", "1")?;
+    Ok(())
+}

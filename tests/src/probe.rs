@@ -1,0 +1,221 @@
+//! Real connections between pods, and the reachability matrix the upstream
+//! Kubernetes netpol suite checks: every pod to every pod on a port and
+//! protocol, all probes at once.
+
+use crate::pods::Pod;
+use socket2::{Domain, Protocol as SockProto, SockAddr, Socket, Type};
+use std::fmt::Write as _;
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Proto {
+    Tcp,
+    Udp,
+}
+
+impl std::fmt::Display for Proto {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if *self == Proto::Tcp { "TCP" } else { "UDP" })
+    }
+}
+
+/// How long a probe waits before calling the path blocked.
+pub const TIMEOUT: Duration = Duration::from_millis(1500);
+
+/// A socket made inside the source pod, ready to be used from any thread.
+pub fn socket_in(pod: &Pod, v6: bool, proto: Proto) -> std::io::Result<Socket> {
+    pod.netns.run(move || {
+        let domain = if v6 { Domain::IPV6 } else { Domain::IPV4 };
+        match proto {
+            Proto::Tcp => Socket::new(domain, Type::STREAM, Some(SockProto::TCP)),
+            Proto::Udp => Socket::new(domain, Type::DGRAM, Some(SockProto::UDP)),
+        }
+    })
+}
+
+/// Connects and exchanges a message; true if the echo came back.
+pub fn talk(sock: Socket, to: SocketAddr, proto: Proto, timeout: Duration) -> bool {
+    let msg = b"palisade-probe";
+    let mut buf = [0u8; 64];
+    match proto {
+        Proto::Tcp => {
+            if sock.connect_timeout(&SockAddr::from(to), timeout).is_err() {
+                return false;
+            }
+            let mut s: std::net::TcpStream = sock.into();
+            let _ = s.set_read_timeout(Some(timeout));
+            s.write_all(msg).is_ok() && s.read(&mut buf).map(|n| &buf[..n] == msg).unwrap_or(false)
+        }
+        Proto::Udp => {
+            let s: std::net::UdpSocket = sock.into();
+            let _ = s.set_read_timeout(Some(timeout));
+            s.send_to(msg, to).is_ok() && s.recv_from(&mut buf).map(|(n, _)| &buf[..n] == msg).unwrap_or(false)
+        }
+    }
+}
+
+/// One probe from a pod to an address.
+pub fn probe(from: &Pod, to: IpAddr, port: u16, proto: Proto) -> bool {
+    match socket_in(from, to.is_ipv6(), proto) {
+        Ok(s) => talk(s, SocketAddr::new(to, port), proto, TIMEOUT),
+        Err(_) => false,
+    }
+}
+
+/// Who can reach whom, pods in a fixed order.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Matrix {
+    pub names: Vec<String>,
+    pub cells: Vec<Vec<bool>>,
+}
+
+impl Matrix {
+    pub fn new(names: &[String], value: bool) -> Matrix {
+        Matrix { names: names.to_vec(), cells: vec![vec![value; names.len()]; names.len()] }
+    }
+
+    fn idx(&self, pod: &str) -> usize {
+        self.names.iter().position(|n| n == pod).unwrap_or_else(|| panic!("no pod {pod}"))
+    }
+
+    pub fn set(&mut self, from: &str, to: &str, v: bool) -> &mut Self {
+        let (f, t) = (self.idx(from), self.idx(to));
+        self.cells[f][t] = v;
+        self
+    }
+
+    pub fn get(&self, from: &str, to: &str) -> bool {
+        self.cells[self.idx(from)][self.idx(to)]
+    }
+
+    /// Everything to `to` is `v` (pods reaching themselves aside).
+    pub fn to(&mut self, to: &str, v: bool) -> &mut Self {
+        let t = self.idx(to);
+        for f in 0..self.names.len() {
+            if f != t {
+                self.cells[f][t] = v;
+            }
+        }
+        self
+    }
+
+    /// Everything from `from` is `v` (pods reaching themselves aside).
+    pub fn from(&mut self, from: &str, v: bool) -> &mut Self {
+        let f = self.idx(from);
+        for t in 0..self.names.len() {
+            if f != t {
+                self.cells[f][t] = v;
+            }
+        }
+        self
+    }
+
+    /// Applies `f(from, to)` to every pair of distinct pods.
+    pub fn each(&mut self, f: impl Fn(&str, &str) -> Option<bool>) -> &mut Self {
+        for i in 0..self.names.len() {
+            for j in 0..self.names.len() {
+                if i != j {
+                    if let Some(v) = f(&self.names[i], &self.names[j]) {
+                        self.cells[i][j] = v;
+                    }
+                }
+            }
+        }
+        self
+    }
+
+    /// A pod always reaches itself: traffic to its own address never
+    /// leaves it, so no policy applies.
+    pub fn with_self_reachable(mut self) -> Matrix {
+        for i in 0..self.names.len() {
+            self.cells[i][i] = true;
+        }
+        self
+    }
+
+    pub fn render(&self, other: Option<&Matrix>) -> String {
+        let mut s = String::from("from\\to ");
+        for n in &self.names {
+            let _ = write!(s, "{n:>5}");
+        }
+        s.push('\n');
+        for (i, n) in self.names.iter().enumerate() {
+            let _ = write!(s, "{n:>7} ");
+            for j in 0..self.names.len() {
+                let v = self.cells[i][j];
+                let mark = match other.map(|o| o.cells[i][j]) {
+                    Some(e) if e != v => {
+                        if v {
+                            "  X!"
+                        } else {
+                            "  .!"
+                        }
+                    }
+                    _ => {
+                        if v {
+                            "   X"
+                        } else {
+                            "   ."
+                        }
+                    }
+                };
+                let _ = write!(s, " {mark}");
+            }
+            s.push('\n');
+        }
+        s
+    }
+}
+
+/// Probes every pair of pods at once.
+pub fn reachability(pods: &[&Pod], port: u16, proto: Proto, v6: bool) -> Matrix {
+    let names: Vec<String> = pods.iter().map(|p| p.id()).collect();
+    let mut m = Matrix::new(&names, false);
+    let results: Vec<(usize, usize, bool)> = std::thread::scope(|scope| {
+        let mut handles = Vec::new();
+        for (i, from) in pods.iter().enumerate() {
+            for (j, to) in pods.iter().enumerate() {
+                let target = SocketAddr::new(to.ip(v6), port);
+                let sock = socket_in(from, v6, proto);
+                handles.push(scope.spawn(move || {
+                    let ok = match sock {
+                        Ok(s) => talk(s, target, proto, TIMEOUT),
+                        Err(_) => false,
+                    };
+                    (i, j, ok)
+                }));
+            }
+        }
+        handles.into_iter().map(|h| h.join().expect("probe thread")).collect()
+    });
+    for (i, j, ok) in results {
+        m.cells[i][j] = ok;
+    }
+    m
+}
+
+/// Probes until the matrix matches `expected`, re-probing (once) only the
+/// pairs that were expected to connect and did not: a lost packet under
+/// load must not fail a test, but an unexpected connection always does.
+pub fn check(pods: &[&Pod], port: u16, proto: Proto, v6: bool, expected: &Matrix) -> Result<(), String> {
+    let mut got = reachability(pods, port, proto, v6);
+    for i in 0..got.names.len() {
+        for j in 0..got.names.len() {
+            if expected.cells[i][j] && !got.cells[i][j] {
+                got.cells[i][j] = probe(pods[i], pods[j].ip(v6), port, proto);
+            }
+        }
+    }
+    if got == *expected {
+        Ok(())
+    } else {
+        Err(format!(
+            "reachability on {proto}/{port} over IPv{} differs (X reachable, . blocked, ! unexpected)\nexpected:\n{}observed:\n{}",
+            if v6 { 6 } else { 4 },
+            expected.render(None),
+            got.render(Some(expected))
+        ))
+    }
+}

@@ -1,0 +1,663 @@
+//! NetworkPolicy conformance on the real kernel, modelled on the upstream
+//! Kubernetes e2e netpol suite (test/e2e/network/netpol): namespaces x, y,
+//! z with pods a, b, c; servers on 80 and 81 over TCP and UDP; each case
+//! applies policies and checks the full 9x9 reachability matrix with real
+//! connections through palisade's classifier.
+
+use anyhow::{Context, Result, anyhow, bail};
+use libtest_mimic::{Arguments, Failed, Trial};
+use palisade_e2e::agent::Agent;
+use palisade_e2e::probe::{self, Matrix, Proto};
+use palisade_e2e::{NODE, Topology, require_root};
+use std::sync::{Arc, Mutex};
+
+struct Env {
+    topo: Topology,
+    agent: Agent,
+}
+
+/// A NetworkPolicy manifest; `spec` is YAML indented by two spaces.
+fn np(ns: &str, name: &str, spec: &str) -> String {
+    format!(
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: {name}\n  namespace: {ns}\nspec:\n{spec}"
+    )
+}
+
+impl Env {
+    fn setup() -> Result<Env> {
+        require_root()?;
+        let topo = Topology::xyz("cf", 1)?;
+        let agent = Agent::start("conformance", NODE, &[])?;
+        let env = Env { topo, agent };
+        env.reset()?;
+        Ok(env)
+    }
+
+    /// Back to the base state: the topology's objects, no policies.
+    fn reset(&self) -> Result<()> {
+        self.agent.remove_prefixed("policy-")?;
+        self.agent.apply("base.yaml", &self.topo.manifests())?;
+        self.agent.wait_in_sync()?;
+        Ok(())
+    }
+
+    /// Replaces all policies with `policies`, and waits until in force.
+    fn apply(&self, policies: &[String]) -> Result<()> {
+        self.agent.remove_prefixed("policy-")?;
+        for (i, p) in policies.iter().enumerate() {
+            self.agent.apply(&format!("policy-{i}.yaml"), p)?;
+        }
+        let st = self.agent.wait_in_sync()?;
+        let errors = st["errors"].as_array().map(|a| a.len()).unwrap_or(0);
+        if errors > 0 {
+            bail!("the agent rejected input: {}", st["errors"]);
+        }
+        Ok(())
+    }
+
+    /// Rewrites the base objects with `edit` applied to the manifests text.
+    fn edit_base(&self, edit: impl Fn(String) -> String) -> Result<()> {
+        self.agent.apply("base.yaml", &edit(self.topo.manifests()))?;
+        self.agent.wait_in_sync()?;
+        Ok(())
+    }
+
+    fn expect(&self, port: u16, proto: Proto, v6: bool, build: impl Fn(&mut Matrix)) -> Result<()> {
+        let mut m = Matrix::new(&self.topo.names(), true);
+        build(&mut m);
+        let expected = m.with_self_reachable();
+        probe::check(&self.topo.all(), port, proto, v6, &expected)
+            .map_err(|e| anyhow!("{e}\n{}", self.agent.log_tail()))
+    }
+
+    fn tcp(&self, port: u16, build: impl Fn(&mut Matrix)) -> Result<()> {
+        self.expect(port, Proto::Tcp, false, build)
+    }
+}
+
+fn ns_of(pod: &str) -> &str {
+    pod.split('/').next().unwrap_or("")
+}
+
+type CaseFn = fn(&Env) -> Result<()>;
+
+fn cases() -> Vec<(&'static str, CaseFn)> {
+    vec![
+        ("default_deny_ingress", |e| {
+            e.apply(&[np("x", "deny-ingress", "  podSelector: {}\n  policyTypes: [Ingress]\n")])?;
+            e.tcp(80, |m| {
+                m.each(|_, to| (ns_of(to) == "x").then_some(false));
+            })?;
+            e.expect(80, Proto::Udp, false, |m| {
+                m.each(|_, to| (ns_of(to) == "x").then_some(false));
+            })
+        }),
+        ("default_deny_all", |e| {
+            e.apply(&[np("x", "deny-all", "  podSelector: {}\n  policyTypes: [Ingress, Egress]\n")])?;
+            e.tcp(80, |m| {
+                m.each(|from, to| (ns_of(to) == "x" || ns_of(from) == "x").then_some(false));
+            })
+        }),
+        ("allow_from_pods_in_server_namespace_by_pod_selector", |e| {
+            e.apply(&[np(
+                "x",
+                "allow-b",
+                "  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - from: [{podSelector: {matchLabels: {pod: b}}}]\n",
+            )])?;
+            e.tcp(80, |m| {
+                m.to("x/a", false).set("x/b", "x/a", true);
+            })
+        }),
+        ("allow_ingress_for_a_target", |e| {
+            e.apply(&[
+                np("x", "deny-ingress", "  podSelector: {}\n  policyTypes: [Ingress]\n"),
+                np("x", "allow-a", "  podSelector: {matchLabels: {pod: a}}\n  ingress: [{}]\n"),
+            ])?;
+            e.tcp(80, |m| {
+                m.to("x/b", false).to("x/c", false);
+            })
+        }),
+        ("allow_ingress_from_all_namespaces", |e| {
+            e.apply(&[np(
+                "x",
+                "allow-all-ns",
+                "  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - from: [{namespaceSelector: {}}]\n",
+            )])?;
+            e.tcp(80, |_| {})
+        }),
+        ("allow_only_from_other_namespace_by_namespace_selector", |e| {
+            e.apply(&[np("x", "allow-y", "  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - from: [{namespaceSelector: {matchLabels: {ns: \"y\"}}}]\n")])?;
+            e.tcp(80, |m| {
+                m.to("x/a", false).each(|from, to| (to == "x/a" && ns_of(from) == "y").then_some(true));
+            })
+        }),
+        ("pod_selector_match_expressions", |e| {
+            e.apply(&[np(
+                "x",
+                "expr",
+                "  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - from: [{podSelector: {matchExpressions: [{key: pod, operator: In, values: [b]}]}}]\n",
+            )])?;
+            e.tcp(80, |m| {
+                m.to("x/a", false).set("x/b", "x/a", true);
+            })
+        }),
+        ("namespace_selector_match_expressions", |e| {
+            e.apply(&[np(
+                "x",
+                "expr",
+                "  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - from: [{namespaceSelector: {matchExpressions: [{key: ns, operator: In, values: [\"y\"]}]}}]\n",
+            )])?;
+            e.tcp(80, |m| {
+                m.to("x/a", false).each(|from, to| (to == "x/a" && ns_of(from) == "y").then_some(true));
+            })
+        }),
+        ("pod_selector_or_namespace_selector", |e| {
+            e.apply(&[np(
+                "x",
+                "or",
+                "  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - from:\n    - namespaceSelector: {matchExpressions: [{key: ns, operator: NotIn, values: [x]}]}\n    - podSelector: {matchLabels: {pod: b}}\n",
+            )])?;
+            e.tcp(80, |m| {
+                m.to("x/a", false)
+                    .each(|from, to| (to == "x/a" && (ns_of(from) != "x" || from == "x/b")).then_some(true));
+            })
+        }),
+        ("pod_selector_and_namespace_selector", |e| {
+            e.apply(&[np(
+                "x",
+                "and",
+                "  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - from:\n    - namespaceSelector: {matchExpressions: [{key: ns, operator: NotIn, values: [x]}]}\n      podSelector: {matchExpressions: [{key: pod, operator: In, values: [b, c]}]}\n",
+            )])?;
+            e.tcp(80, |m| {
+                m.to("x/a", false);
+                for from in ["y/b", "y/c", "z/b", "z/c"] {
+                    m.set(from, "x/a", true);
+                }
+            })
+        }),
+        ("any_of_several_pod_selectors", |e| {
+            e.apply(&[np(
+                "x",
+                "any",
+                "  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - from: [{podSelector: {matchLabels: {pod: b}}}, {podSelector: {matchLabels: {pod: c}}}]\n",
+            )])?;
+            e.tcp(80, |m| {
+                m.to("x/a", false).set("x/b", "x/a", true).set("x/c", "x/a", true);
+            })
+        }),
+        ("pod_in_other_namespace_by_pod_and_namespace_selector", |e| {
+            e.apply(&[np(
+                "x",
+                "ya",
+                "  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - from: [{namespaceSelector: {matchLabels: {ns: \"y\"}}, podSelector: {matchLabels: {pod: a}}}]\n",
+            )])?;
+            e.tcp(80, |m| {
+                m.to("x/a", false).set("y/a", "x/a", true);
+            })
+        }),
+        ("ports", |e| {
+            e.apply(&[np(
+                "x",
+                "p81",
+                "  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - ports: [{port: 81}]\n",
+            )])?;
+            e.tcp(80, |m| {
+                m.to("x/a", false);
+            })?;
+            e.tcp(81, |_| {})
+        }),
+        ("stacked_policies_with_overlapping_pod_selectors", |e| {
+            let p81 = np(
+                "x",
+                "p81",
+                "  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - from: [{namespaceSelector: {matchLabels: {ns: \"y\"}}}]\n    ports: [{port: 81}]\n",
+            );
+            e.apply(std::slice::from_ref(&p81))?;
+            let from_y = |m: &mut Matrix| {
+                m.to("x/a", false).each(|from, to| (to == "x/a" && ns_of(from) == "y").then_some(true));
+            };
+            e.tcp(80, |m| {
+                m.to("x/a", false);
+            })?;
+            e.tcp(81, from_y)?;
+            let p80 = np(
+                "x",
+                "p80",
+                "  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - from: [{namespaceSelector: {matchLabels: {ns: \"y\"}}}]\n    ports: [{port: 80}]\n",
+            );
+            e.apply(&[p81, p80])?;
+            e.tcp(80, from_y)?;
+            e.tcp(81, from_y)
+        }),
+        ("allow_all", |e| {
+            e.apply(&[np("x", "allow-all", "  podSelector: {}\n  ingress: [{}]\n")])?;
+            e.tcp(80, |_| {})
+        }),
+        ("ingress_on_one_named_port", |e| {
+            e.apply(&[np(
+                "x",
+                "named",
+                "  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - ports: [{port: serve-81-tcp}]\n",
+            )])?;
+            e.tcp(81, |_| {})?;
+            e.tcp(80, |m| {
+                m.to("x/a", false);
+            })
+        }),
+        ("ingress_from_namespace_on_one_named_port", |e| {
+            e.apply(&[np(
+                "x",
+                "named",
+                "  podSelector: {}\n  ingress:\n  - from: [{namespaceSelector: {matchLabels: {ns: \"y\"}}}]\n    ports: [{port: serve-80-tcp, protocol: TCP}]\n",
+            )])?;
+            e.tcp(80, |m| {
+                m.each(|from, to| (ns_of(to) == "x").then_some(ns_of(from) == "y"));
+            })?;
+            e.tcp(81, |m| {
+                m.each(|_, to| (ns_of(to) == "x").then_some(false));
+            })
+        }),
+        ("egress_on_one_named_port", |e| {
+            e.apply(&[np(
+                "x",
+                "named",
+                "  podSelector: {matchLabels: {pod: a}}\n  policyTypes: [Egress]\n  egress:\n  - ports: [{port: serve-80-tcp}]\n",
+            )])?;
+            e.tcp(80, |_| {})?;
+            e.tcp(81, |m| {
+                m.from("x/a", false);
+            })
+        }),
+        ("named_port_protocol_must_match", |e| {
+            // serve-80-udp names UDP 80: it must not open TCP 80.
+            e.apply(&[np("x", "named", "  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - ports: [{port: serve-80-udp, protocol: UDP}]\n")])?;
+            e.tcp(80, |m| {
+                m.to("x/a", false);
+            })?;
+            e.expect(80, Proto::Udp, false, |_| {})
+        }),
+        ("updated_policy", |e| {
+            let spec = |port: u16| {
+                format!(
+                    "  podSelector: {{matchLabels: {{pod: a}}}}\n  ingress:\n  - from: [{{podSelector: {{matchLabels: {{pod: b}}}}}}]\n    ports: [{{port: {port}}}]\n"
+                )
+            };
+            e.apply(&[np("x", "upd", &spec(80))])?;
+            e.tcp(80, |m| {
+                m.to("x/a", false).set("x/b", "x/a", true);
+            })?;
+            e.apply(&[np("x", "upd", &spec(81))])?;
+            e.tcp(80, |m| {
+                m.to("x/a", false);
+            })?;
+            e.tcp(81, |m| {
+                m.to("x/a", false).set("x/b", "x/a", true);
+            })
+        }),
+        ("ingress_from_updated_namespace", |e| {
+            e.apply(&[np(
+                "x",
+                "upd-ns",
+                "  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - from: [{namespaceSelector: {matchLabels: {ns2: updated}}}]\n",
+            )])?;
+            e.tcp(80, |m| {
+                m.to("x/a", false);
+            })?;
+            e.edit_base(|s| s.replace("labels: {ns: \"y\"}", "labels: {ns: \"y\", ns2: updated}"))?;
+            let r = e.tcp(80, |m| {
+                m.to("x/a", false).each(|from, to| (to == "x/a" && ns_of(from) == "y").then_some(true));
+            });
+            e.reset()?;
+            r
+        }),
+        ("ingress_from_updated_pod", |e| {
+            e.apply(&[np("x", "upd-pod", "  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - from: [{podSelector: {matchLabels: {pod: b-new}}}]\n")])?;
+            e.tcp(80, |m| {
+                m.to("x/a", false);
+            })?;
+            e.edit_base(|s| {
+                s.replace(
+                    "metadata: {name: b, namespace: \"x\", labels: {pod: b}}",
+                    "metadata: {name: b, namespace: \"x\", labels: {pod: b-new}}",
+                )
+            })?;
+            let r = e.tcp(80, |m| {
+                m.to("x/a", false).set("x/b", "x/a", true);
+            });
+            e.reset()?;
+            r
+        }),
+        ("deny_ingress_from_other_namespaces", |e| {
+            e.apply(&[np("x", "same-ns", "  podSelector: {}\n  ingress:\n  - from: [{podSelector: {}}]\n")])?;
+            e.tcp(80, |m| {
+                m.each(|from, to| (ns_of(to) == "x" && ns_of(from) != "x").then_some(false));
+            })
+        }),
+        ("deny_ingress_to_updated_pod", |e| {
+            e.apply(&[np(
+                "x",
+                "isolate",
+                "  podSelector: {matchLabels: {target: isolated}}\n  policyTypes: [Ingress]\n",
+            )])?;
+            e.tcp(80, |_| {})?;
+            e.edit_base(|s| {
+                s.replace(
+                    "metadata: {name: a, namespace: \"x\", labels: {pod: a}}",
+                    "metadata: {name: a, namespace: \"x\", labels: {pod: a, target: isolated}}",
+                )
+            })?;
+            let r = e.tcp(80, |m| {
+                m.to("x/a", false);
+            });
+            e.reset()?;
+            r
+        }),
+        ("deny_egress_by_pod_selector", |e| {
+            e.apply(&[np("x", "deny-egress", "  podSelector: {matchLabels: {pod: a}}\n  policyTypes: [Egress]\n")])?;
+            // Replies to connections x/a accepts still leave it.
+            e.tcp(80, |m| {
+                m.from("x/a", false);
+            })
+        }),
+        ("deny_egress_from_all_pods_in_namespace", |e| {
+            e.apply(&[np("x", "deny-egress", "  podSelector: {}\n  policyTypes: [Egress]\n")])?;
+            e.tcp(80, |m| {
+                m.each(|from, _| (ns_of(from) == "x").then_some(false));
+            })
+        }),
+        ("ingress_and_egress_together", |e| {
+            e.apply(&[np(
+                "x",
+                "both",
+                "  podSelector: {matchLabels: {pod: a}}\n  policyTypes: [Ingress, Egress]\n  ingress:\n  - from: [{podSelector: {matchLabels: {pod: b}}}]\n  egress:\n  - to: [{namespaceSelector: {matchLabels: {ns: \"y\"}}}]\n",
+            )])?;
+            e.tcp(80, |m| {
+                m.to("x/a", false).set("x/b", "x/a", true).from("x/a", false);
+                for to in ["y/a", "y/b", "y/c"] {
+                    m.set("x/a", to, true);
+                }
+            })
+        }),
+        ("egress_denied_on_client_even_if_server_allows", |e| {
+            e.apply(&[
+                np("x", "egress-y", "  podSelector: {matchLabels: {pod: a}}\n  policyTypes: [Egress]\n  egress:\n  - to: [{namespaceSelector: {matchLabels: {ns: \"y\"}}}]\n"),
+                np("z", "allow-all", "  podSelector: {}\n  ingress: [{}]\n"),
+            ])?;
+            e.tcp(80, |m| {
+                m.from("x/a", false).each(|from, to| (from == "x/a" && ns_of(to) == "y").then_some(true));
+            })
+        }),
+        ("egress_to_pod_in_other_namespace_by_pod_and_namespace_selector", |e| {
+            e.apply(&[np(
+                "x",
+                "egress-ya",
+                "  podSelector: {matchLabels: {pod: a}}\n  policyTypes: [Egress]\n  egress:\n  - to: [{namespaceSelector: {matchLabels: {ns: \"y\"}}, podSelector: {matchLabels: {pod: a}}}]\n",
+            )])?;
+            e.tcp(80, |m| {
+                m.from("x/a", false).set("x/a", "y/a", true);
+            })
+        }),
+        ("any_port_on_one_protocol", |e| {
+            e.apply(&[np(
+                "x",
+                "tcp-only",
+                "  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - ports: [{protocol: TCP}]\n",
+            )])?;
+            e.tcp(80, |_| {})?;
+            e.tcp(81, |_| {})?;
+            e.expect(80, Proto::Udp, false, |m| {
+                m.to("x/a", false);
+            })
+        }),
+        ("udp_only_policy_does_not_open_tcp", |e| {
+            e.apply(&[np(
+                "x",
+                "udp81",
+                "  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - ports: [{protocol: UDP, port: 81}]\n",
+            )])?;
+            e.tcp(81, |m| {
+                m.to("x/a", false);
+            })?;
+            e.expect(81, Proto::Udp, false, |_| {})
+        }),
+        ("sctp_policy_is_not_tcp", |e| {
+            e.apply(&[np(
+                "x",
+                "sctp80",
+                "  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - ports: [{protocol: SCTP, port: 80}]\n",
+            )])?;
+            e.tcp(80, |m| {
+                m.to("x/a", false);
+            })
+        }),
+        ("multiple_ingress_policies_allow_all_wins", |e| {
+            let p80 = np("x", "p80", "  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - ports: [{port: 80}]\n");
+            e.apply(std::slice::from_ref(&p80))?;
+            e.tcp(81, |m| {
+                m.to("x/a", false);
+            })?;
+            e.apply(&[p80, np("x", "allow-all", "  podSelector: {matchLabels: {pod: a}}\n  ingress: [{}]\n")])?;
+            e.tcp(81, |_| {})
+        }),
+        ("multiple_egress_policies_allow_all_wins", |e| {
+            let p80 = np(
+                "x",
+                "p80",
+                "  podSelector: {matchLabels: {pod: a}}\n  policyTypes: [Egress]\n  egress:\n  - ports: [{port: 80}]\n",
+            );
+            e.apply(std::slice::from_ref(&p80))?;
+            e.tcp(81, |m| {
+                m.from("x/a", false);
+            })?;
+            e.apply(&[
+                p80,
+                np(
+                    "x",
+                    "allow-all",
+                    "  podSelector: {matchLabels: {pod: a}}\n  policyTypes: [Egress]\n  egress: [{}]\n",
+                ),
+            ])?;
+            e.tcp(81, |_| {})
+        }),
+        ("stop_enforcing_after_deletion", |e| {
+            e.apply(&[np("x", "deny-all", "  podSelector: {}\n  policyTypes: [Ingress, Egress]\n")])?;
+            e.tcp(80, |m| {
+                m.each(|from, to| (ns_of(to) == "x" || ns_of(from) == "x").then_some(false));
+            })?;
+            e.apply(&[])?;
+            e.tcp(80, |_| {})
+        }),
+        ("egress_to_cidr_block", |e| {
+            let ya = e.topo.pod("y/a").spec.ip4;
+            e.apply(&[np("x", "cidr", &format!("  podSelector: {{matchLabels: {{pod: a}}}}\n  policyTypes: [Egress]\n  egress:\n  - to: [{{ipBlock: {{cidr: {ya}/32}}}}]\n"))])?;
+            e.tcp(80, |m| {
+                m.from("x/a", false).set("x/a", "y/a", true);
+            })
+        }),
+        ("egress_cidr_except", |e| {
+            let ya = e.topo.pod("y/a").spec.ip4;
+            e.apply(&[np(
+                "x",
+                "except",
+                &format!("  podSelector: {{matchLabels: {{pod: a}}}}\n  policyTypes: [Egress]\n  egress:\n  - to: [{{ipBlock: {{cidr: 10.240.0.0/16, except: [{ya}/32]}}}}]\n"),
+            )])?;
+            e.tcp(80, |m| {
+                m.set("x/a", "y/a", false);
+            })
+        }),
+        ("ip_in_both_cidr_and_except_of_different_rules_is_allowed", |e| {
+            let ya = e.topo.pod("y/a").spec.ip4;
+            e.apply(&[np(
+                "x",
+                "overlap",
+                &format!("  podSelector: {{matchLabels: {{pod: a}}}}\n  policyTypes: [Egress]\n  egress:\n  - to: [{{ipBlock: {{cidr: 10.240.0.0/16, except: [{ya}/32]}}}}]\n  - to: [{{ipBlock: {{cidr: {ya}/32}}}}]\n"),
+            )])?;
+            e.tcp(80, |_| {})
+        }),
+        ("ingress_and_egress_isolation_are_independent", |e| {
+            e.apply(&[np("x", "deny-egress", "  podSelector: {matchLabels: {pod: a}}\n  policyTypes: [Egress]\n")])?;
+            e.tcp(80, |m| {
+                m.from("x/a", false);
+            })?;
+            e.apply(&[
+                np("x", "deny-egress", "  podSelector: {matchLabels: {pod: a}}\n  policyTypes: [Egress]\n"),
+                np("x", "deny-ingress", "  podSelector: {matchLabels: {pod: a}}\n  policyTypes: [Ingress]\n"),
+            ])?;
+            e.tcp(80, |m| {
+                m.from("x/a", false).to("x/a", false);
+            })
+        }),
+        ("namespace_selector_on_default_name_label", |e| {
+            e.apply(&[np(
+                "x",
+                "by-name",
+                "  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - from: [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: \"y\"}}}]\n",
+            )])?;
+            e.tcp(80, |m| {
+                m.to("x/a", false).each(|from, to| (to == "x/a" && ns_of(from) == "y").then_some(true));
+            })
+        }),
+        ("namespace_selector_expressions_on_default_name_label", |e| {
+            e.apply(&[np(
+                "x",
+                "by-name",
+                "  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - from: [{namespaceSelector: {matchExpressions: [{key: kubernetes.io/metadata.name, operator: NotIn, values: [\"y\"]}]}}]\n",
+            )])?;
+            e.tcp(80, |m| {
+                m.each(|from, to| (to == "x/a" && ns_of(from) == "y").then_some(false));
+            })
+        }),
+        ("end_port_range", |e| {
+            e.apply(&[np(
+                "x",
+                "range",
+                "  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - ports: [{port: 81, endPort: 90}]\n",
+            )])?;
+            e.tcp(80, |m| {
+                m.to("x/a", false);
+            })?;
+            e.tcp(81, |_| {})
+        }),
+        ("multiple_end_port_ranges", |e| {
+            e.apply(&[np(
+                "x",
+                "ranges",
+                "  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - ports: [{port: 70, endPort: 80}, {port: 81, endPort: 81, protocol: UDP}]\n",
+            )])?;
+            e.tcp(80, |_| {})?;
+            e.tcp(81, |m| {
+                m.to("x/a", false);
+            })?;
+            e.expect(81, Proto::Udp, false, |_| {})
+        }),
+        ("ipv6_namespace_selector", |e| {
+            e.apply(&[np(
+                "x",
+                "allow-y",
+                "  podSelector: {}\n  ingress:\n  - from: [{namespaceSelector: {matchLabels: {ns: \"y\"}}}]\n",
+            )])?;
+            e.expect(80, Proto::Tcp, true, |m| {
+                m.each(|from, to| (ns_of(to) == "x").then_some(ns_of(from) == "y"));
+            })?;
+            e.expect(80, Proto::Udp, true, |m| {
+                m.each(|from, to| (ns_of(to) == "x").then_some(ns_of(from) == "y"));
+            })
+        }),
+        ("ipv6_cidr_does_not_match_ipv4", |e| {
+            e.apply(&[np(
+                "x",
+                "v6-only",
+                "  podSelector: {matchLabels: {pod: a}}\n  policyTypes: [Egress]\n  egress:\n  - to: [{ipBlock: {cidr: '::/0'}}]\n",
+            )])?;
+            e.tcp(80, |m| {
+                m.from("x/a", false);
+            })?;
+            e.expect(80, Proto::Tcp, true, |_| {})
+        }),
+        ("node_reaches_isolated_pods", |e| {
+            e.apply(&[np("x", "deny-ingress", "  podSelector: {}\n  policyTypes: [Ingress]\n")])?;
+            let xa = e.topo.pod("x/a").spec.ip4;
+            let ok = std::net::TcpStream::connect_timeout(&(xa, 80).into(), probe::TIMEOUT).is_ok();
+            if !ok {
+                bail!("the node could not reach an isolated pod (kubelet probes would fail)");
+            }
+            Ok(())
+        }),
+        ("policy_change_redecides_open_connections", |e| {
+            e.apply(&[])?;
+            let sock = probe::socket_in(e.topo.pod("y/a"), false, Proto::Tcp)?;
+            let to = std::net::SocketAddr::new(e.topo.pod("x/a").ip(false), 80);
+            sock.connect_timeout(&to.into(), probe::TIMEOUT).context("connect")?;
+            let mut conn: std::net::TcpStream = sock.into();
+            conn.set_read_timeout(Some(probe::TIMEOUT))?;
+            let ping = |c: &mut std::net::TcpStream| -> bool {
+                use std::io::{Read, Write};
+                let mut buf = [0u8; 8];
+                c.write_all(b"ping").is_ok() && c.read(&mut buf).map(|n| n == 4).unwrap_or(false)
+            };
+            if !ping(&mut conn) {
+                bail!("open connection did not work before the policy change");
+            }
+            e.apply(&[np("x", "deny-ingress", "  podSelector: {}\n  policyTypes: [Ingress]\n")])?;
+            if ping(&mut conn) {
+                bail!("an open connection kept working after a policy change denied it");
+            }
+            Ok(())
+        }),
+        ("invalid_edit_keeps_last_valid_policy", |e| {
+            let good = np("x", "p81", "  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - ports: [{port: 81}]\n");
+            e.apply(std::slice::from_ref(&good))?;
+            let bad = good.replace("port: 81", "port: 81, endPort: 70");
+            e.agent.apply("policy-0.yaml", &bad)?;
+            let st = e.agent.wait_in_sync()?;
+            let err = &st["errors"][0];
+            if err["field"] != "spec.ingress[0].ports[0].endPort" || err["object"] != "NetworkPolicy x/p81" {
+                bail!("expected an error naming the object and field, got {}", st["errors"]);
+            }
+            e.tcp(80, |m| {
+                m.to("x/a", false);
+            })?;
+            e.tcp(81, |_| {})
+        }),
+        ("invalid_new_policy_fails_closed", |e| {
+            e.apply(&[])?;
+            e.agent.apply(
+                "policy-0.yaml",
+                &np(
+                    "x",
+                    "broken",
+                    "  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - from: [{ipBlock: {cidr: 10.0.0.0/33}}]\n",
+                ),
+            )?;
+            let st = e.agent.wait_in_sync()?;
+            if st["errors"][0]["field"] != "spec.ingress[0].from[0].ipBlock.cidr" {
+                bail!("expected an error naming the field, got {}", st["errors"]);
+            }
+            e.tcp(80, |m| {
+                m.to("x/a", false);
+            })
+        }),
+    ]
+}
+
+fn main() {
+    let args = Arguments::from_args();
+    let env: Arc<Mutex<Option<Result<Env, String>>>> = Arc::new(Mutex::new(None));
+    let trials: Vec<Trial> = cases()
+        .into_iter()
+        .map(|(name, case)| {
+            let env = env.clone();
+            Trial::test(name, move || {
+                let mut guard = env.lock().unwrap_or_else(|p| p.into_inner());
+                let env = guard.get_or_insert_with(|| Env::setup().map_err(|e| format!("{e:#}")));
+                let env = env.as_ref().map_err(|e| Failed::from(format!("setting up: {e}")))?;
+                let result = env.reset().and_then(|_| case(env));
+                result.map_err(|e| Failed::from(format!("{e:#}")))
+            })
+        })
+        .collect();
+    let conclusion = libtest_mimic::run(&args, trials);
+    // Tear down (namespaces, interfaces, agent, pins) before exiting.
+    drop(env.lock().unwrap_or_else(|p| p.into_inner()).take());
+    conclusion.exit();
+}
