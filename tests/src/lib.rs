@@ -9,7 +9,7 @@ pub mod pods;
 pub mod probe;
 
 use anyhow::{Result, bail};
-use pods::{Pod, PodSpec};
+use pods::{Pod, PodSpec, Port};
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 /// The node name the agent under test runs as.
@@ -48,6 +48,13 @@ impl Topology {
                     ip4: Ipv4Addr::new(10, 240, subnet, host),
                     ip6: Ipv6Addr::new(0xfd10, 0x240, u16::from(subnet), 0, 0, 0, 0, u16::from(host)),
                     node: NODE.into(),
+                    ports: [80, 81]
+                        .iter()
+                        .flat_map(|&port| {
+                            ["TCP", "UDP", "SCTP"]
+                                .map(|proto| Port::new(&format!("serve-{port}-{}", proto.to_lowercase()), port, proto))
+                        })
+                        .collect(),
                 };
                 pods.push(Pod::create(&format!("pl-{tag}-{ns}-{name}"), &format!("pl{tag}{ns}{name}"), spec)?);
             }

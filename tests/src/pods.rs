@@ -8,8 +8,21 @@ use anyhow::{Context, Result};
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-/// The ports every pod serves, with their container port names.
-pub const SERVED: [(u16, &str); 2] = [(80, "80"), (81, "81")];
+/// A container port the pod declares (and serves, for TCP and UDP: an
+/// echo server; nothing here terminates SCTP).
+#[derive(Clone, Debug)]
+pub struct Port {
+    pub name: String,
+    pub port: u16,
+    /// "TCP", "UDP" or "SCTP".
+    pub protocol: &'static str,
+}
+
+impl Port {
+    pub fn new(name: &str, port: u16, protocol: &'static str) -> Port {
+        Port { name: name.into(), port, protocol }
+    }
+}
 
 #[derive(Clone, Debug)]
 pub struct PodSpec {
@@ -20,6 +33,7 @@ pub struct PodSpec {
     pub ip6: Ipv6Addr,
     /// spec.nodeName; the agent under test runs as [`crate::NODE`].
     pub node: String,
+    pub ports: Vec<Port>,
 }
 
 pub struct Pod {
@@ -74,20 +88,28 @@ impl Pod {
     }
 
     fn serve(&self) -> Result<()> {
-        for (port, _) in SERVED {
-            let tcp = self.netns.run(move || std::net::TcpListener::bind((Ipv6Addr::UNSPECIFIED, port)))?;
-            std::thread::spawn(move || {
-                for stream in tcp.incoming().flatten() {
-                    std::thread::spawn(move || echo_tcp(stream));
+        for p in &self.spec.ports {
+            let port = p.port;
+            match p.protocol {
+                "TCP" => {
+                    let tcp = self.netns.run(move || std::net::TcpListener::bind((Ipv6Addr::UNSPECIFIED, port)))?;
+                    std::thread::spawn(move || {
+                        for stream in tcp.incoming().flatten() {
+                            std::thread::spawn(move || echo_tcp(stream));
+                        }
+                    });
                 }
-            });
-            let udp = self.netns.run(move || std::net::UdpSocket::bind((Ipv6Addr::UNSPECIFIED, port)))?;
-            std::thread::spawn(move || {
-                let mut buf = [0u8; 2048];
-                while let Ok((n, from)) = udp.recv_from(&mut buf) {
-                    let _ = udp.send_to(&buf[..n], from);
+                "UDP" => {
+                    let udp = self.netns.run(move || std::net::UdpSocket::bind((Ipv6Addr::UNSPECIFIED, port)))?;
+                    std::thread::spawn(move || {
+                        let mut buf = [0u8; 2048];
+                        while let Ok((n, from)) = udp.recv_from(&mut buf) {
+                            let _ = udp.send_to(&buf[..n], from);
+                        }
+                    });
                 }
-            });
+                _ => {}
+            }
         }
         Ok(())
     }
@@ -96,21 +118,17 @@ impl Pod {
     pub fn manifest(&self) -> String {
         let s = &self.spec;
         let labels: Vec<String> = s.labels.iter().map(|(k, v)| format!("{k}: {v}")).collect();
-        let mut ports = Vec::new();
-        for (port, _) in SERVED {
-            for proto in ["TCP", "UDP", "SCTP"] {
-                ports.push(format!(
-                    "{{name: serve-{port}-{}, containerPort: {port}, protocol: {proto}}}",
-                    proto.to_lowercase()
-                ));
-            }
-        }
+        let ports: Vec<String> = s
+            .ports
+            .iter()
+            .map(|p| format!("{{name: {}, containerPort: {}, protocol: {}}}", p.name, p.port, p.protocol))
+            .collect();
         format!(
-            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {}, namespace: \"{}\", labels: {{{}}}}}\nspec:\n  nodeName: {}\n  containers: [{{name: server, image: agnhost, ports: [{}]}}]\nstatus:\n  phase: Running\n  podIP: {}\n  podIPs: [{{ip: {}}}, {{ip: \"{}\"}}]\n",
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {}, namespace: \"{}\", labels: {{{}}}}}\nspec:\n{}  containers: [{{name: server, image: agnhost, ports: [{}]}}]\nstatus:\n  phase: Running\n  podIP: {}\n  podIPs: [{{ip: {}}}, {{ip: \"{}\"}}]\n",
             s.name,
             s.namespace,
             labels.join(", "),
-            s.node,
+            if s.node.is_empty() { String::new() } else { format!("  nodeName: {}\n", s.node) },
             ports.join(", "),
             s.ip4,
             s.ip4,

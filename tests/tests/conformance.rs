@@ -430,6 +430,27 @@ fn cases() -> Vec<(&'static str, CaseFn)> {
                 m.to("x/a", false);
             })
         }),
+        ("sctp_by_crafted_packets", |e| {
+            e.apply(&[np(
+                "x",
+                "sctp80",
+                "  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - ports: [{protocol: SCTP, port: 80}]\n",
+            )])?;
+            e.expect(80, Proto::Sctp, false, |_| {})?;
+            e.expect(81, Proto::Sctp, false, |m| {
+                m.to("x/a", false);
+            })?;
+            e.expect(80, Proto::Sctp, true, |_| {})?;
+            e.apply(&[np(
+                "x",
+                "sctp-named",
+                "  podSelector: {}\n  ingress:\n  - ports: [{protocol: SCTP, port: serve-81-sctp}]\n",
+            )])?;
+            e.expect(81, Proto::Sctp, false, |_| {})?;
+            e.expect(80, Proto::Sctp, false, |m| {
+                m.each(|_, to| (ns_of(to) == "x").then_some(false));
+            })
+        }),
         ("multiple_ingress_policies_allow_all_wins", |e| {
             let p80 = np("x", "p80", "  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - ports: [{port: 80}]\n");
             e.apply(std::slice::from_ref(&p80))?;

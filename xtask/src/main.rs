@@ -45,6 +45,13 @@ enum Task {
     Lint,
     /// What CI runs: setup, lint, test.
     Ci,
+    /// The demo: pods in network namespaces, a deny-by-default policy set,
+    /// live traffic and palisade's verdicts streaming (needs root).
+    Demo {
+        /// Stop after this many traffic rounds instead of at Ctrl-C.
+        #[arg(long)]
+        rounds: Option<u32>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -69,6 +76,7 @@ fn dispatch(task: Task) -> Result<()> {
         Task::Build { release } => build(release),
         Task::Test { e2e_args } => with_summary(|steps| test(steps, &e2e_args)),
         Task::Lint => with_summary(lint),
+        Task::Demo { rounds } => demo(rounds),
         Task::Ci => with_summary(|steps| {
             require_root()?;
             lint(steps)?;
@@ -144,6 +152,20 @@ fn test(steps: &mut Steps, e2e_args: &[String]) -> Result<()> {
             .args(["test", "-p", "palisade-e2e", "--", "--test-threads=1"])
             .args(e2e_args))
     })
+}
+
+fn demo(rounds: Option<u32>) -> Result<()> {
+    if !is_root() {
+        bail!("the demo creates network namespaces and loads eBPF programs: run it as root");
+    }
+    setup_task()?;
+    run(cargo().args(["build", "-p", "palisade", "-p", "palisade-e2e", "--bin", "palisade-demo"]))?;
+    let mut cmd = std::process::Command::new(target_dir().join("debug").join("palisade-demo"));
+    cmd.env("PALISADE_BIN", agent_bin());
+    if let Some(n) = rounds {
+        cmd.args(["--rounds", &n.to_string()]);
+    }
+    run(&mut cmd)
 }
 
 fn lint(steps: &mut Steps) -> Result<()> {

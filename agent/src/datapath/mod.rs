@@ -12,7 +12,7 @@ pub mod bpffs;
 pub mod netlink;
 
 use crate::policy::{Compiled, IpPrefix, PolicyPrefix};
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Context, Result, anyhow, bail};
 use aya::maps::lpm_trie::Key as LpmKey;
 use aya::maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, RingBuf};
 use aya::programs::links::{FdLink, PinnedLink};
@@ -108,6 +108,9 @@ impl Datapath {
     /// Loads the classifier, creating or adopting the pinned maps under
     /// `dir`, and reads back what the maps already hold.
     pub fn open(dir: &Path, settings: &Settings) -> Result<Datapath> {
+        if OBJECT.is_empty() {
+            bail!("this build has no eBPF classifier (built with AYA_BUILD_SKIP=1); rebuild without it");
+        }
         bpffs::ensure(dir)?;
         let maps_dir = dir.join(format!("v{LAYOUT_VERSION}"));
         std::fs::create_dir_all(&maps_dir)?;

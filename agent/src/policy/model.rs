@@ -376,6 +376,7 @@ impl Pod {
             });
             let containers = spec.containers.iter().enumerate().map(|(i, c)| (format!("spec.containers[{i}]"), c));
             for (cfield, c) in containers.chain(sidecars) {
+                let mut names = std::collections::HashSet::new();
                 for (j, p) in c.ports.iter().flatten().enumerate() {
                     let f = format!("{cfield}.ports[{j}]");
                     let protocol = match Protocol::parse(p.protocol.as_deref(), &format!("{f}.protocol")) {
@@ -400,13 +401,20 @@ impl Pod {
                             errors.push(err(format!("{f}.name"), m));
                             continue;
                         }
+                        if !names.insert(pname.as_str()) {
+                            errors.push(err(format!("{f}.name"), format!("Duplicate value: {pname:?}")));
+                            continue;
+                        }
                         ports.push(NamedPort { name: pname.clone(), port, protocol });
                     }
                 }
             }
         }
-        ports.sort();
-        ports.dedup();
+        // Declaration order is kept: a named port resolves to the first
+        // container port with that name and protocol, as kube-proxy's
+        // targetPort lookup does.
+        let mut seen = std::collections::HashSet::new();
+        ports.retain(|p| seen.insert(p.clone()));
         let phase = status.and_then(|s| s.phase.as_deref());
         let out = Pod {
             namespace,
