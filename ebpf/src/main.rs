@@ -3,6 +3,9 @@
 //! map lookups and never loops over policies or pods.
 #![no_std]
 #![no_main]
+// Map keys are passed by reference on purpose: copies of 40-byte keys cost
+// space on the 512-byte BPF stack.
+#![allow(clippy::needless_borrows_for_generic_args)]
 
 mod parse;
 
@@ -24,6 +27,8 @@ use parse::{FRAG_FIRST, FRAG_LATER, PARSED_IP, PARSED_NOT_IP, Packet};
 
 /// Let the packet continue (to the next TC program, if any).
 const PASS: i32 = TC_ACT_UNSPEC;
+// The bindings' integer type for TC_ACT_SHOT differs between targets.
+#[allow(clippy::unnecessary_cast)]
 const DROP: i32 = TC_ACT_SHOT as i32;
 
 /// Tracked TCP flows expire after six hours idle, others after a minute.
@@ -165,8 +170,10 @@ fn judge(ctx: &TcContext, ifindex: u32, ep: &Endpoint, dir: u8, cfg: &Config, pk
 
     // ICMP errors about a tracked flow pass with it (path MTU discovery,
     // port unreachable), whatever policy says about ICMP itself.
-    if parse::is_icmp_error(pkt.protocol, pkt.icmp_type) {
-        if let Some(q) = parse::quoted_flow(ctx, pkt) {
+    if parse::is_icmp_error(pkt.protocol, pkt.icmp_type)
+        && let Some(q) = parse::quoted_flow(ctx, pkt)
+    {
+        {
             // The quoted packet went the other way: the local pod is its
             // source when the error comes in, its destination when it goes out.
             let mut qk = key;
@@ -238,10 +245,10 @@ fn decide(ep: &Endpoint, dir: u8, remote: &[u8; 16], family: u8, protocol: u8, p
         protocol,
         port: port.to_be_bytes(),
     };
-    if peer != PEER_ANY {
-        if let Some(v) = POLICY.get(&LpmKey::new(POLICY_PREFIX_FULL, pk)) {
-            return Decision { allowed: true, reason: REASON_RULE, rule: v.rule, peer };
-        }
+    if peer != PEER_ANY
+        && let Some(v) = POLICY.get(&LpmKey::new(POLICY_PREFIX_FULL, pk))
+    {
+        return Decision { allowed: true, reason: REASON_RULE, rule: v.rule, peer };
     }
     pk.peer = PEER_ANY.to_be_bytes();
     if let Some(v) = POLICY.get(&LpmKey::new(POLICY_PREFIX_FULL, pk)) {

@@ -141,7 +141,7 @@ fn parse_v4(ctx: &TcContext, pkt: &mut Packet) -> Parsed {
         FRAG_NONE
     };
     pkt.family = FAMILY_V4;
-    pkt.protocol = unsafe { (*ip).proto } as u8;
+    pkt.protocol = unsafe { (*ip).proto };
     pkt.l4_off = EthHdr::LEN + ihl;
     unsafe {
         pkt.src[..4].copy_from_slice(&(*ip).src_addr);
@@ -178,7 +178,7 @@ fn parse_v6(ctx: &TcContext, pkt: &mut Packet) -> Parsed {
         return PARSED_MALFORMED;
     }
     pkt.family = FAMILY_V6;
-    pkt.protocol = unsafe { (*ip).next_hdr } as u8;
+    pkt.protocol = unsafe { (*ip).next_hdr };
     pkt.src = unsafe { (*ip).src_addr };
     pkt.dst = unsafe { (*ip).dst_addr };
     pkt.l4_off = EthHdr::LEN + Ipv6Hdr::LEN;
@@ -278,10 +278,10 @@ fn parse_l4(ctx: &TcContext, pkt: &mut Packet, l4_len: usize) -> bool {
 /// the common one, by a helper load otherwise.
 #[inline(always)]
 fn load_l4(ctx: &TcContext, off: usize) -> Result<[u8; 14], ()> {
-    if off <= 14 + 60 {
-        if let Some(p) = ptr_at::<[u8; 14]>(ctx, off) {
-            return Ok(unsafe { *p });
-        }
+    if off <= 14 + 60
+        && let Some(p) = ptr_at::<[u8; 14]>(ctx, off)
+    {
+        return Ok(unsafe { *p });
     }
     // Short packets (ICMP, UDP) may hold fewer than 14 bytes of L4.
     let mut buf = [0u8; 14];
@@ -310,7 +310,7 @@ pub fn is_echo(protocol: u8, icmp_type: u8) -> bool {
 pub fn is_icmp_error(protocol: u8, icmp_type: u8) -> bool {
     match protocol {
         PROTO_ICMP => icmp_type == 3 || icmp_type == 11 || icmp_type == 12,
-        PROTO_ICMPV6 => icmp_type >= 1 && icmp_type <= 4,
+        PROTO_ICMPV6 => (1..=4).contains(&icmp_type),
         _ => false,
     }
 }

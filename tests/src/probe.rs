@@ -194,10 +194,10 @@ impl Matrix {
     pub fn each(&mut self, f: impl Fn(&str, &str) -> Option<bool>) -> &mut Self {
         for i in 0..self.names.len() {
             for j in 0..self.names.len() {
-                if i != j {
-                    if let Some(v) = f(&self.names[i], &self.names[j]) {
-                        self.cells[i][j] = v;
-                    }
+                if i != j
+                    && let Some(v) = f(&self.names[i], &self.names[j])
+                {
+                    self.cells[i][j] = v;
                 }
             }
         }

@@ -56,10 +56,10 @@ pub struct Shared {
 impl Shared {
     pub fn current_status(&self) -> Status {
         let mut s = self.status.read().map(|s| s.clone()).unwrap_or_default();
-        if let Some((dir, applied)) = &self.files {
-            if crate::cluster::files::fingerprint(dir) != applied.load(std::sync::atomic::Ordering::SeqCst) {
-                s.in_sync = false;
-            }
+        if let Some((dir, applied)) = &self.files
+            && crate::cluster::files::fingerprint(dir) != applied.load(std::sync::atomic::Ordering::SeqCst)
+        {
+            s.in_sync = false;
         }
         s
     }

@@ -44,7 +44,7 @@ impl std::fmt::Display for Kind {
 #[derive(Clone, Debug)]
 pub enum Raw {
     Namespace(K8sNamespace),
-    Pod(K8sPod),
+    Pod(Box<K8sPod>),
     Policy(K8sPolicy),
     /// It did not even deserialize as its kind.
     Broken {
@@ -63,7 +63,7 @@ impl Raw {
         }
         let parsed = match kind {
             Kind::Namespace => de(&value).map(Raw::Namespace),
-            Kind::Pod => de(&value).map(Raw::Pod),
+            Kind::Pod => de(&value).map(|p| Raw::Pod(Box::new(p))),
             Kind::NetworkPolicy => de(&value).map(Raw::Policy),
         };
         parsed.unwrap_or_else(|error| Raw::Broken { kind, value, error })

@@ -76,12 +76,12 @@ pub async fn run(mut ring: RingBuf<MapData>, view: watch::Receiver<Arc<View>>, h
             let Some(raw) = record::parse(&item) else { continue };
             drop(item);
             let ev = record::enrich(&raw, &v, &clock);
-            if let Some(fmt) = log {
-                if ev.verdict != Verdict::Allowed {
-                    match fmt {
-                        LogFormat::Text => println!("{} {}", ev.time, ev),
-                        LogFormat::Json => println!("{}", serde_json::to_string(&ev).unwrap_or_default()),
-                    }
+            if let Some(fmt) = log
+                && ev.verdict != Verdict::Allowed
+            {
+                match fmt {
+                    LogFormat::Text => println!("{} {}", ev.time, ev),
+                    LogFormat::Json => println!("{}", serde_json::to_string(&ev).unwrap_or_default()),
                 }
             }
             hub.publish(ev);

@@ -154,7 +154,7 @@ impl Cells {
             map.entry((c.addr().is_ipv4(), c.prefix_len())).or_default().insert(*c);
         }
         let mut by_len: Vec<_> = map.into_iter().map(|((v4, len), set)| (v4, len, set)).collect();
-        by_len.sort_by(|a, b| b.1.cmp(&a.1));
+        by_len.sort_by_key(|c| std::cmp::Reverse(c.1));
         Cells { by_len }
     }
 

@@ -87,10 +87,10 @@ pub fn decide(
         protocol,
         port: port.to_be_bytes(),
     };
-    if peer != PEER_ANY {
-        if let Some(rule) = policy_lookup(c, key) {
-            return Verdict { allowed: true, rule, peer, isolated: true };
-        }
+    if peer != PEER_ANY
+        && let Some(rule) = policy_lookup(c, key)
+    {
+        return Verdict { allowed: true, rule, peer, isolated: true };
     }
     key.peer = PEER_ANY.to_be_bytes();
     match policy_lookup(c, key) {

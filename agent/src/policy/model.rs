@@ -355,10 +355,10 @@ impl Pod {
                         .push(err(format!("status.podIPs[{i}].ip"), format!("{:?} is not a valid IP address", ip.ip))),
                 }
             }
-            if let Some(primary) = status.and_then(|s| s.pod_ip.as_ref()) {
-                if primary.parse::<IpAddr>().ok() != ips.first().copied() {
-                    errors.push(err("status.podIP", format!("{primary:?} must equal status.podIPs[0].ip")));
-                }
+            if let Some(primary) = status.and_then(|s| s.pod_ip.as_ref())
+                && primary.parse::<IpAddr>().ok() != ips.first().copied()
+            {
+                errors.push(err("status.podIP", format!("{primary:?} must equal status.podIPs[0].ip")));
             }
         } else if let Some(ip) = status.and_then(|s| s.pod_ip.as_ref()).filter(|s| !s.is_empty()) {
             match ip.parse::<IpAddr>() {
