@@ -10,3 +10,4 @@ pub mod datapath;
 pub mod events;
 pub mod policy;
 pub mod run;
+pub mod trace;

@@ -28,6 +28,9 @@ enum Cmd {
     Status(StatusArgs),
     /// Stream verdict events from the running agent.
     Observe(ObserveArgs),
+    /// Would a connection be allowed, and why: policy by policy, rule by
+    /// rule, checked against the kernel when asked of the running agent.
+    Trace(TraceArgs),
     /// Remove everything palisade pinned: programs come off every interface.
     Uninstall {
         #[arg(long, default_value = "/sys/fs/bpf/palisade")]
@@ -65,9 +68,46 @@ struct RunArgs {
     /// At most one drop event per flow per this interval.
     #[arg(long, default_value = "1s")]
     drop_event_interval: humantime::Duration,
+    /// Size of the kernel's event ring buffer in bytes (power of two).
+    #[arg(long, default_value_t = palisade_common::capacity::EVENTS_BYTES)]
+    event_buffer_bytes: u32,
     /// Full resync period (changes are applied as they happen regardless).
     #[arg(long, default_value = "30s")]
     resync: humantime::Duration,
+    /// Serve /metrics, /healthz and /readyz here; empty: do not serve.
+    #[arg(long, env = "PALISADE_METRICS_ADDR", default_value = "127.0.0.1:9469")]
+    metrics_addr: String,
+}
+
+#[derive(Args)]
+struct TraceArgs {
+    /// Source: namespace/pod or an IP address.
+    #[arg(long)]
+    from: palisade::trace::EndpointRef,
+    /// Destination: namespace/pod or an IP address.
+    #[arg(long)]
+    to: palisade::trace::EndpointRef,
+    /// Destination port.
+    #[arg(long)]
+    port: u16,
+    /// TCP, UDP or SCTP.
+    #[arg(long, default_value = "TCP")]
+    protocol: palisade::policy::model::Protocol,
+    /// Use the pods' IPv6 addresses.
+    #[arg(long)]
+    ipv6: bool,
+    /// Trace offline against the manifests in this directory instead of
+    /// asking the running agent.
+    #[arg(long)]
+    cluster_state: Option<PathBuf>,
+    /// With --cluster-state: the node the trace is evaluated for
+    /// (default: each pod's own node).
+    #[arg(long)]
+    node_name: Option<String>,
+    #[arg(short, long, value_enum, default_value_t = Output::Text)]
+    output: Output,
+    #[arg(long, env = "PALISADE_SOCKET", default_value = api::DEFAULT_SOCKET)]
+    socket: PathBuf,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -147,6 +187,11 @@ fn init_logging(json: bool) {
 #[tokio::main]
 async fn main() {
     let cli = Cli::parse();
+    if !matches!(cli.cmd, Cmd::Run(_)) {
+        // A CLI piped into `head` should stop quietly, not panic.
+        // SAFETY: restoring the default disposition of SIGPIPE.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     let result = match cli.cmd {
         Cmd::Run(a) => {
             init_logging(a.log_format == LogFormat::Json);
@@ -160,12 +205,24 @@ async fn main() {
                 log_format: a.log_format,
                 log_new_flows: a.log_new_flows,
                 drop_event_interval: a.drop_event_interval.into(),
+                event_buffer_bytes: a.event_buffer_bytes,
                 resync: a.resync.into(),
+                metrics_addr: match a.metrics_addr.as_str() {
+                    "" => None,
+                    s => match s.parse() {
+                        Ok(addr) => Some(addr),
+                        Err(e) => {
+                            eprintln!("palisade: --metrics-addr {s}: {e}");
+                            std::process::exit(2);
+                        }
+                    },
+                },
             })
             .await
         }
         Cmd::Status(a) => status(a).await,
         Cmd::Observe(a) => observe(a).await,
+        Cmd::Trace(a) => trace(a).await,
         Cmd::Uninstall { bpffs } => palisade::datapath::uninstall(&bpffs),
     };
     if let Err(e) = result {
@@ -269,6 +326,39 @@ async fn observe(a: ObserveArgs) -> Result<()> {
                 Err(_) => println!("{line}"),
             },
         }
+    }
+    Ok(())
+}
+
+async fn trace(a: TraceArgs) -> Result<()> {
+    let query = palisade::trace::Query { from: a.from, to: a.to, port: a.port, protocol: a.protocol, ipv6: a.ipv6 };
+    let t = match &a.cluster_state {
+        Some(dir) => {
+            let snap = palisade::cluster::files::FileSource::new(dir).load();
+            for e in &snap.errors {
+                eprintln!("warning: {e}");
+            }
+            let node = palisade::policy::Node {
+                name: a.node_name.clone().unwrap_or_else(run::hostname),
+                host_ips: vec![],
+                allow_host: true,
+                audit: false,
+            };
+            palisade::trace::trace(&snap.input, &node, &query).map_err(anyhow::Error::msg)?
+        }
+        None => {
+            let mut lines = api::request(&a.socket, &Request::Trace { query }).await?;
+            let line = lines.next_line().await?.context("the agent closed the connection")?;
+            let mut v: serde_json::Value = serde_json::from_str(&line)?;
+            if let Some(e) = v.get("error").and_then(|e| e.as_str()) {
+                bail!("{e}");
+            }
+            serde_json::from_value(v["trace"].take())?
+        }
+    };
+    match a.output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&t)?),
+        Output::Text => print!("{t}"),
     }
     Ok(())
 }

@@ -2,16 +2,17 @@
 //! again whenever the input, the node's interfaces or routes change, and
 //! on a resync timer that heals anything missed.
 
-use crate::api::{self, Shared, Status};
+use crate::api::{self, Applied, Shared, Status};
 use crate::cluster::InputError;
 use crate::cluster::files::FileSource;
+use crate::datapath::pinned::Pinned;
 use crate::datapath::{Datapath, Settings, netlink};
+use crate::events::metrics::{self, Metrics};
 use crate::events::{self, Hub, LogFormat, View};
 use crate::policy::{self, Node};
 use anyhow::{Context, Result, bail};
 use notify::Watcher;
-use palisade_common::stat;
-use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -30,25 +31,15 @@ pub struct Options {
     pub log_format: LogFormat,
     pub log_new_flows: bool,
     pub drop_event_interval: Duration,
+    pub event_buffer_bytes: u32,
     pub resync: Duration,
+    /// Where /metrics, /healthz and /readyz are served (None: nowhere).
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 /// The host name, which is the node name unless told otherwise.
 pub fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_default()
-}
-
-fn counter_names() -> [(u32, &'static str); stat::COUNT as usize] {
-    [
-        (stat::ALLOWED, "packets_allowed"),
-        (stat::DROPPED_NO_RULE, "packets_dropped_no_rule"),
-        (stat::DROPPED_MALFORMED, "packets_dropped_malformed"),
-        (stat::AUDITED, "packets_audited"),
-        (stat::EVENTS_LOST, "events_lost"),
-        (stat::EVENTS_SENT, "events_sent"),
-        (stat::EVENTS_SUPPRESSED, "events_suppressed"),
-        (stat::FLOWS_NEW, "flows_new"),
-    ]
 }
 
 pub async fn run(opts: Options) -> Result<()> {
@@ -58,14 +49,45 @@ pub async fn run(opts: Options) -> Result<()> {
     if !dir.is_dir() {
         bail!("--cluster-state {}: not a directory", dir.display());
     }
-    let settings = Settings { log_new_flows: opts.log_new_flows, drop_event_interval: opts.drop_event_interval };
+    let settings = Settings {
+        log_new_flows: opts.log_new_flows,
+        drop_event_interval: opts.drop_event_interval,
+        event_buffer_bytes: opts.event_buffer_bytes,
+    };
     let mut dp = Datapath::open(&opts.bpffs, &settings)?;
     let ring = dp.take_events()?;
     let hub = Hub::new(10_000);
+    let metrics = Arc::new(Metrics::new());
     let (view_tx, view_rx) = watch::channel(Arc::new(View::default()));
-    tokio::spawn(events::run(ring, view_rx, hub.clone(), Some(opts.log_format)));
+    tokio::spawn(events::run(ring, view_rx, hub.clone(), metrics.clone(), Some(opts.log_format)));
 
-    let shared = Arc::new(Shared { status: Default::default(), hub, files: Some((dir.clone(), Default::default())) });
+    let shared = Arc::new(Shared {
+        status: Default::default(),
+        hub,
+        metrics: metrics.clone(),
+        applied: Default::default(),
+        pinned: Pinned::open(&opts.bpffs)?,
+        files: Some((dir.clone(), Default::default())),
+    });
+    {
+        // Kernel counters feed the metrics once a second.
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                shared.metrics.kernel(&shared.pinned.counters());
+            }
+        });
+    }
+    if let Some(addr) = opts.metrics_addr {
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            if let Err(e) = metrics::serve(addr, metrics).await {
+                tracing::error!("metrics endpoint: {e:#}");
+            }
+        });
+    }
     {
         let (socket, shared) = (opts.socket.clone(), shared.clone());
         tokio::spawn(async move {
@@ -147,14 +169,10 @@ pub async fn run(opts: Options) -> Result<()> {
                 .collect(),
         };
         let _ = view_tx.send(Arc::new(view));
-        let counters: BTreeMap<String, u64> = dp
-            .counters()
-            .into_iter()
-            .enumerate()
-            .filter_map(|(i, v)| {
-                counter_names().iter().find(|(n, _)| *n as usize == i).map(|(_, name)| (name.to_string(), v))
-            })
-            .collect();
+        let fill = dp.fill();
+        let states: Vec<&str> = report.endpoints.iter().map(|e| e.state.as_str()).collect();
+        let seconds = started.elapsed().as_secs_f64();
+        metrics.sync(seconds, report.errors.len(), snap.errors.len(), report.revision, &fill, &states);
         {
             let mut st = shared.status.write().expect("status lock");
             let changed = report.changes > 0 || st.applied_at.is_none();
@@ -173,13 +191,18 @@ pub async fn run(opts: Options) -> Result<()> {
                 errors: snap.errors.clone(),
                 sync_errors: report.errors.clone(),
                 warnings: compiled.warnings.clone(),
-                counters,
-                maps: dp.fill(),
+                counters: Default::default(),
+                maps: fill,
             };
+        }
+        if let Ok(mut a) = shared.applied.write() {
+            let endpoints = report.endpoints.clone();
+            *a = Some(Arc::new(Applied { input: snap.input.clone(), node: node.clone(), endpoints }));
         }
         if let Some((_, applied)) = &shared.files {
             applied.store(fingerprint, Ordering::SeqCst);
         }
+        metrics.ready.store(report.errors.is_empty(), Ordering::SeqCst);
         if report.changes > 0 {
             tracing::info!(
                 revision = report.revision,

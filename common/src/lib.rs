@@ -181,7 +181,8 @@ pub struct SuppressEntry {
 pub struct FragKey {
     /// IP identification (IPv4: 16 bits, IPv6: 32 bits).
     pub id: u32,
-    /// IP protocol number.
+    /// IPv4: the protocol; IPv6: the fragment header's next header, which
+    /// every fragment of a packet carries alike.
     pub protocol: u8,
     /// [`FAMILY_V4`] or [`FAMILY_V6`].
     pub family: u8,
@@ -193,7 +194,7 @@ pub struct FragKey {
     pub dst: [u8; 16],
 }
 
-/// Value of the fragment table: the ports of the first fragment.
+/// Value of the fragment table: what the first fragment's L4 header said.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FragPorts {
@@ -201,6 +202,10 @@ pub struct FragPorts {
     pub sport: u16,
     /// Destination port.
     pub dport: u16,
+    /// L4 protocol (IPv6 extension headers may follow the fragment header).
+    pub protocol: u8,
+    /// Always zero.
+    pub _pad: [u8; 3],
 }
 
 /// Config flag: emit an event for the first packet of every allowed flow.
@@ -375,7 +380,7 @@ const _: () = {
     assert!(size_of::<CtEntry>() == 24);
     assert!(size_of::<SuppressEntry>() == 16);
     assert!(size_of::<FragKey>() == 40);
-    assert!(size_of::<FragPorts>() == 4);
+    assert!(size_of::<FragPorts>() == 8);
     assert!(size_of::<Config>() == 16);
     assert!(size_of::<Event>() == 80);
     assert!(offset_of!(Event, src) == 28);

@@ -10,7 +10,9 @@
 mod parse;
 
 use aya_ebpf::{
-    bindings::{BPF_ANY, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, TC_ACT_SHOT, TC_ACT_UNSPEC},
+    bindings::{
+        BPF_ANY, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, BPF_RB_RING_SIZE, TC_ACT_SHOT, TC_ACT_UNSPEC,
+    },
     helpers::bpf_ktime_get_ns,
     macros::{classifier, map},
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key as LpmKey},
@@ -62,7 +64,8 @@ static CONFIG: Array<Config> = Array::pinned(1, 0);
 static STATS: PerCpuArray<u64> = PerCpuArray::pinned(stat::COUNT, 0);
 
 #[map(name = "PALISADE_EVENTS")]
-static EVENTS: RingBuf = RingBuf::pinned(capacity::EVENTS_BYTES, 0);
+// Not pinned: events are transient, and each agent sizes its own buffer.
+static EVENTS: RingBuf = RingBuf::with_byte_size(capacity::EVENTS_BYTES, 0);
 
 /// Host veth TC ingress: packets the pod sends (its egress).
 #[classifier]
@@ -116,7 +119,7 @@ fn judge(ctx: &TcContext, ifindex: u32, ep: &Endpoint, dir: u8, cfg: &Config, pk
     }
     let mut ev_flags = 0u8;
     if pkt.frag == FRAG_FIRST {
-        let ports = FragPorts { sport: pkt.sport, dport: pkt.dport };
+        let ports = FragPorts { sport: pkt.sport, dport: pkt.dport, protocol: pkt.protocol, _pad: [0; 3] };
         let _ = FRAGS.insert(&frag_key(pkt), &ports, BPF_ANY as u64);
     } else if pkt.frag == FRAG_LATER {
         ev_flags |= EVF_FRAGMENT;
@@ -125,6 +128,7 @@ fn judge(ctx: &TcContext, ifindex: u32, ep: &Endpoint, dir: u8, cfg: &Config, pk
         if let Some(p) = unsafe { FRAGS.get(&frag_key(pkt)) } {
             pkt.sport = p.sport;
             pkt.dport = p.dport;
+            pkt.protocol = p.protocol;
         }
     }
 
@@ -189,7 +193,17 @@ fn judge(ctx: &TcContext, ifindex: u32, ep: &Endpoint, dir: u8, cfg: &Config, pk
                 qk.local_port = q.dport;
                 qk.remote_port = q.sport;
             }
-            if CONNTRACK.get_ptr(&qk).is_some() {
+            if parse::is_echo(q.protocol, q.icmp_type) {
+                // The pod sent the quoted packet when the error comes in; it
+                // started the ping if that packet was a request.
+                let pod_sent_it = dir == DIR_INGRESS;
+                qk.remote_port = echo_role(parse::is_echo_request(q.protocol, q.icmp_type) == pod_sent_it);
+            }
+            // Only while the flow's verdict is current: a flow a policy
+            // change denies gets no errors through either.
+            if let Some(ct) = CONNTRACK.get_ptr(&qk)
+                && unsafe { (*ct).revision } == cfg.revision
+            {
                 count(stat::ALLOWED);
                 return PASS;
             }
@@ -333,7 +347,7 @@ fn emit(
     });
     // Never wake the reader per event (it drains on a timer), unless the
     // buffer is filling up and a wake-up saves events from being lost.
-    let wake = if EVENTS.query(BPF_RB_AVAIL_DATA as u64) > (capacity::EVENTS_BYTES / 2) as u64 {
+    let wake = if EVENTS.query(BPF_RB_AVAIL_DATA as u64) > EVENTS.query(BPF_RB_RING_SIZE as u64) / 2 {
         BPF_RB_FORCE_WAKEUP
     } else {
         BPF_RB_NO_WAKEUP
@@ -342,8 +356,29 @@ fn emit(
     count(stat::EVENTS_SENT);
 }
 
+/// The remote "port" of a ping in connection tracking: requests and the
+/// replies to them share a key, a request from the other side does not.
+#[inline(always)]
+fn echo_role(local_initiated: bool) -> u16 {
+    if local_initiated { 0 } else { 1 }
+}
+
 #[inline(always)]
 fn ct_key(ifindex: u32, dir: u8, pkt: &Packet) -> CtKey {
+    if parse::is_echo(pkt.protocol, pkt.icmp_type) {
+        let request = parse::is_echo_request(pkt.protocol, pkt.icmp_type);
+        let local_initiated = request == (dir == DIR_EGRESS);
+        return CtKey {
+            ifindex,
+            local_port: pkt.sport,
+            remote_port: echo_role(local_initiated),
+            local: if dir == DIR_EGRESS { pkt.src } else { pkt.dst },
+            remote: if dir == DIR_EGRESS { pkt.dst } else { pkt.src },
+            protocol: pkt.protocol,
+            family: pkt.family,
+            _pad: [0; 2],
+        };
+    }
     if dir == DIR_EGRESS {
         CtKey {
             ifindex,
@@ -371,7 +406,7 @@ fn ct_key(ifindex: u32, dir: u8, pkt: &Packet) -> CtKey {
 
 #[inline(always)]
 fn frag_key(pkt: &Packet) -> FragKey {
-    FragKey { id: pkt.frag_id, protocol: pkt.protocol, family: pkt.family, _pad: [0; 2], src: pkt.src, dst: pkt.dst }
+    FragKey { id: pkt.frag_id, protocol: pkt.frag_proto, family: pkt.family, _pad: [0; 2], src: pkt.src, dst: pkt.dst }
 }
 
 #[inline(always)]

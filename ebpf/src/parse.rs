@@ -36,6 +36,11 @@ pub struct Packet {
     pub frag: u8,
     /// IP identification, for fragments.
     pub frag_id: u32,
+    /// The protocol fragments are keyed by (IPv6: the fragment header's
+    /// next header).
+    pub frag_proto: u8,
+    /// IPv6 hop limit (0 for IPv4).
+    pub hop_limit: u8,
 }
 
 /// Not fragmented.
@@ -60,6 +65,8 @@ impl Packet {
             l4_off: 0,
             frag: FRAG_NONE,
             frag_id: 0,
+            frag_proto: 0,
+            hop_limit: 0,
         }
     }
 }
@@ -142,6 +149,7 @@ fn parse_v4(ctx: &TcContext, pkt: &mut Packet) -> Parsed {
     };
     pkt.family = FAMILY_V4;
     pkt.protocol = unsafe { (*ip).proto };
+    pkt.frag_proto = pkt.protocol;
     pkt.l4_off = EthHdr::LEN + ihl;
     unsafe {
         pkt.src[..4].copy_from_slice(&(*ip).src_addr);
@@ -179,6 +187,7 @@ fn parse_v6(ctx: &TcContext, pkt: &mut Packet) -> Parsed {
     }
     pkt.family = FAMILY_V6;
     pkt.protocol = unsafe { (*ip).next_hdr };
+    pkt.hop_limit = unsafe { (*ip).hop_limit };
     pkt.src = unsafe { (*ip).src_addr };
     pkt.dst = unsafe { (*ip).dst_addr };
     pkt.l4_off = EthHdr::LEN + Ipv6Hdr::LEN;
@@ -217,6 +226,7 @@ fn parse_v6(ctx: &TcContext, pkt: &mut Packet) -> Parsed {
                 let more = hdr[3] & 1 != 0;
                 let id = u32::from_be_bytes([hdr[4], hdr[5], hdr[6], hdr[7]]);
                 pkt.frag_id = id;
+                pkt.frag_proto = hdr[0];
                 if offset != 0 {
                     pkt.frag = FRAG_LATER;
                     return PARSED_IP;
@@ -305,6 +315,12 @@ pub fn is_echo(protocol: u8, icmp_type: u8) -> bool {
     }
 }
 
+/// ICMP echo request (as opposed to reply).
+#[inline(always)]
+pub fn is_echo_request(protocol: u8, icmp_type: u8) -> bool {
+    (protocol == PROTO_ICMP && icmp_type == 8) || (protocol == PROTO_ICMPV6 && icmp_type == 128)
+}
+
 /// ICMP errors that quote the packet they are about.
 #[inline(always)]
 pub fn is_icmp_error(protocol: u8, icmp_type: u8) -> bool {
@@ -315,19 +331,35 @@ pub fn is_icmp_error(protocol: u8, icmp_type: u8) -> bool {
     }
 }
 
-/// Neighbour discovery and multicast listener messages: link-local plumbing
-/// that IPv6 cannot work without, never subject to policy.
+/// Neighbour discovery and multicast listener messages between the pod and
+/// the host: link-local plumbing IPv6 cannot work without, never subject to
+/// policy. Only the genuine article passes: NDP with hop limit 255, MLD with
+/// hop limit 1, and a link-local source or a link-local (unicast or
+/// link-scope multicast) destination, so nothing that can be routed off the
+/// link gets through on an ICMPv6 type.
 #[inline(always)]
 pub fn is_ipv6_link_control(pkt: &Packet) -> bool {
-    pkt.protocol == PROTO_ICMPV6 && ((pkt.icmp_type >= 130 && pkt.icmp_type <= 137) || pkt.icmp_type == 143)
+    if pkt.family != FAMILY_V6 || pkt.protocol != PROTO_ICMPV6 {
+        return false;
+    }
+    let hops_ok = match pkt.icmp_type {
+        133..=137 => pkt.hop_limit == 255,
+        130..=132 | 143 => pkt.hop_limit == 1,
+        _ => return false,
+    };
+    let link_local = |a: &[u8; 16]| a[0] == 0xfe && a[1] & 0xc0 == 0x80;
+    let link_multicast = pkt.dst[0] == 0xff && pkt.dst[1] & 0x0f == 0x02;
+    hops_ok && (link_local(&pkt.src) || link_local(&pkt.dst) || link_multicast)
 }
 
 /// The flow an ICMP error quotes: (src, dst, protocol, sport, dport) of the
-/// original packet. Only TCP, UDP and SCTP are looked at.
+/// original packet. TCP, UDP, SCTP and ICMP echo are looked at.
 pub struct Quoted {
     pub src: [u8; 16],
     pub dst: [u8; 16],
     pub protocol: u8,
+    /// For a quoted ping: its ICMP type.
+    pub icmp_type: u8,
     pub sport: u16,
     pub dport: u16,
 }
@@ -335,7 +367,7 @@ pub struct Quoted {
 #[inline(always)]
 pub fn quoted_flow(ctx: &TcContext, pkt: &Packet) -> Option<Quoted> {
     let inner = pkt.l4_off + 8;
-    let mut q = Quoted { src: [0; 16], dst: [0; 16], protocol: 0, sport: 0, dport: 0 };
+    let mut q = Quoted { src: [0; 16], dst: [0; 16], protocol: 0, icmp_type: 0, sport: 0, dport: 0 };
     let l4 = if pkt.family == FAMILY_V4 {
         let h = ctx.load::<[u8; 20]>(inner).ok()?;
         if h[0] >> 4 != 4 {
@@ -352,11 +384,23 @@ pub fn quoted_flow(ctx: &TcContext, pkt: &Packet) -> Option<Quoted> {
         q.dst.copy_from_slice(&h[24..40]);
         inner + 40
     };
-    if q.protocol != PROTO_TCP && q.protocol != PROTO_UDP && q.protocol != PROTO_SCTP {
-        return None;
+    match q.protocol {
+        PROTO_TCP | PROTO_UDP | PROTO_SCTP => {
+            let ports = ctx.load::<[u8; 4]>(l4).ok()?;
+            q.sport = u16::from_be_bytes([ports[0], ports[1]]);
+            q.dport = u16::from_be_bytes([ports[2], ports[3]]);
+        }
+        // An error about a ping (traceroute -I, mtr): the echo identifier.
+        PROTO_ICMP | PROTO_ICMPV6 => {
+            let h = ctx.load::<[u8; 6]>(l4).ok()?;
+            if !is_echo(q.protocol, h[0]) {
+                return None;
+            }
+            q.icmp_type = h[0];
+            q.sport = u16::from_be_bytes([h[4], h[5]]);
+            q.dport = q.sport;
+        }
+        _ => return None,
     }
-    let ports = ctx.load::<[u8; 4]>(l4).ok()?;
-    q.sport = u16::from_be_bytes([ports[0], ports[1]]);
-    q.dport = u16::from_be_bytes([ports[2], ports[3]]);
     Some(q)
 }

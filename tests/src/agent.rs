@@ -3,7 +3,9 @@
 //! and uninstalled on drop, so a failed test leaves nothing pinned.
 
 use anyhow::{Context, Result, bail};
+use palisade::api::{self, Request};
 use palisade::events::VerdictEvent;
+use palisade::trace::{EndpointRef, Query, Trace};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -29,11 +31,20 @@ pub struct Agent {
     pub stderr: PathBuf,
     work: PathBuf,
     child: Option<Child>,
+    rt: tokio::runtime::Runtime,
+    pidfile: PathBuf,
 }
 
 impl Agent {
     /// Starts an agent named `tag` with extra `palisade run` arguments.
     pub fn start(tag: &str, node: &str, extra: &[&str]) -> Result<Agent> {
+        // An agent left running by a test run that was killed would fight
+        // this one over the same interfaces.
+        let pidfile = std::env::temp_dir().join(format!("palisade-e2e-{tag}.pid"));
+        if let Some(pid) = std::fs::read_to_string(&pidfile).ok().and_then(|s| s.trim().parse::<i32>().ok()) {
+            // SAFETY: signalling a process id; at worst it no longer exists.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
         let work = std::env::temp_dir().join(format!("palisade-e2e-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&work);
         let state_dir = work.join("state");
@@ -46,6 +57,8 @@ impl Agent {
             state_dir,
             work,
             child: None,
+            rt: tokio::runtime::Builder::new_current_thread().enable_all().build()?,
+            pidfile,
         };
         let _ = Command::new(binary()).args(["uninstall", "--bpffs"]).arg(&agent.bpffs).status();
         agent.spawn(node, extra)?;
@@ -64,12 +77,14 @@ impl Agent {
             .arg(&self.bpffs)
             .arg("--socket")
             .arg(&self.socket)
+            .args(if extra.contains(&"--metrics-addr") { &[][..] } else { &["--metrics-addr", ""][..] })
             .args(extra)
             .env("RUST_LOG", "info")
             .stdout(Stdio::from(out))
             .stderr(Stdio::from(err))
             .spawn()
             .with_context(|| format!("starting {}", binary().display()))?;
+        std::fs::write(&self.pidfile, child.id().to_string())?;
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         while self.status().is_err() {
@@ -138,10 +153,34 @@ impl Agent {
 
     /// Past events from the agent's history (newest last).
     pub fn events(&self, extra: &[&str]) -> Result<Vec<VerdictEvent>> {
-        let mut args = vec!["observe", "--no-follow", "--last", "100000", "-o", "json"];
+        let mut args = vec!["observe", "--no-follow", "-o", "json"];
+        if !extra.contains(&"--last") {
+            args.extend_from_slice(&["--last", "100000"]);
+        }
         args.extend_from_slice(extra);
         let out = self.cli(&args)?;
         out.lines().filter(|l| !l.trim().is_empty()).map(|l| Ok(serde_json::from_str(l)?)).collect()
+    }
+
+    /// Asks the running agent to trace a connection (the local API, as
+    /// `palisade trace` does).
+    pub fn trace(&self, from: &str, to: &str, port: u16, protocol: &str, ipv6: bool) -> Result<Trace> {
+        let query = Query {
+            from: from.parse::<EndpointRef>().map_err(anyhow::Error::msg)?,
+            to: to.parse::<EndpointRef>().map_err(anyhow::Error::msg)?,
+            port,
+            protocol: protocol.parse().map_err(anyhow::Error::msg)?,
+            ipv6,
+        };
+        self.rt.block_on(async {
+            let mut lines = api::request(&self.socket, &Request::Trace { query }).await?;
+            let line = lines.next_line().await?.context("no reply")?;
+            let mut v: Value = serde_json::from_str(&line)?;
+            if let Some(e) = v.get("error") {
+                bail!("trace {from} -> {to}: {e}");
+            }
+            Ok(serde_json::from_value(v["trace"].take())?)
+        })
     }
 
     pub fn log_tail(&self) -> String {
@@ -159,5 +198,6 @@ impl Drop for Agent {
         self.kill();
         let _ = Command::new(binary()).args(["uninstall", "--bpffs"]).arg(&self.bpffs).status();
         let _ = std::fs::remove_dir_all(&self.work);
+        let _ = std::fs::remove_file(&self.pidfile);
     }
 }

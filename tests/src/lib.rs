@@ -7,6 +7,7 @@ pub mod agent;
 pub mod netns;
 pub mod pods;
 pub mod probe;
+pub mod suite;
 
 use anyhow::{Result, bail};
 use pods::{Pod, PodSpec, Port};
@@ -88,4 +89,11 @@ impl Topology {
         }
         out
     }
+}
+
+/// A NetworkPolicy manifest; `spec` is YAML indented by two spaces.
+pub fn np(ns: &str, name: &str, spec: &str) -> String {
+    format!(
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: {name}\n  namespace: \"{ns}\"\nspec:\n{spec}"
+    )
 }

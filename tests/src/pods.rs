@@ -54,6 +54,9 @@ impl Pod {
 
     /// Creates the namespace, the veth and the routes, and starts servers.
     pub fn create(netns_name: &str, host_if: &str, spec: PodSpec) -> Result<Pod> {
+        // Leftovers of a run that was killed: deleting the host side of a
+        // veth removes both ends at once (a namespace's go asynchronously).
+        let _ = crate::netns::ip(&["link", "del", host_if]);
         let netns = Netns::create(netns_name)?;
         netns.run(|| {
             for key in ["net.ipv6.conf.default.accept_dad", "net.ipv6.conf.all.accept_dad"] {

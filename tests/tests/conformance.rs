@@ -5,32 +5,22 @@
 //! connections through palisade's classifier.
 
 use anyhow::{Context, Result, anyhow, bail};
-use libtest_mimic::{Arguments, Failed, Trial};
 use palisade_e2e::agent::Agent;
 use palisade_e2e::probe::{self, Matrix, Proto};
-use palisade_e2e::{NODE, Topology, require_root};
-use std::sync::{Arc, Mutex};
+use palisade_e2e::suite::Fixture;
+use palisade_e2e::{NODE, Topology, np, require_root};
 
 struct Env {
     topo: Topology,
     agent: Agent,
 }
 
-/// A NetworkPolicy manifest; `spec` is YAML indented by two spaces.
-fn np(ns: &str, name: &str, spec: &str) -> String {
-    format!(
-        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: {name}\n  namespace: {ns}\nspec:\n{spec}"
-    )
-}
-
-impl Env {
+impl Fixture for Env {
     fn setup() -> Result<Env> {
         require_root()?;
         let topo = Topology::xyz("cf", 1)?;
         let agent = Agent::start("conformance", NODE, &[])?;
-        let env = Env { topo, agent };
-        env.reset()?;
-        Ok(env)
+        Ok(Env { topo, agent })
     }
 
     /// Back to the base state: the topology's objects, no policies.
@@ -40,7 +30,9 @@ impl Env {
         self.agent.wait_in_sync()?;
         Ok(())
     }
+}
 
+impl Env {
     /// Replaces all policies with `policies`, and waits until in force.
     fn apply(&self, policies: &[String]) -> Result<()> {
         self.agent.remove_prefixed("policy-")?;
@@ -62,12 +54,25 @@ impl Env {
         Ok(())
     }
 
+    /// Checks real reachability, then that `palisade trace` (asked of the
+    /// running agent, kernel check included) agrees on every pair.
     fn expect(&self, port: u16, proto: Proto, v6: bool, build: impl Fn(&mut Matrix)) -> Result<()> {
         let mut m = Matrix::new(&self.topo.names(), true);
         build(&mut m);
         let expected = m.with_self_reachable();
         probe::check(&self.topo.all(), port, proto, v6, &expected)
-            .map_err(|e| anyhow!("{e}\n{}", self.agent.log_tail()))
+            .map_err(|e| anyhow!("{e}\n{}", self.agent.log_tail()))?;
+        for from in &expected.names {
+            for to in expected.names.iter().filter(|t| *t != from) {
+                let t = self.agent.trace(from, to, port, &proto.to_string(), v6)?;
+                let sides = [&t.egress, &t.ingress];
+                let kernel_agrees = sides.iter().filter_map(|s| s.kernel.as_ref()).all(|k| k.differences.is_empty());
+                if t.allowed != expected.get(from, to) || !kernel_agrees {
+                    bail!("trace disagrees with the real verdict for {from} -> {to} {proto}/{port}:\n{t}");
+                }
+            }
+        }
+        Ok(())
     }
 
     fn tcp(&self, port: u16, build: impl Fn(&mut Matrix)) -> Result<()> {
@@ -79,9 +84,7 @@ fn ns_of(pod: &str) -> &str {
     pod.split('/').next().unwrap_or("")
 }
 
-type CaseFn = fn(&Env) -> Result<()>;
-
-fn cases() -> Vec<(&'static str, CaseFn)> {
+fn cases() -> Vec<palisade_e2e::suite::Case<Env>> {
     vec![
         ("default_deny_ingress", |e| {
             e.apply(&[np("x", "deny-ingress", "  podSelector: {}\n  policyTypes: [Ingress]\n")])?;
@@ -662,23 +665,5 @@ fn cases() -> Vec<(&'static str, CaseFn)> {
 }
 
 fn main() {
-    let args = Arguments::from_args();
-    let env: Arc<Mutex<Option<Result<Env, String>>>> = Arc::new(Mutex::new(None));
-    let trials: Vec<Trial> = cases()
-        .into_iter()
-        .map(|(name, case)| {
-            let env = env.clone();
-            Trial::test(name, move || {
-                let mut guard = env.lock().unwrap_or_else(|p| p.into_inner());
-                let env = guard.get_or_insert_with(|| Env::setup().map_err(|e| format!("{e:#}")));
-                let env = env.as_ref().map_err(|e| Failed::from(format!("setting up: {e}")))?;
-                let result = env.reset().and_then(|_| case(env));
-                result.map_err(|e| Failed::from(format!("{e:#}")))
-            })
-        })
-        .collect();
-    let conclusion = libtest_mimic::run(&args, trials);
-    // Tear down (namespaces, interfaces, agent, pins) before exiting.
-    drop(env.lock().unwrap_or_else(|p| p.into_inner()).take());
-    conclusion.exit();
+    palisade_e2e::suite::run(cases())
 }

@@ -3,9 +3,12 @@
 //! `palisade observe` are its clients; nothing is exposed on the network.
 
 use crate::cluster::InputError;
+use crate::datapath::pinned::Pinned;
 use crate::datapath::{EndpointState, MapFill};
+use crate::events::metrics::Metrics;
 use crate::events::{Hub, Verdict, VerdictEvent};
-use crate::policy::Direction;
+use crate::policy::{Direction, Input, Node};
+use crate::trace::{self, Query, Trace};
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -43,10 +46,33 @@ pub struct Status {
     pub maps: MapFill,
 }
 
+/// The state the kernel was last synced to, for `trace`.
+pub struct Applied {
+    pub input: Input,
+    pub node: Node,
+    pub endpoints: Vec<EndpointState>,
+}
+
+/// Names of the kernel counters in `status`, by [`palisade_common::stat`] index.
+pub const COUNTER_NAMES: [&str; palisade_common::stat::COUNT as usize] = [
+    "packets_allowed",
+    "packets_dropped_no_rule",
+    "packets_dropped_malformed",
+    "packets_audited",
+    "events_lost",
+    "events_sent",
+    "events_suppressed",
+    "flows_new",
+];
+
 /// State shared between the agent loop and the API.
 pub struct Shared {
     pub status: RwLock<Status>,
     pub hub: Hub,
+    pub metrics: Arc<Metrics>,
+    pub applied: RwLock<Option<Arc<Applied>>>,
+    /// The pinned maps, read for counters and trace's kernel check.
+    pub pinned: Pinned,
     /// For the file source: the directory and the fingerprint of what was
     /// last applied. `in_sync` compares it with the directory right now, so
     /// a script that just wrote a file never sees a stale "in sync".
@@ -61,7 +87,25 @@ impl Shared {
         {
             s.in_sync = false;
         }
+        s.counters = COUNTER_NAMES.iter().map(|n| n.to_string()).zip(self.pinned.counters()).collect();
+        s.counters.insert("events_received".into(), self.metrics.received());
         s
+    }
+
+    /// Traces a connection against the state in force, and checks the
+    /// kernel's entries for the sides whose pod is enforced on this node.
+    pub fn trace(&self, q: &Query) -> Result<Trace, String> {
+        let applied = self.applied.read().ok().and_then(|a| a.clone()).ok_or("the agent has not synced yet")?;
+        let mut t = trace::trace(&applied.input, &applied.node, q)?;
+        let (src, dst) = (t.source.ip, t.destination.ip);
+        for (side, remote) in [(&mut t.egress, dst), (&mut t.ingress, src)] {
+            let local =
+                applied.endpoints.iter().find(|e| side.pod.as_deref() == Some(&format!("{}/{}", e.namespace, e.name)));
+            if let Some(enforced) = local {
+                trace::check_kernel(side, &applied.input, &applied.node, &self.pinned, enforced, remote, q);
+            }
+        }
+        Ok(t)
     }
 }
 
@@ -101,6 +145,9 @@ impl Filter {
 #[serde(tag = "cmd", rename_all = "lowercase")]
 pub enum Request {
     Status,
+    Trace {
+        query: Query,
+    },
     Observe {
         #[serde(default)]
         filter: Filter,
@@ -142,6 +189,13 @@ async fn handle(stream: UnixStream, shared: &Shared) -> Result<()> {
             let mut out = serde_json::to_vec(&shared.current_status())?;
             out.push(b'\n');
             write.write_all(&out).await?;
+        }
+        Request::Trace { query } => {
+            let reply = match shared.trace(&query) {
+                Ok(t) => serde_json::json!({ "trace": t }),
+                Err(e) => serde_json::json!({ "error": e }),
+            };
+            write.write_all(format!("{reply}\n").as_bytes()).await?;
         }
         Request::Observe { filter, last, since_ms, follow } => {
             // Subscribe before replaying history so nothing falls in between.

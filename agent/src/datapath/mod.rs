@@ -10,6 +10,7 @@
 
 pub mod bpffs;
 pub mod netlink;
+pub mod pinned;
 
 use crate::policy::{Compiled, IpPrefix, PolicyPrefix};
 use anyhow::{Context, Result, anyhow, bail};
@@ -22,7 +23,7 @@ use aya::{Ebpf, EbpfLoader};
 use netlink::Interfaces;
 use palisade_common::{
     CFG_LOG_NEW_FLOWS, Config, CtEntry, CtKey, Endpoint, IpInfo, IpKey, LAYOUT_VERSION, PolicyKey, PolicyValue,
-    capacity, maps, programs, stat,
+    capacity, maps, programs,
 };
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -39,6 +40,8 @@ pub struct Settings {
     pub log_new_flows: bool,
     /// At most one drop event per flow per interval.
     pub drop_event_interval: Duration,
+    /// Ring buffer size in bytes (a power of two, at least a page).
+    pub event_buffer_bytes: u32,
 }
 
 /// What the agent last wrote (and so believes the kernel holds).
@@ -114,9 +117,15 @@ impl Datapath {
         bpffs::ensure(dir)?;
         let maps_dir = dir.join(format!("v{LAYOUT_VERSION}"));
         std::fs::create_dir_all(&maps_dir)?;
+        check_pinned_layout(&maps_dir)?;
         std::fs::create_dir_all(dir.join("links"))?;
+        let buffer = settings.event_buffer_bytes;
+        if !buffer.is_power_of_two() || buffer < 4096 {
+            bail!("the event buffer size must be a power of two of at least 4096 bytes, not {buffer}");
+        }
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(&maps_dir)
+            .map_max_entries(maps::EVENTS, buffer)
             .load(OBJECT)
             .context("loading the classifier (is this a 6.6+ kernel with BTF, and are we root?)")?;
         for name in [programs::FROM_POD, programs::TO_POD] {
@@ -410,9 +419,9 @@ impl Datapath {
         }
     }
 
-    /// Sums of the per-CPU counters, indexed by [`stat`].
+    /// Sums of the per-CPU counters, indexed by [`palisade_common::stat`].
     pub fn counters(&self) -> Vec<u64> {
-        (0..stat::COUNT).map(|i| self.stats.get(&i, 0).map(|v| v.iter().sum()).unwrap_or(0)).collect()
+        pinned::sum_counters(&self.stats)
     }
 
     pub fn fill(&self) -> MapFill {
@@ -423,6 +432,45 @@ impl Datapath {
             conntrack: (self.conntrack.keys().count(), capacity::CONNTRACK),
         }
     }
+}
+
+/// Refuses maps pinned by a build whose layout differs from this one's
+/// (same LAYOUT_VERSION, different sizes): aya would adopt them blindly, and
+/// the programs would read them wrong.
+fn check_pinned_layout(maps_dir: &Path) -> Result<()> {
+    use palisade_common::*;
+    use std::mem::size_of;
+    let lpm = |data: usize| 4 + data;
+    let expected: [(&str, usize, usize, u32); 8] = [
+        (maps::ENDPOINTS, size_of::<u32>(), size_of::<Endpoint>(), capacity::ENDPOINTS),
+        (maps::IPS, lpm(size_of::<IpKey>()), size_of::<IpInfo>(), capacity::IPS),
+        (maps::POLICY, lpm(size_of::<PolicyKey>()), size_of::<PolicyValue>(), capacity::POLICY),
+        (maps::CONNTRACK, size_of::<CtKey>(), size_of::<CtEntry>(), capacity::CONNTRACK),
+        (maps::SUPPRESS, size_of::<SuppressKey>(), size_of::<SuppressEntry>(), capacity::SUPPRESS),
+        (maps::FRAGS, size_of::<FragKey>(), size_of::<FragPorts>(), capacity::FRAGS),
+        (maps::CONFIG, size_of::<u32>(), size_of::<Config>(), 1),
+        (maps::STATS, size_of::<u32>(), size_of::<u64>(), stat::COUNT),
+    ];
+    for (name, key, value, entries) in expected {
+        let path = maps_dir.join(name);
+        if !path.exists() {
+            continue;
+        }
+        let info = aya::maps::MapData::from_pin(&path)?.info()?;
+        let got = (info.key_size() as usize, info.value_size() as usize, info.max_entries());
+        if got != (key, value, entries) {
+            bail!(
+                "{} was pinned by an incompatible palisade build (key {} value {} entries {}, expected {key} {value} \
+                 {entries}); `palisade uninstall --bpffs {}` removes it (and enforcement with it)",
+                path.display(),
+                got.0,
+                got.1,
+                got.2,
+                maps_dir.parent().unwrap_or(maps_dir).display()
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Removes everything palisade pinned under `dir`: programs come off every

@@ -2,6 +2,7 @@
 //! events in Kubernetes terms (pods, namespaces, policies, rules) and handed
 //! to the sinks: the agent's log, `palisade observe` and metrics.
 
+pub mod metrics;
 pub mod record;
 
 use crate::policy::{Catalog, Direction, PolicyRef};
@@ -65,14 +66,26 @@ impl Hub {
 
 /// Drains the ring buffer on a short timer (the classifier does not wake
 /// us per event: that would cost the packet path) and publishes events.
-pub async fn run(mut ring: RingBuf<MapData>, view: watch::Receiver<Arc<View>>, hub: Hub, log: Option<LogFormat>) {
+pub async fn run(
+    mut ring: RingBuf<MapData>,
+    view: watch::Receiver<Arc<View>>,
+    hub: Hub,
+    metrics: Arc<metrics::Metrics>,
+    log: Option<LogFormat>,
+) {
     let clock = record::Clock::new();
     let mut tick = tokio::time::interval(Duration::from_millis(20));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
         let v = view.borrow().clone();
-        while let Some(item) = ring.next() {
+        // A bounded batch per tick: the task yields even under a flood, and
+        // what is left waits for the next tick (the kernel counts overflow).
+        let mut batch = 0;
+        while batch < 8192
+            && let Some(item) = ring.next()
+        {
+            batch += 1;
             let Some(raw) = record::parse(&item) else { continue };
             drop(item);
             let ev = record::enrich(&raw, &v, &clock);
@@ -84,6 +97,7 @@ pub async fn run(mut ring: RingBuf<MapData>, view: watch::Receiver<Arc<View>>, h
                     LogFormat::Json => println!("{}", serde_json::to_string(&ev).unwrap_or_default()),
                 }
             }
+            metrics.observe(&ev);
             hub.publish(ev);
         }
     }

@@ -38,7 +38,7 @@ fn err(field: impl Into<String>, message: impl Into<String>) -> FieldError {
 }
 
 /// IP protocols NetworkPolicy ports can name.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
 pub enum Protocol {
     #[serde(rename = "TCP")]
     Tcp,
@@ -75,6 +75,14 @@ impl Protocol {
                 Err(err(field, format!("unsupported value {other:?}: supported values are \"TCP\", \"UDP\", \"SCTP\"")))
             }
         }
+    }
+}
+
+impl std::str::FromStr for Protocol {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Protocol::parse(Some(&s.to_uppercase()), "protocol").map_err(|e| e.message)
     }
 }
 

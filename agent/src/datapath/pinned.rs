@@ -1,0 +1,63 @@
+//! Read access to the pinned maps of a running agent, opened by path: lets
+//! `trace` check what the kernel holds against what the compiler expects.
+
+use crate::policy::compile::family_addr;
+use anyhow::{Context, Result};
+use aya::maps::lpm_trie::Key as LpmKey;
+use aya::maps::{HashMap, LpmTrie, Map, MapData, PerCpuArray};
+use palisade_common::{
+    Endpoint, IP_KEY_FAMILY_BITS, IpInfo, IpKey, LAYOUT_VERSION, POLICY_PREFIX_FULL, PolicyKey, PolicyValue, maps, stat,
+};
+use std::net::IpAddr;
+use std::path::Path;
+
+pub struct Pinned {
+    endpoints: HashMap<MapData, u32, Endpoint>,
+    ips: LpmTrie<MapData, IpKey, IpInfo>,
+    policy: LpmTrie<MapData, PolicyKey, PolicyValue>,
+    stats: PerCpuArray<MapData, u64>,
+}
+
+fn open<T: TryFrom<Map, Error = aya::maps::MapError>>(dir: &Path, name: &str) -> Result<T> {
+    let path = dir.join(format!("v{LAYOUT_VERSION}")).join(name);
+    let data = MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
+    Ok(T::try_from(Map::from_map_data(data)?)?)
+}
+
+impl Pinned {
+    /// Opens the maps pinned under an agent's bpffs directory.
+    pub fn open(dir: &Path) -> Result<Pinned> {
+        Ok(Pinned {
+            endpoints: open(dir, maps::ENDPOINTS)?,
+            ips: open(dir, maps::IPS)?,
+            policy: open(dir, maps::POLICY)?,
+            stats: open(dir, maps::STATS)?,
+        })
+    }
+
+    pub fn endpoint(&self, ifindex: u32) -> Option<Endpoint> {
+        self.endpoints.get(&ifindex, 0).ok()
+    }
+
+    /// The peer identity the kernel gives an address (longest prefix).
+    pub fn peer_identity(&self, ip: IpAddr) -> Option<u32> {
+        let (family, addr) = family_addr(ip);
+        let bits = if ip.is_ipv4() { 32 } else { 128 };
+        self.ips.get(&LpmKey::new(IP_KEY_FAMILY_BITS + bits, IpKey { family, addr }), 0).ok().map(|v| v.identity)
+    }
+
+    /// Sums of the per-CPU counters, indexed by [`stat`].
+    pub fn counters(&self) -> Vec<u64> {
+        sum_counters(&self.stats)
+    }
+
+    /// The rule the kernel finds for a full policy key (longest prefix).
+    pub fn rule(&self, key: PolicyKey) -> Option<u32> {
+        self.policy.get(&LpmKey::new(POLICY_PREFIX_FULL, key), 0).ok().map(|v| v.rule)
+    }
+}
+
+/// Sums a per-CPU counter array, indexed by [`stat`].
+pub fn sum_counters(stats: &PerCpuArray<MapData, u64>) -> Vec<u64> {
+    (0..stat::COUNT).map(|i| stats.get(&i, 0).map(|v| v.iter().sum()).unwrap_or(0)).collect()
+}

@@ -1,0 +1,249 @@
+//! Prometheus metrics, and the HTTP endpoint that serves them with the
+//! health checks. Labels stay bounded: directions, verdicts, reasons, map
+//! names and policy names, never addresses, ports or pods.
+
+use super::{Verdict, VerdictEvent};
+use crate::datapath::MapFill;
+use anyhow::{Context, Result};
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use palisade_common::stat;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VerdictLabels {
+    direction: String,
+    verdict: String,
+    /// The allowing policy for ALLOWED verdicts; empty otherwise.
+    policy: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PolicyLabels {
+    direction: String,
+    policy: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MapLabels {
+    map: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabels {
+    state: String,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    verdicts: Family<VerdictLabels, Counter>,
+    drops_by_policy: Family<PolicyLabels, Counter>,
+    kernel_packets: Family<ReasonLabels, Counter>,
+    events_sent: Counter,
+    events_lost: Counter,
+    events_suppressed: Counter,
+    events_received: Counter,
+    flows: Counter,
+    map_entries: Family<MapLabels, Gauge>,
+    map_capacity: Family<MapLabels, Gauge>,
+    sync_seconds: Histogram,
+    sync_errors: Counter,
+    input_errors: Gauge,
+    revision: Gauge,
+    pods: Family<StateLabels, Gauge>,
+    /// Last kernel counter values, to turn them into counter increments.
+    last_kernel: Mutex<Vec<u64>>,
+    /// Set once the first sync has put the kernel in sync.
+    pub ready: AtomicBool,
+    received: AtomicU64,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("palisade");
+        let m = Metrics {
+            verdicts: Family::default(),
+            drops_by_policy: Family::default(),
+            kernel_packets: Family::default(),
+            events_sent: Counter::default(),
+            events_lost: Counter::default(),
+            events_suppressed: Counter::default(),
+            events_received: Counter::default(),
+            flows: Counter::default(),
+            map_entries: Family::default(),
+            map_capacity: Family::default(),
+            sync_seconds: Histogram::new([0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0]),
+            sync_errors: Counter::default(),
+            input_errors: Gauge::default(),
+            revision: Gauge::default(),
+            pods: Family::default(),
+            last_kernel: Mutex::new(vec![0; stat::COUNT as usize]),
+            ready: AtomicBool::new(false),
+            received: AtomicU64::new(0),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "verdicts",
+            "Verdict events by direction, verdict and allowing policy (drops count the packets they stand for)",
+            m.verdicts.clone(),
+        );
+        registry.register(
+            "drops_by_isolating_policy",
+            "Dropped packets per policy isolating the pod (a drop counts once for each such policy)",
+            m.drops_by_policy.clone(),
+        );
+        registry.register("kernel_packets", "Packets judged in the kernel, by outcome", m.kernel_packets.clone());
+        registry.register("events_sent", "Events the classifier wrote to the ring buffer", m.events_sent.clone());
+        registry.register("events_lost", "Events lost because the ring buffer was full", m.events_lost.clone());
+        registry.register(
+            "events_suppressed",
+            "Drops folded into a later event of the same flow",
+            m.events_suppressed.clone(),
+        );
+        registry.register("events_received", "Events read from the ring buffer", m.events_received.clone());
+        registry.register("flows_new", "New flows entered into connection tracking", m.flows.clone());
+        registry.register("map_entries", "Entries in each kernel map", m.map_entries.clone());
+        registry.register("map_capacity", "Capacity of each kernel map", m.map_capacity.clone());
+        registry.register(
+            "sync_duration_seconds",
+            "Time to compile and write one state to the kernel",
+            m.sync_seconds.clone(),
+        );
+        registry.register("sync_errors", "Kernel writes that failed", m.sync_errors.clone());
+        registry.register("input_errors", "Objects that could not be used as written", m.input_errors.clone());
+        registry.register("policy_revision", "Policy revision in force in the kernel", m.revision.clone());
+        registry.register("pods", "Local pods by enforcement state", m.pods.clone());
+        Metrics { registry, ..m }
+    }
+
+    /// Counts one event read from the ring buffer.
+    pub fn observe(&self, ev: &VerdictEvent) {
+        self.events_received.inc();
+        self.received.fetch_add(1, Ordering::Relaxed);
+        let verdict = ev.verdict.to_string();
+        let policy = match (&ev.verdict, &ev.policy) {
+            (Verdict::Allowed, Some(r)) => match (&r.namespace, &r.name) {
+                (Some(ns), Some(n)) => format!("{ns}/{n}"),
+                _ => "node".to_string(),
+            },
+            _ => String::new(),
+        };
+        let n = u64::from(ev.count.max(1));
+        self.verdicts.get_or_create(&VerdictLabels { direction: ev.direction.to_string(), verdict, policy }).inc_by(n);
+        if ev.verdict != Verdict::Allowed {
+            for p in &ev.isolated_by {
+                self.drops_by_policy
+                    .get_or_create(&PolicyLabels { direction: ev.direction.to_string(), policy: p.to_string() })
+                    .inc_by(n);
+            }
+        }
+    }
+
+    /// Events read from the ring buffer so far.
+    pub fn received(&self) -> u64 {
+        self.received.load(Ordering::Relaxed)
+    }
+
+    /// Takes the kernel's counters (indexed by [`stat`]).
+    pub fn kernel(&self, counters: &[u64]) {
+        let Ok(mut last) = self.last_kernel.lock() else { return };
+        let delta = |i: u32, last: &mut Vec<u64>| {
+            let (cur, prev) = (counters.get(i as usize).copied().unwrap_or(0), last[i as usize]);
+            last[i as usize] = cur;
+            cur.saturating_sub(prev)
+        };
+        for (i, reason) in [
+            (stat::ALLOWED, "allowed"),
+            (stat::DROPPED_NO_RULE, "dropped_no_rule"),
+            (stat::DROPPED_MALFORMED, "dropped_malformed"),
+            (stat::AUDITED, "audited"),
+        ] {
+            let d = delta(i, &mut last);
+            self.kernel_packets.get_or_create(&ReasonLabels { reason: reason.into() }).inc_by(d);
+        }
+        self.events_sent.inc_by(delta(stat::EVENTS_SENT, &mut last));
+        self.events_lost.inc_by(delta(stat::EVENTS_LOST, &mut last));
+        self.events_suppressed.inc_by(delta(stat::EVENTS_SUPPRESSED, &mut last));
+        self.flows.inc_by(delta(stat::FLOWS_NEW, &mut last));
+    }
+
+    /// Records one sync of the agent loop.
+    pub fn sync(
+        &self,
+        seconds: f64,
+        errors: usize,
+        input_errors: usize,
+        revision: u32,
+        fill: &MapFill,
+        states: &[&str],
+    ) {
+        self.sync_seconds.observe(seconds);
+        self.sync_errors.inc_by(errors as u64);
+        self.input_errors.set(input_errors as i64);
+        self.revision.set(i64::from(revision));
+        for (name, (n, cap)) in
+            [("endpoints", fill.endpoints), ("ips", fill.ips), ("policy", fill.policy), ("conntrack", fill.conntrack)]
+        {
+            self.map_entries.get_or_create(&MapLabels { map: name.into() }).set(n as i64);
+            self.map_capacity.get_or_create(&MapLabels { map: name.into() }).set(i64::from(cap));
+        }
+        self.pods.clear();
+        for s in states {
+            let state = s.split(':').next().unwrap_or(s).to_string();
+            self.pods.get_or_create(&StateLabels { state }).inc();
+        }
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// Serves /metrics, /healthz (the process answers) and /readyz (the kernel
+/// holds the latest valid input).
+pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
+    loop {
+        let (stream, _) = listener.accept().await?;
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                let metrics = metrics.clone();
+                async move {
+                    let (status, body) = match req.uri().path() {
+                        "/metrics" => (StatusCode::OK, metrics.encode()),
+                        "/healthz" => (StatusCode::OK, "ok\n".to_string()),
+                        "/readyz" if metrics.ready.load(Ordering::SeqCst) => (StatusCode::OK, "ready\n".to_string()),
+                        "/readyz" => (StatusCode::SERVICE_UNAVAILABLE, "not in sync\n".to_string()),
+                        _ => (StatusCode::NOT_FOUND, "not found\n".to_string()),
+                    };
+                    Response::builder().status(status).body(Full::new(Bytes::from(body)))
+                }
+            });
+            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+        });
+    }
+}
