@@ -3,6 +3,7 @@
 //! plumbing (command runner, step timing) is in `util`, prerequisite
 //! installation in `setup`.
 
+mod bench;
 mod setup;
 mod util;
 
@@ -45,6 +46,14 @@ enum Task {
     Lint,
     /// What CI runs: setup, lint, test.
     Ci,
+    /// Benchmarks: verdict latency, throughput against iptables and
+    /// nftables, policy programming latency, event throughput (needs root).
+    /// Writes bench/report.md, bench/report.json and plots.
+    Bench {
+        /// A short run (under two minutes) for CI smoke.
+        #[arg(long)]
+        quick: bool,
+    },
     /// The demo: pods in network namespaces, a deny-by-default policy set,
     /// live traffic and palisade's verdicts streaming (needs root).
     Demo {
@@ -77,6 +86,7 @@ fn dispatch(task: Task) -> Result<()> {
         Task::Test { e2e_args } => with_summary(|steps| test(steps, &e2e_args)),
         Task::Lint => with_summary(lint),
         Task::Demo { rounds } => demo(rounds),
+        Task::Bench { quick } => bench::run(quick),
         Task::Ci => with_summary(|steps| {
             require_root()?;
             lint(steps)?;
