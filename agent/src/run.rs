@@ -2,16 +2,15 @@
 //! again whenever the input, the node's interfaces or routes change, and
 //! on a resync timer that heals anything missed.
 
-use crate::api::{self, Applied, Shared, Status};
-use crate::cluster::InputError;
-use crate::cluster::files::FileSource;
+use crate::api::{self, Applied, InputVersion, Shared, Status};
+use crate::cluster::{InputError, Source, Wake};
 use crate::datapath::pinned::Pinned;
-use crate::datapath::{Datapath, Settings, netlink};
+use crate::datapath::{Datapath, EndpointState, Settings, netlink};
 use crate::events::metrics::{self, Metrics};
 use crate::events::{self, Hub, LogFormat, View};
-use crate::policy::{self, Node};
-use anyhow::{Context, Result, bail};
-use notify::Watcher;
+use crate::policy::{self, Input, Node};
+use anyhow::Result;
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -43,12 +42,6 @@ pub fn hostname() -> String {
 }
 
 pub async fn run(opts: Options) -> Result<()> {
-    let Some(dir) = opts.cluster_state.clone() else {
-        bail!("--cluster-state DIR is required: the Kubernetes API source is not built into this version");
-    };
-    if !dir.is_dir() {
-        bail!("--cluster-state {}: not a directory", dir.display());
-    }
     let settings = Settings {
         log_new_flows: opts.log_new_flows,
         drop_event_interval: opts.drop_event_interval,
@@ -60,6 +53,30 @@ pub async fn run(opts: Options) -> Result<()> {
     let metrics = Arc::new(Metrics::new());
     let (view_tx, view_rx) = watch::channel(Arc::new(View::default()));
     tokio::spawn(events::run(ring, view_rx, hub.clone(), metrics.clone(), Some(opts.log_format)));
+    if let Some(addr) = opts.metrics_addr {
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            if let Err(e) = metrics::serve(addr, metrics).await {
+                tracing::error!("metrics endpoint: {e:#}");
+            }
+        });
+    }
+
+    // Anything that may change what to enforce wakes the loop: the
+    // source, and links, addresses and routes coming and going.
+    let (wake_tx, mut woken) = mpsc::unbounded_channel::<()>();
+    let wake: Wake = Arc::new(move || {
+        let _ = wake_tx.send(());
+    });
+    {
+        let wake = wake.clone();
+        tokio::spawn(async move {
+            if let Err(e) = netlink::watch(move || wake()).await {
+                tracing::error!("netlink events: {e:#}");
+            }
+        });
+    }
+    let mut source = Source::start(opts.cluster_state.clone(), wake).await?;
 
     let shared = Arc::new(Shared {
         status: Default::default(),
@@ -67,7 +84,7 @@ pub async fn run(opts: Options) -> Result<()> {
         metrics: metrics.clone(),
         applied: Default::default(),
         pinned: Pinned::open(&opts.bpffs)?,
-        files: Some((dir.clone(), Default::default())),
+        input: InputVersion { current: source.current_version(), applied: Default::default() },
     });
     {
         // Kernel counters feed the metrics once a second.
@@ -80,14 +97,6 @@ pub async fn run(opts: Options) -> Result<()> {
             }
         });
     }
-    if let Some(addr) = opts.metrics_addr {
-        let metrics = metrics.clone();
-        tokio::spawn(async move {
-            if let Err(e) = metrics::serve(addr, metrics).await {
-                tracing::error!("metrics endpoint: {e:#}");
-            }
-        });
-    }
     {
         let (socket, shared) = (opts.socket.clone(), shared.clone());
         tokio::spawn(async move {
@@ -97,41 +106,20 @@ pub async fn run(opts: Options) -> Result<()> {
         });
     }
 
-    // Anything that may change what to enforce wakes the loop.
-    let (wake, mut woken) = mpsc::unbounded_channel::<()>();
-    let mut watcher = {
-        let wake = wake.clone();
-        notify::recommended_watcher(move |_| {
-            let _ = wake.send(());
-        })
-        .context("watching the cluster state directory")?
-    };
-    watcher.watch(&dir, notify::RecursiveMode::Recursive).with_context(|| format!("watching {}", dir.display()))?;
-    {
-        let wake = wake.clone();
-        tokio::spawn(async move {
-            if let Err(e) = netlink::watch(move || {
-                let _ = wake.send(());
-            })
-            .await
-            {
-                tracing::error!("netlink events: {e:#}");
-            }
-        });
-    }
     let handle = netlink::connect()?;
-    let mut source = FileSource::new(&dir);
     let mut reported: Vec<InputError> = Vec::new();
+    let mut host_network_logged: BTreeSet<(String, String)> = BTreeSet::new();
     let mut gc_done = false;
     tracing::info!(
-        node = %opts.node_name, source = %dir.display(), bpffs = %opts.bpffs.display(), socket = %opts.socket.display(),
-        "palisade agent started"
+        node = %opts.node_name, source = %source.describe(), bpffs = %opts.bpffs.display(),
+        socket = %opts.socket.display(), "palisade agent started"
     );
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
         let started = Instant::now();
         let snap = source.load();
-        let fingerprint = source.loaded_fingerprint();
+        let version = source.loaded_version();
+        let stale = source.stale();
         let ifaces = match netlink::snapshot(&handle).await {
             Ok(i) => i,
             Err(e) => {
@@ -146,11 +134,12 @@ pub async fn run(opts: Options) -> Result<()> {
             audit: opts.audit,
         };
         let compiled = policy::compile(&snap.input, &node);
-        let report = dp.sync(&compiled, &ifaces);
+        let mut report = dp.sync(&compiled, &ifaces);
         if !gc_done && report.errors.is_empty() {
             dp.collect_garbage();
             gc_done = true;
         }
+        report.endpoints.extend(host_network_pods(&snap.input, &node, &mut host_network_logged));
         if snap.errors != reported {
             for e in snap.errors.iter().filter(|e| !reported.contains(e)) {
                 tracing::warn!("invalid input: {e}");
@@ -173,11 +162,12 @@ pub async fn run(opts: Options) -> Result<()> {
         let states: Vec<&str> = report.endpoints.iter().map(|e| e.state.as_str()).collect();
         let seconds = started.elapsed().as_secs_f64();
         metrics.sync(seconds, report.errors.len(), snap.errors.len(), report.revision, &fill, &states);
+        let in_sync = report.errors.is_empty() && stale.is_none();
         {
             let mut st = shared.status.write().expect("status lock");
             let changed = report.changes > 0 || st.applied_at.is_none();
             *st = Status {
-                in_sync: report.errors.is_empty(),
+                in_sync,
                 applied_at: if changed {
                     Some(events::record::rfc3339(SystemTime::now()))
                 } else {
@@ -185,7 +175,8 @@ pub async fn run(opts: Options) -> Result<()> {
                 },
                 revision: report.revision,
                 node: opts.node_name.clone(),
-                source: format!("files:{}", dir.display()),
+                source: source.describe(),
+                stale,
                 audit: opts.audit,
                 pods: report.endpoints.clone(),
                 errors: snap.errors.clone(),
@@ -199,10 +190,8 @@ pub async fn run(opts: Options) -> Result<()> {
             let endpoints = report.endpoints.clone();
             *a = Some(Arc::new(Applied { input: snap.input.clone(), node: node.clone(), endpoints }));
         }
-        if let Some((_, applied)) = &shared.files {
-            applied.store(fingerprint, Ordering::SeqCst);
-        }
-        metrics.ready.store(report.errors.is_empty(), Ordering::SeqCst);
+        shared.input.applied.store(version, Ordering::SeqCst);
+        metrics.ready.store(in_sync, Ordering::SeqCst);
         if report.changes > 0 {
             tracing::info!(
                 revision = report.revision,
@@ -226,6 +215,38 @@ pub async fn run(opts: Options) -> Result<()> {
     }
     tracing::info!("palisade agent stopping; enforcement stays in place (pinned under {})", opts.bpffs.display());
     let _ = std::fs::remove_file(&opts.socket);
-    drop(watcher);
     Ok(())
+}
+
+/// Local host-network pods: NetworkPolicy cannot apply to them (they share
+/// the node's network); status says so, and the log says it once per pod.
+fn host_network_pods(input: &Input, node: &Node, logged: &mut BTreeSet<(String, String)>) -> Vec<EndpointState> {
+    let mut out = Vec::new();
+    for pod in input.pods.values() {
+        let local = pod.node_name.as_deref().is_none_or(|n| n == node.name);
+        if !local || !pod.host_network || pod.terminated {
+            continue;
+        }
+        let key = (pod.namespace.clone(), pod.name.clone());
+        if logged.insert(key) {
+            tracing::info!(
+                "{}/{} uses the host network: NetworkPolicy does not apply to it and it is not enforced",
+                pod.namespace,
+                pod.name
+            );
+        }
+        out.push(EndpointState {
+            namespace: pod.namespace.clone(),
+            name: pod.name.clone(),
+            ips: pod.ips.clone(),
+            interface: None,
+            ifindex: None,
+            identity: 0,
+            ingress_isolated: false,
+            egress_isolated: false,
+            audit: false,
+            state: "host-network: NetworkPolicy does not apply".into(),
+        });
+    }
+    out
 }

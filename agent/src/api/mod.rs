@@ -13,7 +13,7 @@ use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -34,6 +34,9 @@ pub struct Status {
     pub node: String,
     /// Where cluster state comes from.
     pub source: String,
+    /// Set while the source cannot be read (the API server is away): the
+    /// last state stays in force.
+    pub stale: Option<String>,
     pub audit: bool,
     pub pods: Vec<EndpointState>,
     /// Objects that could not be used as written.
@@ -73,18 +76,21 @@ pub struct Shared {
     pub applied: RwLock<Option<Arc<Applied>>>,
     /// The pinned maps, read for counters and trace's kernel check.
     pub pinned: Pinned,
-    /// For the file source: the directory and the fingerprint of what was
-    /// last applied. `in_sync` compares it with the directory right now, so
-    /// a script that just wrote a file never sees a stale "in sync".
-    pub files: Option<(PathBuf, std::sync::atomic::AtomicU64)>,
+    /// The input version the kernel holds, and how to read the current
+    /// one: `in_sync` compares them when asked, so a script that just wrote
+    /// a file never sees a stale "in sync".
+    pub input: InputVersion,
+}
+
+pub struct InputVersion {
+    pub current: Box<dyn Fn() -> u64 + Send + Sync>,
+    pub applied: std::sync::atomic::AtomicU64,
 }
 
 impl Shared {
     pub fn current_status(&self) -> Status {
         let mut s = self.status.read().map(|s| s.clone()).unwrap_or_default();
-        if let Some((dir, applied)) = &self.files
-            && crate::cluster::files::fingerprint(dir) != applied.load(std::sync::atomic::Ordering::SeqCst)
-        {
+        if (self.input.current)() != self.input.applied.load(std::sync::atomic::Ordering::SeqCst) {
             s.in_sync = false;
         }
         s.counters = COUNTER_NAMES.iter().map(|n| n.to_string()).zip(self.pinned.counters()).collect();

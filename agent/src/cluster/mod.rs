@@ -3,9 +3,14 @@
 //! objects it could not use.
 
 pub mod files;
+pub mod kube;
 pub mod objects;
 
 use crate::policy::Input;
+use anyhow::{Context, Result, bail};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 /// One object (or file) the agent could not use as written.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
@@ -43,4 +48,77 @@ impl std::fmt::Display for InputError {
 pub struct Snapshot {
     pub input: Input,
     pub errors: Vec<InputError>,
+}
+
+/// Something that wakes the agent loop.
+pub type Wake = Arc<dyn Fn() + Send + Sync>;
+
+/// Where the agent reads cluster state from.
+pub enum Source {
+    /// A directory of manifests, watched.
+    Files { source: files::FileSource, _watcher: notify::RecommendedWatcher },
+    /// The Kubernetes API.
+    Kube(kube::KubeSource),
+}
+
+impl Source {
+    /// Starts reading from `dir`, or from the Kubernetes API when None.
+    pub async fn start(dir: Option<PathBuf>, wake: Wake) -> Result<Source> {
+        use notify::Watcher;
+        let Some(dir) = dir else {
+            return Ok(Source::Kube(kube::KubeSource::start(wake).await?));
+        };
+        if !dir.is_dir() {
+            bail!("--cluster-state {}: not a directory", dir.display());
+        }
+        let mut watcher =
+            notify::recommended_watcher(move |_| wake()).context("watching the cluster state directory")?;
+        watcher.watch(&dir, notify::RecursiveMode::Recursive).with_context(|| format!("watching {}", dir.display()))?;
+        Ok(Source::Files { source: files::FileSource::new(dir), _watcher: watcher })
+    }
+
+    pub fn load(&mut self) -> Snapshot {
+        match self {
+            Source::Files { source, .. } => source.load(),
+            Source::Kube(k) => k.load(),
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            Source::Files { source, .. } => format!("files:{}", source.dir().display()),
+            Source::Kube(_) => "kubernetes".into(),
+        }
+    }
+
+    /// The input version the last load saw.
+    pub fn loaded_version(&self) -> u64 {
+        match self {
+            Source::Files { source, .. } => source.loaded_fingerprint(),
+            Source::Kube(k) => k.versions().0,
+        }
+    }
+
+    /// Reads the input version as it is now: when it differs from what was
+    /// loaded, the kernel is not in sync with the input.
+    pub fn current_version(&self) -> Box<dyn Fn() -> u64 + Send + Sync> {
+        match self {
+            Source::Files { source, .. } => {
+                let dir = source.dir().to_path_buf();
+                Box::new(move || files::fingerprint(&dir))
+            }
+            Source::Kube(k) => {
+                let generation = k.versions().1;
+                Box::new(move || generation.load(Ordering::SeqCst))
+            }
+        }
+    }
+
+    /// Why the state in force may be stale.
+    pub fn stale(&self) -> Option<String> {
+        match self {
+            Source::Files { .. } => None,
+            Source::Kube(k) => k.stale(),
+        }
+    }
 }

@@ -4,8 +4,9 @@
 //! that was never valid fails closed.
 
 use super::{InputError, Snapshot};
+use crate::policy::model::Service;
 use crate::policy::model::{FieldError, Namespace, Pod, Policy};
-use k8s_openapi::api::core::v1::{Namespace as K8sNamespace, Pod as K8sPod};
+use k8s_openapi::api::core::v1::{Namespace as K8sNamespace, Pod as K8sPod, Service as K8sService};
 use k8s_openapi::api::networking::v1::NetworkPolicy as K8sPolicy;
 use serde_json::Value;
 use std::collections::{HashMap, HashSet};
@@ -16,6 +17,7 @@ pub enum Kind {
     Namespace,
     Pod,
     NetworkPolicy,
+    Service,
 }
 
 impl Kind {
@@ -25,6 +27,7 @@ impl Kind {
             ("v1", "Namespace") => Some(Kind::Namespace),
             ("v1", "Pod") => Some(Kind::Pod),
             ("networking.k8s.io/v1", "NetworkPolicy") => Some(Kind::NetworkPolicy),
+            ("v1", "Service") => Some(Kind::Service),
             _ => None,
         }
     }
@@ -36,6 +39,7 @@ impl std::fmt::Display for Kind {
             Kind::Namespace => "Namespace",
             Kind::Pod => "Pod",
             Kind::NetworkPolicy => "NetworkPolicy",
+            Kind::Service => "Service",
         })
     }
 }
@@ -46,6 +50,7 @@ pub enum Raw {
     Namespace(K8sNamespace),
     Pod(Box<K8sPod>),
     Policy(K8sPolicy),
+    Service(K8sService),
     /// It did not even deserialize as its kind.
     Broken {
         kind: Kind,
@@ -65,6 +70,7 @@ impl Raw {
             Kind::Namespace => de(&value).map(Raw::Namespace),
             Kind::Pod => de(&value).map(|p| Raw::Pod(Box::new(p))),
             Kind::NetworkPolicy => de(&value).map(Raw::Policy),
+            Kind::Service => de(&value).map(Raw::Service),
         };
         parsed.unwrap_or_else(|error| Raw::Broken { kind, value, error })
     }
@@ -74,6 +80,7 @@ impl Raw {
             Raw::Namespace(o) => (Kind::Namespace, None, o.metadata.name.clone()),
             Raw::Pod(o) => (Kind::Pod, o.metadata.namespace.clone(), o.metadata.name.clone()),
             Raw::Policy(o) => (Kind::NetworkPolicy, o.metadata.namespace.clone(), o.metadata.name.clone()),
+            Raw::Service(o) => (Kind::Service, o.metadata.namespace.clone(), o.metadata.name.clone()),
             Raw::Broken { kind, value, .. } => {
                 let s = |p: &str| value.pointer(p).and_then(Value::as_str).map(str::to_string);
                 (*kind, s("/metadata/namespace"), s("/metadata/name"))
@@ -110,6 +117,7 @@ enum Valid {
     Namespace(Namespace),
     Pod(Pod),
     Policy(Policy),
+    Service(Service),
 }
 
 /// Remembers the last valid version of every object across snapshots.
@@ -143,6 +151,7 @@ impl Validator {
                 Raw::Namespace(o) => Namespace::from_k8s(o).map(Valid::Namespace),
                 Raw::Pod(o) => Pod::from_k8s(o).map(Valid::Pod),
                 Raw::Policy(o) => Policy::from_k8s(o).map(Valid::Policy),
+                Raw::Service(o) => Service::from_k8s(o).map(Valid::Service),
                 Raw::Broken { error, .. } => Err(vec![error.clone()]),
             };
             let chosen = match valid {
@@ -185,6 +194,9 @@ impl Validator {
                 }
                 Some(Valid::Policy(p)) => {
                     snap.input.policies.insert((p.namespace.clone(), p.name.clone()), p);
+                }
+                Some(Valid::Service(s)) => {
+                    snap.input.services.insert((s.namespace.clone(), s.name.clone()), s);
                 }
                 None => {}
             }

@@ -22,6 +22,9 @@ pub struct Input {
     pub pods: BTreeMap<(String, String), Pod>,
     /// Keyed by (namespace, name).
     pub policies: BTreeMap<(String, String), Policy>,
+    /// Keyed by (namespace, name): their cluster IPs are DNATed by
+    /// kube-proxy after the source's egress hook, see the datapath.
+    pub services: BTreeMap<(String, String), model::Service>,
 }
 
 /// What the compiler needs to know about the node it compiles for.

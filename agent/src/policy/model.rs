@@ -281,6 +281,38 @@ pub struct Namespace {
     pub audit: bool,
 }
 
+/// A Service: only its cluster IPs matter here (traffic to them is DNATed
+/// to a backend, and egress policy must judge the backend).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Service {
+    pub namespace: String,
+    pub name: String,
+    pub cluster_ips: Vec<IpAddr>,
+}
+
+impl Service {
+    pub fn from_k8s(svc: &k8s_openapi::api::core::v1::Service) -> Result<Service, Vec<FieldError>> {
+        let mut errors = Vec::new();
+        let (namespace, name) = meta_names(&svc.metadata, true, &mut errors);
+        let spec = svc.spec.as_ref();
+        let mut cluster_ips = Vec::new();
+        let listed = spec.and_then(|s| s.cluster_ips.clone()).filter(|l| !l.is_empty());
+        let ips = listed.or_else(|| spec.and_then(|s| s.cluster_ip.clone()).map(|ip| vec![ip])).unwrap_or_default();
+        for (i, ip) in ips.iter().enumerate() {
+            if ip.is_empty() || ip == "None" {
+                continue;
+            }
+            match ip.parse::<IpAddr>() {
+                Ok(a) => cluster_ips.push(a),
+                Err(_) => {
+                    errors.push(err(format!("spec.clusterIPs[{i}]"), format!("{ip:?} is not a valid IP address")))
+                }
+            }
+        }
+        finish(Service { namespace, name, cluster_ips }, errors)
+    }
+}
+
 fn meta_names(
     meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
     namespaced: bool,

@@ -1,0 +1,210 @@
+//! The Kubernetes API source: one kube-rs watcher with a reflector per
+//! kind. Every pod is watched (peers need every pod's addresses, labels and
+//! named ports), trimmed to what policy needs before it is stored. Watchers
+//! resync and reconnect with backoff; while the API server is away the
+//! stores keep the last state, enforcement stays as it is, and the source
+//! reports itself stale.
+
+use super::Snapshot;
+use super::objects::{Raw, Validator};
+use anyhow::{Context, Result};
+use futures_util::StreamExt;
+use k8s_openapi::api::core::v1::{Container, Namespace, Pod, PodSpec, PodStatus, Service, ServiceSpec};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client};
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Connection health of each watcher.
+#[derive(Default)]
+struct Health {
+    /// Kind -> last error, cleared by the next good event.
+    errors: Mutex<BTreeMap<&'static str, String>>,
+}
+
+pub struct KubeSource {
+    namespaces: Store<Namespace>,
+    pods: Store<Pod>,
+    policies: Store<NetworkPolicy>,
+    services: Store<Service>,
+    validator: Validator,
+    health: Arc<Health>,
+    /// Bumped by every watch event; what a snapshot saw is `loaded`.
+    generation: Arc<AtomicU64>,
+    loaded: u64,
+}
+
+fn meta(m: &ObjectMeta, keep_annotation: Option<&str>) -> ObjectMeta {
+    let annotations = keep_annotation.and_then(|k| {
+        let v = m.annotations.as_ref()?.get(k)?;
+        Some([(k.to_string(), v.clone())].into())
+    });
+    ObjectMeta {
+        name: m.name.clone(),
+        namespace: m.namespace.clone(),
+        labels: m.labels.clone(),
+        annotations,
+        uid: m.uid.clone(),
+        resource_version: m.resource_version.clone(),
+        ..Default::default()
+    }
+}
+
+fn trim_pod(p: &mut Pod) {
+    let ports = |c: &Container| Container {
+        name: c.name.clone(),
+        ports: c.ports.clone(),
+        restart_policy: c.restart_policy.clone(),
+        ..Default::default()
+    };
+    let spec = p.spec.as_ref().map(|s| PodSpec {
+        node_name: s.node_name.clone(),
+        host_network: s.host_network,
+        containers: s.containers.iter().map(ports).collect(),
+        init_containers: s.init_containers.as_ref().map(|cs| cs.iter().map(ports).collect()),
+        ..Default::default()
+    });
+    let status = p.status.as_ref().map(|s| PodStatus {
+        phase: s.phase.clone(),
+        pod_ip: s.pod_ip.clone(),
+        pod_ips: s.pod_ips.clone(),
+        ..Default::default()
+    });
+    *p = Pod { metadata: meta(&p.metadata, None), spec, status };
+}
+
+fn trim_namespace(n: &mut Namespace) {
+    *n = Namespace { metadata: meta(&n.metadata, Some(crate::policy::model::AUDIT_ANNOTATION)), ..Default::default() };
+}
+
+fn trim_policy(p: &mut NetworkPolicy) {
+    p.metadata = meta(&p.metadata, None);
+}
+
+fn trim_service(s: &mut Service) {
+    let spec = s.spec.as_ref().map(|sp| ServiceSpec {
+        cluster_ip: sp.cluster_ip.clone(),
+        cluster_ips: sp.cluster_ips.clone(),
+        ports: sp.ports.clone(),
+        ..Default::default()
+    });
+    *s = Service { metadata: meta(&s.metadata, None), spec, status: None };
+}
+
+/// Runs one watcher into a reflector store until the process ends.
+fn spawn_watch<K>(
+    api: Api<K>,
+    kind: &'static str,
+    trim: fn(&mut K),
+    wake: Arc<dyn Fn() + Send + Sync>,
+    health: Arc<Health>,
+    generation: Arc<AtomicU64>,
+) -> Store<K>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
+{
+    let (reader, writer) = reflector::store();
+    tokio::spawn(async move {
+        let stream = watcher(api, watcher::Config::default()).default_backoff().modify(trim).reflect(writer);
+        let mut stream = std::pin::pin!(stream);
+        while let Some(event) = stream.next().await {
+            match event {
+                Ok(_) => {
+                    let recovered = health.errors.lock().map(|mut e| e.remove(kind).is_some()).unwrap_or(false);
+                    if recovered {
+                        tracing::info!("{kind} watch reconnected");
+                    }
+                    generation.fetch_add(1, Ordering::SeqCst);
+                    wake();
+                }
+                Err(e) => {
+                    let first =
+                        health.errors.lock().map(|mut m| m.insert(kind, e.to_string()).is_none()).unwrap_or(false);
+                    if first {
+                        tracing::warn!("{kind} watch failed ({e}); keeping the last state in force and retrying");
+                    }
+                    wake();
+                }
+            }
+        }
+    });
+    reader
+}
+
+impl KubeSource {
+    /// Connects (in-cluster config, or KUBECONFIG) and starts the watchers;
+    /// returns once every store holds a complete first list, so the kernel
+    /// is never programmed from a half-loaded state.
+    pub async fn start(wake: Arc<dyn Fn() + Send + Sync>) -> Result<KubeSource> {
+        let client =
+            Client::try_default().await.context("connecting to the Kubernetes API (in-cluster or KUBECONFIG)")?;
+        let health = Arc::new(Health::default());
+        let generation = Arc::new(AtomicU64::new(0));
+        let (h, g) = (&health, &generation);
+        let namespaces =
+            spawn_watch(Api::all(client.clone()), "namespaces", trim_namespace, wake.clone(), h.clone(), g.clone());
+        let pods = spawn_watch(Api::all(client.clone()), "pods", trim_pod, wake.clone(), h.clone(), g.clone());
+        let policies =
+            spawn_watch(Api::all(client.clone()), "networkpolicies", trim_policy, wake.clone(), h.clone(), g.clone());
+        let services = spawn_watch(Api::all(client), "services", trim_service, wake, h.clone(), g.clone());
+        {
+            let ready = async {
+                namespaces.wait_until_ready().await?;
+                pods.wait_until_ready().await?;
+                policies.wait_until_ready().await?;
+                services.wait_until_ready().await
+            };
+            tokio::pin!(ready);
+            loop {
+                tokio::select! {
+                    r = &mut ready => {
+                        r.context("a watcher stopped before its first list")?;
+                        break;
+                    }
+                    _ = tokio::time::sleep(Duration::from_secs(10)) => {
+                        let errors = health.errors.lock().map(|e| e.clone()).unwrap_or_default();
+                        tracing::warn!(?errors, "still waiting for the first complete list from the Kubernetes API");
+                    }
+                }
+            }
+        }
+        Ok(KubeSource {
+            namespaces,
+            pods,
+            policies,
+            services,
+            validator: Validator::default(),
+            health,
+            generation,
+            loaded: 0,
+        })
+    }
+
+    /// The current state of every store.
+    pub fn load(&mut self) -> Snapshot {
+        self.loaded = self.generation.load(Ordering::SeqCst);
+        let mut raws: Vec<Raw> = Vec::new();
+        raws.extend(self.namespaces.state().iter().map(|o| Raw::Namespace(o.as_ref().clone())));
+        raws.extend(self.pods.state().iter().map(|o| Raw::Pod(Box::new(o.as_ref().clone()))));
+        raws.extend(self.policies.state().iter().map(|o| Raw::Policy(o.as_ref().clone())));
+        raws.extend(self.services.state().iter().map(|o| Raw::Service(o.as_ref().clone())));
+        self.validator.snapshot(raws.iter().map(|r| ("kubernetes", r)))
+    }
+
+    /// What the last load saw, and what is current: equal when in sync.
+    pub fn versions(&self) -> (u64, Arc<AtomicU64>) {
+        (self.loaded, self.generation.clone())
+    }
+
+    /// Why the state may be stale (a watcher cannot reach the API server).
+    pub fn stale(&self) -> Option<String> {
+        let errors = self.health.errors.lock().ok()?;
+        (!errors.is_empty()).then(|| errors.iter().map(|(k, e)| format!("{k}: {e}")).collect::<Vec<_>>().join("; "))
+    }
+}
