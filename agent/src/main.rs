@@ -71,6 +71,20 @@ struct RunArgs {
     /// Size of the kernel's event ring buffer in bytes (power of two).
     #[arg(long, default_value_t = palisade_common::capacity::EVENTS_BYTES)]
     event_buffer_bytes: u32,
+    /// skb mark bit carried by pod traffic to Service cluster IPs until
+    /// kube-proxy's DNAT picks the backend that egress policy judges.
+    #[arg(long, default_value = "0x400000", value_parser = parse_mark)]
+    defer_mark: u32,
+    /// Interfaces (besides pods') that judge the egress of DNATed pod
+    /// traffic: "all" (but loopback), or a comma-separated list of names.
+    #[arg(long, default_value = "all")]
+    host_interfaces: String,
+    /// Strict mode: pod interfaces (names starting with one of these
+    /// comma-separated prefixes, e.g. "veth,cali,lxc") drop everything but
+    /// link plumbing from the moment they appear until their pod's policy
+    /// is in the kernel. Off when empty.
+    #[arg(long, default_value = "")]
+    strict: String,
     /// Full resync period (changes are applied as they happen regardless).
     #[arg(long, default_value = "30s")]
     resync: humantime::Duration,
@@ -165,6 +179,18 @@ struct ObserveArgs {
     socket: PathBuf,
 }
 
+fn parse_mark(s: &str) -> Result<u32, String> {
+    let v = match s.strip_prefix("0x") {
+        Some(hex) => u32::from_str_radix(hex, 16),
+        None => s.parse(),
+    }
+    .map_err(|e| format!("{s}: {e}"))?;
+    if v.count_ones() != 1 {
+        return Err(format!("{s}: the mark must be a single bit"));
+    }
+    Ok(v)
+}
+
 fn parse_verdict(s: &str) -> Result<Verdict, String> {
     serde_json::from_value(serde_json::Value::String(s.to_uppercase()))
         .map_err(|_| format!("{s}: allowed, dropped or audit"))
@@ -206,6 +232,20 @@ async fn main() {
                 log_new_flows: a.log_new_flows,
                 drop_event_interval: a.drop_event_interval.into(),
                 event_buffer_bytes: a.event_buffer_bytes,
+                defer_mark: a.defer_mark,
+                strict_prefixes: a
+                    .strict
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(String::from)
+                    .collect(),
+                host_interfaces: match a.host_interfaces.as_str() {
+                    "all" => palisade::datapath::HostInterfaces::All,
+                    list => palisade::datapath::HostInterfaces::Named(
+                        list.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect(),
+                    ),
+                },
                 resync: a.resync.into(),
                 metrics_addr: match a.metrics_addr.as_str() {
                     "" => None,

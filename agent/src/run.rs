@@ -31,6 +31,9 @@ pub struct Options {
     pub log_new_flows: bool,
     pub drop_event_interval: Duration,
     pub event_buffer_bytes: u32,
+    pub defer_mark: u32,
+    pub host_interfaces: crate::datapath::HostInterfaces,
+    pub strict_prefixes: Vec<String>,
     pub resync: Duration,
     /// Where /metrics, /healthz and /readyz are served (None: nowhere).
     pub metrics_addr: Option<SocketAddr>,
@@ -46,6 +49,9 @@ pub async fn run(opts: Options) -> Result<()> {
         log_new_flows: opts.log_new_flows,
         drop_event_interval: opts.drop_event_interval,
         event_buffer_bytes: opts.event_buffer_bytes,
+        defer_mark: opts.defer_mark,
+        host_interfaces: opts.host_interfaces.clone(),
+        strict_prefixes: opts.strict_prefixes.clone(),
     };
     let mut dp = Datapath::open(&opts.bpffs, &settings)?;
     let ring = dp.take_events()?;
@@ -179,6 +185,7 @@ pub async fn run(opts: Options) -> Result<()> {
                 stale,
                 audit: opts.audit,
                 pods: report.endpoints.clone(),
+                pending_interfaces: report.pending.clone(),
                 errors: snap.errors.clone(),
                 sync_errors: report.errors.clone(),
                 warnings: compiled.warnings.clone(),

@@ -57,7 +57,15 @@ pub const IP_KEY_FAMILY_BITS: u32 = 8;
 pub struct IpInfo {
     /// Peer identity: what policy rules are compiled against.
     pub identity: u32,
+    /// `IP_*` flags.
+    pub flags: u32,
+    /// For a local pod's address: the host interface it is enforced on.
+    pub ifindex: u32,
 }
+
+/// IP flag: a Service cluster IP. kube-proxy DNATs traffic to it after the
+/// source pod's egress hook, so egress is judged where the backend is known.
+pub const IP_SERVICE: u32 = 1 << 0;
 
 /// Key of the policy LPM trie. A rule's entry is a prefix of it: the peer
 /// and everything before it are always complete; protocol and port are
@@ -99,6 +107,9 @@ pub const EP_INGRESS_ISOLATED: u32 = 1 << 0;
 pub const EP_EGRESS_ISOLATED: u32 = 1 << 1;
 /// Endpoint flag: would-be drops pass and are reported as AUDIT.
 pub const EP_AUDIT: u32 = 1 << 2;
+/// Endpoint flag (strict mode): a new pod interface whose pod and policy
+/// are not known yet; everything but link-local plumbing is dropped.
+pub const EP_PENDING: u32 = 1 << 3;
 
 /// Value of the endpoint map, keyed by the host-side interface index.
 #[repr(C)]
@@ -138,6 +149,9 @@ pub struct CtKey {
 pub const CT_ALLOWED: u8 = 1;
 /// Verdict stored with a tracked flow: policy denies it but audit let it pass.
 pub const CT_AUDITED: u8 = 2;
+/// Verdict stored with a tracked flow: the pod sent it to a Service cluster
+/// IP; egress is judged after DNAT, on the packets the agent marks.
+pub const CT_DEFERRED: u8 = 3;
 
 /// Value of the connection tracking table.
 #[repr(C)]
@@ -152,7 +166,7 @@ pub struct CtEntry {
     pub rule: u32,
     /// Direction of the flow's first packet ([`DIR_INGRESS`]/[`DIR_EGRESS`]).
     pub origin: u8,
-    /// [`CT_ALLOWED`] or [`CT_AUDITED`].
+    /// [`CT_ALLOWED`], [`CT_AUDITED`] or [`CT_DEFERRED`].
     pub verdict: u8,
     /// Always zero.
     pub _pad: [u8; 6],
@@ -222,6 +236,10 @@ pub struct Config {
     pub flags: u32,
     /// Minimum nanoseconds between two drop events of one flow.
     pub drop_event_interval_ns: u64,
+    /// skb mark bit on packets whose egress verdict waits for DNAT.
+    pub defer_mark: u32,
+    /// Always zero.
+    pub _pad: u32,
 }
 
 /// Event verdict: the packet passed because policy allows it.
@@ -243,6 +261,8 @@ pub const REASON_MALFORMED: u8 = 4;
 pub const REASON_TRACKED: u8 = 5;
 /// Reason: ICMP error about a tracked flow.
 pub const REASON_RELATED: u8 = 6;
+/// Reason: strict mode, the pod's policy is not in the kernel yet.
+pub const REASON_PENDING: u8 = 7;
 
 /// Event flag: the flow was already tracked and a policy change re-decided it.
 pub const EVF_REDECIDED: u8 = 1 << 0;
@@ -345,6 +365,9 @@ pub mod programs {
     pub const FROM_POD: &str = "palisade_from_pod";
     /// Attached to the host veth's TC egress: traffic entering the pod.
     pub const TO_POD: &str = "palisade_to_pod";
+    /// Attached to the TC egress of the node's other interfaces: judges the
+    /// egress of pod traffic DNATed to a backend elsewhere.
+    pub const HOST_EGRESS: &str = "palisade_host_egress";
 }
 
 /// Map sizes: the kernel allocates hash tables up front, so these bound
@@ -368,7 +391,7 @@ pub mod capacity {
 
 const _: () = {
     assert!(size_of::<IpKey>() == 17);
-    assert!(size_of::<IpInfo>() == 4);
+    assert!(size_of::<IpInfo>() == 12);
     assert!(size_of::<PolicyKey>() == 12);
     assert!(POLICY_PREFIX_FULL as usize == size_of::<PolicyKey>() * 8);
     assert!(POLICY_PREFIX_PROTO as usize == offset_of!(PolicyKey, port) * 8);
@@ -381,7 +404,7 @@ const _: () = {
     assert!(size_of::<SuppressEntry>() == 16);
     assert!(size_of::<FragKey>() == 40);
     assert!(size_of::<FragPorts>() == 8);
-    assert!(size_of::<Config>() == 16);
+    assert!(size_of::<Config>() == 24);
     assert!(size_of::<Event>() == 80);
     assert!(offset_of!(Event, src) == 28);
     assert!(offset_of!(Event, family) == 64);

@@ -19,11 +19,11 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use palisade_common::{
-    CFG_LOG_NEW_FLOWS, CT_ALLOWED, CT_AUDITED, Config, CtEntry, CtKey, DIR_EGRESS, DIR_INGRESS, EP_AUDIT,
-    EP_EGRESS_ISOLATED, EP_INGRESS_ISOLATED, EVF_FRAGMENT, EVF_REDECIDED, Endpoint, Event, FAMILY_V4, FragKey,
-    FragPorts, IP_KEY_FAMILY_BITS, IpInfo, IpKey, PEER_ANY, POLICY_PREFIX_FULL, PROTO_TCP, PolicyKey, PolicyValue,
-    REASON_MALFORMED, REASON_NO_RULE, REASON_NOT_ISOLATED, REASON_RULE, SuppressEntry, VERDICT_ALLOWED, VERDICT_AUDIT,
-    VERDICT_DROPPED, capacity, stat,
+    CFG_LOG_NEW_FLOWS, CT_ALLOWED, CT_AUDITED, CT_DEFERRED, Config, CtEntry, CtKey, DIR_EGRESS, DIR_INGRESS, EP_AUDIT,
+    EP_EGRESS_ISOLATED, EP_INGRESS_ISOLATED, EP_PENDING, EVF_FRAGMENT, EVF_REDECIDED, Endpoint, Event, FAMILY_V4,
+    FragKey, FragPorts, IP_KEY_FAMILY_BITS, IP_SERVICE, IpInfo, IpKey, PEER_ANY, POLICY_PREFIX_FULL, PROTO_TCP,
+    PolicyKey, PolicyValue, REASON_MALFORMED, REASON_NO_RULE, REASON_NOT_ISOLATED, REASON_PENDING, REASON_RULE,
+    SuppressEntry, VERDICT_ALLOWED, VERDICT_AUDIT, VERDICT_DROPPED, capacity, stat,
 };
 use parse::{FRAG_FIRST, FRAG_LATER, PARSED_IP, PARSED_NOT_IP, Packet};
 
@@ -79,12 +79,93 @@ pub fn palisade_to_pod(ctx: TcContext) -> i32 {
     classify(&ctx, DIR_INGRESS)
 }
 
+/// Node interfaces other than pods': judges the egress of pod traffic that
+/// kube-proxy DNATed from a Service cluster IP to a backend elsewhere. Only
+/// packets carrying the defer mark are looked at.
+#[classifier]
+pub fn palisade_host_egress(ctx: TcContext) -> i32 {
+    let cfg = match CONFIG.get(0) {
+        Some(c) => *c,
+        None => return PASS,
+    };
+    if !deferred(&ctx, &cfg) {
+        return PASS;
+    }
+    let mut pkt = Packet::empty();
+    if parse::parse(&ctx, &mut pkt) != PARSED_IP {
+        return PASS;
+    }
+    judge_deferred(&cfg, &pkt)
+}
+
 /// The outcome of judging a flow against policy.
 struct Decision {
     allowed: bool,
+    /// Egress to a Service cluster IP from an egress-isolated pod: the
+    /// verdict waits until DNAT has picked the backend.
+    defer: bool,
     reason: u8,
     rule: u32,
     peer: u32,
+}
+
+#[inline(always)]
+fn deferred(ctx: &TcContext, cfg: &Config) -> bool {
+    cfg.defer_mark != 0 && unsafe { (*ctx.skb.skb).mark } & cfg.defer_mark != 0
+}
+
+#[inline(always)]
+fn mark_deferred(ctx: &TcContext, cfg: &Config) {
+    let mark = unsafe { (*ctx.skb.skb).mark };
+    ctx.set_mark(mark | cfg.defer_mark);
+}
+
+/// Judges, after DNAT, the egress of a local pod's packet that was sent to
+/// a Service: against the real backend, with the pod's own endpoint and
+/// connection tracking, as if its egress hook had seen the backend.
+#[inline(always)]
+fn judge_deferred(cfg: &Config, pkt: &Packet) -> i32 {
+    let bits = if pkt.family == FAMILY_V4 { 32 } else { 128 };
+    let src = LpmKey::new(IP_KEY_FAMILY_BITS + bits, IpKey { family: pkt.family, addr: pkt.src });
+    let ifindex = match IPS.get(&src) {
+        Some(info) if info.ifindex != 0 => info.ifindex,
+        _ => return PASS,
+    };
+    let Some(ep) = (unsafe { ENDPOINTS.get(&ifindex) }) else {
+        return PASS;
+    };
+    let ep = *ep;
+    let key = ct_key(ifindex, DIR_EGRESS, pkt);
+    let now = unsafe { bpf_ktime_get_ns() };
+    if let Some(ct) = CONNTRACK.get_ptr_mut(&key) {
+        let ct = unsafe { &mut *ct };
+        if ct.revision == cfg.revision && now.wrapping_sub(ct.last_seen_ns) < CT_TIMEOUT_OTHER_NS {
+            if now.wrapping_sub(ct.last_seen_ns) > CT_REFRESH_NS {
+                ct.last_seen_ns = now;
+            }
+            return PASS;
+        }
+    }
+    let d = decide(&ep, DIR_EGRESS, &pkt.dst, pkt.family, pkt.protocol, pkt.dport, cfg.flags & CFG_LOG_NEW_FLOWS != 0);
+    let verdict = if d.allowed {
+        CT_ALLOWED
+    } else if ep.flags & EP_AUDIT != 0 {
+        CT_AUDITED
+    } else {
+        let _ = CONNTRACK.remove(&key);
+        return drop_packet(pkt, ifindex, &ep, DIR_EGRESS, cfg, &d, &key, now, 0);
+    };
+    let entry =
+        CtEntry { last_seen_ns: now, revision: cfg.revision, rule: d.rule, origin: DIR_EGRESS, verdict, _pad: [0; 6] };
+    let _ = CONNTRACK.insert(&key, &entry, BPF_ANY as u64);
+    count(stat::FLOWS_NEW);
+    if verdict == CT_AUDITED {
+        count(stat::AUDITED);
+        emit(pkt, ifindex, &ep, DIR_EGRESS, cfg, VERDICT_AUDIT, &d, 1, 0);
+    } else if cfg.flags & CFG_LOG_NEW_FLOWS != 0 {
+        emit(pkt, ifindex, &ep, DIR_EGRESS, cfg, VERDICT_ALLOWED, &d, 1, 0);
+    }
+    PASS
 }
 
 #[inline(always)]
@@ -101,11 +182,14 @@ fn classify(ctx: &TcContext, dir: u8) -> i32 {
     };
     let mut pkt = Packet::empty();
     match parse::parse(ctx, &mut pkt) {
+        // A pod's packet DNATed from a Service to this pod: the sender's
+        // egress is judged first, now that the backend is known.
+        PARSED_IP if dir == DIR_INGRESS && deferred(ctx, &cfg) && judge_deferred(&cfg, &pkt) == DROP => DROP,
         PARSED_IP => judge(ctx, ifindex, &ep, dir, &cfg, &mut pkt),
         PARSED_NOT_IP => PASS,
         _ => {
             count(stat::DROPPED_MALFORMED);
-            let d = Decision { allowed: false, reason: REASON_MALFORMED, rule: 0, peer: 0 };
+            let d = Decision { allowed: false, defer: false, reason: REASON_MALFORMED, rule: 0, peer: 0 };
             emit(&pkt, ifindex, &ep, dir, &cfg, VERDICT_DROPPED, &d, 1, 0);
             DROP
         }
@@ -116,6 +200,11 @@ fn classify(ctx: &TcContext, dir: u8) -> i32 {
 fn judge(ctx: &TcContext, ifindex: u32, ep: &Endpoint, dir: u8, cfg: &Config, pkt: &mut Packet) -> i32 {
     if parse::is_ipv6_link_control(pkt) {
         return PASS;
+    }
+    if ep.flags & EP_PENDING != 0 {
+        let d = Decision { allowed: false, defer: false, reason: REASON_PENDING, rule: 0, peer: 0 };
+        let key = ct_key(ifindex, dir, pkt);
+        return drop_packet(pkt, ifindex, ep, dir, cfg, &d, &key, unsafe { bpf_ktime_get_ns() }, 0);
     }
     let mut ev_flags = 0u8;
     if pkt.frag == FRAG_FIRST {
@@ -142,6 +231,9 @@ fn judge(ctx: &TcContext, ifindex: u32, ep: &Endpoint, dir: u8, cfg: &Config, pk
                 if now.wrapping_sub(ct.last_seen_ns) > CT_REFRESH_NS {
                     ct.last_seen_ns = now;
                 }
+                if ct.verdict == CT_DEFERRED && dir == ct.origin {
+                    mark_deferred(ctx, cfg);
+                }
                 count(if ct.verdict == CT_AUDITED { stat::AUDITED } else { stat::ALLOWED });
                 return PASS;
             }
@@ -150,6 +242,16 @@ fn judge(ctx: &TcContext, ifindex: u32, ep: &Endpoint, dir: u8, cfg: &Config, pk
             let origin = ct.origin;
             let port = if origin == DIR_INGRESS { key.local_port } else { key.remote_port };
             let d = decide(ep, origin, &key.remote, pkt.family, pkt.protocol, port, true);
+            if d.defer {
+                ct.revision = cfg.revision;
+                ct.verdict = CT_DEFERRED;
+                ct.last_seen_ns = now;
+                if dir == origin {
+                    mark_deferred(ctx, cfg);
+                }
+                count(stat::ALLOWED);
+                return PASS;
+            }
             if d.allowed {
                 ct.revision = cfg.revision;
                 ct.rule = d.rule;
@@ -212,7 +314,10 @@ fn judge(ctx: &TcContext, ifindex: u32, ep: &Endpoint, dir: u8, cfg: &Config, pk
 
     // A new flow.
     let d = decide(ep, dir, &key.remote, pkt.family, pkt.protocol, pkt.dport, cfg.flags & CFG_LOG_NEW_FLOWS != 0);
-    let verdict = if d.allowed {
+    let verdict = if d.defer {
+        mark_deferred(ctx, cfg);
+        CT_DEFERRED
+    } else if d.allowed {
         CT_ALLOWED
     } else if ep.flags & EP_AUDIT != 0 {
         CT_AUDITED
@@ -222,7 +327,10 @@ fn judge(ctx: &TcContext, ifindex: u32, ep: &Endpoint, dir: u8, cfg: &Config, pk
     let entry = CtEntry { last_seen_ns: now, revision: cfg.revision, rule: d.rule, origin: dir, verdict, _pad: [0; 6] };
     let _ = CONNTRACK.insert(&key, &entry, BPF_ANY as u64);
     count(stat::FLOWS_NEW);
-    if verdict == CT_AUDITED {
+    if verdict == CT_DEFERRED {
+        // The event comes from the hook that sees the backend.
+        count(stat::ALLOWED);
+    } else if verdict == CT_AUDITED {
         count(stat::AUDITED);
         emit(pkt, ifindex, ep, dir, cfg, VERDICT_AUDIT, &d, 1, ev_flags);
     } else {
@@ -241,16 +349,19 @@ fn decide(ep: &Endpoint, dir: u8, remote: &[u8; 16], family: u8, protocol: u8, p
     let isolated =
         if dir == DIR_INGRESS { ep.flags & EP_INGRESS_ISOLATED != 0 } else { ep.flags & EP_EGRESS_ISOLATED != 0 };
     if !isolated && !want_peer {
-        return Decision { allowed: true, reason: REASON_NOT_ISOLATED, rule: 0, peer: 0 };
+        return Decision { allowed: true, defer: false, reason: REASON_NOT_ISOLATED, rule: 0, peer: 0 };
     }
     let bits = if family == FAMILY_V4 { 32 } else { 128 };
     let ip_key = LpmKey::new(IP_KEY_FAMILY_BITS + bits, IpKey { family, addr: *remote });
-    let peer = match IPS.get(&ip_key) {
-        Some(info) => info.identity,
-        None => PEER_ANY,
+    let (peer, peer_flags) = match IPS.get(&ip_key) {
+        Some(info) => (info.identity, info.flags),
+        None => (PEER_ANY, 0),
     };
     if !isolated {
-        return Decision { allowed: true, reason: REASON_NOT_ISOLATED, rule: 0, peer };
+        return Decision { allowed: true, defer: false, reason: REASON_NOT_ISOLATED, rule: 0, peer };
+    }
+    if dir == DIR_EGRESS && peer_flags & IP_SERVICE != 0 {
+        return Decision { allowed: true, defer: true, reason: REASON_RULE, rule: 0, peer };
     }
     let mut pk = PolicyKey {
         local: ep.identity.to_be_bytes(),
@@ -262,13 +373,13 @@ fn decide(ep: &Endpoint, dir: u8, remote: &[u8; 16], family: u8, protocol: u8, p
     if peer != PEER_ANY
         && let Some(v) = POLICY.get(&LpmKey::new(POLICY_PREFIX_FULL, pk))
     {
-        return Decision { allowed: true, reason: REASON_RULE, rule: v.rule, peer };
+        return Decision { allowed: true, defer: false, reason: REASON_RULE, rule: v.rule, peer };
     }
     pk.peer = PEER_ANY.to_be_bytes();
     if let Some(v) = POLICY.get(&LpmKey::new(POLICY_PREFIX_FULL, pk)) {
-        return Decision { allowed: true, reason: REASON_RULE, rule: v.rule, peer };
+        return Decision { allowed: true, defer: false, reason: REASON_RULE, rule: v.rule, peer };
     }
-    Decision { allowed: false, reason: REASON_NO_RULE, rule: 0, peer }
+    Decision { allowed: false, defer: false, reason: REASON_NO_RULE, rule: 0, peer }
 }
 
 /// Drops the packet, with at most one event per flow per interval; the

@@ -23,8 +23,11 @@ pub fn binary() -> PathBuf {
 }
 
 pub struct Agent {
-    /// Manifests the agent watches.
+    /// Manifests the agent watches (unless it reads a Kubernetes API).
     pub state_dir: PathBuf,
+    /// When set, the agent reads this API server (KUBECONFIG) instead of
+    /// `state_dir`.
+    pub kubeconfig: Option<PathBuf>,
     pub bpffs: PathBuf,
     pub socket: PathBuf,
     pub stdout: PathBuf,
@@ -38,6 +41,15 @@ pub struct Agent {
 impl Agent {
     /// Starts an agent named `tag` with extra `palisade run` arguments.
     pub fn start(tag: &str, node: &str, extra: &[&str]) -> Result<Agent> {
+        Agent::start_with(tag, node, None, extra)
+    }
+
+    /// Starts an agent that reads the Kubernetes API at `kubeconfig`.
+    pub fn start_kube(tag: &str, node: &str, kubeconfig: &Path, extra: &[&str]) -> Result<Agent> {
+        Agent::start_with(tag, node, Some(kubeconfig.to_path_buf()), extra)
+    }
+
+    fn start_with(tag: &str, node: &str, kubeconfig: Option<PathBuf>, extra: &[&str]) -> Result<Agent> {
         // An agent left running by a test run that was killed would fight
         // this one over the same interfaces.
         let pidfile = std::env::temp_dir().join(format!("palisade-e2e-{tag}.pid"));
@@ -55,6 +67,7 @@ impl Agent {
             stdout: work.join("agent.out"),
             stderr: work.join("agent.err"),
             state_dir,
+            kubeconfig,
             work,
             child: None,
             rt: tokio::runtime::Builder::new_current_thread().enable_all().build()?,
@@ -69,10 +82,13 @@ impl Agent {
     pub fn spawn(&mut self, node: &str, extra: &[&str]) -> Result<()> {
         let out = std::fs::OpenOptions::new().create(true).append(true).open(&self.stdout)?;
         let err = std::fs::OpenOptions::new().create(true).append(true).open(&self.stderr)?;
-        let child = Command::new(binary())
-            .arg("run")
-            .arg("--cluster-state")
-            .arg(&self.state_dir)
+        let mut cmd = Command::new(binary());
+        cmd.arg("run");
+        match &self.kubeconfig {
+            Some(k) => cmd.env("KUBECONFIG", k),
+            None => cmd.arg("--cluster-state").arg(&self.state_dir),
+        };
+        let child = cmd
             .args(["--node-name", node, "--bpffs"])
             .arg(&self.bpffs)
             .arg("--socket")

@@ -21,7 +21,7 @@ use aya::programs::{ProgramError, TestRun, TestRunOptions};
 use k8s_openapi::api::core::v1::{Namespace as K8sNamespace, Pod as K8sPod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use palisade::datapath::netlink::Interfaces;
-use palisade::datapath::{self, Datapath, Settings};
+use palisade::datapath::{self, Datapath, HostInterfaces, Settings};
 use palisade::policy::compile::family_addr;
 use palisade::policy::{Compiled, Direction, Input, Namespace, Node, Pod, Policy, PolicyRef, compile, lookup};
 use palisade_common::{
@@ -355,8 +355,14 @@ fn settings() -> Settings {
         log_new_flows: false,
         drop_event_interval: Duration::from_secs(30),
         event_buffer_bytes: EVENT_BUFFER_BYTES,
+        defer_mark: DEFER_MARK,
+        // Only the test's own veths: never the machine's real interfaces.
+        host_interfaces: HostInterfaces::Named(vec![]),
+        strict_prefixes: vec![],
     }
 }
+
+const DEFER_MARK: u32 = 0x40_0000;
 
 impl Env {
     fn new(settings: Settings) -> Env {
@@ -1308,11 +1314,7 @@ fn unmanaged_interfaces_pass_everything() {
 #[test]
 fn events_describe_verdicts() {
     let interval = Duration::from_millis(1500);
-    let mut env = Env::new(Settings {
-        log_new_flows: true,
-        drop_event_interval: interval,
-        event_buffer_bytes: EVENT_BUFFER_BYTES,
-    });
+    let mut env = Env::new(Settings { log_new_flows: true, drop_event_interval: interval, ..settings() });
     let web = env.local("web");
     let tool = addr("10.70.3.5");
     let revision = env.dp.revision();

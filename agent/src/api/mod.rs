@@ -39,6 +39,8 @@ pub struct Status {
     pub stale: Option<String>,
     pub audit: bool,
     pub pods: Vec<EndpointState>,
+    /// Strict mode: pod interfaces held closed until their pod is known.
+    pub pending_interfaces: Vec<String>,
     /// Objects that could not be used as written.
     pub errors: Vec<InputError>,
     /// Problems writing the kernel state.

@@ -19,13 +19,54 @@ use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-/// Connection health of each watcher.
+/// Connection health: watchers report errors (and events), a probe checks
+/// that the API server answers. The state is stale while the probe fails,
+/// or while a watcher still fails after the last good probe.
 #[derive(Default)]
 struct Health {
-    /// Kind -> last error, cleared by the next good event.
-    errors: Mutex<BTreeMap<&'static str, String>>,
+    /// Kind -> last error and when, cleared by the next good event.
+    errors: Mutex<BTreeMap<&'static str, (String, Instant)>>,
+    /// The last probe: when it succeeded, or why it failed.
+    probe: Mutex<Option<Result<Instant, String>>>,
+}
+
+impl Health {
+    fn stale(&self) -> Option<String> {
+        let probe = self.probe.lock().ok()?.clone();
+        let errors = self.errors.lock().ok()?.clone();
+        let since = match probe {
+            Some(Err(e)) => return Some(format!("the API server does not answer: {e}")),
+            Some(Ok(at)) => Some(at),
+            None => None,
+        };
+        let failing: Vec<String> = errors
+            .iter()
+            .filter(|(_, (_, when))| since.is_none_or(|ok| *when > ok))
+            .map(|(kind, (e, _))| format!("{kind}: {e}"))
+            .collect();
+        (!failing.is_empty()).then(|| failing.join("; "))
+    }
+}
+
+/// Checks every few seconds that the API server answers, and wakes the
+/// agent when the answer changes, so status stops (or starts) saying stale.
+fn spawn_probe(client: Client, health: Arc<Health>, wake: Arc<dyn Fn() + Send + Sync>) {
+    tokio::spawn(async move {
+        let api: Api<Namespace> = Api::all(client);
+        loop {
+            let was = health.stale();
+            let result = api.list_metadata(&kube::api::ListParams::default().limit(1)).await;
+            if let Ok(mut p) = health.probe.lock() {
+                *p = Some(result.map(|_| Instant::now()).map_err(|e| e.to_string()));
+            }
+            if health.stale() != was {
+                wake();
+            }
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+    });
 }
 
 pub struct KubeSource {
@@ -124,8 +165,11 @@ where
                     wake();
                 }
                 Err(e) => {
-                    let first =
-                        health.errors.lock().map(|mut m| m.insert(kind, e.to_string()).is_none()).unwrap_or(false);
+                    let first = health
+                        .errors
+                        .lock()
+                        .map(|mut m| m.insert(kind, (e.to_string(), Instant::now())).is_none())
+                        .unwrap_or(false);
                     if first {
                         tracing::warn!("{kind} watch failed ({e}); keeping the last state in force and retrying");
                     }
@@ -152,7 +196,9 @@ impl KubeSource {
         let pods = spawn_watch(Api::all(client.clone()), "pods", trim_pod, wake.clone(), h.clone(), g.clone());
         let policies =
             spawn_watch(Api::all(client.clone()), "networkpolicies", trim_policy, wake.clone(), h.clone(), g.clone());
-        let services = spawn_watch(Api::all(client), "services", trim_service, wake, h.clone(), g.clone());
+        let services =
+            spawn_watch(Api::all(client.clone()), "services", trim_service, wake.clone(), h.clone(), g.clone());
+        spawn_probe(client, health.clone(), wake);
         {
             let ready = async {
                 namespaces.wait_until_ready().await?;
@@ -168,8 +214,8 @@ impl KubeSource {
                         break;
                     }
                     _ = tokio::time::sleep(Duration::from_secs(10)) => {
-                        let errors = health.errors.lock().map(|e| e.clone()).unwrap_or_default();
-                        tracing::warn!(?errors, "still waiting for the first complete list from the Kubernetes API");
+                        let why = health.stale().unwrap_or_default();
+                        tracing::warn!("still waiting for the first complete list from the Kubernetes API {why}");
                     }
                 }
             }
@@ -193,7 +239,7 @@ impl KubeSource {
         raws.extend(self.namespaces.state().iter().map(|o| Raw::Namespace(o.as_ref().clone())));
         raws.extend(self.pods.state().iter().map(|o| Raw::Pod(Box::new(o.as_ref().clone()))));
         raws.extend(self.policies.state().iter().map(|o| Raw::Policy(o.as_ref().clone())));
-        raws.extend(self.services.state().iter().map(|o| Raw::Service(o.as_ref().clone())));
+        raws.extend(self.services.state().iter().map(|o| Raw::Service(Box::new(o.as_ref().clone()))));
         self.validator.snapshot(raws.iter().map(|r| ("kubernetes", r)))
     }
 
@@ -204,7 +250,6 @@ impl KubeSource {
 
     /// Why the state may be stale (a watcher cannot reach the API server).
     pub fn stale(&self) -> Option<String> {
-        let errors = self.health.errors.lock().ok()?;
-        (!errors.is_empty()).then(|| errors.iter().map(|(k, e)| format!("{k}: {e}")).collect::<Vec<_>>().join("; "))
+        self.health.stale()
     }
 }

@@ -50,7 +50,7 @@ pub enum Raw {
     Namespace(K8sNamespace),
     Pod(Box<K8sPod>),
     Policy(K8sPolicy),
-    Service(K8sService),
+    Service(Box<K8sService>),
     /// It did not even deserialize as its kind.
     Broken {
         kind: Kind,
@@ -70,7 +70,7 @@ impl Raw {
             Kind::Namespace => de(&value).map(Raw::Namespace),
             Kind::Pod => de(&value).map(|p| Raw::Pod(Box::new(p))),
             Kind::NetworkPolicy => de(&value).map(Raw::Policy),
-            Kind::Service => de(&value).map(Raw::Service),
+            Kind::Service => de(&value).map(|s| Raw::Service(Box::new(s))),
         };
         parsed.unwrap_or_else(|error| Raw::Broken { kind, value, error })
     }

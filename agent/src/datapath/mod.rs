@@ -25,7 +25,7 @@ use palisade_common::{
     CFG_LOG_NEW_FLOWS, Config, CtEntry, CtKey, Endpoint, IpInfo, IpKey, LAYOUT_VERSION, PolicyKey, PolicyValue,
     capacity, maps, programs,
 };
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -42,6 +42,46 @@ pub struct Settings {
     pub drop_event_interval: Duration,
     /// Ring buffer size in bytes (a power of two, at least a page).
     pub event_buffer_bytes: u32,
+    /// skb mark bit for pod traffic to a Service whose egress verdict waits
+    /// until kube-proxy has DNATed it to a backend.
+    pub defer_mark: u32,
+    /// Which of the node's other interfaces judge that deferred egress.
+    pub host_interfaces: HostInterfaces,
+    /// Strict mode: interfaces whose name starts with one of these (the
+    /// CNI's pod veths) drop all but link plumbing from the moment they
+    /// appear until their pod's policy is in the kernel. Empty: off.
+    pub strict_prefixes: Vec<String>,
+}
+
+/// The node's interfaces (other than pods') that get the host egress hook.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HostInterfaces {
+    /// Every interface but loopback and the pods' own.
+    All,
+    /// Only these, by name.
+    Named(Vec<String>),
+}
+
+/// What an interface is to palisade.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Role {
+    /// A local pod's host-side veth: both directions of its policy.
+    Pod,
+    /// Another interface of the node: egress of DNATed pod traffic.
+    Host,
+}
+
+impl Role {
+    /// (program, TC hook, pin name suffix) per hook.
+    fn hooks(self) -> &'static [(&'static str, TcAttachType, &'static str)] {
+        match self {
+            Role::Pod => &[
+                (programs::FROM_POD, TcAttachType::Ingress, "from-pod"),
+                (programs::TO_POD, TcAttachType::Egress, "to-pod"),
+            ],
+            Role::Host => &[(programs::HOST_EGRESS, TcAttachType::Egress, "host-egress")],
+        }
+    }
 }
 
 /// What the agent last wrote (and so believes the kernel holds).
@@ -50,8 +90,8 @@ struct Realized {
     ips: BTreeMap<IpPrefix, IpInfo>,
     policy: BTreeMap<PolicyPrefix, PolicyValue>,
     endpoints: BTreeMap<u32, Endpoint>,
-    /// Interfaces whose links carry this agent's programs.
-    attached: BTreeSet<u32>,
+    /// Interfaces whose links carry this agent's programs, and as what.
+    attached: BTreeMap<u32, Role>,
 }
 
 /// Where a local pod stands after a sync.
@@ -78,6 +118,8 @@ pub struct SyncReport {
     pub changes: usize,
     pub revision: u32,
     pub errors: Vec<String>,
+    /// Strict mode: pod interfaces held closed until their pod is known.
+    pub pending: Vec<String>,
 }
 
 /// Fill levels of the kernel maps.
@@ -100,6 +142,8 @@ pub struct Datapath {
     conntrack: HashMap<MapData, CtKey, CtEntry>,
     config: Config,
     realized: Realized,
+    host_interfaces: HostInterfaces,
+    strict_prefixes: Vec<String>,
 }
 
 fn take<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(ebpf: &mut Ebpf, name: &str) -> Result<T> {
@@ -128,7 +172,7 @@ impl Datapath {
             .map_max_entries(maps::EVENTS, buffer)
             .load(OBJECT)
             .context("loading the classifier (is this a 6.6+ kernel with BTF, and are we root?)")?;
-        for name in [programs::FROM_POD, programs::TO_POD] {
+        for name in [programs::FROM_POD, programs::TO_POD, programs::HOST_EGRESS] {
             let prog: &mut SchedClassifier =
                 ebpf.program_mut(name).ok_or_else(|| anyhow!("program {name} missing"))?.try_into()?;
             prog.load().with_context(|| format!("verifying {name}"))?;
@@ -156,6 +200,7 @@ impl Datapath {
         config.flags =
             if settings.log_new_flows { config.flags | CFG_LOG_NEW_FLOWS } else { config.flags & !CFG_LOG_NEW_FLOWS };
         config.drop_event_interval_ns = settings.drop_event_interval.as_nanos() as u64;
+        config.defer_mark = settings.defer_mark;
         let mut dp = Datapath {
             dir: dir.to_path_buf(),
             ebpf,
@@ -167,6 +212,8 @@ impl Datapath {
             conntrack,
             config,
             realized,
+            host_interfaces: settings.host_interfaces.clone(),
+            strict_prefixes: settings.strict_prefixes.clone(),
         };
         dp.write_config()?;
         Ok(dp)
@@ -227,10 +274,40 @@ impl Datapath {
             report.endpoints.push(state);
         }
 
+        // Strict mode: a pod interface seen before its pod is held closed.
+        for (ifindex, name) in &ifaces.names {
+            if !desired_eps.contains_key(ifindex) && self.strict_prefixes.iter().any(|p| name.starts_with(p.as_str())) {
+                desired_eps.insert(*ifindex, Endpoint { identity: 0, flags: palisade_common::EP_PENDING });
+                report.pending.push(name.clone());
+            }
+        }
+
+        // Local pods' addresses carry their interface, so a hook that sees
+        // a pod's packet elsewhere (after DNAT) finds the pod's endpoint.
+        let mut desired_ips = compiled.ips.clone();
+        for st in &report.endpoints {
+            let Some(ifindex) = st.ifindex.filter(|i| desired_eps.contains_key(i)) else { continue };
+            for ip in &st.ips {
+                if let Some(info) = desired_ips.get_mut(&IpPrefix::from_net(ipnet::IpNet::from(*ip))) {
+                    info.ifindex = ifindex;
+                }
+            }
+        }
+        let mut roles: BTreeMap<u32, Role> = desired_eps.keys().map(|i| (*i, Role::Pod)).collect();
+        for (ifindex, name) in &ifaces.names {
+            let wanted = match &self.host_interfaces {
+                HostInterfaces::All => name != "lo",
+                HostInterfaces::Named(names) => names.contains(name),
+            };
+            if wanted {
+                roles.entry(*ifindex).or_insert(Role::Host);
+            }
+        }
+
         // Additions and changes first, deletions last: a packet judged in
         // between sees old and new entries side by side, never neither.
         self.upsert_policy(&compiled.policy, &mut report);
-        self.upsert_ips(&compiled.ips, &mut report);
+        self.upsert_ips(&desired_ips, &mut report);
         for (ifindex, ep) in &desired_eps {
             if self.realized.endpoints.get(ifindex) != Some(ep) {
                 match self.endpoints.insert(ifindex, ep, 0) {
@@ -243,18 +320,29 @@ impl Datapath {
             }
         }
         let mut failed_attach = BTreeMap::new();
-        for ifindex in desired_eps.keys() {
-            if !self.realized.attached.contains(ifindex) {
-                let name = ifaces.names.get(ifindex).cloned().unwrap_or_default();
-                match self.attach(*ifindex, &name) {
-                    Ok(()) => {
-                        self.realized.attached.insert(*ifindex);
-                    }
-                    Err(e) => {
-                        report.errors.push(format!("attaching to {name} ({ifindex}): {e:#}"));
-                        failed_attach.insert(*ifindex, format!("error: attaching failed: {e:#}"));
-                    }
+        for (ifindex, role) in &roles {
+            let current = self.realized.attached.get(ifindex).copied();
+            if current == Some(*role) {
+                continue;
+            }
+            if current.is_some() {
+                // The interface changed role (its pod came or went).
+                if let Err(e) = self.detach(*ifindex) {
+                    report.errors.push(format!("detaching from interface {ifindex}: {e:#}"));
                 }
+            }
+            let name = ifaces.names.get(ifindex).cloned().unwrap_or_default();
+            match self.attach(*ifindex, &name, *role) {
+                Ok(()) => {
+                    self.realized.attached.insert(*ifindex, *role);
+                }
+                Err(e) if *role == Role::Pod => {
+                    report.errors.push(format!("attaching to {name} ({ifindex}): {e:#}"));
+                    failed_attach.insert(*ifindex, format!("error: attaching failed: {e:#}"));
+                }
+                // Interfaces come and go under our feet (a veth being
+                // deleted); the next sync settles it.
+                Err(e) => tracing::debug!("host egress hook on {name} ({ifindex}): {e:#}"),
             }
         }
         for st in &mut report.endpoints {
@@ -262,7 +350,7 @@ impl Datapath {
                 st.state = msg.clone();
             }
         }
-        let gone: Vec<u32> = self.realized.attached.iter().copied().filter(|i| !desired_eps.contains_key(i)).collect();
+        let gone: Vec<u32> = self.realized.attached.keys().copied().filter(|i| !roles.contains_key(i)).collect();
         for ifindex in gone {
             if let Err(e) = self.detach(ifindex) {
                 report.errors.push(format!("detaching from interface {ifindex}: {e:#}"));
@@ -359,11 +447,8 @@ impl Datapath {
     /// Puts this agent's programs on an interface: into the links pinned
     /// there by an earlier agent (an atomic swap), or into new pinned links
     /// that run before any other TCX program.
-    fn attach(&mut self, ifindex: u32, name: &str) -> Result<()> {
-        for (prog_name, attach_type, hook) in [
-            (programs::FROM_POD, TcAttachType::Ingress, "from-pod"),
-            (programs::TO_POD, TcAttachType::Egress, "to-pod"),
-        ] {
+    fn attach(&mut self, ifindex: u32, name: &str, role: Role) -> Result<()> {
+        for &(prog_name, attach_type, hook) in role.hooks() {
             let path = self.link_path(ifindex, hook);
             let prog: &mut SchedClassifier =
                 self.ebpf.program_mut(prog_name).ok_or_else(|| anyhow!("program {prog_name} missing"))?.try_into()?;
@@ -396,7 +481,7 @@ impl Datapath {
 
     /// Takes this agent's programs off an interface.
     fn detach(&mut self, ifindex: u32) -> Result<()> {
-        for hook in ["from-pod", "to-pod"] {
+        for hook in ["from-pod", "to-pod", "host-egress"] {
             let path = self.link_path(ifindex, hook);
             if path.exists() {
                 // Removing the last reference to a link detaches it.
@@ -408,13 +493,27 @@ impl Datapath {
 
     /// Removes pinned links for interfaces this agent does not enforce on
     /// (left by an earlier agent for pods that are gone).
+    /// Also removes the maps of other layout versions: once this agent's
+    /// programs run in every link, nothing uses them.
     pub fn collect_garbage(&mut self) {
-        let Ok(entries) = std::fs::read_dir(self.dir.join("links")) else { return };
-        for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().to_string();
-            let ifindex = name.split('-').next().and_then(|s| s.parse::<u32>().ok());
-            if ifindex.is_none_or(|i| !self.realized.attached.contains(&i)) {
-                std::fs::remove_file(entry.path()).ok();
+        if let Ok(entries) = std::fs::read_dir(self.dir.join("links")) {
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().to_string();
+                let ifindex = name.split('-').next().and_then(|s| s.parse::<u32>().ok());
+                if ifindex.is_none_or(|i| !self.realized.attached.contains_key(&i)) {
+                    std::fs::remove_file(entry.path()).ok();
+                }
+            }
+        }
+        let current = format!("v{LAYOUT_VERSION}");
+        if let Ok(entries) = std::fs::read_dir(&self.dir) {
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().to_string();
+                let other_version = name.starts_with('v') && name[1..].parse::<u32>().is_ok() && name != current;
+                if other_version {
+                    tracing::info!("removing maps of layout {name}, replaced by {current}");
+                    std::fs::remove_dir_all(entry.path()).ok();
+                }
             }
         }
     }

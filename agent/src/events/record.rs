@@ -5,7 +5,7 @@ use crate::policy::{Direction, IdentityInfo, PolicyRef};
 use ipnet::IpNet;
 use palisade_common::{
     EVF_FRAGMENT, EVF_REDECIDED, Event, FAMILY_V4, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP,
-    REASON_MALFORMED, REASON_NO_RULE, REASON_NOT_ISOLATED, REASON_RELATED, REASON_RULE, REASON_TRACKED,
+    REASON_MALFORMED, REASON_NO_RULE, REASON_NOT_ISOLATED, REASON_PENDING, REASON_RELATED, REASON_RULE, REASON_TRACKED,
     VERDICT_ALLOWED, VERDICT_AUDIT,
 };
 use serde::{Deserialize, Serialize};
@@ -139,6 +139,9 @@ impl fmt::Display for VerdictEvent {
             (Verdict::Allowed, Some(rule)) => write!(f, ": allowed by {}", rule.description)?,
             (Verdict::Allowed, None) => write!(f, ": {} is not isolated for {}", self.local().name(), self.direction)?,
             _ if self.reason == "malformed" => f.write_str(": malformed packet")?,
+            _ if self.reason == "pending" => {
+                f.write_str(": new pod interface, its policy is not in force yet (strict mode)")?
+            }
             _ => write!(f, ": {}", super::isolation_text(&self.local().name(), self.direction, &self.isolated_by))?,
         }
         if self.verdict == Verdict::Audit {
@@ -271,6 +274,7 @@ pub fn enrich(raw: &Event, view: &View, clock: &Clock) -> VerdictEvent {
         REASON_MALFORMED => "malformed",
         REASON_TRACKED => "tracked",
         REASON_RELATED => "related",
+        REASON_PENDING => "pending",
         _ => "unknown",
     };
     let policy = (raw.rule != 0).then(|| view.catalog.rules.get(&raw.rule)).flatten().map(|r| RuleRef {

@@ -22,8 +22,8 @@ use super::ports;
 use super::{Direction, Input, Node, PolicyRef};
 use ipnet::IpNet;
 use palisade_common::{
-    EP_AUDIT, EP_EGRESS_ISOLATED, EP_INGRESS_ISOLATED, FAMILY_V4, FAMILY_V6, IP_KEY_FAMILY_BITS, IpInfo, IpKey,
-    PEER_ANY, POLICY_PREFIX_ANY_PROTO, POLICY_PREFIX_PROTO, PolicyKey, PolicyValue,
+    EP_AUDIT, EP_EGRESS_ISOLATED, EP_INGRESS_ISOLATED, FAMILY_V4, FAMILY_V6, IP_KEY_FAMILY_BITS, IP_SERVICE, IpInfo,
+    IpKey, PEER_ANY, POLICY_PREFIX_ANY_PROTO, POLICY_PREFIX_PROTO, PolicyKey, PolicyValue,
 };
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
@@ -126,6 +126,8 @@ pub struct Catalog {
     pub isolating: BTreeMap<(u32, Direction), Vec<PolicyRef>>,
     /// Pod (namespace, name) by address, for every known pod.
     pub pods_by_ip: BTreeMap<IpAddr, (String, String)>,
+    /// Service (namespace, name) by cluster IP.
+    pub services_by_ip: BTreeMap<IpAddr, (String, String)>,
     pub host_ips: BTreeSet<IpAddr>,
 }
 
@@ -381,11 +383,29 @@ pub fn compile(input: &Input, node: &Node) -> Compiled {
     // the longest-prefix match over the cells that contain them).
     for p in &peers {
         if p.kind == PeerKind::Cidr {
-            out.ips.insert(IpPrefix::from_net(p.cell), IpInfo { identity: p.id });
+            out.ips.insert(IpPrefix::from_net(p.cell), IpInfo { identity: p.id, flags: 0, ifindex: 0 });
         }
     }
     for (ip, (_, canon)) in &addr_owner {
-        out.ips.insert(IpPrefix::from_net(IpNet::from(*ip)), IpInfo { identity: numbers[canon] });
+        out.ips.insert(IpPrefix::from_net(IpNet::from(*ip)), IpInfo { identity: numbers[canon], flags: 0, ifindex: 0 });
+    }
+    // Service cluster IPs keep the identity of the cell they are in (no
+    // policy selects a virtual IP) and are flagged, so a pod's egress to one
+    // is judged after kube-proxy has picked the backend.
+    for svc in input.services.values() {
+        for ip in &svc.cluster_ips {
+            if addr_owner.contains_key(ip) {
+                out.warnings.push(format!(
+                    "cluster IP {ip} of service {}/{} is also a pod or node address",
+                    svc.namespace, svc.name
+                ));
+                continue;
+            }
+            let cell = cells.of(*ip);
+            let identity = numbers[&format!("cidr\0{cell}")];
+            out.ips.insert(IpPrefix::from_net(IpNet::from(*ip)), IpInfo { identity, flags: IP_SERVICE, ifindex: 0 });
+            out.catalog.services_by_ip.insert(*ip, (svc.namespace.clone(), svc.name.clone()));
+        }
     }
 
     // Local endpoints and the local identities policies are compiled for.

@@ -1,0 +1,387 @@
+//! What running in a cluster demands: Service traffic DNATed by a
+//! kube-proxy-like rule set judged against the real backend, restarts
+//! without an enforcement gap, pinned state of other builds, and strict mode
+//! (no unprotected window when a pod starts).
+
+use anyhow::{Context, Result, ensure};
+use palisade_e2e::agent::Agent;
+use palisade_e2e::pods::{Pod, PodSpec, Port};
+use palisade_e2e::probe::{self, Proto};
+use palisade_e2e::suite::Fixture;
+use palisade_e2e::{NODE, Topology, np, require_root};
+use std::cell::RefCell;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 3, 10);
+const STRICT_PREFIX: &str = "plclnew";
+
+struct Env {
+    topo: Topology,
+    agent: RefCell<Agent>,
+}
+
+impl Fixture for Env {
+    fn setup() -> Result<Env> {
+        require_root()?;
+        let topo = Topology::xyz("cl", 3)?;
+        let agent = Agent::start("cluster", NODE, &["--strict", STRICT_PREFIX])?;
+        Ok(Env { topo, agent: RefCell::new(agent) })
+    }
+
+    fn reset(&self) -> Result<()> {
+        let agent = self.agent.borrow();
+        agent.remove_prefixed("policy-")?;
+        agent.remove_prefixed("extra-")?;
+        agent.apply("base.yaml", &self.topo.manifests())?;
+        agent.wait_in_sync()?;
+        Ok(())
+    }
+}
+
+impl Env {
+    fn apply(&self, policies: &[String]) -> Result<()> {
+        let agent = self.agent.borrow();
+        agent.remove_prefixed("policy-")?;
+        for (i, p) in policies.iter().enumerate() {
+            agent.apply(&format!("policy-{i}.yaml"), p)?;
+        }
+        let st = agent.wait_in_sync()?;
+        ensure!(st["errors"].as_array().is_none_or(|a| a.is_empty()), "the agent rejected input: {}", st["errors"]);
+        Ok(())
+    }
+
+    fn ip(&self, pod: &str) -> IpAddr {
+        self.topo.pod(pod).ip(false)
+    }
+}
+
+/// A kube-proxy-like DNAT rule set in the host's nat table: the Service's
+/// cluster IP to one backend. Removed on drop.
+struct Dnat;
+
+impl Dnat {
+    fn to(backend: IpAddr) -> Result<Dnat> {
+        let _ = Dnat::clean();
+        let run = |args: &[&str]| -> Result<()> {
+            let out = Command::new("iptables").args(args).output().context("iptables (is it installed?)")?;
+            ensure!(out.status.success(), "iptables {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+            Ok(())
+        };
+        run(&["-t", "nat", "-N", "PLE2E-SERVICES"])?;
+        run(&["-t", "nat", "-I", "PREROUTING", "-j", "PLE2E-SERVICES"])?;
+        let dest = format!("{backend}:80");
+        let vip = format!("{VIP}/32");
+        run(&[
+            "-t",
+            "nat",
+            "-A",
+            "PLE2E-SERVICES",
+            "-d",
+            &vip,
+            "-p",
+            "tcp",
+            "--dport",
+            "80",
+            "-j",
+            "DNAT",
+            "--to-destination",
+            &dest,
+        ])?;
+        Ok(Dnat)
+    }
+
+    fn clean() -> Result<()> {
+        for args in [
+            &["-t", "nat", "-D", "PREROUTING", "-j", "PLE2E-SERVICES"][..],
+            &["-t", "nat", "-F", "PLE2E-SERVICES"],
+            &["-t", "nat", "-X", "PLE2E-SERVICES"],
+        ] {
+            let _ = Command::new("iptables").args(args).output();
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Dnat {
+    fn drop(&mut self) {
+        let _ = Dnat::clean();
+    }
+}
+
+fn service_manifest() -> String {
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: \"y\"}}\nspec:\n  clusterIP: {VIP}\n  clusterIPs: [{VIP}]\n  ports: [{{port: 80, protocol: TCP}}]\n"
+    )
+}
+
+fn to_vip(e: &Env, from: &str) -> bool {
+    probe::probe(e.topo.pod(from), IpAddr::V4(VIP), 80, Proto::Tcp)
+}
+
+/// x/a may reach only y/b (and pods labelled app=remote) on port 80.
+fn egress_to_yb() -> String {
+    np(
+        "x",
+        "egress-yb",
+        "  podSelector: {matchLabels: {pod: a}}\n  policyTypes: [Egress]\n  egress:\n  - to:\n    - namespaceSelector: {matchLabels: {ns: \"y\"}}\n      podSelector: {matchLabels: {pod: b}}\n    - namespaceSelector: {}\n      podSelector: {matchLabels: {app: remote}}\n    ports: [{port: 80}]\n",
+    )
+}
+
+fn cases() -> Vec<palisade_e2e::suite::Case<Env>> {
+    vec![
+        ("service_traffic_is_judged_against_the_local_backend", |e| {
+            e.agent.borrow().apply("extra-svc.yaml", &service_manifest())?;
+            e.apply(&[egress_to_yb()])?;
+            let dnat = Dnat::to(e.ip("y/b"))?;
+            ensure!(to_vip(e, "x/a"), "x/a may reach y/b, and reaches it through the Service");
+            // Replies come back from the cluster IP (un-DNATed) and pass,
+            // even with ingress to x/a denied.
+            let deny_in = np("x", "deny-in", "  podSelector: {matchLabels: {pod: a}}\n  policyTypes: [Ingress]\n");
+            e.apply(&[egress_to_yb(), deny_in])?;
+            ensure!(to_vip(e, "x/a"), "replies of a DNATed connection must pass");
+            drop(dnat);
+            let _dnat = Dnat::to(e.ip("y/c"))?;
+            ensure!(!to_vip(e, "x/a"), "x/a may not reach y/c, even through a Service");
+            let events = e.agent.borrow().events(&["--verdict", "dropped", "--direction", "egress", "--pod", "x/a"])?;
+            let named = events.iter().any(|ev| {
+                ev.destination.pod.as_deref() == Some("c")
+                    && ev.destination.namespace.as_deref() == Some("y")
+                    && ev.isolated_by.iter().any(|p| p.to_string() == "x/egress-yb")
+            });
+            ensure!(named, "the drop names the real backend y/c: {events:#?}");
+            // Pods whose egress is not isolated are untouched by deferral.
+            ensure!(to_vip(e, "z/a"));
+            Ok(())
+        }),
+        ("service_traffic_is_judged_against_a_backend_on_another_node", |e| {
+            // A backend behind another interface of the node (as on another
+            // node): only the host egress hook sees the packet after DNAT.
+            let spec = PodSpec {
+                namespace: "z".into(),
+                name: "remote".into(),
+                labels: vec![("app".into(), "remote".into())],
+                ip4: Ipv4Addr::new(10, 241, 3, 5),
+                ip6: Ipv6Addr::new(0xfd10, 0x241, 3, 0, 0, 0, 0, 5),
+                node: "other-node".into(),
+                ports: vec![Port::new("http", 80, "TCP")],
+            };
+            let remote = Pod::create("pl-cl-node2", "plclnode2", spec)?;
+            let agent = e.agent.borrow();
+            agent.apply("extra-remote.yaml", &remote.manifest())?;
+            agent.apply("extra-svc.yaml", &service_manifest())?;
+            drop(agent);
+            e.apply(&[egress_to_yb()])?;
+            let _dnat = Dnat::to(remote.ip(false))?;
+            ensure!(to_vip(e, "x/a"), "x/a may reach pods labelled app=remote");
+            let only_yb = np(
+                "x",
+                "egress-yb",
+                "  podSelector: {matchLabels: {pod: a}}\n  policyTypes: [Egress]\n  egress:\n  - to: [{namespaceSelector: {matchLabels: {ns: \"y\"}}, podSelector: {matchLabels: {pod: b}}}]\n",
+            );
+            e.apply(&[only_yb])?;
+            ensure!(!to_vip(e, "x/a"), "x/a may no longer reach z/remote");
+            let events = e.agent.borrow().events(&["--verdict", "dropped", "--pod", "z/remote"])?;
+            ensure!(!events.is_empty(), "the drop names z/remote");
+            Ok(())
+        }),
+        ("restart_leaves_no_window_either_way", |e| {
+            let only_xb = np(
+                "x",
+                "only-xb",
+                "  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - from: [{podSelector: {matchLabels: {pod: b}}}]\n",
+            );
+            e.apply(&[only_xb])?;
+            let stop = Arc::new(AtomicBool::new(false));
+            let (allowed_ok, allowed_failed, denied_passed) =
+                (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+            let target = SocketAddr::new(e.ip("x/a"), 80);
+            let topo = &e.topo;
+            std::thread::scope(|s| -> Result<()> {
+                s.spawn(|| {
+                    while !stop.load(Ordering::SeqCst) {
+                        let ok = probe::socket_in(topo.pod("x/b"), false, Proto::Udp)
+                            .is_ok_and(|sock| probe::talk(sock, target, Proto::Udp, Duration::from_millis(300)));
+                        if ok { &allowed_ok } else { &allowed_failed }.fetch_add(1, Ordering::SeqCst);
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                });
+                s.spawn(|| {
+                    while !stop.load(Ordering::SeqCst) {
+                        let passed = probe::socket_in(topo.pod("y/a"), false, Proto::Udp)
+                            .is_ok_and(|sock| probe::talk(sock, target, Proto::Udp, Duration::from_millis(100)));
+                        if passed {
+                            denied_passed.fetch_add(1, Ordering::SeqCst);
+                        }
+                    }
+                });
+                std::thread::sleep(Duration::from_millis(500));
+                // SIGKILL: no chance to clean anything up.
+                e.agent.borrow_mut().kill();
+                std::thread::sleep(Duration::from_millis(1000));
+                let started = Instant::now();
+                e.agent.borrow_mut().spawn(NODE, &["--strict", STRICT_PREFIX])?;
+                e.agent.borrow().wait_in_sync()?;
+                eprintln!("restarted agent in sync after {:?}", started.elapsed());
+                std::thread::sleep(Duration::from_millis(1000));
+                stop.store(true, Ordering::SeqCst);
+                Ok(())
+            })?;
+            let (ok, failed, passed) = (
+                allowed_ok.load(Ordering::SeqCst),
+                allowed_failed.load(Ordering::SeqCst),
+                denied_passed.load(Ordering::SeqCst),
+            );
+            eprintln!("across the restart: {ok} allowed exchanges, {failed} failed; {passed} denied packets passed");
+            ensure!(passed == 0, "{passed} denied exchanges got through while the agent was down or restarting");
+            ensure!(failed == 0 && ok > 50, "allowed traffic broke across the restart: {failed} failed, {ok} worked");
+            Ok(())
+        }),
+        ("pinned_maps_of_another_layout_are_refused_and_old_layouts_collected", |e| {
+            // A second agent directory: run once, then swap two pinned maps
+            // so their sizes no longer match what the build expects.
+            let dir = std::path::PathBuf::from("/sys/fs/bpf/palisade-e2e-layout");
+            let _ = palisade::datapath::uninstall(&dir);
+            let bin = palisade_e2e::agent::binary();
+            let work = tempdir("layout")?;
+            let start = |dir: &std::path::Path| {
+                Command::new(&bin)
+                    .args(["run", "--cluster-state"])
+                    .arg(&work)
+                    .arg("--bpffs")
+                    .arg(dir)
+                    .args(["--socket"])
+                    .arg(work.join("s.sock"))
+                    .args(["--metrics-addr", "", "--host-interfaces", ""])
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+            };
+            let mut first = start(&dir)?;
+            std::thread::sleep(Duration::from_millis(1500));
+            first.kill()?;
+            first.wait()?;
+            let v = dir.join(format!("v{}", palisade_common::LAYOUT_VERSION));
+            std::fs::rename(v.join("PALISADE_CT"), v.join("swap"))?;
+            std::fs::rename(v.join("PALISADE_FRAGS"), v.join("PALISADE_CT"))?;
+            std::fs::rename(v.join("swap"), v.join("PALISADE_FRAGS"))?;
+            let refused = start(&dir)?.wait_with_output()?;
+            let stderr = String::from_utf8_lossy(&refused.stderr);
+            ensure!(!refused.status.success() && stderr.contains("incompatible"), "expected a refusal, got: {stderr}");
+            // Maps of another layout version are collected after the first sync.
+            let _ = palisade::datapath::uninstall(&dir);
+            std::fs::create_dir_all(&dir)?;
+            let mut again = start(&dir)?;
+            std::thread::sleep(Duration::from_millis(1500));
+            again.kill()?;
+            again.wait()?;
+            std::fs::rename(&v, dir.join("v0"))?;
+            let mut upgraded = start(&dir)?;
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while dir.join("v0").exists() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            upgraded.kill()?;
+            upgraded.wait()?;
+            let collected = !dir.join("v0").exists() && v.exists();
+            palisade::datapath::uninstall(&dir)?;
+            let _ = std::fs::remove_dir_all(&work);
+            let _ = e;
+            ensure!(collected, "the maps of layout v0 were not collected");
+            Ok(())
+        }),
+        ("strict_mode_leaves_no_window_at_pod_start", |e| {
+            // Namespace z admits ingress from y only.
+            e.apply(&[np(
+                "z",
+                "from-y",
+                "  podSelector: {}\n  ingress:\n  - from: [{namespaceSelector: {matchLabels: {ns: \"y\"}}}]\n",
+            )])?;
+            let spec = PodSpec {
+                namespace: "z".into(),
+                name: "new".into(),
+                labels: vec![("pod".into(), "new".into())],
+                ip4: Ipv4Addr::new(10, 240, 3, 60),
+                ip6: Ipv6Addr::new(0xfd10, 0x240, 3, 0, 0, 0, 0, 60),
+                node: NODE.into(),
+                ports: vec![Port::new("udp", 80, "UDP")],
+            };
+            // The CNI's work: interface, addresses, routes. The agent does
+            // not know the pod yet.
+            let created = Instant::now();
+            let pod = Pod::create("pl-cl-new", &format!("{STRICT_PREFIX}0"), spec)?;
+            let target = SocketAddr::new(pod.ip(false), 80);
+            let stop = AtomicBool::new(false);
+            let (denied_passed, attempts, allowed_ok) = (AtomicUsize::new(0), AtomicUsize::new(0), AtomicUsize::new(0));
+            let mut pending_after = None;
+            let mut enforced_after = None;
+            let topo = &e.topo;
+            std::thread::scope(|s| -> Result<()> {
+                s.spawn(|| {
+                    while !stop.load(Ordering::SeqCst) {
+                        attempts.fetch_add(1, Ordering::SeqCst);
+                        let passed = probe::socket_in(topo.pod("x/a"), false, Proto::Udp)
+                            .is_ok_and(|sock| probe::talk(sock, target, Proto::Udp, Duration::from_millis(50)));
+                        if passed {
+                            denied_passed.fetch_add(1, Ordering::SeqCst);
+                        }
+                    }
+                });
+                let agent = e.agent.borrow();
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while pending_after.is_none() && Instant::now() < deadline {
+                    let st = agent.status()?;
+                    if st["pending_interfaces"].as_array().is_some_and(|a| a.iter().any(|i| i == "plclnew0")) {
+                        pending_after = Some(created.elapsed());
+                    }
+                }
+                // Hold the window open: the pod exists, the agent does not
+                // know it yet.
+                std::thread::sleep(Duration::from_millis(700));
+                let written = Instant::now();
+                agent.apply("extra-new.yaml", &pod.manifest())?;
+                agent.wait_in_sync()?;
+                enforced_after = Some(written.elapsed());
+                for _ in 0..20 {
+                    if probe::probe(e.topo.pod("y/a"), pod.ip(false), 80, Proto::Udp) {
+                        allowed_ok.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(300));
+                stop.store(true, Ordering::SeqCst);
+                Ok(())
+            })?;
+            let pending_after = pending_after.context("the new interface never became pending")?;
+            eprintln!(
+                "strict mode: interface held closed {pending_after:?} after it appeared; pod enforced {:?} after its manifest was written; {} denied probes during the window",
+                enforced_after.unwrap_or_default(),
+                attempts.load(Ordering::SeqCst)
+            );
+            ensure!(attempts.load(Ordering::SeqCst) > 10, "the window was not exercised");
+            ensure!(denied_passed.load(Ordering::SeqCst) == 0, "denied traffic reached the new pod");
+            ensure!(allowed_ok.load(Ordering::SeqCst) == 20, "allowed traffic (from y) must flow once enforced");
+            // Before the pod is known its address names no pod yet.
+            let drops = e.agent.borrow().events(&["--verdict", "dropped"])?;
+            ensure!(
+                drops.iter().any(|ev| ev.reason == "pending" && ev.destination.ip == pod.ip(false)),
+                "drops at pod start are reported with reason pending: {:#?}",
+                drops.iter().filter(|ev| ev.destination.ip == pod.ip(false)).take(3).collect::<Vec<_>>()
+            );
+            Ok(())
+        }),
+    ]
+}
+
+fn tempdir(tag: &str) -> Result<std::path::PathBuf> {
+    let d = std::env::temp_dir().join(format!("palisade-e2e-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d)?;
+    Ok(d)
+}
+
+fn main() {
+    palisade_e2e::suite::run(cases())
+}

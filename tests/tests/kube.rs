@@ -1,0 +1,209 @@
+//! The Kubernetes API source end to end: the real agent (no --cluster-state)
+//! reading an in-process API server that speaks real list/watch with
+//! k8s-openapi objects; enforcement follows pods, labels, addresses and
+//! policies as they change, across watch expiry (410 Gone, relist) and
+//! across the API server going away and coming back. Checked with real
+//! traffic between network-namespace pods.
+
+use anyhow::{Context, Result, ensure};
+use k8s_openapi::api::core::v1::Pod as K8sPod;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use palisade_e2e::agent::Agent;
+use palisade_e2e::fake_api::FakeApi;
+use palisade_e2e::probe::{self, Matrix, Proto};
+use palisade_e2e::suite::Fixture;
+use palisade_e2e::{NODE, Topology, np, require_root};
+use std::time::{Duration, Instant};
+
+struct Env {
+    topo: Topology,
+    api: FakeApi,
+    agent: Agent,
+}
+
+impl Fixture for Env {
+    fn setup() -> Result<Env> {
+        require_root()?;
+        let topo = Topology::xyz("kb", 4)?;
+        let api = FakeApi::start()?;
+        api.apply_manifests(&topo.manifests())?;
+        let agent = Agent::start_kube("kube", NODE, api.kubeconfig_path(), &[])?;
+        Ok(Env { topo, api, agent })
+    }
+
+    /// The topology's objects as created, no policies.
+    fn reset(&self) -> Result<()> {
+        if !self.api.is_serving() {
+            self.api.restart()?;
+        }
+        for p in self.api_policies() {
+            self.api.delete::<NetworkPolicy>(Some(&p.0), &p.1);
+        }
+        self.api.apply_manifests(&self.topo.manifests())?;
+        self.agent.wait_in_sync()?;
+        Ok(())
+    }
+}
+
+impl Env {
+    fn api_policies(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for ns in ["x", "y", "z"] {
+            for name in ["deny-x", "from-db", "from-a", "isolate-a"] {
+                if self.api.get::<NetworkPolicy>(Some(ns), name).is_some() {
+                    out.push((ns.to_string(), name.to_string()));
+                }
+            }
+        }
+        out
+    }
+
+    fn apply(&self, yaml: &str) -> Result<()> {
+        self.api.apply_manifests(yaml)?;
+        let st = self.agent.wait_in_sync()?;
+        ensure!(st["errors"].as_array().is_none_or(|a| a.is_empty()), "rejected: {}", st["errors"]);
+        Ok(())
+    }
+
+    fn expect(&self, build: impl Fn(&mut Matrix)) -> Result<()> {
+        let mut m = Matrix::new(&self.topo.names(), true);
+        build(&mut m);
+        let expected = m.with_self_reachable();
+        probe::check(&self.topo.all(), 80, Proto::Tcp, false, &expected)
+            .map_err(|e| anyhow::anyhow!("{e}\n{}", self.agent.log_tail()))
+    }
+
+    /// Rewrites one pod object with `edit` applied to its manifest.
+    fn edit_pod(&self, id: &str, edit: impl Fn(String) -> String) -> Result<()> {
+        self.apply(&edit(self.topo.pod(id).manifest()))
+    }
+}
+
+fn ns_of(pod: &str) -> &str {
+    pod.split('/').next().unwrap_or("")
+}
+
+const DENY_X: &str = "  podSelector: {}\n  policyTypes: [Ingress]\n";
+
+fn cases() -> Vec<palisade_e2e::suite::Case<Env>> {
+    vec![
+        ("policies_created_edited_deleted", |e| {
+            e.apply(&np("x", "deny-x", DENY_X))?;
+            e.expect(|m| {
+                m.each(|_, to| (ns_of(to) == "x").then_some(false));
+            })?;
+            let from_y = "  podSelector: {}\n  ingress:\n  - from: [{namespaceSelector: {matchLabels: {ns: \"y\"}}}]\n";
+            e.apply(&np("x", "deny-x", from_y))?;
+            e.expect(|m| {
+                m.each(|from, to| (ns_of(to) == "x").then_some(ns_of(from) == "y"));
+            })?;
+            e.api.delete::<NetworkPolicy>(Some("x"), "deny-x");
+            e.agent.wait_in_sync()?;
+            e.expect(|_| {})
+        }),
+        ("pod_label_changes_move_selection", |e| {
+            let from_db = "  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - from: [{podSelector: {matchLabels: {role: db}}, namespaceSelector: {}}]\n";
+            e.apply(&np("x", "from-db", from_db))?;
+            e.expect(|m| {
+                m.to("x/a", false);
+            })?;
+            // y/b becomes a database: it may now reach x/a.
+            e.edit_pod("y/b", |s| s.replace("labels: {pod: b}", "labels: {pod: b, role: db}"))?;
+            e.expect(|m| {
+                m.to("x/a", false).set("y/b", "x/a", true);
+            })?;
+            // And x/a itself leaves the policy's podSelector.
+            e.edit_pod("x/a", |s| s.replace("labels: {pod: a}", "labels: {pod: a-renamed}"))?;
+            e.expect(|_| {})
+        }),
+        ("pod_addresses_moving_between_pods", |e| {
+            // Only pods labelled pod=a may reach z/c.
+            let from_a = "  podSelector: {matchLabels: {pod: c}}\n  ingress:\n  - from: [{podSelector: {matchLabels: {pod: a}}, namespaceSelector: {}}]\n";
+            e.apply(&np("z", "from-a", from_a))?;
+            e.expect(|m| {
+                m.to("z/c", false).set("x/a", "z/c", true).set("y/a", "z/c", true).set("z/a", "z/c", true);
+            })?;
+            // The API now says y/a and y/b swapped addresses: the netns at
+            // y/a's address is now "y/b" (not allowed) and vice versa.
+            let (ya, yb) = (e.topo.pod("y/a"), e.topo.pod("y/b"));
+            let swap = |s: String, from: &palisade_e2e::pods::Pod, to: &palisade_e2e::pods::Pod| {
+                s.replace(&from.spec.ip4.to_string(), "SWAP4")
+                    .replace(&to.spec.ip4.to_string(), &from.spec.ip4.to_string())
+                    .replace("SWAP4", &to.spec.ip4.to_string())
+                    .replace(&from.spec.ip6.to_string(), "SWAP6")
+                    .replace(&to.spec.ip6.to_string(), &from.spec.ip6.to_string())
+                    .replace("SWAP6", &to.spec.ip6.to_string())
+            };
+            e.apply(&format!("{}---\n{}", swap(ya.manifest(), ya, yb), swap(yb.manifest(), ya, yb)))?;
+            e.expect(|m| {
+                m.to("z/c", false).set("x/a", "z/c", true).set("y/b", "z/c", true).set("z/a", "z/c", true);
+            })
+        }),
+        ("pods_disappearing_are_no_longer_enforced", |e| {
+            let isolate = "  podSelector: {matchLabels: {pod: a}}\n  policyTypes: [Ingress]\n";
+            e.apply(&np("z", "isolate-a", isolate))?;
+            e.expect(|m| {
+                m.to("z/a", false);
+            })?;
+            e.api.delete::<K8sPod>(Some("z"), "a");
+            let st = e.agent.wait_in_sync()?;
+            ensure!(
+                !st["pods"].as_array().into_iter().flatten().any(|p| p["namespace"] == "z" && p["name"] == "a"),
+                "z/a is gone from the API, so from the agent's pods"
+            );
+            // Nothing selects the interface any more: it is no longer ours.
+            e.expect(|_| {})
+        }),
+        ("watch_expiry_forces_a_relist_and_nothing_is_missed", |e| {
+            let before = e.api.requests().lists("pods");
+            e.api.expire_watches();
+            // A change made while watches are being re-established.
+            e.api.apply_manifests(&np("x", "deny-x", DENY_X))?;
+            e.agent.wait_in_sync()?;
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while e.api.requests().lists("pods") <= before && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            ensure!(e.api.requests().lists("pods") > before, "the watcher did not relist after 410 Gone");
+            e.expect(|m| {
+                m.each(|_, to| (ns_of(to) == "x").then_some(false));
+            })
+        }),
+        ("api_server_away_keeps_enforcement_and_reports_stale", |e| {
+            e.apply(&np("x", "deny-x", DENY_X))?;
+            e.api.stop();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            let stale = loop {
+                let st = e.agent.status()?;
+                if !st["stale"].is_null() {
+                    break st;
+                }
+                ensure!(Instant::now() < deadline, "status never reported the API server gone");
+                std::thread::sleep(Duration::from_millis(100));
+            };
+            ensure!(stale["in_sync"] == false, "a stale state is not in sync");
+            // The last state stays in force.
+            e.expect(|m| {
+                m.each(|_, to| (ns_of(to) == "x").then_some(false));
+            })?;
+            e.api.restart()?;
+            // Changes made after it comes back take effect.
+            e.api.delete::<NetworkPolicy>(Some("x"), "deny-x");
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                let st = e.agent.status()?;
+                if st["stale"].is_null() && st["in_sync"] == true {
+                    break;
+                }
+                ensure!(Instant::now() < deadline, "the agent did not catch up after the API server came back: {st}");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            e.agent.wait_in_sync().context("in sync again")?;
+            e.expect(|_| {})
+        }),
+    ]
+}
+
+fn main() {
+    palisade_e2e::suite::run(cases())
+}
