@@ -293,6 +293,24 @@ fn cases() -> Vec<palisade_e2e::suite::Case<Env>> {
             ensure!(collected, "the maps of layout v0 were not collected");
             Ok(())
         }),
+        ("deny_host_keeps_the_node_out_of_isolated_pods", |e| {
+            e.apply(&[np("x", "deny-ingress", "  podSelector: {}\n  policyTypes: [Ingress]\n")])?;
+            let from_node = |pod: &str| {
+                std::net::TcpStream::connect_timeout(&SocketAddr::new(e.ip(pod), 80), probe::TIMEOUT).is_ok()
+            };
+            ensure!(from_node("x/a"), "by default the node reaches isolated pods (kubelet probes)");
+            e.agent.borrow_mut().kill();
+            e.agent.borrow_mut().spawn(NODE, &["--strict", STRICT_PREFIX, "--deny-host"])?;
+            let result = (|| {
+                e.agent.borrow().wait_in_sync()?;
+                ensure!(!from_node("x/a"), "with --deny-host the node is judged like any other peer");
+                ensure!(from_node("y/a"), "pods that are not isolated stay reachable");
+                Ok(())
+            })();
+            e.agent.borrow_mut().kill();
+            e.agent.borrow_mut().spawn(NODE, &["--strict", STRICT_PREFIX])?;
+            result
+        }),
         ("strict_mode_leaves_no_window_at_pod_start", |e| {
             // Namespace z admits ingress from y only.
             e.apply(&[np(
