@@ -4,6 +4,7 @@
 //! interface, pinned object or process behind.
 
 pub mod agent;
+pub mod cluster;
 pub mod fake_api;
 pub mod netns;
 pub mod pods;

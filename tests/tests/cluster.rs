@@ -4,12 +4,11 @@
 //! (no unprotected window when a pod starts).
 
 use anyhow::{Context, Result, ensure};
-use palisade_e2e::agent::Agent;
+use palisade_e2e::cluster::Cluster;
 use palisade_e2e::pods::{Pod, PodSpec, Port};
 use palisade_e2e::probe::{self, Proto};
 use palisade_e2e::suite::Fixture;
-use palisade_e2e::{NODE, Topology, np, require_root};
-use std::cell::RefCell;
+use palisade_e2e::{NODE, np};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::process::Command;
 use std::sync::Arc;
@@ -19,43 +18,22 @@ use std::time::{Duration, Instant};
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 3, 10);
 const STRICT_PREFIX: &str = "plclnew";
 
-struct Env {
-    topo: Topology,
-    agent: RefCell<Agent>,
+struct Env(Cluster);
+
+impl std::ops::Deref for Env {
+    type Target = Cluster;
+    fn deref(&self) -> &Cluster {
+        &self.0
+    }
 }
 
 impl Fixture for Env {
     fn setup() -> Result<Env> {
-        require_root()?;
-        let topo = Topology::xyz("cl", 3)?;
-        let agent = Agent::start("cluster", NODE, &["--strict", STRICT_PREFIX])?;
-        Ok(Env { topo, agent: RefCell::new(agent) })
+        Ok(Env(Cluster::start("cl", 3, &["--strict", STRICT_PREFIX])?))
     }
 
     fn reset(&self) -> Result<()> {
-        let agent = self.agent.borrow();
-        agent.remove_prefixed("policy-")?;
-        agent.remove_prefixed("extra-")?;
-        agent.apply("base.yaml", &self.topo.manifests())?;
-        agent.wait_in_sync()?;
-        Ok(())
-    }
-}
-
-impl Env {
-    fn apply(&self, policies: &[String]) -> Result<()> {
-        let agent = self.agent.borrow();
-        agent.remove_prefixed("policy-")?;
-        for (i, p) in policies.iter().enumerate() {
-            agent.apply(&format!("policy-{i}.yaml"), p)?;
-        }
-        let st = agent.wait_in_sync()?;
-        ensure!(st["errors"].as_array().is_none_or(|a| a.is_empty()), "the agent rejected input: {}", st["errors"]);
-        Ok(())
-    }
-
-    fn ip(&self, pod: &str) -> IpAddr {
-        self.topo.pod(pod).ip(false)
+        self.0.reset()
     }
 }
 
@@ -134,7 +112,7 @@ fn egress_to_yb() -> String {
 fn cases() -> Vec<palisade_e2e::suite::Case<Env>> {
     vec![
         ("service_traffic_is_judged_against_the_local_backend", |e| {
-            e.agent.borrow().apply("extra-svc.yaml", &service_manifest())?;
+            e.agent().apply("extra-svc.yaml", &service_manifest())?;
             e.apply(&[egress_to_yb()])?;
             let dnat = Dnat::to(e.ip("y/b"))?;
             ensure!(to_vip(e, "x/a"), "x/a may reach y/b, and reaches it through the Service");
@@ -146,7 +124,7 @@ fn cases() -> Vec<palisade_e2e::suite::Case<Env>> {
             drop(dnat);
             let _dnat = Dnat::to(e.ip("y/c"))?;
             ensure!(!to_vip(e, "x/a"), "x/a may not reach y/c, even through a Service");
-            let events = e.agent.borrow().events(&["--verdict", "dropped", "--direction", "egress", "--pod", "x/a"])?;
+            let events = e.agent().events(&["--verdict", "dropped", "--direction", "egress", "--pod", "x/a"])?;
             let named = events.iter().any(|ev| {
                 ev.destination.pod.as_deref() == Some("c")
                     && ev.destination.namespace.as_deref() == Some("y")
@@ -170,7 +148,7 @@ fn cases() -> Vec<palisade_e2e::suite::Case<Env>> {
                 ports: vec![Port::new("http", 80, "TCP")],
             };
             let remote = Pod::create("pl-cl-node2", "plclnode2", spec)?;
-            let agent = e.agent.borrow();
+            let agent = e.agent();
             agent.apply("extra-remote.yaml", &remote.manifest())?;
             agent.apply("extra-svc.yaml", &service_manifest())?;
             drop(agent);
@@ -184,7 +162,7 @@ fn cases() -> Vec<palisade_e2e::suite::Case<Env>> {
             );
             e.apply(&[only_yb])?;
             ensure!(!to_vip(e, "x/a"), "x/a may no longer reach z/remote");
-            let events = e.agent.borrow().events(&["--verdict", "dropped", "--pod", "z/remote"])?;
+            let events = e.agent().events(&["--verdict", "dropped", "--pod", "z/remote"])?;
             ensure!(!events.is_empty(), "the drop names z/remote");
             Ok(())
         }),
@@ -222,11 +200,11 @@ fn cases() -> Vec<palisade_e2e::suite::Case<Env>> {
                 });
                 std::thread::sleep(Duration::from_millis(500));
                 // SIGKILL: no chance to clean anything up.
-                e.agent.borrow_mut().kill();
+                e.kill();
                 std::thread::sleep(Duration::from_millis(1000));
                 let started = Instant::now();
-                e.agent.borrow_mut().spawn(NODE, &["--strict", STRICT_PREFIX])?;
-                e.agent.borrow().wait_in_sync()?;
+                e.spawn(&["--strict", STRICT_PREFIX])?;
+                e.agent().wait_in_sync()?;
                 eprintln!("restarted agent in sync after {:?}", started.elapsed());
                 std::thread::sleep(Duration::from_millis(1000));
                 stop.store(true, Ordering::SeqCst);
@@ -301,16 +279,16 @@ fn cases() -> Vec<palisade_e2e::suite::Case<Env>> {
                 std::net::TcpStream::connect_timeout(&SocketAddr::new(e.ip(pod), 80), probe::TIMEOUT).is_ok()
             };
             ensure!(from_node("x/a"), "by default the node reaches isolated pods (kubelet probes)");
-            e.agent.borrow_mut().kill();
-            e.agent.borrow_mut().spawn(NODE, &["--strict", STRICT_PREFIX, "--deny-host"])?;
+            e.kill();
+            e.spawn(&["--strict", STRICT_PREFIX, "--deny-host"])?;
             let result = (|| {
-                e.agent.borrow().wait_in_sync()?;
+                e.agent().wait_in_sync()?;
                 ensure!(!from_node("x/a"), "with --deny-host the node is judged like any other peer");
                 ensure!(from_node("y/a"), "pods that are not isolated stay reachable");
                 Ok(())
             })();
-            e.agent.borrow_mut().kill();
-            e.agent.borrow_mut().spawn(NODE, &["--strict", STRICT_PREFIX])?;
+            e.kill();
+            e.spawn(&["--strict", STRICT_PREFIX])?;
             result
         }),
         ("strict_mode_leaves_no_window_at_pod_start", |e| {
@@ -350,7 +328,7 @@ fn cases() -> Vec<palisade_e2e::suite::Case<Env>> {
                         }
                     }
                 });
-                let agent = e.agent.borrow();
+                let agent = e.agent();
                 let deadline = Instant::now() + Duration::from_secs(10);
                 while pending_after.is_none() && Instant::now() < deadline {
                     let st = agent.status()?;
@@ -384,7 +362,7 @@ fn cases() -> Vec<palisade_e2e::suite::Case<Env>> {
             ensure!(denied_passed.load(Ordering::SeqCst) == 0, "denied traffic reached the new pod");
             ensure!(allowed_ok.load(Ordering::SeqCst) == 20, "allowed traffic (from y) must flow once enforced");
             // Before the pod is known its address names no pod yet.
-            let drops = e.agent.borrow().events(&["--verdict", "dropped"])?;
+            let drops = e.agent().events(&["--verdict", "dropped"])?;
             ensure!(
                 drops.iter().any(|ev| ev.reason == "pending" && ev.destination.ip == pod.ip(false)),
                 "drops at pod start are reported with reason pending: {:#?}",

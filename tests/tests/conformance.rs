@@ -5,55 +5,31 @@
 //! connections through palisade's classifier.
 
 use anyhow::{Context, Result, anyhow, bail};
-use palisade_e2e::agent::Agent;
+use palisade_e2e::cluster::Cluster;
+use palisade_e2e::np;
 use palisade_e2e::probe::{self, Matrix, Proto};
 use palisade_e2e::suite::Fixture;
-use palisade_e2e::{NODE, Topology, np, require_root};
 
-struct Env {
-    topo: Topology,
-    agent: Agent,
+struct Env(Cluster);
+
+impl std::ops::Deref for Env {
+    type Target = Cluster;
+    fn deref(&self) -> &Cluster {
+        &self.0
+    }
 }
 
 impl Fixture for Env {
     fn setup() -> Result<Env> {
-        require_root()?;
-        let topo = Topology::xyz("cf", 1)?;
-        let agent = Agent::start("conformance", NODE, &[])?;
-        Ok(Env { topo, agent })
+        Ok(Env(Cluster::start("cf", 1, &[])?))
     }
 
-    /// Back to the base state: the topology's objects, no policies.
     fn reset(&self) -> Result<()> {
-        self.agent.remove_prefixed("policy-")?;
-        self.agent.apply("base.yaml", &self.topo.manifests())?;
-        self.agent.wait_in_sync()?;
-        Ok(())
+        self.0.reset()
     }
 }
 
 impl Env {
-    /// Replaces all policies with `policies`, and waits until in force.
-    fn apply(&self, policies: &[String]) -> Result<()> {
-        self.agent.remove_prefixed("policy-")?;
-        for (i, p) in policies.iter().enumerate() {
-            self.agent.apply(&format!("policy-{i}.yaml"), p)?;
-        }
-        let st = self.agent.wait_in_sync()?;
-        let errors = st["errors"].as_array().map(|a| a.len()).unwrap_or(0);
-        if errors > 0 {
-            bail!("the agent rejected input: {}", st["errors"]);
-        }
-        Ok(())
-    }
-
-    /// Rewrites the base objects with `edit` applied to the manifests text.
-    fn edit_base(&self, edit: impl Fn(String) -> String) -> Result<()> {
-        self.agent.apply("base.yaml", &edit(self.topo.manifests()))?;
-        self.agent.wait_in_sync()?;
-        Ok(())
-    }
-
     /// Checks real reachability, then that `palisade trace` (asked of the
     /// running agent, kernel check included) agrees on every pair.
     fn expect(&self, port: u16, proto: Proto, v6: bool, build: impl Fn(&mut Matrix)) -> Result<()> {
@@ -61,10 +37,10 @@ impl Env {
         build(&mut m);
         let expected = m.with_self_reachable();
         probe::check(&self.topo.all(), port, proto, v6, &expected)
-            .map_err(|e| anyhow!("{e}\n{}", self.agent.log_tail()))?;
+            .map_err(|e| anyhow!("{e}\n{}", self.agent().log_tail()))?;
         for from in &expected.names {
             for to in expected.names.iter().filter(|t| *t != from) {
-                let t = self.agent.trace(from, to, port, &proto.to_string(), v6)?;
+                let t = self.agent().trace(from, to, port, &proto.to_string(), v6)?;
                 let sides = [&t.egress, &t.ingress];
                 let kernel_agrees = sides.iter().filter_map(|s| s.kernel.as_ref()).all(|k| k.differences.is_empty());
                 if t.allowed != expected.get(from, to) || !kernel_agrees {
@@ -632,8 +608,8 @@ fn cases() -> Vec<palisade_e2e::suite::Case<Env>> {
             let good = np("x", "p81", "  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - ports: [{port: 81}]\n");
             e.apply(std::slice::from_ref(&good))?;
             let bad = good.replace("port: 81", "port: 81, endPort: 70");
-            e.agent.apply("policy-0.yaml", &bad)?;
-            let st = e.agent.wait_in_sync()?;
+            e.agent().apply("policy-0.yaml", &bad)?;
+            let st = e.agent().wait_in_sync()?;
             let err = &st["errors"][0];
             if err["field"] != "spec.ingress[0].ports[0].endPort" || err["object"] != "NetworkPolicy x/p81" {
                 bail!("expected an error naming the object and field, got {}", st["errors"]);
@@ -645,7 +621,7 @@ fn cases() -> Vec<palisade_e2e::suite::Case<Env>> {
         }),
         ("invalid_new_policy_fails_closed", |e| {
             e.apply(&[])?;
-            e.agent.apply(
+            e.agent().apply(
                 "policy-0.yaml",
                 &np(
                     "x",
@@ -653,7 +629,7 @@ fn cases() -> Vec<palisade_e2e::suite::Case<Env>> {
                     "  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - from: [{ipBlock: {cidr: 10.0.0.0/33}}]\n",
                 ),
             )?;
-            let st = e.agent.wait_in_sync()?;
+            let st = e.agent().wait_in_sync()?;
             if st["errors"][0]["field"] != "spec.ingress[0].from[0].ipBlock.cidr" {
                 bail!("expected an error naming the field, got {}", st["errors"]);
             }

@@ -5,66 +5,40 @@
 use anyhow::{Context, Result, bail, ensure};
 use palisade::events::{Verdict, VerdictEvent};
 use palisade_e2e::agent::{Agent, binary};
+use palisade_e2e::cluster::Cluster;
+use palisade_e2e::np;
 use palisade_e2e::probe::{self, Proto};
 use palisade_e2e::suite::Fixture;
-use palisade_e2e::{NODE, Topology, np, require_root};
 use socket2::SockAddr;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-struct Env {
-    topo: Topology,
-    agent: std::cell::RefCell<Agent>,
+struct Env(Cluster);
+
+impl std::ops::Deref for Env {
+    type Target = Cluster;
+    fn deref(&self) -> &Cluster {
+        &self.0
+    }
 }
 
 const METRICS: &str = "127.0.0.1:19469";
 
 impl Fixture for Env {
     fn setup() -> Result<Env> {
-        require_root()?;
-        let topo = Topology::xyz("ev", 2)?;
-        let agent = Agent::start("events", NODE, &["--metrics-addr", METRICS])?;
-        Ok(Env { topo, agent: std::cell::RefCell::new(agent) })
+        Ok(Env(Cluster::start("ev", 2, &["--metrics-addr", METRICS])?))
     }
 
     fn reset(&self) -> Result<()> {
-        let agent = self.agent.borrow();
-        agent.remove_prefixed("policy-")?;
-        agent.apply("base.yaml", &self.topo.manifests())?;
-        agent.wait_in_sync()?;
-        Ok(())
+        self.0.reset()
     }
 }
 
 impl Env {
-    fn apply(&self, policies: &[String]) -> Result<()> {
-        let agent = self.agent.borrow();
-        agent.remove_prefixed("policy-")?;
-        for (i, p) in policies.iter().enumerate() {
-            agent.apply(&format!("policy-{i}.yaml"), p)?;
-        }
-        let st = agent.wait_in_sync()?;
-        ensure!(st["errors"].as_array().is_none_or(|a| a.is_empty()), "the agent rejected input: {}", st["errors"]);
-        Ok(())
-    }
-
-    fn ip(&self, pod: &str) -> IpAddr {
-        self.topo.pod(pod).ip(false)
-    }
-
-    /// Restarts the agent with other flags, on the same pinned state.
-    fn restart(&self, extra: &[&str]) -> Result<()> {
-        let mut agent = self.agent.borrow_mut();
-        agent.kill();
-        agent.spawn(NODE, extra)?;
-        agent.wait_in_sync()?;
-        Ok(())
-    }
-
     fn counters(&self) -> Result<serde_json::Value> {
-        Ok(self.agent.borrow().status()?["counters"].clone())
+        Ok(self.agent().status()?["counters"].clone())
     }
 }
 
@@ -101,7 +75,7 @@ fn cases() -> Vec<palisade_e2e::suite::Case<Env>> {
     vec![
         ("drop_event_names_pods_and_policy_within_a_second", |e| {
             e.apply(&[np("y", "deny-b", "  podSelector: {matchLabels: {pod: b}}\n  policyTypes: [Ingress]\n")])?;
-            let agent = e.agent.borrow();
+            let agent = e.agent();
             let started = Instant::now();
             let (_sock, sport) = syn(e.topo.pod("x/a"), SocketAddr::new(e.ip("y/b"), 80))?;
             loop {
@@ -148,7 +122,7 @@ fn cases() -> Vec<palisade_e2e::suite::Case<Env>> {
             }
             drop(conn);
             std::thread::sleep(Duration::from_millis(200));
-            let agent = e.agent.borrow();
+            let agent = e.agent();
             let events = flow_events(&agent, sport)?;
             let by_rule: Vec<_> = events.iter().filter(|ev| ev.policy.is_some()).collect();
             ensure!(by_rule.len() == 1, "expected one event naming a rule, got {events:#?}");
@@ -162,7 +136,7 @@ fn cases() -> Vec<palisade_e2e::suite::Case<Env>> {
             Ok(())
         }),
         ("audit_namespace_lets_traffic_through_and_reports_it", |e| {
-            e.agent.borrow().apply(
+            e.agent().apply(
                 "base.yaml",
                 &e.topo.manifests().replace(
                     "metadata: {name: \"y\", labels: {ns: \"y\"}}",
@@ -170,7 +144,7 @@ fn cases() -> Vec<palisade_e2e::suite::Case<Env>> {
                 ),
             )?;
             e.apply(&[np("y", "deny-all", "  podSelector: {}\n  policyTypes: [Ingress]\n")])?;
-            let st = e.agent.borrow().status()?;
+            let st = e.agent().status()?;
             let yb = st["pods"].as_array().into_iter().flatten().find(|p| p["namespace"] == "y" && p["name"] == "b");
             ensure!(yb.is_some_and(|p| p["audit"] == true), "status does not show y/b in audit mode: {st}");
             let sock = probe::socket_in(e.topo.pod("x/a"), false, Proto::Tcp)?;
@@ -180,7 +154,7 @@ fn cases() -> Vec<palisade_e2e::suite::Case<Env>> {
             );
             let sport = sock.local_addr()?.as_socket().context("addr")?.port();
             std::thread::sleep(Duration::from_millis(200));
-            let events = flow_events(&e.agent.borrow(), sport)?;
+            let events = flow_events(&e.agent(), sport)?;
             let audit: Vec<_> = events.iter().filter(|ev| ev.verdict == Verdict::Audit).collect();
             ensure!(audit.len() == 1, "expected one AUDIT event: {events:#?}");
             ensure!(audit[0].isolated_by.iter().any(|p| p.to_string() == "y/deny-all"));
@@ -198,7 +172,7 @@ fn cases() -> Vec<palisade_e2e::suite::Case<Env>> {
                 ensure!(probe::talk(sock.try_clone()?, SocketAddr::new(e.ip("y/b"), 80), Proto::Tcp, probe::TIMEOUT));
                 let sport = sock.local_addr()?.as_socket().context("addr")?.port();
                 std::thread::sleep(Duration::from_millis(200));
-                let events = flow_events(&e.agent.borrow(), sport)?;
+                let events = flow_events(&e.agent(), sport)?;
                 ensure!(events.iter().any(|ev| ev.verdict == Verdict::Audit), "no AUDIT event: {events:#?}");
                 Ok(())
             })();
@@ -209,7 +183,7 @@ fn cases() -> Vec<palisade_e2e::suite::Case<Env>> {
         }),
         ("observe_filters_and_follows", |e| {
             e.apply(&[np("y", "deny-b", "  podSelector: {matchLabels: {pod: b}}\n  policyTypes: [Ingress]\n")])?;
-            let agent = e.agent.borrow();
+            let agent = e.agent();
             let mut follow = Command::new(binary())
                 .args(["observe", "--verdict", "dropped", "--pod", "y/b", "-o", "json", "--socket"])
                 .arg(&agent.socket)
@@ -278,10 +252,8 @@ fn cases() -> Vec<palisade_e2e::suite::Case<Env>> {
             std::thread::sleep(Duration::from_millis(300));
             let sport = sock.local_addr()?.as_socket().context("addr")?.port();
             let after = e.counters()?;
-            let drops: Vec<_> = flow_events(&e.agent.borrow(), sport)?
-                .into_iter()
-                .filter(|ev| ev.verdict == Verdict::Dropped)
-                .collect();
+            let drops: Vec<_> =
+                flow_events(&e.agent(), sport)?.into_iter().filter(|ev| ev.verdict == Verdict::Dropped).collect();
             let represented: u64 = drops.iter().map(|ev| u64::from(ev.count)).sum();
             let kernel = counter(&after, "packets_dropped_no_rule") - counter(&before, "packets_dropped_no_rule");
             ensure!(kernel > 50_000, "the flood did not reach the classifier: {kernel} drops");
@@ -325,7 +297,7 @@ fn cases() -> Vec<palisade_e2e::suite::Case<Env>> {
                     sent + lost + folded == drops,
                     "every drop is an event, a lost event or a folded one: {sent} + {lost} + {folded} != {drops}"
                 );
-                let st = e.agent.borrow().status()?;
+                let st = e.agent().status()?;
                 ensure!(counter(&st["counters"], "events_lost") >= lost);
                 let (_, body) = http_get("/metrics")?;
                 ensure!(!body.contains("palisade_events_lost_total 0\n"), "metrics do not report the loss");
