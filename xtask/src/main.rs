@@ -4,6 +4,7 @@
 //! installation in `setup`.
 
 mod bench;
+mod kind;
 mod setup;
 mod util;
 
@@ -54,6 +55,10 @@ enum Task {
         #[arg(long)]
         quick: bool,
     },
+    /// palisade in a kind cluster: builds the image, creates the cluster
+    /// (deploy/kind.yaml), installs deploy/, and checks the upstream-style
+    /// x/y/z reachability matrices (needs Docker, kind and kubectl).
+    KindE2e(kind::Options),
     /// The demo: pods in network namespaces, a deny-by-default policy set,
     /// live traffic and palisade's verdicts streaming (needs root).
     Demo {
@@ -87,6 +92,7 @@ fn dispatch(task: Task) -> Result<()> {
         Task::Lint => with_summary(lint),
         Task::Demo { rounds } => demo(rounds),
         Task::Bench { quick } => bench::run(quick),
+        Task::KindE2e(opts) => kind::run(opts),
         Task::Ci => with_summary(|steps| {
             require_root()?;
             lint(steps)?;
