@@ -91,15 +91,22 @@ pub async fn run(opts: Options) -> Result<()> {
         applied: Default::default(),
         pinned: Pinned::open(&opts.bpffs)?,
         input: InputVersion { current: source.current_version(), applied: Default::default() },
+        tracked_flows: Default::default(),
     });
     {
-        // Kernel counters feed the metrics once a second.
+        // Kernel counters feed the metrics once a second; the tracked flows
+        // (a walk of the whole table) are counted every ten.
         let shared = shared.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
-            loop {
+            for n in 0u64.. {
                 tick.tick().await;
                 shared.metrics.kernel(&shared.pinned.counters());
+                if n % 10 == 0 {
+                    let flows = shared.pinned.tracked_flows();
+                    shared.tracked_flows.store(flows, Ordering::Relaxed);
+                    shared.metrics.tracked_flows(flows);
+                }
             }
         });
     }

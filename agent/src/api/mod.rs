@@ -78,6 +78,8 @@ pub struct Shared {
     pub applied: RwLock<Option<Arc<Applied>>>,
     /// The pinned maps, read for counters and trace's kernel check.
     pub pinned: Pinned,
+    /// Tracked flows, counted on a slow timer.
+    pub tracked_flows: std::sync::atomic::AtomicUsize,
     /// The input version the kernel holds, and how to read the current
     /// one: `in_sync` compares them when asked, so a script that just wrote
     /// a file never sees a stale "in sync".
@@ -97,6 +99,7 @@ impl Shared {
         }
         s.counters = COUNTER_NAMES.iter().map(|n| n.to_string()).zip(self.pinned.counters()).collect();
         s.counters.insert("events_received".into(), self.metrics.received());
+        s.maps.conntrack.0 = self.tracked_flows.load(std::sync::atomic::Ordering::Relaxed);
         s
     }
 

@@ -22,8 +22,8 @@ use aya::programs::{LinkOrder, SchedClassifier, TcAttachType};
 use aya::{Ebpf, EbpfLoader};
 use netlink::Interfaces;
 use palisade_common::{
-    CFG_LOG_NEW_FLOWS, Config, CtEntry, CtKey, Endpoint, IpInfo, IpKey, LAYOUT_VERSION, PolicyKey, PolicyValue,
-    capacity, maps, programs,
+    CFG_LOG_NEW_FLOWS, Config, Endpoint, IpInfo, IpKey, LAYOUT_VERSION, PolicyKey, PolicyValue, capacity, maps,
+    programs,
 };
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -139,7 +139,6 @@ pub struct Datapath {
     policy: LpmTrie<MapData, PolicyKey, PolicyValue>,
     config_map: Array<MapData, Config>,
     stats: PerCpuArray<MapData, u64>,
-    conntrack: HashMap<MapData, CtKey, CtEntry>,
     config: Config,
     realized: Realized,
     host_interfaces: HostInterfaces,
@@ -182,7 +181,6 @@ impl Datapath {
         let policy: LpmTrie<_, PolicyKey, PolicyValue> = take(&mut ebpf, maps::POLICY)?;
         let config_map: Array<_, Config> = take(&mut ebpf, maps::CONFIG)?;
         let stats = take(&mut ebpf, maps::STATS)?;
-        let conntrack = take(&mut ebpf, maps::CONNTRACK)?;
         let mut realized = Realized::default();
         for item in endpoints.iter() {
             let (k, v) = item?;
@@ -209,7 +207,6 @@ impl Datapath {
             policy,
             config_map,
             stats,
-            conntrack,
             config,
             realized,
             host_interfaces: settings.host_interfaces.clone(),
@@ -528,7 +525,9 @@ impl Datapath {
             endpoints: (self.realized.endpoints.len(), capacity::ENDPOINTS),
             ips: (self.realized.ips.len(), capacity::IPS),
             policy: (self.realized.policy.len(), capacity::POLICY),
-            conntrack: (self.conntrack.keys().count(), capacity::CONNTRACK),
+            // Counting the tracked flows walks the whole table: the agent
+            // does it on a slow timer (see `pinned::Pinned::tracked_flows`).
+            conntrack: (0, capacity::CONNTRACK),
         }
     }
 }

@@ -6,7 +6,8 @@ use anyhow::{Context, Result};
 use aya::maps::lpm_trie::Key as LpmKey;
 use aya::maps::{HashMap, LpmTrie, Map, MapData, PerCpuArray};
 use palisade_common::{
-    Endpoint, IP_KEY_FAMILY_BITS, IpInfo, IpKey, LAYOUT_VERSION, POLICY_PREFIX_FULL, PolicyKey, PolicyValue, maps, stat,
+    CtEntry, CtKey, Endpoint, IP_KEY_FAMILY_BITS, IpInfo, IpKey, LAYOUT_VERSION, POLICY_PREFIX_FULL, PolicyKey,
+    PolicyValue, maps, stat,
 };
 use std::net::IpAddr;
 use std::path::Path;
@@ -16,6 +17,7 @@ pub struct Pinned {
     ips: LpmTrie<MapData, IpKey, IpInfo>,
     policy: LpmTrie<MapData, PolicyKey, PolicyValue>,
     stats: PerCpuArray<MapData, u64>,
+    conntrack: HashMap<MapData, CtKey, CtEntry>,
 }
 
 fn open<T: TryFrom<Map, Error = aya::maps::MapError>>(dir: &Path, name: &str) -> Result<T> {
@@ -32,6 +34,7 @@ impl Pinned {
             ips: open(dir, maps::IPS)?,
             policy: open(dir, maps::POLICY)?,
             stats: open(dir, maps::STATS)?,
+            conntrack: open(dir, maps::CONNTRACK)?,
         })
     }
 
@@ -49,6 +52,12 @@ impl Pinned {
     /// Sums of the per-CPU counters, indexed by [`stat`].
     pub fn counters(&self) -> Vec<u64> {
         sum_counters(&self.stats)
+    }
+
+    /// Flows in connection tracking. Walks the whole table (one syscall per
+    /// entry): call it on a slow timer, not per sync.
+    pub fn tracked_flows(&self) -> usize {
+        self.conntrack.keys().count()
     }
 
     /// The rule the kernel finds for a full policy key (longest prefix).

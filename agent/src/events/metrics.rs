@@ -202,9 +202,7 @@ impl Metrics {
         self.sync_errors.inc_by(errors as u64);
         self.input_errors.set(input_errors as i64);
         self.revision.set(i64::from(revision));
-        for (name, (n, cap)) in
-            [("endpoints", fill.endpoints), ("ips", fill.ips), ("policy", fill.policy), ("conntrack", fill.conntrack)]
-        {
+        for (name, (n, cap)) in [("endpoints", fill.endpoints), ("ips", fill.ips), ("policy", fill.policy)] {
             self.map_entries.get_or_create(&MapLabels { map: name.into() }).set(n as i64);
             self.map_capacity.get_or_create(&MapLabels { map: name.into() }).set(i64::from(cap));
         }
@@ -213,6 +211,13 @@ impl Metrics {
             let state = s.split(':').next().unwrap_or(s).to_string();
             self.pods.get_or_create(&StateLabels { state }).inc();
         }
+    }
+
+    /// Records the number of tracked flows (counted on a slow timer).
+    pub fn tracked_flows(&self, n: usize) {
+        let map = MapLabels { map: "conntrack".into() };
+        self.map_entries.get_or_create(&map).set(n as i64);
+        self.map_capacity.get_or_create(&map).set(i64::from(palisade_common::capacity::CONNTRACK));
     }
 
     pub fn encode(&self) -> String {
