@@ -131,6 +131,8 @@ pub async fn run(opts: Options) -> Result<()> {
     loop {
         let started = Instant::now();
         let snap = source.load();
+        let input = Arc::new(snap.input);
+        let loaded = started.elapsed();
         let version = source.loaded_version();
         let stale = source.stale();
         let ifaces = match netlink::snapshot(&handle).await {
@@ -146,13 +148,16 @@ pub async fn run(opts: Options) -> Result<()> {
             allow_host: opts.allow_host,
             audit: opts.audit,
         };
-        let compiled = policy::compile(&snap.input, &node);
+        let before_compile = started.elapsed();
+        let compiled = policy::compile(&input, &node);
+        let compiled_at = started.elapsed();
         let mut report = dp.sync(&compiled, &ifaces);
+        let synced = started.elapsed();
         if !gc_done && report.errors.is_empty() {
             dp.collect_garbage();
             gc_done = true;
         }
-        report.endpoints.extend(host_network_pods(&snap.input, &node, &mut host_network_logged));
+        report.endpoints.extend(host_network_pods(&input, &node, &mut host_network_logged));
         if snap.errors != reported {
             for e in snap.errors.iter().filter(|e| !reported.contains(e)) {
                 tracing::warn!("invalid input: {e}");
@@ -202,7 +207,7 @@ pub async fn run(opts: Options) -> Result<()> {
         }
         if let Ok(mut a) = shared.applied.write() {
             let endpoints = report.endpoints.clone();
-            *a = Some(Arc::new(Applied { input: snap.input.clone(), node: node.clone(), endpoints }));
+            *a = Some(Arc::new(Applied { input: input.clone(), node: node.clone(), endpoints }));
         }
         shared.input.applied.store(version, Ordering::SeqCst);
         metrics.ready.store(in_sync, Ordering::SeqCst);
@@ -211,7 +216,11 @@ pub async fn run(opts: Options) -> Result<()> {
                 revision = report.revision,
                 changes = report.changes,
                 pods = report.endpoints.len(),
-                millis = started.elapsed().as_millis() as u64,
+                millis = synced.as_millis() as u64,
+                load_ms = loaded.as_millis() as u64,
+                compile_ms = (compiled_at - before_compile).as_millis() as u64,
+                sync_ms = (synced - compiled_at).as_millis() as u64,
+                total_ms = started.elapsed().as_millis() as u64,
                 "policy in force"
             );
         }

@@ -117,13 +117,13 @@ fn find_pod<'a>(input: &'a Input, r: &EndpointRef, ipv6: bool) -> Result<(Option
         }
         EndpointRef::Ip(ip) => {
             let pod = input.pods.values().find(|p| !p.terminated && !p.host_network && p.ips.contains(ip));
-            Ok((pod, *ip))
+            Ok((pod.map(|p| p.as_ref()), *ip))
         }
     }
 }
 
 fn ns(input: &Input, name: &str) -> Namespace {
-    input.namespaces.get(name).cloned().unwrap_or_else(|| Namespace::implicit(name))
+    input.namespaces.get(name).map(|n| n.as_ref().clone()).unwrap_or_else(|| Namespace::implicit(name))
 }
 
 /// Traces a connection. `node` is the agent's node (host addresses,

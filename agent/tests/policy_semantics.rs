@@ -94,15 +94,15 @@ impl World {
         let mut input = Input::default();
         for ns in &self.namespaces {
             let m = palisade::policy::Namespace::from_k8s(ns).unwrap_or_else(|e| panic!("{e:?}"));
-            input.namespaces.insert(m.name.clone(), m);
+            input.namespaces.insert(m.name.clone(), m.into());
         }
         for pod in &self.pods {
             let m = palisade::policy::Pod::from_k8s(pod).unwrap_or_else(|e| panic!("{e:?}"));
-            input.pods.insert(name_of(&pod.metadata), m);
+            input.pods.insert(name_of(&pod.metadata), m.into());
         }
         for np in &self.policies {
             let m = palisade::policy::Policy::from_k8s(np).unwrap_or_else(|e| panic!("{e:?}"));
-            input.policies.insert(name_of(&np.metadata), m);
+            input.policies.insert(name_of(&np.metadata), m.into());
         }
         input
     }

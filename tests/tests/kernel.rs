@@ -236,7 +236,7 @@ fn input(tight: bool) -> Input {
         }))
         .expect("namespace");
         let m = Namespace::from_k8s(&ns).expect("valid namespace");
-        input.namespaces.insert(m.name.clone(), m);
+        input.namespaces.insert(m.name.clone(), m.into());
     }
     let mut pods: Vec<Value> =
         LOCALS.iter().map(|(name, ip4, ip6)| k8s_pod("prod", name, name, ip4, ip6, NODE)).collect();
@@ -244,12 +244,12 @@ fn input(tight: bool) -> Input {
     for p in pods {
         let pod: K8sPod = serde_json::from_value(p).expect("pod");
         let m = Pod::from_k8s(&pod).unwrap_or_else(|e| panic!("{e:?}"));
-        input.pods.insert((m.namespace.clone(), m.name.clone()), m);
+        input.pods.insert((m.namespace.clone(), m.name.clone()), m.into());
     }
     for p in policies(tight) {
         let np: NetworkPolicy = serde_json::from_value(p).expect("policy");
         let m = Policy::from_k8s(&np).unwrap_or_else(|e| panic!("{e:?}"));
-        input.policies.insert((m.namespace.clone(), m.name.clone()), m);
+        input.policies.insert((m.namespace.clone(), m.name.clone()), m.into());
     }
     input
 }

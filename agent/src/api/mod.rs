@@ -53,7 +53,7 @@ pub struct Status {
 
 /// The state the kernel was last synced to, for `trace`.
 pub struct Applied {
-    pub input: Input,
+    pub input: Arc<Input>,
     pub node: Node,
     pub endpoints: Vec<EndpointState>,
 }

@@ -6,7 +6,7 @@
 //! reports itself stale.
 
 use super::Snapshot;
-use super::objects::{Raw, Validator};
+use super::objects::{Checked, ObjKey, Raw, Validator};
 use anyhow::{Context, Result};
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::{Container, Namespace, Pod, PodSpec, PodStatus, Service, ServiceSpec};
@@ -75,6 +75,9 @@ pub struct KubeSource {
     policies: Store<NetworkPolicy>,
     services: Store<Service>,
     validator: Validator,
+    /// Checked objects and the resourceVersion they were checked at: an
+    /// unchanged object is not converted or validated again.
+    checked: std::collections::HashMap<ObjKey, (String, Checked)>,
     health: Arc<Health>,
     /// Bumped by every watch event; what a snapshot saw is `loaded`.
     generation: Arc<AtomicU64>,
@@ -226,6 +229,7 @@ impl KubeSource {
             policies,
             services,
             validator: Validator::default(),
+            checked: Default::default(),
             health,
             generation,
             loaded: 0,
@@ -235,12 +239,27 @@ impl KubeSource {
     /// The current state of every store.
     pub fn load(&mut self) -> Snapshot {
         self.loaded = self.generation.load(Ordering::SeqCst);
-        let mut raws: Vec<Raw> = Vec::new();
-        raws.extend(self.namespaces.state().iter().map(|o| Raw::Namespace(o.as_ref().clone())));
-        raws.extend(self.pods.state().iter().map(|o| Raw::Pod(Box::new(o.as_ref().clone()))));
-        raws.extend(self.policies.state().iter().map(|o| Raw::Policy(o.as_ref().clone())));
-        raws.extend(self.services.state().iter().map(|o| Raw::Service(Box::new(o.as_ref().clone()))));
-        self.validator.snapshot(raws.iter().map(|r| ("kubernetes", r)))
+        let rv = |m: &ObjectMeta| m.resource_version.clone().unwrap_or_default();
+        let mut fresh: Vec<(String, Raw)> = Vec::new();
+        fresh.extend(self.namespaces.state().iter().map(|o| (rv(&o.metadata), Raw::Namespace(o.as_ref().clone()))));
+        fresh.extend(self.pods.state().iter().map(|o| (rv(&o.metadata), Raw::Pod(Box::new(o.as_ref().clone())))));
+        fresh.extend(self.policies.state().iter().map(|o| (rv(&o.metadata), Raw::Policy(o.as_ref().clone()))));
+        fresh.extend(
+            self.services.state().iter().map(|o| (rv(&o.metadata), Raw::Service(Box::new(o.as_ref().clone())))),
+        );
+        let mut live = std::collections::HashSet::new();
+        for (version, raw) in fresh {
+            let key = raw.key();
+            let unchanged = self.checked.get(&key).is_some_and(|(v, _)| !version.is_empty() && *v == version);
+            if !unchanged {
+                self.checked.insert(key.clone(), (version, Checked::new(&raw)));
+            }
+            live.insert(key);
+        }
+        self.checked.retain(|k, _| live.contains(k));
+        let mut items: Vec<&Checked> = self.checked.values().map(|(_, c)| c).collect();
+        items.sort_by(|a, b| a.key.cmp(&b.key));
+        self.validator.snapshot(items.into_iter().map(|c| ("kubernetes", c)))
     }
 
     /// What the last load saw, and what is current: equal when in sync.

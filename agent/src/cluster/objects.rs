@@ -10,6 +10,7 @@ use k8s_openapi::api::core::v1::{Namespace as K8sNamespace, Pod as K8sPod, Servi
 use k8s_openapi::api::networking::v1::NetworkPolicy as K8sPolicy;
 use serde_json::Value;
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 /// The kinds palisade reads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -112,12 +113,48 @@ impl std::fmt::Display for ObjKey {
     }
 }
 
+/// A validated object.
 #[derive(Clone, Debug)]
-enum Valid {
-    Namespace(Namespace),
-    Pod(Pod),
-    Policy(Policy),
-    Service(Service),
+pub enum Valid {
+    Namespace(Arc<Namespace>),
+    Pod(Arc<Pod>),
+    Policy(Arc<Policy>),
+    Service(Arc<Service>),
+}
+
+/// An object as read and checked, once: sources keep these instead of the
+/// raw objects, so an unchanged object is never parsed or validated again.
+#[derive(Clone, Debug)]
+pub struct Checked {
+    pub key: ObjKey,
+    pub result: Result<Valid, Vec<FieldError>>,
+    /// For a NetworkPolicy that does not validate: what it enforces if it
+    /// never was valid (isolation, no rules).
+    pub fail_closed: Option<Arc<Policy>>,
+}
+
+impl Checked {
+    pub fn new(raw: &Raw) -> Checked {
+        let key = raw.key();
+        let result = match raw {
+            Raw::Namespace(o) => Namespace::from_k8s(o).map(|v| Valid::Namespace(Arc::new(v))),
+            Raw::Pod(o) => Pod::from_k8s(o).map(|v| Valid::Pod(Arc::new(v))),
+            Raw::Policy(o) => Policy::from_k8s(o).map(|v| Valid::Policy(Arc::new(v))),
+            Raw::Service(o) => Service::from_k8s(o).map(|v| Valid::Service(Arc::new(v))),
+            Raw::Broken { error, .. } => Err(vec![error.clone()]),
+        };
+        let fail_closed = match (&result, raw) {
+            (Err(_), Raw::Policy(o)) => {
+                let value = serde_json::to_value(o).unwrap_or(Value::Null);
+                Some(Arc::new(Policy::fail_closed(&value, &key.namespace, &key.name)))
+            }
+            (Err(_), Raw::Broken { kind: Kind::NetworkPolicy, value, .. }) => {
+                Some(Arc::new(Policy::fail_closed(value, &key.namespace, &key.name)))
+            }
+            _ => None,
+        };
+        Checked { key, result, fail_closed }
+    }
 }
 
 /// Remembers the last valid version of every object across snapshots.
@@ -127,15 +164,14 @@ pub struct Validator {
 }
 
 impl Validator {
-    /// Builds a snapshot from (source, object) pairs. The first of two
-    /// objects with the same kind/namespace/name wins.
-    pub fn snapshot<'a>(&mut self, objects: impl IntoIterator<Item = (&'a str, &'a Raw)>) -> Snapshot {
+    /// Builds a snapshot from (source, checked object) pairs. The first of
+    /// two objects with the same kind/namespace/name wins.
+    pub fn snapshot<'a>(&mut self, objects: impl IntoIterator<Item = (&'a str, &'a Checked)>) -> Snapshot {
         let mut snap = Snapshot::default();
-        let mut seen: HashMap<ObjKey, &str> = HashMap::new();
-        let mut keep = HashSet::new();
-        for (source, raw) in objects {
-            let key = raw.key();
-            if let Some(first) = seen.get(&key) {
+        let mut seen: HashMap<&ObjKey, &str> = HashMap::new();
+        for (source, checked) in objects {
+            let key = &checked.key;
+            if let Some(first) = seen.get(key) {
                 snap.errors.push(InputError {
                     source: source.to_string(),
                     object: key.to_string(),
@@ -145,40 +181,24 @@ impl Validator {
                 });
                 continue;
             }
-            seen.insert(key.clone(), source);
-            keep.insert(key.clone());
-            let valid = match raw {
-                Raw::Namespace(o) => Namespace::from_k8s(o).map(Valid::Namespace),
-                Raw::Pod(o) => Pod::from_k8s(o).map(Valid::Pod),
-                Raw::Policy(o) => Policy::from_k8s(o).map(Valid::Policy),
-                Raw::Service(o) => Service::from_k8s(o).map(Valid::Service),
-                Raw::Broken { error, .. } => Err(vec![error.clone()]),
-            };
-            let chosen = match valid {
+            seen.insert(key, source);
+            let chosen = match &checked.result {
                 Ok(v) => {
                     self.last_good.insert(key.clone(), v.clone());
-                    Some(v)
+                    Some(v.clone())
                 }
                 Err(errors) => {
-                    let (action, fallback) = match (self.last_good.get(&key), raw) {
+                    let (action, fallback) = match (self.last_good.get(key), &checked.fail_closed) {
                         (Some(v), _) => ("keeping the last valid version".to_string(), Some(v.clone())),
-                        (None, Raw::Policy(_) | Raw::Broken { kind: Kind::NetworkPolicy, .. }) => {
-                            let value = match raw {
-                                Raw::Policy(o) => serde_json::to_value(o).unwrap_or(Value::Null),
-                                Raw::Broken { value, .. } => value.clone(),
-                                _ => Value::Null,
-                            };
-                            let p = Policy::fail_closed(&value, &key.namespace, &key.name);
-                            (fail_closed_action(&p), Some(Valid::Policy(p)))
-                        }
-                        (None, _) => ("ignored".to_string(), None),
+                        (None, Some(p)) => (fail_closed_action(p), Some(Valid::Policy(p.clone()))),
+                        (None, None) => ("ignored".to_string(), None),
                     };
                     for e in errors {
                         snap.errors.push(InputError {
                             source: source.to_string(),
                             object: key.to_string(),
-                            field: e.field,
-                            message: e.message,
+                            field: e.field.clone(),
+                            message: e.message.clone(),
                             action: action.clone(),
                         });
                     }
@@ -201,6 +221,7 @@ impl Validator {
                 None => {}
             }
         }
+        let keep: HashSet<ObjKey> = seen.into_keys().cloned().collect();
         self.last_good.retain(|k, _| keep.contains(k));
         snap
     }
@@ -223,10 +244,10 @@ fn fail_closed_action(p: &Policy) -> String {
 mod tests {
     use super::*;
 
-    fn raw(yaml: &str) -> Raw {
+    fn raw(yaml: &str) -> Checked {
         let v: Value = serde_saphyr::from_str(yaml).unwrap();
         let kind = Kind::of(v["apiVersion"].as_str().unwrap(), v["kind"].as_str().unwrap()).unwrap();
-        Raw::from_value(kind, v)
+        Checked::new(&Raw::from_value(kind, v))
     }
 
     const GOOD: &str = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p, namespace: x}\nspec: {podSelector: {}, ingress: [{ports: [{port: 80}]}]}";

@@ -228,10 +228,10 @@ fn has_ports(protocol: u8) -> bool {
 /// Names one end of a flow.
 fn peer(ip: IpAddr, port: Option<u16>, identity: u32, view: &View) -> Peer {
     let mut p = Peer { ip, port, kind: "world".into(), namespace: None, pod: None, cidr: None };
-    if let Some((ns, name)) = view.catalog.pods_by_ip.get(&ip) {
+    if let Some(pod) = view.catalog.pods_by_ip.get(&ip) {
         p.kind = "pod".into();
-        p.namespace = Some(ns.clone());
-        p.pod = Some(name.clone());
+        p.namespace = Some(pod.namespace.clone());
+        p.pod = Some(pod.name.clone());
     } else if view.catalog.host_ips.contains(&ip) {
         p.kind = "host".into();
     } else if let Some(IdentityInfo::Cidr { cell }) = view.catalog.identities.get(&identity) {

@@ -17,7 +17,7 @@
 //! looks entries up.
 
 use super::ids;
-use super::model::{NamedPort, NamespaceMatch, Peer, Policy, PortMatch, Rule, named_port};
+use super::model::{Labels, NamedPort, NamespaceMatch, Peer, Policy, PortMatch, Rule, named_port};
 use super::ports;
 use super::{Direction, Input, Node, PolicyRef};
 use ipnet::IpNet;
@@ -27,6 +27,7 @@ use palisade_common::{
 };
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 /// Rule id of the built-in "the node may reach its pods" allowance.
 pub const RULE_HOST: u32 = 1;
@@ -91,7 +92,7 @@ pub enum IdentityInfo {
     /// A local identity: pods sharing namespace, labels and named ports.
     Pod { namespace: String, labels: BTreeMap<String, String> },
     /// Addresses of pods with local identity `pod`, inside `cell`.
-    Address { pod: u32, namespace: String, cell: IpNet },
+    Address { pod: u32, cell: IpNet },
     /// Addresses of the node itself, inside `cell`.
     Host { cell: IpNet },
     /// Any other address whose most specific ipBlock CIDR is `cell`.
@@ -124,8 +125,8 @@ pub struct Catalog {
     pub rules: BTreeMap<u32, RuleInfo>,
     /// Policies that isolate a local identity in a direction.
     pub isolating: BTreeMap<(u32, Direction), Vec<PolicyRef>>,
-    /// Pod (namespace, name) by address, for every known pod.
-    pub pods_by_ip: BTreeMap<IpAddr, (String, String)>,
+    /// Every known pod, by address.
+    pub pods_by_ip: BTreeMap<IpAddr, Arc<super::Pod>>,
     /// Service (namespace, name) by cluster IP.
     pub services_by_ip: BTreeMap<IpAddr, (String, String)>,
     pub host_ips: BTreeSet<IpAddr>,
@@ -180,31 +181,58 @@ fn root(v4: bool) -> IpNet {
     if v4 { "0.0.0.0/0".parse().expect("cidr") } else { "::/0".parse().expect("cidr") }
 }
 
-/// A local identity's defining properties.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
-struct LabelKey {
-    namespace: String,
-    ns_labels: BTreeMap<String, String>,
-    labels: BTreeMap<String, String>,
-    ports: Vec<NamedPort>,
+/// Pods alike enough to share a local identity.
+struct LabelGroup<'a> {
+    namespace: &'a str,
+    ns_labels: Labels,
+    labels: &'a Labels,
+    ports: &'a [NamedPort],
+    /// Indexes into the compiler's pod list.
+    members: Vec<usize>,
+    /// Hash of all of the above but the members: what the number derives from.
+    hash: u64,
 }
 
-impl LabelKey {
-    fn canonical(&self) -> String {
+impl LabelGroup<'_> {
+    fn content_hash(&self) -> u64 {
         let mut s = format!("pod\0{}\0", self.namespace);
         for (k, v) in &self.ns_labels {
             s.push_str(&format!("{k}={v};"));
         }
         s.push('\0');
-        for (k, v) in &self.labels {
+        for (k, v) in self.labels {
             s.push_str(&format!("{k}={v};"));
         }
         s.push('\0');
-        for p in &self.ports {
+        for p in self.ports {
             s.push_str(&format!("{}/{}/{};", p.name, p.port, p.protocol));
         }
-        s
+        ids::hash_parts(&[s.as_bytes()])
     }
+}
+
+/// A peer identity's defining properties.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+struct PeerKey {
+    kind: PeerKind,
+    cell: IpNet,
+}
+
+/// Everything that gets a number, in one space.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+enum IdKey {
+    Label(usize),
+    Peer(PeerKey),
+}
+
+/// An address block as bytes, for hashing.
+fn net_bytes(net: IpNet) -> Vec<u8> {
+    let mut v = match net.addr() {
+        IpAddr::V4(a) => a.octets().to_vec(),
+        IpAddr::V6(a) => a.octets().to_vec(),
+    };
+    v.push(net.prefix_len());
+    v
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -228,7 +256,7 @@ type RuleOrder = (usize, Direction, usize);
 /// Collects policy entries, keeping the first rule in [`RuleOrder`].
 #[derive(Default)]
 struct Entries {
-    map: HashMap<PolicyPrefix, (RuleOrder, u32)>,
+    map: BTreeMap<PolicyPrefix, (RuleOrder, u32)>,
 }
 
 impl Entries {
@@ -276,7 +304,7 @@ enum PeerSet {
 pub fn compile(input: &Input, node: &Node) -> Compiled {
     let mut out = Compiled::default();
     let namespace =
-        |name: &str| input.namespaces.get(name).cloned().unwrap_or_else(|| super::Namespace::implicit(name));
+        |name: &str| input.namespaces.get(name).cloned().unwrap_or_else(|| super::Namespace::implicit(name).into());
 
     // Cells: every ipBlock CIDR and except, plus both /0s.
     let mut cidrs: BTreeSet<IpNet> = [root(true), root(false)].into();
@@ -294,66 +322,72 @@ pub fn compile(input: &Input, node: &Node) -> Compiled {
 
     // Pods that take part: running (not terminated), with addresses, in the
     // pod network (host-network pods are node addresses).
-    let pods: Vec<_> = input.pods.values().filter(|p| !p.terminated && !p.host_network && !p.ips.is_empty()).collect();
+    let pods: Vec<&Arc<super::Pod>> =
+        input.pods.values().filter(|p| !p.terminated && !p.host_network && !p.ips.is_empty()).collect();
 
-    // Local identities.
-    let mut label_keys: BTreeMap<LabelKey, Vec<usize>> = BTreeMap::new();
+    // Local identities: pods grouped by what makes them alike.
+    let mut namespaces: HashMap<&str, Arc<super::Namespace>> = HashMap::new();
+    let mut groups: BTreeMap<(&str, &Labels, &[NamedPort]), Vec<usize>> = BTreeMap::new();
     for (i, pod) in pods.iter().enumerate() {
-        let ns = namespace(&pod.namespace);
-        let key = LabelKey {
-            namespace: pod.namespace.clone(),
-            ns_labels: ns.labels,
-            labels: pod.labels.clone(),
-            ports: pod.ports.clone(),
-        };
-        label_keys.entry(key).or_default().push(i);
+        namespaces.entry(pod.namespace.as_str()).or_insert_with(|| namespace(&pod.namespace));
+        groups.entry((pod.namespace.as_str(), &pod.labels, pod.ports.as_slice())).or_default().push(i);
     }
-    let labels: Vec<(LabelKey, Vec<usize>)> = label_keys.into_iter().collect();
-    let label_canon: Vec<String> = labels.iter().map(|(k, _)| k.canonical()).collect();
+    let labels: Vec<LabelGroup> = groups
+        .into_iter()
+        .map(|((ns, pod_labels, ports), members)| {
+            let ns_labels = &namespaces[ns].labels;
+            LabelGroup { namespace: ns, ns_labels: ns_labels.clone(), labels: pod_labels, ports, members, hash: 0 }
+        })
+        .map(|mut g| {
+            g.hash = g.content_hash();
+            g
+        })
+        .collect();
 
-    // Peer identities, keyed canonically for numbering.
-    let mut peer_keys: BTreeMap<String, (PeerKind, IpNet)> = BTreeMap::new();
-    let mut addr_owner: BTreeMap<IpAddr, (PeerKind, String)> = BTreeMap::new();
-    for (li, (_, members)) in labels.iter().enumerate() {
-        for &pi in members {
+    // Peer identities.
+    let mut peer_keys: BTreeMap<PeerKey, u64> = BTreeMap::new();
+    let mut addr_owner: BTreeMap<IpAddr, PeerKey> = BTreeMap::new();
+    for (li, group) in labels.iter().enumerate() {
+        for &pi in &group.members {
             for ip in &pods[pi].ips {
-                let cell = cells.of(*ip);
-                let canon = format!("addr\0{}\0{cell}", label_canon[li]);
-                peer_keys.insert(canon.clone(), (PeerKind::Pod(li), cell));
+                let key = PeerKey { kind: PeerKind::Pod(li), cell: cells.of(*ip) };
+                peer_keys.insert(key, ids::hash_parts(&[b"addr", &group.hash.to_be_bytes(), &net_bytes(key.cell)]));
                 match addr_owner.get(ip) {
                     Some(_) => out.warnings.push(format!(
                         "address {ip} of pod {}/{} is also claimed by another pod; the first one keeps it",
                         pods[pi].namespace, pods[pi].name
                     )),
                     None => {
-                        addr_owner.insert(*ip, (PeerKind::Pod(li), canon));
-                        out.catalog.pods_by_ip.insert(*ip, (pods[pi].namespace.clone(), pods[pi].name.clone()));
+                        addr_owner.insert(*ip, key);
+                        out.catalog.pods_by_ip.insert(*ip, pods[pi].clone());
                     }
                 }
             }
         }
     }
     for ip in &node.host_ips {
-        let cell = cells.of(*ip);
-        let canon = format!("host\0{cell}");
-        peer_keys.insert(canon.clone(), (PeerKind::Host, cell));
+        let key = PeerKey { kind: PeerKind::Host, cell: cells.of(*ip) };
+        peer_keys.insert(key, ids::hash_parts(&[b"host", &net_bytes(key.cell)]));
         out.catalog.host_ips.insert(*ip);
         if addr_owner.contains_key(ip) {
             out.warnings.push(format!("node address {ip} is also a pod address; it counts as the pod's"));
         } else {
-            addr_owner.insert(*ip, (PeerKind::Host, canon));
+            addr_owner.insert(*ip, key);
         }
     }
     for cell in &cidrs {
-        peer_keys.insert(format!("cidr\0{cell}"), (PeerKind::Cidr, *cell));
+        let key = PeerKey { kind: PeerKind::Cidr, cell: *cell };
+        peer_keys.insert(key, ids::hash_parts(&[b"cidr", &net_bytes(*cell)]));
     }
 
-    let numbers = ids::assign(label_canon.iter().cloned().chain(peer_keys.keys().cloned()));
-    let label_ids: Vec<u32> = label_canon.iter().map(|c| numbers[c]).collect();
-    let peers: Vec<PeerIdentity> = peer_keys
-        .iter()
-        .map(|(canon, (kind, cell))| PeerIdentity { id: numbers[canon], kind: *kind, cell: *cell })
-        .collect();
+    // Numbers for all of them at once, so no two collide.
+    let label_numbers = labels.iter().enumerate().map(|(li, g)| (IdKey::Label(li), g.hash));
+    let peer_numbers = peer_keys.iter().map(|(k, h)| (IdKey::Peer(*k), *h));
+    let numbers = ids::assign_hashed(label_numbers.chain(peer_numbers));
+    let label_ids: Vec<u32> = (0..labels.len()).map(|li| numbers[&IdKey::Label(li)]).collect();
+    let peer_id = |k: &PeerKey| numbers[&IdKey::Peer(*k)];
+    let peers: Vec<PeerIdentity> =
+        peer_keys.keys().map(|k| PeerIdentity { id: peer_id(k), kind: k.kind, cell: k.cell }).collect();
     let mut peers_of_label: Vec<Vec<u32>> = vec![Vec::new(); labels.len()];
     for p in &peers {
         if let PeerKind::Pod(li) = p.kind {
@@ -363,16 +397,13 @@ pub fn compile(input: &Input, node: &Node) -> Compiled {
     let peer_by_id: HashMap<u32, &PeerIdentity> = peers.iter().map(|p| (p.id, p)).collect();
 
     // Catalog of identities.
-    for (li, (key, _)) in labels.iter().enumerate() {
-        out.catalog
-            .identities
-            .insert(label_ids[li], IdentityInfo::Pod { namespace: key.namespace.clone(), labels: key.labels.clone() });
+    for (li, group) in labels.iter().enumerate() {
+        let info = IdentityInfo::Pod { namespace: group.namespace.to_string(), labels: group.labels.clone() };
+        out.catalog.identities.insert(label_ids[li], info);
     }
     for p in &peers {
         let info = match p.kind {
-            PeerKind::Pod(li) => {
-                IdentityInfo::Address { pod: label_ids[li], namespace: labels[li].0.namespace.clone(), cell: p.cell }
-            }
+            PeerKind::Pod(li) => IdentityInfo::Address { pod: label_ids[li], cell: p.cell },
             PeerKind::Host => IdentityInfo::Host { cell: p.cell },
             PeerKind::Cidr => IdentityInfo::Cidr { cell: p.cell },
         };
@@ -386,8 +417,8 @@ pub fn compile(input: &Input, node: &Node) -> Compiled {
             out.ips.insert(IpPrefix::from_net(p.cell), IpInfo { identity: p.id, flags: 0, ifindex: 0 });
         }
     }
-    for (ip, (_, canon)) in &addr_owner {
-        out.ips.insert(IpPrefix::from_net(IpNet::from(*ip)), IpInfo { identity: numbers[canon], flags: 0, ifindex: 0 });
+    for (ip, key) in &addr_owner {
+        out.ips.insert(IpPrefix::from_net(IpNet::from(*ip)), IpInfo { identity: peer_id(key), flags: 0, ifindex: 0 });
     }
     // Service cluster IPs keep the identity of the cell they are in (no
     // policy selects a virtual IP) and are flagged, so a pod's egress to one
@@ -401,8 +432,7 @@ pub fn compile(input: &Input, node: &Node) -> Compiled {
                 ));
                 continue;
             }
-            let cell = cells.of(*ip);
-            let identity = numbers[&format!("cidr\0{cell}")];
+            let identity = peer_id(&PeerKey { kind: PeerKind::Cidr, cell: cells.of(*ip) });
             out.ips.insert(IpPrefix::from_net(IpNet::from(*ip)), IpInfo { identity, flags: IP_SERVICE, ifindex: 0 });
             out.catalog.services_by_ip.insert(*ip, (svc.namespace.clone(), svc.name.clone()));
         }
@@ -412,9 +442,9 @@ pub fn compile(input: &Input, node: &Node) -> Compiled {
     let is_local = |pod: &super::Pod| pod.node_name.as_deref().is_none_or(|n| n == node.name);
     let mut local_labels: BTreeSet<usize> = BTreeSet::new();
     let mut endpoint_label: Vec<(usize, usize)> = Vec::new();
-    for (li, (_, members)) in labels.iter().enumerate() {
-        for &pi in members {
-            if is_local(pods[pi]) {
+    for (li, group) in labels.iter().enumerate() {
+        for &pi in &group.members {
+            if is_local(pods[pi].as_ref()) {
                 local_labels.insert(li);
                 endpoint_label.push((pi, li));
             }
@@ -422,7 +452,7 @@ pub fn compile(input: &Input, node: &Node) -> Compiled {
     }
 
     // Rules.
-    let policies: Vec<&Policy> = input.policies.values().collect();
+    let policies: Vec<&Policy> = input.policies.values().map(|p| p.as_ref()).collect();
     let rule_numbers = ids::assign(policies.iter().flat_map(|p| {
         let ingress = p.ingress.iter().flatten().enumerate().map(|(i, _)| rule_canon(p, Direction::Ingress, i));
         let egress = p.egress.iter().flatten().enumerate().map(|(i, _)| rule_canon(p, Direction::Egress, i));
@@ -436,9 +466,7 @@ pub fn compile(input: &Input, node: &Node) -> Compiled {
         let selected: Vec<usize> = local_labels
             .iter()
             .copied()
-            .filter(|&li| {
-                labels[li].0.namespace == policy.namespace && policy.pod_selector.matches(&labels[li].0.labels)
-            })
+            .filter(|&li| labels[li].namespace == policy.namespace && policy.pod_selector.matches(labels[li].labels))
             .collect();
         for (dir, rules) in [(Direction::Ingress, &policy.ingress), (Direction::Egress, &policy.egress)] {
             let Some(rules) = rules else { continue };
@@ -516,7 +544,7 @@ fn rule_canon(policy: &Policy, dir: Direction, index: usize) -> String {
 fn rule_peers<'a>(
     rule: &'a Rule,
     policy: &Policy,
-    labels: &[(LabelKey, Vec<usize>)],
+    labels: &[LabelGroup],
     peers_of_label: &[Vec<u32>],
     peers: &[PeerIdentity],
     cache: &mut HashMap<(String, &'a NamespaceMatch, &'a super::model::Selector), BTreeSet<u32>>,
@@ -534,12 +562,12 @@ fn rule_peers<'a>(
                 };
                 let ids = cache.entry((own, namespaces, pods)).or_insert_with(|| {
                     let mut ids = BTreeSet::new();
-                    for (li, (key, _)) in labels.iter().enumerate() {
+                    for (li, group) in labels.iter().enumerate() {
                         let ns_ok = match namespaces {
-                            NamespaceMatch::Own => key.namespace == policy.namespace,
-                            NamespaceMatch::Selector(sel) => sel.matches(&key.ns_labels),
+                            NamespaceMatch::Own => group.namespace == policy.namespace,
+                            NamespaceMatch::Selector(sel) => sel.matches(&group.ns_labels),
                         };
-                        if ns_ok && pods.matches(&key.labels) {
+                        if ns_ok && pods.matches(group.labels) {
                             ids.extend(peers_of_label[li].iter().copied());
                         }
                     }
@@ -564,7 +592,7 @@ struct RuleCtx<'a> {
     dir: Direction,
     rid: u32,
     order: RuleOrder,
-    labels: &'a [(LabelKey, Vec<usize>)],
+    labels: &'a [LabelGroup<'a>],
     label_ids: &'a [u32],
     peers: &'a [PeerIdentity],
     peer_by_id: &'a HashMap<u32, &'a PeerIdentity>,
@@ -606,7 +634,7 @@ impl RuleCtx<'_> {
                 // local pod for ingress, each peer pod for egress.
                 PortMatch::Named(name) => match self.dir {
                     Direction::Ingress => {
-                        if let Some(port) = named_port(&self.labels[li].0.ports, name, spec.protocol) {
+                        if let Some(port) = named_port(self.labels[li].ports, name, spec.protocol) {
                             for &peer in &peer_ids {
                                 entries.add(
                                     entry(local, self.dir, peer, Some((proto, Some((port, 16))))),
@@ -623,7 +651,7 @@ impl RuleCtx<'_> {
                         };
                         for p in candidates {
                             let PeerKind::Pod(pl) = p.kind else { continue };
-                            if let Some(port) = named_port(&self.labels[pl].0.ports, name, spec.protocol) {
+                            if let Some(port) = named_port(self.labels[pl].ports, name, spec.protocol) {
                                 entries.add(
                                     entry(local, self.dir, p.id, Some((proto, Some((port, 16))))),
                                     self.order,

@@ -26,6 +26,32 @@ fn fold(h: u64) -> u32 {
     if v < FIRST_DYNAMIC { v + FIRST_DYNAMIC } else { v }
 }
 
+/// FNV-1a of several byte strings, each followed by a separator.
+pub fn hash_parts(parts: &[&[u8]]) -> u64 {
+    let mut buf = Vec::with_capacity(parts.iter().map(|p| p.len() + 1).sum());
+    for p in parts {
+        buf.extend_from_slice(p);
+        buf.push(0);
+    }
+    fnv1a(&buf)
+}
+
+/// Assigns a distinct number to every key from its content hash; on a
+/// collision, keys probe onwards in key order.
+pub fn assign_hashed<K: Ord + Copy>(keys: impl IntoIterator<Item = (K, u64)>) -> BTreeMap<K, u32> {
+    let keys: BTreeMap<K, u64> = keys.into_iter().collect();
+    let mut used = std::collections::HashSet::with_capacity(keys.len());
+    let mut out = BTreeMap::new();
+    for (key, hash) in keys {
+        let mut id = fold(hash);
+        while !used.insert(id) {
+            id = id.checked_add(1).unwrap_or(FIRST_DYNAMIC);
+        }
+        out.insert(key, id);
+    }
+    out
+}
+
 /// Assigns a distinct number to every key.
 pub fn assign<K: AsRef<str> + Ord + Clone>(keys: impl IntoIterator<Item = K>) -> BTreeMap<K, u32> {
     let keys: BTreeSet<K> = keys.into_iter().collect();

@@ -12,19 +12,22 @@ pub use model::{Namespace, Pod, Policy};
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 /// Everything the compiler needs to know about the cluster: validated
 /// objects, keyed so iteration order (and so the output) is deterministic.
 #[derive(Clone, Debug, Default, PartialEq)]
+/// Objects are shared (`Arc`): a snapshot of an unchanged cluster costs no
+/// copies of its objects.
 pub struct Input {
-    pub namespaces: BTreeMap<String, Namespace>,
+    pub namespaces: BTreeMap<String, Arc<Namespace>>,
     /// Keyed by (namespace, name).
-    pub pods: BTreeMap<(String, String), Pod>,
+    pub pods: BTreeMap<(String, String), Arc<Pod>>,
     /// Keyed by (namespace, name).
-    pub policies: BTreeMap<(String, String), Policy>,
+    pub policies: BTreeMap<(String, String), Arc<Policy>>,
     /// Keyed by (namespace, name): their cluster IPs are DNATed by
     /// kube-proxy after the source's egress hook, see the datapath.
-    pub services: BTreeMap<(String, String), model::Service>,
+    pub services: BTreeMap<(String, String), Arc<model::Service>>,
 }
 
 /// What the compiler needs to know about the node it compiles for.
