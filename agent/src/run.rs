@@ -128,6 +128,8 @@ pub async fn run(opts: Options) -> Result<()> {
         socket = %opts.socket.display(), "palisade agent started"
     );
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut last_clean = None;
+    let mut resync_due = true;
     loop {
         let started = Instant::now();
         let snap = source.load();
@@ -142,6 +144,16 @@ pub async fn run(opts: Options) -> Result<()> {
                 Default::default()
             }
         };
+        // Links and routes churn (addresses settling, other interfaces):
+        // when neither they nor the input changed and the kernel took the
+        // last state whole, there is nothing to recompile.
+        let seen = (version, ifaces.clone(), stale.clone());
+        if !resync_due && last_clean.as_ref() == Some(&seen) {
+            if !wait(&mut woken, &mut terminate, opts.resync, &mut resync_due).await {
+                break;
+            }
+            continue;
+        }
         let node = Node {
             name: opts.node_name.clone(),
             host_ips: ifaces.host_ips.clone(),
@@ -225,20 +237,36 @@ pub async fn run(opts: Options) -> Result<()> {
             );
         }
 
-        tokio::select! {
-            _ = woken.recv() => {
-                // Let a burst of changes settle, then take them all at once.
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                while woken.try_recv().is_ok() {}
-            }
-            _ = tokio::time::sleep(opts.resync) => {}
-            _ = tokio::signal::ctrl_c() => break,
-            _ = terminate.recv() => break,
+        last_clean = report.errors.is_empty().then_some(seen);
+        if !wait(&mut woken, &mut terminate, opts.resync, &mut resync_due).await {
+            break;
         }
     }
     tracing::info!("palisade agent stopping; enforcement stays in place (pinned under {})", opts.bpffs.display());
     let _ = std::fs::remove_file(&opts.socket);
     Ok(())
+}
+
+/// Waits for a wake-up or the resync timer (which forces a full pass);
+/// false when the agent is told to stop.
+async fn wait(
+    woken: &mut mpsc::UnboundedReceiver<()>,
+    terminate: &mut tokio::signal::unix::Signal,
+    resync: Duration,
+    resync_due: &mut bool,
+) -> bool {
+    *resync_due = false;
+    tokio::select! {
+        _ = woken.recv() => {
+            // Let a burst of changes settle, then take them all at once.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            while woken.try_recv().is_ok() {}
+        }
+        _ = tokio::time::sleep(resync) => *resync_due = true,
+        _ = tokio::signal::ctrl_c() => return false,
+        _ = terminate.recv() => return false,
+    }
+    true
 }
 
 /// Local host-network pods: NetworkPolicy cannot apply to them (they share

@@ -95,7 +95,7 @@ impl Agent {
             .arg(&self.socket)
             .args(if extra.contains(&"--metrics-addr") { &[][..] } else { &["--metrics-addr", ""][..] })
             .args(extra)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", std::env::var("PALISADE_E2E_LOG").unwrap_or_else(|_| "info".into()))
             .stdout(Stdio::from(out))
             .stderr(Stdio::from(err))
             .spawn()
@@ -197,6 +197,19 @@ impl Agent {
             }
             Ok(serde_json::from_value(v["trace"].take())?)
         })
+    }
+
+    /// CPU time the agent process has used (user + system), in seconds.
+    pub fn cpu_seconds(&self) -> Result<f64> {
+        let pid = self.child.as_ref().context("agent not running")?.id();
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+        // Fields after the parenthesised command name; utime and stime are
+        // the 14th and 15th fields of the whole line.
+        let rest = stat.rsplit_once(')').context("malformed stat")?.1;
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let ticks: f64 = f[11].parse::<f64>()? + f[12].parse::<f64>()?;
+        // SAFETY: sysconf has no preconditions.
+        Ok(ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64)
     }
 
     pub fn log_tail(&self) -> String {

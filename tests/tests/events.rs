@@ -236,6 +236,32 @@ fn cases() -> Vec<palisade_e2e::suite::Case<Env>> {
             ensure!(http_get("/healthz")?.0 == 200 && http_get("/readyz")?.0 == 200);
             Ok(())
         }),
+        ("idle_agent_stays_idle", |e| {
+            // The agent reads the manifest directory it watches: waking on
+            // its own reads would recompile in a loop and take the CPU the
+            // workload needs.
+            let syncs = || -> Result<u64> {
+                let (_, body) = http_get("/metrics")?;
+                let line = body
+                    .lines()
+                    .find(|l| l.starts_with("palisade_sync_duration_seconds_count"))
+                    .context("no sync count in metrics")?;
+                Ok(line.rsplit(' ').next().unwrap_or("").parse()?)
+            };
+            // New veths' IPv6 addresses settle for a second or two after
+            // the topology is built; those are real changes.
+            std::thread::sleep(Duration::from_secs(2));
+            let (syncs_before, cpu_before) = (syncs()?, e.agent().cpu_seconds()?);
+            std::thread::sleep(Duration::from_secs(3));
+            let (syncs_after, cpu_after) = (syncs()?, e.agent().cpu_seconds()?);
+            ensure!(
+                syncs_after - syncs_before <= 1,
+                "{} syncs in 3 s with nothing changing",
+                syncs_after - syncs_before
+            );
+            ensure!(cpu_after - cpu_before < 0.15, "the idle agent used {:.2} s of CPU in 3 s", cpu_after - cpu_before);
+            Ok(())
+        }),
         ("single_flow_flood_is_summarised_and_counted_exactly", |e| {
             e.apply(&[np("y", "deny-b", "  podSelector: {matchLabels: {pod: b}}\n  policyTypes: [Ingress]\n")])?;
             let before = e.counters()?;

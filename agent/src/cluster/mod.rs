@@ -71,8 +71,14 @@ impl Source {
         if !dir.is_dir() {
             bail!("--cluster-state {}: not a directory", dir.display());
         }
-        let mut watcher =
-            notify::recommended_watcher(move |_| wake()).context("watching the cluster state directory")?;
+        let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+            // Our own reads of the directory raise access events; waking on
+            // them would resync in a loop.
+            if !matches!(&res, Ok(ev) if ev.kind.is_access()) {
+                wake();
+            }
+        })
+        .context("watching the cluster state directory")?;
         watcher.watch(&dir, notify::RecursiveMode::Recursive).with_context(|| format!("watching {}", dir.display()))?;
         Ok(Source::Files { source: files::FileSource::new(dir), _watcher: watcher })
     }
