@@ -1,14 +1,32 @@
 //! `cargo xtask bench`: builds the agent and the benchmark runner in
-//! release mode and runs it; the runner writes the report.
+//! release mode and runs the runner (`bench/src/main.rs`), which writes
+//! bench/report.md, bench/report.json and the plots, and prints the
+//! headline table. Benchmarks measure and report: they never fail on a
+//! number, only when they cannot measure.
 
 use anyhow::{Result, bail};
 
-use crate::util::is_root;
+use crate::util::{self, cargo, is_root, target_dir, workspace_root};
 
 pub fn run(quick: bool) -> Result<()> {
     if !is_root() {
         bail!("the benchmarks load eBPF programs and create network namespaces: run them as root");
     }
     crate::setup_task()?;
-    bail!("benchmarks are not written yet (quick: {quick})")
+    for tool in ["iperf3", "iptables-restore", "ipset", "nft", "taskset"] {
+        if util::which(tool).is_none() {
+            bail!("`{tool}` is missing: `cargo xtask setup` installs the benchmark's tools");
+        }
+    }
+    util::run(cargo().args(["build", "--release", "-p", "palisade", "-p", "palisade-bench"]))?;
+    let release = target_dir().join("release");
+    let mut c = std::process::Command::new(release.join("palisade-bench"));
+    c.current_dir(workspace_root())
+        .env("PALISADE_BIN", release.join("palisade"))
+        .args(["--out", "bench", "--command"])
+        .arg(if quick { "cargo xtask bench --quick" } else { "cargo xtask bench" });
+    if quick {
+        c.arg("--quick");
+    }
+    util::run(&mut c)
 }

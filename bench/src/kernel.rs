@@ -1,0 +1,344 @@
+//! Section 1: packet verdict latency of the kernel program alone, with
+//! BPF_PROG_TEST_RUN on crafted, valid Ethernet/IP/TCP|UDP packets (right
+//! lengths and checksums), against an empty TC program timed the same way.
+//!
+//! Two timing modes, both reporting the kernel's own per-run nanoseconds:
+//! - repeat mode (`repeat` = 1e6 in one call) for paths a repeated packet
+//!   keeps taking: conntrack hit, denied (every probe misses; the drop is
+//!   rate limited so no event per packet), unmanaged interface;
+//! - single mode (one run per call, a fresh flow each time) for new allowed
+//!   flows, since a repeated packet would hit the conntrack entry its first
+//!   run created. Its baseline is the empty program timed in single mode.
+
+use crate::cluster::{self, Cluster};
+use crate::env::{self, BPFFS_PREFIX, Node, Pod};
+use crate::rawbpf;
+use crate::stats::Sample;
+use anyhow::{Context, Result, bail};
+use palisade::datapath::netlink::Interfaces;
+use palisade::datapath::{Datapath, HostInterfaces, Settings};
+use palisade::policy::{Direction, compile};
+use serde::Serialize;
+use std::net::IpAddr;
+use std::os::fd::AsFd;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+const SKB_CTX_LEN: usize = 192;
+const SKB_CTX_IFINDEX: usize = 40;
+const TC_ACT_UNSPEC: u32 = u32::MAX;
+const TC_ACT_SHOT: u32 = 2;
+
+pub struct Config {
+    pub repeat: u32,
+    /// Fresh flows per single-mode measurement.
+    pub flows: usize,
+    pub reps: usize,
+    /// (pods, policies) points.
+    pub points: Vec<(usize, usize)>,
+    pub cpu: usize,
+}
+
+pub const CASES: [&str; 6] = ["ct_hit", "new_specific", "new_wildcard", "new_many_peers", "denied", "unmanaged"];
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Measurement {
+    pub pods: usize,
+    pub policies: usize,
+    pub family: &'static str,
+    pub protocol: &'static str,
+    pub case: &'static str,
+    pub mode: &'static str,
+    /// ns per packet, palisade.
+    pub ns: Sample,
+    /// ns per packet, the empty program in the same mode, same repetition.
+    pub baseline_ns: Sample,
+    /// palisade minus baseline, per repetition.
+    pub added_ns: Sample,
+    pub ratio: f64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Point {
+    pub pods: usize,
+    pub policies: usize,
+    pub compile_ms: f64,
+    pub sync_ms: f64,
+    pub ip_entries: usize,
+    pub policy_entries: usize,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Results {
+    pub cpu: usize,
+    pub repeat: u32,
+    pub flows: usize,
+    pub points: Vec<Point>,
+    pub measurements: Vec<Measurement>,
+}
+
+// ---------------------------------------------------------------------------
+// Packets.
+
+fn csum_add(mut sum: u32, data: &[u8]) -> u32 {
+    for c in data.chunks(2) {
+        sum += u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));
+    }
+    sum
+}
+
+fn csum_fold(mut sum: u32) -> u16 {
+    while sum >> 16 != 0 {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// A valid Ethernet + IPv4/IPv6 + TCP (SYN or ACK) / UDP packet.
+pub fn packet(src: IpAddr, dst: IpAddr, proto: u8, sport: u16, dport: u16, tcp_flags: u8) -> Vec<u8> {
+    let mut l4 = Vec::new();
+    l4.extend(sport.to_be_bytes());
+    l4.extend(dport.to_be_bytes());
+    if proto == palisade_common::PROTO_TCP {
+        l4.extend([0, 0, 0, 1, 0, 0, 0, if tcp_flags & 0x10 != 0 { 1 } else { 0 }, 0x50, tcp_flags, 0xff, 0xff]);
+        l4.extend([0, 0, 0, 0]);
+    } else {
+        l4.extend(((8 + 32) as u16).to_be_bytes());
+        l4.extend([0, 0]);
+        l4.extend([0x5a; 32]);
+    }
+    let csum_at = if proto == palisade_common::PROTO_TCP { 16 } else { 6 };
+    let mut p = vec![0x02, 0, 0, 0, 0, 0x03, 0x02, 0, 0, 0, 0, 0x02];
+    match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            let mut pseudo = Vec::new();
+            pseudo.extend(s.octets());
+            pseudo.extend(d.octets());
+            pseudo.extend([0, proto]);
+            pseudo.extend((l4.len() as u16).to_be_bytes());
+            let c = csum_fold(csum_add(csum_add(0, &pseudo), &l4));
+            l4[csum_at..csum_at + 2].copy_from_slice(&c.to_be_bytes());
+            p.extend(0x0800u16.to_be_bytes());
+            let mut h = vec![0x45, 0];
+            h.extend(((20 + l4.len()) as u16).to_be_bytes());
+            h.extend([0x12, 0x34, 0x40, 0, 64, proto, 0, 0]);
+            h.extend(s.octets());
+            h.extend(d.octets());
+            let c = csum_fold(csum_add(0, &h));
+            h[10..12].copy_from_slice(&c.to_be_bytes());
+            p.extend(h);
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            let mut pseudo = Vec::new();
+            pseudo.extend(s.octets());
+            pseudo.extend(d.octets());
+            pseudo.extend((l4.len() as u32).to_be_bytes());
+            pseudo.extend([0, 0, 0, proto]);
+            let c = csum_fold(csum_add(csum_add(0, &pseudo), &l4));
+            l4[csum_at..csum_at + 2].copy_from_slice(&c.to_be_bytes());
+            p.extend(0x86ddu16.to_be_bytes());
+            p.extend([0x60, 0, 0, 0]);
+            p.extend((l4.len() as u16).to_be_bytes());
+            p.extend([proto, 64]);
+            p.extend(s.octets());
+            p.extend(d.octets());
+        }
+        _ => unreachable!("mixed families"),
+    }
+    p.extend(l4);
+    p
+}
+
+fn ctx(ifindex: u32) -> [u8; SKB_CTX_LEN] {
+    let mut c = [0u8; SKB_CTX_LEN];
+    c[SKB_CTX_IFINDEX..SKB_CTX_IFINDEX + 4].copy_from_slice(&ifindex.to_ne_bytes());
+    c
+}
+
+// ---------------------------------------------------------------------------
+
+pub fn run(cfg: &Config) -> Result<Results> {
+    let node = Node::create("k")?;
+    let (c4, c6) = cluster::client_ips();
+    let (s4, s6) = cluster::server_ips();
+    let client = Pod::create(&node, "kcli", c4, c6)?;
+    let server = Pod::create(&node, "ksrv", s4, s6)?;
+    let spare = node.spare_veth("plbkspare")?;
+    let mut ifaces = Interfaces::default();
+    for (pod, name) in [(&client, &client.host_if), (&server, &server.host_if)] {
+        let i = node.ifindex(name)?;
+        ifaces.routes.insert(IpAddr::V4(pod.ip4), i);
+        ifaces.routes.insert(IpAddr::V6(pod.ip6), i);
+        ifaces.names.insert(i, name.clone());
+    }
+    let server_if = node.ifindex(&server.host_if)?;
+    let points = cfg.points.clone();
+    let (repeat, flows, reps, cpu) = (cfg.repeat, cfg.flows, cfg.reps, cfg.cpu);
+    let res = env::run_in(&node.netns, Some(cpu), move || -> Result<Results> {
+        let empty = rawbpf::empty_tc_program().context("loading the empty TC program")?;
+        let mut out = Results { cpu, repeat, flows, ..Default::default() };
+        for (pods, policies) in points {
+            eprintln!("  kernel: {pods} pods, {policies} policies");
+            let (point, ms) =
+                measure_point(&empty, &ifaces, server_if, spare, pods, policies, PointCfg { repeat, flows, reps })?;
+            out.points.push(point);
+            out.measurements.extend(ms);
+        }
+        Ok(out)
+    })??;
+    drop((client, server));
+    drop(node);
+    Ok(res)
+}
+
+/// ((v6, protocol), case, per repetition (palisade ns, baseline ns)).
+type Acc = ((bool, u8), &'static str, Vec<(f64, f64)>);
+
+#[derive(Clone, Copy)]
+struct PointCfg {
+    repeat: u32,
+    flows: usize,
+    reps: usize,
+}
+
+fn measure_point(
+    empty: &std::os::fd::OwnedFd,
+    ifaces: &Interfaces,
+    server_if: u32,
+    spare_if: u32,
+    pods: usize,
+    policies: usize,
+    pc: PointCfg,
+) -> Result<(Point, Vec<Measurement>)> {
+    let cluster = Cluster::new(pods, policies);
+    let input = cluster.input()?;
+    let t = Instant::now();
+    let compiled = compile(&input, &cluster::policy_node());
+    let compile_ms = t.elapsed().as_secs_f64() * 1e3;
+    let dir = PathBuf::from(format!("{BPFFS_PREFIX}kernel"));
+    env::track_bpffs(&dir);
+    let _ = palisade::datapath::uninstall(&dir);
+    let settings = Settings {
+        log_new_flows: false,
+        drop_event_interval: Duration::from_secs(1),
+        event_buffer_bytes: 1 << 22,
+        defer_mark: 0,
+        host_interfaces: HostInterfaces::Named(vec![]),
+        strict_prefixes: vec![],
+    };
+    let mut dp = Datapath::open(&dir, &settings)?;
+    let _events = dp.take_events()?;
+    let t = Instant::now();
+    let report = dp.sync(&compiled, ifaces);
+    let sync_ms = t.elapsed().as_secs_f64() * 1e3;
+    if !report.errors.is_empty() {
+        bail!("sync: {:?}", report.errors);
+    }
+    if report.endpoints.iter().any(|e| e.state != "enforced") {
+        bail!("endpoints not enforced: {:?}", report.endpoints);
+    }
+    let point = Point {
+        pods,
+        policies,
+        compile_ms,
+        sync_ms,
+        ip_entries: compiled.ips.len(),
+        policy_entries: compiled.policy.len(),
+    };
+    let prog = dp.classifier(Direction::Ingress)?;
+    let prog_fd = prog.fd()?.as_fd();
+    let empty_fd = empty.as_fd();
+    let server_ctx = ctx(server_if);
+    let spare_ctx = ctx(spare_if);
+    let remote_count = pods.saturating_sub(2).max(1);
+
+    // (family, proto) -> case -> per-rep (palisade ns, baseline ns)
+    let mut acc: Vec<Acc> = Vec::new();
+    let mut push = |key: (bool, u8), case: &'static str, v: (f64, f64)| {
+        if let Some(e) = acc.iter_mut().find(|e| e.0 == key && e.1 == case) {
+            e.2.push(v);
+        } else {
+            acc.push((key, case, vec![v]));
+        }
+    };
+    let mut next_sport: u32 = 1024;
+    for _rep in 0..pc.reps {
+        for v6 in [false, true] {
+            for proto in [palisade_common::PROTO_TCP, palisade_common::PROTO_UDP] {
+                let key = (v6, proto);
+                let cli = cluster::ip_of(cluster::client_ips(), v6);
+                let srv = cluster::ip_of(cluster::server_ips(), v6);
+                let remote0 = cluster::ip_of(cluster::remote_ips(0), v6);
+                let run = |fd, c: &[u8], p: &[u8], n: u32, want: Option<u32>| -> Result<f64> {
+                    let (ret, d) = rawbpf::test_run(fd, p, c, n)?;
+                    if let Some(w) = want
+                        && ret != w
+                    {
+                        bail!("unexpected verdict {ret:#x} (wanted {w:#x})");
+                    }
+                    Ok(f64::from(d))
+                };
+                // Repeat mode.
+                let established = packet(cli, srv, proto, 40000, cluster::PORT_RR, 0x10);
+                let base = run(empty_fd, &server_ctx, &established, pc.repeat, Some(TC_ACT_UNSPEC))?;
+                run(prog_fd, &server_ctx, &established, 1, Some(TC_ACT_UNSPEC))?;
+                let hit = run(prog_fd, &server_ctx, &established, pc.repeat, Some(TC_ACT_UNSPEC))?;
+                push(key, "ct_hit", (hit, base));
+                let denied = packet(remote0, srv, proto, 40000, cluster::PORT_DENIED, 0x02);
+                let base = run(empty_fd, &server_ctx, &denied, pc.repeat, None)?;
+                let d = run(prog_fd, &server_ctx, &denied, pc.repeat, Some(TC_ACT_SHOT))?;
+                push(key, "denied", (d, base));
+                let base = run(empty_fd, &spare_ctx, &denied, pc.repeat, None)?;
+                let u = run(prog_fd, &spare_ctx, &denied, pc.repeat, Some(TC_ACT_UNSPEC))?;
+                push(key, "unmanaged", (u, base));
+                // Single mode: one fresh flow per call.
+                let mut base_s = Vec::with_capacity(pc.flows);
+                let mut spec_s = Vec::with_capacity(pc.flows);
+                let mut wild_s = Vec::with_capacity(pc.flows);
+                let mut many_s = Vec::with_capacity(pc.flows);
+                for i in 0..pc.flows {
+                    let sport = (next_sport % 64000 + 1024) as u16;
+                    let dport = cluster::PORT_IPERF + ((next_sport / 64000) % 4) as u16;
+                    next_sport += 1;
+                    let p = packet(cli, srv, proto, sport, dport, 0x02);
+                    base_s.push(run(empty_fd, &server_ctx, &p, 1, None)?);
+                    spec_s.push(run(prog_fd, &server_ctx, &p, 1, Some(TC_ACT_UNSPEC))?);
+                    // The client again, on the port only the wildcard rule allows.
+                    let p = packet(cli, srv, proto, sport, cluster::PORT_ANY_PEER, 0x02);
+                    wild_s.push(run(prog_fd, &server_ctx, &p, 1, Some(TC_ACT_UNSPEC))?);
+                    // A different pod of the cluster for every flow.
+                    let peer = cluster::ip_of(cluster::remote_ips(i % remote_count), v6);
+                    let p = packet(peer, srv, proto, sport, cluster::PORT_ANY_PEER, 0x02);
+                    many_s.push(run(prog_fd, &server_ctx, &p, 1, Some(TC_ACT_UNSPEC))?);
+                }
+                let med = |mut v: Vec<f64>| crate::stats::quantile(&mut v, 0.5);
+                let base = med(base_s);
+                push(key, "new_specific", (med(spec_s), base));
+                push(key, "new_wildcard", (med(wild_s), base));
+                push(key, "new_many_peers", (med(many_s), base));
+            }
+        }
+    }
+    drop(dp);
+    let _ = palisade::datapath::uninstall(&dir);
+    let mut out = Vec::new();
+    for ((v6, proto), case, v) in acc {
+        let ns = Sample::of(&v.iter().map(|x| x.0).collect::<Vec<_>>());
+        let baseline_ns = Sample::of(&v.iter().map(|x| x.1).collect::<Vec<_>>());
+        let added_ns = Sample::of(&v.iter().map(|x| x.0 - x.1).collect::<Vec<_>>());
+        let ratio = ns.median / baseline_ns.median;
+        out.push(Measurement {
+            pods,
+            policies,
+            family: if v6 { "IPv6" } else { "IPv4" },
+            protocol: if proto == palisade_common::PROTO_TCP { "TCP" } else { "UDP" },
+            case,
+            mode: if case.starts_with("new_") { "single" } else { "repeat" },
+            ns,
+            baseline_ns,
+            added_ns,
+            ratio,
+        });
+    }
+    Ok((point, out))
+}

@@ -1,0 +1,243 @@
+//! Section 3: policy programming latency and footprint. Every latency runs
+//! from the change written to the source (the manifest file renamed into
+//! place, or the agent process spawned) to the first probe packet that
+//! shows the new verdict in the kernel.
+
+use crate::cluster::{self, Cluster};
+use crate::env::{Agent, Node, Pod};
+use crate::probe::Stream;
+use crate::stats::Sample;
+use anyhow::{Context, Result, bail};
+use serde::Serialize;
+use serde_json::{Value, json};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+pub struct Config {
+    pub points: Vec<(usize, usize)>,
+    pub reps: usize,
+    pub palisade: PathBuf,
+    pub work: PathBuf,
+}
+
+const PORT_ADD: u16 = 7010;
+const PORT_LABEL: u16 = 7011;
+const PORT_RESTART: u16 = 7012;
+const PORT_COLD: u16 = 7013;
+const INTERVAL: Duration = Duration::from_micros(500);
+const QUIET: Duration = Duration::from_millis(400);
+const TIMEOUT: Duration = Duration::from_secs(120);
+
+#[derive(Clone, Debug, Serialize)]
+pub struct PointResult {
+    pub pods: usize,
+    pub policies: usize,
+    /// ms, per repetition.
+    pub policy_added_ms: Sample,
+    pub policy_removed_ms: Sample,
+    pub label_added_ms: Sample,
+    pub label_removed_ms: Sample,
+    /// Agent restarted with a change made while it was down: spawn to the
+    /// change in force.
+    pub restart_ms: Sample,
+    /// Nothing pinned: spawn to the first probe dropped.
+    pub cold_ms: Sample,
+    /// Nothing pinned: spawn to `status --wait` returning.
+    pub cold_status_ms: Sample,
+    /// In-process, same manifests: the file source's first full load, its
+    /// reload after one added file, and one full compile (ms).
+    pub source_load_ms: f64,
+    pub source_reload_ms: f64,
+    pub compile_ms: f64,
+    pub rss_bytes: u64,
+    pub rss_peak_bytes: u64,
+    pub map_bytes: u64,
+    /// Map name -> (entries, capacity).
+    pub fill: Value,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Results {
+    pub probe_interval_us: u64,
+    pub points: Vec<PointResult>,
+}
+
+fn gate_policies() -> Vec<Value> {
+    let udp = |p: u16| json!([{"protocol": "UDP", "port": p}]);
+    vec![
+        cluster::policy(
+            "ns-0",
+            "label-gate-in",
+            json!({"podSelector": {"matchLabels": {"app": "server"}}, "policyTypes": ["Ingress"],
+                   "ingress": [{"from": [{"podSelector": {"matchLabels": {"probe": "yes"}}}], "ports": udp(PORT_LABEL)}]}),
+        ),
+        cluster::policy(
+            "ns-0",
+            "label-gate-out",
+            json!({"podSelector": {"matchLabels": {"probe": "yes"}}, "policyTypes": ["Egress"],
+                   "egress": [{"to": [{"podSelector": {"matchLabels": {"app": "server"}}}], "ports": udp(PORT_LABEL)}]}),
+        ),
+    ]
+}
+
+/// One policy that lets client reach server on `port` (UDP), both ends.
+fn allow_policy(name: &str, port: u16) -> Value {
+    let udp = json!([{"protocol": "UDP", "port": port}]);
+    cluster::policy(
+        "ns-0",
+        name,
+        json!({
+            "podSelector": {"matchExpressions": [{"key": "app", "operator": "In", "values": ["client", "server"]}]},
+            "policyTypes": ["Ingress", "Egress"],
+            "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "client"}}}], "ports": udp}],
+            "egress": [{"to": [{"podSelector": {"matchLabels": {"app": "server"}}}], "ports": udp}]
+        }),
+    )
+}
+
+/// Where an agent's time goes for one change, measured in-process on the
+/// same manifests: (full load, reload after one new file, compile), ms.
+fn breakdown(dir: &std::path::Path) -> Result<(f64, f64, f64)> {
+    let scratch = dir.with_extension("breakdown");
+    let _ = std::fs::remove_dir_all(&scratch);
+    std::fs::create_dir_all(&scratch)?;
+    for e in std::fs::read_dir(dir)?.flatten() {
+        std::fs::copy(e.path(), scratch.join(e.file_name()))?;
+    }
+    let mut src = palisade::cluster::files::FileSource::new(&scratch);
+    let t = Instant::now();
+    let _ = src.load();
+    let load = t.elapsed().as_secs_f64() * 1e3;
+    std::fs::write(scratch.join("zz-change.json"), serde_json::to_vec(&allow_policy("zz-change", PORT_ADD))?)?;
+    let t = Instant::now();
+    let snap = src.load();
+    let reload = t.elapsed().as_secs_f64() * 1e3;
+    let t = Instant::now();
+    let _ = palisade::policy::compile(&snap.input, &cluster::policy_node());
+    let compile = t.elapsed().as_secs_f64() * 1e3;
+    let _ = std::fs::remove_dir_all(&scratch);
+    Ok((load, reload, compile))
+}
+
+fn ms(d: Option<Duration>) -> f64 {
+    d.map(|d| d.as_secs_f64() * 1e3).unwrap_or(f64::NAN)
+}
+
+pub fn run(cfg: &Config) -> Result<Results> {
+    let node = Node::create("p")?;
+    let (c4, c6) = cluster::client_ips();
+    let (s4, s6) = cluster::server_ips();
+    let client = Pod::create(&node, "pcli", c4, c6)?;
+    let server = Pod::create(&node, "psrv", s4, s6)?;
+    let mut out = Results { probe_interval_us: INTERVAL.as_micros() as u64, points: Vec::new() };
+    for &(pods, policies) in &cfg.points {
+        eprintln!("  programming: {pods} pods, {policies} policies");
+        let r = point(cfg, &node, &client, &server, pods, policies)
+            .with_context(|| format!("{pods} pods, {policies} policies"))?;
+        out.points.push(r);
+    }
+    Ok(out)
+}
+
+fn point(cfg: &Config, node: &Node, client: &Pod, server: &Pod, pods: usize, policies: usize) -> Result<PointResult> {
+    let cluster = Cluster::new(pods, policies);
+    let mut agent = Agent::new(&cfg.palisade, &cfg.work, "prog")?;
+    cluster.write(&agent.state_dir)?;
+    std::fs::write(agent.state_dir.join("label-gate.json"), serde_json::to_vec(&cluster::list(&gate_policies()))?)?;
+    let (source_load_ms, source_reload_ms, compile_ms) = breakdown(&agent.state_dir)?;
+
+    // Cold start, nothing pinned: traffic flows until the agent enforces.
+    let (mut cold, mut cold_status) = (Vec::new(), Vec::new());
+    let mut footprint = None;
+    for _ in 0..cfg.reps {
+        agent.uninstall();
+        let stream = Stream::start(client, server, PORT_COLD, INTERVAL)?;
+        if stream.wait_allowed(Instant::now(), Duration::from_secs(5)).is_none() {
+            bail!("probes do not get through without enforcement");
+        }
+        let t0 = agent.start(node, &[])?;
+        agent.wait_in_sync(TIMEOUT)?;
+        cold_status.push(t0.elapsed().as_secs_f64() * 1e3);
+        cold.push(ms(stream.wait_denied(t0, QUIET, TIMEOUT)));
+        drop(stream);
+        if footprint.is_none() {
+            let st = agent.status()?;
+            footprint = Some((
+                agent.rss().unwrap_or(0),
+                agent.hwm().unwrap_or(0),
+                agent.map_memory().unwrap_or(0),
+                st["maps"].clone(),
+            ));
+        }
+    }
+
+    // One policy added, then removed.
+    let (mut added, mut removed) = (Vec::new(), Vec::new());
+    {
+        let stream = Stream::start(client, server, PORT_ADD, INTERVAL)?;
+        std::thread::sleep(Duration::from_millis(50));
+        for _ in 0..cfg.reps {
+            let t0 = agent.apply("zz-change.json", &allow_policy("zz-change", PORT_ADD))?;
+            added.push(ms(stream.wait_allowed(t0, TIMEOUT)));
+            agent.wait_in_sync(TIMEOUT)?;
+            let t0 = agent.remove("zz-change.json")?;
+            removed.push(ms(stream.wait_denied(t0, QUIET, TIMEOUT)));
+            agent.wait_in_sync(TIMEOUT)?;
+        }
+    }
+
+    // A pod's labels changed (the client gains, then loses, probe=yes).
+    let (mut lab, mut unlab) = (Vec::new(), Vec::new());
+    {
+        let stream = Stream::start(client, server, PORT_LABEL, INTERVAL)?;
+        std::thread::sleep(Duration::from_millis(50));
+        for _ in 0..cfg.reps {
+            let t0 = agent.apply("local-pods.json", &cluster::list(&cluster::local_pods(true)))?;
+            lab.push(ms(stream.wait_allowed(t0, TIMEOUT)));
+            agent.wait_in_sync(TIMEOUT)?;
+            let t0 = agent.apply("local-pods.json", &cluster::list(&cluster::local_pods(false)))?;
+            unlab.push(ms(stream.wait_denied(t0, QUIET, TIMEOUT)));
+            agent.wait_in_sync(TIMEOUT)?;
+        }
+    }
+
+    // Restart: the agent stops (enforcement stays pinned), a policy changes
+    // while it is down, a new agent starts and resyncs everything.
+    let mut restart = Vec::new();
+    {
+        let stream = Stream::start(client, server, PORT_RESTART, INTERVAL)?;
+        std::thread::sleep(Duration::from_millis(50));
+        for _ in 0..cfg.reps {
+            agent.stop();
+            agent.apply("zz-restart.json", &allow_policy("zz-restart", PORT_RESTART))?;
+            let t0 = agent.start(node, &[])?;
+            restart.push(ms(stream.wait_allowed(t0, TIMEOUT)));
+            agent.wait_in_sync(TIMEOUT)?;
+            agent.remove("zz-restart.json")?;
+            agent.wait_in_sync(TIMEOUT)?;
+            if stream.wait_denied(Instant::now(), QUIET, TIMEOUT).is_none() {
+                bail!("restart probe not denied again");
+            }
+        }
+    }
+    agent.uninstall();
+    let (rss, hwm, map_bytes, fill) = footprint.unwrap_or((0, 0, 0, Value::Null));
+    Ok(PointResult {
+        pods,
+        policies,
+        policy_added_ms: Sample::of(&added),
+        policy_removed_ms: Sample::of(&removed),
+        label_added_ms: Sample::of(&lab),
+        label_removed_ms: Sample::of(&unlab),
+        restart_ms: Sample::of(&restart),
+        cold_ms: Sample::of(&cold),
+        cold_status_ms: Sample::of(&cold_status),
+        source_load_ms,
+        source_reload_ms,
+        compile_ms,
+        rss_bytes: rss,
+        rss_peak_bytes: hwm,
+        map_bytes,
+        fill,
+    })
+}

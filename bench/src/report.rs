@@ -1,0 +1,894 @@
+//! report.md, report.json, the plots and the headline table.
+
+use crate::plot::{self, Series};
+use crate::stats::{Sample, fmt, fmt_ratio, fmt_sample};
+use crate::{events, kernel, programming, traffic};
+use anyhow::Result;
+use serde::Serialize;
+use std::fmt::Write as _;
+use std::path::Path;
+
+#[derive(Serialize)]
+pub struct Machine {
+    pub kernel: String,
+    pub cpu: String,
+    pub cpus: usize,
+    pub memory_gib: f64,
+    pub iptables: String,
+    pub nft: String,
+    pub iperf3: String,
+}
+
+#[derive(Serialize)]
+pub struct Report {
+    pub quick: bool,
+    pub command: String,
+    pub date: String,
+    pub git_rev: String,
+    pub machine: Machine,
+    pub duration_s: f64,
+    /// (section, /proc/loadavg before, after): other work on the machine.
+    pub load: Vec<(String, String, String)>,
+    pub kernel: Option<Result<kernel::Results, String>>,
+    pub traffic: Option<Result<traffic::Results, String>>,
+    pub programming: Option<Result<programming::Results, String>>,
+    pub events: Option<Result<events::Results, String>>,
+}
+
+fn sh(cmd: &str, args: &[&str]) -> String {
+    std::process::Command::new(cmd)
+        .args(args)
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).lines().next().unwrap_or("").trim().to_string())
+        .unwrap_or_default()
+}
+
+fn machine() -> Machine {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let cpu = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|s| s.trim_start_matches([' ', '\t', ':']).to_string());
+    let mem = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let kb: f64 = mem
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0.0);
+    Machine {
+        kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string(),
+        cpu: cpu.unwrap_or_default(),
+        cpus: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        memory_gib: kb / 1024.0 / 1024.0,
+        iptables: sh("iptables", &["--version"]),
+        nft: sh("nft", &["--version"]),
+        iperf3: sh("iperf3", &["--version"]),
+    }
+}
+
+pub fn loadavg() -> String {
+    let s = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    s.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+}
+
+fn human_n(n: usize) -> String {
+    if n >= 1000 && n.is_multiple_of(1000) { format!("{}k", n / 1000) } else { n.to_string() }
+}
+
+fn mib(b: u64) -> String {
+    format!("{:.1} MiB", b as f64 / 1024.0 / 1024.0)
+}
+
+fn engine_label(e: &str) -> &'static str {
+    match e {
+        "none" => "no enforcement",
+        "palisade" => "palisade",
+        "iptables" => "iptables + ipset",
+        "nftables" => "nftables",
+        "palisade-nolog" => "palisade, --log-new-flows false",
+        _ => "?",
+    }
+}
+
+fn metric_label(m: &str) -> &'static str {
+    match m {
+        "tcp_gbps" => "TCP throughput, Gbit/s",
+        "rr_per_s" => "request/response, transactions/s",
+        "rr_p50_us" => "request/response latency p50, µs",
+        "rr_p99_us" => "request/response latency p99, µs",
+        "rr_p999_us" => "request/response latency p99.9, µs",
+        "cps" => "new connections/s",
+        "agent_cpu_pct" => "agent CPU during the measurements, % of one core",
+        "agent_revisions" => "policy revisions the agent wrote during the measurements (no policy changed)",
+        _ => "?",
+    }
+}
+
+fn higher_is_better(m: &str) -> bool {
+    !m.ends_with("_us") && !m.starts_with("agent_")
+}
+
+fn yes(b: bool) -> &'static str {
+    if b { "met" } else { "**missed**" }
+}
+
+impl Report {
+    pub fn new(quick: bool, command: &str) -> Report {
+        let date = sh("date", &["-u", "+%Y-%m-%d %H:%M UTC"]);
+        let git_rev = sh("git", &["rev-parse", "--short", "HEAD"]);
+        let dirty = !sh("git", &["status", "--porcelain", "--untracked-files=no"]).is_empty();
+        Report {
+            quick,
+            command: command.to_string(),
+            date,
+            git_rev: if dirty { format!("{git_rev} (with local changes)") } else { git_rev },
+            machine: machine(),
+            duration_s: 0.0,
+            load: Vec::new(),
+            kernel: None,
+            traffic: None,
+            programming: None,
+            events: None,
+        }
+    }
+
+    fn traffic_ok(&self) -> Option<&traffic::Results> {
+        self.traffic.as_ref().and_then(|r| r.as_ref().ok())
+    }
+
+    fn kernel_ok(&self) -> Option<&kernel::Results> {
+        self.kernel.as_ref().and_then(|r| r.as_ref().ok())
+    }
+
+    fn prog_ok(&self) -> Option<&programming::Results> {
+        self.programming.as_ref().and_then(|r| r.as_ref().ok())
+    }
+
+    fn events_ok(&self) -> Option<&events::Results> {
+        self.events.as_ref().and_then(|r| r.as_ref().ok())
+    }
+
+    fn row<'a>(&'a self, layout: &str, policies: usize, engine: &str, metric: &str) -> Option<&'a traffic::Row> {
+        self.traffic_ok()?
+            .rows
+            .iter()
+            .find(|r| r.layout == layout && r.policies == policies && r.engine == engine && r.metric == metric)
+    }
+
+    fn cell(&self, layout: &str, policies: usize, engine: &str, metric: &str) -> String {
+        match self.row(layout, policies, engine, metric) {
+            None => "–".into(),
+            Some(r) if engine == "none" => fmt_sample(&r.value),
+            Some(r) => format!("{} ({})", fmt_sample(&r.value), fmt_ratio(r.ratio.median)),
+        }
+    }
+
+    /// The headline table (markdown).
+    pub fn headline(&self) -> String {
+        let mut s = String::new();
+        if let Some(t) = self.traffic_ok() {
+            let (layout, c, sv) = t.layouts.first().cloned().unwrap_or_default();
+            let scales: Vec<usize> = {
+                let mut v: Vec<usize> = t.rows.iter().map(|r| r.policies).collect();
+                v.sort();
+                v.dedup();
+                v
+            };
+            let _ = writeln!(
+                s,
+                "Real traffic between two pods over veth, {} pods in the cluster; layout: {layout} (client on CPU {c}, \
+                 server on CPU {sv}). Median of {} ±spread (×ratio to no enforcement, same run).\n",
+                t.pods,
+                match t.rows.first().map(|r| r.value.samples.len()).unwrap_or(1) {
+                    1 => "1 run".to_string(),
+                    n => format!("{n} runs"),
+                }
+            );
+            let _ = writeln!(s, "| measure | policies | no enforcement | palisade | iptables + ipset | nftables |");
+            let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|");
+            for metric in ["tcp_gbps", "rr_per_s", "rr_p99_us", "cps"] {
+                for &p in &scales {
+                    let _ = writeln!(
+                        s,
+                        "| {} | {} | {} | {} | {} | {} |",
+                        metric_label(metric),
+                        human_n(p),
+                        self.cell(&layout, p, "none", metric),
+                        self.cell(&layout, p, "palisade", metric),
+                        self.cell(&layout, p, "iptables", metric),
+                        self.cell(&layout, p, "nftables", metric)
+                    );
+                }
+            }
+            s.push('\n');
+        }
+        let mut lines = Vec::new();
+        if let Some(k) = self.kernel_ok() {
+            let worst = |case: &str| {
+                k.measurements.iter().filter(|m| m.case == case).map(|m| m.added_ns.median).fold(f64::MIN, f64::max)
+            };
+            let base = k
+                .measurements
+                .iter()
+                .filter(|m| m.mode == "repeat")
+                .map(|m| m.baseline_ns.median)
+                .fold(f64::MAX, f64::min);
+            lines.push(format!(
+                "| verdict, conntrack hit: ns added over an empty TC program ({} ns), worst case over the sweep | {} |",
+                fmt(base),
+                fmt(worst("ct_hit"))
+            ));
+            lines.push(format!(
+                "| verdict, new flow (most specific / wildcard rule / wildcard from many pods / denied): ns added, worst case | {} / {} / {} / {} |",
+                fmt(worst("new_specific")),
+                fmt(worst("new_wildcard")),
+                fmt(worst("new_many_peers")),
+                fmt(worst("denied"))
+            ));
+        }
+        if let Some(p) = self.prog_ok()
+            && let Some(big) = p.points.iter().max_by_key(|x| (x.pods.min(x.policies), x.pods + x.policies))
+        {
+            lines.push(format!(
+                "| one policy added → in force (first packet), {} pods / {} policies | {} ms |",
+                human_n(big.pods),
+                human_n(big.policies),
+                fmt_sample(&big.policy_added_ms)
+            ));
+            lines.push(format!(
+                "| cold start → enforcing (first packet dropped), {} pods / {} policies | {} ms |",
+                human_n(big.pods),
+                human_n(big.policies),
+                fmt_sample(&big.cold_ms)
+            ));
+            lines.push(format!("| agent resident memory (peak), same cluster | {} |", mib(big.rss_peak_bytes)));
+        }
+        if let Some(e) = self.events_ok() {
+            lines
+                .push(format!("| verdict events to `palisade observe` without loss | {} /s |", fmt(e.max_lossless_ps)));
+        }
+        if !lines.is_empty() {
+            s.push_str("| palisade alone | |\n|---|---:|\n");
+            for l in lines {
+                s.push_str(&l);
+                s.push('\n');
+            }
+        }
+        s
+    }
+
+    pub fn write(&self, out: &Path) -> Result<()> {
+        std::fs::write(out.join("report.json"), serde_json::to_vec_pretty(self)?)?;
+        let fonts = plot::init_fonts();
+        let mut md = String::new();
+        let _ = writeln!(md, "# palisade benchmarks\n");
+        let _ = writeln!(
+            md,
+            "Produced by `{}` on {} (palisade {}), {} mode, in {:.0} s. Machine: Linux {}, {} × {}, {:.0} GiB; {}; {}; {}. \
+             The machine is shared and noisy: compare figures within this report (every figure stands beside its \
+             baseline from the same run), not across machines.\n",
+            self.command,
+            self.date,
+            self.git_rev,
+            if self.quick { "quick (CI smoke: few points, one run each)" } else { "full" },
+            self.duration_s,
+            self.machine.kernel,
+            self.machine.cpus,
+            self.machine.cpu,
+            self.machine.memory_gib,
+            self.machine.iptables,
+            self.machine.nft,
+            self.machine.iperf3
+        );
+        if !self.load.is_empty() {
+            let l: Vec<String> = self.load.iter().map(|(s, a, b)| format!("{s} {a} → {b}")).collect();
+            let _ = writeln!(
+                md,
+                "Load average (1, 5, 15 min) before → after each section, {} CPUs: {}. Anything above 0 is other work \
+                 competing with the measurement.\n",
+                self.machine.cpus,
+                l.join("; ")
+            );
+        }
+        let _ = writeln!(md, "## Headline\n\n{}", self.headline());
+        md.push_str(&self.targets());
+        md.push_str(&self.kernel_md(out, fonts));
+        md.push_str(&self.traffic_md(out, fonts));
+        md.push_str(&self.programming_md(out, fonts));
+        md.push_str(&self.events_md(out, fonts));
+        md.push_str(METHOD);
+        std::fs::write(out.join("report.md"), md)?;
+        Ok(())
+    }
+
+    fn targets(&self) -> String {
+        let mut rows: Vec<(String, String, &'static str)> = Vec::new();
+        if let Some(k) = self.kernel_ok() {
+            // Flatness: per (family, protocol, case), total ns across each sweep.
+            let mut worst = (0.0f64, String::new());
+            for sweep in ["policies", "pods"] {
+                let fixed: Vec<&kernel::Measurement> = k
+                    .measurements
+                    .iter()
+                    .filter(|m| if sweep == "policies" { m.pods == 1000 } else { m.policies == 100 })
+                    .collect();
+                for case in kernel::CASES {
+                    for fam in ["IPv4", "IPv6"] {
+                        for proto in ["TCP", "UDP"] {
+                            let v: Vec<f64> = fixed
+                                .iter()
+                                .filter(|m| m.case == case && m.family == fam && m.protocol == proto)
+                                .map(|m| m.ns.median)
+                                .collect();
+                            if v.len() < 2 {
+                                continue;
+                            }
+                            let (lo, hi) = v.iter().fold((f64::MAX, f64::MIN), |a, x| (a.0.min(*x), a.1.max(*x)));
+                            let growth = (hi - lo) / lo * 100.0;
+                            if growth > worst.0 {
+                                worst = (growth, format!("{case} {fam} {proto} across the {sweep} sweep"));
+                            }
+                        }
+                    }
+                }
+            }
+            rows.push((
+                "per-packet cost flat across the sweep (within 10%)".into(),
+                format!("worst spread {:.0}% ({})", worst.0, worst.1),
+                yes(worst.0 <= 10.0),
+            ));
+            let w = |case: &str| {
+                k.measurements.iter().filter(|m| m.case == case).map(|m| m.added_ns.median).fold(f64::MIN, f64::max)
+            };
+            rows.push((
+                "conntrack hit adds ≤ 40 ns over the empty program".into(),
+                format!("{} ns", fmt(w("ct_hit"))),
+                yes(w("ct_hit") <= 40.0),
+            ));
+            let nf = w("new_specific").max(w("new_wildcard")).max(w("new_many_peers")).max(w("denied"));
+            rows.push((
+                "new-flow decision ≤ 400 ns".into(),
+                format!(
+                    "{} ns worst (most specific {}, wildcard {}, wildcard from many pods {}, denied {})",
+                    fmt(nf),
+                    fmt(w("new_specific")),
+                    fmt(w("new_wildcard")),
+                    fmt(w("new_many_peers")),
+                    fmt(w("denied"))
+                ),
+                yes(nf <= 400.0),
+            ));
+        }
+        if let Some(t) = self.traffic_ok() {
+            for (layout, _, _) in &t.layouts {
+                let mut worst: (f64, String) = (f64::MAX, String::new());
+                for r in t.rows.iter().filter(|r| r.layout == layout && r.engine == "palisade") {
+                    if ["tcp_gbps", "rr_per_s"].contains(&r.metric) && r.ratio.median < worst.0 {
+                        worst = (r.ratio.median, format!("{} at {} policies", r.metric, human_n(r.policies)));
+                    }
+                }
+                rows.push((
+                    format!("palisade within 5% of no enforcement on throughput and request/response ({layout})"),
+                    format!("worst ratio {} ({})", fmt_ratio(worst.0), worst.1),
+                    yes(worst.0 >= 0.95),
+                ));
+                let mut behind = Vec::new();
+                let scales: Vec<usize> = {
+                    let mut v: Vec<usize> = t.rows.iter().map(|r| r.policies).collect();
+                    v.sort();
+                    v.dedup();
+                    v
+                };
+                for metric in ["tcp_gbps", "rr_per_s", "cps"] {
+                    for &p in &scales {
+                        let get = |e: &str| self.row(layout, p, e, metric).map(|r| r.value.median).unwrap_or(f64::NAN);
+                        let pal = get("palisade");
+                        for other in ["iptables", "nftables"] {
+                            if pal.partial_cmp(&get(other)) != Some(std::cmp::Ordering::Greater) {
+                                behind.push(format!("{metric} at {} vs {other}", human_n(p)));
+                            }
+                        }
+                    }
+                }
+                rows.push((
+                    format!("palisade ahead of iptables and nftables at every scale ({layout})"),
+                    if behind.is_empty() {
+                        "ahead everywhere".into()
+                    } else {
+                        format!("not ahead: {}", behind.join(", "))
+                    },
+                    yes(behind.is_empty()),
+                ));
+                if scales.len() > 1 {
+                    let margin = |p: usize, other: &str| {
+                        let g = |e: &str| self.row(layout, p, e, "cps").map(|r| r.value.median).unwrap_or(f64::NAN);
+                        g("palisade") / g(other)
+                    };
+                    let (lo, hi) = (scales[0], scales[scales.len() - 1]);
+                    let growing = ["iptables", "nftables"].iter().all(|o| margin(hi, o) > margin(lo, o));
+                    rows.push((
+                        format!("margin over iptables/nftables grows with policies (new connections/s, {layout})"),
+                        format!(
+                            "palisade/iptables {} → {}, palisade/nftables {} → {} ({} → {} policies)",
+                            fmt_ratio(margin(lo, "iptables")),
+                            fmt_ratio(margin(hi, "iptables")),
+                            fmt_ratio(margin(lo, "nftables")),
+                            fmt_ratio(margin(hi, "nftables")),
+                            human_n(lo),
+                            human_n(hi)
+                        ),
+                        yes(growing),
+                    ));
+                }
+                let mut worst_log: (f64, String) = (f64::MAX, String::new());
+                for r in t.rows.iter().filter(|r| r.layout == layout && r.engine == "palisade") {
+                    if ["rr_per_s", "cps"].contains(&r.metric)
+                        && let Some(off) = self.row(layout, r.policies, "palisade-nolog", r.metric)
+                    {
+                        let ratio = r.value.median / off.value.median;
+                        if ratio < worst_log.0 {
+                            worst_log = (ratio, format!("{} at {} policies", r.metric, human_n(r.policies)));
+                        }
+                    }
+                }
+                if worst_log.0.is_finite() && worst_log.0 != f64::MAX {
+                    rows.push((
+                        format!("every new flow logged costs ≤ 5% vs logging off (issue 3; {layout})"),
+                        format!("worst on/off ratio {} ({})", fmt_ratio(worst_log.0), worst_log.1),
+                        yes(worst_log.0 >= 0.95),
+                    ));
+                }
+            }
+        }
+        if let Some(p) = self.prog_ok() {
+            if let Some(big) = p.points.iter().find(|x| x.pods >= 10_000 && x.policies >= 10_000) {
+                rows.push((
+                    "single change in force < 50 ms at 10k pods and 10k policies".into(),
+                    format!(
+                        "policy added {} ms, label changed {} ms",
+                        fmt_sample(&big.policy_added_ms),
+                        fmt_sample(&big.label_added_ms)
+                    ),
+                    yes(big.policy_added_ms.median < 50.0 && big.label_added_ms.median < 50.0),
+                ));
+            }
+            if let Some(big) = p.points.iter().max_by_key(|x| x.pods + x.policies) {
+                rows.push((
+                    format!("cold full sync < 2 s ({} pods, {} policies)", human_n(big.pods), human_n(big.policies)),
+                    format!("{} ms to the first packet dropped", fmt_sample(&big.cold_ms)),
+                    yes(big.cold_ms.median < 2000.0),
+                ));
+            }
+            let peak = p.points.iter().map(|x| x.rss_peak_bytes).max().unwrap_or(0);
+            rows.push((
+                "agent resident memory < 150 MiB".into(),
+                format!("peak {} (largest cluster)", mib(peak)),
+                yes(peak < 150 << 20),
+            ));
+        }
+        if rows.is_empty() {
+            return String::new();
+        }
+        let mut s = String::from("## Targets\n\n| target | measured | |\n|---|---|---|\n");
+        for (t, m, y) in rows {
+            let _ = writeln!(s, "| {t} | {m} | {y} |");
+        }
+        s.push('\n');
+        s
+    }
+
+    fn kernel_md(&self, out: &Path, fonts: bool) -> String {
+        let mut s = String::from("## 1. Packet verdict latency\n\n");
+        let k = match &self.kernel {
+            None => return String::new(),
+            Some(Err(e)) => return format!("{s}Failed: {e}\n\n"),
+            Some(Ok(k)) => k,
+        };
+        let _ = writeln!(
+            s,
+            "BPF_PROG_TEST_RUN of the pod-ingress classifier (`palisade_to_pod`) on valid Ethernet/IP/TCP|UDP packets \
+             (right lengths and checksums) with `__sk_buff.ifindex` naming the server pod's host veth, pinned to CPU {}. \
+             Repeat mode: one call with repeat = {} (conntrack hit; denied, where both policy probes miss and the drop \
+             event is rate limited per flow; unmanaged interface). Single mode: one run per call on a fresh flow, median \
+             over {} flows (a repeated packet would hit the conntrack entry its first run created); its baseline is the \
+             empty program in single mode, which includes the kernel's per-call timer overhead; one packet per \
+             syscall also leaves caches colder than repeat mode does. Cases: conntrack hit (a packet of an allowed \
+             flow, repeated); new flow by the most specific rule (from the client pod to a port the rule naming the \
+             client allows: the first policy probe hits); by the wildcard rule only (the client to a port only an \
+             any-peer rule allows: the first probe misses, the second hits); the same from a different cluster pod \
+             per flow (IP lookups spread over the whole cluster); denied (a cluster pod to a port no rule allows: \
+             both probes miss); unmanaged interface (no endpoint: the first lookup exits). Events for new \
+             allowed flows are off here (`log_new_flows = false`); their cost is in sections 2 and 4. Cells: ns per \
+             packet added over the empty TC program of the same mode and repetition (palisade total / empty), median \
+             of {} ±spread.\n",
+            k.cpu,
+            k.repeat,
+            k.flows,
+            if self.quick { "1 run" } else { "3 runs" }
+        );
+        let _ = writeln!(
+            s,
+            "| pods | policies | IP entries | policy entries | compile ms | sync ms |\n|---:|---:|---:|---:|---:|---:|"
+        );
+        for p in &k.points {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {} | {} |",
+                human_n(p.pods),
+                human_n(p.policies),
+                p.ip_entries,
+                p.policy_entries,
+                fmt(p.compile_ms),
+                fmt(p.sync_ms)
+            );
+        }
+        s.push('\n');
+        for fam in ["IPv4", "IPv6"] {
+            for proto in ["TCP", "UDP"] {
+                let _ = writeln!(s, "**{fam} {proto}**\n");
+                let _ = writeln!(
+                    s,
+                    "| pods | policies | empty (repeat / single) | conntrack hit | new, most specific rule | new, wildcard rule only | new, wildcard, a different pod per flow | new, denied | unmanaged interface |"
+                );
+                let _ = writeln!(s, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+                for p in &k.points {
+                    let m = |case: &str| {
+                        k.measurements.iter().find(|m| {
+                            m.pods == p.pods
+                                && m.policies == p.policies
+                                && m.family == fam
+                                && m.protocol == proto
+                                && m.case == case
+                        })
+                    };
+                    let c = |case: &str| match m(case) {
+                        Some(m) => format!("+{} ({})", fmt_sample(&m.added_ns), fmt_ratio(m.ratio)),
+                        None => "–".into(),
+                    };
+                    let base = format!(
+                        "{} / {}",
+                        m("ct_hit").map(|m| fmt(m.baseline_ns.median)).unwrap_or_default(),
+                        m("new_specific").map(|m| fmt(m.baseline_ns.median)).unwrap_or_default()
+                    );
+                    let _ = writeln!(
+                        s,
+                        "| {} | {} | {base} | {} | {} | {} | {} | {} | {} |",
+                        human_n(p.pods),
+                        human_n(p.policies),
+                        c("ct_hit"),
+                        c("new_specific"),
+                        c("new_wildcard"),
+                        c("new_many_peers"),
+                        c("denied"),
+                        c("unmanaged")
+                    );
+                }
+                s.push('\n');
+            }
+        }
+        if fonts {
+            for (sweep, file, xl) in [
+                ("policies", "kernel_policies.png", "policies (1k pods)"),
+                ("pods", "kernel_pods.png", "pods (100 policies)"),
+            ] {
+                let series: Vec<Series> = kernel::CASES
+                    .iter()
+                    .map(|case| Series {
+                        name: case.replace('_', " "),
+                        points: k
+                            .measurements
+                            .iter()
+                            .filter(|m| m.case == *case && m.family == "IPv4" && m.protocol == "TCP")
+                            .filter(|m| if sweep == "policies" { m.pods == 1000 } else { m.policies == 100 })
+                            .map(|m| {
+                                ((if sweep == "policies" { m.policies } else { m.pods }) as f64, m.added_ns.median)
+                            })
+                            .collect(),
+                    })
+                    .collect();
+                if series.iter().all(|s| s.points.len() > 1)
+                    && plot::lines(
+                        &out.join(file),
+                        &format!("verdict cost vs {sweep} (IPv4 TCP)"),
+                        xl,
+                        "ns added over empty TC program",
+                        &series,
+                        false,
+                    )
+                    .is_ok()
+                {
+                    let _ = writeln!(s, "![verdict cost against {sweep}]({file})\n");
+                }
+            }
+        }
+        s
+    }
+
+    fn traffic_md(&self, out: &Path, fonts: bool) -> String {
+        let mut s = String::from("## 2. Real traffic between pods\n\n");
+        let t = match &self.traffic {
+            None => return String::new(),
+            Some(Err(e)) => return format!("{s}Failed: {e}\n\n"),
+            Some(Ok(t)) => t,
+        };
+        let _ = writeln!(
+            s,
+            "Two pods (network namespaces) behind veths with /32 routes into a node namespace that forwards between \
+             them; the cluster has {} pods (the rest on other nodes) and the given number of generated policies, plus \
+             the two bench policies isolating client (egress) and server (ingress). Engines enforce the same policy \
+             set; one at a time, set up and torn down around each run; runs of all engines interleave. iperf3 single \
+             stream ({}); request/response: one TCP connection, 64-byte ping-pong, TCP_NODELAY; new connections: \
+             connect, one byte each way, close with RST. `palisade` logs every new flow (the default); \
+             `palisade, --log-new-flows false` only for request/response and connections. Cells: median ±spread \
+             (×ratio to no enforcement in the same repetition).\n",
+            t.pods, self.machine.iperf3
+        );
+        let scales: Vec<usize> = {
+            let mut v: Vec<usize> = t.rows.iter().map(|r| r.policies).collect();
+            v.sort();
+            v.dedup();
+            v
+        };
+        for (layout, c, sv) in &t.layouts {
+            let _ = writeln!(s, "### Layout: {layout} (client on CPU {c}, server on CPU {sv})\n");
+            for metric in traffic::METRICS {
+                let _ = writeln!(
+                    s,
+                    "**{}**{}\n",
+                    metric_label(metric),
+                    if higher_is_better(metric) { "" } else { " (lower is better)" }
+                );
+                let _ = writeln!(
+                    s,
+                    "| policies | {} |",
+                    traffic::ENGINES.iter().map(|e| engine_label(e)).collect::<Vec<_>>().join(" | ")
+                );
+                let _ = writeln!(s, "|---:|{}", "---:|".repeat(traffic::ENGINES.len()));
+                for &p in &scales {
+                    let cells: Vec<String> = traffic::ENGINES.iter().map(|e| self.cell(layout, p, e, metric)).collect();
+                    let _ = writeln!(s, "| {} | {} |", human_n(p), cells.join(" | "));
+                }
+                s.push('\n');
+            }
+            if fonts && scales.len() > 1 {
+                for (metric, file) in [("tcp_gbps", "tcp"), ("rr_per_s", "rr"), ("cps", "cps")] {
+                    let slug: String = layout.chars().filter(|c| c.is_alphanumeric()).collect();
+                    let file = format!("traffic_{file}_{}.png", slug.to_lowercase());
+                    let series: Vec<Series> = ["none", "palisade", "iptables", "nftables"]
+                        .iter()
+                        .map(|e| Series {
+                            name: engine_label(e).to_string(),
+                            points: scales
+                                .iter()
+                                .filter_map(|&p| self.row(layout, p, e, metric).map(|r| (p as f64, r.value.median)))
+                                .collect(),
+                        })
+                        .collect();
+                    if plot::lines(
+                        &out.join(&file),
+                        &format!("{} vs policies ({layout})", metric_label(metric)),
+                        "policies",
+                        metric_label(metric),
+                        &series,
+                        false,
+                    )
+                    .is_ok()
+                    {
+                        let _ = writeln!(s, "![{} against policies, {layout}]({file})\n", metric_label(metric));
+                    }
+                }
+            }
+        }
+        let _ = writeln!(
+            s,
+            "**Time to put the policy set in force** (palisade: agent start to `status --wait`; iptables: `ipset restore` + `iptables-restore`; nftables: `nft -f`), ms\n"
+        );
+        let _ = writeln!(
+            s,
+            "| policies | palisade | iptables + ipset (rules / sets) | nftables (rules / sets) |\n|---:|---:|---:|---:|"
+        );
+        for &p in &scales {
+            let g = |e: &str| t.setups.iter().find(|x| x.policies == p && x.engine == e);
+            let cell = |e: &str| match g(e) {
+                Some(x) if e == "palisade" => fmt_sample(&x.program_ms),
+                Some(x) => format!("{} ({} / {})", fmt_sample(&x.program_ms), x.rules, x.sets),
+                None => "–".into(),
+            };
+            let _ =
+                writeln!(s, "| {} | {} | {} | {} |", human_n(p), cell("palisade"), cell("iptables"), cell("nftables"));
+        }
+        s.push('\n');
+        s
+    }
+
+    fn programming_md(&self, out: &Path, fonts: bool) -> String {
+        let mut s = String::from("## 3. Policy programming latency and footprint\n\n");
+        let p = match &self.programming {
+            None => return String::new(),
+            Some(Err(e)) => return format!("{s}Failed: {e}\n\n"),
+            Some(Ok(p)) => p,
+        };
+        let _ = writeln!(
+            s,
+            "From the change written to the source (a manifest renamed into the watched directory, or the agent \
+             process spawned) to the change in force in the kernel, proved by a packet: a client pod sends a UDP \
+             probe to the server pod every {} µs and the server notes which arrive; the latency is the send time of \
+             the first probe with the new verdict (resolution: one probe interval). Added/removed: one NetworkPolicy \
+             allowing the probe port, both ends. Label: the client pod gains (loses) the label a policy pair \
+             selects. Restart: the agent is stopped (enforcement stays pinned), a policy is added while it is down, a \
+             new agent starts: spawn to the new policy in force. Cold: nothing pinned, traffic flowing unenforced: \
+             spawn to the first probe dropped (and to `status --wait`). Memory: agent VmRSS/VmHWM; BPF maps: the sum \
+             of `memlock` over the agent's map file descriptors; fill: entries / capacity.\n",
+            p.probe_interval_us
+        );
+        let _ = writeln!(
+            s,
+            "| pods | policies | policy added | policy removed | label added | label removed | restart + change | cold → first drop | cold → status in sync | RSS (peak) | BPF maps | fill: IPs / policy / endpoints |"
+        );
+        let _ = writeln!(s, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
+        for x in &p.points {
+            let f = |k: &str| {
+                let v = &x.fill[k];
+                format!("{}/{}", v[0], v[1])
+            };
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} ({}) | {} | {} / {} / {} |",
+                human_n(x.pods),
+                human_n(x.policies),
+                fmt_sample(&x.policy_added_ms),
+                fmt_sample(&x.policy_removed_ms),
+                fmt_sample(&x.label_added_ms),
+                fmt_sample(&x.label_removed_ms),
+                fmt_sample(&x.restart_ms),
+                fmt_sample(&x.cold_ms),
+                fmt_sample(&x.cold_status_ms),
+                mib(x.rss_bytes),
+                mib(x.rss_peak_bytes),
+                mib(x.map_bytes),
+                f("ips"),
+                f("policy"),
+                f("endpoints")
+            );
+        }
+        s.push_str("\nAll latencies in ms, median ±spread.\n\n");
+        let _ = writeln!(
+            s,
+            "Where a change's time goes, measured in-process on the same manifests (one run): the file source's \
+             first load, its reload after one new policy file (unchanged files are not parsed again, but every \
+             object is validated again), and one full compile.\n"
+        );
+        let _ = writeln!(
+            s,
+            "| pods | policies | source: first load | source: reload after one new file | compile |\n|---:|---:|---:|---:|---:|"
+        );
+        for x in &p.points {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {} |",
+                human_n(x.pods),
+                human_n(x.policies),
+                fmt(x.source_load_ms),
+                fmt(x.source_reload_ms),
+                fmt(x.compile_ms)
+            );
+        }
+        s.push('\n');
+        if fonts {
+            let diag: Vec<&programming::PointResult> = p.points.iter().filter(|x| x.pods == x.policies).collect();
+            if diag.len() > 1 {
+                let mk = |name: &str, f: &dyn Fn(&programming::PointResult) -> &Sample| Series {
+                    name: name.to_string(),
+                    points: diag.iter().map(|x| (x.pods as f64, f(x).median)).collect(),
+                };
+                let series = vec![
+                    mk("policy added", &|x| &x.policy_added_ms),
+                    mk("label added", &|x| &x.label_added_ms),
+                    mk("restart + change", &|x| &x.restart_ms),
+                    mk("cold start", &|x| &x.cold_ms),
+                ];
+                if plot::lines(
+                    &out.join("programming.png"),
+                    "change in force (first packet) vs cluster size",
+                    "pods = policies",
+                    "ms",
+                    &series,
+                    true,
+                )
+                .is_ok()
+                {
+                    s.push_str("![programming latency against cluster size](programming.png)\n\n");
+                }
+            }
+        }
+        s
+    }
+
+    fn events_md(&self, out: &Path, fonts: bool) -> String {
+        let mut s = String::from("## 4. Verdict event throughput\n\n");
+        let e = match &self.events {
+            None => return String::new(),
+            Some(Err(err)) => return format!("{s}Failed: {err}\n\n"),
+            Some(Ok(e)) => e,
+        };
+        let _ = writeln!(
+            s,
+            "The client pod sends UDP packets on distinct flows (new 5-tuple every packet) that its egress policy \
+             denies, at each offered rate, while `palisade observe -o json` follows the agent ({} pods, {} policies; \
+             the agent's own verdict log goes to /dev/null). Written/lost: the kernel's ring buffer counters; read: \
+             events the agent took from the ring; observed: lines `observe` printed. Loss = (written + lost − \
+             observed) / (written + lost). CPU: user + system time over the step, % of one core. Packets dropped/s \
+             matching packets sent/s shows the packet path never waits for the reader.\n",
+            e.pods, e.policies
+        );
+        let _ = writeln!(
+            s,
+            "| offered pps | sent pps | dropped pps | events written/s | lost in kernel/s | read by agent/s | observed/s | loss | agent CPU | observe CPU |"
+        );
+        let _ = writeln!(s, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        for x in &e.steps {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {} | {} | {} | {:.1}% | {:.0}% | {:.0}% |",
+                if x.offered_pps == 0 { "max".into() } else { x.offered_pps.to_string() },
+                fmt(x.sent_pps),
+                fmt(x.dropped_pps),
+                fmt(x.events_written_ps),
+                fmt(x.events_lost_ps),
+                fmt(x.events_read_ps),
+                fmt(x.events_observed_ps),
+                x.loss_pct,
+                x.agent_cpu_pct,
+                x.observer_cpu_pct
+            );
+        }
+        let _ = writeln!(s, "\nHighest event rate delivered without loss: **{} events/s**.\n", fmt(e.max_lossless_ps));
+        if fonts && e.steps.len() > 1 {
+            let pts = |f: &dyn Fn(&events::Step) -> f64| e.steps.iter().map(|x| (x.sent_pps, f(x))).collect::<Vec<_>>();
+            let series = vec![
+                Series { name: "events written by the kernel".into(), points: pts(&|x| x.events_written_ps) },
+                Series { name: "read by the agent".into(), points: pts(&|x| x.events_read_ps) },
+                Series { name: "observed".into(), points: pts(&|x| x.events_observed_ps) },
+                Series { name: "lost in the kernel".into(), points: pts(&|x| x.events_lost_ps.max(1.0)) },
+            ];
+            if plot::lines(
+                &out.join("events.png"),
+                "verdict events vs offered new flows",
+                "packets/s sent (each a new denied flow)",
+                "events/s",
+                &series,
+                true,
+            )
+            .is_ok()
+            {
+                s.push_str("![events against offered rate](events.png)\n\n");
+            }
+        }
+        s
+    }
+}
+
+const METHOD: &str = "## Method\n\n\
+- Everything runs inside network namespaces the benchmark creates (`plb-*`): a node namespace with forwarding on, \
+  and pods behind veths with /32 and /128 routes on the host side (the ptp CNI wiring). No traffic leaves them. \
+  iptables, ipset and nftables state lives in the node namespace and goes with it; palisade pins under \
+  `/sys/fs/bpf/palisade-bench-*`. Only one engine is active at a time; everything is removed at the end, on \
+  failure and on Ctrl-C.\n\
+- The policy set is generated (see `bench/src/cluster.rs`): 100 namespaces; remote pods with app and tier labels; \
+  policy j is namespace-wide ingress (every 10th), namespace-wide egress with an ipBlock (every 10th, offset 5) or \
+  an app's ingress from another app and a team's web tier on a port or a 32-port range. The local pods are selected \
+  by 1, 10 and 100 namespace-wide policies at 10, 1k and 10k policies. iptables + ipset follows kube-router's \
+  layout (KUBE-ROUTER-FORWARD → KUBE-POD-FW-* with RELATED,ESTABLISHED accepted first → KUBE-NWPLCY-* per policy \
+  with hash:ip / hash:net sets and a mark), with chains and sets for every policy in the cluster; nftables uses \
+  one table with verdict maps keyed by pod address dispatching to per-pod chains of set lookups, \
+  established,related accepted first. kube-network-policies itself decides the first packet of each new \
+  connection in user space (NFQUEUE, with nftables sets selecting what to queue); the in-kernel nftables \
+  baseline here is the faster form of that design. Both baselines are IPv4 (the traffic is IPv4).\n\
+- Pinning: pod-side client and server threads (and iperf3 via taskset) are pinned to the CPUs named per layout; \
+  softirq work of a veth transfer runs on the sending CPU. The agent is not pinned. Everything the benchmark runs \
+  (its threads, iperf3, the agent) runs at nice -20, so other work on the shared machine disturbs it less; the \
+  load averages above say how much other work there was.\n\
+- Repetition: full mode repeats every measurement 3 times (quick: once) and reports the median and the spread \
+  (±half the min–max range, % of the median); ratios are taken within a repetition, then their median reported.\n\
+- Benchmarks measure and report; nothing here fails on a number.\n";
