@@ -155,16 +155,18 @@ fn cases() -> Vec<palisade_e2e::suite::Case<Env>> {
             e.expect(|_| {})
         }),
         ("watch_expiry_forces_a_relist_and_nothing_is_missed", |e| {
-            let before = e.api.requests().lists("pods");
+            let before = e.api.requests().lists("networkpolicies");
             e.api.expire_watches();
-            // A change made while watches are being re-established.
+            // A change made while watches are being re-established: the
+            // agent is not in sync until the relist has brought it in.
             e.api.apply_manifests(&np("x", "deny-x", DENY_X))?;
-            e.agent.wait_in_sync()?;
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while e.api.requests().lists("pods") <= before && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(50));
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while e.agent.status()?["in_sync"] == true {
+                ensure!(Instant::now() < deadline, "the agent did not notice its watches expire");
+                std::thread::sleep(Duration::from_millis(20));
             }
-            ensure!(e.api.requests().lists("pods") > before, "the watcher did not relist after 410 Gone");
+            e.agent.wait_in_sync()?;
+            ensure!(e.api.requests().lists("networkpolicies") > before, "in sync before relisting after 410 Gone");
             e.expect(|m| {
                 m.each(|_, to| (ns_of(to) == "x").then_some(false));
             })

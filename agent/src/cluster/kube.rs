@@ -23,28 +23,50 @@ use std::time::{Duration, Instant};
 
 /// Connection health: watchers report errors (and events), a probe checks
 /// that the API server answers. The state is stale while the probe fails,
-/// or while a watcher still fails after the last good probe.
+/// while a watcher that must relist (410 Gone, a failed list) has not, and
+/// while a watcher still fails after the last good probe. A watch that
+/// merely reconnects resumes from its resourceVersion and may say nothing
+/// until something changes, so for those the probe stands for recovery.
 #[derive(Default)]
 struct Health {
-    /// Kind -> last error and when, cleared by the next good event.
-    errors: Mutex<BTreeMap<&'static str, (String, Instant)>>,
+    /// Kind -> last failure, cleared by the watcher's next good event.
+    errors: Mutex<BTreeMap<&'static str, Failure>>,
     /// The last probe: when it succeeded, or why it failed.
     probe: Mutex<Option<Result<Instant, String>>>,
 }
 
+#[derive(Clone)]
+struct Failure {
+    message: String,
+    at: Instant,
+    /// The watcher starts over with a list: the store misses whatever
+    /// changed until the list is in.
+    relist: bool,
+}
+
+impl Failure {
+    fn new(e: &watcher::Error) -> Failure {
+        let relist = match e {
+            watcher::Error::WatchError(status) => status.code == 410,
+            watcher::Error::InitialListFailed(_) => true,
+            _ => false,
+        };
+        Failure { message: e.to_string(), at: Instant::now(), relist }
+    }
+}
+
 impl Health {
     fn stale(&self) -> Option<String> {
-        let probe = self.probe.lock().ok()?.clone();
-        let errors = self.errors.lock().ok()?.clone();
-        let since = match probe {
+        let since = match self.probe.lock().ok()?.clone() {
             Some(Err(e)) => return Some(format!("the API server does not answer: {e}")),
             Some(Ok(at)) => Some(at),
             None => None,
         };
+        let errors = self.errors.lock().ok()?;
         let failing: Vec<String> = errors
             .iter()
-            .filter(|(_, (_, when))| since.is_none_or(|ok| *when > ok))
-            .map(|(kind, (e, _))| format!("{kind}: {e}"))
+            .filter(|(_, f)| f.relist || since.is_none_or(|ok| f.at > ok))
+            .map(|(kind, f)| format!("{kind}: {}", f.message))
             .collect();
         (!failing.is_empty()).then(|| failing.join("; "))
     }
@@ -159,8 +181,12 @@ where
         let mut stream = std::pin::pin!(stream);
         while let Some(event) = stream.next().await {
             match event {
-                Ok(_) => {
-                    let recovered = health.errors.lock().map(|mut e| e.remove(kind).is_some()).unwrap_or(false);
+                Ok(event) => {
+                    // A relist fills the store only at InitDone: until then
+                    // it still holds the state from before the failure.
+                    let current = !matches!(event, watcher::Event::Init | watcher::Event::InitApply(_));
+                    let recovered =
+                        current && health.errors.lock().map(|mut e| e.remove(kind).is_some()).unwrap_or(false);
                     if recovered {
                         tracing::info!("{kind} watch reconnected");
                     }
@@ -168,14 +194,14 @@ where
                     wake();
                 }
                 Err(e) => {
-                    let first = health
-                        .errors
-                        .lock()
-                        .map(|mut m| m.insert(kind, (e.to_string(), Instant::now())).is_none())
-                        .unwrap_or(false);
+                    let first =
+                        health.errors.lock().map(|mut m| m.insert(kind, Failure::new(&e)).is_none()).unwrap_or(false);
                     if first {
                         tracing::warn!("{kind} watch failed ({e}); keeping the last state in force and retrying");
                     }
+                    // Not in sync from now on: a status asked before the
+                    // next pass must not report the old verdict.
+                    generation.fetch_add(1, Ordering::SeqCst);
                     wake();
                 }
             }
