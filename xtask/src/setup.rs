@@ -10,7 +10,8 @@ use crate::util::{cargo, cmd, is_root, probe, run, which};
 
 /// Debian packages: LLVM for building bpf-linker, and the network tools the
 /// end-to-end tests, demo and benchmarks drive.
-const DEB_PACKAGES: &[&str] = &["llvm-22-dev", "iproute2", "iperf3", "iptables", "nftables", "ipset", "fonts-dejavu-core"];
+const DEB_PACKAGES: &[&str] =
+    &["llvm-22-dev", "iproute2", "iperf3", "iptables", "nftables", "ipset", "fonts-dejavu-core"];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
