@@ -11,7 +11,7 @@ use core::mem::{offset_of, size_of};
 
 /// Bumped whenever a map's key or value layout changes, so an agent never
 /// adopts pinned maps (or runs a program against maps) it does not understand.
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 
 /// Directions in NetworkPolicy terms, seen from the local pod.
 pub const DIR_INGRESS: u8 = 0;
@@ -37,8 +37,10 @@ pub const PROTO_SCTP: u8 = 132;
 /// The wildcard peer identity in a [`PolicyKey`]: any source or destination.
 pub const PEER_ANY: u32 = 0;
 
-/// Key of the IP-to-identity LPM trie: a family byte then the address, so an
-/// IPv6 prefix never covers IPv4 addresses. Prefix length = 8 + CIDR bits.
+/// Key of the IP-to-identity maps: a family byte then the address, so an
+/// IPv6 prefix never covers IPv4 addresses. In the LPM trie the prefix
+/// length is 8 + CIDR bits; single addresses go in the exact-match hash map,
+/// with the bytes past an IPv4 address zero.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct IpKey {
@@ -51,7 +53,16 @@ pub struct IpKey {
 /// Bits of an [`IpKey`] taken by the family byte.
 pub const IP_KEY_FAMILY_BITS: u32 = 8;
 
-/// Value of the IP-to-identity trie.
+/// The LPM prefix length of a single address of `family`.
+pub const fn ip_key_full_len(family: u8) -> u32 {
+    IP_KEY_FAMILY_BITS + if family == FAMILY_V4 { 32 } else { 128 }
+}
+
+/// Map flag: allocate hash entries as they are inserted (the kernel's
+/// BPF_F_NO_PREALLOC), so a large capacity costs memory only when used.
+pub const MAP_NO_PREALLOC: u32 = 1;
+
+/// Value of the IP-to-identity maps.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct IpInfo {
@@ -341,8 +352,13 @@ pub mod stat {
 pub mod maps {
     /// ifindex -> [`super::Endpoint`].
     pub const ENDPOINTS: &str = "PALISADE_ENDPOINTS";
-    /// LPM [`super::IpKey`] -> [`super::IpInfo`].
+    /// LPM [`super::IpKey`] -> [`super::IpInfo`]: CIDRs shorter than a
+    /// single address.
     pub const IPS: &str = "PALISADE_IPS";
+    /// Hash [`super::IpKey`] -> [`super::IpInfo`]: single addresses (pods,
+    /// Services, nodes). Looked up first: a full-length match is always the
+    /// longest, and a hash lookup costs a fraction of a trie walk.
+    pub const HOSTS: &str = "PALISADE_HOSTS";
     /// LPM [`super::PolicyKey`] -> [`super::PolicyValue`].
     pub const POLICY: &str = "PALISADE_POLICY";
     /// LRU [`super::CtKey`] -> [`super::CtEntry`].
@@ -375,8 +391,10 @@ pub mod programs {
 pub mod capacity {
     /// Local endpoints on one node.
     pub const ENDPOINTS: u32 = 16 * 1024;
-    /// IP and CIDR entries (every pod in the cluster, every ipBlock).
+    /// CIDR entries (ipBlocks and their exceptions).
     pub const IPS: u32 = 512 * 1024;
+    /// Single addresses (every pod and Service in the cluster).
+    pub const HOSTS: u32 = 512 * 1024;
     /// Policy entries for the node's identities.
     pub const POLICY: u32 = 1024 * 1024;
     /// Tracked flows.

@@ -20,10 +20,10 @@ use aya_ebpf::{
 };
 use palisade_common::{
     CFG_LOG_NEW_FLOWS, CT_ALLOWED, CT_AUDITED, CT_DEFERRED, Config, CtEntry, CtKey, DIR_EGRESS, DIR_INGRESS, EP_AUDIT,
-    EP_EGRESS_ISOLATED, EP_INGRESS_ISOLATED, EP_PENDING, EVF_FRAGMENT, EVF_REDECIDED, Endpoint, Event, FAMILY_V4,
-    FragKey, FragPorts, IP_KEY_FAMILY_BITS, IP_SERVICE, IpInfo, IpKey, PEER_ANY, POLICY_PREFIX_FULL, PROTO_TCP,
-    PolicyKey, PolicyValue, REASON_MALFORMED, REASON_NO_RULE, REASON_NOT_ISOLATED, REASON_PENDING, REASON_RULE,
-    SuppressEntry, VERDICT_ALLOWED, VERDICT_AUDIT, VERDICT_DROPPED, capacity, stat,
+    EP_EGRESS_ISOLATED, EP_INGRESS_ISOLATED, EP_PENDING, EVF_FRAGMENT, EVF_REDECIDED, Endpoint, Event, FragKey,
+    FragPorts, IP_SERVICE, IpInfo, IpKey, MAP_NO_PREALLOC, PEER_ANY, POLICY_PREFIX_FULL, PROTO_TCP, PolicyKey,
+    PolicyValue, REASON_MALFORMED, REASON_NO_RULE, REASON_NOT_ISOLATED, REASON_PENDING, REASON_RULE, SuppressEntry,
+    VERDICT_ALLOWED, VERDICT_AUDIT, VERDICT_DROPPED, capacity, ip_key_full_len, stat,
 };
 use parse::{FRAG_FIRST, FRAG_LATER, PARSED_IP, PARSED_NOT_IP, Packet};
 
@@ -44,6 +44,9 @@ static ENDPOINTS: HashMap<u32, Endpoint> = HashMap::pinned(capacity::ENDPOINTS, 
 
 #[map(name = "PALISADE_IPS")]
 static IPS: LpmTrie<IpKey, IpInfo> = LpmTrie::pinned(capacity::IPS, 0);
+
+#[map(name = "PALISADE_HOSTS")]
+static HOSTS: HashMap<IpKey, IpInfo> = HashMap::pinned(capacity::HOSTS, MAP_NO_PREALLOC);
 
 #[map(name = "PALISADE_POLICY")]
 static POLICY: LpmTrie<PolicyKey, PolicyValue> = LpmTrie::pinned(capacity::POLICY, 0);
@@ -125,12 +128,10 @@ fn mark_deferred(ctx: &TcContext, cfg: &Config) {
 /// connection tracking, as if its egress hook had seen the backend.
 #[inline(always)]
 fn judge_deferred(cfg: &Config, pkt: &Packet) -> i32 {
-    let bits = if pkt.family == FAMILY_V4 { 32 } else { 128 };
-    let src = LpmKey::new(IP_KEY_FAMILY_BITS + bits, IpKey { family: pkt.family, addr: pkt.src });
-    let ifindex = match IPS.get(&src) {
-        Some(info) if info.ifindex != 0 => info.ifindex,
-        _ => return PASS,
-    };
+    let ifindex = ip_info(pkt.family, &pkt.src).ifindex;
+    if ifindex == 0 {
+        return PASS;
+    }
     let Some(ep) = (unsafe { ENDPOINTS.get(&ifindex) }) else {
         return PASS;
     };
@@ -342,6 +343,22 @@ fn judge(ctx: &TcContext, ifindex: u32, ep: &Endpoint, dir: u8, cfg: &Config, pk
     PASS
 }
 
+/// What the maps say about an address: the exact entry of a pod, Service
+/// or node if there is one, else the longest CIDR covering it, else any
+/// peer. (A plain value, not an Option: LLVM leaves an Option's fields
+/// partly undefined on the None path, which the verifier rejects.)
+#[inline(always)]
+fn ip_info(family: u8, addr: &[u8; 16]) -> IpInfo {
+    let key = IpKey { family, addr: *addr };
+    if let Some(info) = unsafe { HOSTS.get(&key) } {
+        return *info;
+    }
+    match IPS.get(&LpmKey::new(ip_key_full_len(family), key)) {
+        Some(info) => *info,
+        None => IpInfo { identity: PEER_ANY, flags: 0, ifindex: 0 },
+    }
+}
+
 /// Judges a flow by policy alone: isolation, then the most specific rule
 /// for the peer's identity, then rules that allow any peer.
 #[inline(always)]
@@ -351,12 +368,8 @@ fn decide(ep: &Endpoint, dir: u8, remote: &[u8; 16], family: u8, protocol: u8, p
     if !isolated && !want_peer {
         return Decision { allowed: true, defer: false, reason: REASON_NOT_ISOLATED, rule: 0, peer: 0 };
     }
-    let bits = if family == FAMILY_V4 { 32 } else { 128 };
-    let ip_key = LpmKey::new(IP_KEY_FAMILY_BITS + bits, IpKey { family, addr: *remote });
-    let (peer, peer_flags) = match IPS.get(&ip_key) {
-        Some(info) => (info.identity, info.flags),
-        None => (PEER_ANY, 0),
-    };
+    let info = ip_info(family, remote);
+    let (peer, peer_flags) = (info.identity, info.flags);
     if !isolated {
         return Decision { allowed: true, defer: false, reason: REASON_NOT_ISOLATED, rule: 0, peer };
     }

@@ -22,8 +22,8 @@ use aya::programs::{LinkOrder, SchedClassifier, TcAttachType};
 use aya::{Ebpf, EbpfLoader};
 use netlink::Interfaces;
 use palisade_common::{
-    CFG_LOG_NEW_FLOWS, Config, Endpoint, IpInfo, IpKey, LAYOUT_VERSION, PolicyKey, PolicyValue, capacity, maps,
-    programs,
+    CFG_LOG_NEW_FLOWS, Config, Endpoint, IpInfo, IpKey, LAYOUT_VERSION, PolicyKey, PolicyValue, capacity,
+    ip_key_full_len, maps, programs,
 };
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -136,6 +136,7 @@ pub struct Datapath {
     ebpf: Ebpf,
     endpoints: HashMap<MapData, u32, Endpoint>,
     ips: LpmTrie<MapData, IpKey, IpInfo>,
+    hosts: HashMap<MapData, IpKey, IpInfo>,
     policy: LpmTrie<MapData, PolicyKey, PolicyValue>,
     config_map: Array<MapData, Config>,
     stats: PerCpuArray<MapData, u64>,
@@ -178,6 +179,7 @@ impl Datapath {
         }
         let endpoints: HashMap<_, u32, Endpoint> = take(&mut ebpf, maps::ENDPOINTS)?;
         let ips: LpmTrie<_, IpKey, IpInfo> = take(&mut ebpf, maps::IPS)?;
+        let hosts: HashMap<_, IpKey, IpInfo> = take(&mut ebpf, maps::HOSTS)?;
         let policy: LpmTrie<_, PolicyKey, PolicyValue> = take(&mut ebpf, maps::POLICY)?;
         let config_map: Array<_, Config> = take(&mut ebpf, maps::CONFIG)?;
         let stats = take(&mut ebpf, maps::STATS)?;
@@ -189,6 +191,10 @@ impl Datapath {
         for item in ips.iter() {
             let (k, v) = item?;
             realized.ips.insert(IpPrefix { prefix_len: k.prefix_len(), key: k.data() }, v);
+        }
+        for item in hosts.iter() {
+            let (k, v) = item?;
+            realized.ips.insert(IpPrefix { prefix_len: ip_key_full_len(k.family), key: k }, v);
         }
         for item in policy.iter() {
             let (k, v) = item?;
@@ -204,6 +210,7 @@ impl Datapath {
             ebpf,
             endpoints,
             ips,
+            hosts,
             policy,
             config_map,
             stats,
@@ -403,7 +410,12 @@ impl Datapath {
             if self.realized.ips.get(k) == Some(v) {
                 continue;
             }
-            match self.ips.insert(&LpmKey::new(k.prefix_len, k.key), v, 0) {
+            let written = if k.prefix_len == ip_key_full_len(k.key.family) {
+                self.hosts.insert(k.key, v, 0)
+            } else {
+                self.ips.insert(&LpmKey::new(k.prefix_len, k.key), v, 0)
+            };
+            match written {
                 Ok(()) => {
                     self.realized.ips.insert(*k, *v);
                     report.changes += 1;
@@ -429,7 +441,12 @@ impl Datapath {
         let stale: Vec<IpPrefix> =
             self.realized.ips.keys().filter(|k| !compiled.ips.contains_key(k)).copied().collect();
         for k in stale {
-            match self.ips.remove(&LpmKey::new(k.prefix_len, k.key)) {
+            let removed = if k.prefix_len == ip_key_full_len(k.key.family) {
+                self.hosts.remove(&k.key)
+            } else {
+                self.ips.remove(&LpmKey::new(k.prefix_len, k.key))
+            };
+            match removed {
                 Ok(()) => report.changes += 1,
                 Err(e) => report.errors.push(format!("address map: {e}")),
             }
@@ -523,7 +540,7 @@ impl Datapath {
     pub fn fill(&self) -> MapFill {
         MapFill {
             endpoints: (self.realized.endpoints.len(), capacity::ENDPOINTS),
-            ips: (self.realized.ips.len(), capacity::IPS),
+            ips: (self.realized.ips.len(), capacity::IPS + capacity::HOSTS),
             policy: (self.realized.policy.len(), capacity::POLICY),
             // Counting the tracked flows walks the whole table: the agent
             // does it on a slow timer (see `pinned::Pinned::tracked_flows`).
@@ -539,9 +556,10 @@ fn check_pinned_layout(maps_dir: &Path) -> Result<()> {
     use palisade_common::*;
     use std::mem::size_of;
     let lpm = |data: usize| 4 + data;
-    let expected: [(&str, usize, usize, u32); 8] = [
+    let expected: [(&str, usize, usize, u32); 9] = [
         (maps::ENDPOINTS, size_of::<u32>(), size_of::<Endpoint>(), capacity::ENDPOINTS),
         (maps::IPS, lpm(size_of::<IpKey>()), size_of::<IpInfo>(), capacity::IPS),
+        (maps::HOSTS, size_of::<IpKey>(), size_of::<IpInfo>(), capacity::HOSTS),
         (maps::POLICY, lpm(size_of::<PolicyKey>()), size_of::<PolicyValue>(), capacity::POLICY),
         (maps::CONNTRACK, size_of::<CtKey>(), size_of::<CtEntry>(), capacity::CONNTRACK),
         (maps::SUPPRESS, size_of::<SuppressKey>(), size_of::<SuppressEntry>(), capacity::SUPPRESS),

@@ -6,8 +6,8 @@ use anyhow::{Context, Result};
 use aya::maps::lpm_trie::Key as LpmKey;
 use aya::maps::{HashMap, LpmTrie, Map, MapData, PerCpuArray};
 use palisade_common::{
-    CtEntry, CtKey, Endpoint, IP_KEY_FAMILY_BITS, IpInfo, IpKey, LAYOUT_VERSION, POLICY_PREFIX_FULL, PolicyKey,
-    PolicyValue, maps, stat,
+    CtEntry, CtKey, Endpoint, IpInfo, IpKey, LAYOUT_VERSION, POLICY_PREFIX_FULL, PolicyKey, PolicyValue,
+    ip_key_full_len, maps, stat,
 };
 use std::net::IpAddr;
 use std::path::Path;
@@ -15,6 +15,7 @@ use std::path::Path;
 pub struct Pinned {
     endpoints: HashMap<MapData, u32, Endpoint>,
     ips: LpmTrie<MapData, IpKey, IpInfo>,
+    hosts: HashMap<MapData, IpKey, IpInfo>,
     policy: LpmTrie<MapData, PolicyKey, PolicyValue>,
     stats: PerCpuArray<MapData, u64>,
     conntrack: HashMap<MapData, CtKey, CtEntry>,
@@ -32,6 +33,7 @@ impl Pinned {
         Ok(Pinned {
             endpoints: open(dir, maps::ENDPOINTS)?,
             ips: open(dir, maps::IPS)?,
+            hosts: open(dir, maps::HOSTS)?,
             policy: open(dir, maps::POLICY)?,
             stats: open(dir, maps::STATS)?,
             conntrack: open(dir, maps::CONNTRACK)?,
@@ -42,11 +44,13 @@ impl Pinned {
         self.endpoints.get(&ifindex, 0).ok()
     }
 
-    /// The peer identity the kernel gives an address (longest prefix).
+    /// The peer identity the kernel gives an address: its exact entry, else
+    /// the longest prefix (as the classifier looks it up).
     pub fn peer_identity(&self, ip: IpAddr) -> Option<u32> {
         let (family, addr) = family_addr(ip);
-        let bits = if ip.is_ipv4() { 32 } else { 128 };
-        self.ips.get(&LpmKey::new(IP_KEY_FAMILY_BITS + bits, IpKey { family, addr }), 0).ok().map(|v| v.identity)
+        let key = IpKey { family, addr };
+        let info = self.hosts.get(&key, 0).or_else(|_| self.ips.get(&LpmKey::new(ip_key_full_len(family), key), 0));
+        info.ok().map(|v| v.identity)
     }
 
     /// Sums of the per-CPU counters, indexed by [`stat`].
