@@ -138,9 +138,10 @@ impl FileSource {
     }
 
     fn build(&mut self) -> Snapshot {
-        let pairs: Vec<(String, &Checked)> =
-            self.files.iter().flat_map(|(p, f)| f.objects.iter().map(move |o| (p.display().to_string(), o))).collect();
-        let mut snap = self.validator.snapshot(pairs.iter().map(|(s, o)| (s.as_str(), *o)));
+        let sources: Vec<String> = self.files.keys().map(|p| p.display().to_string()).collect();
+        let pairs =
+            sources.iter().zip(self.files.values()).flat_map(|(s, f)| f.objects.iter().map(move |o| (s.as_str(), o)));
+        let mut snap = self.validator.snapshot(pairs);
         let file_errors: Vec<InputError> = self.files.values().flat_map(|f| f.errors.iter().cloned()).collect();
         snap.errors.splice(0..0, file_errors);
         snap

@@ -9,7 +9,7 @@ use crate::policy::model::{FieldError, Namespace, Pod, Policy};
 use k8s_openapi::api::core::v1::{Namespace as K8sNamespace, Pod as K8sPod, Service as K8sService};
 use k8s_openapi::api::networking::v1::NetworkPolicy as K8sPolicy;
 use serde_json::Value;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 /// The kinds palisade reads.
@@ -184,7 +184,13 @@ impl Validator {
             seen.insert(key, source);
             let chosen = match &checked.result {
                 Ok(v) => {
-                    self.last_good.insert(key.clone(), v.clone());
+                    // Overwrite in place: most objects are there already.
+                    match self.last_good.get_mut(key) {
+                        Some(good) => *good = v.clone(),
+                        None => {
+                            self.last_good.insert(key.clone(), v.clone());
+                        }
+                    }
                     Some(v.clone())
                 }
                 Err(errors) => {
@@ -221,8 +227,7 @@ impl Validator {
                 None => {}
             }
         }
-        let keep: HashSet<ObjKey> = seen.into_keys().cloned().collect();
-        self.last_good.retain(|k, _| keep.contains(k));
+        self.last_good.retain(|k, _| seen.contains_key(k));
         snap
     }
 }
