@@ -195,17 +195,18 @@ struct LabelGroup<'a> {
 
 impl LabelGroup<'_> {
     fn content_hash(&self) -> u64 {
+        use std::fmt::Write;
         let mut s = format!("pod\0{}\0", self.namespace);
         for (k, v) in self.ns_labels {
-            s.push_str(&format!("{k}={v};"));
+            let _ = write!(s, "{k}={v};");
         }
         s.push('\0');
         for (k, v) in self.labels {
-            s.push_str(&format!("{k}={v};"));
+            let _ = write!(s, "{k}={v};");
         }
         s.push('\0');
         for p in self.ports {
-            s.push_str(&format!("{}/{}/{};", p.name, p.port, p.protocol));
+            let _ = write!(s, "{}/{}/{};", p.name, p.port, p.protocol);
         }
         ids::hash_parts(&[s.as_bytes()])
     }
@@ -254,11 +255,12 @@ struct PeerIdentity {
 type RuleOrder = (usize, Direction, usize);
 
 /// Collects policy entries, keeping the first rule in [`RuleOrder`]. (A
-/// hash map: rules add many more entries than survive, and ordered inserts
-/// cost several times more at 10k policies; the result is sorted once.)
+/// hash map with a fast hasher: this is the compiler's hottest spot, and
+/// ordered inserts cost several times more at 10k policies; the result is
+/// sorted once.)
 #[derive(Default)]
 struct Entries {
-    map: HashMap<PolicyPrefix, (RuleOrder, u32)>,
+    map: foldhash::HashMap<PolicyPrefix, (RuleOrder, u32)>,
 }
 
 impl Entries {
@@ -459,11 +461,20 @@ pub fn compile(input: &Input, node: &Node) -> Compiled {
 
     // Rules.
     let policies: Vec<&Policy> = input.policies.values().map(|p| p.as_ref()).collect();
-    let rule_numbers = ids::assign(policies.iter().flat_map(|p| {
+    // Rule numbers: each policy's ingress rules, then its egress rules.
+    let mut rule_keys = Vec::new();
+    let mut first_rule = Vec::with_capacity(policies.len());
+    for p in &policies {
+        first_rule.push(rule_keys.len());
         let ingress = p.ingress.iter().flatten().enumerate().map(|(i, _)| rule_canon(p, Direction::Ingress, i));
         let egress = p.egress.iter().flatten().enumerate().map(|(i, _)| rule_canon(p, Direction::Egress, i));
-        ingress.chain(egress).collect::<Vec<_>>()
-    }));
+        rule_keys.extend(ingress.chain(egress));
+    }
+    let rule_numbers = ids::assign(&rule_keys);
+    let rule_id = |pi: usize, dir: Direction, ri: usize| {
+        let skip = if dir == Direction::Ingress { 0 } else { policies[pi].ingress.as_ref().map_or(0, Vec::len) };
+        rule_numbers[first_rule[pi] + skip + ri]
+    };
     let mut flags: BTreeMap<usize, u32> = BTreeMap::new();
     let mut entries = Entries::default();
     let mut selector_cache: HashMap<(String, &NamespaceMatch, &super::model::Selector), BTreeSet<u32>> = HashMap::new();
@@ -477,7 +488,7 @@ pub fn compile(input: &Input, node: &Node) -> Compiled {
         for (dir, rules) in [(Direction::Ingress, &policy.ingress), (Direction::Egress, &policy.egress)] {
             let Some(rules) = rules else { continue };
             for (ri, _) in rules.iter().enumerate() {
-                let rid = rule_numbers[&rule_canon(policy, dir, ri)];
+                let rid = rule_id(pi, dir, ri);
                 out.catalog.rules.insert(rid, RuleInfo { policy: Some(pref.clone()), direction: dir, index: ri });
             }
             if selected.is_empty() {
@@ -489,7 +500,7 @@ pub fn compile(input: &Input, node: &Node) -> Compiled {
                 out.catalog.isolating.entry((label_ids[li], dir)).or_default().push(pref.clone());
             }
             for (ri, rule) in rules.iter().enumerate() {
-                let rid = rule_numbers[&rule_canon(policy, dir, ri)];
+                let rid = rule_id(pi, dir, ri);
                 let order = (pi, dir, ri);
                 let peer_set = rule_peers(rule, policy, &labels, &peers_of_label, &peers, &mut selector_cache);
                 let ctx = RuleCtx {

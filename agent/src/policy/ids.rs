@@ -6,7 +6,7 @@
 //! (a new agent finds the pinned maps already right). Collisions are
 //! resolved by probing in key order, which is deterministic too.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 /// Numbers below this are reserved for fixed meanings.
 pub const FIRST_DYNAMIC: u32 = 256;
@@ -52,17 +52,19 @@ pub fn assign_hashed<K: Ord + Copy>(keys: impl IntoIterator<Item = (K, u64)>) ->
     out
 }
 
-/// Assigns a distinct number to every key.
-pub fn assign<K: AsRef<str> + Ord + Clone>(keys: impl IntoIterator<Item = K>) -> BTreeMap<K, u32> {
-    let keys: BTreeSet<K> = keys.into_iter().collect();
-    let mut used = BTreeSet::new();
-    let mut out = BTreeMap::new();
-    for key in keys {
-        let mut id = fold(fnv1a(key.as_ref().as_bytes()));
+/// Assigns a distinct number to every key (the keys are distinct); the
+/// numbers come back in the order of `keys`.
+pub fn assign<K: AsRef<str> + Ord>(keys: &[K]) -> Vec<u32> {
+    let mut order: Vec<usize> = (0..keys.len()).collect();
+    order.sort_unstable_by(|&a, &b| keys[a].cmp(&keys[b]));
+    let mut used = std::collections::HashSet::with_capacity(keys.len());
+    let mut out = vec![0; keys.len()];
+    for i in order {
+        let mut id = fold(fnv1a(keys[i].as_ref().as_bytes()));
         while !used.insert(id) {
             id = id.checked_add(1).unwrap_or(FIRST_DYNAMIC);
         }
-        out.insert(key, id);
+        out[i] = id;
     }
     out
 }
@@ -70,17 +72,18 @@ pub fn assign<K: AsRef<str> + Ord + Clone>(keys: impl IntoIterator<Item = K>) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeSet;
 
     #[test]
     fn numbers_are_stable_distinct_and_not_reserved() {
-        let a = assign(["x", "y", "z"]);
-        let b = assign(["z", "y", "x", "w"]);
-        for k in ["x", "y", "z"] {
-            assert_eq!(a[k], b[k]);
-            assert!(a[k] >= FIRST_DYNAMIC);
+        let a = assign(&["x", "y", "z"]);
+        let b = assign(&["z", "y", "x", "w"]);
+        for (i, j) in [(0, 2), (1, 1), (2, 0)] {
+            assert_eq!(a[i], b[j]);
+            assert!(a[i] >= FIRST_DYNAMIC);
         }
-        let many = assign((0..20_000).map(|i| format!("k{i}")));
-        let distinct: BTreeSet<_> = many.values().collect();
+        let many = assign(&(0..20_000).map(|i| format!("k{i}")).collect::<Vec<_>>());
+        let distinct: BTreeSet<_> = many.iter().collect();
         assert_eq!(distinct.len(), 20_000);
     }
 }
