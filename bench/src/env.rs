@@ -5,7 +5,8 @@
 //! everything on success, failure and Ctrl-C alike.
 
 use anyhow::{Context, Result, bail};
-use palisade_e2e::netns::{enter, ip, ip_batch};
+use palisade_e2e::netns::{enter, ip, ip_batch, sysctl_in};
+use palisade_e2e::pods::wire;
 use serde_json::Value;
 use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -151,14 +152,6 @@ fn netns_del(name: &str) {
     registry().netns.remove(name);
 }
 
-fn sysctl_in(ns: &str, key: &str, value: &str) -> Result<()> {
-    let out = Command::new("ip").args(["netns", "exec", ns, "sysctl", "-qw", &format!("{key}={value}")]).output()?;
-    if !out.status.success() {
-        bail!("sysctl {key}={value} in {ns}: {}", String::from_utf8_lossy(&out.stderr).trim());
-    }
-    Ok(())
-}
-
 /// The node: a namespace of its own, with forwarding on. Deleted on drop
 /// (its veths, routes, iptables rules, ipsets and nftables tables go with it).
 pub struct Node {
@@ -172,8 +165,8 @@ impl Node {
         // The pods' gateway address is the node's own (on lo), so the node
         // answers their ARP for it on every veth.
         ip_batch(Some(&netns), &["link set lo up".to_string(), "addr add 169.254.1.1/32 dev lo".to_string()])?;
-        sysctl_in(&netns, "net.ipv4.ip_forward", "1")?;
-        sysctl_in(&netns, "net.ipv6.conf.all.forwarding", "1")?;
+        sysctl_in(Some(&netns), "net.ipv4.ip_forward", "1")?;
+        sysctl_in(Some(&netns), "net.ipv6.conf.all.forwarding", "1")?;
         Ok(Node { netns })
     }
 
@@ -214,34 +207,7 @@ impl Pod {
         let netns = format!("{PREFIX}-{name}");
         let host_if = format!("{PREFIX}{name}");
         netns_add(&netns)?;
-        sysctl_in(&netns, "net.ipv6.conf.all.accept_dad", "0")?;
-        sysctl_in(&netns, "net.ipv6.conf.default.accept_dad", "0")?;
-        ip_batch(
-            Some(&node.netns),
-            &[
-                format!("link add {host_if} type veth peer name eth0 netns {netns}"),
-                format!("link set {host_if} up"),
-                format!("addr add fe80::1/64 dev {host_if} nodad"),
-                format!("route add {ip4}/32 dev {host_if}"),
-            ],
-        )
-        .context("host side")?;
-        sysctl_in(&node.netns, &format!("net.ipv4.conf.{host_if}.proxy_arp"), "1")?;
-        ip_batch(
-            Some(&netns),
-            &[
-                "link set lo up".to_string(),
-                "link set eth0 up".to_string(),
-                format!("addr add {ip4}/32 dev eth0"),
-                format!("addr add {ip6}/128 dev eth0 nodad"),
-                "route add 169.254.1.1 dev eth0 scope link".to_string(),
-                "route add default via 169.254.1.1 dev eth0".to_string(),
-                "route add default via fe80::1 dev eth0".to_string(),
-            ],
-        )
-        .context("pod side")?;
-        // The /128 route needs the host side's link-local address in place.
-        ip_batch(Some(&node.netns), &[format!("route add {ip6}/128 dev {host_if}")]).context("v6 route")?;
+        wire(Some(&node.netns), &netns, &host_if, ip4, ip6)?;
         Ok(Pod { netns, host_if, ip4, ip6 })
     }
 }

@@ -43,6 +43,19 @@ pub fn sysctl(key: &str, value: &str) -> Result<()> {
     std::fs::write(&path, value).with_context(|| format!("sysctl {key}={value}"))
 }
 
+/// Sets a sysctl inside the named namespace (None: the calling thread's).
+pub fn sysctl_in(netns: Option<&str>, key: &str, value: &str) -> Result<()> {
+    let Some(ns) = netns else { return sysctl(key, value) };
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            enter(ns)?;
+            sysctl(key, value)
+        })
+        .join()
+        .expect("sysctl thread")
+    })
+}
+
 /// Enters the named network namespace on the calling thread.
 pub fn enter(name: &str) -> Result<()> {
     let f = std::fs::File::open(format!("/var/run/netns/{name}")).with_context(|| format!("netns {name}"))?;

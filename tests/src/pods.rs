@@ -3,7 +3,7 @@
 //! the pod, proxy ARP and a link-local IPv6 gateway, and a default route in
 //! the pod. Each pod serves TCP and UDP echo on ports 80 and 81.
 
-use crate::netns::{Netns, ip_batch, sysctl};
+use crate::netns::{Netns, ip_batch, sysctl, sysctl_in};
 use anyhow::{Context, Result};
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -36,6 +36,39 @@ pub struct PodSpec {
     pub ports: Vec<Port>,
 }
 
+/// Wires the existing namespace `pod_ns` to the node namespace `node_ns`
+/// (None: the calling thread's) the ptp-CNI way: a veth (`host_if` on the
+/// node, eth0 in the pod) with proxy ARP and the link-local gateway on the
+/// host side, /32 and /128 routes to the pod, default routes in the pod
+/// through 169.254.1.1 and fe80::1.
+pub fn wire(node_ns: Option<&str>, pod_ns: &str, host_if: &str, ip4: Ipv4Addr, ip6: Ipv6Addr) -> Result<()> {
+    for key in ["net.ipv6.conf.default.accept_dad", "net.ipv6.conf.all.accept_dad"] {
+        sysctl_in(Some(pod_ns), key, "0")?;
+    }
+    ip_batch(
+        node_ns,
+        &[
+            format!("link add {host_if} type veth peer name eth0 netns {pod_ns}"),
+            format!("link set {host_if} up"),
+            format!("addr add fe80::1/64 dev {host_if} nodad"),
+        ],
+    )
+    .context("host side")?;
+    sysctl_in(node_ns, &format!("net.ipv4.conf.{host_if}.proxy_arp"), "1")?;
+    let inside = [
+        "link set lo up".to_string(),
+        "link set eth0 up".to_string(),
+        format!("addr add {ip4}/32 dev eth0"),
+        format!("addr add {ip6}/128 dev eth0 nodad"),
+        "route add 169.254.1.1 dev eth0 scope link".to_string(),
+        "route add default via 169.254.1.1 dev eth0".to_string(),
+        "route add default via fe80::1 dev eth0".to_string(),
+    ];
+    ip_batch(Some(pod_ns), &inside).context("pod side")?;
+    ip_batch(node_ns, &[format!("route add {ip4}/32 dev {host_if}"), format!("route add {ip6}/128 dev {host_if}")])
+        .context("host routes")
+}
+
 pub struct Pod {
     pub spec: PodSpec,
     pub netns: Netns,
@@ -58,33 +91,7 @@ impl Pod {
         // veth removes both ends at once (a namespace's go asynchronously).
         let _ = crate::netns::ip(&["link", "del", host_if]);
         let netns = Netns::create(netns_name)?;
-        netns.run(|| {
-            for key in ["net.ipv6.conf.default.accept_dad", "net.ipv6.conf.all.accept_dad"] {
-                let _ = sysctl(key, "0");
-            }
-        });
-        let (ip4, ip6) = (spec.ip4, spec.ip6);
-        ip_batch(
-            None,
-            &[
-                format!("link add {host_if} type veth peer name eth0 netns {netns_name}"),
-                format!("link set {host_if} up"),
-                format!("addr add fe80::1/64 dev {host_if} nodad"),
-            ],
-        )?;
-        sysctl(&format!("net.ipv4.conf.{host_if}.proxy_arp"), "1")?;
-        let inside = [
-            "link set lo up".to_string(),
-            "link set eth0 up".to_string(),
-            format!("addr add {ip4}/32 dev eth0"),
-            format!("addr add {ip6}/128 dev eth0 nodad"),
-            "route add 169.254.1.1 dev eth0 scope link".to_string(),
-            "route add default via 169.254.1.1 dev eth0".to_string(),
-            "route add default via fe80::1 dev eth0".to_string(),
-        ];
-        ip_batch(Some(netns_name), &inside).context("pod side")?;
-        ip_batch(None, &[format!("route add {ip4}/32 dev {host_if}"), format!("route add {ip6}/128 dev {host_if}")])
-            .context("host routes")?;
+        wire(None, netns_name, host_if, spec.ip4, spec.ip6)?;
         let pod = Pod { spec, netns, host_if: host_if.to_string() };
         pod.serve()?;
         Ok(pod)
