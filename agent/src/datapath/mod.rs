@@ -410,7 +410,7 @@ impl Datapath {
             if self.realized.ips.get(k) == Some(v) {
                 continue;
             }
-            let written = if k.prefix_len == ip_key_full_len(k.key.family) {
+            let written = if k.is_address() {
                 self.hosts.insert(k.key, v, 0)
             } else {
                 self.ips.insert(&LpmKey::new(k.prefix_len, k.key), v, 0)
@@ -441,7 +441,7 @@ impl Datapath {
         let stale: Vec<IpPrefix> =
             self.realized.ips.keys().filter(|k| !compiled.ips.contains_key(k)).copied().collect();
         for k in stale {
-            let removed = if k.prefix_len == ip_key_full_len(k.key.family) {
+            let removed = if k.is_address() {
                 self.hosts.remove(&k.key)
             } else {
                 self.ips.remove(&LpmKey::new(k.prefix_len, k.key))

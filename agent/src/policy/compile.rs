@@ -45,6 +45,11 @@ impl IpPrefix {
         IpPrefix { prefix_len: IP_KEY_FAMILY_BITS + u32::from(net.prefix_len()), key: IpKey { family, addr } }
     }
 
+    /// A single address (kept in the exact-match map, not the trie).
+    pub fn is_address(&self) -> bool {
+        self.prefix_len == palisade_common::ip_key_full_len(self.key.family)
+    }
+
     pub fn to_net(self) -> Option<IpNet> {
         let len = self.prefix_len.checked_sub(IP_KEY_FAMILY_BITS)? as u8;
         let addr = match self.key.family {
