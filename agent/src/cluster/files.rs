@@ -3,7 +3,8 @@
 //! not change since the last load are not parsed again; a file that no
 //! longer parses keeps its last parsed objects in force.
 
-use super::objects::{Checked, Kind, Raw, Validator};
+use super::convert::{Checked, check_documents};
+use super::objects::Validator;
 use super::{InputError, Snapshot};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -148,10 +149,9 @@ impl FileSource {
     }
 }
 
-/// Parses one file into the objects palisade reads. Documents of other
-/// kinds (Deployments, Services...) are skipped; documents that are not
-/// Kubernetes objects at all are reported.
-fn parse(text: &str, source: &str) -> Result<(Vec<Checked>, Vec<InputError>), String> {
+/// Parses one file into the objects palisade reads (see
+/// [`check_documents`]).
+pub(super) fn parse(text: &str, source: &str) -> Result<(Vec<Checked>, Vec<InputError>), String> {
     let docs: Vec<Value> = if source.ends_with(".json") {
         // JSON is YAML too, but a JSON parser reads it many times faster.
         serde_json::Deserializer::from_str(text)
@@ -164,39 +164,7 @@ fn parse(text: &str, source: &str) -> Result<(Vec<Checked>, Vec<InputError>), St
             first.lines().next().unwrap_or("invalid YAML").to_string()
         })?
     };
-    let mut objects = Vec::new();
-    let mut errors = Vec::new();
-    let mut push = |value: Value, path: String| {
-        let api = value.get("apiVersion").and_then(Value::as_str).unwrap_or("");
-        let kind = value.get("kind").and_then(Value::as_str).unwrap_or("");
-        if api.is_empty() || kind.is_empty() {
-            errors.push(InputError {
-                source: source.to_string(),
-                object: path,
-                field: if api.is_empty() { "apiVersion".into() } else { "kind".into() },
-                message: "Required value: not a Kubernetes object".into(),
-                action: "ignored".into(),
-            });
-            return;
-        }
-        if let Some(k) = Kind::of(api, kind) {
-            objects.push(Checked::new(&Raw::from_value(k, value)));
-        }
-    };
-    for (i, doc) in docs.into_iter().enumerate() {
-        if doc.is_null() {
-            continue;
-        }
-        if doc.get("kind").and_then(Value::as_str).is_some_and(|k| k == "List" || k.ends_with("List")) {
-            let items = doc.get("items").and_then(Value::as_array).cloned().unwrap_or_default();
-            for (j, item) in items.into_iter().enumerate() {
-                push(item, format!("document {} items[{j}]", i + 1));
-            }
-        } else {
-            push(doc, format!("document {}", i + 1));
-        }
-    }
-    Ok((objects, errors))
+    Ok(check_documents(docs, source))
 }
 
 #[cfg(test)]

@@ -6,7 +6,8 @@
 //! reports itself stale.
 
 use super::Snapshot;
-use super::objects::{Checked, ObjKey, Raw, Validator};
+use super::convert::{AUDIT_ANNOTATION, Checked, ObjKey, Raw};
+use super::objects::Validator;
 use anyhow::{Context, Result};
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::{Container, Namespace, Pod, PodSpec, PodStatus, Service, ServiceSpec};
@@ -146,7 +147,7 @@ fn trim_pod(p: &mut Pod) {
 }
 
 fn trim_namespace(n: &mut Namespace) {
-    *n = Namespace { metadata: meta(&n.metadata, Some(crate::policy::model::AUDIT_ANNOTATION)), ..Default::default() };
+    *n = Namespace { metadata: meta(&n.metadata, Some(AUDIT_ANNOTATION)), ..Default::default() };
 }
 
 fn trim_policy(p: &mut NetworkPolicy) {

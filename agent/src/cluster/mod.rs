@@ -2,6 +2,7 @@
 //! [`Snapshot`]: validated objects for the compiler, and the errors of the
 //! objects it could not use.
 
+pub mod convert;
 pub mod files;
 pub mod kube;
 pub mod objects;

@@ -1,161 +1,12 @@
-//! Raw Kubernetes objects -> validated compiler input, the same way for
-//! every source: invalid objects are reported field by field, the last
-//! valid version of a broken object stays in force, and a NetworkPolicy
-//! that was never valid fails closed.
+//! Checked objects -> the compiler's input, the same way for every source:
+//! invalid objects are reported field by field, the last valid version of a
+//! broken object stays in force, and a NetworkPolicy that was never valid
+//! fails closed.
 
+use super::convert::{Checked, ObjKey, Valid};
 use super::{InputError, Snapshot};
-use crate::policy::model::Service;
-use crate::policy::model::{FieldError, Namespace, Pod, Policy};
-use k8s_openapi::api::core::v1::{Namespace as K8sNamespace, Pod as K8sPod, Service as K8sService};
-use k8s_openapi::api::networking::v1::NetworkPolicy as K8sPolicy;
-use serde_json::Value;
+use crate::policy::model::Policy;
 use std::collections::HashMap;
-use std::sync::Arc;
-
-/// The kinds palisade reads.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Kind {
-    Namespace,
-    Pod,
-    NetworkPolicy,
-    Service,
-}
-
-impl Kind {
-    /// The kind an object's apiVersion/kind names, if palisade reads it.
-    pub fn of(api_version: &str, kind: &str) -> Option<Kind> {
-        match (api_version, kind) {
-            ("v1", "Namespace") => Some(Kind::Namespace),
-            ("v1", "Pod") => Some(Kind::Pod),
-            ("networking.k8s.io/v1", "NetworkPolicy") => Some(Kind::NetworkPolicy),
-            ("v1", "Service") => Some(Kind::Service),
-            _ => None,
-        }
-    }
-}
-
-impl std::fmt::Display for Kind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Kind::Namespace => "Namespace",
-            Kind::Pod => "Pod",
-            Kind::NetworkPolicy => "NetworkPolicy",
-            Kind::Service => "Service",
-        })
-    }
-}
-
-/// An object as a source read it.
-#[derive(Clone, Debug)]
-pub enum Raw {
-    Namespace(K8sNamespace),
-    Pod(Box<K8sPod>),
-    Policy(K8sPolicy),
-    Service(Box<K8sService>),
-    /// It did not even deserialize as its kind.
-    Broken {
-        kind: Kind,
-        value: Value,
-        error: FieldError,
-    },
-}
-
-impl Raw {
-    /// Deserializes a JSON value of a known kind, naming the failing field.
-    pub fn from_value(kind: Kind, value: Value) -> Raw {
-        fn de<T: serde::de::DeserializeOwned>(v: &Value) -> Result<T, FieldError> {
-            serde_path_to_error::deserialize(v)
-                .map_err(|e| FieldError { field: e.path().to_string(), message: e.inner().to_string() })
-        }
-        let parsed = match kind {
-            Kind::Namespace => de(&value).map(Raw::Namespace),
-            Kind::Pod => de(&value).map(|p| Raw::Pod(Box::new(p))),
-            Kind::NetworkPolicy => de(&value).map(Raw::Policy),
-            Kind::Service => de(&value).map(|s| Raw::Service(Box::new(s))),
-        };
-        parsed.unwrap_or_else(|error| Raw::Broken { kind, value, error })
-    }
-
-    pub fn key(&self) -> ObjKey {
-        let (kind, ns, name) = match self {
-            Raw::Namespace(o) => (Kind::Namespace, None, o.metadata.name.clone()),
-            Raw::Pod(o) => (Kind::Pod, o.metadata.namespace.clone(), o.metadata.name.clone()),
-            Raw::Policy(o) => (Kind::NetworkPolicy, o.metadata.namespace.clone(), o.metadata.name.clone()),
-            Raw::Service(o) => (Kind::Service, o.metadata.namespace.clone(), o.metadata.name.clone()),
-            Raw::Broken { kind, value, .. } => {
-                let s = |p: &str| value.pointer(p).and_then(Value::as_str).map(str::to_string);
-                (*kind, s("/metadata/namespace"), s("/metadata/name"))
-            }
-        };
-        let namespace = match kind {
-            Kind::Namespace => String::new(),
-            _ => ns.unwrap_or_else(|| "default".to_string()),
-        };
-        ObjKey { kind, namespace, name: name.unwrap_or_default() }
-    }
-}
-
-/// Identifies an object across versions.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ObjKey {
-    pub kind: Kind,
-    pub namespace: String,
-    pub name: String,
-}
-
-impl std::fmt::Display for ObjKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.namespace.is_empty() {
-            write!(f, "{} {}", self.kind, self.name)
-        } else {
-            write!(f, "{} {}/{}", self.kind, self.namespace, self.name)
-        }
-    }
-}
-
-/// A validated object.
-#[derive(Clone, Debug)]
-pub enum Valid {
-    Namespace(Arc<Namespace>),
-    Pod(Arc<Pod>),
-    Policy(Arc<Policy>),
-    Service(Arc<Service>),
-}
-
-/// An object as read and checked, once: sources keep these instead of the
-/// raw objects, so an unchanged object is never parsed or validated again.
-#[derive(Clone, Debug)]
-pub struct Checked {
-    pub key: ObjKey,
-    pub result: Result<Valid, Vec<FieldError>>,
-    /// For a NetworkPolicy that does not validate: what it enforces if it
-    /// never was valid (isolation, no rules).
-    pub fail_closed: Option<Arc<Policy>>,
-}
-
-impl Checked {
-    pub fn new(raw: &Raw) -> Checked {
-        let key = raw.key();
-        let result = match raw {
-            Raw::Namespace(o) => Namespace::from_k8s(o).map(|v| Valid::Namespace(Arc::new(v))),
-            Raw::Pod(o) => Pod::from_k8s(o).map(|v| Valid::Pod(Arc::new(v))),
-            Raw::Policy(o) => Policy::from_k8s(o).map(|v| Valid::Policy(Arc::new(v))),
-            Raw::Service(o) => Service::from_k8s(o).map(|v| Valid::Service(Arc::new(v))),
-            Raw::Broken { error, .. } => Err(vec![error.clone()]),
-        };
-        let fail_closed = match (&result, raw) {
-            (Err(_), Raw::Policy(o)) => {
-                let value = serde_json::to_value(o).unwrap_or(Value::Null);
-                Some(Arc::new(Policy::fail_closed(&value, &key.namespace, &key.name)))
-            }
-            (Err(_), Raw::Broken { kind: Kind::NetworkPolicy, value, .. }) => {
-                Some(Arc::new(Policy::fail_closed(value, &key.namespace, &key.name)))
-            }
-            _ => None,
-        };
-        Checked { key, result, fail_closed }
-    }
-}
 
 /// Remembers the last valid version of every object across snapshots.
 #[derive(Default)]
@@ -248,6 +99,8 @@ fn fail_closed_action(p: &Policy) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cluster::convert::{Kind, Raw};
+    use serde_json::Value;
 
     fn raw(yaml: &str) -> Checked {
         let v: Value = serde_saphyr::from_str(yaml).unwrap();

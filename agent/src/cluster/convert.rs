@@ -1,0 +1,260 @@
+//! Kubernetes objects -> the policy model, as the API server would accept
+//! them: its defaulting and validation, one module per kind, every error
+//! naming the field at fault as `kubectl` would. Every source (and every
+//! test, benchmark and example) goes through here:
+//! [`manifests_to_input`] and [`objects_to_input`] run the agent's own
+//! parsing and validation on a set of manifests.
+
+mod fields;
+mod namespace;
+mod pod;
+mod policy;
+mod service;
+
+pub use namespace::AUDIT_ANNOTATION;
+
+use super::objects::Validator;
+use super::{InputError, files};
+use crate::policy::model::{Input, Namespace, Pod, Policy, Service};
+use k8s_openapi::api::core::v1::{Namespace as K8sNamespace, Pod as K8sPod, Service as K8sService};
+use k8s_openapi::api::networking::v1::NetworkPolicy as K8sPolicy;
+use serde_json::Value;
+use std::fmt;
+use std::sync::Arc;
+
+/// Manifests (YAML or JSON text; multi-document, `kind: List`) validated
+/// exactly as the agent validates them, as the compiler's input.
+pub fn manifests_to_input(text: &str) -> Result<Input, Vec<InputError>> {
+    const SOURCE: &str = "manifests";
+    let (objects, errors) = files::parse(text, SOURCE).map_err(|message| {
+        vec![InputError {
+            source: SOURCE.into(),
+            object: String::new(),
+            field: String::new(),
+            message,
+            action: "ignored".into(),
+        }]
+    })?;
+    strict_input(SOURCE, &objects, errors)
+}
+
+/// The same, from already-parsed objects (serde_json::Value each with
+/// apiVersion/kind).
+pub fn objects_to_input(objects: impl IntoIterator<Item = Value>) -> Result<Input, Vec<InputError>> {
+    const SOURCE: &str = "objects";
+    let (objects, errors) = check_documents(objects, SOURCE);
+    strict_input(SOURCE, &objects, errors)
+}
+
+/// The input the agent would compile, unless anything at all was wrong.
+fn strict_input(source: &str, objects: &[Checked], mut errors: Vec<InputError>) -> Result<Input, Vec<InputError>> {
+    let snap = Validator::default().snapshot(objects.iter().map(|o| (source, o)));
+    errors.extend(snap.errors);
+    if errors.is_empty() { Ok(snap.input) } else { Err(errors) }
+}
+
+/// Checks the documents of one source (a file's, say). Documents of other
+/// kinds (Deployments...) are skipped, `List`s unpacked; documents that are
+/// not Kubernetes objects at all are reported.
+pub(super) fn check_documents(docs: impl IntoIterator<Item = Value>, source: &str) -> (Vec<Checked>, Vec<InputError>) {
+    let mut objects = Vec::new();
+    let mut errors = Vec::new();
+    let mut push = |value: Value, path: String| {
+        let api = value.get("apiVersion").and_then(Value::as_str).unwrap_or("");
+        let kind = value.get("kind").and_then(Value::as_str).unwrap_or("");
+        if api.is_empty() || kind.is_empty() {
+            errors.push(InputError {
+                source: source.to_string(),
+                object: path,
+                field: if api.is_empty() { "apiVersion".into() } else { "kind".into() },
+                message: "Required value: not a Kubernetes object".into(),
+                action: "ignored".into(),
+            });
+            return;
+        }
+        if let Some(k) = Kind::of(api, kind) {
+            objects.push(Checked::new(&Raw::from_value(k, value)));
+        }
+    };
+    for (i, doc) in docs.into_iter().enumerate() {
+        if doc.is_null() {
+            continue;
+        }
+        if doc.get("kind").and_then(Value::as_str).is_some_and(|k| k == "List" || k.ends_with("List")) {
+            let items = doc.get("items").and_then(Value::as_array).cloned().unwrap_or_default();
+            for (j, item) in items.into_iter().enumerate() {
+                push(item, format!("document {} items[{j}]", i + 1));
+            }
+        } else {
+            push(doc, format!("document {}", i + 1));
+        }
+    }
+    (objects, errors)
+}
+
+/// One problem with one field of an object.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct FieldError {
+    /// JSON path of the field, e.g. `spec.ingress[0].ports[1].endPort`.
+    pub field: String,
+    pub message: String,
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+fn err(field: impl Into<String>, message: impl Into<String>) -> FieldError {
+    FieldError { field: field.into(), message: message.into() }
+}
+
+fn finish<T>(value: T, errors: Vec<FieldError>) -> Result<T, Vec<FieldError>> {
+    if errors.is_empty() { Ok(value) } else { Err(errors) }
+}
+
+/// The kinds palisade reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kind {
+    Namespace,
+    Pod,
+    NetworkPolicy,
+    Service,
+}
+
+impl Kind {
+    /// The kind an object's apiVersion/kind names, if palisade reads it.
+    pub fn of(api_version: &str, kind: &str) -> Option<Kind> {
+        match (api_version, kind) {
+            ("v1", "Namespace") => Some(Kind::Namespace),
+            ("v1", "Pod") => Some(Kind::Pod),
+            ("networking.k8s.io/v1", "NetworkPolicy") => Some(Kind::NetworkPolicy),
+            ("v1", "Service") => Some(Kind::Service),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Kind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Kind::Namespace => "Namespace",
+            Kind::Pod => "Pod",
+            Kind::NetworkPolicy => "NetworkPolicy",
+            Kind::Service => "Service",
+        })
+    }
+}
+
+/// An object as a source read it.
+#[derive(Clone, Debug)]
+pub enum Raw {
+    Namespace(K8sNamespace),
+    Pod(Box<K8sPod>),
+    Policy(K8sPolicy),
+    Service(Box<K8sService>),
+    /// It did not even deserialize as its kind.
+    Broken {
+        kind: Kind,
+        value: Value,
+        error: FieldError,
+    },
+}
+
+impl Raw {
+    /// Deserializes a JSON value of a known kind, naming the failing field.
+    pub fn from_value(kind: Kind, value: Value) -> Raw {
+        fn de<T: serde::de::DeserializeOwned>(v: &Value) -> Result<T, FieldError> {
+            serde_path_to_error::deserialize(v)
+                .map_err(|e| FieldError { field: e.path().to_string(), message: e.inner().to_string() })
+        }
+        let parsed = match kind {
+            Kind::Namespace => de(&value).map(Raw::Namespace),
+            Kind::Pod => de(&value).map(|p| Raw::Pod(Box::new(p))),
+            Kind::NetworkPolicy => de(&value).map(Raw::Policy),
+            Kind::Service => de(&value).map(|s| Raw::Service(Box::new(s))),
+        };
+        parsed.unwrap_or_else(|error| Raw::Broken { kind, value, error })
+    }
+
+    pub fn key(&self) -> ObjKey {
+        let (kind, ns, name) = match self {
+            Raw::Namespace(o) => (Kind::Namespace, None, o.metadata.name.clone()),
+            Raw::Pod(o) => (Kind::Pod, o.metadata.namespace.clone(), o.metadata.name.clone()),
+            Raw::Policy(o) => (Kind::NetworkPolicy, o.metadata.namespace.clone(), o.metadata.name.clone()),
+            Raw::Service(o) => (Kind::Service, o.metadata.namespace.clone(), o.metadata.name.clone()),
+            Raw::Broken { kind, value, .. } => {
+                let s = |p: &str| value.pointer(p).and_then(Value::as_str).map(str::to_string);
+                (*kind, s("/metadata/namespace"), s("/metadata/name"))
+            }
+        };
+        let namespace = match kind {
+            Kind::Namespace => String::new(),
+            _ => ns.unwrap_or_else(|| "default".to_string()),
+        };
+        ObjKey { kind, namespace, name: name.unwrap_or_default() }
+    }
+}
+
+/// Identifies an object across versions.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ObjKey {
+    pub kind: Kind,
+    pub namespace: String,
+    pub name: String,
+}
+
+impl std::fmt::Display for ObjKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.namespace.is_empty() {
+            write!(f, "{} {}", self.kind, self.name)
+        } else {
+            write!(f, "{} {}/{}", self.kind, self.namespace, self.name)
+        }
+    }
+}
+
+/// A validated object.
+#[derive(Clone, Debug)]
+pub enum Valid {
+    Namespace(Arc<Namespace>),
+    Pod(Arc<Pod>),
+    Policy(Arc<Policy>),
+    Service(Arc<Service>),
+}
+
+/// An object as read and checked, once: sources keep these instead of the
+/// raw objects, so an unchanged object is never parsed or validated again.
+#[derive(Clone, Debug)]
+pub struct Checked {
+    pub key: ObjKey,
+    pub result: Result<Valid, Vec<FieldError>>,
+    /// For a NetworkPolicy that does not validate: what it enforces if it
+    /// never was valid (isolation, no rules).
+    pub fail_closed: Option<Arc<Policy>>,
+}
+
+impl Checked {
+    pub fn new(raw: &Raw) -> Checked {
+        let key = raw.key();
+        let result = match raw {
+            Raw::Namespace(o) => Namespace::from_k8s(o).map(|v| Valid::Namespace(Arc::new(v))),
+            Raw::Pod(o) => Pod::from_k8s(o).map(|v| Valid::Pod(Arc::new(v))),
+            Raw::Policy(o) => Policy::from_k8s(o).map(|v| Valid::Policy(Arc::new(v))),
+            Raw::Service(o) => Service::from_k8s(o).map(|v| Valid::Service(Arc::new(v))),
+            Raw::Broken { error, .. } => Err(vec![error.clone()]),
+        };
+        let fail_closed = match (&result, raw) {
+            (Err(_), Raw::Policy(o)) => {
+                let value = serde_json::to_value(o).unwrap_or(Value::Null);
+                Some(Arc::new(Policy::fail_closed(&value, &key.namespace, &key.name)))
+            }
+            (Err(_), Raw::Broken { kind: Kind::NetworkPolicy, value, .. }) => {
+                Some(Arc::new(Policy::fail_closed(value, &key.namespace, &key.name)))
+            }
+            _ => None,
+        };
+        Checked { key, result, fail_closed }
+    }
+}

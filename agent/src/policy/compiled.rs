@@ -1,0 +1,129 @@
+//! What the compiler produces: the desired contents of every kernel map
+//! (keys as the kernel holds them), and the catalog user space needs to
+//! turn the kernel's numbers back into names.
+
+use super::model::{Direction, Pod, PolicyRef};
+use ipnet::IpNet;
+use palisade_common::{FAMILY_V4, FAMILY_V6, IP_KEY_FAMILY_BITS, IpInfo, IpKey, PolicyKey, PolicyValue};
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::sync::Arc;
+
+/// Rule id of the built-in "the node may reach its pods" allowance.
+pub const RULE_HOST: u32 = 1;
+
+/// An entry of the IP trie.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct IpPrefix {
+    pub prefix_len: u32,
+    pub key: IpKey,
+}
+
+impl IpPrefix {
+    pub fn from_net(net: IpNet) -> IpPrefix {
+        let (family, addr) = family_addr(net.addr());
+        IpPrefix { prefix_len: IP_KEY_FAMILY_BITS + u32::from(net.prefix_len()), key: IpKey { family, addr } }
+    }
+
+    /// A single address (kept in the exact-match map, not the trie).
+    pub fn is_address(&self) -> bool {
+        self.prefix_len == palisade_common::ip_key_full_len(self.key.family)
+    }
+
+    pub fn to_net(self) -> Option<IpNet> {
+        let len = self.prefix_len.checked_sub(IP_KEY_FAMILY_BITS)? as u8;
+        let addr = match self.key.family {
+            FAMILY_V4 => IpAddr::from([self.key.addr[0], self.key.addr[1], self.key.addr[2], self.key.addr[3]]),
+            FAMILY_V6 => IpAddr::from(self.key.addr),
+            _ => return None,
+        };
+        IpNet::new(addr, len).ok()
+    }
+}
+
+/// An entry of the policy trie.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PolicyPrefix {
+    pub prefix_len: u32,
+    pub key: PolicyKey,
+}
+
+/// The family byte and 16 address bytes of an address, as keys hold them.
+pub fn family_addr(ip: IpAddr) -> (u8, [u8; 16]) {
+    match ip {
+        IpAddr::V4(v4) => {
+            let mut a = [0u8; 16];
+            a[..4].copy_from_slice(&v4.octets());
+            (FAMILY_V4, a)
+        }
+        IpAddr::V6(v6) => (FAMILY_V6, v6.octets()),
+    }
+}
+
+/// A local pod the kernel enforces on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LocalEndpoint {
+    pub namespace: String,
+    pub name: String,
+    pub ips: Vec<IpAddr>,
+    pub identity: u32,
+    pub flags: u32,
+}
+
+/// What an identity stands for.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum IdentityInfo {
+    /// A local identity: pods sharing namespace, labels and named ports.
+    Pod { namespace: String, labels: BTreeMap<String, String> },
+    /// Addresses of pods with local identity `pod`, inside `cell`.
+    Address { pod: u32, cell: IpNet },
+    /// Addresses of the node itself, inside `cell`.
+    Host { cell: IpNet },
+    /// Any other address whose most specific ipBlock CIDR is `cell`.
+    Cidr { cell: IpNet },
+}
+
+/// Where a rule id came from.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct RuleInfo {
+    /// None for the built-in node allowance.
+    pub policy: Option<PolicyRef>,
+    pub direction: Direction,
+    /// Index into the policy's ingress or egress list.
+    pub index: usize,
+}
+
+impl std::fmt::Display for RuleInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.policy {
+            Some(p) => write!(f, "{p} {} rule {}", self.direction, self.index),
+            None => f.write_str("node traffic to its pods (--allow-host)"),
+        }
+    }
+}
+
+/// Everything user space needs to turn kernel numbers back into names.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Catalog {
+    pub identities: BTreeMap<u32, IdentityInfo>,
+    pub rules: BTreeMap<u32, RuleInfo>,
+    /// Policies that isolate a local identity in a direction.
+    pub isolating: BTreeMap<(u32, Direction), Vec<PolicyRef>>,
+    /// Every known pod, by address.
+    pub pods_by_ip: BTreeMap<IpAddr, Arc<Pod>>,
+    /// Service (namespace, name) by cluster IP.
+    pub services_by_ip: BTreeMap<IpAddr, (String, String)>,
+    pub host_ips: BTreeSet<IpAddr>,
+}
+
+/// The compiler's output: the desired contents of every kernel map.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Compiled {
+    pub ips: BTreeMap<IpPrefix, IpInfo>,
+    pub policy: BTreeMap<PolicyPrefix, PolicyValue>,
+    pub endpoints: Vec<LocalEndpoint>,
+    pub catalog: Catalog,
+    /// Things worth a warning that do not stop compilation.
+    pub warnings: Vec<String>,
+}
