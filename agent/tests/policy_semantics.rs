@@ -10,6 +10,7 @@ mod reference;
 
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
+use palisade::cluster::convert::objects_to_input;
 use palisade::policy::lookup::{self, Verdict};
 use palisade::policy::{Compiled, Direction, Input, Node, compile};
 use proptest::prelude::*;
@@ -90,21 +91,12 @@ impl World {
         }
     }
 
+    /// The compiler's input, through the agent's own validation.
     fn input(&self) -> Input {
-        let mut input = Input::default();
-        for ns in &self.namespaces {
-            let m = palisade::policy::Namespace::from_k8s(ns).unwrap_or_else(|e| panic!("{e:?}"));
-            input.namespaces.insert(m.name.clone(), m.into());
-        }
-        for pod in &self.pods {
-            let m = palisade::policy::Pod::from_k8s(pod).unwrap_or_else(|e| panic!("{e:?}"));
-            input.pods.insert(name_of(&pod.metadata), m.into());
-        }
-        for np in &self.policies {
-            let m = palisade::policy::Policy::from_k8s(np).unwrap_or_else(|e| panic!("{e:?}"));
-            input.policies.insert(name_of(&np.metadata), m.into());
-        }
-        input
+        let ns = self.namespaces.iter().map(|o| serde_json::to_value(o).unwrap());
+        let pods = self.pods.iter().map(|o| serde_json::to_value(o).unwrap());
+        let policies = self.policies.iter().map(|o| serde_json::to_value(o).unwrap());
+        objects_to_input(ns.chain(pods).chain(policies)).unwrap_or_else(|e| panic!("{e:?}"))
     }
 
     /// The same input, with every map filled in reverse order.

@@ -258,3 +258,65 @@ impl Checked {
         Checked { key, result, fail_closed }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::IpAddr;
+
+    const GOOD: &str = "apiVersion: v1\nkind: Namespace\nmetadata: {name: x, labels: {team: a}}\n---\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {name: skipped}\n---\napiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: Pod\n  metadata: {name: a, namespace: x, labels: {app: a}}\n  spec: {containers: [{name: c, ports: [{name: http, containerPort: 8080}]}]}\n  status: {podIP: 10.0.0.1}\n- apiVersion: networking.k8s.io/v1\n  kind: NetworkPolicy\n  metadata: {name: p, namespace: x}\n  spec: {podSelector: {}, ingress: [{ports: [{port: http}]}]}\n";
+
+    fn key(ns: &str, name: &str) -> (String, String) {
+        (ns.to_string(), name.to_string())
+    }
+
+    #[test]
+    fn manifests_become_what_the_agent_reads_from_a_file() {
+        let input = manifests_to_input(GOOD).unwrap();
+        assert_eq!(input.namespaces["x"].labels["team"], "a");
+        assert_eq!(input.pods[&key("x", "a")].ips, ["10.0.0.1".parse::<IpAddr>().unwrap()]);
+        assert_eq!(input.policies[&key("x", "p")].ingress.as_ref().map(Vec::len), Some(1));
+        let dir = std::env::temp_dir().join(format!("palisade-convert-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("a.yaml"), GOOD).unwrap();
+        let snap = files::FileSource::new(&dir).load();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(snap.errors.is_empty(), "{:?}", snap.errors);
+        assert_eq!(snap.input, input);
+    }
+
+    #[test]
+    fn objects_and_a_json_list_give_the_same_input() {
+        let docs: Vec<Value> = serde_saphyr::from_multiple(GOOD).unwrap();
+        let want = manifests_to_input(GOOD).unwrap();
+        // Lists do not nest: one List of every object.
+        let items: Vec<&Value> =
+            docs.iter().flat_map(|d| d["items"].as_array().map_or(vec![d], |i| i.iter().collect())).collect();
+        let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items});
+        assert_eq!(manifests_to_input(&list.to_string()).unwrap(), want);
+        assert_eq!(objects_to_input(docs).unwrap(), want);
+    }
+
+    #[test]
+    fn anything_the_agent_would_report_is_an_error() {
+        let policy = |port: &str| {
+            format!(
+                "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: p, namespace: x}}\nspec: {{podSelector: {{}}, ingress: [{{ports: [{{port: {port}}}]}}]}}\n"
+            )
+        };
+        // The agent would fail this one closed; a test wants to hear of it.
+        let e = manifests_to_input(&policy("70000")).unwrap_err();
+        assert_eq!((e.len(), e[0].field.as_str()), (1, "spec.ingress[0].ports[0].port"));
+        let e = manifests_to_input(&policy("[80]")).unwrap_err();
+        assert!(e[0].field.starts_with("spec.ingress[0].ports[0].port"), "{e:?}");
+        let e = manifests_to_input(&format!("{}---\n{}", policy("80"), policy("81"))).unwrap_err();
+        assert_eq!((e.len(), e[0].message.as_str()), (1, "also defined in manifests"));
+        let e = manifests_to_input("kind: Pod\nmetadata: {name: a}\n").unwrap_err();
+        assert_eq!((e[0].object.as_str(), e[0].field.as_str()), ("document 1", "apiVersion"));
+        assert_eq!(manifests_to_input("a: [b").unwrap_err().len(), 1);
+        let e =
+            objects_to_input([serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "X"}})])
+                .unwrap_err();
+        assert_eq!((e[0].object.as_str(), e[0].field.as_str()), ("Namespace X", "metadata.name"));
+    }
+}
