@@ -1,9 +1,9 @@
 //! Kubernetes objects -> the policy model, as the API server would accept
-//! them: its defaulting and validation, one module per kind, every error
-//! naming the field at fault as `kubectl` would. Every source (and every
-//! test, benchmark and example) goes through here:
-//! [`manifests_to_input`] and [`objects_to_input`] run the agent's own
-//! parsing and validation on a set of manifests.
+//! them: its defaulting and validation, one module per kind (each defines
+//! the `from_k8s` constructor of its model type), every error naming the
+//! field at fault as `kubectl` would. Every source goes through here, and so
+//! should every test, benchmark and example: [`manifests_to_input`] and
+//! [`objects_to_input`] run the agent's own parsing and validation.
 
 mod fields;
 mod namespace;

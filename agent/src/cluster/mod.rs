@@ -1,6 +1,7 @@
 //! Where cluster state comes from. Every source produces the same
 //! [`Snapshot`]: validated objects for the compiler, and the errors of the
-//! objects it could not use.
+//! objects it could not use. [`convert`] turns one Kubernetes object into
+//! the policy model, [`objects`] a source's objects into a snapshot.
 
 pub mod convert;
 pub mod files;

@@ -10,6 +10,7 @@ use k8s_openapi::api::core::v1::Namespace as K8sNamespace;
 pub const AUDIT_ANNOTATION: &str = "palisade.dev/audit";
 
 impl Namespace {
+    /// A Namespace as the API server validates it, with its name label.
     pub fn from_k8s(ns: &K8sNamespace) -> Result<Namespace, Vec<FieldError>> {
         let mut errors = Vec::new();
         let (_, name) = meta_names(&ns.metadata, false, &mut errors);

@@ -13,6 +13,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use std::collections::BTreeSet;
 
 impl Policy {
+    /// A NetworkPolicy as the API server defaults and validates it.
     pub fn from_k8s(np: &K8sPolicy) -> Result<Policy, Vec<FieldError>> {
         let mut errors = Vec::new();
         let (namespace, name) = meta_names(&np.metadata, true, &mut errors);

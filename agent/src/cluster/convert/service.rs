@@ -8,6 +8,7 @@ use k8s_openapi::api::core::v1::Service as K8sService;
 use std::net::IpAddr;
 
 impl Service {
+    /// A Service's cluster IPs (`None` and empty ones are skipped).
     pub fn from_k8s(svc: &K8sService) -> Result<Service, Vec<FieldError>> {
         let mut errors = Vec::new();
         let (namespace, name) = meta_names(&svc.metadata, true, &mut errors);
