@@ -110,7 +110,7 @@ fn from_yb(target: &str) -> String {
         "x",
         &format!("from-yb-{target}"),
         &format!(
-            "  podSelector: {{matchLabels: {{pod: {target}}}}}\n  ingress:\n  - from: [{{podSelector: {{matchLabels: {{pod: b}}}}, namespaceSelector: {{matchLabels: {{ns: y}}}}}}]\n    ports: [{{protocol: TCP, port: 80}}]\n"
+            "  podSelector: {{matchLabels: {{pod: {target}}}}}\n  ingress:\n  - from: [{{podSelector: {{matchLabels: {{pod: b}}}}, namespaceSelector: {{matchLabels: {{ns: \"y\"}}}}}}]\n    ports: [{{protocol: TCP, port: 80}}]\n"
         ),
     )
 }
@@ -179,7 +179,7 @@ fn cases() -> Vec<palisade_e2e::suite::Case<Env>> {
             let yc_to_xb = np(
                 "x",
                 "from-yb-b",
-                "  podSelector: {matchLabels: {pod: b}}\n  ingress:\n  - from: [{podSelector: {matchLabels: {pod: c}}, namespaceSelector: {matchLabels: {ns: y}}}]\n    ports: [{protocol: TCP, port: 80}]\n",
+                "  podSelector: {matchLabels: {pod: b}}\n  ingress:\n  - from: [{podSelector: {matchLabels: {pod: c}}, namespaceSelector: {matchLabels: {ns: \"y\"}}}]\n    ports: [{protocol: TCP, port: 80}]\n",
             );
             let agent = e.agent();
             agent.apply("policy-0.yaml", &too_big)?;
