@@ -2,12 +2,17 @@
 //!
 //! Data flows one way: cluster state ([`cluster`]) -> compiler ([`policy`])
 //! -> kernel maps ([`datapath`]); kernel -> ring buffer -> [`events`] ->
-//! the log, the local [`api`] and metrics. [`run`] drives it.
+//! the log, the local [`api`] and [`metrics`]. [`run`] drives it and
+//! publishes what is in force as [`state`]; [`health`] serves metrics and
+//! readiness over HTTP.
 
 pub mod api;
 pub mod cluster;
 pub mod datapath;
 pub mod events;
+pub mod health;
+pub mod metrics;
 pub mod policy;
 pub mod run;
+pub mod state;
 pub mod trace;

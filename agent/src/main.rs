@@ -91,6 +91,14 @@ struct RunArgs {
     /// Serve /metrics, /healthz and /readyz here; empty: do not serve.
     #[arg(long, env = "PALISADE_METRICS_ADDR", default_value = "127.0.0.1:9469")]
     metrics_addr: String,
+    /// Test only: smaller maps, to exceed on purpose (e.g. "policy=64";
+    /// maps: endpoints, ips, hosts, policy).
+    #[arg(long, hide = true, default_value = "")]
+    map_entries: palisade::datapath::MapSizes,
+    /// Test only: interface discovery fails while this file says "fail",
+    /// and sees no links while it says "partial".
+    #[arg(long, hide = true)]
+    test_fault_interfaces: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -257,6 +265,8 @@ async fn main() {
                         }
                     },
                 },
+                map_sizes: a.map_entries,
+                interfaces_fault: a.test_fault_interfaces,
             })
             .await
         }
@@ -336,6 +346,9 @@ fn print_status(st: &serde_json::Value) {
     }
     for e in st["sync_errors"].as_array().into_iter().flatten() {
         println!("sync error: {}", s(e));
+    }
+    if let Some(e) = st["interfaces_error"].as_str() {
+        println!("interfaces: {e}");
     }
     if let Some(c) = st["counters"].as_object() {
         let parts: Vec<String> = c.iter().map(|(k, v)| format!("{k}={v}")).collect();

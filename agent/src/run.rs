@@ -1,14 +1,20 @@
-//! `palisade run`: the agent loop. Cluster state -> compiler -> datapath,
-//! again whenever the input, the node's interfaces or routes change, and
-//! on a resync timer that heals anything missed.
+//! `palisade run`: the agent loop. Start the tasks (events, the local API,
+//! metrics and health, netlink watch, kernel counters), then: load the
+//! cluster state and the node's interfaces, compile, sync the kernel,
+//! publish what is in force. Again whenever the input, the node's
+//! interfaces or routes change, on a resync timer that heals anything
+//! missed, and with backoff while something fails.
 
-use crate::api::{self, Applied, InputVersion, Shared, Status};
+use crate::api;
 use crate::cluster::{InputError, Source, Wake};
+use crate::datapath::netlink::{self, Interfaces};
 use crate::datapath::pinned::Pinned;
-use crate::datapath::{Datapath, EndpointState, Settings, netlink};
-use crate::events::metrics::{self, Metrics};
+use crate::datapath::{Datapath, MapSizes, Settings, SyncReport};
 use crate::events::{self, Hub, LogFormat, View};
-use crate::policy::{self, Input, Node};
+use crate::health::{self, Readiness};
+use crate::metrics::Metrics;
+use crate::policy::{self, Compiled, Input, Node};
+use crate::state::{Applied, EndpointState, Enforcement, InputVersion, Shared, Status};
 use anyhow::Result;
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -37,6 +43,11 @@ pub struct Options {
     pub resync: Duration,
     /// Where /metrics, /healthz and /readyz are served (None: nowhere).
     pub metrics_addr: Option<SocketAddr>,
+    /// Sizes of the maps the agent writes (smaller ones: tests).
+    pub map_sizes: MapSizes,
+    /// Test only: a file whose content fails interface discovery (see
+    /// [`netlink::discover`]).
+    pub interfaces_fault: Option<PathBuf>,
 }
 
 /// The host name, which is the node name unless told otherwise.
@@ -44,158 +55,292 @@ pub fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_default()
 }
 
+/// The first retry after a failed pass; doubled per failure up to
+/// [`MAX_BACKOFF`] (or the resync period, if shorter).
+const MIN_BACKOFF: Duration = Duration::from_millis(200);
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
 pub async fn run(opts: Options) -> Result<()> {
-    let settings = Settings {
-        log_new_flows: opts.log_new_flows,
-        drop_event_interval: opts.drop_event_interval,
-        event_buffer_bytes: opts.event_buffer_bytes,
-        defer_mark: opts.defer_mark,
-        host_interfaces: opts.host_interfaces.clone(),
-        strict_prefixes: opts.strict_prefixes.clone(),
-    };
-    let mut dp = Datapath::open(&opts.bpffs, &settings)?;
-    let ring = dp.take_events()?;
-    let hub = Hub::new(10_000);
-    let metrics = Arc::new(Metrics::new());
-    let (view_tx, view_rx) = watch::channel(Arc::new(View::default()));
-    tokio::spawn(events::run(ring, view_rx, hub.clone(), metrics.clone(), Some(opts.log_format)));
-    if let Some(addr) = opts.metrics_addr {
-        let metrics = metrics.clone();
-        tokio::spawn(async move {
-            if let Err(e) = metrics::serve(addr, metrics).await {
-                tracing::error!("metrics endpoint: {e:#}");
-            }
-        });
-    }
-
-    // Anything that may change what to enforce wakes the loop: the
-    // source, and links, addresses and routes coming and going.
-    let (wake_tx, mut woken) = mpsc::unbounded_channel::<()>();
-    let wake: Wake = Arc::new(move || {
-        let _ = wake_tx.send(());
-    });
-    {
-        let wake = wake.clone();
-        tokio::spawn(async move {
-            if let Err(e) = netlink::watch(move || wake()).await {
-                tracing::error!("netlink events: {e:#}");
-            }
-        });
-    }
-    let mut source = Source::start(opts.cluster_state.clone(), wake).await?;
-
-    let shared = Arc::new(Shared {
-        status: Default::default(),
-        hub,
-        metrics: metrics.clone(),
-        applied: Default::default(),
-        pinned: Pinned::open(&opts.bpffs)?,
-        input: InputVersion { current: source.current_version(), applied: Default::default() },
-        tracked_flows: Default::default(),
-    });
-    {
-        // Kernel counters feed the metrics once a second; the tracked flows
-        // (a walk of the whole table) are counted every ten.
-        let shared = shared.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(1));
-            for n in 0u64.. {
-                tick.tick().await;
-                shared.metrics.kernel(&shared.pinned.counters());
-                if n % 10 == 0 {
-                    let flows = shared.pinned.tracked_flows();
-                    shared.tracked_flows.store(flows, Ordering::Relaxed);
-                    shared.metrics.tracked_flows(flows);
-                }
-            }
-        });
-    }
-    {
-        let (socket, shared) = (opts.socket.clone(), shared.clone());
-        tokio::spawn(async move {
-            if let Err(e) = api::serve(&socket, shared).await {
-                tracing::error!("local API on {}: {e:#}", socket.display());
-            }
-        });
-    }
-
-    let handle = netlink::connect()?;
-    let mut reported: Vec<InputError> = Vec::new();
-    let mut host_network_logged: BTreeSet<(String, String)> = BTreeSet::new();
-    let mut gc_done = false;
-    tracing::info!(
-        node = %opts.node_name, source = %source.describe(), bpffs = %opts.bpffs.display(),
-        socket = %opts.socket.display(), "palisade agent started"
-    );
+    let (mut agent, mut woken) = Agent::start(opts).await?;
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let mut last_clean = None;
-    let mut resync_due = true;
+    let mut forced = true;
+    let mut backoff = MIN_BACKOFF;
     loop {
-        let started = Instant::now();
-        let snap = source.load();
-        let input = Arc::new(snap.input);
-        let loaded = started.elapsed();
-        let version = source.loaded_version();
-        let stale = source.stale();
-        let ifaces = match netlink::snapshot(&handle).await {
-            Ok(i) => i,
-            Err(e) => {
-                tracing::error!("reading interfaces: {e:#}");
-                Default::default()
-            }
+        let timeout = if agent.pass(forced).await {
+            backoff = MIN_BACKOFF;
+            agent.opts.resync
+        } else {
+            let t = backoff.min(agent.opts.resync);
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+            t
         };
+        match wait(&mut woken, &mut terminate, timeout).await {
+            Some(timer) => forced = timer,
+            None => break,
+        }
+    }
+    tracing::info!("palisade agent stopping; enforcement stays in place (pinned under {})", agent.opts.bpffs.display());
+    let _ = std::fs::remove_file(&agent.opts.socket);
+    Ok(())
+}
+
+/// Where one pass's time went.
+struct Times {
+    load: Duration,
+    compile: Duration,
+    sync: Duration,
+    total: Duration,
+}
+
+/// What one pass read.
+struct Loaded {
+    input: Arc<Input>,
+    errors: Vec<InputError>,
+    version: u64,
+    stale: Option<String>,
+    /// The interfaces used: this pass's complete view, else the last one.
+    ifaces: Option<Interfaces>,
+    /// Why this pass has no complete view of its own.
+    ifaces_error: Option<String>,
+}
+
+struct Agent {
+    opts: Options,
+    dp: Datapath,
+    source: Source,
+    shared: Arc<Shared>,
+    readiness: Arc<Readiness>,
+    view: watch::Sender<Arc<View>>,
+    handle: rtnetlink::Handle,
+    /// The last complete view of the node's interfaces.
+    last_view: Option<Interfaces>,
+    /// What the last clean pass saw (input version, interfaces, staleness):
+    /// when nothing of it changed, there is nothing to recompile.
+    last_clean: Option<(u64, Interfaces, Option<String>)>,
+    reported: Vec<InputError>,
+    host_network_logged: BTreeSet<(String, String)>,
+    gc_done: bool,
+}
+
+impl Agent {
+    /// Opens the datapath and starts every task; returns the agent and
+    /// what wakes its loop.
+    async fn start(opts: Options) -> Result<(Agent, mpsc::UnboundedReceiver<()>)> {
+        let settings = Settings {
+            log_new_flows: opts.log_new_flows,
+            drop_event_interval: opts.drop_event_interval,
+            event_buffer_bytes: opts.event_buffer_bytes,
+            defer_mark: opts.defer_mark,
+            host_interfaces: opts.host_interfaces.clone(),
+            strict_prefixes: opts.strict_prefixes.clone(),
+        };
+        let mut dp = Datapath::open_sized(&opts.bpffs, &settings, opts.map_sizes)?;
+        let ring = dp.take_events()?;
+        let hub = Hub::new(10_000);
+        let metrics = Arc::new(Metrics::new());
+        let readiness = Arc::new(Readiness::default());
+        let (view, view_rx) = watch::channel(Arc::new(View::default()));
+        tokio::spawn(events::run(ring, view_rx, hub.clone(), metrics.clone(), Some(opts.log_format)));
+        if let Some(addr) = opts.metrics_addr {
+            let (metrics, readiness) = (metrics.clone(), readiness.clone());
+            tokio::spawn(async move {
+                if let Err(e) = health::serve(addr, metrics, readiness).await {
+                    tracing::error!("metrics endpoint: {e:#}");
+                }
+            });
+        }
+
+        // Anything that may change what to enforce wakes the loop: the
+        // source, and links, addresses and routes coming and going.
+        let (wake_tx, woken) = mpsc::unbounded_channel::<()>();
+        let wake: Wake = Arc::new(move || {
+            let _ = wake_tx.send(());
+        });
+        {
+            let wake = wake.clone();
+            tokio::spawn(async move {
+                if let Err(e) = netlink::watch(move || wake()).await {
+                    tracing::error!("netlink events: {e:#}");
+                }
+            });
+        }
+        let source = Source::start(opts.cluster_state.clone(), wake).await?;
+
+        let shared = Arc::new(Shared {
+            status: Default::default(),
+            hub,
+            metrics,
+            applied: Default::default(),
+            pinned: Pinned::open(&opts.bpffs)?,
+            input: InputVersion { current: source.current_version(), applied: Default::default() },
+            tracked_flows: Default::default(),
+        });
+        {
+            // Kernel counters feed the metrics once a second; the tracked
+            // flows (a walk of the whole table) are counted every ten.
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(1));
+                for n in 0u64.. {
+                    tick.tick().await;
+                    shared.metrics.kernel(&shared.pinned.counters());
+                    if n % 10 == 0 {
+                        let flows = shared.pinned.tracked_flows();
+                        shared.tracked_flows.store(flows, Ordering::Relaxed);
+                        shared.metrics.tracked_flows(flows);
+                    }
+                }
+            });
+        }
+        {
+            let (socket, shared) = (opts.socket.clone(), shared.clone());
+            tokio::spawn(async move {
+                if let Err(e) = api::serve(&socket, shared).await {
+                    tracing::error!("local API on {}: {e:#}", socket.display());
+                }
+            });
+        }
+        let handle = netlink::connect()?;
+        tracing::info!(
+            node = %opts.node_name, source = %source.describe(), bpffs = %opts.bpffs.display(),
+            socket = %opts.socket.display(), "palisade agent started"
+        );
+        let agent = Agent {
+            opts,
+            dp,
+            source,
+            shared,
+            readiness,
+            view,
+            handle,
+            last_view: None,
+            last_clean: None,
+            reported: Vec::new(),
+            host_network_logged: BTreeSet::new(),
+            gc_done: false,
+        };
+        Ok((agent, woken))
+    }
+
+    /// One pass: load, compile, sync, publish. `forced` (the resync timer,
+    /// a retry) recompiles even when nothing seems to have changed. False
+    /// when something failed and the pass should be retried.
+    async fn pass(&mut self, forced: bool) -> bool {
+        let started = Instant::now();
+        let loaded = self.load().await;
+        let load_time = started.elapsed();
         // Links and routes churn (addresses settling, other interfaces):
         // when neither they nor the input changed and the kernel took the
         // last state whole, there is nothing to recompile.
-        let seen = (version, ifaces.clone(), stale.clone());
-        if !resync_due && last_clean.as_ref() == Some(&seen) {
-            if !wait(&mut woken, &mut terminate, opts.resync, &mut resync_due).await {
-                break;
-            }
-            continue;
+        if !forced
+            && let Some(ifaces) = loaded.ifaces.as_ref().filter(|_| loaded.ifaces_error.is_none())
+            && self.last_clean.as_ref().is_some_and(|(v, i, s)| (*v, i, s) == (loaded.version, ifaces, &loaded.stale))
+        {
+            return true;
         }
         let node = Node {
-            name: opts.node_name.clone(),
-            host_ips: ifaces.host_ips.clone(),
-            allow_host: opts.allow_host,
-            audit: opts.audit,
+            name: self.opts.node_name.clone(),
+            host_ips: loaded.ifaces.as_ref().map(|i| i.host_ips.clone()).unwrap_or_default(),
+            allow_host: self.opts.allow_host,
+            audit: self.opts.audit,
         };
-        let before_compile = started.elapsed();
-        let compiled = policy::compile(&input, &node);
-        let compiled_at = started.elapsed();
-        let mut report = dp.sync(&compiled, &ifaces);
-        let synced = started.elapsed();
-        if !gc_done && report.errors.is_empty() {
-            dp.collect_garbage();
-            gc_done = true;
-        }
-        report.endpoints.extend(host_network_pods(&input, &node, &mut host_network_logged));
-        if snap.errors != reported {
-            for e in snap.errors.iter().filter(|e| !reported.contains(e)) {
-                tracing::warn!("invalid input: {e}");
-            }
-            reported = snap.errors.clone();
+        let compiled = policy::compile(&loaded.input, &node);
+        let compile_time = started.elapsed() - load_time;
+        let report = match &loaded.ifaces {
+            Some(ifaces) => self.sync(&compiled, ifaces),
+            // No complete view yet: touching the kernel could only take
+            // enforcement away (pinned by an earlier agent) on the
+            // interfaces the view lacks.
+            None => SyncReport { revision: self.dp.revision(), ..Default::default() },
+        };
+        let sync_time = started.elapsed() - load_time - compile_time;
+        let clean = report.errors.is_empty() && loaded.ifaces_error.is_none();
+        let times = Times { load: load_time, compile: compile_time, sync: sync_time, total: started.elapsed() };
+        self.publish(&loaded, &node, &compiled, report, times);
+        self.last_clean = match (&loaded.ifaces, clean) {
+            (Some(ifaces), true) => Some((loaded.version, ifaces.clone(), loaded.stale.clone())),
+            _ => None,
+        };
+        clean
+    }
+
+    /// The cluster state and a complete view of the node's interfaces
+    /// (else the last complete one, and why).
+    async fn load(&mut self) -> Loaded {
+        let snap = self.source.load();
+        let (version, stale) = (self.source.loaded_version(), self.source.stale());
+        let in_force = self.dp.enforced_interfaces();
+        let (ifaces, ifaces_error) =
+            match netlink::discover(&self.handle, &in_force, self.opts.interfaces_fault.as_deref()).await {
+                Ok(view) => {
+                    self.last_view = Some(view.clone());
+                    (Some(view), None)
+                }
+                Err(e) => {
+                    let e = format!("reading the node's interfaces: {e:#}; the last complete view stays in use");
+                    tracing::error!("{e}");
+                    self.shared.metrics.interface_error();
+                    (self.last_view.clone(), Some(e))
+                }
+            };
+        Loaded { input: Arc::new(snap.input), errors: snap.errors, version, stale, ifaces, ifaces_error }
+    }
+
+    fn sync(&mut self, compiled: &Compiled, ifaces: &Interfaces) -> SyncReport {
+        let report = self.dp.sync(compiled, ifaces);
+        if !self.gc_done && report.errors.is_empty() {
+            self.dp.collect_garbage();
+            self.gc_done = true;
         }
         for e in &report.errors {
             tracing::error!("sync: {e}");
         }
-        let view = View {
-            catalog: compiled.catalog.clone(),
-            endpoints: report
-                .endpoints
-                .iter()
-                .filter_map(|e| e.ifindex.map(|i| (i, (e.namespace.clone(), e.name.clone()))))
-                .collect(),
-        };
-        let _ = view_tx.send(Arc::new(view));
-        let fill = dp.fill();
-        let states: Vec<&str> = report.endpoints.iter().map(|e| e.state.as_str()).collect();
-        let seconds = started.elapsed().as_secs_f64();
-        metrics.sync(seconds, report.errors.len(), snap.errors.len(), report.revision, &fill, &states);
-        let in_sync = report.errors.is_empty() && stale.is_none();
+        report
+    }
+
+    /// Makes what is in force visible: events enrichment, status, trace,
+    /// metrics, readiness, the log.
+    fn publish(&mut self, loaded: &Loaded, node: &Node, compiled: &Compiled, mut report: SyncReport, times: Times) {
+        let input = &loaded.input;
+        report.endpoints.extend(host_network_pods(input, node, &mut self.host_network_logged));
+        if loaded.errors != self.reported {
+            for e in loaded.errors.iter().filter(|e| !self.reported.contains(e)) {
+                tracing::warn!("invalid input: {e}");
+            }
+            self.reported = loaded.errors.clone();
+        }
+        let synced = loaded.ifaces.is_some();
+        if synced {
+            let view = View {
+                catalog: compiled.catalog.clone(),
+                endpoints: report
+                    .endpoints
+                    .iter()
+                    .filter_map(|e| e.ifindex.map(|i| (i, (e.namespace.clone(), e.name.clone()))))
+                    .collect(),
+            };
+            let _ = self.view.send(Arc::new(view));
+        }
+        let fill = self.dp.fill();
+        let metrics = &self.shared.metrics;
+        metrics.sync(
+            times.total.as_secs_f64(),
+            report.errors.len(),
+            loaded.errors.len(),
+            report.revision,
+            &fill,
+            &report.endpoints,
+        );
+        let not_ready = loaded
+            .ifaces_error
+            .clone()
+            .or_else(|| report.errors.first().map(|e| format!("the kernel does not hold the whole state: {e}")))
+            .or_else(|| loaded.stale.as_ref().map(|s| format!("the cluster state is stale: {s}")));
+        let in_sync = not_ready.is_none();
         {
-            let mut st = shared.status.write().expect("status lock");
+            let mut st = self.shared.status.write().expect("status lock");
             let changed = report.changes > 0 || st.applied_at.is_none();
+            let pods = if synced { report.endpoints.clone() } else { st.pods.clone() };
             *st = Status {
                 in_sync,
                 applied_at: if changed {
@@ -204,69 +349,60 @@ pub async fn run(opts: Options) -> Result<()> {
                     st.applied_at.clone()
                 },
                 revision: report.revision,
-                node: opts.node_name.clone(),
-                source: source.describe(),
-                stale,
-                audit: opts.audit,
-                pods: report.endpoints.clone(),
+                node: self.opts.node_name.clone(),
+                source: self.source.describe(),
+                stale: loaded.stale.clone(),
+                interfaces_error: loaded.ifaces_error.clone(),
+                audit: self.opts.audit,
+                pods,
                 pending_interfaces: report.pending.clone(),
-                errors: snap.errors.clone(),
+                errors: loaded.errors.clone(),
                 sync_errors: report.errors.clone(),
                 warnings: compiled.warnings.clone(),
                 counters: Default::default(),
                 maps: fill,
             };
         }
-        if let Ok(mut a) = shared.applied.write() {
+        if synced && let Ok(mut a) = self.shared.applied.write() {
             let endpoints = report.endpoints.clone();
             *a = Some(Arc::new(Applied { input: input.clone(), node: node.clone(), endpoints }));
         }
-        shared.input.applied.store(version, Ordering::SeqCst);
-        metrics.ready.store(in_sync, Ordering::SeqCst);
+        self.shared.input.applied.store(loaded.version, Ordering::SeqCst);
+        self.readiness.set(not_ready);
         if report.changes > 0 {
             tracing::info!(
                 revision = report.revision,
                 changes = report.changes,
                 pods = report.endpoints.len(),
-                millis = synced.as_millis() as u64,
-                load_ms = loaded.as_millis() as u64,
-                compile_ms = (compiled_at - before_compile).as_millis() as u64,
-                sync_ms = (synced - compiled_at).as_millis() as u64,
-                total_ms = started.elapsed().as_millis() as u64,
+                load_ms = times.load.as_millis() as u64,
+                compile_ms = times.compile.as_millis() as u64,
+                sync_ms = times.sync.as_millis() as u64,
+                total_ms = times.total.as_millis() as u64,
                 "policy in force"
             );
         }
-
-        last_clean = report.errors.is_empty().then_some(seen);
-        if !wait(&mut woken, &mut terminate, opts.resync, &mut resync_due).await {
-            break;
-        }
     }
-    tracing::info!("palisade agent stopping; enforcement stays in place (pinned under {})", opts.bpffs.display());
-    let _ = std::fs::remove_file(&opts.socket);
-    Ok(())
 }
 
-/// Waits for a wake-up or the resync timer (which forces a full pass);
-/// false when the agent is told to stop.
+/// Waits for a wake-up or the timeout; Some(true) when the timeout fired
+/// (a resync or a retry: recompile regardless), None when the agent is
+/// told to stop.
 async fn wait(
     woken: &mut mpsc::UnboundedReceiver<()>,
     terminate: &mut tokio::signal::unix::Signal,
-    resync: Duration,
-    resync_due: &mut bool,
-) -> bool {
-    *resync_due = false;
+    timeout: Duration,
+) -> Option<bool> {
     tokio::select! {
         _ = woken.recv() => {
             // Let a burst of changes settle, then take them all at once.
             tokio::time::sleep(Duration::from_millis(20)).await;
             while woken.try_recv().is_ok() {}
+            Some(false)
         }
-        _ = tokio::time::sleep(resync) => *resync_due = true,
-        _ = tokio::signal::ctrl_c() => return false,
-        _ = terminate.recv() => return false,
+        _ = tokio::time::sleep(timeout) => Some(true),
+        _ = tokio::signal::ctrl_c() => None,
+        _ = terminate.recv() => None,
     }
-    true
 }
 
 /// Local host-network pods: NetworkPolicy cannot apply to them (they share
@@ -296,7 +432,7 @@ fn host_network_pods(input: &Input, node: &Node, logged: &mut BTreeSet<(String, 
             ingress_isolated: false,
             egress_isolated: false,
             audit: false,
-            state: "host-network: NetworkPolicy does not apply".into(),
+            state: Enforcement::HostNetwork,
         });
     }
     out

@@ -398,7 +398,7 @@ pub fn check_kernel(
     input: &Input,
     node: &Node,
     pinned: &crate::datapath::pinned::Pinned,
-    enforced: &crate::datapath::EndpointState,
+    enforced: &crate::state::EndpointState,
     remote_ip: IpAddr,
     q: &Query,
 ) {

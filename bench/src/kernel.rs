@@ -234,7 +234,7 @@ fn measure_point(
     if !report.errors.is_empty() {
         bail!("sync: {:?}", report.errors);
     }
-    if report.endpoints.iter().any(|e| e.state != "enforced") {
+    if report.endpoints.iter().any(|e| e.state != palisade::state::Enforcement::Enforced) {
         bail!("endpoints not enforced: {:?}", report.endpoints);
     }
     let point = Point {

@@ -346,6 +346,17 @@ pub mod stat {
     pub const FLOWS_NEW: u32 = 7;
     /// Number of counters.
     pub const COUNT: u32 = 8;
+    /// Each counter's name (status keys, metric names), by index.
+    pub const NAMES: [&str; COUNT as usize] = [
+        "packets_allowed",
+        "packets_dropped_no_rule",
+        "packets_dropped_malformed",
+        "packets_audited",
+        "events_lost",
+        "events_sent",
+        "events_suppressed",
+        "flows_new",
+    ];
 }
 
 /// Map names, as pinned under the agent's bpffs directory.

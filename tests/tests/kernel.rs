@@ -398,7 +398,7 @@ impl Env {
         let report = self.dp.sync(&compiled, &self.ifaces);
         assert!(report.errors.is_empty(), "sync errors: {:?}", report.errors);
         for ep in &report.endpoints {
-            assert_eq!(ep.state, "enforced", "{}/{}", ep.namespace, ep.name);
+            assert_eq!(ep.state, palisade::state::Enforcement::Enforced, "{}/{}", ep.namespace, ep.name);
         }
         self.locals = LOCALS
             .iter()

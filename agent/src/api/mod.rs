@@ -2,123 +2,21 @@
 //! request line, answered by JSON lines. `palisade status` and
 //! `palisade observe` are its clients; nothing is exposed on the network.
 
-use crate::cluster::InputError;
-use crate::datapath::pinned::Pinned;
-use crate::datapath::{EndpointState, MapFill};
-use crate::events::metrics::Metrics;
-use crate::events::{Hub, Verdict, VerdictEvent};
-use crate::policy::{Direction, Input, Node};
-use crate::trace::{self, Query, Trace};
+use crate::events::{Verdict, VerdictEvent};
+use crate::policy::Direction;
+use crate::state::Shared;
+use crate::trace::Query;
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
 /// Where `palisade run` listens and the CLI connects by default.
 pub const DEFAULT_SOCKET: &str = "/run/palisade/palisade.sock";
-
-/// What is enforced now.
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct Status {
-    /// True once the kernel holds the latest valid input.
-    pub in_sync: bool,
-    /// When the kernel last took a change (RFC 3339, milliseconds).
-    pub applied_at: Option<String>,
-    /// Policy revision in the kernel; bumped by every change.
-    pub revision: u32,
-    pub node: String,
-    /// Where cluster state comes from.
-    pub source: String,
-    /// Set while the source cannot be read (the API server is away): the
-    /// last state stays in force.
-    pub stale: Option<String>,
-    pub audit: bool,
-    pub pods: Vec<EndpointState>,
-    /// Strict mode: pod interfaces held closed until their pod is known.
-    pub pending_interfaces: Vec<String>,
-    /// Objects that could not be used as written.
-    pub errors: Vec<InputError>,
-    /// Problems writing the kernel state.
-    pub sync_errors: Vec<String>,
-    pub warnings: Vec<String>,
-    /// Kernel counters (packets, events, flows).
-    pub counters: BTreeMap<String, u64>,
-    pub maps: MapFill,
-}
-
-/// The state the kernel was last synced to, for `trace`.
-pub struct Applied {
-    pub input: Arc<Input>,
-    pub node: Node,
-    pub endpoints: Vec<EndpointState>,
-}
-
-/// Names of the kernel counters in `status`, by [`palisade_common::stat`] index.
-pub const COUNTER_NAMES: [&str; palisade_common::stat::COUNT as usize] = [
-    "packets_allowed",
-    "packets_dropped_no_rule",
-    "packets_dropped_malformed",
-    "packets_audited",
-    "events_lost",
-    "events_sent",
-    "events_suppressed",
-    "flows_new",
-];
-
-/// State shared between the agent loop and the API.
-pub struct Shared {
-    pub status: RwLock<Status>,
-    pub hub: Hub,
-    pub metrics: Arc<Metrics>,
-    pub applied: RwLock<Option<Arc<Applied>>>,
-    /// The pinned maps, read for counters and trace's kernel check.
-    pub pinned: Pinned,
-    /// Tracked flows, counted on a slow timer.
-    pub tracked_flows: std::sync::atomic::AtomicUsize,
-    /// The input version the kernel holds, and how to read the current
-    /// one: `in_sync` compares them when asked, so a script that just wrote
-    /// a file never sees a stale "in sync".
-    pub input: InputVersion,
-}
-
-pub struct InputVersion {
-    pub current: Box<dyn Fn() -> u64 + Send + Sync>,
-    pub applied: std::sync::atomic::AtomicU64,
-}
-
-impl Shared {
-    pub fn current_status(&self) -> Status {
-        let mut s = self.status.read().map(|s| s.clone()).unwrap_or_default();
-        if (self.input.current)() != self.input.applied.load(std::sync::atomic::Ordering::SeqCst) {
-            s.in_sync = false;
-        }
-        s.counters = COUNTER_NAMES.iter().map(|n| n.to_string()).zip(self.pinned.counters()).collect();
-        s.counters.insert("events_received".into(), self.metrics.received());
-        s.maps.conntrack.0 = self.tracked_flows.load(std::sync::atomic::Ordering::Relaxed);
-        s
-    }
-
-    /// Traces a connection against the state in force, and checks the
-    /// kernel's entries for the sides whose pod is enforced on this node.
-    pub fn trace(&self, q: &Query) -> Result<Trace, String> {
-        let applied = self.applied.read().ok().and_then(|a| a.clone()).ok_or("the agent has not synced yet")?;
-        let mut t = trace::trace(&applied.input, &applied.node, q)?;
-        let (src, dst) = (t.source.ip, t.destination.ip);
-        for (side, remote) in [(&mut t.egress, dst), (&mut t.ingress, src)] {
-            let local =
-                applied.endpoints.iter().find(|e| side.pod.as_deref() == Some(&format!("{}/{}", e.namespace, e.name)));
-            if let Some(enforced) = local {
-                trace::check_kernel(side, &applied.input, &applied.node, &self.pinned, enforced, remote, q);
-            }
-        }
-        Ok(t)
-    }
-}
 
 /// Which events a client wants.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]

@@ -3,7 +3,7 @@
 //! route on the pod's host veth), the node's own addresses, and a stream of
 //! link, address and route changes so pods are enforced as they come.
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use futures_util::{StreamExt, TryStreamExt};
 use rtnetlink::packet_route::address::AddressAttribute;
 use rtnetlink::packet_route::link::LinkAttribute;
@@ -11,6 +11,7 @@ use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteType};
 use rtnetlink::{Handle, MulticastGroup, RouteMessageBuilder};
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::path::Path;
 
 const RT_TABLE_MAIN: u32 = 254;
 
@@ -23,6 +24,46 @@ pub struct Interfaces {
     pub names: BTreeMap<u32, String>,
     /// The node's own addresses (not loopback, not link-local).
     pub host_ips: Vec<IpAddr>,
+}
+
+impl Interfaces {
+    /// Fails unless the view is whole: every host route leads to a listed
+    /// link, and every interface enforced now (`in_force`) is listed or
+    /// really gone (`exists` asks the kernel). A partial view applied would
+    /// take enforcement off the interfaces it misses.
+    pub fn check(&self, in_force: impl IntoIterator<Item = u32>, exists: impl Fn(u32) -> bool) -> Result<()> {
+        if let Some((ip, i)) = self.routes.iter().find(|(_, i)| !self.names.contains_key(i)) {
+            bail!("incomplete view: the route to {ip} leads to interface {i}, which the link dump lacks");
+        }
+        if let Some(i) = in_force.into_iter().find(|i| !self.names.contains_key(i) && exists(*i)) {
+            bail!("incomplete view: enforced interface {i} exists but the link dump lacks it");
+        }
+        Ok(())
+    }
+}
+
+/// Whether an interface index exists in this network namespace.
+pub fn exists(ifindex: u32) -> bool {
+    let mut name = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: `name` has the IF_NAMESIZE bytes if_indextoname may write.
+    !unsafe { libc::if_indextoname(ifindex, name.as_mut_ptr()) }.is_null()
+}
+
+/// A complete view of the node's interfaces, or why there is none.
+/// `fault` is a test-only hook (`palisade run --test-fault-interfaces`):
+/// while that file says `fail` the dump fails, while it says `partial`
+/// the links are missing from it.
+pub async fn discover(handle: &Handle, in_force: &[u32], fault: Option<&Path>) -> Result<Interfaces> {
+    let injected = fault.and_then(|f| std::fs::read_to_string(f).ok()).map(|s| s.trim().to_string());
+    if injected.as_deref() == Some("fail") {
+        bail!("dumping links: injected fault");
+    }
+    let mut view = snapshot(handle).await?;
+    if injected.as_deref() == Some("partial") {
+        view.names.clear();
+    }
+    view.check(in_force.iter().copied(), exists)?;
+    Ok(view)
 }
 
 /// A netlink handle with its connection driven on the runtime.
@@ -99,4 +140,39 @@ pub async fn watch(changed: impl Fn() + Send + 'static) -> Result<()> {
         changed();
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view(links: &[u32], routes: &[(&str, u32)]) -> Interfaces {
+        Interfaces {
+            routes: routes.iter().map(|(a, i)| (a.parse().unwrap(), *i)).collect(),
+            names: links.iter().map(|i| (*i, format!("if{i}"))).collect(),
+            host_ips: vec![],
+        }
+    }
+
+    #[test]
+    fn a_whole_view_passes() {
+        let v = view(&[1, 10], &[("10.0.0.1", 10)]);
+        assert!(v.check([10], |_| true).is_ok());
+        // An enforced interface that is really gone: the pod went away.
+        assert!(v.check([10, 11], |i| i != 11).is_ok());
+    }
+
+    #[test]
+    fn routes_to_unlisted_links_mean_a_partial_view() {
+        let v = view(&[1], &[("10.0.0.1", 10)]);
+        let e = v.check([], |_| true).unwrap_err().to_string();
+        assert!(e.contains("incomplete view") && e.contains("interface 10"), "{e}");
+    }
+
+    #[test]
+    fn a_missing_enforced_interface_that_exists_means_a_partial_view() {
+        let v = view(&[1], &[]);
+        assert!(v.check([10], |_| true).is_err());
+        assert!(Interfaces::default().check([10], |_| true).is_err(), "an empty dump never passes for enforced links");
+    }
 }

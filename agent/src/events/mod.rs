@@ -2,9 +2,9 @@
 //! events in Kubernetes terms (pods, namespaces, policies, rules) and handed
 //! to the sinks: the agent's log, `palisade observe` and metrics.
 
-pub mod metrics;
 pub mod record;
 
+use crate::metrics::Metrics;
 use crate::policy::{Catalog, Direction, PolicyRef};
 use aya::maps::{MapData, RingBuf};
 pub use record::{Peer, Verdict, VerdictEvent};
@@ -70,7 +70,7 @@ pub async fn run(
     mut ring: RingBuf<MapData>,
     view: watch::Receiver<Arc<View>>,
     hub: Hub,
-    metrics: Arc<metrics::Metrics>,
+    metrics: Arc<Metrics>,
     log: Option<LogFormat>,
 ) {
     let clock = record::Clock::new();

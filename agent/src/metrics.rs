@@ -1,14 +1,10 @@
-//! Prometheus metrics, and the HTTP endpoint that serves them with the
-//! health checks. Labels stay bounded: directions, verdicts, reasons, map
-//! names and policy names, never addresses, ports or pods.
+//! Prometheus metrics. Labels stay bounded: directions, verdicts, reasons,
+//! map names and policy names, never addresses or ports; pods appear only
+//! while held closed (a rare fault, cleared when it heals).
 
-use super::{Verdict, VerdictEvent};
 use crate::datapath::MapFill;
-use anyhow::{Context, Result};
-use http_body_util::Full;
-use hyper::body::Bytes;
-use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use crate::events::{Verdict, VerdictEvent};
+use crate::state::EndpointState;
 use palisade_common::stat;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -16,9 +12,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct VerdictLabels {
@@ -49,6 +44,12 @@ struct StateLabels {
     state: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HeldLabels {
+    namespace: String,
+    pod: String,
+}
+
 pub struct Metrics {
     registry: Registry,
     verdicts: Family<VerdictLabels, Counter>,
@@ -66,10 +67,10 @@ pub struct Metrics {
     input_errors: Gauge,
     revision: Gauge,
     pods: Family<StateLabels, Gauge>,
+    held_closed: Family<HeldLabels, Gauge>,
+    interface_errors: Counter,
     /// Last kernel counter values, to turn them into counter increments.
     last_kernel: Mutex<Vec<u64>>,
-    /// Set once the first sync has put the kernel in sync.
-    pub ready: AtomicBool,
     received: AtomicU64,
 }
 
@@ -98,8 +99,9 @@ impl Metrics {
             input_errors: Gauge::default(),
             revision: Gauge::default(),
             pods: Family::default(),
+            held_closed: Family::default(),
+            interface_errors: Counter::default(),
             last_kernel: Mutex::new(vec![0; stat::COUNT as usize]),
-            ready: AtomicBool::new(false),
             received: AtomicU64::new(0),
             registry: Registry::default(),
         };
@@ -114,15 +116,24 @@ impl Metrics {
             m.drops_by_policy.clone(),
         );
         registry.register("kernel_packets", "Packets judged in the kernel, by outcome", m.kernel_packets.clone());
-        registry.register("events_sent", "Events the classifier wrote to the ring buffer", m.events_sent.clone());
-        registry.register("events_lost", "Events lost because the ring buffer was full", m.events_lost.clone());
+        let name = |i: u32| stat::NAMES[i as usize];
         registry.register(
-            "events_suppressed",
+            name(stat::EVENTS_SENT),
+            "Events the classifier wrote to the ring buffer",
+            m.events_sent.clone(),
+        );
+        registry.register(
+            name(stat::EVENTS_LOST),
+            "Events lost because the ring buffer was full",
+            m.events_lost.clone(),
+        );
+        registry.register(
+            name(stat::EVENTS_SUPPRESSED),
             "Drops folded into a later event of the same flow",
             m.events_suppressed.clone(),
         );
         registry.register("events_received", "Events read from the ring buffer", m.events_received.clone());
-        registry.register("flows_new", "New flows entered into connection tracking", m.flows.clone());
+        registry.register(name(stat::FLOWS_NEW), "New flows entered into connection tracking", m.flows.clone());
         registry.register("map_entries", "Entries in each kernel map", m.map_entries.clone());
         registry.register("map_capacity", "Capacity of each kernel map", m.map_capacity.clone());
         registry.register(
@@ -134,6 +145,16 @@ impl Metrics {
         registry.register("input_errors", "Objects that could not be used as written", m.input_errors.clone());
         registry.register("policy_revision", "Policy revision in force in the kernel", m.revision.clone());
         registry.register("pods", "Local pods by enforcement state", m.pods.clone());
+        registry.register(
+            "endpoint_held_closed",
+            "Local pods held closed because their entries could not be written whole (a map is full)",
+            m.held_closed.clone(),
+        );
+        registry.register(
+            "interface_discovery_errors",
+            "Reads of the node's interfaces that failed or were incomplete (the last complete view stays in use)",
+            m.interface_errors.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -173,14 +194,11 @@ impl Metrics {
             last[i as usize] = cur;
             cur.saturating_sub(prev)
         };
-        for (i, reason) in [
-            (stat::ALLOWED, "allowed"),
-            (stat::DROPPED_NO_RULE, "dropped_no_rule"),
-            (stat::DROPPED_MALFORMED, "dropped_malformed"),
-            (stat::AUDITED, "audited"),
-        ] {
+        for i in [stat::ALLOWED, stat::DROPPED_NO_RULE, stat::DROPPED_MALFORMED, stat::AUDITED] {
+            let name = stat::NAMES[i as usize];
+            let reason = name.strip_prefix("packets_").unwrap_or(name).to_string();
             let d = delta(i, &mut last);
-            self.kernel_packets.get_or_create(&ReasonLabels { reason: reason.into() }).inc_by(d);
+            self.kernel_packets.get_or_create(&ReasonLabels { reason }).inc_by(d);
         }
         self.events_sent.inc_by(delta(stat::EVENTS_SENT, &mut last));
         self.events_lost.inc_by(delta(stat::EVENTS_LOST, &mut last));
@@ -196,7 +214,7 @@ impl Metrics {
         input_errors: usize,
         revision: u32,
         fill: &MapFill,
-        states: &[&str],
+        endpoints: &[EndpointState],
     ) {
         self.sync_seconds.observe(seconds);
         self.sync_errors.inc_by(errors as u64);
@@ -207,10 +225,19 @@ impl Metrics {
             self.map_capacity.get_or_create(&MapLabels { map: name.into() }).set(i64::from(cap));
         }
         self.pods.clear();
-        for s in states {
-            let state = s.split(':').next().unwrap_or(s).to_string();
-            self.pods.get_or_create(&StateLabels { state }).inc();
+        self.held_closed.clear();
+        for e in endpoints {
+            self.pods.get_or_create(&StateLabels { state: e.state.kind().into() }).inc();
+            if matches!(e.state, crate::state::Enforcement::HeldClosed(_)) {
+                let labels = HeldLabels { namespace: e.namespace.clone(), pod: e.name.clone() };
+                self.held_closed.get_or_create(&labels).set(1);
+            }
         }
+    }
+
+    /// Counts a read of the node's interfaces that failed or was incomplete.
+    pub fn interface_error(&self) {
+        self.interface_errors.inc();
     }
 
     /// Records the number of tracked flows (counted on a slow timer).
@@ -224,31 +251,5 @@ impl Metrics {
         let mut out = String::new();
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
-    }
-}
-
-/// Serves /metrics, /healthz (the process answers) and /readyz (the kernel
-/// holds the latest valid input).
-pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
-    loop {
-        let (stream, _) = listener.accept().await?;
-        let metrics = metrics.clone();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                let metrics = metrics.clone();
-                async move {
-                    let (status, body) = match req.uri().path() {
-                        "/metrics" => (StatusCode::OK, metrics.encode()),
-                        "/healthz" => (StatusCode::OK, "ok\n".to_string()),
-                        "/readyz" if metrics.ready.load(Ordering::SeqCst) => (StatusCode::OK, "ready\n".to_string()),
-                        "/readyz" => (StatusCode::SERVICE_UNAVAILABLE, "not in sync\n".to_string()),
-                        _ => (StatusCode::NOT_FOUND, "not found\n".to_string()),
-                    };
-                    Response::builder().status(status).body(Full::new(Bytes::from(body)))
-                }
-            });
-            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
-        });
     }
 }

@@ -1,0 +1,344 @@
+//! The kernel half of a sync: makes the maps and links equal to a
+//! [`plan::Plan`], writing only the differences, in an order that never
+//! opens (see [`Datapath::sync`]).
+
+use super::netlink::Interfaces;
+use super::plan::{self, Hold, Plan, Role};
+use super::{Datapath, SyncReport};
+use crate::policy::{Compiled, IpPrefix, PolicyPrefix};
+use crate::state::Enforcement;
+use anyhow::{Context, Result, anyhow};
+use aya::maps::lpm_trie::Key as LpmKey;
+use aya::programs::links::{FdLink, PinnedLink};
+use aya::programs::tc::{SchedClassifierLink, TcAttachOptions};
+use aya::programs::{LinkOrder, SchedClassifier, TcAttachType};
+use palisade_common::{IpInfo, LAYOUT_VERSION, PolicyValue, programs};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+
+/// (program, TC hook, pin name suffix) per hook of a role.
+fn hooks(role: Role) -> &'static [(&'static str, TcAttachType, &'static str)] {
+    match role {
+        Role::Pod => &[
+            (programs::FROM_POD, TcAttachType::Ingress, "from-pod"),
+            (programs::TO_POD, TcAttachType::Egress, "to-pod"),
+        ],
+        Role::Host => &[(programs::HOST_EGRESS, TcAttachType::Egress, "host-egress")],
+    }
+}
+
+impl Datapath {
+    /// Makes the kernel hold `compiled`, with each local pod enforced on the
+    /// interface its address is routed to.
+    ///
+    /// Order, so that no packet is judged more openly than both the old and
+    /// the new state would:
+    /// 1. Revoked allows (stale policy entries) go first, whatever else
+    ///    fails: a revoked allow never stays in force. A rule whose entries
+    ///    merely move may drop a packet until step 2 rewrites them: briefly
+    ///    closed, never open.
+    /// 2. New policy entries. A local identity whose entries cannot all be
+    ///    written (the map is full) has its pods held closed
+    ///    ([`palisade_common::EP_PENDING`]), never left half-enforced.
+    /// 3. New addresses, before stale ones go (step 6): a peer is judged by
+    ///    its old or its new identity, never by neither (a removed
+    ///    exception would fall back to a broader, allowed CIDR). If they do
+    ///    not fit, stale ones go first and the rest is retried; if they
+    ///    still do not fit, every pod is held closed.
+    /// 4. Endpoint entries (flags, identity, holds), then links.
+    /// 5. Endpoints and links of pods that are gone.
+    /// 6. Stale addresses; then the revision bump that re-judges tracked
+    ///    flows.
+    pub fn sync(&mut self, compiled: &Compiled, ifaces: &Interfaces) -> SyncReport {
+        let mut plan = plan::plan(compiled, ifaces, &self.host_interfaces, &self.strict_prefixes);
+        let mut report = SyncReport::default();
+        self.remove_stale_policy(&compiled.policy, &mut report);
+        let short = self.upsert_policy(&compiled.policy, &mut report);
+        if !short.is_empty() {
+            let ids: Vec<String> = short.iter().map(u32::to_string).collect();
+            report.errors.push(format!(
+                "policy map full ({} entries): the entries of identities {} do not fit; their pods are held closed",
+                self.sizes.policy,
+                ids.join(", ")
+            ));
+            plan.hold_closed(&Hold::Identities(short), "the policy map is full");
+        }
+        let mut ips_whole = self.upsert_ips(&plan.ips, &mut report);
+        if !ips_whole {
+            self.remove_stale_ips(&plan.ips, &mut report);
+            ips_whole = self.upsert_ips(&plan.ips, &mut report);
+        }
+        if !ips_whole {
+            report.errors.push(format!(
+                "address maps full ({} CIDRs, {} addresses): every pod is held closed",
+                self.sizes.ips, self.sizes.hosts
+            ));
+            plan.hold_closed(&Hold::All, "the address maps are full");
+        }
+        self.write_endpoints(&plan, &mut report);
+        self.write_links(&mut plan, ifaces, &mut report);
+        self.remove_stale_ips(&plan.ips, &mut report);
+
+        // Tracked flows decided under the old state get decided again.
+        if report.changes > 0 {
+            self.config.revision = self.config.revision.wrapping_add(1);
+            if let Err(e) = self.write_config() {
+                report.errors.push(format!("{e:#}"));
+            }
+        }
+        report.revision = self.config.revision;
+        report.endpoints = plan.endpoints;
+        report.pending = plan.pending;
+        report
+    }
+
+    /// Interfaces whose endpoint entry is in the kernel now.
+    pub fn enforced_interfaces(&self) -> Vec<u32> {
+        self.realized.endpoints.keys().copied().collect()
+    }
+
+    fn remove_stale_policy(&mut self, desired: &BTreeMap<PolicyPrefix, PolicyValue>, report: &mut SyncReport) {
+        let stale: Vec<PolicyPrefix> =
+            self.realized.policy.keys().filter(|k| !desired.contains_key(k)).copied().collect();
+        for k in stale {
+            match self.policy.remove(&LpmKey::new(k.prefix_len, k.key)) {
+                Ok(()) => {
+                    report.changes += 1;
+                    self.realized.policy.remove(&k);
+                }
+                Err(e) => report.errors.push(format!("policy map: removing an entry: {e}")),
+            }
+        }
+    }
+
+    /// Writes the policy entries that differ; returns the local identities
+    /// whose entries could not all be written. Their new entries written
+    /// here are taken out again: their pods are held closed anyway, and
+    /// the room goes to identities that fit.
+    fn upsert_policy(
+        &mut self,
+        desired: &BTreeMap<PolicyPrefix, PolicyValue>,
+        report: &mut SyncReport,
+    ) -> BTreeSet<u32> {
+        let mut short = BTreeSet::new();
+        // New keys of the identity being written (keys sort by identity).
+        let mut added: (u32, Vec<PolicyPrefix>) = (0, Vec::new());
+        for (k, v) in desired {
+            let identity = u32::from_be_bytes(k.key.local);
+            if self.realized.policy.get(k) == Some(v) || short.contains(&identity) {
+                continue;
+            }
+            if added.0 != identity {
+                added = (identity, Vec::new());
+            }
+            match self.policy.insert(&LpmKey::new(k.prefix_len, k.key), v, 0) {
+                Ok(()) => {
+                    if self.realized.policy.insert(*k, *v).is_none() {
+                        added.1.push(*k);
+                    }
+                    report.changes += 1;
+                }
+                Err(e) => {
+                    tracing::debug!("policy map, identity {identity}: {e}");
+                    short.insert(identity);
+                    for k in added.1.drain(..) {
+                        if self.policy.remove(&LpmKey::new(k.prefix_len, k.key)).is_ok() {
+                            self.realized.policy.remove(&k);
+                        }
+                    }
+                }
+            }
+        }
+        short
+    }
+
+    /// Writes the address entries that differ; false if some did not fit.
+    fn upsert_ips(&mut self, desired: &BTreeMap<IpPrefix, IpInfo>, report: &mut SyncReport) -> bool {
+        for (k, v) in desired {
+            if self.realized.ips.get(k) == Some(v) {
+                continue;
+            }
+            let written = if k.is_address() {
+                self.hosts.insert(k.key, v, 0)
+            } else {
+                self.ips.insert(&LpmKey::new(k.prefix_len, k.key), v, 0)
+            };
+            match written {
+                Ok(()) => {
+                    self.realized.ips.insert(*k, *v);
+                    report.changes += 1;
+                }
+                Err(e) => {
+                    tracing::debug!("address map: {e}");
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
+    fn remove_stale_ips(&mut self, desired: &BTreeMap<IpPrefix, IpInfo>, report: &mut SyncReport) {
+        let stale: Vec<IpPrefix> = self.realized.ips.keys().filter(|k| !desired.contains_key(k)).copied().collect();
+        for k in stale {
+            let removed = if k.is_address() {
+                self.hosts.remove(&k.key)
+            } else {
+                self.ips.remove(&LpmKey::new(k.prefix_len, k.key))
+            };
+            match removed {
+                Ok(()) => {
+                    report.changes += 1;
+                    self.realized.ips.remove(&k);
+                }
+                Err(e) => report.errors.push(format!("address map: removing an entry: {e}")),
+            }
+        }
+    }
+
+    /// Writes endpoint entries that differ, and removes those of
+    /// interfaces no pod is enforced on any more.
+    fn write_endpoints(&mut self, plan: &Plan, report: &mut SyncReport) {
+        for (ifindex, ep) in &plan.entries {
+            if self.realized.endpoints.get(ifindex) != Some(ep) {
+                match self.endpoints.insert(ifindex, ep, 0) {
+                    Ok(()) => {
+                        self.realized.endpoints.insert(*ifindex, *ep);
+                        report.changes += 1;
+                    }
+                    Err(e) => report.errors.push(format!("endpoint map, interface {ifindex}: {e}")),
+                }
+            }
+        }
+    }
+
+    /// Puts each interface's programs in place for its role, takes them off
+    /// interfaces that have none any more, and removes the endpoint entries
+    /// of interfaces no pod is enforced on.
+    fn write_links(&mut self, plan: &mut Plan, ifaces: &Interfaces, report: &mut SyncReport) {
+        let mut failed_attach = BTreeMap::new();
+        for (ifindex, role) in &plan.roles {
+            let current = self.realized.attached.get(ifindex).copied();
+            if current == Some(*role) {
+                continue;
+            }
+            if current.is_some() {
+                // The interface changed role (its pod came or went).
+                if let Err(e) = self.detach(*ifindex) {
+                    report.errors.push(format!("detaching from interface {ifindex}: {e:#}"));
+                }
+            }
+            let name = ifaces.names.get(ifindex).cloned().unwrap_or_default();
+            match self.attach(*ifindex, &name, *role) {
+                Ok(()) => {
+                    self.realized.attached.insert(*ifindex, *role);
+                }
+                Err(e) if *role == Role::Pod => {
+                    report.errors.push(format!("attaching to {name} ({ifindex}): {e:#}"));
+                    failed_attach.insert(*ifindex, format!("{e:#}"));
+                }
+                // Interfaces come and go under our feet (a veth being
+                // deleted); the next sync settles it.
+                Err(e) => tracing::debug!("host egress hook on {name} ({ifindex}): {e:#}"),
+            }
+        }
+        for st in &mut plan.endpoints {
+            if let Some(msg) = st.ifindex.and_then(|i| failed_attach.get(&i)) {
+                st.state = Enforcement::AttachFailed(msg.clone());
+            }
+        }
+        let gone: Vec<u32> = self.realized.attached.keys().copied().filter(|i| !plan.roles.contains_key(i)).collect();
+        for ifindex in gone {
+            if let Err(e) = self.detach(ifindex) {
+                report.errors.push(format!("detaching from interface {ifindex}: {e:#}"));
+            }
+            self.realized.attached.remove(&ifindex);
+        }
+        let stale: Vec<u32> =
+            self.realized.endpoints.keys().copied().filter(|i| !plan.entries.contains_key(i)).collect();
+        for ifindex in stale {
+            match self.endpoints.remove(&ifindex) {
+                Ok(()) => report.changes += 1,
+                Err(e) => report.errors.push(format!("endpoint map, interface {ifindex}: {e}")),
+            }
+            self.realized.endpoints.remove(&ifindex);
+        }
+    }
+
+    fn link_path(&self, ifindex: u32, hook: &str) -> PathBuf {
+        self.dir.join("links").join(format!("{ifindex}-{hook}"))
+    }
+
+    /// Puts this agent's programs on an interface: into the links pinned
+    /// there by an earlier agent (an atomic swap), or into new pinned links
+    /// that run before any other TCX program.
+    fn attach(&mut self, ifindex: u32, name: &str, role: Role) -> Result<()> {
+        for &(prog_name, attach_type, hook) in hooks(role) {
+            let path = self.link_path(ifindex, hook);
+            let prog: &mut SchedClassifier =
+                self.ebpf.program_mut(prog_name).ok_or_else(|| anyhow!("program {prog_name} missing"))?.try_into()?;
+            if path.exists() {
+                let adopted = PinnedLink::from_pin(&path)
+                    .map_err(anyhow::Error::from)
+                    .and_then(|p| SchedClassifierLink::try_from(FdLink::from(p)).map_err(anyhow::Error::from))
+                    .and_then(|link| prog.attach_to_link(link).map_err(anyhow::Error::from));
+                match adopted {
+                    Ok(id) => {
+                        // The pin keeps the link; our handle can go.
+                        drop(prog.take_link(id)?);
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::debug!("pinned link {} unusable ({e:#}); attaching anew", path.display());
+                        std::fs::remove_file(&path).ok();
+                    }
+                }
+            }
+            let id = prog
+                .attach_with_options(name, attach_type, TcAttachOptions::TcxOrder(LinkOrder::first()))
+                .with_context(|| format!("attaching {prog_name}"))?;
+            let link = prog.take_link(id)?;
+            let fd: FdLink = link.try_into().context("TCX link")?;
+            fd.pin(&path).with_context(|| format!("pinning {}", path.display()))?;
+        }
+        Ok(())
+    }
+
+    /// Takes this agent's programs off an interface.
+    fn detach(&mut self, ifindex: u32) -> Result<()> {
+        for hook in ["from-pod", "to-pod", "host-egress"] {
+            let path = self.link_path(ifindex, hook);
+            if path.exists() {
+                // Removing the last reference to a link detaches it.
+                std::fs::remove_file(&path).with_context(|| format!("unpinning {}", path.display()))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes pinned links for interfaces this agent does not enforce on
+    /// (left by an earlier agent for pods that are gone).
+    /// Also removes the maps of other layout versions: once this agent's
+    /// programs run in every link, nothing uses them.
+    pub fn collect_garbage(&mut self) {
+        if let Ok(entries) = std::fs::read_dir(self.dir.join("links")) {
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().to_string();
+                let ifindex = name.split('-').next().and_then(|s| s.parse::<u32>().ok());
+                if ifindex.is_none_or(|i| !self.realized.attached.contains_key(&i)) {
+                    std::fs::remove_file(entry.path()).ok();
+                }
+            }
+        }
+        let current = format!("v{LAYOUT_VERSION}");
+        if let Ok(entries) = std::fs::read_dir(&self.dir) {
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().to_string();
+                let other_version = name.starts_with('v') && name[1..].parse::<u32>().is_ok() && name != current;
+                if other_version {
+                    tracing::info!("removing maps of layout {name}, replaced by {current}");
+                    std::fs::remove_dir_all(entry.path()).ok();
+                }
+            }
+        }
+    }
+}
