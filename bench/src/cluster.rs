@@ -24,6 +24,7 @@
 
 use anyhow::{Context, Result};
 use palisade::policy::{Input, Namespace, Node as PolicyNode, Pod, Policy};
+pub use palisade_kit::manifest::{self, list, policy};
 use serde_json::{Value, json};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::Path;
@@ -58,23 +59,12 @@ pub fn remote_ips(i: usize) -> (Ipv4Addr, Ipv6Addr) {
 }
 
 fn namespace(k: usize) -> Value {
-    json!({"apiVersion": "v1", "kind": "Namespace",
-           "metadata": {"name": format!("ns-{k}"), "labels": {"team": format!("team-{}", k % 10)}}})
+    manifest::namespace(&format!("ns-{k}"), json!({"team": format!("team-{}", k % 10)}))
 }
 
-pub fn pod(ns: &str, name: &str, labels: Value, node: &str, ip4: Ipv4Addr, ip6: Ipv6Addr) -> Value {
-    json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"namespace": ns, "name": name, "labels": labels},
-        "spec": {"nodeName": node, "containers": [{"name": "main", "ports": [{"name": "http", "containerPort": 8080}]}]},
-        "status": {"phase": "Running", "podIP": ip4.to_string(),
-                   "podIPs": [{"ip": ip4.to_string()}, {"ip": ip6.to_string()}]}
-    })
-}
-
-pub fn policy(ns: &str, name: &str, spec: Value) -> Value {
-    json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
-           "metadata": {"namespace": ns, "name": name}, "spec": spec})
+/// A pod of the cluster; each declares container port `http` (8080).
+fn pod(ns: &str, name: &str, labels: Value, node: &str, ips: (Ipv4Addr, Ipv6Addr)) -> Value {
+    manifest::pod(ns, name, labels, node, ips, &[("http", 8080)])
 }
 
 const TIERS: [&str; 4] = ["web", "api", "db", "cache"];
@@ -83,21 +73,19 @@ fn remote_pod(i: usize) -> Value {
     let (v4, v6) = remote_ips(i);
     let ns = format!("ns-{}", i % NAMESPACES);
     let labels = json!({"app": format!("app-{}", (i / NAMESPACES) % 50), "tier": TIERS[i % 4]});
-    pod(&ns, &format!("pod-{i}"), labels, &format!("remote-{}", i % 64), v4, v6)
+    pod(&ns, &format!("pod-{i}"), labels, &format!("remote-{}", i % 64), (v4, v6))
 }
 
 /// The local pods, with the client's labels (its `probe` label is what the
 /// label-change measurement flips).
 pub fn local_pods(client_probe: bool) -> Vec<Value> {
-    let (c4, c6) = client_ips();
-    let (s4, s6) = server_ips();
     let mut client = json!({"app": "client", "tier": "web"});
     if client_probe {
         client["probe"] = json!("yes");
     }
     vec![
-        pod("ns-0", "client", client, NODE, c4, c6),
-        pod("ns-0", "server", json!({"app": "server", "tier": "api"}), NODE, s4, s6),
+        pod("ns-0", "client", client, NODE, client_ips()),
+        pod("ns-0", "server", json!({"app": "server", "tier": "api"}), NODE, server_ips()),
     ]
 }
 
@@ -216,7 +204,6 @@ impl Cluster {
     /// Writes the manifests into `dir` in files of at most 1000 objects
     /// (`kind: List`), the local pods in a file of their own.
     pub fn write(&self, dir: &Path) -> Result<()> {
-        let list = |items: &[Value]| json!({"apiVersion": "v1", "kind": "List", "items": items});
         let put = |name: String, v: Value| -> Result<()> {
             std::fs::write(dir.join(&name), serde_json::to_vec(&v)?).with_context(|| name.clone())
         };
@@ -231,10 +218,6 @@ impl Cluster {
         put("bench-policies.json".into(), list(&bench_policies()))?;
         Ok(())
     }
-}
-
-pub fn list(items: &[Value]) -> Value {
-    json!({"apiVersion": "v1", "kind": "List", "items": items})
 }
 
 pub fn policy_node() -> PolicyNode {

@@ -1,21 +1,18 @@
 //! The benchmark's world: one network namespace standing in for the node
 //! (nothing in it reaches the machine's real network), pods as namespaces
-//! wired to it over veths with /32 and /128 host routes (ptp CNI style),
-//! the agent process, CPU pinning, and a cleanup registry that removes
-//! everything on success, failure and Ctrl-C alike.
+//! wired to it over veths with /32 and /128 host routes (ptp CNI style,
+//! the e2e kit's wiring), CPU pinning, and a cleanup registry that removes
+//! everything on success, failure and Ctrl-C alike. The agent process is
+//! the e2e kit's too (see [`crate::agent`]).
 
-use anyhow::{Context, Result, bail};
+use anyhow::Result;
 use palisade_e2e::netns::{enter, ip, ip_batch, sysctl_in};
 use palisade_e2e::pods::wire;
-use serde_json::Value;
 use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, Ipv6Addr};
-use std::os::fd::AsRawFd;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
 
 /// Everything that must go when the run ends, however it ends.
 #[derive(Default)]
@@ -30,8 +27,11 @@ static REGISTRY: Mutex<Registry> =
 
 /// Prefix of every namespace and interface the benchmark creates.
 pub const PREFIX: &str = "plb";
+/// Prefix of the benchmark's agent names (the e2e kit's agent pins under
+/// /sys/fs/bpf/palisade-e2e-<name>).
+pub const AGENT_TAG_PREFIX: &str = "bench-";
 /// Prefix of the bpffs directories the benchmark pins under.
-pub const BPFFS_PREFIX: &str = "/sys/fs/bpf/palisade-bench-";
+pub const BPFFS_PREFIX: &str = "/sys/fs/bpf/palisade-e2e-bench-";
 const PIDFILE: &str = "/tmp/palisade-bench.pids";
 
 fn registry() -> std::sync::MutexGuard<'static, Registry> {
@@ -218,211 +218,9 @@ impl Drop for Pod {
     }
 }
 
-/// Runs a command inside a namespace (keeping this mount namespace, unlike
-/// `ip netns exec`), returning the child.
-pub fn command_in(netns: &str, program: &Path) -> Result<Command> {
-    let f = std::fs::File::open(format!("/var/run/netns/{netns}")).with_context(|| format!("netns {netns}"))?;
-    let mut c = Command::new(program);
-    // SAFETY: setns is async-signal-safe; the fd stays open in the child
-    // until exec (the File lives in the closure).
-    unsafe {
-        c.pre_exec(move || {
-            if libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    Ok(c)
-}
+pub use palisade_e2e::netns::command_in;
 
-/// A `palisade run` process inside the node.
-pub struct Agent {
-    pub bin: PathBuf,
-    pub state_dir: PathBuf,
-    pub bpffs: PathBuf,
-    pub socket: PathBuf,
-    pub log: PathBuf,
-    child: Option<Child>,
-}
-
-impl Agent {
-    /// Prepares (does not start) an agent over `state_dir`.
-    pub fn new(bin: &Path, work: &Path, tag: &str) -> Result<Agent> {
-        let bpffs = PathBuf::from(format!("{BPFFS_PREFIX}{tag}"));
-        track_bpffs(&bpffs);
-        let _ = palisade::datapath::uninstall(&bpffs);
-        let state_dir = work.join(format!("state-{tag}"));
-        let _ = std::fs::remove_dir_all(&state_dir);
-        std::fs::create_dir_all(&state_dir)?;
-        Ok(Agent {
-            bin: bin.to_path_buf(),
-            socket: work.join(format!("agent-{tag}.sock")),
-            log: work.join(format!("agent-{tag}.log")),
-            state_dir,
-            bpffs,
-            child: None,
-        })
-    }
-
-    /// Starts the process; returns once its API answers (not once in sync).
-    pub fn start(&mut self, node: &Node, extra: &[&str]) -> Result<Instant> {
-        let _ = std::fs::remove_file(&self.socket);
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
-        let mut c = command_in(&node.netns, &self.bin)?;
-        c.arg("run")
-            .arg("--cluster-state")
-            .arg(&self.state_dir)
-            .args(["--node-name", crate::cluster::NODE, "--bpffs"])
-            .arg(&self.bpffs)
-            .arg("--socket")
-            .arg(&self.socket)
-            .args(["--metrics-addr", ""])
-            .args(extra)
-            .env("RUST_LOG", "info")
-            // Verdict lines go nowhere: a container runtime would take them
-            // from a pipe; here their cost is the write, not the storage.
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(log))
-            .stdin(Stdio::null());
-        let started = Instant::now();
-        let child = c.spawn().with_context(|| format!("starting {}", self.bin.display()))?;
-        track_pid(child.id() as i32);
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while self.status().is_err() {
-            if let Some(Ok(Some(code))) = self.child.as_mut().map(|c| c.try_wait()) {
-                bail!("agent exited with {code}:\n{}", self.log_tail());
-            }
-            if Instant::now() > deadline {
-                bail!("agent did not come up:\n{}", self.log_tail());
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        Ok(started)
-    }
-
-    pub fn pid(&self) -> Option<i32> {
-        self.child.as_ref().map(|c| c.id() as i32)
-    }
-
-    /// SIGTERM and wait: enforcement stays pinned.
-    pub fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            // SAFETY: signalling our own child.
-            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = c.try_wait() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
-            untrack_pid(c.id() as i32);
-        }
-    }
-
-    /// Stops the agent and removes everything it pinned.
-    pub fn uninstall(&mut self) {
-        self.stop();
-        let _ = palisade::datapath::uninstall(&self.bpffs);
-    }
-
-    fn cli(&self, args: &[&str]) -> Result<String> {
-        let out = Command::new(&self.bin).args(args).arg("--socket").arg(&self.socket).output()?;
-        if !out.status.success() {
-            bail!("palisade {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).to_string())
-    }
-
-    pub fn status(&self) -> Result<Value> {
-        Ok(serde_json::from_str(&self.cli(&["status", "-o", "json"])?)?)
-    }
-
-    /// Waits until the kernel holds the latest manifests.
-    pub fn wait_in_sync(&self, timeout: Duration) -> Result<Value> {
-        let t = format!("{}ms", timeout.as_millis());
-        let st: Value = serde_json::from_str(&self.cli(&["status", "--wait", "--timeout", &t, "-o", "json"])?)?;
-        let enforced = st["pods"].as_array().map(|p| p.iter().all(|p| p["state"] == "enforced")).unwrap_or(false);
-        if !enforced {
-            bail!("not every local pod is enforced: {}", st["pods"]);
-        }
-        Ok(st)
-    }
-
-    /// Writes a manifest file atomically (write aside, then rename); returns
-    /// the instant just before the rename.
-    pub fn apply(&self, file: &str, value: &Value) -> Result<Instant> {
-        let tmp = self.state_dir.join(format!(".{file}.tmp"));
-        std::fs::write(&tmp, serde_json::to_vec(value)?)?;
-        let t = Instant::now();
-        std::fs::rename(&tmp, self.state_dir.join(file))?;
-        Ok(t)
-    }
-
-    pub fn remove(&self, file: &str) -> Result<Instant> {
-        let t = Instant::now();
-        std::fs::remove_file(self.state_dir.join(file))?;
-        Ok(t)
-    }
-
-    pub fn log_tail(&self) -> String {
-        let s = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = s.lines().collect();
-        lines[lines.len().saturating_sub(20)..].join("\n")
-    }
-
-    /// Resident memory, bytes.
-    pub fn rss(&self) -> Option<u64> {
-        let s = std::fs::read_to_string(format!("/proc/{}/status", self.pid()?)).ok()?;
-        let kb: u64 = s.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.split_whitespace().next()?.parse().ok()?;
-        Some(kb * 1024)
-    }
-
-    /// Peak resident memory, bytes.
-    pub fn hwm(&self) -> Option<u64> {
-        let s = std::fs::read_to_string(format!("/proc/{}/status", self.pid()?)).ok()?;
-        let kb: u64 = s.lines().find_map(|l| l.strip_prefix("VmHWM:"))?.split_whitespace().next()?.parse().ok()?;
-        Some(kb * 1024)
-    }
-
-    /// Kernel memory of the BPF maps the agent holds (sum of `memlock` over
-    /// its map file descriptors), bytes.
-    pub fn map_memory(&self) -> Option<u64> {
-        map_memory_of(self.pid()?)
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        self.uninstall();
-    }
-}
-
-pub fn map_memory_of(pid: i32) -> Option<u64> {
-    let mut seen = BTreeSet::new();
-    let mut total = 0u64;
-    for e in std::fs::read_dir(format!("/proc/{pid}/fdinfo")).ok()?.flatten() {
-        let Ok(s) = std::fs::read_to_string(e.path()) else { continue };
-        let field = |k: &str| s.lines().find_map(|l| l.strip_prefix(k)).map(|v| v.trim().to_string());
-        if let (Some(id), Some(mem)) = (field("map_id:"), field("memlock:"))
-            && seen.insert(id)
-        {
-            total += mem.parse::<u64>().unwrap_or(0);
-        }
-    }
-    Some(total)
-}
-
+/// CPU time a process has used (user + system), seconds.
 pub fn cpu_seconds_of(pid: i32) -> Option<f64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &s[s.rfind(')')? + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    Some(ticks / hz)
+    palisade_e2e::agent::cpu_seconds_of(u32::try_from(pid).ok()?).ok()
 }

@@ -4,8 +4,9 @@
 //! counters say how many events were written and lost, the agent says how
 //! many it read, the observer counts what it got.
 
+use crate::agent::Agent;
 use crate::cluster::{self, Cluster};
-use crate::env::{self, Agent, Node, Pod};
+use crate::env::{self, Node, Pod};
 use anyhow::{Context, Result};
 use serde::Serialize;
 use std::io::BufRead;
@@ -24,7 +25,6 @@ pub struct Config {
     pub secs: f64,
     pub sender_cpu: usize,
     pub palisade: PathBuf,
-    pub work: PathBuf,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -99,9 +99,9 @@ pub fn run(cfg: &Config) -> Result<Results> {
     let client = Pod::create(&node, "ecli", c4, c6)?;
     let _server = Pod::create(&node, "esrv", s4, s6)?;
     let cluster = Cluster::new(cfg.pods, cfg.policies);
-    let mut agent = Agent::new(&cfg.palisade, &cfg.work, "events")?;
+    let mut agent = Agent::new(&node, "events")?;
     cluster.write(&agent.state_dir)?;
-    agent.start(&node, &[])?;
+    agent.start(&[])?;
     agent.wait_in_sync(Duration::from_secs(120))?;
     let agent_pid = agent.pid().context("agent pid")?;
 

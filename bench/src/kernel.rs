@@ -18,16 +18,13 @@ use anyhow::{Context, Result, bail};
 use palisade::datapath::netlink::Interfaces;
 use palisade::datapath::{Datapath, HostInterfaces, Settings};
 use palisade::policy::{Direction, compile};
+use palisade_kit::packet::{L4, TCP_ACK, TCP_SYN, valid};
+use palisade_kit::tc::{TC_ACT_SHOT, TC_ACT_UNSPEC, skb_ctx};
 use serde::Serialize;
 use std::net::IpAddr;
 use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
-
-const SKB_CTX_LEN: usize = 192;
-const SKB_CTX_IFINDEX: usize = 40;
-const TC_ACT_UNSPEC: u32 = u32::MAX;
-const TC_ACT_SHOT: u32 = 2;
 
 pub struct Config {
     pub repeat: u32,
@@ -77,82 +74,10 @@ pub struct Results {
     pub measurements: Vec<Measurement>,
 }
 
-// ---------------------------------------------------------------------------
-// Packets.
-
-fn csum_add(mut sum: u32, data: &[u8]) -> u32 {
-    for c in data.chunks(2) {
-        sum += u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));
-    }
-    sum
-}
-
-fn csum_fold(mut sum: u32) -> u16 {
-    while sum >> 16 != 0 {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
-
-/// A valid Ethernet + IPv4/IPv6 + TCP (SYN or ACK) / UDP packet.
-pub fn packet(src: IpAddr, dst: IpAddr, proto: u8, sport: u16, dport: u16, tcp_flags: u8) -> Vec<u8> {
-    let mut l4 = Vec::new();
-    l4.extend(sport.to_be_bytes());
-    l4.extend(dport.to_be_bytes());
-    if proto == palisade_common::PROTO_TCP {
-        l4.extend([0, 0, 0, 1, 0, 0, 0, if tcp_flags & 0x10 != 0 { 1 } else { 0 }, 0x50, tcp_flags, 0xff, 0xff]);
-        l4.extend([0, 0, 0, 0]);
-    } else {
-        l4.extend(((8 + 32) as u16).to_be_bytes());
-        l4.extend([0, 0]);
-        l4.extend([0x5a; 32]);
-    }
-    let csum_at = if proto == palisade_common::PROTO_TCP { 16 } else { 6 };
-    let mut p = vec![0x02, 0, 0, 0, 0, 0x03, 0x02, 0, 0, 0, 0, 0x02];
-    match (src, dst) {
-        (IpAddr::V4(s), IpAddr::V4(d)) => {
-            let mut pseudo = Vec::new();
-            pseudo.extend(s.octets());
-            pseudo.extend(d.octets());
-            pseudo.extend([0, proto]);
-            pseudo.extend((l4.len() as u16).to_be_bytes());
-            let c = csum_fold(csum_add(csum_add(0, &pseudo), &l4));
-            l4[csum_at..csum_at + 2].copy_from_slice(&c.to_be_bytes());
-            p.extend(0x0800u16.to_be_bytes());
-            let mut h = vec![0x45, 0];
-            h.extend(((20 + l4.len()) as u16).to_be_bytes());
-            h.extend([0x12, 0x34, 0x40, 0, 64, proto, 0, 0]);
-            h.extend(s.octets());
-            h.extend(d.octets());
-            let c = csum_fold(csum_add(0, &h));
-            h[10..12].copy_from_slice(&c.to_be_bytes());
-            p.extend(h);
-        }
-        (IpAddr::V6(s), IpAddr::V6(d)) => {
-            let mut pseudo = Vec::new();
-            pseudo.extend(s.octets());
-            pseudo.extend(d.octets());
-            pseudo.extend((l4.len() as u32).to_be_bytes());
-            pseudo.extend([0, 0, 0, proto]);
-            let c = csum_fold(csum_add(csum_add(0, &pseudo), &l4));
-            l4[csum_at..csum_at + 2].copy_from_slice(&c.to_be_bytes());
-            p.extend(0x86ddu16.to_be_bytes());
-            p.extend([0x60, 0, 0, 0]);
-            p.extend((l4.len() as u16).to_be_bytes());
-            p.extend([proto, 64]);
-            p.extend(s.octets());
-            p.extend(d.octets());
-        }
-        _ => unreachable!("mixed families"),
-    }
-    p.extend(l4);
-    p
-}
-
-fn ctx(ifindex: u32) -> [u8; SKB_CTX_LEN] {
-    let mut c = [0u8; SKB_CTX_LEN];
-    c[SKB_CTX_IFINDEX..SKB_CTX_IFINDEX + 4].copy_from_slice(&ifindex.to_ne_bytes());
-    c
+/// A valid packet of `proto` (TCP or UDP) with `tcp_flags` (TCP only).
+fn packet(src: IpAddr, dst: IpAddr, proto: u8, sport: u16, dport: u16, tcp_flags: u8) -> Vec<u8> {
+    let l4 = if proto == palisade_common::PROTO_TCP { L4::Tcp(sport, dport, tcp_flags) } else { L4::Udp(sport, dport) };
+    valid(src, dst, l4)
 }
 
 // ---------------------------------------------------------------------------
@@ -248,8 +173,8 @@ fn measure_point(
     let prog = dp.classifier(Direction::Ingress)?;
     let prog_fd = prog.fd()?.as_fd();
     let empty_fd = empty.as_fd();
-    let server_ctx = ctx(server_if);
-    let spare_ctx = ctx(spare_if);
+    let server_ctx = skb_ctx(server_if);
+    let spare_ctx = skb_ctx(spare_if);
     let remote_count = pods.saturating_sub(2).max(1);
 
     // (family, proto) -> case -> per-rep (palisade ns, baseline ns)
@@ -279,12 +204,12 @@ fn measure_point(
                     Ok(f64::from(d))
                 };
                 // Repeat mode.
-                let established = packet(cli, srv, proto, 40000, cluster::PORT_RR, 0x10);
+                let established = packet(cli, srv, proto, 40000, cluster::PORT_RR, TCP_ACK);
                 let base = run(empty_fd, &server_ctx, &established, pc.repeat, Some(TC_ACT_UNSPEC))?;
                 run(prog_fd, &server_ctx, &established, 1, Some(TC_ACT_UNSPEC))?;
                 let hit = run(prog_fd, &server_ctx, &established, pc.repeat, Some(TC_ACT_UNSPEC))?;
                 push(key, "ct_hit", (hit, base));
-                let denied = packet(remote0, srv, proto, 40000, cluster::PORT_DENIED, 0x02);
+                let denied = packet(remote0, srv, proto, 40000, cluster::PORT_DENIED, TCP_SYN);
                 let base = run(empty_fd, &server_ctx, &denied, pc.repeat, None)?;
                 let d = run(prog_fd, &server_ctx, &denied, pc.repeat, Some(TC_ACT_SHOT))?;
                 push(key, "denied", (d, base));
@@ -300,15 +225,15 @@ fn measure_point(
                     let sport = (next_sport % 64000 + 1024) as u16;
                     let dport = cluster::PORT_IPERF + ((next_sport / 64000) % 4) as u16;
                     next_sport += 1;
-                    let p = packet(cli, srv, proto, sport, dport, 0x02);
+                    let p = packet(cli, srv, proto, sport, dport, TCP_SYN);
                     base_s.push(run(empty_fd, &server_ctx, &p, 1, None)?);
                     spec_s.push(run(prog_fd, &server_ctx, &p, 1, Some(TC_ACT_UNSPEC))?);
                     // The client again, on the port only the wildcard rule allows.
-                    let p = packet(cli, srv, proto, sport, cluster::PORT_ANY_PEER, 0x02);
+                    let p = packet(cli, srv, proto, sport, cluster::PORT_ANY_PEER, TCP_SYN);
                     wild_s.push(run(prog_fd, &server_ctx, &p, 1, Some(TC_ACT_UNSPEC))?);
                     // A different pod of the cluster for every flow.
                     let peer = cluster::ip_of(cluster::remote_ips(i % remote_count), v6);
-                    let p = packet(peer, srv, proto, sport, cluster::PORT_ANY_PEER, 0x02);
+                    let p = packet(peer, srv, proto, sport, cluster::PORT_ANY_PEER, TCP_SYN);
                     many_s.push(run(prog_fd, &server_ctx, &p, 1, Some(TC_ACT_UNSPEC))?);
                 }
                 let med = |mut v: Vec<f64>| crate::stats::quantile(&mut v, 0.5);

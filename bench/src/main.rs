@@ -2,8 +2,11 @@
 //! and reports, never fails on a number: packet verdict latency
 //! (BPF_PROG_TEST_RUN), real traffic against iptables and nftables,
 //! policy programming latency and footprint, verdict event throughput.
-//! Writes report.md, report.json and PNG plots, and prints the headline.
+//! Writes report.md, report.json and PNG plots under bench/results/ (a
+//! quick run under bench/results/quick/, so it never overwrites the
+//! committed full report), and prints the headline.
 
+mod agent;
 mod cluster;
 mod engines;
 mod env;
@@ -28,9 +31,10 @@ struct Args {
     /// A short run (under two minutes) for CI smoke.
     #[arg(long)]
     quick: bool,
-    /// Where the report and plots go.
-    #[arg(long, default_value = "bench")]
-    out: PathBuf,
+    /// Where the report and plots go (default: bench/results, or
+    /// bench/results/quick for a quick run).
+    #[arg(long)]
+    out: Option<PathBuf>,
     /// Only these sections (kernel, traffic, programming, events).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
@@ -73,6 +77,13 @@ fn real_main(args: Args) -> Result<()> {
         bail!("no palisade binary at {}", args.palisade.display());
     }
     let palisade = std::fs::canonicalize(&args.palisade)?;
+    // The e2e kit's agent launcher runs $PALISADE_BIN.
+    // SAFETY: no other thread exists yet.
+    unsafe { std::env::set_var("PALISADE_BIN", &palisade) };
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(if args.quick { "bench/results/quick" } else { "bench/results" }));
     // The machine is shared: run everything (threads, iperf3, the agent:
     // they inherit it) at the highest priority of the normal scheduler so
     // other work disturbs the measurements less. Not real-time: the agent
@@ -91,7 +102,7 @@ fn real_main(args: Args) -> Result<()> {
     let work = std::env::temp_dir().join(format!("palisade-bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work)?;
-    std::fs::create_dir_all(&args.out)?;
+    std::fs::create_dir_all(&out)?;
     let want = |s: &str| args.only.is_empty() || args.only.iter().any(|o| o == s);
     let quick = args.quick;
     let started = Instant::now();
@@ -133,7 +144,6 @@ fn real_main(args: Args) -> Result<()> {
             iperf_secs: if quick { 2 } else { 3 },
             rr_secs: if quick { 1.0 } else { 2.0 },
             cps_secs: if quick { 1.0 } else { 2.0 },
-            palisade: palisade.clone(),
             work: work.clone(),
         };
         let before = report::loadavg();
@@ -149,8 +159,6 @@ fn real_main(args: Args) -> Result<()> {
                 vec![(10, 10), (1000, 1000), (10_000, 10_000), (10_000, 10), (10, 10_000)]
             },
             reps: args.reps.unwrap_or(if quick { 1 } else { 3 }),
-            palisade: palisade.clone(),
-            work: work.clone(),
         };
         let before = report::loadavg();
         rep.programming = Some(programming::run(&cfg).map_err(|e| section_failed("programming", e)));
@@ -169,7 +177,6 @@ fn real_main(args: Args) -> Result<()> {
             secs: if quick { 1.0 } else { 3.0 },
             sender_cpu: 0,
             palisade: palisade.clone(),
-            work: work.clone(),
         };
         let before = report::loadavg();
         rep.events = Some(events::run(&cfg).map_err(|e| section_failed("events", e)));
@@ -178,8 +185,8 @@ fn real_main(args: Args) -> Result<()> {
     env::cleanup_all();
     let _ = std::fs::remove_dir_all(&work);
     rep.duration_s = started.elapsed().as_secs_f64();
-    rep.write(&args.out)?;
+    rep.write(&out)?;
     println!("{}", rep.headline());
-    println!("report: {}", args.out.join("report.md").display());
+    println!("report: {}", out.join("report.md").display());
     Ok(())
 }

@@ -3,21 +3,19 @@
 //! place, or the agent process spawned) to the first probe packet that
 //! shows the new verdict in the kernel.
 
+use crate::agent::Agent;
 use crate::cluster::{self, Cluster};
-use crate::env::{Agent, Node, Pod};
+use crate::env::{Node, Pod};
 use crate::probe::Stream;
 use crate::stats::Sample;
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
 use serde_json::{Value, json};
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 pub struct Config {
     pub points: Vec<(usize, usize)>,
     pub reps: usize,
-    pub palisade: PathBuf,
-    pub work: PathBuf,
 }
 
 const PORT_ADD: u16 = 7010;
@@ -141,7 +139,7 @@ pub fn run(cfg: &Config) -> Result<Results> {
 
 fn point(cfg: &Config, node: &Node, client: &Pod, server: &Pod, pods: usize, policies: usize) -> Result<PointResult> {
     let cluster = Cluster::new(pods, policies);
-    let mut agent = Agent::new(&cfg.palisade, &cfg.work, "prog")?;
+    let mut agent = Agent::new(node, "prog")?;
     cluster.write(&agent.state_dir)?;
     std::fs::write(agent.state_dir.join("label-gate.json"), serde_json::to_vec(&cluster::list(&gate_policies()))?)?;
     let (source_load_ms, source_reload_ms, compile_ms) = breakdown(&agent.state_dir)?;
@@ -155,7 +153,7 @@ fn point(cfg: &Config, node: &Node, client: &Pod, server: &Pod, pods: usize, pol
         if stream.wait_allowed(Instant::now(), Duration::from_secs(5)).is_none() {
             bail!("probes do not get through without enforcement");
         }
-        let t0 = agent.start(node, &[])?;
+        let t0 = agent.start(&[])?;
         agent.wait_in_sync(TIMEOUT)?;
         cold_status.push(t0.elapsed().as_secs_f64() * 1e3);
         cold.push(ms(stream.wait_denied(t0, QUIET, TIMEOUT)));
@@ -210,7 +208,7 @@ fn point(cfg: &Config, node: &Node, client: &Pod, server: &Pod, pods: usize, pol
         for _ in 0..cfg.reps {
             agent.stop();
             agent.apply("zz-restart.json", &allow_policy("zz-restart", PORT_RESTART))?;
-            let t0 = agent.start(node, &[])?;
+            let t0 = agent.start(&[])?;
             restart.push(ms(stream.wait_allowed(t0, TIMEOUT)));
             agent.wait_in_sync(TIMEOUT)?;
             agent.remove("zz-restart.json")?;

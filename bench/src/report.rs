@@ -873,7 +873,7 @@ const METHOD: &str = "## Method\n\n\
 - Everything runs inside network namespaces the benchmark creates (`plb-*`): a node namespace with forwarding on, \
   and pods behind veths with /32 and /128 routes on the host side (the ptp CNI wiring). No traffic leaves them. \
   iptables, ipset and nftables state lives in the node namespace and goes with it; palisade pins under \
-  `/sys/fs/bpf/palisade-bench-*`. Only one engine is active at a time; everything is removed at the end, on \
+  `/sys/fs/bpf/palisade-e2e-bench-*` (`env::BPFFS_PREFIX`). Only one engine is active at a time; everything is removed at the end, on \
   failure and on Ctrl-C.\n\
 - The policy set is generated (see `bench/src/cluster.rs`): 100 namespaces; remote pods with app and tier labels; \
   policy j is namespace-wide ingress (every 10th), namespace-wide egress with an ipBlock (every 10th, offset 5) or \

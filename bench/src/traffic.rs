@@ -4,9 +4,10 @@
 //! connection, 64-byte ping-pong) and new connections per second (connect,
 //! one byte each way, close with RST so no TIME_WAIT piles up).
 
+use crate::agent::Agent;
 use crate::cluster::{self, Cluster, PORT_CPS, PORT_DENIED, PORT_IPERF, PORT_RR};
 use crate::engines::{self, Kind};
-use crate::env::{self, Agent, Node, Pod};
+use crate::env::{self, Node, Pod};
 use crate::stats::{Sample, quantile};
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
@@ -26,7 +27,6 @@ pub struct Config {
     pub iperf_secs: u64,
     pub rr_secs: f64,
     pub cps_secs: f64,
-    pub palisade: PathBuf,
     pub work: PathBuf,
 }
 
@@ -258,10 +258,10 @@ fn engine_up(
     Ok(match engine {
         "none" => (Active::None, 0.0),
         "palisade" | "palisade-nolog" => {
-            let mut agent = Agent::new(&cfg.palisade, &cfg.work, "traffic")?;
+            let mut agent = Agent::new(node, "traffic")?;
             copy_dir(state, &agent.state_dir)?;
             let extra: &[&str] = if engine == "palisade" { &[] } else { &["--log-new-flows", "false"] };
-            let t = agent.start(node, extra)?;
+            let t = agent.start(extra)?;
             agent.wait_in_sync(Duration::from_secs(120))?;
             let ms = t.elapsed().as_secs_f64() * 1e3;
             (Active::Palisade(Box::new(agent)), ms)

@@ -28,6 +28,8 @@ pub struct Agent {
     /// When set, the agent reads this API server (KUBECONFIG) instead of
     /// `state_dir`.
     pub kubeconfig: Option<PathBuf>,
+    /// The network namespace the process runs in (None: the caller's).
+    pub netns: Option<String>,
     pub bpffs: PathBuf,
     pub socket: PathBuf,
     pub stdout: PathBuf,
@@ -50,6 +52,16 @@ impl Agent {
     }
 
     fn start_with(tag: &str, node: &str, kubeconfig: Option<PathBuf>, extra: &[&str]) -> Result<Agent> {
+        let mut agent = Agent::prepare(tag)?;
+        agent.kubeconfig = kubeconfig;
+        agent.spawn(node, extra)?;
+        Ok(agent)
+    }
+
+    /// An agent named `tag`, not started: its state directory is empty and
+    /// nothing is pinned. For callers that set it up (manifests, `netns`,
+    /// `stdout`) before [`Agent::spawn`].
+    pub fn prepare(tag: &str) -> Result<Agent> {
         // An agent left running by a test run that was killed would fight
         // this one over the same interfaces.
         let pidfile = std::env::temp_dir().join(format!("palisade-e2e-{tag}.pid"));
@@ -61,20 +73,20 @@ impl Agent {
         let _ = std::fs::remove_dir_all(&work);
         let state_dir = work.join("state");
         std::fs::create_dir_all(&state_dir)?;
-        let mut agent = Agent {
+        let agent = Agent {
             bpffs: PathBuf::from(format!("/sys/fs/bpf/palisade-e2e-{tag}")),
             socket: work.join("palisade.sock"),
             stdout: work.join("agent.out"),
             stderr: work.join("agent.err"),
             state_dir,
-            kubeconfig,
+            kubeconfig: None,
+            netns: None,
             work,
             child: None,
             rt: tokio::runtime::Builder::new_current_thread().enable_all().build()?,
             pidfile,
         };
         let _ = Command::new(binary()).args(["uninstall", "--bpffs"]).arg(&agent.bpffs).status();
-        agent.spawn(node, extra)?;
         Ok(agent)
     }
 
@@ -82,7 +94,10 @@ impl Agent {
     pub fn spawn(&mut self, node: &str, extra: &[&str]) -> Result<()> {
         let out = std::fs::OpenOptions::new().create(true).append(true).open(&self.stdout)?;
         let err = std::fs::OpenOptions::new().create(true).append(true).open(&self.stderr)?;
-        let mut cmd = Command::new(binary());
+        let mut cmd = match &self.netns {
+            Some(ns) => crate::netns::command_in(ns, &binary())?,
+            None => Command::new(binary()),
+        };
         cmd.arg("run");
         match &self.kubeconfig {
             Some(k) => cmd.env("KUBECONFIG", k),
@@ -123,12 +138,39 @@ impl Agent {
         }
     }
 
+    /// SIGTERM, and SIGKILL if it has not exited within 10 s (a clean
+    /// stop: enforcement stays pinned).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline && !matches!(c.try_wait(), Ok(Some(_))) {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// The running process's id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Writes a manifest file atomically (write, then rename).
     pub fn apply(&self, file: &str, yaml: &str) -> Result<()> {
+        self.apply_at(file, yaml).map(drop)
+    }
+
+    /// Like [`Agent::apply`]; returns the instant just before the rename,
+    /// which is when the change happened as far as the agent can know.
+    pub fn apply_at(&self, file: &str, text: &str) -> Result<Instant> {
         let tmp = self.work.join(format!(".{file}.tmp"));
-        std::fs::write(&tmp, yaml)?;
+        std::fs::write(&tmp, text)?;
+        let t = Instant::now();
         std::fs::rename(&tmp, self.state_dir.join(file))?;
-        Ok(())
+        Ok(t)
     }
 
     pub fn remove(&self, file: &str) -> Result<()> {
@@ -163,8 +205,13 @@ impl Agent {
 
     /// Waits until the kernel holds the latest manifests.
     pub fn wait_in_sync(&self) -> Result<Value> {
-        let st: Value = serde_json::from_str(&self.cli(&["status", "--wait", "--timeout", "20s", "-o", "json"])?)?;
-        Ok(st)
+        self.wait_in_sync_for(Duration::from_secs(20))
+    }
+
+    /// [`Agent::wait_in_sync`], waiting up to `timeout`.
+    pub fn wait_in_sync_for(&self, timeout: Duration) -> Result<Value> {
+        let t = format!("{}ms", timeout.as_millis());
+        Ok(serde_json::from_str(&self.cli(&["status", "--wait", "--timeout", &t, "-o", "json"])?)?)
     }
 
     /// Past events from the agent's history (newest last).
@@ -201,15 +248,7 @@ impl Agent {
 
     /// CPU time the agent process has used (user + system), in seconds.
     pub fn cpu_seconds(&self) -> Result<f64> {
-        let pid = self.child.as_ref().context("agent not running")?.id();
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-        // Fields after the parenthesised command name; utime and stime are
-        // the 14th and 15th fields of the whole line.
-        let rest = stat.rsplit_once(')').context("malformed stat")?.1;
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        let ticks: f64 = f[11].parse::<f64>()? + f[12].parse::<f64>()?;
-        // SAFETY: sysconf has no preconditions.
-        Ok(ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64)
+        cpu_seconds_of(self.pid().context("agent not running")?)
     }
 
     pub fn log_tail(&self) -> String {
@@ -229,4 +268,16 @@ impl Drop for Agent {
         let _ = std::fs::remove_dir_all(&self.work);
         let _ = std::fs::remove_file(&self.pidfile);
     }
+}
+
+/// CPU time process `pid` has used (user + system), in seconds.
+pub fn cpu_seconds_of(pid: u32) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the parenthesised command name; utime and stime are
+    // the 14th and 15th fields of the whole line.
+    let rest = stat.rsplit_once(')').context("malformed stat")?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f[11].parse::<f64>()? + f[12].parse::<f64>()?;
+    // SAFETY: sysconf has no preconditions.
+    Ok(ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64)
 }

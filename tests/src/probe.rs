@@ -3,33 +3,14 @@
 //! protocol, all probes at once.
 
 use crate::pods::Pod;
+use palisade_kit::matrix::comparison;
+use palisade_kit::packet::sctp_init;
 use socket2::{Domain, Protocol as SockProto, SockAddr, Socket, Type};
-use std::fmt::Write as _;
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Proto {
-    Tcp,
-    Udp,
-    /// The kernel here has no SCTP stack: probes are crafted SCTP packets
-    /// sent on raw sockets, and arrival is seen by a raw socket in the
-    /// destination pod.
-    Sctp,
-}
-
-impl std::fmt::Display for Proto {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Proto::Tcp => "TCP",
-            Proto::Udp => "UDP",
-            Proto::Sctp => "SCTP",
-        })
-    }
-}
-
-const IPPROTO_SCTP: i32 = 132;
+pub use palisade_kit::{Matrix, Proto};
 
 /// How long a probe waits before calling the path blocked.
 pub const TIMEOUT: Duration = Duration::from_millis(1500);
@@ -41,7 +22,7 @@ pub fn socket_in(pod: &Pod, v6: bool, proto: Proto) -> std::io::Result<Socket> {
         match proto {
             Proto::Tcp => Socket::new(domain, Type::STREAM, Some(SockProto::TCP)),
             Proto::Udp => Socket::new(domain, Type::DGRAM, Some(SockProto::UDP)),
-            Proto::Sctp => Socket::new(domain, Type::RAW, Some(SockProto::from(IPPROTO_SCTP))),
+            Proto::Sctp => Socket::new(domain, Type::RAW, Some(SockProto::from(i32::from(Proto::Sctp.number())))),
         }
     })
 }
@@ -68,20 +49,9 @@ pub fn talk(sock: Socket, to: SocketAddr, proto: Proto, timeout: Duration) -> bo
     }
 }
 
-/// An SCTP common header and an INIT chunk (checksums are not checked on
-/// the way; nothing here terminates SCTP).
-fn sctp_init(sport: u16, dport: u16) -> Vec<u8> {
-    let mut p = Vec::with_capacity(32);
-    p.extend_from_slice(&sport.to_be_bytes());
-    p.extend_from_slice(&dport.to_be_bytes());
-    p.extend_from_slice(&[0; 8]); // verification tag 0 (INIT), checksum
-    p.extend_from_slice(&[1, 0, 0, 20]); // INIT chunk, length 20
-    p.extend_from_slice(&[0xca, 0xfe, 0xba, 0xbe, 0, 1, 0, 0, 0, 10, 0, 10, 0, 0, 0, 1]);
-    p
-}
-
 /// Who can reach whom with SCTP to `port`: every pod sends a crafted SCTP
-/// INIT to every pod, and raw sockets in the destinations record arrivals.
+/// INIT to every pod, and raw sockets in the destinations record arrivals
+/// (the kernel here has no SCTP stack to connect with).
 pub fn sctp_reachability(pods: &[&Pod], port: u16, v6: bool) -> Matrix {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::{Arc, Mutex};
@@ -128,7 +98,7 @@ pub fn sctp_reachability(pods: &[&Pod], port: u16, v6: bool) -> Matrix {
     let seen = seen.lock().expect("lock");
     for i in 0..pods.len() {
         for j in 0..pods.len() {
-            m.cells[i][j] = seen.iter().any(|&(at, sp, dp)| at == j && sp == sport(i, j) && dp == port);
+            m.put(i, j, Some(seen.iter().any(|&(at, sp, dp)| at == j && sp == sport(i, j) && dp == port)));
         }
     }
     m
@@ -139,111 +109,6 @@ pub fn probe(from: &Pod, to: IpAddr, port: u16, proto: Proto) -> bool {
     match socket_in(from, to.is_ipv6(), proto) {
         Ok(s) => talk(s, SocketAddr::new(to, port), proto, TIMEOUT),
         Err(_) => false,
-    }
-}
-
-/// Who can reach whom, pods in a fixed order.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Matrix {
-    pub names: Vec<String>,
-    pub cells: Vec<Vec<bool>>,
-}
-
-impl Matrix {
-    pub fn new(names: &[String], value: bool) -> Matrix {
-        Matrix { names: names.to_vec(), cells: vec![vec![value; names.len()]; names.len()] }
-    }
-
-    fn idx(&self, pod: &str) -> usize {
-        self.names.iter().position(|n| n == pod).unwrap_or_else(|| panic!("no pod {pod}"))
-    }
-
-    pub fn set(&mut self, from: &str, to: &str, v: bool) -> &mut Self {
-        let (f, t) = (self.idx(from), self.idx(to));
-        self.cells[f][t] = v;
-        self
-    }
-
-    pub fn get(&self, from: &str, to: &str) -> bool {
-        self.cells[self.idx(from)][self.idx(to)]
-    }
-
-    /// Everything to `to` is `v` (pods reaching themselves aside).
-    pub fn to(&mut self, to: &str, v: bool) -> &mut Self {
-        let t = self.idx(to);
-        for f in 0..self.names.len() {
-            if f != t {
-                self.cells[f][t] = v;
-            }
-        }
-        self
-    }
-
-    /// Everything from `from` is `v` (pods reaching themselves aside).
-    pub fn from(&mut self, from: &str, v: bool) -> &mut Self {
-        let f = self.idx(from);
-        for t in 0..self.names.len() {
-            if f != t {
-                self.cells[f][t] = v;
-            }
-        }
-        self
-    }
-
-    /// Applies `f(from, to)` to every pair of distinct pods.
-    pub fn each(&mut self, f: impl Fn(&str, &str) -> Option<bool>) -> &mut Self {
-        for i in 0..self.names.len() {
-            for j in 0..self.names.len() {
-                if i != j
-                    && let Some(v) = f(&self.names[i], &self.names[j])
-                {
-                    self.cells[i][j] = v;
-                }
-            }
-        }
-        self
-    }
-
-    /// A pod always reaches itself: traffic to its own address never
-    /// leaves it, so no policy applies.
-    pub fn with_self_reachable(mut self) -> Matrix {
-        for i in 0..self.names.len() {
-            self.cells[i][i] = true;
-        }
-        self
-    }
-
-    pub fn render(&self, other: Option<&Matrix>) -> String {
-        let mut s = String::from("from\\to ");
-        for n in &self.names {
-            let _ = write!(s, "{n:>5}");
-        }
-        s.push('\n');
-        for (i, n) in self.names.iter().enumerate() {
-            let _ = write!(s, "{n:>7} ");
-            for j in 0..self.names.len() {
-                let v = self.cells[i][j];
-                let mark = match other.map(|o| o.cells[i][j]) {
-                    Some(e) if e != v => {
-                        if v {
-                            "  X!"
-                        } else {
-                            "  .!"
-                        }
-                    }
-                    _ => {
-                        if v {
-                            "   X"
-                        } else {
-                            "   ."
-                        }
-                    }
-                };
-                let _ = write!(s, " {mark}");
-            }
-            s.push('\n');
-        }
-        s
     }
 }
 
@@ -272,7 +137,7 @@ pub fn reachability(pods: &[&Pod], port: u16, proto: Proto, v6: bool) -> Matrix 
         handles.into_iter().map(|h| h.join().expect("probe thread")).collect()
     });
     for (i, j, ok) in results {
-        m.cells[i][j] = ok;
+        m.put(i, j, Some(ok));
     }
     m
 }
@@ -284,19 +149,14 @@ pub fn check(pods: &[&Pod], port: u16, proto: Proto, v6: bool, expected: &Matrix
     let mut got = reachability(pods, port, proto, v6);
     for i in 0..got.names.len() {
         for j in 0..got.names.len() {
-            if expected.cells[i][j] && !got.cells[i][j] && proto != Proto::Sctp {
-                got.cells[i][j] = probe(pods[i], pods[j].ip(v6), port, proto);
+            if expected.at(i, j) == Some(true) && got.at(i, j) != Some(true) && proto != Proto::Sctp {
+                got.put(i, j, Some(probe(pods[i], pods[j].ip(v6), port, proto)));
             }
         }
     }
     if got == *expected {
         Ok(())
     } else {
-        Err(format!(
-            "reachability on {proto}/{port} over IPv{} differs (X reachable, . blocked, ! unexpected)\nexpected:\n{}observed:\n{}",
-            if v6 { 6 } else { 4 },
-            expected.render(None),
-            got.render(Some(expected))
-        ))
+        Err(comparison(&format!("reachability on {proto}/{port} over IPv{}", if v6 { 6 } else { 4 }), expected, &got))
     }
 }

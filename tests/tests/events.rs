@@ -300,12 +300,7 @@ fn cases() -> Vec<palisade_e2e::suite::Case<Env>> {
                 for i in 0..100_000u32 {
                     let sport = 1024 + (i % 60_000) as u16;
                     let dport = 80 + (i / 60_000) as u16;
-                    let mut udp = Vec::with_capacity(12);
-                    udp.extend_from_slice(&sport.to_be_bytes());
-                    udp.extend_from_slice(&dport.to_be_bytes());
-                    udp.extend_from_slice(&12u16.to_be_bytes());
-                    udp.extend_from_slice(&[0, 0, b'f', b'l', b'o', b'o']);
-                    raw.send_to(&udp, &to)?;
+                    raw.send_to(&palisade_kit::packet::udp(sport, dport, b"floo"), &to)?;
                 }
                 std::thread::sleep(Duration::from_millis(1500));
                 let after = e.counters()?;

@@ -1,7 +1,8 @@
 //! `cargo xtask bench`: builds the agent and the benchmark runner in
 //! release mode and runs the runner (`bench/src/main.rs`), which writes
-//! bench/report.md, bench/report.json and the plots, and prints the
-//! headline table. Benchmarks measure and report: they never fail on a
+//! report.md, report.json and the plots under bench/results/ (a quick run
+//! under bench/results/quick/, which git ignores), and prints the headline
+//! table. Benchmarks measure and report: they never fail on a
 //! number, only when they cannot measure.
 
 use anyhow::{Result, bail};
@@ -21,10 +22,11 @@ pub fn run(quick: bool) -> Result<()> {
     util::run(cargo().args(["build", "--release", "-p", "palisade", "-p", "palisade-bench"]))?;
     let release = target_dir().join("release");
     let mut c = std::process::Command::new(release.join("palisade-bench"));
-    c.current_dir(workspace_root())
-        .env("PALISADE_BIN", release.join("palisade"))
-        .args(["--out", "bench", "--command"])
-        .arg(if quick { "cargo xtask bench --quick" } else { "cargo xtask bench" });
+    c.current_dir(workspace_root()).env("PALISADE_BIN", release.join("palisade")).arg("--command").arg(if quick {
+        "cargo xtask bench --quick"
+    } else {
+        "cargo xtask bench"
+    });
     if quick {
         c.arg("--quick");
     }

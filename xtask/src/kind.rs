@@ -18,6 +18,8 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use palisade_kit::matrix::comparison;
+use palisade_kit::{Matrix, Proto};
 
 use crate::util::{self, cmd, probe, render, target_dir, workspace_root};
 
@@ -263,21 +265,6 @@ fn ns_of(id: &str) -> &str {
     id.split_once('/').map_or(id, |(ns, _)| ns)
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Proto {
-    Tcp,
-    Udp,
-}
-
-impl Proto {
-    fn lower(self) -> &'static str {
-        match self {
-            Proto::Tcp => "tcp",
-            Proto::Udp => "udp",
-        }
-    }
-}
-
 /// One matrix to check: every pod to every pod on `port`/`proto`.
 struct Check {
     port: u16,
@@ -414,7 +401,7 @@ fn status_wait_command(k: &Kube, pod: &str) -> Command {
 /// it; true when it matched.
 fn check_matrix(k: &Kube, pods: &[(String, String)], check: &Check, attempts: u32, when: &str) -> bool {
     let expected = Matrix::expected(&pod_ids(), check.allowed);
-    let title = format!("{}/{}{when}", check.proto.lower().to_uppercase(), check.port);
+    let title = format!("{}/{}{when}", check.proto, check.port);
     let mut observed = probe_matrix(k, pods, check.port, check.proto);
     for attempt in 2..=attempts {
         if observed == expected {
@@ -425,7 +412,7 @@ fn check_matrix(k: &Kube, pods: &[(String, String)], check: &Check, attempts: u3
         observed = probe_matrix(k, pods, check.port, check.proto);
     }
     let ok = observed == expected;
-    eprintln!("\n{}", render_comparison(&title, &expected, &observed));
+    eprintln!("\n{}", comparison(&title, &expected, &observed));
     ok
 }
 
@@ -503,76 +490,7 @@ fn probe_matrix(k: &Kube, pods: &[(String, String)], port: u16, proto: Proto) ->
             .collect();
         handles.into_iter().map(|h| h.join().unwrap_or_else(|_| vec![None; pods.len()])).collect()
     });
-    Matrix { names, cells: rows.into_iter().flatten().collect() }
-}
-
-/// A reachability matrix: rows are sources, columns destinations; `None`
-/// where the probe itself failed.
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct Matrix {
-    names: Vec<String>,
-    cells: Vec<Option<bool>>,
-}
-
-impl Matrix {
-    fn expected(names: &[String], allowed: fn(&str, &str) -> bool) -> Matrix {
-        let cells =
-            names.iter().flat_map(|from| names.iter().map(move |to| Some(from == to || allowed(from, to)))).collect();
-        Matrix { names: names.to_vec(), cells }
-    }
-
-    fn get(&self, from: usize, to: usize) -> Option<bool> {
-        self.cells[from * self.names.len() + to]
-    }
-
-    fn mismatches(&self, other: &Matrix) -> usize {
-        self.cells.iter().zip(&other.cells).filter(|(a, b)| a != b).count()
-    }
-
-    /// Upstream's truth table: `.` reachable, `X` not, `?` no answer.
-    fn table(&self, mark: impl Fn(usize, usize) -> String) -> String {
-        let mut out = String::from("-");
-        for name in &self.names {
-            out.push('\t');
-            out.push_str(name);
-        }
-        out.push('\n');
-        for (i, from) in self.names.iter().enumerate() {
-            out.push_str(from);
-            for j in 0..self.names.len() {
-                out.push('\t');
-                out.push_str(&mark(i, j));
-            }
-            out.push('\n');
-        }
-        out
-    }
-}
-
-fn cell(v: Option<bool>) -> &'static str {
-    match v {
-        Some(true) => ".",
-        Some(false) => "X",
-        None => "?",
-    }
-}
-
-/// Expected and observed side by side, then the differences (upstream
-/// prints the same three tables).
-fn render_comparison(title: &str, expected: &Matrix, observed: &Matrix) -> String {
-    let n = expected.mismatches(observed);
-    let verdict = if n == 0 { "matches".to_string() } else { format!("{n} cells differ") };
-    let mut out = format!("{title}: {verdict}\nexpected:\n");
-    out.push_str(&expected.table(|i, j| cell(expected.get(i, j)).to_string()));
-    out.push_str("observed:\n");
-    out.push_str(&observed.table(|i, j| cell(observed.get(i, j)).to_string()));
-    if n > 0 {
-        out.push_str("comparison (. agrees, X differs):\n");
-        out.push_str(
-            &expected.table(|i, j| if expected.get(i, j) == observed.get(i, j) { "." } else { "X" }.to_string()),
-        );
-    }
-    out
+    Matrix::from_rows(&names, rows)
 }
 
 fn show_agent_logs(k: &Kube, lines: u32) {
@@ -721,7 +639,7 @@ mod tests {
         let at = |m: &Matrix, from: &str, to: &str| {
             let i = names.iter().position(|n| n == from).expect("from");
             let j = names.iter().position(|n| n == to).expect("to");
-            m.get(i, j)
+            m.at(i, j)
         };
         let cases = cases();
         let case = |name: &str| cases.iter().find(|c| c.name == name).expect("case");
@@ -731,7 +649,7 @@ mod tests {
         assert_eq!(at(&deny_in, "x/a", "x/b"), Some(false));
         assert_eq!(at(&deny_in, "x/a", "x/a"), Some(true), "a pod always reaches itself");
         assert_eq!(at(&deny_in, "x/a", "y/b"), Some(true));
-        assert_eq!(deny_in.cells.iter().filter(|c| **c == Some(false)).count(), 9 * 3 - 3);
+        assert_eq!(deny_in.count(Some(false)), 9 * 3 - 3);
 
         let from_y = Matrix::expected(&names, case("allow_from_namespace_y").checks[0].allowed);
         assert_eq!(at(&from_y, "y/c", "x/a"), Some(true));
@@ -748,29 +666,13 @@ mod tests {
         assert_eq!(at(&named80, "x/b", "x/a"), Some(false));
         assert_eq!(at(&named80, "x/b", "x/c"), Some(true));
         let named81 = Matrix::expected(&names, named.checks[1].allowed);
-        assert!(named81.cells.iter().all(|c| *c == Some(true)));
+        assert_eq!(named81.count(Some(true)), 81);
 
         let except = Matrix::expected(&names, case("egress_ip_block_except").checks[0].allowed);
-        assert_eq!(except.cells.iter().filter(|c| **c == Some(false)).count(), 1);
+        assert_eq!(except.count(Some(false)), 1);
         assert_eq!(at(&except, "x/a", "y/b"), Some(false));
 
         assert!(cases.iter().filter(|c| c.restart_agents).count() == 1);
-    }
-
-    #[test]
-    fn matrix_rendering() {
-        let names: Vec<String> = ["x/a", "x/b"].iter().map(|s| s.to_string()).collect();
-        let expected = Matrix::expected(&names, |_, to| to != "x/b");
-        let same = render_comparison("TCP/80", &expected, &expected);
-        assert_eq!(
-            same,
-            "TCP/80: matches\nexpected:\n-\tx/a\tx/b\nx/a\t.\tX\nx/b\t.\t.\nobserved:\n-\tx/a\tx/b\nx/a\t.\tX\nx/b\t.\t.\n"
-        );
-        let observed = Matrix { names: names.clone(), cells: vec![Some(true), Some(true), None, Some(true)] };
-        let diff = render_comparison("TCP/80", &expected, &observed);
-        assert!(diff.starts_with("TCP/80: 2 cells differ\n"), "{diff}");
-        assert!(diff.ends_with("comparison (. agrees, X differs):\n-\tx/a\tx/b\nx/a\t.\tX\nx/b\tX\t.\n"), "{diff}");
-        assert!(diff.contains("x/b\t?\t.\n"), "{diff}");
     }
 
     #[test]

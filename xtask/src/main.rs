@@ -49,7 +49,8 @@ enum Task {
     Ci,
     /// Benchmarks: verdict latency, throughput against iptables and
     /// nftables, policy programming latency, event throughput (needs root).
-    /// Writes bench/report.md, bench/report.json and plots.
+    /// Writes bench/results/report.md, report.json and plots (--quick: under
+    /// bench/results/quick/).
     Bench {
         /// A short run (under two minutes) for CI smoke.
         #[arg(long)]

@@ -1,0 +1,172 @@
+//! The cluster: three local pods (web, db, solo), remote pods in three
+//! namespaces, and policies covering ports, ranges, named ports, ipBlocks
+//! with excepts, namespace selectors and rules without peers or ports.
+
+use k8s_openapi::api::core::v1::{Namespace as K8sNamespace, Pod as K8sPod};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use palisade::policy::{Input, Namespace, Node, Pod, Policy};
+use palisade_kit::manifest;
+use serde_json::{Value, json};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+pub const NODE: &str = "kt-node";
+pub const OTHER_NODE: &str = "kt-elsewhere";
+
+/// Local pods: (name, IPv4, IPv6). All in namespace `prod`.
+pub const LOCALS: [(&str, &str, &str); 3] = [
+    ("web", "10.70.1.10", "fd00:70:0:1::10"),
+    ("db", "10.70.1.20", "fd00:70:0:1::20"),
+    ("solo", "10.70.1.30", "fd00:70:0:1::30"),
+];
+
+/// Remote pods: (namespace, name, app label, IPv4, IPv6).
+const REMOTES: [(&str, &str, &str, &str, &str); 4] = [
+    ("prod", "client", "client", "10.70.2.5", "fd00:70:0:2::5"),
+    ("dev", "tool", "tool", "10.70.3.5", "fd00:70:0:3::5"),
+    ("ops", "mon", "mon", "10.70.4.5", "fd00:70:0:4::5"),
+    ("ops", "client", "client", "10.70.4.6", "fd00:70:0:4::6"),
+];
+
+pub const HOST_V4: &str = "172.18.0.1";
+pub const HOST_V6: &str = "fc00::1";
+
+pub fn addr(s: &str) -> IpAddr {
+    s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))
+}
+
+pub fn v4(s: &str) -> Ipv4Addr {
+    s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))
+}
+
+pub fn v6(s: &str) -> Ipv6Addr {
+    s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))
+}
+
+pub fn node() -> Node {
+    Node { name: NODE.into(), host_ips: vec![addr(HOST_V4), addr(HOST_V6)], allow_host: true, audit: false }
+}
+
+fn k8s_pod(ns: &str, name: &str, app: &str, ip4: &str, ip6: &str, node: &str) -> Value {
+    manifest::pod(ns, name, json!({"app": app}), node, (v4(ip4), v6(ip6)), &[("http-alt", 8080)])
+}
+
+fn k8s_policy(name: &str, spec: Value) -> Value {
+    manifest::policy("prod", name, spec)
+}
+
+/// The policy set. `tight` drops solo's TCP 80 egress rule (for the
+/// re-decision test).
+fn policies(tight: bool) -> Vec<Value> {
+    let solo_egress_ports = if tight {
+        json!([{"protocol": "UDP", "port": 53}])
+    } else {
+        json!([{"protocol": "TCP", "port": 80}, {"protocol": "UDP", "port": 53}])
+    };
+    vec![
+        k8s_policy(
+            "web-ingress",
+            json!({
+                "podSelector": {"matchLabels": {"app": "web"}},
+                "policyTypes": ["Ingress"],
+                "ingress": [
+                    {
+                        "from": [{"podSelector": {"matchLabels": {"app": "client"}}}],
+                        "ports": [{"protocol": "TCP", "port": 80}, {"protocol": "TCP", "port": 8000, "endPort": 8100}]
+                    },
+                    {
+                        "from": [{"namespaceSelector": {"matchLabels": {"team": "ops"}}}],
+                        "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "SCTP", "port": 9000}]
+                    },
+                    {
+                        "from": [
+                            {"ipBlock": {"cidr": "192.168.0.0/16", "except": ["192.168.10.0/24"]}},
+                            {"ipBlock": {"cidr": "2001:db8::/32", "except": ["2001:db8:bad::/48"]}}
+                        ],
+                        "ports": [{"protocol": "TCP", "port": 443}]
+                    },
+                    {
+                        "from": [{"namespaceSelector": {}, "podSelector": {"matchLabels": {"app": "tool"}}}],
+                        "ports": [{"port": "http-alt"}]
+                    }
+                ]
+            }),
+        ),
+        k8s_policy(
+            "web-egress",
+            json!({
+                "podSelector": {"matchLabels": {"app": "web"}},
+                "policyTypes": ["Egress"],
+                "egress": [
+                    {
+                        "to": [{"podSelector": {"matchLabels": {"app": "db"}}}],
+                        "ports": [{"protocol": "TCP", "port": 5432}]
+                    },
+                    {
+                        "to": [
+                            {"ipBlock": {"cidr": "10.0.0.0/8", "except": ["10.70.3.0/24"]}},
+                            {"ipBlock": {"cidr": "fd00::/8", "except": ["fd00:70:0:3::/64"]}}
+                        ],
+                        "ports": [{"protocol": "UDP", "port": 53}]
+                    },
+                    {
+                        "to": [{"namespaceSelector": {"matchLabels": {"team": "dev"}}}],
+                        "ports": [{"protocol": "TCP", "port": 3000, "endPort": 3010}]
+                    }
+                ]
+            }),
+        ),
+        k8s_policy(
+            "db-ingress",
+            json!({
+                "podSelector": {"matchLabels": {"app": "db"}},
+                "policyTypes": ["Ingress"],
+                "ingress": [
+                    {
+                        "from": [{"podSelector": {"matchLabels": {"app": "web"}}}],
+                        "ports": [{"protocol": "TCP", "port": 5432}]
+                    },
+                    {"from": [{"ipBlock": {"cidr": "172.16.0.0/12"}}, {"ipBlock": {"cidr": "fd00:99::/32"}}]}
+                ]
+            }),
+        ),
+        k8s_policy(
+            "solo-deny-ingress",
+            json!({"podSelector": {"matchLabels": {"app": "solo"}}, "policyTypes": ["Ingress"]}),
+        ),
+        k8s_policy(
+            "solo-egress",
+            json!({
+                "podSelector": {"matchLabels": {"app": "solo"}},
+                "policyTypes": ["Egress"],
+                "egress": [{"ports": solo_egress_ports}]
+            }),
+        ),
+    ]
+}
+
+pub fn input(tight: bool) -> Input {
+    let mut input = Input::default();
+    for team in ["prod", "dev", "ops"] {
+        let ns: K8sNamespace = serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": team, "labels": {"team": team}}
+        }))
+        .expect("namespace");
+        let m = Namespace::from_k8s(&ns).expect("valid namespace");
+        input.namespaces.insert(m.name.clone(), m.into());
+    }
+    let mut pods: Vec<Value> =
+        LOCALS.iter().map(|(name, ip4, ip6)| k8s_pod("prod", name, name, ip4, ip6, NODE)).collect();
+    pods.extend(REMOTES.iter().map(|(ns, name, app, ip4, ip6)| k8s_pod(ns, name, app, ip4, ip6, OTHER_NODE)));
+    for p in pods {
+        let pod: K8sPod = serde_json::from_value(p).expect("pod");
+        let m = Pod::from_k8s(&pod).unwrap_or_else(|e| panic!("{e:?}"));
+        input.pods.insert((m.namespace.clone(), m.name.clone()), m.into());
+    }
+    for p in policies(tight) {
+        let np: NetworkPolicy = serde_json::from_value(p).expect("policy");
+        let m = Policy::from_k8s(&np).unwrap_or_else(|e| panic!("{e:?}"));
+        input.policies.insert((m.namespace.clone(), m.name.clone()), m.into());
+    }
+    input
+}

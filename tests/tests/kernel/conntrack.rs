@@ -1,0 +1,76 @@
+//! 2. Connection tracking.
+
+use crate::fixture::*;
+
+#[test]
+fn conntrack_replies_state_and_redecision() {
+    let mut env = Env::new(settings());
+    let world = addr("8.8.8.8");
+    let world6 = addr("2606:4700::1111");
+
+    // solo: ingress isolated without rules; egress allows TCP 80 and UDP 53
+    // to anyone. Replies to its allowed flows pass.
+    for remote in [world, world6] {
+        for l4 in [L4::Tcp(env.fresh(), 80, TCP_SYN), L4::Udp(env.fresh(), 53)] {
+            assert_eq!(env.egress("solo", remote, l4), PASS, "{remote} {l4:?}");
+            assert_eq!(env.ingress("solo", remote, l4.reply()), PASS, "reply of {remote} {l4:?}");
+            assert_eq!(env.egress("solo", remote, l4), PASS, "second packet of {remote} {l4:?}");
+        }
+        // The same remote and port but another local port: no state.
+        let l4 = L4::Tcp(80, env.fresh(), TCP_SYN | TCP_ACK);
+        assert_eq!(env.ingress("solo", remote, l4), DROP, "unsolicited {remote} {l4:?}");
+    }
+
+    // Never-allowed packets leave no state behind, in either direction.
+    let l4 = L4::Tcp(env.fresh(), 81, TCP_SYN);
+    assert_eq!(env.egress("solo", world, l4), DROP);
+    assert_eq!(env.ingress("solo", world, l4.reply()), DROP, "reply to a dropped SYN");
+    let l4 = L4::Tcp(env.fresh(), 80, TCP_SYN);
+    assert_eq!(env.ingress("solo", world, l4), DROP);
+    assert_eq!(env.egress("solo", world, l4.reply()), DROP, "reply to a dropped inbound SYN");
+    assert_eq!(env.ingress("solo", world, l4), DROP, "a retransmission is still dropped");
+
+    // An inbound flow's replies pass the isolated egress of web.
+    let client = addr("10.70.2.5");
+    let l4 = L4::Tcp(env.fresh(), 80, TCP_SYN);
+    assert!(!env.decide("web", Direction::Egress, client, PROTO_TCP, l4.reply().port()).allowed);
+    assert_eq!(env.ingress("web", client, l4), PASS);
+    assert_eq!(env.egress("web", client, l4.reply()), PASS, "reply to an allowed inbound flow");
+
+    // A policy change re-decides open flows: solo loses TCP 80 egress.
+    let open_tcp = L4::Tcp(env.fresh(), 80, TCP_SYN);
+    let open_tcp_reply_first = L4::Tcp(env.fresh(), 80, TCP_SYN);
+    let open_udp = L4::Udp(env.fresh(), 53);
+    for l4 in [open_tcp, open_tcp_reply_first, open_udp] {
+        assert_eq!(env.egress("solo", world, l4), PASS);
+        assert_eq!(env.ingress("solo", world, l4.reply()), PASS);
+    }
+    env.drain();
+    let before = env.dp.revision();
+    let after = env.apply(input(true));
+    assert!(after != before, "a sync with changes bumps the revision ({before} -> {after})");
+
+    let ack = L4::Tcp(open_tcp.port_pair().0, 80, TCP_ACK);
+    assert_eq!(env.egress("solo", world, ack), DROP, "the open TCP flow is re-decided and dropped");
+    assert_eq!(env.ingress("solo", world, ack.reply()), DROP, "and its state is gone");
+    assert_eq!(
+        env.ingress("solo", world, open_tcp_reply_first.reply()),
+        DROP,
+        "a reply is the first packet after the change: re-decided as the flow's origin (egress to 80)"
+    );
+    assert_eq!(env.egress("solo", world, open_udp), PASS, "UDP 53 is still allowed after re-decision");
+    assert_eq!(env.ingress("solo", world, open_udp.reply()), PASS);
+    let events = env.drain();
+    let redecided: Vec<&Event> = events.iter().filter(|e| e.flags & EVF_REDECIDED != 0).collect();
+    assert_eq!(redecided.len(), 2, "two re-decided drops reported: {events:#?}");
+    for e in redecided {
+        assert_eq!(e.verdict, VERDICT_DROPPED);
+        assert_eq!(e.reason, REASON_NO_RULE);
+        assert_eq!(e.revision, after);
+    }
+
+    // Back to the old policy: a new SYN on port 80 passes again.
+    env.apply(input(false));
+    let l4 = L4::Tcp(env.fresh(), 80, TCP_SYN);
+    assert_eq!(env.egress("solo", world, l4), PASS);
+}

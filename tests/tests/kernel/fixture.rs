@@ -1,0 +1,282 @@
+//! Fixtures: veth pairs left down (nothing but our packets reaches the
+//! programs), a private bpffs directory, and a freshly loaded datapath
+//! enforcing the cluster, each torn down on drop, pass or fail. Every test
+//! module takes what it needs from here (`use crate::fixture::*`).
+
+pub use crate::cluster::*;
+pub use palisade::datapath::Settings;
+pub use palisade::policy::Direction;
+pub use palisade_common::{
+    DIR_EGRESS, DIR_INGRESS, EVF_FRAGMENT, EVF_REDECIDED, Event, FAMILY_V4, FAMILY_V6, REASON_MALFORMED,
+    REASON_NO_RULE, REASON_NOT_ISOLATED, REASON_RULE, VERDICT_ALLOWED, VERDICT_DROPPED, stat,
+};
+pub use palisade_kit::packet::*;
+pub use palisade_kit::tc::{DROP, PASS, Verdict, kernel_accepts, verdict};
+pub use std::net::{IpAddr, Ipv6Addr};
+pub use std::time::{Duration, Instant};
+
+use aya::maps::{MapData, RingBuf};
+use aya::programs::{ProgramError, TestRun, TestRunOptions};
+use palisade::datapath::netlink::Interfaces;
+use palisade::datapath::{self, Datapath, HostInterfaces};
+use palisade::policy::{Compiled, Input, compile, lookup};
+use palisade_e2e::netns::ip;
+use palisade_kit::tc::skb_ctx;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// A veth pair in the root namespace, left down; deleted on drop.
+struct Veth {
+    host: String,
+    ifindex: u32,
+    /// The other end: an interface with no endpoint.
+    peer_ifindex: u32,
+}
+
+fn ifindex_of(name: &str) -> u32 {
+    let c = std::ffi::CString::new(name).expect("interface name");
+    // SAFETY: c is a valid NUL-terminated string.
+    let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    assert!(i != 0, "no interface {name}: {}", std::io::Error::last_os_error());
+    i
+}
+
+impl Veth {
+    fn create() -> Veth {
+        let n = SEQ.fetch_add(1, Ordering::Relaxed);
+        let base = format!("plkt{}-{n}", std::process::id() % 100_000);
+        let (host, peer) = (format!("{base}a"), format!("{base}b"));
+        let _ = ip(&["link", "del", &host]);
+        ip(&["link", "add", &host, "type", "veth", "peer", "name", &peer]).expect("creating a veth pair");
+        let mut v = Veth { host, ifindex: 0, peer_ifindex: 0 };
+        v.ifindex = ifindex_of(&v.host);
+        v.peer_ifindex = ifindex_of(&peer);
+        v
+    }
+}
+
+impl Drop for Veth {
+    fn drop(&mut self) {
+        let _ = ip(&["link", "del", &self.host]);
+    }
+}
+
+/// A private bpffs directory, removed (maps and links with it) on drop.
+struct BpfDir(PathBuf);
+
+impl BpfDir {
+    fn new() -> BpfDir {
+        let n = SEQ.fetch_add(1, Ordering::Relaxed);
+        BpfDir(PathBuf::from(format!("/sys/fs/bpf/palisade-kt-{}-{n}", std::process::id())))
+    }
+}
+
+impl Drop for BpfDir {
+    fn drop(&mut self) {
+        if let Err(e) = datapath::uninstall(&self.0) {
+            eprintln!("cleaning up {}: {e:#}", self.0.display());
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Local {
+    pub name: &'static str,
+    pub ifindex: u32,
+    pub peer_ifindex: u32,
+    pub identity: u32,
+    pub flags: u32,
+    pub ip4: IpAddr,
+    pub ip6: IpAddr,
+}
+
+impl Local {
+    pub fn ip(&self, v6: bool) -> IpAddr {
+        if v6 { self.ip6 } else { self.ip4 }
+    }
+
+    pub fn ip_like(&self, remote: IpAddr) -> IpAddr {
+        self.ip(remote.is_ipv6())
+    }
+}
+
+/// A loaded datapath enforcing [`input`] on three veths. Field order is
+/// drop order: the datapath goes before its pins and interfaces.
+pub struct Env {
+    pub dp: Datapath,
+    events: RingBuf<MapData>,
+    pub compiled: Compiled,
+    ifaces: Interfaces,
+    locals: Vec<Local>,
+    next_port: u16,
+    _dir: BpfDir,
+    _veths: Vec<Veth>,
+}
+
+/// Ring buffer bytes: room for every event any test here provokes.
+const EVENT_BUFFER_BYTES: u32 = 4 << 20;
+
+pub fn settings() -> Settings {
+    Settings {
+        log_new_flows: false,
+        drop_event_interval: Duration::from_secs(30),
+        event_buffer_bytes: EVENT_BUFFER_BYTES,
+        defer_mark: DEFER_MARK,
+        // Only the test's own veths: never the machine's real interfaces.
+        host_interfaces: HostInterfaces::Named(vec![]),
+        strict_prefixes: vec![],
+    }
+}
+
+const DEFER_MARK: u32 = 0x40_0000;
+
+impl Env {
+    pub fn new(settings: Settings) -> Env {
+        palisade_e2e::require_root().expect("root");
+        let veths: Vec<Veth> = LOCALS.iter().map(|_| Veth::create()).collect();
+        let dir = BpfDir::new();
+        let mut dp = Datapath::open(&dir.0, &settings).unwrap_or_else(|e| panic!("opening the datapath: {e:#}"));
+        let events = dp.take_events().expect("ring buffer");
+        let mut ifaces = Interfaces::default();
+        for ((_, ip4, ip6), veth) in LOCALS.iter().zip(&veths) {
+            ifaces.routes.insert(addr(ip4), veth.ifindex);
+            ifaces.routes.insert(addr(ip6), veth.ifindex);
+            ifaces.names.insert(veth.ifindex, veth.host.clone());
+        }
+        let mut env = Env {
+            dp,
+            events,
+            compiled: Compiled::default(),
+            ifaces,
+            locals: Vec::new(),
+            next_port: 20_000,
+            _dir: dir,
+            _veths: veths,
+        };
+        env.apply(input(false));
+        env
+    }
+
+    /// Compiles `input` and syncs it into the kernel; returns the revision.
+    pub fn apply(&mut self, input: Input) -> u32 {
+        let compiled = compile(&input, &node());
+        assert!(compiled.warnings.is_empty(), "compiler warnings: {:?}", compiled.warnings);
+        let report = self.dp.sync(&compiled, &self.ifaces);
+        assert!(report.errors.is_empty(), "sync errors: {:?}", report.errors);
+        for ep in &report.endpoints {
+            assert_eq!(ep.state, palisade::state::Enforcement::Enforced, "{}/{}", ep.namespace, ep.name);
+        }
+        self.locals = LOCALS
+            .iter()
+            .zip(&self._veths)
+            .map(|((name, ip4, ip6), veth)| {
+                let ep = compiled.endpoints.iter().find(|e| e.name == *name).expect("local endpoint");
+                Local {
+                    name,
+                    ifindex: veth.ifindex,
+                    peer_ifindex: veth.peer_ifindex,
+                    identity: ep.identity,
+                    flags: ep.flags,
+                    ip4: addr(ip4),
+                    ip6: addr(ip6),
+                }
+            })
+            .collect();
+        self.compiled = compiled;
+        report.revision
+    }
+
+    pub fn local(&self, name: &str) -> Local {
+        self.locals.iter().find(|l| l.name == name).cloned().unwrap_or_else(|| panic!("no local pod {name}"))
+    }
+
+    /// A source port (or ICMP identifier) no earlier packet used.
+    pub fn fresh(&mut self) -> u16 {
+        self.next_port = self.next_port.checked_add(1).expect("out of fresh ports");
+        self.next_port
+    }
+
+    /// Runs one hook's program on `pkt` as if it crossed interface `ifindex`.
+    pub fn try_run(&self, hook: Direction, ifindex: u32, pkt: &[u8]) -> Result<u32, ProgramError> {
+        let ctx = skb_ctx(ifindex);
+        let prog = self.dp.classifier(hook).expect("classifier");
+        let opts = TestRunOptions { data_in: Some(pkt), ctx_in: Some(&ctx), ..TestRunOptions::new() };
+        prog.test_run(opts).map(|r| r.return_value)
+    }
+
+    /// Like [`Env::try_run`], insisting on PASS or DROP.
+    pub fn run_on(&self, hook: Direction, ifindex: u32, pkt: &[u8]) -> Verdict {
+        let v = self
+            .try_run(hook, ifindex, pkt)
+            .unwrap_or_else(|e| panic!("test run of {} bytes on {hook:?}: {e}\n{}", pkt.len(), hex(pkt)));
+        verdict(v).unwrap_or_else(|| panic!("{hook:?}: unexpected return value {v:#x}\n{}", hex(pkt)))
+    }
+
+    /// Runs the `hook` program of local pod `local`.
+    pub fn run(&self, hook: Direction, local: &str, pkt: &[u8]) -> Verdict {
+        self.run_on(hook, self.local(local).ifindex, pkt)
+    }
+
+    /// A packet from `remote` to local pod `local` through its TC egress hook.
+    pub fn ingress(&self, local: &str, remote: IpAddr, l4: L4) -> Verdict {
+        let l = self.local(local);
+        self.run(Direction::Ingress, local, &packet(remote, l.ip_like(remote), l4))
+    }
+
+    /// A packet from local pod `local` to `remote` through its TC ingress hook.
+    pub fn egress(&self, local: &str, remote: IpAddr, l4: L4) -> Verdict {
+        let l = self.local(local);
+        self.run(Direction::Egress, local, &packet(l.ip_like(remote), remote, l4))
+    }
+
+    /// What the compiled maps say about a first packet.
+    pub fn decide(&self, local: &str, dir: Direction, remote: IpAddr, protocol: u8, port: u16) -> lookup::Verdict {
+        let l = self.local(local);
+        lookup::decide(&self.compiled, l.identity, l.flags, dir, remote, protocol, port)
+    }
+
+    pub fn drain(&mut self) -> Vec<Event> {
+        let mut out = Vec::new();
+        while let Some(item) = self.events.next() {
+            out.push(palisade::events::record::parse(&item).expect("event record"));
+        }
+        out
+    }
+
+    pub fn counter(&self, index: u32) -> u64 {
+        self.dp.counters()[index as usize]
+    }
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join("")
+}
+
+/// A neighbour discovery message as RFC 4861 sends it: hop limit 255.
+pub fn ndp(src: Ipv6Addr, dst: Ipv6Addr, msg: &[u8]) -> Vec<u8> {
+    let mut p = ipv6(src, dst, PROTO_ICMPV6, msg);
+    p[IPV6_HOP_LIMIT_AT] = 255;
+    p
+}
+
+/// A deterministic generator for the random-packet test (xorshift64*).
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n as u64) as usize
+    }
+
+    pub fn bytes(&mut self, n: usize) -> Vec<u8> {
+        (0..n).map(|_| self.next_u64() as u8).collect()
+    }
+}

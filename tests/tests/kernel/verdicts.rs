@@ -1,0 +1,100 @@
+//! 1. Verdicts agree with the compiler.
+
+use crate::fixture::*;
+
+const GRID_PEERS: [&str; 30] = [
+    // Pods (remote and local), the node, ipBlock cells and excepts, world.
+    "10.70.2.5",
+    "10.70.3.5",
+    "10.70.4.5",
+    "10.70.4.6",
+    "10.70.1.10",
+    "10.70.1.20",
+    "10.70.1.30",
+    HOST_V4,
+    "192.168.1.1",
+    "192.168.10.5",
+    "10.1.2.3",
+    "10.70.3.99",
+    "172.16.5.5",
+    "8.8.8.8",
+    "fd00:70:0:2::5",
+    "fd00:70:0:3::5",
+    "fd00:70:0:4::5",
+    "fd00:70:0:4::6",
+    "fd00:70:0:1::10",
+    "fd00:70:0:1::20",
+    "fd00:70:0:1::30",
+    HOST_V6,
+    "2001:db8::1",
+    "2001:db8:bad::1",
+    "2001:db8:bad:1::1",
+    "2001:db9::1",
+    "fd00:99::1",
+    "fd00:abcd::1",
+    "fd00:70:0:3::99",
+    "2606:4700::1111",
+];
+
+const GRID_PORTS: [u16; 20] =
+    [1, 53, 79, 80, 81, 443, 2999, 3000, 3005, 3010, 3011, 5432, 7999, 8000, 8050, 8080, 8100, 8101, 9000, 65535];
+
+#[test]
+fn verdicts_agree_with_the_compiler() {
+    let mut env = Env::new(settings());
+    let mut failures = Vec::new();
+    let (mut passed, mut dropped) = (0usize, 0usize);
+    let started = Instant::now();
+    for local in LOCALS.map(|l| l.0) {
+        for dir in [Direction::Ingress, Direction::Egress] {
+            for peer in GRID_PEERS.map(addr) {
+                let mut flows = Vec::new();
+                for port in GRID_PORTS {
+                    flows.push(L4::Tcp(env.fresh(), port, TCP_SYN));
+                    flows.push(L4::Udp(env.fresh(), port));
+                    flows.push(L4::Sctp(env.fresh(), port));
+                }
+                flows.push(L4::Echo(env.fresh()));
+                for l4 in flows {
+                    let got = match dir {
+                        Direction::Ingress => env.ingress(local, peer, l4),
+                        Direction::Egress => env.egress(local, peer, l4),
+                    };
+                    let want = env.decide(local, dir, peer, l4.protocol(peer.is_ipv6()), l4.port());
+                    let want = if want.allowed { PASS } else { DROP };
+                    if got == PASS {
+                        passed += 1;
+                    } else {
+                        dropped += 1;
+                    }
+                    if got != want {
+                        failures
+                            .push(format!("{local} {dir:?} peer {peer} {l4:?}: kernel {:?}, compiler {:?}", got, want));
+                    }
+                }
+            }
+        }
+    }
+    eprintln!("grid: {passed} passed, {dropped} dropped in {:?}", started.elapsed());
+    assert!(failures.is_empty(), "{} disagreements:\n{}", failures.len(), failures.join("\n"));
+    // The grid exercises both outcomes in quantity, so agreement means something.
+    assert!(passed > 500 && dropped > 500, "{passed} passed, {dropped} dropped");
+    // And a few hand-checked rows, so the compiler and kernel cannot agree on nonsense.
+    let client = addr("10.70.2.5");
+    for (port, want) in [(80, PASS), (81, DROP), (7999, DROP), (8000, PASS), (8100, PASS), (8101, DROP)] {
+        let l4 = L4::Tcp(env.fresh(), port, TCP_SYN);
+        assert_eq!(env.ingress("web", client, l4), want, "client -> web:{port}");
+    }
+    let l4 = L4::Tcp(env.fresh(), 443, TCP_SYN);
+    assert_eq!(env.ingress("web", addr("192.168.1.1"), l4), PASS);
+    let l4 = L4::Tcp(env.fresh(), 443, TCP_SYN);
+    assert_eq!(env.ingress("web", addr("192.168.10.5"), l4), DROP, "the except carves 192.168.10.0/24 out");
+    let l4 = L4::Udp(env.fresh(), 53);
+    assert_eq!(env.ingress("web", addr("fd00:70:0:4::6"), l4), PASS, "namespaceSelector team=ops");
+    let l4 = L4::Tcp(env.fresh(), 8080, TCP_SYN);
+    assert_eq!(env.ingress("web", addr("10.70.3.5"), l4), PASS, "named port http-alt");
+    let l4 = L4::Echo(env.fresh());
+    assert_eq!(env.ingress("db", addr("172.16.5.5"), l4), PASS, "rule without ports admits ICMP");
+    let l4 = L4::Echo(env.fresh());
+    assert_eq!(env.ingress("db", addr("10.70.1.10"), l4), DROP);
+}
