@@ -1,6 +1,7 @@
 //! The agent under test: the real `palisade` binary, run against a
-//! directory of manifests, with its own bpffs directory and socket. Stopped
-//! and uninstalled on drop, so a failed test leaves nothing pinned.
+//! directory of manifests or an API server, with its own bpffs directory and
+//! socket, on this host or inside a node's network namespace. Stopped and
+//! uninstalled on drop, so a failed test leaves nothing pinned.
 
 use anyhow::{Context, Result, bail};
 use palisade::api::{self, Request};
@@ -28,6 +29,8 @@ pub struct Agent {
     /// When set, the agent reads this API server (KUBECONFIG) instead of
     /// `state_dir`.
     pub kubeconfig: Option<PathBuf>,
+    /// The network namespace the agent runs in (None: this host's).
+    pub netns: Option<String>,
     pub bpffs: PathBuf,
     pub socket: PathBuf,
     pub stdout: PathBuf,
@@ -41,15 +44,29 @@ pub struct Agent {
 impl Agent {
     /// Starts an agent named `tag` with extra `palisade run` arguments.
     pub fn start(tag: &str, node: &str, extra: &[&str]) -> Result<Agent> {
-        Agent::start_with(tag, node, None, extra)
+        Agent::start_with(tag, node, None, None, extra)
     }
 
     /// Starts an agent that reads the Kubernetes API at `kubeconfig`.
     pub fn start_kube(tag: &str, node: &str, kubeconfig: &Path, extra: &[&str]) -> Result<Agent> {
-        Agent::start_with(tag, node, Some(kubeconfig.to_path_buf()), extra)
+        Agent::start_with(tag, node, Some(kubeconfig.to_path_buf()), None, extra)
     }
 
-    fn start_with(tag: &str, node: &str, kubeconfig: Option<PathBuf>, extra: &[&str]) -> Result<Agent> {
+    /// Starts an agent inside the network namespace `netns` (a node) that
+    /// reads the Kubernetes API at `kubeconfig`. It enters the namespace
+    /// with setns before exec, not `ip netns exec`, which would remount
+    /// /sys and hide the bpffs under it.
+    pub fn start_in(tag: &str, node: &str, netns: &str, kubeconfig: &Path, extra: &[&str]) -> Result<Agent> {
+        Agent::start_with(tag, node, Some(kubeconfig.to_path_buf()), Some(netns.to_string()), extra)
+    }
+
+    fn start_with(
+        tag: &str,
+        node: &str,
+        kubeconfig: Option<PathBuf>,
+        netns: Option<String>,
+        extra: &[&str],
+    ) -> Result<Agent> {
         // An agent left running by a test run that was killed would fight
         // this one over the same interfaces.
         let pidfile = std::env::temp_dir().join(format!("palisade-e2e-{tag}.pid"));
@@ -68,6 +85,7 @@ impl Agent {
             stderr: work.join("agent.err"),
             state_dir,
             kubeconfig,
+            netns,
             work,
             child: None,
             rt: tokio::runtime::Builder::new_current_thread().enable_all().build()?,
@@ -88,6 +106,25 @@ impl Agent {
             Some(k) => cmd.env("KUBECONFIG", k),
             None => cmd.arg("--cluster-state").arg(&self.state_dir),
         };
+        // Open before forking; the child enters it between fork and exec.
+        let netns = match &self.netns {
+            Some(ns) => {
+                Some(std::fs::File::open(format!("/var/run/netns/{ns}")).with_context(|| format!("netns {ns}"))?)
+            }
+            None => None,
+        };
+        if let Some(fd) = netns.as_ref().map(std::os::fd::AsRawFd::as_raw_fd) {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: setns is async-signal-safe; fd stays open until spawn returns.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
         let child = cmd
             .args(["--node-name", node, "--bpffs"])
             .arg(&self.bpffs)
@@ -100,6 +137,7 @@ impl Agent {
             .stderr(Stdio::from(err))
             .spawn()
             .with_context(|| format!("starting {}", binary().display()))?;
+        drop(netns);
         std::fs::write(&self.pidfile, child.id().to_string())?;
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
