@@ -29,7 +29,7 @@ pub struct Agent {
     /// When set, the agent reads this API server (KUBECONFIG) instead of
     /// `state_dir`.
     pub kubeconfig: Option<PathBuf>,
-    /// The network namespace the agent runs in (None: this host's).
+    /// The network namespace the process runs in (None: the caller's).
     pub netns: Option<String>,
     pub bpffs: PathBuf,
     pub socket: PathBuf,
@@ -100,31 +100,15 @@ impl Agent {
     pub fn spawn(&mut self, node: &str, extra: &[&str]) -> Result<()> {
         let out = std::fs::OpenOptions::new().create(true).append(true).open(&self.stdout)?;
         let err = std::fs::OpenOptions::new().create(true).append(true).open(&self.stderr)?;
-        let mut cmd = Command::new(binary());
+        let mut cmd = match &self.netns {
+            Some(ns) => crate::netns::command_in(ns, &binary())?,
+            None => Command::new(binary()),
+        };
         cmd.arg("run");
         match &self.kubeconfig {
             Some(k) => cmd.env("KUBECONFIG", k),
             None => cmd.arg("--cluster-state").arg(&self.state_dir),
         };
-        // Open before forking; the child enters it between fork and exec.
-        let netns = match &self.netns {
-            Some(ns) => {
-                Some(std::fs::File::open(format!("/var/run/netns/{ns}")).with_context(|| format!("netns {ns}"))?)
-            }
-            None => None,
-        };
-        if let Some(fd) = netns.as_ref().map(std::os::fd::AsRawFd::as_raw_fd) {
-            use std::os::unix::process::CommandExt;
-            // SAFETY: setns is async-signal-safe; fd stays open until spawn returns.
-            unsafe {
-                cmd.pre_exec(move || {
-                    if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    Ok(())
-                });
-            }
-        }
         let child = cmd
             .args(["--node-name", node, "--bpffs"])
             .arg(&self.bpffs)
@@ -137,7 +121,6 @@ impl Agent {
             .stderr(Stdio::from(err))
             .spawn()
             .with_context(|| format!("starting {}", binary().display()))?;
-        drop(netns);
         std::fs::write(&self.pidfile, child.id().to_string())?;
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);

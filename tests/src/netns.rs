@@ -135,3 +135,23 @@ impl Drop for Netns {
         let _ = ip(&["netns", "del", &self.name]);
     }
 }
+
+/// A command that runs `program` inside the named namespace (keeping this
+/// mount namespace, unlike `ip netns exec`).
+pub fn command_in(netns: &str, program: &std::path::Path) -> Result<Command> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let f = std::fs::File::open(format!("/var/run/netns/{netns}")).with_context(|| format!("netns {netns}"))?;
+    let mut c = Command::new(program);
+    // SAFETY: setns is async-signal-safe; the fd stays open in the child
+    // until exec (the File lives in the closure).
+    unsafe {
+        c.pre_exec(move || {
+            if libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    Ok(c)
+}
