@@ -1,6 +1,7 @@
 //! The agent under test: the real `palisade` binary, run against a
-//! directory of manifests, with its own bpffs directory and socket. Stopped
-//! and uninstalled on drop, so a failed test leaves nothing pinned.
+//! directory of manifests or an API server, with its own bpffs directory and
+//! socket, on this host or inside a node's network namespace. Stopped and
+//! uninstalled on drop, so a failed test leaves nothing pinned.
 
 use anyhow::{Context, Result, bail};
 use palisade::api::{self, Request};
@@ -43,17 +44,32 @@ pub struct Agent {
 impl Agent {
     /// Starts an agent named `tag` with extra `palisade run` arguments.
     pub fn start(tag: &str, node: &str, extra: &[&str]) -> Result<Agent> {
-        Agent::start_with(tag, node, None, extra)
+        Agent::start_with(tag, node, None, None, extra)
     }
 
     /// Starts an agent that reads the Kubernetes API at `kubeconfig`.
     pub fn start_kube(tag: &str, node: &str, kubeconfig: &Path, extra: &[&str]) -> Result<Agent> {
-        Agent::start_with(tag, node, Some(kubeconfig.to_path_buf()), extra)
+        Agent::start_with(tag, node, Some(kubeconfig.to_path_buf()), None, extra)
     }
 
-    fn start_with(tag: &str, node: &str, kubeconfig: Option<PathBuf>, extra: &[&str]) -> Result<Agent> {
+    /// Starts an agent inside the network namespace `netns` (a node) that
+    /// reads the Kubernetes API at `kubeconfig`. It enters the namespace
+    /// with setns before exec, not `ip netns exec`, which would remount
+    /// /sys and hide the bpffs under it.
+    pub fn start_in(tag: &str, node: &str, netns: &str, kubeconfig: &Path, extra: &[&str]) -> Result<Agent> {
+        Agent::start_with(tag, node, Some(kubeconfig.to_path_buf()), Some(netns.to_string()), extra)
+    }
+
+    fn start_with(
+        tag: &str,
+        node: &str,
+        kubeconfig: Option<PathBuf>,
+        netns: Option<String>,
+        extra: &[&str],
+    ) -> Result<Agent> {
         let mut agent = Agent::prepare(tag)?;
         agent.kubeconfig = kubeconfig;
+        agent.netns = netns;
         agent.spawn(node, extra)?;
         Ok(agent)
     }

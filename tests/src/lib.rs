@@ -7,6 +7,7 @@ pub mod agent;
 pub mod cluster;
 pub mod fake_api;
 pub mod netns;
+pub mod nodes;
 pub mod pods;
 pub mod probe;
 pub mod suite;
@@ -28,7 +29,8 @@ pub fn require_root() -> Result<()> {
 }
 
 /// The upstream netpol suite's cluster: namespaces x, y, z with pods a, b,
-/// c each, all on this node, all serving 80 and 81 over TCP and UDP.
+/// c each, on this host or spread over nodes, all serving 80 and 81 over
+/// TCP and UDP.
 pub struct Topology {
     pub tag: String,
     pub namespaces: Vec<String>,
@@ -39,18 +41,37 @@ impl Topology {
     /// `tag` (a few characters) keeps interface and namespace names unique.
     pub fn xyz(tag: &str, subnet: u8) -> Result<Topology> {
         pods::prepare_host()?;
+        Topology::build(tag, subnet, |_| None)
+    }
+
+    /// The same pods spread over `nodes` like a checkerboard (x/a on the
+    /// first node, x/b on the second, ...), so every namespace pair has
+    /// pods on the same node and on different ones; each node routes to the
+    /// others' pods.
+    pub fn xyz_on(tag: &str, subnet: u8, nodes: &nodes::Nodes) -> Result<Topology> {
+        let n = nodes.nodes.len();
+        let topo = Topology::build(tag, subnet, |i| Some(&nodes.nodes[i % n]))?;
+        for p in &topo.pods {
+            nodes.route_to(&p.spec.node, &[p.ip(false), p.ip(true)])?;
+        }
+        Ok(topo)
+    }
+
+    /// Pods x/a .. z/c; `place` puts the i-th on a node (None: this host).
+    fn build<'a>(tag: &str, subnet: u8, place: impl Fn(usize) -> Option<&'a nodes::Node>) -> Result<Topology> {
         let namespaces: Vec<String> = ["x", "y", "z"].iter().map(|s| s.to_string()).collect();
         let mut pods = Vec::new();
         for (ni, ns) in namespaces.iter().enumerate() {
             for (pi, name) in ["a", "b", "c"].iter().enumerate() {
                 let host = (ni * 16 + pi + 1) as u8;
+                let node = place(ni * 3 + pi);
                 let spec = PodSpec {
                     namespace: ns.clone(),
                     name: name.to_string(),
                     labels: vec![("pod".into(), name.to_string())],
                     ip4: Ipv4Addr::new(10, 240, subnet, host),
                     ip6: Ipv6Addr::new(0xfd10, 0x240, u16::from(subnet), 0, 0, 0, 0, u16::from(host)),
-                    node: NODE.into(),
+                    node: node.map_or(NODE, |n| n.name.as_str()).into(),
                     ports: [80, 81]
                         .iter()
                         .flat_map(|&port| {
@@ -59,7 +80,8 @@ impl Topology {
                         })
                         .collect(),
                 };
-                pods.push(Pod::create(&format!("pl-{tag}-{ns}-{name}"), &format!("pl{tag}{ns}{name}"), spec)?);
+                let (netns, host_if) = (format!("pl-{tag}-{ns}-{name}"), format!("pl{tag}{ns}{name}"));
+                pods.push(Pod::create_on(node.map(|n| n.netns.name.as_str()), &netns, &host_if, spec)?);
             }
         }
         Ok(Topology { tag: tag.into(), namespaces, pods })

@@ -31,7 +31,8 @@ pub struct PodSpec {
     pub labels: Vec<(String, String)>,
     pub ip4: Ipv4Addr,
     pub ip6: Ipv6Addr,
-    /// spec.nodeName; the agent under test runs as [`crate::NODE`].
+    /// spec.nodeName: [`crate::NODE`] on the single-node topology, the
+    /// node's name on a multi-node one.
     pub node: String,
     pub ports: Vec<Port>,
 }
@@ -85,13 +86,22 @@ impl Pod {
         if v6 { IpAddr::V6(self.spec.ip6) } else { IpAddr::V4(self.spec.ip4) }
     }
 
-    /// Creates the namespace, the veth and the routes, and starts servers.
+    /// Creates the namespace, the veth and the routes on this host, and
+    /// starts servers.
     pub fn create(netns_name: &str, host_if: &str, spec: PodSpec) -> Result<Pod> {
+        Pod::create_on(None, netns_name, host_if, spec)
+    }
+
+    /// [`Pod::create`] with the host side in the node namespace `node_ns`
+    /// (None: this host).
+    pub fn create_on(node_ns: Option<&str>, netns_name: &str, host_if: &str, spec: PodSpec) -> Result<Pod> {
         // Leftovers of a run that was killed: deleting the host side of a
         // veth removes both ends at once (a namespace's go asynchronously).
-        let _ = crate::netns::ip(&["link", "del", host_if]);
+        if node_ns.is_none() {
+            let _ = crate::netns::ip(&["link", "del", host_if]);
+        }
         let netns = Netns::create(netns_name)?;
-        wire(None, netns_name, host_if, spec.ip4, spec.ip6)?;
+        wire(node_ns, netns_name, host_if, spec.ip4, spec.ip6)?;
         let pod = Pod { spec, netns, host_if: host_if.to_string() };
         pod.serve()?;
         Ok(pod)

@@ -2,13 +2,19 @@
 //! Kubernetes e2e netpol suite (test/e2e/network/netpol): namespaces x, y,
 //! z with pods a, b, c; servers on 80 and 81 over TCP and UDP; each case
 //! applies policies and checks the full 9x9 reachability matrix with real
-//! connections through palisade's classifier.
+//! connections through palisade's classifier. The pods are spread over two
+//! nodes (network namespaces, one agent each, reading the in-process API
+//! server), so every case checks pairs on one node and pairs across nodes,
+//! where egress is enforced on the source's node and ingress on the
+//! destination's.
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, anyhow, bail, ensure};
 use palisade_e2e::cluster::Cluster;
+use palisade_e2e::netns::Netns;
 use palisade_e2e::np;
 use palisade_e2e::probe::{self, Matrix, Proto};
 use palisade_e2e::suite::Fixture;
+use std::net::{IpAddr, Ipv4Addr};
 
 struct Env(Cluster);
 
@@ -21,7 +27,7 @@ impl std::ops::Deref for Env {
 
 impl Fixture for Env {
     fn setup() -> Result<Env> {
-        Ok(Env(Cluster::start("cf", 1, &[])?))
+        Ok(Env(Cluster::start_nodes("cf", 1, 2, &[])?))
     }
 
     fn reset(&self) -> Result<()> {
@@ -31,20 +37,31 @@ impl Fixture for Env {
 
 impl Env {
     /// Checks real reachability, then that `palisade trace` (asked of the
-    /// running agent, kernel check included) agrees on every pair.
+    /// agents of both pods' nodes, kernel check included: each checks the
+    /// side it enforces) agrees on every pair.
     fn expect(&self, port: u16, proto: Proto, v6: bool, build: impl Fn(&mut Matrix)) -> Result<()> {
         let mut m = Matrix::new(&self.topo.names(), true);
         build(&mut m);
         let expected = m.with_self_reachable();
-        probe::check(&self.topo.all(), port, proto, v6, &expected)
-            .map_err(|e| anyhow!("{e}\n{}", self.agent().log_tail()))?;
+        probe::check(&self.topo.all(), port, proto, v6, &expected).map_err(|e| anyhow!("{e}\n{}", self.log_tail()))?;
+        let proto_name = proto.to_string();
         for from in &expected.names {
             for to in expected.names.iter().filter(|t| *t != from) {
-                let t = self.agent().trace(from, to, port, &proto.to_string(), v6)?;
-                let sides = [&t.egress, &t.ingress];
-                let kernel_agrees = sides.iter().filter_map(|s| s.kernel.as_ref()).all(|k| k.differences.is_empty());
-                if t.allowed != expected.get(from, to) || !kernel_agrees {
-                    bail!("trace disagrees with the real verdict for {from} -> {to} {proto}/{port}:\n{t}");
+                let at_source = self.agent_of(from).trace(from, to, port, &proto_name, v6)?;
+                let at_destination = match self.agents_of(&[from, to]).len() {
+                    1 => None,
+                    _ => Some(self.agent_of(to).trace(from, to, port, &proto_name, v6)?),
+                };
+                let at_destination = at_destination.as_ref().unwrap_or(&at_source);
+                // Each end's agent checks in its kernel the side it enforces.
+                let enforced = at_source.egress.kernel.is_some() && at_destination.ingress.kernel.is_some();
+                for t in [&at_source, at_destination] {
+                    let sides = [&t.egress, &t.ingress];
+                    let kernel_agrees =
+                        sides.iter().filter_map(|s| s.kernel.as_ref()).all(|k| k.differences.is_empty());
+                    if t.allowed != expected.get(from, to) || !kernel_agrees || !enforced {
+                        bail!("trace disagrees with the real verdict for {from} -> {to} {proto}/{port}:\n{t}");
+                    }
                 }
             }
         }
@@ -53,6 +70,41 @@ impl Env {
 
     fn tcp(&self, port: u16, build: impl Fn(&mut Matrix)) -> Result<()> {
         self.expect(port, Proto::Tcp, false, build)
+    }
+}
+
+/// The cluster IP of the Service in `service_backend_on_the_other_node_is_judged_there`.
+const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 1, 10);
+
+/// A kube-proxy-like DNAT of the cluster IP to one backend in a node's nat
+/// table. Removed on drop.
+struct Dnat<'a> {
+    node: &'a Netns,
+    rule: Vec<String>,
+}
+
+impl<'a> Dnat<'a> {
+    fn new(node: &'a Netns, backend: IpAddr) -> Result<Dnat<'a>> {
+        let rule: Vec<String> = ["PREROUTING", "-d", &format!("{VIP}/32"), "-p", "tcp", "--dport", "80", "-j", "DNAT"]
+            .into_iter()
+            .map(String::from)
+            .chain(["--to-destination".into(), format!("{backend}:80")])
+            .collect();
+        let dnat = Dnat { node, rule };
+        dnat.iptables("-A")?;
+        Ok(dnat)
+    }
+
+    fn iptables(&self, op: &str) -> Result<()> {
+        let mut args = vec!["iptables", "-t", "nat", op];
+        args.extend(self.rule.iter().map(String::as_str));
+        self.node.exec(&args).map(drop)
+    }
+}
+
+impl Drop for Dnat<'_> {
+    fn drop(&mut self) {
+        let _ = self.iptables("-D");
     }
 }
 
@@ -577,10 +629,59 @@ fn cases() -> Vec<palisade_e2e::suite::Case<Env>> {
         ("node_reaches_isolated_pods", |e| {
             e.apply(&[np("x", "deny-ingress", "  podSelector: {}\n  policyTypes: [Ingress]\n")])?;
             let xa = e.topo.pod("x/a").spec.ip4;
-            let ok = std::net::TcpStream::connect_timeout(&(xa, 80).into(), probe::TIMEOUT).is_ok();
+            let node = e.node_of("x/a").context("x/a runs on a node")?;
+            let ok = node.run(move || std::net::TcpStream::connect_timeout(&(xa, 80).into(), probe::TIMEOUT).is_ok());
             if !ok {
                 bail!("the node could not reach an isolated pod (kubelet probes would fail)");
             }
+            Ok(())
+        }),
+        ("service_backend_on_the_other_node_is_judged_there", |e| {
+            // x/a on n1 sends to a cluster IP that n1's kube-proxy-like
+            // DNAT sends to y/a on n2: x/a's egress is judged against y/a
+            // on n1 (host egress on its uplink), y/a's ingress on n2.
+            let (client, backend) = (e.topo.pod("x/a"), e.topo.pod("y/a"));
+            ensure!(client.spec.node != backend.spec.node, "x/a and y/a must be on different nodes");
+            e.add(
+                "svc",
+                &format!(
+                    "apiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: \"y\"}}\nspec:\n  clusterIP: {VIP}\n  clusterIPs: [{VIP}]\n  ports: [{{port: 80, protocol: TCP}}]\n"
+                ),
+            )?;
+            let _dnat = Dnat::new(e.node_of("x/a").context("x/a runs on a node")?, backend.ip(false))?;
+            let egress_to = |pod: &str| {
+                np(
+                    "x",
+                    "egress",
+                    &format!(
+                        "  podSelector: {{matchLabels: {{pod: a}}}}\n  policyTypes: [Egress]\n  egress:\n  - to: [{{namespaceSelector: {{matchLabels: {{ns: \"y\"}}}}, podSelector: {{matchLabels: {{pod: {pod}}}}}}}]\n"
+                    ),
+                )
+            };
+            let to_vip = || probe::probe(client, IpAddr::V4(VIP), 80, Proto::Tcp);
+            e.apply(&[egress_to("a")])?;
+            ensure!(to_vip(), "x/a may reach y/a, and reaches it through the Service");
+            e.apply(&[egress_to("b")])?;
+            ensure!(!to_vip(), "x/a may not reach y/a, even through a Service");
+            let events =
+                e.agent_of("x/a").events(&["--verdict", "dropped", "--direction", "egress", "--pod", "x/a"])?;
+            let named = events.iter().any(|ev| {
+                ev.destination.pod.as_deref() == Some("a") && ev.destination.namespace.as_deref() == Some("y")
+            });
+            ensure!(named, "x/a's node reports the drop against the real backend y/a: {events:#?}");
+            let deny_x = np(
+                "y",
+                "from-z",
+                "  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - from: [{namespaceSelector: {matchLabels: {ns: \"z\"}}}]\n",
+            );
+            e.apply(&[egress_to("a"), deny_x])?;
+            ensure!(!to_vip(), "y/a's ingress policy applies to Service traffic from the other node");
+            let events =
+                e.agent_of("y/a").events(&["--verdict", "dropped", "--direction", "ingress", "--pod", "y/a"])?;
+            let named = events
+                .iter()
+                .any(|ev| ev.source.pod.as_deref() == Some("a") && ev.source.namespace.as_deref() == Some("x"));
+            ensure!(named, "y/a's node reports the drop from x/a: {events:#?}");
             Ok(())
         }),
         ("policy_change_redecides_open_connections", |e| {
@@ -608,11 +709,11 @@ fn cases() -> Vec<palisade_e2e::suite::Case<Env>> {
             let good = np("x", "p81", "  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - ports: [{port: 81}]\n");
             e.apply(std::slice::from_ref(&good))?;
             let bad = good.replace("port: 81", "port: 81, endPort: 70");
-            e.agent().apply("policy-0.yaml", &bad)?;
-            let st = e.agent().wait_in_sync()?;
-            let err = &st["errors"][0];
-            if err["field"] != "spec.ingress[0].ports[0].endPort" || err["object"] != "NetworkPolicy x/p81" {
-                bail!("expected an error naming the object and field, got {}", st["errors"]);
+            for st in e.put(&[bad])? {
+                let err = &st["errors"][0];
+                if err["field"] != "spec.ingress[0].ports[0].endPort" || err["object"] != "NetworkPolicy x/p81" {
+                    bail!("expected an error naming the object and field, got {}", st["errors"]);
+                }
             }
             e.tcp(80, |m| {
                 m.to("x/a", false);
@@ -621,17 +722,15 @@ fn cases() -> Vec<palisade_e2e::suite::Case<Env>> {
         }),
         ("invalid_new_policy_fails_closed", |e| {
             e.apply(&[])?;
-            e.agent().apply(
-                "policy-0.yaml",
-                &np(
-                    "x",
-                    "broken",
-                    "  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - from: [{ipBlock: {cidr: 10.0.0.0/33}}]\n",
-                ),
-            )?;
-            let st = e.agent().wait_in_sync()?;
-            if st["errors"][0]["field"] != "spec.ingress[0].from[0].ipBlock.cidr" {
-                bail!("expected an error naming the field, got {}", st["errors"]);
+            let broken = np(
+                "x",
+                "broken",
+                "  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - from: [{ipBlock: {cidr: 10.0.0.0/33}}]\n",
+            );
+            for st in e.put(&[broken])? {
+                if st["errors"][0]["field"] != "spec.ingress[0].from[0].ipBlock.cidr" {
+                    bail!("expected an error naming the field, got {}", st["errors"]);
+                }
             }
             e.tcp(80, |m| {
                 m.to("x/a", false);

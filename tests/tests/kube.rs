@@ -40,7 +40,7 @@ impl Fixture for Env {
             self.api.delete::<NetworkPolicy>(Some(&p.0), &p.1);
         }
         self.api.apply_manifests(&self.topo.manifests())?;
-        self.agent.wait_in_sync()?;
+        self.sync()?;
         Ok(())
     }
 }
@@ -58,9 +58,16 @@ impl Env {
         out
     }
 
+    /// Waits until the agent's watches (one per kind) have been sent every
+    /// change, then until its kernel holds them.
+    fn sync(&self) -> Result<serde_json::Value> {
+        self.api.wait_delivered(4)?;
+        self.agent.wait_in_sync()
+    }
+
     fn apply(&self, yaml: &str) -> Result<()> {
         self.api.apply_manifests(yaml)?;
-        let st = self.agent.wait_in_sync()?;
+        let st = self.sync()?;
         ensure!(st["errors"].as_array().is_none_or(|a| a.is_empty()), "rejected: {}", st["errors"]);
         Ok(())
     }
@@ -98,7 +105,7 @@ fn cases() -> Vec<palisade_e2e::suite::Case<Env>> {
                 m.each(|from, to| (ns_of(to) == "x").then_some(ns_of(from) == "y"));
             })?;
             e.api.delete::<NetworkPolicy>(Some("x"), "deny-x");
-            e.agent.wait_in_sync()?;
+            e.sync()?;
             e.expect(|_| {})
         }),
         ("pod_label_changes_move_selection", |e| {
@@ -146,7 +153,7 @@ fn cases() -> Vec<palisade_e2e::suite::Case<Env>> {
                 m.to("z/a", false);
             })?;
             e.api.delete::<K8sPod>(Some("z"), "a");
-            let st = e.agent.wait_in_sync()?;
+            let st = e.sync()?;
             ensure!(
                 !st["pods"].as_array().into_iter().flatten().any(|p| p["namespace"] == "z" && p["name"] == "a"),
                 "z/a is gone from the API, so from the agent's pods"
