@@ -23,6 +23,8 @@ pub const REASON_TRACKED: u8 = 5;
 pub const REASON_RELATED: u8 = 6;
 /// Reason: strict mode, the pod's policy is not in the kernel yet.
 pub const REASON_PENDING: u8 = 7;
+/// Reason: the packet left a pod from an address that is not the pod's.
+pub const REASON_SPOOFED: u8 = 8;
 
 /// Event flag: the flow was already tracked and a policy change re-decided it.
 pub const EVF_REDECIDED: u8 = 1 << 0;

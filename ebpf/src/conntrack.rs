@@ -8,11 +8,11 @@ use crate::Flow;
 use crate::events::{drop_packet, emit};
 use crate::maps::{CONNTRACK, FRAGS, count};
 use crate::parse::{self, Frag, Packet};
-use crate::policy::{decide, mark_deferred};
+use crate::policy::{bare, decide, mark_deferred, own_source};
 use aya_ebpf::{bindings::BPF_ANY, programs::TcContext};
 use palisade_common::{
     CT_ALLOWED, CT_AUDITED, CT_DEFERRED, CtEntry, CtKey, DIR_EGRESS, DIR_INGRESS, EP_AUDIT, EVF_FRAGMENT,
-    EVF_REDECIDED, FragKey, FragPorts, PROTO_TCP, VERDICT_AUDIT, stat,
+    EVF_REDECIDED, FragKey, FragPorts, PROTO_TCP, REASON_SPOOFED, VERDICT_AUDIT, stat,
 };
 
 /// Tracked TCP flows expire after six hours idle, others after a minute.
@@ -128,6 +128,12 @@ pub fn tracked(ctx: &TcContext, f: &mut Flow, key: &CtKey) -> Tracked {
         }
         count(if ct.verdict == CT_AUDITED { stat::AUDITED } else { stat::ALLOWED });
         return Tracked::Pass;
+    }
+    // The flow's local address may have left the pod since it was tracked.
+    if f.dir == DIR_EGRESS && !own_source(f.ifindex, f.pkt.family, &key.local) {
+        forget(key);
+        drop_packet(f, &bare(REASON_SPOOFED), key);
+        return Tracked::Drop;
     }
     let origin = ct.origin;
     let port = if origin == DIR_INGRESS { key.local_port } else { key.remote_port };

@@ -4,9 +4,9 @@
 //!
 //! The pipeline ([`judge`]): parse; link plumbing passes; a pending pod
 //! drops; fragments get their first fragment's ports; a tracked flow passes
-//! (or is decided again after a policy change); an ICMP error about a
-//! tracked flow passes; anything else is a new flow, decided by policy and
-//! tracked.
+//! (or is decided again after a policy change); a packet leaving a pod from
+//! an address that is not the pod's drops; an ICMP error about a tracked
+//! flow passes; anything else is a new flow, decided by policy and tracked.
 #![no_std]
 #![no_main]
 // Map keys are passed by reference on purpose: copies of 40-byte keys cost
@@ -29,11 +29,12 @@ use conntrack::Tracked;
 use events::{drop_packet, emit};
 use maps::count;
 use palisade_common::{
-    CFG_LOG_NEW_FLOWS, CT_ALLOWED, CT_AUDITED, CT_DEFERRED, Config, CtKey, DIR_EGRESS, DIR_INGRESS, Decision, EP_AUDIT,
-    EP_PENDING, Endpoint, REASON_MALFORMED, REASON_PENDING, VERDICT_ALLOWED, VERDICT_AUDIT, VERDICT_DROPPED, stat,
+    CFG_LOG_NEW_FLOWS, CT_ALLOWED, CT_AUDITED, CT_DEFERRED, Config, CtKey, DIR_EGRESS, DIR_INGRESS, EP_AUDIT,
+    EP_PENDING, Endpoint, REASON_MALFORMED, REASON_PENDING, REASON_SPOOFED, VERDICT_ALLOWED, VERDICT_AUDIT,
+    VERDICT_DROPPED, stat,
 };
 use parse::{Packet, Parsed};
-use policy::{deferred, mark_deferred};
+use policy::{bare, deferred, mark_deferred};
 
 /// Let the packet continue (to the next TC program, if any).
 const PASS: i32 = TC_ACT_UNSPEC;
@@ -112,12 +113,6 @@ fn classify(ctx: &TcContext, dir: u8) -> i32 {
     }
 }
 
-/// A decision that names no rule or peer.
-#[inline(always)]
-fn bare(reason: u8) -> Decision {
-    Decision { allowed: false, defer: false, reason, rule: 0, peer: 0 }
-}
-
 #[inline(always)]
 fn judge(ctx: &TcContext, ifindex: u32, ep: &Endpoint, dir: u8, cfg: &Config, pkt: &mut Packet) -> i32 {
     if parse::is_ipv6_link_control(pkt) {
@@ -135,6 +130,14 @@ fn judge(ctx: &TcContext, ifindex: u32, ep: &Endpoint, dir: u8, cfg: &Config, pk
         Tracked::Pass => return PASS,
         Tracked::Drop => return DROP,
         Tracked::Miss => {}
+    }
+    // Checked here, past connection tracking, to keep tracked packets at one
+    // lookup: a tracked flow's key holds the interface and the local
+    // address, and its entry was made by this check (pod egress) or by a
+    // packet routed to that address on that interface (pod ingress). An
+    // address that moves bumps the revision, and re-decision checks again.
+    if dir == DIR_EGRESS && !policy::own_source(ifindex, f.pkt.family, &f.pkt.src) {
+        return drop_packet(&f, &bare(REASON_SPOOFED), &key);
     }
     if conntrack::related(ctx, &f, &key) {
         count(stat::ALLOWED);

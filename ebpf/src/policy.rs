@@ -1,9 +1,10 @@
 //! Policy as the classifier applies it: the shared decision over the
-//! kernel's maps, and the defer mark for egress to Services.
+//! kernel's maps, the source address check, and the defer mark for egress
+//! to Services.
 
 use crate::maps::Kernel;
 use aya_ebpf::programs::TcContext;
-use palisade_common::{Config, Decision, Endpoint, IpInfo, IpKey};
+use palisade_common::{Config, Decision, Endpoint, FAMILY_V4, IpInfo, IpKey, PolicyMaps};
 
 /// `palisade_common::decide` over the kernel's maps.
 #[inline(always)]
@@ -17,6 +18,34 @@ pub fn decide(
     want_peer: bool,
 ) -> Decision {
     palisade_common::decide(&Kernel, ep, dir, &IpKey { family, addr: *remote }, protocol, port, want_peer)
+}
+
+/// A decision that names no rule or peer: drops for reasons of their own.
+#[inline(always)]
+pub fn bare(reason: u8) -> Decision {
+    Decision { allowed: false, defer: false, reason, rule: 0, peer: 0 }
+}
+
+/// Whether a packet leaving the pod on `ifindex` from `src` may claim that
+/// source: the address's exact entry names this interface (the agent
+/// writes it before the endpoint entry, so a pod never sees its own
+/// addresses refused). The unspecified address (DHCP, DAD) and IPv6
+/// link-local sources (router and neighbour discovery) are link plumbing
+/// no router forwards beyond the host; they go on to policy.
+#[inline(always)]
+pub fn own_source(ifindex: u32, family: u8, src: &[u8; 16]) -> bool {
+    let link_only = if family == FAMILY_V4 {
+        src[0] == 0 && src[1] == 0 && src[2] == 0 && src[3] == 0
+    } else {
+        (src[0] == 0xfe && src[1] & 0xc0 == 0x80) || *src == [0u8; 16]
+    };
+    if link_only {
+        return true;
+    }
+    match Kernel.host(&IpKey { family, addr: *src }) {
+        Some(info) => info.ifindex == ifindex,
+        None => false,
+    }
 }
 
 /// What the maps say about an address (see `palisade_common::peer_info`).
