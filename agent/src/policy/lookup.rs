@@ -98,6 +98,29 @@ pub fn decide(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use palisade_common::{POLICY_PREFIX_PROTO, PROTO_TCP, PROTO_UDP, PolicyValue};
+
+    #[test]
+    fn compiled_entries_look_up_like_the_kernel_maps() {
+        let mut c = Compiled::default();
+        let net = |s: &str| IpPrefix::from_net(s.parse().unwrap());
+        let info = |identity| IpInfo { identity, flags: 0, ifindex: 0 };
+        c.ips.insert(net("10.0.0.0/8"), info(5));
+        c.ips.insert(net("10.1.2.3/32"), info(7));
+        let key = |s: &str| IpKey::from_ip(s.parse().unwrap());
+        assert_eq!(c.host(&key("10.1.2.3")), Some(info(7)));
+        assert_eq!(c.host(&key("10.1.2.4")), None, "the hash map holds addresses, not CIDRs");
+        assert_eq!(c.cidr(&key("10.1.2.3")), Some(info(5)), "the trie holds CIDRs, not addresses");
+        assert_eq!(c.cidr(&key("11.0.0.1")), None);
+        assert_eq!(peer_identity(&c, "10.1.2.3".parse().unwrap()), 7);
+        assert_eq!(peer_identity(&c, "10.9.9.9".parse().unwrap()), 5);
+
+        let any_tcp = PolicyKey::new(1, 0, 0, PROTO_TCP, 0);
+        c.policy.insert(PolicyPrefix { prefix_len: POLICY_PREFIX_PROTO, key: any_tcp }, PolicyValue { rule: 3 });
+        assert_eq!(c.policy(&PolicyKey::new(1, 0, 0, PROTO_TCP, 443)), Some(PolicyValue { rule: 3 }));
+        assert_eq!(c.policy(&PolicyKey::new(1, 0, 0, PROTO_UDP, 443)), None);
+        assert_eq!(c.policy(&PolicyKey::new(2, 0, 0, PROTO_TCP, 443)), None);
+    }
 
     #[test]
     fn masking() {
