@@ -11,7 +11,7 @@ use palisade_common::{
 };
 
 #[map(name = "PALISADE_ENDPOINTS")]
-pub static ENDPOINTS: HashMap<u32, Endpoint> = HashMap::pinned(capacity::ENDPOINTS, 0);
+static ENDPOINTS: HashMap<u32, Endpoint> = HashMap::pinned(capacity::ENDPOINTS, 0);
 
 #[map(name = "PALISADE_IPS")]
 static IPS: LpmTrie<IpKey, IpInfo> = LpmTrie::pinned(capacity::IPS, 0);
