@@ -200,7 +200,12 @@ fn side(
         Some(v) => v.allowed,
         None => explained_allowed || host_allowed,
     };
-    let summary = if isolating.is_empty() {
+    let deferred = verdict.is_some_and(|v| v.deferred);
+    let summary = if deferred {
+        format!(
+            "{remote_ip} is a Service cluster IP: egress passes here and is judged after DNAT, against the backend (trace the backend pod)"
+        )
+    } else if isolating.is_empty() {
         format!("{id} is not isolated for {dir}: no policy selects it for {dir}")
     } else if !allowed_by.is_empty() {
         let rules: Vec<String> = allowed_by.iter().map(|r| format!("{} rule {}", r.policy, r.rule)).collect();
@@ -211,7 +216,7 @@ fn side(
         format!("{id} is isolated for {dir} by {}, and no rule allows this", isolating.join(", "))
     };
     let mut summary = summary;
-    if explained_allowed != allowed && !host_allowed {
+    if explained_allowed != allowed && !host_allowed && !deferred {
         summary.push_str(" [the compiled rules say otherwise: please report this as a bug]");
     }
     Side {
@@ -418,28 +423,13 @@ pub fn check_kernel(
         Some(_) => {}
     }
     let want_peer = lookup::peer_identity(&compiled, remote_ip);
-    let got_peer = pinned.peer_identity(remote_ip).unwrap_or(palisade_common::PEER_ANY);
+    let got_peer = lookup::peer_identity(pinned, remote_ip);
     if want_peer != got_peer {
         check.differences.push(format!("address {remote_ip}: kernel identity {got_peer}, compiled {want_peer}"));
     }
     if let Some(e) = got {
-        let dir = side.direction;
-        let bit = match dir {
-            Direction::Ingress => palisade_common::EP_INGRESS_ISOLATED,
-            Direction::Egress => palisade_common::EP_EGRESS_ISOLATED,
-        };
-        let allowed = e.flags & bit == 0 || {
-            let mut key = palisade_common::PolicyKey {
-                local: e.identity.to_be_bytes(),
-                direction: dir.code(),
-                peer: got_peer.to_be_bytes(),
-                protocol: q.protocol.number(),
-                port: q.port.to_be_bytes(),
-            };
-            let specific = got_peer != palisade_common::PEER_ANY && pinned.rule(key).is_some();
-            key.peer = palisade_common::PEER_ANY.to_be_bytes();
-            specific || pinned.rule(key).is_some()
-        };
+        let v = lookup::decide(pinned, e.identity, e.flags, side.direction, remote_ip, q.protocol.number(), q.port);
+        let allowed = v.allowed;
         if allowed != side.allowed {
             check.differences.push(format!(
                 "the kernel's entries {} this flow, the compiled rules {} it",

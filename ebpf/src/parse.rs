@@ -32,8 +32,7 @@ pub struct Packet {
     pub icmp_type: u8,
     /// Offset of the L4 header.
     pub l4_off: usize,
-    /// One of `FRAG_*`.
-    pub frag: u8,
+    pub frag: Frag,
     /// IP identification, for fragments.
     pub frag_id: u32,
     /// The protocol fragments are keyed by (IPv6: the fragment header's
@@ -43,12 +42,17 @@ pub struct Packet {
     pub hop_limit: u8,
 }
 
-/// Not fragmented.
-pub const FRAG_NONE: u8 = 0;
-/// First fragment: carries the L4 header, more follow.
-pub const FRAG_FIRST: u8 = 1;
-/// A later fragment: no L4 header, ports unknown.
-pub const FRAG_LATER: u8 = 2;
+/// Where a packet stands in IP fragmentation.
+#[repr(u8)]
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Frag {
+    /// Not fragmented.
+    None,
+    /// First fragment: carries the L4 header, more follow.
+    First,
+    /// A later fragment: no L4 header, ports unknown.
+    Later,
+}
 
 impl Packet {
     #[inline(always)]
@@ -63,7 +67,7 @@ impl Packet {
             tcp_flags: 0,
             icmp_type: 0,
             l4_off: 0,
-            frag: FRAG_NONE,
+            frag: Frag::None,
             frag_id: 0,
             frag_proto: 0,
             hop_limit: 0,
@@ -71,15 +75,18 @@ impl Packet {
     }
 }
 
-/// What [`parse`] found. A plain integer rather than an enum carrying the
-/// packet: copies of partly-initialised enums upset the verifier.
-pub type Parsed = u8;
-/// An IP packet, parsed into the `Packet`.
-pub const PARSED_IP: Parsed = 0;
-/// Not IP (ARP, LLDP, ...): none of NetworkPolicy's business.
-pub const PARSED_NOT_IP: Parsed = 1;
-/// Truncated or inconsistent headers.
-pub const PARSED_MALFORMED: Parsed = 2;
+/// What [`parse`] found. Fieldless rather than carrying the packet:
+/// copies of partly-initialised enums upset the verifier.
+#[repr(u8)]
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Parsed {
+    /// An IP packet, parsed into the `Packet`.
+    Ip,
+    /// Not IP (ARP, LLDP, ...): none of NetworkPolicy's business.
+    NotIp,
+    /// Truncated or inconsistent headers.
+    Malformed,
+}
 
 #[inline(always)]
 fn ptr_at<T>(ctx: &TcContext, off: usize) -> Option<*const T> {
@@ -108,25 +115,25 @@ fn pull_headers(ctx: &TcContext, want: usize) {
 pub fn parse(ctx: &TcContext, pkt: &mut Packet) -> Parsed {
     pull_headers(ctx, 128);
     let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
-        return PARSED_MALFORMED;
+        return Parsed::Malformed;
     };
     let ether_type = u16::from_be(unsafe { (*eth).ether_type });
     match ether_type {
         ETH_P_IP => parse_v4(ctx, pkt),
         ETH_P_IPV6 => parse_v6(ctx, pkt),
-        _ => PARSED_NOT_IP,
+        _ => Parsed::NotIp,
     }
 }
 
 #[inline(always)]
 fn parse_v4(ctx: &TcContext, pkt: &mut Packet) -> Parsed {
     let Some(ip) = ptr_at::<Ipv4Hdr>(ctx, EthHdr::LEN) else {
-        return PARSED_MALFORMED;
+        return Parsed::Malformed;
     };
     let vihl = unsafe { (*ip).vihl };
     let ihl = ((vihl & 0x0f) as usize) * 4;
     if vihl >> 4 != 4 || ihl < Ipv4Hdr::LEN {
-        return PARSED_MALFORMED;
+        return Parsed::Malformed;
     }
     let mut tot_len = u16::from_be_bytes(unsafe { (*ip).tot_len }) as usize;
     // BIG TCP (GSO packets over 64 KiB) carries a zero total length.
@@ -134,18 +141,18 @@ fn parse_v4(ctx: &TcContext, pkt: &mut Packet) -> Parsed {
         tot_len = ctx.len() as usize - EthHdr::LEN;
     }
     if tot_len < ihl || EthHdr::LEN + tot_len > ctx.len() as usize {
-        return PARSED_MALFORMED;
+        return Parsed::Malformed;
     }
     let frags = u16::from_be_bytes(unsafe { (*ip).frags });
     let more = frags & 0x2000 != 0;
     let offset = frags & 0x1fff;
     pkt.frag_id = u16::from_be_bytes(unsafe { (*ip).id }) as u32;
     pkt.frag = if offset != 0 {
-        FRAG_LATER
+        Frag::Later
     } else if more {
-        FRAG_FIRST
+        Frag::First
     } else {
-        FRAG_NONE
+        Frag::None
     };
     pkt.family = FAMILY_V4;
     pkt.protocol = unsafe { (*ip).proto };
@@ -158,22 +165,22 @@ fn parse_v4(ctx: &TcContext, pkt: &mut Packet) -> Parsed {
     // A fragment offset of 8 bytes can only come from a tiny-fragment
     // attack that overwrites the TCP header (RFC 1858).
     if offset == 1 && pkt.protocol == PROTO_TCP {
-        return PARSED_MALFORMED;
+        return Parsed::Malformed;
     }
-    if pkt.frag == FRAG_LATER {
-        return PARSED_IP;
+    if pkt.frag == Frag::Later {
+        return Parsed::Ip;
     }
     let l4_len = tot_len - ihl;
-    if parse_l4(ctx, pkt, l4_len) { PARSED_IP } else { PARSED_MALFORMED }
+    if parse_l4(ctx, pkt, l4_len) { Parsed::Ip } else { Parsed::Malformed }
 }
 
 #[inline(always)]
 fn parse_v6(ctx: &TcContext, pkt: &mut Packet) -> Parsed {
     let Some(ip) = ptr_at::<Ipv6Hdr>(ctx, EthHdr::LEN) else {
-        return PARSED_MALFORMED;
+        return Parsed::Malformed;
     };
     if unsafe { (*ip).vcf[0] } >> 4 != 6 {
-        return PARSED_MALFORMED;
+        return Parsed::Malformed;
     }
     let payload_len = u16::from_be_bytes(unsafe { (*ip).payload_len }) as usize;
     // BIG TCP (GSO packets over 64 KiB) carries a zero payload length.
@@ -183,7 +190,7 @@ fn parse_v6(ctx: &TcContext, pkt: &mut Packet) -> Parsed {
         EthHdr::LEN + Ipv6Hdr::LEN + payload_len
     };
     if end > ctx.len() as usize {
-        return PARSED_MALFORMED;
+        return Parsed::Malformed;
     }
     pkt.family = FAMILY_V6;
     pkt.protocol = unsafe { (*ip).next_hdr };
@@ -202,7 +209,7 @@ fn parse_v6(ctx: &TcContext, pkt: &mut Packet) -> Parsed {
             // Hop-by-hop, routing, destination options: (len + 1) * 8 bytes.
             0 | 43 | 60 => {
                 let Ok(hdr) = ctx.load::<[u8; 2]>(off) else {
-                    return PARSED_MALFORMED;
+                    return Parsed::Malformed;
                 };
                 pkt.protocol = hdr[0];
                 pkt.l4_off = off + (hdr[1] as usize + 1) * 8;
@@ -210,7 +217,7 @@ fn parse_v6(ctx: &TcContext, pkt: &mut Packet) -> Parsed {
             // Authentication header: (len + 2) * 4 bytes.
             51 => {
                 let Ok(hdr) = ctx.load::<[u8; 2]>(off) else {
-                    return PARSED_MALFORMED;
+                    return Parsed::Malformed;
                 };
                 pkt.protocol = hdr[0];
                 pkt.l4_off = off + (hdr[1] as usize + 2) * 4;
@@ -218,7 +225,7 @@ fn parse_v6(ctx: &TcContext, pkt: &mut Packet) -> Parsed {
             // Fragment header: 8 bytes.
             44 => {
                 let Ok(hdr) = ctx.load::<[u8; 8]>(off) else {
-                    return PARSED_MALFORMED;
+                    return Parsed::Malformed;
                 };
                 pkt.protocol = hdr[0];
                 pkt.l4_off = off + 8;
@@ -228,21 +235,21 @@ fn parse_v6(ctx: &TcContext, pkt: &mut Packet) -> Parsed {
                 pkt.frag_id = id;
                 pkt.frag_proto = hdr[0];
                 if offset != 0 {
-                    pkt.frag = FRAG_LATER;
-                    return PARSED_IP;
+                    pkt.frag = Frag::Later;
+                    return Parsed::Ip;
                 }
                 if more {
-                    pkt.frag = FRAG_FIRST;
+                    pkt.frag = Frag::First;
                 }
             }
             _ => break,
         }
         if pkt.l4_off > end {
-            return PARSED_MALFORMED;
+            return Parsed::Malformed;
         }
     }
     let l4_len = end - pkt.l4_off;
-    if parse_l4(ctx, pkt, l4_len) { PARSED_IP } else { PARSED_MALFORMED }
+    if parse_l4(ctx, pkt, l4_len) { Parsed::Ip } else { Parsed::Malformed }
 }
 
 /// Reads ports (and TCP flags, ICMP type/identifier). `l4_len` is what the

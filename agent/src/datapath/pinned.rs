@@ -1,15 +1,13 @@
 //! Read access to the pinned maps of a running agent, opened by path: lets
 //! `trace` check what the kernel holds against what the compiler expects.
 
-use crate::policy::compile::family_addr;
 use anyhow::{Context, Result};
 use aya::maps::lpm_trie::Key as LpmKey;
 use aya::maps::{HashMap, LpmTrie, Map, MapData, PerCpuArray};
 use palisade_common::{
-    CtEntry, CtKey, Endpoint, IpInfo, IpKey, LAYOUT_VERSION, POLICY_PREFIX_FULL, PolicyKey, PolicyValue,
+    CtEntry, CtKey, Endpoint, IpInfo, IpKey, LAYOUT_VERSION, POLICY_PREFIX_FULL, PolicyKey, PolicyMaps, PolicyValue,
     ip_key_full_len, maps, stat,
 };
-use std::net::IpAddr;
 use std::path::Path;
 
 pub struct Pinned {
@@ -44,15 +42,6 @@ impl Pinned {
         self.endpoints.get(&ifindex, 0).ok()
     }
 
-    /// The peer identity the kernel gives an address: its exact entry, else
-    /// the longest prefix (as the classifier looks it up).
-    pub fn peer_identity(&self, ip: IpAddr) -> Option<u32> {
-        let (family, addr) = family_addr(ip);
-        let key = IpKey { family, addr };
-        let info = self.hosts.get(&key, 0).or_else(|_| self.ips.get(&LpmKey::new(ip_key_full_len(family), key), 0));
-        info.ok().map(|v| v.identity)
-    }
-
     /// Sums of the per-CPU counters, indexed by [`stat`].
     pub fn counters(&self) -> Vec<u64> {
         sum_counters(&self.stats)
@@ -63,10 +52,21 @@ impl Pinned {
     pub fn tracked_flows(&self) -> usize {
         self.conntrack.keys().count()
     }
+}
 
-    /// The rule the kernel finds for a full policy key (longest prefix).
-    pub fn rule(&self, key: PolicyKey) -> Option<u32> {
-        self.policy.get(&LpmKey::new(POLICY_PREFIX_FULL, key), 0).ok().map(|v| v.rule)
+/// The kernel's own lookups (a failed read counts as no entry), so
+/// `palisade_common::decide` over them is the kernel's verdict.
+impl PolicyMaps for Pinned {
+    fn host(&self, key: &IpKey) -> Option<IpInfo> {
+        self.hosts.get(key, 0).ok()
+    }
+
+    fn cidr(&self, key: &IpKey) -> Option<IpInfo> {
+        self.ips.get(&LpmKey::new(ip_key_full_len(key.family), *key), 0).ok()
+    }
+
+    fn policy(&self, key: &PolicyKey) -> Option<PolicyValue> {
+        self.policy.get(&LpmKey::new(POLICY_PREFIX_FULL, *key), 0).ok()
     }
 }
 

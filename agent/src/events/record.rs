@@ -5,8 +5,8 @@ use crate::policy::{Direction, IdentityInfo, PolicyRef};
 use ipnet::IpNet;
 use palisade_common::{
     EVF_FRAGMENT, EVF_REDECIDED, Event, FAMILY_V4, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP,
-    REASON_MALFORMED, REASON_NO_RULE, REASON_NOT_ISOLATED, REASON_PENDING, REASON_RELATED, REASON_RULE, REASON_TRACKED,
-    VERDICT_ALLOWED, VERDICT_AUDIT,
+    REASON_MALFORMED, REASON_NO_RULE, REASON_NOT_ISOLATED, REASON_PENDING, REASON_RELATED, REASON_RULE, REASON_SPOOFED,
+    REASON_TRACKED, VERDICT_ALLOWED, VERDICT_AUDIT,
 };
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -84,7 +84,8 @@ pub struct VerdictEvent {
     pub protocol: String,
     pub source: Peer,
     pub destination: Peer,
-    /// "rule", "not-isolated", "no-rule", "malformed", "tracked", "related".
+    /// "rule", "not-isolated", "no-rule", "malformed", "tracked", "related",
+    /// "pending", "spoofed-source".
     pub reason: String,
     /// The allowing rule, for ALLOWED events decided by a rule.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -141,6 +142,9 @@ impl fmt::Display for VerdictEvent {
             _ if self.reason == "malformed" => f.write_str(": malformed packet")?,
             _ if self.reason == "pending" => {
                 f.write_str(": new pod interface, its policy is not in force yet (strict mode)")?
+            }
+            _ if self.reason == "spoofed-source" => {
+                write!(f, ": spoofed source, {} is not an address of {}", self.source.ip, self.local().name())?
             }
             _ => write!(f, ": {}", super::isolation_text(&self.local().name(), self.direction, &self.isolated_by))?,
         }
@@ -275,6 +279,7 @@ pub fn enrich(raw: &Event, view: &View, clock: &Clock) -> VerdictEvent {
         REASON_TRACKED => "tracked",
         REASON_RELATED => "related",
         REASON_PENDING => "pending",
+        REASON_SPOOFED => "spoofed-source",
         _ => "unknown",
     };
     let policy = (raw.rule != 0).then(|| view.catalog.rules.get(&raw.rule)).flatten().map(|r| RuleRef {

@@ -48,17 +48,7 @@ pub struct PolicyPrefix {
     pub key: PolicyKey,
 }
 
-/// The family byte and 16 address bytes of an address, as keys hold them.
-pub fn family_addr(ip: IpAddr) -> (u8, [u8; 16]) {
-    match ip {
-        IpAddr::V4(v4) => {
-            let mut a = [0u8; 16];
-            a[..4].copy_from_slice(&v4.octets());
-            (FAMILY_V4, a)
-        }
-        IpAddr::V6(v6) => (FAMILY_V6, v6.octets()),
-    }
-}
+pub use palisade_common::family_addr;
 
 /// A local pod the kernel enforces on.
 #[derive(Clone, Debug, PartialEq, Eq)]

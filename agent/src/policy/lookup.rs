@@ -1,13 +1,15 @@
-//! The kernel's verdict, computed in user space from compiled entries with
-//! the same longest-prefix semantics as the kernel's LPM tries. `trace`
-//! uses it to say what the kernel will decide, and tests use it to check
-//! the compiler against a reference evaluator and the kernel against both.
+//! The kernel's verdict, computed in user space: the classifier's own
+//! [`palisade_common::decide`] over the compiled entries, with the kernel
+//! tries' longest-prefix semantics emulated by walking prefix lengths.
+//! `trace` uses it to say what the kernel will decide, and tests use it to
+//! check the compiler against a reference evaluator and the kernel against
+//! both.
 
 use super::Direction;
-use super::compile::{Compiled, IpPrefix, PolicyPrefix, family_addr};
+use super::compile::{Compiled, IpPrefix, PolicyPrefix};
 use palisade_common::{
-    EP_EGRESS_ISOLATED, EP_INGRESS_ISOLATED, IP_KEY_FAMILY_BITS, IpKey, PEER_ANY, POLICY_PREFIX_ANY_PROTO,
-    POLICY_PREFIX_FULL, PolicyKey,
+    Endpoint, IP_KEY_FAMILY_BITS, IpInfo, IpKey, POLICY_PREFIX_ANY_PROTO, POLICY_PREFIX_FULL, PolicyKey, PolicyMaps,
+    PolicyValue, REASON_NOT_ISOLATED, ip_key_full_len, peer_info,
 };
 use std::net::IpAddr;
 
@@ -15,12 +17,15 @@ use std::net::IpAddr;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Verdict {
     pub allowed: bool,
-    /// The allowing rule (0 when not isolated or denied).
+    /// The allowing rule (0 when not isolated, denied or deferred).
     pub rule: u32,
     /// Peer identity of the remote address (0: unknown).
     pub peer: u32,
     /// Whether the local pod is isolated in this direction.
     pub isolated: bool,
+    /// Egress to a Service cluster IP: the kernel lets it pass and judges
+    /// it after DNAT, against the backend.
+    pub deferred: bool,
 }
 
 fn masked(bytes: &mut [u8], prefix_len: u32) {
@@ -34,40 +39,44 @@ fn masked(bytes: &mut [u8], prefix_len: u32) {
     }
 }
 
-/// Peer identity of an address: the longest matching IP-trie prefix.
-pub fn peer_identity(c: &Compiled, addr: IpAddr) -> u32 {
-    let (family, a) = family_addr(addr);
-    let max = IP_KEY_FAMILY_BITS + if addr.is_ipv4() { 32 } else { 128 };
-    for len in (IP_KEY_FAMILY_BITS..=max).rev() {
-        let mut bytes = a;
-        masked(&mut bytes, len - IP_KEY_FAMILY_BITS);
-        if let Some(info) = c.ips.get(&IpPrefix { prefix_len: len, key: IpKey { family, addr: bytes } }) {
-            return info.identity;
-        }
+/// The compiled entries, looked up as the kernel looks its maps up: single
+/// addresses exactly (they go to the hash map), CIDRs and policy entries by
+/// longest prefix.
+impl PolicyMaps for Compiled {
+    fn host(&self, key: &IpKey) -> Option<IpInfo> {
+        self.ips.get(&IpPrefix { prefix_len: ip_key_full_len(key.family), key: *key }).copied()
     }
-    PEER_ANY
+
+    fn cidr(&self, key: &IpKey) -> Option<IpInfo> {
+        (IP_KEY_FAMILY_BITS..ip_key_full_len(key.family)).rev().find_map(|len| {
+            let mut k = *key;
+            masked(&mut k.addr, len - IP_KEY_FAMILY_BITS);
+            self.ips.get(&IpPrefix { prefix_len: len, key: k }).copied()
+        })
+    }
+
+    fn policy(&self, key: &PolicyKey) -> Option<PolicyValue> {
+        (POLICY_PREFIX_ANY_PROTO..=POLICY_PREFIX_FULL).rev().find_map(|len| {
+            let mut k = *key;
+            let mut bytes = [k.protocol, k.port[0], k.port[1]];
+            masked(&mut bytes, len - POLICY_PREFIX_ANY_PROTO);
+            k.protocol = bytes[0];
+            k.port = [bytes[1], bytes[2]];
+            self.policy.get(&PolicyPrefix { prefix_len: len, key: k }).copied()
+        })
+    }
 }
 
-fn policy_lookup(c: &Compiled, key: PolicyKey) -> Option<u32> {
-    for len in (POLICY_PREFIX_ANY_PROTO..=POLICY_PREFIX_FULL).rev() {
-        let mut k = key;
-        let mut bytes = [0u8; 3];
-        bytes[0] = k.protocol;
-        bytes[1..].copy_from_slice(&k.port);
-        masked(&mut bytes, len - POLICY_PREFIX_ANY_PROTO);
-        k.protocol = bytes[0];
-        k.port = [bytes[1], bytes[2]];
-        if let Some(v) = c.policy.get(&PolicyPrefix { prefix_len: len, key: k }) {
-            return Some(v.rule);
-        }
-    }
-    None
+/// Peer identity of an address, as the classifier finds it.
+pub fn peer_identity(maps: &impl PolicyMaps, addr: IpAddr) -> u32 {
+    peer_info(maps, &IpKey::from_ip(addr)).identity
 }
 
 /// What the classifier decides for the first packet of a flow on a local
-/// endpoint with `identity`/`flags`.
+/// endpoint with `identity`/`flags`, given `maps` (the compiled entries or
+/// the pinned kernel maps).
 pub fn decide(
-    c: &Compiled,
+    maps: &impl PolicyMaps,
     identity: u32,
     flags: u32,
     dir: Direction,
@@ -75,33 +84,43 @@ pub fn decide(
     protocol: u8,
     port: u16,
 ) -> Verdict {
-    let peer = peer_identity(c, remote);
-    let bit = if dir == Direction::Ingress { EP_INGRESS_ISOLATED } else { EP_EGRESS_ISOLATED };
-    if flags & bit == 0 {
-        return Verdict { allowed: true, rule: 0, peer, isolated: false };
-    }
-    let mut key = PolicyKey {
-        local: identity.to_be_bytes(),
-        direction: dir.code(),
-        peer: peer.to_be_bytes(),
-        protocol,
-        port: port.to_be_bytes(),
-    };
-    if peer != PEER_ANY
-        && let Some(rule) = policy_lookup(c, key)
-    {
-        return Verdict { allowed: true, rule, peer, isolated: true };
-    }
-    key.peer = PEER_ANY.to_be_bytes();
-    match policy_lookup(c, key) {
-        Some(rule) => Verdict { allowed: true, rule, peer, isolated: true },
-        None => Verdict { allowed: false, rule: 0, peer, isolated: true },
+    let ep = Endpoint { identity, flags };
+    let d = palisade_common::decide(maps, &ep, dir.code(), &IpKey::from_ip(remote), protocol, port, true);
+    Verdict {
+        allowed: d.allowed,
+        rule: d.rule,
+        peer: d.peer,
+        isolated: d.reason != REASON_NOT_ISOLATED,
+        deferred: d.defer,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use palisade_common::{POLICY_PREFIX_PROTO, PROTO_TCP, PROTO_UDP, PolicyValue};
+
+    #[test]
+    fn compiled_entries_look_up_like_the_kernel_maps() {
+        let mut c = Compiled::default();
+        let net = |s: &str| IpPrefix::from_net(s.parse().unwrap());
+        let info = |identity| IpInfo { identity, flags: 0, ifindex: 0 };
+        c.ips.insert(net("10.0.0.0/8"), info(5));
+        c.ips.insert(net("10.1.2.3/32"), info(7));
+        let key = |s: &str| IpKey::from_ip(s.parse().unwrap());
+        assert_eq!(c.host(&key("10.1.2.3")), Some(info(7)));
+        assert_eq!(c.host(&key("10.1.2.4")), None, "the hash map holds addresses, not CIDRs");
+        assert_eq!(c.cidr(&key("10.1.2.3")), Some(info(5)), "the trie holds CIDRs, not addresses");
+        assert_eq!(c.cidr(&key("11.0.0.1")), None);
+        assert_eq!(peer_identity(&c, "10.1.2.3".parse().unwrap()), 7);
+        assert_eq!(peer_identity(&c, "10.9.9.9".parse().unwrap()), 5);
+
+        let any_tcp = PolicyKey::new(1, 0, 0, PROTO_TCP, 0);
+        c.policy.insert(PolicyPrefix { prefix_len: POLICY_PREFIX_PROTO, key: any_tcp }, PolicyValue { rule: 3 });
+        assert_eq!(c.policy(&PolicyKey::new(1, 0, 0, PROTO_TCP, 443)), Some(PolicyValue { rule: 3 }));
+        assert_eq!(c.policy(&PolicyKey::new(1, 0, 0, PROTO_UDP, 443)), None);
+        assert_eq!(c.policy(&PolicyKey::new(2, 0, 0, PROTO_TCP, 443)), None);
+    }
 
     #[test]
     fn masking() {

@@ -1,0 +1,160 @@
+//! The per-packet policy decision, written once: the classifier runs it over
+//! its maps, user space over the compiled entries (`lookup`, `trace`, the
+//! tests) and over the pinned maps (`trace`'s kernel check), so all of them
+//! judge a flow the same way by construction.
+//!
+//! Verifier-friendly: no loops, no recursion, `#[inline(always)]`, and map
+//! results are consumed where they are looked up (see [`peer_info`]).
+
+use crate::event::{REASON_NO_RULE, REASON_NOT_ISOLATED, REASON_RULE};
+use crate::keys::{
+    DIR_EGRESS, DIR_INGRESS, EP_EGRESS_ISOLATED, EP_INGRESS_ISOLATED, Endpoint, IP_SERVICE, IpInfo, IpKey, PEER_ANY,
+    PolicyKey, PolicyValue,
+};
+
+/// The three lookups a decision needs, each with the kernel map's
+/// semantics.
+pub trait PolicyMaps {
+    /// The exact entry of a single address (the HOSTS hash map).
+    fn host(&self, key: &IpKey) -> Option<IpInfo>;
+    /// The longest CIDR entry containing a full-length address (the IPS
+    /// LPM trie, which holds no single addresses).
+    fn cidr(&self, key: &IpKey) -> Option<IpInfo>;
+    /// The longest policy entry that is a prefix of a full key (the POLICY
+    /// LPM trie).
+    fn policy(&self, key: &PolicyKey) -> Option<PolicyValue>;
+}
+
+/// The outcome of judging a flow against policy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Decision {
+    /// The flow may pass (deferred flows pass for now).
+    pub allowed: bool,
+    /// Egress to a Service cluster IP from an egress-isolated pod: the
+    /// verdict waits until DNAT has picked the backend.
+    pub defer: bool,
+    /// `REASON_NOT_ISOLATED`, `REASON_RULE` or `REASON_NO_RULE`.
+    pub reason: u8,
+    /// The allowing rule (0: none, or not isolated).
+    pub rule: u32,
+    /// Peer identity of the remote address (0: unknown, or not looked up).
+    pub peer: u32,
+}
+
+/// What the maps say about an address: the exact entry of a pod, Service
+/// or node if there is one, else the longest CIDR covering it, else any
+/// peer. (A plain value, not an Option: LLVM leaves an Option's fields
+/// partly undefined on the None path, which the verifier rejects.)
+#[inline(always)]
+pub fn peer_info<M: PolicyMaps>(maps: &M, remote: &IpKey) -> IpInfo {
+    if let Some(info) = maps.host(remote) {
+        return info;
+    }
+    match maps.cidr(remote) {
+        Some(info) => info,
+        None => IpInfo { identity: PEER_ANY, flags: 0, ifindex: 0 },
+    }
+}
+
+/// Judges a flow by policy alone: isolation, then the most specific rule
+/// for the peer's identity, then rules that allow any peer. `dir` is the
+/// flow's direction at the local endpoint `ep`, `port` its destination
+/// port; `want_peer` looks the peer up even when the pod is not isolated
+/// (for events that name it).
+#[inline(always)]
+pub fn decide<M: PolicyMaps>(
+    maps: &M,
+    ep: &Endpoint,
+    dir: u8,
+    remote: &IpKey,
+    protocol: u8,
+    port: u16,
+    want_peer: bool,
+) -> Decision {
+    let isolated =
+        if dir == DIR_INGRESS { ep.flags & EP_INGRESS_ISOLATED != 0 } else { ep.flags & EP_EGRESS_ISOLATED != 0 };
+    if !isolated && !want_peer {
+        return Decision { allowed: true, defer: false, reason: REASON_NOT_ISOLATED, rule: 0, peer: 0 };
+    }
+    let info = peer_info(maps, remote);
+    let (peer, peer_flags) = (info.identity, info.flags);
+    if !isolated {
+        return Decision { allowed: true, defer: false, reason: REASON_NOT_ISOLATED, rule: 0, peer };
+    }
+    if dir == DIR_EGRESS && peer_flags & IP_SERVICE != 0 {
+        return Decision { allowed: true, defer: true, reason: REASON_RULE, rule: 0, peer };
+    }
+    let mut key = PolicyKey::new(ep.identity, dir, peer, protocol, port);
+    if peer != PEER_ANY
+        && let Some(v) = maps.policy(&key)
+    {
+        return Decision { allowed: true, defer: false, reason: REASON_RULE, rule: v.rule, peer };
+    }
+    key.peer = PEER_ANY.to_be_bytes();
+    if let Some(v) = maps.policy(&key) {
+        return Decision { allowed: true, defer: false, reason: REASON_RULE, rule: v.rule, peer };
+    }
+    Decision { allowed: false, defer: false, reason: REASON_NO_RULE, rule: 0, peer }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::{FAMILY_V4, PROTO_TCP};
+
+    /// One host, one CIDR and two policy entries, looked up exactly.
+    struct Maps;
+
+    const HOST: IpKey = IpKey { family: FAMILY_V4, addr: [10, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0] };
+    const IN_CIDR: IpKey = IpKey { family: FAMILY_V4, addr: [192, 168, 0, 9, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0] };
+    const SERVICE: IpKey = IpKey { family: FAMILY_V4, addr: [10, 96, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0] };
+    const OTHER: IpKey = IpKey { family: FAMILY_V4, addr: [8, 8, 8, 8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0] };
+
+    impl PolicyMaps for Maps {
+        fn host(&self, key: &IpKey) -> Option<IpInfo> {
+            match *key {
+                HOST => Some(IpInfo { identity: 7, flags: 0, ifindex: 3 }),
+                SERVICE => Some(IpInfo { identity: 9, flags: IP_SERVICE, ifindex: 0 }),
+                _ => None,
+            }
+        }
+        fn cidr(&self, key: &IpKey) -> Option<IpInfo> {
+            (key.addr[..2] == [192, 168]).then_some(IpInfo { identity: 8, flags: 0, ifindex: 0 })
+        }
+        fn policy(&self, key: &PolicyKey) -> Option<PolicyValue> {
+            match (u32::from_be_bytes(key.peer), u16::from_be_bytes(key.port)) {
+                (7, 80) => Some(PolicyValue { rule: 100 }),
+                (PEER_ANY, 443) => Some(PolicyValue { rule: 200 }),
+                _ => None,
+            }
+        }
+    }
+
+    const ISOLATED: Endpoint = Endpoint { identity: 1, flags: EP_INGRESS_ISOLATED | EP_EGRESS_ISOLATED };
+
+    fn verdict(ep: &Endpoint, dir: u8, remote: &IpKey, port: u16) -> (bool, bool, u8, u32, u32) {
+        let d = decide(&Maps, ep, dir, remote, PROTO_TCP, port, false);
+        (d.allowed, d.defer, d.reason, d.rule, d.peer)
+    }
+
+    #[test]
+    fn order_of_lookups() {
+        assert_eq!(peer_info(&Maps, &HOST).identity, 7, "exact entry first");
+        assert_eq!(peer_info(&Maps, &IN_CIDR).identity, 8, "then the CIDR");
+        assert_eq!(peer_info(&Maps, &OTHER).identity, PEER_ANY, "else any peer");
+        assert_eq!(verdict(&ISOLATED, DIR_INGRESS, &HOST, 80), (true, false, REASON_RULE, 100, 7), "specific peer");
+        assert_eq!(verdict(&ISOLATED, DIR_INGRESS, &HOST, 443), (true, false, REASON_RULE, 200, 7), "then any peer");
+        assert_eq!(verdict(&ISOLATED, DIR_INGRESS, &IN_CIDR, 80), (false, false, REASON_NO_RULE, 0, 8));
+        assert_eq!(verdict(&ISOLATED, DIR_INGRESS, &OTHER, 443), (true, false, REASON_RULE, 200, PEER_ANY));
+    }
+
+    #[test]
+    fn isolation_and_services() {
+        let open = Endpoint { identity: 1, flags: 0 };
+        assert_eq!(verdict(&open, DIR_EGRESS, &OTHER, 1), (true, false, REASON_NOT_ISOLATED, 0, 0));
+        let named = decide(&Maps, &open, DIR_EGRESS, &HOST, PROTO_TCP, 1, true);
+        assert_eq!((named.allowed, named.reason, named.peer), (true, REASON_NOT_ISOLATED, 7), "want_peer names it");
+        assert_eq!(verdict(&ISOLATED, DIR_EGRESS, &SERVICE, 1), (true, true, REASON_RULE, 0, 9), "deferred");
+        assert_eq!(verdict(&ISOLATED, DIR_INGRESS, &SERVICE, 1), (false, false, REASON_NO_RULE, 0, 9));
+    }
+}

@@ -1,0 +1,300 @@
+//! Keys and values of the kernel maps, and the numbers they hold.
+
+use core::mem::{offset_of, size_of};
+use core::net::IpAddr;
+
+/// Directions in NetworkPolicy terms, seen from the local pod.
+pub const DIR_INGRESS: u8 = 0;
+/// Traffic leaving the local pod.
+pub const DIR_EGRESS: u8 = 1;
+
+/// Address families as stored in keys (IPv4 addresses use the first 4 bytes).
+pub const FAMILY_V4: u8 = 4;
+/// IPv6.
+pub const FAMILY_V6: u8 = 6;
+
+/// IP protocol numbers the classifier knows.
+pub const PROTO_ICMP: u8 = 1;
+/// TCP.
+pub const PROTO_TCP: u8 = 6;
+/// UDP.
+pub const PROTO_UDP: u8 = 17;
+/// ICMPv6.
+pub const PROTO_ICMPV6: u8 = 58;
+/// SCTP.
+pub const PROTO_SCTP: u8 = 132;
+
+/// The wildcard peer identity in a [`PolicyKey`]: any source or destination.
+pub const PEER_ANY: u32 = 0;
+
+/// Key of the IP-to-identity maps: a family byte then the address, so an
+/// IPv6 prefix never covers IPv4 addresses. In the LPM trie the prefix
+/// length is 8 + CIDR bits; single addresses go in the exact-match hash map,
+/// with the bytes past an IPv4 address zero.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct IpKey {
+    /// [`FAMILY_V4`] or [`FAMILY_V6`].
+    pub family: u8,
+    /// Address bytes in network order; IPv4 uses the first four.
+    pub addr: [u8; 16],
+}
+
+impl IpKey {
+    /// The key of a single address.
+    pub const fn from_ip(ip: IpAddr) -> IpKey {
+        let (family, addr) = family_addr(ip);
+        IpKey { family, addr }
+    }
+}
+
+/// The family byte and 16 address bytes of an address, as keys hold them.
+pub const fn family_addr(ip: IpAddr) -> (u8, [u8; 16]) {
+    match ip {
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            let mut a = [0u8; 16];
+            a[0] = o[0];
+            a[1] = o[1];
+            a[2] = o[2];
+            a[3] = o[3];
+            (FAMILY_V4, a)
+        }
+        IpAddr::V6(v6) => (FAMILY_V6, v6.octets()),
+    }
+}
+
+/// Bits of an [`IpKey`] taken by the family byte.
+pub const IP_KEY_FAMILY_BITS: u32 = 8;
+
+/// The LPM prefix length of a single address of `family`.
+pub const fn ip_key_full_len(family: u8) -> u32 {
+    IP_KEY_FAMILY_BITS + if family == FAMILY_V4 { 32 } else { 128 }
+}
+
+/// Map flag: allocate hash entries as they are inserted (the kernel's
+/// BPF_F_NO_PREALLOC), so a large capacity costs memory only when used.
+pub const MAP_NO_PREALLOC: u32 = 1;
+
+/// Value of the IP-to-identity maps.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IpInfo {
+    /// Peer identity: what policy rules are compiled against.
+    pub identity: u32,
+    /// `IP_*` flags.
+    pub flags: u32,
+    /// For a local pod's address: the host interface it is enforced on.
+    pub ifindex: u32,
+}
+
+/// IP flag: a Service cluster IP. kube-proxy DNATs traffic to it after the
+/// source pod's egress hook, so egress is judged where the backend is known.
+pub const IP_SERVICE: u32 = 1 << 0;
+
+/// Key of the policy LPM trie. A rule's entry is a prefix of it: the peer
+/// and everything before it are always complete; protocol and port are
+/// cut off where the rule does not restrict them, and port ranges become a
+/// handful of power-of-two prefixes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PolicyKey {
+    /// Identity of the local (selected) pod, big-endian.
+    pub local: [u8; 4],
+    /// [`DIR_INGRESS`] or [`DIR_EGRESS`].
+    pub direction: u8,
+    /// Peer identity, big-endian; [`PEER_ANY`] for rules without peers.
+    pub peer: [u8; 4],
+    /// IP protocol number.
+    pub protocol: u8,
+    /// Destination port, big-endian.
+    pub port: [u8; 2],
+}
+
+impl PolicyKey {
+    /// The full key of a flow: multi-byte fields go in big-endian.
+    #[inline(always)]
+    pub const fn new(local: u32, direction: u8, peer: u32, protocol: u8, port: u16) -> PolicyKey {
+        PolicyKey {
+            local: local.to_be_bytes(),
+            direction,
+            peer: peer.to_be_bytes(),
+            protocol,
+            port: port.to_be_bytes(),
+        }
+    }
+}
+
+/// Prefix length of a [`PolicyKey`] entry matching any protocol and port.
+pub const POLICY_PREFIX_ANY_PROTO: u32 = 72;
+/// Prefix length of an entry matching one protocol, any port.
+pub const POLICY_PREFIX_PROTO: u32 = 80;
+/// Prefix length of an entry matching one protocol and one port.
+pub const POLICY_PREFIX_FULL: u32 = 96;
+
+/// Value of the policy trie: which rule the entry came from.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PolicyValue {
+    /// Id of the allowing rule (see the agent's rule catalog).
+    pub rule: u32,
+}
+
+/// Endpoint flag: some policy selects the pod for ingress.
+pub const EP_INGRESS_ISOLATED: u32 = 1 << 0;
+/// Endpoint flag: some policy selects the pod for egress.
+pub const EP_EGRESS_ISOLATED: u32 = 1 << 1;
+/// Endpoint flag: would-be drops pass and are reported as AUDIT.
+pub const EP_AUDIT: u32 = 1 << 2;
+/// Endpoint flag (strict mode): a new pod interface whose pod and policy
+/// are not known yet; everything but link-local plumbing is dropped.
+pub const EP_PENDING: u32 = 1 << 3;
+
+/// Value of the endpoint map, keyed by the host-side interface index.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Endpoint {
+    /// Identity of the pod behind the interface.
+    pub identity: u32,
+    /// `EP_*` flags.
+    pub flags: u32,
+}
+
+/// Key of the connection tracking table: one entry per flow per local
+/// endpoint, written from the endpoint's point of view so both hooks of the
+/// interface find it without normalising the tuple.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct CtKey {
+    /// Host-side interface of the local pod.
+    pub ifindex: u32,
+    /// Port of the local pod (ICMP echo: the identifier).
+    pub local_port: u16,
+    /// Port of the peer (ICMP echo: the identifier).
+    pub remote_port: u16,
+    /// Local pod address.
+    pub local: [u8; 16],
+    /// Peer address.
+    pub remote: [u8; 16],
+    /// IP protocol number.
+    pub protocol: u8,
+    /// [`FAMILY_V4`] or [`FAMILY_V6`].
+    pub family: u8,
+    /// Always zero.
+    pub _pad: [u8; 2],
+}
+
+/// Verdict stored with a tracked flow: the flow was allowed.
+pub const CT_ALLOWED: u8 = 1;
+/// Verdict stored with a tracked flow: policy denies it but audit let it pass.
+pub const CT_AUDITED: u8 = 2;
+/// Verdict stored with a tracked flow: the pod sent it to a Service cluster
+/// IP; egress is judged after DNAT, on the packets the agent marks.
+pub const CT_DEFERRED: u8 = 3;
+
+/// Value of the connection tracking table.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CtEntry {
+    /// Last time a packet of the flow was seen (bpf_ktime_get_ns), refreshed
+    /// at most once a second to keep the hot path write-free.
+    pub last_seen_ns: u64,
+    /// Policy revision the verdict was taken under; a stale one is re-decided.
+    pub revision: u32,
+    /// Rule that allowed the flow (0: not isolated).
+    pub rule: u32,
+    /// Direction of the flow's first packet ([`DIR_INGRESS`]/[`DIR_EGRESS`]).
+    pub origin: u8,
+    /// [`CT_ALLOWED`], [`CT_AUDITED`] or [`CT_DEFERRED`].
+    pub verdict: u8,
+    /// Always zero.
+    pub _pad: [u8; 6],
+}
+
+/// Key of the drop-event suppression table (same tuple as connection
+/// tracking, seen from the endpoint).
+pub type SuppressKey = CtKey;
+
+/// Value of the drop-event suppression table.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SuppressEntry {
+    /// When the last event for this flow was emitted.
+    pub last_event_ns: u64,
+    /// Packets dropped since then without an event of their own.
+    pub suppressed: u32,
+    /// Always zero.
+    pub _pad: u32,
+}
+
+/// Key of the fragment table: enough to tie a non-first fragment to the
+/// ports its first fragment carried.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FragKey {
+    /// IP identification (IPv4: 16 bits, IPv6: 32 bits).
+    pub id: u32,
+    /// IPv4: the protocol; IPv6: the fragment header's next header, which
+    /// every fragment of a packet carries alike.
+    pub protocol: u8,
+    /// [`FAMILY_V4`] or [`FAMILY_V6`].
+    pub family: u8,
+    /// Always zero.
+    pub _pad: [u8; 2],
+    /// Source address.
+    pub src: [u8; 16],
+    /// Destination address.
+    pub dst: [u8; 16],
+}
+
+/// Value of the fragment table: what the first fragment's L4 header said.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FragPorts {
+    /// Source port.
+    pub sport: u16,
+    /// Destination port.
+    pub dport: u16,
+    /// L4 protocol (IPv6 extension headers may follow the fragment header).
+    pub protocol: u8,
+    /// Always zero.
+    pub _pad: [u8; 3],
+}
+
+/// Config flag: emit an event for the first packet of every allowed flow.
+pub const CFG_LOG_NEW_FLOWS: u32 = 1 << 0;
+
+/// The single entry of the config array.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Config {
+    /// Bumped by the agent after every map change; tracked flows decided
+    /// under an older revision are decided again.
+    pub revision: u32,
+    /// `CFG_*` flags.
+    pub flags: u32,
+    /// Minimum nanoseconds between two drop events of one flow.
+    pub drop_event_interval_ns: u64,
+    /// skb mark bit on packets whose egress verdict waits for DNAT.
+    pub defer_mark: u32,
+    /// Always zero.
+    pub _pad: u32,
+}
+
+const _: () = {
+    assert!(size_of::<IpKey>() == 17);
+    assert!(size_of::<IpInfo>() == 12);
+    assert!(size_of::<PolicyKey>() == 12);
+    assert!(POLICY_PREFIX_FULL as usize == size_of::<PolicyKey>() * 8);
+    assert!(POLICY_PREFIX_PROTO as usize == offset_of!(PolicyKey, port) * 8);
+    assert!(POLICY_PREFIX_ANY_PROTO as usize == offset_of!(PolicyKey, protocol) * 8);
+    assert!(size_of::<PolicyValue>() == 4);
+    assert!(size_of::<Endpoint>() == 8);
+    assert!(size_of::<CtKey>() == 44);
+    assert!(offset_of!(CtKey, local) == 8);
+    assert!(size_of::<CtEntry>() == 24);
+    assert!(size_of::<SuppressEntry>() == 16);
+    assert!(size_of::<FragKey>() == 40);
+    assert!(size_of::<FragPorts>() == 8);
+    assert!(size_of::<Config>() == 24);
+};

@@ -1,0 +1,241 @@
+//! Connection tracking: a flow is judged on its first packet and its
+//! verdict kept per endpoint, so replies and later packets pass on one hash
+//! lookup; a policy change (a new revision) has each tracked flow decided
+//! again on its next packet. Also: first fragments' ports, for the
+//! fragments that follow, and ICMP errors about tracked flows.
+
+use crate::Flow;
+use crate::events::{drop_packet, emit};
+use crate::maps::{CONNTRACK, FRAGS, count};
+use crate::parse::{self, Frag, Packet};
+use crate::policy::{bare, decide, mark_deferred, own_source};
+use aya_ebpf::{bindings::BPF_ANY, programs::TcContext};
+use palisade_common::{
+    CT_ALLOWED, CT_AUDITED, CT_DEFERRED, CtEntry, CtKey, DIR_EGRESS, DIR_INGRESS, EP_AUDIT, EVF_FRAGMENT,
+    EVF_REDECIDED, FragKey, FragPorts, PROTO_TCP, REASON_SPOOFED, VERDICT_AUDIT, stat,
+};
+
+/// Tracked TCP flows expire after six hours idle, others after a minute.
+const CT_TIMEOUT_TCP_NS: u64 = 6 * 3600 * 1_000_000_000;
+const CT_TIMEOUT_OTHER_NS: u64 = 60 * 1_000_000_000;
+/// last_seen is refreshed at most this often, so the hot path rarely writes.
+const CT_REFRESH_NS: u64 = 1_000_000_000;
+
+/// What connection tracking makes of a packet.
+#[repr(u8)]
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Tracked {
+    /// No live entry: a new flow, for policy to judge.
+    Miss,
+    /// A tracked flow whose verdict (current or decided again) lets it pass.
+    Pass,
+    /// A tracked flow that a policy change now denies.
+    Drop,
+}
+
+/// The remote "port" of a ping in connection tracking: requests and the
+/// replies to them share a key, a request from the other side does not.
+#[inline(always)]
+fn echo_role(local_initiated: bool) -> u16 {
+    if local_initiated { 0 } else { 1 }
+}
+
+/// The flow's key, from the endpoint's point of view.
+#[inline(always)]
+pub fn ct_key(ifindex: u32, dir: u8, pkt: &Packet) -> CtKey {
+    if parse::is_echo(pkt.protocol, pkt.icmp_type) {
+        let request = parse::is_echo_request(pkt.protocol, pkt.icmp_type);
+        let local_initiated = request == (dir == DIR_EGRESS);
+        return CtKey {
+            ifindex,
+            local_port: pkt.sport,
+            remote_port: echo_role(local_initiated),
+            local: if dir == DIR_EGRESS { pkt.src } else { pkt.dst },
+            remote: if dir == DIR_EGRESS { pkt.dst } else { pkt.src },
+            protocol: pkt.protocol,
+            family: pkt.family,
+            _pad: [0; 2],
+        };
+    }
+    if dir == DIR_EGRESS {
+        CtKey {
+            ifindex,
+            local_port: pkt.sport,
+            remote_port: pkt.dport,
+            local: pkt.src,
+            remote: pkt.dst,
+            protocol: pkt.protocol,
+            family: pkt.family,
+            _pad: [0; 2],
+        }
+    } else {
+        CtKey {
+            ifindex,
+            local_port: pkt.dport,
+            remote_port: pkt.sport,
+            local: pkt.dst,
+            remote: pkt.src,
+            protocol: pkt.protocol,
+            family: pkt.family,
+            _pad: [0; 2],
+        }
+    }
+}
+
+#[inline(always)]
+fn frag_key(pkt: &Packet) -> FragKey {
+    FragKey { id: pkt.frag_id, protocol: pkt.frag_proto, family: pkt.family, _pad: [0; 2], src: pkt.src, dst: pkt.dst }
+}
+
+/// Remembers a first fragment's ports, and gives a later fragment those of
+/// its first one (unknown ports only match rules that do not restrict
+/// ports). Returns the event flags of the packet.
+#[inline(always)]
+pub fn fragments(pkt: &mut Packet) -> u8 {
+    if pkt.frag == Frag::First {
+        let ports = FragPorts { sport: pkt.sport, dport: pkt.dport, protocol: pkt.protocol, _pad: [0; 3] };
+        let _ = FRAGS.insert(&frag_key(pkt), &ports, BPF_ANY as u64);
+    } else if pkt.frag == Frag::Later {
+        if let Some(p) = unsafe { FRAGS.get(&frag_key(pkt)) } {
+            pkt.sport = p.sport;
+            pkt.dport = p.dport;
+            pkt.protocol = p.protocol;
+        }
+        return EVF_FRAGMENT;
+    }
+    0
+}
+
+/// Looks the flow up: a live entry under the current revision passes; one
+/// under an older revision is decided again as its first packet was,
+/// whichever way this packet goes.
+#[inline(always)]
+pub fn tracked(ctx: &TcContext, f: &mut Flow, key: &CtKey) -> Tracked {
+    let Some(ct) = CONNTRACK.get_ptr_mut(key) else {
+        return Tracked::Miss;
+    };
+    let ct = unsafe { &mut *ct };
+    let timeout = if f.pkt.protocol == PROTO_TCP { CT_TIMEOUT_TCP_NS } else { CT_TIMEOUT_OTHER_NS };
+    if f.now.wrapping_sub(ct.last_seen_ns) >= timeout {
+        return Tracked::Miss;
+    }
+    if ct.revision == f.cfg.revision {
+        if f.now.wrapping_sub(ct.last_seen_ns) > CT_REFRESH_NS {
+            ct.last_seen_ns = f.now;
+        }
+        if ct.verdict == CT_DEFERRED && f.dir == ct.origin {
+            mark_deferred(ctx, f.cfg);
+        }
+        count(if ct.verdict == CT_AUDITED { stat::AUDITED } else { stat::ALLOWED });
+        return Tracked::Pass;
+    }
+    // The flow's local address may have left the pod since it was tracked.
+    if f.dir == DIR_EGRESS && !own_source(f.ifindex, f.pkt.family, &key.local) {
+        forget(key);
+        drop_packet(f, &bare(REASON_SPOOFED), key);
+        return Tracked::Drop;
+    }
+    let origin = ct.origin;
+    let port = if origin == DIR_INGRESS { key.local_port } else { key.remote_port };
+    let d = decide(f.ep, origin, f.pkt.family, &key.remote, f.pkt.protocol, port, true);
+    if d.defer {
+        ct.revision = f.cfg.revision;
+        ct.verdict = CT_DEFERRED;
+        ct.last_seen_ns = f.now;
+        if f.dir == origin {
+            mark_deferred(ctx, f.cfg);
+        }
+        count(stat::ALLOWED);
+        return Tracked::Pass;
+    }
+    if d.allowed {
+        ct.revision = f.cfg.revision;
+        ct.rule = d.rule;
+        ct.verdict = CT_ALLOWED;
+        ct.last_seen_ns = f.now;
+        count(stat::ALLOWED);
+        return Tracked::Pass;
+    }
+    f.ev_flags |= EVF_REDECIDED;
+    if f.ep.flags & EP_AUDIT != 0 {
+        ct.revision = f.cfg.revision;
+        ct.verdict = CT_AUDITED;
+        ct.last_seen_ns = f.now;
+        count(stat::AUDITED);
+        emit(f, VERDICT_AUDIT, &d, 1);
+        return Tracked::Pass;
+    }
+    forget(key);
+    drop_packet(f, &d, key);
+    Tracked::Drop
+}
+
+/// For the host hook judging a deferred egress: the flow's verdict is
+/// current (then refreshed).
+#[inline(always)]
+pub fn current(f: &Flow, key: &CtKey) -> bool {
+    let Some(ct) = CONNTRACK.get_ptr_mut(key) else {
+        return false;
+    };
+    let ct = unsafe { &mut *ct };
+    if ct.revision == f.cfg.revision && f.now.wrapping_sub(ct.last_seen_ns) < CT_TIMEOUT_OTHER_NS {
+        if f.now.wrapping_sub(ct.last_seen_ns) > CT_REFRESH_NS {
+            ct.last_seen_ns = f.now;
+        }
+        return true;
+    }
+    false
+}
+
+/// Enters a newly decided flow.
+#[inline(always)]
+pub fn track(f: &Flow, key: &CtKey, rule: u32, verdict: u8) {
+    let entry = CtEntry { last_seen_ns: f.now, revision: f.cfg.revision, rule, origin: f.dir, verdict, _pad: [0; 6] };
+    let _ = CONNTRACK.insert(key, &entry, BPF_ANY as u64);
+    count(stat::FLOWS_NEW);
+}
+
+/// Forgets a flow a policy change denies.
+#[inline(always)]
+pub fn forget(key: &CtKey) {
+    let _ = CONNTRACK.remove(key);
+}
+
+/// An ICMP error about a tracked flow (path MTU discovery, port
+/// unreachable): it passes with the flow, whatever policy says about ICMP
+/// itself, but only while the flow's verdict is current, so a flow a policy
+/// change denies gets no errors through either.
+#[inline(always)]
+pub fn related(ctx: &TcContext, f: &Flow, key: &CtKey) -> bool {
+    if !parse::is_icmp_error(f.pkt.protocol, f.pkt.icmp_type) {
+        return false;
+    }
+    let Some(q) = parse::quoted_flow(ctx, f.pkt) else {
+        return false;
+    };
+    // The quoted packet went the other way: the local pod is its source
+    // when the error comes in, its destination when it goes out.
+    let mut qk = *key;
+    qk.protocol = q.protocol;
+    if f.dir == DIR_INGRESS {
+        qk.local = q.src;
+        qk.remote = q.dst;
+        qk.local_port = q.sport;
+        qk.remote_port = q.dport;
+    } else {
+        qk.local = q.dst;
+        qk.remote = q.src;
+        qk.local_port = q.dport;
+        qk.remote_port = q.sport;
+    }
+    if parse::is_echo(q.protocol, q.icmp_type) {
+        // The pod sent the quoted packet when the error comes in; it
+        // started the ping if that packet was a request.
+        let pod_sent_it = f.dir == DIR_INGRESS;
+        qk.remote_port = echo_role(parse::is_echo_request(q.protocol, q.icmp_type) == pod_sent_it);
+    }
+    match CONNTRACK.get_ptr(&qk) {
+        Some(ct) => (unsafe { (*ct).revision }) == f.cfg.revision,
+        None => false,
+    }
+}
