@@ -96,7 +96,7 @@ struct RunArgs {
     #[arg(long, hide = true, default_value = "")]
     map_entries: palisade::datapath::MapSizes,
     /// Test only: interface discovery fails while this file says "fail",
-    /// and sees no links while it says "partial".
+    /// sees no links while it says "partial", no routes while "routes".
     #[arg(long, hide = true)]
     test_fault_interfaces: Option<PathBuf>,
 }

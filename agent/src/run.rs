@@ -16,8 +16,8 @@ use crate::metrics::Metrics;
 use crate::policy::{self, Compiled, Input, Node};
 use crate::state::{Applied, EndpointState, Enforcement, InputVersion, Shared, Status};
 use anyhow::Result;
-use std::collections::BTreeSet;
-use std::net::SocketAddr;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -114,6 +114,9 @@ struct Agent {
     handle: rtnetlink::Handle,
     /// The last complete view of the node's interfaces.
     last_view: Option<Interfaces>,
+    /// Interfaces enforced after the last sync, with their pod's addresses:
+    /// a view that lacks them, or their routes, is incomplete.
+    in_force: Vec<(u32, Vec<IpAddr>)>,
     /// What the last clean pass saw (input version, interfaces, staleness):
     /// when nothing of it changed, there is nothing to recompile.
     last_clean: Option<(u64, Interfaces, Option<String>)>,
@@ -201,6 +204,8 @@ impl Agent {
             });
         }
         let handle = netlink::connect()?;
+        // What an earlier agent left in force counts from the first pass.
+        let in_force = dp.enforced_interfaces().into_iter().map(|i| (i, Vec::new())).collect();
         tracing::info!(
             node = %opts.node_name, source = %source.describe(), bpffs = %opts.bpffs.display(),
             socket = %opts.socket.display(), "palisade agent started"
@@ -214,6 +219,7 @@ impl Agent {
             view,
             handle,
             last_view: None,
+            in_force,
             last_clean: None,
             reported: Vec::new(),
             host_network_logged: BTreeSet::new(),
@@ -269,9 +275,8 @@ impl Agent {
     async fn load(&mut self) -> Loaded {
         let snap = self.source.load();
         let (version, stale) = (self.source.loaded_version(), self.source.stale());
-        let in_force = self.dp.enforced_interfaces();
         let (ifaces, ifaces_error) =
-            match netlink::discover(&self.handle, &in_force, self.opts.interfaces_fault.as_deref()).await {
+            match netlink::discover(&self.handle, &self.in_force, self.opts.interfaces_fault.as_deref()).await {
                 Ok(view) => {
                     self.last_view = Some(view.clone());
                     (Some(view), None)
@@ -295,6 +300,16 @@ impl Agent {
         for e in &report.errors {
             tracing::error!("sync: {e}");
         }
+        // The last agent's interfaces count too until a sync takes them.
+        let mut in_force: BTreeMap<u32, Vec<IpAddr>> =
+            self.dp.enforced_interfaces().into_iter().map(|i| (i, Vec::new())).collect();
+        for e in &report.endpoints {
+            let held = matches!(e.state, Enforcement::Enforced | Enforcement::HeldClosed(_));
+            if let Some(i) = e.ifindex.filter(|_| held) {
+                in_force.insert(i, e.ips.clone());
+            }
+        }
+        self.in_force = in_force.into_iter().collect();
         report
     }
 

@@ -122,7 +122,7 @@ fn cases() -> Vec<palisade_e2e::suite::Case<Env>> {
             e.expect("y/b", "x/a", 80, true)?;
             e.expect("z/c", "x/a", 80, false)?;
             ensure!(http_get("/readyz")?.0 == 200, "ready before the fault");
-            for (n, fault) in ["fail", "partial"].into_iter().enumerate() {
+            for (n, fault) in ["fail", "partial", "routes"].into_iter().enumerate() {
                 std::fs::write(&e.fault, fault)?;
                 e.nudge(n as u32)?;
                 let st = e.status_until(&format!("the {fault} fault reported"), |st| {

@@ -28,15 +28,23 @@ pub struct Interfaces {
 
 impl Interfaces {
     /// Fails unless the view is whole: every host route leads to a listed
-    /// link, and every interface enforced now (`in_force`) is listed or
-    /// really gone (`exists` asks the kernel). A partial view applied would
-    /// take enforcement off the interfaces it misses.
-    pub fn check(&self, in_force: impl IntoIterator<Item = u32>, exists: impl Fn(u32) -> bool) -> Result<()> {
+    /// link, and every interface enforced now (`in_force`: its index and
+    /// the addresses of the pod enforced there) is either really gone
+    /// (`exists` asks the kernel) or listed with a route to one of those
+    /// addresses. A partial view applied would take enforcement off the
+    /// interfaces it misses.
+    pub fn check(&self, in_force: &[(u32, Vec<IpAddr>)], exists: impl Fn(u32) -> bool) -> Result<()> {
         if let Some((ip, i)) = self.routes.iter().find(|(_, i)| !self.names.contains_key(i)) {
             bail!("incomplete view: the route to {ip} leads to interface {i}, which the link dump lacks");
         }
-        if let Some(i) = in_force.into_iter().find(|i| !self.names.contains_key(i) && exists(*i)) {
-            bail!("incomplete view: enforced interface {i} exists but the link dump lacks it");
+        for (i, ips) in in_force {
+            if !self.names.contains_key(i) {
+                if exists(*i) {
+                    bail!("incomplete view: enforced interface {i} exists but the link dump lacks it");
+                }
+            } else if !ips.is_empty() && !ips.iter().any(|ip| self.routes.contains_key(ip)) {
+                bail!("incomplete view: enforced interface {i} is listed but no route leads to its pod");
+            }
         }
         Ok(())
     }
@@ -52,17 +60,19 @@ pub fn exists(ifindex: u32) -> bool {
 /// A complete view of the node's interfaces, or why there is none.
 /// `fault` is a test-only hook (`palisade run --test-fault-interfaces`):
 /// while that file says `fail` the dump fails, while it says `partial`
-/// the links are missing from it.
-pub async fn discover(handle: &Handle, in_force: &[u32], fault: Option<&Path>) -> Result<Interfaces> {
+/// the links are missing from it, while it says `routes` the routes are.
+pub async fn discover(handle: &Handle, in_force: &[(u32, Vec<IpAddr>)], fault: Option<&Path>) -> Result<Interfaces> {
     let injected = fault.and_then(|f| std::fs::read_to_string(f).ok()).map(|s| s.trim().to_string());
     if injected.as_deref() == Some("fail") {
         bail!("dumping links: injected fault");
     }
     let mut view = snapshot(handle).await?;
-    if injected.as_deref() == Some("partial") {
-        view.names.clear();
+    match injected.as_deref() {
+        Some("partial") => view.names.clear(),
+        Some("routes") => view.routes.clear(),
+        _ => {}
     }
-    view.check(in_force.iter().copied(), exists)?;
+    view.check(in_force, exists)?;
     Ok(view)
 }
 
@@ -154,25 +164,37 @@ mod tests {
         }
     }
 
+    fn enforced(i: u32, ip: &str) -> (u32, Vec<IpAddr>) {
+        (i, vec![ip.parse().unwrap()])
+    }
+
     #[test]
     fn a_whole_view_passes() {
         let v = view(&[1, 10], &[("10.0.0.1", 10)]);
-        assert!(v.check([10], |_| true).is_ok());
+        assert!(v.check(&[enforced(10, "10.0.0.1")], |_| true).is_ok());
         // An enforced interface that is really gone: the pod went away.
-        assert!(v.check([10, 11], |i| i != 11).is_ok());
+        assert!(v.check(&[enforced(10, "10.0.0.1"), enforced(11, "10.0.0.2")], |i| i != 11).is_ok());
     }
 
     #[test]
     fn routes_to_unlisted_links_mean_a_partial_view() {
         let v = view(&[1], &[("10.0.0.1", 10)]);
-        let e = v.check([], |_| true).unwrap_err().to_string();
+        let e = v.check(&[], |_| true).unwrap_err().to_string();
         assert!(e.contains("incomplete view") && e.contains("interface 10"), "{e}");
     }
 
     #[test]
     fn a_missing_enforced_interface_that_exists_means_a_partial_view() {
         let v = view(&[1], &[]);
-        assert!(v.check([10], |_| true).is_err());
-        assert!(Interfaces::default().check([10], |_| true).is_err(), "an empty dump never passes for enforced links");
+        assert!(v.check(&[enforced(10, "10.0.0.1")], |_| true).is_err());
+        let empty = Interfaces::default();
+        assert!(empty.check(&[enforced(10, "10.0.0.1")], |_| true).is_err(), "an empty dump never passes");
+    }
+
+    #[test]
+    fn an_enforced_interface_without_its_route_means_a_partial_view() {
+        let v = view(&[1, 10], &[]);
+        let e = v.check(&[enforced(10, "10.0.0.1")], |_| true).unwrap_err().to_string();
+        assert!(e.contains("no route"), "{e}");
     }
 }
