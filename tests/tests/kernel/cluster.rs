@@ -143,9 +143,9 @@ fn policies(tight: bool) -> Vec<Value> {
 }
 
 pub fn input(tight: bool) -> Input {
-    let namespaces = ["prod", "dev", "ops"].map(|team| {
-        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": team, "labels": {"team": team}}})
-    });
+    let namespaces = ["prod", "dev", "ops"].map(
+        |team| json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": team, "labels": {"team": team}}}),
+    );
     let locals = LOCALS.iter().map(|(name, ip4, ip6)| k8s_pod("prod", name, name, ip4, ip6, NODE));
     let remotes = REMOTES.iter().map(|(ns, name, app, ip4, ip6)| k8s_pod(ns, name, app, ip4, ip6, OTHER_NODE));
     let objects = namespaces.into_iter().chain(locals).chain(remotes).chain(policies(tight));
