@@ -37,6 +37,8 @@ pub struct Options {
     pub resync: Duration,
     /// Where /metrics, /healthz and /readyz are served (None: nowhere).
     pub metrics_addr: Option<SocketAddr>,
+    /// How the source is read: saved copies, refused paths, namespace audit.
+    pub source: crate::cluster::files::Options,
 }
 
 /// The host name, which is the node name unless told otherwise.
@@ -82,7 +84,7 @@ pub async fn run(opts: Options) -> Result<()> {
             }
         });
     }
-    let mut source = Source::start(opts.cluster_state.clone(), wake).await?;
+    let mut source = Source::start(opts.cluster_state.clone(), opts.source.clone(), wake).await?;
 
     let shared = Arc::new(Shared {
         status: Default::default(),
