@@ -93,8 +93,11 @@ pub struct InputVersion {
 
 impl Shared {
     pub fn current_status(&self) -> Status {
+        // The version first: the agent writes the status, then the version,
+        // so the status read after it is at least as new as the version.
+        let applied = self.input.applied.load(std::sync::atomic::Ordering::SeqCst);
         let mut s = self.status.read().map(|s| s.clone()).unwrap_or_default();
-        if (self.input.current)() != self.input.applied.load(std::sync::atomic::Ordering::SeqCst) {
+        if (self.input.current)() != applied {
             s.in_sync = false;
         }
         s.counters = COUNTER_NAMES.iter().map(|n| n.to_string()).zip(self.pinned.counters()).collect();
