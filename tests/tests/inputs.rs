@@ -25,7 +25,7 @@ impl std::ops::Deref for Env {
 
 impl Fixture for Env {
     fn setup() -> Result<Env> {
-        Ok(Env(Cluster::start("in", 4, &[])?))
+        Ok(Env(Cluster::start("in", 5, &[])?))
     }
 
     fn reset(&self) -> Result<()> {
