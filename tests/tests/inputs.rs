@@ -4,14 +4,17 @@
 //! a running (and restarted) agent.
 
 use anyhow::{Context, Result, bail, ensure};
+use palisade_e2e::agent::{Agent, binary};
 use palisade_e2e::cluster::Cluster;
-use palisade_e2e::np;
+use palisade_e2e::fake_api::FakeApi;
 use palisade_e2e::probe::{self, Proto};
 use palisade_e2e::suite::Fixture;
+use palisade_e2e::{NODE, np};
 use serde_json::{Value, json};
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 struct Env(Cluster);
@@ -207,6 +210,42 @@ fn cases() -> Vec<palisade_e2e::suite::Case<Env>> {
             let _ = std::fs::remove_file(&link);
             let _ = std::fs::remove_file(&outside);
             e.restart(&[])?;
+            result
+        }),
+        ("kube_source_without_a_first_list_keeps_the_pinned_state", |e| {
+            // The files agent steps aside, its pinned state with it.
+            e.kill();
+            Command::new(binary()).args(["uninstall", "--bpffs"]).arg(&e.agent().bpffs).status()?;
+            let result = (|| {
+                let api = FakeApi::start()?;
+                api.apply_manifests(&e.topo.manifests())?;
+                api.apply_manifests(&deny_y())?;
+                let mut agent = Agent::start_kube("inkube", NODE, api.kubeconfig_path(), &[])?;
+                agent.wait_in_sync()?;
+                ensure!(!e.reaches("x/a", "y/b"));
+                // Restarted while the API server is away: no first list.
+                api.stop();
+                agent.kill();
+                ensure!(agent.spawn(NODE, &[]).is_err(), "the agent came up without a first list");
+                let log = std::fs::read_to_string(&agent.stderr)?;
+                ensure!(
+                    log.contains("still waiting for the first complete list"),
+                    "the agent does not say why it waits"
+                );
+                ensure!(!e.reaches("x/a", "y/b"), "the pinned policy must stay in force until the first list");
+                api.restart()?;
+                let deadline = Instant::now() + Duration::from_secs(30);
+                while agent.status().is_err() {
+                    ensure!(Instant::now() < deadline, "no status after the API server came back");
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                agent.wait_in_sync()?;
+                ensure!(!e.reaches("x/a", "y/b"));
+                ensure!(e.reaches("x/a", "z/b"));
+                Ok(())
+            })();
+            e.spawn(&[])?;
+            e.agent().wait_in_sync()?;
             result
         }),
         ("ten_thousand_mutated_manifests", mutated_manifests),
