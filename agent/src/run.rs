@@ -48,6 +48,8 @@ pub struct Options {
     /// Test only: a file whose content fails interface discovery (see
     /// [`netlink::discover`]).
     pub interfaces_fault: Option<PathBuf>,
+    /// How the source is read: saved copies, refused paths, namespace audit.
+    pub source: crate::cluster::files::Options,
 }
 
 /// The host name, which is the node name unless told otherwise.
@@ -167,7 +169,7 @@ impl Agent {
                 }
             });
         }
-        let source = Source::start(opts.cluster_state.clone(), wake).await?;
+        let source = Source::start(opts.cluster_state.clone(), opts.source.clone(), wake).await?;
 
         let shared = Arc::new(Shared {
             status: Default::default(),
