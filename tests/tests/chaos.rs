@@ -207,7 +207,7 @@ fn allowed_tcp(t: &Traffic, from: &Pod, to: SocketAddr) {
 
 /// Datagrams to a port no policy opens, as fast as the loop goes.
 fn denied_udp(t: &Traffic, from: &Pod, to: SocketAddr) {
-    let Ok(sock) = probe::socket_in(from, false, Proto::Udp) else { return };
+    let Ok(sock) = probe::socket_in(from, to.is_ipv6(), Proto::Udp) else { return };
     let sock: UdpSocket = sock.into();
     while t.running() {
         if sock.send_to(b"denied", to).is_ok() {
@@ -322,10 +322,13 @@ fn cases() -> Vec<palisade_e2e::suite::Case<Env>> {
         std::thread::scope(|s| -> Result<()> {
             let t = &t;
             let at = |id: &str, port| SocketAddr::new(pod(id).ip(false), port);
+            let at6 = |id: &str, port| SocketAddr::new(pod(id).ip(true), port);
             s.spawn(move || allowed_udp(t, pod("x/b"), at("x/a", 80), "udp x/b -> x/a:80"));
+            s.spawn(move || allowed_udp(t, pod("x/b"), at6("x/a", 80), "udp x/b -> x/a:80 over IPv6"));
             s.spawn(move || allowed_udp(t, pod("z/a"), at("z/b", 81), "udp z/a -> z/b:81 (egress-isolated)"));
             s.spawn(move || allowed_tcp(t, pod("x/b"), at("x/a", 81)));
             s.spawn(move || denied_udp(t, pod("y/a"), at("x/a", DENIED_UDP)));
+            s.spawn(move || denied_udp(t, pod("y/a"), at6("x/a", DENIED_UDP)));
             s.spawn(move || denied_udp(t, pod("z/a"), at("y/c", DENIED_UDP)));
             s.spawn(move || denied_tcp(t, pod("y/a"), at("x/a", DENIED_TCP)));
             s.spawn(move || count_udp(t, udp_xa));
