@@ -261,6 +261,19 @@ pub fn valid(src: IpAddr, dst: IpAddr, l4: L4) -> Vec<u8> {
     out
 }
 
+/// A UDP datagram as a raw IP socket sends it (IP header, no Ethernet),
+/// every checksum right.
+pub fn udp_datagram(src: IpAddr, dst: IpAddr, sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+    let ip = match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => PacketBuilder::ipv4(s.octets(), d.octets(), TTL),
+        (IpAddr::V6(s), IpAddr::V6(d)) => PacketBuilder::ipv6(s.octets(), d.octets(), TTL),
+        _ => panic!("mixed families {src} {dst}"),
+    };
+    let mut out = Vec::new();
+    ip.udp(sport, dport).write(&mut out, payload).expect("writing to a Vec");
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

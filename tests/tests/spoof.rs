@@ -18,55 +18,9 @@ use std::time::{Duration, Instant};
 const PORT: u16 = 9000;
 const IPPROTO_RAW: i32 = 255;
 
-/// Internet checksum over `data`, starting from `sum`.
-fn checksum(mut sum: u32, data: &[u8]) -> u16 {
-    for c in data.chunks(2) {
-        sum += u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));
-    }
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
-
 /// A whole IP packet carrying one UDP datagram from `src` to `dst`:`PORT`.
 fn udp_packet(src: IpAddr, dst: IpAddr, payload: &[u8]) -> Vec<u8> {
-    let udp_len = 8 + payload.len();
-    let mut udp = Vec::with_capacity(udp_len);
-    udp.extend_from_slice(&40000u16.to_be_bytes());
-    udp.extend_from_slice(&PORT.to_be_bytes());
-    udp.extend_from_slice(&(udp_len as u16).to_be_bytes());
-    udp.extend_from_slice(&[0, 0]);
-    udp.extend_from_slice(payload);
-    match (src, dst) {
-        (IpAddr::V4(s), IpAddr::V4(d)) => {
-            // Checksum 0: none (IPv4 allows it); the kernel fills in the
-            // header checksum and total length of raw packets.
-            let mut p = vec![0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 17, 0, 0];
-            p.extend_from_slice(&s.octets());
-            p.extend_from_slice(&d.octets());
-            p[2..4].copy_from_slice(&((20 + udp_len) as u16).to_be_bytes());
-            p.extend_from_slice(&udp);
-            p
-        }
-        (IpAddr::V6(s), IpAddr::V6(d)) => {
-            let mut pseudo = Vec::new();
-            pseudo.extend_from_slice(&s.octets());
-            pseudo.extend_from_slice(&d.octets());
-            pseudo.extend_from_slice(&(udp_len as u32).to_be_bytes());
-            pseudo.extend_from_slice(&[0, 0, 0, 17]);
-            let sum = checksum(0, &[pseudo, udp.clone()].concat());
-            udp[6..8].copy_from_slice(&sum.to_be_bytes());
-            let mut p = vec![0x60, 0, 0, 0];
-            p.extend_from_slice(&(udp_len as u16).to_be_bytes());
-            p.extend_from_slice(&[17, 64]);
-            p.extend_from_slice(&s.octets());
-            p.extend_from_slice(&d.octets());
-            p.extend_from_slice(&udp);
-            p
-        }
-        _ => panic!("mixed families"),
-    }
+    palisade_kit::packet::udp_datagram(src, dst, 40000, PORT, payload)
 }
 
 /// Sends `pkt` (IP header included) from inside `from`'s namespace.
