@@ -18,10 +18,12 @@
 
 mod cluster;
 mod fixture;
+mod oracle;
 
 mod conntrack;
 mod events;
 mod fragments;
+mod fuzz;
 mod icmp_errors;
 mod malformed;
 mod regressions;
