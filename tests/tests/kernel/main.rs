@@ -21,6 +21,7 @@ mod fixture;
 mod oracle;
 
 mod conntrack;
+mod ct_full;
 mod events;
 mod fragments;
 mod fuzz;
