@@ -106,7 +106,7 @@ struct RunArgs {
     #[arg(long, env = "PALISADE_METRICS_ADDR", default_value = "127.0.0.1:9469")]
     metrics_addr: String,
     /// Test only: smaller maps, to exceed on purpose (e.g. "policy=64";
-    /// maps: endpoints, ips, hosts, policy).
+    /// maps: endpoints, ips, hosts, policy, conntrack).
     #[arg(long, hide = true, default_value = "")]
     map_entries: palisade::datapath::MapSizes,
     /// Test only: interface discovery fails while this file says "fail",

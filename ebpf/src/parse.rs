@@ -234,6 +234,10 @@ fn parse_v6(ctx: &TcContext, pkt: &mut Packet) -> Parsed {
                 let id = u32::from_be_bytes([hdr[4], hdr[5], hdr[6], hdr[7]]);
                 pkt.frag_id = id;
                 pkt.frag_proto = hdr[0];
+                // Inside the payload, like every other header.
+                if pkt.l4_off > end {
+                    return Parsed::Malformed;
+                }
                 if offset != 0 {
                     pkt.frag = Frag::Later;
                     return Parsed::Ip;

@@ -74,6 +74,8 @@ pub struct MapSizes {
     /// Single addresses.
     pub hosts: u32,
     pub policy: u32,
+    /// Tracked flows (an LRU table: full, it forgets the least recent).
+    pub conntrack: u32,
 }
 
 impl Default for MapSizes {
@@ -83,6 +85,7 @@ impl Default for MapSizes {
             ips: capacity::IPS,
             hosts: capacity::HOSTS,
             policy: capacity::POLICY,
+            conntrack: capacity::CONNTRACK,
         }
     }
 }
@@ -103,7 +106,8 @@ impl FromStr for MapSizes {
                 "ips" => sizes.ips = n,
                 "hosts" => sizes.hosts = n,
                 "policy" => sizes.policy = n,
-                _ => return Err(format!("{name}: not one of endpoints, ips, hosts, policy")),
+                "conntrack" => sizes.conntrack = n,
+                _ => return Err(format!("{name}: not one of endpoints, ips, hosts, policy, conntrack")),
             }
         }
         Ok(sizes)
@@ -190,6 +194,7 @@ impl Datapath {
             .map_max_entries(maps::IPS, sizes.ips)
             .map_max_entries(maps::HOSTS, sizes.hosts)
             .map_max_entries(maps::POLICY, sizes.policy)
+            .map_max_entries(maps::CONNTRACK, sizes.conntrack)
             .load(OBJECT)
             .context("loading the classifier (is this a 6.6+ kernel with BTF, and are we root?)")?;
         for name in [programs::FROM_POD, programs::TO_POD, programs::HOST_EGRESS] {
@@ -281,7 +286,7 @@ impl Datapath {
             policy: (self.realized.policy.len(), self.sizes.policy),
             // Counting the tracked flows walks the whole table: the agent
             // does it on a slow timer (see `pinned::Pinned::tracked_flows`).
-            conntrack: (0, capacity::CONNTRACK),
+            conntrack: (0, self.sizes.conntrack),
         }
     }
 }
@@ -298,7 +303,7 @@ fn check_pinned_layout(maps_dir: &Path, sizes: &MapSizes) -> Result<()> {
         (maps::IPS, lpm(size_of::<IpKey>()), size_of::<IpInfo>(), sizes.ips),
         (maps::HOSTS, size_of::<IpKey>(), size_of::<IpInfo>(), sizes.hosts),
         (maps::POLICY, lpm(size_of::<PolicyKey>()), size_of::<PolicyValue>(), sizes.policy),
-        (maps::CONNTRACK, size_of::<CtKey>(), size_of::<CtEntry>(), capacity::CONNTRACK),
+        (maps::CONNTRACK, size_of::<CtKey>(), size_of::<CtEntry>(), sizes.conntrack),
         (maps::SUPPRESS, size_of::<SuppressKey>(), size_of::<SuppressEntry>(), capacity::SUPPRESS),
         (maps::FRAGS, size_of::<FragKey>(), size_of::<FragPorts>(), capacity::FRAGS),
         (maps::CONFIG, size_of::<u32>(), size_of::<Config>(), 1),

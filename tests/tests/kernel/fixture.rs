@@ -15,10 +15,10 @@ pub use palisade_kit::tc::{DROP, PASS, Verdict, kernel_accepts, verdict};
 pub use std::net::{IpAddr, Ipv6Addr};
 pub use std::time::{Duration, Instant};
 
-use aya::maps::{MapData, RingBuf};
+use aya::maps::{HashMap as BpfHashMap, Map, MapData, RingBuf};
 use aya::programs::{ProgramError, TestRun, TestRunOptions};
 use palisade::datapath::netlink::Interfaces;
-use palisade::datapath::{self, Datapath, HostInterfaces};
+use palisade::datapath::{self, Datapath, HostInterfaces, MapSizes};
 use palisade::policy::{Compiled, Input, compile, lookup};
 use palisade_e2e::netns::ip;
 use palisade_kit::tc::skb_ctx;
@@ -134,10 +134,16 @@ const DEFER_MARK: u32 = 0x40_0000;
 
 impl Env {
     pub fn new(settings: Settings) -> Env {
+        Env::sized(settings, MapSizes::default())
+    }
+
+    /// [`Env::new`] with maps of other sizes (to fill one on purpose).
+    pub fn sized(settings: Settings, sizes: MapSizes) -> Env {
         palisade_e2e::require_root().expect("root");
         let veths: Vec<Veth> = LOCALS.iter().map(|_| Veth::create()).collect();
         let dir = BpfDir::new();
-        let mut dp = Datapath::open(&dir.0, &settings).unwrap_or_else(|e| panic!("opening the datapath: {e:#}"));
+        let mut dp =
+            Datapath::open_sized(&dir.0, &settings, sizes).unwrap_or_else(|e| panic!("opening the datapath: {e:#}"));
         let events = dp.take_events().expect("ring buffer");
         let mut ifaces = Interfaces::default();
         for ((_, ip4, ip6), veth) in LOCALS.iter().zip(&veths) {
@@ -243,6 +249,28 @@ impl Env {
             out.push(palisade::events::record::parse(&item).expect("event record"));
         }
         out
+    }
+
+    /// What one of the pinned hash maps (connection tracking, fragments)
+    /// holds.
+    pub fn entries<K: aya::Pod, V: aya::Pod>(&self, name: &str) -> Vec<(K, V)> {
+        self.hash_map(name).iter().map(|e| e.expect("reading an entry")).collect()
+    }
+
+    /// Empties one of the pinned hash maps, returning what it held.
+    pub fn take_entries<K: aya::Pod, V: aya::Pod>(&self, name: &str) -> Vec<(K, V)> {
+        let mut map = self.hash_map::<K, V>(name);
+        let entries: Vec<(K, V)> = map.iter().map(|e| e.expect("reading an entry")).collect();
+        for (k, _) in &entries {
+            map.remove(k).expect("removing an entry");
+        }
+        entries
+    }
+
+    fn hash_map<K: aya::Pod, V: aya::Pod>(&self, name: &str) -> BpfHashMap<MapData, K, V> {
+        let path = self._dir.0.join(format!("v{}", palisade_common::LAYOUT_VERSION)).join(name);
+        let data = MapData::from_pin(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        BpfHashMap::try_from(Map::from_map_data(data).expect("map")).expect("a hash map")
     }
 
     pub fn counter(&self, index: u32) -> u64 {

@@ -10,7 +10,7 @@
 //!
 //! The kernel's test-run interface (which contexts and packet lengths it
 //! takes) is described in `palisade_kit::tc`; the truncation and
-//! random-packet tests check that exactly the lengths it refuses are
+//! random-packet (`fuzz`) tests check that exactly the lengths it refuses are
 //! refused.
 //!
 //! One binary, one file per section: `cluster` and `fixture` are the
@@ -18,10 +18,13 @@
 
 mod cluster;
 mod fixture;
+mod oracle;
 
 mod conntrack;
+mod ct_full;
 mod events;
 mod fragments;
+mod fuzz;
 mod icmp_errors;
 mod malformed;
 mod regressions;
