@@ -56,6 +56,20 @@ struct RunArgs {
     /// Audit mode for the whole node: would-be drops pass and are reported.
     #[arg(long)]
     audit: bool,
+    /// Honour the `palisade.dev/audit: "true"` annotation on Namespaces.
+    /// Off by default: whoever may annotate a Namespace could otherwise
+    /// turn its enforcement off.
+    #[arg(long)]
+    allow_namespace_audit: bool,
+    /// With --cluster-state: where the last good copy of each manifest file
+    /// is kept, so that a file that does not read after a restart keeps
+    /// what it enforced.
+    #[arg(long, env = "PALISADE_STATE_DIR", default_value = "/var/lib/palisade")]
+    state_dir: PathBuf,
+    /// With --cluster-state: read a directory or files that users other
+    /// than root (or the agent's user) could write, and symlinks out of it.
+    #[arg(long)]
+    allow_insecure_cluster_state: bool,
     /// Do not let the node itself (kubelet probes) reach isolated pods.
     #[arg(long)]
     deny_host: bool,
@@ -259,6 +273,11 @@ async fn main() {
                     ),
                 },
                 resync: a.resync.into(),
+                source: palisade::cluster::files::Options {
+                    state_dir: Some(a.state_dir),
+                    allow_insecure: a.allow_insecure_cluster_state,
+                    allow_namespace_audit: a.allow_namespace_audit,
+                },
                 metrics_addr: match a.metrics_addr.as_str() {
                     "" => None,
                     s => match s.parse() {

@@ -50,6 +50,8 @@ pub struct Options {
     pub interfaces_fault: Option<PathBuf>,
     /// Start even though kube-proxy runs in IPVS mode (see [`ipvs_mode`]).
     pub allow_ipvs: bool,
+    /// How the source is read: saved copies, refused paths, namespace audit.
+    pub source: crate::cluster::files::Options,
 }
 
 /// The host name, which is the node name unless told otherwise.
@@ -199,7 +201,7 @@ impl Agent {
                 }
             });
         }
-        let source = Source::start(opts.cluster_state.clone(), wake).await?;
+        let source = Source::start(opts.cluster_state.clone(), opts.source.clone(), wake).await?;
 
         let shared = Arc::new(Shared {
             status: Default::default(),

@@ -145,8 +145,12 @@ pub struct InputVersion {
 
 impl Shared {
     pub fn current_status(&self) -> Status {
+        // The version first: the loop writes the status, then the version,
+        // so a status read after the version is at least that new, and a
+        // script waiting for `in_sync` never sees an older one.
+        let applied = self.input.applied.load(Ordering::SeqCst);
         let mut s = self.status.read().map(|s| s.clone()).unwrap_or_default();
-        if (self.input.current)() != self.input.applied.load(Ordering::SeqCst) {
+        if (self.input.current)() != applied {
             s.in_sync = false;
         }
         s.counters = stat::NAMES.iter().map(|n| n.to_string()).zip(self.pinned.counters()).collect();

@@ -23,7 +23,7 @@
 //! measurements use (TCP/UDP 7000-7003 by peer; TCP/UDP 7100 from anyone).
 
 use anyhow::{Context, Result};
-use palisade::policy::{Input, Namespace, Node as PolicyNode, Pod, Policy};
+use palisade::policy::{Input, Node as PolicyNode};
 pub use palisade_kit::manifest::{self, list, policy};
 use serde_json::{Value, json};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -182,23 +182,10 @@ impl Cluster {
 
     /// The validated model, as the agent would read it (client unlabelled).
     pub fn input(&self) -> Result<Input> {
-        let mut input = Input::default();
-        for v in &self.namespaces {
-            let ns: k8s_openapi::api::core::v1::Namespace = serde_json::from_value(v.clone())?;
-            let m = Namespace::from_k8s(&ns).map_err(|e| anyhow::anyhow!("namespace: {e:?}"))?;
-            input.namespaces.insert(m.name.clone(), m.into());
-        }
-        for v in self.remote_pods.iter().chain(local_pods(false).iter()) {
-            let p: k8s_openapi::api::core::v1::Pod = serde_json::from_value(v.clone())?;
-            let m = Pod::from_k8s(&p).map_err(|e| anyhow::anyhow!("pod: {e:?}"))?;
-            input.pods.insert((m.namespace.clone(), m.name.clone()), m.into());
-        }
-        for v in self.generated.iter().chain(bench_policies().iter()) {
-            let p: k8s_openapi::api::networking::v1::NetworkPolicy = serde_json::from_value(v.clone())?;
-            let m = Policy::from_k8s(&p).map_err(|e| anyhow::anyhow!("policy: {e:?}"))?;
-            input.policies.insert((m.namespace.clone(), m.name.clone()), m.into());
-        }
-        Ok(input)
+        let objects = self.namespaces.iter().chain(&self.remote_pods).chain(&self.generated).cloned();
+        let objects = objects.chain(local_pods(false)).chain(bench_policies());
+        palisade::cluster::convert::objects_to_input(objects)
+            .map_err(|errors| anyhow::anyhow!("invalid benchmark input: {errors:?}"))
     }
 
     /// Writes the manifests into `dir` in files of at most 1000 objects

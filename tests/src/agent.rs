@@ -125,6 +125,9 @@ impl Agent {
             .arg("--socket")
             .arg(&self.socket)
             .args(if extra.contains(&"--metrics-addr") { &[][..] } else { &["--metrics-addr", ""][..] })
+            // Saved copies of the manifests live and die with the test.
+            .arg("--state-dir")
+            .arg(self.work.join("saved"))
             .args(extra)
             .env("RUST_LOG", std::env::var("PALISADE_E2E_LOG").unwrap_or_else(|_| "info".into()))
             .stdout(Stdio::from(out))

@@ -160,3 +160,15 @@ pub fn check(pods: &[&Pod], port: u16, proto: Proto, v6: bool, expected: &Matrix
         Err(comparison(&format!("reachability on {proto}/{port} over IPv{}", if v6 { 6 } else { 4 }), expected, &got))
     }
 }
+
+/// GETs `path` from the agent's HTTP listener at `addr` (metrics, health):
+/// the status code and the whole response.
+pub fn http_get(addr: &str, path: &str) -> anyhow::Result<(u16, String)> {
+    let mut s = std::net::TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    let status = out.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    Ok((status, out))
+}

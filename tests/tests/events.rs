@@ -25,10 +25,11 @@ impl std::ops::Deref for Env {
 }
 
 const METRICS: &str = "127.0.0.1:19469";
+const ARGS: [&str; 3] = ["--metrics-addr", METRICS, "--allow-namespace-audit"];
 
 impl Fixture for Env {
     fn setup() -> Result<Env> {
-        Ok(Env(Cluster::start("ev", 2, &["--metrics-addr", METRICS])?))
+        Ok(Env(Cluster::start("ev", 2, &ARGS)?))
     }
 
     fn reset(&self) -> Result<()> {
@@ -62,13 +63,7 @@ fn counter(v: &serde_json::Value, name: &str) -> u64 {
 }
 
 fn http_get(path: &str) -> Result<(u16, String)> {
-    let mut s = std::net::TcpStream::connect(METRICS)?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
-    let mut out = String::new();
-    s.read_to_string(&mut out)?;
-    let status = out.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    Ok((status, out))
+    probe::http_get(METRICS, path)
 }
 
 fn cases() -> Vec<palisade_e2e::suite::Case<Env>> {
@@ -166,7 +161,7 @@ fn cases() -> Vec<palisade_e2e::suite::Case<Env>> {
         ("audit_flag_for_the_whole_node_after_a_restart", |e| {
             e.apply(&[np("y", "deny-all", "  podSelector: {}\n  policyTypes: [Ingress]\n")])?;
             ensure!(!probe::probe(e.topo.pod("x/a"), e.ip("y/b"), 80, Proto::Tcp));
-            e.restart(&["--metrics-addr", METRICS, "--audit"])?;
+            e.restart(&[&ARGS[..], &["--audit"]].concat())?;
             let result = (|| {
                 let sock = probe::socket_in(e.topo.pod("x/a"), false, Proto::Tcp)?;
                 ensure!(probe::talk(sock.try_clone()?, SocketAddr::new(e.ip("y/b"), 80), Proto::Tcp, probe::TIMEOUT));
@@ -176,7 +171,7 @@ fn cases() -> Vec<palisade_e2e::suite::Case<Env>> {
                 ensure!(events.iter().any(|ev| ev.verdict == Verdict::Audit), "no AUDIT event: {events:#?}");
                 Ok(())
             })();
-            e.restart(&["--metrics-addr", METRICS])?;
+            e.restart(&ARGS)?;
             result?;
             ensure!(!probe::probe(e.topo.pod("x/a"), e.ip("y/b"), 80, Proto::Tcp), "audit must end with the flag");
             Ok(())
@@ -288,7 +283,7 @@ fn cases() -> Vec<palisade_e2e::suite::Case<Env>> {
             Ok(())
         }),
         ("many_flow_flood_loses_events_and_says_so", |e| {
-            e.restart(&["--metrics-addr", METRICS, "--event-buffer-bytes", "65536", "--log-new-flows", "false"])?;
+            e.restart(&[&ARGS[..], &["--event-buffer-bytes", "65536", "--log-new-flows", "false"]].concat())?;
             let result = (|| {
                 e.apply(&[np("y", "deny-b", "  podSelector: {matchLabels: {pod: b}}\n  policyTypes: [Ingress]\n")])?;
                 let before = e.counters()?;
@@ -324,7 +319,7 @@ fn cases() -> Vec<palisade_e2e::suite::Case<Env>> {
                 ensure!(!body.contains("palisade_events_lost_total 0\n"), "metrics do not report the loss");
                 Ok(())
             })();
-            e.restart(&["--metrics-addr", METRICS])?;
+            e.restart(&ARGS)?;
             result
         }),
     ]

@@ -9,7 +9,6 @@ use palisade_e2e::np;
 use palisade_e2e::probe::{self, Proto};
 use palisade_e2e::suite::Fixture;
 use serde_json::Value;
-use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -53,13 +52,7 @@ impl Drop for Env {
 }
 
 fn http_get(path: &str) -> Result<(u16, String)> {
-    let mut s = std::net::TcpStream::connect(METRICS)?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
-    let mut out = String::new();
-    s.read_to_string(&mut out)?;
-    let status = out.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    Ok((status, out))
+    probe::http_get(METRICS, path)
 }
 
 impl Env {

@@ -26,7 +26,7 @@ use std::sync::Arc;
 /// exactly as the agent validates them, as the compiler's input.
 pub fn manifests_to_input(text: &str) -> Result<Input, Vec<InputError>> {
     const SOURCE: &str = "manifests";
-    let (objects, errors) = files::parse(text, SOURCE).map_err(|message| {
+    let (objects, _, errors) = files::parse(text, SOURCE, false).map_err(|message| {
         vec![InputError {
             source: SOURCE.into(),
             object: String::new(),
@@ -42,7 +42,7 @@ pub fn manifests_to_input(text: &str) -> Result<Input, Vec<InputError>> {
 /// apiVersion/kind).
 pub fn objects_to_input(objects: impl IntoIterator<Item = Value>) -> Result<Input, Vec<InputError>> {
     const SOURCE: &str = "objects";
-    let (objects, errors) = check_documents(objects, SOURCE);
+    let (objects, _, errors) = check_documents(objects, SOURCE, false);
     strict_input(SOURCE, &objects, errors)
 }
 
@@ -55,9 +55,15 @@ fn strict_input(source: &str, objects: &[Checked], mut errors: Vec<InputError>) 
 
 /// Checks the documents of one source (a file's, say). Documents of other
 /// kinds (Deployments...) are skipped, `List`s unpacked; documents that are
-/// not Kubernetes objects at all are reported.
-pub(super) fn check_documents(docs: impl IntoIterator<Item = Value>, source: &str) -> (Vec<Checked>, Vec<InputError>) {
+/// not Kubernetes objects at all are reported. With `keep_raw`, also the
+/// documents the objects came from (the file source saves them).
+pub(super) fn check_documents(
+    docs: impl IntoIterator<Item = Value>,
+    source: &str,
+    keep_raw: bool,
+) -> super::files::Objects {
     let mut objects = Vec::new();
+    let mut raw = Vec::new();
     let mut errors = Vec::new();
     let mut push = |value: Value, path: String| {
         let api = value.get("apiVersion").and_then(Value::as_str).unwrap_or("");
@@ -73,6 +79,9 @@ pub(super) fn check_documents(docs: impl IntoIterator<Item = Value>, source: &st
             return;
         }
         if let Some(k) = Kind::of(api, kind) {
+            if keep_raw {
+                raw.push(value.clone());
+            }
             objects.push(Checked::new(&Raw::from_value(k, value)));
         }
     };
@@ -89,7 +98,7 @@ pub(super) fn check_documents(docs: impl IntoIterator<Item = Value>, source: &st
             push(doc, format!("document {}", i + 1));
         }
     }
-    (objects, errors)
+    (objects, raw, errors)
 }
 
 /// One problem with one field of an object.

@@ -1,23 +1,60 @@
 //! The standalone source: a directory of Kubernetes manifests (YAML or JSON,
 //! multi-document, `kind: List` too), watched for changes. Files that did
 //! not change since the last load are not parsed again; a file that no
-//! longer parses keeps its last parsed objects in force.
+//! longer reads keeps its last objects in force.
+//!
+//! The agent reads the directory as policy, so it also
+//! - refuses paths someone other than root (or its own user) could change
+//!   ([`super::trust`]): at start it does not start, later such a file keeps
+//!   what it held before;
+//! - saves the objects in force from each file ([`super::saved`]), so that
+//!   after a restart a file that does not read keeps them rather than
+//!   opening the pods it isolated. A file deleted while the agent was down
+//!   was deleted on purpose: its copy goes with it.
 
 use super::convert::{Checked, check_documents};
 use super::objects::Validator;
-use super::{InputError, Snapshot};
+use super::saved::Saved;
+use super::{InputError, Snapshot, trust};
+use anyhow::{Result, bail};
 use serde_json::Value;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-/// What tells us a file changed without reading it.
+/// The largest manifest file read. With the parser limits below it bounds
+/// the memory a file can take, far above a whole 50k-pod cluster in one file
+/// (about 50 MB of YAML).
+pub const MAX_FILE_BYTES: u64 = 256 << 20;
+
+/// YAML parser limits, set for Kubernetes manifests rather than left at
+/// serde-saphyr's defaults (1,024 documents, 250,000 nodes per file, which
+/// reject a legitimate 20,000-object file): documents and nodes are capped
+/// well above the largest cluster palisade is built for, depth at what no
+/// Kubernetes object needs (a NetworkPolicy nests about 10 deep), aliases
+/// at the library's defaults (they multiply work, manifests hardly use them).
+fn yaml_options() -> serde_saphyr::Options {
+    serde_saphyr::options! {
+        budget: serde_saphyr::budget! {
+            max_documents: 1_000_000,
+            max_nodes: 20_000_000,
+            max_events: 50_000_000,
+            max_total_scalar_bytes: MAX_FILE_BYTES as usize,
+            max_depth: 64,
+        },
+    }
+}
+
+/// What tells us a file changed without reading it (owner and mode too:
+/// they decide whether it may be read at all).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 struct Stamp {
     len: u64,
     mtime_ns: i128,
     ino: u64,
+    mode: u32,
+    uid: u32,
 }
 
 struct FileState {
@@ -28,11 +65,26 @@ struct FileState {
     errors: Vec<InputError>,
 }
 
+/// How the agent reads the directory (`palisade run` flags).
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// Where the last good copy of each file is kept (None: nowhere).
+    pub state_dir: Option<PathBuf>,
+    /// Read paths others could write (`--allow-insecure-cluster-state`).
+    pub allow_insecure: bool,
+    /// Honour `palisade.dev/audit` on Namespaces (`--allow-namespace-audit`).
+    pub allow_namespace_audit: bool,
+}
+
 pub struct FileSource {
     dir: PathBuf,
     files: BTreeMap<PathBuf, FileState>,
     validator: Validator,
     fingerprint: u64,
+    /// Refuse paths others could write.
+    check: bool,
+    saved: Option<Saved>,
+    loaded_once: bool,
 }
 
 fn is_manifest(path: &Path) -> bool {
@@ -40,48 +92,147 @@ fn is_manifest(path: &Path) -> bool {
     !name.starts_with('.') && [".yaml", ".yml", ".json"].iter().any(|ext| name.ends_with(ext))
 }
 
-/// Manifest files under `dir` (recursively), sorted, with their stamps.
-fn list(dir: &Path) -> std::io::Result<Vec<(PathBuf, Stamp)>> {
-    let mut out = Vec::new();
+/// A directory's manifests, sorted, with their stamps, and the paths
+/// refused as unsafe (files, or directories whose files are all refused).
+#[derive(Default)]
+struct Listing {
+    files: Vec<(PathBuf, Stamp)>,
+    refused: Vec<(PathBuf, String)>,
+}
+
+impl Listing {
+    /// Whether `path` is listed, or lies in a refused path.
+    fn holds(&self, path: &Path) -> bool {
+        self.files.binary_search_by(|(p, _)| p.as_path().cmp(path)).is_ok()
+            || self.refused.iter().any(|(r, _)| path.starts_with(r))
+    }
+}
+
+/// Manifest files under `dir` (recursively). With `check`, files and
+/// directories others could write, and symlinks out of `dir`, are refused.
+fn list(dir: &Path, check: bool) -> std::io::Result<Listing> {
+    let root = dir.canonicalize()?;
+    let mut out = Listing::default();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
         for entry in std::fs::read_dir(&d)? {
-            let entry = entry?;
-            let path = entry.path();
+            let path = entry?.path();
             let Ok(meta) = std::fs::metadata(&path) else { continue };
+            if !(meta.is_dir() || meta.is_file() && is_manifest(&path)) {
+                continue;
+            }
+            let hidden = path.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.'));
+            if std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink()) {
+                let target = path.canonicalize().unwrap_or_default();
+                if check && !target.starts_with(&root) && !(meta.is_dir() && hidden) {
+                    let why = format!("a symlink to {}, outside {}", target.display(), root.display());
+                    out.refused.push((path, why));
+                    continue;
+                }
+                if meta.is_dir() {
+                    // Its files are listed where they are (or hidden on
+                    // purpose, as in a ConfigMap volume); following it could loop.
+                    continue;
+                }
+            }
+            if check
+                && !(meta.is_dir() && hidden)
+                && let Some(why) = trust::weakness(&meta, false)
+            {
+                out.refused.push((path, why));
+                continue;
+            }
             if meta.is_dir() {
-                if !path.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')) {
+                if !hidden {
                     stack.push(path);
                 }
-            } else if meta.is_file() && is_manifest(&path) {
+            } else {
                 let mtime_ns = i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec());
-                out.push((path, Stamp { len: meta.len(), mtime_ns, ino: meta.ino() }));
+                let stamp = Stamp { len: meta.len(), mtime_ns, ino: meta.ino(), mode: meta.mode(), uid: meta.uid() };
+                out.files.push((path, stamp));
             }
         }
     }
-    out.sort();
+    out.files.sort();
+    out.refused.sort();
     Ok(out)
 }
 
-fn fingerprint_of(files: &[(PathBuf, Stamp)]) -> u64 {
+fn fingerprint_of(listing: &Listing) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    files.hash(&mut h);
+    listing.files.hash(&mut h);
+    listing.refused.hash(&mut h);
     h.finish()
 }
 
-/// A cheap digest of the directory's manifests (names, sizes, mtimes): when
-/// it differs from the one of the last load, the kernel is not in sync.
-pub fn fingerprint(dir: &Path) -> u64 {
-    list(dir).map(|f| fingerprint_of(&f)).unwrap_or(0)
+/// A cheap digest of the directory's manifests (names, sizes, mtimes,
+/// modes): when it differs from the one of the last load, the kernel is not
+/// in sync.
+pub fn fingerprint(dir: &Path, check: bool) -> u64 {
+    list(dir, check).map(|l| fingerprint_of(&l)).unwrap_or(0)
+}
+
+fn file_error(source: &Path, message: String, action: String) -> InputError {
+    InputError { source: source.display().to_string(), object: String::new(), field: String::new(), message, action }
 }
 
 impl FileSource {
+    /// Reads `dir` as it is, nothing more (offline `trace`, benchmarks).
     pub fn new(dir: impl Into<PathBuf>) -> FileSource {
-        FileSource { dir: dir.into(), files: BTreeMap::new(), validator: Validator::default(), fingerprint: 0 }
+        FileSource {
+            dir: dir.into(),
+            files: BTreeMap::new(),
+            validator: Validator::default(),
+            fingerprint: 0,
+            check: false,
+            saved: None,
+            loaded_once: false,
+        }
+    }
+
+    /// Reads `dir` for enforcement: fails, naming the path, if `dir` does
+    /// not list, or if others could change it (unless allowed).
+    pub fn enforcing(dir: impl Into<PathBuf>, opts: &Options) -> Result<FileSource> {
+        let dir = dir.into();
+        let mut source = FileSource::new(&dir);
+        source.check = !opts.allow_insecure;
+        source.validator.allow_namespace_audit = opts.allow_namespace_audit;
+        if source.check
+            && let Err((path, why)) = trust::check_dir(&dir)
+        {
+            bail!(
+                "--cluster-state {}: {}: {why}: others could change what is enforced; {}",
+                dir.display(),
+                path.display(),
+                trust::HINT
+            );
+        }
+        let listing =
+            list(&dir, source.check).map_err(|e| anyhow::anyhow!("--cluster-state {}: {e}", dir.display()))?;
+        if let Some((path, why)) = listing.refused.first() {
+            let more = match listing.refused.len() {
+                1 => String::new(),
+                n => format!(" (and {} more)", n - 1),
+            };
+            bail!(
+                "--cluster-state: refusing {}: {why}{more}: others could change what is enforced; {}",
+                path.display(),
+                trust::HINT
+            );
+        }
+        if let Some(state_dir) = &opts.state_dir {
+            source.saved = Some(Saved::open(state_dir, &dir.canonicalize()?, opts.allow_insecure)?);
+        }
+        Ok(source)
     }
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Whether paths others could write are refused.
+    pub fn checks(&self) -> bool {
+        self.check
     }
 
     /// Fingerprint of what the last [`FileSource::load`] read.
@@ -89,53 +240,146 @@ impl FileSource {
         self.fingerprint
     }
 
+    fn rel(&self, path: &Path) -> String {
+        path.strip_prefix(&self.dir).unwrap_or(path).to_string_lossy().into_owned()
+    }
+
+    /// The saved copy of `path`, checked, and where it is kept.
+    fn saved_copy(&self, path: &Path) -> Option<(Vec<Checked>, PathBuf)> {
+        let (values, at) = self.saved.as_ref()?.read(&self.rel(path))?;
+        Some((check_documents(values, &path.display().to_string(), false).0, at))
+    }
+
     /// Reads what changed and returns the whole current state.
     pub fn load(&mut self) -> Snapshot {
-        let listing = match list(&self.dir) {
+        let first = !self.loaded_once;
+        self.loaded_once = true;
+        let listing = match self.check.then(|| trust::check_dir(&self.dir)) {
+            Some(Err((path, why))) => Err(format!("{}: {why}; {}", path.display(), trust::HINT)),
+            _ => list(&self.dir, self.check).map_err(|e| format!("cannot read the directory: {e}")),
+        };
+        let listing = match listing {
             Ok(l) => l,
-            Err(e) => {
-                // An unreadable directory changes nothing that is enforced.
+            Err(message) => {
+                // Nothing read changes what is enforced; at start the saved
+                // copies stand for what was.
+                let mut action = "keeping the state read before".to_string();
+                if first && let Some(saved) = &self.saved {
+                    for (rel, (values, at)) in saved.all() {
+                        let path = self.dir.join(&rel);
+                        let objects = check_documents(values, &path.display().to_string(), false).0;
+                        let stamp = Stamp { len: 0, mtime_ns: 0, ino: 0, mode: 0, uid: 0 };
+                        self.files.insert(path, FileState { stamp, objects, errors: vec![] });
+                        action =
+                            format!("keeping the last good copies saved in {}", at.parent().unwrap_or(&at).display());
+                    }
+                }
                 let mut snap = self.build();
-                snap.errors.push(InputError {
-                    source: self.dir.display().to_string(),
-                    object: String::new(),
-                    field: String::new(),
-                    message: format!("cannot read the directory: {e}"),
-                    action: "keeping the state read before".into(),
-                });
+                snap.errors.insert(0, file_error(&self.dir, message, action));
                 return snap;
             }
         };
         self.fingerprint = fingerprint_of(&listing);
-        let present: std::collections::BTreeSet<&PathBuf> = listing.iter().map(|(p, _)| p).collect();
-        self.files.retain(|p, _| present.contains(p));
-        for (path, stamp) in &listing {
+        let gone: Vec<PathBuf> = self.files.keys().filter(|p| !listing.holds(p)).cloned().collect();
+        for path in gone {
+            self.files.remove(&path);
+            if let Some(saved) = &self.saved {
+                saved.remove(&self.rel(&path));
+            }
+        }
+        if first
+            && listing.refused.is_empty()
+            && let Some(saved) = &self.saved
+        {
+            saved.retain(&listing.files.iter().map(|(p, _)| self.rel(p)).collect());
+        }
+        let mut read: Vec<(PathBuf, Vec<Value>)> = Vec::new();
+        for (path, stamp) in &listing.files {
             if self.files.get(path).is_some_and(|f| f.stamp == *stamp) {
                 continue;
             }
             let source = path.display().to_string();
-            let parsed = std::fs::read_to_string(path)
-                .map_err(|e| format!("cannot read: {e}"))
-                .and_then(|text| parse(&text, &source));
+            let parsed = read_file(path, *stamp).and_then(|text| parse(&text, &source, self.saved.is_some()));
             match parsed {
-                Ok((objects, errors)) => {
+                Ok((objects, raw, errors)) => {
                     self.files.insert(path.clone(), FileState { stamp: *stamp, objects, errors });
+                    read.push((path.clone(), raw));
                 }
                 Err(message) => {
-                    // Keep what the file held before; report the file.
-                    let objects = self.files.remove(path).map(|f| f.objects).unwrap_or_default();
-                    let action = if objects.is_empty() {
-                        "ignored".to_string()
-                    } else {
-                        "keeping the objects it held before".to_string()
+                    // Keep what the file held before (in memory, or at
+                    // start its saved copy); report the file.
+                    let (objects, action) = match self.files.remove(path) {
+                        Some(f) if !f.objects.is_empty() => {
+                            (f.objects, "keeping the objects it held before".to_string())
+                        }
+                        _ => match first.then(|| self.saved_copy(path)).flatten() {
+                            Some((objects, at)) => {
+                                (objects, format!("keeping its last good copy, saved in {}", at.display()))
+                            }
+                            None => (vec![], "ignored".to_string()),
+                        },
                     };
-                    let errors =
-                        vec![InputError { source, object: String::new(), field: String::new(), message, action }];
+                    let errors = vec![file_error(path, message, action)];
                     self.files.insert(path.clone(), FileState { stamp: *stamp, objects, errors });
                 }
             }
         }
-        self.build()
+        // Refused paths (files, directories, symlinks out) keep what their
+        // files held before, unchanged.
+        let held: Vec<InputError> = listing
+            .refused
+            .iter()
+            .map(|(path, why)| {
+                let held = self.files.keys().any(|p| p.starts_with(path));
+                let action = if held { "keeping what it held before" } else { "ignored" };
+                file_error(path, format!("refused: {why}; {}", trust::HINT), action.into())
+            })
+            .collect();
+        if first {
+            // The last valid version of an object that no longer validates
+            // was in memory before the restart: its saved copy stands in.
+            for (path, _) in &read {
+                let broken = self.files[path].objects.iter().any(|o| o.result.is_err());
+                if let Some((objects, _)) = broken.then(|| self.saved_copy(path)).flatten() {
+                    objects.iter().for_each(|o| self.validator.remember(o));
+                }
+            }
+        }
+        let mut snap = self.build();
+        snap.errors.splice(0..0, held);
+        for (path, raw) in read {
+            if let Err(e) = self.save(&path, raw) {
+                let message = format!("cannot save its last good copy: {e:#}");
+                let action = "enforcing it; after a restart, a broken copy of this file would hold nothing".into();
+                snap.errors.push(file_error(&path, message, action));
+            }
+        }
+        snap
+    }
+
+    /// Saves the objects `path` puts in force: each object as read if it is
+    /// valid, else its last valid version if the saved copy has one, else as
+    /// read (it fails the same way again).
+    fn save(&self, path: &Path, raw: Vec<Value>) -> Result<()> {
+        let Some(saved) = &self.saved else { return Ok(()) };
+        let rel = self.rel(path);
+        let objects = &self.files[path].objects;
+        let mut before: Option<HashMap<super::convert::ObjKey, Value>> = None;
+        let mut out = Vec::with_capacity(raw.len());
+        for (checked, value) in objects.iter().zip(raw) {
+            if checked.result.is_ok() {
+                out.push(value);
+                continue;
+            }
+            let before = before.get_or_insert_with(|| {
+                let values = saved.read(&rel).map(|(v, _)| v).unwrap_or_default();
+                let source = path.display().to_string();
+                let (checked, values, _) = check_documents(values, &source, true);
+                checked.into_iter().zip(values).filter(|(c, _)| c.result.is_ok()).map(|(c, v)| (c.key, v)).collect()
+            });
+            out.push(before.get(&checked.key).cloned().unwrap_or(value));
+        }
+        saved.write(&rel, out)
     }
 
     fn build(&mut self) -> Snapshot {
@@ -149,9 +393,26 @@ impl FileSource {
     }
 }
 
-/// Parses one file into the objects palisade reads (see
-/// [`check_documents`]).
-pub(super) fn parse(text: &str, source: &str) -> Result<(Vec<Checked>, Vec<InputError>), String> {
+/// The file's text, if it is no larger than [`MAX_FILE_BYTES`] and did not
+/// change size since it was listed.
+fn read_file(path: &Path, stamp: Stamp) -> Result<String, String> {
+    if stamp.len > MAX_FILE_BYTES {
+        return Err(format!("too large: {} bytes, more than the {MAX_FILE_BYTES} palisade reads", stamp.len));
+    }
+    let text = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
+    if text.len() as u64 > MAX_FILE_BYTES {
+        return Err(format!("too large: more than the {MAX_FILE_BYTES} bytes palisade reads"));
+    }
+    String::from_utf8(text).map_err(|e| format!("not UTF-8: {e}"))
+}
+
+/// A file's objects, the documents they came from (if kept), and the
+/// documents that are not Kubernetes objects.
+pub(super) type Objects = (Vec<Checked>, Vec<Value>, Vec<InputError>);
+
+/// Parses one file into the objects palisade reads (with the documents they
+/// came from when `keep_raw`).
+pub(super) fn parse(text: &str, source: &str, keep_raw: bool) -> Result<Objects, String> {
     let docs: Vec<Value> = if source.ends_with(".json") {
         // JSON is YAML too, but a JSON parser reads it many times faster.
         serde_json::Deserializer::from_str(text)
@@ -159,12 +420,12 @@ pub(super) fn parse(text: &str, source: &str) -> Result<(Vec<Checked>, Vec<Input
             .collect::<Result<_, _>>()
             .map_err(|e| format!("invalid JSON: {e}"))?
     } else {
-        serde_saphyr::from_multiple(text).map_err(|e| {
+        serde_saphyr::from_multiple_with_options(text, yaml_options()).map_err(|e| {
             let first = e.to_string();
             first.lines().next().unwrap_or("invalid YAML").to_string()
         })?
     };
-    Ok(check_documents(docs, source))
+    Ok(check_documents(docs, source, keep_raw))
 }
 
 #[cfg(test)]
@@ -201,11 +462,11 @@ mod tests {
         assert_eq!(s.input.namespaces.len(), 1);
         assert_eq!(s.input.pods.len(), 1);
         assert_eq!(s.input.policies.len(), 1);
-        assert_eq!(src.loaded_fingerprint(), fingerprint(&d));
+        assert_eq!(src.loaded_fingerprint(), fingerprint(&d, false));
 
         // A file that stops parsing keeps its objects, and says so.
         std::fs::write(d.join("b.json"), r#"{"apiVersion": "#).unwrap();
-        assert_ne!(src.loaded_fingerprint(), fingerprint(&d));
+        assert_ne!(src.loaded_fingerprint(), fingerprint(&d, false));
         let s = src.load();
         assert_eq!(s.input.policies.len(), 1);
         assert_eq!(s.errors.len(), 1);
@@ -216,6 +477,153 @@ mod tests {
         std::fs::remove_file(d.join("b.json")).unwrap();
         let s = src.load();
         assert!(s.input.policies.is_empty());
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    const POLICY: &str = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p, namespace: x}\nspec: {podSelector: {}, ingress: [{ports: [{port: 80}]}]}\n";
+
+    /// A manifest directory and a state directory, as the agent reads them.
+    fn enforcing(d: &Path) -> FileSource {
+        let opts = Options { state_dir: Some(d.join(".state")), ..Default::default() };
+        FileSource::enforcing(d.join("m"), &opts).unwrap()
+    }
+
+    fn setup() -> PathBuf {
+        let d = tmpdir();
+        std::fs::create_dir_all(d.join("m")).unwrap();
+        std::fs::set_permissions(d.join("m"), std::fs::Permissions::from_mode(0o755)).unwrap();
+        d
+    }
+
+    fn ports(s: &Snapshot) -> Vec<usize> {
+        s.input.policies.values().map(|p| p.ingress.as_ref().map_or(0, Vec::len)).collect()
+    }
+
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn after_a_restart_a_file_that_does_not_read_keeps_its_saved_copy() {
+        let d = setup();
+        let f = d.join("m/p.yaml");
+        std::fs::write(&f, POLICY).unwrap();
+        let s = enforcing(&d).load();
+        assert!(s.errors.is_empty(), "{:?}", s.errors);
+        assert_eq!(ports(&s), [1]);
+
+        // Down; the file breaks; up again: the saved copy is in force.
+        std::fs::write(&f, "apiVersion: networking.k8s.io/v1\nkind: [").unwrap();
+        let mut src = enforcing(&d);
+        let s = src.load();
+        assert_eq!(ports(&s), [1], "the saved copy stays in force");
+        assert_eq!(s.errors.len(), 1);
+        assert_eq!(s.errors[0].source, f.display().to_string());
+        assert!(s.errors[0].action.contains("last good copy, saved in"), "{:?}", s.errors[0]);
+
+        // Fixed: the new content is in force, and saved.
+        std::fs::write(&f, POLICY.replace("ingress: [{ports: [{port: 80}]}]", "ingress: []")).unwrap();
+        let s = src.load();
+        assert!(s.errors.is_empty(), "{:?}", s.errors);
+        assert_eq!(ports(&s), [0]);
+        std::fs::write(&f, "{").unwrap();
+        assert_eq!(ports(&enforcing(&d).load()), [0], "the copy follows the last good content");
+
+        // Deleted while down: gone for good, copy too.
+        std::fs::remove_file(&f).unwrap();
+        assert!(enforcing(&d).load().input.policies.is_empty());
+        std::fs::write(&f, "{").unwrap();
+        let s = enforcing(&d).load();
+        assert!(s.input.policies.is_empty(), "a deleted file must not come back");
+        assert_eq!(s.errors[0].action, "ignored");
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn after_a_restart_an_object_that_no_longer_validates_keeps_its_saved_version() {
+        let d = setup();
+        let f = d.join("m/p.yaml");
+        std::fs::write(&f, POLICY).unwrap();
+        enforcing(&d).load();
+        std::fs::write(&f, POLICY.replace("port: 80", "port: 70000")).unwrap();
+        let s = enforcing(&d).load();
+        assert_eq!(ports(&s), [1]);
+        assert!(s.errors[0].action.contains("last valid"), "{:?}", s.errors[0]);
+        // Saved as the valid version, not the broken one.
+        let s = enforcing(&d).load();
+        assert!(s.errors[0].action.contains("last valid"), "{:?}", s.errors[0]);
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn a_directory_that_cannot_be_read_at_start_keeps_the_saved_copies() {
+        let d = setup();
+        std::fs::write(d.join("m/p.yaml"), POLICY).unwrap();
+        enforcing(&d).load();
+        let mut src = enforcing(&d);
+        std::fs::rename(d.join("m"), d.join("gone")).unwrap();
+        let s = src.load();
+        assert_eq!(ports(&s), [1]);
+        assert!(s.errors[0].action.contains("saved"), "{:?}", s.errors[0]);
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn a_20000_object_yaml_file_loads() {
+        let d = tmpdir();
+        let mut text = String::new();
+        for i in 0..20_000 {
+            text.push_str(&format!(
+                "apiVersion: v1\nkind: Pod\nmetadata: {{name: p{i}, namespace: x, labels: {{app: a{}}}}}\nspec: {{containers: [{{name: c, ports: [{{name: http, containerPort: 80}}]}}]}}\nstatus: {{podIP: 10.{}.{}.{}}}\n---\n",
+                i % 100,
+                i / 65536,
+                (i / 256) % 256,
+                i % 256
+            ));
+        }
+        std::fs::write(d.join("pods.yaml"), text).unwrap();
+        let s = FileSource::new(&d).load();
+        assert!(s.errors.is_empty(), "{:?}", s.errors.first());
+        assert_eq!(s.input.pods.len(), 20_000);
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn paths_others_could_write_are_refused_by_name() {
+        let d = setup();
+        let f = d.join("m/p.yaml");
+        std::fs::write(&f, POLICY).unwrap();
+        let set = |p: &Path, m: u32| std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap();
+        let refused = |d: &Path| match FileSource::enforcing(d.join("m"), &Options::default()) {
+            Ok(_) => String::new(),
+            Err(e) => format!("{e:#}"),
+        };
+        set(&f, 0o664);
+        let e = refused(&d);
+        assert!(e.contains(&f.display().to_string()) && e.contains("group"), "{e}");
+        set(&f, 0o644);
+        set(&d.join("m"), 0o777);
+        let e = refused(&d);
+        assert!(e.contains(&d.join("m").display().to_string()) && e.contains("everyone"), "{e}");
+        set(&d.join("m"), 0o755);
+        std::fs::write(d.join("outside.yaml"), POLICY).unwrap();
+        std::os::unix::fs::symlink(d.join("outside.yaml"), d.join("m/link.yaml")).unwrap();
+        let e = refused(&d);
+        assert!(e.contains("link.yaml") && e.contains("outside"), "{e}");
+        let opts = Options { allow_insecure: true, ..Default::default() };
+        assert!(FileSource::enforcing(d.join("m"), &opts).is_ok());
+        std::fs::remove_file(d.join("m/link.yaml")).unwrap();
+        assert_eq!(refused(&d), "");
+
+        // Later: a file that turns group-writable keeps what it held.
+        let mut src = FileSource::enforcing(d.join("m"), &Options::default()).unwrap();
+        assert_eq!(ports(&src.load()), [1]);
+        std::fs::write(&f, POLICY.replace("ingress: [{ports: [{port: 80}]}]", "ingress: [{}, {}]")).unwrap();
+        set(&f, 0o666);
+        let s = src.load();
+        assert_eq!(ports(&s), [1]);
+        assert_eq!(s.errors[0].source, f.display().to_string());
+        assert!(s.errors[0].message.contains("everyone") && s.errors[0].action.contains("before"), "{:?}", s.errors);
+        set(&f, 0o644);
+        assert_eq!(ports(&src.load()), [2]);
         std::fs::remove_dir_all(&d).unwrap();
     }
 }

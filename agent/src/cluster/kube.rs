@@ -215,7 +215,7 @@ impl KubeSource {
     /// Connects (in-cluster config, or KUBECONFIG) and starts the watchers;
     /// returns once every store holds a complete first list, so the kernel
     /// is never programmed from a half-loaded state.
-    pub async fn start(wake: Arc<dyn Fn() + Send + Sync>) -> Result<KubeSource> {
+    pub async fn start(wake: Arc<dyn Fn() + Send + Sync>, allow_namespace_audit: bool) -> Result<KubeSource> {
         let client =
             Client::try_default().await.context("connecting to the Kubernetes API (in-cluster or KUBECONFIG)")?;
         let health = Arc::new(Health::default());
@@ -250,12 +250,14 @@ impl KubeSource {
                 }
             }
         }
+        let mut validator = Validator::default();
+        validator.allow_namespace_audit = allow_namespace_audit;
         Ok(KubeSource {
             namespaces,
             pods,
             policies,
             services,
-            validator: Validator::default(),
+            validator,
             checked: Default::default(),
             health,
             generation,

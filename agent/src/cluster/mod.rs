@@ -7,6 +7,8 @@ pub mod convert;
 pub mod files;
 pub mod kube;
 pub mod objects;
+mod saved;
+mod trust;
 
 use crate::policy::Input;
 use anyhow::{Context, Result, bail};
@@ -65,14 +67,15 @@ pub enum Source {
 
 impl Source {
     /// Starts reading from `dir`, or from the Kubernetes API when None.
-    pub async fn start(dir: Option<PathBuf>, wake: Wake) -> Result<Source> {
+    pub async fn start(dir: Option<PathBuf>, opts: files::Options, wake: Wake) -> Result<Source> {
         use notify::Watcher;
         let Some(dir) = dir else {
-            return Ok(Source::Kube(kube::KubeSource::start(wake).await?));
+            return Ok(Source::Kube(kube::KubeSource::start(wake, opts.allow_namespace_audit).await?));
         };
         if !dir.is_dir() {
             bail!("--cluster-state {}: not a directory", dir.display());
         }
+        let source = files::FileSource::enforcing(&dir, &opts)?;
         let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
             // Our own reads of the directory raise access events; waking on
             // them would resync in a loop.
@@ -82,7 +85,7 @@ impl Source {
         })
         .context("watching the cluster state directory")?;
         watcher.watch(&dir, notify::RecursiveMode::Recursive).with_context(|| format!("watching {}", dir.display()))?;
-        Ok(Source::Files { source: files::FileSource::new(dir), _watcher: watcher })
+        Ok(Source::Files { source, _watcher: watcher })
     }
 
     pub fn load(&mut self) -> Snapshot {
@@ -112,8 +115,8 @@ impl Source {
     pub fn current_version(&self) -> Box<dyn Fn() -> u64 + Send + Sync> {
         match self {
             Source::Files { source, .. } => {
-                let dir = source.dir().to_path_buf();
-                Box::new(move || files::fingerprint(&dir))
+                let (dir, check) = (source.dir().to_path_buf(), source.checks());
+                Box::new(move || files::fingerprint(&dir, check))
             }
             Source::Kube(k) => {
                 let generation = k.versions().1;

@@ -5,16 +5,29 @@
 
 use super::convert::{Checked, ObjKey, Valid};
 use super::{InputError, Snapshot};
-use crate::policy::model::Policy;
+use crate::policy::model::{Namespace, Policy};
 use std::collections::HashMap;
+use std::sync::Arc;
 
 /// Remembers the last valid version of every object across snapshots.
 #[derive(Default)]
 pub struct Validator {
     last_good: HashMap<ObjKey, Valid>,
+    /// Honour the audit annotation on Namespaces (`--allow-namespace-audit`).
+    /// Off, whoever may annotate a Namespace could otherwise turn its
+    /// enforcement off; the annotation is then reported and ignored.
+    pub allow_namespace_audit: bool,
 }
 
 impl Validator {
+    /// Takes `checked`, if valid, as the last valid version of its object
+    /// unless one is known: a saved copy stands in for a previous run's memory.
+    pub fn remember(&mut self, checked: &Checked) {
+        if let Ok(v) = &checked.result {
+            self.last_good.entry(checked.key.clone()).or_insert_with(|| v.clone());
+        }
+    }
+
     /// Builds a snapshot from (source, checked object) pairs. The first of
     /// two objects with the same kind/namespace/name wins.
     pub fn snapshot<'a>(&mut self, objects: impl IntoIterator<Item = (&'a str, &'a Checked)>) -> Snapshot {
@@ -62,6 +75,13 @@ impl Validator {
                     fallback
                 }
             };
+            let chosen = match chosen {
+                Some(Valid::Namespace(n)) if n.audit && !self.allow_namespace_audit => {
+                    snap.errors.push(ignored_audit(source, key));
+                    Some(Valid::Namespace(Arc::new(Namespace { audit: false, ..(*n).clone() })))
+                }
+                chosen => chosen,
+            };
             match chosen {
                 Some(Valid::Namespace(n)) => {
                     snap.input.namespaces.insert(n.name.clone(), n);
@@ -80,6 +100,16 @@ impl Validator {
         }
         self.last_good.retain(|k, _| seen.contains_key(k));
         snap
+    }
+}
+
+fn ignored_audit(source: &str, key: &ObjKey) -> InputError {
+    InputError {
+        source: source.to_string(),
+        object: key.to_string(),
+        field: format!("metadata.annotations[{}]", super::convert::AUDIT_ANNOTATION),
+        message: "per-namespace audit is not allowed on this node".into(),
+        action: "ignored: enforcing (the agent honours it only with --allow-namespace-audit)".into(),
     }
 }
 
@@ -139,6 +169,31 @@ mod tests {
         assert_eq!(p.ingress, Some(vec![]));
         assert_eq!(p.egress, None);
         assert_eq!(p.pod_selector.match_labels.get("app").map(String::as_str), Some("a"));
+    }
+
+    #[test]
+    fn namespace_audit_needs_the_agent_to_allow_it() {
+        let ns =
+            raw("apiVersion: v1\nkind: Namespace\nmetadata: {name: x, annotations: {palisade.dev/audit: \"true\"}}");
+        let mut v = Validator::default();
+        let s = v.snapshot([("n.yaml", &ns)]);
+        assert!(!s.input.namespaces["x"].audit);
+        assert_eq!(s.errors.len(), 1);
+        assert_eq!(s.errors[0].field, "metadata.annotations[palisade.dev/audit]");
+        assert!(s.errors[0].action.contains("--allow-namespace-audit"), "{:?}", s.errors[0]);
+        v.allow_namespace_audit = true;
+        let s = v.snapshot([("n.yaml", &ns)]);
+        assert!(s.input.namespaces["x"].audit);
+        assert!(s.errors.is_empty());
+    }
+
+    #[test]
+    fn a_remembered_version_stands_in_for_the_last_valid_one() {
+        let mut v = Validator::default();
+        v.remember(&raw(GOOD));
+        let s = v.snapshot([("f.yaml", &raw(BAD))]);
+        assert!(s.errors[0].action.contains("last valid"), "{:?}", s.errors[0]);
+        assert_eq!(s.input.policies[&("x".to_string(), "p".to_string())].ingress.as_ref().map(Vec::len), Some(1));
     }
 
     #[test]

@@ -2,9 +2,7 @@
 //! namespaces, and policies covering ports, ranges, named ports, ipBlocks
 //! with excepts, namespace selectors and rules without peers or ports.
 
-use k8s_openapi::api::core::v1::{Namespace as K8sNamespace, Pod as K8sPod};
-use k8s_openapi::api::networking::v1::NetworkPolicy;
-use palisade::policy::{Input, Namespace, Node, Pod, Policy};
+use palisade::policy::{Input, Node};
 use palisade_kit::manifest;
 use serde_json::{Value, json};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -145,28 +143,11 @@ fn policies(tight: bool) -> Vec<Value> {
 }
 
 pub fn input(tight: bool) -> Input {
-    let mut input = Input::default();
-    for team in ["prod", "dev", "ops"] {
-        let ns: K8sNamespace = serde_json::from_value(json!({
-            "apiVersion": "v1", "kind": "Namespace",
-            "metadata": {"name": team, "labels": {"team": team}}
-        }))
-        .expect("namespace");
-        let m = Namespace::from_k8s(&ns).expect("valid namespace");
-        input.namespaces.insert(m.name.clone(), m.into());
-    }
-    let mut pods: Vec<Value> =
-        LOCALS.iter().map(|(name, ip4, ip6)| k8s_pod("prod", name, name, ip4, ip6, NODE)).collect();
-    pods.extend(REMOTES.iter().map(|(ns, name, app, ip4, ip6)| k8s_pod(ns, name, app, ip4, ip6, OTHER_NODE)));
-    for p in pods {
-        let pod: K8sPod = serde_json::from_value(p).expect("pod");
-        let m = Pod::from_k8s(&pod).unwrap_or_else(|e| panic!("{e:?}"));
-        input.pods.insert((m.namespace.clone(), m.name.clone()), m.into());
-    }
-    for p in policies(tight) {
-        let np: NetworkPolicy = serde_json::from_value(p).expect("policy");
-        let m = Policy::from_k8s(&np).unwrap_or_else(|e| panic!("{e:?}"));
-        input.policies.insert((m.namespace.clone(), m.name.clone()), m.into());
-    }
-    input
+    let namespaces = ["prod", "dev", "ops"].map(
+        |team| json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": team, "labels": {"team": team}}}),
+    );
+    let locals = LOCALS.iter().map(|(name, ip4, ip6)| k8s_pod("prod", name, name, ip4, ip6, NODE));
+    let remotes = REMOTES.iter().map(|(ns, name, app, ip4, ip6)| k8s_pod(ns, name, app, ip4, ip6, OTHER_NODE));
+    let objects = namespaces.into_iter().chain(locals).chain(remotes).chain(policies(tight));
+    palisade::cluster::convert::objects_to_input(objects).unwrap_or_else(|errors| panic!("{errors:?}"))
 }

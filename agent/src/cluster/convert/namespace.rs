@@ -11,7 +11,7 @@ pub const AUDIT_ANNOTATION: &str = "palisade.dev/audit";
 
 impl Namespace {
     /// A Namespace as the API server validates it, with its name label.
-    pub fn from_k8s(ns: &K8sNamespace) -> Result<Namespace, Vec<FieldError>> {
+    pub(crate) fn from_k8s(ns: &K8sNamespace) -> Result<Namespace, Vec<FieldError>> {
         let mut errors = Vec::new();
         let (_, name) = meta_names(&ns.metadata, false, &mut errors);
         if !name.is_empty() && !is_dns_label(&name) {

@@ -9,7 +9,7 @@ use std::net::IpAddr;
 impl Pod {
     /// A Pod as the API server validates it: addresses, node, phase and
     /// named ports (first one of a name and protocol wins).
-    pub fn from_k8s(pod: &K8sPod) -> Result<Pod, Vec<FieldError>> {
+    pub(crate) fn from_k8s(pod: &K8sPod) -> Result<Pod, Vec<FieldError>> {
         let mut errors = Vec::new();
         let (namespace, name) = meta_names(&pod.metadata, true, &mut errors);
         let spec = pod.spec.as_ref();

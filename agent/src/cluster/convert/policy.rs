@@ -14,7 +14,7 @@ use std::collections::BTreeSet;
 
 impl Policy {
     /// A NetworkPolicy as the API server defaults and validates it.
-    pub fn from_k8s(np: &K8sPolicy) -> Result<Policy, Vec<FieldError>> {
+    pub(crate) fn from_k8s(np: &K8sPolicy) -> Result<Policy, Vec<FieldError>> {
         let mut errors = Vec::new();
         let (namespace, name) = meta_names(&np.metadata, true, &mut errors);
         let Some(spec) = np.spec.as_ref() else {
@@ -86,7 +86,7 @@ impl Policy {
     /// is broken), in the directions it names, and allows nothing. Bad input
     /// never opens traffic, and a policy meant to restrict does not silently
     /// leave pods open either. `raw` is the object as JSON.
-    pub fn fail_closed(raw: &serde_json::Value, namespace: &str, name: &str) -> Policy {
+    pub(crate) fn fail_closed(raw: &serde_json::Value, namespace: &str, name: &str) -> Policy {
         let spec = &raw["spec"];
         let pod_selector = serde_json::from_value::<K8sSelector>(spec["podSelector"].clone())
             .ok()

@@ -9,7 +9,7 @@ use std::net::IpAddr;
 
 impl Service {
     /// A Service's cluster IPs (`None` and empty ones are skipped).
-    pub fn from_k8s(svc: &K8sService) -> Result<Service, Vec<FieldError>> {
+    pub(crate) fn from_k8s(svc: &K8sService) -> Result<Service, Vec<FieldError>> {
         let mut errors = Vec::new();
         let (namespace, name) = meta_names(&svc.metadata, true, &mut errors);
         let spec = svc.spec.as_ref();

@@ -1,0 +1,117 @@
+//! The last good objects of each manifest file, on disk. The files source
+//! remembers them in memory while it runs; this copy is that memory across
+//! restarts, so a file that does not read at start keeps what it held
+//! before instead of opening the pods it isolated.
+//!
+//! Layout: `<state dir>/files/<hash of the manifest directory>/<hash of the
+//! file's relative path>.json`, each `{"path": ..., "objects": [...]}`,
+//! written atomically (temporary file, fsync, rename, fsync of the
+//! directory) and readable by root (or the agent's user) only.
+
+use anyhow::{Context, Result};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Copy {
+    /// Relative to the manifest directory.
+    path: String,
+    objects: Vec<Value>,
+}
+
+pub struct Saved {
+    dir: PathBuf,
+}
+
+/// FNV-1a: a hash that never changes between builds (file names depend on it).
+fn stable_hash(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+}
+
+impl Saved {
+    /// The copies of `manifests` (canonical path) under `state_dir`, which is
+    /// created owner-only if missing. Unless `allow_insecure`, the state
+    /// directory must be as safe as the manifests themselves.
+    pub fn open(state_dir: &Path, manifests: &Path, allow_insecure: bool) -> Result<Saved> {
+        let dir = state_dir.join("files").join(format!("{:016x}", stable_hash(&manifests.to_string_lossy())));
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .with_context(|| format!("--state-dir: creating {}", dir.display()))?;
+        if !allow_insecure {
+            super::trust::check_dir(&dir).map_err(|(path, why)| {
+                anyhow::anyhow!(
+                    "--state-dir: {}: {why}: others could change what is enforced; {}",
+                    path.display(),
+                    super::trust::HINT
+                )
+            })?;
+        }
+        Ok(Saved { dir })
+    }
+
+    fn file(&self, rel: &str) -> PathBuf {
+        self.dir.join(format!("{:016x}.json", stable_hash(rel)))
+    }
+
+    /// The saved objects of `rel`, and where they are.
+    pub fn read(&self, rel: &str) -> Option<(Vec<Value>, PathBuf)> {
+        let path = self.file(rel);
+        let text = std::fs::read(&path).ok()?;
+        let copy: Copy = serde_json::from_slice(&text).ok()?;
+        (copy.path == rel).then_some((copy.objects, path))
+    }
+
+    /// Replaces the copy of `rel`, atomically.
+    pub fn write(&self, rel: &str, objects: Vec<Value>) -> Result<()> {
+        let path = self.file(rel);
+        let tmp = path.with_extension("tmp");
+        let copy = Copy { path: rel.to_string(), objects };
+        let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+        serde_json::to_writer(std::io::BufWriter::new(&mut f), &copy)?;
+        f.flush()?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &path)?;
+        std::fs::File::open(&self.dir)?.sync_all()?;
+        Ok(())
+    }
+
+    /// Forgets `rel`: the file was deleted on purpose and must not come back.
+    pub fn remove(&self, rel: &str) {
+        let _ = std::fs::remove_file(self.file(rel));
+    }
+
+    /// Removes the copies of files not in `present` (deleted while the agent
+    /// was down).
+    pub fn retain(&self, present: &std::collections::BTreeSet<String>) {
+        #[derive(serde::Deserialize)]
+        struct PathOnly {
+            path: String,
+        }
+        let Ok(entries) = std::fs::read_dir(&self.dir) else { return };
+        for e in entries.flatten() {
+            let keep = std::fs::read(e.path())
+                .ok()
+                .and_then(|t| serde_json::from_slice::<PathOnly>(&t).ok())
+                .is_some_and(|c| present.contains(&c.path));
+            if !keep {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+
+    /// Every saved copy, by relative path (for a directory that cannot be listed).
+    pub fn all(&self) -> BTreeMap<String, (Vec<Value>, PathBuf)> {
+        let mut out = BTreeMap::new();
+        for e in std::fs::read_dir(&self.dir).into_iter().flatten().flatten() {
+            if let Some(copy) = std::fs::read(e.path()).ok().and_then(|t| serde_json::from_slice::<Copy>(&t).ok()) {
+                out.insert(copy.path, (copy.objects, e.path()));
+            }
+        }
+        out
+    }
+}
