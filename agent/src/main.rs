@@ -113,6 +113,10 @@ struct RunArgs {
     /// sees no links while it says "partial", no routes while "routes".
     #[arg(long, hide = true)]
     test_fault_interfaces: Option<PathBuf>,
+    /// Start although kube-proxy runs in IPVS mode (unsupported: Service
+    /// traffic it delivers locally escapes the hooks).
+    #[arg(long)]
+    allow_ipvs: bool,
 }
 
 #[derive(Args)]
@@ -286,6 +290,7 @@ async fn main() {
                 },
                 map_sizes: a.map_entries,
                 interfaces_fault: a.test_fault_interfaces,
+                allow_ipvs: a.allow_ipvs,
             })
             .await
         }

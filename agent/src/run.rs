@@ -48,6 +48,8 @@ pub struct Options {
     /// Test only: a file whose content fails interface discovery (see
     /// [`netlink::discover`]).
     pub interfaces_fault: Option<PathBuf>,
+    /// Start even though kube-proxy runs in IPVS mode (see [`ipvs_mode`]).
+    pub allow_ipvs: bool,
     /// How the source is read: saved copies, refused paths, namespace audit.
     pub source: crate::cluster::files::Options,
 }
@@ -57,12 +59,42 @@ pub fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_default()
 }
 
+/// Why this node looks like kube-proxy's IPVS mode, if it does: its dummy
+/// interface `kube-ipvs0`, or IPVS virtual services, in the agent's network
+/// namespace (which is the node's). Read from /proc/net, which is per
+/// namespace, unlike /sys/class/net.
+pub fn ipvs_mode() -> Option<String> {
+    let dev = std::fs::read_to_string("/proc/net/dev").unwrap_or_default();
+    let ipvs = std::fs::read_to_string("/proc/net/ip_vs").unwrap_or_default();
+    ipvs_evidence(&dev, &ipvs)
+}
+
+fn ipvs_evidence(proc_net_dev: &str, proc_net_ip_vs: &str) -> Option<String> {
+    if proc_net_dev.lines().any(|l| l.trim_start().starts_with("kube-ipvs0:")) {
+        return Some("interface kube-ipvs0 exists".into());
+    }
+    // Virtual services are the lines that start with a protocol.
+    let services =
+        proc_net_ip_vs.lines().filter(|l| ["TCP ", "UDP ", "SCTP ", "FWM "].iter().any(|p| l.starts_with(p))).count();
+    (services > 0).then(|| format!("{services} IPVS virtual services"))
+}
+
 /// The first retry after a failed pass; doubled per failure up to
 /// [`MAX_BACKOFF`] (or the resync period, if shorter).
 const MIN_BACKOFF: Duration = Duration::from_millis(200);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
 pub async fn run(opts: Options) -> Result<()> {
+    if !opts.allow_ipvs
+        && let Some(why) = ipvs_mode()
+    {
+        anyhow::bail!(
+            "kube-proxy runs in IPVS mode on this node ({why}), which palisade does not support: IPVS takes \
+             Service traffic in through the node's local input, where no palisade hook sees it (a Service \
+             address with no backend, or a host-network backend, would pass unjudged); run kube-proxy in \
+             iptables or nftables mode, or pass --allow-ipvs to run anyway"
+        );
+    }
     let (mut agent, mut woken) = Agent::start(opts).await?;
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut forced = true;
@@ -453,4 +485,21 @@ fn host_network_pods(input: &Input, node: &Node, logged: &mut BTreeSet<(String, 
         });
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ipvs_evidence;
+
+    #[test]
+    fn ipvs_is_recognised_by_its_interface_or_its_services() {
+        let dev = "Inter-|   Receive\n face |bytes\n    lo: 0 0\n  eth0: 1 2\n";
+        assert_eq!(ipvs_evidence(dev, ""), None);
+        let with_dummy = format!("{dev}kube-ipvs0: 0 0\n");
+        assert_eq!(ipvs_evidence(&with_dummy, "").as_deref(), Some("interface kube-ipvs0 exists"));
+        let empty = "IP Virtual Server version 1.2.1 (size=4096)\nProt LocalAddress:Port Scheduler Flags\n  -> RemoteAddress:Port Forward Weight ActiveConn InActConn\n";
+        assert_eq!(ipvs_evidence(dev, empty), None);
+        let one = format!("{empty}TCP  0A60000A:0050 rr\n  -> 0AF40102:0050      Masq    1      0          0\n");
+        assert_eq!(ipvs_evidence(dev, &one).as_deref(), Some("1 IPVS virtual services"));
+    }
 }

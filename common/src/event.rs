@@ -25,6 +25,12 @@ pub const REASON_RELATED: u8 = 6;
 pub const REASON_PENDING: u8 = 7;
 /// Reason: the packet left a pod from an address that is not the pod's.
 pub const REASON_SPOOFED: u8 = 8;
+/// Reason: a packet deferred to a Service left the node, or reached a pod,
+/// still addressed to the Service (no endpoint translated it).
+pub const REASON_UNTRANSLATED: u8 = 9;
+/// Reason: a packet deferred to a Service reached a hook with no way to
+/// tell which local pod sent it.
+pub const REASON_UNATTRIBUTED: u8 = 10;
 
 /// Event flag: the flow was already tracked and a policy change re-decided it.
 pub const EVF_REDECIDED: u8 = 1 << 0;

@@ -124,7 +124,7 @@ pub fn tracked(ctx: &TcContext, f: &mut Flow, key: &CtKey) -> Tracked {
             ct.last_seen_ns = f.now;
         }
         if ct.verdict == CT_DEFERRED && f.dir == ct.origin {
-            mark_deferred(ctx, f.cfg);
+            mark_deferred(ctx, f.cfg, f.ifindex);
         }
         count(if ct.verdict == CT_AUDITED { stat::AUDITED } else { stat::ALLOWED });
         return Tracked::Pass;
@@ -143,7 +143,7 @@ pub fn tracked(ctx: &TcContext, f: &mut Flow, key: &CtKey) -> Tracked {
         ct.verdict = CT_DEFERRED;
         ct.last_seen_ns = f.now;
         if f.dir == origin {
-            mark_deferred(ctx, f.cfg);
+            mark_deferred(ctx, f.cfg, f.ifindex);
         }
         count(stat::ALLOWED);
         return Tracked::Pass;

@@ -30,8 +30,8 @@ use events::{drop_packet, emit};
 use maps::count;
 use palisade_common::{
     CFG_LOG_NEW_FLOWS, CT_ALLOWED, CT_AUDITED, CT_DEFERRED, Config, CtKey, DIR_EGRESS, DIR_INGRESS, EP_AUDIT,
-    EP_PENDING, Endpoint, REASON_MALFORMED, REASON_PENDING, REASON_SPOOFED, VERDICT_ALLOWED, VERDICT_AUDIT,
-    VERDICT_DROPPED, stat,
+    EP_PENDING, Endpoint, IP_SERVICE, REASON_MALFORMED, REASON_PENDING, REASON_SPOOFED, REASON_UNATTRIBUTED,
+    REASON_UNTRANSLATED, VERDICT_ALLOWED, VERDICT_AUDIT, VERDICT_DROPPED, stat,
 };
 use parse::{Packet, Parsed};
 use policy::{bare, deferred, mark_deferred};
@@ -86,7 +86,7 @@ pub fn palisade_host_egress(ctx: TcContext) -> i32 {
     if parse::parse(&ctx, &mut pkt) != Parsed::Ip {
         return PASS;
     }
-    judge_deferred(&cfg, &pkt)
+    judge_deferred(&ctx, &cfg, &pkt)
 }
 
 #[inline(always)]
@@ -101,7 +101,7 @@ fn classify(ctx: &TcContext, dir: u8) -> i32 {
     match parse::parse(ctx, &mut pkt) {
         // A pod's packet DNATed from a Service to this pod: the sender's
         // egress is judged first, now that the backend is known.
-        Parsed::Ip if dir == DIR_INGRESS && deferred(ctx, &cfg) && judge_deferred(&cfg, &pkt) == DROP => DROP,
+        Parsed::Ip if dir == DIR_INGRESS && deferred(ctx, &cfg) && judge_deferred(ctx, &cfg, &pkt) == DROP => DROP,
         Parsed::Ip => judge(ctx, ifindex, &ep, dir, &cfg, &mut pkt),
         Parsed::NotIp => PASS,
         Parsed::Malformed => {
@@ -152,7 +152,7 @@ fn new_flow(ctx: &TcContext, f: &Flow, key: &CtKey) -> i32 {
     let log_new = f.cfg.flags & CFG_LOG_NEW_FLOWS != 0;
     let d = policy::decide(f.ep, f.dir, f.pkt.family, &key.remote, f.pkt.protocol, f.pkt.dport, log_new);
     let verdict = if d.defer {
-        mark_deferred(ctx, f.cfg);
+        mark_deferred(ctx, f.cfg, f.ifindex);
         CT_DEFERRED
     } else if d.allowed {
         CT_ALLOWED
@@ -179,18 +179,43 @@ fn new_flow(ctx: &TcContext, f: &Flow, key: &CtKey) -> i32 {
 
 /// Judges, after DNAT, the egress of a local pod's packet that was sent to
 /// a Service: against the real backend, with the pod's own endpoint and
-/// connection tracking, as if its egress hook had seen the backend.
+/// connection tracking, as if its egress hook had seen the backend. Fails
+/// closed: a packet still addressed to a Service (nothing translated it)
+/// or whose sender is unknown drops, or it would pass unjudged.
 #[inline(always)]
-fn judge_deferred(cfg: &Config, pkt: &Packet) -> i32 {
-    let ifindex = policy::address(pkt.family, &pkt.src).ifindex;
+fn judge_deferred(ctx: &TcContext, cfg: &Config, pkt: &Packet) -> i32 {
+    // The sender as its egress hook recorded it; else by source address.
+    let mut ifindex = policy::deferred_source(ctx);
     if ifindex == 0 {
-        return PASS;
+        ifindex = policy::address(pkt.family, &pkt.src).ifindex;
     }
-    let Some(ep) = maps::endpoint(ifindex) else {
-        return PASS;
+    let ep = match maps::endpoint(ifindex) {
+        Some(ep) if ifindex != 0 => ep,
+        _ => {
+            let nobody = Endpoint { identity: 0, flags: 0 };
+            let key = conntrack::ct_key(0, DIR_EGRESS, pkt);
+            let f = Flow {
+                ifindex: 0,
+                ep: &nobody,
+                dir: DIR_EGRESS,
+                cfg,
+                pkt,
+                now: unsafe { bpf_ktime_get_ns() },
+                ev_flags: 0,
+            };
+            return drop_packet(&f, &bare(REASON_UNATTRIBUTED), &key);
+        }
     };
     let key = conntrack::ct_key(ifindex, DIR_EGRESS, pkt);
     let f = Flow { ifindex, ep: &ep, dir: DIR_EGRESS, cfg, pkt, now: unsafe { bpf_ktime_get_ns() }, ev_flags: 0 };
+    // Checked before connection tracking: an untranslated packet has the
+    // key of the deferred flow itself.
+    let dst = policy::address(pkt.family, &pkt.dst);
+    if dst.flags & IP_SERVICE != 0 {
+        let mut d = bare(REASON_UNTRANSLATED);
+        d.peer = dst.identity;
+        return drop_packet(&f, &d, &key);
+    }
     if conntrack::current(&f, &key) {
         return PASS;
     }

@@ -60,9 +60,23 @@ pub fn deferred(ctx: &TcContext, cfg: &Config) -> bool {
     cfg.defer_mark != 0 && unsafe { (*ctx.skb.skb).mark } & cfg.defer_mark != 0
 }
 
-/// Marks the packet so the hook that sees it after DNAT judges its egress.
+/// Marks the packet so the hook that sees it after DNAT judges its egress,
+/// and records the sender's interface in the skb's `tc_index` (which
+/// netfilter and routing keep, and no other hook of ours reads): when
+/// kube-proxy also SNATs the packet (hairpin, `--masquerade-all`), its
+/// source no longer names the pod. An interface beyond 16 bits is not
+/// recorded; its SNATed packets are then unattributed and drop.
 #[inline(always)]
-pub fn mark_deferred(ctx: &TcContext, cfg: &Config) {
+pub fn mark_deferred(ctx: &TcContext, cfg: &Config, ifindex: u32) {
     let mark = unsafe { (*ctx.skb.skb).mark };
     ctx.set_mark(mark | cfg.defer_mark);
+    let source = if ifindex <= u16::MAX as u32 { ifindex } else { 0 };
+    unsafe { (*ctx.skb.skb).tc_index = source };
+}
+
+/// The interface of the pod that sent a deferred packet, as
+/// [`mark_deferred`] recorded it (0: not recorded).
+#[inline(always)]
+pub fn deferred_source(ctx: &TcContext) -> u32 {
+    unsafe { (*ctx.skb.skb).tc_index }
 }

@@ -6,7 +6,7 @@ use ipnet::IpNet;
 use palisade_common::{
     EVF_FRAGMENT, EVF_REDECIDED, Event, FAMILY_V4, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP,
     REASON_MALFORMED, REASON_NO_RULE, REASON_NOT_ISOLATED, REASON_PENDING, REASON_RELATED, REASON_RULE, REASON_SPOOFED,
-    REASON_TRACKED, VERDICT_ALLOWED, VERDICT_AUDIT,
+    REASON_TRACKED, REASON_UNATTRIBUTED, REASON_UNTRANSLATED, VERDICT_ALLOWED, VERDICT_AUDIT,
 };
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -85,7 +85,8 @@ pub struct VerdictEvent {
     pub source: Peer,
     pub destination: Peer,
     /// "rule", "not-isolated", "no-rule", "malformed", "tracked", "related",
-    /// "pending", "spoofed-source".
+    /// "pending", "spoofed-source", "service-untranslated",
+    /// "service-unattributed".
     pub reason: String,
     /// The allowing rule, for ALLOWED events decided by a rule.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -145,6 +146,12 @@ impl fmt::Display for VerdictEvent {
             }
             _ if self.reason == "spoofed-source" => {
                 write!(f, ": spoofed source, {} is not an address of {}", self.source.ip, self.local().name())?
+            }
+            _ if self.reason == "service-untranslated" => {
+                write!(f, ": {} is a Service address no endpoint translated", self.destination.ip)?
+            }
+            _ if self.reason == "service-unattributed" => {
+                f.write_str(": Service traffic whose sending pod is unknown after NAT")?
             }
             _ => write!(f, ": {}", super::isolation_text(&self.local().name(), self.direction, &self.isolated_by))?,
         }
@@ -280,6 +287,8 @@ pub fn enrich(raw: &Event, view: &View, clock: &Clock) -> VerdictEvent {
         REASON_RELATED => "related",
         REASON_PENDING => "pending",
         REASON_SPOOFED => "spoofed-source",
+        REASON_UNTRANSLATED => "service-untranslated",
+        REASON_UNATTRIBUTED => "service-unattributed",
         _ => "unknown",
     };
     let policy = (raw.rule != 0).then(|| view.catalog.rules.get(&raw.rule)).flatten().map(|r| RuleRef {
