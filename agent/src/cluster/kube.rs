@@ -143,7 +143,13 @@ fn trim_pod(p: &mut Pod) {
         pod_ips: s.pod_ips.clone(),
         ..Default::default()
     });
-    *p = Pod { metadata: meta(&p.metadata, None), spec, status };
+    // The controller reference names the pod's workload.
+    let owner_references = p
+        .metadata
+        .owner_references
+        .as_ref()
+        .map(|os| os.iter().filter(|o| o.controller == Some(true)).cloned().collect());
+    *p = Pod { metadata: ObjectMeta { owner_references, ..meta(&p.metadata, None) }, spec, status };
 }
 
 fn trim_namespace(n: &mut Namespace) {

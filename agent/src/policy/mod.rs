@@ -11,4 +11,4 @@ pub mod model;
 
 pub use compile::compile;
 pub use compiled::{Catalog, Compiled, IdentityInfo, IpPrefix, LocalEndpoint, PolicyPrefix, RuleInfo};
-pub use model::{Direction, Input, Namespace, Node, Pod, Policy, PolicyRef, Service};
+pub use model::{Direction, Input, Namespace, Node, Pod, Policy, PolicyRef, Service, Workload};

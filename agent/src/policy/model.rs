@@ -205,6 +205,53 @@ pub struct Pod {
     pub ports: Vec<NamedPort>,
     /// Succeeded or Failed: its IP may already belong to another pod.
     pub terminated: bool,
+    /// The workload it belongs to (what flows and advice are grouped by).
+    pub workload: Workload,
+}
+
+/// The controller a pod belongs to, as an SRE names it: a ReplicaSet's pod
+/// by its Deployment, a Job's pod by its CronJob, otherwise the owning
+/// controller, or the pod itself when it has none.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+pub struct Workload {
+    /// Deployment, StatefulSet, DaemonSet, Job, CronJob, ReplicaSet, ... or Pod.
+    pub kind: String,
+    pub name: String,
+}
+
+impl Workload {
+    /// Resolves a pod's controller reference (kind, name) without reading
+    /// the controller: a Deployment's ReplicaSet is named
+    /// `<deployment>-<pod-template-hash>` and a CronJob's Job
+    /// `<cronjob>-<scheduled minute>`.
+    pub fn resolve(pod_name: &str, controller: Option<(&str, &str)>, labels: &Labels) -> Workload {
+        let strip = |name: &str, suffix: &str| {
+            name.strip_suffix(suffix).and_then(|n| n.strip_suffix('-')).filter(|n| !n.is_empty()).map(str::to_string)
+        };
+        let (kind, name) = match controller {
+            None => ("Pod", pod_name.to_string()),
+            Some(("ReplicaSet", rs)) => match labels.get("pod-template-hash").and_then(|h| strip(rs, h)) {
+                Some(deployment) => ("Deployment", deployment),
+                None => ("ReplicaSet", rs.to_string()),
+            },
+            Some(("Job", job)) => match job.rsplit_once('-') {
+                Some((cron, minute))
+                    if !cron.is_empty() && minute.len() >= 8 && minute.bytes().all(|b| b.is_ascii_digit()) =>
+                {
+                    ("CronJob", cron.to_string())
+                }
+                _ => ("Job", job.to_string()),
+            },
+            Some((kind, name)) => (kind, name.to_string()),
+        };
+        Workload { kind: kind.to_string(), name }
+    }
+}
+
+impl std::fmt::Display for Workload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.kind.to_lowercase(), self.name)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

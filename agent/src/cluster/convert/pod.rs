@@ -2,7 +2,7 @@
 
 use super::fields::{meta_names, port_protocol, valid_port, validate_port_name};
 use super::{FieldError, err, finish};
-use crate::policy::model::{NamedPort, Pod};
+use crate::policy::model::{NamedPort, Pod, Workload};
 use k8s_openapi::api::core::v1::Pod as K8sPod;
 use std::net::IpAddr;
 
@@ -84,16 +84,46 @@ impl Pod {
         let mut seen = std::collections::HashSet::new();
         ports.retain(|p| seen.insert(p.clone()));
         let phase = status.and_then(|s| s.phase.as_deref());
+        let labels = pod.metadata.labels.clone().unwrap_or_default();
+        let owners = pod.metadata.owner_references.iter().flatten();
+        let controller = owners.clone().find(|o| o.controller == Some(true)).or_else(|| owners.clone().next());
+        let workload = Workload::resolve(&name, controller.map(|o| (o.kind.as_str(), o.name.as_str())), &labels);
         let out = Pod {
             namespace,
             name,
-            labels: pod.metadata.labels.clone().unwrap_or_default(),
+            labels,
             node_name: spec.and_then(|s| s.node_name.clone()).filter(|n| !n.is_empty()),
             host_network: spec.and_then(|s| s.host_network).unwrap_or(false),
             ips,
             ports,
             terminated: matches!(phase, Some("Succeeded") | Some("Failed")),
+            workload,
         };
         finish(out, errors)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::policy::model::{Labels, Workload};
+
+    fn resolve(owner: Option<(&str, &str)>, hash: Option<&str>) -> String {
+        let mut labels = Labels::new();
+        if let Some(h) = hash {
+            labels.insert("pod-template-hash".into(), h.into());
+        }
+        Workload::resolve("web-7d4b9c-x2x", owner, &labels).to_string()
+    }
+
+    #[test]
+    fn workloads_are_named_by_their_controller() {
+        assert_eq!(resolve(Some(("ReplicaSet", "web-7d4b9c")), Some("7d4b9c")), "deployment/web");
+        assert_eq!(resolve(Some(("ReplicaSet", "web-7d4b9c")), None), "replicaset/web-7d4b9c");
+        assert_eq!(resolve(Some(("ReplicaSet", "web-7d4b9c")), Some("ffff")), "replicaset/web-7d4b9c");
+        assert_eq!(resolve(Some(("Job", "backup-29012345")), None), "cronjob/backup");
+        assert_eq!(resolve(Some(("Job", "migrate-v2")), None), "job/migrate-v2");
+        assert_eq!(resolve(Some(("StatefulSet", "db")), None), "statefulset/db");
+        assert_eq!(resolve(Some(("DaemonSet", "agent")), None), "daemonset/agent");
+        assert_eq!(resolve(None, Some("7d4b9c")), "pod/web-7d4b9c-x2x");
     }
 }
