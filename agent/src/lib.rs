@@ -11,6 +11,7 @@ pub mod cluster;
 pub mod datapath;
 pub mod events;
 pub mod health;
+pub mod lint;
 pub mod metrics;
 pub mod policy;
 pub mod run;

@@ -31,6 +31,8 @@ enum Cmd {
     /// Would a connection be allowed, and why: policy by policy, rule by
     /// rule, checked against the kernel when asked of the running agent.
     Trace(TraceArgs),
+    /// Find the policy mistakes that break or open traffic (exit 1 on errors).
+    Lint(LintArgs),
     /// Remove everything palisade pinned: programs come off every interface.
     Uninstall {
         #[arg(long, default_value = "/sys/fs/bpf/palisade")]
@@ -148,6 +150,18 @@ struct TraceArgs {
     output: Output,
     #[arg(long, env = "PALISADE_SOCKET", default_value = api::DEFAULT_SOCKET)]
     socket: PathBuf,
+}
+
+#[derive(Args)]
+struct LintArgs {
+    /// Lint the manifests in this directory instead of the Kubernetes API.
+    #[arg(long)]
+    cluster_state: Option<PathBuf>,
+    #[arg(short, long, value_enum, default_value_t = Output::Text)]
+    output: Output,
+    /// Exit 1 when a finding is at least this severe.
+    #[arg(long, value_enum, default_value_t = palisade::lint::Severity::Error)]
+    fail_on: palisade::lint::Severity,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -297,6 +311,7 @@ async fn main() {
         Cmd::Status(a) => status(a).await,
         Cmd::Observe(a) => observe(a).await,
         Cmd::Trace(a) => trace(a).await,
+        Cmd::Lint(a) => lint(a).await,
         Cmd::Uninstall { bpffs } => palisade::datapath::uninstall(&bpffs),
     };
     if let Err(e) = result {
@@ -436,6 +451,26 @@ async fn trace(a: TraceArgs) -> Result<()> {
     match a.output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&t)?),
         Output::Text => print!("{t}"),
+    }
+    Ok(())
+}
+
+/// Exit status: 0 clean, 1 findings at --fail-on or worse, 2 no state read.
+async fn lint(a: LintArgs) -> Result<()> {
+    let snap = match palisade::lint::load::load(a.cluster_state.as_deref()).await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("palisade: {e:#}");
+            std::process::exit(2);
+        }
+    };
+    let report = palisade::lint::lint(&snap);
+    match a.output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+        Output::Text => print!("{report}"),
+    }
+    if report.fails(a.fail_on) {
+        std::process::exit(1);
     }
     Ok(())
 }

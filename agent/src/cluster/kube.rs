@@ -165,6 +165,7 @@ fn trim_service(s: &mut Service) {
         cluster_ip: sp.cluster_ip.clone(),
         cluster_ips: sp.cluster_ips.clone(),
         ports: sp.ports.clone(),
+        selector: sp.selector.clone(),
         ..Default::default()
     });
     *s = Service { metadata: meta(&s.metadata, None), spec, status: None };

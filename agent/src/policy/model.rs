@@ -262,13 +262,27 @@ pub struct Namespace {
     pub audit: bool,
 }
 
-/// A Service: only its cluster IPs matter here (traffic to them is DNATed
-/// to a backend, and egress policy must judge the backend).
+/// A Service: its cluster IPs matter to enforcement (traffic to them is
+/// DNATed to a backend, and egress policy must judge the backend); its
+/// selector and ports to `lint` (which pods serve it, on which ports).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Service {
     pub namespace: String,
     pub name: String,
     pub cluster_ips: Vec<IpAddr>,
+    /// spec.selector: its backends are the pods of its namespace with these
+    /// labels; empty: no selector (endpoints managed by hand).
+    pub selector: Labels,
+    pub ports: Vec<ServicePort>,
+}
+
+/// A port of a Service and where it leads on the backend.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServicePort {
+    pub port: u16,
+    pub protocol: Protocol,
+    /// The backend's port: a number, or a named container port.
+    pub target: PortMatch,
 }
 
 impl Namespace {

@@ -1,14 +1,19 @@
-//! Service: only its cluster IPs matter (traffic to them is DNATed to a
-//! backend, and egress policy must judge the backend).
+//! Service: its cluster IPs (traffic to them is DNATed to a backend, and
+//! egress policy must judge the backend), and for `lint` its selector and
+//! ports.
 
-use super::fields::meta_names;
+use super::fields::{meta_names, port_protocol, valid_port, validate_port_name};
 use super::{FieldError, err, finish};
-use crate::policy::model::Service;
+use crate::policy::model::{PortMatch, Service, ServicePort};
 use k8s_openapi::api::core::v1::Service as K8sService;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use std::net::IpAddr;
 
 impl Service {
-    /// A Service's cluster IPs (`None` and empty ones are skipped).
+    /// A Service's cluster IPs (`None` and empty ones are skipped), selector
+    /// and ports. Ports are only read by `lint`: one it cannot read is
+    /// skipped rather than reported, so a Service's cluster IPs (what
+    /// enforcement needs) never depend on them.
     pub(crate) fn from_k8s(svc: &K8sService) -> Result<Service, Vec<FieldError>> {
         let mut errors = Vec::new();
         let (namespace, name) = meta_names(&svc.metadata, true, &mut errors);
@@ -27,6 +32,25 @@ impl Service {
                 }
             }
         }
-        finish(Service { namespace, name, cluster_ips }, errors)
+        let selector = spec.and_then(|s| s.selector.clone()).unwrap_or_default();
+        let ports = spec
+            .and_then(|s| s.ports.as_ref())
+            .into_iter()
+            .flatten()
+            .filter_map(|p| {
+                let port = valid_port(p.port)?;
+                let protocol = port_protocol(p.protocol.as_deref(), "").ok()?;
+                let target = match &p.target_port {
+                    None => PortMatch::Range(port, port),
+                    Some(IntOrString::Int(n)) => valid_port(*n).map(|n| PortMatch::Range(n, n))?,
+                    Some(IntOrString::String(s)) => match s.parse::<i32>() {
+                        Ok(n) => valid_port(n).map(|n| PortMatch::Range(n, n))?,
+                        Err(_) => validate_port_name(s).ok().map(|_| PortMatch::Named(s.clone()))?,
+                    },
+                };
+                Some(ServicePort { port, protocol, target })
+            })
+            .collect();
+        finish(Service { namespace, name, cluster_ips, selector, ports }, errors)
     }
 }
