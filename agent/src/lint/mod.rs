@@ -40,7 +40,7 @@ pub enum Severity {
 
 impl std::fmt::Display for Severity {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
+        f.pad(match self {
             Severity::Error => "error",
             Severity::Warning => "warning",
             Severity::Info => "info",
