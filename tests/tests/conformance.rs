@@ -40,6 +40,7 @@ impl Env {
     /// agents of both pods' nodes, kernel check included: each checks the
     /// side it enforces) agrees on every pair.
     fn expect(&self, port: u16, proto: Proto, v6: bool, build: impl Fn(&mut Matrix)) -> Result<()> {
+        self.lint()?;
         let mut m = Matrix::new(&self.topo.names(), true);
         build(&mut m);
         let expected = m.with_self_reachable();
@@ -68,10 +69,60 @@ impl Env {
         Ok(())
     }
 
+    /// `palisade lint` over the cluster as it is, read from the API server
+    /// as on a live cluster: no finding but the real problems the cases
+    /// create on purpose ([`LINT_EXPECTED`]). x/y/z has no DNS server, so an
+    /// egress-isolated pod that may send port 53 nowhere is only info there
+    /// (lint cannot know where names would be resolved), as is every pod
+    /// that may reach the cloud metadata address.
+    fn lint(&self) -> Result<()> {
+        let agent = self.agent();
+        let binary = palisade_e2e::agent::binary();
+        let mut cmd = match &agent.netns {
+            Some(ns) => palisade_e2e::netns::command_in(ns, &binary)?,
+            None => std::process::Command::new(&binary),
+        };
+        if let Some(k) = &agent.kubeconfig {
+            cmd.env("KUBECONFIG", k);
+        }
+        let out = cmd.args(["lint", "-o", "json"]).output()?;
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .with_context(|| format!("palisade lint: {}", String::from_utf8_lossy(&out.stderr)))?;
+        let mut errors = false;
+        for f in report["findings"].as_array().into_iter().flatten() {
+            let (severity, check, object) = (f["severity"].as_str(), f["check"].as_str(), f["object"].as_str());
+            errors |= severity == Some("error");
+            let expected = match severity {
+                Some("info") => matches!(check, Some("dns" | "metadata")),
+                _ => LINT_EXPECTED.iter().any(|e| Some(e.0) == severity && Some(e.1) == check && Some(e.2) == object),
+            };
+            ensure!(expected, "palisade lint reports what is no problem: {f:#}");
+        }
+        ensure!(out.status.code() == Some(if errors { 1 } else { 0 }), "palisade lint exited with {}", out.status);
+        Ok(())
+    }
+
     fn tcp(&self, port: u16, build: impl Fn(&mut Matrix)) -> Result<()> {
         self.expect(port, Proto::Tcp, false, build)
     }
 }
+
+/// What `palisade lint` rightly reports on the cases (severity, check,
+/// object): real problems the cases create on purpose.
+const LINT_EXPECTED: &[(&str, &str, &str)] = &[
+    // Before the namespace or pod is relabelled, these select nothing.
+    ("warning", "selects-nothing", "NetworkPolicy x/upd-ns"),
+    ("warning", "selects-nothing", "NetworkPolicy x/upd-pod"),
+    ("warning", "selects-nothing", "NetworkPolicy x/isolate"),
+    // ipBlocks naming pod addresses (Kubernetes: they should be
+    // cluster-external; pod addresses change when pods are recreated).
+    ("warning", "ip-block-pods", "NetworkPolicy x/cidr"),
+    ("warning", "ip-block-pods", "NetworkPolicy x/except"),
+    ("warning", "ip-block-pods", "NetworkPolicy x/overlap"),
+    // Invalid policies the API server would reject.
+    ("error", "invalid", "NetworkPolicy x/p81"),
+    ("error", "invalid", "NetworkPolicy x/broken"),
+];
 
 /// The cluster IP of the Service in `service_backend_on_the_other_node_is_judged_there`.
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 1, 10);
