@@ -54,3 +54,31 @@ impl Service {
         finish(Service { namespace, name, cluster_ips, selector, ports }, errors)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::model::Protocol;
+
+    #[test]
+    fn selector_and_ports_lead_to_the_backends_port() {
+        let svc: K8sService = serde_saphyr::from_str(
+            "metadata: {name: web, namespace: x}\nspec:\n  clusterIP: 10.96.0.1\n  selector: {app: web}\n  ports:\n  - {port: 80, targetPort: http}\n  - {port: 443, targetPort: 8443}\n  - {port: 53, protocol: UDP}\n  - {port: 0}\n  - {port: 81, targetPort: '9090'}\n",
+        )
+        .unwrap();
+        let s = Service::from_k8s(&svc).unwrap();
+        assert_eq!(s.selector.get("app").map(String::as_str), Some("web"));
+        let ports: Vec<(u16, Protocol, PortMatch)> =
+            s.ports.iter().map(|p| (p.port, p.protocol, p.target.clone())).collect();
+        assert_eq!(
+            ports,
+            [
+                (80, Protocol::Tcp, PortMatch::Named("http".into())),
+                (443, Protocol::Tcp, PortMatch::Range(8443, 8443)),
+                (53, Protocol::Udp, PortMatch::Range(53, 53)),
+                (81, Protocol::Tcp, PortMatch::Range(9090, 9090)),
+            ],
+            "a port it cannot read is skipped, not an error"
+        );
+    }
+}
