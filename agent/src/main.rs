@@ -3,7 +3,7 @@
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use palisade::api::{self, Filter, Request};
-use palisade::events::{LogFormat, Verdict, VerdictEvent};
+use palisade::events::{LogFormat, Verdict};
 use palisade::policy::Direction;
 use palisade::run;
 use std::path::PathBuf;
@@ -84,6 +84,11 @@ struct RunArgs {
     /// At most one drop event per flow per this interval.
     #[arg(long, default_value = "1s")]
     drop_event_interval: humantime::Duration,
+    /// At most this many drop events per source address per drop event
+    /// interval (a scan across many flows); drops past it are counted and
+    /// folded into the source's next event. 0: no bound.
+    #[arg(long, default_value_t = 100)]
+    drop_event_budget: u32,
     /// Size of the kernel's event ring buffer in bytes (power of two).
     #[arg(long, default_value_t = palisade_common::capacity::EVENTS_BYTES)]
     event_buffer_bytes: u32,
@@ -215,6 +220,10 @@ struct ObserveArgs {
     no_follow: bool,
     #[arg(short, long, value_enum, default_value_t = Output::Text)]
     output: Output,
+    /// Decode events without printing them; print the running count of
+    /// events decoded every 100 ms instead (for benchmarks).
+    #[arg(long, hide = true)]
+    count: bool,
     #[arg(long, env = "PALISADE_SOCKET", default_value = api::DEFAULT_SOCKET)]
     socket: PathBuf,
 }
@@ -271,6 +280,7 @@ async fn main() {
                 log_format: a.log_format,
                 log_new_flows: a.log_new_flows,
                 drop_event_interval: a.drop_event_interval.into(),
+                drop_event_budget: a.drop_event_budget,
                 event_buffer_bytes: a.event_buffer_bytes,
                 defer_mark: a.defer_mark,
                 strict_prefixes: a
@@ -409,15 +419,80 @@ async fn observe(a: ObserveArgs) -> Result<()> {
         since_ms: a.since.map(|d| Duration::from(d).as_millis() as u64),
         follow: !a.no_follow,
     };
-    let mut lines = api::request(&a.socket, &req).await?;
-    while let Some(line) = lines.next_line().await? {
-        match a.output {
-            Output::Json => println!("{line}"),
-            Output::Text => match serde_json::from_str::<VerdictEvent>(&line) {
-                Ok(ev) => println!("{} {}", ev.time, ev),
-                Err(_) => println!("{line}"),
-            },
+    let stream = api::observe(&a.socket, &req)?;
+    let (output, count) = (a.output, a.count);
+    tokio::task::spawn_blocking(move || decode_events(stream, output, count)).await?
+}
+
+/// Reads the agent's event frames; prints each event (JSON or text), or
+/// only counts them.
+fn decode_events(stream: std::os::unix::net::UnixStream, output: Output, count: bool) -> Result<()> {
+    use palisade::events::wire::{self, Compact, Symbol, Table};
+    use std::io::{BufWriter, Read, Write};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let mut r = std::io::BufReader::with_capacity(1 << 20, stream);
+    let mut out = BufWriter::with_capacity(1 << 16, std::io::stdout());
+    let decoded = Arc::new(AtomicU64::new(0));
+    if count {
+        let d = decoded.clone();
+        std::thread::spawn(move || {
+            loop {
+                std::thread::sleep(Duration::from_millis(100));
+                println!("{}", d.load(Ordering::Relaxed));
+            }
+        });
+    }
+    let mut table = Table::default();
+    let (mut header, mut buf) = ([0u8; wire::HEADER_LEN], Vec::new());
+    loop {
+        match r.read_exact(&mut header) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
+            Err(e) => return Err(e.into()),
         }
+        let len = u32::from_le_bytes([header[1], header[2], header[3], header[4]]) as usize;
+        buf.resize(len, 0);
+        r.read_exact(&mut buf)?;
+        match header[0] {
+            wire::TAG_SYMBOL if len >= 4 => {
+                let id = u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]);
+                let sym: Symbol = serde_json::from_slice(&buf[4..]).context("a symbol frame")?;
+                table.define(id, sym);
+            }
+            wire::TAG_EVENTS => {
+                let mut n = 0u64;
+                for rec in buf.chunks_exact(wire::RECORD_LEN) {
+                    let c = Compact::decode(rec).context("an event record")?;
+                    if !table.resolves(&c) {
+                        bail!("an event names a symbol the agent never defined");
+                    }
+                    n += 1;
+                    if count {
+                        continue;
+                    }
+                    let ev = wire::to_event(&c, |id| table.get(id).cloned());
+                    match output {
+                        Output::Json => writeln!(out, "{}", serde_json::to_string(&ev)?)?,
+                        Output::Text => writeln!(out, "{} {}", ev.time, ev)?,
+                    }
+                }
+                decoded.fetch_add(n, Ordering::Relaxed);
+            }
+            wire::TAG_LAGGED if len >= 8 => {
+                let n = u64::from_le_bytes(buf[..8].try_into().expect("8 bytes"));
+                writeln!(out, "{}", serde_json::json!({ "lagged": n }))?;
+            }
+            _ => {}
+        }
+        // Followers see each frame's events as soon as they arrive.
+        if r.buffer().is_empty() {
+            out.flush()?;
+        }
+    }
+    out.flush()?;
+    if count {
+        println!("{}", decoded.load(Ordering::Relaxed));
     }
     Ok(())
 }

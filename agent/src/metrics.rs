@@ -3,7 +3,8 @@
 //! while held closed (a rare fault, cleared when it heals).
 
 use crate::datapath::MapFill;
-use crate::events::{Verdict, VerdictEvent};
+use crate::events::Verdict;
+use crate::policy::{Direction, PolicyRef};
 use crate::state::EndpointState;
 use palisade_common::stat;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -58,6 +59,7 @@ pub struct Metrics {
     events_sent: Counter,
     events_lost: Counter,
     events_suppressed: Counter,
+    events_folded: Counter,
     events_received: Counter,
     flows: Counter,
     map_entries: Family<MapLabels, Gauge>,
@@ -90,6 +92,7 @@ impl Metrics {
             events_sent: Counter::default(),
             events_lost: Counter::default(),
             events_suppressed: Counter::default(),
+            events_folded: Counter::default(),
             events_received: Counter::default(),
             flows: Counter::default(),
             map_entries: Family::default(),
@@ -132,6 +135,11 @@ impl Metrics {
             "Drops folded into a later event of the same flow",
             m.events_suppressed.clone(),
         );
+        registry.register(
+            name(stat::EVENTS_FOLDED),
+            "Drops with no event of their own because their source spent its event budget (counted in its next event)",
+            m.events_folded.clone(),
+        );
         registry.register("events_received", "Events read from the ring buffer", m.events_received.clone());
         registry.register(name(stat::FLOWS_NEW), "New flows entered into connection tracking", m.flows.clone());
         registry.register("map_entries", "Entries in each kernel map", m.map_entries.clone());
@@ -158,31 +166,28 @@ impl Metrics {
         Metrics { registry, ..m }
     }
 
-    /// Counts one event read from the ring buffer.
-    pub fn observe(&self, ev: &VerdictEvent) {
-        self.events_received.inc();
-        self.received.fetch_add(1, Ordering::Relaxed);
-        let verdict = ev.verdict.to_string();
-        let policy = match (&ev.verdict, &ev.policy) {
-            (Verdict::Allowed, Some(r)) => match (&r.namespace, &r.name) {
-                (Some(ns), Some(n)) => format!("{ns}/{n}"),
-                _ => "node".to_string(),
-            },
-            _ => String::new(),
-        };
-        let n = u64::from(ev.count.max(1));
-        self.verdicts.get_or_create(&VerdictLabels { direction: ev.direction.to_string(), verdict, policy }).inc_by(n);
-        if ev.verdict != Verdict::Allowed {
-            for p in &ev.isolated_by {
-                self.drops_by_policy
-                    .get_or_create(&PolicyLabels { direction: ev.direction.to_string(), policy: p.to_string() })
-                    .inc_by(n);
-            }
-        }
+    /// Counts events read from the ring buffer.
+    pub fn received(&self, events: u64) {
+        self.events_received.inc_by(events);
+        self.received.fetch_add(events, Ordering::Relaxed);
+    }
+
+    /// Counts the packets verdict events stand for, by direction, verdict
+    /// and allowing policy (`namespace/name`, `node`, or empty).
+    pub fn verdicts(&self, direction: Direction, verdict: Verdict, policy: String, packets: u64) {
+        let labels = VerdictLabels { direction: direction.to_string(), verdict: verdict.to_string(), policy };
+        self.verdicts.get_or_create(&labels).inc_by(packets);
+    }
+
+    /// Counts dropped (or audited) packets against a policy isolating the pod.
+    pub fn drops_by_policy(&self, direction: Direction, policy: &PolicyRef, packets: u64) {
+        self.drops_by_policy
+            .get_or_create(&PolicyLabels { direction: direction.to_string(), policy: policy.to_string() })
+            .inc_by(packets);
     }
 
     /// Events read from the ring buffer so far.
-    pub fn received(&self) -> u64 {
+    pub fn received_total(&self) -> u64 {
         self.received.load(Ordering::Relaxed)
     }
 
@@ -203,6 +208,7 @@ impl Metrics {
         self.events_sent.inc_by(delta(stat::EVENTS_SENT, &mut last));
         self.events_lost.inc_by(delta(stat::EVENTS_LOST, &mut last));
         self.events_suppressed.inc_by(delta(stat::EVENTS_SUPPRESSED, &mut last));
+        self.events_folded.inc_by(delta(stat::EVENTS_FOLDED, &mut last));
         self.flows.inc_by(delta(stat::FLOWS_NEW, &mut last));
     }
 

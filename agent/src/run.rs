@@ -36,6 +36,7 @@ pub struct Options {
     pub log_format: LogFormat,
     pub log_new_flows: bool,
     pub drop_event_interval: Duration,
+    pub drop_event_budget: u32,
     pub event_buffer_bytes: u32,
     pub defer_mark: u32,
     pub host_interfaces: crate::datapath::HostInterfaces,
@@ -166,6 +167,7 @@ impl Agent {
         let settings = Settings {
             log_new_flows: opts.log_new_flows,
             drop_event_interval: opts.drop_event_interval,
+            drop_event_budget: opts.drop_event_budget,
             event_buffer_bytes: opts.event_buffer_bytes,
             defer_mark: opts.defer_mark,
             host_interfaces: opts.host_interfaces.clone(),

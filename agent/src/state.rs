@@ -154,7 +154,7 @@ impl Shared {
             s.in_sync = false;
         }
         s.counters = stat::NAMES.iter().map(|n| n.to_string()).zip(self.pinned.counters()).collect();
-        s.counters.insert("events_received".into(), self.metrics.received());
+        s.counters.insert("events_received".into(), self.metrics.received_total());
         s.maps.conntrack.0 = self.tracked_flows.load(Ordering::Relaxed);
         s
     }

@@ -9,7 +9,9 @@
 //!   selecting the pod; policy chains match `hash:ip` (pods) and `hash:net`
 //!   (ipBlocks, excepts as `nomatch`) ipsets plus ports and set a mark;
 //!   unmarked traffic of an isolated pod is rejected. Chains and sets exist
-//!   for every policy in the cluster, as kube-router keeps them.
+//!   for every policy in the cluster, as kube-router keeps them; each
+//!   policy has one chain per direction, so its egress rules are never
+//!   consulted for traffic to its pods.
 //! - nftables with sets and verdict maps: one table; the forward chain
 //!   accepts established,related, drops invalid, then dispatches on the pod
 //!   address through verdict maps (`ip saddr vmap @egress`, `ip daddr vmap
@@ -169,14 +171,19 @@ fn kube_router(input: &Input) -> Ruleset {
     for policy in input.policies.values() {
         let key = format!("{}/{}", policy.namespace, policy.name);
         let h = short_hash(&key);
-        let chain = format!("KUBE-NWPLCY-{h}");
-        let _ = writeln!(chains, ":{chain} - [0:0]");
-        pol_chain.insert(key, chain.clone());
+        // One chain per direction: a policy's egress rules must never be
+        // consulted for traffic to its pods (they could over-allow it).
+        let dir_chain = |dir: &str| format!("KUBE-NWPLCY-{h}-{}", if dir == "in" { "I" } else { "E" });
+        for dir in ["in", "eg"] {
+            let _ = writeln!(chains, ":{} - [0:0]", dir_chain(dir));
+        }
+        pol_chain.insert(key, (dir_chain("in"), dir_chain("eg")));
         let targets: Vec<String> =
             pods.iter().filter(|p| selects(policy, p)).flat_map(|p| v4s(p)).map(|a| a.to_string()).collect();
         let target_set = format!("KUBE-DST-{h}");
         add_set(&mut sets, &target_set, "hash:ip", &targets, &[]);
         for (dir, list) in [("in", &policy.ingress), ("eg", &policy.egress)] {
+            let chain = dir_chain(dir);
             for (ri, rule) in list.iter().flatten().enumerate() {
                 let (tgt_dir, peer_dir) = if dir == "in" { ("dst", "src") } else { ("src", "dst") };
                 let mut peer_matches: Vec<String> = Vec::new();
@@ -238,14 +245,14 @@ fn kube_router(input: &Input) -> Ruleset {
             rule_count += 5;
             let (mut ing, mut eg) = (false, false);
             for policy in input.policies.values().filter(|p| selects(p, pod)) {
-                let chain = &pol_chain[&format!("{}/{}", policy.namespace, policy.name)];
+                let (chain_in, chain_eg) = &pol_chain[&format!("{}/{}", policy.namespace, policy.name)];
                 if policy.ingress.is_some() {
-                    let _ = writeln!(rules, "-A {fw} -d {ip}/32 -j {chain}");
+                    let _ = writeln!(rules, "-A {fw} -d {ip}/32 -j {chain_in}");
                     ing = true;
                     rule_count += 1;
                 }
                 if policy.egress.is_some() {
-                    let _ = writeln!(rules, "-A {fw} -s {ip}/32 -j {chain}");
+                    let _ = writeln!(rules, "-A {fw} -s {ip}/32 -j {chain_eg}");
                     eg = true;
                     rule_count += 1;
                 }

@@ -1,16 +1,24 @@
-//! Section 4: verdict event throughput. A pod floods distinct denied flows
-//! (each packet a new 5-tuple, so each drop is an event) at increasing
-//! rates while `palisade observe -o json` follows the stream; the kernel's
-//! counters say how many events were written and lost, the agent says how
-//! many it read, the observer counts what it got.
+//! Section 4: verdict event throughput. The client pod's egress
+//! classifier (the program the agent attached to its interface) is run
+//! through BPF_PROG_TEST_RUN on a UDP packet its policy denies, at
+//! increasing rates, with drop events unsuppressed (interval 0, no source
+//! budget): every run is a drop and an event, written into the agent's
+//! ring buffer as a real packet's would be. One sender of real packets
+//! cannot reach these rates on this machine; the classifier's cost per
+//! packet is section 1's. `palisade observe --count` follows the stream,
+//! decoding every event (it prints only the count); the kernel's counters
+//! say how many events were written and lost, the agent says how many it
+//! read.
 
 use crate::agent::Agent;
 use crate::cluster::{self, Cluster};
 use crate::env::{self, Node, Pod};
+use crate::rawbpf;
 use anyhow::{Context, Result};
 use serde::Serialize;
 use std::io::BufRead;
-use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::net::IpAddr;
+use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Arc;
@@ -24,6 +32,8 @@ pub struct Config {
     pub rates: Vec<u64>,
     pub secs: f64,
     pub sender_cpu: usize,
+    /// CPUs the flat-out step generates on (one thread each).
+    pub cpus: usize,
     pub palisade: PathBuf,
 }
 
@@ -40,6 +50,10 @@ pub struct Step {
     pub loss_pct: f64,
     pub agent_cpu_pct: f64,
     pub observer_cpu_pct: f64,
+    /// Agent CPU time per event read, ns.
+    pub agent_ns_per_event: f64,
+    /// Observer CPU time per event decoded, ns.
+    pub observer_ns_per_event: f64,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -57,39 +71,27 @@ fn counters(agent: &Agent) -> Result<(f64, f64, f64, f64)> {
     Ok((g("events_sent"), g("events_lost"), g("events_received"), g("packets_dropped_no_rule")))
 }
 
-/// Sends `rate` pps (0: flat out) of distinct UDP flows for `secs`.
-fn flood(client: &Pod, cpu: usize, dst: Ipv4Addr, rate: u64, secs: f64) -> Result<u64> {
-    env::run_in(&client.netns, Some(cpu), move || -> Result<u64> {
-        let socks: Vec<UdpSocket> =
-            (0..4).map(|_| UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))).collect::<std::io::Result<_>>()?;
-        let payload = [0u8; 16];
-        let start = Instant::now();
-        let end = start + Duration::from_secs_f64(secs);
-        let mut sent = 0u64;
-        let mut port = 10_000u16;
-        let mut sock = 0usize;
-        loop {
-            let now = Instant::now();
-            if now >= end {
-                break;
-            }
-            let due = if rate == 0 { u64::MAX } else { (now - start).as_secs_f64().mul_add(rate as f64, 1.0) as u64 };
-            let burst = due.saturating_sub(sent).min(256);
-            if burst == 0 {
-                std::thread::sleep(Duration::from_micros(200));
-                continue;
-            }
-            for _ in 0..burst {
-                let _ = socks[sock].send_to(&payload, SocketAddr::from((dst, port)));
-                sent += 1;
-                port = if port >= 59_999 { 10_000 } else { port + 1 };
-                if port == 10_000 {
-                    sock = (sock + 1) % socks.len();
-                }
-            }
+/// Runs the classifier `rate` times a second (0: flat out) for `secs`,
+/// in slices; returns the runs made and the seconds they took.
+fn generate(prog: std::os::fd::BorrowedFd<'_>, pkt: &[u8], ctx: &[u8], rate: u64, secs: f64) -> Result<(u64, f64)> {
+    let start = Instant::now();
+    let end = start + Duration::from_secs_f64(secs);
+    let mut runs = 0u64;
+    loop {
+        let now = Instant::now();
+        if now >= end {
+            break;
         }
-        Ok(sent)
-    })?
+        let due = if rate == 0 { runs + 20_000 } else { ((now - start).as_secs_f64() * rate as f64) as u64 };
+        let n = due.saturating_sub(runs).min(50_000) as u32;
+        if n == 0 {
+            std::thread::sleep(Duration::from_micros(500));
+            continue;
+        }
+        rawbpf::test_run(prog, pkt, ctx, n)?;
+        runs += u64::from(n);
+    }
+    Ok((runs, start.elapsed().as_secs_f64()))
 }
 
 pub fn run(cfg: &Config) -> Result<Results> {
@@ -101,12 +103,14 @@ pub fn run(cfg: &Config) -> Result<Results> {
     let cluster = Cluster::new(cfg.pods, cfg.policies);
     let mut agent = Agent::new(&node, "events")?;
     cluster.write(&agent.state_dir)?;
-    agent.start(&[])?;
+    // Every drop an event; verdict lines off (the sinks measured are
+    // observe and metrics).
+    agent.start(&["--drop-event-interval", "0s", "--drop-event-budget", "0", "--log-format", "none"])?;
     agent.wait_in_sync(Duration::from_secs(120))?;
     let agent_pid = agent.pid().context("agent pid")?;
 
     let mut observer = std::process::Command::new(&cfg.palisade)
-        .args(["observe", "-o", "json", "--socket"])
+        .args(["observe", "--count", "--socket"])
         .arg(&agent.socket)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -121,11 +125,24 @@ pub fn run(cfg: &Config) -> Result<Results> {
         let mut r = std::io::BufReader::with_capacity(1 << 20, stdout);
         let mut line = String::new();
         while r.read_line(&mut line).map(|n| n > 0).unwrap_or(false) {
-            s.fetch_add(1, Ordering::Relaxed);
+            // The running count of events decoded.
+            if let Ok(n) = line.trim().parse::<u64>() {
+                s.store(n, Ordering::Relaxed);
+            }
             line.clear();
         }
     });
     std::thread::sleep(Duration::from_millis(300));
+    let client_if = node.ifindex(&client.host_if)?;
+    let prog = rawbpf::program_of_pinned_link(&agent.bpffs.join("links").join(format!("{client_if}-from-pod")))?;
+    let pkt = palisade_kit::packet::valid(
+        IpAddr::V4(client.ip4),
+        IpAddr::V4(s4),
+        palisade_kit::packet::L4::Udp(40_000, 10_000),
+    );
+    let ctx = palisade_kit::tc::skb_ctx(client_if);
+    let verdict = rawbpf::test_run(prog.as_fd(), &pkt, &ctx, 1)?.0;
+    anyhow::ensure!(verdict == palisade_kit::tc::TC_ACT_SHOT, "the flood packet is not denied");
 
     let mut out = Results { pods: cfg.pods, policies: cfg.policies, ..Default::default() };
     for &rate in &cfg.rates {
@@ -134,13 +151,27 @@ pub fn run(cfg: &Config) -> Result<Results> {
         let o0 = seen.load(Ordering::Relaxed) as f64;
         let a0 = env::cpu_seconds_of(agent_pid).unwrap_or(0.0);
         let b0 = env::cpu_seconds_of(observer_pid).unwrap_or(0.0);
-        let t = Instant::now();
-        let sent = flood(&client, cfg.sender_cpu, s4, rate, cfg.secs)?;
-        let secs = t.elapsed().as_secs_f64();
+        // Flat out: one generator per CPU; else one on the sender's CPU.
+        let cpus: Vec<usize> = if rate == 0 { (0..cfg.cpus).collect() } else { vec![cfg.sender_cpu] };
+        let threads: Vec<_> = cpus
+            .iter()
+            .map(|&cpu| -> Result<_> {
+                let (pkt, ctx, secs) = (pkt.clone(), ctx, cfg.secs);
+                let fd = prog.try_clone()?;
+                Ok(env::spawn_in(&client.netns, Some(cpu), move || generate(fd.as_fd(), &pkt, &ctx, rate, secs)))
+            })
+            .collect::<Result<_>>()?;
+        let (mut sent, mut secs) = (0u64, 0f64);
+        for t in threads {
+            let (n, s) = t.join().map_err(|_| anyhow::anyhow!("generator panicked"))???;
+            sent += n;
+            secs = secs.max(s);
+        }
+        // Let the agent drain what is buffered, then read the totals (and
+        // the CPU time all of this step's events cost).
+        std::thread::sleep(Duration::from_millis(600));
         let a1 = env::cpu_seconds_of(agent_pid).unwrap_or(0.0);
         let b1 = env::cpu_seconds_of(observer_pid).unwrap_or(0.0);
-        // Let the agent drain what is buffered, then read the totals.
-        std::thread::sleep(Duration::from_millis(600));
         let (w1, l1, r1, d1) = counters(&agent)?;
         let o1 = seen.load(Ordering::Relaxed) as f64;
         let attempted = (w1 - w0) + (l1 - l0);
@@ -156,6 +187,8 @@ pub fn run(cfg: &Config) -> Result<Results> {
             loss_pct: if attempted > 0.0 { (attempted - observed).max(0.0) / attempted * 100.0 } else { 0.0 },
             agent_cpu_pct: (a1 - a0) / secs * 100.0,
             observer_cpu_pct: (b1 - b0) / secs * 100.0,
+            agent_ns_per_event: if r1 > r0 { (a1 - a0) / (r1 - r0) * 1e9 } else { 0.0 },
+            observer_ns_per_event: if observed > 0.0 { (b1 - b0) / observed * 1e9 } else { 0.0 },
         });
     }
     out.max_lossless_ps =

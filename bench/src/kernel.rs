@@ -146,6 +146,7 @@ fn measure_point(
     let settings = Settings {
         log_new_flows: false,
         drop_event_interval: Duration::from_secs(1),
+        drop_event_budget: 0,
         event_buffer_bytes: 1 << 22,
         defer_mark: 0,
         host_interfaces: HostInterfaces::Named(vec![]),

@@ -11,6 +11,7 @@ mod cluster;
 mod engines;
 mod env;
 mod events;
+mod flood;
 mod kernel;
 mod plot;
 mod probe;
@@ -144,6 +145,7 @@ fn real_main(args: Args) -> Result<()> {
             iperf_secs: if quick { 2 } else { 3 },
             rr_secs: if quick { 1.0 } else { 2.0 },
             cps_secs: if quick { 1.0 } else { 2.0 },
+            flood_secs: if quick { 1.0 } else { 2.0 },
             work: work.clone(),
         };
         let before = report::loadavg();
@@ -170,12 +172,13 @@ fn real_main(args: Args) -> Result<()> {
             pods: 1000,
             policies: if quick { 100 } else { 1000 },
             rates: if quick {
-                vec![20_000, 100_000, 0]
+                vec![100_000, 1_000_000, 1_500_000, 0]
             } else {
-                vec![10_000, 25_000, 50_000, 75_000, 100_000, 200_000, 0]
+                vec![100_000, 250_000, 500_000, 1_000_000, 1_500_000, 0]
             },
-            secs: if quick { 1.0 } else { 3.0 },
+            secs: if quick { 2.0 } else { 3.0 },
             sender_cpu: 0,
+            cpus: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
             palisade: palisade.clone(),
         };
         let before = report::loadavg();

@@ -89,3 +89,49 @@ pub fn test_run(prog: BorrowedFd<'_>, data: &[u8], ctx: &[u8], repeat: u32) -> R
         Err(e) => bail!("BPF_PROG_TEST_RUN ({} bytes, repeat {repeat}): {e}", data.len()),
     }
 }
+
+const BPF_OBJ_GET: libc::c_long = 7;
+const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
+const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+
+#[repr(C)]
+#[derive(Default)]
+struct ObjGetAttr {
+    pathname: u64,
+    bpf_fd: u32,
+    file_flags: u32,
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct InfoAttr {
+    bpf_fd: u32,
+    info_len: u32,
+    info: u64,
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct GetFdByIdAttr {
+    id: u32,
+    next_id: u32,
+    open_flags: u32,
+}
+
+/// The program behind a link pinned at `path` (the agent pins one per
+/// pod interface and hook), as a file descriptor we can test-run.
+pub fn program_of_pinned_link(path: &std::path::Path) -> Result<OwnedFd> {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
+    let mut get = ObjGetAttr { pathname: c.as_ptr() as u64, ..Default::default() };
+    let link = bpf(BPF_OBJ_GET, &mut get).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    // SAFETY: the kernel returned a new file descriptor we now own.
+    let link = unsafe { OwnedFd::from_raw_fd(link as i32) };
+    // struct bpf_link_info starts with type, id, prog_id (u32 each).
+    let mut info = [0u32; 4];
+    let mut attr = InfoAttr { bpf_fd: link.as_raw_fd() as u32, info_len: 16, info: info.as_mut_ptr() as u64 };
+    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+    let mut by_id = GetFdByIdAttr { id: info[2], ..Default::default() };
+    let prog = bpf(BPF_PROG_GET_FD_BY_ID, &mut by_id)?;
+    // SAFETY: as above.
+    Ok(unsafe { OwnedFd::from_raw_fd(prog as i32) })
+}

@@ -8,6 +8,7 @@ use crate::agent::Agent;
 use crate::cluster::{self, Cluster, PORT_CPS, PORT_DENIED, PORT_IPERF, PORT_RR};
 use crate::engines::{self, Kind};
 use crate::env::{self, Node, Pod};
+use crate::flood;
 use crate::stats::{Sample, quantile};
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
@@ -27,6 +28,8 @@ pub struct Config {
     pub iperf_secs: u64,
     pub rr_secs: f64,
     pub cps_secs: f64,
+    /// Length of the denied flood and of the scan.
+    pub flood_secs: f64,
     pub work: PathBuf,
 }
 
@@ -60,10 +63,53 @@ pub struct Results {
     pub rows: Vec<Row>,
     pub setups: Vec<Setup>,
     pub notes: Vec<String>,
+    /// Length of the denied flood and of the scan, seconds.
+    pub flood_secs: f64,
 }
 
-pub const METRICS: [&str; 8] =
-    ["tcp_gbps", "rr_per_s", "rr_p50_us", "rr_p99_us", "rr_p999_us", "cps", "agent_cpu_pct", "agent_revisions"];
+pub const METRICS: [&str; 15] = [
+    "tcp_gbps",
+    "rr_per_s",
+    "rr_p50_us",
+    "rr_p99_us",
+    "rr_p999_us",
+    "cps",
+    "agent_cpu_pct",
+    "agent_revisions",
+    "flood_kpps",
+    "flood_kpps_per_core",
+    "flood_softirq_pct",
+    "scan_syn_ps",
+    "scan_softirq_pct",
+    "scan_agent_cpu_pct",
+    "scan_events_ps",
+];
+
+/// SYNs per second the scan offers (distinct server ports).
+pub const SCAN_RATE: u64 = 10_000;
+
+/// A small xorshift generator: the engines' order, shuffled per repetition.
+struct Rng(u64);
+
+impl Rng {
+    fn new() -> Rng {
+        let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64);
+        Rng(seed.unwrap_or(0x9e37_79b9_7f4a_7c15) | 1)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 % n as u64) as usize
+    }
+
+    fn shuffle<T>(&mut self, v: &mut [T]) {
+        for i in (1..v.len()).rev() {
+            v.swap(i, self.below(i + 1));
+        }
+    }
+}
 
 struct Servers {
     stop: Arc<AtomicBool>,
@@ -293,12 +339,62 @@ fn copy_dir(from: &Path, to: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The denied flood and the scan against the active engine; for no
+/// enforcement, both are blackholed by policy routing in the node.
+fn denied_traffic(
+    node: &Node,
+    client: &Pod,
+    server: &Pod,
+    cpu: usize,
+    secs: f64,
+    engine: &str,
+    active: &Active,
+) -> Result<Vec<(&'static str, f64)>> {
+    let _blackhole =
+        if engine == "none" { Some(flood::Blackhole::new(&node.netns, client.ip4, server.ip4)?) } else { None };
+    let f = flood::denied_flood(client, server, cpu, secs)?;
+    if f.delivered > 0 {
+        bail!("{engine}: {} packets of the denied flood reached the server", f.delivered);
+    }
+    let mut m = vec![
+        ("flood_kpps", f.pps / 1e3),
+        ("flood_kpps_per_core", f.pps / 1e3 / (f.cpu.busy_pct / 100.0).max(0.01)),
+        ("flood_softirq_pct", f.cpu.softirq_pct),
+    ];
+    let agent = match active {
+        Active::Palisade(a) => a.pid().map(|pid| (a, pid, env::cpu_seconds_of(pid).unwrap_or(0.0))),
+        _ => None,
+    };
+    let counters = |a: &Agent| -> (f64, f64) {
+        let st = a.status().unwrap_or_default();
+        let g = |k: &str| st["counters"][k].as_f64().unwrap_or(f64::NAN);
+        (g("events_sent"), g("events_folded"))
+    };
+    let before = agent.map(|(a, _, _)| counters(a));
+    let t = Instant::now();
+    let sc = flood::scan(client, server, cpu, SCAN_RATE, secs)?;
+    m.extend([("scan_syn_ps", sc.syn_ps), ("scan_softirq_pct", sc.cpu.softirq_pct)]);
+    if let (Some((a, pid, cpu0)), Some((sent0, _))) = (agent, before) {
+        let secs = t.elapsed().as_secs_f64();
+        m.push(("scan_agent_cpu_pct", (env::cpu_seconds_of(pid).unwrap_or(0.0) - cpu0) / secs * 100.0));
+        // Events written for the scan's drops (the rest were folded).
+        std::thread::sleep(Duration::from_millis(100));
+        let (sent1, _) = counters(a);
+        m.push(("scan_events_ps", (sent1 - sent0) / secs));
+    }
+    Ok(m)
+}
+
+/// (metric, value) of one engine's run.
+type Measured = Vec<(&'static str, f64)>;
+
 /// (layout, policies, engine, metric, per repetition (rep, value)).
 type Values = (&'static str, usize, &'static str, &'static str, Vec<(usize, f64)>);
 
 pub fn run(cfg: &Config) -> Result<Results> {
     let mut out = Results {
         pods: cfg.pods,
+        flood_secs: cfg.flood_secs,
         layouts: cfg.layouts.iter().map(|(n, c, s)| (n.to_string(), *c, *s)).collect(),
         ..Default::default()
     };
@@ -311,8 +407,12 @@ pub fn run(cfg: &Config) -> Result<Results> {
     // baseline per (layout, policies, metric, rep).
     let mut values: Vec<Values> = Vec::new();
     let mut setups: Vec<(usize, &'static str, Vec<f64>, usize, usize)> = Vec::new();
+    let mut rng = Rng::new();
     for &(layout, ccpu, scpu) in &cfg.layouts {
         let servers = serve(&server, scpu)?;
+        let _listeners = flood::Listeners::open(&client, &server)?;
+        // Denied floods and scans: once, in the first layout.
+        let floods = layout == cfg.layouts[0].0;
         for &policies in &cfg.scales {
             eprintln!("  traffic: layout {layout}, {policies} policies");
             let cluster = Cluster::new(cfg.pods, policies);
@@ -324,8 +424,15 @@ pub fn run(cfg: &Config) -> Result<Results> {
             let rulesets: Vec<(Kind, engines::Ruleset)> =
                 [Kind::Iptables, Kind::Nftables].iter().map(|k| (*k, engines::generate(*k, &input))).collect();
             for rep in 0..cfg.reps {
-                for engine in ENGINES {
+                let mut order = ENGINES;
+                rng.shuffle(&mut order);
+                // (engine, metrics, probe verdicts), kept until the probes
+                // of every engine in this repetition are compared.
+                let mut this_rep: Vec<(&'static str, Measured, Vec<bool>)> = Vec::new();
+                let mut setup_ms: Vec<(&'static str, f64)> = Vec::new();
+                for engine in order {
                     let (active, program_ms) = engine_up(engine, &node, cfg, &state, &rulesets)?;
+                    setup_ms.push((engine, program_ms));
                     let watch = match &active {
                         Active::Palisade(a) => a.pid().map(|pid| {
                             let rev = a.status().ok().and_then(|s| s["revision"].as_f64()).unwrap_or(f64::NAN);
@@ -333,7 +440,7 @@ pub fn run(cfg: &Config) -> Result<Results> {
                         }),
                         _ => None,
                     };
-                    let result = (|| -> Result<Vec<(&'static str, f64)>> {
+                    let result = (|| -> Result<(Measured, Vec<bool>)> {
                         // Give an engine just taken down a moment to be gone.
                         let mut open = denied_port_open(&client, s4)?;
                         for _ in 0..20 {
@@ -346,6 +453,7 @@ pub fn run(cfg: &Config) -> Result<Results> {
                         if open != (engine == "none") {
                             bail!("{engine}: the denied port is {}", if open { "open" } else { "closed" });
                         }
+                        let probes = flood::probes(&client, &server)?;
                         let mut m = Vec::new();
                         if !engine.ends_with("nolog") {
                             m.push(("tcp_gbps", iperf(&client, ccpu, s4, cfg.iperf_secs)?));
@@ -359,10 +467,35 @@ pub fn run(cfg: &Config) -> Result<Results> {
                             let rev = a.status().ok().and_then(|s| s["revision"].as_f64()).unwrap_or(f64::NAN);
                             m.push(("agent_revisions", rev - rev0));
                         }
-                        Ok(m)
+                        if floods && engine != "palisade-nolog" {
+                            m.extend(denied_traffic(&node, &client, &server, ccpu, cfg.flood_secs, engine, &active)?);
+                        }
+                        Ok((m, probes))
                     })();
                     engine_down(&node, active);
-                    let m = result.with_context(|| format!("{engine} at {policies} policies ({layout})"))?;
+                    let (m, probes) = result.with_context(|| format!("{engine} at {policies} policies ({layout})"))?;
+                    this_rep.push((engine, m, probes));
+                }
+                // An engine's figures count only if it answers every probe
+                // as palisade does.
+                let reference = this_rep.iter().find(|r| r.0 == "palisade").map(|r| r.2.clone()).unwrap_or_default();
+                if !(reference.contains(&true) && reference.contains(&false)) {
+                    out.notes.push(format!(
+                        "{policies} policies, repetition {rep} ({layout}): palisade's probe verdicts do not mix \
+                         allowed and denied: {}",
+                        flood::describe(&reference)
+                    ));
+                }
+                for (engine, m, probes) in this_rep {
+                    if engine != "none" && probes != reference {
+                        out.notes.push(format!(
+                            "{engine} at {policies} policies, repetition {rep} ({layout}): not counted, its probe \
+                             verdicts differ from palisade's: {} (palisade: {})",
+                            flood::describe(&probes),
+                            flood::describe(&reference)
+                        ));
+                        continue;
+                    }
                     for (metric, v) in m {
                         match values
                             .iter_mut()
@@ -372,6 +505,9 @@ pub fn run(cfg: &Config) -> Result<Results> {
                             None => values.push((layout, policies, engine, metric, vec![(rep, v)])),
                         }
                     }
+                }
+                for engine in order {
+                    let program_ms = setup_ms.iter().find(|s| s.0 == engine).map(|s| s.1).unwrap_or(f64::NAN);
                     if layout == cfg.layouts[0].0 {
                         let (rules, sets) = rulesets
                             .iter()

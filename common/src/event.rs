@@ -79,8 +79,9 @@ pub struct Event {
     pub _pad: [u8; 1],
     /// Policy revision in force when the packet was judged.
     pub revision: u32,
-    /// Always zero.
-    pub _pad2: u32,
+    /// Drops of other flows from the same source folded (no event of their
+    /// own: the per-source budget was spent) since its previous event.
+    pub folded: u32,
 }
 
 const _: () = {
@@ -88,4 +89,5 @@ const _: () = {
     assert!(offset_of!(Event, src) == 28);
     assert!(offset_of!(Event, family) == 64);
     assert!(offset_of!(Event, revision) == 72);
+    assert!(offset_of!(Event, folded) == 76);
 };

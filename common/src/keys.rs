@@ -227,6 +227,31 @@ pub struct SuppressEntry {
     pub _pad: u32,
 }
 
+/// Key of the per-source drop event budget: for a pod's egress, the pod
+/// (its host interface index in `addr[..4]`, family 0: forged source
+/// addresses share it); for its ingress, the packet's source address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SourceKey {
+    pub addr: [u8; 16],
+    /// [`FAMILY_V4`] or [`FAMILY_V6`].
+    pub family: u8,
+    /// Always zero.
+    pub _pad: [u8; 3],
+}
+
+/// Value of the per-source drop event budget.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SourceBudget {
+    /// Start of the current interval.
+    pub window_ns: u64,
+    /// Drop events emitted in the current interval.
+    pub events: u32,
+    /// Drops folded since this source's last event (carried by the next).
+    pub folded: u32,
+}
+
 /// Key of the fragment table: enough to tie a non-first fragment to the
 /// ports its first fragment carried.
 #[repr(C)]
@@ -277,8 +302,9 @@ pub struct Config {
     pub drop_event_interval_ns: u64,
     /// skb mark bit on packets whose egress verdict waits for DNAT.
     pub defer_mark: u32,
-    /// Always zero.
-    pub _pad: u32,
+    /// Most drop events one source address gets per interval (0: no
+    /// bound); drops past it are folded into its next event.
+    pub drop_event_budget: u32,
 }
 
 const _: () = {
@@ -294,6 +320,8 @@ const _: () = {
     assert!(offset_of!(CtKey, local) == 8);
     assert!(size_of::<CtEntry>() == 24);
     assert!(size_of::<SuppressEntry>() == 16);
+    assert!(size_of::<SourceKey>() == 20);
+    assert!(size_of::<SourceBudget>() == 16);
     assert!(size_of::<FragKey>() == 40);
     assert!(size_of::<FragPorts>() == 8);
     assert!(size_of::<Config>() == 24);

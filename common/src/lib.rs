@@ -21,7 +21,7 @@ pub use keys::*;
 
 /// Bumped whenever a map's key or value layout changes, so an agent never
 /// adopts pinned maps (or runs a program against maps) it does not understand.
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
 
 /// Indexes into the per-CPU counter array.
 pub mod stat {
@@ -41,8 +41,11 @@ pub mod stat {
     pub const EVENTS_SUPPRESSED: u32 = 6;
     /// New flows entered into connection tracking.
     pub const FLOWS_NEW: u32 = 7;
+    /// Drops with no event of their own because their source spent its
+    /// event budget (counted in its next event's `folded`).
+    pub const EVENTS_FOLDED: u32 = 8;
     /// Number of counters.
-    pub const COUNT: u32 = 8;
+    pub const COUNT: u32 = 9;
     /// Each counter's name (status keys, metric names), by index.
     pub const NAMES: [&str; COUNT as usize] = [
         "packets_allowed",
@@ -53,6 +56,7 @@ pub mod stat {
         "events_sent",
         "events_suppressed",
         "flows_new",
+        "events_folded",
     ];
 }
 
@@ -73,6 +77,8 @@ pub mod maps {
     pub const CONNTRACK: &str = "PALISADE_CT";
     /// LRU [`super::SuppressKey`] -> [`super::SuppressEntry`].
     pub const SUPPRESS: &str = "PALISADE_SUPPRESS";
+    /// LRU [`super::SourceKey`] -> [`super::SourceBudget`].
+    pub const SOURCES: &str = "PALISADE_SOURCES";
     /// LRU [`super::FragKey`] -> [`super::FragPorts`].
     pub const FRAGS: &str = "PALISADE_FRAGS";
     /// Array of one [`super::Config`].
@@ -109,6 +115,8 @@ pub mod capacity {
     pub const CONNTRACK: u32 = 256 * 1024;
     /// Flows with a recent drop event.
     pub const SUPPRESS: u32 = 64 * 1024;
+    /// Sources with a recent drop event.
+    pub const SOURCES: u32 = 16 * 1024;
     /// First fragments in flight.
     pub const FRAGS: u32 = 8 * 1024;
     /// Ring buffer bytes (power of two, multiple of the page size).

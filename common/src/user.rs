@@ -12,6 +12,8 @@ unsafe impl aya::Pod for Endpoint {}
 unsafe impl aya::Pod for CtKey {}
 unsafe impl aya::Pod for CtEntry {}
 unsafe impl aya::Pod for SuppressEntry {}
+unsafe impl aya::Pod for SourceKey {}
+unsafe impl aya::Pod for SourceBudget {}
 unsafe impl aya::Pod for FragKey {}
 unsafe impl aya::Pod for FragPorts {}
 unsafe impl aya::Pod for Config {}

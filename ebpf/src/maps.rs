@@ -7,7 +7,7 @@ use aya_ebpf::{
 };
 use palisade_common::{
     Config, CtEntry, CtKey, Endpoint, FragKey, FragPorts, IpInfo, IpKey, MAP_NO_PREALLOC, POLICY_PREFIX_FULL,
-    PolicyKey, PolicyMaps, PolicyValue, SuppressEntry, capacity, ip_key_full_len, stat,
+    PolicyKey, PolicyMaps, PolicyValue, SourceBudget, SourceKey, SuppressEntry, capacity, ip_key_full_len, stat,
 };
 
 #[map(name = "PALISADE_ENDPOINTS")]
@@ -27,6 +27,9 @@ pub static CONNTRACK: LruHashMap<CtKey, CtEntry> = LruHashMap::pinned(capacity::
 
 #[map(name = "PALISADE_SUPPRESS")]
 pub static SUPPRESS: LruHashMap<CtKey, SuppressEntry> = LruHashMap::pinned(capacity::SUPPRESS, 0);
+
+#[map(name = "PALISADE_SOURCES")]
+pub static SOURCES: LruHashMap<SourceKey, SourceBudget> = LruHashMap::pinned(capacity::SOURCES, 0);
 
 #[map(name = "PALISADE_FRAGS")]
 pub static FRAGS: LruHashMap<FragKey, FragPorts> = LruHashMap::pinned(capacity::FRAGS, 0);

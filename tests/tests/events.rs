@@ -283,7 +283,9 @@ fn cases() -> Vec<palisade_e2e::suite::Case<Env>> {
             Ok(())
         }),
         ("many_flow_flood_loses_events_and_says_so", |e| {
-            e.restart(&[&ARGS[..], &["--event-buffer-bytes", "65536", "--log-new-flows", "false"]].concat())?;
+            // No per-source budget: every flow is due an event here.
+            let extra = ["--event-buffer-bytes", "65536", "--log-new-flows", "false", "--drop-event-budget", "0"];
+            e.restart(&[&ARGS[..], &extra].concat())?;
             let result = (|| {
                 e.apply(&[np("y", "deny-b", "  podSelector: {matchLabels: {pod: b}}\n  policyTypes: [Ingress]\n")])?;
                 let before = e.counters()?;
@@ -292,11 +294,21 @@ fn cases() -> Vec<palisade_e2e::suite::Case<Env>> {
                     socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::RAW, Some(socket2::Protocol::UDP))
                 })?;
                 let to: SockAddr = SocketAddr::new(e.ip("y/b"), 0).into();
-                for i in 0..100_000u32 {
-                    let sport = 1024 + (i % 60_000) as u16;
-                    let dport = 80 + (i / 60_000) as u16;
-                    raw.send_to(&palisade_kit::packet::udp(sport, dport, b"floo"), &to)?;
-                }
+                // The agent stalls (stopped) while the flood fills its buffer.
+                let pid = e.agent().pid().context("agent pid")? as i32;
+                // SAFETY: signals our own child process.
+                unsafe { libc::kill(pid, libc::SIGSTOP) };
+                let sent = (|| -> Result<()> {
+                    for i in 0..100_000u32 {
+                        let sport = 1024 + (i % 60_000) as u16;
+                        let dport = 80 + (i / 60_000) as u16;
+                        raw.send_to(&palisade_kit::packet::udp(sport, dport, b"floo"), &to)?;
+                    }
+                    Ok(())
+                })();
+                // SAFETY: as above.
+                unsafe { libc::kill(pid, libc::SIGCONT) };
+                sent?;
                 std::thread::sleep(Duration::from_millis(1500));
                 let after = e.counters()?;
                 let d = |n: &str| counter(&after, n) - counter(&before, n);
@@ -321,6 +333,58 @@ fn cases() -> Vec<palisade_e2e::suite::Case<Env>> {
             })();
             e.restart(&ARGS)?;
             result
+        }),
+        ("port_scan_is_folded_per_source_and_counted_exactly", |e| {
+            // x/a may send nothing: its drops are the only events.
+            e.apply(&[np("x", "deny-a", "  podSelector: {matchLabels: {pod: a}}\n  policyTypes: [Egress]\n")])?;
+            let before = e.counters()?;
+            // One pod probes 10,000 ports of another: 10,000 new flows.
+            let raw = e.topo.pod("x/a").netns.run(|| {
+                socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::RAW, Some(socket2::Protocol::UDP))
+            })?;
+            let to: SockAddr = SocketAddr::new(e.ip("y/b"), 0).into();
+            const SPORT: u16 = 4321;
+            let started = Instant::now();
+            for port in 20_000..30_000u16 {
+                raw.send_to(&palisade_kit::packet::udp(SPORT, port, b"scan"), &to)?;
+            }
+            let secs = started.elapsed().as_secs();
+            // One more after the interval carries what was folded.
+            std::thread::sleep(Duration::from_millis(1200));
+            raw.send_to(&palisade_kit::packet::udp(SPORT, 30_000, b"scan"), &to)?;
+            std::thread::sleep(Duration::from_millis(300));
+            let after = e.counters()?;
+            let d = |n: &str| counter(&after, n) - counter(&before, n);
+            let (drops, sent, lost, suppressed, folded) = (
+                d("packets_dropped_no_rule"),
+                d("events_sent"),
+                d("events_lost"),
+                d("events_suppressed"),
+                d("events_folded"),
+            );
+            ensure!(drops == 10_001, "every probe drops: {drops} of 10001");
+            ensure!(lost == 0, "{lost} events lost");
+            ensure!(
+                sent + lost + suppressed + folded == drops,
+                "every drop is an event, a lost event, a suppressed or a folded one: {sent} + {lost} + {suppressed} + {folded} != {drops}"
+            );
+            // The default budget: 100 events per source per second.
+            let scan: Vec<_> = e
+                .agent()
+                .events(&["--pod", "x/a", "--verdict", "dropped"])?
+                .into_iter()
+                .filter(|ev| ev.source.port == Some(SPORT))
+                .collect();
+            ensure!(scan.len() as u64 == sent, "observe shows {} events, the kernel sent {sent}", scan.len());
+            ensure!(sent <= 100 * (secs + 2), "{sent} events for a scan of {secs} s");
+            ensure!(folded >= 10_001 - 100 * (secs + 2), "only {folded} drops folded");
+            let reported: u64 = scan.iter().map(|ev| u64::from(ev.count) + u64::from(ev.folded)).sum();
+            ensure!(reported == drops, "the events stand for {reported} drops, the kernel dropped {drops}");
+            let last = scan.last().context("no event")?;
+            ensure!(last.destination.port == Some(30_000) && last.folded > 0, "{last:?}");
+            let (_, body) = http_get("/metrics")?;
+            ensure!(body.contains("palisade_events_folded_total"), "metrics lack the folded count");
+            Ok(())
         }),
     ]
 }

@@ -1,8 +1,12 @@
 //! The agent's local API: a unix socket (owner-only) speaking one JSON
-//! request line, answered by JSON lines. `palisade status` and
-//! `palisade observe` are its clients; nothing is exposed on the network.
+//! request line, answered by JSON lines (status, trace) or by the binary
+//! event frames of [`crate::events::wire`] (observe). `palisade status`
+//! and `palisade observe` are its clients; nothing is exposed on the
+//! network.
 
-use crate::events::{Verdict, VerdictEvent};
+use crate::events::Verdict;
+use crate::events::record::protocol_name;
+use crate::events::wire::{self, Compact, Symbol, Symbols, TAG_EVENTS, TAG_LAGGED};
 use crate::policy::Direction;
 use crate::state::Shared;
 use crate::trace::Query;
@@ -34,19 +38,25 @@ pub struct Filter {
 }
 
 impl Filter {
-    pub fn matches(&self, ev: &VerdictEvent) -> bool {
-        let ends = [&ev.source, &ev.destination];
-        self.namespace.as_ref().is_none_or(|ns| ends.iter().any(|p| p.namespace.as_ref() == Some(ns)))
+    /// Whether the event matches; `names` resolves its symbols.
+    pub fn matches(&self, ev: &Compact, names: &mut impl FnMut(u32) -> Option<Arc<Symbol>>) -> bool {
+        let mut pods = || {
+            [ev.src_name, ev.dst_name].map(|id| match names(id).as_deref() {
+                Some(Symbol::Pod { namespace, name }) => Some((namespace.clone(), name.clone())),
+                _ => None,
+            })
+        };
+        self.verdict.is_none_or(|v| v == ev.verdict())
+            && self.direction.is_none_or(|d| d == ev.direction())
+            && self.protocol.as_ref().is_none_or(|p| p.eq_ignore_ascii_case(&protocol_name(ev.protocol)))
+            && self.port.is_none_or(|port| ev.has_ports() && (ev.sport == port || ev.dport == port))
+            && self.namespace.as_ref().is_none_or(|ns| pods().iter().flatten().any(|(n, _)| n == ns))
             && self.pod.as_ref().is_none_or(|want| {
-                ends.iter().any(|p| match want.split_once('/') {
-                    Some((ns, name)) => p.namespace.as_deref() == Some(ns) && p.pod.as_deref() == Some(name),
-                    None => p.pod.as_deref() == Some(want.as_str()),
+                pods().iter().flatten().any(|(ns, name)| match want.split_once('/') {
+                    Some((wns, wname)) => ns == wns && name == wname,
+                    None => name == want,
                 })
             })
-            && self.verdict.is_none_or(|v| v == ev.verdict)
-            && self.direction.is_none_or(|d| d == ev.direction)
-            && self.protocol.as_ref().is_none_or(|p| p.eq_ignore_ascii_case(&ev.protocol))
-            && self.port.is_none_or(|port| ends.iter().any(|p| p.port == Some(port)))
     }
 }
 
@@ -107,49 +117,152 @@ async fn handle(stream: UnixStream, shared: &Shared) -> Result<()> {
             write.write_all(format!("{reply}\n").as_bytes()).await?;
         }
         Request::Observe { filter, last, since_ms, follow } => {
-            // Subscribe before replaying history so nothing falls in between.
+            // Subscribe before reading history so nothing falls in between;
+            // sequence numbers keep what is in both from being sent twice.
             let mut live = shared.hub.subscribe();
-            let cutoff = since_ms.map(|ms| SystemTime::now() - Duration::from_millis(ms));
-            let mut past: Vec<_> = shared
-                .hub
-                .history()
+            let (history, mut next) = shared.hub.history();
+            let mut enc = Encoder::new(shared.hub.symbols.clone());
+            let cutoff = since_ms.map(|ms| {
+                let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+                now.saturating_sub(Duration::from_millis(ms)).as_nanos() as u64
+            });
+            let mut past: Vec<Compact> = history
                 .into_iter()
-                .filter(|e| filter.matches(e))
-                .filter(|e| cutoff.is_none_or(|c| humantime::parse_rfc3339(&e.time).map(|t| t >= c).unwrap_or(true)))
+                .filter(|e| cutoff.is_none_or(|c| e.time_ns >= c))
+                .filter(|e| enc.matches(&filter, e))
                 .collect();
             if let Some(n) = last {
                 past.drain(..past.len().saturating_sub(n));
             } else if since_ms.is_none() {
                 past.clear();
             }
-            for ev in past {
-                send(&mut write, &ev).await?;
-            }
-            write.flush().await?;
+            enc.events(&past);
+            write.write_all(&enc.take()).await?;
             if !follow {
                 return Ok(());
             }
             loop {
-                match live.recv().await {
-                    Ok(ev) if filter.matches(&ev) => send(&mut write, &ev).await?,
-                    Ok(_) => {}
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                        let note = serde_json::json!({"lagged": n});
-                        write.write_all(format!("{note}\n").as_bytes()).await?;
-                    }
+                let mut batch = match live.recv().await {
+                    Ok(b) => b,
+                    // The next batch's number says how many were missed.
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => return Ok(()),
+                };
+                // Everything already waiting goes out in one write.
+                loop {
+                    next = enc.batch(&filter, &batch, next);
+                    if enc.len() >= 1 << 20 {
+                        break;
+                    }
+                    match live.try_recv() {
+                        Ok(b) => batch = b,
+                        Err(tokio::sync::broadcast::error::TryRecvError::Lagged(_)) => continue,
+                        Err(_) => break,
+                    }
                 }
+                write.write_all(&enc.take()).await?;
             }
         }
     }
     Ok(())
 }
 
-async fn send(write: &mut tokio::net::unix::OwnedWriteHalf, ev: &VerdictEvent) -> Result<()> {
-    let mut out = serde_json::to_vec(ev)?;
-    out.push(b'\n');
-    write.write_all(&out).await?;
-    Ok(())
+/// Encodes one client's event stream: symbols defined before first use.
+struct Encoder {
+    symbols: Arc<Symbols>,
+    /// Symbols this client has (by id), and the ones it was sent.
+    known: Vec<Option<Arc<Symbol>>>,
+    sent: Vec<bool>,
+    out: Vec<u8>,
+}
+
+impl Encoder {
+    fn new(symbols: Arc<Symbols>) -> Encoder {
+        Encoder { symbols, known: Vec::new(), sent: Vec::new(), out: Vec::with_capacity(64 * 1024) }
+    }
+
+    fn name(&mut self, id: u32) -> Option<Arc<Symbol>> {
+        let i = id as usize;
+        if id == 0 {
+            return None;
+        }
+        if self.known.len() <= i {
+            self.known.resize(i + 1, None);
+            self.sent.resize(i + 1, false);
+        }
+        if self.known[i].is_none() {
+            self.known[i] = self.symbols.get(id);
+        }
+        self.known[i].clone()
+    }
+
+    fn matches(&mut self, filter: &Filter, ev: &Compact) -> bool {
+        filter.matches(ev, &mut |id| self.name(id))
+    }
+
+    fn len(&self) -> usize {
+        self.out.len()
+    }
+
+    fn take(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.out)
+    }
+
+    /// Frames for `events` (already filtered).
+    fn events(&mut self, events: &[Compact]) {
+        let mut frame = None;
+        for ev in events {
+            for id in ev.symbols() {
+                if id != 0 && self.name(id).is_some() && !self.sent[id as usize] {
+                    if let Some(at) = frame.take() {
+                        wire::end_frame(&mut self.out, at);
+                    }
+                    self.sent[id as usize] = true;
+                    let sym = self.known[id as usize].clone().expect("named above");
+                    wire::symbol_frame(&mut self.out, id, &sym);
+                }
+            }
+            if frame.is_none() {
+                frame = Some(wire::begin_frame(&mut self.out, TAG_EVENTS));
+            }
+            ev.encode(&mut self.out);
+        }
+        if let Some(at) = frame {
+            wire::end_frame(&mut self.out, at);
+        }
+    }
+
+    /// Frames for a live batch, given the number of the next event this
+    /// client expects; returns the number after the batch.
+    fn batch(&mut self, filter: &Filter, batch: &crate::events::Batch, next: u64) -> u64 {
+        if batch.seq > next {
+            let at = wire::begin_frame(&mut self.out, TAG_LAGGED);
+            self.out.extend_from_slice(&(batch.seq - next).to_le_bytes());
+            wire::end_frame(&mut self.out, at);
+        }
+        let skip = next.saturating_sub(batch.seq).min(batch.events.len() as u64) as usize;
+        let wanted: Vec<Compact> =
+            batch.events[skip..].iter().filter(|e| filter.matches(e, &mut |id| self.name(id))).copied().collect();
+        self.events(&wanted);
+        batch.seq + batch.events.len() as u64
+    }
+}
+
+/// Opens an observe stream: what follows the request on the returned
+/// socket are the binary frames of [`crate::events::wire`].
+pub fn observe(socket: &Path, req: &Request) -> Result<std::os::unix::net::UnixStream> {
+    use std::io::Write;
+    let mut stream = match std::os::unix::net::UnixStream::connect(socket) {
+        Ok(s) => s,
+        Err(e) => bail!(
+            "cannot reach the palisade agent at {} ({e}); is `palisade run` running, and are you root?",
+            socket.display()
+        ),
+    };
+    let mut line = serde_json::to_vec(req)?;
+    line.push(b'\n');
+    stream.write_all(&line)?;
+    Ok(stream)
 }
 
 /// Sends a request and returns the stream of response lines.

@@ -41,6 +41,9 @@ pub struct Settings {
     pub log_new_flows: bool,
     /// At most one drop event per flow per interval.
     pub drop_event_interval: Duration,
+    /// At most this many drop events per source address per interval
+    /// (0: no bound); the rest are folded into its next event.
+    pub drop_event_budget: u32,
     /// Ring buffer size in bytes (a power of two, at least a page).
     pub event_buffer_bytes: u32,
     /// skb mark bit for pod traffic to a Service whose egress verdict waits
@@ -229,6 +232,7 @@ impl Datapath {
         config.flags =
             if settings.log_new_flows { config.flags | CFG_LOG_NEW_FLOWS } else { config.flags & !CFG_LOG_NEW_FLOWS };
         config.drop_event_interval_ns = settings.drop_event_interval.as_nanos() as u64;
+        config.drop_event_budget = settings.drop_event_budget;
         config.defer_mark = settings.defer_mark;
         let mut dp = Datapath {
             dir: dir.to_path_buf(),
@@ -298,13 +302,14 @@ fn check_pinned_layout(maps_dir: &Path, sizes: &MapSizes) -> Result<()> {
     use palisade_common::*;
     use std::mem::size_of;
     let lpm = |data: usize| 4 + data;
-    let expected: [(&str, usize, usize, u32); 9] = [
+    let expected: [(&str, usize, usize, u32); 10] = [
         (maps::ENDPOINTS, size_of::<u32>(), size_of::<Endpoint>(), sizes.endpoints),
         (maps::IPS, lpm(size_of::<IpKey>()), size_of::<IpInfo>(), sizes.ips),
         (maps::HOSTS, size_of::<IpKey>(), size_of::<IpInfo>(), sizes.hosts),
         (maps::POLICY, lpm(size_of::<PolicyKey>()), size_of::<PolicyValue>(), sizes.policy),
         (maps::CONNTRACK, size_of::<CtKey>(), size_of::<CtEntry>(), sizes.conntrack),
         (maps::SUPPRESS, size_of::<SuppressKey>(), size_of::<SuppressEntry>(), capacity::SUPPRESS),
+        (maps::SOURCES, size_of::<SourceKey>(), size_of::<SourceBudget>(), capacity::SOURCES),
         (maps::FRAGS, size_of::<FragKey>(), size_of::<FragPorts>(), capacity::FRAGS),
         (maps::CONFIG, size_of::<u32>(), size_of::<Config>(), 1),
         (maps::STATS, size_of::<u32>(), size_of::<u64>(), stat::COUNT),

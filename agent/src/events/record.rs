@@ -1,14 +1,14 @@
 //! The verdict event in Kubernetes terms, and how a kernel record becomes one.
 
-use super::View;
-use crate::policy::{Direction, IdentityInfo, PolicyRef};
+use crate::policy::{Direction, PolicyRef};
 use ipnet::IpNet;
 use palisade_common::{
-    EVF_FRAGMENT, EVF_REDECIDED, Event, FAMILY_V4, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP,
-    REASON_MALFORMED, REASON_NO_RULE, REASON_NOT_ISOLATED, REASON_PENDING, REASON_RELATED, REASON_RULE, REASON_SPOOFED,
-    REASON_TRACKED, REASON_UNATTRIBUTED, REASON_UNTRANSLATED, VERDICT_ALLOWED, VERDICT_AUDIT,
+    Event, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP, REASON_MALFORMED, REASON_NO_RULE,
+    REASON_NOT_ISOLATED, REASON_PENDING, REASON_RELATED, REASON_RULE, REASON_SPOOFED, REASON_TRACKED,
+    REASON_UNATTRIBUTED, REASON_UNTRANSLATED,
 };
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 use std::fmt;
 use std::net::IpAddr;
 use std::time::{Duration, SystemTime};
@@ -62,7 +62,7 @@ impl Peer {
 }
 
 /// The rule that allowed a flow.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct RuleRef {
     /// Absent for the built-in node allowance.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -96,6 +96,10 @@ pub struct VerdictEvent {
     pub isolated_by: Vec<PolicyRef>,
     /// Packets this event stands for (drops are summarised per flow).
     pub count: u32,
+    /// Drops of the same source's other flows that had no event of their
+    /// own (its event budget was spent) since its previous event.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub folded: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tcp_flags: Option<String>,
     /// The flow was open and a policy change re-decided it.
@@ -104,6 +108,10 @@ pub struct VerdictEvent {
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub fragment: bool,
     pub ifindex: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 impl VerdictEvent {
@@ -164,6 +172,9 @@ impl fmt::Display for VerdictEvent {
         if self.count > 1 {
             write!(f, " (x{})", self.count)?;
         }
+        if self.folded > 0 {
+            write!(f, " (+{} drops of this source's other flows without events)", self.folded)?;
+        }
         Ok(())
     }
 }
@@ -181,6 +192,11 @@ fn monotonic_now() -> Duration {
 }
 
 impl Clock {
+    /// Unix time in nanoseconds of a kernel timestamp.
+    pub fn unix_ns(&self, ktime_ns: u64) -> u64 {
+        (self.offset.as_nanos() as u64).wrapping_add(ktime_ns)
+    }
+
     pub fn new() -> Clock {
         let wall = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
         Clock { offset: wall.saturating_sub(monotonic_now()) }
@@ -212,73 +228,21 @@ pub fn parse(bytes: &[u8]) -> Option<Event> {
     Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<Event>()) })
 }
 
-fn protocol_name(p: u8) -> String {
+/// The protocol's name in events and filters.
+pub fn protocol_name(p: u8) -> Cow<'static, str> {
     match p {
         PROTO_TCP => "TCP".into(),
         PROTO_UDP => "UDP".into(),
         PROTO_SCTP => "SCTP".into(),
         PROTO_ICMP => "ICMP".into(),
         PROTO_ICMPV6 => "ICMPv6".into(),
-        other => format!("proto-{other}"),
+        other => format!("proto-{other}").into(),
     }
 }
 
-fn tcp_flags(f: u8) -> String {
-    let names = [(0x02, "SYN"), (0x10, "ACK"), (0x01, "FIN"), (0x04, "RST"), (0x08, "PSH"), (0x20, "URG")];
-    names.iter().filter(|(bit, _)| f & bit != 0).map(|(_, n)| *n).collect::<Vec<_>>().join(",")
-}
-
-fn addr(family: u8, bytes: &[u8; 16]) -> IpAddr {
-    if family == FAMILY_V4 { IpAddr::from([bytes[0], bytes[1], bytes[2], bytes[3]]) } else { IpAddr::from(*bytes) }
-}
-
-fn has_ports(protocol: u8) -> bool {
-    matches!(protocol, PROTO_TCP | PROTO_UDP | PROTO_SCTP)
-}
-
-/// Names one end of a flow.
-fn peer(ip: IpAddr, port: Option<u16>, identity: u32, view: &View) -> Peer {
-    let mut p = Peer { ip, port, kind: "world".into(), namespace: None, pod: None, cidr: None };
-    if let Some(pod) = view.catalog.pods_by_ip.get(&ip) {
-        p.kind = "pod".into();
-        p.namespace = Some(pod.namespace.clone());
-        p.pod = Some(pod.name.clone());
-    } else if view.catalog.host_ips.contains(&ip) {
-        p.kind = "host".into();
-    } else if let Some(IdentityInfo::Cidr { cell }) = view.catalog.identities.get(&identity) {
-        p.cidr = Some(*cell);
-    }
-    p
-}
-
-pub fn enrich(raw: &Event, view: &View, clock: &Clock) -> VerdictEvent {
-    let direction = Direction::from_code(raw.direction);
-    let ports = has_ports(raw.protocol);
-    let src_ip = addr(raw.family, &raw.src);
-    let dst_ip = addr(raw.family, &raw.dst);
-    let (src_port, dst_port) = if ports { (Some(raw.sport), Some(raw.dport)) } else { (None, None) };
-    // The local end is named by its interface, the remote end by address.
-    let (local_ip, local_port, remote_ip, remote_port) = match direction {
-        Direction::Egress => (src_ip, src_port, dst_ip, dst_port),
-        Direction::Ingress => (dst_ip, dst_port, src_ip, src_port),
-    };
-    let mut local = peer(local_ip, local_port, 0, view);
-    if let Some((ns, name)) = view.endpoints.get(&raw.ifindex) {
-        local.kind = "pod".into();
-        local.namespace = Some(ns.clone());
-        local.pod = Some(name.clone());
-    }
-    let remote = peer(remote_ip, remote_port, raw.peer_identity, view);
-    let (source, destination) = match direction {
-        Direction::Egress => (local, remote),
-        Direction::Ingress => (remote, local),
-    };
-    let verdict = match raw.verdict {
-        VERDICT_ALLOWED => Verdict::Allowed,
-        VERDICT_AUDIT => Verdict::Audit,
-        _ => Verdict::Dropped,
-    };
-    let reason = match raw.reason {
+/// The kernel's `REASON_*` code in words.
+pub fn reason_name(reason: u8) -> &'static str {
+    match reason {
         REASON_NOT_ISOLATED => "not-isolated",
         REASON_RULE => "rule",
         REASON_NO_RULE => "no-rule",
@@ -290,33 +254,10 @@ pub fn enrich(raw: &Event, view: &View, clock: &Clock) -> VerdictEvent {
         REASON_UNTRANSLATED => "service-untranslated",
         REASON_UNATTRIBUTED => "service-unattributed",
         _ => "unknown",
-    };
-    let policy = (raw.rule != 0).then(|| view.catalog.rules.get(&raw.rule)).flatten().map(|r| RuleRef {
-        namespace: r.policy.as_ref().map(|p| p.namespace.clone()),
-        name: r.policy.as_ref().map(|p| p.name.clone()),
-        direction: r.direction,
-        rule: r.index,
-        description: r.to_string(),
-    });
-    let isolated_by = if verdict == Verdict::Allowed {
-        Vec::new()
-    } else {
-        view.catalog.isolating.get(&(raw.local_identity, direction)).cloned().unwrap_or_default()
-    };
-    VerdictEvent {
-        time: rfc3339(clock.wall(raw.ts_ns)),
-        verdict,
-        direction,
-        protocol: protocol_name(raw.protocol),
-        source,
-        destination,
-        reason: reason.into(),
-        policy,
-        isolated_by,
-        count: raw.count,
-        tcp_flags: (raw.protocol == PROTO_TCP && raw.tcp_flags != 0).then(|| tcp_flags(raw.tcp_flags)),
-        redecided: raw.flags & EVF_REDECIDED != 0,
-        fragment: raw.flags & EVF_FRAGMENT != 0,
-        ifindex: raw.ifindex,
     }
+}
+
+pub fn tcp_flags(f: u8) -> String {
+    let names = [(0x02, "SYN"), (0x10, "ACK"), (0x01, "FIN"), (0x04, "RST"), (0x08, "PSH"), (0x20, "URG")];
+    names.iter().filter(|(bit, _)| f & bit != 0).map(|(_, n)| *n).collect::<Vec<_>>().join(",")
 }

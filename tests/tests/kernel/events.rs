@@ -42,7 +42,7 @@ fn events_describe_verdicts() {
         flags: 0,
         _pad: [0],
         revision,
-        _pad2: 0,
+        folded: 0,
     };
     assert_eq!(e, expected);
     assert!(e.ts_ns > 0);
@@ -135,4 +135,65 @@ fn events_describe_verdicts() {
     );
     let c = env.dp.counters();
     assert!(c[stat::EVENTS_SENT as usize] >= 12 && c[stat::EVENTS_LOST as usize] == 0, "{c:?}");
+}
+
+/// One source scanning many ports: each probe is a new flow, so per-flow
+/// suppression cannot help. Its drop events stop at the budget; every drop
+/// is still a drop, and each one is accounted for exactly: as an event, as
+/// a suppressed or a folded drop, and the folded ones reappear in the
+/// source's next event.
+#[test]
+fn port_scan_is_bounded_per_source_and_counted_exactly() {
+    const BUDGET: u32 = 50;
+    const PORTS: u16 = 10_000;
+    let interval = Duration::from_secs(4);
+    let mut env = Env::new(Settings { drop_event_interval: interval, drop_event_budget: BUDGET, ..settings() });
+    let totals = |env: &Env| {
+        let c = env.dp.counters();
+        let g = |i: u32| c[i as usize];
+        (
+            g(stat::DROPPED_NO_RULE),
+            g(stat::EVENTS_SENT) + g(stat::EVENTS_LOST) + g(stat::EVENTS_SUPPRESSED) + g(stat::EVENTS_FOLDED),
+            g(stat::EVENTS_FOLDED),
+        )
+    };
+    // Ingress: a remote address scans a pod; egress: a pod scans a remote
+    // address. Both are isolated in that direction on these ports.
+    for (dir, remote) in [(Direction::Ingress, addr("10.70.3.5")), (Direction::Egress, addr("10.99.0.1"))] {
+        let (drops0, accounted0, folded0) = totals(&env);
+        let sport = env.fresh();
+        let started = Instant::now();
+        let mut drops = 0u64;
+        for port in 20_000..20_000 + PORTS {
+            assert!(!env.decide("web", dir, remote, PROTO_UDP, port).allowed, "{dir:?} {port} must be denied");
+            let l4 = L4::Udp(sport, port);
+            let v = match dir {
+                Direction::Ingress => env.ingress("web", remote, l4),
+                Direction::Egress => env.egress("web", remote, l4),
+            };
+            assert_eq!(v, DROP, "{dir:?} port {port}: the packet drops whatever happens to its event");
+            drops += 1;
+        }
+        assert!(started.elapsed() < interval, "the machine is too slow for this test");
+        let events = env.drain();
+        let (drops1, accounted1, folded1) = totals(&env);
+        assert_eq!(drops1 - drops0, drops);
+        assert_eq!(events.len() as u32, BUDGET, "{dir:?}: events stop at the budget");
+        assert!(events.iter().all(|e| e.verdict == VERDICT_DROPPED && e.count == 1 && e.folded == 0));
+        assert_eq!(folded1 - folded0, drops - u64::from(BUDGET), "{dir:?}: the rest are folded");
+        assert_eq!(accounted1 - accounted0, drops, "{dir:?}: sent + lost + suppressed + folded = dropped");
+        // The next interval's first event carries what was folded.
+        std::thread::sleep(interval + Duration::from_millis(100));
+        let l4 = L4::Udp(sport, 20_000 + PORTS);
+        let v = match dir {
+            Direction::Ingress => env.ingress("web", remote, l4),
+            Direction::Egress => env.egress("web", remote, l4),
+        };
+        assert_eq!(v, DROP);
+        let next = env.drain();
+        assert_eq!(next.len(), 1, "{next:?}");
+        assert_eq!((next[0].count, u64::from(next[0].folded)), (1, drops - u64::from(BUDGET)));
+        let reported: u64 = events.iter().chain(&next).map(|e| u64::from(e.count) + u64::from(e.folded)).sum();
+        assert_eq!(reported, drops + 1, "{dir:?}: the events stand for every drop");
+    }
 }

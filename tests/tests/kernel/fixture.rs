@@ -122,6 +122,7 @@ pub fn settings() -> Settings {
     Settings {
         log_new_flows: false,
         drop_event_interval: Duration::from_secs(30),
+        drop_event_budget: 0,
         event_buffer_bytes: EVENT_BUFFER_BYTES,
         defer_mark: DEFER_MARK,
         // Only the test's own veths: never the machine's real interfaces.
