@@ -33,6 +33,9 @@ enum Cmd {
     Trace(TraceArgs),
     /// The flow record of the running agent: who talked to whom.
     Flows(palisade::advise::cli::FlowsArgs),
+    /// Least-privilege NetworkPolicies from the recorded flows, verified
+    /// with palisade's compiler before they are printed.
+    Advise(palisade::advise::cli::AdviseArgs),
     /// Remove everything palisade pinned: programs come off every interface.
     Uninstall {
         #[arg(long, default_value = "/sys/fs/bpf/palisade")]
@@ -311,6 +314,7 @@ async fn main() {
         Cmd::Observe(a) => observe(a).await,
         Cmd::Trace(a) => trace(a).await,
         Cmd::Flows(a) => palisade::advise::cli::flows(a).await,
+        Cmd::Advise(a) => palisade::advise::cli::advise(a).await,
         Cmd::Uninstall { bpffs } => palisade::datapath::uninstall(&bpffs),
     };
     if let Err(e) = result {
