@@ -1,6 +1,8 @@
 //! The bounded in-memory record. When it is full, the keys seen least
-//! recently go first (a batch at a time, so a flood of new keys costs a
-//! scan per batch, not per key), and the loss is counted.
+//! recently go first (5% at a time, so a flood of new keys costs a scan
+//! per batch, not per key), and the loss is counted. The map is rebuilt
+//! after each eviction: removals leave tombstones that would otherwise
+//! make the hash table double at the next insertions.
 
 use super::{Flow, FlowKey, Snapshot, Stats};
 use std::collections::HashMap;
@@ -24,7 +26,8 @@ impl Default for Settings {
 
 #[derive(Default)]
 struct Inner {
-    flows: HashMap<FlowKey, Stats>,
+    /// Boxed keys: the table stays small, and rebuilding it moves pointers.
+    flows: HashMap<Box<FlowKey>, Stats>,
     observing_since_ms: u64,
     evicted: u64,
     expired: u64,
@@ -56,7 +59,7 @@ impl Record {
             i.evicted = saved.evicted;
             i.expired = saved.expired;
             i.missed_events = saved.missed_events;
-            i.flows = saved.flows.into_iter().map(|f| (f.key, f.stats)).collect();
+            i.flows = saved.flows.into_iter().map(|f| (Box::new(f.key), f.stats)).collect();
         }
         r.expire(now_ms);
         r.make_room(0);
@@ -84,7 +87,7 @@ impl Record {
         drop(i);
         self.make_room(1);
         let mut i = self.lock();
-        i.flows.insert(key, Stats { count, first_seen_ms: at_ms, last_seen_ms: at_ms });
+        i.flows.insert(Box::new(key), Stats { count, first_seen_ms: at_ms, last_seen_ms: at_ms });
     }
 
     /// Counts events the record never got.
@@ -92,7 +95,7 @@ impl Record {
         self.lock().missed_events += n;
     }
 
-    /// Evicts the least recently seen keys until `room` more fit: 1% of
+    /// Evicts the least recently seen keys until `room` more fit: 5% of
     /// the capacity at a time (at least one).
     fn make_room(&self, room: usize) {
         let mut i = self.lock();
@@ -100,13 +103,26 @@ impl Record {
         if i.flows.len() + room <= cap {
             return;
         }
-        let batch = (cap / 100).max(1);
+        let batch = (cap / 20).max(1);
         let excess = (i.flows.len() + room).saturating_sub(cap).max(batch).min(i.flows.len());
-        let mut ages: Vec<(u64, FlowKey)> = i.flows.iter().map(|(k, s)| (s.last_seen_ms, k.clone())).collect();
-        ages.select_nth_unstable_by(excess - 1, |a, b| a.cmp(b));
-        for (_, k) in ages.into_iter().take(excess) {
-            i.flows.remove(&k);
+        // The last-seen time below which (and part of at which) keys go.
+        let mut ages: Vec<u64> = i.flows.values().map(|s| s.last_seen_ms).collect();
+        if excess == 0 {
+            return;
         }
+        let cutoff = *ages.select_nth_unstable(excess - 1).1;
+        let mut at_cutoff = excess - ages.iter().filter(|&&t| t < cutoff).count();
+        drop(ages);
+        let old = std::mem::take(&mut i.flows);
+        let mut kept = HashMap::with_capacity(cap);
+        kept.extend(old.into_iter().filter(|(_, s)| {
+            let goes = s.last_seen_ms < cutoff || (s.last_seen_ms == cutoff && at_cutoff > 0);
+            if s.last_seen_ms == cutoff && goes {
+                at_cutoff -= 1;
+            }
+            !goes
+        }));
+        i.flows = kept;
         i.evicted += excess as u64;
         i.dirty = true;
     }
@@ -149,7 +165,7 @@ impl Record {
     /// The record as it is now, flows sorted by key.
     pub fn snapshot(&self, now_ms: u64) -> Snapshot {
         let i = self.lock();
-        let mut flows: Vec<Flow> = i.flows.iter().map(|(k, s)| Flow { key: k.clone(), stats: *s }).collect();
+        let mut flows: Vec<Flow> = i.flows.iter().map(|(k, s)| Flow { key: (**k).clone(), stats: *s }).collect();
         drop(i);
         flows.sort_by(|a, b| a.key.cmp(&b.key));
         let i = self.lock();
