@@ -22,6 +22,7 @@ pub async fn run(
     save_every: Duration,
 ) {
     let mut live = hub.subscribe();
+    let mut warned = false;
     let mut tick = tokio::time::interval(save_every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
@@ -43,7 +44,12 @@ pub async fn run(
             },
             _ = tick.tick() => {
                 record.expire(now_ms());
-                save(&record, state_dir.as_deref());
+                if let Err(e) = try_save(&record, state_dir.as_deref()) {
+                    // Once: a read-only state directory would say it every minute.
+                    if !std::mem::replace(&mut warned, true) {
+                        tracing::warn!("saving the flow record (kept in memory only): {e:#}");
+                    }
+                }
             }
         }
         let (evicted, _, missed) = record.losses();
@@ -53,11 +59,14 @@ pub async fn run(
 
 /// Saves the record if it changed (also called at shutdown).
 pub fn save(record: &Record, state_dir: Option<&std::path::Path>) {
-    let Some(dir) = state_dir else { return };
-    if !record.take_dirty() {
-        return;
-    }
-    if let Err(e) = super::persist::save(dir, &record.snapshot(now_ms())) {
+    if let Err(e) = try_save(record, state_dir) {
         tracing::warn!("saving the flow record: {e:#}");
+    }
+}
+
+fn try_save(record: &Record, state_dir: Option<&std::path::Path>) -> anyhow::Result<()> {
+    match state_dir {
+        Some(dir) if record.take_dirty() => super::persist::save(dir, &record.snapshot(now_ms())),
+        _ => Ok(()),
     }
 }
