@@ -163,7 +163,9 @@ fn advise(state: &Path, files: &[&Path], extra: &[&str]) -> Result<(String, Stri
 
 #[test]
 fn advice_from_recorded_flows_lets_exactly_the_pattern_through() -> Result<()> {
-    let c = Cluster::start("ad", 12, &[])?;
+    // Saved every second, so a crash loses at most a second of it.
+    let args = ["--flow-save-interval", "1s"];
+    let c = Cluster::start("ad", 12, &args)?;
     let agent = c.agent();
     agent.apply("base.yaml", &manifests(&c))?;
     let st = agent.wait_in_sync()?;
@@ -246,6 +248,15 @@ fn advice_from_recorded_flows_lets_exactly_the_pattern_through() -> Result<()> {
     if !failures.is_empty() {
         bail!("{}\n{}", failures.join("\n"), c.log_tail());
     }
+
+    // The record outlives the agent (SIGKILLed: its last periodic save).
+    drop(agent);
+    c.restart(&args)?;
+    let (json, _) = palisade(&["flows", "-o", "json", "--socket", &socket])?;
+    let after: Snapshot = serde_json::from_str(&json)?;
+    let kept = record.flows.iter().filter(|f| after.flows.iter().any(|g| g.key == f.key)).count();
+    ensure!(kept == record.flows.len(), "{kept} of {} flow keys survived a restart: {json}", record.flows.len());
+    ensure!(after.observing_since_ms == record.observing_since_ms, "the window restarted with the agent");
     println!("advise: {n} flows advised on; 6 pods x 6 ports matched the pattern exactly");
     Ok(())
 }
