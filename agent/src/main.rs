@@ -33,6 +33,11 @@ enum Cmd {
     Trace(TraceArgs),
     /// Find the policy mistakes that break or open traffic (exit 1 on errors).
     Lint(LintArgs),
+    /// The flow record of the running agent: who talked to whom.
+    Flows(palisade::advise::cli::FlowsArgs),
+    /// Least-privilege NetworkPolicies from the recorded flows, verified
+    /// with palisade's compiler before they are printed.
+    Advise(palisade::advise::cli::AdviseArgs),
     /// Remove everything palisade pinned: programs come off every interface.
     Uninstall {
         #[arg(long, default_value = "/sys/fs/bpf/palisade")]
@@ -124,6 +129,15 @@ struct RunArgs {
     /// traffic it delivers locally escapes the hooks).
     #[arg(long)]
     allow_ipvs: bool,
+    /// Distinct flow keys the flow record keeps (oldest go first).
+    #[arg(long, default_value_t = palisade::flows::Settings::default().capacity)]
+    flow_keys: usize,
+    /// Flow keys not seen for this long are forgotten.
+    #[arg(long, default_value = "7d")]
+    flow_retention: humantime::Duration,
+    /// How often the flow record is saved under --state-dir (and at exit).
+    #[arg(long, default_value = "1m")]
+    flow_save_interval: humantime::Duration,
 }
 
 #[derive(Args)]
@@ -315,6 +329,8 @@ async fn main() {
                 map_sizes: a.map_entries,
                 interfaces_fault: a.test_fault_interfaces,
                 allow_ipvs: a.allow_ipvs,
+                flows: palisade::flows::Settings { capacity: a.flow_keys, retention: a.flow_retention.into() },
+                flows_save_every: a.flow_save_interval.into(),
             })
             .await
         }
@@ -322,6 +338,8 @@ async fn main() {
         Cmd::Observe(a) => observe(a).await,
         Cmd::Trace(a) => trace(a).await,
         Cmd::Lint(a) => lint(a).await,
+        Cmd::Flows(a) => palisade::advise::cli::flows(a).await,
+        Cmd::Advise(a) => palisade::advise::cli::advise(a).await,
         Cmd::Uninstall { bpffs } => palisade::datapath::uninstall(&bpffs),
     };
     if let Err(e) = result {
