@@ -38,6 +38,8 @@ pub struct Options {
     pub drop_event_interval: Duration,
     pub event_buffer_bytes: u32,
     pub defer_mark: u32,
+    /// See [`crate::datapath::Settings::judged_mark`].
+    pub judged_mark: u32,
     pub host_interfaces: crate::datapath::HostInterfaces,
     pub strict_prefixes: Vec<String>,
     pub resync: Duration,
@@ -168,6 +170,7 @@ impl Agent {
             drop_event_interval: opts.drop_event_interval,
             event_buffer_bytes: opts.event_buffer_bytes,
             defer_mark: opts.defer_mark,
+            judged_mark: opts.judged_mark,
             host_interfaces: opts.host_interfaces.clone(),
             strict_prefixes: opts.strict_prefixes.clone(),
         };

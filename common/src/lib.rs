@@ -21,7 +21,7 @@ pub use keys::*;
 
 /// Bumped whenever a map's key or value layout changes, so an agent never
 /// adopts pinned maps (or runs a program against maps) it does not understand.
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
 
 /// Indexes into the per-CPU counter array.
 pub mod stat {
@@ -92,6 +92,16 @@ pub mod programs {
     /// Attached to the TC egress of the node's other interfaces: judges the
     /// egress of pod traffic DNATed to a backend elsewhere.
     pub const HOST_EGRESS: &str = "palisade_host_egress";
+    /// Socket filter netfilter runs (xt_bpf) in mangle INPUT on deferred
+    /// packets: judges the egress of pod traffic DNATed to the node itself.
+    pub const NF_LOCAL: &str = "palisade_nf_local";
+    /// Socket filter in mangle FORWARD on DNATed packets (original
+    /// direction): judges the ingress of the local pod they go to against
+    /// the real client, before any SNAT.
+    pub const NF_FORWARD: &str = "palisade_nf_forward";
+    /// Socket filter in mangle FORWARD on DNATed packets (reply
+    /// direction): judges the replies of the local pod that served them.
+    pub const NF_REPLY: &str = "palisade_nf_reply";
 }
 
 /// Map sizes: the kernel allocates hash tables up front, so these bound

@@ -124,6 +124,7 @@ pub fn settings() -> Settings {
         drop_event_interval: Duration::from_secs(30),
         event_buffer_bytes: EVENT_BUFFER_BYTES,
         defer_mark: DEFER_MARK,
+        judged_mark: 0,
         // Only the test's own veths: never the machine's real interfaces.
         host_interfaces: HostInterfaces::Named(vec![]),
         strict_prefixes: vec![],

@@ -1,0 +1,181 @@
+//! The netfilter hooks (see the ebpf crate's `netfilter` module and
+//! DESIGN.md, Hooks): three pinned socket filters, run by xt_bpf rules in
+//! the mangle table, in chains the agent owns and jumps to first from
+//! INPUT and FORWARD, for IPv4 and IPv6. mangle runs after kube-proxy's
+//! DNAT and before its SNAT, and before the filter table's ACCEPTs.
+//!
+//! The rules go in with `iptables-restore --noflush` (each chain replaced
+//! whole, atomically), which also moves them onto the programs this agent
+//! pinned. They are checked again on syncs, at most every [`RECHECK`], and
+//! put back if anything took them away; until then the sync reports the
+//! error (status, metrics, `/readyz`).
+
+use anyhow::{Context, Result, bail};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The chains the agent owns in the mangle table.
+pub const INPUT_CHAIN: &str = "PALISADE-INPUT";
+pub const FORWARD_CHAIN: &str = "PALISADE-FORWARD";
+
+/// Pin names of the programs, under [`pin_dir`].
+pub const LOCAL: &str = "local";
+pub const FORWARD: &str = "forward";
+pub const REPLY: &str = "reply";
+
+/// (listing tool, restore tool) per family.
+const TOOLS: [(&str, &str); 2] = [("iptables", "iptables-restore"), ("ip6tables", "ip6tables-restore")];
+
+/// How often a sync looks at the rules when they were whole last time.
+pub const RECHECK: Duration = Duration::from_secs(10);
+
+/// Where an agent with bpffs directory `dir` pins the programs.
+pub fn pin_dir(dir: &Path) -> PathBuf {
+    dir.join("netfilter")
+}
+
+/// The rules of one agent, and when they were last seen whole.
+pub struct Hooks {
+    pins: PathBuf,
+    defer_mark: u32,
+    judged_mark: u32,
+    checked: Option<Instant>,
+}
+
+impl Hooks {
+    /// Hooks on the programs pinned under `pins`; nothing is installed
+    /// until [`Hooks::ensure`].
+    pub fn new(pins: PathBuf, defer_mark: u32, judged_mark: u32) -> Hooks {
+        Hooks { pins, defer_mark, judged_mark, checked: None }
+    }
+
+    fn pin(&self, name: &str) -> String {
+        self.pins.join(name).display().to_string()
+    }
+
+    /// The chains, in iptables-restore's format.
+    fn rules(&self) -> String {
+        let (d, j) = (self.defer_mark, self.judged_mark);
+        let dnat = "-m conntrack --ctstate DNAT --ctdir";
+        format!(
+            "*mangle\n:{INPUT_CHAIN} - [0:0]\n:{FORWARD_CHAIN} - [0:0]\n\
+             -A {INPUT_CHAIN} -m mark --mark {d:#x}/{d:#x} -m bpf --object-pinned {local} -j DROP\n\
+             -A {FORWARD_CHAIN} {dnat} ORIGINAL -m bpf --object-pinned {forward} -j DROP\n\
+             -A {FORWARD_CHAIN} {dnat} ORIGINAL -j MARK --set-xmark {j:#x}/{j:#x}\n\
+             -A {FORWARD_CHAIN} {dnat} REPLY -m bpf --object-pinned {reply} -j DROP\n\
+             COMMIT\n",
+            local = self.pin(LOCAL),
+            forward = self.pin(FORWARD),
+            reply = self.pin(REPLY),
+        )
+    }
+
+    /// Makes sure the rules are in force: looks at most every [`RECHECK`]
+    /// (always after a failure) and installs them when they are not whole.
+    pub fn ensure(&mut self) -> Result<()> {
+        if self.checked.is_some_and(|t| t.elapsed() < RECHECK) {
+            return Ok(());
+        }
+        self.checked = None;
+        if !self.whole()? {
+            self.install()?;
+            if !self.whole()? {
+                bail!("the rules installed are not the ones read back (another tool rewriting the mangle table?)");
+            }
+        }
+        self.checked = Some(Instant::now());
+        Ok(())
+    }
+
+    /// Installs the rules on this agent's programs.
+    pub fn install(&mut self) -> Result<()> {
+        let rules = self.rules();
+        for (tool, restore) in TOOLS {
+            run(restore, &["-w", "--noflush"], Some(&rules))?;
+            for (parent, chain) in [("INPUT", INPUT_CHAIN), ("FORWARD", FORWARD_CHAIN)] {
+                jump_first(tool, parent, chain)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether both families hold the rules on this agent's programs, with
+    /// the jumps to them first in INPUT and FORWARD.
+    fn whole(&self) -> Result<bool> {
+        let pins = [self.pin(LOCAL), self.pin(FORWARD), self.pin(REPLY)];
+        let judged = format!("--set-xmark {:#x}/{:#x}", self.judged_mark, self.judged_mark);
+        for (tool, _) in TOOLS {
+            let listing = run(tool, &["-w", "-t", "mangle", "-S"], None)?;
+            let rules = |chain: &str| -> Vec<&str> {
+                let prefix = format!("-A {chain} ");
+                listing.lines().filter(|l| l.starts_with(&prefix)).collect()
+            };
+            let first =
+                |parent: &str, chain: &str| rules(parent).first() == Some(&format!("-A {parent} -j {chain}").as_str());
+            let (input, forward) = (rules(INPUT_CHAIN), rules(FORWARD_CHAIN));
+            let ours = input.len() == 1
+                && forward.len() == 3
+                && input[0].contains(&pins[0])
+                && forward[0].contains(&pins[1])
+                && forward[1].contains(&judged)
+                && forward[2].contains(&pins[2]);
+            if !(ours && first("INPUT", INPUT_CHAIN) && first("FORWARD", FORWARD_CHAIN)) {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+}
+
+/// Puts `-j chain` first in `parent` (mangle), and only there.
+fn jump_first(tool: &str, parent: &str, chain: &str) -> Result<()> {
+    while run(tool, &["-w", "-t", "mangle", "-D", parent, "-j", chain], None).is_ok() {}
+    run(tool, &["-w", "-t", "mangle", "-I", parent, "1", "-j", chain], None)?;
+    Ok(())
+}
+
+/// Takes out the rules of the agent whose programs are pinned under
+/// `pins` (another agent's stay), for `palisade uninstall`.
+pub fn remove(pins: &Path) -> Result<()> {
+    let pins = pins.display().to_string();
+    for (tool, _) in TOOLS {
+        let Ok(listing) = run(tool, &["-w", "-t", "mangle", "-S"], None) else {
+            // No iptables here: nothing of ours can be installed either.
+            continue;
+        };
+        let ours = listing.lines().any(|l| {
+            (l.starts_with(&format!("-A {INPUT_CHAIN} ")) || l.starts_with(&format!("-A {FORWARD_CHAIN} ")))
+                && l.contains(&pins)
+        });
+        if !ours {
+            continue;
+        }
+        for (parent, chain) in [("INPUT", INPUT_CHAIN), ("FORWARD", FORWARD_CHAIN)] {
+            while run(tool, &["-w", "-t", "mangle", "-D", parent, "-j", chain], None).is_ok() {}
+            run(tool, &["-w", "-t", "mangle", "-F", chain], None)?;
+            run(tool, &["-w", "-t", "mangle", "-X", chain], None)?;
+        }
+    }
+    Ok(())
+}
+
+/// Runs an iptables tool, feeding it `stdin`; its stdout, or why it failed.
+fn run(tool: &str, args: &[&str], stdin: Option<&str>) -> Result<String> {
+    let mut child = Command::new(tool)
+        .args(args)
+        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("running {tool} (is iptables installed?)"))?;
+    if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        pipe.write_all(text.as_bytes()).with_context(|| format!("writing to {tool}"))?;
+    }
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!("{tool} {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
