@@ -76,7 +76,8 @@ pub fn palisade_to_pod(ctx: TcContext) -> i32 {
 
 /// Node interfaces other than pods': judges the egress of pod traffic that
 /// kube-proxy DNATed from a Service cluster IP to a backend elsewhere. Only
-/// packets carrying the defer mark are looked at.
+/// packets carrying the defer mark are looked at; one that does not parse
+/// drops, since nothing after this hook would judge it.
 #[classifier]
 pub fn palisade_host_egress(ctx: TcContext) -> i32 {
     let Some(cfg) = maps::config() else {
@@ -87,7 +88,8 @@ pub fn palisade_host_egress(ctx: TcContext) -> i32 {
     }
     let mut pkt = Packet::empty();
     if parse::parse(&ctx, &mut pkt) != Parsed::Ip {
-        return PASS;
+        count(stat::DROPPED_MALFORMED);
+        return DROP;
     }
     judge_deferred(&ctx, &cfg, &pkt)
 }

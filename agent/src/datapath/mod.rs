@@ -283,8 +283,14 @@ impl Datapath {
         Ok(prog.try_into()?)
     }
 
-    /// Makes the kernel hold `compiled`, with each local pod enforced on the
-    /// interface its address is routed to.
+    /// The loaded host egress classifier, for BPF_PROG_TEST_RUN in tests.
+    pub fn host_egress(&self) -> Result<&SchedClassifier> {
+        let name = programs::HOST_EGRESS;
+        let prog = self.ebpf.program(name).ok_or_else(|| anyhow!("program {name} missing"))?;
+        Ok(prog.try_into()?)
+    }
+
+    /// The per-CPU counters, summed.
     pub fn counters(&self) -> Vec<u64> {
         pinned::sum_counters(&self.stats)
     }
