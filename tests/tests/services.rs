@@ -29,6 +29,9 @@ const HOST_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 11, 10);
 const NODE_PORT: u16 = 30011;
 const EXT_DENIED: Ipv4Addr = Ipv4Addr::new(10, 241, 11, 7);
 const EXT_ALLOWED: Ipv4Addr = Ipv4Addr::new(10, 241, 11, 8);
+const NODE_ADDR6: Ipv6Addr = Ipv6Addr::new(0xfd10, 0x241, 11, 0, 0, 0, 0, 1);
+const VIP6: Ipv6Addr = Ipv6Addr::new(0xfd10, 0x96, 11, 0, 0, 0, 0, 10);
+const CHAIN6: &str = "PLE2E-SV6";
 
 struct Env {
     cluster: Cluster,
@@ -62,6 +65,7 @@ impl Fixture for Env {
         let _ = ip(&["link", "del", NODE_BRIDGE]);
         ip(&["link", "add", NODE_BRIDGE, "type", "bridge"])?;
         ip(&["addr", "add", &format!("{NODE_ADDR}/32"), "dev", NODE_BRIDGE])?;
+        ip(&["addr", "add", &format!("{NODE_ADDR6}/128"), "dev", NODE_BRIDGE, "nodad"])?;
         ip(&["link", "set", NODE_BRIDGE, "up"])?;
         let server = std::net::TcpListener::bind((NODE_ADDR, 80)).context("host-network server")?;
         std::thread::spawn(move || {
@@ -195,6 +199,51 @@ impl Nat {
 impl Drop for Nat {
     fn drop(&mut self) {
         Nat::clean();
+    }
+}
+
+/// `--masquerade-all` over IPv6 (removed on drop): the cluster IP
+/// [`VIP6`]:80 to `backend`:80, leaving with the node's address.
+struct Nat6;
+
+impl Nat6 {
+    fn masquerade_all(backend: Ipv6Addr) -> Result<Nat6> {
+        Nat6::clean();
+        let (vip, dest, to, node) =
+            (format!("{VIP6}/128"), format!("[{backend}]:80"), format!("{backend}/128"), NODE_ADDR6.to_string());
+        let post = format!("{CHAIN6}-POST");
+        for args in [
+            &["-N", CHAIN6][..],
+            &["-N", &post],
+            &["-I", "PREROUTING", "-j", CHAIN6],
+            &["-I", "POSTROUTING", "-j", &post],
+            &["-A", CHAIN6, "-d", &vip, "-p", "tcp", "--dport", "80", "-j", "DNAT", "--to-destination", &dest],
+            &["-A", &post, "-d", &to, "-m", "conntrack", "--ctstate", "DNAT", "-j", "SNAT", "--to-source", &node],
+        ] {
+            let out = Command::new("ip6tables").args(["-t", "nat"]).args(args).output()?;
+            ensure!(out.status.success(), "ip6tables {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(Nat6)
+    }
+
+    fn clean() {
+        let post = format!("{CHAIN6}-POST");
+        for args in [
+            &["-D", "PREROUTING", "-j", CHAIN6][..],
+            &["-D", "POSTROUTING", "-j", &post],
+            &["-F", CHAIN6],
+            &["-X", CHAIN6],
+            &["-F", &post],
+            &["-X", &post],
+        ] {
+            let _ = Command::new("ip6tables").args(["-t", "nat"]).args(args).output();
+        }
+    }
+}
+
+impl Drop for Nat6 {
+    fn drop(&mut self) {
+        Nat6::clean();
     }
 }
 
@@ -375,6 +424,20 @@ fn cases() -> Vec<palisade_e2e::suite::Case<Env>> {
             e.apply(&[ingress_of_xb(from_xa)])?;
             ensure!(to_vip(e, "x/a"), "x/b's ingress admits x/a: {:#?}", e.agent().events(&[]));
             ensure!(!to_vip(e, "z/a"), "and still not z/a");
+            // The same over IPv6.
+            let backend6 = match e.topo.pod("x/b").ip(true) {
+                IpAddr::V6(a) => a,
+                IpAddr::V4(_) => unreachable!("an IPv6 address"),
+            };
+            let _nat6 = Nat6::masquerade_all(backend6)?;
+            let to_vip6 = |from: &str| probe::probe(e.topo.pod(from), IpAddr::V6(VIP6), 80, Proto::Tcp);
+            ensure!(to_vip6("x/a"), "x/b admits x/a over IPv6: {:#?}", e.agent().events(&[]));
+            ensure!(!to_vip6("z/a"), "x/b does not admit z/a over IPv6, masqueraded or not");
+            let events = drops_of_xb(e)?;
+            ensure!(
+                events.iter().any(|ev| ev.source.ip == e.topo.pod("z/a").ip(true) && ev.reason == "no-rule"),
+                "the IPv6 drop names z/a: {events:#?}"
+            );
             // With --deny-host the node's address is refused at x/b, but the
             // connection was judged against x/a: it passes.
             e.cluster.restart(&["--deny-host"])?;
