@@ -104,35 +104,52 @@ impl Hooks {
     /// Whether both families hold the rules on this agent's programs, with
     /// the jumps to them first in INPUT and FORWARD.
     fn whole(&self) -> Result<bool> {
-        let pins = [self.pin(LOCAL), self.pin(FORWARD), self.pin(REPLY)];
-        let judged = format!("--set-xmark {:#x}/{:#x}", self.judged_mark, self.judged_mark);
         for (tool, _) in TOOLS {
-            let listing = run(tool, &["-w", "-t", "mangle", "-S"], None)?;
-            let rules = |chain: &str| -> Vec<&str> {
-                let prefix = format!("-A {chain} ");
-                listing.lines().filter(|l| l.starts_with(&prefix)).collect()
-            };
-            let first =
-                |parent: &str, chain: &str| rules(parent).first() == Some(&format!("-A {parent} -j {chain}").as_str());
-            let (input, forward) = (rules(INPUT_CHAIN), rules(FORWARD_CHAIN));
-            let ours = input.len() == 1
-                && forward.len() == 3
-                && input[0].contains(&pins[0])
-                && forward[0].contains(&pins[1])
-                && forward[1].contains(&judged)
-                && forward[2].contains(&pins[2]);
-            if !(ours && first("INPUT", INPUT_CHAIN) && first("FORWARD", FORWARD_CHAIN)) {
+            if !self.holds(&run(tool, &["-w", "-t", "mangle", "-S"], None)?) {
                 return Ok(false);
             }
         }
         Ok(true)
     }
+
+    /// Whether a mangle table listing (`iptables -S`) holds the rules.
+    fn holds(&self, listing: &str) -> bool {
+        let rules = |chain: &str| -> Vec<&str> {
+            let prefix = format!("-A {chain} ");
+            listing.lines().filter(|l| l.starts_with(&prefix)).collect()
+        };
+        let first =
+            |parent: &str, chain: &str| rules(parent).first() == Some(&format!("-A {parent} -j {chain}").as_str());
+        let (input, forward) = (rules(INPUT_CHAIN), rules(FORWARD_CHAIN));
+        let judged = format!("--set-xmark {:#x}/{:#x}", self.judged_mark, self.judged_mark);
+        input.len() == 1
+            && forward.len() == 3
+            && input[0].contains(&self.pin(LOCAL))
+            && forward[0].contains(&self.pin(FORWARD))
+            && forward[1].contains(&judged)
+            && forward[2].contains(&self.pin(REPLY))
+            && first("INPUT", INPUT_CHAIN)
+            && first("FORWARD", FORWARD_CHAIN)
+    }
 }
 
-/// Puts `-j chain` first in `parent` (mangle), and only there.
+/// Puts `-j chain` first in `parent` (mangle), and only there. The new
+/// jump goes in before any other is taken out, so the chain is never
+/// without one (an agent killed half-way leaves an extra jump, harmless).
 fn jump_first(tool: &str, parent: &str, chain: &str) -> Result<()> {
-    while run(tool, &["-w", "-t", "mangle", "-D", parent, "-j", chain], None).is_ok() {}
+    let positions = || -> Result<Vec<usize>> {
+        let listing = run(tool, &["-w", "-t", "mangle", "-S", parent], None)?;
+        let jump = format!("-A {parent} -j {chain}");
+        let rules = listing.lines().filter(|l| l.starts_with(&format!("-A {parent} ")));
+        Ok(rules.enumerate().filter(|(_, l)| *l == jump).map(|(i, _)| i + 1).collect())
+    };
+    if positions()? == [1] {
+        return Ok(());
+    }
     run(tool, &["-w", "-t", "mangle", "-I", parent, "1", "-j", chain], None)?;
+    for n in positions()?.into_iter().filter(|&n| n > 1).rev() {
+        run(tool, &["-w", "-t", "mangle", "-D", parent, &n.to_string()], None)?;
+    }
     Ok(())
 }
 
@@ -178,4 +195,42 @@ fn run(tool: &str, args: &[&str], stdin: Option<&str>) -> Result<String> {
         bail!("{tool} {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What `iptables-nft -t mangle -S` prints once the rules are in.
+    const LISTING: &str = "-P PREROUTING ACCEPT
+-P INPUT ACCEPT
+-P FORWARD ACCEPT
+-N PALISADE-FORWARD
+-N PALISADE-INPUT
+-A INPUT -j PALISADE-INPUT
+-A INPUT -j OTHER
+-A FORWARD -j PALISADE-FORWARD
+-A PALISADE-FORWARD -m conntrack --ctstate DNAT --ctdir ORIGINAL -m bpf --object-pinned /b/netfilter/forward -j DROP
+-A PALISADE-FORWARD -m conntrack --ctstate DNAT --ctdir ORIGINAL -j MARK --set-xmark 0x800000/0x800000
+-A PALISADE-FORWARD -m conntrack --ctstate DNAT --ctdir REPLY -m bpf --object-pinned /b/netfilter/reply -j DROP
+-A PALISADE-INPUT -m mark --mark 0x400000/0x400000 -m bpf --object-pinned /b/netfilter/local -j DROP
+";
+
+    #[test]
+    fn a_listing_holds_the_rules_only_whole_first_and_on_our_programs() {
+        let hooks = Hooks::new(PathBuf::from("/b/netfilter"), 0x40_0000, 0x80_0000);
+        assert!(hooks.holds(LISTING));
+        for rule in hooks.rules().lines().filter(|l| l.starts_with("-A ")) {
+            assert!(LISTING.contains(rule), "installed as listed: {rule}");
+        }
+        let other_agent = Hooks::new(PathBuf::from("/c/netfilter"), 0x40_0000, 0x80_0000);
+        assert!(!other_agent.holds(LISTING), "another agent's programs");
+        let not_first = LISTING
+            .replace("-A INPUT -j PALISADE-INPUT\n-A INPUT -j OTHER", "-A INPUT -j OTHER\n-A INPUT -j PALISADE-INPUT");
+        assert!(!hooks.holds(&not_first), "a rule before the jump");
+        let flushed: String =
+            LISTING.lines().filter(|l| !l.starts_with("-A PALISADE-FORWARD")).map(|l| format!("{l}\n")).collect();
+        assert!(!hooks.holds(&flushed), "a flushed chain");
+        assert!(!hooks.holds(&LISTING.replace("-A FORWARD -j PALISADE-FORWARD\n", "")), "no jump");
+    }
 }
