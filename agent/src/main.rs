@@ -101,6 +101,13 @@ struct RunArgs {
     /// kube-proxy's DNAT picks the backend that egress policy judges.
     #[arg(long, default_value = "0x400000", value_parser = parse_mark)]
     defer_mark: u32,
+    /// skb mark bit the netfilter hooks (xt_bpf rules in the mangle
+    /// table) put on Service traffic whose ingress they judged against its
+    /// real client. 0 turns the hooks off, and with them the judgement of
+    /// Service traffic to the node itself and of traffic SNATed to a node
+    /// address (NodePort, --masquerade-all).
+    #[arg(long, default_value = "0x800000", value_parser = parse_mark_or_off)]
+    judged_mark: u32,
     /// Interfaces (besides pods') that judge the egress of DNATed pod
     /// traffic: "all" (but loopback), or a comma-separated list of names.
     #[arg(long, default_value = "all")]
@@ -242,6 +249,11 @@ struct ObserveArgs {
     socket: PathBuf,
 }
 
+/// A mark bit, or 0 (off).
+fn parse_mark_or_off(s: &str) -> Result<u32, String> {
+    if s == "0" { Ok(0) } else { parse_mark(s) }
+}
+
 fn parse_mark(s: &str) -> Result<u32, String> {
     let v = match s.strip_prefix("0x") {
         Some(hex) => u32::from_str_radix(hex, 16),
@@ -297,6 +309,7 @@ async fn main() {
                 drop_event_budget: a.drop_event_budget,
                 event_buffer_bytes: a.event_buffer_bytes,
                 defer_mark: a.defer_mark,
+                judged_mark: a.judged_mark,
                 strict_prefixes: a
                     .strict
                     .split(',')

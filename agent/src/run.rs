@@ -39,6 +39,8 @@ pub struct Options {
     pub drop_event_budget: u32,
     pub event_buffer_bytes: u32,
     pub defer_mark: u32,
+    /// See [`crate::datapath::Settings::judged_mark`].
+    pub judged_mark: u32,
     pub host_interfaces: crate::datapath::HostInterfaces,
     pub strict_prefixes: Vec<String>,
     pub resync: Duration,
@@ -189,6 +191,7 @@ impl Agent {
             drop_event_budget: opts.drop_event_budget,
             event_buffer_bytes: opts.event_buffer_bytes,
             defer_mark: opts.defer_mark,
+            judged_mark: opts.judged_mark,
             host_interfaces: opts.host_interfaces.clone(),
             strict_prefixes: opts.strict_prefixes.clone(),
         };

@@ -149,6 +149,7 @@ fn measure_point(
         drop_event_budget: 0,
         event_buffer_bytes: 1 << 22,
         defer_mark: 0,
+        judged_mark: 0,
         host_interfaces: HostInterfaces::Named(vec![]),
         strict_prefixes: vec![],
     };

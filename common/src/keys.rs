@@ -191,6 +191,11 @@ pub const CT_AUDITED: u8 = 2;
 /// Verdict stored with a tracked flow: the pod sent it to a Service cluster
 /// IP; egress is judged after DNAT, on the packets the agent marks.
 pub const CT_DEFERRED: u8 = 3;
+/// Verdict stored with a tracked flow: the netfilter hooks judged it
+/// against the real peer before kube-proxy SNATed it to a node address
+/// (the key holds that address); its replies leaving the pod are judged
+/// there again, after netfilter has undone the SNAT.
+pub const CT_UPSTREAM: u8 = 4;
 
 /// Value of the connection tracking table.
 #[repr(C)]
@@ -205,7 +210,7 @@ pub struct CtEntry {
     pub rule: u32,
     /// Direction of the flow's first packet ([`DIR_INGRESS`]/[`DIR_EGRESS`]).
     pub origin: u8,
-    /// [`CT_ALLOWED`], [`CT_AUDITED`] or [`CT_DEFERRED`].
+    /// [`CT_ALLOWED`], [`CT_AUDITED`], [`CT_DEFERRED`] or [`CT_UPSTREAM`].
     pub verdict: u8,
     /// Always zero.
     pub _pad: [u8; 6],
@@ -305,6 +310,11 @@ pub struct Config {
     /// Most drop events one source address gets per interval (0: no
     /// bound); drops past it are folded into its next event.
     pub drop_event_budget: u32,
+    /// skb mark bit the netfilter hooks put on DNATed packets whose
+    /// ingress they judged (0: no netfilter hooks).
+    pub judged_mark: u32,
+    /// Always zero.
+    pub _pad2: u32,
 }
 
 const _: () = {
@@ -324,5 +334,5 @@ const _: () = {
     assert!(size_of::<SourceBudget>() == 16);
     assert!(size_of::<FragKey>() == 40);
     assert!(size_of::<FragPorts>() == 8);
-    assert!(size_of::<Config>() == 24);
+    assert!(size_of::<Config>() == 32);
 };

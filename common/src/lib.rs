@@ -98,6 +98,16 @@ pub mod programs {
     /// Attached to the TC egress of the node's other interfaces: judges the
     /// egress of pod traffic DNATed to a backend elsewhere.
     pub const HOST_EGRESS: &str = "palisade_host_egress";
+    /// Socket filter netfilter runs (xt_bpf) in mangle INPUT on deferred
+    /// packets: judges the egress of pod traffic DNATed to the node itself.
+    pub const NF_LOCAL: &str = "palisade_nf_local";
+    /// Socket filter in mangle FORWARD on DNATed packets (original
+    /// direction): judges the ingress of the local pod they go to against
+    /// the real client, before any SNAT.
+    pub const NF_FORWARD: &str = "palisade_nf_forward";
+    /// Socket filter in mangle FORWARD on DNATed packets (reply
+    /// direction): judges the replies of the local pod that served them.
+    pub const NF_REPLY: &str = "palisade_nf_reply";
 }
 
 /// Map sizes: the kernel allocates hash tables up front, so these bound

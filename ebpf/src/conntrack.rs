@@ -9,9 +9,10 @@ use crate::events::{drop_packet, emit};
 use crate::maps::{CONNTRACK, FRAGS, count};
 use crate::parse::{self, Frag, Packet};
 use crate::policy::{bare, decide, mark_deferred, own_source};
-use aya_ebpf::{bindings::BPF_ANY, programs::TcContext};
+use crate::skb::Skb;
+use aya_ebpf::bindings::BPF_ANY;
 use palisade_common::{
-    CT_ALLOWED, CT_AUDITED, CT_DEFERRED, CtEntry, CtKey, DIR_EGRESS, DIR_INGRESS, EP_AUDIT, EVF_FRAGMENT,
+    CT_ALLOWED, CT_AUDITED, CT_DEFERRED, CT_UPSTREAM, CtEntry, CtKey, DIR_EGRESS, DIR_INGRESS, EP_AUDIT, EVF_FRAGMENT,
     EVF_REDECIDED, FragKey, FragPorts, PROTO_TCP, REASON_SPOOFED, VERDICT_AUDIT, stat,
 };
 
@@ -110,7 +111,7 @@ pub fn fragments(pkt: &mut Packet) -> u8 {
 /// under an older revision is decided again as its first packet was,
 /// whichever way this packet goes.
 #[inline(always)]
-pub fn tracked(ctx: &TcContext, f: &mut Flow, key: &CtKey) -> Tracked {
+pub fn tracked<C: Skb>(ctx: &C, f: &mut Flow, key: &CtKey) -> Tracked {
     let Some(ct) = CONNTRACK.get_ptr_mut(key) else {
         return Tracked::Miss;
     };
@@ -118,6 +119,9 @@ pub fn tracked(ctx: &TcContext, f: &mut Flow, key: &CtKey) -> Tracked {
     let timeout = if f.pkt.protocol == PROTO_TCP { CT_TIMEOUT_TCP_NS } else { CT_TIMEOUT_OTHER_NS };
     if f.now.wrapping_sub(ct.last_seen_ns) >= timeout {
         return Tracked::Miss;
+    }
+    if ct.verdict == CT_UPSTREAM {
+        return crate::netfilter::tracked_judged(ct, f);
     }
     if ct.revision == f.cfg.revision {
         if f.now.wrapping_sub(ct.last_seen_ns) > CT_REFRESH_NS {
@@ -206,7 +210,7 @@ pub fn forget(key: &CtKey) {
 /// itself, but only while the flow's verdict is current, so a flow a policy
 /// change denies gets no errors through either.
 #[inline(always)]
-pub fn related(ctx: &TcContext, f: &Flow, key: &CtKey) -> bool {
+pub fn related<C: Skb>(ctx: &C, f: &Flow, key: &CtKey) -> bool {
     if !parse::is_icmp_error(f.pkt.protocol, f.pkt.icmp_type) {
         return false;
     }

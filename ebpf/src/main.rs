@@ -16,8 +16,10 @@
 mod conntrack;
 mod events;
 mod maps;
+mod netfilter;
 mod parse;
 mod policy;
+mod skb;
 
 use aya_ebpf::{
     bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC},
@@ -35,6 +37,7 @@ use palisade_common::{
 };
 use parse::{Packet, Parsed};
 use policy::{bare, deferred, mark_deferred};
+use skb::Skb;
 
 /// Let the packet continue (to the next TC program, if any).
 const PASS: i32 = TC_ACT_UNSPEC;
@@ -73,7 +76,8 @@ pub fn palisade_to_pod(ctx: TcContext) -> i32 {
 
 /// Node interfaces other than pods': judges the egress of pod traffic that
 /// kube-proxy DNATed from a Service cluster IP to a backend elsewhere. Only
-/// packets carrying the defer mark are looked at.
+/// packets carrying the defer mark are looked at; one that does not parse
+/// drops, since nothing after this hook would judge it.
 #[classifier]
 pub fn palisade_host_egress(ctx: TcContext) -> i32 {
     let Some(cfg) = maps::config() else {
@@ -84,7 +88,8 @@ pub fn palisade_host_egress(ctx: TcContext) -> i32 {
     }
     let mut pkt = Packet::empty();
     if parse::parse(&ctx, &mut pkt) != Parsed::Ip {
-        return PASS;
+        count(stat::DROPPED_MALFORMED);
+        return DROP;
     }
     judge_deferred(&ctx, &cfg, &pkt)
 }
@@ -102,6 +107,11 @@ fn classify(ctx: &TcContext, dir: u8) -> i32 {
         // A pod's packet DNATed from a Service to this pod: the sender's
         // egress is judged first, now that the backend is known.
         Parsed::Ip if dir == DIR_INGRESS && deferred(ctx, &cfg) && judge_deferred(ctx, &cfg, &pkt) == DROP => DROP,
+        // Judged in netfilter against the client kube-proxy may have
+        // SNATed away: only tracked here, for the pod's replies.
+        Parsed::Ip if dir == DIR_INGRESS && netfilter::judged(ctx, &cfg) => {
+            netfilter::track_judged(ifindex, &cfg, &pkt)
+        }
         Parsed::Ip => judge(ctx, ifindex, &ep, dir, &cfg, &mut pkt),
         Parsed::NotIp => PASS,
         Parsed::Malformed => {
@@ -114,7 +124,7 @@ fn classify(ctx: &TcContext, dir: u8) -> i32 {
 }
 
 #[inline(always)]
-fn judge(ctx: &TcContext, ifindex: u32, ep: &Endpoint, dir: u8, cfg: &Config, pkt: &mut Packet) -> i32 {
+pub fn judge<C: Skb>(ctx: &C, ifindex: u32, ep: &Endpoint, dir: u8, cfg: &Config, pkt: &mut Packet) -> i32 {
     if parse::is_ipv6_link_control(pkt) {
         return PASS;
     }
@@ -148,7 +158,7 @@ fn judge(ctx: &TcContext, ifindex: u32, ep: &Endpoint, dir: u8, cfg: &Config, pk
 
 /// Decides a flow's first packet by policy and tracks the flow.
 #[inline(always)]
-fn new_flow(ctx: &TcContext, f: &Flow, key: &CtKey) -> i32 {
+fn new_flow<C: Skb>(ctx: &C, f: &Flow, key: &CtKey) -> i32 {
     let log_new = f.cfg.flags & CFG_LOG_NEW_FLOWS != 0;
     let d = policy::decide(f.ep, f.dir, f.pkt.family, &key.remote, f.pkt.protocol, f.pkt.dport, log_new);
     let verdict = if d.defer {
@@ -183,7 +193,7 @@ fn new_flow(ctx: &TcContext, f: &Flow, key: &CtKey) -> i32 {
 /// closed: a packet still addressed to a Service (nothing translated it)
 /// or whose sender is unknown drops, or it would pass unjudged.
 #[inline(always)]
-fn judge_deferred(ctx: &TcContext, cfg: &Config, pkt: &Packet) -> i32 {
+pub fn judge_deferred<C: Skb>(ctx: &C, cfg: &Config, pkt: &Packet) -> i32 {
     // The sender as its egress hook recorded it; else by source address.
     let mut ifindex = policy::deferred_source(ctx);
     if ifindex == 0 {

@@ -1,15 +1,12 @@
-//! Packet parsing: Ethernet, IPv4/IPv6 (with extension headers and
-//! fragments) and the first bytes of TCP, UDP, SCTP and ICMP.
+//! Packet parsing: Ethernet (TC) or none (netfilter, see [`Skb`]),
+//! IPv4/IPv6 (with extension headers and fragments) and the first bytes of
+//! TCP, UDP, SCTP and ICMP.
 //!
 //! Every read is bounds-checked against the packet; a packet whose headers
 //! are truncated or inconsistent is `Malformed`, never read past its end.
 
-use aya_ebpf::programs::TcContext;
-use core::mem::size_of;
-use network_types::{
-    eth::EthHdr,
-    ip::{Ipv4Hdr, Ipv6Hdr},
-};
+use crate::skb::Skb;
+use network_types::ip::{Ipv4Hdr, Ipv6Hdr};
 use palisade_common::{FAMILY_V4, FAMILY_V6, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP};
 
 const ETH_P_IP: u16 = 0x0800;
@@ -88,65 +85,44 @@ pub enum Parsed {
     Malformed,
 }
 
-#[inline(always)]
-fn ptr_at<T>(ctx: &TcContext, off: usize) -> Option<*const T> {
-    let start = ctx.data();
-    let end = ctx.data_end();
-    if start + off + size_of::<T>() > end {
-        return None;
-    }
-    Some((start + off) as *const T)
-}
-
-/// Makes sure the first `want` bytes (or the whole packet) are in the
-/// linear part of the buffer, where direct packet access can see them.
-#[inline(always)]
-fn pull_headers(ctx: &TcContext, want: usize) {
-    let linear = ctx.data_end() - ctx.data();
-    let len = ctx.len() as usize;
-    if linear < want && linear < len {
-        let n = if len < want { len } else { want };
-        let _ = ctx.pull_data(n as u32);
-    }
-}
-
 /// Parses the packet into `pkt` (which starts out [`Packet::empty`]).
 #[inline(always)]
-pub fn parse(ctx: &TcContext, pkt: &mut Packet) -> Parsed {
-    pull_headers(ctx, 128);
-    let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
-        return Parsed::Malformed;
-    };
-    let ether_type = u16::from_be(unsafe { (*eth).ether_type });
-    match ether_type {
-        ETH_P_IP => parse_v4(ctx, pkt),
-        ETH_P_IPV6 => parse_v6(ctx, pkt),
-        _ => Parsed::NotIp,
+pub fn parse<C: Skb>(ctx: &C, pkt: &mut Packet) -> Parsed {
+    ctx.pull(C::L3 + 114);
+    match ctx.l3_protocol() {
+        Some(ETH_P_IP) => parse_v4(ctx, pkt),
+        Some(ETH_P_IPV6) => parse_v6(ctx, pkt),
+        Some(_) => Parsed::NotIp,
+        None => Parsed::Malformed,
     }
 }
 
 #[inline(always)]
-fn parse_v4(ctx: &TcContext, pkt: &mut Packet) -> Parsed {
-    let Some(ip) = ptr_at::<Ipv4Hdr>(ctx, EthHdr::LEN) else {
+fn parse_v4<C: Skb>(ctx: &C, pkt: &mut Packet) -> Parsed {
+    let fields = ctx.with_header(C::L3, |ip: &Ipv4Hdr| {
+        pkt.protocol = ip.proto;
+        pkt.src[..4].copy_from_slice(&ip.src_addr);
+        pkt.dst[..4].copy_from_slice(&ip.dst_addr);
+        (ip.vihl, u16::from_be_bytes(ip.tot_len), u16::from_be_bytes(ip.frags), u16::from_be_bytes(ip.id))
+    });
+    let Some((vihl, tot_len, frags, id)) = fields else {
         return Parsed::Malformed;
     };
-    let vihl = unsafe { (*ip).vihl };
     let ihl = ((vihl & 0x0f) as usize) * 4;
     if vihl >> 4 != 4 || ihl < Ipv4Hdr::LEN {
         return Parsed::Malformed;
     }
-    let mut tot_len = u16::from_be_bytes(unsafe { (*ip).tot_len }) as usize;
+    let mut tot_len = tot_len as usize;
     // BIG TCP (GSO packets over 64 KiB) carries a zero total length.
-    if tot_len == 0 && ctx.len() as usize > 0xffff {
-        tot_len = ctx.len() as usize - EthHdr::LEN;
+    if tot_len == 0 && ctx.pkt_len() > 0xffff {
+        tot_len = ctx.pkt_len() - C::L3;
     }
-    if tot_len < ihl || EthHdr::LEN + tot_len > ctx.len() as usize {
+    if tot_len < ihl || C::L3 + tot_len > ctx.pkt_len() {
         return Parsed::Malformed;
     }
-    let frags = u16::from_be_bytes(unsafe { (*ip).frags });
     let more = frags & 0x2000 != 0;
     let offset = frags & 0x1fff;
-    pkt.frag_id = u16::from_be_bytes(unsafe { (*ip).id }) as u32;
+    pkt.frag_id = id as u32;
     pkt.frag = if offset != 0 {
         Frag::Later
     } else if more {
@@ -155,13 +131,8 @@ fn parse_v4(ctx: &TcContext, pkt: &mut Packet) -> Parsed {
         Frag::None
     };
     pkt.family = FAMILY_V4;
-    pkt.protocol = unsafe { (*ip).proto };
     pkt.frag_proto = pkt.protocol;
-    pkt.l4_off = EthHdr::LEN + ihl;
-    unsafe {
-        pkt.src[..4].copy_from_slice(&(*ip).src_addr);
-        pkt.dst[..4].copy_from_slice(&(*ip).dst_addr);
-    }
+    pkt.l4_off = C::L3 + ihl;
     // A fragment offset of 8 bytes can only come from a tiny-fragment
     // attack that overwrites the TCP header (RFC 1858).
     if offset == 1 && pkt.protocol == PROTO_TCP {
@@ -175,29 +146,29 @@ fn parse_v4(ctx: &TcContext, pkt: &mut Packet) -> Parsed {
 }
 
 #[inline(always)]
-fn parse_v6(ctx: &TcContext, pkt: &mut Packet) -> Parsed {
-    let Some(ip) = ptr_at::<Ipv6Hdr>(ctx, EthHdr::LEN) else {
+fn parse_v6<C: Skb>(ctx: &C, pkt: &mut Packet) -> Parsed {
+    let fields = ctx.with_header(C::L3, |ip: &Ipv6Hdr| {
+        pkt.protocol = ip.next_hdr;
+        pkt.hop_limit = ip.hop_limit;
+        pkt.src = ip.src_addr;
+        pkt.dst = ip.dst_addr;
+        (ip.vcf[0], u16::from_be_bytes(ip.payload_len))
+    });
+    let Some((vcf0, payload_len)) = fields else {
         return Parsed::Malformed;
     };
-    if unsafe { (*ip).vcf[0] } >> 4 != 6 {
+    if vcf0 >> 4 != 6 {
         return Parsed::Malformed;
     }
-    let payload_len = u16::from_be_bytes(unsafe { (*ip).payload_len }) as usize;
+    let payload_len = payload_len as usize;
     // BIG TCP (GSO packets over 64 KiB) carries a zero payload length.
-    let end = if payload_len == 0 && ctx.len() as usize > 0xffff {
-        ctx.len() as usize
-    } else {
-        EthHdr::LEN + Ipv6Hdr::LEN + payload_len
-    };
-    if end > ctx.len() as usize {
+    let end =
+        if payload_len == 0 && ctx.pkt_len() > 0xffff { ctx.pkt_len() } else { C::L3 + Ipv6Hdr::LEN + payload_len };
+    if end > ctx.pkt_len() {
         return Parsed::Malformed;
     }
     pkt.family = FAMILY_V6;
-    pkt.protocol = unsafe { (*ip).next_hdr };
-    pkt.hop_limit = unsafe { (*ip).hop_limit };
-    pkt.src = unsafe { (*ip).src_addr };
-    pkt.dst = unsafe { (*ip).dst_addr };
-    pkt.l4_off = EthHdr::LEN + Ipv6Hdr::LEN;
+    pkt.l4_off = C::L3 + Ipv6Hdr::LEN;
     // Extension headers are rare: read them with bpf_skb_load_bytes so the
     // variable offsets stay simple for the verifier.
     let mut i = 0;
@@ -208,7 +179,7 @@ fn parse_v6(ctx: &TcContext, pkt: &mut Packet) -> Parsed {
         match nh {
             // Hop-by-hop, routing, destination options: (len + 1) * 8 bytes.
             0 | 43 | 60 => {
-                let Ok(hdr) = ctx.load::<[u8; 2]>(off) else {
+                let Some(hdr) = ctx.fetch::<[u8; 2]>(off) else {
                     return Parsed::Malformed;
                 };
                 pkt.protocol = hdr[0];
@@ -216,7 +187,7 @@ fn parse_v6(ctx: &TcContext, pkt: &mut Packet) -> Parsed {
             }
             // Authentication header: (len + 2) * 4 bytes.
             51 => {
-                let Ok(hdr) = ctx.load::<[u8; 2]>(off) else {
+                let Some(hdr) = ctx.fetch::<[u8; 2]>(off) else {
                     return Parsed::Malformed;
                 };
                 pkt.protocol = hdr[0];
@@ -224,7 +195,7 @@ fn parse_v6(ctx: &TcContext, pkt: &mut Packet) -> Parsed {
             }
             // Fragment header: 8 bytes.
             44 => {
-                let Ok(hdr) = ctx.load::<[u8; 8]>(off) else {
+                let Some(hdr) = ctx.fetch::<[u8; 8]>(off) else {
                     return Parsed::Malformed;
                 };
                 pkt.protocol = hdr[0];
@@ -259,7 +230,7 @@ fn parse_v6(ctx: &TcContext, pkt: &mut Packet) -> Parsed {
 /// Reads ports (and TCP flags, ICMP type/identifier). `l4_len` is what the
 /// IP header says the L4 part holds. Returns false if it is too short.
 #[inline(always)]
-fn parse_l4(ctx: &TcContext, pkt: &mut Packet, l4_len: usize) -> bool {
+fn parse_l4<C: Skb>(ctx: &C, pkt: &mut Packet, l4_len: usize) -> bool {
     let min = match pkt.protocol {
         PROTO_TCP => 20,
         PROTO_UDP => 8,
@@ -298,19 +269,19 @@ fn parse_l4(ctx: &TcContext, pkt: &mut Packet, l4_len: usize) -> bool {
 /// The first 14 bytes of the L4 header, by direct access when the offset is
 /// the common one, by a helper load otherwise.
 #[inline(always)]
-fn load_l4(ctx: &TcContext, off: usize) -> Result<[u8; 14], ()> {
-    if off <= 14 + 60
-        && let Some(p) = ptr_at::<[u8; 14]>(ctx, off)
+fn load_l4<C: Skb>(ctx: &C, off: usize) -> Result<[u8; 14], ()> {
+    if off <= C::L3 + 60
+        && let Some(head) = ctx.header::<[u8; 14]>(off)
     {
-        return Ok(unsafe { *p });
+        return Ok(head);
     }
     // Short packets (ICMP, UDP) may hold fewer than 14 bytes of L4.
     let mut buf = [0u8; 14];
-    match ctx.load::<[u8; 8]>(off) {
-        Ok(b) => buf[..8].copy_from_slice(&b),
-        Err(_) => return Err(()),
+    match ctx.fetch::<[u8; 8]>(off) {
+        Some(b) => buf[..8].copy_from_slice(&b),
+        None => return Err(()),
     }
-    if let Ok(b) = ctx.load::<[u8; 6]>(off + 8) {
+    if let Some(b) = ctx.fetch::<[u8; 6]>(off + 8) {
         buf[8..].copy_from_slice(&b);
     }
     Ok(buf)
@@ -376,11 +347,11 @@ pub struct Quoted {
 }
 
 #[inline(always)]
-pub fn quoted_flow(ctx: &TcContext, pkt: &Packet) -> Option<Quoted> {
+pub fn quoted_flow<C: Skb>(ctx: &C, pkt: &Packet) -> Option<Quoted> {
     let inner = pkt.l4_off + 8;
     let mut q = Quoted { src: [0; 16], dst: [0; 16], protocol: 0, icmp_type: 0, sport: 0, dport: 0 };
     let l4 = if pkt.family == FAMILY_V4 {
-        let h = ctx.load::<[u8; 20]>(inner).ok()?;
+        let h = ctx.fetch::<[u8; 20]>(inner)?;
         if h[0] >> 4 != 4 {
             return None;
         }
@@ -389,7 +360,7 @@ pub fn quoted_flow(ctx: &TcContext, pkt: &Packet) -> Option<Quoted> {
         q.dst[..4].copy_from_slice(&h[16..20]);
         inner + ((h[0] & 0x0f) as usize) * 4
     } else {
-        let h = ctx.load::<[u8; 40]>(inner).ok()?;
+        let h = ctx.fetch::<[u8; 40]>(inner)?;
         q.protocol = h[6];
         q.src.copy_from_slice(&h[8..24]);
         q.dst.copy_from_slice(&h[24..40]);
@@ -397,13 +368,13 @@ pub fn quoted_flow(ctx: &TcContext, pkt: &Packet) -> Option<Quoted> {
     };
     match q.protocol {
         PROTO_TCP | PROTO_UDP | PROTO_SCTP => {
-            let ports = ctx.load::<[u8; 4]>(l4).ok()?;
+            let ports = ctx.fetch::<[u8; 4]>(l4)?;
             q.sport = u16::from_be_bytes([ports[0], ports[1]]);
             q.dport = u16::from_be_bytes([ports[2], ports[3]]);
         }
         // An error about a ping (traceroute -I, mtr): the echo identifier.
         PROTO_ICMP | PROTO_ICMPV6 => {
-            let h = ctx.load::<[u8; 6]>(l4).ok()?;
+            let h = ctx.fetch::<[u8; 6]>(l4)?;
             if !is_echo(q.protocol, h[0]) {
                 return None;
             }

@@ -3,7 +3,7 @@
 //! to Services.
 
 use crate::maps::Kernel;
-use aya_ebpf::programs::TcContext;
+use crate::skb::Skb;
 use palisade_common::{Config, Decision, Endpoint, FAMILY_V4, IpInfo, IpKey, PolicyMaps};
 
 /// `palisade_common::decide` over the kernel's maps.
@@ -56,8 +56,8 @@ pub fn address(family: u8, addr: &[u8; 16]) -> IpInfo {
 
 /// The packet carries the mark of a flow whose egress waits for DNAT.
 #[inline(always)]
-pub fn deferred(ctx: &TcContext, cfg: &Config) -> bool {
-    cfg.defer_mark != 0 && unsafe { (*ctx.skb.skb).mark } & cfg.defer_mark != 0
+pub fn deferred<C: Skb>(ctx: &C, cfg: &Config) -> bool {
+    cfg.defer_mark != 0 && ctx.mark() & cfg.defer_mark != 0
 }
 
 /// Marks the packet so the hook that sees it after DNAT judges its egress,
@@ -67,16 +67,14 @@ pub fn deferred(ctx: &TcContext, cfg: &Config) -> bool {
 /// source no longer names the pod. An interface beyond 16 bits is not
 /// recorded; its SNATed packets are then unattributed and drop.
 #[inline(always)]
-pub fn mark_deferred(ctx: &TcContext, cfg: &Config, ifindex: u32) {
-    let mark = unsafe { (*ctx.skb.skb).mark };
-    ctx.set_mark(mark | cfg.defer_mark);
+pub fn mark_deferred<C: Skb>(ctx: &C, cfg: &Config, ifindex: u32) {
     let source = if ifindex <= u16::MAX as u32 { ifindex } else { 0 };
-    unsafe { (*ctx.skb.skb).tc_index = source };
+    ctx.set_deferred(cfg.defer_mark, source);
 }
 
 /// The interface of the pod that sent a deferred packet, as
 /// [`mark_deferred`] recorded it (0: not recorded).
 #[inline(always)]
-pub fn deferred_source(ctx: &TcContext) -> u32 {
-    unsafe { (*ctx.skb.skb).tc_index }
+pub fn deferred_source<C: Skb>(ctx: &C) -> u32 {
+    ctx.tc_index()
 }

@@ -45,7 +45,8 @@ impl Datapath {
     ///    exception would fall back to a broader, allowed CIDR). If they do
     ///    not fit, stale ones go first and the rest is retried; if they
     ///    still do not fit, every pod is held closed.
-    /// 4. Endpoint entries (flags, identity, holds), then links.
+    /// 4. Endpoint entries (flags, identity, holds), then links, then the
+    ///    netfilter hooks' rules.
     /// 5. Endpoints and links of pods that are gone.
     /// 6. Stale addresses; then the revision bump that re-judges tracked
     ///    flows.
@@ -77,6 +78,14 @@ impl Datapath {
         }
         self.write_endpoints(&plan, &mut report);
         self.write_links(&mut plan, ifaces, &mut report);
+        if let Some(hooks) = &mut self.netfilter
+            && let Err(e) = hooks.ensure()
+        {
+            report.errors.push(format!(
+                "netfilter hooks: {e:#}; Service traffic to the node itself and Service traffic SNATed to a node \
+                 address are not judged"
+            ));
+        }
         self.remove_stale_ips(&plan.ips, &mut report);
 
         // Tracked flows decided under the old state get decided again.

@@ -11,6 +11,7 @@
 
 pub mod apply;
 pub mod bpffs;
+pub mod netfilter;
 pub mod netlink;
 pub mod pinned;
 pub mod plan;
@@ -19,7 +20,7 @@ use crate::policy::{IpPrefix, PolicyPrefix};
 use crate::state::EndpointState;
 use anyhow::{Context, Result, anyhow, bail};
 use aya::maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, RingBuf};
-use aya::programs::SchedClassifier;
+use aya::programs::{SchedClassifier, SocketFilter};
 use aya::{Ebpf, EbpfLoader};
 use palisade_common::{
     CFG_LOG_NEW_FLOWS, Config, Endpoint, IpInfo, IpKey, LAYOUT_VERSION, PolicyKey, PolicyValue, capacity,
@@ -49,6 +50,10 @@ pub struct Settings {
     /// skb mark bit for pod traffic to a Service whose egress verdict waits
     /// until kube-proxy has DNATed it to a backend.
     pub defer_mark: u32,
+    /// skb mark bit the netfilter hooks put on Service traffic whose
+    /// ingress they judged; 0: no netfilter hooks (Service traffic to the
+    /// node itself, and traffic SNATed to a node address, go unjudged).
+    pub judged_mark: u32,
     /// Which of the node's other interfaces judge that deferred egress.
     pub host_interfaces: HostInterfaces,
     /// Strict mode: interfaces whose name starts with one of these (the
@@ -162,6 +167,8 @@ pub struct Datapath {
     host_interfaces: HostInterfaces,
     strict_prefixes: Vec<String>,
     sizes: MapSizes,
+    /// The netfilter hooks' rules (None: `judged_mark` 0).
+    netfilter: Option<netfilter::Hooks>,
 }
 
 fn take<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(ebpf: &mut Ebpf, name: &str) -> Result<T> {
@@ -205,6 +212,7 @@ impl Datapath {
                 ebpf.program_mut(name).ok_or_else(|| anyhow!("program {name} missing"))?.try_into()?;
             prog.load().with_context(|| format!("verifying {name}"))?;
         }
+        let netfilter = load_netfilter(&mut ebpf, dir, settings)?;
         let endpoints: HashMap<_, u32, Endpoint> = take(&mut ebpf, maps::ENDPOINTS)?;
         let ips: LpmTrie<_, IpKey, IpInfo> = take(&mut ebpf, maps::IPS)?;
         let hosts: HashMap<_, IpKey, IpInfo> = take(&mut ebpf, maps::HOSTS)?;
@@ -234,6 +242,7 @@ impl Datapath {
         config.drop_event_interval_ns = settings.drop_event_interval.as_nanos() as u64;
         config.drop_event_budget = settings.drop_event_budget;
         config.defer_mark = settings.defer_mark;
+        config.judged_mark = settings.judged_mark;
         let mut dp = Datapath {
             dir: dir.to_path_buf(),
             ebpf,
@@ -248,6 +257,7 @@ impl Datapath {
             host_interfaces: settings.host_interfaces.clone(),
             strict_prefixes: settings.strict_prefixes.clone(),
             sizes,
+            netfilter,
         };
         dp.write_config()?;
         Ok(dp)
@@ -277,8 +287,14 @@ impl Datapath {
         Ok(prog.try_into()?)
     }
 
-    /// Makes the kernel hold `compiled`, with each local pod enforced on the
-    /// interface its address is routed to.
+    /// The loaded host egress classifier, for BPF_PROG_TEST_RUN in tests.
+    pub fn host_egress(&self) -> Result<&SchedClassifier> {
+        let name = programs::HOST_EGRESS;
+        let prog = self.ebpf.program(name).ok_or_else(|| anyhow!("program {name} missing"))?;
+        Ok(prog.try_into()?)
+    }
+
+    /// The per-CPU counters, summed.
     pub fn counters(&self) -> Vec<u64> {
         pinned::sum_counters(&self.stats)
     }
@@ -293,6 +309,37 @@ impl Datapath {
             conntrack: (0, self.sizes.conntrack),
         }
     }
+}
+
+/// Verifies and pins the netfilter hooks' programs (replacing an earlier
+/// agent's pins: its rules keep its programs until [`Datapath::sync`]
+/// installs ours), or, with the hooks off, takes out this directory's
+/// rules, which would otherwise keep judging with an earlier agent's
+/// programs and marking packets this one does not read.
+fn load_netfilter(ebpf: &mut Ebpf, dir: &Path, settings: &Settings) -> Result<Option<netfilter::Hooks>> {
+    let pins = netfilter::pin_dir(dir);
+    if settings.judged_mark == 0 {
+        netfilter::remove(&pins)?;
+        return Ok(None);
+    }
+    let (d, j) = (settings.defer_mark, settings.judged_mark);
+    if !j.is_power_of_two() || j & d != 0 {
+        bail!("the judged mark ({j:#x}) must be one bit, other than the defer mark ({d:#x})");
+    }
+    std::fs::create_dir_all(&pins)?;
+    for (name, pin) in [
+        (programs::NF_LOCAL, netfilter::LOCAL),
+        (programs::NF_FORWARD, netfilter::FORWARD),
+        (programs::NF_REPLY, netfilter::REPLY),
+    ] {
+        let prog: &mut SocketFilter =
+            ebpf.program_mut(name).ok_or_else(|| anyhow!("program {name} missing"))?.try_into()?;
+        prog.load().with_context(|| format!("verifying {name}"))?;
+        let path = pins.join(pin);
+        let _ = std::fs::remove_file(&path);
+        prog.pin(&path).with_context(|| format!("pinning {}", path.display()))?;
+    }
+    Ok(Some(netfilter::Hooks::new(pins, d, j)))
 }
 
 /// Refuses maps pinned by a build whose layout differs from this one's
@@ -339,6 +386,7 @@ fn check_pinned_layout(maps_dir: &Path, sizes: &MapSizes) -> Result<()> {
 /// Removes everything palisade pinned under `dir`: programs come off every
 /// interface and the maps go away with the last reference.
 pub fn uninstall(dir: &Path) -> Result<()> {
+    netfilter::remove(&netfilter::pin_dir(dir))?;
     if dir.exists() {
         std::fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
     }

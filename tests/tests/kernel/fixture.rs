@@ -125,13 +125,16 @@ pub fn settings() -> Settings {
         drop_event_budget: 0,
         event_buffer_bytes: EVENT_BUFFER_BYTES,
         defer_mark: DEFER_MARK,
+        judged_mark: 0,
         // Only the test's own veths: never the machine's real interfaces.
         host_interfaces: HostInterfaces::Named(vec![]),
         strict_prefixes: vec![],
     }
 }
 
-const DEFER_MARK: u32 = 0x40_0000;
+pub const DEFER_MARK: u32 = 0x40_0000;
+/// Offset of `mark` in `struct __sk_buff` (after `len` and `pkt_type`).
+const SKB_MARK: usize = 8;
 
 impl Env {
     pub fn new(settings: Settings) -> Env {
@@ -211,6 +214,16 @@ impl Env {
         let prog = self.dp.classifier(hook).expect("classifier");
         let opts = TestRunOptions { data_in: Some(pkt), ctx_in: Some(&ctx), ..TestRunOptions::new() };
         prog.test_run(opts).map(|r| r.return_value)
+    }
+
+    /// Runs the node's host egress hook on `pkt` carrying skb mark `mark`.
+    pub fn run_host_egress(&self, mark: u32, pkt: &[u8]) -> Verdict {
+        let mut ctx = skb_ctx(1);
+        ctx[SKB_MARK..SKB_MARK + 4].copy_from_slice(&mark.to_ne_bytes());
+        let prog = self.dp.host_egress().expect("host egress classifier");
+        let opts = TestRunOptions { data_in: Some(pkt), ctx_in: Some(&ctx), ..TestRunOptions::new() };
+        let v = prog.test_run(opts).unwrap_or_else(|e| panic!("host egress, {} bytes: {e}", pkt.len())).return_value;
+        verdict(v).unwrap_or_else(|| panic!("host egress: unexpected return value {v:#x}\n{}", hex(pkt)))
     }
 
     /// Like [`Env::try_run`], insisting on PASS or DROP.

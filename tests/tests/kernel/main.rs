@@ -25,6 +25,7 @@ mod ct_full;
 mod events;
 mod fragments;
 mod fuzz;
+mod host_egress;
 mod icmp_errors;
 mod malformed;
 mod regressions;
