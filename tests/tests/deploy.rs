@@ -356,6 +356,10 @@ fn agent_arguments_probes_and_volumes() {
     let socket = flag(&args, "--socket").unwrap_or_else(|| palisade::api::DEFAULT_SOCKET.to_string());
     let (run_volume, _) = mounted_from_host(&socket);
     assert_eq!(volumes[&run_volume], ("/run/palisade".to_string(), Some("DirectoryOrCreate".to_string())));
+    // The flow record (and saved copies) must outlive the container.
+    let state = flag(&args, "--state-dir").unwrap_or_else(|| "/var/lib/palisade".to_string());
+    let (state_volume, _) = mounted_from_host(&state);
+    assert_eq!(volumes[&state_volume], ("/var/lib/palisade".to_string(), Some("DirectoryOrCreate".to_string())));
 }
 
 /// `palisade run <the DaemonSet's args> --help` exits 0 only if clap
