@@ -6,10 +6,12 @@
 //! publishes what is in force as [`state`]; [`health`] serves metrics and
 //! readiness over HTTP; [`ui`] serves the browser view.
 
+pub mod advise;
 pub mod api;
 pub mod cluster;
 pub mod datapath;
 pub mod events;
+pub mod flows;
 pub mod health;
 pub mod metrics;
 pub mod policy;

@@ -31,6 +31,8 @@ enum Cmd {
     /// Would a connection be allowed, and why: policy by policy, rule by
     /// rule, checked against the kernel when asked of the running agent.
     Trace(TraceArgs),
+    /// The flow record of the running agent: who talked to whom.
+    Flows(palisade::advise::cli::FlowsArgs),
     /// Remove everything palisade pinned: programs come off every interface.
     Uninstall {
         #[arg(long, default_value = "/sys/fs/bpf/palisade")]
@@ -125,6 +127,15 @@ struct RunArgs {
     /// traffic it delivers locally escapes the hooks).
     #[arg(long)]
     allow_ipvs: bool,
+    /// Distinct flow keys the flow record keeps (oldest go first).
+    #[arg(long, default_value_t = palisade::flows::Settings::default().capacity)]
+    flow_keys: usize,
+    /// Flow keys not seen for this long are forgotten.
+    #[arg(long, default_value = "7d")]
+    flow_retention: humantime::Duration,
+    /// How often the flow record is saved under --state-dir (and at exit).
+    #[arg(long, default_value = "1m")]
+    flow_save_interval: humantime::Duration,
 }
 
 #[derive(Args)]
@@ -314,12 +325,15 @@ async fn main() {
                 map_sizes: a.map_entries,
                 interfaces_fault: a.test_fault_interfaces,
                 allow_ipvs: a.allow_ipvs,
+                flows: palisade::flows::Settings { capacity: a.flow_keys, retention: a.flow_retention.into() },
+                flows_save_every: a.flow_save_interval.into(),
             })
             .await
         }
         Cmd::Status(a) => status(a).await,
         Cmd::Observe(a) => observe(a).await,
         Cmd::Trace(a) => trace(a).await,
+        Cmd::Flows(a) => palisade::advise::cli::flows(a).await,
         Cmd::Uninstall { bpffs } => palisade::datapath::uninstall(&bpffs),
     };
     if let Err(e) = result {

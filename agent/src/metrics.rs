@@ -69,6 +69,9 @@ pub struct Metrics {
     pods: Family<StateLabels, Gauge>,
     held_closed: Family<HeldLabels, Gauge>,
     interface_errors: Counter,
+    flow_keys: Gauge,
+    flow_keys_evicted: Counter,
+    flow_events_missed: Counter,
     /// Last kernel counter values, to turn them into counter increments.
     last_kernel: Mutex<Vec<u64>>,
     received: AtomicU64,
@@ -101,6 +104,9 @@ impl Metrics {
             pods: Family::default(),
             held_closed: Family::default(),
             interface_errors: Counter::default(),
+            flow_keys: Gauge::default(),
+            flow_keys_evicted: Counter::default(),
+            flow_events_missed: Counter::default(),
             last_kernel: Mutex::new(vec![0; stat::COUNT as usize]),
             received: AtomicU64::new(0),
             registry: Registry::default(),
@@ -154,6 +160,17 @@ impl Metrics {
             "interface_discovery_errors",
             "Reads of the node's interfaces that failed or were incomplete (the last complete view stays in use)",
             m.interface_errors.clone(),
+        );
+        registry.register("flow_keys", "Distinct flow keys in the flow record", m.flow_keys.clone());
+        registry.register(
+            "flow_keys_evicted",
+            "Flow keys dropped from the full flow record, least recently seen first",
+            m.flow_keys_evicted.clone(),
+        );
+        registry.register(
+            "flow_events_missed",
+            "Verdict events the flow record fell behind on and never counted",
+            m.flow_events_missed.clone(),
         );
         Metrics { registry, ..m }
     }
@@ -245,6 +262,13 @@ impl Metrics {
         let map = MapLabels { map: "conntrack".into() };
         self.map_entries.get_or_create(&map).set(n as i64);
         self.map_capacity.get_or_create(&map).set(i64::from(palisade_common::capacity::CONNTRACK));
+    }
+
+    /// Takes the flow record's size and its loss counters (totals).
+    pub fn flow_record(&self, keys: usize, evicted: u64, missed: u64) {
+        self.flow_keys.set(keys as i64);
+        self.flow_keys_evicted.inc_by(evicted.saturating_sub(self.flow_keys_evicted.get()));
+        self.flow_events_missed.inc_by(missed.saturating_sub(self.flow_events_missed.get()));
     }
 
     pub fn encode(&self) -> String {

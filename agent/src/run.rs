@@ -56,6 +56,10 @@ pub struct Options {
     pub allow_ipvs: bool,
     /// How the source is read: saved copies, refused paths, namespace audit.
     pub source: crate::cluster::files::Options,
+    /// The flow record's bounds; it is saved under `source.state_dir`
+    /// this often (and at shutdown).
+    pub flows: crate::flows::Settings,
+    pub flows_save_every: Duration,
 }
 
 /// The host name, which is the node name unless told otherwise.
@@ -117,9 +121,24 @@ pub async fn run(opts: Options) -> Result<()> {
             None => break,
         }
     }
+    crate::flows::save_if_changed(&agent.shared.flows, agent.opts.source.state_dir.as_deref());
     tracing::info!("palisade agent stopping; enforcement stays in place (pinned under {})", agent.opts.bpffs.display());
     let _ = std::fs::remove_file(&agent.opts.socket);
     Ok(())
+}
+
+/// The flow record saved under the state directory, or a new one.
+fn open_flows(opts: &Options) -> crate::flows::Record {
+    let now = crate::flows::now_ms();
+    let saved = opts.source.state_dir.as_deref().map(crate::flows::load).transpose();
+    match saved {
+        Ok(Some(Some(snap))) => crate::flows::Record::restore(&opts.node_name, opts.flows, snap, now),
+        Ok(_) => crate::flows::Record::new(&opts.node_name, opts.flows, now),
+        Err(e) => {
+            tracing::warn!("the saved flow record is not usable, starting a new one: {e:#}");
+            crate::flows::Record::new(&opts.node_name, opts.flows, now)
+        }
+    }
 }
 
 /// Where one pass's time went.
@@ -181,6 +200,15 @@ impl Agent {
         let metrics = Arc::new(Metrics::new());
         let readiness = Arc::new(Readiness::default());
         let (view, view_rx) = watch::channel(Arc::new(View::default()));
+        let flows = Arc::new(open_flows(&opts));
+        tokio::spawn(crate::flows::run(
+            hub.clone(),
+            view_rx.clone(),
+            flows.clone(),
+            metrics.clone(),
+            opts.source.state_dir.clone(),
+            opts.flows_save_every,
+        ));
         tokio::spawn(events::run(ring, view_rx, hub.clone(), metrics.clone(), Some(opts.log_format)));
         if let Some(addr) = opts.metrics_addr {
             let (metrics, readiness) = (metrics.clone(), readiness.clone());
@@ -215,6 +243,7 @@ impl Agent {
             pinned: Pinned::open(&opts.bpffs)?,
             input: InputVersion { current: source.current_version(), applied: Default::default() },
             tracked_flows: Default::default(),
+            flows,
         });
         {
             // Kernel counters feed the metrics once a second; the tracked

@@ -136,6 +136,8 @@ pub struct Shared {
     /// one: `in_sync` compares them when asked, so a script that just wrote
     /// a file never sees a stale "in sync".
     pub input: InputVersion,
+    /// The flow record (`palisade flows`, `palisade advise`).
+    pub flows: Arc<crate::flows::Record>,
 }
 
 pub struct InputVersion {
@@ -156,6 +158,11 @@ impl Shared {
         s.counters = stat::NAMES.iter().map(|n| n.to_string()).zip(self.pinned.counters()).collect();
         s.counters.insert("events_received".into(), self.metrics.received());
         s.maps.conntrack.0 = self.tracked_flows.load(Ordering::Relaxed);
+        let (evicted, expired, missed) = self.flows.losses();
+        s.counters.insert("flow_keys".into(), self.flows.len() as u64);
+        s.counters.insert("flow_keys_evicted".into(), evicted);
+        s.counters.insert("flow_keys_expired".into(), expired);
+        s.counters.insert("flow_events_missed".into(), missed);
         s
     }
 

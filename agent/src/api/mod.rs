@@ -67,6 +67,8 @@ pub enum Request {
         /// Keep streaming new events.
         follow: bool,
     },
+    /// The flow record: one line, a [`crate::flows::Snapshot`].
+    Flows,
 }
 
 /// Serves the API until the process ends.
@@ -105,6 +107,11 @@ async fn handle(stream: UnixStream, shared: &Shared) -> Result<()> {
                 Err(e) => serde_json::json!({ "error": e }),
             };
             write.write_all(format!("{reply}\n").as_bytes()).await?;
+        }
+        Request::Flows => {
+            let mut out = serde_json::to_vec(&shared.flows.snapshot(crate::flows::now_ms()))?;
+            out.push(b'\n');
+            write.write_all(&out).await?;
         }
         Request::Observe { filter, last, since_ms, follow } => {
             // Subscribe before replaying history so nothing falls in between.
