@@ -124,6 +124,14 @@ impl Browser {
         let (code, v) = http("POST", &b.addr, "/session", Some(&caps))?;
         ensure!(code == 200, "new session: {v}");
         b.session = v["value"]["sessionId"].as_str().context("no session id")?.to_string();
+        // The window's size includes what headless chromium counts as its
+        // frame: set the page's own viewport to exactly 1280×800.
+        b.cmd(
+            "POST",
+            "/goog/cdp/execute",
+            Some(json!({"cmd": "Emulation.setDeviceMetricsOverride",
+                        "params": {"width": 1280, "height": 800, "deviceScaleFactor": 1, "mobile": false}})),
+        )?;
         Ok(b)
     }
 
@@ -284,8 +292,23 @@ fn cases() -> Vec<palisade_e2e::suite::Case<Env>> {
             }
             let errors = e.browser.console_errors()?;
             ensure!(errors.is_empty(), "the page logged errors: {errors:#?}");
-            let size = e.browser.run("return [window.innerWidth, document.documentElement.scrollWidth]")?;
-            ensure!(size[1].as_u64() <= size[0].as_u64(), "the page is wider than the 1280 px window: {size}");
+            let size = e.browser.run(
+                "return [window.innerWidth, window.innerHeight, document.documentElement.scrollWidth, \
+                 document.documentElement.scrollHeight]",
+            )?;
+            ensure!(size[0] == 1280 && size[1] == 800, "the viewport is not 1280×800: {size}");
+            ensure!(size[2] == 1280 && size[3] == 800, "the page does not fit 1280×800: {size}");
+            // Keyboard: Tab reaches the tabs, arrows move between them.
+            e.browser.run("document.querySelector('#tab-map').focus()")?;
+            e.browser.cmd(
+                "POST",
+                "/actions",
+                Some(json!({"actions": [{"type": "key", "id": "kb", "actions": [
+                    {"type": "keyDown", "value": "\u{E014}"}, {"type": "keyUp", "value": "\u{E014}"}]}]})),
+            )?;
+            let active = e.browser.run("return document.activeElement.id")?;
+            ensure!(active == "tab-verdicts", "ArrowRight on a tab focuses {active}");
+            ensure!(e.browser.find("#view-verdicts:not([hidden])")?.is_some(), "ArrowRight did not show the verdicts");
             // Every namespace is on the map, each workload a node.
             let ids = e.browser.run("return [...document.querySelectorAll('#map .node')].map(n => n.dataset.id)")?;
             for pod in e.cluster.topo.names() {

@@ -1,12 +1,15 @@
-//! The flow map's data: verdict events folded into edges between workloads
-//! (one edge per source, destination and verdict, with counts, a rate and
-//! the flows behind it), and a bounded tail of recent events for the
-//! page's verdict list. Everything here is bounded, whatever the event
-//! rate: the page reads aggregates, never every event.
+//! The flow map's data. Edges (one per source workload, destination
+//! workload and verdict) are the flow record's keys grouped by workload
+//! pair, with counts and first and last seen from the record and a rate
+//! from successive counts. The flows behind each edge (which pods, the
+//! deciding rule, what `trace` needs) and a tail of recent events for the
+//! verdict list come from the event hub. Everything here is bounded,
+//! whatever the event rate: the page reads aggregates, never every event.
 
 use crate::api::Filter;
 use crate::events::{Peer, Verdict, VerdictEvent, isolation_text};
-use crate::policy::{Input, Workload};
+use crate::flows::{Remote, Seen, Snapshot};
+use crate::policy::{Direction, Input, Workload};
 use crate::state::Shared;
 use crate::trace::{EndpointRef, Query};
 use serde::Serialize;
@@ -16,7 +19,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 
-/// At most this many edges; the one seen longest ago goes first.
+/// At most this many edges keep their flows; the one seen longest ago
+/// goes first.
 const MAX_EDGES: usize = 2000;
 /// At most this many distinct flows kept per edge (the latest).
 const MAX_FLOWS: usize = 50;
@@ -24,8 +28,8 @@ const MAX_FLOWS: usize = 50;
 const TAIL: usize = 1000;
 /// Most events one request for the tail returns.
 const TAIL_LIMIT: usize = 500;
-/// Rates are averaged over this many seconds.
-const RATE_WINDOW: u64 = 10;
+/// Rates are averaged over about this long (milliseconds).
+const RATE_WINDOW_MS: u64 = 10_000;
 
 fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
@@ -56,8 +60,23 @@ impl NodeRef {
                 let w = known.unwrap_or_else(|| Workload { kind: "Pod".into(), name: pod.clone() });
                 NodeRef::of_workload(ns, &w)
             }
-            _ => NodeRef { id: p.name(), namespace: None, name: p.name() },
+            _ => NodeRef::outside(p.kind == "host"),
         }
+    }
+
+    /// The other end of a flow record key.
+    pub fn of_remote(r: &Remote) -> NodeRef {
+        match r {
+            Remote::Pod { namespace, workload } => NodeRef::of_workload(namespace, workload),
+            Remote::Node { .. } => NodeRef::outside(true),
+            Remote::External { .. } => NodeRef::outside(false),
+        }
+    }
+
+    /// The node itself ("host"), or any address outside the pods ("world").
+    fn outside(host: bool) -> NodeRef {
+        let name = if host { "host" } else { "world" };
+        NodeRef { id: name.into(), namespace: None, name: name.into() }
     }
 }
 
@@ -85,33 +104,109 @@ pub struct FlowStat {
     pub destination_ip: std::net::IpAddr,
 }
 
+/// An edge of the map, from the flow record.
 #[derive(Clone, Debug, Serialize)]
 pub struct Edge {
     pub id: String,
     pub source: String,
     pub target: String,
     pub verdict: Verdict,
-    /// Packets the events stand for (drops are summarised per flow).
+    /// Packets the events stood for (one per new flow; drops are
+    /// summarised per flow), each flow counted once, not once per hook.
     pub count: u64,
-    /// Per second, over the last [`RATE_WINDOW`] seconds.
+    /// Per second, from the counts of the last ten seconds or so.
     pub rate: f64,
     pub first_ms: u64,
     pub last_ms: u64,
-    /// The policies that decided: the allowing rule's, or the isolating ones.
+    /// The policies that decided: the allowing rule's, or the isolating
+    /// ones (from the recent events).
     pub policies: BTreeSet<String>,
-    #[serde(skip)]
-    window: VecDeque<(u64, u64)>,
-    #[serde(skip)]
-    flows: HashMap<FlowKey, FlowStat>,
     #[serde(skip)]
     nodes: (NodeRef, NodeRef),
 }
 
-impl Edge {
-    fn rate_at(&self, now_s: u64) -> f64 {
-        let recent: u64 = self.window.iter().filter(|(s, _)| s + RATE_WINDOW > now_s).map(|(_, c)| c).sum();
-        recent as f64 / RATE_WINDOW as f64
+fn edge_id(source: &NodeRef, target: &NodeRef, verdict: Verdict) -> String {
+    format!("{}|{}|{verdict}", source.id, target.id)
+}
+
+fn verdict_of(seen: Seen) -> Verdict {
+    match seen {
+        Seen::Allowed => Verdict::Allowed,
+        Seen::Dropped => Verdict::Dropped,
+        Seen::Audit => Verdict::Audit,
     }
+}
+
+/// The record's keys grouped by workload pair and verdict. A flow between
+/// two pods of this node is recorded at both hooks (the sender's egress,
+/// the receiver's ingress): an edge counts the larger of the two, so each
+/// flow counts once.
+pub fn edges_of(snapshot: &Snapshot) -> BTreeMap<String, Edge> {
+    let mut per_hook: BTreeMap<(String, Direction), u64> = BTreeMap::new();
+    let mut edges: BTreeMap<String, Edge> = BTreeMap::new();
+    for f in &snapshot.flows {
+        let local = NodeRef::of_workload(&f.key.namespace, &f.key.workload);
+        let remote = NodeRef::of_remote(&f.key.peer);
+        let (source, target) = match f.key.direction {
+            Direction::Egress => (local, remote),
+            Direction::Ingress => (remote, local),
+        };
+        let verdict = verdict_of(f.key.verdict);
+        let id = edge_id(&source, &target, verdict);
+        *per_hook.entry((id.clone(), f.key.direction)).or_default() += f.stats.count;
+        let e = edges.entry(id.clone()).or_insert_with(|| Edge {
+            id,
+            source: source.id.clone(),
+            target: target.id.clone(),
+            verdict,
+            count: 0,
+            rate: 0.0,
+            first_ms: f.stats.first_seen_ms,
+            last_ms: f.stats.last_seen_ms,
+            policies: BTreeSet::new(),
+            nodes: (source, target),
+        });
+        e.first_ms = e.first_ms.min(f.stats.first_seen_ms);
+        e.last_ms = e.last_ms.max(f.stats.last_seen_ms);
+    }
+    for ((id, _), count) in per_hook {
+        if let Some(e) = edges.get_mut(&id) {
+            e.count = e.count.max(count);
+        }
+    }
+    edges
+}
+
+/// Edge counts at one moment, for rates.
+type Sample = (u64, HashMap<String, u64>);
+
+/// Sets each edge's rate from its count now and its count in the oldest
+/// sample of the last [`RATE_WINDOW_MS`], and keeps a sample of now.
+fn rates(samples: &mut VecDeque<Sample>, edges: &mut BTreeMap<String, Edge>, now: u64) {
+    while samples.len() > 1 && samples.front().is_some_and(|(t, _)| t + RATE_WINDOW_MS < now) {
+        samples.pop_front();
+    }
+    if let Some((t0, old)) = samples.front()
+        && now > *t0
+    {
+        let secs = (now - t0) as f64 / 1000.0;
+        for e in edges.values_mut() {
+            e.rate = e.count.saturating_sub(old.get(&e.id).copied().unwrap_or(0)) as f64 / secs;
+        }
+    }
+    if samples.back().is_none_or(|(t, _)| now >= t + 1000) {
+        samples.push_back((now, edges.values().map(|e| (e.id.clone(), e.count)).collect()));
+    }
+}
+
+/// What the recent events say about an edge: the flows behind it and the
+/// policies that decided them.
+#[derive(Clone, Debug)]
+struct Detail {
+    verdict: Verdict,
+    last_ms: u64,
+    policies: BTreeSet<String>,
+    flows: HashMap<FlowKey, FlowStat>,
 }
 
 /// What decided an event, in the words of the agent's log line.
@@ -129,11 +224,12 @@ pub fn decided(ev: &VerdictEvent) -> String {
 
 #[derive(Default)]
 struct State {
-    edges: HashMap<String, Edge>,
+    details: HashMap<String, Detail>,
     tail: VecDeque<(u64, Arc<VerdictEvent>)>,
     seq: u64,
-    /// Events the aggregation missed because it fell behind.
+    /// Events the page's aggregation missed because it fell behind.
     lagged: u64,
+    samples: VecDeque<Sample>,
 }
 
 impl State {
@@ -145,46 +241,26 @@ impl State {
         self.tail.push_back((self.seq, ev.clone()));
 
         let (src, dst) = (NodeRef::of_peer(&ev.source, input), NodeRef::of_peer(&ev.destination, input));
-        let id = format!("{}|{}|{}", src.id, dst.id, ev.verdict);
-        if !self.edges.contains_key(&id) && self.edges.len() >= MAX_EDGES {
-            let oldest = self.edges.values().min_by_key(|e| e.last_ms).map(|e| e.id.clone());
+        let id = edge_id(&src, &dst, ev.verdict);
+        if !self.details.contains_key(&id) && self.details.len() >= MAX_EDGES {
+            let oldest = self.details.iter().min_by_key(|(_, d)| d.last_ms).map(|(id, _)| id.clone());
             if let Some(old) = oldest {
-                self.edges.remove(&old);
+                self.details.remove(&old);
             }
         }
-        let edge = self.edges.entry(id.clone()).or_insert_with(|| Edge {
-            id,
-            source: src.id.clone(),
-            target: dst.id.clone(),
+        let detail = self.details.entry(id).or_insert_with(|| Detail {
             verdict: ev.verdict,
-            count: 0,
-            rate: 0.0,
-            first_ms: now,
             last_ms: now,
             policies: BTreeSet::new(),
-            window: VecDeque::new(),
             flows: HashMap::new(),
-            nodes: (src, dst),
         });
-        let n = u64::from(ev.count.max(1));
-        edge.count += n;
-        edge.last_ms = now;
-        let sec = now / 1000;
-        match edge.window.back_mut() {
-            Some((s, c)) if *s == sec => *c += n,
-            _ => {
-                edge.window.push_back((sec, n));
-                if edge.window.len() > RATE_WINDOW as usize {
-                    edge.window.pop_front();
-                }
-            }
-        }
+        detail.last_ms = now;
         if let Some(rule) = &ev.policy
             && let (Some(ns), Some(name)) = (&rule.namespace, &rule.name)
         {
-            edge.policies.insert(format!("{ns}/{name}"));
+            detail.policies.insert(format!("{ns}/{name}"));
         }
-        edge.policies.extend(ev.isolated_by.iter().map(|p| p.to_string()));
+        detail.policies.extend(ev.isolated_by.iter().map(|p| p.to_string()));
         let key = FlowKey {
             source: ev.source.name(),
             destination: ev.destination.name(),
@@ -192,13 +268,13 @@ impl State {
             port: ev.destination.port,
             direction: ev.direction,
         };
-        if !edge.flows.contains_key(&key) && edge.flows.len() >= MAX_FLOWS {
-            let oldest = edge.flows.values().min_by_key(|f| f.last_ms).map(|f| f.key.clone());
+        if !detail.flows.contains_key(&key) && detail.flows.len() >= MAX_FLOWS {
+            let oldest = detail.flows.values().min_by_key(|f| f.last_ms).map(|f| f.key.clone());
             if let Some(old) = oldest {
-                edge.flows.remove(&old);
+                detail.flows.remove(&old);
             }
         }
-        let flow = edge.flows.entry(key.clone()).or_insert_with(|| FlowStat {
+        let flow = detail.flows.entry(key.clone()).or_insert_with(|| FlowStat {
             key,
             count: 0,
             first_ms: now,
@@ -207,7 +283,7 @@ impl State {
             source_ip: ev.source.ip,
             destination_ip: ev.destination.ip,
         });
-        flow.count += n;
+        flow.count += u64::from(ev.count.max(1));
         flow.last_ms = now;
         flow.decided = decided(ev);
         flow.source_ip = ev.source.ip;
@@ -215,7 +291,7 @@ impl State {
     }
 }
 
-/// Verdict events folded for the page. Cloning shares the same state.
+/// The page's view of the flows. Cloning shares the same state.
 #[derive(Clone, Default)]
 pub struct FlowMap(Arc<Mutex<State>>);
 
@@ -280,25 +356,25 @@ impl FlowMap {
         }
     }
 
-    /// Edges, with the rate as of `now`, whose either end is in one of
-    /// `namespaces` (all when empty).
-    pub fn edges(&self, namespaces: &[String], now: u64) -> Vec<(Edge, NodeRef, NodeRef)> {
-        let st = self.lock();
+    /// The record's edges as of `now`, with rates and the policies the
+    /// recent events name, whose either end is in one of `namespaces`
+    /// (all when empty).
+    pub fn edges(&self, snapshot: &Snapshot, namespaces: &[String], now: u64) -> Vec<(Edge, NodeRef, NodeRef)> {
+        let mut edges = edges_of(snapshot);
+        let mut st = self.lock();
+        rates(&mut st.samples, &mut edges, now);
         let wanted = |n: &NodeRef| n.namespace.as_ref().is_some_and(|ns| namespaces.contains(ns));
-        let mut out: Vec<_> = st
-            .edges
-            .values()
+        edges
+            .into_values()
             .filter(|e| namespaces.is_empty() || wanted(&e.nodes.0) || wanted(&e.nodes.1))
-            .map(|e| {
-                let mut e2 = e.clone();
-                e2.rate = e.rate_at(now / 1000);
-                e2.flows.clear();
+            .map(|mut e| {
+                if let Some(d) = st.details.get(&e.id) {
+                    e.policies.clone_from(&d.policies);
+                }
                 let (a, b) = e.nodes.clone();
-                (e2, a, b)
+                (e, a, b)
             })
-            .collect();
-        out.sort_by(|a, b| a.0.id.cmp(&b.0.id));
-        out
+            .collect()
     }
 
     /// The map: every workload of the selected namespaces (idle ones too),
@@ -318,7 +394,8 @@ impl FlowMap {
                 }
             }
         }
-        let edges = self.edges(namespaces, now);
+        let record = shared.flows.snapshot(now);
+        let edges = self.edges(&record, namespaces, now);
         for (_, a, b) in &edges {
             for n in [a, b] {
                 nodes.entry(n.id.clone()).or_insert_with(|| (n.clone(), BTreeSet::new()));
@@ -328,7 +405,8 @@ impl FlowMap {
         json!({
             "time_ms": now,
             "seq": st.seq,
-            "lagged": st.lagged,
+            "lagged": st.lagged + record.missed_events,
+            "observing_since_ms": record.observing_since_ms,
             "namespaces": all_ns,
             "nodes": nodes.into_values().map(|(n, pods)| json!({
                 "id": n.id, "namespace": n.namespace, "name": n.name, "pods": pods,
@@ -337,16 +415,15 @@ impl FlowMap {
         })
     }
 
-    /// One edge: its flows (latest first), the policies that decided them,
-    /// and `trace`'s explanation of the latest flow it can trace.
+    /// One edge: its counts (the record), its recent flows (latest first),
+    /// the policies that decided them, and `trace`'s explanation of the
+    /// latest flow it can trace.
     pub fn edge(&self, shared: &Shared, id: &str) -> Result<Value, String> {
-        let (edge, mut flows) = {
-            let st = self.lock();
-            let e = st.edges.get(id).ok_or_else(|| format!("no edge {id} (it may have aged out)"))?;
-            let mut e2 = e.clone();
-            e2.rate = e.rate_at(now_ms() / 1000);
-            (e2, e.flows.values().cloned().collect::<Vec<_>>())
-        };
+        let now = now_ms();
+        let edge = self.edges(&shared.flows.snapshot(now), &[], now).into_iter().map(|e| e.0).find(|e| e.id == id);
+        let mut flows: Vec<FlowStat> =
+            self.lock().details.get(id).map(|d| d.flows.values().cloned().collect()).unwrap_or_default();
+        let edge = edge.ok_or_else(|| format!("no edge {id} (it may have aged out)"))?;
         flows.sort_by(|a, b| b.last_ms.cmp(&a.last_ms).then(a.key.cmp(&b.key)));
         let traced = flows.iter().find_map(|f| Some((f, query(f)?)));
         let trace = match traced {
@@ -354,7 +431,7 @@ impl FlowMap {
                 Ok(t) => json!({ "flow": f.key, "text": t.to_string(), "allowed": t.allowed }),
                 Err(e) => json!({ "flow": f.key, "error": e }),
             },
-            None => json!({ "error": "no flow of this edge has a port to trace (TCP, UDP or SCTP)" }),
+            None => json!({ "error": "no recent flow of this edge has a port to trace (TCP, UDP or SCTP)" }),
         };
         Ok(json!({ "edge": edge, "flows": flows, "trace": trace }))
     }
@@ -377,18 +454,18 @@ impl FlowMap {
         json!({ "seq": st.seq, "lagged": st.lagged, "events": events })
     }
 
-    /// Observed traffic between pods (`namespace/pod` names) on a protocol
+    /// Recent traffic between pods (`namespace/pod` names) on a protocol
     /// and destination port: (allowed, dropped, audit) counts.
     pub fn observed(&self, protocol: &str, port: u16) -> HashMap<(String, String), [u64; 3]> {
         let st = self.lock();
         let mut out: HashMap<(String, String), [u64; 3]> = HashMap::new();
-        for e in st.edges.values() {
-            let slot = match e.verdict {
+        for d in st.details.values() {
+            let slot = match d.verdict {
                 Verdict::Allowed => 0,
                 Verdict::Dropped => 1,
                 Verdict::Audit => 2,
             };
-            for f in e.flows.values().filter(|f| f.key.port == Some(port) && f.key.protocol == protocol) {
+            for f in d.flows.values().filter(|f| f.key.port == Some(port) && f.key.protocol == protocol) {
                 out.entry((f.key.source.clone(), f.key.destination.clone())).or_default()[slot] += f.count;
             }
         }
@@ -416,7 +493,8 @@ fn query(f: &FlowStat) -> Option<Query> {
 mod tests {
     use super::*;
     use crate::events::record::RuleRef;
-    use crate::policy::{Direction, PolicyRef};
+    use crate::flows::{Flow, FlowKey as RecordKey, Stats};
+    use crate::policy::PolicyRef;
 
     fn peer(ns: &str, pod: &str, ip: &str, port: Option<u16>) -> Peer {
         Peer {
@@ -458,26 +536,86 @@ mod tests {
         })
     }
 
+    fn pod_workload(name: &str) -> Workload {
+        Workload { kind: "Pod".into(), name: name.into() }
+    }
+
+    fn flow(ns: &str, pod: &str, direction: Direction, peer: Remote, seen: Seen, count: u64, at: u64) -> Flow {
+        Flow {
+            key: RecordKey {
+                namespace: ns.into(),
+                workload: pod_workload(pod),
+                direction,
+                peer,
+                protocol: "TCP".into(),
+                port: Some(80),
+                port_name: None,
+                verdict: seen,
+            },
+            stats: Stats { count, first_seen_ms: at, last_seen_ms: at + 500 },
+        }
+    }
+
     #[test]
-    fn events_fold_into_edges_by_workload_pair_and_verdict() {
+    fn record_keys_group_into_edges_by_workload_pair_each_flow_once() {
+        let xa = Remote::Pod { namespace: "x".into(), workload: pod_workload("a") };
+        let yb = Remote::Pod { namespace: "y".into(), workload: pod_workload("b") };
+        let world = Remote::External { ip: "203.0.113.7".parse().unwrap() };
+        let snapshot = Snapshot {
+            flows: vec![
+                // One allowed connection, recorded at both hooks.
+                flow("x", "a", Direction::Egress, yb.clone(), Seen::Allowed, 1, 1000),
+                flow("y", "b", Direction::Ingress, xa.clone(), Seen::Allowed, 1, 1000),
+                // Dropped at y/b's ingress after x/a's egress let it out.
+                flow("y", "b", Direction::Ingress, xa, Seen::Dropped, 5, 2000),
+                flow("x", "a", Direction::Egress, world, Seen::Dropped, 2, 3000),
+            ],
+            ..Default::default()
+        };
+        let edges = edges_of(&snapshot);
+        let ids: Vec<&str> = edges.keys().map(String::as_str).collect();
+        assert_eq!(ids, ["x/pod/a|world|DROPPED", "x/pod/a|y/pod/b|ALLOWED", "x/pod/a|y/pod/b|DROPPED"]);
+        let allowed = &edges["x/pod/a|y/pod/b|ALLOWED"];
+        assert_eq!(allowed.count, 1, "a flow seen at both hooks counts once");
+        let dropped = &edges["x/pod/a|y/pod/b|DROPPED"];
+        assert_eq!((dropped.count, dropped.first_ms, dropped.last_ms), (5, 2000, 2500));
+        assert_eq!(dropped.nodes.1.namespace.as_deref(), Some("y"));
+        assert_eq!(edges["x/pod/a|world|DROPPED"].nodes.1.namespace, None);
+    }
+
+    #[test]
+    fn rates_come_from_successive_counts() {
+        let yb = Remote::Pod { namespace: "y".into(), workload: pod_workload("b") };
+        let at = |count| Snapshot {
+            flows: vec![flow("x", "a", Direction::Egress, yb.clone(), Seen::Dropped, count, 0)],
+            ..Default::default()
+        };
         let map = FlowMap::default();
         let t0 = 1_000_000;
-        map.record_all(&[event(Verdict::Dropped, "b", 3), event(Verdict::Allowed, "b", 1)], None, t0);
-        map.record_all(&[event(Verdict::Dropped, "b", 2)], None, t0 + 1500);
-        let edges = map.edges(&[], t0 + 1500);
-        assert_eq!(edges.len(), 2);
-        let dropped = &edges.iter().find(|e| e.0.verdict == Verdict::Dropped).unwrap().0;
-        assert_eq!((dropped.source.as_str(), dropped.target.as_str()), ("x/pod/a", "y/pod/b"));
-        assert_eq!(dropped.count, 5);
-        assert_eq!((dropped.first_ms, dropped.last_ms), (t0, t0 + 1500));
-        assert!((dropped.rate - 0.5).abs() < 1e-9, "5 packets over a 10 s window: {}", dropped.rate);
-        assert_eq!(dropped.policies.iter().collect::<Vec<_>>(), ["y/deny-b"]);
-        // Eleven seconds later the window is empty.
-        assert_eq!(map.edges(&[], t0 + 12_000)[0].0.rate, 0.0);
-        assert!(map.edges(&["z".into()], t0).is_empty());
-        assert_eq!(map.edges(&["y".into()], t0).len(), 2);
-        let seen = map.observed("TCP", 80);
-        assert_eq!(seen[&("x/a".to_string(), "y/b".to_string())], [1, 5, 0]);
+        assert_eq!(map.edges(&at(10), &[], t0)[0].0.rate, 0.0, "one count is no rate");
+        assert_eq!(map.edges(&at(20), &[], t0 + 1000)[0].0.rate, 10.0);
+        assert_eq!(map.edges(&at(50), &[], t0 + 2000)[0].0.rate, 20.0);
+        // Samples older than the window go: from t0 + 13 s, the oldest
+        // kept is the one of t0 + 2 s (count 50).
+        assert_eq!(map.edges(&at(60), &[], t0 + 13_000)[0].0.rate, 10.0 / 11.0);
+        assert!(map.edges(&at(60), &["z".into()], t0 + 13_500).is_empty());
+        assert_eq!(map.edges(&at(60), &["y".into()], t0 + 13_500).len(), 1);
+    }
+
+    #[test]
+    fn events_give_each_edge_its_flows_and_policies() {
+        let map = FlowMap::default();
+        map.record_all(&[event(Verdict::Dropped, "b", 3), event(Verdict::Allowed, "b", 1)], None, 1000);
+        map.record_all(&[event(Verdict::Dropped, "b", 2)], None, 2000);
+        let st = map.lock();
+        let d = &st.details["x/pod/a|y/pod/b|DROPPED"];
+        assert_eq!(d.policies.iter().collect::<Vec<_>>(), ["y/deny-b"]);
+        let f: Vec<&FlowStat> = d.flows.values().collect();
+        assert_eq!((f.len(), f[0].count, f[0].key.source.as_str()), (1, 5, "x/a"));
+        assert!(f[0].decided.contains("isolated for ingress by y/deny-b"), "{}", f[0].decided);
+        drop(st);
+        assert_eq!(map.observed("TCP", 80)[&("x/a".to_string(), "y/b".to_string())], [1, 5, 0]);
+        assert!(map.observed("TCP", 81).is_empty());
     }
 
     #[test]
@@ -498,13 +636,13 @@ mod tests {
     }
 
     #[test]
-    fn edges_are_bounded() {
+    fn details_are_bounded() {
         let map = FlowMap::default();
         for i in 0..(MAX_EDGES + 5) {
             map.record_all(&[event(Verdict::Dropped, &format!("p{i}"), 1)], None, i as u64);
         }
-        let edges = map.edges(&[], 0);
-        assert_eq!(edges.len(), MAX_EDGES);
-        assert!(!edges.iter().any(|e| e.0.target == "y/pod/p0"), "the oldest edge goes first");
+        let st = map.lock();
+        assert_eq!(st.details.len(), MAX_EDGES);
+        assert!(!st.details.contains_key("x/pod/a|y/pod/p0|DROPPED"), "the oldest edge goes first");
     }
 }

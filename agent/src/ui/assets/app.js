@@ -133,7 +133,7 @@ const map = {
 };
 
 const COL_W = 200;
-const ROW_H = 64;
+const ROW_H = 84;
 const TOP = 10;
 
 function layout(nodes) {
@@ -164,7 +164,7 @@ function drawMap(data) {
     svg.style.maxWidth = width * 1.3 + 'px';
     const defs = sv('defs');
     for (const v of ORDER) {
-      const m = sv('marker', { id: 'arrow-' + v, viewBox: '0 0 10 10', refX: 9, refY: 5, markerWidth: 7, markerHeight: 7, orient: 'auto' });
+      const m = sv('marker', { id: 'arrow-' + v, viewBox: '0 0 10 10', refX: 9, refY: 5, markerWidth: 12, markerHeight: 12, markerUnits: 'userSpaceOnUse', orient: 'auto' });
       m.append(sv('path', { d: 'M0,0 L10,5 L0,10 z', class: 'arrowhead', fill: `var(--${v.toLowerCase()})` }));
       defs.append(m);
     }
@@ -226,9 +226,31 @@ function rate(r) {
   return r >= 10 ? Math.round(r) : r.toFixed(1);
 }
 
+function plural(n, word) {
+  return `${n} ${word}${n === 1 ? '' : 's'}`;
+}
+
+// Moves a label up or down, in steps, until it overlaps no label placed
+// before it.
+function place(placed, box) {
+  const overlaps = (b) => placed.some((p) => b.x < p.x + p.w && p.x < b.x + b.w && b.y < p.y + p.h && p.y < b.y + b.h);
+  for (let i = 0; i < 12; i++) {
+    const step = Math.ceil(i / 2) * 21 * (i % 2 ? 1 : -1);
+    const b = { ...box, y: box.y + step };
+    if (!overlaps(b)) {
+      placed.push(b);
+      return b;
+    }
+  }
+  placed.push(box);
+  return box;
+}
+
 function drawEdges(edges) {
   const layer = $('#edges');
   const live = new Set();
+  // Nodes and their names first: labels keep clear of them.
+  const placed = [...map.pos.values()].map((p) => ({ x: p.x - 36, y: p.y - 14, w: 72, h: 50 }));
   for (const e of edges) {
     const a = map.pos.get(e.source);
     const b = map.pos.get(e.target);
@@ -255,12 +277,13 @@ function drawEdges(edges) {
     const words = `${VERDICT[e.verdict].sym} ${e.verdict} ${e.count}${e.rate > 0 ? ` · ${rate(e.rate)}/s` : ''}`;
     d.text.textContent = words;
     const w = words.length * 6.6 + 10;
-    d.rect.setAttribute('x', c.mx - w / 2);
-    d.rect.setAttribute('y', c.my - 9);
+    const box = place(placed, { x: c.mx - w / 2, y: c.my - 9, w, h: 18 });
+    d.rect.setAttribute('x', box.x);
+    d.rect.setAttribute('y', box.y);
     d.rect.setAttribute('width', w);
-    d.text.setAttribute('x', c.mx - w / 2 + 5);
-    d.text.setAttribute('y', c.my + 1);
-    d.label.setAttribute('aria-label', `${e.source} to ${e.target}: ${e.verdict}, ${e.count} packets, ${rate(e.rate)} per second; policies ${[...e.policies].join(', ') || 'none'}`);
+    d.text.setAttribute('x', box.x + 5);
+    d.text.setAttribute('y', box.y + 10);
+    d.label.setAttribute('aria-label', `${e.source} to ${e.target}: ${e.verdict}, ${plural(e.count, 'packet')}, ${rate(e.rate)} per second; policies ${[...e.policies].join(', ') || 'none'}`);
     d.g.classList.toggle('selected', e.id === state.edge);
   }
   for (const [id, d] of map.edges) {
@@ -276,8 +299,9 @@ async function refreshMap() {
   const data = await get('/api/flows?' + nsQuery());
   renderNamespaces(data.namespaces);
   drawMap(data);
-  const lost = data.lagged ? ` · ${data.lagged} events missed under load` : '';
-  status(`live · ${data.edges.length} edges · updated ${clock(data.time_ms)}${lost}`);
+  const lost = data.lagged ? ` · ${plural(data.lagged, 'event')} missed under load` : '';
+  const since = data.observing_since_ms ? ` since ${new Date(data.observing_since_ms).toLocaleString([], { hour12: false })}` : '';
+  status(`live · ${plural(data.edges.length, 'edge')}${since} · updated ${clock(data.time_ms)}${lost}`);
 }
 
 async function selectEdge(id) {
@@ -313,7 +337,7 @@ async function showEdge(id) {
   box.replaceChildren(
     el('h2', {}, `${e.source} → ${e.target}`),
     el('p', { class: 'verdict ' + e.verdict }, el('strong', {}, `${v.sym} ${e.verdict}`),
-      ` (${v.word}) · ${e.count} packets · ${rate(e.rate)}/s · first ${clock(e.first_ms)} · last ${clock(e.last_ms)}`),
+      `${e.verdict === 'AUDIT' ? ' (would drop)' : ''} · ${plural(e.count, 'packet')} · ${rate(e.rate)}/s · first seen ${clock(e.first_ms)} · last seen ${clock(e.last_ms)}`),
     el('h3', {}, e.verdict === 'ALLOWED' ? 'Allowing policy' : 'Isolating policies'),
     policies.length ? el('ul', { class: 'policies' }, ...policies.map((p) => el('li', {}, p))) : el('p', {}, 'none: the pod is not isolated'),
     el('h3', {}, 'Flows'), table,
