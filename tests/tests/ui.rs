@@ -329,9 +329,14 @@ fn cases() -> Vec<palisade_e2e::suite::Case<Env>> {
             let _sock = syn(e, "x/a", "y/b", 80)?;
             let edge =
                 r#"#map g.edge[data-verdict="DROPPED"][data-source="x/pod/a"][data-target="y/pod/b"] .edge-label"#;
-            let label = e.browser.wait_for(edge, Duration::from_secs(2))?;
+            let label = e.browser.wait_for(edge, Duration::from_secs(2)).with_context(|| {
+                let edges =
+                    e.browser.run("return [...document.querySelectorAll('#map g.edge')].map(g => g.dataset.id)");
+                format!("the map's edges after {:?}: {edges:?}\n{}", started.elapsed(), e.cluster.log_tail())
+            })?;
             let took = started.elapsed();
             ensure!(took <= Duration::from_secs(2), "the dropped edge took {took:?}");
+            eprintln!("the dropped edge appeared {} ms after the SYN", took.as_millis());
             e.browser.click(&label)?;
             let detail = e.browser.wait_text("#detail", &["y/deny-b", "DROPPED"], Duration::from_secs(3))?;
             e.browser.wait_text("#detail", &["TCP/80: DENIED"], Duration::from_secs(3)).context(detail)?;

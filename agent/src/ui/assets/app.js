@@ -202,11 +202,12 @@ function drawMap(data) {
   drawEdges(data.edges);
 }
 
+// An edge's path, and where along it a point at t (0..1) lies.
 function curve(a, b, verdict) {
   const k = ORDER.indexOf(verdict);
   if (a.x === b.x && a.y === b.y) {
     const r = 22 + k * 10;
-    return { d: `M${a.x + 10},${a.y - 8} C${a.x + 60 + r},${a.y - 40 - r} ${a.x + 60 + r},${a.y + 40 + r} ${a.x + 10},${a.y + 8}`, mx: a.x + 40 + r, my: a.y };
+    return { d: `M${a.x + 10},${a.y - 8} C${a.x + 60 + r},${a.y - 40 - r} ${a.x + 60 + r},${a.y + 40 + r} ${a.x + 10},${a.y + 8}`, at: () => ({ x: a.x + 40 + r, y: a.y }) };
   }
   const dx = b.x - a.x;
   const dy = b.y - a.y;
@@ -219,7 +220,11 @@ function curve(a, b, verdict) {
   const sy = a.y + (dy / len) * 14;
   const ex = b.x - (dx / len) * 16;
   const ey = b.y - (dy / len) * 16;
-  return { d: `M${sx},${sy} Q${cx},${cy} ${ex},${ey}`, mx: 0.25 * sx + 0.5 * cx + 0.25 * ex, my: 0.25 * sy + 0.5 * cy + 0.25 * ey };
+  const at = (t) => ({
+    x: (1 - t) * (1 - t) * sx + 2 * (1 - t) * t * cx + t * t * ex,
+    y: (1 - t) * (1 - t) * sy + 2 * (1 - t) * t * cy + t * t * ey,
+  });
+  return { d: `M${sx},${sy} Q${cx},${cy} ${ex},${ey}`, at };
 }
 
 function rate(r) {
@@ -230,28 +235,33 @@ function plural(n, word) {
   return `${n} ${word}${n === 1 ? '' : 's'}`;
 }
 
-// Moves a label up or down, in steps, until it overlaps no label placed
-// before it.
-function place(placed, box) {
+// Where a label goes: the first point along its edge, from the middle
+// outwards, where it overlaps nothing placed before it (else the middle).
+function place(placed, at, w) {
   const overlaps = (b) => placed.some((p) => b.x < p.x + p.w && p.x < b.x + b.w && b.y < p.y + p.h && p.y < b.y + b.h);
-  for (let i = 0; i < 12; i++) {
-    const step = Math.ceil(i / 2) * 21 * (i % 2 ? 1 : -1);
-    const b = { ...box, y: box.y + step };
-    if (!overlaps(b)) {
-      placed.push(b);
-      return b;
-    }
+  const box = (t) => {
+    const p = at(t);
+    return { x: p.x - w / 2, y: p.y - 9, w, h: 18 };
+  };
+  const tries = [0.5, 0.42, 0.58, 0.34, 0.66, 0.26, 0.74, 0.2, 0.8].map(box);
+  // Then above and below the middle, as close as it gets.
+  for (let i = 1; i < 12; i++) {
+    const step = Math.ceil(i / 2) * 20 * (i % 2 ? 1 : -1);
+    tries.push({ ...tries[0], y: tries[0].y + step });
   }
-  placed.push(box);
-  return box;
+  const b = tries.find((b) => b.y >= 2 && !overlaps(b)) || tries[0];
+  placed.push(b);
+  return b;
 }
 
 function drawEdges(edges) {
   const layer = $('#edges');
   const live = new Set();
   // Nodes and their names first: labels keep clear of them.
-  const placed = [...map.pos.values()].map((p) => ({ x: p.x - 36, y: p.y - 14, w: 72, h: 50 }));
-  for (const e of edges) {
+  const placed = [...map.pos.values()].map((p) => ({ x: p.x - 30, y: p.y - 13, w: 60, h: 46 }));
+  // Drops and audits get the best places: they are what one looks for.
+  const rank = (e) => (e.verdict === 'ALLOWED' ? 1 : 0);
+  for (const e of [...edges].sort((a, b) => rank(a) - rank(b))) {
     const a = map.pos.get(e.source);
     const b = map.pos.get(e.target);
     if (!a || !b) continue;
@@ -274,10 +284,12 @@ function drawEdges(edges) {
     }
     const c = curve(a, b, e.verdict);
     d.path.setAttribute('d', c.d);
-    const words = `${VERDICT[e.verdict].sym} ${e.verdict} ${e.count}${e.rate > 0 ? ` · ${rate(e.rate)}/s` : ''}`;
+    // Allowed edges are the many: a tick says it; the exceptions say their word.
+    const what = e.verdict === 'ALLOWED' ? '✓' : `${VERDICT[e.verdict].sym} ${e.verdict}`;
+    const words = `${what} ${e.count}${e.rate > 0 ? ` · ${rate(e.rate)}/s` : ''}`;
     d.text.textContent = words;
-    const w = words.length * 6.6 + 10;
-    const box = place(placed, { x: c.mx - w / 2, y: c.my - 9, w, h: 18 });
+    const w = words.length * (e.verdict === 'ALLOWED' ? 6.2 : 7) + 12;
+    const box = place(placed, c.at, w);
     d.rect.setAttribute('x', box.x);
     d.rect.setAttribute('y', box.y);
     d.rect.setAttribute('width', w);
@@ -286,6 +298,9 @@ function drawEdges(edges) {
     d.label.setAttribute('aria-label', `${e.source} to ${e.target}: ${e.verdict}, ${plural(e.count, 'packet')}, ${rate(e.rate)} per second; policies ${[...e.policies].join(', ') || 'none'}`);
     d.g.classList.toggle('selected', e.id === state.edge);
   }
+  // The selected edge on top of the others.
+  const sel = map.edges.get(state.edge);
+  if (sel && layer.lastChild !== sel.g) layer.append(sel.g);
   for (const [id, d] of map.edges) {
     if (!live.has(id)) {
       d.g.remove();
