@@ -49,14 +49,18 @@ fn v4(p: &Pod) -> Option<IpAddr> {
 
 pub fn matrix(shared: &Shared, map: &FlowMap, q: &Query) -> Result<Value, String> {
     let applied = shared.applied.read().ok().and_then(|a| a.clone()).ok_or("the agent has not synced yet")?;
+    build(&applied.input, &applied.node, map, q)
+}
+
+/// The matrix of `input` as `node`'s agent judges it.
+fn build(input: &Input, node: &Node, map: &FlowMap, q: &Query) -> Result<Value, String> {
     let namespaces = q.list("namespace");
     let port: u16 = match q.get("port") {
         Some(p) => p.parse().map_err(|_| format!("port: {p} is not a port number"))?,
         None => 80,
     };
     let protocol: Protocol = q.get("protocol").unwrap_or("TCP").parse()?;
-    let mut pods: Vec<(&Arc<Pod>, IpAddr)> = applied
-        .input
+    let mut pods: Vec<(&Arc<Pod>, IpAddr)> = input
         .pods
         .values()
         .filter(|p| !p.terminated && (namespaces.is_empty() || namespaces.contains(&p.namespace)))
@@ -65,7 +69,7 @@ pub fn matrix(shared: &Shared, map: &FlowMap, q: &Query) -> Result<Value, String
     let total = pods.len();
     pods.truncate(MAX_PODS);
     let seen = map.observed(&protocol.to_string(), port);
-    let mut judge = Judge { input: &applied.input, node: &applied.node, compiled: HashMap::new() };
+    let mut judge = Judge { input, node, compiled: HashMap::new() };
     let mut rows = Vec::new();
     for &(src, src_ip) in &pods {
         let mut cells = Vec::new();
@@ -82,7 +86,7 @@ pub fn matrix(shared: &Shared, map: &FlowMap, q: &Query) -> Result<Value, String
                         protocol,
                         ipv6: false,
                     };
-                    let t = trace::trace(&applied.input, &applied.node, &query)?;
+                    let t = trace::trace(input, node, &query)?;
                     (t.egress.allowed, t.ingress.allowed)
                 }
             };
@@ -111,4 +115,92 @@ pub fn matrix(shared: &Shared, map: &FlowMap, q: &Query) -> Result<Value, String
         "protocol": protocol,
         "rows": rows,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::convert::manifests_to_input;
+
+    const CLUSTER: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: "x", labels: {ns: "x"}}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: "y", labels: {ns: "y"}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: a, namespace: "x", labels: {pod: a}}
+spec: {nodeName: n1, containers: [{name: c, image: i, ports: [{name: http, containerPort: 8080}]}]}
+status: {phase: Running, podIP: 10.0.0.1}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: b, namespace: "x", labels: {pod: b}}
+spec: {nodeName: n2, containers: [{name: c, image: i}]}
+status: {phase: Running, podIP: 10.0.0.2}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: a, namespace: "y", labels: {pod: a}}
+spec: {nodeName: n1, containers: [{name: c, image: i, ports: [{name: http, containerPort: 80}]}]}
+status: {phase: Running, podIP: 10.0.1.1}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: a-from-x-http, namespace: "y"}
+spec:
+  podSelector: {matchLabels: {pod: a}}
+  ingress:
+  - from: [{namespaceSelector: {matchLabels: {ns: "x"}}, podSelector: {matchLabels: {pod: a}}}]
+    ports: [{port: http}]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: b-egress-to-y, namespace: "x"}
+spec:
+  podSelector: {matchLabels: {pod: b}}
+  policyTypes: [Egress]
+  egress:
+  - to: [{namespaceSelector: {matchLabels: {ns: "y"}}}]
+    ports: [{port: 80}]
+"#;
+
+    #[test]
+    fn every_cell_agrees_with_trace() {
+        let input = manifests_to_input(CLUSTER).unwrap();
+        let node = Node { name: "n1".into(), host_ips: vec![], allow_host: true, audit: false };
+        let map = FlowMap::default();
+        let mut denied = 0;
+        for (port, protocol) in [(80, "TCP"), (8080, "TCP"), (80, "UDP")] {
+            let m = build(&input, &node, &map, &Query::parse(&format!("port={port}&protocol={protocol}"))).unwrap();
+            let pods = m["pods"].as_array().unwrap();
+            assert_eq!(pods.len(), 3);
+            for cell in m["rows"].as_array().unwrap().iter().flat_map(|r| r.as_array().unwrap()) {
+                let (from, to) = (cell["from"].as_str().unwrap(), cell["to"].as_str().unwrap());
+                let q = trace::Query {
+                    from: from.parse().unwrap(),
+                    to: to.parse().unwrap(),
+                    port,
+                    protocol: protocol.parse().unwrap(),
+                    ipv6: false,
+                };
+                let t = trace::trace(&input, &node, &q).unwrap();
+                assert_eq!(cell["allowed"], t.allowed, "{from} -> {to} {protocol}/{port}:\n{t}");
+                assert_eq!(
+                    (cell["egress"].clone(), cell["ingress"].clone()),
+                    (t.egress.allowed.into(), t.ingress.allowed.into())
+                );
+                let mark = if t.allowed { "unused" } else { "denied" };
+                assert_eq!(cell["mark"], mark, "nothing was observed");
+                denied += usize::from(!t.allowed);
+            }
+        }
+        assert!(denied > 0, "the policies deny something");
+        let only_y = build(&input, &node, &map, &Query::parse("namespace=y")).unwrap();
+        assert_eq!(only_y["pods"], serde_json::json!(["y/a"]));
+    }
 }
