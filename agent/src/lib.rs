@@ -4,7 +4,7 @@
 //! -> kernel maps ([`datapath`]); kernel -> ring buffer -> [`events`] ->
 //! the log, the local [`api`] and [`metrics`]. [`run`] drives it and
 //! publishes what is in force as [`state`]; [`health`] serves metrics and
-//! readiness over HTTP.
+//! readiness over HTTP; [`ui`] serves the browser view.
 
 pub mod advise;
 pub mod api;
@@ -19,3 +19,4 @@ pub mod policy;
 pub mod run;
 pub mod state;
 pub mod trace;
+pub mod ui;

@@ -124,6 +124,14 @@ struct RunArgs {
     /// Serve /metrics, /healthz and /readyz here; empty: do not serve.
     #[arg(long, env = "PALISADE_METRICS_ADDR", default_value = "127.0.0.1:9469")]
     metrics_addr: String,
+    /// Serve the browser view (flow map, verdicts, reachability, policies)
+    /// here; empty: do not serve. Loopback only (reach it with `kubectl
+    /// port-forward`): the page names every workload and its traffic.
+    #[arg(long, env = "PALISADE_UI_ADDR", default_value = palisade::ui::DEFAULT_ADDR)]
+    ui_addr: String,
+    /// Let --ui-addr be an address other hosts can reach.
+    #[arg(long)]
+    ui_allow_remote: bool,
     /// Test only: smaller maps, to exceed on purpose (e.g. "policy=64";
     /// maps: endpoints, ips, hosts, policy, conntrack).
     #[arg(long, hide = true, default_value = "")]
@@ -339,6 +347,21 @@ async fn main() {
                         }
                     },
                 },
+                ui_addr: match a.ui_addr.as_str() {
+                    "" => None,
+                    s => match s
+                        .parse()
+                        .map_err(|e| format!("{e}"))
+                        .and_then(|addr| palisade::ui::check_addr(addr, a.ui_allow_remote).map(|_| addr))
+                    {
+                        Ok(addr) => Some(addr),
+                        Err(e) => {
+                            eprintln!("palisade: --ui-addr {s}: {e}");
+                            std::process::exit(2);
+                        }
+                    },
+                },
+                ui_allow_remote: a.ui_allow_remote,
                 map_sizes: a.map_entries,
                 interfaces_fault: a.test_fault_interfaces,
                 allow_ipvs: a.allow_ipvs,

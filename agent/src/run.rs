@@ -46,6 +46,10 @@ pub struct Options {
     pub resync: Duration,
     /// Where /metrics, /healthz and /readyz are served (None: nowhere).
     pub metrics_addr: Option<SocketAddr>,
+    /// Where the browser view is served (None: nowhere); loopback unless
+    /// `ui_allow_remote`.
+    pub ui_addr: Option<SocketAddr>,
+    pub ui_allow_remote: bool,
     /// Sizes of the maps the agent writes (smaller ones: tests).
     pub map_sizes: MapSizes,
     /// Test only: a file whose content fails interface discovery (see
@@ -268,6 +272,14 @@ impl Agent {
             tokio::spawn(async move {
                 if let Err(e) = api::serve(&socket, shared).await {
                     tracing::error!("local API on {}: {e:#}", socket.display());
+                }
+            });
+        }
+        if let Some(addr) = opts.ui_addr {
+            let (shared, allow_remote) = (shared.clone(), opts.ui_allow_remote);
+            tokio::spawn(async move {
+                if let Err(e) = crate::ui::serve(addr, shared, allow_remote).await {
+                    tracing::error!("browser view: {e:#}");
                 }
             });
         }

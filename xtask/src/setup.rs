@@ -8,10 +8,20 @@ use anyhow::{Context, Result, bail};
 
 use crate::util::{cargo, cmd, is_root, probe, run, which};
 
-/// Debian packages: LLVM for building bpf-linker, and the network tools the
-/// end-to-end tests, demo and benchmarks drive.
-const DEB_PACKAGES: &[&str] =
-    &["llvm-22-dev", "iproute2", "iperf3", "iptables", "nftables", "ipset", "fonts-dejavu-core"];
+/// Debian packages: LLVM for building bpf-linker, the network tools the
+/// end-to-end tests, demo and benchmarks drive, and the browser the page's
+/// test drives (chromium through chromedriver).
+const DEB_PACKAGES: &[&str] = &[
+    "llvm-22-dev",
+    "iproute2",
+    "iperf3",
+    "iptables",
+    "nftables",
+    "ipset",
+    "fonts-dejavu-core",
+    "chromium",
+    "chromium-driver",
+];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";

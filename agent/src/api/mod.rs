@@ -4,7 +4,7 @@
 //! and `palisade observe` are its clients; nothing is exposed on the
 //! network.
 
-use crate::events::Verdict;
+use crate::events::{Verdict, VerdictEvent};
 use crate::events::record::protocol_name;
 use crate::events::wire::{self, Compact, Symbol, Symbols, TAG_EVENTS, TAG_LAGGED};
 use crate::policy::Direction;
@@ -39,6 +39,22 @@ pub struct Filter {
 
 impl Filter {
     /// Whether the event matches; `names` resolves its symbols.
+    /// The same test on an expanded event (the browser view's tail).
+    pub fn matches_event(&self, ev: &VerdictEvent) -> bool {
+        let ends = [&ev.source, &ev.destination];
+        self.namespace.as_ref().is_none_or(|ns| ends.iter().any(|p| p.namespace.as_ref() == Some(ns)))
+            && self.pod.as_ref().is_none_or(|want| {
+                ends.iter().any(|p| match want.split_once('/') {
+                    Some((ns, name)) => p.namespace.as_deref() == Some(ns) && p.pod.as_deref() == Some(name),
+                    None => p.pod.as_deref() == Some(want.as_str()),
+                })
+            })
+            && self.verdict.is_none_or(|v| v == ev.verdict)
+            && self.direction.is_none_or(|d| d == ev.direction)
+            && self.protocol.as_ref().is_none_or(|p| p.eq_ignore_ascii_case(&ev.protocol))
+            && self.port.is_none_or(|port| ends.iter().any(|p| p.port == Some(port)))
+    }
+
     pub fn matches(&self, ev: &Compact, names: &mut impl FnMut(u32) -> Option<Arc<Symbol>>) -> bool {
         let mut pods = || {
             [ev.src_name, ev.dst_name].map(|id| match names(id).as_deref() {

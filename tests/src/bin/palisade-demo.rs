@@ -178,6 +178,7 @@ fn main() -> Result<()> {
     println!("try, in another terminal:");
     println!("  {} status --socket {}", binary().display(), agent.socket.display());
     println!("  {} observe --socket {} --verdict dropped", binary().display(), agent.socket.display());
+    println!("or open the browser view: http://127.0.0.1:9470/");
     println!();
 
     // Stream every verdict from the agent's local API as it happens.
