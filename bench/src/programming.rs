@@ -74,6 +74,12 @@ pub struct ChangeBreakdown {
 fn last_pass(agent: &Agent) -> Option<[f64; 4]> {
     let log = std::fs::read_to_string(&agent.stderr).ok()?;
     let line = log.lines().rev().find(|l| l.contains("policy in force"))?;
+    // Field names may be wrapped in ANSI styles: keep the text alone.
+    let mut line = line.to_string();
+    while let Some(at) = line.find('\x1b') {
+        let end = line[at..].find('m').map_or(line.len(), |e| at + e + 1);
+        line.replace_range(at..end, "");
+    }
     let field = |name: &str| -> Option<f64> {
         let at = line.find(&format!("{name}="))? + name.len() + 1;
         line[at..].split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()

@@ -419,3 +419,95 @@ fn diff<K: Ord + Clone, V: PartialEq>(
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::convert::manifests_to_input;
+
+    const NODE: &str = "n1";
+
+    fn cluster(client_labels: &str, ns_labels: &str) -> Arc<Input> {
+        let pod = |name: &str, labels: &str, ip: &str| {
+            format!(
+                "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: a, labels: {{{labels}}}}}\n\
+                 spec: {{nodeName: {NODE}, containers: [{{name: c}}]}}\nstatus: {{phase: Running, podIP: {ip}}}\n---\n"
+            )
+        };
+        let mut text =
+            format!("apiVersion: v1\nkind: Namespace\nmetadata: {{name: a, labels: {{{ns_labels}}}}}\n---\n");
+        text += &pod("client", client_labels, "10.0.0.1");
+        text += &pod("server", "app: server", "10.0.0.2");
+        for i in 0..20 {
+            text += &pod(&format!("peer-{i}"), &format!("app: p{i}"), &format!("10.0.1.{i}"));
+        }
+        // Both local pods isolated, allowing every pod on many ports.
+        for (name, app) in [("c", "client"), ("s", "server")] {
+            text += &format!(
+                "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: {name}, namespace: a}}\n\
+                 spec:\n  podSelector: {{matchLabels: {{app: {app}}}}}\n  ingress:\n  - from: [{{podSelector: {{}}}}]\n    \
+                 ports: [{{port: 1000, endPort: 1100}}]\n---\n"
+            );
+        }
+        // One policy only a probe=yes pod is selected by.
+        text += "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: gate, namespace: a}\n\
+                 spec:\n  podSelector: {matchLabels: {probe: 'yes'}}\n  egress:\n  - to: [{podSelector: {matchLabels: {app: server}}}]\n    \
+                 ports: [{port: 7011, protocol: UDP}]\n";
+        Arc::new(manifests_to_input(&text).unwrap())
+    }
+
+    fn node() -> Node {
+        Node { name: NODE.into(), host_ips: vec![], allow_host: true, audit: false }
+    }
+
+    fn identity_of(c: &Compiled, name: &str) -> u32 {
+        c.endpoints.iter().find(|e| e.name == name).unwrap().identity
+    }
+
+    #[test]
+    fn a_relabel_keeps_the_number_and_moves_only_what_its_selection_changes() {
+        let mut compiler = Compiler::default();
+        let before = compiler.compile(&cluster("app: client", "team: x"), &node()).clone();
+        let client = identity_of(&before, "client");
+        let entries = before.policy.keys().filter(|k| u32::from_be_bytes(k.key.local) == client).count();
+        assert!(entries > 100, "the client has many entries ({entries})");
+
+        let after = compiler.compile(&cluster("app: client, probe: 'yes'", "team: x"), &node()).clone();
+        assert_eq!(identity_of(&after, "client"), client, "the client keeps its number");
+        let changed = compiler.changes().policy.clone().unwrap();
+        // The gate's egress entry (to the server) is all that is new, and
+        // nothing else moved.
+        assert_eq!(changed.len(), 1, "{changed:?}");
+        let key = changed.first().unwrap().key;
+        assert_eq!((u32::from_be_bytes(key.local), key.direction), (client, Direction::Egress.code()));
+        assert_eq!(
+            after,
+            compile_with_hints(&cluster("app: client, probe: 'yes'", "team: x"), &node(), &hints_of(&before))
+        );
+
+        // A namespace's labels are not part of a number either.
+        let relabelled_ns = compiler.compile(&cluster("app: client, probe: 'yes'", "team: other"), &node()).clone();
+        assert_eq!(identity_of(&relabelled_ns, "client"), client);
+        assert_eq!(compiler.changes().policy.as_ref().map(BTreeSet::len), Some(0));
+    }
+
+    #[test]
+    fn an_unchanged_state_changes_nothing_and_a_restart_keeps_the_kernels_numbers() {
+        let mut compiler = Compiler::default();
+        let input = cluster("app: client", "team: x");
+        let first = compiler.compile(&input, &node()).clone();
+        assert_eq!(compiler.changes().policy, None, "the first compile may change everything");
+        compiler.compile(&input, &node());
+        assert_eq!(compiler.changes().policy.as_ref().map(BTreeSet::len), Some(0));
+        // An agent restarting after the client's relabel finds the numbers
+        // the kernel holds (hints) and keeps them.
+        let relabelled = cluster("app: client, probe: 'yes'", "team: x");
+        let restarted = compile_with_hints(&relabelled, &node(), &hints_of(&first));
+        assert_eq!(identity_of(&restarted, "client"), identity_of(&first, "client"));
+        assert_ne!(
+            identity_of(&compile(&relabelled, &node()), "client"),
+            identity_of(&first, "client"),
+            "without hints the number derives from the labels"
+        );
+    }
+}
