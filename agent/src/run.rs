@@ -13,7 +13,8 @@ use crate::datapath::{Datapath, MapSizes, Settings, SyncReport};
 use crate::events::{self, Hub, LogFormat, View};
 use crate::health::{self, Readiness};
 use crate::metrics::Metrics;
-use crate::policy::{self, Compiled, Input, Node};
+use crate::policy::compile::{Compiler, Hints};
+use crate::policy::{self, Compiled, Input, Node, PolicyPrefix};
 use crate::state::{Applied, EndpointState, Enforcement, InputVersion, Shared, Status};
 use anyhow::Result;
 use std::collections::{BTreeMap, BTreeSet};
@@ -94,6 +95,9 @@ fn ipvs_evidence(proc_net_dev: &str, proc_net_ip_vs: &str) -> Option<String> {
 /// [`MAX_BACKOFF`] (or the resync period, if shorter).
 const MIN_BACKOFF: Duration = Duration::from_millis(200);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+/// How long a wake-up waits for more changes before the pass.
+const SETTLE: Duration = Duration::from_millis(2);
 
 pub async fn run(opts: Options) -> Result<()> {
     if !opts.allow_ipvs
@@ -180,6 +184,10 @@ struct Agent {
     /// What the last clean pass saw (input version, interfaces, staleness):
     /// when nothing of it changed, there is nothing to recompile.
     last_clean: Option<(u64, Interfaces, Option<String>)>,
+    /// The compiler and its memory of the last state; None until a pass
+    /// has a view of the interfaces (which seeds its numbering from what
+    /// the kernel holds).
+    compiler: Option<Compiler>,
     reported: Vec<InputError>,
     host_network_logged: BTreeSet<(String, String)>,
     gc_done: bool,
@@ -301,6 +309,7 @@ impl Agent {
             last_view: None,
             in_force,
             last_clean: None,
+            compiler: None,
             reported: Vec::new(),
             host_network_logged: BTreeSet::new(),
             gc_done: false,
@@ -330,19 +339,31 @@ impl Agent {
             allow_host: self.opts.allow_host,
             audit: self.opts.audit,
         };
-        let compiled = policy::compile(&loaded.input, &node);
-        let compile_time = started.elapsed() - load_time;
-        let report = match &loaded.ifaces {
-            Some(ifaces) => self.sync(&compiled, ifaces),
-            // No complete view yet: touching the kernel could only take
-            // enforcement away (pinned by an earlier agent) on the
-            // interfaces the view lacks.
-            None => SyncReport { revision: self.dp.revision(), ..Default::default() },
+        // No complete view yet: touching the kernel could only take
+        // enforcement away (pinned by an earlier agent) on the interfaces
+        // the view lacks; the state is compiled for status alone.
+        let Some(ifaces) = loaded.ifaces.clone() else {
+            let compiled = policy::compile(&loaded.input, &node);
+            let compile_time = started.elapsed() - load_time;
+            let report = SyncReport { revision: self.dp.revision(), ..Default::default() };
+            let times =
+                Times { load: load_time, compile: compile_time, sync: Duration::ZERO, total: started.elapsed() };
+            self.publish(&loaded, &node, &compiled, report, times);
+            self.last_clean = None;
+            return false;
         };
+        let mut compiler =
+            self.compiler.take().unwrap_or_else(|| Compiler::with_hints(self.pinned_hints(&loaded.input, &ifaces)));
+        compiler.compile(&loaded.input, &node);
+        let compile_time = started.elapsed() - load_time;
+        // A forced pass (the resync timer, a retry) compares everything.
+        let changed = compiler.changes().policy.as_ref().filter(|_| !forced);
+        let report = self.sync(compiler.compiled(), &ifaces, changed);
         let sync_time = started.elapsed() - load_time - compile_time;
         let clean = report.errors.is_empty() && loaded.ifaces_error.is_none();
         let times = Times { load: load_time, compile: compile_time, sync: sync_time, total: started.elapsed() };
-        self.publish(&loaded, &node, &compiled, report, times);
+        self.publish(&loaded, &node, compiler.compiled(), report, times);
+        self.compiler = Some(compiler);
         self.last_clean = match (&loaded.ifaces, clean) {
             (Some(ifaces), true) => Some((loaded.version, ifaces.clone(), loaded.stale.clone())),
             _ => None,
@@ -371,8 +392,28 @@ impl Agent {
         Loaded { input: Arc::new(snap.input), errors: snap.errors, version, stale, ifaces, ifaces_error }
     }
 
-    fn sync(&mut self, compiled: &Compiled, ifaces: &Interfaces) -> SyncReport {
-        let report = self.dp.sync(compiled, ifaces);
+    /// The local identities the kernel holds for local pods (left by an
+    /// earlier agent): the first compile keeps them, so a restart rewrites
+    /// nothing that did not change.
+    fn pinned_hints(&self, input: &Input, ifaces: &Interfaces) -> Hints {
+        let held = self.dp.endpoint_identities();
+        let mut hints = Hints::new();
+        for pod in input.pods.values() {
+            let identity = pod.ips.iter().find_map(|ip| ifaces.routes.get(ip)).and_then(|i| held.get(i));
+            if let Some(&id) = identity.filter(|&&id| id != 0) {
+                hints.insert((pod.namespace.clone(), pod.name.clone()), id);
+            }
+        }
+        hints
+    }
+
+    fn sync(
+        &mut self,
+        compiled: &Compiled,
+        ifaces: &Interfaces,
+        changed: Option<&BTreeSet<PolicyPrefix>>,
+    ) -> SyncReport {
+        let report = self.dp.sync_changes(compiled, ifaces, changed);
         if !self.gc_done && report.errors.is_empty() {
             self.dp.collect_garbage();
             self.gc_done = true;
@@ -469,10 +510,10 @@ impl Agent {
                 revision = report.revision,
                 changes = report.changes,
                 pods = report.endpoints.len(),
-                load_ms = times.load.as_millis() as u64,
-                compile_ms = times.compile.as_millis() as u64,
-                sync_ms = times.sync.as_millis() as u64,
-                total_ms = times.total.as_millis() as u64,
+                load_us = times.load.as_micros() as u64,
+                compile_us = times.compile.as_micros() as u64,
+                sync_us = times.sync.as_micros() as u64,
+                total_us = times.total.as_micros() as u64,
                 "policy in force"
             );
         }
@@ -489,8 +530,10 @@ async fn wait(
 ) -> Option<bool> {
     tokio::select! {
         _ = woken.recv() => {
-            // Let a burst of changes settle, then take them all at once.
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            // Let a burst of changes settle, then take them all at once
+            // (changes arriving during a pass wait for the next one: a
+            // pass that writes only what changed is short).
+            tokio::time::sleep(SETTLE).await;
             while woken.try_recv().is_ok() {}
             Some(false)
         }

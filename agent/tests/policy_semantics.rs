@@ -2042,3 +2042,164 @@ fn compiler_agrees_with_reference_on_random_clusters() {
     assert!(denied * 10 >= total, "too few denied flows: {denied} of {total}");
     assert!(not_isolated * 20 >= total, "too few non-isolated flows: {not_isolated} of {total}");
 }
+
+// ---------------------------------------------------------------------------
+// The incremental compiler against compiling from scratch.
+
+/// One change to a generated cluster.
+#[derive(Clone, Debug)]
+enum Edit {
+    ReplacePod(usize, GenPod),
+    RelabelPod(usize, Vec<(&'static str, &'static str)>),
+    AddPod(GenPod),
+    RemovePod(usize),
+    ReplacePolicy(usize, GenPolicy),
+    AddPolicy(GenPolicy),
+    RemovePolicy(usize),
+    Namespace(usize, Vec<(&'static str, &'static str)>, bool),
+    AllowHost(bool),
+}
+
+fn edit() -> impl Strategy<Value = Edit> {
+    prop_oneof![
+        2 => (0..8usize, pod()).prop_map(|(i, p)| Edit::ReplacePod(i, p)),
+        3 => (0..8usize, labels_strategy(POD_LABELS)).prop_map(|(i, l)| Edit::RelabelPod(i, l)),
+        1 => pod().prop_map(Edit::AddPod),
+        1 => (0..8usize).prop_map(Edit::RemovePod),
+        2 => (0..8usize, policy()).prop_map(|(i, p)| Edit::ReplacePolicy(i, p)),
+        2 => policy().prop_map(Edit::AddPolicy),
+        1 => (0..8usize).prop_map(Edit::RemovePolicy),
+        2 => (0..NAMESPACES.len(), labels_strategy(NS_LABELS), proptest::bool::weighted(0.85))
+            .prop_map(|(i, l, e)| Edit::Namespace(i, l, e)),
+        1 => any::<bool>().prop_map(Edit::AllowHost),
+    ]
+}
+
+fn apply_edit(g: &mut GenCluster, e: &Edit) {
+    let n = g.pods.len();
+    match e.clone() {
+        Edit::ReplacePod(i, p) => g.pods[i % n] = p,
+        Edit::RelabelPod(i, labels) => g.pods[i % n].labels = labels,
+        Edit::AddPod(p) => g.pods.push(p),
+        Edit::RemovePod(i) if n > 1 => {
+            g.pods.remove(i % n);
+        }
+        Edit::RemovePod(_) => {}
+        Edit::ReplacePolicy(i, p) if !g.policies.is_empty() => {
+            let m = g.policies.len();
+            g.policies[i % m] = p;
+        }
+        Edit::ReplacePolicy(_, p) | Edit::AddPolicy(p) => g.policies.push(p),
+        Edit::RemovePolicy(i) if !g.policies.is_empty() => {
+            let m = g.policies.len();
+            g.policies.remove(i % m);
+        }
+        Edit::RemovePolicy(_) => {}
+        Edit::Namespace(i, labels, exists) => g.namespaces[i] = (labels, exists),
+        Edit::AllowHost(on) => g.allow_host = on,
+    }
+}
+
+/// Objects equal to the previous state's share its `Arc`s, as a source
+/// hands out unchanged objects.
+fn share(input: &mut Input, prev: &Input) {
+    fn each<K: Ord, V: PartialEq>(
+        now: &mut std::collections::BTreeMap<K, std::sync::Arc<V>>,
+        prev: &std::collections::BTreeMap<K, std::sync::Arc<V>>,
+    ) {
+        for (k, v) in now.iter_mut() {
+            if let Some(p) = prev.get(k).filter(|p| *p == v) {
+                *v = p.clone();
+            }
+        }
+    }
+    each(&mut input.namespaces, &prev.namespaces);
+    each(&mut input.pods, &prev.pods);
+    each(&mut input.policies, &prev.policies);
+}
+
+/// The first differences between two outputs, entry by entry.
+fn differences(inc: &Compiled, full: &Compiled) -> String {
+    let mut out = Vec::new();
+    for (k, v) in &full.policy {
+        if inc.policy.get(k) != Some(v) {
+            out.push(format!("policy {k:?}: incremental {:?}, full {v:?}", inc.policy.get(k)));
+        }
+    }
+    for (k, v) in &inc.policy {
+        if !full.policy.contains_key(k) {
+            out.push(format!("policy {k:?}: incremental {v:?}, full none"));
+        }
+    }
+    if inc.ips != full.ips {
+        out.push(format!("ips: incremental {:?}\nfull {:?}", inc.ips, full.ips));
+    }
+    if inc.endpoints != full.endpoints {
+        out.push(format!("endpoints: incremental {:?}\nfull {:?}", inc.endpoints, full.endpoints));
+    }
+    if inc.catalog != full.catalog {
+        out.push(format!("catalog: incremental {:?}\nfull {:?}", inc.catalog, full.catalog));
+    }
+    if inc.warnings != full.warnings {
+        out.push(format!("warnings: incremental {:?}, full {:?}", inc.warnings, full.warnings));
+    }
+    out.truncate(12);
+    out.join("\n")
+}
+
+#[test]
+fn incremental_compile_equals_compiling_from_scratch() {
+    use palisade::policy::compile::{Compiler, compile_with_hints, hints_of};
+    let cases = std::env::var("PALISADE_PROPTEST_CASES").ok().and_then(|s| s.parse().ok()).unwrap_or(512);
+    let config = ProptestConfig { cases, failure_persistence: None, ..ProptestConfig::default() };
+    let mut runner = TestRunner::new(config);
+    let steps = AtomicUsize::new(0);
+    let changed_steps = AtomicUsize::new(0);
+    let strategy = (cluster(), prop::collection::vec((edit(), any::<bool>()), 1..=10));
+    let result = runner.run(&strategy, |(base, edits)| {
+        let mut g = base;
+        let mut compiler = Compiler::default();
+        let mut prev: Option<(Input, Compiled)> = None;
+        for i in 0..=edits.len() {
+            if i > 0 {
+                apply_edit(&mut g, &edits[i - 1].0);
+            }
+            let w = render(&g);
+            let mut input = w.input();
+            if let Some((p, _)) = &prev
+                && (i == 0 || edits[i - 1].1)
+            {
+                share(&mut input, p);
+            }
+            let hints = prev.as_ref().map(|(_, c)| hints_of(c)).unwrap_or_default();
+            let inc = compiler.compile(&std::sync::Arc::new(input.clone()), &w.node).clone();
+            let full = compile_with_hints(&input, &w.node, &hints);
+            prop_assert!(
+                inc == full,
+                "step {i} ({:?}): incremental and full compiles differ:\n{}\n{}",
+                edits.get(i.wrapping_sub(1)),
+                differences(&inc, &full),
+                describe(&w)
+            );
+            // The changes it reports are exactly the policy entries that differ.
+            if let (Some((_, before)), Some(changed)) = (&prev, &compiler.changes().policy) {
+                let keys: std::collections::BTreeSet<_> = before.policy.keys().chain(inc.policy.keys()).collect();
+                let differ: std::collections::BTreeSet<_> =
+                    keys.into_iter().filter(|k| before.policy.get(k) != inc.policy.get(k)).copied().collect();
+                prop_assert_eq!(&differ, changed, "step {}: reported changes", i);
+                steps.fetch_add(1, Ordering::Relaxed);
+                if !differ.is_empty() {
+                    changed_steps.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            prev = Some((input, inc));
+        }
+        Ok(())
+    });
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+    let (steps, changed) = (steps.load(Ordering::Relaxed), changed_steps.load(Ordering::Relaxed));
+    eprintln!("{cases} sequences, {steps} changes compiled incrementally, {changed} of them changed policy entries");
+    assert!(changed * 5 >= steps, "too few changes touch policy entries: {changed} of {steps}");
+}

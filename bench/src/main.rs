@@ -48,6 +48,10 @@ struct Args {
     /// Override the traffic section's policy counts (comma-separated).
     #[arg(long, value_delimiter = ',')]
     traffic_policies: Vec<usize>,
+    /// Override the programming section's points (`PODSxPOLICIES`,
+    /// comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    programming_points: Vec<String>,
     /// The command line recorded in the report.
     #[arg(long, default_value = "cargo xtask bench")]
     command: String,
@@ -155,7 +159,13 @@ fn real_main(args: Args) -> Result<()> {
     if want("programming") {
         eprintln!("3. policy programming latency and footprint");
         let cfg = programming::Config {
-            points: if quick {
+            points: if !args.programming_points.is_empty() {
+                let point = |p: &String| -> Result<(usize, usize)> {
+                    let (a, b) = p.split_once('x').context("expected PODSxPOLICIES")?;
+                    Ok((a.parse()?, b.parse()?))
+                };
+                args.programming_points.iter().map(point).collect::<Result<_>>()?
+            } else if quick {
                 vec![(10, 10), (1000, 1000)]
             } else {
                 vec![(10, 10), (1000, 1000), (10_000, 10_000), (10_000, 10), (10, 10_000)]

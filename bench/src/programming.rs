@@ -47,11 +47,69 @@ pub struct PointResult {
     pub source_load_ms: f64,
     pub source_reload_ms: f64,
     pub compile_ms: f64,
+    /// Where each single change's time went, in the agent (medians, ms).
+    pub changes: Vec<ChangeBreakdown>,
     pub rss_bytes: u64,
     pub rss_peak_bytes: u64,
     pub map_bytes: u64,
     /// Map name -> (entries, capacity).
     pub fill: Value,
+}
+
+/// One kind of change: the agent's pass as it logs it (reading the source,
+/// compiling, writing the maps), and the first packet with the new verdict,
+/// all from the change written (ms, medians over the repetitions).
+#[derive(Clone, Debug, Serialize)]
+pub struct ChangeBreakdown {
+    pub change: String,
+    pub source_ms: f64,
+    pub compile_ms: f64,
+    pub maps_ms: f64,
+    pub pass_ms: f64,
+    pub first_packet_ms: f64,
+}
+
+/// Pass times (load, compile, sync, total; µs) of the agent's last
+/// "policy in force" log line.
+fn last_pass(agent: &Agent) -> Option<[f64; 4]> {
+    let log = std::fs::read_to_string(&agent.stderr).ok()?;
+    let line = log.lines().rev().find(|l| l.contains("policy in force"))?;
+    // Field names may be wrapped in ANSI styles: keep the text alone.
+    let mut line = line.to_string();
+    while let Some(at) = line.find('\x1b') {
+        let end = line[at..].find('m').map_or(line.len(), |e| at + e + 1);
+        line.replace_range(at..end, "");
+    }
+    let field = |name: &str| -> Option<f64> {
+        let at = line.find(&format!("{name}="))? + name.len() + 1;
+        line[at..].split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+    };
+    Some([field("load_us")?, field("compile_us")?, field("sync_us")?, field("total_us")?])
+}
+
+/// Collects one change's breakdown per repetition.
+#[derive(Default)]
+struct Passes(Vec<[f64; 4]>, Vec<f64>);
+
+impl Passes {
+    fn note(&mut self, agent: &Agent, first_packet_ms: f64) {
+        if let Some(p) = last_pass(agent) {
+            self.0.push(p);
+            self.1.push(first_packet_ms);
+        }
+    }
+
+    fn breakdown(&self, change: &str) -> ChangeBreakdown {
+        let med = |f: &dyn Fn(&[f64; 4]) -> f64| Sample::of(&self.0.iter().map(f).collect::<Vec<_>>()).median / 1e3;
+        ChangeBreakdown {
+            change: change.to_string(),
+            source_ms: med(&|p| p[0]),
+            compile_ms: med(&|p| p[1]),
+            maps_ms: med(&|p| p[2]),
+            pass_ms: med(&|p| p[3]),
+            first_packet_ms: Sample::of(&self.1).median,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -171,6 +229,8 @@ fn point(cfg: &Config, node: &Node, client: &Pod, server: &Pod, pods: usize, pol
 
     // One policy added, then removed.
     let (mut added, mut removed) = (Vec::new(), Vec::new());
+    let (mut p_added, mut p_removed, mut p_lab, mut p_unlab) =
+        (Passes::default(), Passes::default(), Passes::default(), Passes::default());
     {
         let stream = Stream::start(client, server, PORT_ADD, INTERVAL)?;
         std::thread::sleep(Duration::from_millis(50));
@@ -178,9 +238,11 @@ fn point(cfg: &Config, node: &Node, client: &Pod, server: &Pod, pods: usize, pol
             let t0 = agent.apply("zz-change.json", &allow_policy("zz-change", PORT_ADD))?;
             added.push(ms(stream.wait_allowed(t0, TIMEOUT)));
             agent.wait_in_sync(TIMEOUT)?;
+            p_added.note(&agent, added[added.len() - 1]);
             let t0 = agent.remove("zz-change.json")?;
             removed.push(ms(stream.wait_denied(t0, QUIET, TIMEOUT)));
             agent.wait_in_sync(TIMEOUT)?;
+            p_removed.note(&agent, removed[removed.len() - 1]);
         }
     }
 
@@ -193,9 +255,11 @@ fn point(cfg: &Config, node: &Node, client: &Pod, server: &Pod, pods: usize, pol
             let t0 = agent.apply("local-pods.json", &cluster::list(&cluster::local_pods(true)))?;
             lab.push(ms(stream.wait_allowed(t0, TIMEOUT)));
             agent.wait_in_sync(TIMEOUT)?;
+            p_lab.note(&agent, lab[lab.len() - 1]);
             let t0 = agent.apply("local-pods.json", &cluster::list(&cluster::local_pods(false)))?;
             unlab.push(ms(stream.wait_denied(t0, QUIET, TIMEOUT)));
             agent.wait_in_sync(TIMEOUT)?;
+            p_unlab.note(&agent, unlab[unlab.len() - 1]);
         }
     }
 
@@ -233,6 +297,12 @@ fn point(cfg: &Config, node: &Node, client: &Pod, server: &Pod, pods: usize, pol
         source_load_ms,
         source_reload_ms,
         compile_ms,
+        changes: vec![
+            p_added.breakdown("policy added"),
+            p_removed.breakdown("policy removed"),
+            p_lab.breakdown("label added"),
+            p_unlab.breakdown("label removed"),
+        ],
         rss_bytes: rss,
         rss_peak_bytes: hwm,
         map_bytes,

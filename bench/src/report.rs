@@ -857,6 +857,34 @@ impl Report {
             );
         }
         s.push('\n');
+        let _ = writeln!(
+            s,
+            "Where a single change's time goes in the agent (its log of the pass, median): reading the source, \
+             compiling (only what the change touches), writing the maps (only the entries that changed), the \
+             whole pass; then the first packet with the new verdict, from the change written (the rest is the \
+             file notification, publishing and the probe interval).\n"
+        );
+        let _ = writeln!(
+            s,
+            "| pods | policies | change | source | compile | map writes | pass | first packet |\n|---:|---:|---|---:|---:|---:|---:|---:|"
+        );
+        for x in &p.points {
+            for c in &x.changes {
+                let _ = writeln!(
+                    s,
+                    "| {} | {} | {} | {} | {} | {} | {} | {} |",
+                    human_n(x.pods),
+                    human_n(x.policies),
+                    c.change,
+                    fmt(c.source_ms),
+                    fmt(c.compile_ms),
+                    fmt(c.maps_ms),
+                    fmt(c.pass_ms),
+                    fmt(c.first_packet_ms)
+                );
+            }
+        }
+        s.push('\n');
         if fonts {
             let diag: Vec<&programming::PointResult> = p.points.iter().filter(|x| x.pods == x.policies).collect();
             if diag.len() > 1 {

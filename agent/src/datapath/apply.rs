@@ -51,10 +51,40 @@ impl Datapath {
     /// 6. Stale addresses; then the revision bump that re-judges tracked
     ///    flows.
     pub fn sync(&mut self, compiled: &Compiled, ifaces: &Interfaces) -> SyncReport {
+        self.sync_changes(compiled, ifaces, None)
+    }
+
+    /// [`Datapath::sync`], told which policy entries changed since the
+    /// state the last sync was given (the compiler knows): when that sync
+    /// left the policy map whole, only those entries are compared and
+    /// written, not the whole map. None: compare everything.
+    pub fn sync_changes(
+        &mut self,
+        compiled: &Compiled,
+        ifaces: &Interfaces,
+        changed: Option<&BTreeSet<PolicyPrefix>>,
+    ) -> SyncReport {
         let mut plan = plan::plan(compiled, ifaces, &self.host_interfaces, &self.strict_prefixes);
         let mut report = SyncReport::default();
-        self.remove_stale_policy(&compiled.policy, &mut report);
-        let short = self.upsert_policy(&compiled.policy, &mut report);
+        let changed = changed.filter(|_| self.policy_whole);
+        let errors = report.errors.len();
+        let short = match changed {
+            Some(keys) => {
+                let stale: Vec<PolicyPrefix> = keys
+                    .iter()
+                    .filter(|k| !compiled.policy.contains_key(k) && self.realized.policy.contains_key(k))
+                    .copied()
+                    .collect();
+                self.remove_policy(stale, &mut report);
+                let desired = keys.iter().filter_map(|k| compiled.policy.get(k).map(|v| (k, v)));
+                self.upsert_policy(desired, &mut report)
+            }
+            None => {
+                self.remove_stale_policy(&compiled.policy, &mut report);
+                self.upsert_policy(compiled.policy.iter(), &mut report)
+            }
+        };
+        self.policy_whole = short.is_empty() && report.errors.len() == errors;
         if !short.is_empty() {
             let ids: Vec<String> = short.iter().map(u32::to_string).collect();
             report.errors.push(format!(
@@ -106,9 +136,19 @@ impl Datapath {
         self.realized.endpoints.keys().copied().collect()
     }
 
+    /// The local identity of each interface's endpoint entry in the kernel
+    /// (what an earlier agent left, or the last sync wrote).
+    pub fn endpoint_identities(&self) -> BTreeMap<u32, u32> {
+        self.realized.endpoints.iter().map(|(i, e)| (*i, e.identity)).collect()
+    }
+
     fn remove_stale_policy(&mut self, desired: &BTreeMap<PolicyPrefix, PolicyValue>, report: &mut SyncReport) {
         let stale: Vec<PolicyPrefix> =
             self.realized.policy.keys().filter(|k| !desired.contains_key(k)).copied().collect();
+        self.remove_policy(stale, report);
+    }
+
+    fn remove_policy(&mut self, stale: Vec<PolicyPrefix>, report: &mut SyncReport) {
         for k in stale {
             match self.policy.remove(&LpmKey::new(k.prefix_len, k.key)) {
                 Ok(()) => {
@@ -124,9 +164,9 @@ impl Datapath {
     /// whose entries could not all be written. Their new entries written
     /// here are taken out again: their pods are held closed anyway, and
     /// the room goes to identities that fit.
-    fn upsert_policy(
+    fn upsert_policy<'a>(
         &mut self,
-        desired: &BTreeMap<PolicyPrefix, PolicyValue>,
+        desired: impl Iterator<Item = (&'a PolicyPrefix, &'a PolicyValue)>,
         report: &mut SyncReport,
     ) -> BTreeSet<u32> {
         let mut short = BTreeSet::new();

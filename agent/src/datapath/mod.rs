@@ -164,6 +164,9 @@ pub struct Datapath {
     stats: PerCpuArray<MapData, u64>,
     config: Config,
     realized: Realized,
+    /// The last sync left the policy map equal to what it was given (so
+    /// the next may write only what changed since).
+    policy_whole: bool,
     host_interfaces: HostInterfaces,
     strict_prefixes: Vec<String>,
     sizes: MapSizes,
@@ -254,6 +257,7 @@ impl Datapath {
             stats,
             config,
             realized,
+            policy_whole: false,
             host_interfaces: settings.host_interfaces.clone(),
             strict_prefixes: settings.strict_prefixes.clone(),
             sizes,

@@ -1,72 +1,59 @@
 //! Identities. A *local identity* stands for pods with the same namespace,
-//! namespace labels, pod labels and named ports: policy entries are keyed by
-//! it. A *peer identity* is what an address is judged as: pod addresses by
-//! (local identity, cell), node addresses by cell, any other address by its
-//! cell. Numbers derive from what an identity stands for (see [`ids`]), so
-//! the same state always gets the same numbers.
+//! pod labels and named ports (pods of one namespace share its labels):
+//! policy entries are keyed by it. A *peer identity* is what an address is
+//! judged as: pod addresses by (local identity, cell), node addresses by
+//! cell, any other address by its cell.
+//!
+//! Numbers derive from what an identity stands for (see [`ids`]), except
+//! that a local identity keeps the number its pods had (the [`Hints`]): a
+//! pod whose labels change keeps its number, so only the entries whose
+//! selection changed move. The same input and hints always give the same
+//! numbers.
 
 use super::cells::Cells;
 use super::ids;
-use crate::policy::compiled::{Compiled, IdentityInfo, IpPrefix};
+use crate::policy::compiled::{Catalog, IdentityInfo, IpPrefix};
 use crate::policy::model::{Input, Labels, NamedPort, Namespace, Node, Pod};
 use ipnet::IpNet;
 use palisade_common::{IP_SERVICE, IpInfo};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 
-/// Pods alike enough to share a local identity.
-pub(super) struct LabelGroup<'a> {
-    pub namespace: &'a str,
-    /// The namespace object (or the implicit one), for its labels and audit.
-    pub ns: Arc<Namespace>,
-    pub labels: &'a Labels,
-    pub ports: &'a [NamedPort],
-    /// Indexes into [`Identities::pods`].
-    pub members: Vec<usize>,
-    /// Hash of all of the above but the members: what the number derives from.
-    hash: u64,
+/// A pod by (namespace, name).
+pub type PodKey = (String, String);
+
+/// The local identity each local pod had: numbers local identities keep.
+pub type Hints = BTreeMap<PodKey, u32>;
+
+/// What makes pods alike enough to share a local identity.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(super) struct GroupKey {
+    pub namespace: String,
+    pub labels: Labels,
+    pub ports: Vec<NamedPort>,
 }
 
-impl LabelGroup<'_> {
-    fn content_hash(&self) -> u64 {
-        use std::fmt::Write;
-        let mut s = format!("pod\0{}\0", self.namespace);
-        for (k, v) in &self.ns.labels {
-            let _ = write!(s, "{k}={v};");
-        }
-        s.push('\0');
-        for (k, v) in self.labels {
-            let _ = write!(s, "{k}={v};");
-        }
-        s.push('\0');
-        for p in self.ports {
-            let _ = write!(s, "{}/{}/{};", p.name, p.port, p.protocol);
-        }
-        ids::hash_parts(&[s.as_bytes()])
-    }
+/// Pods that share a local identity.
+pub(super) struct Group {
+    pub key: GroupKey,
+    /// The namespace object (or the implicit one), for its labels and audit.
+    pub ns: Arc<Namespace>,
+    /// Members, in key order.
+    pub members: Vec<Arc<Pod>>,
+    /// Whether a member runs on this node (its entries are compiled).
+    pub local: bool,
+    pub id: u32,
+    /// The peer identities of its addresses (one per cell).
+    pub peers: Vec<u32>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub(super) enum PeerKind {
-    /// Index into the local identity table ([`Identities::labels`]).
+    /// Index into [`Identities::groups`].
     Pod(usize),
     Host,
     Cidr,
-}
-
-/// A peer identity's defining properties.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-struct PeerKey {
-    kind: PeerKind,
-    cell: IpNet,
-}
-
-/// Everything that gets a number, in one space.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-enum IdKey {
-    Label(usize),
-    Peer(PeerKey),
 }
 
 pub(super) struct PeerIdentity {
@@ -75,178 +62,247 @@ pub(super) struct PeerIdentity {
     pub cell: IpNet,
 }
 
-/// Every identity of a cluster state, numbered.
-pub(super) struct Identities<'a> {
-    /// Pods that take part: running (not terminated), with addresses, in the
-    /// pod network (host-network pods are node addresses).
-    pub pods: Vec<&'a Arc<Pod>>,
-    /// The local identities.
-    pub labels: Vec<LabelGroup<'a>>,
-    /// The number of each local identity.
-    pub label_ids: Vec<u32>,
-    /// The peer identities, in key order.
+/// Every identity of a cluster state, numbered. Built whole from the pods,
+/// namespaces, cells and node (a few milliseconds at 10k pods); what
+/// depends on it is recomputed only where its numbers changed.
+pub(super) struct Identities {
+    /// In key order.
+    pub groups: Vec<Group>,
+    /// The peer identities, in (kind, cell) order.
     pub peers: Vec<PeerIdentity>,
-    /// The peer identities of each local identity's addresses.
-    pub peers_of_label: Vec<Vec<u32>>,
     /// Index into `peers` by number.
     pub peer_by_id: HashMap<u32, usize>,
-    /// Who owns each pod and node address: the first pod to claim it, else
-    /// the node.
-    addr_owner: BTreeMap<IpAddr, PeerKey>,
-    numbers: BTreeMap<IdKey, u32>,
+    /// Local groups (indexes) by namespace.
+    pub local_by_ns: BTreeMap<String, Vec<usize>>,
+    /// Who owns each pod and node address (index into `peers`): the first
+    /// pod to claim it, else the node.
+    addr_owner: BTreeMap<IpAddr, usize>,
+    /// Address conflicts.
+    pub warnings: Vec<String>,
 }
 
-impl<'a> Identities<'a> {
+/// A [`GroupKey`], borrowed from a pod.
+type Alike<'a> = (&'a str, &'a Labels, &'a [NamedPort]);
+
+fn content_hash(key: &GroupKey) -> u64 {
+    use std::fmt::Write;
+    let mut s = format!("pod\0{}\0", key.namespace);
+    for (k, v) in &key.labels {
+        let _ = write!(s, "{k}={v};");
+    }
+    s.push('\0');
+    for p in &key.ports {
+        let _ = write!(s, "{}/{}/{};", p.name, p.port, p.protocol);
+    }
+    ids::hash_parts(&[s.as_bytes()])
+}
+
+impl Identities {
     /// Groups pods into local identities, derives the peer identities and
-    /// numbers them all at once (so no two collide). Fills the catalog's
-    /// identities and addresses; address conflicts become warnings.
-    pub fn new(input: &'a Input, node: &Node, cells: &Cells, out: &mut Compiled) -> Identities<'a> {
-        let pods: Vec<&Arc<Pod>> =
-            input.pods.values().filter(|p| !p.terminated && !p.host_network && !p.ips.is_empty()).collect();
-
-        // Local identities: pods grouped by what makes them alike.
-        let mut namespaces: HashMap<&str, Arc<Namespace>> = HashMap::new();
-        let mut groups: BTreeMap<(&str, &Labels, &[NamedPort]), Vec<usize>> = BTreeMap::new();
-        for (i, pod) in pods.iter().enumerate() {
-            namespaces.entry(pod.namespace.as_str()).or_insert_with(|| {
-                input
-                    .namespaces
-                    .get(&pod.namespace)
-                    .cloned()
-                    .unwrap_or_else(|| Namespace::implicit(&pod.namespace).into())
-            });
-            groups.entry((pod.namespace.as_str(), &pod.labels, pod.ports.as_slice())).or_default().push(i);
+    /// numbers them all (so no two collide).
+    pub fn new(input: &Input, node: &Node, cells: &Cells, hints: &Hints) -> Identities {
+        let is_local = |pod: &Pod| pod.node_name.as_deref().is_none_or(|n| n == node.name);
+        // Pods that take part: running (not terminated), with addresses, in
+        // the pod network (host-network pods are node addresses).
+        let mut by_key: BTreeMap<Alike, Vec<&Arc<Pod>>> = BTreeMap::new();
+        for pod in input.pods.values().filter(|p| !p.terminated && !p.host_network && !p.ips.is_empty()) {
+            by_key.entry((pod.namespace.as_str(), &pod.labels, pod.ports.as_slice())).or_default().push(pod);
         }
-        let labels: Vec<LabelGroup> = groups
-            .into_iter()
-            .map(|((namespace, labels, ports), members)| {
-                let ns = namespaces[namespace].clone();
-                let mut g = LabelGroup { namespace, ns, labels, ports, members, hash: 0 };
-                g.hash = g.content_hash();
-                g
-            })
-            .collect();
+        let mut namespaces: HashMap<&str, Arc<Namespace>> = HashMap::new();
+        let mut groups: Vec<Group> = Vec::with_capacity(by_key.len());
+        for ((namespace, labels, ports), members) in by_key {
+            let ns = namespaces
+                .entry(namespace)
+                .or_insert_with(|| {
+                    input.namespaces.get(namespace).cloned().unwrap_or_else(|| Namespace::implicit(namespace).into())
+                })
+                .clone();
+            groups.push(Group {
+                key: GroupKey { namespace: namespace.to_string(), labels: labels.clone(), ports: ports.to_vec() },
+                ns,
+                local: members.iter().any(|p| is_local(p)),
+                members: members.into_iter().cloned().collect(),
+                id: 0,
+                peers: Vec::new(),
+            });
+        }
 
-        // Peer identities.
-        let mut peer_keys: BTreeMap<PeerKey, u64> = BTreeMap::new();
-        let mut addr_owner: BTreeMap<IpAddr, PeerKey> = BTreeMap::new();
-        for (li, group) in labels.iter().enumerate() {
-            for &pi in &group.members {
-                for ip in &pods[pi].ips {
-                    let key = PeerKey { kind: PeerKind::Pod(li), cell: cells.of(*ip) };
-                    peer_keys.insert(key, ids::hash_parts(&[b"addr", &group.hash.to_be_bytes(), &net_bytes(key.cell)]));
-                    match addr_owner.get(ip) {
-                        Some(_) => out.warnings.push(format!(
+        // Numbers. First, local identities keep what their pods had: each
+        // claims the number most of its members had (the smaller on a
+        // tie); of groups claiming one number, the one with most such
+        // members gets it (the first in key order on a tie).
+        let mut used: HashSet<u32> = HashSet::with_capacity(groups.len() * 3 + cells.all.len());
+        let mut claims: BTreeMap<u32, (usize, usize)> = BTreeMap::new();
+        for (gi, g) in groups.iter().enumerate().filter(|(_, g)| g.local) {
+            let mut votes: BTreeMap<u32, usize> = BTreeMap::new();
+            for p in &g.members {
+                if let Some(&n) =
+                    hints.get(&(p.namespace.clone(), p.name.clone())).filter(|&&n| n >= ids::FIRST_DYNAMIC)
+                {
+                    *votes.entry(n).or_default() += 1;
+                }
+            }
+            // max_by_key keeps the last maximum: iterate numbers downwards
+            // so a tie goes to the smaller number.
+            if let Some((&n, &count)) = votes.iter().rev().max_by_key(|(_, c)| **c) {
+                let better = claims.get(&n).is_none_or(|&(c, _)| count > c);
+                if better {
+                    claims.insert(n, (count, gi));
+                }
+            }
+        }
+        for (&n, &(_, gi)) in &claims {
+            groups[gi].id = n;
+            used.insert(n);
+        }
+        // Then every other identity from its content, probing in key order.
+        let mut take = |hash: u64| {
+            let mut id = ids::fold(hash);
+            while !used.insert(id) {
+                id = id.checked_add(1).unwrap_or(ids::FIRST_DYNAMIC);
+            }
+            id
+        };
+        for g in groups.iter_mut().filter(|g| g.id == 0) {
+            g.id = take(content_hash(&g.key));
+        }
+
+        // Peer identities: pod addresses by (group, cell), numbered from
+        // the group's number, so they follow it.
+        let mut warnings = Vec::new();
+        let mut peer_keys: BTreeMap<(PeerKind, IpNet), ()> = BTreeMap::new();
+        let mut owner_key: BTreeMap<IpAddr, (PeerKind, IpNet)> = BTreeMap::new();
+        for (gi, g) in groups.iter().enumerate() {
+            for pod in &g.members {
+                for ip in &pod.ips {
+                    let key = (PeerKind::Pod(gi), cells.of(*ip));
+                    peer_keys.insert(key, ());
+                    if owner_key.contains_key(ip) {
+                        warnings.push(format!(
                             "address {ip} of pod {}/{} is also claimed by another pod; the first one keeps it",
-                            pods[pi].namespace, pods[pi].name
-                        )),
-                        None => {
-                            addr_owner.insert(*ip, key);
-                            out.catalog.pods_by_ip.insert(*ip, pods[pi].clone());
-                        }
+                            pod.namespace, pod.name
+                        ));
+                    } else {
+                        owner_key.insert(*ip, key);
                     }
                 }
             }
         }
         for ip in &node.host_ips {
-            let key = PeerKey { kind: PeerKind::Host, cell: cells.of(*ip) };
-            peer_keys.insert(key, ids::hash_parts(&[b"host", &net_bytes(key.cell)]));
-            out.catalog.host_ips.insert(*ip);
-            if addr_owner.contains_key(ip) {
-                out.warnings.push(format!("node address {ip} is also a pod address; it counts as the pod's"));
+            let key = (PeerKind::Host, cells.of(*ip));
+            peer_keys.insert(key, ());
+            if owner_key.contains_key(ip) {
+                warnings.push(format!("node address {ip} is also a pod address; it counts as the pod's"));
             } else {
-                addr_owner.insert(*ip, key);
+                owner_key.insert(*ip, key);
             }
         }
         for cell in &cells.all {
-            let key = PeerKey { kind: PeerKind::Cidr, cell: *cell };
-            peer_keys.insert(key, ids::hash_parts(&[b"cidr", &net_bytes(*cell)]));
+            peer_keys.insert((PeerKind::Cidr, *cell), ());
         }
-
-        // Numbers for all of them at once, so no two collide.
-        let label_numbers = labels.iter().enumerate().map(|(li, g)| (IdKey::Label(li), g.hash));
-        let peer_numbers = peer_keys.iter().map(|(k, h)| (IdKey::Peer(*k), *h));
-        let numbers = ids::assign_hashed(label_numbers.chain(peer_numbers));
-        let label_ids: Vec<u32> = (0..labels.len()).map(|li| numbers[&IdKey::Label(li)]).collect();
-        let peers: Vec<PeerIdentity> = peer_keys
-            .keys()
-            .map(|k| PeerIdentity { id: numbers[&IdKey::Peer(*k)], kind: k.kind, cell: k.cell })
-            .collect();
-        let mut peers_of_label: Vec<Vec<u32>> = vec![Vec::new(); labels.len()];
-        for p in &peers {
-            if let PeerKind::Pod(li) = p.kind {
-                peers_of_label[li].push(p.id);
+        let mut peers = Vec::with_capacity(peer_keys.len());
+        let mut peer_index: HashMap<(PeerKind, IpNet), usize> = HashMap::with_capacity(peer_keys.len());
+        for &(kind, cell) in peer_keys.keys() {
+            let hash = match kind {
+                PeerKind::Pod(gi) => ids::hash_parts(&[b"addr", &groups[gi].id.to_be_bytes(), &net_bytes(cell)]),
+                PeerKind::Host => ids::hash_parts(&[b"host", &net_bytes(cell)]),
+                PeerKind::Cidr => ids::hash_parts(&[b"cidr", &net_bytes(cell)]),
+            };
+            let id = take(hash);
+            if let PeerKind::Pod(gi) = kind {
+                groups[gi].peers.push(id);
             }
+            peer_index.insert((kind, cell), peers.len());
+            peers.push(PeerIdentity { id, kind, cell });
         }
         let peer_by_id = peers.iter().enumerate().map(|(i, p)| (p.id, i)).collect();
-
-        // What each number stands for.
-        for (li, group) in labels.iter().enumerate() {
-            let info = IdentityInfo::Pod { namespace: group.namespace.to_string(), labels: group.labels.clone() };
-            out.catalog.identities.insert(label_ids[li], info);
+        let addr_owner = owner_key.into_iter().map(|(ip, k)| (ip, peer_index[&k])).collect();
+        let mut local_by_ns: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+        for (gi, g) in groups.iter().enumerate().filter(|(_, g)| g.local) {
+            local_by_ns.entry(g.key.namespace.clone()).or_default().push(gi);
         }
-        for p in &peers {
+        Identities { groups, peers, peer_by_id, local_by_ns, addr_owner, warnings }
+    }
+
+    /// What each number stands for, and who owns each address.
+    pub fn catalog(&self, node: &Node, catalog: &mut Catalog) {
+        catalog.identities.clear();
+        catalog.pods_by_ip.clear();
+        for g in &self.groups {
+            let info = IdentityInfo::Pod { namespace: g.key.namespace.clone(), labels: g.key.labels.clone() };
+            catalog.identities.insert(g.id, info);
+        }
+        for p in &self.peers {
             let info = match p.kind {
-                PeerKind::Pod(li) => IdentityInfo::Address { pod: label_ids[li], cell: p.cell },
+                PeerKind::Pod(gi) => IdentityInfo::Address { pod: self.groups[gi].id, cell: p.cell },
                 PeerKind::Host => IdentityInfo::Host { cell: p.cell },
                 PeerKind::Cidr => IdentityInfo::Cidr { cell: p.cell },
             };
-            out.catalog.identities.insert(p.id, info);
+            catalog.identities.insert(p.id, info);
         }
-
-        Identities { pods, labels, label_ids, peers, peers_of_label, peer_by_id, addr_owner, numbers }
-    }
-
-    fn peer_id(&self, key: &PeerKey) -> u32 {
-        self.numbers[&IdKey::Peer(*key)]
+        for (ip, &pi) in &self.addr_owner {
+            if let PeerKind::Pod(gi) = self.peers[pi].kind
+                && let Some(pod) = self.groups[gi].members.iter().find(|p| p.ips.contains(ip))
+            {
+                catalog.pods_by_ip.insert(*ip, pod.clone());
+            }
+        }
+        catalog.host_ips = node.host_ips.iter().copied().collect();
     }
 
     /// The address map: every cell, then every pod and node address (a
     /// full-length prefix is always the longest match), then Service
-    /// cluster IPs.
-    pub fn address_entries(&self, input: &Input, cells: &Cells, out: &mut Compiled) {
+    /// cluster IPs. Conflicting cluster IPs become warnings.
+    pub fn address_entries(
+        &self,
+        input: &Input,
+        cells: &Cells,
+        catalog: &mut Catalog,
+        warnings: &mut Vec<String>,
+    ) -> BTreeMap<IpPrefix, IpInfo> {
+        let mut out = BTreeMap::new();
         for p in &self.peers {
             if p.kind == PeerKind::Cidr {
-                out.ips.insert(IpPrefix::from_net(p.cell), IpInfo { identity: p.id, flags: 0, ifindex: 0 });
+                out.insert(IpPrefix::from_net(p.cell), IpInfo { identity: p.id, flags: 0, ifindex: 0 });
             }
         }
-        for (ip, key) in &self.addr_owner {
-            let info = IpInfo { identity: self.peer_id(key), flags: 0, ifindex: 0 };
-            out.ips.insert(IpPrefix::from_net(IpNet::from(*ip)), info);
+        for (ip, &pi) in &self.addr_owner {
+            let info = IpInfo { identity: self.peers[pi].id, flags: 0, ifindex: 0 };
+            out.insert(IpPrefix::from_net(IpNet::from(*ip)), info);
         }
         // Service cluster IPs keep the identity of the cell they are in (no
         // policy selects a virtual IP) and are flagged, so a pod's egress to
         // one is judged after kube-proxy has picked the backend.
+        catalog.services_by_ip.clear();
+        let cidr_ids: HashMap<IpNet, u32> =
+            self.peers.iter().filter(|p| p.kind == PeerKind::Cidr).map(|p| (p.cell, p.id)).collect();
         for svc in input.services.values() {
             for ip in &svc.cluster_ips {
                 if self.addr_owner.contains_key(ip) {
-                    out.warnings.push(format!(
+                    warnings.push(format!(
                         "cluster IP {ip} of service {}/{} is also a pod or node address",
                         svc.namespace, svc.name
                     ));
                     continue;
                 }
-                let identity = self.peer_id(&PeerKey { kind: PeerKind::Cidr, cell: cells.of(*ip) });
+                let identity = cidr_ids[&cells.of(*ip)];
                 let info = IpInfo { identity, flags: IP_SERVICE, ifindex: 0 };
-                out.ips.insert(IpPrefix::from_net(IpNet::from(*ip)), info);
-                out.catalog.services_by_ip.insert(*ip, (svc.namespace.clone(), svc.name.clone()));
-            }
-        }
-    }
-
-    /// The local endpoints, as (pod index, local identity index): pods on
-    /// this node (or on no node yet).
-    pub fn local(&self, node: &Node) -> Vec<(usize, usize)> {
-        let is_local = |pod: &Pod| pod.node_name.as_deref().is_none_or(|n| n == node.name);
-        let mut out = Vec::new();
-        for (li, group) in self.labels.iter().enumerate() {
-            for &pi in &group.members {
-                if is_local(self.pods[pi].as_ref()) {
-                    out.push((pi, li));
-                }
+                out.insert(IpPrefix::from_net(IpNet::from(*ip)), info);
+                catalog.services_by_ip.insert(*ip, (svc.namespace.clone(), svc.name.clone()));
             }
         }
         out
+    }
+
+    /// The local endpoints, as (group index, pod): pods on this node (or on
+    /// no node yet), by group then pod.
+    pub fn local<'a>(&'a self, node: &'a Node) -> impl Iterator<Item = (usize, &'a Arc<Pod>)> + 'a {
+        let is_local = |pod: &Pod| pod.node_name.as_deref().is_none_or(|n| n == node.name);
+        self.groups
+            .iter()
+            .enumerate()
+            .filter(|(_, g)| g.local)
+            .flat_map(move |(gi, g)| g.members.iter().filter(move |p| is_local(p)).map(move |p| (gi, p)))
     }
 }
 

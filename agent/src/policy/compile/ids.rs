@@ -6,13 +6,11 @@
 //! (a new agent finds the pinned maps already right). Collisions are
 //! resolved by probing in key order, which is deterministic too.
 
-use std::collections::BTreeMap;
-
 /// Numbers below this are reserved for fixed meanings.
 pub const FIRST_DYNAMIC: u32 = 256;
 
 /// FNV-1a, 64 bit: tiny, fast and stable across Rust versions and builds.
-fn fnv1a(bytes: &[u8]) -> u64 {
+pub(super) fn fnv1a(bytes: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in bytes {
         h ^= u64::from(*b);
@@ -21,7 +19,7 @@ fn fnv1a(bytes: &[u8]) -> u64 {
     h
 }
 
-fn fold(h: u64) -> u32 {
+pub(super) fn fold(h: u64) -> u32 {
     let v = (h ^ (h >> 32)) as u32;
     if v < FIRST_DYNAMIC { v + FIRST_DYNAMIC } else { v }
 }
@@ -34,22 +32,6 @@ pub fn hash_parts(parts: &[&[u8]]) -> u64 {
         buf.push(0);
     }
     fnv1a(&buf)
-}
-
-/// Assigns a distinct number to every key from its content hash; on a
-/// collision, keys probe onwards in key order.
-pub fn assign_hashed<K: Ord + Copy>(keys: impl IntoIterator<Item = (K, u64)>) -> BTreeMap<K, u32> {
-    let keys: BTreeMap<K, u64> = keys.into_iter().collect();
-    let mut used = std::collections::HashSet::with_capacity(keys.len());
-    let mut out = BTreeMap::new();
-    for (key, hash) in keys {
-        let mut id = fold(hash);
-        while !used.insert(id) {
-            id = id.checked_add(1).unwrap_or(FIRST_DYNAMIC);
-        }
-        out.insert(key, id);
-    }
-    out
 }
 
 /// Assigns a distinct number to every key (the keys are distinct); the

@@ -5,6 +5,15 @@
 //! numbered, and the address map), and `rules` (policy entries keyed by
 //! them). Selectors, named ports and CIDR containment are all resolved here,
 //! so the kernel only looks entries up.
+//!
+//! [`Compiler`] keeps each step's results and, given the next state,
+//! recomputes only what the change touches: identities when pods,
+//! namespaces, cells or the node changed; a policy's entries when the
+//! policy, its rule numbers, the local identities it selects or the peers
+//! its rules admit changed. It also says which policy entries changed, so a
+//! sync writes them without comparing the whole map. [`compile`] is the
+//! same compiler from nothing: the output of a change is, by construction
+//! and by test, the output of compiling the new state from scratch.
 
 mod cells;
 mod identities;
@@ -12,12 +21,15 @@ mod ids;
 mod ports;
 mod rules;
 
-use super::compiled::LocalEndpoint;
-use super::model::{Input, Node};
+use super::compiled::{LocalEndpoint, RuleInfo};
+use super::model::{Direction, Input, Node, PolicyRef};
 use cells::Cells;
 use identities::Identities;
-use palisade_common::EP_AUDIT;
-use std::collections::BTreeSet;
+pub use identities::{Hints, PodKey};
+use palisade_common::{EP_AUDIT, EP_EGRESS_ISOLATED, EP_INGRESS_ISOLATED, PolicyValue};
+use rules::{Order, Part, PolicyName, Resolver};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
 /// What the compiler produces, also reachable from here.
 pub use super::compiled::{Compiled, IpPrefix, PolicyPrefix, RULE_HOST, family_addr};
@@ -25,29 +37,477 @@ pub use super::compiled::{Compiled, IpPrefix, PolicyPrefix, RULE_HOST, family_ad
 /// Compiles the whole cluster for one node. The same input always gives the
 /// same output, numbers included.
 pub fn compile(input: &Input, node: &Node) -> Compiled {
-    let mut out = Compiled::default();
-    let cells = Cells::new(input.policies.values().map(|p| p.as_ref()));
-    let ids = Identities::new(input, node, &cells, &mut out);
-    ids.address_entries(input, &cells, &mut out);
-    let local = ids.local(node);
-    let local_labels: BTreeSet<usize> = local.iter().map(|&(_, li)| li).collect();
-    let (policy, flags) = rules::compile(input, node, &ids, &local_labels, &mut out.catalog);
-    out.policy = policy;
-    // Local endpoints: isolated as their policies say, audited as the node
-    // or their namespace says.
-    for (pi, li) in local {
-        let pod = ids.pods[pi];
-        let mut f = flags.get(&li).copied().unwrap_or(0);
-        if node.audit || ids.labels[li].ns.audit {
-            f |= EP_AUDIT;
+    compile_with_hints(input, node, &Hints::new())
+}
+
+/// Compiles the whole cluster for one node, local identities keeping the
+/// numbers `hints` gives their pods where they can.
+pub fn compile_with_hints(input: &Input, node: &Node, hints: &Hints) -> Compiled {
+    let mut c = Compiler::with_hints(hints.clone());
+    c.compile(&Arc::new(input.clone()), node);
+    c.into_compiled()
+}
+
+/// The local identity of every local pod in `compiled`: the hints that keep
+/// them on the next compile.
+pub fn hints_of(compiled: &Compiled) -> Hints {
+    compiled.endpoints.iter().map(|e| ((e.namespace.clone(), e.name.clone()), e.identity)).collect()
+}
+
+/// What the last [`Compiler::compile`] changed in the output.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Changes {
+    /// Policy entries added, removed or changed; None: the whole map may
+    /// have (the first compile).
+    pub policy: Option<BTreeSet<PolicyPrefix>>,
+}
+
+/// The compiler with its memory of the last state (see the module docs).
+#[derive(Default)]
+pub struct Compiler {
+    input: Option<Arc<Input>>,
+    node: Option<Node>,
+    /// Hints for the first compile (after that: the last output's numbers).
+    seed: Hints,
+    /// The hints the current identities were numbered with.
+    hints_used: Option<Hints>,
+    cells: Option<Cells>,
+    ids: Option<Identities>,
+    resolver: Resolver,
+    parts: BTreeMap<PolicyName, Part>,
+    /// Policies whose parts select a local identity.
+    selecting: BTreeSet<PolicyName>,
+    /// Natural rule number -> how many rules have it.
+    naturals: HashMap<u32, u32>,
+    /// Natural rule numbers more than one rule has.
+    collisions: usize,
+    /// Every entry's contributors; the first in [`Order`] decides.
+    contributors: HashMap<PolicyPrefix, Vec<(Order, u32)>>,
+    /// The node allowance's entries.
+    host: Vec<PolicyPrefix>,
+    /// Identity-derived warnings (address conflicts) and cluster IP ones.
+    warnings: (Vec<String>, Vec<String>),
+    out: Compiled,
+    changes: Changes,
+}
+
+impl Compiler {
+    /// A compiler whose first compile numbers local identities by `hints`
+    /// (what the kernel holds from an earlier agent).
+    pub fn with_hints(hints: Hints) -> Compiler {
+        Compiler { seed: hints, ..Default::default() }
+    }
+
+    /// The last output.
+    pub fn compiled(&self) -> &Compiled {
+        &self.out
+    }
+
+    pub fn into_compiled(self) -> Compiled {
+        self.out
+    }
+
+    /// What the last compile changed.
+    pub fn changes(&self) -> &Changes {
+        &self.changes
+    }
+
+    /// Compiles `input` for `node`, recomputing only what changed since the
+    /// last call.
+    pub fn compile(&mut self, input: &Arc<Input>, node: &Node) -> &Compiled {
+        let first = self.input.is_none();
+        let empty = Input::default();
+        let last = self.input.clone();
+        let prev: &Input = last.as_deref().unwrap_or(&empty);
+
+        // What changed.
+        let policy_changes = diff(&prev.policies, &input.policies);
+        let pods_same = same_objects(&prev.pods, &input.pods) && !first;
+        let namespaces_same = same_objects(&prev.namespaces, &input.namespaces) && !first;
+        let services_same = same_objects(&prev.services, &input.services) && !first;
+        let node_same = self.node.as_ref().is_some_and(|n| n.name == node.name && n.host_ips == node.host_ips);
+
+        let cells_changed = if self.cells.is_none() || !policy_changes.is_empty() {
+            let cells = Cells::new(input.policies.values().map(|p| p.as_ref()));
+            let changed = self.cells.as_ref().is_none_or(|c| c.all != cells.all);
+            self.cells = Some(cells);
+            changed
+        } else {
+            false
+        };
+        let cells = self.cells.as_ref().expect("cells");
+
+        // Identities, rebuilt whole when anything they stand for changed.
+        let hints = if first { self.seed.clone() } else { hints_of(&self.out) };
+        let rebuilt = !pods_same
+            || !namespaces_same
+            || cells_changed
+            || !node_same
+            || self.hints_used.as_ref() != Some(&hints)
+            || self.ids.is_none();
+        if rebuilt {
+            let ids = Identities::new(input, node, cells, &hints);
+            ids.catalog(node, &mut self.out.catalog);
+            self.warnings.0 = ids.warnings.clone();
+            self.resolver.clear();
+            self.ids = Some(ids);
+            self.hints_used = Some(hints);
         }
-        out.endpoints.push(LocalEndpoint {
-            namespace: pod.namespace.clone(),
-            name: pod.name.clone(),
-            ips: pod.ips.clone(),
-            identity: ids.label_ids[li],
-            flags: f,
-        });
+        let ids = self.ids.as_ref().expect("identities");
+        if rebuilt || !services_same {
+            self.warnings.1.clear();
+            self.out.ips = ids.address_entries(input, cells, &mut self.out.catalog, &mut self.warnings.1);
+        }
+
+        // Parts of policies gone or changed leave with their entries and
+        // rule numbers.
+        let mut touched: BTreeSet<PolicyPrefix> = BTreeSet::new();
+        for (name, _) in &policy_changes {
+            if let Some(part) = self.parts.remove(name) {
+                self.selecting.remove(name);
+                for (prefix, ri) in &part.entries {
+                    remove_contributor(&mut self.contributors, prefix, &part.order(*ri));
+                    touched.insert(*prefix);
+                }
+                for (n, id) in part.naturals.iter().zip(&part.rule_ids) {
+                    self.out.catalog.rules.remove(id);
+                    if let Some(c) = self.naturals.get_mut(n) {
+                        *c -= 1;
+                        if *c == 1 {
+                            self.collisions -= 1;
+                        }
+                        if *c == 0 {
+                            self.naturals.remove(n);
+                        }
+                    }
+                }
+            }
+        }
+        let collided = self.collisions > 0;
+        let mut forced: BTreeSet<PolicyName> = BTreeSet::new();
+        for (name, policy) in &policy_changes {
+            let Some(policy) = policy else { continue };
+            let part = Part::new(Arc::new(name.clone()), policy.clone());
+            for n in &part.naturals {
+                let c = self.naturals.entry(*n).or_default();
+                *c += 1;
+                if *c == 2 {
+                    self.collisions += 1;
+                }
+            }
+            self.parts.insert(name.clone(), part);
+            forced.insert(name.clone());
+        }
+
+        // Rule numbers: natural unless two collide; then every rule is
+        // numbered again, probing in key order, and parts whose numbers
+        // moved are recomputed.
+        if collided || self.collisions > 0 {
+            let mut keys = Vec::new();
+            for part in self.parts.values() {
+                keys.extend(rules::rules_of(&part.policy).map(|(d, i, _)| rules::canon(&part.policy, d, i)));
+            }
+            let numbers = ids::assign(&keys);
+            let mut at = 0;
+            for (name, part) in self.parts.iter_mut() {
+                let mine = &numbers[at..at + part.naturals.len()];
+                at += part.naturals.len();
+                if part.rule_ids != mine {
+                    for id in &part.rule_ids {
+                        self.out.catalog.rules.remove(id);
+                    }
+                    part.rule_ids = mine.to_vec();
+                    forced.insert(name.clone());
+                }
+            }
+        }
+        for name in &forced {
+            let part = &self.parts[name];
+            for (ri, (dir, index, _)) in rules::rules_of(&part.policy).enumerate() {
+                let info = RuleInfo { policy: Some(policy_ref(name)), direction: dir, index };
+                self.out.catalog.rules.insert(part.rule_ids[ri], info);
+            }
+        }
+
+        // Parts to bring up to date: new and changed policies, and when
+        // identities changed, every policy that selects or selected a
+        // local identity.
+        let mut visit: BTreeSet<PolicyName> = forced.clone();
+        if rebuilt {
+            visit.extend(self.selecting.iter().cloned());
+            for ns in ids.local_by_ns.keys() {
+                let from = (ns.clone(), String::new());
+                visit.extend(input.policies.range(from..).take_while(|((n, _), _)| n == ns).map(|(k, _)| k.clone()));
+            }
+        }
+        for name in &visit {
+            let part = self.parts.get_mut(name).expect("a part for every policy");
+            let force = forced.contains(name) || (rebuilt && part.named_egress());
+            if let Some(old) = part.update(ids, &mut self.resolver, force) {
+                for (prefix, ri) in &old {
+                    // A forced part's old entries left above (changed
+                    // policy) or carry its old numbers (same orders).
+                    remove_contributor(&mut self.contributors, prefix, &part.order(*ri));
+                    touched.insert(*prefix);
+                }
+                for (prefix, ri) in &part.entries {
+                    self.contributors.entry(*prefix).or_default().push((part.order(*ri), part.rule_ids[*ri]));
+                    touched.insert(*prefix);
+                }
+            }
+            if part.selected.is_empty() {
+                self.selecting.remove(name);
+            } else {
+                self.selecting.insert(name.clone());
+            }
+        }
+
+        // Isolation of each local identity (by group), and who isolates it.
+        let mut flags: BTreeMap<usize, u32> = BTreeMap::new();
+        self.out.catalog.isolating.clear();
+        for name in &self.selecting {
+            let part = &self.parts[name];
+            for (dir, on) in
+                [(Direction::Ingress, part.policy.ingress.is_some()), (Direction::Egress, part.policy.egress.is_some())]
+            {
+                if !on {
+                    continue;
+                }
+                let bit = if dir == Direction::Ingress { EP_INGRESS_ISOLATED } else { EP_EGRESS_ISOLATED };
+                for local in &part.selected {
+                    *flags.entry(local.group).or_default() |= bit;
+                    self.out.catalog.isolating.entry((local.id, dir)).or_default().push(policy_ref(name));
+                }
+            }
+        }
+
+        // The node may reach its ingress-isolated pods (kubelet probes).
+        let mut host = Vec::new();
+        if node.allow_host {
+            self.out
+                .catalog
+                .rules
+                .insert(RULE_HOST, RuleInfo { policy: None, direction: Direction::Ingress, index: 0 });
+            let hosts: Vec<u32> =
+                ids.peers.iter().filter(|p| p.kind == identities::PeerKind::Host).map(|p| p.id).collect();
+            for (&gi, f) in &flags {
+                if f & EP_INGRESS_ISOLATED != 0 {
+                    for &h in &hosts {
+                        host.push(rules::entry(ids.groups[gi].id, Direction::Ingress, h, None));
+                    }
+                }
+            }
+        } else {
+            self.out.catalog.rules.remove(&RULE_HOST);
+        }
+        if host != self.host {
+            for prefix in std::mem::take(&mut self.host) {
+                remove_contributor(&mut self.contributors, &prefix, &Order::Host);
+                touched.insert(prefix);
+            }
+            for prefix in &host {
+                self.contributors.entry(*prefix).or_default().push((Order::Host, RULE_HOST));
+                touched.insert(*prefix);
+            }
+            self.host = host;
+        }
+
+        // The policy map, where it changed.
+        let mut changed = BTreeSet::new();
+        for prefix in touched {
+            let want = self.contributors.get(&prefix).and_then(|c| c.iter().min_by(|a, b| a.0.cmp(&b.0))).map(|c| c.1);
+            let had = self.out.policy.get(&prefix).map(|v| v.rule);
+            if want == had {
+                continue;
+            }
+            match want {
+                Some(rule) => self.out.policy.insert(prefix, PolicyValue { rule }),
+                None => self.out.policy.remove(&prefix),
+            };
+            changed.insert(prefix);
+        }
+        self.changes = Changes { policy: (!first).then_some(changed) };
+
+        // Local endpoints: isolated as their policies say, audited as the
+        // node or their namespace says.
+        self.out.endpoints = ids
+            .local(node)
+            .map(|(gi, pod)| {
+                let g = &ids.groups[gi];
+                let mut f = flags.get(&gi).copied().unwrap_or(0);
+                if node.audit || g.ns.audit {
+                    f |= EP_AUDIT;
+                }
+                LocalEndpoint {
+                    namespace: pod.namespace.clone(),
+                    name: pod.name.clone(),
+                    ips: pod.ips.clone(),
+                    identity: g.id,
+                    flags: f,
+                }
+            })
+            .collect();
+        self.out.warnings = self.warnings.0.iter().chain(&self.warnings.1).cloned().collect();
+        self.input = Some(input.clone());
+        self.node = Some(node.clone());
+        &self.out
+    }
+}
+
+fn policy_ref(name: &PolicyName) -> PolicyRef {
+    PolicyRef { namespace: name.0.clone(), name: name.1.clone() }
+}
+
+fn remove_contributor(
+    contributors: &mut HashMap<PolicyPrefix, Vec<(Order, u32)>>,
+    prefix: &PolicyPrefix,
+    order: &Order,
+) {
+    if let Some(list) = contributors.get_mut(prefix) {
+        if let Some(i) = list.iter().position(|(o, _)| o == order) {
+            list.swap_remove(i);
+        }
+        if list.is_empty() {
+            contributors.remove(prefix);
+        }
+    }
+}
+
+/// Whether two maps of shared objects hold the same objects (the same
+/// `Arc`s, or equal ones).
+fn same_objects<K: Ord, V: PartialEq>(a: &BTreeMap<K, Arc<V>>, b: &BTreeMap<K, Arc<V>>) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|((ka, va), (kb, vb))| ka == kb && (Arc::ptr_eq(va, vb) || va == vb))
+}
+
+/// The keys whose objects differ between two maps: Some(new object) when
+/// added or changed, None when removed.
+fn diff<K: Ord + Clone, V: PartialEq>(
+    old: &BTreeMap<K, Arc<V>>,
+    new: &BTreeMap<K, Arc<V>>,
+) -> Vec<(K, Option<Arc<V>>)> {
+    let mut out = Vec::new();
+    let (mut a, mut b) = (old.iter().peekable(), new.iter().peekable());
+    loop {
+        match (a.peek(), b.peek()) {
+            (None, None) => break,
+            (Some((ka, _)), None) => {
+                out.push(((*ka).clone(), None));
+                a.next();
+            }
+            (None, Some((kb, vb))) => {
+                out.push(((*kb).clone(), Some((*vb).clone())));
+                b.next();
+            }
+            (Some((ka, va)), Some((kb, vb))) => match ka.cmp(kb) {
+                std::cmp::Ordering::Less => {
+                    out.push(((*ka).clone(), None));
+                    a.next();
+                }
+                std::cmp::Ordering::Greater => {
+                    out.push(((*kb).clone(), Some((*vb).clone())));
+                    b.next();
+                }
+                std::cmp::Ordering::Equal => {
+                    if !(Arc::ptr_eq(va, vb) || va == vb) {
+                        out.push(((*kb).clone(), Some((*vb).clone())));
+                    }
+                    a.next();
+                    b.next();
+                }
+            },
+        }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::convert::manifests_to_input;
+
+    const NODE: &str = "n1";
+
+    fn cluster(client_labels: &str, ns_labels: &str) -> Arc<Input> {
+        let pod = |name: &str, labels: &str, ip: &str| {
+            format!(
+                "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: a, labels: {{{labels}}}}}\n\
+                 spec: {{nodeName: {NODE}, containers: [{{name: c}}]}}\nstatus: {{phase: Running, podIP: {ip}}}\n---\n"
+            )
+        };
+        let mut text =
+            format!("apiVersion: v1\nkind: Namespace\nmetadata: {{name: a, labels: {{{ns_labels}}}}}\n---\n");
+        text += &pod("client", client_labels, "10.0.0.1");
+        text += &pod("server", "app: server", "10.0.0.2");
+        for i in 0..20 {
+            text += &pod(&format!("peer-{i}"), &format!("app: p{i}"), &format!("10.0.1.{i}"));
+        }
+        // Both local pods isolated, allowing every pod on many ports.
+        for (name, app) in [("c", "client"), ("s", "server")] {
+            text += &format!(
+                "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: {name}, namespace: a}}\n\
+                 spec:\n  podSelector: {{matchLabels: {{app: {app}}}}}\n  ingress:\n  - from: [{{podSelector: {{}}}}]\n    \
+                 ports: [{{port: 1000, endPort: 1100}}]\n---\n"
+            );
+        }
+        // One policy only a probe=yes pod is selected by.
+        text += "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: gate, namespace: a}\n\
+                 spec:\n  podSelector: {matchLabels: {probe: 'yes'}}\n  egress:\n  - to: [{podSelector: {matchLabels: {app: server}}}]\n    \
+                 ports: [{port: 7011, protocol: UDP}]\n";
+        Arc::new(manifests_to_input(&text).unwrap())
+    }
+
+    fn node() -> Node {
+        Node { name: NODE.into(), host_ips: vec![], allow_host: true, audit: false }
+    }
+
+    fn identity_of(c: &Compiled, name: &str) -> u32 {
+        c.endpoints.iter().find(|e| e.name == name).unwrap().identity
+    }
+
+    #[test]
+    fn a_relabel_keeps_the_number_and_moves_only_what_its_selection_changes() {
+        let mut compiler = Compiler::default();
+        let before = compiler.compile(&cluster("app: client", "team: x"), &node()).clone();
+        let client = identity_of(&before, "client");
+        let entries = before.policy.keys().filter(|k| u32::from_be_bytes(k.key.local) == client).count();
+        assert!(entries > 100, "the client has many entries ({entries})");
+
+        let after = compiler.compile(&cluster("app: client, probe: 'yes'", "team: x"), &node()).clone();
+        assert_eq!(identity_of(&after, "client"), client, "the client keeps its number");
+        let changed = compiler.changes().policy.clone().unwrap();
+        // The gate's egress entry (to the server) is all that is new, and
+        // nothing else moved.
+        assert_eq!(changed.len(), 1, "{changed:?}");
+        let key = changed.first().unwrap().key;
+        assert_eq!((u32::from_be_bytes(key.local), key.direction), (client, Direction::Egress.code()));
+        assert_eq!(
+            after,
+            compile_with_hints(&cluster("app: client, probe: 'yes'", "team: x"), &node(), &hints_of(&before))
+        );
+
+        // A namespace's labels are not part of a number either.
+        let relabelled_ns = compiler.compile(&cluster("app: client, probe: 'yes'", "team: other"), &node()).clone();
+        assert_eq!(identity_of(&relabelled_ns, "client"), client);
+        assert_eq!(compiler.changes().policy.as_ref().map(BTreeSet::len), Some(0));
+    }
+
+    #[test]
+    fn an_unchanged_state_changes_nothing_and_a_restart_keeps_the_kernels_numbers() {
+        let mut compiler = Compiler::default();
+        let input = cluster("app: client", "team: x");
+        let first = compiler.compile(&input, &node()).clone();
+        assert_eq!(compiler.changes().policy, None, "the first compile may change everything");
+        compiler.compile(&input, &node());
+        assert_eq!(compiler.changes().policy.as_ref().map(BTreeSet::len), Some(0));
+        // An agent restarting after the client's relabel finds the numbers
+        // the kernel holds (hints) and keeps them.
+        let relabelled = cluster("app: client, probe: 'yes'", "team: x");
+        let restarted = compile_with_hints(&relabelled, &node(), &hints_of(&first));
+        assert_eq!(identity_of(&restarted, "client"), identity_of(&first, "client"));
+        assert_ne!(
+            identity_of(&compile(&relabelled, &node()), "client"),
+            identity_of(&first, "client"),
+            "without hints the number derives from the labels"
+        );
+    }
 }

@@ -1,105 +1,222 @@
 //! Rules. Each rule expands to policy-trie entries (local identity,
 //! direction, peer identity or any, protocol, port prefix); selectors, named
 //! ports and CIDR containment are resolved here, so the kernel only looks
-//! entries up.
+//! entries up. A policy's entries (its [`Part`]) depend only on the policy,
+//! its rule numbers, the local identities it selects and the peers its rules
+//! admit: when none of those changed, its entries are reused as they are.
 
-use super::identities::{Identities, PeerIdentity, PeerKind};
+use super::identities::{Identities, PeerKind};
 use super::{ids, ports};
-use crate::policy::compiled::{Catalog, PolicyPrefix, RULE_HOST, RuleInfo};
-use crate::policy::model::{
-    Direction, Input, NamespaceMatch, Node, Peer, Policy, PolicyRef, PortMatch, Rule, Selector, named_port,
-};
-use palisade_common::{
-    EP_EGRESS_ISOLATED, EP_INGRESS_ISOLATED, PEER_ANY, POLICY_PREFIX_ANY_PROTO, POLICY_PREFIX_PROTO, PolicyKey,
-    PolicyValue,
-};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use crate::policy::compiled::PolicyPrefix;
+use crate::policy::model::{Direction, NamedPort, NamespaceMatch, Peer, Policy, PortMatch, Rule, Selector, named_port};
+use ipnet::IpNet;
+use palisade_common::{PEER_ANY, POLICY_PREFIX_ANY_PROTO, POLICY_PREFIX_PROTO, PolicyKey};
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 
-/// The policy map, and the isolation flags of every local identity (by
-/// index) that a policy selects. `local` are the local identities (by
-/// index) entries are compiled for; the catalog gets every rule's origin and
-/// every isolating policy.
-pub(super) fn compile(
-    input: &Input,
-    node: &Node,
-    ids: &Identities,
-    local: &BTreeSet<usize>,
-    catalog: &mut Catalog,
-) -> (BTreeMap<PolicyPrefix, PolicyValue>, BTreeMap<usize, u32>) {
-    let policies: Vec<&Policy> = input.policies.values().map(|p| p.as_ref()).collect();
-    let numbers = RuleNumbers::new(&policies);
-    let mut rules = Rules { ids, entries: Entries::default(), flags: BTreeMap::new(), selectors: HashMap::new() };
-    for (pi, policy) in policies.iter().enumerate() {
-        rules.policy(pi, policy, &numbers, local, catalog);
-    }
-    if node.allow_host {
-        rules.allow_host(catalog);
-    }
-    let policy = rules.entries.map.into_iter().map(|(k, (_, rule))| (k, PolicyValue { rule })).collect();
-    (policy, rules.flags)
+/// A policy by (namespace, name).
+pub type PolicyName = (String, String);
+
+/// Orders rules so that when two rules produce the same entry, the one kept
+/// is always the same: first policy by namespace/name, then direction and
+/// rule index; the node's allowance last.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(super) enum Order {
+    Rule(Arc<PolicyName>, Direction, usize),
+    Host,
 }
 
-/// Rule numbers: each policy's ingress rules, then its egress rules, numbered
-/// from what they are (policy, direction, index).
-struct RuleNumbers {
-    numbers: Vec<u32>,
-    /// Index of each policy's first rule in `numbers`.
-    first: Vec<usize>,
-    /// Number of ingress rules of each policy.
-    ingress: Vec<usize>,
+/// The peers a rule's `from`/`to` admits.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) enum PeerSet {
+    Any,
+    Some(Arc<BTreeSet<u32>>),
 }
 
-impl RuleNumbers {
-    fn new(policies: &[&Policy]) -> RuleNumbers {
-        let mut keys = Vec::new();
-        let mut first = Vec::with_capacity(policies.len());
-        for p in policies {
-            first.push(keys.len());
-            let ingress = p.ingress.iter().flatten().enumerate().map(|(i, _)| canon(p, Direction::Ingress, i));
-            let egress = p.egress.iter().flatten().enumerate().map(|(i, _)| canon(p, Direction::Egress, i));
-            keys.extend(ingress.chain(egress));
-        }
-        let ingress = policies.iter().map(|p| p.ingress.as_ref().map_or(0, Vec::len)).collect();
-        RuleNumbers { numbers: ids::assign(&keys), first, ingress }
-    }
+/// A local identity a policy selects, as its entries depend on it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct Local {
+    pub id: u32,
+    /// Index into [`Identities::groups`] (not part of what entries depend on).
+    pub group: usize,
+    pub ports: Vec<NamedPort>,
+}
 
-    fn id(&self, policy: usize, dir: Direction, index: usize) -> u32 {
-        let skip = if dir == Direction::Ingress { 0 } else { self.ingress[policy] };
-        self.numbers[self.first[policy] + skip + index]
+impl Local {
+    fn same(&self, other: &Local) -> bool {
+        self.id == other.id && self.ports == other.ports
     }
 }
 
-fn canon(policy: &Policy, dir: Direction, index: usize) -> String {
+/// The rules of a policy in the order they are numbered: ingress, then egress.
+pub(super) fn rules_of(policy: &Policy) -> impl Iterator<Item = (Direction, usize, &Rule)> {
+    let ingress = policy.ingress.iter().flatten().enumerate().map(|(i, r)| (Direction::Ingress, i, r));
+    let egress = policy.egress.iter().flatten().enumerate().map(|(i, r)| (Direction::Egress, i, r));
+    ingress.chain(egress)
+}
+
+/// What identifies a rule: its number derives from it.
+pub(super) fn canon(policy: &Policy, dir: Direction, index: usize) -> String {
     format!("rule\0{}\0{}\0{dir}\0{index}", policy.namespace, policy.name)
 }
 
-/// Orders rules so that when two rules produce the same entry, the one kept
-/// is always the same: first policy by namespace/name, then rule index.
-type RuleOrder = (usize, Direction, usize);
-
-/// Collects policy entries, keeping the first rule in [`RuleOrder`]. (A
-/// hash map with a fast hasher: this is the compiler's hottest spot, and
-/// ordered inserts cost several times more at 10k policies; the result is
-/// sorted once.)
-#[derive(Default)]
-struct Entries {
-    map: foldhash::HashMap<PolicyPrefix, (RuleOrder, u32)>,
+/// The number a rule gets when no other rule's number collides with it.
+pub(super) fn natural(policy: &Policy, dir: Direction, index: usize) -> u32 {
+    ids::fold(ids::fnv1a(canon(policy, dir, index).as_bytes()))
 }
 
-impl Entries {
-    fn add(&mut self, prefix: PolicyPrefix, order: RuleOrder, rule: u32) {
-        self.map
-            .entry(prefix)
-            .and_modify(|cur| {
-                if order < cur.0 {
-                    *cur = (order, rule);
-                }
-            })
-            .or_insert((order, rule));
+/// One policy's part of the output, with what it was computed from.
+pub(super) struct Part {
+    pub policy: Arc<Policy>,
+    pub name: Arc<PolicyName>,
+    /// Each rule's natural number, in [`rules_of`] order.
+    pub naturals: Vec<u32>,
+    /// Each rule's number, in [`rules_of`] order.
+    pub rule_ids: Vec<u32>,
+    /// The local identities it selects, in key order.
+    pub selected: Vec<Local>,
+    /// Each rule's peers ([`rules_of`] order); empty when nothing is selected.
+    pub peers: Vec<PeerSet>,
+    /// Its entries, with the rule (index into `rule_ids`) each comes from.
+    pub entries: Vec<(PolicyPrefix, usize)>,
+}
+
+impl Part {
+    pub fn new(name: Arc<PolicyName>, policy: Arc<Policy>) -> Part {
+        let naturals = rules_of(&policy).map(|(d, i, _)| natural(&policy, d, i)).collect::<Vec<_>>();
+        Part { rule_ids: naturals.clone(), naturals, policy, name, selected: vec![], peers: vec![], entries: vec![] }
+    }
+
+    /// The order of the rule at `index` ([`rules_of`] order).
+    pub fn order(&self, index: usize) -> Order {
+        let ingress = self.policy.ingress.as_ref().map_or(0, Vec::len);
+        if index < ingress {
+            Order::Rule(self.name.clone(), Direction::Ingress, index)
+        } else {
+            Order::Rule(self.name.clone(), Direction::Egress, index - ingress)
+        }
+    }
+
+    /// Whether an entry depends on the named ports of peer pods (egress to
+    /// a named port): then it changes whenever identities do.
+    pub fn named_egress(&self) -> bool {
+        self.policy.egress.iter().flatten().flat_map(|r| &r.ports).any(|p| matches!(p.port, PortMatch::Named(_)))
+    }
+
+    /// Brings the part up to date with the identities: recomputes its
+    /// entries if what they depend on changed, or if `force` (the policy or
+    /// its rule numbers changed). Returns the entries it had, if it did.
+    pub fn update(
+        &mut self,
+        ids: &Identities,
+        resolver: &mut Resolver,
+        force: bool,
+    ) -> Option<Vec<(PolicyPrefix, usize)>> {
+        let selected = selected(&self.policy, ids);
+        let peers = if selected.is_empty() {
+            Vec::new()
+        } else {
+            rules_of(&self.policy).map(|(_, _, r)| resolver.peers(r, &self.policy, ids)).collect()
+        };
+        let same = !force
+            && selected.len() == self.selected.len()
+            && selected.iter().zip(&self.selected).all(|(a, b)| a.same(b))
+            && peers == self.peers;
+        self.selected = selected;
+        self.peers = peers;
+        if same {
+            return None;
+        }
+        let mut entries = Vec::new();
+        for (ri, (dir, _, rule)) in rules_of(&self.policy).enumerate() {
+            for local in &self.selected {
+                expand(ids, local, dir, rule, &self.peers[ri], ri, &mut entries);
+            }
+        }
+        Some(std::mem::replace(&mut self.entries, entries))
     }
 }
 
-fn entry(local: u32, dir: Direction, peer: u32, port: Option<(u8, Option<(u16, u32)>)>) -> PolicyPrefix {
+/// The local identities a policy selects.
+fn selected(policy: &Policy, ids: &Identities) -> Vec<Local> {
+    let Some(groups) = ids.local_by_ns.get(&policy.namespace) else { return vec![] };
+    groups
+        .iter()
+        .filter(|&&gi| policy.pod_selector.matches(&ids.groups[gi].key.labels))
+        .map(|&gi| Local { id: ids.groups[gi].id, group: gi, ports: ids.groups[gi].key.ports.clone() })
+        .collect()
+}
+
+/// Peer identities each selector and ipBlock matches: many rules repeat
+/// one. Valid while the identities are (cleared when they are rebuilt).
+#[derive(Default)]
+pub(super) struct Resolver {
+    /// By (own namespace, or "" when a namespace selector decides;
+    /// namespaces; pods).
+    pods: HashMap<(String, NamespaceMatch, Selector), Arc<BTreeSet<u32>>>,
+    blocks: HashMap<(IpNet, Vec<IpNet>), Arc<BTreeSet<u32>>>,
+}
+
+impl Resolver {
+    pub fn clear(&mut self) {
+        self.pods.clear();
+        self.blocks.clear();
+    }
+
+    /// The peer identities a rule's `from`/`to` admits.
+    fn peers(&mut self, rule: &Rule, policy: &Policy, ids: &Identities) -> PeerSet {
+        if rule.peers.is_empty() {
+            return PeerSet::Any;
+        }
+        let mut sets: Vec<Arc<BTreeSet<u32>>> = Vec::with_capacity(rule.peers.len());
+        for peer in &rule.peers {
+            let set = match peer {
+                Peer::Pods { namespaces, pods } => {
+                    let own = match namespaces {
+                        NamespaceMatch::Own => policy.namespace.clone(),
+                        NamespaceMatch::Selector(_) => String::new(),
+                    };
+                    let key = (own, namespaces.clone(), pods.clone());
+                    self.pods
+                        .entry(key)
+                        .or_insert_with(|| {
+                            let mut matched = BTreeSet::new();
+                            for g in &ids.groups {
+                                let ns_ok = match namespaces {
+                                    NamespaceMatch::Own => g.key.namespace == policy.namespace,
+                                    NamespaceMatch::Selector(sel) => sel.matches(&g.ns.labels),
+                                };
+                                if ns_ok && pods.matches(&g.key.labels) {
+                                    matched.extend(g.peers.iter().copied());
+                                }
+                            }
+                            Arc::new(matched)
+                        })
+                        .clone()
+                }
+                Peer::IpBlock { cidr, except } => self
+                    .blocks
+                    .entry((*cidr, except.clone()))
+                    .or_insert_with(|| {
+                        let inside = |c: &IpNet| cidr.contains(c) && !except.iter().any(|e| e.contains(c));
+                        Arc::new(ids.peers.iter().filter(|p| inside(&p.cell)).map(|p| p.id).collect())
+                    })
+                    .clone(),
+            };
+            sets.push(set);
+        }
+        if sets.len() == 1 {
+            return PeerSet::Some(sets.pop().expect("one set"));
+        }
+        let mut all = BTreeSet::new();
+        for s in sets {
+            all.extend(s.iter().copied());
+        }
+        PeerSet::Some(Arc::new(all))
+    }
+}
+
+pub(super) fn entry(local: u32, dir: Direction, peer: u32, port: Option<(u8, Option<(u16, u32)>)>) -> PolicyPrefix {
     let mut key = PolicyKey {
         local: local.to_be_bytes(),
         direction: dir.code(),
@@ -122,199 +239,63 @@ fn entry(local: u32, dir: Direction, peer: u32, port: Option<(u8, Option<(u16, u
     PolicyPrefix { prefix_len, key }
 }
 
-/// The peers a rule's `from`/`to` admits.
-enum PeerSet {
-    Any,
-    Some(BTreeSet<u32>),
-}
-
-/// Peer identities a pod peer matches, by (own namespace or "" when a
-/// namespace selector decides, namespaces, pods): many rules repeat one.
-type SelectorCache<'a> = HashMap<(String, &'a NamespaceMatch, &'a Selector), BTreeSet<u32>>;
-
-struct Rules<'a, 'i> {
-    ids: &'i Identities<'i>,
-    entries: Entries,
-    flags: BTreeMap<usize, u32>,
-    selectors: SelectorCache<'a>,
-}
-
-impl<'a> Rules<'a, '_> {
-    /// One policy: the identities it selects become isolated in its
-    /// directions, and its rules expand for each of them.
-    fn policy(
-        &mut self,
-        pi: usize,
-        policy: &'a Policy,
-        numbers: &RuleNumbers,
-        local: &BTreeSet<usize>,
-        catalog: &mut Catalog,
-    ) {
-        let labels = &self.ids.labels;
-        let pref = PolicyRef { namespace: policy.namespace.clone(), name: policy.name.clone() };
-        let selected: Vec<usize> = local
-            .iter()
-            .copied()
-            .filter(|&li| labels[li].namespace == policy.namespace && policy.pod_selector.matches(labels[li].labels))
-            .collect();
-        for (dir, rules) in [(Direction::Ingress, &policy.ingress), (Direction::Egress, &policy.egress)] {
-            let Some(rules) = rules else { continue };
-            for (ri, _) in rules.iter().enumerate() {
-                let info = RuleInfo { policy: Some(pref.clone()), direction: dir, index: ri };
-                catalog.rules.insert(numbers.id(pi, dir, ri), info);
-            }
-            if selected.is_empty() {
-                continue;
-            }
-            let bit = if dir == Direction::Ingress { EP_INGRESS_ISOLATED } else { EP_EGRESS_ISOLATED };
-            for &li in &selected {
-                *self.flags.entry(li).or_default() |= bit;
-                catalog.isolating.entry((self.ids.label_ids[li], dir)).or_default().push(pref.clone());
-            }
-            for (ri, rule) in rules.iter().enumerate() {
-                let peers = self.peers(rule, policy);
-                let ctx = RuleCtx { dir, rid: numbers.id(pi, dir, ri), order: (pi, dir, ri), ids: self.ids };
-                for &li in &selected {
-                    ctx.expand(li, rule, &peers, &mut self.entries);
-                }
-            }
-        }
+/// Expands one rule (index `ri`) for one selected local identity.
+fn expand(
+    ids: &Identities,
+    local: &Local,
+    dir: Direction,
+    rule: &Rule,
+    peer_set: &PeerSet,
+    ri: usize,
+    out: &mut Vec<(PolicyPrefix, usize)>,
+) {
+    let id = local.id;
+    let any = [PEER_ANY];
+    let peer_ids: Box<dyn Iterator<Item = u32> + '_> = match peer_set {
+        PeerSet::Any => Box::new(any.iter().copied()),
+        PeerSet::Some(s) => Box::new(s.iter().copied()),
+    };
+    if rule.ports.is_empty() {
+        out.extend(peer_ids.map(|peer| (entry(id, dir, peer, None), ri)));
+        return;
     }
-
-    /// The peer identities a rule's `from`/`to` admits.
-    fn peers(&mut self, rule: &'a Rule, policy: &Policy) -> PeerSet {
-        if rule.peers.is_empty() {
-            return PeerSet::Any;
-        }
-        let ids = self.ids;
-        let mut set = BTreeSet::new();
-        for peer in &rule.peers {
-            match peer {
-                Peer::Pods { namespaces, pods } => {
-                    let own = match namespaces {
-                        NamespaceMatch::Own => policy.namespace.clone(),
-                        NamespaceMatch::Selector(_) => String::new(),
-                    };
-                    let matched = self.selectors.entry((own, namespaces, pods)).or_insert_with(|| {
-                        let mut matched = BTreeSet::new();
-                        for (li, group) in ids.labels.iter().enumerate() {
-                            let ns_ok = match namespaces {
-                                NamespaceMatch::Own => group.namespace == policy.namespace,
-                                NamespaceMatch::Selector(sel) => sel.matches(&group.ns.labels),
-                            };
-                            if ns_ok && pods.matches(group.labels) {
-                                matched.extend(ids.peers_of_label[li].iter().copied());
-                            }
-                        }
-                        matched
-                    });
-                    set.extend(matched.iter().copied());
-                }
-                Peer::IpBlock { cidr, except } => {
-                    for p in &ids.peers {
-                        if cidr.contains(&p.cell) && !except.iter().any(|e| e.contains(&p.cell)) {
-                            set.insert(p.id);
-                        }
-                    }
-                }
-            }
-        }
-        PeerSet::Some(set)
-    }
-
-    /// The node may reach its ingress-isolated pods (kubelet probes).
-    fn allow_host(&mut self, catalog: &mut Catalog) {
-        catalog.rules.insert(RULE_HOST, RuleInfo { policy: None, direction: Direction::Ingress, index: 0 });
-        let hosts: Vec<u32> = self.ids.peers.iter().filter(|p| p.kind == PeerKind::Host).map(|p| p.id).collect();
-        for (&li, f) in &self.flags {
-            if f & EP_INGRESS_ISOLATED != 0 {
-                for &h in &hosts {
-                    self.entries.add(
-                        entry(self.ids.label_ids[li], Direction::Ingress, h, None),
-                        (usize::MAX, Direction::Egress, 0),
-                        RULE_HOST,
+    let peer_ids: Vec<u32> = peer_ids.collect();
+    for spec in &rule.ports {
+        let proto = spec.protocol.number();
+        match &spec.port {
+            PortMatch::Any => out.extend(peer_ids.iter().map(|&peer| (entry(id, dir, peer, Some((proto, None))), ri))),
+            PortMatch::Range(a, b) => {
+                for (value, bits) in ports::prefixes(*a, *b) {
+                    out.extend(
+                        peer_ids.iter().map(|&peer| (entry(id, dir, peer, Some((proto, Some((value, bits))))), ri)),
                     );
                 }
             }
-        }
-    }
-}
-
-/// Expands one rule for one selected local identity.
-struct RuleCtx<'i> {
-    dir: Direction,
-    rid: u32,
-    order: RuleOrder,
-    ids: &'i Identities<'i>,
-}
-
-impl RuleCtx<'_> {
-    fn expand(&self, li: usize, rule: &Rule, peer_set: &PeerSet, entries: &mut Entries) {
-        let local = self.ids.label_ids[li];
-        let peer_ids: Vec<u32> = match peer_set {
-            PeerSet::Any => vec![PEER_ANY],
-            PeerSet::Some(s) => s.iter().copied().collect(),
-        };
-        if rule.ports.is_empty() {
-            for &peer in &peer_ids {
-                entries.add(entry(local, self.dir, peer, None), self.order, self.rid);
-            }
-            return;
-        }
-        for spec in &rule.ports {
-            let proto = spec.protocol.number();
-            match &spec.port {
-                PortMatch::Any => {
-                    for &peer in &peer_ids {
-                        entries.add(entry(local, self.dir, peer, Some((proto, None))), self.order, self.rid);
+            // A named port is resolved against the destination pod: the
+            // local pod for ingress, each peer pod for egress.
+            PortMatch::Named(name) => match dir {
+                Direction::Ingress => {
+                    if let Some(port) = named_port(&local.ports, name, spec.protocol) {
+                        out.extend(
+                            peer_ids.iter().map(|&peer| (entry(id, dir, peer, Some((proto, Some((port, 16))))), ri)),
+                        );
                     }
                 }
-                PortMatch::Range(a, b) => {
-                    for (value, bits) in ports::prefixes(*a, *b) {
-                        for &peer in &peer_ids {
-                            entries.add(
-                                entry(local, self.dir, peer, Some((proto, Some((value, bits))))),
-                                self.order,
-                                self.rid,
-                            );
+                Direction::Egress => {
+                    let candidates: Box<dyn Iterator<Item = &super::identities::PeerIdentity>> = match peer_set {
+                        PeerSet::Any => Box::new(ids.peers.iter()),
+                        PeerSet::Some(s) => {
+                            Box::new(s.iter().filter_map(|p| ids.peer_by_id.get(p).map(|&i| &ids.peers[i])))
+                        }
+                    };
+                    for p in candidates {
+                        let PeerKind::Pod(gi) = p.kind else { continue };
+                        if let Some(port) = named_port(&ids.groups[gi].key.ports, name, spec.protocol) {
+                            out.push((entry(id, dir, p.id, Some((proto, Some((port, 16))))), ri));
                         }
                     }
                 }
-                // A named port is resolved against the destination pod: the
-                // local pod for ingress, each peer pod for egress.
-                PortMatch::Named(name) => match self.dir {
-                    Direction::Ingress => {
-                        if let Some(port) = named_port(self.ids.labels[li].ports, name, spec.protocol) {
-                            for &peer in &peer_ids {
-                                entries.add(
-                                    entry(local, self.dir, peer, Some((proto, Some((port, 16))))),
-                                    self.order,
-                                    self.rid,
-                                );
-                            }
-                        }
-                    }
-                    Direction::Egress => {
-                        let candidates: Vec<&PeerIdentity> = match peer_set {
-                            PeerSet::Any => self.ids.peers.iter().collect(),
-                            PeerSet::Some(s) => s
-                                .iter()
-                                .filter_map(|id| self.ids.peer_by_id.get(id).map(|&i| &self.ids.peers[i]))
-                                .collect(),
-                        };
-                        for p in candidates {
-                            let PeerKind::Pod(pl) = p.kind else { continue };
-                            if let Some(port) = named_port(self.ids.labels[pl].ports, name, spec.protocol) {
-                                entries.add(
-                                    entry(local, self.dir, p.id, Some((proto, Some((port, 16))))),
-                                    self.order,
-                                    self.rid,
-                                );
-                            }
-                        }
-                    }
-                },
-            }
+            },
         }
     }
 }
