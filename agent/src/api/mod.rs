@@ -4,9 +4,9 @@
 //! and `palisade observe` are its clients; nothing is exposed on the
 //! network.
 
-use crate::events::{Verdict, VerdictEvent};
 use crate::events::record::protocol_name;
 use crate::events::wire::{self, Compact, Symbol, Symbols, TAG_EVENTS, TAG_LAGGED};
+use crate::events::{Verdict, VerdictEvent};
 use crate::policy::Direction;
 use crate::state::Shared;
 use crate::trace::Query;
