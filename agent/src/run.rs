@@ -13,7 +13,7 @@ use crate::datapath::{Datapath, MapSizes, Settings, SyncReport};
 use crate::events::{self, Hub, LogFormat, View};
 use crate::health::{self, Readiness};
 use crate::metrics::Metrics;
-use crate::policy::compile::{Compiler, Hints};
+use crate::policy::compile::{Compiler, Hints, hints_of};
 use crate::policy::{self, Compiled, Input, Node, PolicyPrefix};
 use crate::state::{Applied, EndpointState, Enforcement, InputVersion, Shared, Status};
 use anyhow::Result;
@@ -501,7 +501,12 @@ impl Agent {
         }
         if synced && let Ok(mut a) = self.shared.applied.write() {
             let endpoints = report.endpoints.clone();
-            *a = Some(Arc::new(Applied { input: input.clone(), node: node.clone(), endpoints }));
+            *a = Some(Arc::new(Applied {
+                input: input.clone(),
+                node: node.clone(),
+                endpoints,
+                hints: hints_of(compiled),
+            }));
         }
         self.shared.input.applied.store(loaded.version, Ordering::SeqCst);
         self.readiness.set(not_ready);

@@ -6,6 +6,7 @@ use crate::datapath::MapFill;
 use crate::datapath::pinned::Pinned;
 use crate::events::Hub;
 use crate::metrics::Metrics;
+use crate::policy::compile::Hints;
 use crate::policy::{Input, Node};
 use crate::trace::{self, Query, Trace};
 use palisade_common::stat;
@@ -120,6 +121,9 @@ pub struct Applied {
     pub input: Arc<Input>,
     pub node: Node,
     pub endpoints: Vec<EndpointState>,
+    /// The local identities the kernel was given: compiling `input` with
+    /// them reproduces the numbers in force (they depend on history).
+    pub hints: Hints,
 }
 
 /// State shared between the agent loop and the API.
@@ -176,7 +180,7 @@ impl Shared {
             let local =
                 applied.endpoints.iter().find(|e| side.pod.as_deref() == Some(&format!("{}/{}", e.namespace, e.name)));
             if let Some(enforced) = local {
-                trace::check_kernel(side, &applied.input, &applied.node, &self.pinned, enforced, remote, q);
+                trace::check_kernel(side, &applied, &self.pinned, enforced, remote, q);
             }
         }
         Ok(t)

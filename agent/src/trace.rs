@@ -3,6 +3,7 @@
 //! kernel does; the explanation walks the policies that concern the pod and
 //! says, rule by rule, what matched and what did not.
 
+use crate::policy::compile::compile_with_hints;
 use crate::policy::lookup;
 use crate::policy::model::{NamespaceMatch, Peer, PortMatch, Protocol, Rule, named_port};
 use crate::policy::{Compiled, Direction, Input, Namespace, Node, Pod, Policy, compile};
@@ -400,8 +401,7 @@ impl std::fmt::Display for Trace {
 /// give.
 pub fn check_kernel(
     side: &mut Side,
-    input: &Input,
-    node: &Node,
+    applied: &crate::state::Applied,
     pinned: &crate::datapath::pinned::Pinned,
     enforced: &crate::state::EndpointState,
     remote_ip: IpAddr,
@@ -410,8 +410,12 @@ pub fn check_kernel(
     let Some(ifindex) = enforced.ifindex else { return };
     let mut check = KernelCheck { interface: enforced.interface.clone(), ..Default::default() };
     let Some((ns, name)) = side.pod.as_deref().and_then(|p| p.split_once('/')) else { return };
-    let Some(pod) = input.pods.get(&(ns.to_string(), name.to_string())) else { return };
-    let compiled = compiled_for(input, node, pod);
+    let (input, node) = (applied.input.as_ref(), &applied.node);
+    if !input.pods.contains_key(&(ns.to_string(), name.to_string())) {
+        return;
+    }
+    // The agent's numbering, not a fresh one: numbers depend on history.
+    let compiled = compile_with_hints(input, node, &applied.hints);
     let Some(want) = compiled.endpoints.iter().find(|e| e.namespace == ns && e.name == name) else { return };
     let got = pinned.endpoint(ifindex);
     match got {
