@@ -77,6 +77,8 @@ pub struct Page {
     /// The mean of the two steps each way.
     pub closed: Step,
     pub open: Step,
+    /// The four steps in order: closed, open, open, closed.
+    pub runs: Vec<Step>,
     /// Agent CPU the open page added, % of one core (open − closed).
     pub added_cpu_pct: f64,
     /// open / closed agent CPU.
@@ -296,6 +298,7 @@ fn page_result(closed: Step, open: Step, polls: &[page::Poll], generating: &[(In
         },
         closed,
         open,
+        runs: Vec::new(),
     }
 }
 

@@ -547,7 +547,7 @@ impl Report {
                         fmt(p.open.offered_pps as f64)
                     ),
                     format!(
-                        "+{:.1}% of a core ({:.0}% → {:.0}%, ×{:.2}); tail {:.0} ms behind at worst; {}",
+                        "{:+.1}% of a core ({:.0}% → {:.0}%, ×{:.2}); tail {:.0} ms behind at worst; {}",
                         p.added_cpu_pct,
                         p.closed.agent_cpu_pct,
                         p.open.agent_cpu_pct,
@@ -1018,7 +1018,10 @@ fn page_md(p: &events::Page) -> String {
         fmt(p.open.offered_pps as f64)
     );
     s.push_str("| page | events read by agent/s | loss | agent CPU | agent ns/event |\n|---|---:|---:|---:|---:|\n");
-    for (name, x) in [("closed", &p.closed), ("open", &p.open)] {
+    let names = ["closed", "open", "open", "closed"];
+    let runs = names.iter().zip(&p.runs).map(|(n, x)| (n.to_string(), x));
+    let means = [("**closed, mean**".to_string(), &p.closed), ("**open, mean**".to_string(), &p.open)];
+    for (name, x) in runs.chain(means) {
         let _ = writeln!(
             s,
             "| {name} | {} | {:.1}% | {:.1}% | {} |",
