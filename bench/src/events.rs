@@ -241,13 +241,11 @@ pub fn run(cfg: &Config) -> Result<Results> {
         };
         Ok((step, began, ended))
     };
-    for &rate in &cfg.rates {
-        eprintln!("  events: offered {}", if rate == 0 { "max".to_string() } else { format!("{rate}/s") });
-        out.steps.push(measure(rate, cfg.secs)?.0);
-    }
     if let Some(rate) = cfg.page_rate {
-        // Closed, open, open, closed: a drift in the machine's load over
-        // the four steps weighs on both sides alike.
+        // Before the sweep, on an idle agent: the flat-out step leaves a
+        // backlog. Closed, open, open, closed: a drift in the machine's
+        // load over the four steps weighs on both sides alike.
+        settle(agent_pid);
         eprintln!("  events: offered {rate}/s, the page closed, open, open, closed");
         let (closed_a, _, _) = measure(rate, cfg.secs)?;
         let poller = page::Poller::start(&node.netns, page::ADDR);
@@ -255,7 +253,13 @@ pub fn run(cfg: &Config) -> Result<Results> {
         let polls = poller.stop()?;
         let ((open_a, a0, a1), (open_b, b0, b1)) = measured?;
         let (closed_b, _, _) = measure(rate, cfg.secs)?;
-        out.page = Some(page_result(mean(&closed_a, &closed_b), mean(&open_a, &open_b), &polls, &[(a0, a1), (b0, b1)]));
+        let mut page = page_result(mean(&closed_a, &closed_b), mean(&open_a, &open_b), &polls, &[(a0, a1), (b0, b1)]);
+        page.runs = vec![closed_a, open_a, open_b, closed_b];
+        out.page = Some(page);
+    }
+    for &rate in &cfg.rates {
+        eprintln!("  events: offered {}", if rate == 0 { "max".to_string() } else { format!("{rate}/s") });
+        out.steps.push(measure(rate, cfg.secs)?.0);
     }
     out.max_lossless_ps =
         out.steps.iter().filter(|s| s.loss_pct < 0.1).map(|s| s.events_observed_ps).fold(0.0, f64::max);
@@ -299,6 +303,19 @@ fn page_result(closed: Step, open: Step, polls: &[page::Poll], generating: &[(In
         closed,
         open,
         runs: Vec::new(),
+    }
+}
+
+/// Waits (up to 10 s) until the agent uses under 5% of a core: done with
+/// what earlier steps left it.
+fn settle(pid: i32) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        let c0 = env::cpu_seconds_of(pid).unwrap_or(0.0);
+        std::thread::sleep(Duration::from_millis(300));
+        if (env::cpu_seconds_of(pid).unwrap_or(0.0) - c0) / 0.3 < 0.05 {
+            return;
+        }
     }
 }
 
