@@ -1013,7 +1013,8 @@ fn page_md(p: &events::Page) -> String {
          with a client polling what the page polls, as it does (twice a second on one kept-alive connection: \
          `/api/flows` (the map, all namespaces) and `/api/events?after=SEQ&limit=200` (the tail, following its \
          sequence number); the page polls one of the two per view, this both), then no page again; each \
-         side is the mean of its two steps. Lag: the wall clock when the tail's \
+         side is the mean of its two steps. The agent serves the page (its default `--ui-addr`) and folds every event \
+         into the map either way: the difference is what answering the page costs. Lag: the wall clock when the tail's \
          answer arrived minus the newest event's time in it, while the kernel writes events continuously.\n\n",
         fmt(p.open.offered_pps as f64)
     );
