@@ -13,6 +13,7 @@
 use crate::agent::Agent;
 use crate::cluster::{self, Cluster};
 use crate::env::{self, Node, Pod};
+use crate::page;
 use crate::rawbpf;
 use anyhow::{Context, Result};
 use serde::Serialize;
@@ -35,6 +36,9 @@ pub struct Config {
     /// CPUs the flat-out step generates on (one thread each).
     pub cpus: usize,
     pub palisade: PathBuf,
+    /// The rate at which the page's cost is measured (one step without a
+    /// page polling, one with); None: not measured.
+    pub page_rate: Option<u64>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -62,6 +66,48 @@ pub struct Results {
     pub policies: usize,
     pub steps: Vec<Step>,
     pub max_lossless_ps: f64,
+    pub page: Option<Page>,
+}
+
+/// The browser view under load: the same rate four times in one run,
+/// without a page, twice with a client polling what the page polls, and
+/// without again.
+#[derive(Clone, Debug, Serialize)]
+pub struct Page {
+    /// The mean of the two steps each way.
+    pub closed: Step,
+    pub open: Step,
+    /// The four steps in order: closed, open, open, closed.
+    pub runs: Vec<Step>,
+    /// Agent CPU the open page added, % of one core (open − closed).
+    pub added_cpu_pct: f64,
+    /// open / closed agent CPU.
+    pub cpu_ratio: f64,
+    /// Polls made (each `/api/flows` and `/api/events`) and those failed.
+    pub polls: u64,
+    pub poll_errors: u64,
+    /// How far the newest event the tail returned was behind the moment
+    /// its answer arrived (the kernel writes events continuously), ms.
+    pub lag_median_ms: f64,
+    pub lag_max_ms: f64,
+    /// The slowest of the two requests, ms.
+    pub request_max_ms: f64,
+    /// The map's summed edge counts at the first and the last poll.
+    pub edge_count_first: u64,
+    pub edge_count_last: u64,
+    /// Bytes per poll (both answers).
+    pub bytes_per_poll: f64,
+}
+
+impl Page {
+    /// The page kept up: every poll answered, the tail within 1 s of the
+    /// kernel, the map's counts growing.
+    pub fn current(&self) -> bool {
+        self.polls > 0
+            && self.poll_errors == 0
+            && self.lag_max_ms < 1000.0
+            && self.edge_count_last > self.edge_count_first
+    }
 }
 
 fn counters(agent: &Agent) -> Result<(f64, f64, f64, f64)> {
@@ -145,18 +191,20 @@ pub fn run(cfg: &Config) -> Result<Results> {
     anyhow::ensure!(verdict == palisade_kit::tc::TC_ACT_SHOT, "the flood packet is not denied");
 
     let mut out = Results { pods: cfg.pods, policies: cfg.policies, ..Default::default() };
-    for &rate in &cfg.rates {
-        eprintln!("  events: offered {}", if rate == 0 { "max".to_string() } else { format!("{rate}/s") });
+    // One step: `rate` for `secs`; returns it and when generation started
+    // and ended.
+    let measure = |rate: u64, secs: f64| -> Result<(Step, Instant, Instant)> {
         let (w0, l0, r0, d0) = counters(&agent)?;
         let o0 = seen.load(Ordering::Relaxed) as f64;
         let a0 = env::cpu_seconds_of(agent_pid).unwrap_or(0.0);
         let b0 = env::cpu_seconds_of(observer_pid).unwrap_or(0.0);
+        let began = Instant::now();
         // Flat out: one generator per CPU; else one on the sender's CPU.
         let cpus: Vec<usize> = if rate == 0 { (0..cfg.cpus).collect() } else { vec![cfg.sender_cpu] };
         let threads: Vec<_> = cpus
             .iter()
             .map(|&cpu| -> Result<_> {
-                let (pkt, ctx, secs) = (pkt.clone(), ctx, cfg.secs);
+                let (pkt, ctx) = (pkt.clone(), ctx);
                 let fd = prog.try_clone()?;
                 Ok(env::spawn_in(&client.netns, Some(cpu), move || generate(fd.as_fd(), &pkt, &ctx, rate, secs)))
             })
@@ -167,6 +215,7 @@ pub fn run(cfg: &Config) -> Result<Results> {
             sent += n;
             secs = secs.max(s);
         }
+        let ended = Instant::now();
         // Let the agent drain what is buffered, then read the totals (and
         // the CPU time all of this step's events cost).
         std::thread::sleep(Duration::from_millis(600));
@@ -176,7 +225,7 @@ pub fn run(cfg: &Config) -> Result<Results> {
         let o1 = seen.load(Ordering::Relaxed) as f64;
         let attempted = (w1 - w0) + (l1 - l0);
         let observed = o1 - o0;
-        out.steps.push(Step {
+        let step = Step {
             offered_pps: rate,
             sent_pps: sent as f64 / secs,
             dropped_pps: (d1 - d0) / secs,
@@ -189,7 +238,28 @@ pub fn run(cfg: &Config) -> Result<Results> {
             observer_cpu_pct: (b1 - b0) / secs * 100.0,
             agent_ns_per_event: if r1 > r0 { (a1 - a0) / (r1 - r0) * 1e9 } else { 0.0 },
             observer_ns_per_event: if observed > 0.0 { (b1 - b0) / observed * 1e9 } else { 0.0 },
-        });
+        };
+        Ok((step, began, ended))
+    };
+    if let Some(rate) = cfg.page_rate {
+        // Before the sweep, on an idle agent: the flat-out step leaves a
+        // backlog. Closed, open, open, closed: a drift in the machine's
+        // load over the four steps weighs on both sides alike.
+        settle(agent_pid);
+        eprintln!("  events: offered {rate}/s, the page closed, open, open, closed");
+        let (closed_a, _, _) = measure(rate, cfg.secs)?;
+        let poller = page::Poller::start(&node.netns, page::ADDR);
+        let measured = (|| Ok::<_, anyhow::Error>((measure(rate, cfg.secs)?, measure(rate, cfg.secs)?)))();
+        let polls = poller.stop()?;
+        let ((open_a, a0, a1), (open_b, b0, b1)) = measured?;
+        let (closed_b, _, _) = measure(rate, cfg.secs)?;
+        let mut page = page_result(mean(&closed_a, &closed_b), mean(&open_a, &open_b), &polls, &[(a0, a1), (b0, b1)]);
+        page.runs = vec![closed_a, open_a, open_b, closed_b];
+        out.page = Some(page);
+    }
+    for &rate in &cfg.rates {
+        eprintln!("  events: offered {}", if rate == 0 { "max".to_string() } else { format!("{rate}/s") });
+        out.steps.push(measure(rate, cfg.secs)?.0);
     }
     out.max_lossless_ps =
         out.steps.iter().filter(|s| s.loss_pct < 0.1).map(|s| s.events_observed_ps).fold(0.0, f64::max);
@@ -198,4 +268,72 @@ pub fn run(cfg: &Config) -> Result<Results> {
     env::untrack_pid(observer_pid);
     agent.uninstall();
     Ok(out)
+}
+
+/// The page's figures from the closed and open steps and the polls made
+/// during the open ones. Lag counts only polls answered while the kernel
+/// was writing events (after the first half second of generation).
+fn page_result(closed: Step, open: Step, polls: &[page::Poll], generating: &[(Instant, Instant)]) -> Page {
+    let settled = Duration::from_millis(500);
+    let during: Vec<&page::Poll> =
+        polls.iter().filter(|p| generating.iter().any(|&(a, b)| p.at >= a + settled && p.at <= b)).collect();
+    let mut lags: Vec<f64> = during.iter().filter_map(|p| p.lag_ms).collect();
+    lags.sort_by(f64::total_cmp);
+    let ok: Vec<&page::Poll> = polls.iter().filter(|p| p.error.is_none()).collect();
+    Page {
+        added_cpu_pct: open.agent_cpu_pct - closed.agent_cpu_pct,
+        cpu_ratio: if closed.agent_cpu_pct > 0.0 { open.agent_cpu_pct / closed.agent_cpu_pct } else { 0.0 },
+        polls: polls.len() as u64,
+        poll_errors: polls.iter().filter(|p| p.error.is_some()).count() as u64,
+        // No answer with an event while generating counts as behind.
+        lag_median_ms: lags.get(lags.len() / 2).copied().unwrap_or(f64::INFINITY),
+        lag_max_ms: if lags.len() == during.len() {
+            lags.last().copied().unwrap_or(f64::INFINITY)
+        } else {
+            f64::INFINITY
+        },
+        request_max_ms: ok.iter().map(|p| p.request_ms).fold(0.0, f64::max),
+        edge_count_first: ok.first().map_or(0, |p| p.edge_count),
+        edge_count_last: ok.last().map_or(0, |p| p.edge_count),
+        bytes_per_poll: if ok.is_empty() {
+            0.0
+        } else {
+            ok.iter().map(|p| p.bytes as f64).sum::<f64>() / ok.len() as f64
+        },
+        closed,
+        open,
+        runs: Vec::new(),
+    }
+}
+
+/// Waits (up to 10 s) until the agent uses under 5% of a core: done with
+/// what earlier steps left it.
+fn settle(pid: i32) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        let c0 = env::cpu_seconds_of(pid).unwrap_or(0.0);
+        std::thread::sleep(Duration::from_millis(300));
+        if (env::cpu_seconds_of(pid).unwrap_or(0.0) - c0) / 0.3 < 0.05 {
+            return;
+        }
+    }
+}
+
+/// The mean of two steps at the same rate.
+fn mean(a: &Step, b: &Step) -> Step {
+    let m = |f: fn(&Step) -> f64| (f(a) + f(b)) / 2.0;
+    Step {
+        offered_pps: a.offered_pps,
+        sent_pps: m(|x| x.sent_pps),
+        dropped_pps: m(|x| x.dropped_pps),
+        events_written_ps: m(|x| x.events_written_ps),
+        events_lost_ps: m(|x| x.events_lost_ps),
+        events_read_ps: m(|x| x.events_read_ps),
+        events_observed_ps: m(|x| x.events_observed_ps),
+        loss_pct: m(|x| x.loss_pct),
+        agent_cpu_pct: m(|x| x.agent_cpu_pct),
+        observer_cpu_pct: m(|x| x.observer_cpu_pct),
+        agent_ns_per_event: m(|x| x.agent_ns_per_event),
+        observer_ns_per_event: m(|x| x.observer_ns_per_event),
+    }
 }

@@ -13,6 +13,7 @@ mod env;
 mod events;
 mod flood;
 mod kernel;
+mod page;
 mod plot;
 mod probe;
 mod programming;
@@ -190,6 +191,7 @@ fn real_main(args: Args) -> Result<()> {
             sender_cpu: 0,
             cpus: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
             palisade: palisade.clone(),
+            page_rate: Some(100_000),
         };
         let before = report::loadavg();
         rep.events = Some(events::run(&cfg).map_err(|e| section_failed("events", e)));

@@ -540,6 +540,24 @@ impl Report {
                 },
                 yes(e.max_lossless_ps >= 1e6),
             ));
+            if let Some(p) = &e.page {
+                rows.push((
+                    format!(
+                        "page open at {} events/s: agent CPU added ≤ 10% of a core, the page current (issue 13)",
+                        fmt(p.open.offered_pps as f64)
+                    ),
+                    format!(
+                        "{:+.1}% of a core ({:.0}% → {:.0}%, ×{:.2}); tail {:.0} ms behind at worst; {}",
+                        p.added_cpu_pct,
+                        p.closed.agent_cpu_pct,
+                        p.open.agent_cpu_pct,
+                        p.cpu_ratio,
+                        p.lag_max_ms,
+                        if p.current() { "current" } else { "**not current**" }
+                    ),
+                    yes(p.added_cpu_pct <= 10.0 && p.current()),
+                ));
+            }
         }
         if rows.is_empty() {
             return String::new();
@@ -960,6 +978,9 @@ impl Report {
             );
         }
         let _ = writeln!(s, "\nHighest event rate delivered without loss: **{} events/s**.\n", fmt(e.max_lossless_ps));
+        if let Some(p) = &e.page {
+            s.push_str(&page_md(p));
+        }
         if fonts && e.steps.len() > 1 {
             let pts = |f: &dyn Fn(&events::Step) -> f64| e.steps.iter().map(|x| (x.sent_pps, f(x))).collect::<Vec<_>>();
             let series = vec![
@@ -983,6 +1004,52 @@ impl Report {
         }
         s
     }
+}
+
+/// Section 4's page paragraph: the same rate with the page closed, then open.
+fn page_md(p: &events::Page) -> String {
+    let mut s = format!(
+        "**The browser view under load.** In the same run, at {} events/s, four steps: no page open, then two \
+         with a client polling what the page polls, as it does (twice a second on one kept-alive connection: \
+         `/api/flows` (the map, all namespaces) and `/api/events?after=SEQ&limit=200` (the tail, following its \
+         sequence number); the page polls one of the two per view, this both), then no page again; each \
+         side is the mean of its two steps. The agent serves the page (its default `--ui-addr`) and folds every event \
+         into the map either way: the difference is what answering the page costs. Lag: the wall clock when the tail's \
+         answer arrived minus the newest event's time in it, while the kernel writes events continuously.\n\n",
+        fmt(p.open.offered_pps as f64)
+    );
+    s.push_str("| page | events read by agent/s | loss | agent CPU | agent ns/event |\n|---|---:|---:|---:|---:|\n");
+    let names = ["closed", "open", "open", "closed"];
+    let runs = names.iter().zip(&p.runs).map(|(n, x)| (n.to_string(), x));
+    let means = [("**closed, mean**".to_string(), &p.closed), ("**open, mean**".to_string(), &p.open)];
+    for (name, x) in runs.chain(means) {
+        let _ = writeln!(
+            s,
+            "| {name} | {} | {:.1}% | {:.1}% | {} |",
+            fmt(x.events_read_ps),
+            x.loss_pct,
+            x.agent_cpu_pct,
+            fmt(x.agent_ns_per_event)
+        );
+    }
+    let _ = writeln!(
+        s,
+        "\nThe open page added **{:+.1}% of a core** to the agent (×{:.2}). {} polls, {} failed, slowest request {:.0} ms, \
+         {} bytes a poll; the tail's newest event was {:.0} ms behind (median), {:.0} ms at worst; the map's edge \
+         counts went from {} to {}: the page {}.\n",
+        p.added_cpu_pct,
+        p.cpu_ratio,
+        p.polls,
+        p.poll_errors,
+        p.request_max_ms,
+        fmt(p.bytes_per_poll),
+        p.lag_median_ms,
+        p.lag_max_ms,
+        p.edge_count_first,
+        p.edge_count_last,
+        if p.current() { "stayed current" } else { "**fell behind**" }
+    );
+    s
 }
 
 const METHOD: &str = "## Method\n\n\
