@@ -1,7 +1,7 @@
-//! The validated model the compiler works on: namespaces, pods, services
-//! and NetworkPolicies as they mean once the API server's defaulting and
-//! validation are applied (`cluster::convert` does both), plus what the
-//! compiler needs to know about its node.
+//! The validated model the compiler works on: namespaces, pods, services,
+//! nodes, NetworkPolicies and ClusterNetworkPolicies as they mean once the
+//! API server's defaulting and validation are applied (`cluster::convert`
+//! does both), plus what the compiler needs to know about its node.
 
 use ipnet::IpNet;
 use std::collections::{BTreeMap, BTreeSet};
@@ -184,6 +184,127 @@ pub struct Policy {
     pub egress: Option<Vec<Rule>>,
 }
 
+/// A ClusterNetworkPolicy (policy.networking.k8s.io/v1alpha2), validated.
+/// Admin-tier policies are evaluated before NetworkPolicies, Baseline-tier
+/// ones after them and before the default allow. Within a tier, lower
+/// `priority` first; equal priorities (undefined upstream) go by name;
+/// within a policy, rules in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterPolicy {
+    pub name: String,
+    pub tier: Tier,
+    /// 0..=1000, lower first.
+    pub priority: u32,
+    pub subject: ClusterSubject,
+    /// Empty: the policy does not affect this direction.
+    pub ingress: Vec<ClusterRule>,
+    pub egress: Vec<ClusterRule>,
+}
+
+impl ClusterPolicy {
+    /// The evaluation order of cluster policies within a tier.
+    pub fn order_key(&self) -> (Tier, u32, &str) {
+        (self.tier, self.priority, &self.name)
+    }
+}
+
+/// The two tiers a ClusterNetworkPolicy can sit in (NetworkPolicy is the
+/// tier between them).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+pub enum Tier {
+    Admin,
+    Baseline,
+}
+
+impl fmt::Display for Tier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Tier::Admin => "Admin",
+            Tier::Baseline => "Baseline",
+        })
+    }
+}
+
+/// What a ClusterNetworkPolicy rule does with the traffic it matches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+pub enum Action {
+    /// Allowed; no later rule of any tier is consulted for this direction.
+    Accept,
+    /// Dropped; no later rule of any tier is consulted.
+    Deny,
+    /// The rest of this tier is skipped: Admin hands the decision to
+    /// NetworkPolicy, Baseline to the default allow.
+    Pass,
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Action::Accept => "Accept",
+            Action::Deny => "Deny",
+            Action::Pass => "Pass",
+        })
+    }
+}
+
+/// The pods a ClusterNetworkPolicy applies to (never host-network pods).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ClusterSubject {
+    /// Every pod of the namespaces the selector matches.
+    Namespaces(Selector),
+    /// The pods `pods` matches in the namespaces `namespaces` matches.
+    Pods { namespaces: Selector, pods: Selector },
+}
+
+/// One rule of a ClusterNetworkPolicy. `peers` is never empty (the API
+/// requires one); empty `ports` means all traffic, any protocol.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ClusterRule {
+    /// The rule's name ("" when unnamed); events and trace show it.
+    pub name: String,
+    pub action: Action,
+    pub peers: Vec<ClusterPeer>,
+    pub ports: Vec<ClusterPort>,
+}
+
+/// A peer of a ClusterNetworkPolicy rule. Pod peers never match
+/// host-network pods.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ClusterPeer {
+    /// Every pod of the matching namespaces.
+    Namespaces(Selector),
+    /// The matching pods of the matching namespaces.
+    Pods { namespaces: Selector, pods: Selector },
+    /// Egress only: the addresses of the nodes whose labels match.
+    Nodes(Selector),
+    /// Egress only: any address inside these CIDRs (pods included).
+    Networks(Vec<IpNet>),
+    /// A peer palisade does not evaluate (`domainNames`, or a peer with no
+    /// field it knows: a newer CRD). Upstream's fail-closed reading: in an
+    /// Accept rule it matches nothing, in a Deny or Pass rule everything.
+    /// The string says what it was, for status and lint.
+    Unsupported(String),
+}
+
+/// What a ClusterNetworkPolicy `protocols` entry matches on the destination.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ClusterPort {
+    /// A protocol and an inclusive port range (a single port is `n..=n`).
+    Ports { protocol: Protocol, first: u16, last: u16 },
+    /// `destinationNamedPort`: the destination pod's container port of that
+    /// name, with the protocol it declares.
+    Named(String),
+}
+
+/// A Node object: what `nodes` peers select and the addresses they mean.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeObject {
+    pub name: String,
+    pub labels: Labels,
+    /// status.addresses that are IPs (InternalIP, ExternalIP), in order.
+    pub ips: Vec<IpAddr>,
+}
+
 /// A named container port.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct NamedPort {
@@ -322,6 +443,10 @@ pub struct Input {
     /// Keyed by (namespace, name): their cluster IPs are DNATed by
     /// kube-proxy after the source's egress hook, see the datapath.
     pub services: BTreeMap<(String, String), Arc<Service>>,
+    /// ClusterNetworkPolicies by name (cluster-scoped).
+    pub cluster_policies: BTreeMap<String, Arc<ClusterPolicy>>,
+    /// Node objects by name (`nodes` peers of cluster policies).
+    pub nodes: BTreeMap<String, Arc<NodeObject>>,
 }
 
 /// What the compiler needs to know about the node it compiles for.
