@@ -1,6 +1,8 @@
-//! 7. ClusterNetworkPolicy tiers: the compiled entries decide real packets
-//! in the classifier (Admin before NetworkPolicy, Baseline after it), and
-//! drop events name the deciding cluster rule.
+//! 7. ClusterNetworkPolicy tiers.
+//!
+//! The compiled entries decide real packets in the classifier (Admin
+//! before NetworkPolicy, Baseline after it), and drop events name the
+//! deciding cluster rule.
 
 use crate::fixture::*;
 use palisade::policy::model::{
@@ -25,9 +27,12 @@ fn rule(name: &str, action: Action, peers: Vec<ClusterPeer>, ports: Vec<ClusterP
     ClusterRule { name: name.into(), action, peers, ports }
 }
 
-/// The kernel test cluster plus cluster policies: (name, tier, priority,
-/// subject pod app label, ingress, egress).
-fn with(policies: Vec<(&str, Tier, u32, &str, Vec<ClusterRule>, Vec<ClusterRule>)>) -> palisade::policy::Input {
+/// A cluster policy: (name, tier, priority, subject pod app label,
+/// ingress, egress).
+type Spec<'a> = (&'a str, Tier, u32, &'a str, Vec<ClusterRule>, Vec<ClusterRule>);
+
+/// The kernel test cluster plus cluster policies.
+fn with(policies: Vec<Spec>) -> palisade::policy::Input {
     let mut input = input(false);
     for (name, tier, priority, subject, ingress, egress) in policies {
         let subject = ClusterSubject::Pods { namespaces: sel("team", "prod"), pods: sel("app", subject) };
