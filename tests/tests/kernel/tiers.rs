@@ -277,3 +277,24 @@ fn tiered_verdicts_agree_with_the_compiler() {
     let denies = env.compiled.policy.values().filter(|v| v.denies()).count();
     assert!(denies > 0, "deny entries in the map");
 }
+
+#[test]
+fn audit_mode_passes_cluster_policy_denies_and_reports_them() {
+    let mut env = Env::new(logging());
+    let deny = rule("deny-80", Action::Deny, vec![app("client")], tcp(80));
+    let mut input = with(vec![("deny-client", Tier::Admin, 10, "web", vec![deny], vec![])]);
+    // The namespace in audit mode (as `--allow-namespace-audit` allows).
+    let mut prod = (*input.namespaces["prod"]).clone();
+    prod.audit = true;
+    input.namespaces.insert("prod".into(), Arc::new(prod));
+    env.apply(input);
+    let id = rule_id(&env, "deny-client", "deny-80");
+    let port = env.fresh();
+    let syn = L4::Tcp(port, 80, TCP_SYN);
+    assert!(!env.decide("web", Direction::Ingress, addr("10.70.2.5"), PROTO_TCP, 80).allowed);
+    assert_eq!(env.ingress("web", addr("10.70.2.5"), syn), PASS, "audit: the packet passes");
+    let events = env.drain();
+    assert_eq!(events.len(), 1, "{events:?}");
+    let e = events[0];
+    assert_eq!((e.verdict, e.reason, e.rule), (palisade_common::VERDICT_AUDIT, REASON_RULE, id));
+}
