@@ -11,6 +11,11 @@
 //! then [`AgentConn::reply`] for one-line answers (status, trace, flows)
 //! or [`AgentConn::request`] for a stream (observe).
 
+pub mod cli;
+pub mod observe;
+pub mod status;
+pub mod trace;
+
 use crate::api::{self, Request};
 use anyhow::{Context, Result, bail};
 use k8s_openapi::api::core::v1::Pod;
