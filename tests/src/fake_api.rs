@@ -16,9 +16,10 @@
 //!
 //! Writes happen in-process through [`FakeApi::apply`] and
 //! [`FakeApi::delete`]; over HTTP anything else gets 404 or 405, but for
-//! `pods/portforward` ([`portforward`]).
+//! what `kubectl palisade` asks ([`kubectl`]: namespaced pod reads, Nodes,
+//! `pods/portforward`).
 
-mod portforward;
+mod kubectl;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::convert::Infallible;
@@ -142,7 +143,7 @@ impl FakeApi {
             state: Mutex::new(State::new()),
             changed,
             options,
-            forwards: portforward::Forwards::default(),
+            forwards: kubectl::Forwards::default(),
         });
         let api = FakeApi { addr, shared, runtime: Some(runtime), server: Mutex::new(None), kubeconfig, netns };
         api.serve(listener);
@@ -373,7 +374,7 @@ impl FakeApi {
 
     /// Adds a Node (a name, nothing else) to the Node list.
     pub fn add_node(&self, name: &str) {
-        if portforward::served("Node") {
+        if kubectl::served("Node") {
             self.apply_manifests(&format!("apiVersion: v1\nkind: Node\nmetadata:\n  name: {name}\n"))
                 .expect("a Node applies");
         } else {
@@ -469,8 +470,8 @@ async fn accept_loop(
                         let service = hyper::service::service_fn(move |req| {
                             let shared = shared.clone();
                             async move {
-                                Ok::<_, Infallible>(if portforward::answers(&req) {
-                                    portforward::respond(&shared, req)
+                                Ok::<_, Infallible>(if kubectl::answers(&req) {
+                                    kubectl::respond(&shared, req)
                                 } else {
                                     handle(&shared, &req)
                                 })
@@ -653,7 +654,7 @@ struct Shared {
     /// Ticks on every change and expiry; watches wait on it.
     changed: watch::Sender<u64>,
     options: Options,
-    forwards: portforward::Forwards,
+    forwards: kubectl::Forwards,
 }
 
 impl Shared {

@@ -7,8 +7,10 @@
 //! pod's network namespace ([`super::FakeApi::forward_pod`]; a host-network
 //! agent's is its node's), or sends the reason on the error channel.
 //!
-//! Also the Node list `kubectl palisade status` reads, while the main
-//! server does not serve Nodes itself ([`super::FakeApi::add_node`]).
+//! Also the other reads `kubectl palisade` makes: pods of one namespace
+//! (by `labelSelector`, equality terms only) and one pod by name, and the
+//! Node list while the main server does not serve Nodes itself
+//! ([`super::FakeApi::add_node`]).
 
 use super::{Body, KINDS, Shared, status_response};
 use bytes::Bytes;
@@ -63,33 +65,85 @@ pub(super) fn served(kind: &str) -> bool {
     KINDS.iter().any(|k| k.kind() == kind)
 }
 
-/// Whether this module answers the request.
-pub(super) fn answers(req: &Request<Incoming>) -> bool {
-    let path = req.uri().path();
-    (path == "/api/v1/nodes" && !served("Node") && req.method() == hyper::Method::GET) || forwarded_pod(path).is_some()
+/// What this module answers.
+enum Route {
+    Nodes,
+    /// Pods of a namespace.
+    Pods(String),
+    Pod(String, String),
+    Forward(String, String),
 }
 
-/// (namespace, pod) of a `pods/{name}/portforward` path.
-fn forwarded_pod(path: &str) -> Option<(String, String)> {
+fn route(req: &Request<Incoming>) -> Option<Route> {
+    let path = req.uri().path();
+    let get = req.method() == hyper::Method::GET;
+    let watching = req.uri().query().is_some_and(|q| q.contains("watch=true") || q.contains("watch=1"));
+    if path == "/api/v1/nodes" && !served("Node") && get && !watching {
+        return Some(Route::Nodes);
+    }
     let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     match parts.as_slice() {
-        ["api", "v1", "namespaces", ns, "pods", name, "portforward"] => Some((ns.to_string(), name.to_string())),
+        ["api", "v1", "namespaces", ns, "pods"] if get && !watching => Some(Route::Pods(ns.to_string())),
+        ["api", "v1", "namespaces", ns, "pods", name] if get => Some(Route::Pod(ns.to_string(), name.to_string())),
+        ["api", "v1", "namespaces", ns, "pods", name, "portforward"] => {
+            Some(Route::Forward(ns.to_string(), name.to_string()))
+        }
         _ => None,
     }
 }
 
+/// Whether this module answers the request.
+pub(super) fn answers(req: &Request<Incoming>) -> bool {
+    route(req).is_some()
+}
+
 /// Answers a request [`answers`] took.
 pub(super) fn respond(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
-    match forwarded_pod(req.uri().path()) {
-        Some((ns, name)) => forward(shared, &ns, &name, req),
-        None => nodes(shared, &req),
+    match route(&req) {
+        Some(Route::Forward(ns, name)) => forward(shared, &ns, &name, req),
+        Some(Route::Pods(ns)) => pods(shared, &ns, &req),
+        Some(Route::Pod(ns, name)) => match shared.lock().objects[super::Kind::Pod].get(&(ns, name.clone())) {
+            Some(pod) => json_ok(pod),
+            None => status_response(StatusCode::NOT_FOUND, "NotFound", &format!("pods \"{name}\" not found")),
+        },
+        Some(Route::Nodes) | None => nodes(shared),
     }
 }
 
-fn nodes(shared: &Shared, req: &Request<Incoming>) -> Response<Body> {
-    if req.uri().query().is_some_and(|q| q.contains("watch=true")) {
-        return status_response(StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed", "no watch of Nodes here");
+fn json_ok(body: &Value) -> Response<Body> {
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(body.to_string())).boxed())
+        .expect("valid response")
+}
+
+/// The pods of namespace `ns` whose labels match the request's
+/// `labelSelector` (`k=v` terms, comma-separated).
+fn pods(shared: &Shared, ns: &str, req: &Request<Incoming>) -> Response<Body> {
+    let query: HashMap<String, String> =
+        req.uri().query().map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect()).unwrap_or_default();
+    let mut terms = Vec::new();
+    for term in query.get("labelSelector").map(String::as_str).unwrap_or("").split(',').filter(|t| !t.is_empty()) {
+        match term.split_once("==").or_else(|| term.split_once('=')) {
+            Some((k, v)) if !k.ends_with('!') => terms.push((k.trim().to_string(), v.trim().to_string())),
+            _ => return status_response(StatusCode::BAD_REQUEST, "BadRequest", "only k=v label selectors here"),
+        }
     }
+    let st = shared.lock();
+    let items: Vec<Value> = st.objects[super::Kind::Pod]
+        .range((ns.to_string(), String::new())..)
+        .take_while(|((n, _), _)| n == ns)
+        .map(|(_, pod)| pod)
+        .filter(|pod| terms.iter().all(|(k, v)| pod["metadata"]["labels"][k.as_str()] == v.as_str()))
+        .cloned()
+        .collect();
+    json_ok(
+        &json!({"apiVersion": "v1", "kind": "PodList", "metadata": {"resourceVersion": st.rv.to_string()}, "items": items}),
+    )
+}
+
+fn nodes(shared: &Shared) -> Response<Body> {
     let rv = shared.lock().rv.to_string();
     let items: Vec<Value> = shared
         .forwards
@@ -99,12 +153,7 @@ fn nodes(shared: &Shared, req: &Request<Incoming>) -> Response<Body> {
         .keys()
         .map(|n| json!({"metadata": {"name": n, "resourceVersion": rv}}))
         .collect();
-    let body = json!({"apiVersion": "v1", "kind": "NodeList", "metadata": {"resourceVersion": rv}, "items": items});
-    Response::builder()
-        .status(StatusCode::OK)
-        .header(header::CONTENT_TYPE, "application/json")
-        .body(Full::new(Bytes::from(body.to_string())).boxed())
-        .expect("valid response")
+    json_ok(&json!({"apiVersion": "v1", "kind": "NodeList", "metadata": {"resourceVersion": rv}, "items": items}))
 }
 
 fn forward(shared: &Arc<Shared>, ns: &str, name: &str, mut req: Request<Incoming>) -> Response<Body> {
