@@ -61,7 +61,7 @@ impl Env {
     /// Waits until the agent's watches (one per kind) have been sent every
     /// change, then until its kernel holds them.
     fn sync(&self) -> Result<serde_json::Value> {
-        self.api.wait_delivered(4)?;
+        self.api.wait_delivered(6)?;
         self.agent.wait_in_sync()
     }
 
