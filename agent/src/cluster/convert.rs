@@ -49,6 +49,21 @@ pub fn objects_to_input(objects: impl IntoIterator<Item = Value>) -> Result<Inpu
     strict_input(SOURCE, &objects, errors)
 }
 
+/// [`objects_to_input`], except that what the agent reports but still
+/// reads (warnings: an unsupported peer, a node address that is not one)
+/// comes back beside the input instead of failing.
+pub fn objects_to_input_warned(
+    objects: impl IntoIterator<Item = Value>,
+) -> Result<(Input, Vec<InputError>), Vec<InputError>> {
+    const SOURCE: &str = "objects";
+    let (objects, _, mut errors) = check_documents(objects, SOURCE, false);
+    let snap = Validator::default().snapshot(objects.iter().map(|o| (SOURCE, o)));
+    let (warnings, others): (Vec<InputError>, Vec<InputError>) =
+        snap.errors.into_iter().partition(|e| e.action.is_empty());
+    errors.extend(others);
+    if errors.is_empty() { Ok((snap.input, warnings)) } else { Err(errors) }
+}
+
 /// The input the agent would compile, unless anything at all was wrong.
 fn strict_input(source: &str, objects: &[Checked], mut errors: Vec<InputError>) -> Result<Input, Vec<InputError>> {
     let snap = Validator::default().snapshot(objects.iter().map(|o| (source, o)));
