@@ -12,6 +12,10 @@ use k8s_openapi::api::core::v1::{Namespace, Node as K8sNode, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use palisade::cluster::convert::objects_to_input_warned;
 use palisade::policy::lookup::{self, Verdict};
+use palisade::policy::model::{
+    Action, ClusterPeer, ClusterPolicy, ClusterPort, ClusterRule, ClusterSubject, Operator, Protocol, Requirement,
+    Selector, Tier,
+};
 use palisade::policy::{Compiled, Direction, Input, Node, compile};
 use proptest::prelude::*;
 use proptest::sample::{select, subsequence};
@@ -218,7 +222,7 @@ fn check(w: &World, rows: &[Row]) {
         if want != expected {
             failures.push(format!("{row}, reference says {want}"));
         }
-        if verdict.isolated != r.isolated(pod, dir) {
+        if !r.tiered(pod, dir) && verdict.isolated != r.isolated(pod, dir) {
             failures.push(format!("{row}: compiler isolated={}, reference disagrees", verdict.isolated));
         }
     }
@@ -1516,21 +1520,6 @@ fn tier_world(policies: &str) -> World {
     w
 }
 
-/// The reference's verdicts against the hand-worked ones. (The compiler's
-/// are checked too once it enforces tiers: `check` then.)
-fn check_reference(w: &World, rows: &[Row]) {
-    w.input(); // the objects are valid, as the agent reads them
-    let r = w.reference();
-    let mut failures = Vec::new();
-    for &(local, dir, remote, proto, port, expected) in rows {
-        let ip = w.ip(remote);
-        if r.allowed(w.pod(local), dir, ip, proto, port) != expected {
-            failures.push(format!("{local} {dir:?} {remote} ({ip}) proto {proto} port {port}: expected {expected}"));
-        }
-    }
-    assert!(failures.is_empty(), "{}", failures.join("\n"));
-}
-
 #[test]
 fn tiers_admin_then_network_policy_then_baseline() {
     let w = tier_world(
@@ -1570,7 +1559,7 @@ kind: NetworkPolicy
 metadata: {name: deny-egress, namespace: x}
 spec: {podSelector: {matchLabels: {app: a}}, policyTypes: [Egress]}",
     );
-    check_reference(
+    check(
         &w,
         &[
             // Admin Accept (priority 5) before Admin Deny (10), over the NetworkPolicy.
@@ -1613,7 +1602,7 @@ spec:
   podSelector: {}
   ingress: [{from: [{namespaceSelector: {matchLabels: {team: a}}}]}]",
     );
-    check_reference(
+    check(
         &w,
         &[
             ("y/a", IN, "x/a", TCP, 80, ALLOW),
@@ -1659,7 +1648,7 @@ spec:
   - {name: http, action: Accept, from: [{namespaces: {}}], protocols: [{destinationNamedPort: http}]}
   - {name: rest, action: Deny, from: [{namespaces: {}}]}",
     );
-    check_reference(
+    check(
         &w,
         &[
             ("x/a", OUT, "172.18.0.2", TCP, 443, DENY),
@@ -1702,7 +1691,7 @@ kind: ClusterNetworkPolicy
 metadata: {name: z-pass-domains}
 spec: {tier: Baseline, priority: 0, subject: {namespaces: {matchLabels: {team: c}}}, egress: [{action: Pass, to: [{domainNames: [example.com]}]}]}",
     );
-    check_reference(
+    check(
         &w,
         &[
             ("x/a", OUT, "8.8.8.8", TCP, 53, ALLOW),
@@ -1755,7 +1744,9 @@ const CIDRS: [&str; 19] = [
     "fd00::3/128",
     "fd00::4/126",
 ];
-const EXTERNAL: [&str; 10] = [
+/// The other node's addresses (`nodes` peers; also remote addresses).
+const NODE_2_IPS: [&str; 2] = ["172.18.0.2", "fc00::2"];
+const EXTERNAL: [&str; 12] = [
     "10.0.0.200",
     "10.0.1.200",
     "10.0.0.5",
@@ -1766,6 +1757,8 @@ const EXTERNAL: [&str; 10] = [
     "fd00::200",
     "fd00:1::5",
     "2001:db8::1",
+    NODE_2_IPS[0],
+    NODE_2_IPS[1],
 ];
 
 #[derive(Clone, Debug)]
@@ -1855,6 +1848,10 @@ struct GenCluster {
     policies: Vec<GenPolicy>,
     allow_host: bool,
     queries: Vec<GenQuery>,
+    /// ClusterNetworkPolicies (empty but in the incremental test).
+    cluster: Vec<ClusterPolicy>,
+    /// Labels of the Node objects node-1 and node-2.
+    node_labels: [Vec<(&'static str, &'static str)>; 2],
 }
 
 fn labels_strategy(keys: KeyValues) -> impl Strategy<Value = Vec<(&'static str, &'static str)>> {
@@ -2016,7 +2013,121 @@ fn cluster() -> impl Strategy<Value = GenCluster> {
             policies,
             allow_host,
             queries,
+            cluster: vec![],
+            node_labels: [vec![], vec![]],
         })
+}
+
+/// A cluster with ClusterNetworkPolicies (a few, priorities tied on
+/// purpose) and labelled Node objects.
+fn tiered_cluster() -> impl Strategy<Value = GenCluster> {
+    (
+        cluster(),
+        prop::collection::vec(cluster_policy(), 0..=3),
+        labels_strategy(NODE_LABELS),
+        labels_strategy(NODE_LABELS),
+    )
+        .prop_map(|(mut g, cluster, a, b)| {
+            g.cluster = cluster;
+            let mut seen = std::collections::BTreeSet::new();
+            g.cluster.retain(|c| seen.insert(c.name.clone()));
+            g.node_labels = [a, b];
+            g
+        })
+}
+
+/// A model selector as Kubernetes writes it.
+fn model_selector_json(s: &Selector) -> Value {
+    let mut out = serde_json::Map::new();
+    if !s.match_labels.is_empty() {
+        out.insert("matchLabels".into(), json!(s.match_labels));
+    }
+    if !s.requirements.is_empty() {
+        let exprs: Vec<Value> = s
+            .requirements
+            .iter()
+            .map(|r| {
+                let op = match r.operator {
+                    Operator::In => "In",
+                    Operator::NotIn => "NotIn",
+                    Operator::Exists => "Exists",
+                    Operator::DoesNotExist => "DoesNotExist",
+                };
+                if r.values.is_empty() {
+                    json!({"key": r.key, "operator": op})
+                } else {
+                    json!({"key": r.key, "operator": op, "values": r.values})
+                }
+            })
+            .collect();
+        out.insert("matchExpressions".into(), Value::Array(exprs));
+    }
+    Value::Object(out)
+}
+
+/// A generated ClusterNetworkPolicy written as the Kubernetes object, made
+/// valid the way the CRD wants: ingress peers are namespaces or pods only
+/// (address peers are dropped; none left: every namespace), and an egress
+/// rule with address peers names no port.
+fn cnp_json(c: &ClusterPolicy) -> Value {
+    let rule = |r: &ClusterRule, egress: bool| {
+        let mut peers: Vec<Value> = r
+            .peers
+            .iter()
+            .filter(|p| egress || matches!(p, ClusterPeer::Namespaces(_) | ClusterPeer::Pods { .. }))
+            .map(|p| match p {
+                ClusterPeer::Namespaces(s) => json!({"namespaces": model_selector_json(s)}),
+                ClusterPeer::Pods { namespaces, pods } => json!({"pods": {
+                    "namespaceSelector": model_selector_json(namespaces), "podSelector": model_selector_json(pods)}}),
+                ClusterPeer::Nodes(s) => json!({"nodes": model_selector_json(s)}),
+                ClusterPeer::Networks(nets) => {
+                    json!({"networks": nets.iter().map(|n| n.to_string()).collect::<Vec<_>>()})
+                }
+                ClusterPeer::Unsupported(_) => json!({"domainNames": ["example.com"]}),
+            })
+            .collect();
+        if peers.is_empty() {
+            peers.push(json!({"namespaces": {}}));
+        }
+        let addresses = egress && peers.iter().any(|p| p.get("namespaces").is_none() && p.get("pods").is_none());
+        let protocols: Vec<Value> = r
+            .ports
+            .iter()
+            .filter(|p| !(addresses && matches!(p, ClusterPort::Named(_))))
+            .map(|p| match p {
+                ClusterPort::Named(n) => json!({"destinationNamedPort": n}),
+                ClusterPort::Ports { protocol, first, last } => {
+                    let port = if first == last {
+                        json!({"number": first})
+                    } else {
+                        json!({"range": {"start": first, "end": last}})
+                    };
+                    json!({ protocol.to_string().to_lowercase(): {"destinationPort": port} })
+                }
+            })
+            .collect();
+        let mut out = json!({"action": r.action.to_string(), if egress { "to" } else { "from" }: peers});
+        if !r.name.is_empty() {
+            out["name"] = json!(r.name);
+        }
+        if !protocols.is_empty() {
+            out["protocols"] = Value::Array(protocols);
+        }
+        out
+    };
+    let subject = match &c.subject {
+        ClusterSubject::Namespaces(s) => json!({"namespaces": model_selector_json(s)}),
+        ClusterSubject::Pods { namespaces, pods } => json!({"pods": {
+            "namespaceSelector": model_selector_json(namespaces), "podSelector": model_selector_json(pods)}}),
+    };
+    let mut spec = json!({"tier": c.tier.to_string(), "priority": c.priority, "subject": subject});
+    if !c.ingress.is_empty() {
+        spec["ingress"] = Value::Array(c.ingress.iter().map(|r| rule(r, false)).collect());
+    }
+    if !c.egress.is_empty() {
+        spec["egress"] = Value::Array(c.egress.iter().map(|r| rule(r, true)).collect());
+    }
+    json!({"apiVersion": CNP_API_VERSION, "kind": "ClusterNetworkPolicy", "metadata": {"name": c.name}, "spec": spec})
 }
 
 fn labels_json(labels: &[(&str, &str)]) -> Value {
@@ -2156,6 +2267,12 @@ fn render(g: &GenCluster) -> World {
         let np = json!({"metadata": {"name": format!("np{i}"), "namespace": NAMESPACES[p.namespace]}, "spec": spec});
         w.policies.push(serde_json::from_value(np).unwrap());
     }
+    w.cluster_policies = g.cluster.iter().map(cnp_json).collect();
+    for (i, (name, ips)) in [(NODE, &HOST_IPS[..]), ("node-2", &NODE_2_IPS[..])].into_iter().enumerate() {
+        let addresses: Vec<Value> = ips.iter().map(|ip| json!({"type": "InternalIP", "address": ip})).collect();
+        let node = json!({"metadata": {"name": name, "labels": labels_json(&g.node_labels[i])}, "status": {"addresses": addresses}});
+        w.nodes.push(serde_json::from_value(node).unwrap());
+    }
     w
 }
 
@@ -2167,6 +2284,9 @@ struct Stats {
     isolated_denied: AtomicUsize,
     named_port_allowed: AtomicUsize,
     host_allowed: AtomicUsize,
+    /// Flows at pods a ClusterNetworkPolicy selects, by outcome.
+    tiered_allowed: AtomicUsize,
+    tiered_denied: AtomicUsize,
 }
 
 fn describe(w: &World) -> String {
@@ -2179,6 +2299,12 @@ fn describe(w: &World) -> String {
     }
     for p in &w.policies {
         out.push_str(&format!("{}\n", serde_json::to_string(p).unwrap()));
+    }
+    for c in &w.cluster_policies {
+        out.push_str(&format!("{c}\n"));
+    }
+    for n in &w.nodes {
+        out.push_str(&format!("{}\n", serde_json::to_string(n).unwrap()));
     }
     out.push_str(&format!("allow_host: {}\n", w.node.allow_host));
     out
@@ -2237,10 +2363,19 @@ fn run_case(g: &GenCluster, stats: &Stats) -> Result<(), TestCaseError> {
         let want = r.allowed(local, dir, remote, proto, q.port);
         let isolated = r.isolated(local, dir);
         let what = format!("{ns}/{local_name} {dir:?} remote {remote} proto {proto} port {}", q.port);
-        prop_assert_eq!(verdict.isolated, isolated, "isolation of {}\n{}", what, describe(&w));
+        // A pod a ClusterNetworkPolicy selects may be decided by a tier:
+        // then "isolated" (decided by a rule) is the compiler's business.
+        let tiered = r.tiered(local, dir);
+        if !tiered {
+            prop_assert_eq!(verdict.isolated, isolated, "isolation of {}\n{}", what, describe(&w));
+        }
         prop_assert_eq!(verdict.allowed, want, "{}: compiler {:?}\n{}", what, verdict, describe(&w));
 
         stats.queries.fetch_add(1, Ordering::Relaxed);
+        if tiered {
+            let bucket = if want { &stats.tiered_allowed } else { &stats.tiered_denied };
+            bucket.fetch_add(1, Ordering::Relaxed);
+        }
         let bucket = match (isolated, want) {
             (false, _) => &stats.not_isolated,
             (true, true) => &stats.isolated_allowed,
@@ -2272,7 +2407,7 @@ fn compiler_agrees_with_reference_on_random_clusters() {
     let config = ProptestConfig { cases, failure_persistence: None, ..ProptestConfig::default() };
     let mut runner = TestRunner::new(config);
     let stats = Stats::default();
-    if let Err(e) = runner.run(&cluster(), |g| run_case(&g, &stats)) {
+    if let Err(e) = runner.run(&tiered_cluster(), |g| run_case(&g, &stats)) {
         panic!("{e}");
     }
     let total = stats.queries.load(Ordering::Relaxed);
@@ -2281,10 +2416,15 @@ fn compiler_agrees_with_reference_on_random_clusters() {
     let denied = stats.isolated_denied.load(Ordering::Relaxed);
     let named = stats.named_port_allowed.load(Ordering::Relaxed);
     let host = stats.host_allowed.load(Ordering::Relaxed);
+    let (tiered_allowed, tiered_denied) =
+        (stats.tiered_allowed.load(Ordering::Relaxed), stats.tiered_denied.load(Ordering::Relaxed));
     eprintln!(
         "{cases} clusters, {total} flows: {not_isolated} not isolated, {allowed} allowed by a rule, {denied} denied \
-         ({named} allowed with named ports around, {host} host allowances)"
+         ({named} allowed with named ports around, {host} host allowances); at pods a ClusterNetworkPolicy \
+         selects: {tiered_allowed} allowed, {tiered_denied} denied"
     );
+    assert!(tiered_allowed * 20 >= total, "too few tiered allowed flows: {tiered_allowed} of {total}");
+    assert!(tiered_denied * 20 >= total, "too few tiered denied flows: {tiered_denied} of {total}");
     // The test can fail both ways only if both outcomes are common.
     assert!(total >= cases as usize * 8, "too few flows checked: {total}");
     assert!(allowed * 10 >= total, "too few allowed isolated flows: {allowed} of {total}");
@@ -2307,6 +2447,10 @@ enum Edit {
     RemovePolicy(usize),
     Namespace(usize, Vec<(&'static str, &'static str)>, bool),
     AllowHost(bool),
+    ReplaceCluster(usize, ClusterPolicy),
+    AddCluster(ClusterPolicy),
+    RemoveCluster(usize),
+    NodeLabels(usize, Vec<(&'static str, &'static str)>),
 }
 
 fn edit() -> impl Strategy<Value = Edit> {
@@ -2321,7 +2465,88 @@ fn edit() -> impl Strategy<Value = Edit> {
         2 => (0..NAMESPACES.len(), labels_strategy(NS_LABELS), proptest::bool::weighted(0.85))
             .prop_map(|(i, l, e)| Edit::Namespace(i, l, e)),
         1 => any::<bool>().prop_map(Edit::AllowHost),
+        2 => (0..4usize, cluster_policy()).prop_map(|(i, p)| Edit::ReplaceCluster(i, p)),
+        2 => cluster_policy().prop_map(Edit::AddCluster),
+        1 => (0..4usize).prop_map(Edit::RemoveCluster),
+        1 => (0..2usize, labels_strategy(NODE_LABELS)).prop_map(|(i, l)| Edit::NodeLabels(i, l)),
     ]
+}
+
+const NODE_LABELS: KeyValues = &[("role", &["a", "b"])];
+
+fn model_selector(s: GenSel) -> Selector {
+    let match_labels = s.labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let requirements = s
+        .exprs
+        .iter()
+        .map(|(k, op, vals)| Requirement {
+            key: k.to_string(),
+            operator: match *op {
+                "In" => Operator::In,
+                "NotIn" => Operator::NotIn,
+                "Exists" => Operator::Exists,
+                _ => Operator::DoesNotExist,
+            },
+            values: vals.iter().map(|v| v.to_string()).collect(),
+        })
+        .collect();
+    Selector { match_labels, requirements }
+}
+
+fn cluster_peer() -> impl Strategy<Value = ClusterPeer> {
+    let nets = subsequence(&CIDRS[..], 1..=2).prop_map(|c| c.iter().map(|s| s.parse().unwrap()).collect());
+    prop_oneof![
+        3 => selector(NS_SELECTOR_KEYS).prop_map(|s| ClusterPeer::Namespaces(model_selector(s))),
+        3 => (selector(NS_SELECTOR_KEYS), selector(POD_SELECTOR_KEYS))
+            .prop_map(|(n, p)| ClusterPeer::Pods { namespaces: model_selector(n), pods: model_selector(p) }),
+        2 => selector(NODE_LABELS).prop_map(|s| ClusterPeer::Nodes(model_selector(s))),
+        2 => nets.prop_map(ClusterPeer::Networks),
+        1 => Just(ClusterPeer::Unsupported("domainNames".into())),
+    ]
+}
+
+fn cluster_port() -> impl Strategy<Value = ClusterPort> {
+    let proto = select(&[Protocol::Tcp, Protocol::Tcp, Protocol::Udp, Protocol::Sctp][..]);
+    prop_oneof![
+        3 => (proto, select(&PORTS[..]), select(&PORTS[..])).prop_map(|(protocol, a, b)| ClusterPort::Ports {
+            protocol,
+            first: a.min(b),
+            last: a.max(b)
+        }),
+        1 => select(&PORT_NAMES[..]).prop_map(|n| ClusterPort::Named(n.to_string())),
+    ]
+}
+
+fn cluster_rule() -> impl Strategy<Value = ClusterRule> {
+    let action = select(&[Action::Accept, Action::Deny, Action::Pass][..]);
+    let ports = prop_oneof![2 => Just(vec![]), 3 => prop::collection::vec(cluster_port(), 1..=2)];
+    (action, prop::collection::vec(cluster_peer(), 1..=2), ports, select(&["", "r"][..]))
+        .prop_map(|(action, peers, ports, name)| ClusterRule { name: name.to_string(), action, peers, ports })
+}
+
+fn cluster_policy() -> impl Strategy<Value = ClusterPolicy> {
+    let subject = prop_oneof![
+        1 => selector(NS_SELECTOR_KEYS).prop_map(|s| ClusterSubject::Namespaces(model_selector(s))),
+        1 => (selector(NS_SELECTOR_KEYS), selector(POD_SELECTOR_KEYS))
+            .prop_map(|(n, p)| ClusterSubject::Pods { namespaces: model_selector(n), pods: model_selector(p) }),
+    ];
+    let rules = || prop::collection::vec(cluster_rule(), 0..=2);
+    (
+        select(&["c0", "c1", "c2", "c3"][..]),
+        select(&[Tier::Admin, Tier::Baseline][..]),
+        select(&[0u32, 5, 5, 10][..]),
+        subject,
+        rules(),
+        rules(),
+    )
+        .prop_map(|(name, tier, priority, subject, ingress, egress)| ClusterPolicy {
+            name: name.to_string(),
+            tier,
+            priority,
+            subject,
+            ingress,
+            egress,
+        })
 }
 
 fn apply_edit(g: &mut GenCluster, e: &Edit) {
@@ -2346,7 +2571,21 @@ fn apply_edit(g: &mut GenCluster, e: &Edit) {
         Edit::RemovePolicy(_) => {}
         Edit::Namespace(i, labels, exists) => g.namespaces[i] = (labels, exists),
         Edit::AllowHost(on) => g.allow_host = on,
+        Edit::ReplaceCluster(i, p) if !g.cluster.is_empty() => {
+            let m = g.cluster.len();
+            g.cluster[i % m] = p;
+        }
+        Edit::ReplaceCluster(_, p) | Edit::AddCluster(p) => g.cluster.push(p),
+        Edit::RemoveCluster(i) if !g.cluster.is_empty() => {
+            let m = g.cluster.len();
+            g.cluster.remove(i % m);
+        }
+        Edit::RemoveCluster(_) => {}
+        Edit::NodeLabels(i, labels) => g.node_labels[i] = labels,
     }
+    // One object per name, as the API server holds them.
+    let mut seen = std::collections::BTreeSet::new();
+    g.cluster.retain(|c| seen.insert(c.name.clone()));
 }
 
 /// Objects equal to the previous state's share its `Arc`s, as a source
@@ -2365,6 +2604,8 @@ fn share(input: &mut Input, prev: &Input) {
     each(&mut input.namespaces, &prev.namespaces);
     each(&mut input.pods, &prev.pods);
     each(&mut input.policies, &prev.policies);
+    each(&mut input.cluster_policies, &prev.cluster_policies);
+    each(&mut input.nodes, &prev.nodes);
 }
 
 /// The first differences between two outputs, entry by entry.
@@ -2404,7 +2645,9 @@ fn incremental_compile_equals_compiling_from_scratch() {
     let mut runner = TestRunner::new(config);
     let steps = AtomicUsize::new(0);
     let changed_steps = AtomicUsize::new(0);
-    let strategy = (cluster(), prop::collection::vec((edit(), any::<bool>()), 1..=10));
+    let tiered_steps = AtomicUsize::new(0);
+    let deny_steps = AtomicUsize::new(0);
+    let strategy = (tiered_cluster(), prop::collection::vec((edit(), any::<bool>()), 1..=10));
     let result = runner.run(&strategy, |(base, edits)| {
         let mut g = base;
         let mut compiler = Compiler::default();
@@ -2441,6 +2684,13 @@ fn incremental_compile_equals_compiling_from_scratch() {
                     changed_steps.fetch_add(1, Ordering::Relaxed);
                 }
             }
+            let tiered = palisade_common::EP_INGRESS_TIERED | palisade_common::EP_EGRESS_TIERED;
+            if inc.endpoints.iter().any(|e| e.flags & tiered != 0) {
+                tiered_steps.fetch_add(1, Ordering::Relaxed);
+            }
+            if inc.policy.values().any(|v| v.denies() && v.rule != 0) {
+                deny_steps.fetch_add(1, Ordering::Relaxed);
+            }
             prev = Some((input, inc));
         }
         Ok(())
@@ -2449,6 +2699,11 @@ fn incremental_compile_equals_compiling_from_scratch() {
         panic!("{e}");
     }
     let (steps, changed) = (steps.load(Ordering::Relaxed), changed_steps.load(Ordering::Relaxed));
-    eprintln!("{cases} sequences, {steps} changes compiled incrementally, {changed} of them changed policy entries");
+    let (tiered, denies) = (tiered_steps.load(Ordering::Relaxed), deny_steps.load(Ordering::Relaxed));
+    eprintln!(
+        "{cases} sequences, {steps} changes compiled incrementally, {changed} of them changed policy entries; \
+         {tiered} states with tiered endpoints, {denies} with deny-rule entries"
+    );
     assert!(changed * 5 >= steps, "too few changes touch policy entries: {changed} of {steps}");
+    assert!(tiered * 4 >= steps && denies * 10 >= steps, "too few states with cluster policies: {tiered}, {denies}");
 }

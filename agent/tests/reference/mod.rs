@@ -335,6 +335,16 @@ impl Cluster<'_> {
         Decision::Next
     }
 
+    /// Whether some ClusterNetworkPolicy with rules in `dir` selects the
+    /// pod (then a flow may be decided by a tier rather than by
+    /// NetworkPolicy isolation alone).
+    pub fn tiered(&self, pod: &Pod, dir: Dir) -> bool {
+        let field = if dir == Dir::Ingress { "ingress" } else { "egress" };
+        self.cluster_policies.iter().any(|c| {
+            c["spec"][field].as_array().is_some_and(|r| !r.is_empty()) && self.cnp_selects(&c["spec"]["subject"], pod)
+        })
+    }
+
     fn cnp_selects(&self, subject: &Value, pod: &Pod) -> bool {
         if host_network(pod) {
             return false;
