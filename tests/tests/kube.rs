@@ -238,6 +238,25 @@ fn cases() -> Vec<palisade_e2e::suite::Case<Env>> {
             ensure!(st["errors"].as_array().is_none_or(|a| a.is_empty()), "{st}");
             Ok(())
         }),
+        ("cluster_network_policy_from_the_api_is_enforced", |e| {
+            // An Admin Deny holds against a NetworkPolicy that allows everything.
+            e.apply(&np("x", "deny-x", "  podSelector: {}\n  ingress: [{}]\n"))?;
+            e.api.apply_cluster_network_policy(serde_json::json!({
+                "apiVersion": palisade_e2e::fake_api::CNP_API_VERSION, "kind": "ClusterNetworkPolicy",
+                "metadata": {"name": "x-not-from-y"},
+                "spec": {"tier": "Admin", "priority": 10, "subject": {"namespaces": {"matchLabels": {"ns": "x"}}},
+                         "ingress": [{"name": "deny-from-y", "action": "Deny", "from": [{"namespaces": {"matchLabels": {"ns": "y"}}}]}]}
+            }));
+            let st = e.sync()?;
+            ensure!(st["errors"].as_array().is_none_or(|a| a.is_empty()), "{st}");
+            e.expect(|m| {
+                m.each(|from, to| (ns_of(to) == "x" && ns_of(from) == "y").then_some(false));
+            })?;
+            // Deleted: open again.
+            e.api.delete_cluster_network_policy("x-not-from-y");
+            e.sync()?;
+            e.expect(|_| {})
+        }),
         ("api_server_away_keeps_enforcement_and_reports_stale", |e| {
             e.apply(&np("x", "deny-x", DENY_X))?;
             e.api.stop();
