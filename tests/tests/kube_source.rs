@@ -104,4 +104,11 @@ fn nodes_and_cluster_network_policies_through_the_api() {
     assert!(snap.errors.is_empty(), "{:?}", snap.errors);
     assert!(source.stale().is_none(), "{:?}", source.stale());
     assert_eq!(snap.input.nodes.len(), 1, "the rest stays");
+
+    // Installed again, with nothing in it yet: said at once (the watch
+    // resumes silently, the probe notices), and what comes next arrives.
+    api.set_cluster_network_policy_crd(true);
+    until(&mut source, 40, "CRD back", |_, src| src.unavailable().is_none());
+    api.apply_cluster_network_policy(cnp("again", "Accept"));
+    until(&mut source, 40, "a policy after the CRD came back", |s, _| s.input.cluster_policies.contains_key("again"));
 }

@@ -6,10 +6,11 @@
 //! reports itself stale.
 //!
 //! ClusterNetworkPolicies come from a CRD that may not be installed: while
-//! its list answers 404 the source has none, says so ([`KubeSource::unavailable`]),
-//! and the watcher's backoff (at most 30 s) keeps asking, so a CRD installed
-//! later is picked up. Any other failure of that watch is a failing watch
-//! like the others: the state is stale and what is in force stays.
+//! its list answers 404 the source has none and says so
+//! ([`KubeSource::unavailable`]); a probe asks again (1 s doubling to 30 s)
+//! and the watcher retries, so a CRD installed later is picked up. Any
+//! other failure of that watch is a failing watch like the others: the
+//! state is stale and what is in force stays.
 
 use super::Snapshot;
 use super::convert::{AUDIT_ANNOTATION, Checked, Kind, ObjKey, Raw, cluster_policy};
@@ -101,7 +102,7 @@ impl kube::Resource for ClusterNetworkPolicyObject {
 }
 
 /// What status says while the ClusterNetworkPolicy CRD is not served.
-pub const CRD_NOT_INSTALLED: &str = "ClusterNetworkPolicy CRD not installed (clusternetworkpolicies.policy.networking.k8s.io, v1alpha2 not served): NetworkPolicies are enforced, no ClusterNetworkPolicy; asking again every 30 s";
+pub const CRD_NOT_INSTALLED: &str = "ClusterNetworkPolicy CRD not installed (clusternetworkpolicies.policy.networking.k8s.io, v1alpha2 not served): NetworkPolicies are enforced, no ClusterNetworkPolicy; asking again at least every 30 s";
 
 /// Whether a resource a CRD defines is served: None until its first list
 /// answers, then whether the last list found it (404: not installed).
@@ -114,6 +115,40 @@ fn not_found(e: &watcher::Error) -> bool {
         | watcher::Error::WatchStartFailed(kube::Error::Api(s)) => s.code == 404,
         _ => false,
     }
+}
+
+/// While the CRD is said to be missing, asks whether it is served now (1 s
+/// doubling to 30 s). Needed besides the watcher: a watcher that lost its
+/// watch to the CRD's removal resumes watching when it comes back, and says
+/// nothing until an object changes.
+fn spawn_crd_probe(
+    api: Api<ClusterNetworkPolicyObject>,
+    served: Arc<Served>,
+    wake: Arc<dyn Fn() + Send + Sync>,
+    generation: Arc<AtomicU64>,
+) {
+    tokio::spawn(async move {
+        let mut said = served.subscribe();
+        loop {
+            if said.wait_for(|s| *s == Some(false)).await.is_err() {
+                return;
+            }
+            let mut delay = Duration::from_secs(1);
+            while *served.borrow() == Some(false) {
+                tokio::time::sleep(delay).await;
+                match api.list_metadata(&kube::api::ListParams::default().limit(1)).await {
+                    Ok(_) => {
+                        if served.send_replace(Some(true)) == Some(false) {
+                            tracing::info!("clusternetworkpolicies: the CRD is installed now");
+                            generation.fetch_add(1, Ordering::SeqCst);
+                            wake();
+                        }
+                    }
+                    Err(_) => delay = (delay * 2).min(Duration::from_secs(30)),
+                }
+            }
+        }
+    });
 }
 
 impl Health {
@@ -352,6 +387,7 @@ impl KubeSource {
             g.clone(),
             Some(crd.clone()),
         );
+        spawn_crd_probe(Api::all(client.clone()), crd.clone(), wake.clone(), generation.clone());
         spawn_probe(client, health.clone(), wake);
         {
             let mut crd_known = crd.subscribe();
