@@ -354,6 +354,20 @@ mod tests {
     }
 
     #[test]
+    fn cluster_network_policies_and_nodes_in_a_list_like_the_other_kinds() {
+        let text = "apiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: Node\n  metadata: {name: n1, labels: {role: infra}}\n  status: {addresses: [{type: InternalIP, address: 10.1.0.1}]}\n- apiVersion: policy.networking.k8s.io/v1alpha2\n  kind: ClusterNetworkPolicy\n  metadata: {name: c}\n  spec: {tier: Baseline, priority: 3, subject: {namespaces: {}}, ingress: [{action: Deny, from: [{namespaces: {}}]}]}\n";
+        let input = manifests_to_input(text).unwrap();
+        assert_eq!(input.nodes["n1"].ips, ["10.1.0.1".parse::<IpAddr>().unwrap()]);
+        assert_eq!(input.cluster_policies["c"].priority, 3);
+        // Cluster-scoped: a namespace in the manifest does not make two objects.
+        let twice = format!("{text}---\n{}", text.replace("metadata: {name: c}", "metadata: {name: c, namespace: x}"));
+        let e = manifests_to_input(&twice).unwrap_err();
+        assert!(e.iter().all(|e| e.message.starts_with("also defined in")), "{e:?}");
+        // Another version of the API is not read.
+        assert!(Kind::of("policy.networking.k8s.io/v1alpha1", "ClusterNetworkPolicy").is_none());
+    }
+
+    #[test]
     fn anything_the_agent_would_report_is_an_error() {
         let policy = |port: &str| {
             format!(

@@ -41,3 +41,37 @@ fn finding(e: &InputError) -> Finding {
     }
     Finding { severity, object, field: e.field.clone(), check: "invalid", message, why: why.into(), source }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn error(field: &str, message: &str, action: &str) -> InputError {
+        InputError {
+            source: "f.yaml".into(),
+            object: "ClusterNetworkPolicy c".into(),
+            field: field.into(),
+            message: message.into(),
+            action: action.into(),
+        }
+    }
+
+    #[test]
+    fn what_palisade_reads_differently_is_a_warning_what_it_rejects_an_error() {
+        let f = check(&[
+            error("spec.egress[0].to[0]", "unsupported peer: palisade does not evaluate domainNames a.b", ""),
+            error("status.addresses[0].address", "\"x\" is not an IP address: skipped", ""),
+            error(
+                "spec.egress[0].name",
+                "invalid type: boolean `true`, expected a string",
+                "keeping the last valid version",
+            ),
+        ]);
+        assert_eq!(
+            f.iter().map(|f| f.severity).collect::<Vec<_>>(),
+            [Severity::Warning, Severity::Warning, Severity::Error]
+        );
+        assert!(f[2].message.contains("quote the value") && f[2].message.contains("last valid"), "{:?}", f[2]);
+        assert_eq!((f[0].check, f[0].field.as_str()), ("invalid", "spec.egress[0].to[0]"));
+    }
+}
