@@ -2083,7 +2083,9 @@ fn cnp_json(c: &ClusterPolicy) -> Value {
                 ClusterPeer::Networks(nets) => {
                     json!({"networks": nets.iter().map(|n| n.to_string()).collect::<Vec<_>>()})
                 }
-                ClusterPeer::Unsupported(_) => json!({"domainNames": ["example.com"]}),
+                // domainNames, or (named rules) a field of a newer CRD.
+                ClusterPeer::Unsupported(_) if r.name.is_empty() => json!({"domainNames": ["example.com"]}),
+                ClusterPeer::Unsupported(_) => json!({"services": {"name": "kube-dns"}}),
             })
             .collect();
         if peers.is_empty() {
