@@ -970,3 +970,89 @@ mod tests {
         assert!(c.policy.len() < locals * 320, "{} entries", c.policy.len());
     }
 }
+
+#[cfg(test)]
+mod cost {
+    use super::*;
+    use crate::cluster::convert::manifests_to_input;
+    use crate::policy::compile::{Compiler, compile};
+    use crate::policy::model::Selector;
+    use std::time::Instant;
+
+    /// Compile cost at some scale (run by hand: `--ignored --nocapture`,
+    /// release for real figures).
+    #[test]
+    #[ignore]
+    fn tiers_compile_cost() {
+        let (namespaces, pods) = (200, 5);
+        let mut text = String::new();
+        for n in 0..namespaces {
+            text += &format!(
+                "apiVersion: v1\nkind: Namespace\nmetadata: {{name: ns{n}, labels: {{team: t{}}}}}\n---\n",
+                n % 20
+            );
+            for p in 0..pods {
+                text += &format!(
+                    "apiVersion: v1\nkind: Pod\nmetadata: {{name: p{p}, namespace: ns{n}, labels: {{app: a{p}}}}}\n\
+                     spec: {{nodeName: {}, containers: [{{name: c}}]}}\nstatus: {{phase: Running, podIP: 10.{}.{}.{}}}\n---\n",
+                    if n % 10 == 0 { "n1" } else { "n2" },
+                    1 + n / 250,
+                    n % 250,
+                    p + 1
+                );
+            }
+            text += &format!(
+                "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: own, namespace: ns{n}}}\n\
+                 spec:\n  podSelector: {{}}\n  ingress:\n  - from: [{{podSelector: {{}}}}]\n---\n"
+            );
+        }
+        let mut input = manifests_to_input(&text).unwrap();
+        let node = Node { name: "n1".into(), host_ips: vec![], allow_host: true, audit: false };
+        let t = Instant::now();
+        let plain = compile(&input, &node);
+        let plain_time = t.elapsed();
+        for i in 0..100 {
+            let sel = |v: String| Selector { match_labels: [("team".to_string(), v)].into(), requirements: vec![] };
+            let deny = ClusterRule {
+                name: "r".into(),
+                action: if i % 3 == 0 { Action::Accept } else { Action::Deny },
+                peers: vec![ClusterPeer::Namespaces(sel(format!("t{}", (i + 1) % 20)))],
+                ports: vec![ClusterPort::Ports {
+                    protocol: crate::policy::model::Protocol::Tcp,
+                    first: 1000 + i,
+                    last: 1000 + i,
+                }],
+            };
+            let p = ClusterPolicy {
+                name: format!("c{i}"),
+                tier: if i % 2 == 0 { Tier::Admin } else { Tier::Baseline },
+                priority: i as u32 % 7,
+                subject: ClusterSubject::Namespaces(sel(format!("t{}", i % 20))),
+                ingress: vec![deny],
+                egress: vec![],
+            };
+            input.cluster_policies.insert(p.name.clone(), Arc::new(p));
+        }
+        let input = Arc::new(input);
+        let t = Instant::now();
+        let mut compiler = Compiler::default();
+        let c = compiler.compile(&input, &node).clone();
+        let tiered_time = t.elapsed();
+        let mut changed = (*input).clone();
+        let mut p = (*changed.cluster_policies["c5"]).clone();
+        p.priority = 0;
+        changed.cluster_policies.insert("c5".into(), Arc::new(p));
+        let t = Instant::now();
+        compiler.compile(&Arc::new(changed), &node);
+        let change_time = t.elapsed();
+        eprintln!(
+            "{} pods, {} local, 200 NetworkPolicies: {} entries in {plain_time:?}; with 100 ClusterNetworkPolicies \
+             {} entries in {tiered_time:?}; one priority change recompiled in {change_time:?} ({} entries changed)",
+            namespaces * pods,
+            c.endpoints.len(),
+            plain.policy.len(),
+            c.policy.len(),
+            compiler.changes().policy.as_ref().map_or(0, |s| s.len())
+        );
+    }
+}
