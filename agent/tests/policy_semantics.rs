@@ -222,7 +222,7 @@ fn check(w: &World, rows: &[Row]) {
         if want != expected {
             failures.push(format!("{row}, reference says {want}"));
         }
-        if !r.tiered(pod, dir) && verdict.isolated != r.isolated(pod, dir) {
+        if verdict.isolated != r.isolated(pod, dir) {
             failures.push(format!("{row}: compiler isolated={}, reference disagrees", verdict.isolated));
         }
     }
@@ -2365,12 +2365,9 @@ fn run_case(g: &GenCluster, stats: &Stats) -> Result<(), TestCaseError> {
         let want = r.allowed(local, dir, remote, proto, q.port);
         let isolated = r.isolated(local, dir);
         let what = format!("{ns}/{local_name} {dir:?} remote {remote} proto {proto} port {}", q.port);
-        // A pod a ClusterNetworkPolicy selects may be decided by a tier:
-        // then "isolated" (decided by a rule) is the compiler's business.
+        // Isolation is NetworkPolicy's, whatever the tiers decide.
         let tiered = r.tiered(local, dir);
-        if !tiered {
-            prop_assert_eq!(verdict.isolated, isolated, "isolation of {}\n{}", what, describe(&w));
-        }
+        prop_assert_eq!(verdict.isolated, isolated, "isolation of {}\n{}", what, describe(&w));
         prop_assert_eq!(verdict.allowed, want, "{}: compiler {:?}\n{}", what, verdict, describe(&w));
 
         stats.queries.fetch_add(1, Ordering::Relaxed);
