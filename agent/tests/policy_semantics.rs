@@ -8,13 +8,13 @@
 
 mod reference;
 
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::core::v1::{Namespace, Node as K8sNode, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use palisade::cluster::convert::objects_to_input;
+use palisade::cluster::convert::objects_to_input_warned;
 use palisade::policy::lookup::{self, Verdict};
 use palisade::policy::model::{
-    Action, ClusterPeer, ClusterPolicy, ClusterPort, ClusterRule, ClusterSubject, NodeObject, Operator, Protocol,
-    Requirement, Selector, Tier,
+    Action, ClusterPeer, ClusterPolicy, ClusterPort, ClusterRule, ClusterSubject, Operator, Protocol, Requirement,
+    Selector, Tier,
 };
 use palisade::policy::{Compiled, Direction, Input, Node, compile};
 use proptest::prelude::*;
@@ -45,12 +45,13 @@ struct World {
     namespaces: Vec<Namespace>,
     pods: Vec<Pod>,
     policies: Vec<NetworkPolicy>,
-    /// ClusterNetworkPolicies and Node objects, as the model has them (the
-    /// incremental compile test only: the reference knows NetworkPolicy).
-    cluster: Vec<ClusterPolicy>,
-    nodes: Vec<NodeObject>,
+    /// ClusterNetworkPolicies as JSON (with apiVersion and kind).
+    cluster_policies: Vec<Value>,
+    nodes: Vec<K8sNode>,
     node: Node,
 }
+
+const CNP_API_VERSION: &str = "policy.networking.k8s.io/v1alpha2";
 
 #[derive(serde::Deserialize)]
 struct Kind {
@@ -67,7 +68,7 @@ impl World {
             namespaces: vec![],
             pods: vec![],
             policies: vec![],
-            cluster: vec![],
+            cluster_policies: vec![],
             nodes: vec![],
             node: Node {
                 name: NODE.to_string(),
@@ -78,8 +79,8 @@ impl World {
         }
     }
 
-    /// Multi-document YAML: Namespaces, Pods and NetworkPolicies, each
-    /// document naming its `kind`.
+    /// Multi-document YAML: Namespaces, Pods, NetworkPolicies, Nodes and
+    /// ClusterNetworkPolicies, each document naming its `kind`.
     fn add_yaml(&mut self, yaml: &str) {
         let mut doc = String::new();
         for line in yaml.lines().chain(std::iter::once("---")) {
@@ -94,6 +95,12 @@ impl World {
                     "Namespace" => self.namespaces.push(serde_saphyr::from_str(&doc).unwrap()),
                     "Pod" => self.pods.push(serde_saphyr::from_str(&doc).unwrap()),
                     "NetworkPolicy" => self.policies.push(serde_saphyr::from_str(&doc).unwrap()),
+                    "Node" => self.nodes.push(serde_saphyr::from_str(&doc).unwrap()),
+                    "ClusterNetworkPolicy" => {
+                        let mut v: Value = serde_saphyr::from_str(&doc).unwrap();
+                        v["apiVersion"] = json!(CNP_API_VERSION);
+                        self.cluster_policies.push(v);
+                    }
                     other => panic!("unexpected kind {other}"),
                 }
             }
@@ -106,13 +113,13 @@ impl World {
         let ns = self.namespaces.iter().map(|o| serde_json::to_value(o).unwrap());
         let pods = self.pods.iter().map(|o| serde_json::to_value(o).unwrap());
         let policies = self.policies.iter().map(|o| serde_json::to_value(o).unwrap());
-        let mut input = objects_to_input(ns.chain(pods).chain(policies)).unwrap_or_else(|e| panic!("{e:?}"));
-        for c in &self.cluster {
-            input.cluster_policies.insert(c.name.clone(), std::sync::Arc::new(c.clone()));
-        }
-        for n in &self.nodes {
-            input.nodes.insert(n.name.clone(), std::sync::Arc::new(n.clone()));
-        }
+        let nodes = self.nodes.iter().map(|o| serde_json::to_value(o).unwrap());
+        let cnps = self.cluster_policies.iter().cloned();
+        // Warnings are only allowed for what the tests make on purpose:
+        // peers palisade does not evaluate.
+        let (input, warnings) = objects_to_input_warned(ns.chain(pods).chain(policies).chain(nodes).chain(cnps))
+            .unwrap_or_else(|e| panic!("{e:?}"));
+        assert!(warnings.iter().all(|w| w.message.starts_with("unsupported peer")), "{warnings:?}");
         input
     }
 
@@ -129,6 +136,12 @@ impl World {
         for (k, v) in fwd.policies.into_iter().rev() {
             input.policies.insert(k, v);
         }
+        for (k, v) in fwd.cluster_policies.into_iter().rev() {
+            input.cluster_policies.insert(k, v);
+        }
+        for (k, v) in fwd.nodes.into_iter().rev() {
+            input.nodes.insert(k, v);
+        }
         input
     }
 
@@ -141,6 +154,8 @@ impl World {
             namespaces: &self.namespaces,
             pods: &self.pods,
             policies: &self.policies,
+            cluster_policies: &self.cluster_policies,
+            nodes: &self.nodes,
             host_ips: &self.node.host_ips,
             allow_host: self.node.allow_host,
         }
@@ -1487,6 +1502,212 @@ spec: {podSelector: {}, policyTypes: [Egress]}";
 }
 
 // ---------------------------------------------------------------------------
+// ClusterNetworkPolicy tiers, hand-worked.
+
+const NODES: &str = r#"
+kind: Node
+metadata: {name: node-1, labels: {role: worker}}
+status: {addresses: [{type: InternalIP, address: 172.18.0.1}, {type: InternalIP, address: "fc00::1"}, {type: Hostname, address: node-1}]}
+---
+kind: Node
+metadata: {name: node-2, labels: {role: infra}}
+status: {addresses: [{type: InternalIP, address: 172.18.0.2}, {type: ExternalIP, address: 203.0.113.2}, {type: Hostname, address: node-2}]}
+"#;
+
+fn tier_world(policies: &str) -> World {
+    let mut w = world(NODES);
+    w.add_yaml(policies);
+    w
+}
+
+#[test]
+fn tiers_admin_then_network_policy_then_baseline() {
+    let w = tier_world(
+        "kind: ClusterNetworkPolicy
+metadata: {name: admin-deny}
+spec:
+  tier: Admin
+  priority: 10
+  subject: {namespaces: {matchLabels: {team: a}}}
+  egress: [{name: deny-db, action: Deny, to: [{pods: {namespaceSelector: {}, podSelector: {matchLabels: {tier: db}}}}]}]
+---
+kind: ClusterNetworkPolicy
+metadata: {name: admin-accept}
+spec:
+  tier: Admin
+  priority: 5
+  subject: {namespaces: {matchLabels: {team: a}}}
+  egress: [{action: Accept, to: [{networks: [10.0.1.3/32]}], protocols: [{tcp: {destinationPort: {number: 81}}}]}]
+---
+kind: ClusterNetworkPolicy
+metadata: {name: admin-pass}
+spec:
+  tier: Admin
+  priority: 1
+  subject: {pods: {namespaceSelector: {matchLabels: {team: a}}, podSelector: {matchLabels: {app: b}}}}
+  egress: [{action: Pass, to: [{namespaces: {}}]}]
+---
+kind: ClusterNetworkPolicy
+metadata: {name: baseline-deny}
+spec:
+  tier: Baseline
+  priority: 0
+  subject: {namespaces: {}}
+  egress: [{action: Deny, to: [{networks: [8.8.8.8/32]}]}]
+---
+kind: NetworkPolicy
+metadata: {name: deny-egress, namespace: x}
+spec: {podSelector: {matchLabels: {app: a}}, policyTypes: [Egress]}",
+    );
+    check(
+        &w,
+        &[
+            // Admin Accept (priority 5) before Admin Deny (10), over the NetworkPolicy.
+            ("x/a", OUT, "x/c", TCP, 81, ALLOW),
+            ("x/a", OUT, "x/c", TCP, 80, DENY),
+            // No Admin rule: the NetworkPolicy isolates.
+            ("x/a", OUT, "y/a", TCP, 80, DENY),
+            // Pass skips the Admin Deny; not isolated; Baseline has nothing: allowed.
+            ("x/b", OUT, "x/c", TCP, 80, ALLOW),
+            ("x/b", OUT, "8.8.8.8", TCP, 80, DENY),
+            ("y/a", OUT, "8.8.8.8", UDP, 53, DENY),
+            ("y/a", OUT, "8.8.4.4", UDP, 53, ALLOW),
+            ("y/a", OUT, "x/c", TCP, 80, ALLOW),
+        ],
+    );
+}
+
+#[test]
+fn network_policies_override_the_baseline_tier() {
+    let w = tier_world(
+        "kind: ClusterNetworkPolicy
+metadata: {name: baseline-deny-all}
+spec:
+  tier: Baseline
+  priority: 50
+  subject: {namespaces: {}}
+  ingress: [{action: Deny, from: [{namespaces: {}}]}]
+---
+kind: ClusterNetworkPolicy
+metadata: {name: baseline-pass}
+spec:
+  tier: Baseline
+  priority: 0
+  subject: {namespaces: {matchLabels: {team: a}}}
+  ingress: [{action: Pass, from: [{pods: {namespaceSelector: {}, podSelector: {matchLabels: {app: c}}}}]}]
+---
+kind: NetworkPolicy
+metadata: {name: from-team-a, namespace: y}
+spec:
+  podSelector: {}
+  ingress: [{from: [{namespaceSelector: {matchLabels: {team: a}}}]}]",
+    );
+    check(
+        &w,
+        &[
+            ("y/a", IN, "x/a", TCP, 80, ALLOW),
+            ("y/a", IN, "z/a", TCP, 80, DENY),
+            ("x/a", IN, "z/a", TCP, 80, DENY),
+            ("x/a", IN, "z/a/6", UDP, 53, DENY),
+            ("x/a", IN, "8.8.8.8", TCP, 80, ALLOW),
+            ("x/a", IN, "172.18.0.1", TCP, 80, ALLOW),
+            // Baseline Pass: the default allow decides.
+            ("x/a", IN, "x/c", TCP, 80, ALLOW),
+            ("x/b", IN, "x/c", SCTP, 9, ALLOW),
+            ("z/a", IN, "x/c", TCP, 80, DENY),
+        ],
+    );
+}
+
+#[test]
+fn nodes_networks_ranges_and_named_ports() {
+    let w = tier_world(
+        "kind: ClusterNetworkPolicy
+metadata: {name: no-infra}
+spec:
+  tier: Admin
+  priority: 9
+  subject: {namespaces: {}}
+  egress: [{action: Deny, to: [{nodes: {matchLabels: {role: infra}}}]}]
+---
+kind: ClusterNetworkPolicy
+metadata: {name: web-range}
+spec:
+  tier: Admin
+  priority: 1
+  subject: {namespaces: {}}
+  egress: [{action: Accept, to: [{networks: [203.0.113.7/24]}], protocols: [{tcp: {destinationPort: {range: {start: 8000, end: 8100}}}}]}]
+---
+kind: ClusterNetworkPolicy
+metadata: {name: http-only}
+spec:
+  tier: Admin
+  priority: 2
+  subject: {pods: {namespaceSelector: {matchLabels: {team: a}}, podSelector: {}}}
+  ingress:
+  - {name: http, action: Accept, from: [{namespaces: {}}], protocols: [{destinationNamedPort: http}]}
+  - {name: rest, action: Deny, from: [{namespaces: {}}]}",
+    );
+    check(
+        &w,
+        &[
+            ("x/a", OUT, "172.18.0.2", TCP, 443, DENY),
+            ("x/a", OUT, "203.0.113.2", TCP, 443, DENY),
+            ("x/a", OUT, "172.18.0.1", TCP, 443, ALLOW),
+            ("x/a", OUT, "203.0.113.2", TCP, 8080, ALLOW),
+            ("x/a", OUT, "203.0.113.9", TCP, 8100, ALLOW),
+            ("x/a", OUT, "203.0.113.2", UDP, 8080, DENY),
+            ("x/a", OUT, "203.0.113.9", TCP, 8101, ALLOW),
+            // Named ports resolve on the destination, with their protocol.
+            ("x/a", IN, "y/a", TCP, 80, ALLOW),
+            ("x/a", IN, "y/a", TCP, 8080, DENY),
+            ("x/b", IN, "y/a", TCP, 8080, ALLOW),
+            ("x/a", IN, "y/a", UDP, 80, DENY),
+            ("x/a", IN, "y/a", UDP, 53, DENY),
+            ("x/a", IN, "y/a", ICMP, 0, DENY),
+            // Only pod peers: external addresses are not in `namespaces: {}`.
+            ("x/a", IN, "8.8.8.8", TCP, 8080, ALLOW),
+            ("y/a", IN, "x/a", TCP, 8080, ALLOW),
+        ],
+    );
+}
+
+#[test]
+fn equal_priorities_go_by_name_and_unknown_peers_fail_closed() {
+    let w = tier_world(
+        "kind: ClusterNetworkPolicy
+metadata: {name: b-deny}
+spec: {tier: Admin, priority: 7, subject: {namespaces: {}}, egress: [{action: Deny, to: [{networks: [8.8.8.8/32, 9.9.9.9/32]}]}]}
+---
+kind: ClusterNetworkPolicy
+metadata: {name: a-accept}
+spec: {tier: Admin, priority: 7, subject: {namespaces: {}}, egress: [{action: Accept, to: [{networks: [8.8.8.8/32]}]}]}
+---
+kind: ClusterNetworkPolicy
+metadata: {name: domains}
+spec: {tier: Admin, priority: 0, subject: {namespaces: {}}, egress: [{action: Accept, to: [{domainNames: [dns.example.com]}, {networks: [9.9.9.9/32]}]}]}
+---
+kind: ClusterNetworkPolicy
+metadata: {name: z-pass-domains}
+spec: {tier: Baseline, priority: 0, subject: {namespaces: {matchLabels: {team: c}}}, egress: [{action: Pass, to: [{domainNames: [example.com]}]}]}",
+    );
+    check(
+        &w,
+        &[
+            ("x/a", OUT, "8.8.8.8", TCP, 53, ALLOW),
+            // The Accept rule with a domainNames peer matches nothing.
+            ("x/a", OUT, "9.9.9.9", TCP, 53, DENY),
+            // A Pass rule with an unknown peer denies all (Baseline here).
+            ("z/a", OUT, "1.1.1.1", TCP, 53, DENY),
+            ("z/a", OUT, "x/a", TCP, 80, DENY),
+            ("z/a", OUT, "8.8.8.8", TCP, 53, ALLOW),
+            ("z/a", IN, "x/a", TCP, 80, ALLOW),
+            ("y/a", OUT, "1.1.1.1", TCP, 53, ALLOW),
+        ],
+    );
+}
+
+// ---------------------------------------------------------------------------
 // Property test: random clusters against the reference.
 
 const PORTS: [u16; 6] = [53, 80, 81, 443, 8080, 8081];
@@ -1523,7 +1744,9 @@ const CIDRS: [&str; 19] = [
     "fd00::3/128",
     "fd00::4/126",
 ];
-const EXTERNAL: [&str; 10] = [
+/// The other node's addresses (`nodes` peers; also remote addresses).
+const NODE_2_IPS: [&str; 2] = ["172.18.0.2", "fc00::2"];
+const EXTERNAL: [&str; 12] = [
     "10.0.0.200",
     "10.0.1.200",
     "10.0.0.5",
@@ -1534,6 +1757,8 @@ const EXTERNAL: [&str; 10] = [
     "fd00::200",
     "fd00:1::5",
     "2001:db8::1",
+    NODE_2_IPS[0],
+    NODE_2_IPS[1],
 ];
 
 #[derive(Clone, Debug)]
@@ -1793,6 +2018,120 @@ fn cluster() -> impl Strategy<Value = GenCluster> {
         })
 }
 
+/// A cluster with ClusterNetworkPolicies (a few, priorities tied on
+/// purpose) and labelled Node objects.
+fn tiered_cluster() -> impl Strategy<Value = GenCluster> {
+    (
+        cluster(),
+        prop::collection::vec(cluster_policy(), 0..=3),
+        labels_strategy(NODE_LABELS),
+        labels_strategy(NODE_LABELS),
+    )
+        .prop_map(|(mut g, cluster, a, b)| {
+            g.cluster = cluster;
+            let mut seen = std::collections::BTreeSet::new();
+            g.cluster.retain(|c| seen.insert(c.name.clone()));
+            g.node_labels = [a, b];
+            g
+        })
+}
+
+/// A model selector as Kubernetes writes it.
+fn model_selector_json(s: &Selector) -> Value {
+    let mut out = serde_json::Map::new();
+    if !s.match_labels.is_empty() {
+        out.insert("matchLabels".into(), json!(s.match_labels));
+    }
+    if !s.requirements.is_empty() {
+        let exprs: Vec<Value> = s
+            .requirements
+            .iter()
+            .map(|r| {
+                let op = match r.operator {
+                    Operator::In => "In",
+                    Operator::NotIn => "NotIn",
+                    Operator::Exists => "Exists",
+                    Operator::DoesNotExist => "DoesNotExist",
+                };
+                if r.values.is_empty() {
+                    json!({"key": r.key, "operator": op})
+                } else {
+                    json!({"key": r.key, "operator": op, "values": r.values})
+                }
+            })
+            .collect();
+        out.insert("matchExpressions".into(), Value::Array(exprs));
+    }
+    Value::Object(out)
+}
+
+/// A generated ClusterNetworkPolicy written as the Kubernetes object, made
+/// valid the way the CRD wants: ingress peers are namespaces or pods only
+/// (address peers are dropped; none left: every namespace), and an egress
+/// rule with address peers names no port.
+fn cnp_json(c: &ClusterPolicy) -> Value {
+    let rule = |r: &ClusterRule, egress: bool| {
+        let mut peers: Vec<Value> = r
+            .peers
+            .iter()
+            .filter(|p| egress || matches!(p, ClusterPeer::Namespaces(_) | ClusterPeer::Pods { .. }))
+            .map(|p| match p {
+                ClusterPeer::Namespaces(s) => json!({"namespaces": model_selector_json(s)}),
+                ClusterPeer::Pods { namespaces, pods } => json!({"pods": {
+                    "namespaceSelector": model_selector_json(namespaces), "podSelector": model_selector_json(pods)}}),
+                ClusterPeer::Nodes(s) => json!({"nodes": model_selector_json(s)}),
+                ClusterPeer::Networks(nets) => {
+                    json!({"networks": nets.iter().map(|n| n.to_string()).collect::<Vec<_>>()})
+                }
+                // domainNames, or (named rules) a field of a newer CRD.
+                ClusterPeer::Unsupported(_) if r.name.is_empty() => json!({"domainNames": ["example.com"]}),
+                ClusterPeer::Unsupported(_) => json!({"services": {"name": "kube-dns"}}),
+            })
+            .collect();
+        if peers.is_empty() {
+            peers.push(json!({"namespaces": {}}));
+        }
+        let addresses = egress && peers.iter().any(|p| p.get("namespaces").is_none() && p.get("pods").is_none());
+        let protocols: Vec<Value> = r
+            .ports
+            .iter()
+            .filter(|p| !(addresses && matches!(p, ClusterPort::Named(_))))
+            .map(|p| match p {
+                ClusterPort::Named(n) => json!({"destinationNamedPort": n}),
+                ClusterPort::Ports { protocol, first, last } => {
+                    let port = if first == last {
+                        json!({"number": first})
+                    } else {
+                        json!({"range": {"start": first, "end": last}})
+                    };
+                    json!({ protocol.to_string().to_lowercase(): {"destinationPort": port} })
+                }
+            })
+            .collect();
+        let mut out = json!({"action": r.action.to_string(), if egress { "to" } else { "from" }: peers});
+        if !r.name.is_empty() {
+            out["name"] = json!(r.name);
+        }
+        if !protocols.is_empty() {
+            out["protocols"] = Value::Array(protocols);
+        }
+        out
+    };
+    let subject = match &c.subject {
+        ClusterSubject::Namespaces(s) => json!({"namespaces": model_selector_json(s)}),
+        ClusterSubject::Pods { namespaces, pods } => json!({"pods": {
+            "namespaceSelector": model_selector_json(namespaces), "podSelector": model_selector_json(pods)}}),
+    };
+    let mut spec = json!({"tier": c.tier.to_string(), "priority": c.priority, "subject": subject});
+    if !c.ingress.is_empty() {
+        spec["ingress"] = Value::Array(c.ingress.iter().map(|r| rule(r, false)).collect());
+    }
+    if !c.egress.is_empty() {
+        spec["egress"] = Value::Array(c.egress.iter().map(|r| rule(r, true)).collect());
+    }
+    json!({"apiVersion": CNP_API_VERSION, "kind": "ClusterNetworkPolicy", "metadata": {"name": c.name}, "spec": spec})
+}
+
 fn labels_json(labels: &[(&str, &str)]) -> Value {
     Value::Object(labels.iter().map(|(k, v)| (k.to_string(), json!(v))).collect())
 }
@@ -1930,12 +2269,11 @@ fn render(g: &GenCluster) -> World {
         let np = json!({"metadata": {"name": format!("np{i}"), "namespace": NAMESPACES[p.namespace]}, "spec": spec});
         w.policies.push(serde_json::from_value(np).unwrap());
     }
-    w.cluster = g.cluster.clone();
-    for (i, (name, ips)) in [(NODE, &HOST_IPS[..]), ("node-2", &["172.18.0.2", "fc00::2"][..])].into_iter().enumerate()
-    {
-        let labels = g.node_labels[i].iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        let ips = ips.iter().map(|s| s.parse().unwrap()).collect();
-        w.nodes.push(NodeObject { name: name.to_string(), labels, ips });
+    w.cluster_policies = g.cluster.iter().map(cnp_json).collect();
+    for (i, (name, ips)) in [(NODE, &HOST_IPS[..]), ("node-2", &NODE_2_IPS[..])].into_iter().enumerate() {
+        let addresses: Vec<Value> = ips.iter().map(|ip| json!({"type": "InternalIP", "address": ip})).collect();
+        let node = json!({"metadata": {"name": name, "labels": labels_json(&g.node_labels[i])}, "status": {"addresses": addresses}});
+        w.nodes.push(serde_json::from_value(node).unwrap());
     }
     w
 }
@@ -1948,6 +2286,9 @@ struct Stats {
     isolated_denied: AtomicUsize,
     named_port_allowed: AtomicUsize,
     host_allowed: AtomicUsize,
+    /// Flows at pods a ClusterNetworkPolicy selects, by outcome.
+    tiered_allowed: AtomicUsize,
+    tiered_denied: AtomicUsize,
 }
 
 fn describe(w: &World) -> String {
@@ -1960,6 +2301,12 @@ fn describe(w: &World) -> String {
     }
     for p in &w.policies {
         out.push_str(&format!("{}\n", serde_json::to_string(p).unwrap()));
+    }
+    for c in &w.cluster_policies {
+        out.push_str(&format!("{c}\n"));
+    }
+    for n in &w.nodes {
+        out.push_str(&format!("{}\n", serde_json::to_string(n).unwrap()));
     }
     out.push_str(&format!("allow_host: {}\n", w.node.allow_host));
     out
@@ -2018,10 +2365,16 @@ fn run_case(g: &GenCluster, stats: &Stats) -> Result<(), TestCaseError> {
         let want = r.allowed(local, dir, remote, proto, q.port);
         let isolated = r.isolated(local, dir);
         let what = format!("{ns}/{local_name} {dir:?} remote {remote} proto {proto} port {}", q.port);
+        // Isolation is NetworkPolicy's, whatever the tiers decide.
+        let tiered = r.tiered(local, dir);
         prop_assert_eq!(verdict.isolated, isolated, "isolation of {}\n{}", what, describe(&w));
         prop_assert_eq!(verdict.allowed, want, "{}: compiler {:?}\n{}", what, verdict, describe(&w));
 
         stats.queries.fetch_add(1, Ordering::Relaxed);
+        if tiered {
+            let bucket = if want { &stats.tiered_allowed } else { &stats.tiered_denied };
+            bucket.fetch_add(1, Ordering::Relaxed);
+        }
         let bucket = match (isolated, want) {
             (false, _) => &stats.not_isolated,
             (true, true) => &stats.isolated_allowed,
@@ -2053,7 +2406,7 @@ fn compiler_agrees_with_reference_on_random_clusters() {
     let config = ProptestConfig { cases, failure_persistence: None, ..ProptestConfig::default() };
     let mut runner = TestRunner::new(config);
     let stats = Stats::default();
-    if let Err(e) = runner.run(&cluster(), |g| run_case(&g, &stats)) {
+    if let Err(e) = runner.run(&tiered_cluster(), |g| run_case(&g, &stats)) {
         panic!("{e}");
     }
     let total = stats.queries.load(Ordering::Relaxed);
@@ -2062,10 +2415,15 @@ fn compiler_agrees_with_reference_on_random_clusters() {
     let denied = stats.isolated_denied.load(Ordering::Relaxed);
     let named = stats.named_port_allowed.load(Ordering::Relaxed);
     let host = stats.host_allowed.load(Ordering::Relaxed);
+    let (tiered_allowed, tiered_denied) =
+        (stats.tiered_allowed.load(Ordering::Relaxed), stats.tiered_denied.load(Ordering::Relaxed));
     eprintln!(
         "{cases} clusters, {total} flows: {not_isolated} not isolated, {allowed} allowed by a rule, {denied} denied \
-         ({named} allowed with named ports around, {host} host allowances)"
+         ({named} allowed with named ports around, {host} host allowances); at pods a ClusterNetworkPolicy \
+         selects: {tiered_allowed} allowed, {tiered_denied} denied"
     );
+    assert!(tiered_allowed * 20 >= total, "too few tiered allowed flows: {tiered_allowed} of {total}");
+    assert!(tiered_denied * 20 >= total, "too few tiered denied flows: {tiered_denied} of {total}");
     // The test can fail both ways only if both outcomes are common.
     assert!(total >= cases as usize * 8, "too few flows checked: {total}");
     assert!(allowed * 10 >= total, "too few allowed isolated flows: {allowed} of {total}");
@@ -2288,20 +2646,7 @@ fn incremental_compile_equals_compiling_from_scratch() {
     let changed_steps = AtomicUsize::new(0);
     let tiered_steps = AtomicUsize::new(0);
     let deny_steps = AtomicUsize::new(0);
-    let base = (
-        cluster(),
-        prop::collection::vec(cluster_policy(), 0..=3),
-        labels_strategy(NODE_LABELS),
-        labels_strategy(NODE_LABELS),
-    )
-        .prop_map(|(mut g, cluster, a, b)| {
-            g.cluster = cluster;
-            let mut seen = std::collections::BTreeSet::new();
-            g.cluster.retain(|c| seen.insert(c.name.clone()));
-            g.node_labels = [a, b];
-            g
-        });
-    let strategy = (base, prop::collection::vec((edit(), any::<bool>()), 1..=10));
+    let strategy = (tiered_cluster(), prop::collection::vec((edit(), any::<bool>()), 1..=10));
     let result = runner.run(&strategy, |(base, edits)| {
         let mut g = base;
         let mut compiler = Compiler::default();

@@ -22,6 +22,10 @@ fn finding(e: &InputError) -> Finding {
     let (severity, why) =
         if e.field == format!("metadata.annotations[{AUDIT_ANNOTATION}]") && e.action.starts_with("ignored") {
             (Severity::Info, "the annotation only takes effect on agents started with --allow-namespace-audit")
+        } else if e.message.starts_with("unsupported peer") {
+            (Severity::Warning, "the API accepts this peer but palisade does not evaluate it: the rule fails closed")
+        } else if e.action.is_empty() {
+            (Severity::Warning, "palisade reads this object without the value at fault")
         } else if e.message.starts_with("also defined in") {
             (Severity::Warning, "two manifests define the same object: only one of them is in force")
         } else {
@@ -36,4 +40,38 @@ fn finding(e: &InputError) -> Finding {
         message = format!("{message}; palisade: {}", e.action);
     }
     Finding { severity, object, field: e.field.clone(), check: "invalid", message, why: why.into(), source }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn error(field: &str, message: &str, action: &str) -> InputError {
+        InputError {
+            source: "f.yaml".into(),
+            object: "ClusterNetworkPolicy c".into(),
+            field: field.into(),
+            message: message.into(),
+            action: action.into(),
+        }
+    }
+
+    #[test]
+    fn what_palisade_reads_differently_is_a_warning_what_it_rejects_an_error() {
+        let f = check(&[
+            error("spec.egress[0].to[0]", "unsupported peer: palisade does not evaluate domainNames a.b", ""),
+            error("status.addresses[0].address", "\"x\" is not an IP address: skipped", ""),
+            error(
+                "spec.egress[0].name",
+                "invalid type: boolean `true`, expected a string",
+                "keeping the last valid version",
+            ),
+        ]);
+        assert_eq!(
+            f.iter().map(|f| f.severity).collect::<Vec<_>>(),
+            [Severity::Warning, Severity::Warning, Severity::Error]
+        );
+        assert!(f[2].message.contains("quote the value") && f[2].message.contains("last valid"), "{:?}", f[2]);
+        assert_eq!((f[0].check, f[0].field.as_str()), ("invalid", "spec.egress[0].to[0]"));
+    }
 }
