@@ -440,12 +440,17 @@ impl Attempt {
             }
             Attempt::Sctp { tx, rx, to, sport, dport } => {
                 let init = palisade_kit::packet::sctp_init(sport, dport);
-                for _ in 0..2 {
-                    let _ = tx.send_to(&init, &SocketAddr::new(to, 0).into());
-                }
-                let deadline = Instant::now() + Duration::from_millis(700);
+                let start = Instant::now();
+                // Sent again later: a first packet can be lost while the
+                // path's neighbours resolve (as probe.rs sends twice).
+                let mut resend = Some(start + Duration::from_millis(300));
+                let _ = tx.send_to(&init, &SocketAddr::new(to, 0).into());
                 let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 2048];
-                while Instant::now() < deadline {
+                while start.elapsed() < Duration::from_millis(900) {
+                    if resend.is_some_and(|t| Instant::now() >= t) {
+                        resend = None;
+                        let _ = tx.send_to(&init, &SocketAddr::new(to, 0).into());
+                    }
                     let Ok(n) = rx.recv(&mut buf) else { continue };
                     // SAFETY: recv initialised the first n bytes.
                     let data: Vec<u8> = buf[..n].iter().map(|b| unsafe { b.assume_init() }).collect();
