@@ -12,6 +12,10 @@ use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use palisade::cluster::convert::objects_to_input;
 use palisade::policy::lookup::{self, Verdict};
+use palisade::policy::model::{
+    Action, ClusterPeer, ClusterPolicy, ClusterPort, ClusterRule, ClusterSubject, NodeObject, Operator, Protocol,
+    Requirement, Selector, Tier,
+};
 use palisade::policy::{Compiled, Direction, Input, Node, compile};
 use proptest::prelude::*;
 use proptest::sample::{select, subsequence};
@@ -41,6 +45,10 @@ struct World {
     namespaces: Vec<Namespace>,
     pods: Vec<Pod>,
     policies: Vec<NetworkPolicy>,
+    /// ClusterNetworkPolicies and Node objects, as the model has them (the
+    /// incremental compile test only: the reference knows NetworkPolicy).
+    cluster: Vec<ClusterPolicy>,
+    nodes: Vec<NodeObject>,
     node: Node,
 }
 
@@ -59,6 +67,8 @@ impl World {
             namespaces: vec![],
             pods: vec![],
             policies: vec![],
+            cluster: vec![],
+            nodes: vec![],
             node: Node {
                 name: NODE.to_string(),
                 host_ips: HOST_IPS.iter().map(|s| s.parse().unwrap()).collect(),
@@ -96,7 +106,14 @@ impl World {
         let ns = self.namespaces.iter().map(|o| serde_json::to_value(o).unwrap());
         let pods = self.pods.iter().map(|o| serde_json::to_value(o).unwrap());
         let policies = self.policies.iter().map(|o| serde_json::to_value(o).unwrap());
-        objects_to_input(ns.chain(pods).chain(policies)).unwrap_or_else(|e| panic!("{e:?}"))
+        let mut input = objects_to_input(ns.chain(pods).chain(policies)).unwrap_or_else(|e| panic!("{e:?}"));
+        for c in &self.cluster {
+            input.cluster_policies.insert(c.name.clone(), std::sync::Arc::new(c.clone()));
+        }
+        for n in &self.nodes {
+            input.nodes.insert(n.name.clone(), std::sync::Arc::new(n.clone()));
+        }
+        input
     }
 
     /// The same input, with every map filled in reverse order.
@@ -1606,6 +1623,10 @@ struct GenCluster {
     policies: Vec<GenPolicy>,
     allow_host: bool,
     queries: Vec<GenQuery>,
+    /// ClusterNetworkPolicies (empty but in the incremental test).
+    cluster: Vec<ClusterPolicy>,
+    /// Labels of the Node objects node-1 and node-2.
+    node_labels: [Vec<(&'static str, &'static str)>; 2],
 }
 
 fn labels_strategy(keys: KeyValues) -> impl Strategy<Value = Vec<(&'static str, &'static str)>> {
@@ -1767,6 +1788,8 @@ fn cluster() -> impl Strategy<Value = GenCluster> {
             policies,
             allow_host,
             queries,
+            cluster: vec![],
+            node_labels: [vec![], vec![]],
         })
 }
 
@@ -1906,6 +1929,13 @@ fn render(g: &GenCluster) -> World {
         }
         let np = json!({"metadata": {"name": format!("np{i}"), "namespace": NAMESPACES[p.namespace]}, "spec": spec});
         w.policies.push(serde_json::from_value(np).unwrap());
+    }
+    w.cluster = g.cluster.clone();
+    for (i, (name, ips)) in [(NODE, &HOST_IPS[..]), ("node-2", &["172.18.0.2", "fc00::2"][..])].into_iter().enumerate()
+    {
+        let labels = g.node_labels[i].iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let ips = ips.iter().map(|s| s.parse().unwrap()).collect();
+        w.nodes.push(NodeObject { name: name.to_string(), labels, ips });
     }
     w
 }
@@ -2058,6 +2088,10 @@ enum Edit {
     RemovePolicy(usize),
     Namespace(usize, Vec<(&'static str, &'static str)>, bool),
     AllowHost(bool),
+    ReplaceCluster(usize, ClusterPolicy),
+    AddCluster(ClusterPolicy),
+    RemoveCluster(usize),
+    NodeLabels(usize, Vec<(&'static str, &'static str)>),
 }
 
 fn edit() -> impl Strategy<Value = Edit> {
@@ -2072,7 +2106,88 @@ fn edit() -> impl Strategy<Value = Edit> {
         2 => (0..NAMESPACES.len(), labels_strategy(NS_LABELS), proptest::bool::weighted(0.85))
             .prop_map(|(i, l, e)| Edit::Namespace(i, l, e)),
         1 => any::<bool>().prop_map(Edit::AllowHost),
+        2 => (0..4usize, cluster_policy()).prop_map(|(i, p)| Edit::ReplaceCluster(i, p)),
+        2 => cluster_policy().prop_map(Edit::AddCluster),
+        1 => (0..4usize).prop_map(Edit::RemoveCluster),
+        1 => (0..2usize, labels_strategy(NODE_LABELS)).prop_map(|(i, l)| Edit::NodeLabels(i, l)),
     ]
+}
+
+const NODE_LABELS: KeyValues = &[("role", &["a", "b"])];
+
+fn model_selector(s: GenSel) -> Selector {
+    let match_labels = s.labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let requirements = s
+        .exprs
+        .iter()
+        .map(|(k, op, vals)| Requirement {
+            key: k.to_string(),
+            operator: match *op {
+                "In" => Operator::In,
+                "NotIn" => Operator::NotIn,
+                "Exists" => Operator::Exists,
+                _ => Operator::DoesNotExist,
+            },
+            values: vals.iter().map(|v| v.to_string()).collect(),
+        })
+        .collect();
+    Selector { match_labels, requirements }
+}
+
+fn cluster_peer() -> impl Strategy<Value = ClusterPeer> {
+    let nets = subsequence(&CIDRS[..], 1..=2).prop_map(|c| c.iter().map(|s| s.parse().unwrap()).collect());
+    prop_oneof![
+        3 => selector(NS_SELECTOR_KEYS).prop_map(|s| ClusterPeer::Namespaces(model_selector(s))),
+        3 => (selector(NS_SELECTOR_KEYS), selector(POD_SELECTOR_KEYS))
+            .prop_map(|(n, p)| ClusterPeer::Pods { namespaces: model_selector(n), pods: model_selector(p) }),
+        2 => selector(NODE_LABELS).prop_map(|s| ClusterPeer::Nodes(model_selector(s))),
+        2 => nets.prop_map(ClusterPeer::Networks),
+        1 => Just(ClusterPeer::Unsupported("domainNames".into())),
+    ]
+}
+
+fn cluster_port() -> impl Strategy<Value = ClusterPort> {
+    let proto = select(&[Protocol::Tcp, Protocol::Tcp, Protocol::Udp, Protocol::Sctp][..]);
+    prop_oneof![
+        3 => (proto, select(&PORTS[..]), select(&PORTS[..])).prop_map(|(protocol, a, b)| ClusterPort::Ports {
+            protocol,
+            first: a.min(b),
+            last: a.max(b)
+        }),
+        1 => select(&PORT_NAMES[..]).prop_map(|n| ClusterPort::Named(n.to_string())),
+    ]
+}
+
+fn cluster_rule() -> impl Strategy<Value = ClusterRule> {
+    let action = select(&[Action::Accept, Action::Deny, Action::Pass][..]);
+    let ports = prop_oneof![2 => Just(vec![]), 3 => prop::collection::vec(cluster_port(), 1..=2)];
+    (action, prop::collection::vec(cluster_peer(), 1..=2), ports, select(&["", "r"][..]))
+        .prop_map(|(action, peers, ports, name)| ClusterRule { name: name.to_string(), action, peers, ports })
+}
+
+fn cluster_policy() -> impl Strategy<Value = ClusterPolicy> {
+    let subject = prop_oneof![
+        1 => selector(NS_SELECTOR_KEYS).prop_map(|s| ClusterSubject::Namespaces(model_selector(s))),
+        1 => (selector(NS_SELECTOR_KEYS), selector(POD_SELECTOR_KEYS))
+            .prop_map(|(n, p)| ClusterSubject::Pods { namespaces: model_selector(n), pods: model_selector(p) }),
+    ];
+    let rules = || prop::collection::vec(cluster_rule(), 0..=2);
+    (
+        select(&["c0", "c1", "c2", "c3"][..]),
+        select(&[Tier::Admin, Tier::Baseline][..]),
+        select(&[0u32, 5, 5, 10][..]),
+        subject,
+        rules(),
+        rules(),
+    )
+        .prop_map(|(name, tier, priority, subject, ingress, egress)| ClusterPolicy {
+            name: name.to_string(),
+            tier,
+            priority,
+            subject,
+            ingress,
+            egress,
+        })
 }
 
 fn apply_edit(g: &mut GenCluster, e: &Edit) {
@@ -2097,7 +2212,21 @@ fn apply_edit(g: &mut GenCluster, e: &Edit) {
         Edit::RemovePolicy(_) => {}
         Edit::Namespace(i, labels, exists) => g.namespaces[i] = (labels, exists),
         Edit::AllowHost(on) => g.allow_host = on,
+        Edit::ReplaceCluster(i, p) if !g.cluster.is_empty() => {
+            let m = g.cluster.len();
+            g.cluster[i % m] = p;
+        }
+        Edit::ReplaceCluster(_, p) | Edit::AddCluster(p) => g.cluster.push(p),
+        Edit::RemoveCluster(i) if !g.cluster.is_empty() => {
+            let m = g.cluster.len();
+            g.cluster.remove(i % m);
+        }
+        Edit::RemoveCluster(_) => {}
+        Edit::NodeLabels(i, labels) => g.node_labels[i] = labels,
     }
+    // One object per name, as the API server holds them.
+    let mut seen = std::collections::BTreeSet::new();
+    g.cluster.retain(|c| seen.insert(c.name.clone()));
 }
 
 /// Objects equal to the previous state's share its `Arc`s, as a source
@@ -2116,6 +2245,8 @@ fn share(input: &mut Input, prev: &Input) {
     each(&mut input.namespaces, &prev.namespaces);
     each(&mut input.pods, &prev.pods);
     each(&mut input.policies, &prev.policies);
+    each(&mut input.cluster_policies, &prev.cluster_policies);
+    each(&mut input.nodes, &prev.nodes);
 }
 
 /// The first differences between two outputs, entry by entry.
@@ -2155,7 +2286,22 @@ fn incremental_compile_equals_compiling_from_scratch() {
     let mut runner = TestRunner::new(config);
     let steps = AtomicUsize::new(0);
     let changed_steps = AtomicUsize::new(0);
-    let strategy = (cluster(), prop::collection::vec((edit(), any::<bool>()), 1..=10));
+    let tiered_steps = AtomicUsize::new(0);
+    let deny_steps = AtomicUsize::new(0);
+    let base = (
+        cluster(),
+        prop::collection::vec(cluster_policy(), 0..=3),
+        labels_strategy(NODE_LABELS),
+        labels_strategy(NODE_LABELS),
+    )
+        .prop_map(|(mut g, cluster, a, b)| {
+            g.cluster = cluster;
+            let mut seen = std::collections::BTreeSet::new();
+            g.cluster.retain(|c| seen.insert(c.name.clone()));
+            g.node_labels = [a, b];
+            g
+        });
+    let strategy = (base, prop::collection::vec((edit(), any::<bool>()), 1..=10));
     let result = runner.run(&strategy, |(base, edits)| {
         let mut g = base;
         let mut compiler = Compiler::default();
@@ -2192,6 +2338,13 @@ fn incremental_compile_equals_compiling_from_scratch() {
                     changed_steps.fetch_add(1, Ordering::Relaxed);
                 }
             }
+            let tiered = palisade_common::EP_INGRESS_TIERED | palisade_common::EP_EGRESS_TIERED;
+            if inc.endpoints.iter().any(|e| e.flags & tiered != 0) {
+                tiered_steps.fetch_add(1, Ordering::Relaxed);
+            }
+            if inc.policy.values().any(|v| v.denies() && v.rule != 0) {
+                deny_steps.fetch_add(1, Ordering::Relaxed);
+            }
             prev = Some((input, inc));
         }
         Ok(())
@@ -2200,6 +2353,11 @@ fn incremental_compile_equals_compiling_from_scratch() {
         panic!("{e}");
     }
     let (steps, changed) = (steps.load(Ordering::Relaxed), changed_steps.load(Ordering::Relaxed));
-    eprintln!("{cases} sequences, {steps} changes compiled incrementally, {changed} of them changed policy entries");
+    let (tiered, denies) = (tiered_steps.load(Ordering::Relaxed), deny_steps.load(Ordering::Relaxed));
+    eprintln!(
+        "{cases} sequences, {steps} changes compiled incrementally, {changed} of them changed policy entries; \
+         {tiered} states with tiered endpoints, {denies} with deny-rule entries"
+    );
     assert!(changed * 5 >= steps, "too few changes touch policy entries: {changed} of {steps}");
+    assert!(tiered * 4 >= steps && denies * 10 >= steps, "too few states with cluster policies: {tiered}, {denies}");
 }

@@ -8,8 +8,8 @@
 
 use crate::event::{REASON_NO_RULE, REASON_NOT_ISOLATED, REASON_RULE};
 use crate::keys::{
-    DIR_EGRESS, DIR_INGRESS, EP_EGRESS_ISOLATED, EP_INGRESS_ISOLATED, Endpoint, IP_SERVICE, IpInfo, IpKey, PEER_ANY,
-    PolicyKey, PolicyValue,
+    DIR_EGRESS, DIR_INGRESS, EP_EGRESS_ISOLATED, EP_EGRESS_TIERED, EP_INGRESS_ISOLATED, EP_INGRESS_TIERED, Endpoint,
+    IP_SERVICE, IpInfo, IpKey, PEER_ANY, PolicyKey, PolicyValue,
 };
 
 /// The three lookups a decision needs, each with the kernel map's
@@ -33,9 +33,10 @@ pub struct Decision {
     /// Egress to a Service cluster IP from an egress-isolated pod: the
     /// verdict waits until DNAT has picked the backend.
     pub defer: bool,
-    /// `REASON_NOT_ISOLATED`, `REASON_RULE` or `REASON_NO_RULE`.
+    /// `REASON_NOT_ISOLATED`, `REASON_RULE` (allowed, or denied by a
+    /// ClusterNetworkPolicy rule) or `REASON_NO_RULE`.
     pub reason: u8,
-    /// The allowing rule (0: none, or not isolated).
+    /// The deciding rule (0: none, or not isolated).
     pub rule: u32,
     /// Peer identity of the remote address (0: unknown, or not looked up).
     pub peer: u32,
@@ -56,11 +57,15 @@ pub fn peer_info<M: PolicyMaps>(maps: &M, remote: &IpKey) -> IpInfo {
     }
 }
 
-/// Judges a flow by policy alone: isolation, then the most specific rule
-/// for the peer's identity, then rules that allow any peer. `dir` is the
-/// flow's direction at the local endpoint `ep`, `port` its destination
-/// port; `want_peer` looks the peer up even when the pod is not isolated
-/// (for events that name it).
+/// Judges a flow by policy alone. An endpoint neither isolated by a
+/// NetworkPolicy nor tiered (selected by a ClusterNetworkPolicy) in this
+/// direction is allowed. Otherwise the most specific entry for the peer's
+/// identity decides, else the one for any peer: allow or deny, by its rule.
+/// No entry: an isolated endpoint is denied, a tiered one allowed (its
+/// entries hold every verdict that differs from that). `dir` is the flow's
+/// direction at the local endpoint `ep`, `port` its destination port;
+/// `want_peer` looks the peer up even when nothing is (for events that
+/// name it).
 #[inline(always)]
 pub fn decide<M: PolicyMaps>(
     maps: &M,
@@ -71,14 +76,19 @@ pub fn decide<M: PolicyMaps>(
     port: u16,
     want_peer: bool,
 ) -> Decision {
-    let isolated =
-        if dir == DIR_INGRESS { ep.flags & EP_INGRESS_ISOLATED != 0 } else { ep.flags & EP_EGRESS_ISOLATED != 0 };
-    if !isolated && !want_peer {
+    let (iso_bit, tier_bit) = if dir == DIR_INGRESS {
+        (EP_INGRESS_ISOLATED, EP_INGRESS_TIERED)
+    } else {
+        (EP_EGRESS_ISOLATED, EP_EGRESS_TIERED)
+    };
+    let isolated = ep.flags & iso_bit != 0;
+    let looked_up = ep.flags & (iso_bit | tier_bit) != 0;
+    if !looked_up && !want_peer {
         return Decision { allowed: true, defer: false, reason: REASON_NOT_ISOLATED, rule: 0, peer: 0 };
     }
     let info = peer_info(maps, remote);
     let (peer, peer_flags) = (info.identity, info.flags);
-    if !isolated {
+    if !looked_up {
         return Decision { allowed: true, defer: false, reason: REASON_NOT_ISOLATED, rule: 0, peer };
     }
     if dir == DIR_EGRESS && peer_flags & IP_SERVICE != 0 {
@@ -88,13 +98,33 @@ pub fn decide<M: PolicyMaps>(
     if peer != PEER_ANY
         && let Some(v) = maps.policy(&key)
     {
-        return Decision { allowed: true, defer: false, reason: REASON_RULE, rule: v.rule, peer };
+        return by_entry(&v, peer);
     }
     key.peer = PEER_ANY.to_be_bytes();
     if let Some(v) = maps.policy(&key) {
-        return Decision { allowed: true, defer: false, reason: REASON_RULE, rule: v.rule, peer };
+        return by_entry(&v, peer);
     }
-    Decision { allowed: false, defer: false, reason: REASON_NO_RULE, rule: 0, peer }
+    if isolated {
+        Decision { allowed: false, defer: false, reason: REASON_NO_RULE, rule: 0, peer }
+    } else {
+        Decision { allowed: true, defer: false, reason: REASON_NOT_ISOLATED, rule: 0, peer }
+    }
+}
+
+/// The decision a policy entry holds. Rule 0 stands for no rule: a
+/// denying one is NetworkPolicy's implicit deny, an allowing one the
+/// default allow (a tiered endpoint's Pass).
+#[inline(always)]
+fn by_entry(v: &PolicyValue, peer: u32) -> Decision {
+    let allowed = !v.denies();
+    let reason = if v.rule != 0 {
+        REASON_RULE
+    } else if allowed {
+        REASON_NOT_ISOLATED
+    } else {
+        REASON_NO_RULE
+    };
+    Decision { allowed, defer: false, reason, rule: v.rule, peer }
 }
 
 #[cfg(test)]
@@ -123,8 +153,13 @@ mod tests {
         }
         fn policy(&self, key: &PolicyKey) -> Option<PolicyValue> {
             match (u32::from_be_bytes(key.peer), u16::from_be_bytes(key.port)) {
-                (7, 80) => Some(PolicyValue { rule: 100 }),
-                (PEER_ANY, 443) => Some(PolicyValue { rule: 200 }),
+                (7, 80) => Some(PolicyValue::allow(100)),
+                (PEER_ANY, 443) => Some(PolicyValue::allow(200)),
+                // A tiered identity's entries: a deny by rule, a peer's
+                // exception to it, and the implicit deny restored.
+                (7, 22) => Some(PolicyValue::allow(0)),
+                (PEER_ANY, 22) => Some(PolicyValue::deny(300)),
+                (8, 443) => Some(PolicyValue::deny(0)),
                 _ => None,
             }
         }
@@ -156,5 +191,27 @@ mod tests {
         assert_eq!((named.allowed, named.reason, named.peer), (true, REASON_NOT_ISOLATED, 7), "want_peer names it");
         assert_eq!(verdict(&ISOLATED, DIR_EGRESS, &SERVICE, 1), (true, true, REASON_RULE, 0, 9), "deferred");
         assert_eq!(verdict(&ISOLATED, DIR_INGRESS, &SERVICE, 1), (false, false, REASON_NO_RULE, 0, 9));
+    }
+
+    #[test]
+    fn tiered_endpoints_look_up_and_entries_deny() {
+        let tiered = Endpoint { identity: 1, flags: EP_INGRESS_TIERED | EP_EGRESS_TIERED };
+        assert_eq!(verdict(&tiered, DIR_INGRESS, &OTHER, 22), (false, false, REASON_RULE, 300, PEER_ANY), "deny rule");
+        assert_eq!(verdict(&tiered, DIR_INGRESS, &HOST, 22), (true, false, REASON_NOT_ISOLATED, 0, 7), "peer's pass");
+        assert_eq!(verdict(&tiered, DIR_INGRESS, &HOST, 80), (true, false, REASON_RULE, 100, 7), "allow rule");
+        assert_eq!(verdict(&tiered, DIR_INGRESS, &OTHER, 1), (true, false, REASON_NOT_ISOLATED, 0, PEER_ANY), "miss");
+        assert_eq!(verdict(&tiered, DIR_INGRESS, &IN_CIDR, 443), (false, false, REASON_NO_RULE, 0, 8), "implicit deny");
+        assert_eq!(verdict(&tiered, DIR_EGRESS, &SERVICE, 22), (true, true, REASON_RULE, 0, 9), "deferred");
+        let both = Endpoint { identity: 1, flags: EP_INGRESS_TIERED | EP_INGRESS_ISOLATED };
+        assert_eq!(
+            verdict(&both, DIR_INGRESS, &OTHER, 1),
+            (false, false, REASON_NO_RULE, 0, PEER_ANY),
+            "isolated miss"
+        );
+        assert_eq!(
+            verdict(&both, DIR_EGRESS, &OTHER, 22),
+            (true, false, REASON_NOT_ISOLATED, 0, 0),
+            "egress untouched"
+        );
     }
 }

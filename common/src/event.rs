@@ -11,7 +11,8 @@ pub const VERDICT_AUDIT: u8 = 3;
 
 /// Reason: the pod is not isolated in this direction.
 pub const REASON_NOT_ISOLATED: u8 = 1;
-/// Reason: a rule allows it.
+/// Reason: a rule decides it (allows it; or, as a drop, a
+/// ClusterNetworkPolicy Deny rule).
 pub const REASON_RULE: u8 = 2;
 /// Reason: the pod is isolated and no rule allows it.
 pub const REASON_NO_RULE: u8 = 3;

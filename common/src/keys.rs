@@ -132,13 +132,39 @@ pub const POLICY_PREFIX_PROTO: u32 = 80;
 /// Prefix length of an entry matching one protocol and one port.
 pub const POLICY_PREFIX_FULL: u32 = 96;
 
-/// Value of the policy trie: which rule the entry came from.
+/// Value of the policy trie: the verdict and the rule it came from.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PolicyValue {
-    /// Id of the allowing rule (see the agent's rule catalog).
+    /// Id of the deciding rule (see the agent's rule catalog); 0 on a
+    /// tiered endpoint's entry that restores the default (NetworkPolicy's
+    /// implicit deny, or the default allow).
     pub rule: u32,
+    /// `POLICY_*` flags.
+    pub flags: u32,
 }
+
+impl PolicyValue {
+    /// An entry that allows, by `rule`.
+    pub const fn allow(rule: u32) -> PolicyValue {
+        PolicyValue { rule, flags: 0 }
+    }
+
+    /// An entry that denies, by `rule` (0: NetworkPolicy's implicit deny).
+    pub const fn deny(rule: u32) -> PolicyValue {
+        PolicyValue { rule, flags: POLICY_DENY }
+    }
+
+    /// Whether the entry denies.
+    #[inline(always)]
+    pub const fn denies(&self) -> bool {
+        self.flags & POLICY_DENY != 0
+    }
+}
+
+/// Policy entry flag: the entry denies (a ClusterNetworkPolicy Deny, or a
+/// tiered endpoint's NetworkPolicy implicit deny); without it, it allows.
+pub const POLICY_DENY: u32 = 1 << 0;
 
 /// Endpoint flag: some policy selects the pod for ingress.
 pub const EP_INGRESS_ISOLATED: u32 = 1 << 0;
@@ -149,6 +175,12 @@ pub const EP_AUDIT: u32 = 1 << 2;
 /// Endpoint flag (strict mode): a new pod interface whose pod and policy
 /// are not known yet; everything but link-local plumbing is dropped.
 pub const EP_PENDING: u32 = 1 << 3;
+/// Endpoint flag: some ClusterNetworkPolicy selects the pod for ingress:
+/// its policy entries are looked up even when no NetworkPolicy isolates
+/// it, and they hold the whole tiered verdict (allow or deny).
+pub const EP_INGRESS_TIERED: u32 = 1 << 4;
+/// Endpoint flag: the same for egress.
+pub const EP_EGRESS_TIERED: u32 = 1 << 5;
 
 /// Value of the endpoint map, keyed by the host-side interface index.
 #[repr(C)]
@@ -324,7 +356,7 @@ const _: () = {
     assert!(POLICY_PREFIX_FULL as usize == size_of::<PolicyKey>() * 8);
     assert!(POLICY_PREFIX_PROTO as usize == offset_of!(PolicyKey, port) * 8);
     assert!(POLICY_PREFIX_ANY_PROTO as usize == offset_of!(PolicyKey, protocol) * 8);
-    assert!(size_of::<PolicyValue>() == 4);
+    assert!(size_of::<PolicyValue>() == 8);
     assert!(size_of::<Endpoint>() == 8);
     assert!(size_of::<CtKey>() == 44);
     assert!(offset_of!(CtKey, local) == 8);

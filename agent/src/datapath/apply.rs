@@ -68,22 +68,27 @@ impl Datapath {
         let mut report = SyncReport::default();
         let changed = changed.filter(|_| self.policy_whole);
         let errors = report.errors.len();
+        // Stale allows go first and stale denies last (ClusterNetworkPolicy
+        // Deny entries): in between, a packet is judged closed, never open.
+        let stale: Vec<PolicyPrefix> = match changed {
+            Some(keys) => keys
+                .iter()
+                .filter(|k| !compiled.policy.contains_key(k) && self.realized.policy.contains_key(k))
+                .copied()
+                .collect(),
+            None => self.realized.policy.keys().filter(|k| !compiled.policy.contains_key(k)).copied().collect(),
+        };
+        let (stale_denies, stale_allows): (Vec<PolicyPrefix>, Vec<PolicyPrefix>) =
+            stale.into_iter().partition(|k| self.realized.policy.get(k).is_some_and(PolicyValue::denies));
+        self.remove_policy(stale_allows, &mut report);
         let short = match changed {
             Some(keys) => {
-                let stale: Vec<PolicyPrefix> = keys
-                    .iter()
-                    .filter(|k| !compiled.policy.contains_key(k) && self.realized.policy.contains_key(k))
-                    .copied()
-                    .collect();
-                self.remove_policy(stale, &mut report);
                 let desired = keys.iter().filter_map(|k| compiled.policy.get(k).map(|v| (k, v)));
                 self.upsert_policy(desired, &mut report)
             }
-            None => {
-                self.remove_stale_policy(&compiled.policy, &mut report);
-                self.upsert_policy(compiled.policy.iter(), &mut report)
-            }
+            None => self.upsert_policy(compiled.policy.iter(), &mut report),
         };
+        self.remove_policy(stale_denies, &mut report);
         self.policy_whole = short.is_empty() && report.errors.len() == errors;
         if !short.is_empty() {
             let ids: Vec<String> = short.iter().map(u32::to_string).collect();
@@ -140,12 +145,6 @@ impl Datapath {
     /// (what an earlier agent left, or the last sync wrote).
     pub fn endpoint_identities(&self) -> BTreeMap<u32, u32> {
         self.realized.endpoints.iter().map(|(i, e)| (*i, e.identity)).collect()
-    }
-
-    fn remove_stale_policy(&mut self, desired: &BTreeMap<PolicyPrefix, PolicyValue>, report: &mut SyncReport) {
-        let stale: Vec<PolicyPrefix> =
-            self.realized.policy.keys().filter(|k| !desired.contains_key(k)).copied().collect();
-        self.remove_policy(stale, report);
     }
 
     fn remove_policy(&mut self, stale: Vec<PolicyPrefix>, report: &mut SyncReport) {

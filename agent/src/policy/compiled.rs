@@ -2,7 +2,7 @@
 //! (keys as the kernel holds them), and the catalog user space needs to
 //! turn the kernel's numbers back into names.
 
-use super::model::{Direction, Pod, PolicyRef};
+use super::model::{Action, Direction, Pod, PolicyRef, Tier};
 use ipnet::IpNet;
 use palisade_common::{FAMILY_V4, FAMILY_V6, IP_KEY_FAMILY_BITS, IpInfo, IpKey, PolicyKey, PolicyValue};
 use std::collections::{BTreeMap, BTreeSet};
@@ -70,6 +70,9 @@ pub enum IdentityInfo {
     Address { pod: u32, cell: IpNet },
     /// Addresses of the node itself, inside `cell`.
     Host { cell: IpNet },
+    /// Addresses of another Node object (ClusterNetworkPolicy `nodes`
+    /// peers), inside `cell`.
+    Node { name: String, cell: IpNet },
     /// Any other address whose most specific ipBlock CIDR is `cell`.
     Cidr { cell: IpNet },
 }
@@ -77,15 +80,52 @@ pub enum IdentityInfo {
 /// Where a rule id came from.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct RuleInfo {
-    /// None for the built-in node allowance.
+    /// None for the built-in node allowance and for ClusterNetworkPolicy
+    /// rules (see `cluster`).
     pub policy: Option<PolicyRef>,
     pub direction: Direction,
     /// Index into the policy's ingress or egress list.
     pub index: usize,
+    /// A ClusterNetworkPolicy rule: its policy, tier, priority, name and
+    /// action.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterRuleInfo>,
+}
+
+/// A ClusterNetworkPolicy rule, as events, logs and trace name it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct ClusterRuleInfo {
+    pub policy: String,
+    pub tier: Tier,
+    pub priority: u32,
+    /// The rule's name ("" when unnamed: then shown by its index).
+    pub rule: String,
+    pub action: Action,
+}
+
+impl RuleInfo {
+    /// The tier the rule belongs to: "Admin", "NetworkPolicy", "Baseline"
+    /// (the node allowance counts as NetworkPolicy's).
+    pub fn tier(&self) -> &'static str {
+        match self.cluster.as_ref().map(|c| c.tier) {
+            Some(Tier::Admin) => "Admin",
+            Some(Tier::Baseline) => "Baseline",
+            None => "NetworkPolicy",
+        }
+    }
 }
 
 impl std::fmt::Display for RuleInfo {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let Some(c) = &self.cluster {
+            write!(f, "ClusterNetworkPolicy {} ", c.policy)?;
+            if c.rule.is_empty() {
+                write!(f, "{} rule {}", self.direction, self.index)?;
+            } else {
+                write!(f, "rule {}", c.rule)?;
+            }
+            return write!(f, " ({}, priority {}, {})", c.tier, c.priority, c.action);
+        }
         match &self.policy {
             Some(p) => write!(f, "{p} {} rule {}", self.direction, self.index),
             None => f.write_str("node traffic to its pods (--allow-host)"),

@@ -116,8 +116,8 @@ mod tests {
         assert_eq!(peer_identity(&c, "10.9.9.9".parse().unwrap()), 5);
 
         let any_tcp = PolicyKey::new(1, 0, 0, PROTO_TCP, 0);
-        c.policy.insert(PolicyPrefix { prefix_len: POLICY_PREFIX_PROTO, key: any_tcp }, PolicyValue { rule: 3 });
-        assert_eq!(c.policy(&PolicyKey::new(1, 0, 0, PROTO_TCP, 443)), Some(PolicyValue { rule: 3 }));
+        c.policy.insert(PolicyPrefix { prefix_len: POLICY_PREFIX_PROTO, key: any_tcp }, PolicyValue::allow(3));
+        assert_eq!(c.policy(&PolicyKey::new(1, 0, 0, PROTO_TCP, 443)), Some(PolicyValue::allow(3)));
         assert_eq!(c.policy(&PolicyKey::new(1, 0, 0, PROTO_UDP, 443)), None);
         assert_eq!(c.policy(&PolicyKey::new(2, 0, 0, PROTO_TCP, 443)), None);
     }

@@ -4,7 +4,7 @@
 //! the CIDR, outside the excepts", answered once per identity at compile
 //! time instead of per packet.
 
-use crate::policy::model::{Peer, Policy};
+use crate::policy::model::{ClusterPeer, ClusterPolicy, Peer, Policy};
 use ipnet::IpNet;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::IpAddr;
@@ -18,8 +18,21 @@ pub(super) struct Cells {
 }
 
 impl Cells {
-    pub fn new<'a>(policies: impl IntoIterator<Item = &'a Policy>) -> Cells {
+    pub fn new<'a>(
+        policies: impl IntoIterator<Item = &'a Policy>,
+        cluster: impl IntoIterator<Item = &'a ClusterPolicy>,
+    ) -> Cells {
         let mut all: BTreeSet<IpNet> = [root(true), root(false)].into();
+        // ClusterNetworkPolicy `networks` peers are cells too.
+        for p in cluster {
+            for rule in p.ingress.iter().chain(&p.egress) {
+                for peer in &rule.peers {
+                    if let ClusterPeer::Networks(nets) = peer {
+                        all.extend(nets.iter().map(IpNet::trunc));
+                    }
+                }
+            }
+        }
         for p in policies {
             for rule in p.ingress.iter().chain(p.egress.iter()).flatten() {
                 for peer in &rule.peers {

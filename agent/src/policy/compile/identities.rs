@@ -1,8 +1,10 @@
 //! Identities. A *local identity* stands for pods with the same namespace,
 //! pod labels and named ports (pods of one namespace share its labels):
 //! policy entries are keyed by it. A *peer identity* is what an address is
-//! judged as: pod addresses by (local identity, cell), node addresses by
-//! cell, any other address by its cell.
+//! judged as: pod addresses by (local identity, cell), this node's
+//! addresses by cell, other nodes' addresses by (node, cell) when a
+//! ClusterNetworkPolicy has a `nodes` peer (else as any other address), any
+//! other address by its cell.
 //!
 //! Numbers derive from what an identity stands for (see [`ids`]), except
 //! that a local identity keeps the number its pods had (the [`Hints`]): a
@@ -13,7 +15,7 @@
 use super::cells::Cells;
 use super::ids;
 use crate::policy::compiled::{Catalog, IdentityInfo, IpPrefix};
-use crate::policy::model::{Input, Labels, NamedPort, Namespace, Node, Pod};
+use crate::policy::model::{Input, Labels, NamedPort, Namespace, Node, NodeObject, Pod};
 use ipnet::IpNet;
 use palisade_common::{IP_SERVICE, IpInfo};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -53,6 +55,9 @@ pub(super) enum PeerKind {
     /// Index into [`Identities::groups`].
     Pod(usize),
     Host,
+    /// Index into [`Identities::nodes`]: a Node object's address (only
+    /// when ClusterNetworkPolicy `nodes` peers need them).
+    Node(usize),
     Cidr,
 }
 
@@ -72,6 +77,9 @@ pub(super) struct Identities {
     pub peers: Vec<PeerIdentity>,
     /// Index into `peers` by number.
     pub peer_by_id: HashMap<u32, usize>,
+    /// The Node objects whose addresses have identities of their own (by
+    /// name; empty unless a ClusterNetworkPolicy has a `nodes` peer).
+    pub nodes: Vec<Arc<NodeObject>>,
     /// Local groups (indexes) by namespace.
     pub local_by_ns: BTreeMap<String, Vec<usize>>,
     /// Who owns each pod and node address (index into `peers`): the first
@@ -100,7 +108,8 @@ fn content_hash(key: &GroupKey) -> u64 {
 impl Identities {
     /// Groups pods into local identities, derives the peer identities and
     /// numbers them all (so no two collide).
-    pub fn new(input: &Input, node: &Node, cells: &Cells, hints: &Hints) -> Identities {
+    /// `node_peers`: give Node objects' addresses identities of their own.
+    pub fn new(input: &Input, node: &Node, cells: &Cells, hints: &Hints, node_peers: bool) -> Identities {
         let is_local = |pod: &Pod| pod.node_name.as_deref().is_none_or(|n| n == node.name);
         // Pods that take part: running (not terminated), with addresses, in
         // the pod network (host-network pods are node addresses).
@@ -197,6 +206,19 @@ impl Identities {
                 owner_key.insert(*ip, key);
             }
         }
+        let nodes: Vec<Arc<NodeObject>> = if node_peers { input.nodes.values().cloned().collect() } else { Vec::new() };
+        for (ni, n) in nodes.iter().enumerate() {
+            for ip in &n.ips {
+                // Pod addresses and this node's own come first (a Node
+                // object's address that is one stays that).
+                if owner_key.contains_key(ip) {
+                    continue;
+                }
+                let key = (PeerKind::Node(ni), cells.of(*ip));
+                peer_keys.insert(key, ());
+                owner_key.insert(*ip, key);
+            }
+        }
         for cell in &cells.all {
             peer_keys.insert((PeerKind::Cidr, *cell), ());
         }
@@ -206,6 +228,7 @@ impl Identities {
             let hash = match kind {
                 PeerKind::Pod(gi) => ids::hash_parts(&[b"addr", &groups[gi].id.to_be_bytes(), &net_bytes(cell)]),
                 PeerKind::Host => ids::hash_parts(&[b"host", &net_bytes(cell)]),
+                PeerKind::Node(ni) => ids::hash_parts(&[b"node", nodes[ni].name.as_bytes(), &net_bytes(cell)]),
                 PeerKind::Cidr => ids::hash_parts(&[b"cidr", &net_bytes(cell)]),
             };
             let id = take(hash);
@@ -221,7 +244,7 @@ impl Identities {
         for (gi, g) in groups.iter().enumerate().filter(|(_, g)| g.local) {
             local_by_ns.entry(g.key.namespace.clone()).or_default().push(gi);
         }
-        Identities { groups, peers, peer_by_id, local_by_ns, addr_owner, warnings }
+        Identities { groups, peers, peer_by_id, nodes, local_by_ns, addr_owner, warnings }
     }
 
     /// What each number stands for, and who owns each address.
@@ -236,6 +259,7 @@ impl Identities {
             let info = match p.kind {
                 PeerKind::Pod(gi) => IdentityInfo::Address { pod: self.groups[gi].id, cell: p.cell },
                 PeerKind::Host => IdentityInfo::Host { cell: p.cell },
+                PeerKind::Node(ni) => IdentityInfo::Node { name: self.nodes[ni].name.clone(), cell: p.cell },
                 PeerKind::Cidr => IdentityInfo::Cidr { cell: p.cell },
             };
             catalog.identities.insert(p.id, info);

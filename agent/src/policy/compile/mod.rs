@@ -20,6 +20,7 @@ mod identities;
 mod ids;
 mod ports;
 mod rules;
+mod tiers;
 
 use super::compiled::{LocalEndpoint, RuleInfo};
 use super::model::{Direction, Input, Node, PolicyRef};
@@ -87,6 +88,11 @@ pub struct Compiler {
     host: Vec<PolicyPrefix>,
     /// Identity-derived warnings (address conflicts) and cluster IP ones.
     warnings: (Vec<String>, Vec<String>),
+    /// Whether Node objects' addresses have identities (a cluster policy
+    /// has a `nodes` peer).
+    node_peers: bool,
+    /// The ClusterNetworkPolicy tiers' part of the output.
+    tiered: tiers::Tiered,
     out: Compiled,
     changes: Changes,
 }
@@ -126,9 +132,17 @@ impl Compiler {
         let namespaces_same = same_objects(&prev.namespaces, &input.namespaces) && !first;
         let services_same = same_objects(&prev.services, &input.services) && !first;
         let node_same = self.node.as_ref().is_some_and(|n| n.name == node.name && n.host_ips == node.host_ips);
+        let cluster_same = same_objects(&prev.cluster_policies, &input.cluster_policies) && !first;
+        let nodes_same = same_objects(&prev.nodes, &input.nodes) && !first;
+        let node_peers = tiers::has_node_peers(input);
+        let node_peers_same = node_peers == self.node_peers && (!node_peers || nodes_same);
+        self.node_peers = node_peers;
 
-        let cells_changed = if self.cells.is_none() || !policy_changes.is_empty() {
-            let cells = Cells::new(input.policies.values().map(|p| p.as_ref()));
+        let cells_changed = if self.cells.is_none() || !policy_changes.is_empty() || !cluster_same {
+            let cells = Cells::new(
+                input.policies.values().map(|p| p.as_ref()),
+                input.cluster_policies.values().map(|p| p.as_ref()),
+            );
             let changed = self.cells.as_ref().is_none_or(|c| c.all != cells.all);
             self.cells = Some(cells);
             changed
@@ -143,10 +157,11 @@ impl Compiler {
             || !namespaces_same
             || cells_changed
             || !node_same
+            || !node_peers_same
             || self.hints_used.as_ref() != Some(&hints)
             || self.ids.is_none();
         if rebuilt {
-            let ids = Identities::new(input, node, cells, &hints);
+            let ids = Identities::new(input, node, cells, &hints, node_peers);
             ids.catalog(node, &mut self.out.catalog);
             self.warnings.0 = ids.warnings.clone();
             self.resolver.clear();
@@ -224,7 +239,7 @@ impl Compiler {
         for name in &forced {
             let part = &self.parts[name];
             for (ri, (dir, index, _)) in rules::rules_of(&part.policy).enumerate() {
-                let info = RuleInfo { policy: Some(policy_ref(name)), direction: dir, index };
+                let info = RuleInfo { policy: Some(policy_ref(name)), direction: dir, index, cluster: None };
                 self.out.catalog.rules.insert(part.rule_ids[ri], info);
             }
         }
@@ -287,7 +302,7 @@ impl Compiler {
             self.out
                 .catalog
                 .rules
-                .insert(RULE_HOST, RuleInfo { policy: None, direction: Direction::Ingress, index: 0 });
+                .insert(RULE_HOST, RuleInfo { policy: None, direction: Direction::Ingress, index: 0, cluster: None });
             let hosts: Vec<u32> =
                 ids.peers.iter().filter(|p| p.kind == identities::PeerKind::Host).map(|p| p.id).collect();
             for (&gi, f) in &flags {
@@ -312,16 +327,56 @@ impl Compiler {
             self.host = host;
         }
 
+        // ClusterNetworkPolicy tiers: the whole entries of every pair a
+        // cluster policy selects, again whenever anything changed.
+        let anything = first
+            || rebuilt
+            || !policy_changes.is_empty()
+            || !cluster_same
+            || !nodes_same
+            || self.node.as_ref() != Some(node);
+        if anything {
+            let np = self.np_entries_of_tiered(input, ids);
+            let taken: BTreeSet<u32> =
+                self.out.catalog.rules.iter().filter(|(_, r)| r.cluster.is_none()).map(|(id, _)| *id).collect();
+            let tiered = tiers::resolve(input, node, ids, &np, &flags, &taken);
+            if tiered != self.tiered {
+                let old = std::mem::replace(&mut self.tiered, tiered);
+                for id in old.rules.keys() {
+                    if self.out.catalog.rules.get(id).is_some_and(|r| r.cluster.is_some()) {
+                        self.out.catalog.rules.remove(id);
+                    }
+                }
+                self.out.catalog.rules.extend(self.tiered.rules.iter().map(|(k, v)| (*k, v.clone())));
+                touched.extend(old.entries.keys().copied());
+                touched.extend(self.tiered.entries.keys().copied());
+                // Pairs that switched between tiered and not: their
+                // NetworkPolicy entries leave or come back.
+                let switched: BTreeSet<(u32, u8)> =
+                    old.pairs.symmetric_difference(&self.tiered.pairs).copied().collect();
+                if !switched.is_empty() {
+                    touched.extend(self.contributors.keys().filter(|p| switched.contains(&pair_of(p))).copied());
+                }
+            }
+        }
+
         // The policy map, where it changed.
         let mut changed = BTreeSet::new();
         for prefix in touched {
-            let want = self.contributors.get(&prefix).and_then(|c| c.iter().min_by(|a, b| a.0.cmp(&b.0))).map(|c| c.1);
-            let had = self.out.policy.get(&prefix).map(|v| v.rule);
+            let want = if self.tiered.pairs.contains(&pair_of(&prefix)) {
+                self.tiered.entries.get(&prefix).copied()
+            } else {
+                self.contributors
+                    .get(&prefix)
+                    .and_then(|c| c.iter().min_by(|a, b| a.0.cmp(&b.0)))
+                    .map(|c| PolicyValue::allow(c.1))
+            };
+            let had = self.out.policy.get(&prefix).copied();
             if want == had {
                 continue;
             }
             match want {
-                Some(rule) => self.out.policy.insert(prefix, PolicyValue { rule }),
+                Some(v) => self.out.policy.insert(prefix, v),
                 None => self.out.policy.remove(&prefix),
             };
             changed.insert(prefix);
@@ -334,7 +389,7 @@ impl Compiler {
             .local(node)
             .map(|(gi, pod)| {
                 let g = &ids.groups[gi];
-                let mut f = flags.get(&gi).copied().unwrap_or(0);
+                let mut f = flags.get(&gi).copied().unwrap_or(0) | self.tiered.flags.get(&gi).copied().unwrap_or(0);
                 if node.audit || g.ns.audit {
                     f |= EP_AUDIT;
                 }
@@ -352,6 +407,37 @@ impl Compiler {
         self.node = Some(node.clone());
         &self.out
     }
+}
+
+impl Compiler {
+    /// The NetworkPolicy and node allowance entries in force (the first
+    /// contributor of each) of every pair a cluster policy may select, with
+    /// their rules.
+    fn np_entries_of_tiered(&self, input: &Input, ids: &Identities) -> HashMap<(u32, u8), Vec<(PolicyPrefix, u32)>> {
+        let mut out: HashMap<(u32, u8), Vec<(PolicyPrefix, u32)>> = HashMap::new();
+        if input.cluster_policies.is_empty() {
+            return out;
+        }
+        let locals: std::collections::HashSet<u32> = ids.groups.iter().filter(|g| g.local).map(|g| g.id).collect();
+        for (prefix, list) in &self.contributors {
+            let pair = pair_of(prefix);
+            if !locals.contains(&pair.0) {
+                continue;
+            }
+            if let Some(c) = list.iter().min_by(|a, b| a.0.cmp(&b.0)) {
+                out.entry(pair).or_default().push((*prefix, c.1));
+            }
+        }
+        for list in out.values_mut() {
+            list.sort();
+        }
+        out
+    }
+}
+
+/// The (local identity, direction code) an entry belongs to.
+fn pair_of(prefix: &PolicyPrefix) -> (u32, u8) {
+    (u32::from_be_bytes(prefix.key.local), prefix.key.direction)
 }
 
 fn policy_ref(name: &PolicyName) -> PolicyRef {

@@ -4,14 +4,20 @@
 
 /// Splits `start..=end` into (first port, prefix bits out of 16) blocks.
 pub fn prefixes(start: u16, end: u16) -> Vec<(u16, u32)> {
+    blocks(u32::from(start), u32::from(end), 16).into_iter().map(|(v, bits)| (v as u16, bits)).collect()
+}
+
+/// Splits `start..=end` of a `width`-bit space (at most 31 bits) into
+/// (first value, prefix bits out of `width`) aligned blocks.
+pub fn blocks(start: u32, end: u32, width: u32) -> Vec<(u32, u32)> {
     let mut out = Vec::new();
-    let (mut s, e) = (u32::from(start), u32::from(end));
+    let (mut s, e) = (u64::from(start), u64::from(end));
     while s <= e {
-        let mut k = s.trailing_zeros().min(16);
+        let mut k = s.trailing_zeros().min(width);
         while s + (1 << k) - 1 > e {
             k -= 1;
         }
-        out.push((s as u16, 16 - k));
+        out.push((s as u32, width - k));
         s += 1 << k;
     }
     out
