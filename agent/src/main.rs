@@ -453,6 +453,9 @@ fn print_status(st: &serde_json::Value) {
     if let Some(e) = st["interfaces_error"].as_str() {
         println!("interfaces: {e}");
     }
+    for u in st["unavailable"].as_array().into_iter().flatten() {
+        println!("unavailable: {}", s(u));
+    }
     if let Some(c) = st["counters"].as_object() {
         let parts: Vec<String> = c.iter().map(|(k, v)| format!("{k}={v}")).collect();
         println!("\ncounters: {}", parts.join(" "));

@@ -67,6 +67,7 @@ pub struct Metrics {
     sync_seconds: Histogram,
     sync_errors: Counter,
     input_errors: Gauge,
+    crd_missing: Gauge,
     revision: Gauge,
     pods: Family<StateLabels, Gauge>,
     held_closed: Family<HeldLabels, Gauge>,
@@ -103,6 +104,7 @@ impl Metrics {
             sync_seconds: Histogram::new([0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0]),
             sync_errors: Counter::default(),
             input_errors: Gauge::default(),
+            crd_missing: Gauge::default(),
             revision: Gauge::default(),
             pods: Family::default(),
             held_closed: Family::default(),
@@ -157,6 +159,11 @@ impl Metrics {
         );
         registry.register("sync_errors", "Kernel writes that failed", m.sync_errors.clone());
         registry.register("input_errors", "Objects that could not be used as written", m.input_errors.clone());
+        registry.register(
+            "cluster_network_policy_crd_missing",
+            "1 while the API does not serve the ClusterNetworkPolicy CRD (NetworkPolicies are still enforced)",
+            m.crd_missing.clone(),
+        );
         registry.register("policy_revision", "Policy revision in force in the kernel", m.revision.clone());
         registry.register("pods", "Local pods by enforcement state", m.pods.clone());
         registry.register(
@@ -256,6 +263,11 @@ impl Metrics {
                 self.held_closed.get_or_create(&labels).set(1);
             }
         }
+    }
+
+    /// Whether the ClusterNetworkPolicy CRD is missing from the API.
+    pub fn unavailable(&self, crd_missing: bool) {
+        self.crd_missing.set(i64::from(crd_missing));
     }
 
     /// Counts a read of the node's interfaces that failed or was incomplete.

@@ -162,6 +162,8 @@ struct Loaded {
     errors: Vec<InputError>,
     version: u64,
     stale: Option<String>,
+    /// What the source cannot read (a CRD not installed).
+    unavailable: Vec<String>,
     /// The interfaces used: this pass's complete view, else the last one.
     ifaces: Option<Interfaces>,
     /// Why this pass has no complete view of its own.
@@ -389,7 +391,8 @@ impl Agent {
                     (self.last_view.clone(), Some(e))
                 }
             };
-        Loaded { input: Arc::new(snap.input), errors: snap.errors, version, stale, ifaces, ifaces_error }
+        let unavailable = self.source.unavailable().into_iter().map(str::to_string).collect();
+        Loaded { input: Arc::new(snap.input), errors: snap.errors, version, stale, unavailable, ifaces, ifaces_error }
     }
 
     /// The local identities the kernel holds for local pods (left by an
@@ -467,6 +470,7 @@ impl Agent {
             &fill,
             &report.endpoints,
         );
+        metrics.unavailable(!loaded.unavailable.is_empty());
         let not_ready = loaded
             .ifaces_error
             .clone()
@@ -488,6 +492,7 @@ impl Agent {
                 node: self.opts.node_name.clone(),
                 source: self.source.describe(),
                 stale: loaded.stale.clone(),
+                unavailable: loaded.unavailable.clone(),
                 interfaces_error: loaded.ifaces_error.clone(),
                 audit: self.opts.audit,
                 pods,

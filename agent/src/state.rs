@@ -99,6 +99,9 @@ pub struct Status {
     /// Set while the source cannot be read (the API server is away): the
     /// last state stays in force.
     pub stale: Option<String>,
+    /// What the source cannot read because the API does not serve it (the
+    /// ClusterNetworkPolicy CRD not installed); enforcement goes on.
+    pub unavailable: Vec<String>,
     /// Set while the node's interfaces cannot be read whole: the last
     /// complete view stays in use, so nothing in force is removed.
     pub interfaces_error: Option<String>,

@@ -8,9 +8,9 @@
 
 mod reference;
 
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::core::v1::{Namespace, Node as K8sNode, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use palisade::cluster::convert::objects_to_input;
+use palisade::cluster::convert::objects_to_input_warned;
 use palisade::policy::lookup::{self, Verdict};
 use palisade::policy::model::{
     Action, ClusterPeer, ClusterPolicy, ClusterPort, ClusterRule, ClusterSubject, NodeObject, Operator, Protocol,
@@ -48,9 +48,14 @@ struct World {
     /// ClusterNetworkPolicies and Node objects, as the model has them (the
     /// incremental compile test only: the reference knows NetworkPolicy).
     cluster: Vec<ClusterPolicy>,
-    nodes: Vec<NodeObject>,
+    node_objects: Vec<NodeObject>,
+    /// ClusterNetworkPolicies as JSON (with apiVersion and kind).
+    cluster_policies: Vec<Value>,
+    nodes: Vec<K8sNode>,
     node: Node,
 }
+
+const CNP_API_VERSION: &str = "policy.networking.k8s.io/v1alpha2";
 
 #[derive(serde::Deserialize)]
 struct Kind {
@@ -68,6 +73,8 @@ impl World {
             pods: vec![],
             policies: vec![],
             cluster: vec![],
+            node_objects: vec![],
+            cluster_policies: vec![],
             nodes: vec![],
             node: Node {
                 name: NODE.to_string(),
@@ -78,8 +85,8 @@ impl World {
         }
     }
 
-    /// Multi-document YAML: Namespaces, Pods and NetworkPolicies, each
-    /// document naming its `kind`.
+    /// Multi-document YAML: Namespaces, Pods, NetworkPolicies, Nodes and
+    /// ClusterNetworkPolicies, each document naming its `kind`.
     fn add_yaml(&mut self, yaml: &str) {
         let mut doc = String::new();
         for line in yaml.lines().chain(std::iter::once("---")) {
@@ -94,6 +101,12 @@ impl World {
                     "Namespace" => self.namespaces.push(serde_saphyr::from_str(&doc).unwrap()),
                     "Pod" => self.pods.push(serde_saphyr::from_str(&doc).unwrap()),
                     "NetworkPolicy" => self.policies.push(serde_saphyr::from_str(&doc).unwrap()),
+                    "Node" => self.nodes.push(serde_saphyr::from_str(&doc).unwrap()),
+                    "ClusterNetworkPolicy" => {
+                        let mut v: Value = serde_saphyr::from_str(&doc).unwrap();
+                        v["apiVersion"] = json!(CNP_API_VERSION);
+                        self.cluster_policies.push(v);
+                    }
                     other => panic!("unexpected kind {other}"),
                 }
             }
@@ -106,11 +119,17 @@ impl World {
         let ns = self.namespaces.iter().map(|o| serde_json::to_value(o).unwrap());
         let pods = self.pods.iter().map(|o| serde_json::to_value(o).unwrap());
         let policies = self.policies.iter().map(|o| serde_json::to_value(o).unwrap());
-        let mut input = objects_to_input(ns.chain(pods).chain(policies)).unwrap_or_else(|e| panic!("{e:?}"));
+        let nodes = self.nodes.iter().map(|o| serde_json::to_value(o).unwrap());
+        let cnps = self.cluster_policies.iter().cloned();
+        // Warnings are only allowed for what the tests make on purpose:
+        // peers palisade does not evaluate.
+        let (mut input, warnings) = objects_to_input_warned(ns.chain(pods).chain(policies).chain(nodes).chain(cnps))
+            .unwrap_or_else(|e| panic!("{e:?}"));
+        assert!(warnings.iter().all(|w| w.message.starts_with("unsupported peer")), "{warnings:?}");
         for c in &self.cluster {
             input.cluster_policies.insert(c.name.clone(), std::sync::Arc::new(c.clone()));
         }
-        for n in &self.nodes {
+        for n in &self.node_objects {
             input.nodes.insert(n.name.clone(), std::sync::Arc::new(n.clone()));
         }
         input
@@ -129,6 +148,12 @@ impl World {
         for (k, v) in fwd.policies.into_iter().rev() {
             input.policies.insert(k, v);
         }
+        for (k, v) in fwd.cluster_policies.into_iter().rev() {
+            input.cluster_policies.insert(k, v);
+        }
+        for (k, v) in fwd.nodes.into_iter().rev() {
+            input.nodes.insert(k, v);
+        }
         input
     }
 
@@ -141,6 +166,8 @@ impl World {
             namespaces: &self.namespaces,
             pods: &self.pods,
             policies: &self.policies,
+            cluster_policies: &self.cluster_policies,
+            nodes: &self.nodes,
             host_ips: &self.node.host_ips,
             allow_host: self.node.allow_host,
         }
@@ -1487,6 +1514,227 @@ spec: {podSelector: {}, policyTypes: [Egress]}";
 }
 
 // ---------------------------------------------------------------------------
+// ClusterNetworkPolicy tiers, hand-worked.
+
+const NODES: &str = r#"
+kind: Node
+metadata: {name: node-1, labels: {role: worker}}
+status: {addresses: [{type: InternalIP, address: 172.18.0.1}, {type: InternalIP, address: "fc00::1"}, {type: Hostname, address: node-1}]}
+---
+kind: Node
+metadata: {name: node-2, labels: {role: infra}}
+status: {addresses: [{type: InternalIP, address: 172.18.0.2}, {type: ExternalIP, address: 203.0.113.2}, {type: Hostname, address: node-2}]}
+"#;
+
+fn tier_world(policies: &str) -> World {
+    let mut w = world(NODES);
+    w.add_yaml(policies);
+    w
+}
+
+/// The reference's verdicts against the hand-worked ones. (The compiler's
+/// are checked too once it enforces tiers: `check` then.)
+fn check_reference(w: &World, rows: &[Row]) {
+    w.input(); // the objects are valid, as the agent reads them
+    let r = w.reference();
+    let mut failures = Vec::new();
+    for &(local, dir, remote, proto, port, expected) in rows {
+        let ip = w.ip(remote);
+        if r.allowed(w.pod(local), dir, ip, proto, port) != expected {
+            failures.push(format!("{local} {dir:?} {remote} ({ip}) proto {proto} port {port}: expected {expected}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn tiers_admin_then_network_policy_then_baseline() {
+    let w = tier_world(
+        "kind: ClusterNetworkPolicy
+metadata: {name: admin-deny}
+spec:
+  tier: Admin
+  priority: 10
+  subject: {namespaces: {matchLabels: {team: a}}}
+  egress: [{name: deny-db, action: Deny, to: [{pods: {namespaceSelector: {}, podSelector: {matchLabels: {tier: db}}}}]}]
+---
+kind: ClusterNetworkPolicy
+metadata: {name: admin-accept}
+spec:
+  tier: Admin
+  priority: 5
+  subject: {namespaces: {matchLabels: {team: a}}}
+  egress: [{action: Accept, to: [{networks: [10.0.1.3/32]}], protocols: [{tcp: {destinationPort: {number: 81}}}]}]
+---
+kind: ClusterNetworkPolicy
+metadata: {name: admin-pass}
+spec:
+  tier: Admin
+  priority: 1
+  subject: {pods: {namespaceSelector: {matchLabels: {team: a}}, podSelector: {matchLabels: {app: b}}}}
+  egress: [{action: Pass, to: [{namespaces: {}}]}]
+---
+kind: ClusterNetworkPolicy
+metadata: {name: baseline-deny}
+spec:
+  tier: Baseline
+  priority: 0
+  subject: {namespaces: {}}
+  egress: [{action: Deny, to: [{networks: [8.8.8.8/32]}]}]
+---
+kind: NetworkPolicy
+metadata: {name: deny-egress, namespace: x}
+spec: {podSelector: {matchLabels: {app: a}}, policyTypes: [Egress]}",
+    );
+    check_reference(
+        &w,
+        &[
+            // Admin Accept (priority 5) before Admin Deny (10), over the NetworkPolicy.
+            ("x/a", OUT, "x/c", TCP, 81, ALLOW),
+            ("x/a", OUT, "x/c", TCP, 80, DENY),
+            // No Admin rule: the NetworkPolicy isolates.
+            ("x/a", OUT, "y/a", TCP, 80, DENY),
+            // Pass skips the Admin Deny; not isolated; Baseline has nothing: allowed.
+            ("x/b", OUT, "x/c", TCP, 80, ALLOW),
+            ("x/b", OUT, "8.8.8.8", TCP, 80, DENY),
+            ("y/a", OUT, "8.8.8.8", UDP, 53, DENY),
+            ("y/a", OUT, "8.8.4.4", UDP, 53, ALLOW),
+            ("y/a", OUT, "x/c", TCP, 80, ALLOW),
+        ],
+    );
+}
+
+#[test]
+fn network_policies_override_the_baseline_tier() {
+    let w = tier_world(
+        "kind: ClusterNetworkPolicy
+metadata: {name: baseline-deny-all}
+spec:
+  tier: Baseline
+  priority: 50
+  subject: {namespaces: {}}
+  ingress: [{action: Deny, from: [{namespaces: {}}]}]
+---
+kind: ClusterNetworkPolicy
+metadata: {name: baseline-pass}
+spec:
+  tier: Baseline
+  priority: 0
+  subject: {namespaces: {matchLabels: {team: a}}}
+  ingress: [{action: Pass, from: [{pods: {namespaceSelector: {}, podSelector: {matchLabels: {app: c}}}}]}]
+---
+kind: NetworkPolicy
+metadata: {name: from-team-a, namespace: y}
+spec:
+  podSelector: {}
+  ingress: [{from: [{namespaceSelector: {matchLabels: {team: a}}}]}]",
+    );
+    check_reference(
+        &w,
+        &[
+            ("y/a", IN, "x/a", TCP, 80, ALLOW),
+            ("y/a", IN, "z/a", TCP, 80, DENY),
+            ("x/a", IN, "z/a", TCP, 80, DENY),
+            ("x/a", IN, "z/a/6", UDP, 53, DENY),
+            ("x/a", IN, "8.8.8.8", TCP, 80, ALLOW),
+            ("x/a", IN, "172.18.0.1", TCP, 80, ALLOW),
+            // Baseline Pass: the default allow decides.
+            ("x/a", IN, "x/c", TCP, 80, ALLOW),
+            ("x/b", IN, "x/c", SCTP, 9, ALLOW),
+            ("z/a", IN, "x/c", TCP, 80, DENY),
+        ],
+    );
+}
+
+#[test]
+fn nodes_networks_ranges_and_named_ports() {
+    let w = tier_world(
+        "kind: ClusterNetworkPolicy
+metadata: {name: no-infra}
+spec:
+  tier: Admin
+  priority: 9
+  subject: {namespaces: {}}
+  egress: [{action: Deny, to: [{nodes: {matchLabels: {role: infra}}}]}]
+---
+kind: ClusterNetworkPolicy
+metadata: {name: web-range}
+spec:
+  tier: Admin
+  priority: 1
+  subject: {namespaces: {}}
+  egress: [{action: Accept, to: [{networks: [203.0.113.7/24]}], protocols: [{tcp: {destinationPort: {range: {start: 8000, end: 8100}}}}]}]
+---
+kind: ClusterNetworkPolicy
+metadata: {name: http-only}
+spec:
+  tier: Admin
+  priority: 2
+  subject: {pods: {namespaceSelector: {matchLabels: {team: a}}, podSelector: {}}}
+  ingress:
+  - {name: http, action: Accept, from: [{namespaces: {}}], protocols: [{destinationNamedPort: http}]}
+  - {name: rest, action: Deny, from: [{namespaces: {}}]}",
+    );
+    check_reference(
+        &w,
+        &[
+            ("x/a", OUT, "172.18.0.2", TCP, 443, DENY),
+            ("x/a", OUT, "203.0.113.2", TCP, 443, DENY),
+            ("x/a", OUT, "172.18.0.1", TCP, 443, ALLOW),
+            ("x/a", OUT, "203.0.113.2", TCP, 8080, ALLOW),
+            ("x/a", OUT, "203.0.113.9", TCP, 8100, ALLOW),
+            ("x/a", OUT, "203.0.113.2", UDP, 8080, DENY),
+            ("x/a", OUT, "203.0.113.9", TCP, 8101, ALLOW),
+            // Named ports resolve on the destination, with their protocol.
+            ("x/a", IN, "y/a", TCP, 80, ALLOW),
+            ("x/a", IN, "y/a", TCP, 8080, DENY),
+            ("x/b", IN, "y/a", TCP, 8080, ALLOW),
+            ("x/a", IN, "y/a", UDP, 80, DENY),
+            ("x/a", IN, "y/a", UDP, 53, DENY),
+            ("x/a", IN, "y/a", ICMP, 0, DENY),
+            // Only pod peers: external addresses are not in `namespaces: {}`.
+            ("x/a", IN, "8.8.8.8", TCP, 8080, ALLOW),
+            ("y/a", IN, "x/a", TCP, 8080, ALLOW),
+        ],
+    );
+}
+
+#[test]
+fn equal_priorities_go_by_name_and_unknown_peers_fail_closed() {
+    let w = tier_world(
+        "kind: ClusterNetworkPolicy
+metadata: {name: b-deny}
+spec: {tier: Admin, priority: 7, subject: {namespaces: {}}, egress: [{action: Deny, to: [{networks: [8.8.8.8/32, 9.9.9.9/32]}]}]}
+---
+kind: ClusterNetworkPolicy
+metadata: {name: a-accept}
+spec: {tier: Admin, priority: 7, subject: {namespaces: {}}, egress: [{action: Accept, to: [{networks: [8.8.8.8/32]}]}]}
+---
+kind: ClusterNetworkPolicy
+metadata: {name: domains}
+spec: {tier: Admin, priority: 0, subject: {namespaces: {}}, egress: [{action: Accept, to: [{domainNames: [dns.example.com]}, {networks: [9.9.9.9/32]}]}]}
+---
+kind: ClusterNetworkPolicy
+metadata: {name: z-pass-domains}
+spec: {tier: Baseline, priority: 0, subject: {namespaces: {matchLabels: {team: c}}}, egress: [{action: Pass, to: [{domainNames: [example.com]}]}]}",
+    );
+    check_reference(
+        &w,
+        &[
+            ("x/a", OUT, "8.8.8.8", TCP, 53, ALLOW),
+            // The Accept rule with a domainNames peer matches nothing.
+            ("x/a", OUT, "9.9.9.9", TCP, 53, DENY),
+            // A Pass rule with an unknown peer denies all (Baseline here).
+            ("z/a", OUT, "1.1.1.1", TCP, 53, DENY),
+            ("z/a", OUT, "x/a", TCP, 80, DENY),
+            ("z/a", OUT, "8.8.8.8", TCP, 53, ALLOW),
+            ("z/a", IN, "x/a", TCP, 80, ALLOW),
+            ("y/a", OUT, "1.1.1.1", TCP, 53, ALLOW),
+        ],
+    );
+}
+
+// ---------------------------------------------------------------------------
 // Property test: random clusters against the reference.
 
 const PORTS: [u16; 6] = [53, 80, 81, 443, 8080, 8081];
@@ -1935,7 +2183,7 @@ fn render(g: &GenCluster) -> World {
     {
         let labels = g.node_labels[i].iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         let ips = ips.iter().map(|s| s.parse().unwrap()).collect();
-        w.nodes.push(NodeObject { name: name.to_string(), labels, ips });
+        w.node_objects.push(NodeObject { name: name.to_string(), labels, ips });
     }
     w
 }

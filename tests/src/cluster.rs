@@ -24,8 +24,9 @@ enum Source {
     Api(FakeApi),
 }
 
-/// The kinds of API objects each agent watches (one watch each).
-const WATCHED_KINDS: usize = 4;
+/// The kinds of API objects each agent watches (one watch each; the
+/// ClusterNetworkPolicy CRD is installed).
+const WATCHED_KINDS: usize = 6;
 
 pub struct Cluster {
     pub topo: Topology,

@@ -5,7 +5,11 @@
 //!
 //! - LIST of a whole collection (`/api/v1/pods`,
 //!   `/apis/networking.k8s.io/v1/networkpolicies`, ...) of Namespaces, Pods,
-//!   Services and NetworkPolicies: a `<Kind>List` at the current
+//!   Services, NetworkPolicies, Nodes and ClusterNetworkPolicies
+//!   (policy.networking.k8s.io/v1alpha2, a CRD: while it is not installed,
+//!   [`Options::cluster_network_policy_crd`] or
+//!   [`FakeApi::set_cluster_network_policy_crd`], its path answers 404 with
+//!   a plain-text body, as a real server does): a `<Kind>List` at the current
 //!   resourceVersion, paginated by `limit`/`continue` over a consistent
 //!   snapshot; `PartialObjectMetadataList` when the client asks for it.
 //! - WATCH (`watch=true`): newline-delimited JSON events over a chunked
@@ -33,7 +37,7 @@ use hyper::body::{Frame, Incoming};
 use hyper::{Method, Request, Response, StatusCode, header};
 use hyper_util::rt::TokioIo;
 use k8s_openapi::Resource as _;
-use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use serde_json::{Map, Value, json};
 use tokio::sync::{mpsc, watch};
@@ -52,13 +56,19 @@ pub struct Options {
     /// How many changes (over all kinds) are kept for watches resuming from
     /// an older resourceVersion; a watch from before the window gets 410.
     pub history_limit: usize,
+    /// Whether the ClusterNetworkPolicy CRD is installed at start.
+    pub cluster_network_policy_crd: bool,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { bookmark_interval: Duration::from_secs(1), history_limit: 1000 }
+        Options { bookmark_interval: Duration::from_secs(1), history_limit: 1000, cluster_network_policy_crd: true }
     }
 }
+
+/// The ClusterNetworkPolicy CRD's group/version and kind.
+pub const CNP_API_VERSION: &str = "policy.networking.k8s.io/v1alpha2";
+const CNP_KIND: &str = "ClusterNetworkPolicy";
 
 /// LIST and WATCH requests served per resource (the URL plural: `pods`,
 /// `namespaces`, ...), whatever the answer.
@@ -135,7 +145,9 @@ impl FakeApi {
         std::fs::write(&kubeconfig, kubeconfig_yaml(&format!("http://{addr}")))
             .with_context(|| format!("writing {}", kubeconfig.display()))?;
         let (changed, _) = watch::channel(0);
-        let shared = Arc::new(Shared { state: Mutex::new(State::new()), changed, options });
+        let mut state = State::new();
+        state.crd_installed = options.cluster_network_policy_crd;
+        let shared = Arc::new(Shared { state: Mutex::new(state), changed, options });
         let api = FakeApi { addr, shared, runtime: Some(runtime), server: Mutex::new(None), kubeconfig, netns };
         api.serve(listener);
         Ok(api)
@@ -166,8 +178,45 @@ impl FakeApi {
     ///
     /// Panics if the kind is not served or the object has no `metadata.name`.
     pub fn apply<K: k8s_openapi::Resource + serde::Serialize>(&self, obj: &K) -> String {
-        let mut value = serde_json::to_value(obj).expect("object serializes to JSON");
-        let kind = Kind::of::<K>();
+        let value = serde_json::to_value(obj).expect("object serializes to JSON");
+        self.apply_value(Kind::of::<K>(), value)
+    }
+
+    /// Creates or replaces a ClusterNetworkPolicy given as JSON (with its
+    /// apiVersion and kind), valid or not: the fake server does not run the
+    /// CRD's validation, so a test can serve what an older or newer CRD
+    /// would let through. Panics if the CRD is not installed.
+    pub fn apply_cluster_network_policy(&self, value: Value) -> String {
+        assert!(self.shared.lock().crd_installed, "the ClusterNetworkPolicy CRD is not installed");
+        self.apply_value(Kind::ClusterNetworkPolicy, value)
+    }
+
+    /// Deletes a ClusterNetworkPolicy (DELETED to its watchers).
+    pub fn delete_cluster_network_policy(&self, name: &str) -> bool {
+        self.delete_kind(Kind::ClusterNetworkPolicy, None, name)
+    }
+
+    /// Names of the stored ClusterNetworkPolicies.
+    pub fn cluster_network_policy_names(&self) -> Vec<String> {
+        self.shared.lock().objects[Kind::ClusterNetworkPolicy].keys().map(|k| k.1.clone()).collect()
+    }
+
+    /// Installs or removes the ClusterNetworkPolicy CRD. Removing it, as on
+    /// a real server, deletes its objects (DELETED to the watchers), then
+    /// ends its watches; from then on its path answers 404.
+    pub fn set_cluster_network_policy_crd(&self, installed: bool) {
+        if !installed {
+            for name in self.cluster_network_policy_names() {
+                self.delete_cluster_network_policy(&name);
+            }
+        }
+        let mut st = self.shared.lock();
+        st.crd_installed = installed;
+        drop(st);
+        self.shared.notify();
+    }
+
+    fn apply_value(&self, kind: Kind, mut value: Value) -> String {
         let key = object_key(kind, &mut value);
         let mut st = self.shared.lock();
         let old = st.objects[kind].get(&key);
@@ -222,6 +271,10 @@ impl FakeApi {
                     ("v1", "Pod") => typed::<Pod>(self, obj)?,
                     ("v1", "Service") => typed::<Service>(self, obj)?,
                     ("networking.k8s.io/v1", "NetworkPolicy") => typed::<NetworkPolicy>(self, obj)?,
+                    ("v1", "Node") => typed::<Node>(self, obj)?,
+                    (CNP_API_VERSION, CNP_KIND) => {
+                        self.apply_cluster_network_policy(obj);
+                    }
                     _ => bail!("{api_version} {kind} is not a served kind"),
                 }
                 applied += 1;
@@ -233,7 +286,10 @@ impl FakeApi {
     /// Deletes an object, emitting DELETED with its last state at the
     /// deletion's resourceVersion. Returns whether it existed.
     pub fn delete<K: k8s_openapi::Resource>(&self, namespace: Option<&str>, name: &str) -> bool {
-        let kind = Kind::of::<K>();
+        self.delete_kind(Kind::of::<K>(), namespace, name)
+    }
+
+    fn delete_kind(&self, kind: Kind, namespace: Option<&str>, name: &str) -> bool {
         let mut st = self.shared.lock();
         let Some(mut object) = st.objects[kind].remove(&(kind.namespace(namespace), name.to_string())) else {
             return false;
@@ -462,9 +518,12 @@ enum Kind {
     Pod,
     Service,
     NetworkPolicy,
+    Node,
+    ClusterNetworkPolicy,
 }
 
-const KINDS: [Kind; 4] = [Kind::Namespace, Kind::Pod, Kind::Service, Kind::NetworkPolicy];
+const KINDS: [Kind; 6] =
+    [Kind::Namespace, Kind::Pod, Kind::Service, Kind::NetworkPolicy, Kind::Node, Kind::ClusterNetworkPolicy];
 
 impl Kind {
     fn of<K: k8s_openapi::Resource>() -> Kind {
@@ -477,12 +536,15 @@ impl Kind {
             Kind::Pod => Pod::KIND,
             Kind::Service => Service::KIND,
             Kind::NetworkPolicy => NetworkPolicy::KIND,
+            Kind::Node => Node::KIND,
+            Kind::ClusterNetworkPolicy => CNP_KIND,
         }
     }
 
     fn api_version(self) -> &'static str {
         match self {
             Kind::NetworkPolicy => NetworkPolicy::API_VERSION,
+            Kind::ClusterNetworkPolicy => CNP_API_VERSION,
             _ => "v1",
         }
     }
@@ -494,6 +556,8 @@ impl Kind {
             Kind::Pod => Pod::URL_PATH_SEGMENT,
             Kind::Service => Service::URL_PATH_SEGMENT,
             Kind::NetworkPolicy => NetworkPolicy::URL_PATH_SEGMENT,
+            Kind::Node => Node::URL_PATH_SEGMENT,
+            Kind::ClusterNetworkPolicy => "clusternetworkpolicies",
         }
     }
 
@@ -501,6 +565,7 @@ impl Kind {
     fn path(self) -> String {
         match self {
             Kind::NetworkPolicy => format!("/apis/{}/{}", NetworkPolicy::API_VERSION, self.plural()),
+            Kind::ClusterNetworkPolicy => format!("/apis/{CNP_API_VERSION}/{}", self.plural()),
             _ => format!("/api/v1/{}", self.plural()),
         }
     }
@@ -509,20 +574,20 @@ impl Kind {
     /// Namespaces, `default` when none is given).
     fn namespace(self, ns: Option<&str>) -> String {
         match self {
-            Kind::Namespace => String::new(),
+            Kind::Namespace | Kind::Node | Kind::ClusterNetworkPolicy => String::new(),
             _ => ns.filter(|n| !n.is_empty()).unwrap_or("default").to_string(),
         }
     }
 }
 
-impl<T> std::ops::Index<Kind> for [T; 4] {
+impl<T> std::ops::Index<Kind> for [T; 6] {
     type Output = T;
     fn index(&self, kind: Kind) -> &T {
         &self[kind as usize]
     }
 }
 
-impl<T> std::ops::IndexMut<Kind> for [T; 4] {
+impl<T> std::ops::IndexMut<Kind> for [T; 6] {
     fn index_mut(&mut self, kind: Kind) -> &mut T {
         &mut self[kind as usize]
     }
@@ -570,7 +635,9 @@ struct State {
     history: VecDeque<Arc<Change>>,
     /// Bumped by `expire_watches`: watches opened before end with 410.
     epoch: u64,
-    objects: [BTreeMap<ObjectKey, Value>; 4],
+    objects: [BTreeMap<ObjectKey, Value>; 6],
+    /// Whether the ClusterNetworkPolicy CRD is installed (else its path is 404).
+    crd_installed: bool,
     snapshots: VecDeque<Snapshot>,
     next_snapshot: u64,
     requests: Requests,
@@ -588,6 +655,7 @@ impl State {
             history: VecDeque::new(),
             epoch: 0,
             objects: Default::default(),
+            crd_installed: true,
             snapshots: VecDeque::new(),
             next_snapshot: 1,
             requests: Requests::default(),
@@ -640,6 +708,14 @@ fn handle(shared: &Arc<Shared>, req: &Request<Incoming>) -> Response<Body> {
     let Some(kind) = KINDS.into_iter().find(|k| k.path() == req.uri().path()) else {
         return status_response(StatusCode::NOT_FOUND, "NotFound", "the server could not find the requested resource");
     };
+    if kind == Kind::ClusterNetworkPolicy && !shared.lock().crd_installed {
+        // A path under a group the server does not serve: not a Status.
+        return Response::builder()
+            .status(StatusCode::NOT_FOUND)
+            .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
+            .body(Full::new(Bytes::from_static(b"404 page not found\n")).boxed())
+            .expect("valid response");
+    }
     if req.method() != Method::GET {
         return status_response(StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed", "the fake API server is read-only");
     }
@@ -837,7 +913,9 @@ fn catch_up(shared: &Shared, spec: &WatchSpec, cursor: &mut u64) -> (Vec<Bytes>,
         st.history.range(start..).filter(|c| c.kind == spec.kind).map(|c| event_line(c.op, &c.object)).collect();
     *cursor = st.rv;
     st.watches.insert(spec.id, *cursor);
-    (lines, false)
+    // A CRD deleted: its objects' DELETED events, then the watch ends.
+    let gone = spec.kind == Kind::ClusterNetworkPolicy && !st.crd_installed;
+    (lines, gone)
 }
 
 fn event_line(kind: &str, object: &Value) -> Bytes {
@@ -890,5 +968,7 @@ mod tests {
         assert_eq!(Kind::of::<Pod>().path(), "/api/v1/pods");
         assert_eq!(Kind::of::<Namespace>().namespace(Some("x")), "");
         assert_eq!(Kind::of::<Service>().namespace(None), "default");
+        assert_eq!(Kind::of::<Node>().namespace(None), "");
+        assert_eq!(Kind::ClusterNetworkPolicy.path(), "/apis/policy.networking.k8s.io/v1alpha2/clusternetworkpolicies");
     }
 }

@@ -8,6 +8,7 @@ use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{Container, Namespace, Pod, PodSpec, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::serde::Serialize;
 use k8s_openapi::serde::de::DeserializeOwned;
@@ -59,6 +60,8 @@ fn diff(path: &str, a: &Value, b: &Value, out: &mut Vec<String>) {
             for (k, v) in x {
                 match y.get(k) {
                     Some(w) => diff(&format!("{path}.{k}"), v, w, out),
+                    // An explicit null is an absent field (the CRD's status).
+                    None if v.is_null() => {}
                     None => out.push(format!("{path}.{k}")),
                 }
             }
@@ -68,6 +71,8 @@ fn diff(path: &str, a: &Value, b: &Value, out: &mut Vec<String>) {
                 diff(&format!("{path}[{i}]"), v, w, out);
             }
         }
+        // JSON Schema bounds are floats in the type: 1 and 1.0 are one value.
+        (Value::Number(x), Value::Number(y)) if x.as_f64() == y.as_f64() => {}
         _ if a == b => {}
         _ => out.push(format!("{path}: {a} became {b}")),
     }
@@ -80,6 +85,7 @@ struct Install {
     role: ClusterRole,
     binding: ClusterRoleBinding,
     daemonset: DaemonSet,
+    crds: Vec<CustomResourceDefinition>,
 }
 
 fn install() -> Install {
@@ -91,6 +97,7 @@ fn install() -> Install {
         .map(|r| r.as_str().expect("resource path").to_string())
         .collect();
     let (mut ns, mut sa, mut role, mut binding, mut ds) = (None, None, None, None, None);
+    let mut crds = Vec::new();
     for file in &resources {
         let path = format!("deploy/{file}");
         for doc in documents(&path, &read(&path)) {
@@ -118,6 +125,7 @@ fn install() -> Install {
                     dup(ds.is_some());
                     ds = Some(typed::<DaemonSet>(&what, &doc));
                 }
+                "CustomResourceDefinition" => crds.push(typed::<CustomResourceDefinition>(&what, &doc)),
                 other => panic!("{what}: unexpected kind {other:?} (nothing else is installed)"),
             }
         }
@@ -128,6 +136,7 @@ fn install() -> Install {
         role: role.expect("a ClusterRole"),
         binding: binding.expect("a ClusterRoleBinding"),
         daemonset: ds.expect("a DaemonSet"),
+        crds,
     }
 }
 
@@ -179,8 +188,9 @@ fn namespace_and_rbac() {
     let sa = i.service_account.metadata.name.clone().expect("service account name");
     assert_eq!(pod_spec(&i.daemonset).service_account_name.as_deref(), Some(sa.as_str()));
 
-    // Exactly get/list/watch on pods, namespaces, services and
-    // networkpolicies: nothing written, nothing else read.
+    // Exactly get/list/watch on pods, namespaces, services, nodes,
+    // networkpolicies and clusternetworkpolicies: nothing written, nothing
+    // else read.
     let mut granted = BTreeSet::new();
     for rule in i.role.rules.clone().unwrap_or_default() {
         assert!(rule.resource_names.is_none() && rule.non_resource_urls.is_none(), "{rule:?}");
@@ -193,9 +203,14 @@ fn namespace_and_rbac() {
         }
     }
     let mut expected = BTreeSet::new();
-    for (group, resource) in
-        [("", "pods"), ("", "namespaces"), ("", "services"), ("networking.k8s.io", "networkpolicies")]
-    {
+    for (group, resource) in [
+        ("", "pods"),
+        ("", "namespaces"),
+        ("", "services"),
+        ("", "nodes"),
+        ("networking.k8s.io", "networkpolicies"),
+        ("policy.networking.k8s.io", "clusternetworkpolicies"),
+    ] {
         for verb in ["get", "list", "watch"] {
             expected.insert((group.to_string(), resource.to_string(), verb.to_string()));
         }
@@ -212,6 +227,60 @@ fn namespace_and_rbac() {
         (subjects[0].kind.as_str(), subjects[0].name.as_str(), subjects[0].namespace.as_deref()),
         ("ServiceAccount", sa.as_str(), Some(NAMESPACE))
     );
+}
+
+/// The ClusterNetworkPolicy CRD is upstream's experimental one (it has the
+/// `nodes` egress peer), served at the version and resource the agent
+/// watches (`cluster::kube`).
+#[test]
+fn cluster_network_policy_crd_is_upstreams_experimental_one() {
+    let crds = install().crds;
+    assert_eq!(crds.len(), 1, "one CRD");
+    let crd = &crds[0];
+    assert_eq!(crd.metadata.name.as_deref(), Some("clusternetworkpolicies.policy.networking.k8s.io"));
+    let annotations = crd.metadata.annotations.clone().unwrap_or_default();
+    assert_eq!(annotations.get("policy.networking.k8s.io/channel").map(String::as_str), Some("experimental"));
+    assert_eq!(annotations.get("policy.networking.k8s.io/bundle-version").map(String::as_str), Some("v0.2.0"));
+    let spec = &crd.spec;
+    assert_eq!((spec.group.as_str(), spec.scope.as_str()), ("policy.networking.k8s.io", "Cluster"));
+    assert_eq!(
+        (spec.names.kind.as_str(), spec.names.plural.as_str()),
+        ("ClusterNetworkPolicy", "clusternetworkpolicies")
+    );
+    let served: Vec<&str> = spec.versions.iter().filter(|v| v.served).map(|v| v.name.as_str()).collect();
+    assert_eq!(served, ["v1alpha2"]);
+    let schema = serde_json::to_value(&spec.versions[0].schema).expect("schema");
+    let peer =
+        &schema["openAPIV3Schema"]["properties"]["spec"]["properties"]["egress"]["items"]["properties"]["to"]["items"];
+    let peers: BTreeSet<&str> =
+        peer["properties"].as_object().expect("egress peer").keys().map(String::as_str).collect();
+    assert_eq!(peers, BTreeSet::from(["domainNames", "namespaces", "networks", "nodes", "pods"]));
+    assert_eq!(peer["maxProperties"], 1);
+}
+
+/// `kubectl kustomize deploy/` renders what `install()` reads, objects in
+/// the order kubectl applies them (the CRD first).
+#[test]
+fn kustomize_renders_the_install() {
+    let out = match Command::new("kubectl").args(["kustomize", "deploy/"]).current_dir(repo()).output() {
+        Ok(out) => out,
+        Err(e) => {
+            eprintln!("kubectl not available ({e}): skipped; install() checks the same files");
+            return;
+        }
+    };
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let rendered = documents("kubectl kustomize deploy/", &String::from_utf8(out.stdout).expect("UTF-8"));
+    let kinds: Vec<&str> = rendered.iter().map(|d| d["kind"].as_str().unwrap_or_default()).collect();
+    assert_eq!(
+        kinds,
+        ["Namespace", "CustomResourceDefinition", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "DaemonSet"]
+    );
+    let i = install();
+    let role = rendered.iter().find(|d| d["kind"] == "ClusterRole").expect("ClusterRole");
+    assert_eq!(typed::<ClusterRole>("rendered ClusterRole", role), i.role);
+    let crd = rendered.iter().find(|d| d["kind"] == "CustomResourceDefinition").expect("CRD");
+    assert_eq!(typed::<CustomResourceDefinition>("rendered CRD", crd), i.crds[0]);
 }
 
 #[test]

@@ -36,6 +36,10 @@ impl Fixture for Env {
         if !self.api.is_serving() {
             self.api.restart()?;
         }
+        self.api.set_cluster_network_policy_crd(true);
+        for name in self.api.cluster_network_policy_names() {
+            self.api.delete_cluster_network_policy(&name);
+        }
         for p in self.api_policies() {
             self.api.delete::<NetworkPolicy>(Some(&p.0), &p.1);
         }
@@ -58,11 +62,29 @@ impl Env {
         out
     }
 
-    /// Waits until the agent's watches (one per kind) have been sent every
-    /// change, then until its kernel holds them.
+    /// Waits until the agent's watches (one per kind, the CRD's too) have
+    /// been sent every change, then until its kernel holds them.
     fn sync(&self) -> Result<serde_json::Value> {
-        self.api.wait_delivered(4)?;
+        self.api.wait_delivered(6)?;
         self.agent.wait_in_sync()
+    }
+
+    /// Polls the agent's status until `done` holds.
+    fn status_until(
+        &self,
+        secs: u64,
+        what: &str,
+        done: impl Fn(&serde_json::Value) -> bool,
+    ) -> Result<serde_json::Value> {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            let st = self.agent.status()?;
+            if done(&st) {
+                return Ok(st);
+            }
+            ensure!(Instant::now() < deadline, "{what}: not within {secs} s: {st}\n{}", self.agent.log_tail());
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     fn apply(&self, yaml: &str) -> Result<()> {
@@ -177,6 +199,44 @@ fn cases() -> Vec<palisade_e2e::suite::Case<Env>> {
             e.expect(|m| {
                 m.each(|_, to| (ns_of(to) == "x").then_some(false));
             })
+        }),
+        ("cluster_network_policy_crd_missing_installed_and_invalid_objects", |e| {
+            let unavailable = |st: &serde_json::Value| st["unavailable"].as_array().is_some_and(|a| !a.is_empty());
+            // Removed: said in status (not stale), NetworkPolicies go on.
+            e.api.set_cluster_network_policy_crd(false);
+            let st = e.status_until(40, "CRD missing said", unavailable)?;
+            ensure!(
+                st["unavailable"][0].as_str().is_some_and(|u| u.contains("ClusterNetworkPolicy CRD not installed")),
+                "{st}"
+            );
+            ensure!(st["stale"].is_null(), "a CRD not installed is not a stale state: {st}");
+            e.api.apply_manifests(&np("x", "deny-x", DENY_X))?;
+            e.api.wait_delivered(5)?;
+            let st = e.agent.wait_in_sync()?;
+            ensure!(st["errors"].as_array().is_none_or(|a| a.is_empty()), "{st}");
+            e.expect(|m| {
+                m.each(|_, to| (ns_of(to) == "x").then_some(false));
+            })?;
+            // Installed: picked up (the watcher asks again within 30 s).
+            e.api.set_cluster_network_policy_crd(true);
+            e.status_until(45, "CRD picked up", |st| !unavailable(st))?;
+            // An invalid one (a CRD of another version let it through): reported by field.
+            e.api.apply_cluster_network_policy(serde_json::json!({
+                "apiVersion": palisade_e2e::fake_api::CNP_API_VERSION, "kind": "ClusterNetworkPolicy",
+                "metadata": {"name": "bad"},
+                "spec": {"tier": "Admin", "priority": 5000, "subject": {"namespaces": {"matchLabels": {"ns": "z"}}},
+                         "ingress": [{"action": "Deny", "from": [{"namespaces": {}}]}]}
+            }));
+            let st = e.sync()?;
+            let errors = st["errors"].as_array().cloned().unwrap_or_default();
+            ensure!(
+                errors.iter().any(|x| x["object"] == "ClusterNetworkPolicy bad" && x["field"] == "spec.priority"),
+                "{st}"
+            );
+            e.api.delete_cluster_network_policy("bad");
+            let st = e.sync()?;
+            ensure!(st["errors"].as_array().is_none_or(|a| a.is_empty()), "{st}");
+            Ok(())
         }),
         ("api_server_away_keeps_enforcement_and_reports_stale", |e| {
             e.apply(&np("x", "deny-x", DENY_X))?;

@@ -5,18 +5,21 @@
 //! should every test, benchmark and example: [`manifests_to_input`] and
 //! [`objects_to_input`] run the agent's own parsing and validation.
 
+pub mod cluster_policy;
 mod fields;
 mod namespace;
+mod node;
 mod pod;
 mod policy;
 mod service;
 
+pub use cluster_policy::K8sClusterPolicy;
 pub use namespace::AUDIT_ANNOTATION;
 
 use super::objects::Validator;
 use super::{InputError, files};
-use crate::policy::model::{Input, Namespace, Pod, Policy, Service};
-use k8s_openapi::api::core::v1::{Namespace as K8sNamespace, Pod as K8sPod, Service as K8sService};
+use crate::policy::model::{ClusterPolicy, Input, Namespace, NodeObject, Pod, Policy, Service};
+use k8s_openapi::api::core::v1::{Namespace as K8sNamespace, Node as K8sNode, Pod as K8sPod, Service as K8sService};
 use k8s_openapi::api::networking::v1::NetworkPolicy as K8sPolicy;
 use serde_json::Value;
 use std::fmt;
@@ -44,6 +47,21 @@ pub fn objects_to_input(objects: impl IntoIterator<Item = Value>) -> Result<Inpu
     const SOURCE: &str = "objects";
     let (objects, _, errors) = check_documents(objects, SOURCE, false);
     strict_input(SOURCE, &objects, errors)
+}
+
+/// [`objects_to_input`], except that what the agent reports but still
+/// reads (warnings: an unsupported peer, a node address that is not one)
+/// comes back beside the input instead of failing.
+pub fn objects_to_input_warned(
+    objects: impl IntoIterator<Item = Value>,
+) -> Result<(Input, Vec<InputError>), Vec<InputError>> {
+    const SOURCE: &str = "objects";
+    let (objects, _, mut errors) = check_documents(objects, SOURCE, false);
+    let snap = Validator::default().snapshot(objects.iter().map(|o| (SOURCE, o)));
+    let (warnings, others): (Vec<InputError>, Vec<InputError>) =
+        snap.errors.into_iter().partition(|e| e.action.is_empty());
+    errors.extend(others);
+    if errors.is_empty() { Ok((snap.input, warnings)) } else { Err(errors) }
 }
 
 /// The input the agent would compile, unless anything at all was wrong.
@@ -130,6 +148,8 @@ pub enum Kind {
     Pod,
     NetworkPolicy,
     Service,
+    ClusterNetworkPolicy,
+    Node,
 }
 
 impl Kind {
@@ -140,8 +160,15 @@ impl Kind {
             ("v1", "Pod") => Some(Kind::Pod),
             ("networking.k8s.io/v1", "NetworkPolicy") => Some(Kind::NetworkPolicy),
             ("v1", "Service") => Some(Kind::Service),
+            (cluster_policy::API_VERSION, cluster_policy::KIND) => Some(Kind::ClusterNetworkPolicy),
+            ("v1", "Node") => Some(Kind::Node),
             _ => None,
         }
+    }
+
+    /// Cluster-scoped kinds have no namespace.
+    pub fn namespaced(self) -> bool {
+        !matches!(self, Kind::Namespace | Kind::ClusterNetworkPolicy | Kind::Node)
     }
 }
 
@@ -152,6 +179,8 @@ impl std::fmt::Display for Kind {
             Kind::Pod => "Pod",
             Kind::NetworkPolicy => "NetworkPolicy",
             Kind::Service => "Service",
+            Kind::ClusterNetworkPolicy => "ClusterNetworkPolicy",
+            Kind::Node => "Node",
         })
     }
 }
@@ -163,6 +192,8 @@ pub enum Raw {
     Pod(Box<K8sPod>),
     Policy(K8sPolicy),
     Service(Box<K8sService>),
+    ClusterPolicy(Box<K8sClusterPolicy>),
+    Node(Box<K8sNode>),
     /// It did not even deserialize as its kind.
     Broken {
         kind: Kind,
@@ -183,6 +214,8 @@ impl Raw {
             Kind::Pod => de(&value).map(|p| Raw::Pod(Box::new(p))),
             Kind::NetworkPolicy => de(&value).map(Raw::Policy),
             Kind::Service => de(&value).map(|s| Raw::Service(Box::new(s))),
+            Kind::ClusterNetworkPolicy => de(&value).map(|c| Raw::ClusterPolicy(Box::new(c))),
+            Kind::Node => de(&value).map(|n| Raw::Node(Box::new(n))),
         };
         parsed.unwrap_or_else(|error| Raw::Broken { kind, value, error })
     }
@@ -193,15 +226,14 @@ impl Raw {
             Raw::Pod(o) => (Kind::Pod, o.metadata.namespace.clone(), o.metadata.name.clone()),
             Raw::Policy(o) => (Kind::NetworkPolicy, o.metadata.namespace.clone(), o.metadata.name.clone()),
             Raw::Service(o) => (Kind::Service, o.metadata.namespace.clone(), o.metadata.name.clone()),
+            Raw::ClusterPolicy(o) => (Kind::ClusterNetworkPolicy, None, o.metadata.name.clone()),
+            Raw::Node(o) => (Kind::Node, None, o.metadata.name.clone()),
             Raw::Broken { kind, value, .. } => {
                 let s = |p: &str| value.pointer(p).and_then(Value::as_str).map(str::to_string);
                 (*kind, s("/metadata/namespace"), s("/metadata/name"))
             }
         };
-        let namespace = match kind {
-            Kind::Namespace => String::new(),
-            _ => ns.unwrap_or_else(|| "default".to_string()),
-        };
+        let namespace = if kind.namespaced() { ns.unwrap_or_else(|| "default".to_string()) } else { String::new() };
         ObjKey { kind, namespace, name: name.unwrap_or_default() }
     }
 }
@@ -231,6 +263,8 @@ pub enum Valid {
     Pod(Arc<Pod>),
     Policy(Arc<Policy>),
     Service(Arc<Service>),
+    ClusterPolicy(Arc<ClusterPolicy>),
+    Node(Arc<NodeObject>),
 }
 
 /// An object as read and checked, once: sources keep these instead of the
@@ -239,32 +273,45 @@ pub enum Valid {
 pub struct Checked {
     pub key: ObjKey,
     pub result: Result<Valid, Vec<FieldError>>,
-    /// For a NetworkPolicy that does not validate: what it enforces if it
-    /// never was valid (isolation, no rules).
-    pub fail_closed: Option<Arc<Policy>>,
+    /// For a NetworkPolicy or ClusterNetworkPolicy that does not validate:
+    /// what it enforces if it never was valid (see their `fail_closed`).
+    pub fail_closed: Option<Valid>,
+    /// What a valid object says that palisade reads differently (a peer it
+    /// does not evaluate, an address that is not one): reported.
+    pub warnings: Vec<FieldError>,
 }
 
 impl Checked {
     pub fn new(raw: &Raw) -> Checked {
         let key = raw.key();
+        let mut warnings = Vec::new();
         let result = match raw {
             Raw::Namespace(o) => Namespace::from_k8s(o).map(|v| Valid::Namespace(Arc::new(v))),
             Raw::Pod(o) => Pod::from_k8s(o).map(|v| Valid::Pod(Arc::new(v))),
             Raw::Policy(o) => Policy::from_k8s(o).map(|v| Valid::Policy(Arc::new(v))),
             Raw::Service(o) => Service::from_k8s(o).map(|v| Valid::Service(Arc::new(v))),
+            Raw::ClusterPolicy(o) => ClusterPolicy::from_k8s(o).map(|(v, w)| {
+                warnings = w;
+                Valid::ClusterPolicy(Arc::new(v))
+            }),
+            Raw::Node(o) => NodeObject::from_k8s(o).map(|(v, w)| {
+                warnings = w;
+                Valid::Node(Arc::new(v))
+            }),
             Raw::Broken { error, .. } => Err(vec![error.clone()]),
         };
+        let policy = |value: &Value| Valid::Policy(Arc::new(Policy::fail_closed(value, &key.namespace, &key.name)));
+        let cluster_policy =
+            |value: &Value| Valid::ClusterPolicy(Arc::new(ClusterPolicy::fail_closed(value, &key.name)));
         let fail_closed = match (&result, raw) {
-            (Err(_), Raw::Policy(o)) => {
-                let value = serde_json::to_value(o).unwrap_or(Value::Null);
-                Some(Arc::new(Policy::fail_closed(&value, &key.namespace, &key.name)))
-            }
-            (Err(_), Raw::Broken { kind: Kind::NetworkPolicy, value, .. }) => {
-                Some(Arc::new(Policy::fail_closed(value, &key.namespace, &key.name)))
-            }
+            (Ok(_), _) => None,
+            (Err(_), Raw::Policy(o)) => Some(policy(&serde_json::to_value(o).unwrap_or(Value::Null))),
+            (Err(_), Raw::Broken { kind: Kind::NetworkPolicy, value, .. }) => Some(policy(value)),
+            (Err(_), Raw::ClusterPolicy(o)) => Some(cluster_policy(&serde_json::to_value(o).unwrap_or(Value::Null))),
+            (Err(_), Raw::Broken { kind: Kind::ClusterNetworkPolicy, value, .. }) => Some(cluster_policy(value)),
             _ => None,
         };
-        Checked { key, result, fail_closed }
+        Checked { key, result, fail_closed, warnings }
     }
 }
 

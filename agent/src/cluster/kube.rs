@@ -4,18 +4,27 @@
 //! resync and reconnect with backoff; while the API server is away the
 //! stores keep the last state, enforcement stays as it is, and the source
 //! reports itself stale.
+//!
+//! ClusterNetworkPolicies come from a CRD that may not be installed: while
+//! its list answers 404 the source has none, says so ([`KubeSource::unavailable`]),
+//! and the watcher's backoff (at most 30 s) keeps asking, so a CRD installed
+//! later is picked up. Any other failure of that watch is a failing watch
+//! like the others: the state is stale and what is in force stays.
 
 use super::Snapshot;
-use super::convert::{AUDIT_ANNOTATION, Checked, ObjKey, Raw};
+use super::convert::{AUDIT_ANNOTATION, Checked, Kind, ObjKey, Raw, cluster_policy};
 use super::objects::Validator;
 use anyhow::{Context, Result};
 use futures_util::StreamExt;
-use k8s_openapi::api::core::v1::{Container, Namespace, Pod, PodSpec, PodStatus, Service, ServiceSpec};
+use k8s_openapi::api::core::v1::{
+    Container, Namespace, Node, NodeStatus, Pod, PodSpec, PodStatus, Service, ServiceSpec,
+};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -53,6 +62,57 @@ impl Failure {
             _ => false,
         };
         Failure { message: e.to_string(), at: Instant::now(), relist }
+    }
+}
+
+/// A ClusterNetworkPolicy as the watch stores it: its spec is kept as
+/// JSON and read by `convert` (which names a field at fault), so an object
+/// palisade cannot read never fails the whole list.
+#[derive(Clone, Debug, Default, serde::Deserialize, serde::Serialize)]
+pub struct ClusterNetworkPolicyObject {
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub spec: serde_json::Value,
+}
+
+impl kube::Resource for ClusterNetworkPolicyObject {
+    type DynamicType = ();
+    type Scope = k8s_openapi::ClusterResourceScope;
+
+    fn kind(_: &()) -> Cow<'_, str> {
+        cluster_policy::KIND.into()
+    }
+    fn group(_: &()) -> Cow<'_, str> {
+        "policy.networking.k8s.io".into()
+    }
+    fn version(_: &()) -> Cow<'_, str> {
+        "v1alpha2".into()
+    }
+    fn plural(_: &()) -> Cow<'_, str> {
+        "clusternetworkpolicies".into()
+    }
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+}
+
+/// What status says while the ClusterNetworkPolicy CRD is not served.
+pub const CRD_NOT_INSTALLED: &str = "ClusterNetworkPolicy CRD not installed (clusternetworkpolicies.policy.networking.k8s.io, v1alpha2 not served): NetworkPolicies are enforced, no ClusterNetworkPolicy; asking again every 30 s";
+
+/// Whether a resource a CRD defines is served: None until its first list
+/// answers, then whether the last list found it (404: not installed).
+type Served = tokio::sync::watch::Sender<Option<bool>>;
+
+/// A list or watch answered 404: the resource is not served.
+fn not_found(e: &watcher::Error) -> bool {
+    match e {
+        watcher::Error::InitialListFailed(kube::Error::Api(s))
+        | watcher::Error::WatchStartFailed(kube::Error::Api(s)) => s.code == 404,
+        _ => false,
     }
 }
 
@@ -97,6 +157,10 @@ pub struct KubeSource {
     pods: Store<Pod>,
     policies: Store<NetworkPolicy>,
     services: Store<Service>,
+    nodes: Store<Node>,
+    cluster_policies: Store<ClusterNetworkPolicyObject>,
+    /// Whether the ClusterNetworkPolicy CRD is served.
+    crd: Arc<Served>,
     validator: Validator,
     /// Checked objects and the resourceVersion they were checked at: an
     /// unchanged object is not converted or validated again.
@@ -160,6 +224,15 @@ fn trim_policy(p: &mut NetworkPolicy) {
     p.metadata = meta(&p.metadata, None);
 }
 
+fn trim_node(n: &mut Node) {
+    let status = n.status.as_ref().map(|s| NodeStatus { addresses: s.addresses.clone(), ..Default::default() });
+    *n = Node { metadata: meta(&n.metadata, None), spec: None, status };
+}
+
+fn trim_cluster_policy(c: &mut ClusterNetworkPolicyObject) {
+    c.metadata = meta(&c.metadata, None);
+}
+
 fn trim_service(s: &mut Service) {
     let spec = s.spec.as_ref().map(|sp| ServiceSpec {
         cluster_ip: sp.cluster_ip.clone(),
@@ -171,7 +244,9 @@ fn trim_service(s: &mut Service) {
     *s = Service { metadata: meta(&s.metadata, None), spec, status: None };
 }
 
-/// Runs one watcher into a reflector store until the process ends.
+/// Runs one watcher into a reflector store until the process ends. With
+/// `served`, the resource is a CRD's: a 404 says it is not installed
+/// (recorded there, not a failure), a good list that it is.
 fn spawn_watch<K>(
     api: Api<K>,
     kind: &'static str,
@@ -179,6 +254,7 @@ fn spawn_watch<K>(
     wake: Arc<dyn Fn() + Send + Sync>,
     health: Arc<Health>,
     generation: Arc<AtomicU64>,
+    served: Option<Arc<Served>>,
 ) -> Store<K>
 where
     K: kube::Resource<DynamicType = ()> + Clone + Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
@@ -193,6 +269,12 @@ where
                     // A relist fills the store only at InitDone: until then
                     // it still holds the state from before the failure.
                     let current = !matches!(event, watcher::Event::Init | watcher::Event::InitApply(_));
+                    if current
+                        && let Some(served) = &served
+                        && served.send_replace(Some(true)) == Some(false)
+                    {
+                        tracing::info!("{kind}: the CRD is installed now");
+                    }
                     let recovered =
                         current && health.errors.lock().map(|mut e| e.remove(kind).is_some()).unwrap_or(false);
                     if recovered {
@@ -200,6 +282,16 @@ where
                     }
                     generation.fetch_add(1, Ordering::SeqCst);
                     wake();
+                }
+                Err(e) if served.is_some() && not_found(&e) => {
+                    let served = served.as_ref().expect("checked");
+                    let before = served.send_replace(Some(false));
+                    let cleared = health.errors.lock().map(|mut m| m.remove(kind).is_some()).unwrap_or(false);
+                    if before != Some(false) || cleared {
+                        tracing::warn!("{CRD_NOT_INSTALLED}");
+                        generation.fetch_add(1, Ordering::SeqCst);
+                        wake();
+                    }
                 }
                 Err(e) => {
                     let first =
@@ -228,20 +320,52 @@ impl KubeSource {
         let health = Arc::new(Health::default());
         let generation = Arc::new(AtomicU64::new(0));
         let (h, g) = (&health, &generation);
-        let namespaces =
-            spawn_watch(Api::all(client.clone()), "namespaces", trim_namespace, wake.clone(), h.clone(), g.clone());
-        let pods = spawn_watch(Api::all(client.clone()), "pods", trim_pod, wake.clone(), h.clone(), g.clone());
-        let policies =
-            spawn_watch(Api::all(client.clone()), "networkpolicies", trim_policy, wake.clone(), h.clone(), g.clone());
+        let namespaces = spawn_watch(
+            Api::all(client.clone()),
+            "namespaces",
+            trim_namespace,
+            wake.clone(),
+            h.clone(),
+            g.clone(),
+            None,
+        );
+        let pods = spawn_watch(Api::all(client.clone()), "pods", trim_pod, wake.clone(), h.clone(), g.clone(), None);
+        let policies = spawn_watch(
+            Api::all(client.clone()),
+            "networkpolicies",
+            trim_policy,
+            wake.clone(),
+            h.clone(),
+            g.clone(),
+            None,
+        );
         let services =
-            spawn_watch(Api::all(client.clone()), "services", trim_service, wake.clone(), h.clone(), g.clone());
+            spawn_watch(Api::all(client.clone()), "services", trim_service, wake.clone(), h.clone(), g.clone(), None);
+        let nodes = spawn_watch(Api::all(client.clone()), "nodes", trim_node, wake.clone(), h.clone(), g.clone(), None);
+        let crd = Arc::new(Served::new(None));
+        let cluster_policies = spawn_watch(
+            Api::all(client.clone()),
+            "clusternetworkpolicies",
+            trim_cluster_policy,
+            wake.clone(),
+            h.clone(),
+            g.clone(),
+            Some(crd.clone()),
+        );
         spawn_probe(client, health.clone(), wake);
         {
+            let mut crd_known = crd.subscribe();
             let ready = async {
                 namespaces.wait_until_ready().await?;
                 pods.wait_until_ready().await?;
                 policies.wait_until_ready().await?;
-                services.wait_until_ready().await
+                services.wait_until_ready().await?;
+                nodes.wait_until_ready().await?;
+                // Either the CRD's first list, or word that it is not installed.
+                tokio::select! {
+                    r = cluster_policies.wait_until_ready() => r,
+                    _ = crd_known.wait_for(|s| *s == Some(false)) => Ok(()),
+                }
             };
             tokio::pin!(ready);
             loop {
@@ -264,6 +388,9 @@ impl KubeSource {
             pods,
             policies,
             services,
+            nodes,
+            cluster_policies,
+            crd,
             validator,
             checked: Default::default(),
             health,
@@ -283,6 +410,19 @@ impl KubeSource {
         fresh.extend(
             self.services.state().iter().map(|o| (rv(&o.metadata), Raw::Service(Box::new(o.as_ref().clone())))),
         );
+        fresh.extend(self.nodes.state().iter().map(|o| (rv(&o.metadata), Raw::Node(Box::new(o.as_ref().clone())))));
+        // Not installed: none (deleting the CRD deletes its objects).
+        if self.unavailable().is_none() {
+            fresh.extend(self.cluster_policies.state().iter().map(|o| {
+                let value = serde_json::json!({
+                    "apiVersion": cluster_policy::API_VERSION,
+                    "kind": cluster_policy::KIND,
+                    "metadata": o.metadata,
+                    "spec": o.spec,
+                });
+                (rv(&o.metadata), Raw::from_value(Kind::ClusterNetworkPolicy, value))
+            }));
+        }
         let mut live = std::collections::HashSet::new();
         for (version, raw) in fresh {
             let key = raw.key();
@@ -306,5 +446,11 @@ impl KubeSource {
     /// Why the state may be stale (a watcher cannot reach the API server).
     pub fn stale(&self) -> Option<String> {
         self.health.stale()
+    }
+
+    /// What the API does not serve, though palisade would read it (the
+    /// ClusterNetworkPolicy CRD): enforcement goes on without it.
+    pub fn unavailable(&self) -> Option<&'static str> {
+        (*self.crd.borrow() == Some(false)).then_some(CRD_NOT_INSTALLED)
     }
 }

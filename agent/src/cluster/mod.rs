@@ -125,6 +125,16 @@ impl Source {
         }
     }
 
+    /// What the source cannot read because the API does not serve it (the
+    /// ClusterNetworkPolicy CRD not installed): not an error, enforcement
+    /// goes on without it.
+    pub fn unavailable(&self) -> Option<&'static str> {
+        match self {
+            Source::Files { .. } => None,
+            Source::Kube(k) => k.unavailable(),
+        }
+    }
+
     /// Why the state in force may be stale.
     pub fn stale(&self) -> Option<String> {
         match self {

@@ -1,11 +1,11 @@
 //! Checked objects -> the compiler's input, the same way for every source:
 //! invalid objects are reported field by field, the last valid version of a
-//! broken object stays in force, and a NetworkPolicy that was never valid
-//! fails closed.
+//! broken object stays in force, and a NetworkPolicy or
+//! ClusterNetworkPolicy that was never valid fails closed.
 
 use super::convert::{Checked, ObjKey, Valid};
 use super::{InputError, Snapshot};
-use crate::policy::model::{Namespace, Policy};
+use crate::policy::model::{ClusterPolicy, Namespace, Policy};
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -46,6 +46,15 @@ impl Validator {
                 continue;
             }
             seen.insert(key, source);
+            for w in &checked.warnings {
+                snap.errors.push(InputError {
+                    source: source.to_string(),
+                    object: key.to_string(),
+                    field: w.field.clone(),
+                    message: w.message.clone(),
+                    action: String::new(),
+                });
+            }
             let chosen = match &checked.result {
                 Ok(v) => {
                     // Overwrite in place: most objects are there already.
@@ -60,7 +69,7 @@ impl Validator {
                 Err(errors) => {
                     let (action, fallback) = match (self.last_good.get(key), &checked.fail_closed) {
                         (Some(v), _) => ("keeping the last valid version".to_string(), Some(v.clone())),
-                        (None, Some(p)) => (fail_closed_action(p), Some(Valid::Policy(p.clone()))),
+                        (None, Some(v)) => (fail_closed_action(v), Some(v.clone())),
                         (None, None) => ("ignored".to_string(), None),
                     };
                     for e in errors {
@@ -95,6 +104,12 @@ impl Validator {
                 Some(Valid::Service(s)) => {
                     snap.input.services.insert((s.namespace.clone(), s.name.clone()), s);
                 }
+                Some(Valid::ClusterPolicy(c)) => {
+                    snap.input.cluster_policies.insert(c.name.clone(), c);
+                }
+                Some(Valid::Node(n)) => {
+                    snap.input.nodes.insert(n.name.clone(), n);
+                }
                 None => {}
             }
         }
@@ -113,7 +128,39 @@ fn ignored_audit(source: &str, key: &ObjKey) -> InputError {
     }
 }
 
-fn fail_closed_action(p: &Policy) -> String {
+fn fail_closed_action(v: &Valid) -> String {
+    match v {
+        Valid::Policy(p) => policy_fail_closed_action(p),
+        Valid::ClusterPolicy(c) => cluster_policy_fail_closed_action(c),
+        _ => "ignored".into(),
+    }
+}
+
+fn cluster_policy_fail_closed_action(c: &ClusterPolicy) -> String {
+    let dirs: Vec<&str> = [("ingress", !c.ingress.is_empty()), ("egress", !c.egress.is_empty())]
+        .iter()
+        .filter(|(_, on)| *on)
+        .map(|(d, _)| *d)
+        .collect();
+    let subject = match &c.subject {
+        crate::policy::model::ClusterSubject::Namespaces(s) if s.is_empty() => "every pod".to_string(),
+        crate::policy::model::ClusterSubject::Namespaces(s) => format!("the pods of namespaces {s}"),
+        crate::policy::model::ClusterSubject::Pods { namespaces, pods } => {
+            format!("pods {pods} of namespaces {namespaces}")
+        }
+    };
+    if dirs.is_empty() {
+        return "never valid: it has no rules, so it changes nothing".into();
+    }
+    format!(
+        "never valid: denying all {} traffic of {subject} ({} tier, priority {}) until it is fixed",
+        dirs.join(" and "),
+        c.tier,
+        c.priority
+    )
+}
+
+fn policy_fail_closed_action(p: &Policy) -> String {
     let dirs: Vec<&str> = [("ingress", p.ingress.is_some()), ("egress", p.egress.is_some())]
         .iter()
         .filter(|(_, on)| *on)
@@ -194,6 +241,45 @@ mod tests {
         let s = v.snapshot([("f.yaml", &raw(BAD))]);
         assert!(s.errors[0].action.contains("last valid"), "{:?}", s.errors[0]);
         assert_eq!(s.input.policies[&("x".to_string(), "p".to_string())].ingress.as_ref().map(Vec::len), Some(1));
+    }
+
+    const CNP: &str = "apiVersion: policy.networking.k8s.io/v1alpha2\nkind: ClusterNetworkPolicy\nmetadata: {name: c}\nspec: {tier: Admin, priority: 5, subject: {namespaces: {}}, egress: [{name: yes, action: Deny, to: [{nodes: {}}]}]}";
+
+    #[test]
+    fn cluster_policies_and_nodes_keep_their_last_valid_version_or_fail_closed() {
+        let node = raw(
+            "apiVersion: v1\nkind: Node\nmetadata: {name: n1, labels: {role: infra}}\nstatus: {addresses: [{type: InternalIP, address: 10.1.0.1}, {type: Hostname, address: n1}, {type: ExternalIP, address: bad}]}",
+        );
+        let good = raw(&CNP.replace("name: yes", "name: deny-nodes"));
+        let mut v = Validator::default();
+        let s = v.snapshot([("f.yaml", &good), ("n.yaml", &node)]);
+        assert_eq!(s.input.cluster_policies["c"].egress[0].name, "deny-nodes");
+        assert_eq!(s.input.nodes["n1"].ips, ["10.1.0.1".parse::<std::net::IpAddr>().unwrap()]);
+        // The node's bad address is reported, the node still counts.
+        assert_eq!(s.errors.len(), 1, "{:?}", s.errors);
+        assert_eq!(
+            (s.errors[0].object.as_str(), s.errors[0].field.as_str()),
+            ("Node n1", "status.addresses[2].address")
+        );
+        // An unquoted `yes` is a boolean (YAML 1.1): invalid; the last valid version stays.
+        let bad = raw(CNP);
+        let s = v.snapshot([("f.yaml", &bad)]);
+        assert_eq!(s.errors[0].object, "ClusterNetworkPolicy c");
+        assert_eq!(s.errors[0].field, "spec.egress[0].name");
+        assert!(s.errors[0].message.contains("invalid type: boolean"), "{:?}", s.errors[0]);
+        assert!(s.errors[0].action.contains("last valid"), "{:?}", s.errors[0]);
+        assert_eq!(s.input.cluster_policies["c"].egress[0].name, "deny-nodes");
+        // Never valid: it denies all egress of its subject, at its place.
+        let s = Validator::default().snapshot([("f.yaml", &bad)]);
+        let c = &s.input.cluster_policies["c"];
+        assert_eq!((c.priority, c.ingress.len(), c.egress[0].action), (5, 0, crate::policy::model::Action::Deny));
+        assert!(
+            s.errors[0]
+                .action
+                .contains("never valid: denying all egress traffic of every pod (Admin tier, priority 5)"),
+            "{:?}",
+            s.errors[0]
+        );
     }
 
     #[test]

@@ -22,6 +22,10 @@ fn finding(e: &InputError) -> Finding {
     let (severity, why) =
         if e.field == format!("metadata.annotations[{AUDIT_ANNOTATION}]") && e.action.starts_with("ignored") {
             (Severity::Info, "the annotation only takes effect on agents started with --allow-namespace-audit")
+        } else if e.message.starts_with("unsupported peer") {
+            (Severity::Warning, "the API accepts this peer but palisade does not evaluate it: the rule fails closed")
+        } else if e.action.is_empty() {
+            (Severity::Warning, "palisade reads this object without the value at fault")
         } else if e.message.starts_with("also defined in") {
             (Severity::Warning, "two manifests define the same object: only one of them is in force")
         } else {

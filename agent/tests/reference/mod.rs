@@ -1,14 +1,18 @@
 //! A reference evaluator of Kubernetes NetworkPolicy (networking.k8s.io/v1)
-//! semantics, written from the API documentation and working directly on
-//! the Kubernetes objects. It shares no code with the compiler (not its
-//! model, selectors, CIDR handling or port resolution): it answers one
-//! question, "is this flow allowed?", in the most literal way, so that the
-//! compiled kernel maps can be checked against it.
+//! and ClusterNetworkPolicy (policy.networking.k8s.io/v1alpha2) semantics,
+//! written from the API documentation and working directly on the
+//! Kubernetes objects (ClusterNetworkPolicies as plain JSON). It shares no
+//! code with the agent (not its model, validation, selectors, CIDR handling
+//! or port resolution): it answers one question, "is this flow allowed?",
+//! in the most literal way, walking the tiers in upstream's order (Admin,
+//! NetworkPolicy, Baseline, the default allow), so that the compiled kernel
+//! maps can be checked against it.
 
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use k8s_openapi::api::networking::v1::{IPBlock, NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use serde_json::Value;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
@@ -31,8 +35,21 @@ pub struct Cluster<'a> {
     pub namespaces: &'a [Namespace],
     pub pods: &'a [Pod],
     pub policies: &'a [NetworkPolicy],
+    /// ClusterNetworkPolicy objects, as JSON.
+    pub cluster_policies: &'a [Value],
+    /// Node objects (`nodes` peers).
+    pub nodes: &'a [Node],
     pub host_ips: &'a [IpAddr],
     pub allow_host: bool,
+}
+
+/// What a tier made of a flow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decision {
+    Accept,
+    Deny,
+    /// Pass, or no rule matched: the next tier decides.
+    Next,
 }
 
 type Labels = BTreeMap<String, String>;
@@ -198,14 +215,26 @@ impl Cluster<'_> {
     }
 
     /// Whether a flow between the local pod `local` and `remote` is allowed
-    /// at the local pod's side, for `dir`.
+    /// at the local pod's side, for `dir`: the node's own traffic to its
+    /// pods first (kubelet probes, unless --deny-host), then the Admin tier,
+    /// the NetworkPolicies, the Baseline tier, and the default allow.
     pub fn allowed(&self, local: &Pod, dir: Dir, remote: IpAddr, protocol: u8, port: u16) -> bool {
-        if !self.isolated(local, dir) {
-            return true;
-        }
         if dir == Dir::Ingress && self.allow_host && self.host_ips.contains(&remote) {
             return true;
         }
+        match self.tier("Admin", local, dir, remote, protocol, port) {
+            Decision::Accept => return true,
+            Decision::Deny => return false,
+            Decision::Next => {}
+        }
+        if self.isolated(local, dir) {
+            return self.network_policies_allow(local, dir, remote, protocol, port);
+        }
+        self.tier("Baseline", local, dir, remote, protocol, port) != Decision::Deny
+    }
+
+    /// What the NetworkPolicies of an isolated pod say.
+    fn network_policies_allow(&self, local: &Pod, dir: Dir, remote: IpAddr, protocol: u8, port: u16) -> bool {
         // Named ports resolve on the destination: the local pod for ingress,
         // the pod at the remote address (if any) for egress.
         let dest = match dir {
@@ -236,6 +265,141 @@ impl Cluster<'_> {
             })
         })
     }
+}
+
+/// The destination pod's container port with this name: (protocol, port).
+fn named_container_port(dest: &Pod, name: &str) -> Vec<(u8, u16)> {
+    let containers = dest.spec.iter().flat_map(|s| s.containers.iter());
+    containers
+        .flat_map(|c| c.ports.iter().flatten())
+        .filter(|cp| cp.name.as_deref() == Some(name))
+        .map(|cp| (proto_number(cp.protocol.as_deref().unwrap_or("TCP")), cp.container_port as u16))
+        .collect()
+}
+
+/// A label selector given as JSON.
+fn json_selector(v: &Value) -> LabelSelector {
+    serde_json::from_value(v.clone()).expect("reference: a label selector")
+}
+
+impl Cluster<'_> {
+    /// The decision of one ClusterNetworkPolicy tier ("Admin" or
+    /// "Baseline") for a flow at `local`: its policies that select the pod,
+    /// lower priority first (equal priorities by name, palisade's choice),
+    /// each one's rules for the direction in order; the first rule that
+    /// matches decides (Pass: the next tier does).
+    pub fn tier(&self, tier: &str, local: &Pod, dir: Dir, remote: IpAddr, protocol: u8, port: u16) -> Decision {
+        let mut policies: Vec<&Value> = self
+            .cluster_policies
+            .iter()
+            .filter(|c| c["spec"]["tier"] == tier && self.cnp_selects(&c["spec"]["subject"], local))
+            .collect();
+        policies.sort_by_key(|c| (c["spec"]["priority"].as_u64().expect("priority"), c["metadata"]["name"].as_str()));
+        let (rules_field, peers_field) = match dir {
+            Dir::Ingress => ("ingress", "from"),
+            Dir::Egress => ("egress", "to"),
+        };
+        let dest = match dir {
+            Dir::Ingress => Some(local),
+            Dir::Egress => self.pod_at(remote),
+        };
+        for c in policies {
+            for rule in c["spec"][rules_field].as_array().into_iter().flatten() {
+                let action = rule["action"].as_str().expect("action");
+                let peers = rule[peers_field].as_array().expect("peers");
+                // Upstream: a peer the implementation cannot evaluate makes
+                // an Accept rule match nothing, a Deny or Pass rule "Deny all".
+                if peers.iter().any(|p| !self.cnp_peer_known(p)) {
+                    if action == "Accept" {
+                        continue;
+                    }
+                    return Decision::Deny;
+                }
+                let peer_ok = peers.iter().any(|p| self.cnp_peer_matches(p, remote));
+                let port_ok = match rule.get("protocols") {
+                    None => true,
+                    Some(list) => {
+                        list.as_array().expect("protocols").iter().any(|p| cnp_port_matches(p, dest, protocol, port))
+                    }
+                };
+                if peer_ok && port_ok {
+                    return match action {
+                        "Accept" => Decision::Accept,
+                        "Deny" => Decision::Deny,
+                        "Pass" => Decision::Next,
+                        other => panic!("reference: unknown action {other}"),
+                    };
+                }
+            }
+        }
+        Decision::Next
+    }
+
+    fn cnp_selects(&self, subject: &Value, pod: &Pod) -> bool {
+        if host_network(pod) {
+            return false;
+        }
+        let ns_labels = self.namespace_labels(&pod_namespace(pod));
+        if let Some(ns) = subject.get("namespaces") {
+            return selector_matches(&json_selector(ns), &ns_labels);
+        }
+        let pods = &subject["pods"];
+        let ns_sel = pods.get("namespaceSelector").map(json_selector).unwrap_or_default();
+        selector_matches(&ns_sel, &ns_labels)
+            && selector_matches(&json_selector(&pods["podSelector"]), &pod_labels(pod))
+    }
+
+    fn cnp_peer_known(&self, peer: &Value) -> bool {
+        ["namespaces", "pods", "nodes", "networks"].iter().any(|k| peer.get(*k).is_some())
+    }
+
+    fn cnp_peer_matches(&self, peer: &Value, ip: IpAddr) -> bool {
+        if let Some(networks) = peer.get("networks") {
+            return networks.as_array().expect("networks").iter().any(|n| cidr_contains(n.as_str().expect("cidr"), ip));
+        }
+        if let Some(sel) = peer.get("nodes") {
+            let sel = json_selector(sel);
+            return self.nodes.iter().any(|n| {
+                let addresses = n.status.iter().flat_map(|s| s.addresses.iter().flatten());
+                let mut ips = addresses
+                    .filter(|a| a.type_ == "InternalIP" || a.type_ == "ExternalIP")
+                    .filter_map(|a| a.address.parse::<IpAddr>().ok());
+                selector_matches(&sel, &n.metadata.labels.clone().unwrap_or_default()) && ips.any(|a| a == ip)
+            });
+        }
+        // Pod peers: running pod-network pods only.
+        let Some(pod) = self.pod_at(ip) else { return false };
+        let ns_labels = self.namespace_labels(&pod_namespace(pod));
+        if let Some(ns) = peer.get("namespaces") {
+            return selector_matches(&json_selector(ns), &ns_labels);
+        }
+        let pods = &peer["pods"];
+        let ns_sel = pods.get("namespaceSelector").map(json_selector).unwrap_or_default();
+        selector_matches(&ns_sel, &ns_labels)
+            && selector_matches(&json_selector(&pods["podSelector"]), &pod_labels(pod))
+    }
+}
+
+/// One `protocols` entry against a flow; a named port resolves on the
+/// destination pod, with the protocol its container port declares.
+fn cnp_port_matches(p: &Value, dest: Option<&Pod>, protocol: u8, port: u16) -> bool {
+    if let Some(name) = p.get("destinationNamedPort") {
+        let Some(dest) = dest else { return false };
+        return named_container_port(dest, name.as_str().expect("port name")).contains(&(protocol, port));
+    }
+    for (field, number) in [("tcp", TCP), ("udp", UDP), ("sctp", SCTP)] {
+        let Some(spec) = p.get(field) else { continue };
+        if number != protocol {
+            return false;
+        }
+        let dp = &spec["destinationPort"];
+        if let Some(n) = dp.get("number") {
+            return n.as_u64() == Some(u64::from(port));
+        }
+        let (start, end) = (dp["range"]["start"].as_u64().expect("start"), dp["range"]["end"].as_u64().expect("end"));
+        return start <= u64::from(port) && u64::from(port) <= end;
+    }
+    panic!("reference: a protocols entry with no field it knows: {p}")
 }
 
 fn proto_number(name: &str) -> u8 {

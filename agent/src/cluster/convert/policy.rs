@@ -112,7 +112,7 @@ impl Policy {
     }
 }
 
-fn selector_from(sel: &K8sSelector, field: &str, errors: &mut Vec<FieldError>) -> Selector {
+pub(super) fn selector_from(sel: &K8sSelector, field: &str, errors: &mut Vec<FieldError>) -> Selector {
     let mut out = Selector::default();
     for (k, v) in sel.match_labels.iter().flatten() {
         validate_label_key(k, &format!("{field}.matchLabels"), errors);
