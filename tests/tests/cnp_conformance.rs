@@ -54,18 +54,6 @@ const UNDECLARED: [(u16, &str); 2] = [(8080, "TCP"), (5353, "UDP")];
 const STEPS: &str = include_str!("../cnp/upstream.steps");
 const MANIFESTS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/cnp/");
 
-/// ClusterNetworkPolicy as the in-process API server stores it.
-struct ClusterNetworkPolicy;
-
-impl k8s_openapi::Resource for ClusterNetworkPolicy {
-    const API_VERSION: &'static str = "policy.networking.k8s.io/v1alpha2";
-    const GROUP: &'static str = "policy.networking.k8s.io";
-    const KIND: &'static str = "ClusterNetworkPolicy";
-    const VERSION: &'static str = "v1alpha2";
-    const URL_PATH_SEGMENT: &'static str = "clusternetworkpolicies";
-    type Scope = k8s_openapi::ClusterResourceScope;
-}
-
 struct Env(Cluster);
 
 impl std::ops::Deref for Env {
@@ -140,8 +128,8 @@ impl Fixture for Env {
     fn reset(&self) -> Result<()> {
         self.0.reset()?;
         let api = self.api()?;
-        for (_, name) in api.names::<ClusterNetworkPolicy>() {
-            api.delete::<ClusterNetworkPolicy>(None, &name);
+        for name in api.cluster_network_policy_names() {
+            api.delete_cluster_network_policy(&name);
         }
         self.base()
     }
@@ -250,9 +238,9 @@ impl Env {
     fn put_policies(&self, docs: &[Value]) -> Result<()> {
         let api = self.api()?;
         let keep: Vec<&str> = docs.iter().filter(|d| d["kind"] == "ClusterNetworkPolicy").filter_map(name_of).collect();
-        for (_, name) in api.names::<ClusterNetworkPolicy>() {
+        for name in api.cluster_network_policy_names() {
             if !keep.contains(&name.as_str()) {
-                api.delete::<ClusterNetworkPolicy>(None, &name);
+                api.delete_cluster_network_policy(&name);
             }
         }
         let texts: Vec<String> = docs.iter().map(Value::to_string).collect();
