@@ -247,6 +247,12 @@ impl Env {
         self.apply(&texts).map_err(|e| anyhow!("{e:#}\n{}", self.log_tail()))
     }
 
+    /// [`Env::put_policies`] from manifests.
+    fn set(&self, manifests: &[String]) -> Result<()> {
+        let docs = manifests.iter().map(|m| serde_saphyr::from_str(m).map_err(|e| anyhow!("{m}: {e}"))).collect::<Result<Vec<Value>>>()?;
+        self.put_policies(&docs)
+    }
+
     /// Replays upstream test `name` from the steps file.
     fn upstream(&self, name: &str) -> Result<()> {
         let test = upstream_tests()?.into_iter().find(|t| t.name == name).with_context(|| format!("no test {name}"))?;
@@ -518,7 +524,7 @@ fn guide_cases() -> Vec<palisade_e2e::suite::Case<Env>> {
                     "{ALL_BUT_KUBE_SYSTEM}  ingress:\n  - name: deny-all\n    action: Deny\n    from: [{{namespaces: {{}}}}]\n  egress:\n  - name: allow-dns\n    action: Accept\n    to: [{{pods: {{namespaceSelector: {{matchLabels: {{kubernetes.io/metadata.name: kube-system}}}}, podSelector: {{matchLabels: {{k8s-app: kube-dns}}}}}}}}]\n    protocols: [{{udp: {{destinationPort: {{number: 53}}}}}}, {{tcp: {{destinationPort: {{number: 53}}}}}}]\n  - name: deny-all\n    action: Deny\n    to: [{{networks: [0.0.0.0/0, \"::/0\"]}}]\n"
                 ),
             );
-            e.apply(std::slice::from_ref(&default_deny))?;
+            e.set(std::slice::from_ref(&default_deny))?;
             // DNS only, to the DNS server only (every house pod serves 53 too).
             e.matrix(53, Proto::Udp, |_, to| to == DNS)?;
             e.matrix(80, Proto::Tcp, |_, _| false)?;
@@ -526,7 +532,7 @@ fn guide_cases() -> Vec<palisade_e2e::suite::Case<Env>> {
             // egress to gryffindor's web, gryffindor its ingress. Slytherin's
             // egress is then isolated by its own policy, so Baseline's DNS
             // allowance no longer applies to it.
-            e.apply(&[
+            e.set(&[
                 default_deny,
                 np(
                     &format!("{PREFIX}gryffindor"),
@@ -545,10 +551,10 @@ fn guide_cases() -> Vec<palisade_e2e::suite::Case<Env>> {
         ("guide_admin_accept_monitoring_holds_against_deny_all", |e| {
             let deny_all =
                 np(&format!("{PREFIX}gryffindor"), "deny-all", "  podSelector: {}\n  policyTypes: [Ingress, Egress]\n");
-            e.apply(std::slice::from_ref(&deny_all))?;
+            e.set(std::slice::from_ref(&deny_all))?;
             let gryffindor_closed = |from: &str, to: &str| house(from) != "gryffindor" && house(to) != "gryffindor";
             e.matrix(8080, Proto::Tcp, gryffindor_closed)?;
-            e.apply(&[
+            e.set(&[
                 deny_all,
                 cnp(
                     "monitoring-scrapes",
@@ -567,7 +573,7 @@ fn guide_cases() -> Vec<palisade_e2e::suite::Case<Env>> {
         ("guide_admin_deny_metadata_no_network_policy_reopens", |e| {
             let denied: Vec<_> = e.metadata_reachable().into_iter().filter(|(_, ok)| !ok).collect();
             ensure!(denied.is_empty(), "without policies the metadata address must be reachable: {denied:?}");
-            e.apply(&[
+            e.set(&[
                 cnp(
                     "deny-metadata",
                     "Admin",
@@ -626,7 +632,7 @@ fn guide_cases() -> Vec<palisade_e2e::suite::Case<Env>> {
             ];
             let mut all = vec![pass];
             all.extend(rest.iter().cloned());
-            e.apply(&all)?;
+            e.set(&all)?;
             // Pass skips the Admin Deny: gryffindor's own policy admits
             // slytherin (and isolates it from the rest); where no
             // NetworkPolicy speaks, Baseline denies slytherin.
@@ -636,7 +642,7 @@ fn guide_cases() -> Vec<palisade_e2e::suite::Case<Env>> {
                 _ => true,
             })?;
             // Without the Pass, the Admin Deny decides before any NetworkPolicy.
-            e.apply(&rest)?;
+            e.set(&rest)?;
             e.matrix(80, Proto::Tcp, |from, to| house(from) != "slytherin" && house(to) != "gryffindor")
         }),
     ]
