@@ -25,6 +25,14 @@ struct VerdictLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TierLabels {
+    direction: String,
+    verdict: String,
+    /// Admin, NetworkPolicy or Baseline: the tier whose rule decided.
+    tier: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PolicyLabels {
     direction: String,
     policy: String,
@@ -54,6 +62,7 @@ struct HeldLabels {
 pub struct Metrics {
     registry: Registry,
     verdicts: Family<VerdictLabels, Counter>,
+    tier_verdicts: Family<TierLabels, Counter>,
     drops_by_policy: Family<PolicyLabels, Counter>,
     kernel_packets: Family<ReasonLabels, Counter>,
     events_sent: Counter,
@@ -91,6 +100,7 @@ impl Metrics {
         let mut registry = Registry::with_prefix("palisade");
         let m = Metrics {
             verdicts: Family::default(),
+            tier_verdicts: Family::default(),
             drops_by_policy: Family::default(),
             kernel_packets: Family::default(),
             events_sent: Counter::default(),
@@ -120,6 +130,11 @@ impl Metrics {
             "verdicts",
             "Verdict events by direction, verdict and allowing policy (drops count the packets they stand for)",
             m.verdicts.clone(),
+        );
+        registry.register(
+            "tier_verdicts",
+            "Verdict events decided by a rule, by direction, verdict and tier (Admin, NetworkPolicy, Baseline)",
+            m.tier_verdicts.clone(),
         );
         registry.register(
             "drops_by_isolating_policy",
@@ -201,6 +216,13 @@ impl Metrics {
     pub fn verdicts(&self, direction: Direction, verdict: Verdict, policy: String, packets: u64) {
         let labels = VerdictLabels { direction: direction.to_string(), verdict: verdict.to_string(), policy };
         self.verdicts.get_or_create(&labels).inc_by(packets);
+    }
+
+    /// Counts the packets verdict events a tier's rule decided stand for
+    /// (NetworkPolicy's include its implicit deny).
+    pub fn tier_verdicts(&self, direction: Direction, verdict: Verdict, tier: &str, packets: u64) {
+        let labels = TierLabels { direction: direction.to_string(), verdict: verdict.to_string(), tier: tier.into() };
+        self.tier_verdicts.get_or_create(&labels).inc_by(packets);
     }
 
     /// Counts dropped (or audited) packets against a policy isolating the pod.

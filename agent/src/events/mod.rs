@@ -159,27 +159,43 @@ pub async fn run(
 /// Metrics for a batch: summed per label set first, so a flood costs a
 /// few label lookups per batch, not per event.
 fn account(batch: &[Compact], symbols: &Symbols, metrics: &Metrics) {
-    let mut verdicts: HashMap<(u8, u8, u32), u64> = HashMap::new();
+    let mut verdicts: HashMap<(u8, u8, u32, bool), u64> = HashMap::new();
     let mut isolating: HashMap<(u8, u32), u64> = HashMap::new();
     for c in batch {
         let n = u64::from(c.count.max(1));
-        let rule = if c.verdict() == Verdict::Allowed { c.rule } else { 0 };
-        *verdicts.entry((c.direction, c.verdict, rule)).or_default() += n;
+        let implicit = c.reason == palisade_common::REASON_NO_RULE;
+        *verdicts.entry((c.direction, c.verdict, c.rule, implicit)).or_default() += n;
         if c.verdict() != Verdict::Allowed && c.isolated != 0 {
             *isolating.entry((c.direction, c.isolated)).or_default() += n;
         }
     }
     metrics.received(batch.len() as u64);
-    for ((dir, verdict, rule), n) in verdicts {
+    for ((dir, verdict, rule, implicit), n) in verdicts {
         let c = Compact { direction: dir, verdict, ..Default::default() };
-        let policy = match symbols.get(rule).as_deref() {
-            Some(Symbol::Rule(r)) => match (&r.namespace, &r.name) {
+        let r = match symbols.get(rule).as_deref() {
+            Some(Symbol::Rule(r)) => Some(r.clone()),
+            _ => None,
+        };
+        // The policy label names allowing NetworkPolicies and the node
+        // allowance (as before), and any deciding ClusterNetworkPolicy.
+        let policy = match &r {
+            Some(r) if r.tier.is_some() => r.name.clone().unwrap_or_default(),
+            Some(_) if c.verdict() != Verdict::Allowed => String::new(),
+            Some(r) => match (&r.namespace, &r.name) {
                 (Some(ns), Some(name)) => format!("{ns}/{name}"),
                 _ => "node".to_string(),
             },
-            _ => String::new(),
+            None => String::new(),
         };
         metrics.verdicts(c.direction(), c.verdict(), policy, n);
+        let tier = match &r {
+            Some(r) => r.tier.as_deref().unwrap_or("NetworkPolicy"),
+            None if implicit => "NetworkPolicy",
+            None => "",
+        };
+        if !tier.is_empty() {
+            metrics.tier_verdicts(c.direction(), c.verdict(), tier, n);
+        }
     }
     for ((dir, id), n) in isolating {
         if let Some(Symbol::Isolating(by)) = symbols.get(id).as_deref() {
@@ -211,5 +227,55 @@ pub fn isolation_text(pod: &str, dir: Direction, by: &[PolicyRef]) -> String {
         format!("{pod} is isolated for {dir}, and no rule allows it")
     } else {
         format!("{pod} is isolated for {dir} by {}, and no rule allows it", names.join(", "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::record::RuleRef;
+    use palisade_common::{DIR_EGRESS, REASON_NO_RULE, REASON_RULE, VERDICT_ALLOWED, VERDICT_DROPPED};
+
+    #[test]
+    fn verdict_metrics_name_the_tier_and_the_cluster_policy() {
+        let symbols = Symbols::default();
+        let rule = |name: &str, tier: Option<&str>, namespace: Option<&str>| {
+            symbols.intern(Symbol::Rule(RuleRef {
+                namespace: namespace.map(str::to_string),
+                name: Some(name.into()),
+                direction: Direction::Egress,
+                rule: 0,
+                description: String::new(),
+                tier: tier.map(str::to_string),
+            }))
+        };
+        let deny = rule("no-metadata", Some("Admin"), None);
+        let allow = rule("allow-dns", None, Some("ns"));
+        let event = |verdict, reason, rule, count| Compact {
+            direction: DIR_EGRESS,
+            verdict,
+            reason,
+            rule,
+            count,
+            ..Default::default()
+        };
+        let batch = [
+            event(VERDICT_DROPPED, REASON_RULE, deny, 3),
+            event(VERDICT_DROPPED, REASON_NO_RULE, 0, 2),
+            event(VERDICT_ALLOWED, REASON_RULE, allow, 1),
+        ];
+        let metrics = Metrics::new();
+        account(&batch, &symbols, &metrics);
+        let text = metrics.encode();
+        for line in [
+            "palisade_verdicts_total{direction=\"egress\",verdict=\"DROPPED\",policy=\"no-metadata\"} 3",
+            "palisade_verdicts_total{direction=\"egress\",verdict=\"DROPPED\",policy=\"\"} 2",
+            "palisade_verdicts_total{direction=\"egress\",verdict=\"ALLOWED\",policy=\"ns/allow-dns\"} 1",
+            "palisade_tier_verdicts_total{direction=\"egress\",verdict=\"DROPPED\",tier=\"Admin\"} 3",
+            "palisade_tier_verdicts_total{direction=\"egress\",verdict=\"DROPPED\",tier=\"NetworkPolicy\"} 2",
+            "palisade_tier_verdicts_total{direction=\"egress\",verdict=\"ALLOWED\",tier=\"NetworkPolicy\"} 1",
+        ] {
+            assert!(text.contains(line), "{line} missing:\n{text}");
+        }
     }
 }

@@ -61,17 +61,24 @@ impl Peer {
     }
 }
 
-/// The rule that allowed a flow.
+/// The rule that decided a flow: the allowing rule, or for a drop a
+/// ClusterNetworkPolicy Deny rule.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct RuleRef {
-    /// Absent for the built-in node allowance.
+    /// Absent for the built-in node allowance and ClusterNetworkPolicy
+    /// rules.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
+    /// The NetworkPolicy's, or the ClusterNetworkPolicy's, name.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     pub direction: Direction,
     pub rule: usize,
     pub description: String,
+    /// "Admin" or "Baseline" for a ClusterNetworkPolicy rule (absent:
+    /// NetworkPolicy, or the node allowance).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tier: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -147,6 +154,7 @@ impl fmt::Display for VerdictEvent {
         }
         match (self.verdict, &self.policy) {
             (Verdict::Allowed, Some(rule)) => write!(f, ": allowed by {}", rule.description)?,
+            (_, Some(rule)) => write!(f, ": dropped by {}", rule.description)?,
             (Verdict::Allowed, None) => write!(f, ": {} is not isolated for {}", self.local().name(), self.direction)?,
             _ if self.reason == "malformed" => f.write_str(": malformed packet")?,
             _ if self.reason == "pending" => {

@@ -103,10 +103,15 @@ impl Resolver {
         let id = match self.view.catalog.rules.get(&rule) {
             Some(r) => self.symbols.intern(Symbol::Rule(RuleRef {
                 namespace: r.policy.as_ref().map(|p| p.namespace.clone()),
-                name: r.policy.as_ref().map(|p| p.name.clone()),
+                name: r
+                    .policy
+                    .as_ref()
+                    .map(|p| p.name.clone())
+                    .or_else(|| r.cluster.as_ref().map(|c| c.policy.clone())),
                 direction: r.direction,
                 rule: r.index,
                 description: r.to_string(),
+                tier: r.cluster.as_ref().map(|c| c.tier.to_string()),
             })),
             None => 0,
         };

@@ -527,6 +527,7 @@ mod tests {
                 direction: Direction::Ingress,
                 rule: 0,
                 description: "y/allow ingress rule 0".into(),
+                tier: None,
             }),
             isolated_by: if verdict == Verdict::Allowed {
                 vec![]

@@ -29,5 +29,6 @@ mod host_egress;
 mod icmp_errors;
 mod malformed;
 mod regressions;
+mod tiers;
 mod unmanaged;
 mod verdicts;
