@@ -16,6 +16,7 @@
 //! verdict upstream expects, one by one.
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
+use palisade::events::Verdict;
 use palisade_e2e::cluster::Cluster;
 use palisade_e2e::fake_api::FakeApi;
 use palisade_e2e::netns::Netns;
@@ -249,7 +250,10 @@ impl Env {
 
     /// [`Env::put_policies`] from manifests.
     fn set(&self, manifests: &[String]) -> Result<()> {
-        let docs = manifests.iter().map(|m| serde_saphyr::from_str(m).map_err(|e| anyhow!("{m}: {e}"))).collect::<Result<Vec<Value>>>()?;
+        let docs = manifests
+            .iter()
+            .map(|m| serde_saphyr::from_str(m).map_err(|e| anyhow!("{m}: {e}")))
+            .collect::<Result<Vec<Value>>>()?;
         self.put_policies(&docs)
     }
 
@@ -306,6 +310,34 @@ impl Env {
     fn matrix(&self, port: u16, proto: Proto, allowed: impl Fn(&str, &str) -> bool) -> Result<()> {
         let expected = Matrix::expected(&self.topo.names(), allowed).with_self_reachable();
         probe::check(&self.topo.all(), port, proto, false, &expected).map_err(|e| anyhow!("{e}\n{}", self.log_tail()))
+    }
+
+    /// Waits for the agent of `at` (a pod) to report a drop of `from`'s
+    /// traffic to `to` decided by the ClusterNetworkPolicy rule that
+    /// `description` names (policy, rule, tier, priority, action).
+    fn expect_drop(&self, at: &str, from: &str, to: IpAddr, policy: &str, tier: &str, description: &str) -> Result<()> {
+        let (ns, pod) = from.split_once('/').context("ns/pod")?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let events = self.agent_of(at).events(&[])?;
+            let drops: Vec<_> = events
+                .iter()
+                .filter(|ev| ev.verdict == Verdict::Dropped && ev.destination.ip == to)
+                .filter(|ev| ev.source.namespace.as_deref() == Some(ns) && ev.source.pod.as_deref() == Some(pod))
+                .collect();
+            let named = drops.iter().any(|ev| {
+                ev.policy.as_ref().is_some_and(|r| {
+                    r.name.as_deref() == Some(policy) && r.tier.as_deref() == Some(tier) && r.description == description
+                })
+            });
+            if named {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("no drop of {from} -> {to} naming \"{description}\" at {at}'s node; its drops: {drops:#?}");
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
     }
 
     /// Every pod's verdict connecting to the metadata address.
@@ -597,6 +629,9 @@ fn guide_cases() -> Vec<palisade_e2e::suite::Case<Env>> {
             ])?;
             let reached: Vec<_> = e.metadata_reachable().into_iter().filter(|(_, ok)| *ok).collect();
             ensure!(reached.is_empty(), "the Admin Deny must hold against every NetworkPolicy: {reached:?}");
+            let g = format!("{PREFIX}gryffindor/harry-potter-0");
+            let why = "ClusterNetworkPolicy deny-metadata rule deny-metadata (Admin, priority 0, Deny)";
+            e.expect_drop(&g, &g, IpAddr::V4(METADATA), "deny-metadata", "Admin", why)?;
             // The rest of egress is untouched.
             e.matrix(80, Proto::Tcp, |from, _| house(from) != "gryffindor")
         }),
@@ -641,9 +676,17 @@ fn guide_cases() -> Vec<palisade_e2e::suite::Case<Env>> {
                 ("slytherin", _) => false,
                 _ => true,
             })?;
+            let (draco, cedric) =
+                (format!("{PREFIX}slytherin/draco-malfoy-0"), format!("{PREFIX}hufflepuff/cedric-diggory-0"));
+            let why = "ClusterNetworkPolicy baseline-deny-slytherin rule deny-slytherin (Baseline, priority 10, Deny)";
+            e.expect_drop(&cedric, &draco, e.ip(&cedric), "baseline-deny-slytherin", "Baseline", why)?;
             // Without the Pass, the Admin Deny decides before any NetworkPolicy.
             e.set(&rest)?;
-            e.matrix(80, Proto::Tcp, |from, to| house(from) != "slytherin" && house(to) != "gryffindor")
+            e.matrix(80, Proto::Tcp, |from, to| house(from) != "slytherin" && house(to) != "gryffindor")?;
+            let (draco, harry) =
+                (format!("{PREFIX}slytherin/draco-malfoy-0"), format!("{PREFIX}gryffindor/harry-potter-0"));
+            let why = "ClusterNetworkPolicy deny-slytherin rule deny-slytherin (Admin, priority 20, Deny)";
+            e.expect_drop(&harry, &draco, e.ip(&harry), "deny-slytherin", "Admin", why)
         }),
     ]
 }
