@@ -5,7 +5,10 @@
 
 use crate::policy::compile::compile_with_hints;
 use crate::policy::lookup;
-use crate::policy::model::{NamespaceMatch, Peer, PortMatch, Protocol, Rule, named_port};
+use crate::policy::model::{
+    Action, ClusterPeer, ClusterPolicy, ClusterPort, ClusterRule, ClusterSubject, NamespaceMatch, Peer, PortMatch,
+    Protocol, Rule, Tier, named_port,
+};
 use crate::policy::{Compiled, Direction, Input, Namespace, Node, Pod, Policy, compile};
 use serde::{Deserialize, Serialize};
 use std::net::IpAddr;
@@ -89,6 +92,12 @@ pub struct Side {
     pub summary: String,
     pub allowed_by: Vec<RuleRef>,
     pub policies: Vec<PolicyTrace>,
+    /// The walk through the tiers, as the policy API's policy-assistant
+    /// shows it: `[Admin]` rules of the ClusterNetworkPolicies selecting the
+    /// pod, `[NetworkPolicy]`, `[Baseline]`, `[default]`, up to the step
+    /// that decided. Empty when no ClusterNetworkPolicy selects the pod.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tiers: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kernel: Option<KernelCheck>,
 }
@@ -174,6 +183,7 @@ fn side(
             summary: format!("{what}: NetworkPolicy does not apply on this side"),
             allowed_by: vec![],
             policies: vec![],
+            tiers: vec![],
             kernel: None,
         };
     };
@@ -195,8 +205,22 @@ fn side(
         policies.push(pt.0);
     }
     let isolating: Vec<String> = policies.iter().filter(|p| p.applies).map(|p| p.policy.clone()).collect();
-    let explained_allowed = isolating.is_empty() || !allowed_by.is_empty();
-    let host_allowed = dir == Direction::Ingress && node.allow_host && node.host_ips.contains(&remote_ip);
+    let host_allowed = dir == Direction::Ingress
+        && node.allow_host
+        && node.host_ips.contains(&remote_ip)
+        && remote_pod.is_none_or(|p| p.host_network);
+    // The node allowance comes before every tier.
+    let walk = if host_allowed {
+        Walk::default()
+    } else {
+        walk_tiers(input, node, pod, dir, remote_ip, remote_pod, remote_ns.as_ref(), q)
+    };
+    let np_allowed = isolating.is_empty() || !allowed_by.is_empty();
+    let explained_allowed = match (&walk.admin, isolating.is_empty(), &walk.baseline) {
+        (Some(d), _, _) => d.allowed,
+        (None, true, Some(d)) => d.allowed,
+        _ => np_allowed,
+    };
     let allowed = match verdict {
         Some(v) => v.allowed,
         None => explained_allowed || host_allowed,
@@ -206,8 +230,13 @@ fn side(
         format!(
             "{remote_ip} is a Service cluster IP: egress passes here and is judged after DNAT, against the backend (trace the backend pod)"
         )
+    } else if let Some(d) = &walk.admin {
+        d.text.clone()
     } else if isolating.is_empty() {
-        format!("{id} is not isolated for {dir}: no policy selects it for {dir}")
+        match &walk.baseline {
+            Some(d) => d.text.clone(),
+            None => format!("{id} is not isolated for {dir}: no policy selects it for {dir}"),
+        }
     } else if !allowed_by.is_empty() {
         let rules: Vec<String> = allowed_by.iter().map(|r| format!("{} rule {}", r.policy, r.rule)).collect();
         format!("allowed by {}", rules.join(", "))
@@ -220,6 +249,22 @@ fn side(
     if explained_allowed != allowed && !host_allowed && !deferred {
         summary.push_str(" [the compiled rules say otherwise: please report this as a bug]");
     }
+    let mut tiers = walk.lines;
+    if walk.selected && walk.admin.is_none() {
+        tiers.push(if isolating.is_empty() {
+            format!("[NetworkPolicy] {id} is not isolated for {dir}: on to Baseline")
+        } else if np_allowed {
+            format!("[NetworkPolicy] {summary}")
+        } else {
+            format!("[NetworkPolicy] isolated by {}, no rule allows this: denied", isolating.join(", "))
+        });
+        if isolating.is_empty() {
+            tiers.extend(walk.baseline_lines);
+            if walk.baseline.is_none() {
+                tiers.push("[default] allowed".to_string());
+            }
+        }
+    }
     Side {
         direction: dir,
         pod: Some(id),
@@ -228,8 +273,193 @@ fn side(
         summary,
         allowed_by,
         policies,
+        tiers,
         kernel: None,
     }
+}
+
+/// A tier's decision.
+#[derive(Debug)]
+struct Decided {
+    allowed: bool,
+    text: String,
+}
+
+/// The walk through the ClusterNetworkPolicy tiers for one side.
+#[derive(Debug, Default)]
+struct Walk {
+    /// Some ClusterNetworkPolicy selects the pod for this direction.
+    selected: bool,
+    /// `[Admin]` lines (and the decision, if one decided).
+    lines: Vec<String>,
+    admin: Option<Decided>,
+    /// `[Baseline]` lines, shown when NetworkPolicy does not isolate.
+    baseline_lines: Vec<String>,
+    baseline: Option<Decided>,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn walk_tiers(
+    input: &Input,
+    node: &Node,
+    pod: &Pod,
+    dir: Direction,
+    remote_ip: IpAddr,
+    remote_pod: Option<&Pod>,
+    remote_ns: Option<&Namespace>,
+    q: &Query,
+) -> Walk {
+    let mut walk = Walk::default();
+    let own_ns = ns(input, &pod.namespace);
+    let mut order: Vec<&ClusterPolicy> = input.cluster_policies.values().map(|p| p.as_ref()).collect();
+    order.sort_by(|a, b| a.order_key().cmp(&b.order_key()));
+    let dst_pod = if dir == Direction::Ingress { Some(pod) } else { remote_pod };
+    for tier in [Tier::Admin, Tier::Baseline] {
+        let mut lines = Vec::new();
+        let mut decided = None;
+        'tier: for p in order.iter().filter(|p| p.tier == tier) {
+            let rules = if dir == Direction::Ingress { &p.ingress } else { &p.egress };
+            if rules.is_empty() || !subject_selects(&p.subject, pod, &own_ns) {
+                continue;
+            }
+            walk.selected = true;
+            for (i, r) in rules.iter().enumerate() {
+                let name = if r.name.is_empty() { format!("{dir} rule {i}") } else { format!("rule {}", r.name) };
+                let head = format!("[{tier}] {} (priority {}) {name}", p.name, p.priority);
+                let (peer_ok, peer_note) = cluster_peers_match(r, input, node, remote_ip, remote_pod, remote_ns);
+                let (port_ok, port_note) = cluster_ports_match(r, dst_pod, q);
+                if !(peer_ok && port_ok) {
+                    lines.push(format!("{head}: no match: {peer_note}; {port_note}"));
+                    continue;
+                }
+                let text = format!(
+                    "{} by ClusterNetworkPolicy {} {name} ({tier}, priority {}, {})",
+                    if r.action == Action::Accept { "allowed" } else { "denied" },
+                    p.name,
+                    p.priority,
+                    r.action
+                );
+                match r.action {
+                    Action::Pass => {
+                        let next = if tier == Tier::Admin { "NetworkPolicy" } else { "the default" };
+                        lines.push(format!("{head}: matches ({peer_note}; {port_note}): Pass, on to {next}"));
+                        break 'tier;
+                    }
+                    _ => {
+                        lines.push(format!("{head}: matches ({peer_note}; {port_note}): {}", r.action));
+                        decided = Some(Decided { allowed: r.action == Action::Accept, text });
+                        break 'tier;
+                    }
+                }
+            }
+        }
+        match tier {
+            Tier::Admin => {
+                walk.lines = lines;
+                walk.admin = decided;
+            }
+            Tier::Baseline => {
+                walk.baseline_lines = lines;
+                walk.baseline = decided;
+            }
+        }
+    }
+    walk
+}
+
+fn subject_selects(subject: &ClusterSubject, pod: &Pod, ns: &Namespace) -> bool {
+    !pod.host_network
+        && match subject {
+            ClusterSubject::Namespaces(s) => s.matches(&ns.labels),
+            ClusterSubject::Pods { namespaces, pods } => namespaces.matches(&ns.labels) && pods.matches(&pod.labels),
+        }
+}
+
+fn cluster_peers_match(
+    rule: &ClusterRule,
+    input: &Input,
+    node: &Node,
+    remote_ip: IpAddr,
+    remote_pod: Option<&Pod>,
+    remote_ns: Option<&Namespace>,
+) -> (bool, String) {
+    let pod = remote_pod.filter(|p| !p.host_network).zip(remote_ns);
+    let mut notes = Vec::new();
+    for peer in &rule.peers {
+        match peer {
+            ClusterPeer::Namespaces(s) => match pod {
+                Some((p, n)) if s.matches(&n.labels) => {
+                    return (true, format!("namespaces {s} match {}", p.namespace));
+                }
+                Some((p, _)) => notes.push(format!("namespaces {s} do not match {}", p.namespace)),
+                None => notes.push(format!("{remote_ip} is not a pod")),
+            },
+            ClusterPeer::Pods { namespaces, pods } => match pod {
+                Some((p, n)) if namespaces.matches(&n.labels) && pods.matches(&p.labels) => {
+                    return (true, format!("pods {namespaces} / {pods} match {}/{}", p.namespace, p.name));
+                }
+                Some((p, _)) => {
+                    notes.push(format!("pods {namespaces} / {pods} do not match {}/{}", p.namespace, p.name))
+                }
+                None => notes.push(format!("{remote_ip} is not a pod")),
+            },
+            ClusterPeer::Nodes(s) => {
+                // A pod's address is the pod's, even on a node's network.
+                let owned = remote_pod.is_some_and(|p| !p.host_network);
+                let hit = !owned
+                    && input.nodes.values().any(|n| {
+                        s.matches(&n.labels)
+                            && (n.ips.contains(&remote_ip)
+                                || (n.name == node.name && node.host_ips.contains(&remote_ip)))
+                    });
+                if hit {
+                    return (true, format!("nodes {s} have address {remote_ip}"));
+                }
+                notes.push(format!("no node {s} has address {remote_ip}"));
+            }
+            ClusterPeer::Networks(nets) => {
+                if let Some(n) = nets.iter().find(|n| n.trunc().contains(&remote_ip)) {
+                    return (true, format!("network {n} contains {remote_ip}"));
+                }
+                notes.push(format!("networks do not contain {remote_ip}"));
+            }
+            ClusterPeer::Unsupported(what) => {
+                if rule.action != Action::Accept {
+                    return (true, format!("unsupported peer ({what}) matches everything in a {}", rule.action));
+                }
+                notes.push(format!("unsupported peer ({what}) matches nothing in an Accept"));
+            }
+        }
+    }
+    (false, notes.join("; "))
+}
+
+fn cluster_ports_match(rule: &ClusterRule, dst_pod: Option<&Pod>, q: &Query) -> (bool, String) {
+    if rule.ports.is_empty() {
+        return (true, "all traffic".into());
+    }
+    let mut notes = Vec::new();
+    for port in &rule.ports {
+        match port {
+            ClusterPort::Ports { protocol, first, last } => {
+                let range = if first == last { first.to_string() } else { format!("{first}-{last}") };
+                if *protocol == q.protocol && (*first..=*last).contains(&q.port) {
+                    return (true, format!("{protocol} {range}"));
+                }
+                notes.push(format!("not {protocol} {range}"));
+            }
+            ClusterPort::Named(name) => {
+                let declared = dst_pod.map(|p| {
+                    p.ports.iter().any(|np| np.name == *name && np.protocol == q.protocol && np.port == q.port)
+                });
+                if declared == Some(true) {
+                    return (true, format!("named port {name}"));
+                }
+                notes.push(format!("not named port {name} of the destination"));
+            }
+        }
+    }
+    (false, notes.join("; "))
 }
 
 fn explain_policy(
@@ -374,6 +604,9 @@ impl std::fmt::Display for Trace {
                 if side.allowed { "ALLOWED" } else { "DENIED" },
                 side.summary
             )?;
+            for line in &side.tiers {
+                writeln!(f, "  {line}")?;
+            }
             for p in &side.policies {
                 writeln!(f, "  {}:", p.policy)?;
                 for n in &p.notes {

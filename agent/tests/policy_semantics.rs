@@ -2609,3 +2609,74 @@ fn incremental_compile_equals_compiling_from_scratch() {
     assert!(changed * 5 >= steps, "too few changes touch policy entries: {changed} of {steps}");
     assert!(tiered * 4 >= steps && denies * 10 >= steps, "too few states with cluster policies: {tiered}, {denies}");
 }
+
+// ---------------------------------------------------------------------------
+// ClusterNetworkPolicy tiers: `trace`'s walk through the tiers (written on
+// the model, rule by rule, like the policy API's policy-assistant) against
+// the compiled entries' verdict (`lookup`, the kernel's decision).
+
+#[test]
+fn trace_walks_the_tiers_to_the_compiled_verdict() {
+    use palisade::trace::{EndpointRef, Query};
+    let cases = std::env::var("PALISADE_PROPTEST_CASES").ok().and_then(|s| s.parse().ok()).unwrap_or(256);
+    let config = ProptestConfig { cases, failure_persistence: None, ..ProptestConfig::default() };
+    let mut runner = TestRunner::new(config);
+    let sides = AtomicUsize::new(0);
+    let decided = AtomicUsize::new(0);
+    let strategy = (
+        cluster(),
+        prop::collection::vec(cluster_policy(), 1..=4),
+        labels_strategy(NODE_LABELS),
+        labels_strategy(NODE_LABELS),
+    );
+    let result = runner.run(&strategy, |(mut g, cnps, a, b)| {
+        g.cluster = cnps;
+        let mut seen = std::collections::BTreeSet::new();
+        g.cluster.retain(|c| seen.insert(c.name.clone()));
+        g.node_labels = [a, b];
+        let w = render(&g);
+        let input = w.input();
+        let pods: Vec<&Pod> = w.pods.iter().filter(|p| reference::is_peer_pod(p)).collect();
+        if pods.is_empty() {
+            return Ok(());
+        }
+        for q in &g.queries {
+            let local = pods[q.local % pods.len()];
+            let local_ref =
+                EndpointRef::Pod(local.metadata.namespace.clone().unwrap(), local.metadata.name.clone().unwrap());
+            let v6 = matches!(q.remote, GenRemote::Pod(_, true))
+                || matches!(q.remote, GenRemote::External(i) if EXTERNAL[i].contains(':'));
+            let remote = match q.remote {
+                GenRemote::Pod(i, _) => {
+                    let p = pods[i % pods.len()];
+                    EndpointRef::Pod(p.metadata.namespace.clone().unwrap(), p.metadata.name.clone().unwrap())
+                }
+                GenRemote::External(i) => EndpointRef::Ip(EXTERNAL[i].parse().unwrap()),
+                GenRemote::Host(i) => EndpointRef::Ip(HOST_IPS[i].parse().unwrap()),
+            };
+            let protocol = [Protocol::Tcp, Protocol::Udp, Protocol::Sctp, Protocol::Tcp][q.proto];
+            let (from, to) = if q.egress { (local_ref, remote) } else { (remote, local_ref) };
+            let query = Query { from, to, port: q.port, protocol, ipv6: v6 };
+            let Ok(t) = palisade::trace::trace(&input, &w.node, &query) else { continue };
+            for side in [&t.egress, &t.ingress] {
+                sides.fetch_add(1, Ordering::Relaxed);
+                if side.summary.contains("ClusterNetworkPolicy") {
+                    decided.fetch_add(1, Ordering::Relaxed);
+                }
+                prop_assert!(
+                    !side.summary.contains("please report this as a bug"),
+                    "{query:?}: the walk and the compiled entries differ:\n{t}\n{}\n{:#?}",
+                    describe(&w),
+                    g.cluster
+                );
+            }
+        }
+        Ok(())
+    });
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+    let (sides, decided) = (sides.load(Ordering::Relaxed), decided.load(Ordering::Relaxed));
+    eprintln!("{cases} clusters, {sides} sides traced, {decided} decided by a ClusterNetworkPolicy rule");
+    assert!(decided * 40 >= sides, "too few sides decided by cluster policies: {decided} of {sides}");
+}

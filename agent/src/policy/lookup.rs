@@ -8,8 +8,8 @@
 use super::Direction;
 use super::compile::{Compiled, IpPrefix, PolicyPrefix};
 use palisade_common::{
-    Endpoint, IP_KEY_FAMILY_BITS, IpInfo, IpKey, POLICY_PREFIX_ANY_PROTO, POLICY_PREFIX_FULL, PolicyKey, PolicyMaps,
-    PolicyValue, REASON_NOT_ISOLATED, ip_key_full_len, peer_info,
+    EP_EGRESS_ISOLATED, EP_INGRESS_ISOLATED, Endpoint, IP_KEY_FAMILY_BITS, IpInfo, IpKey, POLICY_PREFIX_ANY_PROTO,
+    POLICY_PREFIX_FULL, PolicyKey, PolicyMaps, PolicyValue, ip_key_full_len, peer_info,
 };
 use std::net::IpAddr;
 
@@ -17,11 +17,12 @@ use std::net::IpAddr;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Verdict {
     pub allowed: bool,
-    /// The allowing rule (0 when not isolated, denied or deferred).
+    /// The deciding rule: the allowing one, or a ClusterNetworkPolicy Deny
+    /// (0 when none decided, or deferred).
     pub rule: u32,
     /// Peer identity of the remote address (0: unknown).
     pub peer: u32,
-    /// Whether the local pod is isolated in this direction.
+    /// Whether a NetworkPolicy isolates the local pod in this direction.
     pub isolated: bool,
     /// Egress to a Service cluster IP: the kernel lets it pass and judges
     /// it after DNAT, against the backend.
@@ -85,14 +86,9 @@ pub fn decide(
     port: u16,
 ) -> Verdict {
     let ep = Endpoint { identity, flags };
+    let isolated_bit = if dir == Direction::Ingress { EP_INGRESS_ISOLATED } else { EP_EGRESS_ISOLATED };
     let d = palisade_common::decide(maps, &ep, dir.code(), &IpKey::from_ip(remote), protocol, port, true);
-    Verdict {
-        allowed: d.allowed,
-        rule: d.rule,
-        peer: d.peer,
-        isolated: d.reason != REASON_NOT_ISOLATED,
-        deferred: d.defer,
-    }
+    Verdict { allowed: d.allowed, rule: d.rule, peer: d.peer, isolated: flags & isolated_bit != 0, deferred: d.defer }
 }
 
 #[cfg(test)]
