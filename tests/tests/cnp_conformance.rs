@@ -306,10 +306,36 @@ impl Env {
         Ok(())
     }
 
-    /// Checks the full reachability matrix of every pod to every pod.
+    /// Checks the full reachability matrix of every pod to every pod, then
+    /// that `palisade trace` (asked of both ends' agents, kernel check
+    /// included: each checks the side it enforces) agrees on every pair.
     fn matrix(&self, port: u16, proto: Proto, allowed: impl Fn(&str, &str) -> bool) -> Result<()> {
         let expected = Matrix::expected(&self.topo.names(), allowed).with_self_reachable();
-        probe::check(&self.topo.all(), port, proto, false, &expected).map_err(|e| anyhow!("{e}\n{}", self.log_tail()))
+        probe::check(&self.topo.all(), port, proto, false, &expected)
+            .map_err(|e| anyhow!("{e}\n{}", self.log_tail()))?;
+        let proto_name = proto.to_string();
+        for from in &expected.names {
+            for to in expected.names.iter().filter(|t| *t != from) {
+                let at_source = self.agent_of(from).trace(from, to, port, &proto_name, false)?;
+                let at_destination = self.agent_of(to).trace(from, to, port, &proto_name, false)?;
+                let enforced = at_source.egress.kernel.is_some() && at_destination.ingress.kernel.is_some();
+                for t in [&at_source, &at_destination] {
+                    let sides = [&t.egress, &t.ingress];
+                    let kernel_agrees =
+                        sides.iter().filter_map(|s| s.kernel.as_ref()).all(|k| k.differences.is_empty());
+                    if t.allowed != expected.get(from, to) || !kernel_agrees || !enforced {
+                        bail!("trace disagrees with the real verdict for {from} -> {to} {proto}/{port}:\n{t}");
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The tier walk `palisade trace` shows for the ingress of `from` -> `to`
+    /// on TCP 80, asked of the destination's agent.
+    fn ingress_walk(&self, from: &str, to: &str) -> Result<Vec<String>> {
+        Ok(self.agent_of(to).trace(from, to, 80, "TCP", false)?.ingress.tiers)
     }
 
     /// Waits for the agent of `at` (a pod) to report a drop of `from`'s
@@ -401,6 +427,13 @@ fn edit(docs: &mut Vec<Value>, api: &FakeApi, w: &[&str], env: &Env) -> Result<(
         }
         _ => bail!("unknown step {w:?}"),
     }
+    Ok(())
+}
+
+/// The walk has one line per expected step, each starting as given.
+fn walk_is(walk: &[String], steps: &[&str]) -> Result<()> {
+    let ok = walk.len() == steps.len() && walk.iter().zip(steps).all(|(line, step)| line.starts_with(step));
+    ensure!(ok, "trace walks the tiers as {walk:#?}, expected steps {steps:#?}");
     Ok(())
 }
 
@@ -680,13 +713,32 @@ fn guide_cases() -> Vec<palisade_e2e::suite::Case<Env>> {
                 (format!("{PREFIX}slytherin/draco-malfoy-0"), format!("{PREFIX}hufflepuff/cedric-diggory-0"));
             let why = "ClusterNetworkPolicy baseline-deny-slytherin rule deny-slytherin (Baseline, priority 10, Deny)";
             e.expect_drop(&cedric, &draco, e.ip(&cedric), "baseline-deny-slytherin", "Baseline", why)?;
+            // The walk through the tiers: Pass, then gryffindor's own
+            // policy decides; where none speaks, on to Baseline.
+            let harry = format!("{PREFIX}gryffindor/harry-potter-0");
+            walk_is(
+                &e.ingress_walk(&draco, &harry)?,
+                &["[Admin] pass-slytherin (priority 5) rule pass-slytherin: matches", "[NetworkPolicy] allowed by"],
+            )?;
+            walk_is(
+                &e.ingress_walk(&draco, &cedric)?,
+                &[
+                    "[Admin] pass-slytherin (priority 5) rule pass-slytherin: matches",
+                    "[NetworkPolicy]",
+                    "[Baseline] baseline-deny-slytherin (priority 10) rule deny-slytherin: matches",
+                ],
+            )?;
             // Without the Pass, the Admin Deny decides before any NetworkPolicy.
             e.set(&rest)?;
             e.matrix(80, Proto::Tcp, |from, to| house(from) != "slytherin" && house(to) != "gryffindor")?;
             let (draco, harry) =
                 (format!("{PREFIX}slytherin/draco-malfoy-0"), format!("{PREFIX}gryffindor/harry-potter-0"));
             let why = "ClusterNetworkPolicy deny-slytherin rule deny-slytherin (Admin, priority 20, Deny)";
-            e.expect_drop(&harry, &draco, e.ip(&harry), "deny-slytherin", "Admin", why)
+            e.expect_drop(&harry, &draco, e.ip(&harry), "deny-slytherin", "Admin", why)?;
+            walk_is(
+                &e.ingress_walk(&draco, &harry)?,
+                &["[Admin] deny-slytherin (priority 20) rule deny-slytherin: matches"],
+            )
         }),
     ]
 }
