@@ -668,6 +668,40 @@ fn guide_cases() -> Vec<palisade_e2e::suite::Case<Env>> {
             // The rest of egress is untouched.
             e.matrix(80, Proto::Tcp, |from, _| house(from) != "gryffindor")
         }),
+        ("node_peer_deny_covers_the_pods_own_node_and_the_other", |e| {
+            // Upstream pokes only centaur-1 from harry-potter-1, across
+            // nodes; a node peer means every address of the node, the
+            // pod's own node included.
+            let pokes = |allow: bool| -> Vec<Poke> {
+                let mut v = Vec::new();
+                for i in 0..2 {
+                    for c in 0..2 {
+                        v.push(Poke {
+                            sub: "nodes".into(),
+                            client: format!("{PREFIX}gryffindor/harry-potter-{i}"),
+                            server: format!("{FOREST}/centaur-{c}"),
+                            proto: Proto::Tcp,
+                            port: HOST_PORT,
+                            allow,
+                        });
+                    }
+                }
+                v
+            };
+            let f = e.poke_all(&pokes(true))?;
+            ensure!(f.is_empty(), "without policies:\n{}", f.join("\n"));
+            e.set(&[cnp(
+                "deny-nodes",
+                "Admin",
+                1,
+                &format!(
+                    "  subject:\n    namespaces: {{matchLabels: {{conformance-house: gryffindor}}}}\n  egress:\n  - name: deny-nodes\n    action: Deny\n    to: [{{nodes: {{matchLabels: {{kubernetes.io/os: linux}}}}}}]\n    protocols: [{{tcp: {{destinationPort: {{number: {HOST_PORT}}}}}}}]\n"
+                ),
+            )])?;
+            let f = e.poke_all(&pokes(false))?;
+            ensure!(f.is_empty(), "with an Admin Deny to the nodes:\n{}\n{}", f.join("\n"), e.log_tail());
+            Ok(())
+        }),
         ("guide_pass_leaves_namespace_policies_in_charge", |e| {
             let pass = cnp(
                 "pass-slytherin",
