@@ -50,9 +50,20 @@ impl Cluster {
     /// [`Topology::xyz_on`]), the API server on the fabric, and one agent
     /// per node started with `args`.
     pub fn start_nodes(tag: &str, subnet: u8, count: usize, args: &[&str]) -> Result<Cluster> {
+        Cluster::start_nodes_with(tag, subnet, count, args, |nodes| Topology::xyz_on(tag, subnet, nodes))
+    }
+
+    /// [`Cluster::start_nodes`] with the pods `topology` places on the nodes.
+    pub fn start_nodes_with(
+        tag: &str,
+        subnet: u8,
+        count: usize,
+        args: &[&str],
+        topology: impl FnOnce(&Nodes) -> Result<Topology>,
+    ) -> Result<Cluster> {
         crate::require_root()?;
         let nodes = Nodes::create(tag, subnet, count)?;
-        let topo = Topology::xyz_on(tag, subnet, &nodes)?;
+        let topo = topology(&nodes)?;
         let api = FakeApi::start_in(&nodes.fabric.name, nodes.fabric_ip)?;
         api.apply_manifests(&topo.manifests())?;
         let mut agents = Vec::new();

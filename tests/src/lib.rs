@@ -87,6 +87,32 @@ impl Topology {
         Ok(Topology { tag: tag.into(), namespaces, pods })
     }
 
+    /// Pods of any names, labels and ports, the i-th on node `node(i)`
+    /// (an index into `nodes`), addressed 10.240.`subnet`.(i+1); each node
+    /// routes to the others' pods. The Namespace objects are the caller's
+    /// (`namespaces` stays empty, so [`Topology::manifests`] writes none).
+    pub fn planned_on(tag: &str, subnet: u8, nodes: &nodes::Nodes, plan: Vec<PodPlan>) -> Result<Topology> {
+        let mut pods = Vec::new();
+        for (i, p) in plan.into_iter().enumerate() {
+            let host = (i + 1) as u8;
+            let node = &nodes.nodes[p.node % nodes.nodes.len()];
+            let spec = PodSpec {
+                namespace: p.namespace,
+                name: p.name,
+                labels: p.labels,
+                ip4: Ipv4Addr::new(10, 240, subnet, host),
+                ip6: Ipv6Addr::new(0xfd10, 0x240, u16::from(subnet), 0, 0, 0, 0, u16::from(host)),
+                node: node.name.clone(),
+                ports: p.ports,
+            };
+            let (netns, host_if) = (format!("pl-{tag}-p{i}"), format!("pl{tag}p{i}"));
+            let pod = Pod::create_on(Some(&node.netns.name), &netns, &host_if, spec)?;
+            nodes.route_to(&node.name, &[pod.ip(false), pod.ip(true)])?;
+            pods.push(pod);
+        }
+        Ok(Topology { tag: tag.into(), namespaces: Vec::new(), pods })
+    }
+
     pub fn pod(&self, id: &str) -> &Pod {
         self.pods.iter().find(|p| p.id() == id).unwrap_or_else(|| panic!("no pod {id}"))
     }
@@ -113,6 +139,17 @@ impl Topology {
         }
         out
     }
+}
+
+/// One pod of a [`Topology::planned_on`] topology.
+pub struct PodPlan {
+    pub namespace: String,
+    pub name: String,
+    pub labels: Vec<(String, String)>,
+    /// Declared in the manifest and served (TCP, UDP).
+    pub ports: Vec<Port>,
+    /// Index of its node.
+    pub node: usize,
 }
 
 /// A NetworkPolicy manifest; `spec` is YAML indented by two spaces.

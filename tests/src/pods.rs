@@ -108,30 +108,7 @@ impl Pod {
     }
 
     fn serve(&self) -> Result<()> {
-        for p in &self.spec.ports {
-            let port = p.port;
-            match p.protocol {
-                "TCP" => {
-                    let tcp = self.netns.run(move || std::net::TcpListener::bind((Ipv6Addr::UNSPECIFIED, port)))?;
-                    std::thread::spawn(move || {
-                        for stream in tcp.incoming().flatten() {
-                            std::thread::spawn(move || echo_tcp(stream));
-                        }
-                    });
-                }
-                "UDP" => {
-                    let udp = self.netns.run(move || std::net::UdpSocket::bind((Ipv6Addr::UNSPECIFIED, port)))?;
-                    std::thread::spawn(move || {
-                        let mut buf = [0u8; 2048];
-                        while let Ok((n, from)) = udp.recv_from(&mut buf) {
-                            let _ = udp.send_to(&buf[..n], from);
-                        }
-                    });
-                }
-                _ => {}
-            }
-        }
-        Ok(())
+        serve_in(&self.netns, &self.spec.ports)
     }
 
     /// The Pod manifest, with its named container ports.
@@ -155,6 +132,35 @@ impl Pod {
             s.ip6
         )
     }
+}
+
+/// Serves TCP and UDP echo on `ports` in `netns` (a pod's, or a node's
+/// for host-network servers); SCTP ports are left to crafted probes.
+pub fn serve_in(netns: &Netns, ports: &[Port]) -> Result<()> {
+    for p in ports {
+        let port = p.port;
+        match p.protocol {
+            "TCP" => {
+                let tcp = netns.run(move || std::net::TcpListener::bind((Ipv6Addr::UNSPECIFIED, port)))?;
+                std::thread::spawn(move || {
+                    for stream in tcp.incoming().flatten() {
+                        std::thread::spawn(move || echo_tcp(stream));
+                    }
+                });
+            }
+            "UDP" => {
+                let udp = netns.run(move || std::net::UdpSocket::bind((Ipv6Addr::UNSPECIFIED, port)))?;
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 2048];
+                    while let Ok((n, from)) = udp.recv_from(&mut buf) {
+                        let _ = udp.send_to(&buf[..n], from);
+                    }
+                });
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 fn echo_tcp(mut s: std::net::TcpStream) {
