@@ -16,6 +16,7 @@ pub mod health;
 pub mod lint;
 pub mod metrics;
 pub mod policy;
+pub mod remote;
 pub mod run;
 pub mod state;
 pub mod trace;
