@@ -133,8 +133,8 @@ pub async fn advise(a: AdviseArgs) -> Result<()> {
 /// `kubectl palisade advise`: every node's record from its agent (and the
 /// files given); a node whose agent does not answer is a warning, as is a
 /// node with pods but no record.
-pub async fn advise_cluster(a: AdviseArgs, agents: &crate::remote::agents::Agents) -> Result<()> {
-    let (records, missing) = sources::agents(&a.flows, agents).await?;
+pub async fn advise_cluster(a: AdviseArgs, agents: &crate::remote::nodes::Nodes) -> Result<()> {
+    let (records, missing) = sources::nodes(&a.flows, agents).await?;
     if records.is_empty() {
         anyhow::bail!("no agent answered with its flow record");
     }

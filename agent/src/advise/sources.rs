@@ -1,7 +1,7 @@
 //! Where `advise` gets flow records and cluster state from. Records: the
 //! local agent (the `flows` request on its socket) and files exported with
 //! `palisade flows -o json` on other nodes, and every node's agent
-//! ([`crate::remote::agents`], `kubectl palisade advise`): the same
+//! ([`crate::remote::nodes`], `kubectl palisade advise`): the same
 //! [`Snapshot`]s, merged the same way. Cluster state: a manifest directory
 //! or the Kubernetes API.
 
@@ -9,7 +9,7 @@ use crate::api::{self, Request};
 use crate::cluster::{self, files};
 use crate::flows::Snapshot;
 use crate::policy::Input;
-use crate::remote::agents::Agents;
+use crate::remote::nodes::Nodes;
 use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
 
@@ -38,7 +38,7 @@ pub async fn records(files: &[PathBuf], with_agent: bool, socket: &Path) -> Resu
 
 /// The files, and every node's record from its agent; the nodes whose
 /// agent gave none, and why.
-pub async fn agents(files: &[PathBuf], agents: &Agents) -> Result<(Vec<Snapshot>, Vec<(String, String)>)> {
+pub async fn nodes(files: &[PathBuf], agents: &Nodes) -> Result<(Vec<Snapshot>, Vec<(String, String)>)> {
     let mut out = files.iter().map(|f| file(f)).collect::<Result<Vec<_>>>()?;
     let (records, missing) = agents.flows().await;
     out.extend(records);

@@ -44,12 +44,12 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// One node's agent.
 #[derive(Clone)]
-pub struct Agent {
+pub struct NodeAgent {
     pub node: String,
     pub connect: Arc<dyn Connect>,
 }
 
-impl Agent {
+impl NodeAgent {
     /// Opens a connection and sends `req` on it.
     pub async fn send(&self, req: &Request) -> Result<Conn> {
         let mut conn = self.connect.connect().await?;
@@ -76,9 +76,9 @@ impl Agent {
 
 /// Every node's agent.
 #[derive(Clone, Default)]
-pub struct Agents(pub Vec<Agent>);
+pub struct Nodes(pub Vec<NodeAgent>);
 
-impl Agents {
+impl Nodes {
     /// Asks every agent at once; each node's answer or why there is none.
     pub async fn ask_all<T: serde::de::DeserializeOwned>(&self, req: &Request) -> Vec<(String, Result<T>)> {
         let asks = self.0.iter().map(|a| async move { (a.node.clone(), a.ask(req).await) });
@@ -120,7 +120,7 @@ mod tests {
     use super::*;
 
     /// An agent that answers one request per connection with `answer`.
-    fn fake(dir: &std::path::Path, node: &str, answer: String) -> Agent {
+    fn fake(dir: &std::path::Path, node: &str, answer: String) -> NodeAgent {
         let path = dir.join(node);
         let listener = tokio::net::UnixListener::bind(&path).unwrap();
         tokio::spawn(async move {
@@ -135,7 +135,7 @@ mod tests {
                 });
             }
         });
-        Agent { node: node.into(), connect: Arc::new(Socket(path)) }
+        NodeAgent { node: node.into(), connect: Arc::new(Socket(path)) }
     }
 
     #[tokio::test]
@@ -147,11 +147,11 @@ mod tests {
             let s = Snapshot { node: node.into(), taken_ms: 5, ..Default::default() };
             format!("{}\n", serde_json::to_string(&s).unwrap())
         };
-        let agents = Agents(vec![
+        let agents = Nodes(vec![
             fake(&dir, "n1", record("n1")),
             fake(&dir, "n2", record("n2")),
             fake(&dir, "n3", "not json\n".into()),
-            Agent { node: "n4".into(), connect: Arc::new(Socket(dir.join("nobody"))) },
+            NodeAgent { node: "n4".into(), connect: Arc::new(Socket(dir.join("nobody"))) },
         ]);
         let (records, missing) = agents.flows().await;
         let nodes: Vec<_> = records.iter().map(|r| r.node.as_str()).collect();
