@@ -2,7 +2,13 @@
 //! request line, answered by JSON lines (status, trace) or by the binary
 //! event frames of [`crate::events::wire`] (observe). `palisade status`
 //! and `palisade observe` are its clients; nothing is exposed on the
-//! network.
+//! network. The same protocol is served over any byte stream
+//! ([`serve_stream`]): [`upgrade`] carries it over the browser view's
+//! loopback listener, which `kubectl palisade` reaches through the API
+//! server's port-forward ([`crate::remote`]).
+
+pub mod frames;
+pub mod upgrade;
 
 use crate::events::record::protocol_name;
 use crate::events::wire::{self, Compact, Symbol, Symbols, TAG_EVENTS, TAG_LAGGED};
@@ -16,8 +22,11 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
+
+/// The longest request line read (a trace query is well under this).
+const MAX_REQUEST: u64 = 64 * 1024;
 
 /// Where `palisade run` listens and the CLI connects by default.
 pub const DEFAULT_SOCKET: &str = "/run/palisade/palisade.sock";
@@ -109,21 +118,26 @@ pub async fn serve(path: &Path, shared: Arc<Shared>) -> Result<()> {
         let (stream, _) = listener.accept().await?;
         let shared = shared.clone();
         tokio::spawn(async move {
-            if let Err(e) = handle(stream, &shared).await {
+            if let Err(e) = serve_stream(stream, &shared).await {
                 tracing::debug!("api client: {e:#}");
             }
         });
     }
 }
 
-async fn handle(stream: UnixStream, shared: &Shared) -> Result<()> {
-    let (read, mut write) = stream.into_split();
+/// Answers the one request a client sends on `stream` (a unix socket
+/// connection, or an upgraded HTTP connection). Every request only reads.
+pub async fn serve_stream<S: AsyncRead + AsyncWrite>(stream: S, shared: &Shared) -> Result<()> {
+    let (read, mut write) = tokio::io::split(stream);
     let mut line = String::new();
-    BufReader::new(read).read_line(&mut line).await?;
+    BufReader::new(read.take(MAX_REQUEST)).read_line(&mut line).await?;
     let request: Request = serde_json::from_str(&line).context("bad request")?;
     match request {
         Request::Status => {
-            let mut out = serde_json::to_vec(&shared.current_status())?;
+            let mut status = serde_json::to_value(shared.current_status())?;
+            // Which build answers: `kubectl palisade status` compares nodes.
+            status["version"] = env!("CARGO_PKG_VERSION").into();
+            let mut out = serde_json::to_vec(&status)?;
             out.push(b'\n');
             write.write_all(&out).await?;
         }
@@ -290,15 +304,32 @@ pub fn observe(socket: &Path, req: &Request) -> Result<std::os::unix::net::UnixS
 
 /// Sends a request and returns the stream of response lines.
 pub async fn request(socket: &Path, req: &Request) -> Result<tokio::io::Lines<BufReader<UnixStream>>> {
-    let mut stream = match UnixStream::connect(socket).await {
+    let stream = match UnixStream::connect(socket).await {
         Ok(s) => s,
         Err(e) => bail!(
             "cannot reach the palisade agent at {} ({e}); is `palisade run` running, and are you root?",
             socket.display()
         ),
     };
+    request_on(stream, req).await
+}
+
+/// Sends a request on an open stream to an agent and returns the stream
+/// of response lines (for observe, read frames from `.into_inner()`).
+pub async fn request_on<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    req: &Request,
+) -> Result<tokio::io::Lines<BufReader<S>>> {
     let mut line = serde_json::to_vec(req)?;
     line.push(b'\n');
     stream.write_all(&line).await?;
+    stream.flush().await?;
     Ok(BufReader::new(stream).lines())
+}
+
+/// The one-line reply to a request (status, trace, flows), as JSON.
+pub async fn reply_on<S: AsyncRead + AsyncWrite + Unpin>(stream: S, req: &Request) -> Result<serde_json::Value> {
+    let mut lines = request_on(stream, req).await?;
+    let line = lines.next_line().await?.context("the agent closed the connection")?;
+    Ok(serde_json::from_str(&line)?)
 }

@@ -39,6 +39,13 @@ impl Connect for Socket {
     }
 }
 
+/// An agent pod reached through the Kubernetes API (`kubectl palisade`).
+impl Connect for super::AgentConn {
+    fn connect(&self) -> BoxFuture<'_, Result<Conn>> {
+        Box::pin(async move { Ok(Box::new(self.open().await?) as Conn) })
+    }
+}
+
 /// How long a one-line answer may take.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -79,6 +86,11 @@ impl NodeAgent {
 pub struct Nodes(pub Vec<NodeAgent>);
 
 impl Nodes {
+    /// The agent pods [`super::agents`] found, one per node.
+    pub fn of(conns: Vec<super::AgentConn>) -> Nodes {
+        Nodes(conns.into_iter().map(|c| NodeAgent { node: c.node.clone(), connect: Arc::new(c) }).collect())
+    }
+
     /// Asks every agent at once; each node's answer or why there is none.
     pub async fn ask_all<T: serde::de::DeserializeOwned>(&self, req: &Request) -> Vec<(String, Result<T>)> {
         let asks = self.0.iter().map(|a| async move { (a.node.clone(), a.ask(req).await) });

@@ -61,11 +61,24 @@ pub async fn serve(addr: SocketAddr, shared: Arc<Shared>, allow_remote: bool) ->
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
                 let (shared, map) = (shared.clone(), map.clone());
-                async move { Ok::<_, std::convert::Infallible>(respond(&req, &shared, &map, allow_remote)) }
+                async move {
+                    // The local API for `kubectl palisade` (port-forwarded), after the Host check.
+                    if crate::api::upgrade::wanted(&req) && (allow_remote || loopback_host(host_of(&req))) {
+                        return Ok::<_, std::convert::Infallible>(crate::api::upgrade::respond(req, shared));
+                    }
+                    Ok(respond(&req, &shared, &map, allow_remote))
+                }
             });
-            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades()
+                .await;
         });
     }
+}
+
+fn host_of<B>(req: &Request<B>) -> Option<&str> {
+    req.headers().get(hyper::header::HOST).and_then(|h| h.to_str().ok())
 }
 
 /// Whether the request names this host by a loopback name: a browser sends
@@ -85,8 +98,7 @@ fn respond(
     map: &FlowMap,
     allow_remote: bool,
 ) -> Response<Full<Bytes>> {
-    let host = req.headers().get(hyper::header::HOST).and_then(|h| h.to_str().ok());
-    if !allow_remote && !loopback_host(host) {
+    if !allow_remote && !loopback_host(host_of(req)) {
         return reply(StatusCode::FORBIDDEN, "text/plain", "the page is served to loopback names only\n".into());
     }
     let q = Query::parse(req.uri().query().unwrap_or(""));
