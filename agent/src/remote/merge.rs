@@ -15,8 +15,9 @@
 //! [`Options::max_buffered`]. A node whose stream ends or fails is
 //! reported as [`Item::Gone`], and the others go on.
 
+use crate::api::frames::{Frame, FrameReader};
 use crate::events::VerdictEvent;
-use crate::events::wire::{self, Compact, Symbol, Symbols};
+use crate::events::wire::{self, Compact, Symbols};
 use anyhow::{Context, Result, bail};
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -24,11 +25,9 @@ use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use tokio::io::{AsyncRead, AsyncReadExt, BufReader};
+use tokio::io::{AsyncRead, BufReader};
 use tokio::sync::mpsc;
 
-/// Events per message between tasks, at most.
-const BATCH: usize = 1024;
 /// Messages queued from the readers, and to the consumer.
 const QUEUE: usize = 64;
 
@@ -36,7 +35,8 @@ const QUEUE: usize = 64;
 pub struct Options {
     /// How long an event may wait for earlier events from other nodes.
     pub window: Duration,
-    /// Events held for reordering, at most (beyond, the oldest leaves early).
+    /// Events held for reordering, at most (plus one frame's; beyond, the
+    /// oldest leave early).
     pub max_buffered: usize,
 }
 
@@ -146,59 +146,40 @@ async fn read<S: AsyncRead + Unpin>(
     counters: &Counters,
     tx: &mpsc::Sender<Msg>,
 ) -> Result<()> {
-    let mut r = BufReader::with_capacity(1 << 18, stream);
+    let mut frames = FrameReader::new(BufReader::with_capacity(1 << 18, stream));
     // The node's symbol ids, renamed into the merged table (0: none).
     let mut rename: Vec<u32> = vec![0];
-    let (mut header, mut buf) = ([0u8; wire::HEADER_LEN], Vec::new());
-    loop {
-        match r.read_exact(&mut header).await {
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
-            Err(e) => return Err(e).context("reading events"),
-        }
-        let len = u32::from_le_bytes([header[1], header[2], header[3], header[4]]) as usize;
-        buf.resize(len, 0);
-        r.read_exact(&mut buf).await.context("reading events")?;
-        match header[0] {
-            wire::TAG_SYMBOL if len >= 4 => {
-                let id = u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
-                let sym: Symbol = serde_json::from_slice(&buf[4..]).context("a symbol frame")?;
+    while let Some(frame) = frames.next().await.context("reading events")? {
+        let msg = match frame {
+            Frame::Symbol(id, sym) => {
+                let id = id as usize;
                 if rename.len() <= id {
                     rename.resize(id + 1, 0);
                 }
                 rename[id] = symbols.intern(sym);
+                continue;
             }
-            wire::TAG_EVENTS => {
-                let arrived = Instant::now();
-                for chunk in buf.chunks(BATCH * wire::RECORD_LEN) {
-                    let mut events = Vec::with_capacity(chunk.len() / wire::RECORD_LEN);
-                    for rec in chunk.chunks_exact(wire::RECORD_LEN) {
-                        let mut c = Compact::decode(rec).context("an event record")?;
-                        for id in [&mut c.src_name, &mut c.dst_name, &mut c.rule, &mut c.isolated] {
-                            if *id != 0 {
-                                match rename.get(*id as usize) {
-                                    Some(&m) if m != 0 => *id = m,
-                                    _ => bail!("an event names a symbol the agent never defined"),
-                                }
+            Frame::Events(mut events) => {
+                for c in &mut events {
+                    for id in [&mut c.src_name, &mut c.dst_name, &mut c.rule, &mut c.isolated] {
+                        if *id != 0 {
+                            match rename.get(*id as usize) {
+                                Some(&m) if m != 0 => *id = m,
+                                _ => bail!("an event names a symbol the agent never defined"),
                             }
                         }
-                        events.push(c);
-                    }
-                    counters.received.fetch_add(events.len() as u64, Ordering::Relaxed);
-                    if tx.send(Msg::Events(node, events, arrived)).await.is_err() {
-                        return Ok(());
                     }
                 }
+                counters.received.fetch_add(events.len() as u64, Ordering::Relaxed);
+                Msg::Events(node, events, Instant::now())
             }
-            wire::TAG_LAGGED if len >= 8 => {
-                let n = u64::from_le_bytes(buf[..8].try_into().expect("8 bytes"));
-                if tx.send(Msg::Lagged(node, n)).await.is_err() {
-                    return Ok(());
-                }
-            }
-            _ => {}
+            Frame::Lagged(n) => Msg::Lagged(node, n),
+        };
+        if tx.send(msg).await.is_err() {
+            return Ok(());
         }
     }
+    Ok(())
 }
 
 /// An event waiting for its turn, ordered by time, then arrival.
@@ -307,7 +288,7 @@ async fn run(mut heap: Heap, mut rx: mpsc::Receiver<Msg>, tx: mpsc::Sender<Vec<I
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut open = true;
     while open || !heap.done() {
-        let mut notes = Vec::new();
+        let (mut out, mut notes) = (Vec::new(), Vec::new());
         tokio::select! {
             msg = rx.recv(), if open => match msg {
                 Some(m) => take(&mut heap, m, &mut notes),
@@ -315,19 +296,22 @@ async fn run(mut heap: Heap, mut rx: mpsc::Receiver<Msg>, tx: mpsc::Sender<Vec<I
             },
             _ = tick.tick() => {}
         }
-        // Everything already waiting, before releasing.
+        let now = Instant::now();
+        heap.release(now, &mut out);
+        // Everything already waiting, releasing after each (the heap's
+        // bound holds between messages).
         for _ in 0..QUEUE {
             match rx.try_recv() {
                 Ok(m) => take(&mut heap, m, &mut notes),
                 Err(_) => break,
             }
+            heap.release(now, &mut out);
         }
         if !open {
             // Nothing more can come: no reason to wait.
             heap.live.fill(false);
+            heap.release(now, &mut out);
         }
-        let mut out = Vec::new();
-        heap.release(Instant::now(), &mut out);
         // Reports after the events released with them.
         out.append(&mut notes);
         if !out.is_empty() {
