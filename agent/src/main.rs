@@ -2,9 +2,8 @@
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use palisade::api::{self, Filter, Request};
-use palisade::events::{LogFormat, Verdict};
-use palisade::policy::Direction;
+use palisade::api::{self, Request};
+use palisade::events::LogFormat;
 use palisade::run;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -220,33 +219,8 @@ struct StatusArgs {
 
 #[derive(Args)]
 struct ObserveArgs {
-    /// Only events with either end in this namespace.
-    #[arg(short, long)]
-    namespace: Option<String>,
-    /// Only events with either end this pod (name or namespace/name).
-    #[arg(long)]
-    pod: Option<String>,
-    /// allowed, dropped or audit.
-    #[arg(long, value_parser = parse_verdict)]
-    verdict: Option<Verdict>,
-    /// ingress or egress (seen from the local pod).
-    #[arg(long, value_parser = parse_direction)]
-    direction: Option<Direction>,
-    /// TCP, UDP, SCTP, ICMP, ICMPv6.
-    #[arg(long)]
-    protocol: Option<String>,
-    /// Either end's port.
-    #[arg(long)]
-    port: Option<u16>,
-    /// Start with the last N matching events from the agent's history.
-    #[arg(long)]
-    last: Option<usize>,
-    /// Start with the history of this long ago (e.g. 5m).
-    #[arg(long)]
-    since: Option<humantime::Duration>,
-    /// Print the history and exit instead of following.
-    #[arg(long)]
-    no_follow: bool,
+    #[command(flatten)]
+    filter: api::ObserveArgs,
     #[arg(short, long, value_enum, default_value_t = Output::Text)]
     output: Output,
     /// Decode events without printing them; print the running count of
@@ -274,15 +248,6 @@ fn parse_mark(s: &str) -> Result<u32, String> {
     Ok(v)
 }
 
-fn parse_verdict(s: &str) -> Result<Verdict, String> {
-    serde_json::from_value(serde_json::Value::String(s.to_uppercase()))
-        .map_err(|_| format!("{s}: allowed, dropped or audit"))
-}
-
-fn parse_direction(s: &str) -> Result<Direction, String> {
-    serde_json::from_value(serde_json::Value::String(s.to_lowercase())).map_err(|_| format!("{s}: ingress or egress"))
-}
-
 fn init_logging(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
@@ -295,6 +260,15 @@ fn init_logging(json: bool) {
 
 #[tokio::main]
 async fn main() {
+    if palisade::remote::cli::invoked_as_plugin() {
+        // SAFETY: restoring the default disposition of SIGPIPE.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+        if let Err(e) = palisade::remote::cli::main().await {
+            eprintln!("{}: {e:#}", palisade::remote::cli::PLUGIN_NAME);
+            std::process::exit(1);
+        }
+        return;
+    }
     let cli = Cli::parse();
     if !matches!(cli.cmd, Cmd::Run(_)) {
         // A CLI piped into `head` should stop quietly, not panic.
@@ -460,19 +434,7 @@ fn print_status(st: &serde_json::Value) {
 }
 
 async fn observe(a: ObserveArgs) -> Result<()> {
-    let req = Request::Observe {
-        filter: Filter {
-            namespace: a.namespace,
-            pod: a.pod,
-            verdict: a.verdict,
-            direction: a.direction,
-            protocol: a.protocol,
-            port: a.port,
-        },
-        last: a.last,
-        since_ms: a.since.map(|d| Duration::from(d).as_millis() as u64),
-        follow: !a.no_follow,
-    };
+    let req = a.filter.request();
     let stream = api::observe(&a.socket, &req)?;
     let (output, count) = (a.output, a.count);
     tokio::task::spawn_blocking(move || decode_events(stream, output, count)).await?

@@ -333,3 +333,63 @@ pub async fn reply_on<S: AsyncRead + AsyncWrite + Unpin>(stream: S, req: &Reques
     let line = lines.next_line().await?.context("the agent closed the connection")?;
     Ok(serde_json::from_str(&line)?)
 }
+
+/// The observe filters and history options, as `palisade observe` and
+/// `kubectl palisade observe` take them.
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct ObserveArgs {
+    /// Only events with either end in this namespace.
+    #[arg(short, long)]
+    pub namespace: Option<String>,
+    /// Only events with either end this pod (name or namespace/name).
+    #[arg(long)]
+    pub pod: Option<String>,
+    /// allowed, dropped or audit.
+    #[arg(long, value_parser = parse_verdict)]
+    pub verdict: Option<Verdict>,
+    /// ingress or egress (seen from the local pod).
+    #[arg(long, value_parser = parse_direction)]
+    pub direction: Option<Direction>,
+    /// TCP, UDP, SCTP, ICMP, ICMPv6.
+    #[arg(long)]
+    pub protocol: Option<String>,
+    /// Either end's port.
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// Start with the last N matching events from the agent's history.
+    #[arg(long)]
+    pub last: Option<usize>,
+    /// Start with the history of this long ago (e.g. 5m).
+    #[arg(long)]
+    pub since: Option<humantime::Duration>,
+    /// Print the history and exit instead of following.
+    #[arg(long)]
+    pub no_follow: bool,
+}
+
+impl ObserveArgs {
+    pub fn request(&self) -> Request {
+        Request::Observe {
+            filter: Filter {
+                namespace: self.namespace.clone(),
+                pod: self.pod.clone(),
+                verdict: self.verdict,
+                direction: self.direction,
+                protocol: self.protocol.clone(),
+                port: self.port,
+            },
+            last: self.last,
+            since_ms: self.since.map(|d| Duration::from(d).as_millis() as u64),
+            follow: !self.no_follow,
+        }
+    }
+}
+
+fn parse_verdict(s: &str) -> Result<Verdict, String> {
+    serde_json::from_value(serde_json::Value::String(s.to_uppercase()))
+        .map_err(|_| format!("{s}: allowed, dropped or audit"))
+}
+
+fn parse_direction(s: &str) -> Result<Direction, String> {
+    serde_json::from_value(serde_json::Value::String(s.to_lowercase())).map_err(|_| format!("{s}: ingress or egress"))
+}

@@ -18,6 +18,11 @@
 pub mod merge;
 pub mod nodes;
 
+pub mod cli;
+pub mod observe;
+pub mod status;
+pub mod trace;
+
 use crate::api::{self, Request};
 use anyhow::{Context, Result, bail};
 use k8s_openapi::api::core::v1::Pod;
