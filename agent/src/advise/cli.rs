@@ -87,7 +87,7 @@ pub enum AdviseOutput {
 pub struct AdviseArgs {
     /// Only this namespace (repeatable; default: every namespace the
     /// records mention).
-    #[arg(short, long)]
+    #[arg(short, long, id = "advise_namespace")]
     pub namespace: Vec<String>,
     /// Flows last seen this long before the newest record.
     #[arg(long, default_value = "24h")]

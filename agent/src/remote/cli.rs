@@ -43,13 +43,13 @@ pub enum Cmd {
     /// node's kernel.
     Trace(TraceArgs),
     /// Least-privilege NetworkPolicies from every node's flow record.
-    Advise(AdviseArgs),
+    Advise(ClusterAdviseArgs),
     /// The browser view on this machine, fed by every node's agent.
     Ui(UiArgs),
 }
 
 #[derive(Args)]
-pub struct AdviseArgs {
+pub struct ClusterAdviseArgs {
     #[command(flatten)]
     pub advise: crate::advise::cli::AdviseArgs,
     #[command(flatten)]
