@@ -8,10 +8,12 @@
 
 use super::source::Source;
 use crate::api::Filter;
+use crate::api::Request;
 use crate::events::{Batch, Peer, Verdict, VerdictEvent, isolation_text, wire};
 use crate::flows::{Remote, Seen, Snapshot};
 use crate::policy::{Direction, Input, Workload};
-use crate::remote::merge::{Item, Merged};
+use crate::remote::merge::{Item, Merged, Options as MergeOptions};
+use crate::remote::nodes::Nodes;
 use crate::state::Shared;
 use crate::trace::{EndpointRef, Query};
 use serde::Serialize;
@@ -30,6 +32,8 @@ const MAX_FLOWS: usize = 50;
 const TAIL: usize = 1000;
 /// Most events one request for the tail returns.
 const TAIL_LIMIT: usize = 500;
+/// How long after a node's event stream ended the cluster page asks again.
+const RETRY: std::time::Duration = std::time::Duration::from_secs(5);
 /// Rates are averaged over about this long (milliseconds).
 const RATE_WINDOW_MS: u64 = 10_000;
 
@@ -342,11 +346,20 @@ impl FlowMap {
         map
     }
 
-    /// Folds every event of the merged stream of several nodes' agents, in
-    /// a task; their losses count as the page's.
-    pub fn start_merged(mut merged: Merged, source: Arc<dyn Source>) -> FlowMap {
+    /// Folds every event of every node's agent, merged in time order, in
+    /// a task; their losses count as the page's. A node whose stream ends
+    /// is asked again every [`RETRY`] on a stream of its own (without
+    /// history: what happened meanwhile is in its flow record, not the
+    /// tail).
+    pub fn start_cluster(nodes: Nodes, source: Arc<dyn Source>) -> anyhow::Result<FlowMap> {
         let map = FlowMap::default();
-        let task = map.clone();
+        let req = Request::Observe { filter: Filter::default(), last: Some(TAIL), since_ms: None, follow: true };
+        map.feed(nodes.observe(&req, &[], MergeOptions::default())?, nodes, source);
+        Ok(map)
+    }
+
+    fn feed(&self, mut merged: Merged, nodes: Nodes, source: Arc<dyn Source>) {
+        let task = self.clone();
         tokio::spawn(async move {
             while let Some(items) = merged.recv().await {
                 let mut batch = Vec::with_capacity(items.len());
@@ -355,15 +368,29 @@ impl FlowMap {
                         Item::Event { event, .. } => batch.push(Arc::new(merged.event(&event))),
                         Item::Lagged { missed, .. } => task.lock().lagged += missed,
                         Item::Gone { node, error } => {
+                            let name = merged.node(node).to_string();
                             let why = error.unwrap_or_else(|| "the stream ended".into());
-                            tracing::warn!("events from node {}: {why}", merged.node(node));
+                            tracing::warn!("events from node {name}: {why}; asking again in {RETRY:?}");
+                            let (again, nodes, source) = (task.clone(), nodes.clone(), source.clone());
+                            tokio::spawn(async move {
+                                tokio::time::sleep(RETRY).await;
+                                let req = Request::Observe {
+                                    filter: Filter::default(),
+                                    last: None,
+                                    since_ms: None,
+                                    follow: true,
+                                };
+                                if let Ok(m) = nodes.observe(&req, std::slice::from_ref(&name), MergeOptions::default())
+                                {
+                                    again.feed(m, nodes, source);
+                                }
+                            });
                         }
                     }
                 }
                 task.fold(&batch, source.as_ref());
             }
         });
-        map
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {

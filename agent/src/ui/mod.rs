@@ -71,10 +71,7 @@ pub async fn serve_cluster(
 ) -> Result<()> {
     let listener = bind(addr, allow_remote).await?;
     let source = cluster::ClusterSource::start(nodes.clone(), cluster_state).await?;
-    let req =
-        crate::api::Request::Observe { filter: Default::default(), last: Some(1000), since_ms: None, follow: true };
-    let merged = nodes.observe(&req, &[], crate::remote::merge::Options::default())?;
-    let map = FlowMap::start_merged(merged, source.clone());
+    let map = FlowMap::start_cluster(nodes, source.clone())?;
     serve_on(listener, source, map, allow_remote, None).await
 }
 
