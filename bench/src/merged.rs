@@ -85,7 +85,7 @@ fn agent(index: usize, mut out: UnixStream, rate: u64, stop: Arc<AtomicBool>) ->
     let per_tick = rate / 100;
     let start = Instant::now();
     let mut written = 0u64;
-    let mut k = 0u64;
+    let (mut k, mut last) = (0u64, 0u64);
     while !stop.load(Ordering::Relaxed) {
         k += 1;
         let due = start + tick * k as u32;
@@ -94,12 +94,15 @@ fn agent(index: usize, mut out: UnixStream, rate: u64, stop: Arc<AtomicBool>) ->
         }
         buf.clear();
         let at = wire::begin_frame(&mut buf, wire::TAG_EVENTS);
+        // Stamped in order, spread since the last frame (an agent's stream
+        // is in time order, as the ring's is, nearly).
         let t = now_ns();
+        let from = last.max(t.saturating_sub(10_000_000));
+        last = t;
         for j in 0..per_tick {
             let n = written + j;
             let c = Compact {
-                // Spread over the last tick, in order.
-                time_ns: t - (per_tick - j) * 10_000_000 / per_tick.max(1),
+                time_ns: from + (t - from) * (j + 1) / per_tick.max(1),
                 src: [10, 0, (n % 200) as u8, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
                 dst: [10, 0, 1, (n % 250) as u8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
                 sport: 30000 + (n % 20000) as u16,
