@@ -220,7 +220,7 @@ struct StatusArgs {
 #[derive(Args)]
 struct ObserveArgs {
     #[command(flatten)]
-    filter: api::ObserveArgs,
+    filter: api::ObserveOptions,
     #[arg(short, long, value_enum, default_value_t = Output::Text)]
     output: Output,
     /// Decode events without printing them; print the running count of

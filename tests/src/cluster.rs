@@ -68,6 +68,24 @@ impl Cluster {
         Ok(Cluster { topo, agents, source: Source::Api(api), nodes: Some(nodes) })
     }
 
+    /// The API server the agents read (None: they read manifest files).
+    pub fn api(&self) -> Option<&FakeApi> {
+        match &self.source {
+            Source::Api(api) => Some(api),
+            Source::Files => None,
+        }
+    }
+
+    /// The nodes (None: one node, this host).
+    pub fn nodes(&self) -> Option<&Nodes> {
+        self.nodes.as_ref()
+    }
+
+    /// The agent of the `i`-th node, to stop or restart it alone.
+    pub fn node_agent(&self, i: usize) -> std::cell::RefMut<'_, Agent> {
+        self.agents[i].borrow_mut()
+    }
+
     /// The agent of the first (or only) node.
     pub fn agent(&self) -> Ref<'_, Agent> {
         self.agents[0].borrow()

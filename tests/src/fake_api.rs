@@ -15,7 +15,11 @@
 //!   `allowWatchBookmarks=true`, and `timeoutSeconds`.
 //!
 //! Writes happen in-process through [`FakeApi::apply`] and
-//! [`FakeApi::delete`]; over HTTP anything else gets 404 or 405.
+//! [`FakeApi::delete`]; over HTTP anything else gets 404 or 405, but for
+//! what `kubectl palisade` asks ([`kubectl`]: namespaced pod reads, Nodes,
+//! `pods/portforward`).
+
+mod kubectl;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::convert::Infallible;
@@ -135,7 +139,12 @@ impl FakeApi {
         std::fs::write(&kubeconfig, kubeconfig_yaml(&format!("http://{addr}")))
             .with_context(|| format!("writing {}", kubeconfig.display()))?;
         let (changed, _) = watch::channel(0);
-        let shared = Arc::new(Shared { state: Mutex::new(State::new()), changed, options });
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State::new()),
+            changed,
+            options,
+            forwards: kubectl::Forwards::default(),
+        });
         let api = FakeApi { addr, shared, runtime: Some(runtime), server: Mutex::new(None), kubeconfig, netns };
         api.serve(listener);
         Ok(api)
@@ -346,6 +355,33 @@ impl FakeApi {
         self.shared.lock().requests.clone()
     }
 
+    /// Lets `pods/{name}/portforward` of pod `namespace/name` reach ports
+    /// on 127.0.0.1 inside `netns` (None: this host's), as kubelet does in
+    /// the pod's network namespace (a host-network pod's is its node's).
+    pub fn forward_pod(&self, namespace: &str, name: &str, netns: Option<&str>) {
+        self.shared.forwards.set_pod(namespace, name, netns);
+    }
+
+    /// Port-forwards to the pod fail from now on (kubelet cannot connect).
+    pub fn stop_forwarding(&self, namespace: &str, name: &str) {
+        self.shared.forwards.remove_pod(namespace, name);
+    }
+
+    /// Port-forward requests answered so far.
+    pub fn portforwards(&self) -> usize {
+        self.shared.forwards.requests.load(Ordering::Relaxed)
+    }
+
+    /// Adds a Node (a name, nothing else) to the Node list.
+    pub fn add_node(&self, name: &str) {
+        if kubectl::served("Node") {
+            self.apply_manifests(&format!("apiVersion: v1\nkind: Node\nmetadata:\n  name: {name}\n"))
+                .expect("a Node applies");
+        } else {
+            self.shared.forwards.add_node(name);
+        }
+    }
+
     fn serve(&self, listener: StdTcpListener) {
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (done_tx, done) = std::sync::mpsc::channel();
@@ -433,10 +469,17 @@ async fn accept_loop(
                     connections.spawn(async move {
                         let service = hyper::service::service_fn(move |req| {
                             let shared = shared.clone();
-                            async move { Ok::<_, Infallible>(handle(&shared, &req)) }
+                            async move {
+                                Ok::<_, Infallible>(if kubectl::answers(&req) {
+                                    kubectl::respond(&shared, req)
+                                } else {
+                                    handle(&shared, &req)
+                                })
+                            }
                         });
                         let _ = hyper::server::conn::http1::Builder::new()
                             .serve_connection(TokioIo::new(stream), service)
+                            .with_upgrades()
                             .await;
                     });
                 }
@@ -611,6 +654,7 @@ struct Shared {
     /// Ticks on every change and expiry; watches wait on it.
     changed: watch::Sender<u64>,
     options: Options,
+    forwards: kubectl::Forwards,
 }
 
 impl Shared {

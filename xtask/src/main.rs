@@ -35,6 +35,13 @@ enum Task {
         #[arg(long)]
         release: bool,
     },
+    /// The kubectl plugin: builds palisade (release) and installs it as
+    /// `kubectl-palisade` in DIR, for `kubectl palisade` on PATH.
+    Plugin {
+        /// Where to put `kubectl-palisade` (default: ~/.local/bin).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
     /// The full test suite: unit and property tests, then the privileged
     /// end-to-end tests (needs root).
     Test {
@@ -89,6 +96,7 @@ fn dispatch(task: Task) -> Result<()> {
     match task {
         Task::Setup => setup_task(),
         Task::Build { release } => build(release),
+        Task::Plugin { dir } => plugin(dir),
         Task::Test { e2e_args } => with_summary(|steps| test(steps, &e2e_args)),
         Task::Lint => with_summary(lint),
         Task::Demo { rounds } => demo(rounds),
@@ -126,6 +134,25 @@ fn build(release: bool) -> Result<()> {
     run(&mut c)?;
     let profile = if release { "release" } else { "debug" };
     eprintln!("built {}", target_dir().join(profile).join("palisade").display());
+    Ok(())
+}
+
+/// The plugin is the palisade binary under another name (it dispatches on
+/// argv[0]): a copy, so rebuilding the target does not break it.
+fn plugin(dir: Option<PathBuf>) -> Result<()> {
+    build(true)?;
+    let dir = match dir {
+        Some(d) => d,
+        None => {
+            PathBuf::from(std::env::var("HOME").map_err(|_| anyhow::anyhow!("no HOME: pass --dir"))?).join(".local/bin")
+        }
+    };
+    std::fs::create_dir_all(&dir)?;
+    let to = dir.join("kubectl-palisade");
+    let tmp = dir.join(".kubectl-palisade.tmp");
+    std::fs::copy(target_dir().join("release").join("palisade"), &tmp)?;
+    std::fs::rename(&tmp, &to)?;
+    eprintln!("installed {} (kubectl palisade, if {} is on PATH)", to.display(), dir.display());
     Ok(())
 }
 

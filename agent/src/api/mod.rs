@@ -337,7 +337,7 @@ pub async fn reply_on<S: AsyncRead + AsyncWrite + Unpin>(stream: S, req: &Reques
 /// The observe filters and history options, as `palisade observe` and
 /// `kubectl palisade observe` take them.
 #[derive(Clone, Debug, Default, clap::Args)]
-pub struct ObserveArgs {
+pub struct ObserveOptions {
     /// Only events with either end in this namespace.
     #[arg(short, long)]
     pub namespace: Option<String>,
@@ -367,7 +367,7 @@ pub struct ObserveArgs {
     pub no_follow: bool,
 }
 
-impl ObserveArgs {
+impl ObserveOptions {
     pub fn request(&self) -> Request {
         Request::Observe {
             filter: Filter {

@@ -126,7 +126,7 @@ pub struct StatusArgs {
 #[derive(Args)]
 pub struct ObserveArgs {
     #[command(flatten)]
-    pub filter: crate::api::ObserveArgs,
+    pub filter: crate::api::ObserveOptions,
     /// Only the agents of these nodes (repeatable).
     #[arg(long)]
     pub node: Vec<String>,
@@ -217,4 +217,13 @@ async fn status(a: StatusArgs) -> Result<()> {
         Output::Text => super::status::print(&rows),
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_commands_are_well_formed() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
 }

@@ -43,16 +43,16 @@ const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Clone, Debug, clap::Args)]
 pub struct Target {
     /// The agents' namespace.
-    #[arg(long = "agent-namespace", default_value = NAMESPACE)]
+    #[arg(long = "agent-namespace", id = "agent_namespace", default_value = NAMESPACE)]
     pub namespace: String,
     /// The agent pods' labels.
-    #[arg(long = "agent-selector", default_value = SELECTOR)]
+    #[arg(long = "agent-selector", id = "agent_selector", default_value = SELECTOR)]
     pub selector: String,
     /// The agents' --ui-addr port, on the node's loopback.
-    #[arg(long = "agent-port", default_value_t = PORT)]
+    #[arg(long = "agent-port", id = "agent_port", default_value_t = PORT)]
     pub port: u16,
     /// The kubeconfig context (default: the current one).
-    #[arg(long)]
+    #[arg(long, id = "kube_context")]
     pub context: Option<String>,
 }
 
