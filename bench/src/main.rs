@@ -13,6 +13,7 @@ mod env;
 mod events;
 mod flood;
 mod kernel;
+mod merged;
 mod page;
 mod plot;
 mod probe;
@@ -37,7 +38,7 @@ struct Args {
     /// bench/results/quick for a quick run).
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Only these sections (kernel, traffic, programming, events).
+    /// Only these sections (kernel, traffic, programming, events, merged).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// The palisade binary (default: $PALISADE_BIN).
@@ -196,6 +197,13 @@ fn real_main(args: Args) -> Result<()> {
         let before = report::loadavg();
         rep.events = Some(events::run(&cfg).map_err(|e| section_failed("events", e)));
         rep.load.push(("events".into(), before, report::loadavg()));
+    }
+    if want("merged") {
+        eprintln!("5. merged observe: 10 agents' event streams into one");
+        let cfg = merged::Config { agents: 10, rate: 10_000, secs: if quick { 3.0 } else { 10.0 } };
+        let before = report::loadavg();
+        rep.merged = Some(merged::run(&cfg).map_err(|e| section_failed("merged", e)));
+        rep.load.push(("merged".into(), before, report::loadavg()));
     }
     env::cleanup_all();
     let _ = std::fs::remove_dir_all(&work);

@@ -87,7 +87,7 @@ pub enum AdviseOutput {
 pub struct AdviseArgs {
     /// Only this namespace (repeatable; default: every namespace the
     /// records mention).
-    #[arg(short, long)]
+    #[arg(short, long, id = "advise_namespace")]
     pub namespace: Vec<String>,
     /// Flows last seen this long before the newest record.
     #[arg(long, default_value = "24h")]
@@ -127,9 +127,28 @@ pub struct AdviseArgs {
 
 pub async fn advise(a: AdviseArgs) -> Result<()> {
     let records = sources::records(&a.flows, a.agent, &a.socket).await?;
-    let merged = crate::flows::merge(&records);
+    advise_records(a, &records, &[]).await
+}
+
+/// `kubectl palisade advise`: every node's record from its agent (and the
+/// files given); a node whose agent does not answer is a warning, as is a
+/// node with pods but no record.
+pub async fn advise_cluster(a: AdviseArgs, agents: &crate::remote::nodes::Nodes) -> Result<()> {
+    let (records, missing) = sources::nodes(&a.flows, agents).await?;
+    if records.is_empty() {
+        anyhow::bail!("no agent answered with its flow record");
+    }
+    advise_records(a, &records, &missing).await
+}
+
+/// Advice from `records`; `missing` names the nodes whose agent gave none.
+async fn advise_records(a: AdviseArgs, records: &[Snapshot], missing: &[(String, String)]) -> Result<()> {
+    let merged = crate::flows::merge(records);
     let input = sources::cluster_state(a.cluster_state.as_deref()).await?;
     if !a.check.is_empty() {
+        for (node, why) in missing {
+            eprintln!("warning: the agent on node {node} gave no flow record: {why}");
+        }
         return check(&a, &input, &merged);
     }
     let opts = super::Options {
@@ -139,7 +158,10 @@ pub async fn advise(a: AdviseArgs) -> Result<()> {
         ipv6_prefix: a.ipv6_prefix,
         audit: a.audit,
     };
-    let advice = super::advise(&input, &merged, &opts)?;
+    let mut advice = super::advise(&input, &merged, &opts)?;
+    for (node, why) in missing {
+        advice.report.warnings.push(format!("the agent on node {node} gave no flow record: {why}"));
+    }
     let summary = summary(&advice.report);
     for line in &summary {
         eprintln!("{line}");

@@ -1,13 +1,15 @@
 //! Where `advise` gets flow records and cluster state from. Records: the
 //! local agent (the `flows` request on its socket) and files exported with
-//! `palisade flows -o json` on other nodes; issue 14 adds the agents' pods
-//! through the Kubernetes API proxy as a third source of the same
-//! [`Snapshot`]s. Cluster state: a manifest directory or the Kubernetes API.
+//! `palisade flows -o json` on other nodes, and every node's agent
+//! ([`crate::remote::nodes`], `kubectl palisade advise`): the same
+//! [`Snapshot`]s, merged the same way. Cluster state: a manifest directory
+//! or the Kubernetes API.
 
 use crate::api::{self, Request};
 use crate::cluster::{self, files};
 use crate::flows::Snapshot;
 use crate::policy::Input;
+use crate::remote::nodes::Nodes;
 use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
 
@@ -32,6 +34,15 @@ pub async fn records(files: &[PathBuf], with_agent: bool, socket: &Path) -> Resu
         out.push(local(socket).await?);
     }
     Ok(out)
+}
+
+/// The files, and every node's record from its agent; the nodes whose
+/// agent gave none, and why.
+pub async fn nodes(files: &[PathBuf], agents: &Nodes) -> Result<(Vec<Snapshot>, Vec<(String, String)>)> {
+    let mut out = files.iter().map(|f| file(f)).collect::<Result<Vec<_>>>()?;
+    let (records, missing) = agents.flows().await;
+    out.extend(records);
+    Ok((out, missing))
 }
 
 /// The cluster state: the manifests in `dir`, else the Kubernetes API.

@@ -42,6 +42,65 @@ pub enum Cmd {
     /// pod's agent, ingress of the destination's, each checked in its
     /// node's kernel.
     Trace(TraceArgs),
+    /// Least-privilege NetworkPolicies from every node's flow record.
+    Advise(ClusterAdviseArgs),
+    /// The browser view on this machine, fed by every node's agent.
+    Ui(UiArgs),
+}
+
+#[derive(Args)]
+pub struct ClusterAdviseArgs {
+    #[command(flatten)]
+    pub advise: crate::advise::cli::AdviseArgs,
+    #[command(flatten)]
+    pub agents: AgentsArgs,
+}
+
+#[derive(Args)]
+pub struct UiArgs {
+    /// Where to serve the page (loopback unless --allow-remote).
+    #[arg(long, default_value = crate::ui::DEFAULT_ADDR)]
+    pub addr: std::net::SocketAddr,
+    /// Serve the page on a non-loopback address too.
+    #[arg(long)]
+    pub allow_remote: bool,
+    /// Cluster state from the manifests in this directory instead of the
+    /// Kubernetes API.
+    #[arg(long)]
+    pub cluster_state: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub agents: AgentsArgs,
+}
+
+/// Which agents: the agent pods (the Kubernetes API), or given sockets.
+#[derive(Args)]
+pub struct AgentsArgs {
+    /// NODE=PATH: that node's agent at this unix socket instead of through
+    /// the Kubernetes API (repeatable; on a node, or in tests).
+    #[arg(long, hide = true, value_parser = parse_socket)]
+    pub agent_socket: Vec<(String, std::path::PathBuf)>,
+    #[command(flatten)]
+    pub target: Target,
+}
+
+fn parse_socket(s: &str) -> Result<(String, std::path::PathBuf), String> {
+    let (node, path) = s.split_once('=').ok_or("expected NODE=PATH")?;
+    Ok((node.to_string(), path.into()))
+}
+
+impl AgentsArgs {
+    pub async fn nodes(&self) -> Result<super::nodes::Nodes> {
+        use super::nodes::{NodeAgent, Nodes, Socket};
+        if !self.agent_socket.is_empty() {
+            let each = self.agent_socket.iter().map(|(node, path)| NodeAgent {
+                node: node.clone(),
+                connect: std::sync::Arc::new(Socket(path.clone())),
+            });
+            return Ok(Nodes(each.collect()));
+        }
+        let client = self.target.client().await?;
+        Ok(Nodes::of(super::agents(&client, &self.target).await?))
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -116,6 +175,11 @@ pub async fn main() -> Result<()> {
             };
             let client = a.target.client().await?;
             super::observe::run(client, a.target, a.filter.request(), a.node, print).await
+        }
+        Cmd::Advise(a) => crate::advise::cli::advise_cluster(a.advise, &a.agents.nodes().await?).await,
+        Cmd::Ui(a) => {
+            let nodes = a.agents.nodes().await?;
+            crate::ui::serve_cluster(a.addr, nodes, a.cluster_state, a.allow_remote).await
         }
         Cmd::Trace(a) => {
             let client = a.target.client().await?;

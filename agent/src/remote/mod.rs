@@ -10,6 +10,13 @@
 //! Use: [`Target::client`], then [`agents`] (one [`AgentConn`] per node),
 //! then [`AgentConn::reply`] for one-line answers (status, trace, flows)
 //! or [`AgentConn::request`] for a stream (observe).
+//!
+//! [`nodes`] is the set of per-node connections (any [`nodes::Connect`]:
+//! an [`AgentConn`], a node's unix socket) and what is asked of every
+//! node; [`merge`] merges their event streams into one.
+
+pub mod merge;
+pub mod nodes;
 
 pub mod cli;
 pub mod observe;

@@ -6,10 +6,14 @@
 //! verdict list come from the event hub. Everything here is bounded,
 //! whatever the event rate: the page reads aggregates, never every event.
 
+use super::source::Source;
 use crate::api::Filter;
+use crate::api::Request;
 use crate::events::{Batch, Peer, Verdict, VerdictEvent, isolation_text, wire};
 use crate::flows::{Remote, Seen, Snapshot};
 use crate::policy::{Direction, Input, Workload};
+use crate::remote::merge::{Item, Merged, Options as MergeOptions};
+use crate::remote::nodes::Nodes;
 use crate::state::Shared;
 use crate::trace::{EndpointRef, Query};
 use serde::Serialize;
@@ -28,6 +32,8 @@ const MAX_FLOWS: usize = 50;
 const TAIL: usize = 1000;
 /// Most events one request for the tail returns.
 const TAIL_LIMIT: usize = 500;
+/// How long after a node's event stream ended the cluster page asks again.
+const RETRY: std::time::Duration = std::time::Duration::from_secs(5);
 /// Rates are averaged over about this long (milliseconds).
 const RATE_WINDOW_MS: u64 = 10_000;
 
@@ -305,7 +311,7 @@ impl FlowMap {
         let (history, mut next) = shared.hub.history();
         let names = shared.hub.symbols.clone();
         let expand = move |c: &wire::Compact| Arc::new(wire::to_event(c, |id| names.get(id).map(|s| (*s).clone())));
-        map.fold(&history.iter().map(&expand).collect::<Vec<_>>(), &shared);
+        map.fold(&history.iter().map(&expand).collect::<Vec<_>>(), shared.as_ref());
         let task = map.clone();
         tokio::spawn(async move {
             let mut batch = Vec::with_capacity(1024);
@@ -333,22 +339,69 @@ impl FlowMap {
                         Err(_) => break,
                     }
                 }
-                task.fold(&batch, &shared);
+                task.fold(&batch, shared.as_ref());
                 batch.clear();
             }
         });
         map
     }
 
+    /// Folds every event of every node's agent, merged in time order, in
+    /// a task; their losses count as the page's. A node whose stream ends
+    /// is asked again every [`RETRY`] on a stream of its own (without
+    /// history: what happened meanwhile is in its flow record, not the
+    /// tail).
+    pub fn start_cluster(nodes: Nodes, source: Arc<dyn Source>) -> anyhow::Result<FlowMap> {
+        let map = FlowMap::default();
+        let req = Request::Observe { filter: Filter::default(), last: Some(TAIL), since_ms: None, follow: true };
+        map.feed(nodes.observe(&req, &[], MergeOptions::default())?, nodes, source);
+        Ok(map)
+    }
+
+    fn feed(&self, mut merged: Merged, nodes: Nodes, source: Arc<dyn Source>) {
+        let task = self.clone();
+        tokio::spawn(async move {
+            while let Some(items) = merged.recv().await {
+                let mut batch = Vec::with_capacity(items.len());
+                for item in items {
+                    match item {
+                        Item::Event { event, .. } => batch.push(Arc::new(merged.event(&event))),
+                        Item::Lagged { missed, .. } => task.lock().lagged += missed,
+                        Item::Gone { node, error } => {
+                            let name = merged.node(node).to_string();
+                            let why = error.unwrap_or_else(|| "the stream ended".into());
+                            tracing::warn!("events from node {name}: {why}; asking again in {RETRY:?}");
+                            let (again, nodes, source) = (task.clone(), nodes.clone(), source.clone());
+                            tokio::spawn(async move {
+                                tokio::time::sleep(RETRY).await;
+                                let req = Request::Observe {
+                                    filter: Filter::default(),
+                                    last: None,
+                                    since_ms: None,
+                                    follow: true,
+                                };
+                                if let Ok(m) = nodes.observe(&req, std::slice::from_ref(&name), MergeOptions::default())
+                                {
+                                    again.feed(m, nodes, source);
+                                }
+                            });
+                        }
+                    }
+                }
+                task.fold(&batch, source.as_ref());
+            }
+        });
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn fold(&self, events: &[Arc<VerdictEvent>], shared: &Shared) {
+    fn fold(&self, events: &[Arc<VerdictEvent>], source: &dyn Source) {
         if events.is_empty() {
             return;
         }
-        let applied = shared.applied.read().ok().and_then(|a| a.clone());
+        let applied = source.applied();
         let input = applied.as_ref().map(|a| a.input.as_ref());
         self.record_all(events, input, now_ms());
     }
@@ -384,8 +437,8 @@ impl FlowMap {
 
     /// The map: every workload of the selected namespaces (idle ones too),
     /// the outside ends of their edges, and the edges.
-    pub fn snapshot(&self, shared: &Shared, namespaces: &[String]) -> Value {
-        let applied = shared.applied.read().ok().and_then(|a| a.clone());
+    pub fn snapshot(&self, source: &dyn Source, namespaces: &[String]) -> Value {
+        let applied = source.applied();
         let now = now_ms();
         let mut nodes: BTreeMap<String, (NodeRef, BTreeSet<String>)> = BTreeMap::new();
         let mut all_ns: BTreeSet<String> = BTreeSet::new();
@@ -399,7 +452,7 @@ impl FlowMap {
                 }
             }
         }
-        let record = shared.flows.snapshot(now);
+        let record = source.record(now);
         let edges = self.edges(&record, namespaces, now);
         for (_, a, b) in &edges {
             for n in [a, b] {
@@ -423,16 +476,16 @@ impl FlowMap {
     /// One edge: its counts (the record), its recent flows (latest first),
     /// the policies that decided them, and `trace`'s explanation of the
     /// latest flow it can trace.
-    pub fn edge(&self, shared: &Shared, id: &str) -> Result<Value, String> {
+    pub async fn edge(&self, source: &dyn Source, id: &str) -> Result<Value, String> {
         let now = now_ms();
-        let edge = self.edges(&shared.flows.snapshot(now), &[], now).into_iter().map(|e| e.0).find(|e| e.id == id);
+        let edge = self.edges(&source.record(now), &[], now).into_iter().map(|e| e.0).find(|e| e.id == id);
         let mut flows: Vec<FlowStat> =
             self.lock().details.get(id).map(|d| d.flows.values().cloned().collect()).unwrap_or_default();
         let edge = edge.ok_or_else(|| format!("no edge {id} (it may have aged out)"))?;
         flows.sort_by(|a, b| b.last_ms.cmp(&a.last_ms).then(a.key.cmp(&b.key)));
         let traced = flows.iter().find_map(|f| Some((f, query(f)?)));
         let trace = match traced {
-            Some((f, q)) => match shared.trace(&q) {
+            Some((f, q)) => match source.trace(&q).await {
                 Ok(t) => json!({ "flow": f.key, "text": t.to_string(), "allowed": t.allowed }),
                 Err(e) => json!({ "flow": f.key, "error": e }),
             },

@@ -6,9 +6,9 @@
 
 use super::flows::FlowMap;
 use super::query::Query;
+use super::source::Source;
 use crate::policy::model::Protocol;
 use crate::policy::{Compiled, Direction, Input, Node, Pod, lookup};
-use crate::state::Shared;
 use crate::trace::{self, EndpointRef};
 use serde_json::{Value, json};
 use std::collections::HashMap;
@@ -47,8 +47,8 @@ fn v4(p: &Pod) -> Option<IpAddr> {
     p.ips.iter().find(|ip| ip.is_ipv4()).copied()
 }
 
-pub fn matrix(shared: &Shared, map: &FlowMap, q: &Query) -> Result<Value, String> {
-    let applied = shared.applied.read().ok().and_then(|a| a.clone()).ok_or("the agent has not synced yet")?;
+pub fn matrix(source: &dyn Source, map: &FlowMap, q: &Query) -> Result<Value, String> {
+    let applied = source.applied().ok_or("the agent has not synced yet")?;
     build(&applied.input, &applied.node, map, q)
 }
 

@@ -8,11 +8,14 @@
 //! The server aggregates ([`flows`]); the page receives aggregates and a
 //! bounded tail, never every event.
 
+pub mod cluster;
 pub mod flows;
 pub mod matrix;
 pub mod policies;
 mod query;
+pub mod source;
 
+use crate::remote::nodes::Nodes;
 use crate::state::Shared;
 use anyhow::{Context, Result, bail};
 use flows::FlowMap;
@@ -22,6 +25,7 @@ use hyper::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use query::Query;
+use source::Source;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -47,26 +51,62 @@ pub fn check_addr(addr: SocketAddr, allow_remote: bool) -> Result<(), String> {
     }
 }
 
-/// Starts the flow aggregation and serves the page on `addr`.
+/// Starts the flow aggregation and serves the page on `addr`, with the
+/// local API for `kubectl palisade` on the same listener.
 pub async fn serve(addr: SocketAddr, shared: Arc<Shared>, allow_remote: bool) -> Result<()> {
+    let listener = bind(addr, allow_remote).await?;
+    let map = FlowMap::start(shared.clone());
+    serve_on(listener, shared.clone(), map, allow_remote, Some(shared)).await
+}
+
+/// `kubectl palisade ui`: the page on this machine, fed by every node's
+/// agent: their flow records merged (as `advise` merges them), their event
+/// streams merged in time order, and the cluster state from the manifests
+/// in `cluster_state` or else the Kubernetes API.
+pub async fn serve_cluster(
+    addr: SocketAddr,
+    nodes: Nodes,
+    cluster_state: Option<std::path::PathBuf>,
+    allow_remote: bool,
+) -> Result<()> {
+    let listener = bind(addr, allow_remote).await?;
+    let source = cluster::ClusterSource::start(nodes.clone(), cluster_state).await?;
+    let map = FlowMap::start_cluster(nodes, source.clone())?;
+    serve_on(listener, source, map, allow_remote, None).await
+}
+
+async fn bind(addr: SocketAddr, allow_remote: bool) -> Result<tokio::net::TcpListener> {
     if let Err(e) = check_addr(addr, allow_remote) {
         bail!("{e}");
     }
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
-    let map = FlowMap::start(shared.clone());
     tracing::info!(%addr, "browser view: http://{addr}/");
+    Ok(listener)
+}
+
+/// Serves the page from `source`; with `api`, also the local API.
+async fn serve_on(
+    listener: tokio::net::TcpListener,
+    source: Arc<dyn Source>,
+    map: FlowMap,
+    allow_remote: bool,
+    api: Option<Arc<Shared>>,
+) -> Result<()> {
     loop {
         let (stream, _) = listener.accept().await?;
-        let (shared, map) = (shared.clone(), map.clone());
+        let (source, map, api) = (source.clone(), map.clone(), api.clone());
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                let (shared, map) = (shared.clone(), map.clone());
+                let (source, map, api) = (source.clone(), map.clone(), api.clone());
                 async move {
                     // The local API for `kubectl palisade` (port-forwarded), after the Host check.
-                    if crate::api::upgrade::wanted(&req) && (allow_remote || loopback_host(host_of(&req))) {
+                    if let Some(shared) = api
+                        && crate::api::upgrade::wanted(&req)
+                        && (allow_remote || loopback_host(host_of(&req)))
+                    {
                         return Ok::<_, std::convert::Infallible>(crate::api::upgrade::respond(req, shared));
                     }
-                    Ok(respond(&req, &shared, &map, allow_remote))
+                    Ok(respond(&req, source.as_ref(), &map, allow_remote).await)
                 }
             });
             let _ = hyper::server::conn::http1::Builder::new()
@@ -92,9 +132,9 @@ fn loopback_host(host: Option<&str>) -> bool {
     name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
-fn respond(
+async fn respond(
     req: &Request<hyper::body::Incoming>,
-    shared: &Shared,
+    source: &dyn Source,
     map: &FlowMap,
     allow_remote: bool,
 ) -> Response<Full<Bytes>> {
@@ -115,19 +155,19 @@ fn respond(
         ),
     };
     match path {
-        "/api/flows" => json(Ok(map.snapshot(shared, &q.list("namespace")))),
-        "/api/edge" => json(map.edge(shared, q.get("id").unwrap_or(""))),
+        "/api/flows" => json(Ok(map.snapshot(source, &q.list("namespace")))),
+        "/api/edge" => json(map.edge(source, q.get("id").unwrap_or("")).await),
         "/api/events" => json(q.filter().map(|f| map.tail(&f, q.num("after").unwrap_or(0), q.num("limit")))),
-        "/api/matrix" => json(matrix::matrix(shared, map, &q)),
-        "/api/trace" => json(trace(shared, &q)),
-        "/api/cluster" => json(policies::cluster(shared)),
-        "/api/pod" => json(policies::pod(shared, q.get("pod").unwrap_or(""))),
+        "/api/matrix" => json(matrix::matrix(source, map, &q)),
+        "/api/trace" => json(trace(source, &q).await),
+        "/api/cluster" => json(policies::cluster(source)),
+        "/api/pod" => json(policies::pod(source, q.get("pod").unwrap_or(""))),
         _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
     }
 }
 
 /// `palisade trace` for the page: one pair, port and protocol.
-fn trace(shared: &Shared, q: &Query) -> Result<serde_json::Value, String> {
+async fn trace(source: &dyn Source, q: &Query) -> Result<serde_json::Value, String> {
     let query = crate::trace::Query {
         from: q.get("from").unwrap_or("").parse()?,
         to: q.get("to").unwrap_or("").parse()?,
@@ -135,7 +175,7 @@ fn trace(shared: &Shared, q: &Query) -> Result<serde_json::Value, String> {
         protocol: q.get("protocol").unwrap_or("TCP").parse()?,
         ipv6: q.get("ipv6") == Some("true"),
     };
-    let t = shared.trace(&query)?;
+    let t = source.trace(&query).await?;
     Ok(serde_json::json!({ "text": t.to_string(), "trace": t }))
 }
 

@@ -2,16 +2,16 @@
 //! the policies that select it, its isolation per direction, and each rule
 //! with the pods its peers admit.
 
+use super::source::Source;
 use crate::policy::model::{NamespaceMatch, Peer, PortMatch, Rule};
 use crate::policy::{Direction, Input, Namespace, Pod, Policy};
-use crate::state::Shared;
 use serde_json::{Value, json};
 
 /// Pods named per rule at most (the page says how many more).
 const MAX_ADMITTED: usize = 20;
 
-pub fn cluster(shared: &Shared) -> Result<Value, String> {
-    let applied = shared.applied.read().ok().and_then(|a| a.clone()).ok_or("the agent has not synced yet")?;
+pub fn cluster(source: &dyn Source) -> Result<Value, String> {
+    let applied = source.applied().ok_or("the agent has not synced yet")?;
     let input = &applied.input;
     let mut namespaces: Vec<&String> = input.namespaces.keys().collect();
     namespaces.extend(input.pods.keys().map(|(ns, _)| ns));
@@ -106,8 +106,8 @@ fn rule_json(rule: &Rule, index: usize, dir: Direction, policy: &Policy, pod: &P
 }
 
 /// One pod's policies, per direction.
-pub fn pod(shared: &Shared, id: &str) -> Result<Value, String> {
-    let applied = shared.applied.read().ok().and_then(|a| a.clone()).ok_or("the agent has not synced yet")?;
+pub fn pod(source: &dyn Source, id: &str) -> Result<Value, String> {
+    let applied = source.applied().ok_or("the agent has not synced yet")?;
     let input = &applied.input;
     let (ns, name) = id.split_once('/').ok_or_else(|| format!("{id}: expected namespace/pod"))?;
     let pod = input.pods.get(&(ns.to_string(), name.to_string())).ok_or_else(|| format!("no pod {id}"))?;
@@ -130,7 +130,6 @@ pub fn pod(shared: &Shared, id: &str) -> Result<Value, String> {
             .collect();
         json!({ "isolated": !policies.is_empty(), "policies": policies })
     };
-    let enforced = applied.endpoints.iter().find(|e| e.namespace == pod.namespace && e.name == pod.name);
     Ok(json!({
         "pod": id,
         "workload": pod.workload.to_string(),
@@ -138,7 +137,7 @@ pub fn pod(shared: &Shared, id: &str) -> Result<Value, String> {
         "labels": pod.labels,
         "ips": pod.ips,
         "host_network": pod.host_network,
-        "state": enforced.map(|e| e.state.to_string()),
+        "state": source.pod_state(&pod.namespace, &pod.name),
         "selected_by": selecting.iter().map(|p| format!("{}/{}", p.namespace, p.name)).collect::<Vec<_>>(),
         "ingress": direction(Direction::Ingress),
         "egress": direction(Direction::Egress),
