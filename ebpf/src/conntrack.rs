@@ -10,10 +10,10 @@ use crate::maps::{CONNTRACK, FRAGS, count};
 use crate::parse::{self, Frag, Packet};
 use crate::policy::{bare, decide, mark_deferred, own_source};
 use crate::skb::Skb;
-use aya_ebpf::bindings::BPF_ANY;
+use aya_ebpf::{bindings::BPF_ANY, helpers::bpf_ktime_get_coarse_ns, programs::TcContext};
 use palisade_common::{
-    CT_ALLOWED, CT_AUDITED, CT_DEFERRED, CT_UPSTREAM, CtEntry, CtKey, DIR_EGRESS, DIR_INGRESS, EP_AUDIT, EVF_FRAGMENT,
-    EVF_REDECIDED, FragKey, FragPorts, PROTO_TCP, REASON_SPOOFED, VERDICT_AUDIT, stat,
+    CT_ALLOWED, CT_AUDITED, CT_DEFERRED, CT_UPSTREAM, Config, CtEntry, CtKey, DIR_EGRESS, DIR_INGRESS, EP_AUDIT,
+    EVF_FRAGMENT, EVF_REDECIDED, FragKey, FragPorts, PROTO_TCP, REASON_SPOOFED, VERDICT_AUDIT, stat,
 };
 
 /// Tracked TCP flows expire after six hours idle, others after a minute.
@@ -21,6 +21,79 @@ const CT_TIMEOUT_TCP_NS: u64 = 6 * 3600 * 1_000_000_000;
 const CT_TIMEOUT_OTHER_NS: u64 = 60 * 1_000_000_000;
 /// last_seen is refreshed at most this often, so the hot path rarely writes.
 const CT_REFRESH_NS: u64 = 1_000_000_000;
+
+/// The clock of connection tracking and drop suppression, in every hook
+/// (entries are compared across them): the coarse monotonic clock,
+/// advanced every tick, whose read is a few loads where the fine one reads
+/// the TSC. Timeouts and the refresh interval are a second or more, so a
+/// tick of lag does not matter.
+#[inline(always)]
+pub fn now() -> u64 {
+    unsafe { bpf_ktime_get_coarse_ns() }
+}
+
+/// The entry is live: seen within its protocol's timeout.
+#[inline(always)]
+fn live(ct: &CtEntry, now: u64, protocol: u8) -> bool {
+    let timeout = if protocol == PROTO_TCP { CT_TIMEOUT_TCP_NS } else { CT_TIMEOUT_OTHER_NS };
+    now.wrapping_sub(ct.last_seen_ns) < timeout
+}
+
+/// A live entry decided under the current revision (not [`CT_UPSTREAM`]):
+/// the packet passes, counted; refreshed at most once a second; a deferred
+/// flow's packets in its first direction marked.
+#[inline(always)]
+fn pass_current<C: Skb>(ctx: &C, ct: &mut CtEntry, cfg: &Config, ifindex: u32, dir: u8, now: u64) {
+    if now.wrapping_sub(ct.last_seen_ns) > CT_REFRESH_NS {
+        ct.last_seen_ns = now;
+    }
+    if ct.verdict == CT_DEFERRED && dir == ct.origin {
+        mark_deferred(ctx, cfg, ifindex);
+    }
+    count(if ct.verdict == CT_AUDITED { stat::AUDITED } else { stat::ALLOWED });
+}
+
+/// The pod hooks' fast path, before anything else: a plain packet (see
+/// [`parse::plain_key`]) of a flow tracked under the current revision
+/// passes on this one lookup (true), without the endpoint lookup or the
+/// full parse. The endpoint need not be read: every endpoint change (added,
+/// removed, flags, identity, held closed) bumps the revision, so a current
+/// entry was decided against the endpoint entry in force. Anything else
+/// (false) goes to the full pipeline, which looks again (carrying this
+/// lookup's result through the full parse doubled the verifier's states
+/// past its limit): a packet entering a pod with the defer mark (its
+/// sender's egress is judged first) or the judged mark (netfilter judged
+/// it; its hook only tracks), a [`CT_UPSTREAM`] entry, a stale or expired
+/// one, a miss.
+#[inline(always)]
+pub fn fast(ctx: &TcContext, ifindex: u32, dir: u8, cfg: &Config) -> bool {
+    if dir == DIR_INGRESS && ctx.mark() & (cfg.defer_mark | cfg.judged_mark) != 0 {
+        return false;
+    }
+    let mut key = CtKey {
+        ifindex: 0,
+        local_port: 0,
+        remote_port: 0,
+        local: [0; 16],
+        remote: [0; 16],
+        protocol: 0,
+        family: 0,
+        _pad: [0; 2],
+    };
+    if !parse::plain_key(ctx, ifindex, dir, &mut key) {
+        return false;
+    }
+    let Some(ct) = CONNTRACK.get_ptr_mut(&key) else {
+        return false;
+    };
+    let ct = unsafe { &mut *ct };
+    let now = now();
+    if ct.revision != cfg.revision || ct.verdict == CT_UPSTREAM || !live(ct, now, key.protocol) {
+        return false;
+    }
+    pass_current(ctx, ct, cfg, ifindex, dir, now);
+    true
+}
 
 /// What connection tracking makes of a packet.
 #[repr(u8)]
@@ -107,30 +180,23 @@ pub fn fragments(pkt: &mut Packet) -> u8 {
     0
 }
 
-/// Looks the flow up: a live entry under the current revision passes; one
-/// under an older revision is decided again as its first packet was,
-/// whichever way this packet goes.
+/// Looks the flow up: a live entry under the current
+/// revision passes; one under an older revision is decided again as its
+/// first packet was, whichever way this packet goes.
 #[inline(always)]
 pub fn tracked<C: Skb>(ctx: &C, f: &mut Flow, key: &CtKey) -> Tracked {
     let Some(ct) = CONNTRACK.get_ptr_mut(key) else {
         return Tracked::Miss;
     };
     let ct = unsafe { &mut *ct };
-    let timeout = if f.pkt.protocol == PROTO_TCP { CT_TIMEOUT_TCP_NS } else { CT_TIMEOUT_OTHER_NS };
-    if f.now.wrapping_sub(ct.last_seen_ns) >= timeout {
+    if !live(ct, f.now, f.pkt.protocol) {
         return Tracked::Miss;
     }
     if ct.verdict == CT_UPSTREAM {
         return crate::netfilter::tracked_judged(ct, f);
     }
     if ct.revision == f.cfg.revision {
-        if f.now.wrapping_sub(ct.last_seen_ns) > CT_REFRESH_NS {
-            ct.last_seen_ns = f.now;
-        }
-        if ct.verdict == CT_DEFERRED && f.dir == ct.origin {
-            mark_deferred(ctx, f.cfg, f.ifindex);
-        }
-        count(if ct.verdict == CT_AUDITED { stat::AUDITED } else { stat::ALLOWED });
+        pass_current(ctx, ct, f.cfg, f.ifindex, f.dir, f.now);
         return Tracked::Pass;
     }
     // The flow's local address may have left the pod since it was tracked.

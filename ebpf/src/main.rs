@@ -2,7 +2,9 @@
 //! veth, in each direction. A packet's verdict takes a handful of bounded
 //! map lookups and never loops over policies or pods.
 //!
-//! The pipeline ([`judge`]): parse; link plumbing passes; a pending pod
+//! First, a plain packet of a flow tracked under the current revision
+//! passes on one lookup ([`conntrack::fast`]). The pipeline for the rest
+//! ([`judge`]): parse; link plumbing passes; a pending pod
 //! drops; fragments get their first fragment's ports; a tracked flow passes
 //! (or is decided again after a policy change); a packet leaving a pod from
 //! an address that is not the pod's drops; an ICMP error about a tracked
@@ -23,7 +25,6 @@ mod skb;
 
 use aya_ebpf::{
     bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC},
-    helpers::bpf_ktime_get_ns,
     macros::classifier,
     programs::TcContext,
 };
@@ -56,7 +57,7 @@ pub struct Flow<'a> {
     pub dir: u8,
     pub cfg: &'a Config,
     pub pkt: &'a Packet,
-    /// bpf_ktime_get_ns() when judging started.
+    /// [`conntrack::now`] when judging started.
     pub now: u64,
     /// `EVF_*` flags for the packet's events.
     pub ev_flags: u8,
@@ -97,11 +98,15 @@ pub fn palisade_host_egress(ctx: TcContext) -> i32 {
 #[inline(always)]
 fn classify(ctx: &TcContext, dir: u8) -> i32 {
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    let cfg = maps::config().unwrap_or_default();
+    // A tracked flow's plain packet passes on one lookup.
+    if conntrack::fast(ctx, ifindex, dir, &cfg) {
+        return PASS;
+    }
     // Interfaces without an endpoint entry are not ours to judge.
     let Some(ep) = maps::endpoint(ifindex) else {
         return PASS;
     };
-    let cfg = maps::config().unwrap_or_default();
     let mut pkt = Packet::empty();
     match parse::parse(ctx, &mut pkt) {
         // A pod's packet DNATed from a Service to this pod: the sender's
@@ -130,12 +135,12 @@ pub fn judge<C: Skb>(ctx: &C, ifindex: u32, ep: &Endpoint, dir: u8, cfg: &Config
     }
     if ep.flags & EP_PENDING != 0 {
         let key = conntrack::ct_key(ifindex, dir, pkt);
-        let f = Flow { ifindex, ep, dir, cfg, pkt, now: unsafe { bpf_ktime_get_ns() }, ev_flags: 0 };
+        let f = Flow { ifindex, ep, dir, cfg, pkt, now: conntrack::now(), ev_flags: 0 };
         return drop_packet(&f, &bare(REASON_PENDING), &key);
     }
     let ev_flags = conntrack::fragments(pkt);
     let key = conntrack::ct_key(ifindex, dir, pkt);
-    let mut f = Flow { ifindex, ep, dir, cfg, pkt, now: unsafe { bpf_ktime_get_ns() }, ev_flags };
+    let mut f = Flow { ifindex, ep, dir, cfg, pkt, now: conntrack::now(), ev_flags };
     match conntrack::tracked(ctx, &mut f, &key) {
         Tracked::Pass => return PASS,
         Tracked::Drop => return DROP,
@@ -204,20 +209,12 @@ pub fn judge_deferred<C: Skb>(ctx: &C, cfg: &Config, pkt: &Packet) -> i32 {
         _ => {
             let nobody = Endpoint { identity: 0, flags: 0 };
             let key = conntrack::ct_key(0, DIR_EGRESS, pkt);
-            let f = Flow {
-                ifindex: 0,
-                ep: &nobody,
-                dir: DIR_EGRESS,
-                cfg,
-                pkt,
-                now: unsafe { bpf_ktime_get_ns() },
-                ev_flags: 0,
-            };
+            let f = Flow { ifindex: 0, ep: &nobody, dir: DIR_EGRESS, cfg, pkt, now: conntrack::now(), ev_flags: 0 };
             return drop_packet(&f, &bare(REASON_UNATTRIBUTED), &key);
         }
     };
     let key = conntrack::ct_key(ifindex, DIR_EGRESS, pkt);
-    let f = Flow { ifindex, ep: &ep, dir: DIR_EGRESS, cfg, pkt, now: unsafe { bpf_ktime_get_ns() }, ev_flags: 0 };
+    let f = Flow { ifindex, ep: &ep, dir: DIR_EGRESS, cfg, pkt, now: conntrack::now(), ev_flags: 0 };
     // Checked before connection tracking: an untranslated packet has the
     // key of the deferred flow itself.
     let dst = policy::address(pkt.family, &pkt.dst);

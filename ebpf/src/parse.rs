@@ -6,8 +6,11 @@
 //! are truncated or inconsistent is `Malformed`, never read past its end.
 
 use crate::skb::Skb;
+use aya_ebpf::programs::TcContext;
 use network_types::ip::{Ipv4Hdr, Ipv6Hdr};
-use palisade_common::{FAMILY_V4, FAMILY_V6, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP};
+use palisade_common::{
+    CtKey, DIR_EGRESS, FAMILY_V4, FAMILY_V6, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP,
+};
 
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86DD;
@@ -83,6 +86,109 @@ pub enum Parsed {
     NotIp,
     /// Truncated or inconsistent headers.
     Malformed,
+}
+
+/// The fixed IPv4 header in whole words, for [`plain_key`]. Packet loads
+/// need no alignment on the JITs and verifier settings palisade runs under
+/// (x86-64, arm64: no strict alignment), so words are read as words
+/// rather than byte by byte.
+#[repr(C)]
+struct Ip4Words {
+    vihl: u8,
+    tos: u8,
+    tot_len: u16,
+    id: u16,
+    frags: u16,
+    ttl: u8,
+    proto: u8,
+    check: u16,
+    src: u32,
+    dst: u32,
+}
+
+/// The IPv6 header in whole words, for [`plain_key`].
+#[repr(C)]
+struct Ip6Words {
+    vcf: u32,
+    payload_len: u16,
+    next_hdr: u8,
+    hop_limit: u8,
+    src: [u64; 2],
+    dst: [u64; 2],
+}
+
+/// Minimal L4 header length of the protocols [`plain_key`] takes (0: not
+/// one of them), as [`parse`] requires them.
+#[inline(always)]
+fn plain_l4_min(protocol: u8) -> usize {
+    match protocol {
+        PROTO_TCP => 20,
+        PROTO_UDP => 8,
+        PROTO_SCTP => 12,
+        _ => 0,
+    }
+}
+
+/// The connection tracking key of a plain packet at a TC hook, read in a
+/// few word loads in place: IPv4 without options or IPv6 without extension
+/// headers, not a fragment, TCP, UDP or SCTP, with headers and lengths
+/// [`parse`] accepts. Any other packet (false) takes the full parse. For a
+/// packet it takes, the key equals the one the full pipeline builds
+/// (`conntrack::ct_key`), so a lookup with it stands for the pipeline's own.
+#[inline(always)]
+pub fn plain_key(ctx: &TcContext, ifindex: u32, dir: u8, key: &mut CtKey) -> bool {
+    const L3: usize = TcContext::L3;
+    ctx.pull(L3 + 114);
+    let len = ctx.pkt_len();
+    let egress = dir == DIR_EGRESS;
+    let l4 = match ctx.l3_protocol() {
+        Some(ETH_P_IP) => ctx.with_header(L3, |ip: &Ip4Words| {
+            let tot_len = u16::from_be(ip.tot_len) as usize;
+            // No options; neither a fragment nor more to come (DF may be
+            // set). A zero total length (BIG TCP) is left to the full parse.
+            if ip.vihl != 0x45 || u16::from_be(ip.frags) & 0x3fff != 0 || tot_len < Ipv4Hdr::LEN || L3 + tot_len > len {
+                return None;
+            }
+            key.protocol = ip.proto;
+            key.family = FAMILY_V4;
+            let (local, remote) = if egress { (ip.src, ip.dst) } else { (ip.dst, ip.src) };
+            key.local = [0; 16];
+            key.remote = [0; 16];
+            key.local[..4].copy_from_slice(&local.to_ne_bytes());
+            key.remote[..4].copy_from_slice(&remote.to_ne_bytes());
+            Some((L3 + Ipv4Hdr::LEN, tot_len - Ipv4Hdr::LEN))
+        }),
+        Some(ETH_P_IPV6) => ctx.with_header(L3, |ip: &Ip6Words| {
+            let payload_len = u16::from_be(ip.payload_len) as usize;
+            // Version 6 (the first nibble, in network order); a zero
+            // payload length (BIG TCP) fails the L4 length check below.
+            if ip.vcf.to_ne_bytes()[0] >> 4 != 6 || L3 + Ipv6Hdr::LEN + payload_len > len {
+                return None;
+            }
+            key.protocol = ip.next_hdr;
+            key.family = FAMILY_V6;
+            let (local, remote) = if egress { (ip.src, ip.dst) } else { (ip.dst, ip.src) };
+            key.local = unsafe { core::mem::transmute::<[u64; 2], [u8; 16]>(local) };
+            key.remote = unsafe { core::mem::transmute::<[u64; 2], [u8; 16]>(remote) };
+            Some((L3 + Ipv6Hdr::LEN, payload_len))
+        }),
+        _ => None,
+    };
+    let Some(Some((l4_off, l4_len))) = l4 else {
+        return false;
+    };
+    let min = plain_l4_min(key.protocol);
+    if min == 0 || l4_len < min {
+        return false;
+    }
+    let Some(ports) = ctx.header::<[u16; 2]>(l4_off) else {
+        return false;
+    };
+    let (sport, dport) = (u16::from_be(ports[0]), u16::from_be(ports[1]));
+    key.ifindex = ifindex;
+    (key.local_port, key.remote_port) = if egress { (sport, dport) } else { (dport, sport) };
+    key._pad = [0; 2];
+    true
 }
 
 /// Parses the packet into `pkt` (which starts out [`Packet::empty`]).

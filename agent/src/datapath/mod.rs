@@ -240,6 +240,11 @@ impl Datapath {
             realized.policy.insert(PolicyPrefix { prefix_len: k.prefix_len(), key: k.data() }, v);
         }
         let mut config = config_map.get(&0, 0).unwrap_or_default();
+        // An agent killed between writing entries and bumping the revision
+        // left tracked flows that look current but were decided under the
+        // state before those writes (and a tracked packet reads no
+        // endpoint): every agent start makes them all decide again.
+        config.revision = config.revision.wrapping_add(1);
         config.flags =
             if settings.log_new_flows { config.flags | CFG_LOG_NEW_FLOWS } else { config.flags & !CFG_LOG_NEW_FLOWS };
         config.drop_event_interval_ns = settings.drop_event_interval.as_nanos() as u64;
