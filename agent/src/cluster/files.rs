@@ -99,6 +99,8 @@ pub struct FileSource {
     /// Files read since their copies were last saved, with their
     /// documents (see [`FileSource::save_pending`]).
     unsaved: Vec<(PathBuf, Vec<Value>)>,
+    /// Files deleted since, whose copies go then too (relative paths).
+    unsaved_gone: Vec<String>,
 }
 
 fn is_manifest(path: &Path) -> bool {
@@ -213,6 +215,7 @@ impl FileSource {
             input: Input::default(),
             object_errors: BTreeMap::new(),
             unsaved: Vec::new(),
+            unsaved_gone: Vec::new(),
         }
     }
 
@@ -311,7 +314,11 @@ impl FileSource {
             self.unsaved.retain(|(p, _)| *p != path);
             self.set_file(&path, None);
             if let Some(saved) = &self.saved {
-                saved.remove(&self.rel(&path));
+                if first {
+                    saved.remove(&self.rel(&path));
+                } else {
+                    self.unsaved_gone.push(self.rel(&path));
+                }
             }
         }
         if first
@@ -417,6 +424,11 @@ impl FileSource {
     /// the change was read would. Returns what could not be saved.
     pub fn save_pending(&mut self) -> Vec<InputError> {
         let Some(saved) = &self.saved else { return Vec::new() };
+        // A crash before this leaves the copy of a deleted file, which the
+        // next start removes (its file is not there).
+        for rel in std::mem::take(&mut self.unsaved_gone) {
+            saved.remove(&rel);
+        }
         let unsaved = std::mem::take(&mut self.unsaved);
         let copies: Vec<(String, Vec<Value>)> = unsaved
             .into_iter()
