@@ -13,8 +13,8 @@ use crate::datapath::{Datapath, MapSizes, Settings, SyncReport};
 use crate::events::{self, Hub, LogFormat, View};
 use crate::health::{self, Readiness};
 use crate::metrics::Metrics;
-use crate::policy::compile::{Compiler, Hints, hints_of};
-use crate::policy::{self, Compiled, Input, Node, PolicyPrefix};
+use crate::policy::compile::{Changes, Compiler, Hints, hints_of};
+use crate::policy::{self, Compiled, Input, Node};
 use crate::state::{Applied, EndpointState, Enforcement, InputVersion, Shared, Status};
 use anyhow::Result;
 use std::collections::{BTreeMap, BTreeSet};
@@ -359,13 +359,14 @@ impl Agent {
         compiler.compile(&loaded.input, &node);
         let compile_time = started.elapsed() - load_time;
         // A forced pass (the resync timer, a retry) compares everything.
-        let changed = compiler.changes().policy.as_ref().filter(|_| !forced);
+        let changed = Some(compiler.changes()).filter(|_| !forced);
         let report = self.sync(compiler.compiled(), &ifaces, changed);
         let sync_time = started.elapsed() - load_time - compile_time;
         let clean = report.errors.is_empty() && loaded.ifaces_error.is_none();
         let times = Times { load: load_time, compile: compile_time, sync: sync_time, total: started.elapsed() };
         self.publish(&loaded, &node, compiler.compiled(), report, times);
         self.compiler = Some(compiler);
+        self.save_source();
         self.last_clean = match (&loaded.ifaces, clean) {
             (Some(ifaces), true) => Some((loaded.version, ifaces.clone(), loaded.stale.clone())),
             _ => None,
@@ -395,6 +396,22 @@ impl Agent {
         Loaded { input: Arc::new(snap.input), errors: snap.errors, version, stale, unavailable, ifaces, ifaces_error }
     }
 
+    /// Saves what the source read now that it is in force (off the way
+    /// of the change); what cannot be saved is said in status at once.
+    fn save_source(&mut self) {
+        let errors = self.source.save_pending();
+        if errors.is_empty() {
+            return;
+        }
+        for e in &errors {
+            tracing::warn!("invalid input: {e}");
+        }
+        if let Ok(mut st) = self.shared.status.write() {
+            st.errors.extend(errors.iter().cloned());
+        }
+        self.reported.extend(errors);
+    }
+
     /// The local identities the kernel holds for local pods (left by an
     /// earlier agent): the first compile keeps them, so a restart rewrites
     /// nothing that did not change.
@@ -410,12 +427,7 @@ impl Agent {
         hints
     }
 
-    fn sync(
-        &mut self,
-        compiled: &Compiled,
-        ifaces: &Interfaces,
-        changed: Option<&BTreeSet<PolicyPrefix>>,
-    ) -> SyncReport {
+    fn sync(&mut self, compiled: &Compiled, ifaces: &Interfaces, changed: Option<&Changes>) -> SyncReport {
         let report = self.dp.sync_changes(compiled, ifaces, changed);
         if !self.gc_done && report.errors.is_empty() {
             self.dp.collect_garbage();

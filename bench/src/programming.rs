@@ -22,6 +22,9 @@ const PORT_ADD: u16 = 7010;
 const PORT_LABEL: u16 = 7011;
 const PORT_RESTART: u16 = 7012;
 const PORT_COLD: u16 = 7013;
+const PORT_BURST: u16 = 7014;
+/// Policies in a burst, one file each, written at once.
+const BURST: usize = 1000;
 const INTERVAL: Duration = Duration::from_micros(500);
 const QUIET: Duration = Duration::from_millis(400);
 const TIMEOUT: Duration = Duration::from_secs(120);
@@ -35,6 +38,10 @@ pub struct PointResult {
     pub policy_removed_ms: Sample,
     pub label_added_ms: Sample,
     pub label_removed_ms: Sample,
+    /// [`BURST`] policies written at once (one file each): from the first
+    /// write to the last one in force, then all removed.
+    pub burst_added_ms: Sample,
+    pub burst_removed_ms: Sample,
     /// Agent restarted with a change made while it was down: spawn to the
     /// change in force.
     pub restart_ms: Sample,
@@ -263,6 +270,34 @@ fn point(cfg: &Config, node: &Node, client: &Pod, server: &Pod, pods: usize, pol
         }
     }
 
+    // A burst: every policy selects the local pods (each one adds their
+    // entries); the last written lets the probe through, and the source
+    // is read whole each pass, so when it is in force all are.
+    let (mut burst_in, mut burst_out) = (Vec::new(), Vec::new());
+    let (mut p_burst_in, mut p_burst_out) = (Passes::default(), Passes::default());
+    {
+        let stream = Stream::start(client, server, PORT_BURST, INTERVAL)?;
+        std::thread::sleep(Duration::from_millis(50));
+        let file = |i: usize| format!("zz-burst-{i:04}.json");
+        for _ in 0..cfg.reps {
+            let t0 = Instant::now();
+            for i in 0..BURST {
+                let port = if i + 1 == BURST { PORT_BURST } else { 20_000 + i as u16 };
+                agent.apply(&file(i), &allow_policy(&format!("zz-burst-{i:04}"), port))?;
+            }
+            burst_in.push(ms(stream.wait_allowed(t0, TIMEOUT)));
+            agent.wait_in_sync(TIMEOUT)?;
+            p_burst_in.note(&agent, burst_in[burst_in.len() - 1]);
+            let t0 = Instant::now();
+            for i in 0..BURST {
+                agent.remove(&file(i))?;
+            }
+            burst_out.push(ms(stream.wait_denied(t0, QUIET, TIMEOUT)));
+            agent.wait_in_sync(TIMEOUT)?;
+            p_burst_out.note(&agent, burst_out[burst_out.len() - 1]);
+        }
+    }
+
     // Restart: the agent stops (enforcement stays pinned), a policy changes
     // while it is down, a new agent starts and resyncs everything.
     let mut restart = Vec::new();
@@ -291,6 +326,8 @@ fn point(cfg: &Config, node: &Node, client: &Pod, server: &Pod, pods: usize, pol
         policy_removed_ms: Sample::of(&removed),
         label_added_ms: Sample::of(&lab),
         label_removed_ms: Sample::of(&unlab),
+        burst_added_ms: Sample::of(&burst_in),
+        burst_removed_ms: Sample::of(&burst_out),
         restart_ms: Sample::of(&restart),
         cold_ms: Sample::of(&cold),
         cold_status_ms: Sample::of(&cold_status),
@@ -302,6 +339,8 @@ fn point(cfg: &Config, node: &Node, client: &Pod, server: &Pod, pods: usize, pol
             p_removed.breakdown("policy removed"),
             p_lab.breakdown("label added"),
             p_unlab.breakdown("label removed"),
+            p_burst_in.breakdown("1,000 policies added at once (last pass)"),
+            p_burst_out.breakdown("1,000 policies removed at once (last pass)"),
         ],
         rss_bytes: rss,
         rss_peak_bytes: hwm,

@@ -12,16 +12,18 @@
 //!   opening the pods it isolated. A file deleted while the agent was down
 //!   was deleted on purpose: its copy goes with it.
 
-use super::convert::{Checked, check_documents};
-use super::objects::Validator;
+use super::convert::{Checked, ObjKey, check_documents};
+use super::objects::{self, Validator};
 use super::saved::Saved;
 use super::{InputError, Snapshot, trust};
+use crate::policy::Input;
 use anyhow::{Result, bail};
 use serde_json::Value;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// The largest manifest file read. With the parser limits below it bounds
 /// the memory a file can take, far above a whole 50k-pod cluster in one file
@@ -85,6 +87,20 @@ pub struct FileSource {
     check: bool,
     saved: Option<Saved>,
     loaded_once: bool,
+    /// Where each object is defined: (file, position in it), in order.
+    index: HashMap<ObjKey, Vec<(Arc<Path>, usize)>>,
+    /// Keys whose objects changed since the last snapshot, and whether
+    /// all did (nothing built yet).
+    dirty: HashSet<ObjKey>,
+    all_dirty: bool,
+    /// The last snapshot: its input, and its objects' errors by object.
+    input: Input,
+    object_errors: BTreeMap<String, Vec<InputError>>,
+    /// Files read since their copies were last saved, with their
+    /// documents (see [`FileSource::save_pending`]).
+    unsaved: Vec<(PathBuf, Vec<Value>)>,
+    /// Files deleted since, whose copies go then too (relative paths).
+    unsaved_gone: Vec<String>,
 }
 
 fn is_manifest(path: &Path) -> bool {
@@ -172,6 +188,12 @@ pub fn fingerprint(dir: &Path, check: bool) -> u64 {
     list(dir, check).map(|l| fingerprint_of(&l)).unwrap_or(0)
 }
 
+fn save_error(path: &Path, e: &anyhow::Error) -> InputError {
+    let message = format!("cannot save its last good copy: {e:#}");
+    let action = "enforcing it; after a restart, a broken copy of this file would hold nothing".into();
+    file_error(path, message, action)
+}
+
 fn file_error(source: &Path, message: String, action: String) -> InputError {
     InputError { source: source.display().to_string(), object: String::new(), field: String::new(), message, action }
 }
@@ -187,6 +209,13 @@ impl FileSource {
             check: false,
             saved: None,
             loaded_once: false,
+            index: HashMap::new(),
+            dirty: HashSet::new(),
+            all_dirty: true,
+            input: Input::default(),
+            object_errors: BTreeMap::new(),
+            unsaved: Vec::new(),
+            unsaved_gone: Vec::new(),
         }
     }
 
@@ -269,7 +298,7 @@ impl FileSource {
                         let path = self.dir.join(&rel);
                         let objects = check_documents(values, &path.display().to_string(), false).0;
                         let stamp = Stamp { len: 0, mtime_ns: 0, ino: 0, mode: 0, uid: 0 };
-                        self.files.insert(path, FileState { stamp, objects, errors: vec![] });
+                        self.set_file(&path, Some(FileState { stamp, objects, errors: vec![] }));
                         action =
                             format!("keeping the last good copies saved in {}", at.parent().unwrap_or(&at).display());
                     }
@@ -282,9 +311,14 @@ impl FileSource {
         self.fingerprint = fingerprint_of(&listing);
         let gone: Vec<PathBuf> = self.files.keys().filter(|p| !listing.holds(p)).cloned().collect();
         for path in gone {
-            self.files.remove(&path);
+            self.unsaved.retain(|(p, _)| *p != path);
+            self.set_file(&path, None);
             if let Some(saved) = &self.saved {
-                saved.remove(&self.rel(&path));
+                if first {
+                    saved.remove(&self.rel(&path));
+                } else {
+                    self.unsaved_gone.push(self.rel(&path));
+                }
             }
         }
         if first
@@ -293,7 +327,7 @@ impl FileSource {
         {
             saved.retain(&listing.files.iter().map(|(p, _)| self.rel(p)).collect());
         }
-        let mut read: Vec<(PathBuf, Vec<Value>)> = Vec::new();
+        let mut save_errors = self.save_pending();
         for (path, stamp) in &listing.files {
             if self.files.get(path).is_some_and(|f| f.stamp == *stamp) {
                 continue;
@@ -302,13 +336,29 @@ impl FileSource {
             let parsed = read_file(path, *stamp).and_then(|text| parse(&text, &source, self.saved.is_some()));
             match parsed {
                 Ok((objects, raw, errors)) => {
-                    self.files.insert(path.clone(), FileState { stamp: *stamp, objects, errors });
-                    read.push((path.clone(), raw));
+                    if first && objects.iter().any(|o| o.result.is_err()) {
+                        // The last valid version of an object that no
+                        // longer validates was in memory before the
+                        // restart: its saved copy stands in.
+                        if let Some((saved, _)) = self.saved_copy(path) {
+                            saved.iter().for_each(|o| self.validator.remember(o));
+                        }
+                    }
+                    self.set_file(path, Some(FileState { stamp: *stamp, objects, errors }));
+                    if first {
+                        // Saved file by file: the documents read are
+                        // dropped at once (held for every file, a first
+                        // load's transient memory would stay in the
+                        // agent's heap).
+                        save_errors.extend(self.save_or_say(path, raw));
+                    } else if self.saved.is_some() {
+                        self.unsaved.push((path.clone(), raw));
+                    }
                 }
                 Err(message) => {
                     // Keep what the file held before (in memory, or at
                     // start its saved copy); report the file.
-                    let (objects, action) = match self.files.remove(path) {
+                    let (objects, action) = match self.set_file(path, None) {
                         Some(f) if !f.objects.is_empty() => {
                             (f.objects, "keeping the objects it held before".to_string())
                         }
@@ -320,7 +370,7 @@ impl FileSource {
                         },
                     };
                     let errors = vec![file_error(path, message, action)];
-                    self.files.insert(path.clone(), FileState { stamp: *stamp, objects, errors });
+                    self.set_file(path, Some(FileState { stamp: *stamp, objects, errors }));
                 }
             }
         }
@@ -335,33 +385,70 @@ impl FileSource {
                 file_error(path, format!("refused: {why}; {}", trust::HINT), action.into())
             })
             .collect();
-        if first {
-            // The last valid version of an object that no longer validates
-            // was in memory before the restart: its saved copy stands in.
-            for (path, _) in &read {
-                let broken = self.files[path].objects.iter().any(|o| o.result.is_err());
-                if let Some((objects, _)) = broken.then(|| self.saved_copy(path)).flatten() {
-                    objects.iter().for_each(|o| self.validator.remember(o));
-                }
-            }
-        }
         let mut snap = self.build();
         snap.errors.splice(0..0, held);
-        for (path, raw) in read {
-            if let Err(e) = self.save(&path, raw) {
-                let message = format!("cannot save its last good copy: {e:#}");
-                let action = "enforcing it; after a restart, a broken copy of this file would hold nothing".into();
-                snap.errors.push(file_error(&path, message, action));
-            }
-        }
+        snap.errors.extend(save_errors);
         snap
     }
 
-    /// Saves the objects `path` puts in force: each object as read if it is
-    /// valid, else its last valid version if the saved copy has one, else as
-    /// read (it fails the same way again).
-    fn save(&self, path: &Path, raw: Vec<Value>) -> Result<()> {
-        let Some(saved) = &self.saved else { return Ok(()) };
+    /// Puts the state of `path` (None: takes it out), noting the keys of
+    /// the objects it held and holds as changed. Returns the state it had.
+    fn set_file(&mut self, path: &Path, state: Option<FileState>) -> Option<FileState> {
+        let old = self.files.remove(path);
+        for o in old.iter().flat_map(|f| &f.objects) {
+            if let Some(at) = self.index.get_mut(&o.key) {
+                at.retain(|(p, _)| **p != *path);
+                if at.is_empty() {
+                    self.index.remove(&o.key);
+                }
+            }
+            self.dirty.insert(o.key.clone());
+        }
+        if let Some(state) = state {
+            let shared: Arc<Path> = Arc::from(path);
+            for (i, o) in state.objects.iter().enumerate() {
+                let at = self.index.entry(o.key.clone()).or_default();
+                at.push((shared.clone(), i));
+                at.sort();
+                self.dirty.insert(o.key.clone());
+            }
+            self.files.insert(path.to_path_buf(), state);
+        }
+        old
+    }
+
+    /// Saves the copies of the files read since the last save: the agent
+    /// calls it once the kernel holds what they put in force, so the
+    /// writes (and their fsyncs) are not on the way of a change. A crash
+    /// before it leaves the copies one version behind, as a crash before
+    /// the change was read would. Returns what could not be saved.
+    pub fn save_pending(&mut self) -> Vec<InputError> {
+        let Some(saved) = &self.saved else { return Vec::new() };
+        // A crash before this leaves the copy of a deleted file, which the
+        // next start removes (its file is not there).
+        for rel in std::mem::take(&mut self.unsaved_gone) {
+            saved.remove(&rel);
+        }
+        let unsaved = std::mem::take(&mut self.unsaved);
+        let copies: Vec<(String, Vec<Value>)> = unsaved
+            .into_iter()
+            .filter(|(path, _)| self.files.contains_key(path))
+            .map(|(path, raw)| (self.rel(&path), self.copy_of(saved, &path, raw)))
+            .collect();
+        let results = saved.write_many(copies);
+        results.into_iter().filter_map(|(rel, r)| r.err().map(|e| save_error(&self.dir.join(rel), &e))).collect()
+    }
+
+    fn save_or_say(&self, path: &Path, raw: Vec<Value>) -> Option<InputError> {
+        let saved = self.saved.as_ref()?;
+        let e = saved.write(&self.rel(path), self.copy_of(saved, path, raw)).err()?;
+        Some(save_error(path, &e))
+    }
+
+    /// The objects `path` puts in force, to save: each object as read if it
+    /// is valid, else its last valid version if the saved copy has one, else
+    /// as read (it fails the same way again).
+    fn copy_of(&self, saved: &Saved, path: &Path, raw: Vec<Value>) -> Vec<Value> {
         let rel = self.rel(path);
         let objects = &self.files[path].objects;
         let mut before: Option<HashMap<super::convert::ObjKey, Value>> = None;
@@ -379,17 +466,43 @@ impl FileSource {
             });
             out.push(before.get(&checked.key).cloned().unwrap_or(value));
         }
-        saved.write(&rel, out)
+        out
     }
 
+    /// The snapshot, validating again only the keys whose objects changed
+    /// (every object of such a key, in file order: the first one wins) and
+    /// patching the last snapshot with them. Unchanged objects stay the
+    /// same `Arc`s, which the compiler's memo compares by pointer.
     fn build(&mut self) -> Snapshot {
-        let sources: Vec<String> = self.files.keys().map(|p| p.display().to_string()).collect();
-        let pairs =
-            sources.iter().zip(self.files.values()).flat_map(|(s, f)| f.objects.iter().map(move |o| (s.as_str(), o)));
-        let mut snap = self.validator.snapshot(pairs);
-        let file_errors: Vec<InputError> = self.files.values().flat_map(|f| f.errors.iter().cloned()).collect();
-        snap.errors.splice(0..0, file_errors);
-        snap
+        let dirty = std::mem::take(&mut self.dirty);
+        let mut at: Vec<&(Arc<Path>, usize)> = dirty.iter().filter_map(|k| self.index.get(k)).flatten().collect();
+        at.sort();
+        let mut sources: Vec<String> = Vec::new();
+        let mut pairs: Vec<(usize, &Checked)> = Vec::with_capacity(at.len());
+        for (i, (path, pos)) in at.iter().enumerate() {
+            if i == 0 || at[i - 1].0 != *path {
+                sources.push(path.display().to_string());
+            }
+            pairs.push((sources.len() - 1, &self.files[&**path].objects[*pos]));
+        }
+        let pairs = pairs.iter().map(|(s, o)| (sources[*s].as_str(), *o));
+        let part = if std::mem::take(&mut self.all_dirty) {
+            self.input = Input::default();
+            self.object_errors.clear();
+            self.validator.snapshot(pairs)
+        } else {
+            self.validator.snapshot_of(&dirty, pairs)
+        };
+        objects::replace(&mut self.input, &dirty, part.input);
+        for key in &dirty {
+            self.object_errors.remove(&key.to_string());
+        }
+        for e in part.errors {
+            self.object_errors.entry(e.object.clone()).or_default().push(e);
+        }
+        let mut errors: Vec<InputError> = self.files.values().flat_map(|f| f.errors.iter().cloned()).collect();
+        errors.extend(self.object_errors.values().flatten().cloned());
+        Snapshot { input: self.input.clone(), errors }
     }
 }
 
@@ -519,11 +632,12 @@ mod tests {
         assert_eq!(s.errors[0].source, f.display().to_string());
         assert!(s.errors[0].action.contains("last good copy, saved in"), "{:?}", s.errors[0]);
 
-        // Fixed: the new content is in force, and saved.
+        // Fixed: the new content is in force, and saved once in force.
         std::fs::write(&f, POLICY.replace("ingress: [{ports: [{port: 80}]}]", "ingress: []")).unwrap();
         let s = src.load();
         assert!(s.errors.is_empty(), "{:?}", s.errors);
         assert_eq!(ports(&s), [0]);
+        assert!(src.save_pending().is_empty());
         std::fs::write(&f, "{").unwrap();
         assert_eq!(ports(&enforcing(&d).load()), [0], "the copy follows the last good content");
 
@@ -563,6 +677,63 @@ mod tests {
         let s = src.load();
         assert_eq!(ports(&s), [1]);
         assert!(s.errors[0].action.contains("saved"), "{:?}", s.errors[0]);
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    impl FileSource {
+        /// Forgets which keys changed: the next snapshot validates all.
+        fn validate_all_again(&mut self) {
+            self.all_dirty = true;
+            self.dirty = self.index.keys().cloned().collect();
+        }
+    }
+
+    #[test]
+    fn a_change_validates_only_its_keys_and_gives_what_validating_all_gives() {
+        let d = tmpdir();
+        let put = |name: &str, text: &str| {
+            std::fs::write(d.join(".tmp"), text).unwrap();
+            std::fs::rename(d.join(".tmp"), d.join(name)).unwrap();
+        };
+        let ns = "apiVersion: v1\nkind: Namespace\nmetadata: {name: x}\n---\n";
+        let pod = "apiVersion: v1\nkind: Pod\nmetadata: {name: q, namespace: x}\nspec: {containers: [{name: c}]}\nstatus: {podIP: 10.0.0.1}\n---\n";
+        let other = POLICY.replace("port: 80", "port: 81");
+        let broken = POLICY.replace("port: 80", "port: 70000");
+        let steps: Vec<(&str, Option<String>)> = vec![
+            ("a.yaml", Some(format!("{ns}{pod}{POLICY}"))),
+            (
+                "b.yaml",
+                Some(format!(
+                    "{other}---\napiVersion: v1\nkind: Service\nmetadata: {{name: s, namespace: x}}\nspec: {{clusterIP: 10.96.0.9}}\n"
+                )),
+            ),
+            ("a.yaml", Some(format!("{ns}{pod}{broken}"))),
+            ("a.yaml", None),
+            ("a.yaml", Some(format!("{ns}{pod}{POLICY}"))),
+            ("b.yaml", Some("{".into())),
+            ("b.yaml", Some(broken.clone())),
+            ("c.yaml", Some(format!("{ns}{broken}"))),
+            ("a.yaml", Some(pod.into())),
+        ];
+        let (mut incremental, mut whole) = (FileSource::new(&d), FileSource::new(&d));
+        let mut last: Option<Snapshot> = None;
+        for (i, (file, text)) in steps.into_iter().enumerate() {
+            match &text {
+                Some(t) => put(file, t),
+                None => std::fs::remove_file(d.join(file)).unwrap(),
+            }
+            let got = incremental.load();
+            whole.validate_all_again();
+            let want = whole.load();
+            assert_eq!(got.input, want.input, "step {i}");
+            assert_eq!(got.errors, want.errors, "step {i}");
+            // Objects of files that did not change are the same objects.
+            if let Some(last) = last.filter(|_| file == "b.yaml") {
+                let (a, b) = (&last.input.pods[&("x".into(), "q".into())], &got.input.pods[&("x".into(), "q".into())]);
+                assert!(Arc::ptr_eq(a, b), "step {i}");
+            }
+            last = Some(got);
+        }
         std::fs::remove_dir_all(&d).unwrap();
     }
 

@@ -58,6 +58,7 @@ pub struct Snapshot {
 pub type Wake = Arc<dyn Fn() + Send + Sync>;
 
 /// Where the agent reads cluster state from.
+#[allow(clippy::large_enum_variant)] // one per agent
 pub enum Source {
     /// A directory of manifests, watched.
     Files { source: files::FileSource, _watcher: notify::RecommendedWatcher },
@@ -92,6 +93,15 @@ impl Source {
         match self {
             Source::Files { source, .. } => source.load(),
             Source::Kube(k) => k.load(),
+        }
+    }
+
+    /// Saves what the last load read and the kernel now holds (the files
+    /// source's copies, [`files::FileSource::save_pending`]).
+    pub fn save_pending(&mut self) -> Vec<InputError> {
+        match self {
+            Source::Files { source, .. } => source.save_pending(),
+            Source::Kube(_) => Vec::new(),
         }
     }
 

@@ -3,10 +3,10 @@
 //! broken object stays in force, and a NetworkPolicy or
 //! ClusterNetworkPolicy that was never valid fails closed.
 
-use super::convert::{Checked, ObjKey, Valid};
+use super::convert::{Checked, Kind, ObjKey, Valid};
 use super::{InputError, Snapshot};
-use crate::policy::model::{ClusterPolicy, Namespace, Policy};
-use std::collections::HashMap;
+use crate::policy::model::{ClusterPolicy, Input, Namespace, Policy};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 /// Remembers the last valid version of every object across snapshots.
@@ -31,6 +31,26 @@ impl Validator {
     /// Builds a snapshot from (source, checked object) pairs. The first of
     /// two objects with the same kind/namespace/name wins.
     pub fn snapshot<'a>(&mut self, objects: impl IntoIterator<Item = (&'a str, &'a Checked)>) -> Snapshot {
+        self.snapshot_within(None, objects)
+    }
+
+    /// [`Validator::snapshot`] of the objects of `keys` alone (every object
+    /// with one of those keys, in order): the other keys' last valid
+    /// versions stay remembered. A source that knows which keys a change
+    /// touched patches its last snapshot with this ([`replace`]).
+    pub fn snapshot_of<'a>(
+        &mut self,
+        keys: &HashSet<ObjKey>,
+        objects: impl IntoIterator<Item = (&'a str, &'a Checked)>,
+    ) -> Snapshot {
+        self.snapshot_within(Some(keys), objects)
+    }
+
+    fn snapshot_within<'a>(
+        &mut self,
+        scope: Option<&HashSet<ObjKey>>,
+        objects: impl IntoIterator<Item = (&'a str, &'a Checked)>,
+    ) -> Snapshot {
         let mut snap = Snapshot::default();
         let mut seen: HashMap<&ObjKey, &str> = HashMap::new();
         for (source, checked) in objects {
@@ -113,9 +133,32 @@ impl Validator {
                 None => {}
             }
         }
-        self.last_good.retain(|k, _| seen.contains_key(k));
+        self.last_good.retain(|k, _| seen.contains_key(k) || scope.is_some_and(|s| !s.contains(k)));
         snap
     }
+}
+
+/// Replaces the objects of `keys` in `input` with those `with` holds (a
+/// snapshot of those keys alone, [`Validator::snapshot_of`]).
+pub fn replace<'a>(input: &mut Input, keys: impl IntoIterator<Item = &'a ObjKey>, with: Input) {
+    for key in keys {
+        let nn = || (key.namespace.clone(), key.name.clone());
+        match key.kind {
+            Kind::Namespace => input.namespaces.remove(&key.name).map(drop),
+            Kind::Pod => input.pods.remove(&nn()).map(drop),
+            Kind::NetworkPolicy => input.policies.remove(&nn()).map(drop),
+            Kind::Service => input.services.remove(&nn()).map(drop),
+            Kind::ClusterNetworkPolicy => input.cluster_policies.remove(&key.name).map(drop),
+            Kind::Node => input.nodes.remove(&key.name).map(drop),
+        };
+    }
+    let Input { namespaces, pods, policies, services, cluster_policies, nodes } = with;
+    input.namespaces.extend(namespaces);
+    input.pods.extend(pods);
+    input.policies.extend(policies);
+    input.services.extend(services);
+    input.cluster_policies.extend(cluster_policies);
+    input.nodes.extend(nodes);
 }
 
 fn ignored_audit(source: &str, key: &ObjKey) -> InputError {

@@ -80,6 +80,53 @@ impl Saved {
         Ok(())
     }
 
+    /// Replaces the copies of several files: each written to a temporary
+    /// file, one sync of the filesystem for them all (a burst of changed
+    /// files would otherwise wait on an fsync each), then each renamed in
+    /// place and the directory synced once. Returns each file's outcome.
+    pub fn write_many(&self, copies: Vec<(String, Vec<Value>)>) -> Vec<(String, Result<()>)> {
+        if copies.len() == 1 {
+            return copies.into_iter().map(|(rel, objects)| (rel.clone(), self.write(&rel, objects))).collect();
+        }
+        let mut out = Vec::new();
+        let mut written = Vec::new();
+        for (rel, objects) in copies {
+            let path = self.file(&rel);
+            let tmp = path.with_extension("tmp");
+            let copy = Copy { path: rel.clone(), objects };
+            let done = (|| -> Result<()> {
+                let mut f =
+                    std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+                serde_json::to_writer(std::io::BufWriter::new(&mut f), &copy)?;
+                f.flush()?;
+                Ok(())
+            })();
+            match done {
+                Ok(()) => written.push((rel, tmp, path)),
+                Err(e) => out.push((rel, Err(e))),
+            }
+        }
+        let synced = std::fs::File::open(&self.dir).map_err(anyhow::Error::from).and_then(|d| {
+            use std::os::fd::AsRawFd;
+            // SAFETY: syncfs on a file descriptor we own.
+            match unsafe { libc::syncfs(d.as_raw_fd()) } {
+                0 => Ok(()),
+                _ => Err(std::io::Error::last_os_error()).context("syncfs"),
+            }
+        });
+        let mut renamed = Vec::new();
+        for (rel, tmp, path) in written {
+            match synced.as_ref().map_err(|e| anyhow::anyhow!("{e:#}")).and_then(|()| Ok(std::fs::rename(&tmp, &path)?))
+            {
+                Ok(()) => renamed.push(rel),
+                Err(e) => out.push((rel, Err(e))),
+            }
+        }
+        let dir = std::fs::File::open(&self.dir).and_then(|d| d.sync_all()).map_err(|e| e.to_string());
+        out.extend(renamed.into_iter().map(|rel| (rel, dir.clone().map_err(anyhow::Error::msg))));
+        out
+    }
+
     /// Forgets `rel`: the file was deleted on purpose and must not come back.
     pub fn remove(&self, rel: &str) {
         let _ = std::fs::remove_file(self.file(rel));

@@ -5,6 +5,7 @@
 use super::netlink::Interfaces;
 use super::plan::{self, Hold, Plan, Role};
 use super::{Datapath, SyncReport};
+use crate::policy::compile::Changes;
 use crate::policy::{Compiled, IpPrefix, PolicyPrefix};
 use crate::state::Enforcement;
 use anyhow::{Context, Result, anyhow};
@@ -54,19 +55,21 @@ impl Datapath {
         self.sync_changes(compiled, ifaces, None)
     }
 
-    /// [`Datapath::sync`], told which policy entries changed since the
-    /// state the last sync was given (the compiler knows): when that sync
-    /// left the policy map whole, only those entries are compared and
-    /// written, not the whole map. None: compare everything.
-    pub fn sync_changes(
-        &mut self,
-        compiled: &Compiled,
-        ifaces: &Interfaces,
-        changed: Option<&BTreeSet<PolicyPrefix>>,
-    ) -> SyncReport {
+    /// [`Datapath::sync`], told what changed since the state the last
+    /// sync was given (the compiler knows): when that sync left the policy
+    /// map whole, only the changed policy entries are compared and
+    /// written, not the whole map; when it left the address maps whole and
+    /// neither the addresses nor the local pods' interfaces changed, they
+    /// are not compared at all. None: compare everything.
+    pub fn sync_changes(&mut self, compiled: &Compiled, ifaces: &Interfaces, changes: Option<&Changes>) -> SyncReport {
         let mut plan = plan::plan(compiled, ifaces, &self.host_interfaces, &self.strict_prefixes);
+        let local = plan.local_addresses();
+        let ips_same = changes.is_some_and(|c| !c.ips) && self.ips_whole.as_ref() == Some(&local);
+        if !ips_same {
+            plan.add_addresses(compiled);
+        }
         let mut report = SyncReport::default();
-        let changed = changed.filter(|_| self.policy_whole);
+        let changed = changes.and_then(|c| c.policy.as_ref()).filter(|_| self.policy_whole);
         let errors = report.errors.len();
         // Stale allows go first and stale denies last (ClusterNetworkPolicy
         // Deny entries): in between, a packet is judged closed, never open.
@@ -99,7 +102,7 @@ impl Datapath {
             ));
             plan.hold_closed(&Hold::Identities(short), "the policy map is full");
         }
-        let mut ips_whole = self.upsert_ips(&plan.ips, &mut report);
+        let mut ips_whole = ips_same || self.upsert_ips(&plan.ips, &mut report);
         if !ips_whole {
             self.remove_stale_ips(&plan.ips, &mut report);
             ips_whole = self.upsert_ips(&plan.ips, &mut report);
@@ -121,7 +124,11 @@ impl Datapath {
                  address are not judged"
             ));
         }
-        self.remove_stale_ips(&plan.ips, &mut report);
+        if !ips_same {
+            let errors = report.errors.len();
+            self.remove_stale_ips(&plan.ips, &mut report);
+            self.ips_whole = (ips_whole && report.errors.len() == errors).then_some(local);
+        }
 
         // Tracked flows decided under the old state get decided again.
         if report.changes > 0 {

@@ -167,6 +167,10 @@ pub struct Datapath {
     /// The last sync left the policy map equal to what it was given (so
     /// the next may write only what changed since).
     policy_whole: bool,
+    /// The last sync left the address maps equal to what it was given,
+    /// with these local pod addresses on these interfaces (so the next may
+    /// skip them when neither changed).
+    ips_whole: Option<Vec<(std::net::IpAddr, u32)>>,
     host_interfaces: HostInterfaces,
     strict_prefixes: Vec<String>,
     sizes: MapSizes,
@@ -263,6 +267,7 @@ impl Datapath {
             config,
             realized,
             policy_whole: false,
+            ips_whole: None,
             host_interfaces: settings.host_interfaces.clone(),
             strict_prefixes: settings.strict_prefixes.clone(),
             sizes,

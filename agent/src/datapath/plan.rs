@@ -9,6 +9,7 @@ use crate::policy::{Compiled, IpPrefix};
 use crate::state::{EndpointState, Enforcement};
 use palisade_common::{EP_AUDIT, EP_EGRESS_ISOLATED, EP_INGRESS_ISOLATED, EP_PENDING, Endpoint, IpInfo};
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
 
 /// What an interface is to palisade.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -26,7 +27,9 @@ pub struct Plan {
     pub endpoints: Vec<EndpointState>,
     /// The endpoint map: host interface index -> entry.
     pub entries: BTreeMap<u32, Endpoint>,
-    /// The address maps (single addresses and CIDRs together).
+    /// The address maps (single addresses and CIDRs together); empty
+    /// until [`Plan::add_addresses`] (a sync that knows they did not
+    /// change skips them).
     pub ips: BTreeMap<IpPrefix, IpInfo>,
     pub roles: BTreeMap<u32, Role>,
     /// Strict mode: pod interfaces held closed until their pod is known.
@@ -68,18 +71,6 @@ pub fn plan(compiled: &Compiled, ifaces: &Interfaces, host: &HostInterfaces, str
         }
     }
 
-    // Local pods' addresses carry their interface, so a hook that sees a
-    // pod's packet elsewhere (after DNAT) finds the pod's endpoint.
-    plan.ips = compiled.ips.clone();
-    for st in &plan.endpoints {
-        let Some(ifindex) = st.ifindex.filter(|_| st.state == Enforcement::Enforced) else { continue };
-        for ip in &st.ips {
-            if let Some(info) = plan.ips.get_mut(&IpPrefix::from_net(ipnet::IpNet::from(*ip))) {
-                info.ifindex = ifindex;
-            }
-        }
-    }
-
     plan.roles = plan.entries.keys().map(|i| (*i, Role::Pod)).collect();
     for (ifindex, name) in &ifaces.names {
         let wanted = match host {
@@ -103,6 +94,25 @@ pub enum Hold {
 }
 
 impl Plan {
+    /// The addresses of enforced local pods, with their interfaces: what
+    /// [`Plan::add_addresses`] adds to the compiled address map.
+    pub fn local_addresses(&self) -> Vec<(IpAddr, u32)> {
+        let enforced = self.endpoints.iter().filter(|st| st.state == Enforcement::Enforced);
+        enforced.filter_map(|st| st.ifindex.map(|i| st.ips.iter().map(move |ip| (*ip, i)))).flatten().collect()
+    }
+
+    /// The address maps: the compiled ones, local pods' addresses carrying
+    /// their interface, so a hook that sees a pod's packet elsewhere (after
+    /// DNAT) finds the pod's endpoint.
+    pub fn add_addresses(&mut self, compiled: &Compiled) {
+        self.ips = compiled.ips.clone();
+        for (ip, ifindex) in self.local_addresses() {
+            if let Some(info) = self.ips.get_mut(&IpPrefix::from_net(ipnet::IpNet::from(ip))) {
+                info.ifindex = ifindex;
+            }
+        }
+    }
+
     /// Holds pods closed whose entries could not be written whole: their
     /// endpoint entries get [`EP_PENDING`] (the classifier drops all but
     /// link plumbing) instead of enforcing a partial state.
@@ -159,7 +169,8 @@ mod tests {
         let c = compiled(vec![pod("a", "10.0.0.1", 7, EP_INGRESS_ISOLATED), pod("b", "10.0.0.2", 8, 0)]);
         let i =
             ifaces(&[(1, "lo"), (2, "eth0"), (10, "veth-a"), (11, "veth-b")], &[("10.0.0.1", 10), ("10.0.0.2", 11)]);
-        let p = plan(&c, &i, &HostInterfaces::All, &[]);
+        let mut p = plan(&c, &i, &HostInterfaces::All, &[]);
+        p.add_addresses(&c);
         assert_eq!(p.entries[&10], Endpoint { identity: 7, flags: EP_INGRESS_ISOLATED });
         assert_eq!(p.entries[&11], Endpoint { identity: 8, flags: 0 });
         assert_eq!(p.endpoints[0].state, Enforcement::Enforced);
@@ -175,7 +186,8 @@ mod tests {
     fn unrouted_and_conflicting_pods_get_no_entry() {
         let c = compiled(vec![pod("a", "10.0.0.1", 7, 0), pod("b", "10.0.0.2", 8, 0), pod("c", "10.0.0.3", 9, 0)]);
         let i = ifaces(&[(10, "veth-a")], &[("10.0.0.1", 10), ("10.0.0.2", 10)]);
-        let p = plan(&c, &i, &HostInterfaces::Named(vec![]), &[]);
+        let mut p = plan(&c, &i, &HostInterfaces::Named(vec![]), &[]);
+        p.add_addresses(&c);
         assert_eq!(p.entries.len(), 1);
         assert_eq!(p.entries[&10].identity, 7, "the first pod keeps the interface");
         assert_eq!(p.endpoints[1].state, Enforcement::Conflict { ifindex: 10 });

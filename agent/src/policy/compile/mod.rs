@@ -61,6 +61,8 @@ pub struct Changes {
     /// Policy entries added, removed or changed; None: the whole map may
     /// have (the first compile).
     pub policy: Option<BTreeSet<PolicyPrefix>>,
+    /// Whether the address map may differ from the last compile's.
+    pub ips: bool,
 }
 
 /// The compiler with its memory of the last state (see the module docs).
@@ -169,9 +171,12 @@ impl Compiler {
             self.hints_used = Some(hints);
         }
         let ids = self.ids.as_ref().expect("identities");
+        let mut ips_changed = first;
         if rebuilt || !services_same {
             self.warnings.1.clear();
-            self.out.ips = ids.address_entries(input, cells, &mut self.out.catalog, &mut self.warnings.1);
+            let ips = ids.address_entries(input, cells, &mut self.out.catalog, &mut self.warnings.1);
+            ips_changed |= ips != self.out.ips;
+            self.out.ips = ips;
         }
 
         // Parts of policies gone or changed leave with their entries and
@@ -381,7 +386,7 @@ impl Compiler {
             };
             changed.insert(prefix);
         }
-        self.changes = Changes { policy: (!first).then_some(changed) };
+        self.changes = Changes { policy: (!first).then_some(changed), ips: ips_changed };
 
         // Local endpoints: isolated as their policies say, audited as the
         // node or their namespace says.
