@@ -160,8 +160,21 @@ pub fn trace(input: &Input, node: &Node, q: &Query) -> Result<Trace, String> {
 
 /// The compiled entries that judge `pod`: compiled for its node.
 pub fn compiled_for(input: &Input, node: &Node, pod: &Pod) -> Compiled {
-    let node = Node { name: pod.node_name.clone().unwrap_or_else(|| node.name.clone()), ..node.clone() };
-    compile(input, &node)
+    compile(input, &node_of(input, node, pod))
+}
+
+/// The node that judges `pod`, seen from `node`: a pod elsewhere is judged
+/// by its own node, whose addresses (its Node object's) are host addresses
+/// there, not this node's.
+fn node_of(input: &Input, node: &Node, pod: &Pod) -> Node {
+    match pod.node_name.as_deref() {
+        Some(name) if name != node.name => Node {
+            name: name.to_string(),
+            host_ips: input.nodes.get(name).map(|n| n.ips.clone()).unwrap_or_else(|| node.host_ips.clone()),
+            ..node.clone()
+        },
+        _ => node.clone(),
+    }
 }
 
 fn side(
@@ -188,7 +201,8 @@ fn side(
         };
     };
     let id = format!("{}/{}", pod.namespace, pod.name);
-    let compiled = compiled_for(input, node, pod);
+    let node = &node_of(input, node, pod);
+    let compiled = compile(input, node);
     let ep = compiled.endpoints.iter().find(|e| e.namespace == pod.namespace && e.name == pod.name);
     let verdict =
         ep.map(|e| lookup::decide(&compiled, e.identity, e.flags, dir, remote_ip, q.protocol.number(), q.port));
