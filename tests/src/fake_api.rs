@@ -151,7 +151,8 @@ impl FakeApi {
         let (changed, _) = watch::channel(0);
         let mut state = State::new();
         state.crd_installed = options.cluster_network_policy_crd;
-        let shared = Arc::new(Shared { state: Mutex::new(state), changed, options, forwards: kubectl::Forwards::default() });
+        let shared =
+            Arc::new(Shared { state: Mutex::new(state), changed, options, forwards: kubectl::Forwards::default() });
         let api = FakeApi { addr, shared, runtime: Some(runtime), server: Mutex::new(None), kubeconfig, netns };
         api.serve(listener);
         Ok(api)
