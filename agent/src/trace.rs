@@ -420,12 +420,12 @@ fn cluster_peers_match(
             ClusterPeer::Nodes(s) => {
                 // A pod's address is the pod's, even on a node's network.
                 let owned = remote_pod.is_some_and(|p| !p.host_network);
+                let own = node.host_ips.contains(&remote_ip);
                 let hit = !owned
-                    && input.nodes.values().any(|n| {
-                        s.matches(&n.labels)
-                            && (n.ips.contains(&remote_ip)
-                                || (n.name == node.name && node.host_ips.contains(&remote_ip)))
-                    });
+                    && ((s.is_empty() && own)
+                        || input.nodes.values().any(|n| {
+                            s.matches(&n.labels) && (n.ips.contains(&remote_ip) || (n.name == node.name && own))
+                        }));
                 if hit {
                     return (true, format!("nodes {s} have address {remote_ip}"));
                 }

@@ -215,8 +215,15 @@ impl FakeApi {
                 self.delete_cluster_network_policy(&name);
             }
         }
+        self.set_cluster_network_policy_served(installed);
+    }
+
+    /// Serves the ClusterNetworkPolicy resource or not, its objects kept
+    /// (a server that briefly does not serve it: a restart, an upgrade):
+    /// not served, its path answers 404 and its watches end.
+    pub fn set_cluster_network_policy_served(&self, served: bool) {
         let mut st = self.shared.lock();
-        st.crd_installed = installed;
+        st.crd_installed = served;
         drop(st);
         self.shared.notify();
     }

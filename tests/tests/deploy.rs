@@ -88,6 +88,9 @@ struct Install {
     crds: Vec<CustomResourceDefinition>,
 }
 
+/// The roles `kubectl palisade` users are bound to (installed, not bound).
+const PLUGIN_RBAC: &str = "kubectl-palisade-rbac.yaml";
+
 fn install() -> Install {
     let kustomization = documents("deploy/kustomization.yaml", &read("deploy/kustomization.yaml"));
     let resources: Vec<String> = kustomization[0]["resources"]
@@ -98,7 +101,8 @@ fn install() -> Install {
         .collect();
     let (mut ns, mut sa, mut role, mut binding, mut ds) = (None, None, None, None, None);
     let mut crds = Vec::new();
-    for file in &resources {
+    // The plugin users' roles are not the agent's: checked apart.
+    for file in resources.iter().filter(|f| *f != PLUGIN_RBAC) {
         let path = format!("deploy/{file}");
         for doc in documents(&path, &read(&path)) {
             let kind = doc["kind"].as_str().unwrap_or_default().to_string();
@@ -597,4 +601,55 @@ fn dockerfile_builds_like_xtask() {
     for must in ["target/", ".git/"] {
         assert!(ignored.iter().any(|l| l == must), ".dockerignore lacks {must}");
     }
+}
+
+/// (apiGroup, resource, verb) triples a role's rules grant.
+fn grants(rules: &[k8s_openapi::api::rbac::v1::PolicyRule]) -> BTreeSet<(String, String, String)> {
+    let mut granted = BTreeSet::new();
+    for rule in rules {
+        assert!(rule.resource_names.is_none() && rule.non_resource_urls.is_none(), "{rule:?}");
+        for group in rule.api_groups.clone().unwrap_or_default() {
+            for resource in rule.resources.clone().unwrap_or_default() {
+                for verb in &rule.verbs {
+                    granted.insert((group.clone(), resource.clone(), verb.clone()));
+                }
+            }
+        }
+    }
+    granted
+}
+
+#[test]
+fn kubectl_plugin_roles_read_and_port_forward_to_the_agents_only() {
+    let resources: Vec<Value> =
+        documents("deploy/kustomization.yaml", &read("deploy/kustomization.yaml"))[0]["resources"]
+            .as_array()
+            .expect("kustomization resources")
+            .clone();
+    assert!(resources.iter().any(|r| r.as_str() == Some(PLUGIN_RBAC)), "installed by `kubectl apply -k deploy/`");
+    let path = format!("deploy/{PLUGIN_RBAC}");
+    let t = |g: &str, r: &str, v: &str| (g.to_string(), r.to_string(), v.to_string());
+    let (mut cluster, mut local) = (None, None);
+    for doc in documents(&path, &read(&path)) {
+        let what = format!("{path}: {} {}", doc["kind"], doc["metadata"]["name"]);
+        match doc["kind"].as_str() {
+            Some("ClusterRole") => cluster = Some(typed::<ClusterRole>(&what, &doc)),
+            Some("Role") => local = Some(typed::<k8s_openapi::api::rbac::v1::Role>(&what, &doc)),
+            other => panic!("{what}: unexpected kind {other:?} (roles only: no binding is made)"),
+        }
+    }
+    let cluster = cluster.expect("a ClusterRole");
+    let want: BTreeSet<_> =
+        [t("", "nodes", "get"), t("", "nodes", "list"), t("", "pods", "get"), t("", "pods", "list")].into();
+    assert_eq!(grants(&cluster.rules.unwrap_or_default()), want, "cluster-wide: read nodes and pods");
+    let local = local.expect("a Role");
+    assert_eq!(local.metadata.namespace.as_deref(), Some(NAMESPACE), "port-forward to the agents' namespace only");
+    let want: BTreeSet<_> = [
+        t("", "pods", "get"),
+        t("", "pods", "list"),
+        t("", "pods/portforward", "get"),
+        t("", "pods/portforward", "create"),
+    ]
+    .into();
+    assert_eq!(grants(&local.rules.unwrap_or_default()), want);
 }

@@ -96,6 +96,15 @@ fn nodes_and_cluster_network_policies_through_the_api() {
     assert!(matches!(snap.input.cluster_policies["domains"].egress[0].peers.as_slice(), [ClusterPeer::Unsupported(_)]));
     assert!(snap.errors.iter().any(|e| e.field == "spec.egress[0].to[0]" && e.message.starts_with("unsupported peer")));
 
+    // The resource briefly not served (404) while its objects exist: they
+    // stay in force (their Denies with them), and the source says so.
+    let held = snap.input.cluster_policies.len();
+    api.set_cluster_network_policy_served(false);
+    let snap = until(&mut source, 40, "404 with objects", |_, src| src.unavailable().is_some());
+    assert_eq!(snap.input.cluster_policies.len(), held, "a 404 drops no ClusterNetworkPolicy");
+    api.set_cluster_network_policy_served(true);
+    until(&mut source, 40, "served again", |_, src| src.unavailable().is_none());
+
     // The CRD removed: its objects go with it, and the source says so.
     api.set_cluster_network_policy_crd(false);
     let snap = until(&mut source, 40, "CRD removed", |s, src| {

@@ -9,6 +9,10 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 /// The largest frame accepted (the agent writes at most ~1 MiB of events
 /// per write, in frames of one batch).
 const MAX_FRAME: usize = 64 << 20;
+/// The largest symbol id accepted: readers index tables by id, so a bad
+/// id must not size them (an agent numbers the names it has met, far
+/// fewer).
+const MAX_SYMBOL_ID: u32 = 1 << 24;
 
 /// One frame, parsed.
 #[derive(Debug)]
@@ -25,6 +29,9 @@ pub fn parse(tag: u8, payload: &[u8]) -> Result<Option<Frame>> {
     Ok(match tag {
         wire::TAG_SYMBOL if payload.len() >= 4 => {
             let id = u32::from_le_bytes(payload[..4].try_into().expect("4 bytes"));
+            if id > MAX_SYMBOL_ID {
+                bail!("a symbol id of {id}");
+            }
             Some(Frame::Symbol(id, serde_json::from_slice(&payload[4..]).context("a symbol frame")?))
         }
         wire::TAG_EVENTS => Some(Frame::Events(
@@ -97,5 +104,13 @@ mod tests {
         }
         assert!(matches!(r.next().await.unwrap(), Some(Frame::Lagged(3))));
         assert!(r.next().await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_huge_symbol_id_is_refused() {
+        let mut out = Vec::new();
+        wire::symbol_frame(&mut out, u32::MAX, &Symbol::Pod { namespace: "x".into(), name: "a".into() });
+        let mut r = FrameReader::new(&out[..]);
+        assert!(r.next().await.is_err());
     }
 }

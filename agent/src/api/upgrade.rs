@@ -4,8 +4,9 @@
 //! node's loopback, so this adds nothing on the network; `kubectl
 //! palisade` reaches it through the API server's port-forward (kubelet
 //! connects inside the host-network pod, i.e. on the node's loopback).
-//! A browser cannot send it: `Upgrade` is a header scripts may not set,
-//! and the Host check of the page applies first.
+//! It is answered only to a loopback peer naming a loopback host, even when
+//! `--ui-allow-remote` opens the page to the network. A browser cannot send
+//! it: `Upgrade` is a header scripts may not set.
 
 use crate::state::Shared;
 use anyhow::{Context, Result, bail};

@@ -6,11 +6,15 @@
 //! reports itself stale.
 //!
 //! ClusterNetworkPolicies come from a CRD that may not be installed: while
-//! its list answers 404 the source has none and says so
-//! ([`KubeSource::unavailable`]); a probe asks again (1 s doubling to 30 s)
-//! and the watcher retries, so a CRD installed later is picked up. Any
-//! other failure of that watch is a failing watch like the others: the
-//! state is stale and what is in force stays.
+//! its list answers 404 the source says so ([`KubeSource::unavailable`]);
+//! a probe asks again (1 s doubling to 30 s) and the watcher retries, so a
+//! CRD installed later is picked up. A 404 never drops what the store
+//! holds: deleting a CRD deletes its objects first (DELETED events empty
+//! the store), so a 404 with objects still there is an API server that
+//! briefly does not serve the resource (a restart, an upgrade), and their
+//! Admin Denies stay in force. Any other failure of that watch is a
+//! failing watch like the others: the state is stale and what is in force
+//! stays.
 
 use super::Snapshot;
 use super::convert::{AUDIT_ANNOTATION, Checked, Kind, ObjKey, Raw, cluster_policy};
@@ -102,7 +106,7 @@ impl kube::Resource for ClusterNetworkPolicyObject {
 }
 
 /// What status says while the ClusterNetworkPolicy CRD is not served.
-pub const CRD_NOT_INSTALLED: &str = "ClusterNetworkPolicy CRD not installed (clusternetworkpolicies.policy.networking.k8s.io, v1alpha2 not served): NetworkPolicies are enforced, no ClusterNetworkPolicy; asking again at least every 30 s";
+pub const CRD_NOT_INSTALLED: &str = "ClusterNetworkPolicy CRD not installed (clusternetworkpolicies.policy.networking.k8s.io, v1alpha2 not served): NetworkPolicies are enforced, and ClusterNetworkPolicies last seen (if any) stay in force; asking again at least every 30 s";
 
 /// Whether a resource a CRD defines is served: None until its first list
 /// answers, then whether the last list found it (404: not installed).
@@ -447,18 +451,16 @@ impl KubeSource {
             self.services.state().iter().map(|o| (rv(&o.metadata), Raw::Service(Box::new(o.as_ref().clone())))),
         );
         fresh.extend(self.nodes.state().iter().map(|o| (rv(&o.metadata), Raw::Node(Box::new(o.as_ref().clone())))));
-        // Not installed: none (deleting the CRD deletes its objects).
-        if self.unavailable().is_none() {
-            fresh.extend(self.cluster_policies.state().iter().map(|o| {
-                let value = serde_json::json!({
-                    "apiVersion": cluster_policy::API_VERSION,
-                    "kind": cluster_policy::KIND,
-                    "metadata": o.metadata,
-                    "spec": o.spec,
-                });
-                (rv(&o.metadata), Raw::from_value(Kind::ClusterNetworkPolicy, value))
-            }));
-        }
+        // Whatever the store holds, served or not (see the module doc).
+        fresh.extend(self.cluster_policies.state().iter().map(|o| {
+            let value = serde_json::json!({
+                "apiVersion": cluster_policy::API_VERSION,
+                "kind": cluster_policy::KIND,
+                "metadata": o.metadata,
+                "spec": o.spec,
+            });
+            (rv(&o.metadata), Raw::from_value(Kind::ClusterNetworkPolicy, value))
+        }));
         let mut live = std::collections::HashSet::new();
         for (version, raw) in fresh {
             let key = raw.key();

@@ -14,8 +14,17 @@ use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::tc::{SchedClassifierLink, TcAttachOptions};
 use aya::programs::{LinkOrder, SchedClassifier, TcAttachType};
 use palisade_common::{IpInfo, LAYOUT_VERSION, PolicyValue, programs};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
+
+/// What one sync's policy writes did (see [`Datapath::upsert_policy`]).
+#[derive(Default)]
+struct Upsert {
+    /// Local identities whose entries do not all fit.
+    short: BTreeSet<u32>,
+    /// Per identity, the allowing entries written, with what each replaced.
+    allowed: HashMap<u32, Vec<(PolicyPrefix, Option<PolicyValue>)>>,
+}
 
 /// (program, TC hook, pin name suffix) per hook of a role.
 fn hooks(role: Role) -> &'static [(&'static str, TcAttachType, &'static str)] {
@@ -38,8 +47,11 @@ impl Datapath {
     ///    fails: a revoked allow never stays in force. A rule whose entries
     ///    merely move may drop a packet until step 2 rewrites them: briefly
     ///    closed, never open.
-    /// 2. New policy entries. A local identity whose entries cannot all be
-    ///    written (the map is full) has its pods held closed
+    /// 2. New policy entries, every denying one before any allowing one (a
+    ///    broad entry turning to allow never goes in before the narrower
+    ///    deny that carves it out). A local identity whose entries cannot
+    ///    all be written (the map is full) has the allows this sync wrote
+    ///    for it taken back and its pods held closed
     ///    ([`palisade_common::EP_PENDING`]), never left half-enforced.
     /// 3. New addresses, before stale ones go (step 6): a peer is judged by
     ///    its old or its new identity, never by neither (a removed
@@ -49,8 +61,11 @@ impl Datapath {
     /// 4. Endpoint entries (flags, identity, holds), then links, then the
     ///    netfilter hooks' rules.
     /// 5. Endpoints and links of pods that are gone.
-    /// 6. Stale addresses; then the revision bump that re-judges tracked
-    ///    flows.
+    /// 6. Stale addresses, then revoked denies (ClusterNetworkPolicy Deny
+    ///    entries: a missing entry means what the endpoint's flags, written
+    ///    in step 4, say), except those of identities held closed; then the
+    ///    revision bump that re-judges tracked flows (rewritten by every
+    ///    sync until the kernel has it).
     pub fn sync(&mut self, compiled: &Compiled, ifaces: &Interfaces) -> SyncReport {
         self.sync_changes(compiled, ifaces, None)
     }
@@ -71,8 +86,6 @@ impl Datapath {
         let mut report = SyncReport::default();
         let changed = changes.and_then(|c| c.policy.as_ref()).filter(|_| self.policy_whole);
         let errors = report.errors.len();
-        // Stale allows go first and stale denies last (ClusterNetworkPolicy
-        // Deny entries): in between, a packet is judged closed, never open.
         let stale: Vec<PolicyPrefix> = match changed {
             Some(keys) => keys
                 .iter()
@@ -84,15 +97,17 @@ impl Datapath {
         let (stale_denies, stale_allows): (Vec<PolicyPrefix>, Vec<PolicyPrefix>) =
             stale.into_iter().partition(|k| self.realized.policy.get(k).is_some_and(PolicyValue::denies));
         self.remove_policy(stale_allows, &mut report);
-        let short = match changed {
-            Some(keys) => {
-                let desired = keys.iter().filter_map(|k| compiled.policy.get(k).map(|v| (k, v)));
-                self.upsert_policy(desired, &mut report)
+        let desired = || -> Box<dyn Iterator<Item = (&PolicyPrefix, &PolicyValue)>> {
+            match changed {
+                Some(keys) => Box::new(keys.iter().filter_map(|k| compiled.policy.get_key_value(k))),
+                None => Box::new(compiled.policy.iter()),
             }
-            None => self.upsert_policy(compiled.policy.iter(), &mut report),
         };
-        self.remove_policy(stale_denies, &mut report);
-        self.policy_whole = short.is_empty() && report.errors.len() == errors;
+        let mut up = Upsert::default();
+        self.upsert_policy(desired().filter(|(_, v)| v.denies()), &mut up, &mut report);
+        self.upsert_policy(desired().filter(|(_, v)| !v.denies()), &mut up, &mut report);
+        let short = up.short;
+        let mut policy_whole = short.is_empty() && report.errors.len() == errors;
         if !short.is_empty() {
             let ids: Vec<String> = short.iter().map(u32::to_string).collect();
             report.errors.push(format!(
@@ -100,7 +115,7 @@ impl Datapath {
                 self.sizes.policy,
                 ids.join(", ")
             ));
-            plan.hold_closed(&Hold::Identities(short), "the policy map is full");
+            plan.hold_closed(&Hold::Identities(short.clone()), "the policy map is full");
         }
         let mut ips_whole = ips_same || self.upsert_ips(&plan.ips, &mut report);
         if !ips_whole {
@@ -129,11 +144,18 @@ impl Datapath {
             self.remove_stale_ips(&plan.ips, &mut report);
             self.ips_whole = (ips_whole && report.errors.len() == errors).then_some(local);
         }
+        let errors = report.errors.len();
+        let held = |k: &PolicyPrefix| short.contains(&u32::from_be_bytes(k.key.local));
+        self.remove_policy(stale_denies.into_iter().filter(|k| !held(k)).collect(), &mut report);
+        policy_whole &= report.errors.len() == errors;
+        self.policy_whole = policy_whole;
 
         // Tracked flows decided under the old state get decided again.
-        if report.changes > 0 {
+        if report.changes > 0 || self.config_stale {
             self.config.revision = self.config.revision.wrapping_add(1);
-            if let Err(e) = self.write_config() {
+            let written = self.write_config();
+            self.config_stale = written.is_err();
+            if let Err(e) = written {
                 report.errors.push(format!("{e:#}"));
             }
         }
@@ -166,45 +188,53 @@ impl Datapath {
         }
     }
 
-    /// Writes the policy entries that differ; returns the local identities
-    /// whose entries could not all be written. Their new entries written
-    /// here are taken out again: their pods are held closed anyway, and
-    /// the room goes to identities that fit.
+    /// Writes the policy entries that differ. A local identity whose
+    /// entries cannot all be written goes in `up.short`; the allowing
+    /// entries this sync wrote for it are taken back (new ones removed,
+    /// changed ones restored): its pods are held closed anyway, nothing it
+    /// allowed stays open until the hold is written, and the room goes to
+    /// identities that fit. Its denies stay: they only close.
     fn upsert_policy<'a>(
         &mut self,
         desired: impl Iterator<Item = (&'a PolicyPrefix, &'a PolicyValue)>,
+        up: &mut Upsert,
         report: &mut SyncReport,
-    ) -> BTreeSet<u32> {
-        let mut short = BTreeSet::new();
-        // New keys of the identity being written (keys sort by identity).
-        let mut added: (u32, Vec<PolicyPrefix>) = (0, Vec::new());
+    ) {
         for (k, v) in desired {
             let identity = u32::from_be_bytes(k.key.local);
-            if self.realized.policy.get(k) == Some(v) || short.contains(&identity) {
+            if self.realized.policy.get(k) == Some(v) || up.short.contains(&identity) {
                 continue;
-            }
-            if added.0 != identity {
-                added = (identity, Vec::new());
             }
             match self.policy.insert(&LpmKey::new(k.prefix_len, k.key), v, 0) {
                 Ok(()) => {
-                    if self.realized.policy.insert(*k, *v).is_none() {
-                        added.1.push(*k);
+                    let old = self.realized.policy.insert(*k, *v);
+                    if !v.denies() {
+                        up.allowed.entry(identity).or_default().push((*k, old));
                     }
                     report.changes += 1;
                 }
                 Err(e) => {
                     tracing::debug!("policy map, identity {identity}: {e}");
-                    short.insert(identity);
-                    for k in added.1.drain(..) {
-                        if self.policy.remove(&LpmKey::new(k.prefix_len, k.key)).is_ok() {
-                            self.realized.policy.remove(&k);
+                    up.short.insert(identity);
+                    for (k, old) in up.allowed.remove(&identity).unwrap_or_default() {
+                        let key = LpmKey::new(k.prefix_len, k.key);
+                        let undone = match &old {
+                            Some(old) => self.policy.insert(&key, old, 0),
+                            None => self.policy.remove(&key),
+                        };
+                        match (undone, old) {
+                            (Ok(()), Some(old)) => {
+                                self.realized.policy.insert(k, old);
+                            }
+                            (Ok(()), None) => {
+                                self.realized.policy.remove(&k);
+                            }
+                            (Err(e), _) => report.errors.push(format!("policy map: taking back an entry: {e}")),
                         }
                     }
                 }
             }
         }
-        short
     }
 
     /// Writes the address entries that differ; false if some did not fit.

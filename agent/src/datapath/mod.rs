@@ -171,6 +171,10 @@ pub struct Datapath {
     /// with these local pod addresses on these interfaces (so the next may
     /// skip them when neither changed).
     ips_whole: Option<Vec<(std::net::IpAddr, u32)>>,
+    /// The kernel may not have `config` (a write failed): the next sync
+    /// writes it whatever changed, or tracked flows would keep the
+    /// verdicts of a revision that never reached the kernel.
+    config_stale: bool,
     host_interfaces: HostInterfaces,
     strict_prefixes: Vec<String>,
     sizes: MapSizes,
@@ -268,6 +272,7 @@ impl Datapath {
             realized,
             policy_whole: false,
             ips_whole: None,
+            config_stale: false,
             host_interfaces: settings.host_interfaces.clone(),
             strict_prefixes: settings.strict_prefixes.clone(),
             sizes,

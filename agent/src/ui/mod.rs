@@ -93,8 +93,12 @@ async fn serve_on(
     api: Option<Arc<Shared>>,
 ) -> Result<()> {
     loop {
-        let (stream, _) = listener.accept().await?;
-        let (source, map, api) = (source.clone(), map.clone(), api.clone());
+        let (stream, peer) = listener.accept().await?;
+        // The API only to this host's own processes (a port-forward
+        // arrives on loopback), whatever `--ui-allow-remote` opens the
+        // page to.
+        let api = api.clone().filter(|_| peer.ip().to_canonical().is_loopback());
+        let (source, map) = (source.clone(), map.clone());
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
                 let (source, map, api) = (source.clone(), map.clone(), api.clone());
@@ -102,7 +106,7 @@ async fn serve_on(
                     // The local API for `kubectl palisade` (port-forwarded), after the Host check.
                     if let Some(shared) = api
                         && crate::api::upgrade::wanted(&req)
-                        && (allow_remote || loopback_host(host_of(&req)))
+                        && loopback_host(host_of(&req))
                     {
                         return Ok::<_, std::convert::Infallible>(crate::api::upgrade::respond(req, shared));
                     }

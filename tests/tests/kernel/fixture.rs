@@ -15,7 +15,7 @@ pub use palisade_kit::tc::{DROP, PASS, Verdict, kernel_accepts, verdict};
 pub use std::net::{IpAddr, Ipv6Addr};
 pub use std::time::{Duration, Instant};
 
-use aya::maps::{HashMap as BpfHashMap, Map, MapData, RingBuf};
+use aya::maps::{HashMap as BpfHashMap, LpmTrie, Map, MapData, RingBuf};
 use aya::programs::{ProgramError, TestRun, TestRunOptions};
 use palisade::datapath::netlink::Interfaces;
 use palisade::datapath::{self, Datapath, HostInterfaces, MapSizes};
@@ -269,6 +269,23 @@ impl Env {
     /// holds.
     pub fn entries<K: aya::Pod, V: aya::Pod>(&self, name: &str) -> Vec<(K, V)> {
         self.hash_map(name).iter().map(|e| e.expect("reading an entry")).collect()
+    }
+
+    /// Compiles `input` and syncs it without checking the outcome (to
+    /// provoke a failing sync): the report.
+    pub fn try_apply(&mut self, input: &Input) -> datapath::SyncReport {
+        let compiled = compile(input, &node());
+        self.dp.sync(&compiled, &self.ifaces)
+    }
+
+    /// What the kernel's policy map holds: (prefix length, key, value).
+    pub fn policy_entries(&self) -> Vec<(u32, palisade_common::PolicyKey, palisade_common::PolicyValue)> {
+        let path =
+            self._dir.0.join(format!("v{}", palisade_common::LAYOUT_VERSION)).join(palisade_common::maps::POLICY);
+        let data = MapData::from_pin(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let trie: LpmTrie<MapData, palisade_common::PolicyKey, palisade_common::PolicyValue> =
+            LpmTrie::try_from(Map::from_map_data(data).expect("map")).expect("an LPM trie");
+        trie.iter().map(|e| e.expect("reading an entry")).map(|(k, v)| (k.prefix_len(), k.data(), v)).collect()
     }
 
     /// Empties one of the pinned hash maps, returning what it held.

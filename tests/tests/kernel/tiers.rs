@@ -298,3 +298,44 @@ fn audit_mode_passes_cluster_policy_denies_and_reports_them() {
     let e = events[0];
     assert_eq!((e.verdict, e.reason, e.rule), (palisade_common::VERDICT_AUDIT, REASON_RULE, id));
 }
+
+/// A change whose entries do not fit: what that sync allowed for the
+/// identity that does not fit is taken back (here a broad Admin Deny
+/// narrowed to one peer: the broad entry turns Accept, and the narrower
+/// Deny that must carve it out does not fit), its pods are held closed,
+/// and the error is reported. Before the fix the broad Accept stayed.
+#[test]
+fn a_change_that_does_not_fit_takes_back_what_it_allowed() {
+    let everywhere = || ClusterPeer::Networks(vec!["0.0.0.0/0".parse().unwrap(), "::/0".parse().unwrap()]);
+    let accept = || rule("all", Action::Accept, vec![everywhere()], vec![]);
+    let before = with(vec![
+        ("deny", Tier::Admin, 5, "web", vec![rule("all", Action::Deny, vec![everywhere()], vec![])], vec![]),
+        ("accept", Tier::Admin, 10, "web", vec![accept()], vec![]),
+    ]);
+    let after = with(vec![
+        ("deny", Tier::Admin, 5, "web", vec![rule("client", Action::Deny, vec![app("client")], vec![])], vec![]),
+        ("accept", Tier::Admin, 10, "web", vec![accept()], vec![]),
+    ]);
+    let need = |i: &palisade::policy::Input| compile(i, &node()).policy.len() as u32;
+    let room = need(&input(false)).max(need(&before));
+    assert!(need(&after) > room, "the second state must not fit: {} > {room}", need(&after));
+    let mut env = Env::sized(settings(), MapSizes { policy: room, ..MapSizes::default() });
+    env.apply(before);
+    let web = env.local("web").identity.to_be_bytes();
+    let client = "10.70.2.5";
+    let port = env.fresh();
+    assert_eq!(env.ingress("web", addr(client), L4::Tcp(port, 80, TCP_SYN)), DROP, "denied before");
+    let was = env.policy_entries();
+
+    let report = env.try_apply(&after);
+    assert!(report.errors.iter().any(|e| e.contains("policy map full")), "{:?}", report.errors);
+    for (len, key, value) in env.policy_entries() {
+        if key.local == web && !value.denies() {
+            assert!(was.contains(&(len, key, value)), "an allow this sync wrote for web stayed: {key:?} {value:?}");
+        }
+    }
+    for remote in [client, "10.70.3.5", "192.0.2.1"] {
+        let port = env.fresh();
+        assert_eq!(env.ingress("web", addr(remote), L4::Tcp(port, 80, TCP_SYN)), DROP, "{remote}: held closed");
+    }
+}

@@ -153,8 +153,10 @@ impl<'a> Resolver<'a> {
                 .flat_map(|g| g.peers.iter().copied())
                 .collect(),
             ClusterPeer::Nodes(sel) => {
-                // This node's own addresses are host identities.
-                let own = ids.nodes.iter().any(|n| n.name == self.node.name && sel.matches(&n.labels));
+                // This node's own addresses are host identities; an empty
+                // selector takes them even before its Node object is known.
+                let own =
+                    sel.is_empty() || ids.nodes.iter().any(|n| n.name == self.node.name && sel.matches(&n.labels));
                 ids.peers
                     .iter()
                     .filter(|p| match p.kind {
