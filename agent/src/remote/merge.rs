@@ -14,6 +14,10 @@
 //! as lagged), and the heap lets its oldest event out early beyond
 //! [`Options::max_buffered`]. A node whose stream ends or fails is
 //! reported as [`Item::Gone`], and the others go on.
+//!
+//! Nodes may also join a running merge ([`merge_joinable`]'s [`Joiner`]:
+//! `kubectl palisade observe` adds agent pods that appear, and agents that
+//! come back); such a merge ends only once its joiner is dropped.
 
 use crate::api::frames::{Frame, FrameReader};
 use crate::events::VerdictEvent;
@@ -22,8 +26,8 @@ use anyhow::{Context, Result, bail};
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::future::Future;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::io::{AsyncRead, BufReader};
 use tokio::sync::mpsc;
@@ -78,18 +82,28 @@ pub struct Counters {
 
 /// The merged stream.
 pub struct Merged {
+    /// The nodes by index, as of the last [`Merged::recv`] (which names
+    /// every node its items mention).
     pub nodes: Arc<[String]>,
     /// The names the events' symbol ids refer to.
     pub symbols: Arc<Symbols>,
     pub counters: Arc<Counters>,
     rx: mpsc::Receiver<Vec<Item>>,
+    /// Every node's name, joined ones included (a joiner adds to it).
+    names: Arc<Mutex<Vec<String>>>,
 }
 
 impl Merged {
-    /// The next items, in time order; None when every node is gone and
-    /// everything was delivered.
+    /// The next items, in time order; None when every node is gone, no
+    /// more can join, and everything was delivered.
     pub async fn recv(&mut self) -> Option<Vec<Item>> {
-        self.rx.recv().await
+        let items = self.rx.recv().await?;
+        // A node is named before its reader starts, so before its items.
+        let names = lock(&self.names);
+        if names.len() != self.nodes.len() {
+            self.nodes = names.iter().cloned().collect();
+        }
+        Some(items)
     }
 
     /// An event in Kubernetes terms.
@@ -110,15 +124,82 @@ where
     F: Future<Output = Result<S>> + Send + 'static,
     S: AsyncRead + Unpin + Send + 'static,
 {
+    merge_joinable(nodes, opts).0
+}
+
+/// [`merge`], and a [`Joiner`] that adds nodes to it while it runs. The
+/// merge goes on (even with every node gone) until the joiner and its
+/// clones are dropped.
+pub fn merge_joinable<F, S>(nodes: Vec<(String, F)>, opts: Options) -> (Merged, Joiner)
+where
+    F: Future<Output = Result<S>> + Send + 'static,
+    S: AsyncRead + Unpin + Send + 'static,
+{
     let symbols = Arc::new(Symbols::default());
     let counters = Arc::new(Counters::default());
     let (in_tx, in_rx) = mpsc::channel(QUEUE);
     let (out_tx, out_rx) = mpsc::channel(QUEUE);
-    let names: Arc<[String]> = nodes.iter().map(|(n, _)| n.clone()).collect();
+    let names: Vec<String> = nodes.iter().map(|(n, _)| n.clone()).collect();
+    // The first nodes hold the watermark back from the start, so that
+    // their histories interleave.
+    let heap = Heap::new(names.len(), opts, counters.clone());
+    let nodes_now: Arc<[String]> = names.iter().cloned().collect();
+    let joiner = Joiner { tx: in_tx, names: Arc::new(Mutex::new(names)), symbols, counters };
     for (i, (_, open)) in nodes.into_iter().enumerate() {
-        let (tx, symbols, counters) = (in_tx.clone(), symbols.clone(), counters.clone());
+        joiner.spawn(i as u32, open, false);
+    }
+    tokio::spawn(run(heap, in_rx, out_tx));
+    let merged = Merged {
+        nodes: nodes_now,
+        symbols: joiner.symbols.clone(),
+        counters: joiner.counters.clone(),
+        rx: out_rx,
+        names: joiner.names.clone(),
+    };
+    (merged, joiner)
+}
+
+/// Adds nodes to a running merge ([`merge_joinable`]).
+#[derive(Clone)]
+pub struct Joiner {
+    tx: mpsc::Sender<Msg>,
+    names: Arc<Mutex<Vec<String>>>,
+    symbols: Arc<Symbols>,
+    counters: Arc<Counters>,
+}
+
+impl Joiner {
+    /// Merges the stream `open` yields (as [`merge`]'s nodes) under
+    /// `name`; returns its index, a new one on every call, even for a name
+    /// seen before. It holds the others back only from when it joins:
+    /// what it sends older than what was already delivered is late, so
+    /// ask a joining node for new events only.
+    pub fn add<F, S>(&self, name: String, open: F) -> u32
+    where
+        F: Future<Output = Result<S>> + Send + 'static,
+        S: AsyncRead + Unpin + Send + 'static,
+    {
+        let node = {
+            let mut names = lock(&self.names);
+            names.push(name);
+            (names.len() - 1) as u32
+        };
+        self.spawn(node, open, true);
+        node
+    }
+
+    /// Starts node `node`'s reader; a `join`ing one first tells the
+    /// merging task it is live.
+    fn spawn<F, S>(&self, node: u32, open: F, join: bool)
+    where
+        F: Future<Output = Result<S>> + Send + 'static,
+        S: AsyncRead + Unpin + Send + 'static,
+    {
+        let (tx, symbols, counters) = (self.tx.clone(), self.symbols.clone(), self.counters.clone());
         tokio::spawn(async move {
-            let node = i as u32;
+            if join && tx.send(Msg::Join(node)).await.is_err() {
+                return;
+            }
             let error = match open.await {
                 Ok(stream) => read(node, stream, &symbols, &counters, &tx).await.err(),
                 Err(e) => Some(e),
@@ -126,13 +207,15 @@ where
             let _ = tx.send(Msg::Gone(node, error.map(|e| format!("{e:#}")))).await;
         });
     }
-    drop(in_tx);
-    let heap = Heap::new(names.len(), opts, counters.clone());
-    tokio::spawn(run(heap, in_rx, out_tx));
-    Merged { nodes: names, symbols, counters, rx: out_rx }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 enum Msg {
+    /// A node added to the running merge: live from now on.
+    Join(u32),
     Events(u32, Vec<Compact>, Instant),
     Lagged(u32, u64),
     Gone(u32, Option<String>),
@@ -241,6 +324,15 @@ impl Heap {
         self.counters.peak_buffered.fetch_max(n, Ordering::Relaxed);
     }
 
+    fn join(&mut self, node: u32) {
+        let i = node as usize;
+        if self.live.len() <= i {
+            self.live.resize(i + 1, false);
+            self.newest.resize(i + 1, None);
+        }
+        self.live[i] = true;
+    }
+
     fn gone(&mut self, node: u32) {
         self.live[node as usize] = false;
     }
@@ -327,6 +419,7 @@ async fn run(mut heap: Heap, mut rx: mpsc::Receiver<Msg>, tx: mpsc::Sender<Vec<I
 /// Takes a reader's message; what is not an event goes to `notes`.
 fn take(heap: &mut Heap, m: Msg, notes: &mut Vec<Item>) {
     match m {
+        Msg::Join(node) => heap.join(node),
         Msg::Events(node, events, arrived) => heap.push(node, events, arrived),
         Msg::Lagged(node, missed) => {
             heap.counters.lagged.fetch_add(missed, Ordering::Relaxed);

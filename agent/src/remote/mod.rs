@@ -13,7 +13,8 @@
 //!
 //! [`nodes`] is the set of per-node connections (any [`nodes::Connect`]:
 //! an [`AgentConn`], a node's unix socket) and what is asked of every
-//! node; [`merge`] merges their event streams into one.
+//! node; [`merge`] merges their event streams into one (for the ui, and
+//! for [`observe`], which adds agents that appear while it follows).
 
 pub mod merge;
 pub mod nodes;

@@ -190,3 +190,88 @@ async fn lagged_counts_are_passed_on() {
     assert!(items.contains(&Item::Lagged { node: 0, missed: 42 }));
     assert_eq!(m.counters.lagged.load(Ordering::Relaxed), 42);
 }
+
+/// The heap alone, at chosen instants: the released events' (node, time).
+fn release(h: &mut Heap, now: Instant) -> Vec<(u32, u64)> {
+    let mut out = Vec::new();
+    h.release(now, &mut out);
+    events(&out)
+}
+
+#[test]
+fn events_leave_once_every_live_node_is_past_them() {
+    // A long window: only the watermark lets events out here.
+    let t0 = Instant::now();
+    let mut h = Heap::new(2, opts(300, 100), Arc::default());
+    h.push(0, vec![ev(10, 0), ev(30, 0)], t0);
+    // Node 1 has sent nothing yet: everything waits (within the window).
+    assert!(release(&mut h, t0).is_empty());
+    h.push(1, vec![ev(20, 0)], t0);
+    // Watermark 20: 10 and 20 go, 30 waits for node 1.
+    assert_eq!(release(&mut h, t0), [(0, 10), (1, 20)]);
+    h.push(1, vec![ev(40, 0)], t0);
+    assert_eq!(release(&mut h, t0), [(0, 30)]);
+    // An idle node holds nothing back longer than the window.
+    assert_eq!(release(&mut h, t0 + Duration::from_millis(300)), [(1, 40)]);
+}
+
+#[test]
+fn a_gone_node_holds_nothing_back_and_a_joined_one_does() {
+    let t0 = Instant::now();
+    let mut h = Heap::new(2, opts(60_000, 100), Arc::default());
+    h.push(0, vec![ev(5, 0), ev(1, 0), ev(3, 0)], t0);
+    assert!(release(&mut h, t0).is_empty());
+    h.gone(1);
+    assert_eq!(release(&mut h, t0), [(0, 1), (0, 3), (0, 5)]);
+    // Node 2 joins: node 0's newer events wait for it.
+    h.join(2);
+    h.push(0, vec![ev(9, 0)], t0);
+    assert!(release(&mut h, t0).is_empty());
+    h.push(2, vec![ev(7, 0), ev(12, 0)], t0);
+    assert_eq!(release(&mut h, t0), [(2, 7), (0, 9)]);
+    h.gone(0);
+    assert_eq!(release(&mut h, t0), [(2, 12)]);
+    assert!(h.heap.is_empty());
+}
+
+#[tokio::test]
+async fn a_node_joins_a_running_merge_under_its_name() {
+    let (mut w1, r1) = tokio::io::duplex(1 << 16);
+    let (mut m, joiner) = merge_joinable(vec![("n1".into(), duplex(r1))], opts(60_000, 1000));
+    let (mut w2, r2) = tokio::io::duplex(1 << 16);
+    let n2 = joiner.add("n2".into(), duplex(r2));
+    let unreachable: Open = Box::pin(async { Err(anyhow::anyhow!("no route to n3")) });
+    let n3 = joiner.add("n3".into(), unreachable);
+    assert_eq!((n2, n3), (1, 2));
+    let mut items = Vec::new();
+    while !items.iter().any(|i| matches!(i, Item::Gone { .. })) {
+        items.extend(tokio::time::timeout(Duration::from_secs(2), m.recv()).await.expect("n3 reported").unwrap());
+    }
+    assert_eq!(items, [Item::Gone { node: n3, error: Some("no route to n3".into()) }]);
+    assert_eq!(m.node(n3), "n3");
+    // With the window a minute long, n1's event waits for n2 (which
+    // joined and is live), and both leave in order once n2 is past it.
+    w1.write_all(&frames(&[(1, pod("x", "a"))], &[ev(20, 1)])).await.unwrap();
+    w2.write_all(&frames(&[(1, pod("y", "b"))], &[ev(10, 1), ev(30, 1)])).await.unwrap();
+    let mut got = Vec::new();
+    while got.len() < 2 {
+        let b = tokio::time::timeout(Duration::from_secs(2), m.recv()).await.expect("released").unwrap();
+        for i in &b {
+            if let Item::Event { node, event } = i {
+                got.push((m.node(*node).to_string(), m.event(event).source.pod.clone().unwrap_or_default()));
+            }
+        }
+    }
+    assert_eq!(got, [("n2".to_string(), "b".to_string()), ("n1".to_string(), "a".to_string())]);
+    // Every node gone: the merge goes on while the joiner lives, and ends
+    // when it is dropped.
+    drop((w1, w2));
+    let mut rest = Vec::new();
+    while rest.iter().filter(|i| matches!(i, Item::Gone { .. })).count() < 2 {
+        rest.extend(tokio::time::timeout(Duration::from_secs(2), m.recv()).await.expect("gone").unwrap());
+    }
+    assert_eq!(events(&rest), [(n2, 30)]);
+    assert!(tokio::time::timeout(Duration::from_millis(200), m.recv()).await.is_err(), "ended with a joiner");
+    drop(joiner);
+    assert!(tokio::time::timeout(Duration::from_secs(2), m.recv()).await.expect("ends").is_none());
+}
