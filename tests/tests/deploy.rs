@@ -278,10 +278,22 @@ fn kustomize_renders_the_install() {
     let kinds: Vec<&str> = rendered.iter().map(|d| d["kind"].as_str().unwrap_or_default()).collect();
     assert_eq!(
         kinds,
-        ["Namespace", "CustomResourceDefinition", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "DaemonSet"]
+        [
+            "Namespace",
+            "CustomResourceDefinition",
+            "ServiceAccount",
+            "Role",
+            "ClusterRole",
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "DaemonSet"
+        ]
     );
     let i = install();
-    let role = rendered.iter().find(|d| d["kind"] == "ClusterRole").expect("ClusterRole");
+    let role = rendered
+        .iter()
+        .find(|d| d["kind"] == "ClusterRole" && d["metadata"]["name"] == "palisade")
+        .expect("the agent's ClusterRole");
     assert_eq!(typed::<ClusterRole>("rendered ClusterRole", role), i.role);
     let crd = rendered.iter().find(|d| d["kind"] == "CustomResourceDefinition").expect("CRD");
     assert_eq!(typed::<CustomResourceDefinition>("rendered CRD", crd), i.crds[0]);

@@ -143,6 +143,11 @@ impl Env {
 
     /// [`Env::new`] with maps of other sizes (to fill one on purpose).
     pub fn sized(settings: Settings, sizes: MapSizes) -> Env {
+        Env::sized_from(settings, sizes, input(false))
+    }
+
+    /// [`Env::sized`] enforcing `first` from the start.
+    pub fn sized_from(settings: Settings, sizes: MapSizes, first: Input) -> Env {
         palisade_e2e::require_root().expect("root");
         let veths: Vec<Veth> = LOCALS.iter().map(|_| Veth::create()).collect();
         let dir = BpfDir::new();
@@ -165,7 +170,7 @@ impl Env {
             _dir: dir,
             _veths: veths,
         };
-        env.apply(input(false));
+        env.apply(first);
         env
     }
 
