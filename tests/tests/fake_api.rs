@@ -106,8 +106,11 @@ async fn lists_pagination_and_metadata() {
     let nps = Api::<NetworkPolicy>::all(client.clone()).list(&ListParams::default()).await.unwrap();
     assert_eq!(nps.types.api_version, "networking.k8s.io/v1");
     assert_eq!(nps.items[0].namespace().as_deref(), Some("x"));
-    // What the agent does not ask for is not served.
-    let err = Api::<Pod>::namespaced(client.clone(), "x").list(&ListParams::default()).await.unwrap_err();
+    // What neither the agent nor `kubectl palisade` asks for is not served.
+    let err = Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(client.clone(), "x")
+        .list(&ListParams::default())
+        .await
+        .unwrap_err();
     assert!(matches!(&err, kube::Error::Api(s) if s.code == 404), "{err:?}");
 
     // Pagination over a consistent snapshot, even across a change.
