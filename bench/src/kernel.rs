@@ -9,6 +9,11 @@
 //! - single mode (one run per call, a fresh flow each time) for new allowed
 //!   flows, since a repeated packet would hit the conntrack entry its first
 //!   run created. Its baseline is the empty program timed in single mode.
+//!
+//! A point with ClusterNetworkPolicies measures the same packets on the
+//! cluster of a policies-only point plus generated CNPs (`cluster.rs`),
+//! after checking that they validate, select the server and make its
+//! ingress tiered; report.rs compares the two (issue 12).
 
 use crate::cluster::{self, Cluster};
 use crate::env::{self, BPFFS_PREFIX, Node, Pod};
@@ -18,6 +23,7 @@ use anyhow::{Context, Result, bail};
 use palisade::datapath::netlink::Interfaces;
 use palisade::datapath::{Datapath, HostInterfaces, Settings};
 use palisade::policy::{Direction, compile};
+use palisade_common::EP_INGRESS_TIERED;
 use palisade_kit::packet::{L4, TCP_ACK, TCP_SYN, valid};
 use palisade_kit::tc::{TC_ACT_SHOT, TC_ACT_UNSPEC, skb_ctx};
 use serde::Serialize;
@@ -31,8 +37,8 @@ pub struct Config {
     /// Fresh flows per single-mode measurement.
     pub flows: usize,
     pub reps: usize,
-    /// (pods, policies) points.
-    pub points: Vec<(usize, usize)>,
+    /// (pods, policies, ClusterNetworkPolicies) points.
+    pub points: Vec<(usize, usize, usize)>,
     pub cpu: usize,
 }
 
@@ -42,6 +48,7 @@ pub const CASES: [&str; 6] = ["ct_hit", "new_specific", "new_wildcard", "new_man
 pub struct Measurement {
     pub pods: usize,
     pub policies: usize,
+    pub cluster_policies: usize,
     pub family: &'static str,
     pub protocol: &'static str,
     pub case: &'static str,
@@ -59,6 +66,9 @@ pub struct Measurement {
 pub struct Point {
     pub pods: usize,
     pub policies: usize,
+    pub cluster_policies: usize,
+    /// How many of them select the server (whose ingress is measured).
+    pub server_cluster_policies: usize,
     pub compile_ms: f64,
     pub sync_ms: f64,
     pub ip_entries: usize,
@@ -102,10 +112,10 @@ pub fn run(cfg: &Config) -> Result<Results> {
     let res = env::run_in(&node.netns, Some(cpu), move || -> Result<Results> {
         let empty = rawbpf::empty_tc_program().context("loading the empty TC program")?;
         let mut out = Results { cpu, repeat, flows, ..Default::default() };
-        for (pods, policies) in points {
-            eprintln!("  kernel: {pods} pods, {policies} policies");
-            let (point, ms) =
-                measure_point(&empty, &ifaces, server_if, spare, pods, policies, PointCfg { repeat, flows, reps })?;
+        for (pods, policies, cnps) in points {
+            eprintln!("  kernel: {pods} pods, {policies} policies, {cnps} ClusterNetworkPolicies");
+            let size = Size { pods, policies, cnps };
+            let (point, ms) = measure_point(&empty, &ifaces, server_if, spare, size, PointCfg { repeat, flows, reps })?;
             out.points.push(point);
             out.measurements.extend(ms);
         }
@@ -119,6 +129,14 @@ pub fn run(cfg: &Config) -> Result<Results> {
 /// ((v6, protocol), case, per repetition (palisade ns, baseline ns)).
 type Acc = ((bool, u8), &'static str, Vec<(f64, f64)>);
 
+/// The generated cluster of a point.
+#[derive(Clone, Copy)]
+struct Size {
+    pods: usize,
+    policies: usize,
+    cnps: usize,
+}
+
 #[derive(Clone, Copy)]
 struct PointCfg {
     repeat: u32,
@@ -131,12 +149,17 @@ fn measure_point(
     ifaces: &Interfaces,
     server_if: u32,
     spare_if: u32,
-    pods: usize,
-    policies: usize,
+    size: Size,
     pc: PointCfg,
 ) -> Result<(Point, Vec<Measurement>)> {
-    let cluster = Cluster::new(pods, policies);
+    let Size { pods, policies, cnps } = size;
+    let cluster = Cluster::new(pods, policies).with_cluster_policies(cnps);
+    // Strict: any input error or warning (a CNP that does not validate) fails.
     let input = cluster.input()?;
+    let server_cnps = cluster::cluster_policies_selecting_server(&input);
+    if cnps > 0 && server_cnps == 0 {
+        bail!("none of the {cnps} ClusterNetworkPolicies selects the server");
+    }
     let t = Instant::now();
     let compiled = compile(&input, &cluster::policy_node());
     let compile_ms = t.elapsed().as_secs_f64() * 1e3;
@@ -164,9 +187,15 @@ fn measure_point(
     if report.endpoints.iter().any(|e| e.state != palisade::state::Enforcement::Enforced) {
         bail!("endpoints not enforced: {:?}", report.endpoints);
     }
+    let tiered = compiled.endpoints.iter().find(|e| e.name == "server").map(|e| e.flags & EP_INGRESS_TIERED != 0);
+    if tiered != Some(cnps > 0) {
+        bail!("the server's ingress tiered: {tiered:?}, with {cnps} ClusterNetworkPolicies");
+    }
     let point = Point {
         pods,
         policies,
+        cluster_policies: cnps,
+        server_cluster_policies: server_cnps,
         compile_ms,
         sync_ms,
         ip_entries: compiled.ips.len(),
@@ -257,6 +286,7 @@ fn measure_point(
         out.push(Measurement {
             pods,
             policies,
+            cluster_policies: cnps,
             family: if v6 { "IPv6" } else { "IPv4" },
             protocol: if proto == palisade_common::PROTO_TCP { "TCP" } else { "UDP" },
             case,

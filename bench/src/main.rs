@@ -50,6 +50,10 @@ struct Args {
     /// Override the traffic section's policy counts (comma-separated).
     #[arg(long, value_delimiter = ',')]
     traffic_policies: Vec<usize>,
+    /// Override the kernel section's points (`PODSxPOLICIES` or
+    /// `PODSxPOLICIESxCNPS`, comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    kernel_points: Vec<String>,
     /// Override the programming section's points (`PODSxPOLICIES`,
     /// comma-separated).
     #[arg(long, value_delimiter = ',')]
@@ -65,6 +69,17 @@ fn main() {
         env::cleanup_all();
         eprintln!("palisade-bench: {e:#}");
         std::process::exit(1);
+    }
+}
+
+/// `PODSxPOLICIES[xCNPS]`.
+fn kernel_point(p: &str) -> Result<(usize, usize, usize)> {
+    let n: Vec<usize> =
+        p.split('x').map(str::parse).collect::<Result<_, _>>().context("expected PODSxPOLICIES[xCNPS]")?;
+    match n[..] {
+        [pods, policies] => Ok((pods, policies, 0)),
+        [pods, policies, cnps] => Ok((pods, policies, cnps)),
+        _ => bail!("expected PODSxPOLICIES[xCNPS], got {p:?}"),
     }
 }
 
@@ -117,11 +132,16 @@ fn real_main(args: Args) -> Result<()> {
 
     if want("kernel") {
         eprintln!("1. packet verdict latency (BPF_PROG_TEST_RUN)");
-        let points = if quick {
-            vec![(1000, 1), (1000, 100), (10, 100), (10_000, 100)]
+        // (pods, policies, ClusterNetworkPolicies). The CNP point comes
+        // right after the NetworkPolicy-only point it is compared with.
+        let points = if !args.kernel_points.is_empty() {
+            args.kernel_points.iter().map(|p| kernel_point(p)).collect::<Result<_>>()?
+        } else if quick {
+            vec![(1000, 1, 0), (1000, 100, 0), (1000, 100, 100), (10, 100, 0), (10_000, 100, 0)]
         } else {
-            let mut p: Vec<(usize, usize)> = [1, 10, 100, 1000, 10_000].iter().map(|&n| (1000, n)).collect();
-            p.extend([10, 10_000, 50_000].iter().map(|&n| (n, 100)));
+            let mut p: Vec<(usize, usize, usize)> = [1, 10, 100, 1000, 10_000].iter().map(|&n| (1000, n, 0)).collect();
+            p.push((1000, 10_000, 1000));
+            p.extend([10, 10_000, 50_000].iter().map(|&n| (n, 100, 0)));
             p
         };
         let cfg = kernel::Config {
