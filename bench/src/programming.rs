@@ -24,7 +24,7 @@ const PORT_RESTART: u16 = 7012;
 const PORT_COLD: u16 = 7013;
 const PORT_BURST: u16 = 7014;
 /// Policies in a burst, one file each, written at once.
-const BURST: usize = 1000;
+pub const BURST: usize = 1000;
 const INTERVAL: Duration = Duration::from_micros(500);
 const QUIET: Duration = Duration::from_millis(400);
 const TIMEOUT: Duration = Duration::from_secs(120);
