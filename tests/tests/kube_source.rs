@@ -104,6 +104,10 @@ fn nodes_and_cluster_network_policies_through_the_api() {
     assert_eq!(snap.input.cluster_policies.len(), held, "a 404 drops no ClusterNetworkPolicy");
     api.set_cluster_network_policy_served(true);
     until(&mut source, 40, "served again", |_, src| src.unavailable().is_none());
+    // The watch is current again (the probe may see the CRD before the
+    // watcher has relisted): what is applied now arrives.
+    api.apply_cluster_network_policy(cnp("after-404", "Accept"));
+    until(&mut source, 40, "the watch after the 404", |s, _| s.input.cluster_policies.contains_key("after-404"));
 
     // The CRD removed: its objects go with it, and the source says so.
     api.set_cluster_network_policy_crd(false);
