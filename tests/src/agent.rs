@@ -300,3 +300,19 @@ pub fn cpu_seconds_of(pid: u32) -> Result<f64> {
     // SAFETY: sysconf has no preconditions.
     Ok(ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64)
 }
+
+/// Checks `palisade trace` of one pair, asked of the agent at each end
+/// (the same trace twice when both ends share a node), against the real
+/// verdict `allowed`: each end's agent checked in its kernel the side it
+/// enforces, and every kernel check agrees with the compiled rules.
+pub fn trace_agrees(at_source: &Trace, at_destination: &Trace, allowed: bool, what: &str) -> Result<()> {
+    let enforced = at_source.egress.kernel.is_some() && at_destination.ingress.kernel.is_some();
+    for t in [at_source, at_destination] {
+        let sides = [&t.egress, &t.ingress];
+        let kernel_agrees = sides.iter().filter_map(|s| s.kernel.as_ref()).all(|k| k.differences.is_empty());
+        if t.allowed != allowed || !kernel_agrees || !enforced {
+            anyhow::bail!("trace disagrees with the real verdict for {what}:\n{t}");
+        }
+    }
+    Ok(())
+}

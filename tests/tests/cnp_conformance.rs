@@ -17,6 +17,7 @@
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use palisade::events::Verdict;
+use palisade_e2e::agent::trace_agrees;
 use palisade_e2e::cluster::Cluster;
 use palisade_e2e::fake_api::FakeApi;
 use palisade_e2e::netns::Netns;
@@ -318,15 +319,8 @@ impl Env {
             for to in expected.names.iter().filter(|t| *t != from) {
                 let at_source = self.agent_of(from).trace(from, to, port, &proto_name, false)?;
                 let at_destination = self.agent_of(to).trace(from, to, port, &proto_name, false)?;
-                let enforced = at_source.egress.kernel.is_some() && at_destination.ingress.kernel.is_some();
-                for t in [&at_source, &at_destination] {
-                    let sides = [&t.egress, &t.ingress];
-                    let kernel_agrees =
-                        sides.iter().filter_map(|s| s.kernel.as_ref()).all(|k| k.differences.is_empty());
-                    if t.allowed != expected.get(from, to) || !kernel_agrees || !enforced {
-                        bail!("trace disagrees with the real verdict for {from} -> {to} {proto}/{port}:\n{t}");
-                    }
-                }
+                let what = format!("{from} -> {to} {proto}/{port}");
+                trace_agrees(&at_source, &at_destination, expected.get(from, to), &what)?;
             }
         }
         Ok(())

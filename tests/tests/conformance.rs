@@ -9,6 +9,7 @@
 //! destination's.
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
+use palisade_e2e::agent::trace_agrees;
 use palisade_e2e::cluster::Cluster;
 use palisade_e2e::netns::Netns;
 use palisade_e2e::np;
@@ -54,16 +55,8 @@ impl Env {
                     _ => Some(self.agent_of(to).trace(from, to, port, &proto_name, v6)?),
                 };
                 let at_destination = at_destination.as_ref().unwrap_or(&at_source);
-                // Each end's agent checks in its kernel the side it enforces.
-                let enforced = at_source.egress.kernel.is_some() && at_destination.ingress.kernel.is_some();
-                for t in [&at_source, at_destination] {
-                    let sides = [&t.egress, &t.ingress];
-                    let kernel_agrees =
-                        sides.iter().filter_map(|s| s.kernel.as_ref()).all(|k| k.differences.is_empty());
-                    if t.allowed != expected.get(from, to) || !kernel_agrees || !enforced {
-                        bail!("trace disagrees with the real verdict for {from} -> {to} {proto}/{port}:\n{t}");
-                    }
-                }
+                let what = format!("{from} -> {to} {proto}/{port}");
+                trace_agrees(&at_source, at_destination, expected.get(from, to), &what)?;
             }
         }
         Ok(())
