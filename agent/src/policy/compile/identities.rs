@@ -10,7 +10,7 @@
 //! that a local identity keeps the number its pods had (the [`Hints`]): a
 //! pod whose labels change keeps its number, so only the entries whose
 //! selection changed move. The same input and hints always give the same
-//! numbers.
+//! numbers, whether built whole or updated where pods changed.
 
 use super::cells::Cells;
 use super::ids;
@@ -18,7 +18,7 @@ use crate::policy::compiled::{Catalog, IdentityInfo, IpPrefix};
 use crate::policy::model::{Input, Labels, NamedPort, Namespace, Node, NodeObject, Pod};
 use ipnet::IpNet;
 use palisade_common::{IP_SERVICE, IpInfo};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -41,7 +41,7 @@ pub(super) struct Group {
     pub key: GroupKey,
     /// The namespace object (or the implicit one), for its labels and audit.
     pub ns: Arc<Namespace>,
-    /// Members, in key order.
+    /// Members, in key order; none: a free slot (not local, no peers).
     pub members: Vec<Arc<Pod>>,
     /// Whether a member runs on this node (its entries are compiled).
     pub local: bool,
@@ -68,25 +68,64 @@ pub(super) struct PeerIdentity {
 }
 
 /// Every identity of a cluster state, numbered. Built whole from the pods,
-/// namespaces, cells and node (a few milliseconds at 10k pods); what
-/// depends on it is recomputed only where its numbers changed.
+/// namespaces, cells and node (tens of milliseconds at 10k pods), then
+/// updated where pods or namespaces changed ([`Identities::update`]).
 pub(super) struct Identities {
-    /// In key order.
+    /// Slots, stable while a group lives (indexes are kept elsewhere);
+    /// a slot without members is free.
     pub groups: Vec<Group>,
-    /// The peer identities, in (kind, cell) order.
-    pub peers: Vec<PeerIdentity>,
-    /// Index into `peers` by number.
-    pub peer_by_id: HashMap<u32, usize>,
+    /// The slot of each group, in key order.
+    index: BTreeMap<GroupKey, usize>,
+    /// The slot of each group by number.
+    group_by_id: HashMap<u32, usize>,
+    /// Free slots.
+    free: Vec<usize>,
+    /// The peer identities by number.
+    pub peers: BTreeMap<u32, PeerIdentity>,
     /// The Node objects whose addresses have identities of their own (by
     /// name; empty unless a ClusterNetworkPolicy has a `nodes` peer).
     pub nodes: Vec<Arc<NodeObject>>,
     /// Local groups (indexes) by namespace.
     pub local_by_ns: BTreeMap<String, Vec<usize>>,
-    /// Who owns each pod and node address (index into `peers`): the first
-    /// pod to claim it, else the node.
-    addr_owner: BTreeMap<IpAddr, usize>,
+    /// Who owns each pod and node address (a peer number): the first pod
+    /// to claim it, else the node.
+    addr_owner: BTreeMap<IpAddr, u32>,
+    /// How many times pods claim each pod address.
+    pod_claims: HashMap<IpAddr, u32>,
+    /// This node's addresses and those of Node objects with identities.
+    node_addrs: HashSet<IpAddr>,
+    /// Whether every number is the one its identity claims or derives
+    /// (none was probed past a collision): then a number taken or freed
+    /// moves no other, and an update can stay local.
+    clean: bool,
     /// Address conflicts.
     pub warnings: Vec<String>,
+}
+
+/// A group as the selectors resolved against identities see it, before
+/// or after an update.
+pub(super) struct Seen {
+    pub namespace: String,
+    pub ns: Arc<Namespace>,
+    pub labels: Labels,
+    /// Its peer identities, with their cells.
+    pub peers: Vec<(u32, IpNet)>,
+}
+
+/// What an [`Identities::update`] changed.
+#[derive(Default)]
+pub(super) struct Delta {
+    /// Groups as they were, and as they are (a group that did not change
+    /// is in neither).
+    pub before: Vec<Seen>,
+    pub after: Vec<Seen>,
+    /// Whether a group's members, number or peers changed (not only its
+    /// namespace's labels).
+    pub groups: bool,
+    /// Namespaces with a local group that changed, was added or left.
+    pub local_namespaces: BTreeSet<String>,
+    /// Whether an entry of the address map changed.
+    pub ips: bool,
 }
 
 /// A [`GroupKey`], borrowed from a pod.
@@ -111,10 +150,8 @@ impl Identities {
     /// `node_peers`: give Node objects' addresses identities of their own.
     pub fn new(input: &Input, node: &Node, cells: &Cells, hints: &Hints, node_peers: bool) -> Identities {
         let is_local = |pod: &Pod| pod.node_name.as_deref().is_none_or(|n| n == node.name);
-        // Pods that take part: running (not terminated), with addresses, in
-        // the pod network (host-network pods are node addresses).
         let mut by_key: BTreeMap<Alike, Vec<&Arc<Pod>>> = BTreeMap::new();
-        for pod in input.pods.values().filter(|p| !p.terminated && !p.host_network && !p.ips.is_empty()) {
+        for pod in input.pods.values().filter(|p| takes_part(p)) {
             by_key.entry((pod.namespace.as_str(), &pod.labels, pod.ports.as_slice())).or_default().push(pod);
         }
         let mut namespaces: HashMap<&str, Arc<Namespace>> = HashMap::new();
@@ -143,17 +180,7 @@ impl Identities {
         let mut used: HashSet<u32> = HashSet::with_capacity(groups.len() * 3 + cells.all.len());
         let mut claims: BTreeMap<u32, (usize, usize)> = BTreeMap::new();
         for (gi, g) in groups.iter().enumerate().filter(|(_, g)| g.local) {
-            let mut votes: BTreeMap<u32, usize> = BTreeMap::new();
-            for p in &g.members {
-                if let Some(&n) =
-                    hints.get(&(p.namespace.clone(), p.name.clone())).filter(|&&n| n >= ids::FIRST_DYNAMIC)
-                {
-                    *votes.entry(n).or_default() += 1;
-                }
-            }
-            // max_by_key keeps the last maximum: iterate numbers downwards
-            // so a tie goes to the smaller number.
-            if let Some((&n, &count)) = votes.iter().rev().max_by_key(|(_, c)| **c) {
+            if let Some((n, count)) = claim(&g.members, hints) {
                 let better = claims.get(&n).is_none_or(|&(c, _)| count > c);
                 if better {
                     claims.insert(n, (count, gi));
@@ -165,9 +192,11 @@ impl Identities {
             used.insert(n);
         }
         // Then every other identity from its content, probing in key order.
+        let mut clean = true;
         let mut take = |hash: u64| {
             let mut id = ids::fold(hash);
             while !used.insert(id) {
+                clean = false;
                 id = id.checked_add(1).unwrap_or(ids::FIRST_DYNAMIC);
             }
             id
@@ -222,40 +251,329 @@ impl Identities {
         for cell in &cells.all {
             peer_keys.insert((PeerKind::Cidr, *cell), ());
         }
-        let mut peers = Vec::with_capacity(peer_keys.len());
-        let mut peer_index: HashMap<(PeerKind, IpNet), usize> = HashMap::with_capacity(peer_keys.len());
+        let mut peers = BTreeMap::new();
+        let mut peer_index: HashMap<(PeerKind, IpNet), u32> = HashMap::with_capacity(peer_keys.len());
         for &(kind, cell) in peer_keys.keys() {
             let hash = match kind {
-                PeerKind::Pod(gi) => ids::hash_parts(&[b"addr", &groups[gi].id.to_be_bytes(), &net_bytes(cell)]),
+                PeerKind::Pod(gi) => addr_hash(groups[gi].id, cell),
                 PeerKind::Host => ids::hash_parts(&[b"host", &net_bytes(cell)]),
                 PeerKind::Node(ni) => ids::hash_parts(&[b"node", nodes[ni].name.as_bytes(), &net_bytes(cell)]),
-                PeerKind::Cidr => ids::hash_parts(&[b"cidr", &net_bytes(cell)]),
+                PeerKind::Cidr => cidr_hash(cell),
             };
             let id = take(hash);
             if let PeerKind::Pod(gi) = kind {
                 groups[gi].peers.push(id);
             }
-            peer_index.insert((kind, cell), peers.len());
-            peers.push(PeerIdentity { id, kind, cell });
+            peer_index.insert((kind, cell), id);
+            peers.insert(id, PeerIdentity { id, kind, cell });
         }
-        let peer_by_id = peers.iter().enumerate().map(|(i, p)| (p.id, i)).collect();
         let addr_owner = owner_key.into_iter().map(|(ip, k)| (ip, peer_index[&k])).collect();
         let mut local_by_ns: BTreeMap<String, Vec<usize>> = BTreeMap::new();
         for (gi, g) in groups.iter().enumerate().filter(|(_, g)| g.local) {
             local_by_ns.entry(g.key.namespace.clone()).or_default().push(gi);
         }
-        Identities { groups, peers, peer_by_id, nodes, local_by_ns, addr_owner, warnings }
+        let mut pod_claims: HashMap<IpAddr, u32> = HashMap::new();
+        for ip in groups.iter().flat_map(|g| &g.members).flat_map(|p| &p.ips) {
+            *pod_claims.entry(*ip).or_default() += 1;
+        }
+        let node_addrs = node.host_ips.iter().chain(nodes.iter().flat_map(|n| &n.ips)).copied().collect();
+        Identities {
+            index: groups.iter().enumerate().map(|(gi, g)| (g.key.clone(), gi)).collect(),
+            group_by_id: groups.iter().enumerate().map(|(gi, g)| (g.id, gi)).collect(),
+            free: Vec::new(),
+            groups,
+            peers,
+            nodes,
+            local_by_ns,
+            addr_owner,
+            pod_claims,
+            node_addrs,
+            clean,
+            warnings,
+        }
+    }
+
+    /// Brings the identities from `prev` to `input` (the same node, cells
+    /// and Node objects), touching only the groups whose pods changed and
+    /// the groups of relabelled namespaces, and the catalog and address
+    /// map entries of their addresses. `hints` are the last output's
+    /// numbers. The result is what [`Identities::new`] gives for `input`
+    /// and `hints`; where that cannot be shown locally (a number would
+    /// collide or was probed, an address is contested, a node's or a
+    /// Service's), it returns None and changes nothing: build anew.
+    /// `services`: the Services did not change (else the caller redoes the
+    /// address map).
+    #[allow(clippy::too_many_arguments)]
+    pub fn update(
+        &mut self,
+        prev: &Input,
+        input: &Input,
+        node: &Node,
+        cells: &Cells,
+        hints: &Hints,
+        catalog: &mut Catalog,
+        ips: &mut BTreeMap<IpPrefix, IpInfo>,
+    ) -> Option<Delta> {
+        if !self.clean || !self.warnings.is_empty() {
+            return None;
+        }
+        let is_local = |pod: &Pod| pod.node_name.as_deref().is_none_or(|n| n == node.name);
+        let pod_changes = super::diff(&prev.pods, &input.pods);
+        let ns_changes = super::diff(&prev.namespaces, &input.namespaces);
+
+        // The groups whose members change, with their new members.
+        let mut gone: HashSet<(&str, &str)> = HashSet::new();
+        let mut joining: BTreeMap<GroupKey, Vec<Arc<Pod>>> = BTreeMap::new();
+        for (key, now) in &pod_changes {
+            if let Some(old) = prev.pods.get(key).filter(|p| takes_part(p)) {
+                joining.entry(key_of(old)).or_default();
+                gone.insert((&old.namespace, &old.name));
+            }
+            if let Some(now) = now.as_ref().filter(|p| takes_part(p)) {
+                joining.entry(key_of(now)).or_default().push(now.clone());
+            }
+        }
+        struct Next {
+            slot: Option<usize>,
+            members: Vec<Arc<Pod>>,
+            local: bool,
+            id: u32,
+            cells: BTreeSet<IpNet>,
+        }
+        let mut next: Vec<(GroupKey, Next)> = Vec::with_capacity(joining.len());
+        for (key, mut members) in joining {
+            let slot = self.index.get(&key).copied();
+            if let Some(s) = slot {
+                members.extend(
+                    self.groups[s].members.iter().filter(|p| !gone.contains(&(&p.namespace, &p.name))).cloned(),
+                );
+                members.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+            }
+            let local = members.iter().any(|p| is_local(p));
+            let cells = members.iter().flat_map(|p| &p.ips).map(|ip| cells.of(*ip)).collect();
+            next.push((key, Next { slot, members, local, id: 0, cells }));
+        }
+
+        // Numbers as `new` gives them: claims first, then from content. A
+        // claim another group holds (not one of these), or any number
+        // taken, would move numbers elsewhere: build anew.
+        let mut freed: HashSet<u32> = HashSet::new();
+        for (_, n) in &next {
+            if let Some(s) = n.slot {
+                freed.insert(self.groups[s].id);
+                freed.extend(self.groups[s].peers.iter().copied());
+            }
+        }
+        let mut taken: HashSet<u32> = HashSet::new();
+        let mut free = |id: u32| {
+            ((!self.group_by_id.contains_key(&id) && !self.peers.contains_key(&id)) || freed.contains(&id))
+                && taken.insert(id)
+        };
+        let mut claims: BTreeMap<u32, (usize, usize)> = BTreeMap::new();
+        for (i, (_, n)) in next.iter().enumerate().filter(|(_, (_, n))| n.local) {
+            if let Some((id, count)) = claim(&n.members, hints) {
+                if claims.get(&id).is_none_or(|&(c, _)| count > c) {
+                    claims.insert(id, (count, i));
+                }
+            }
+        }
+        for (&id, &(_, i)) in &claims {
+            if !free(id) {
+                return None;
+            }
+            next[i].1.id = id;
+        }
+        for (key, n) in next.iter_mut().filter(|(_, n)| n.id == 0 && !n.members.is_empty()) {
+            n.id = ids::fold(content_hash(key));
+            if !free(n.id) {
+                return None;
+            }
+        }
+        for (_, n) in &next {
+            for cell in &n.cells {
+                if !free(ids::fold(addr_hash(n.id, *cell))) {
+                    return None;
+                }
+            }
+        }
+
+        // Addresses: each of these groups' must have one pod claiming it
+        // before and after, and be no node's nor Service's.
+        let mut claims_delta: HashMap<IpAddr, i64> = HashMap::new();
+        for (_, n) in &next {
+            if let Some(s) = n.slot {
+                for ip in self.groups[s].members.iter().flat_map(|p| &p.ips) {
+                    *claims_delta.entry(*ip).or_default() -= 1;
+                }
+            }
+            for ip in n.members.iter().flat_map(|p| &p.ips) {
+                *claims_delta.entry(*ip).or_default() += 1;
+            }
+        }
+        for (ip, d) in &claims_delta {
+            let before = i64::from(self.pod_claims.get(ip).copied().unwrap_or(0));
+            if before > 1 || before + d > 1 || self.node_addrs.contains(ip) || catalog.services_by_ip.contains_key(ip) {
+                return None;
+            }
+        }
+
+        // Apply: namespaces first (groups that change take the new one).
+        let mut delta = Delta { groups: !next.is_empty(), ..Default::default() };
+        let changing: HashSet<&GroupKey> = next.iter().map(|(k, _)| k).collect();
+        for (name, now) in &ns_changes {
+            let ns = now.clone().unwrap_or_else(|| Namespace::implicit(name).into());
+            let from = GroupKey { namespace: name.clone(), labels: Labels::new(), ports: Vec::new() };
+            let slots: Vec<usize> = self
+                .index
+                .range(from..)
+                .take_while(|(k, _)| &k.namespace == name)
+                .filter(|(k, _)| !changing.contains(k))
+                .map(|(_, &s)| s)
+                .collect();
+            for s in slots {
+                delta.before.push(self.seen(s));
+                self.groups[s].ns = ns.clone();
+                delta.after.push(self.seen(s));
+            }
+        }
+        // Every old number leaves before a new one comes (a group may take
+        // over another's).
+        for (key, n) in &next {
+            let Some(s) = n.slot else { continue };
+            delta.before.push(self.seen(s));
+            let g = &mut self.groups[s];
+            if g.local {
+                delta.local_namespaces.insert(key.namespace.clone());
+                if let Some(list) = self.local_by_ns.get_mut(&key.namespace) {
+                    list.retain(|&x| x != s);
+                    if list.is_empty() {
+                        self.local_by_ns.remove(&key.namespace);
+                    }
+                }
+            }
+            self.group_by_id.remove(&g.id);
+            catalog.identities.remove(&g.id);
+            for id in std::mem::take(&mut g.peers) {
+                self.peers.remove(&id);
+                catalog.identities.remove(&id);
+            }
+            g.members.clear();
+            g.local = false;
+            if n.members.is_empty() {
+                self.index.remove(key);
+                self.free.push(s);
+            }
+        }
+        let mut owned: HashMap<IpAddr, (u32, Arc<Pod>)> = HashMap::new();
+        for (key, n) in next {
+            if n.members.is_empty() {
+                continue;
+            }
+            let ns = input
+                .namespaces
+                .get(&key.namespace)
+                .cloned()
+                .unwrap_or_else(|| Namespace::implicit(&key.namespace).into());
+            let s = match n.slot.or_else(|| self.free.pop()) {
+                Some(s) => s,
+                None => {
+                    self.groups.push(Group {
+                        key: key.clone(),
+                        ns: ns.clone(),
+                        members: vec![],
+                        local: false,
+                        id: 0,
+                        peers: vec![],
+                    });
+                    self.groups.len() - 1
+                }
+            };
+            catalog.identities.insert(n.id, pod_info(&key));
+            let mut peers = Vec::with_capacity(n.cells.len());
+            for cell in &n.cells {
+                let id = ids::fold(addr_hash(n.id, *cell));
+                self.peers.insert(id, PeerIdentity { id, kind: PeerKind::Pod(s), cell: *cell });
+                catalog.identities.insert(id, IdentityInfo::Address { pod: n.id, cell: *cell });
+                peers.push(id);
+            }
+            for pod in &n.members {
+                for ip in &pod.ips {
+                    owned.insert(*ip, (ids::fold(addr_hash(n.id, cells.of(*ip))), pod.clone()));
+                }
+            }
+            self.group_by_id.insert(n.id, s);
+            self.index.insert(key.clone(), s);
+            if n.local {
+                delta.local_namespaces.insert(key.namespace.clone());
+            }
+            self.groups[s] = Group { key, ns, members: n.members, local: n.local, id: n.id, peers };
+            if n.local {
+                let groups = &self.groups;
+                let list = self.local_by_ns.entry(groups[s].key.namespace.clone()).or_default();
+                list.push(s);
+                list.sort_by(|&a, &b| groups[a].key.cmp(&groups[b].key));
+            }
+            delta.after.push(self.seen(s));
+        }
+
+        // The addresses of the groups that changed: owned by the one pod
+        // that claims each, if any.
+        for (ip, d) in claims_delta {
+            let count = i64::from(self.pod_claims.get(&ip).copied().unwrap_or(0)) + d;
+            if count > 0 {
+                self.pod_claims.insert(ip, count as u32);
+            } else {
+                self.pod_claims.remove(&ip);
+            }
+            let prefix = IpPrefix::from_net(IpNet::from(ip));
+            let had = ips.get(&prefix).copied();
+            match owned.remove(&ip) {
+                Some((id, pod)) => {
+                    self.addr_owner.insert(ip, id);
+                    catalog.pods_by_ip.insert(ip, pod);
+                    ips.insert(prefix, IpInfo { identity: id, flags: 0, ifindex: 0 });
+                }
+                None => {
+                    self.addr_owner.remove(&ip);
+                    catalog.pods_by_ip.remove(&ip);
+                    // A cell as long as an address is the address's again.
+                    let net = IpNet::from(ip);
+                    if cells.all.contains(&net) {
+                        ips.insert(prefix, IpInfo { identity: ids::fold(cidr_hash(net)), flags: 0, ifindex: 0 });
+                    } else {
+                        ips.remove(&prefix);
+                    }
+                }
+            }
+            delta.ips |= ips.get(&prefix) != had.as_ref();
+        }
+        Some(delta)
+    }
+
+    /// Whether no number was probed past a collision (see `clean`).
+    pub fn clean(&self) -> bool {
+        self.clean
+    }
+
+    /// Group `s` as selectors see it.
+    fn seen(&self, s: usize) -> Seen {
+        let g = &self.groups[s];
+        Seen {
+            namespace: g.key.namespace.clone(),
+            ns: g.ns.clone(),
+            labels: g.key.labels.clone(),
+            peers: g.peers.iter().map(|id| (*id, self.peers[id].cell)).collect(),
+        }
     }
 
     /// What each number stands for, and who owns each address.
     pub fn catalog(&self, node: &Node, catalog: &mut Catalog) {
         catalog.identities.clear();
         catalog.pods_by_ip.clear();
-        for g in &self.groups {
-            let info = IdentityInfo::Pod { namespace: g.key.namespace.clone(), labels: g.key.labels.clone() };
-            catalog.identities.insert(g.id, info);
+        for g in self.groups.iter().filter(|g| !g.members.is_empty()) {
+            catalog.identities.insert(g.id, pod_info(&g.key));
         }
-        for p in &self.peers {
+        for p in self.peers.values() {
             let info = match p.kind {
                 PeerKind::Pod(gi) => IdentityInfo::Address { pod: self.groups[gi].id, cell: p.cell },
                 PeerKind::Host => IdentityInfo::Host { cell: p.cell },
@@ -264,7 +582,7 @@ impl Identities {
             };
             catalog.identities.insert(p.id, info);
         }
-        for (ip, &pi) in &self.addr_owner {
+        for (ip, pi) in &self.addr_owner {
             if let PeerKind::Pod(gi) = self.peers[pi].kind
                 && let Some(pod) = self.groups[gi].members.iter().find(|p| p.ips.contains(ip))
             {
@@ -285,13 +603,13 @@ impl Identities {
         warnings: &mut Vec<String>,
     ) -> BTreeMap<IpPrefix, IpInfo> {
         let mut out = BTreeMap::new();
-        for p in &self.peers {
+        for p in self.peers.values() {
             if p.kind == PeerKind::Cidr {
                 out.insert(IpPrefix::from_net(p.cell), IpInfo { identity: p.id, flags: 0, ifindex: 0 });
             }
         }
         for (ip, &pi) in &self.addr_owner {
-            let info = IpInfo { identity: self.peers[pi].id, flags: 0, ifindex: 0 };
+            let info = IpInfo { identity: pi, flags: 0, ifindex: 0 };
             out.insert(IpPrefix::from_net(IpNet::from(*ip)), info);
         }
         // Service cluster IPs keep the identity of the cell they are in (no
@@ -299,7 +617,7 @@ impl Identities {
         // one is judged after kube-proxy has picked the backend.
         catalog.services_by_ip.clear();
         let cidr_ids: HashMap<IpNet, u32> =
-            self.peers.iter().filter(|p| p.kind == PeerKind::Cidr).map(|p| (p.cell, p.id)).collect();
+            self.peers.values().filter(|p| p.kind == PeerKind::Cidr).map(|p| (p.cell, p.id)).collect();
         for svc in input.services.values() {
             for ip in &svc.cluster_ips {
                 if self.addr_owner.contains_key(ip) {
@@ -322,12 +640,49 @@ impl Identities {
     /// no node yet), by group then pod.
     pub fn local<'a>(&'a self, node: &'a Node) -> impl Iterator<Item = (usize, &'a Arc<Pod>)> + 'a {
         let is_local = |pod: &Pod| pod.node_name.as_deref().is_none_or(|n| n == node.name);
-        self.groups
-            .iter()
-            .enumerate()
-            .filter(|(_, g)| g.local)
-            .flat_map(move |(gi, g)| g.members.iter().filter(move |p| is_local(p)).map(move |p| (gi, p)))
+        self.local_by_ns
+            .values()
+            .flatten()
+            .flat_map(move |&gi| self.groups[gi].members.iter().filter(move |p| is_local(p)).map(move |p| (gi, p)))
     }
+}
+
+/// The number most of `members` had (the smaller on a tie), and how many
+/// had it.
+fn claim(members: &[Arc<Pod>], hints: &Hints) -> Option<(u32, usize)> {
+    let mut votes: BTreeMap<u32, usize> = BTreeMap::new();
+    for p in members {
+        if let Some(&n) = hints.get(&(p.namespace.clone(), p.name.clone())).filter(|&&n| n >= ids::FIRST_DYNAMIC) {
+            *votes.entry(n).or_default() += 1;
+        }
+    }
+    // max_by_key keeps the last maximum: iterate numbers downwards so a tie
+    // goes to the smaller number.
+    votes.iter().rev().max_by_key(|(_, c)| **c).map(|(&n, &c)| (n, c))
+}
+
+/// The number a pod address in `cell` of local identity `group` derives from.
+fn addr_hash(group: u32, cell: IpNet) -> u64 {
+    ids::hash_parts(&[b"addr", &group.to_be_bytes(), &net_bytes(cell)])
+}
+
+/// The number a cell's identity derives from.
+fn cidr_hash(cell: IpNet) -> u64 {
+    ids::hash_parts(&[b"cidr", &net_bytes(cell)])
+}
+
+fn key_of(pod: &Pod) -> GroupKey {
+    GroupKey { namespace: pod.namespace.clone(), labels: pod.labels.clone(), ports: pod.ports.clone() }
+}
+
+fn pod_info(key: &GroupKey) -> IdentityInfo {
+    IdentityInfo::Pod { namespace: key.namespace.clone(), labels: key.labels.clone() }
+}
+
+/// Whether a pod has a local identity: running (not terminated), with
+/// addresses, in the pod network (host-network pods are node addresses).
+fn takes_part(pod: &Pod) -> bool {
+    !pod.terminated && !pod.host_network && !pod.ips.is_empty()
 }
 
 /// An address block as bytes, for hashing.

@@ -19,8 +19,19 @@ pub(super) fn fnv1a(bytes: &[u8]) -> u64 {
     h
 }
 
+#[cfg(test)]
+thread_local! {
+    /// Tests: when set, numbers fold into this many values (collisions
+    /// become common).
+    pub(super) static SPACE: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
 pub(super) fn fold(h: u64) -> u32 {
     let v = (h ^ (h >> 32)) as u32;
+    #[cfg(test)]
+    if let n @ 1.. = SPACE.with(|s| s.get()) {
+        return FIRST_DYNAMIC + v % n;
+    }
     if v < FIRST_DYNAMIC { v + FIRST_DYNAMIC } else { v }
 }
 

@@ -7,10 +7,10 @@
 //! so the kernel only looks entries up.
 //!
 //! [`Compiler`] keeps each step's results and, given the next state,
-//! recomputes only what the change touches: identities when pods,
-//! namespaces, cells or the node changed; a policy's entries when the
-//! policy, its rule numbers, the local identities it selects or the peers
-//! its rules admit changed. It also says which policy entries changed, so a
+//! recomputes only what the change touches: identities where pods or
+//! namespaces changed (whole when cells or the node did); a policy's
+//! entries when the policy, its rule numbers, the local identities it
+//! selects or the peers its rules admit changed. It also says which policy entries changed, so a
 //! sync writes them without comparing the whole map. [`compile`] is the
 //! same compiler from nothing: the output of a change is, by construction
 //! and by test, the output of compiling the new state from scratch.
@@ -95,6 +95,8 @@ pub struct Compiler {
     node_peers: bool,
     /// The ClusterNetworkPolicy tiers' part of the output.
     tiered: tiers::Tiered,
+    /// How many compiles built identities whole (tests).
+    whole_builds: usize,
     out: Compiled,
     changes: Changes,
 }
@@ -153,26 +155,36 @@ impl Compiler {
         };
         let cells = self.cells.as_ref().expect("cells");
 
-        // Identities, rebuilt whole when anything they stand for changed.
+        // Identities: built whole when the cells, the node or the Node
+        // objects that have identities changed (or the hints, after a
+        // probed number); else updated where pods and namespaces changed.
         let hints = if first { self.seed.clone() } else { hints_of(&self.out) };
-        let rebuilt = !pods_same
-            || !namespaces_same
-            || cells_changed
+        let mut whole = cells_changed
             || !node_same
             || !node_peers_same
-            || self.hints_used.as_ref() != Some(&hints)
-            || self.ids.is_none();
-        if rebuilt {
+            || self.ids.is_none()
+            || (self.hints_used.as_ref() != Some(&hints) && !self.ids.as_ref().is_some_and(|i| i.clean()));
+        let mut delta = None;
+        if !whole && (!pods_same || !namespaces_same) {
+            let ids = self.ids.as_mut().expect("identities");
+            delta = ids.update(prev, input, node, cells, &hints, &mut self.out.catalog, &mut self.out.ips);
+            whole = delta.is_none();
+        }
+        let rebuilt = whole || delta.is_some();
+        if whole {
+            self.whole_builds += 1;
             let ids = Identities::new(input, node, cells, &hints, node_peers);
             ids.catalog(node, &mut self.out.catalog);
             self.warnings.0 = ids.warnings.clone();
             self.resolver.clear();
             self.ids = Some(ids);
-            self.hints_used = Some(hints);
+        } else if let Some(delta) = &delta {
+            self.resolver.apply(delta);
         }
+        self.hints_used = Some(hints);
         let ids = self.ids.as_ref().expect("identities");
-        let mut ips_changed = first;
-        if rebuilt || !services_same {
+        let mut ips_changed = first || delta.as_ref().is_some_and(|d| d.ips);
+        if whole || !services_same {
             self.warnings.1.clear();
             let ips = ids.address_entries(input, cells, &mut self.out.catalog, &mut self.warnings.1);
             ips_changed |= ips != self.out.ips;
@@ -251,18 +263,25 @@ impl Compiler {
 
         // Parts to bring up to date: new and changed policies, and when
         // identities changed, every policy that selects or selected a
-        // local identity.
+        // local identity (after an update: in a namespace whose local
+        // identities changed).
         let mut visit: BTreeSet<PolicyName> = forced.clone();
         if rebuilt {
             visit.extend(self.selecting.iter().cloned());
-            for ns in ids.local_by_ns.keys() {
+            let namespaces: Vec<&String> = match &delta {
+                Some(d) => d.local_namespaces.iter().collect(),
+                None => ids.local_by_ns.keys().collect(),
+            };
+            for ns in namespaces {
                 let from = (ns.clone(), String::new());
                 visit.extend(input.policies.range(from..).take_while(|((n, _), _)| n == ns).map(|(k, _)| k.clone()));
             }
         }
+        // Entries to a named port depend on every pod peer's ports.
+        let groups_changed = whole || delta.as_ref().is_some_and(|d| d.groups);
         for name in &visit {
             let part = self.parts.get_mut(name).expect("a part for every policy");
-            let force = forced.contains(name) || (rebuilt && part.named_egress());
+            let force = forced.contains(name) || (groups_changed && part.named_egress());
             if let Some(old) = part.update(ids, &mut self.resolver, force) {
                 for (prefix, ri) in &old {
                     // A forced part's old entries left above (changed
@@ -309,7 +328,7 @@ impl Compiler {
                 .rules
                 .insert(RULE_HOST, RuleInfo { policy: None, direction: Direction::Ingress, index: 0, cluster: None });
             let hosts: Vec<u32> =
-                ids.peers.iter().filter(|p| p.kind == identities::PeerKind::Host).map(|p| p.id).collect();
+                ids.peers.values().filter(|p| p.kind == identities::PeerKind::Host).map(|p| p.id).collect();
             for (&gi, f) in &flags {
                 if f & EP_INGRESS_ISOLATED != 0 {
                     for &h in &hosts {
@@ -340,7 +359,7 @@ impl Compiler {
             || !cluster_same
             || !nodes_same
             || self.node.as_ref() != Some(node);
-        if anything {
+        if anything && (!input.cluster_policies.is_empty() || self.tiered != tiers::Tiered::default()) {
             let np = self.np_entries_of_tiered(input, ids);
             let taken: BTreeSet<u32> =
                 self.out.catalog.rules.iter().filter(|(_, r)| r.cluster.is_none()).map(|(id, _)| *id).collect();
@@ -580,6 +599,69 @@ mod tests {
         let relabelled_ns = compiler.compile(&cluster("app: client, probe: 'yes'", "team: other"), &node()).clone();
         assert_eq!(identity_of(&relabelled_ns, "client"), client);
         assert_eq!(compiler.changes().policy.as_ref().map(BTreeSet::len), Some(0));
+    }
+
+    /// The cluster with `edit` applied to its pods and namespaces.
+    fn edited(base: &Input, edit: usize) -> Arc<Input> {
+        fn key(name: &str) -> (String, String) {
+            ("a".to_string(), name.to_string())
+        }
+        fn pod(input: &mut Input, name: &str, f: &dyn Fn(&mut crate::policy::Pod)) {
+            if let Some(p) = input.pods.get(&key(name)) {
+                let mut p = (**p).clone();
+                f(&mut p);
+                input.pods.insert(key(name), Arc::new(p));
+            }
+        }
+        let mut input = base.clone();
+        match edit % 7 {
+            0 => pod(&mut input, "client", &|p| drop(p.labels.insert("probe".into(), "yes".into()))),
+            1 => pod(&mut input, "client", &|p| drop(p.labels.remove("probe"))),
+            2 => pod(&mut input, &format!("peer-{}", edit % 20), &|p| {
+                drop(p.labels.insert("app".into(), "server".into()))
+            }),
+            3 => drop(input.pods.remove(&key(&format!("peer-{}", edit % 20)))),
+            4 => {
+                let mut p = (*input.pods[&key("server")]).clone();
+                p.name = format!("server-{edit}");
+                p.ips = vec![format!("10.0.2.{}", edit % 250).parse().unwrap()];
+                input.pods.insert(key(&p.name.clone()), Arc::new(p));
+            }
+            5 => {
+                let mut ns = (*input.namespaces["a"]).clone();
+                ns.labels.insert("team".into(), format!("t{}", edit % 3));
+                input.namespaces.insert("a".into(), Arc::new(ns));
+            }
+            _ => pod(&mut input, "server", &|p| p.node_name = Some(if edit % 2 == 0 { "other" } else { NODE }.into())),
+        }
+        Arc::new(input)
+    }
+
+    #[test]
+    fn pod_and_namespace_changes_update_identities_in_place_as_a_compile_from_scratch_would() {
+        // The real number space, then small ones where numbers collide
+        // (a collision falls back to building whole).
+        for space in [0, 4096, 61] {
+            ids::SPACE.with(|s| s.set(space));
+            let mut compiler = Compiler::default();
+            let mut input = cluster("app: client", "team: x");
+            let mut prev = compiler.compile(&input, &node()).clone();
+            for step in 0..60 {
+                input = edited(&input, step);
+                let hints = hints_of(&prev);
+                let builds = compiler.whole_builds;
+                let out = compiler.compile(&input, &node()).clone();
+                assert_eq!(out, compile_with_hints(&input, &node(), &hints), "space {space}, step {step}");
+                if space == 0 {
+                    assert_eq!(compiler.whole_builds, builds, "step {step} updated identities in place");
+                }
+                prev = out;
+            }
+            if space == 61 {
+                assert!(compiler.whole_builds > 1, "collisions build whole");
+            }
+        }
+        ids::SPACE.with(|s| s.set(0));
     }
 
     #[test]

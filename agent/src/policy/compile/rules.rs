@@ -5,13 +5,13 @@
 //! its rule numbers, the local identities it selects and the peers its rules
 //! admit: when none of those changed, its entries are reused as they are.
 
-use super::identities::{Identities, PeerKind};
+use super::identities::{Delta, Identities, PeerKind, Seen};
 use super::{ids, ports};
 use crate::policy::compiled::PolicyPrefix;
 use crate::policy::model::{Direction, NamedPort, NamespaceMatch, Peer, Policy, PortMatch, Rule, Selector, named_port};
 use ipnet::IpNet;
 use palisade_common::{PEER_ANY, POLICY_PREFIX_ANY_PROTO, POLICY_PREFIX_PROTO, PolicyKey};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 /// A policy by (namespace, name).
@@ -163,6 +163,26 @@ impl Resolver {
         self.blocks.clear();
     }
 
+    /// Brings every set up to date with an identities update: the peers
+    /// of groups as they were leave the sets they matched, then those of
+    /// groups as they are join the sets they match.
+    pub fn apply(&mut self, delta: &Delta) {
+        for ((own, namespaces, pods), set) in self.pods.iter_mut() {
+            let matches = |g: &Seen| {
+                let ns_ok = match namespaces {
+                    NamespaceMatch::Own => g.namespace == *own,
+                    NamespaceMatch::Selector(sel) => sel.matches(&g.ns.labels),
+                };
+                ns_ok && pods.matches(&g.labels)
+            };
+            update_set(set, delta, |g, _| matches(g));
+        }
+        for ((cidr, except), set) in self.blocks.iter_mut() {
+            let inside = |c: &IpNet| cidr.contains(c) && !except.iter().any(|e| e.contains(c));
+            update_set(set, delta, |_, cell| inside(cell));
+        }
+    }
+
     /// The peer identities a rule's `from`/`to` admits.
     fn peers(&mut self, rule: &Rule, policy: &Policy, ids: &Identities) -> PeerSet {
         if rule.peers.is_empty() {
@@ -199,7 +219,7 @@ impl Resolver {
                     .entry((*cidr, except.clone()))
                     .or_insert_with(|| {
                         let inside = |c: &IpNet| cidr.contains(c) && !except.iter().any(|e| e.contains(c));
-                        Arc::new(ids.peers.iter().filter(|p| inside(&p.cell)).map(|p| p.id).collect())
+                        Arc::new(ids.peers.values().filter(|p| inside(&p.cell)).map(|p| p.id).collect())
                     })
                     .clone(),
             };
@@ -214,6 +234,24 @@ impl Resolver {
         }
         PeerSet::Some(Arc::new(all))
     }
+}
+
+/// Takes the matching peers of `delta`'s groups out of `set`, then puts
+/// those of the groups as they are in; the set is copied only if it changes.
+fn update_set(set: &mut Arc<BTreeSet<u32>>, delta: &Delta, matches: impl Fn(&Seen, &IpNet) -> bool) {
+    let into = delta.after.iter().flat_map(|g| g.peers.iter().filter(|(_, c)| matches(g, c)).map(|(id, _)| *id));
+    let into: HashSet<u32> = into.collect();
+    let out = delta.before.iter().flat_map(|g| g.peers.iter().filter(|(_, c)| matches(g, c)).map(|(id, _)| *id));
+    let out: Vec<u32> = out.filter(|id| !into.contains(id) && set.contains(id)).collect();
+    let add: Vec<u32> = into.into_iter().filter(|id| !set.contains(id)).collect();
+    if out.is_empty() && add.is_empty() {
+        return;
+    }
+    let set = Arc::make_mut(set);
+    for id in out {
+        set.remove(&id);
+    }
+    set.extend(add);
 }
 
 pub(super) fn entry(local: u32, dir: Direction, peer: u32, port: Option<(u8, Option<(u16, u32)>)>) -> PolicyPrefix {
@@ -283,10 +321,8 @@ fn expand(
                 }
                 Direction::Egress => {
                     let candidates: Box<dyn Iterator<Item = &super::identities::PeerIdentity>> = match peer_set {
-                        PeerSet::Any => Box::new(ids.peers.iter()),
-                        PeerSet::Some(s) => {
-                            Box::new(s.iter().filter_map(|p| ids.peer_by_id.get(p).map(|&i| &ids.peers[i])))
-                        }
+                        PeerSet::Any => Box::new(ids.peers.values()),
+                        PeerSet::Some(s) => Box::new(s.iter().filter_map(|p| ids.peers.get(p))),
                     };
                     for p in candidates {
                         let PeerKind::Pod(gi) = p.kind else { continue };

@@ -158,7 +158,7 @@ impl<'a> Resolver<'a> {
                 let own =
                     sel.is_empty() || ids.nodes.iter().any(|n| n.name == self.node.name && sel.matches(&n.labels));
                 ids.peers
-                    .iter()
+                    .values()
                     .filter(|p| match p.kind {
                         PeerKind::Node(ni) => sel.matches(&ids.nodes[ni].labels),
                         PeerKind::Host => own,
@@ -169,7 +169,7 @@ impl<'a> Resolver<'a> {
             }
             ClusterPeer::Networks(nets) => {
                 let nets: Vec<_> = nets.iter().map(|n| n.trunc()).collect();
-                ids.peers.iter().filter(|p| nets.iter().any(|n| n.contains(&p.cell))).map(|p| p.id).collect()
+                ids.peers.values().filter(|p| nets.iter().any(|n| n.contains(&p.cell))).map(|p| p.id).collect()
             }
             ClusterPeer::Unsupported(_) => BTreeSet::new(),
         };
@@ -293,7 +293,7 @@ pub(super) fn resolve(
             (p.as_ref(), cs.collect())
         })
         .collect();
-    let hosts: BTreeSet<u32> = ids.peers.iter().filter(|p| p.kind == PeerKind::Host).map(|p| p.id).collect();
+    let hosts: BTreeSet<u32> = ids.peers.values().filter(|p| p.kind == PeerKind::Host).map(|p| p.id).collect();
 
     for (gi, g) in ids.groups.iter().enumerate().filter(|(_, g)| g.local) {
         for dir in [Direction::Ingress, Direction::Egress] {
@@ -357,8 +357,8 @@ impl Pair<'_> {
         let group = match self.dir {
             Direction::Ingress => Some(self.local),
             Direction::Egress => peer
-                .and_then(|p| self.ids.peer_by_id.get(&p))
-                .and_then(|&i| if let PeerKind::Pod(gi) = self.ids.peers[i].kind { Some(gi) } else { None }),
+                .and_then(|p| self.ids.peers.get(&p))
+                .and_then(|p| if let PeerKind::Pod(gi) = p.kind { Some(gi) } else { None }),
         };
         let Some(gi) = group else { return vec![] };
         self.ids.groups[gi]
@@ -481,7 +481,7 @@ impl Pair<'_> {
         let matched = self.clauses.iter().enumerate().filter(|(_, (_, c))| c.peers.matches(Some(peer))).map(|(i, _)| i);
         let np = self.np.by_peer.contains_key(&peer).then_some(peer);
         let host = self.hosts.is_some_and(|h| h.contains(&peer));
-        let group = match self.ids.peer_by_id.get(&peer).map(|&i| self.ids.peers[i].kind) {
+        let group = match self.ids.peers.get(&peer).map(|p| p.kind) {
             Some(PeerKind::Pod(gi)) if self.dir == Direction::Egress => Some(gi),
             _ => None,
         };
@@ -499,7 +499,7 @@ impl Pair<'_> {
         let mut memo: HashMap<Signature, Runs> = HashMap::new();
         let general = Arc::new(general);
         let mut by_peer: Vec<(u32, Runs)> = Vec::with_capacity(self.ids.peers.len());
-        for p in &self.ids.peers {
+        for p in self.ids.peers.values() {
             let runs = if specific.contains(&p.id) {
                 memo.entry(self.signature(p.id)).or_insert_with(|| Arc::new(self.runs(&self.items(Some(p.id))))).clone()
             } else {
