@@ -300,9 +300,8 @@ impl Identities {
     /// numbers. The result is what [`Identities::new`] gives for `input`
     /// and `hints`; where that cannot be shown locally (a number would
     /// collide or was probed, an address is contested, a node's or a
-    /// Service's), it returns None and changes nothing: build anew.
-    /// `services`: the Services did not change (else the caller redoes the
-    /// address map).
+    /// Service's), it returns None and changes nothing: build anew. (When
+    /// Services changed too, the caller redoes the address map.)
     #[allow(clippy::too_many_arguments)]
     pub fn update(
         &mut self,
@@ -371,10 +370,10 @@ impl Identities {
         };
         let mut claims: BTreeMap<u32, (usize, usize)> = BTreeMap::new();
         for (i, (_, n)) in next.iter().enumerate().filter(|(_, (_, n))| n.local) {
-            if let Some((id, count)) = claim(&n.members, hints) {
-                if claims.get(&id).is_none_or(|&(c, _)| count > c) {
-                    claims.insert(id, (count, i));
-                }
+            if let Some((id, count)) = claim(&n.members, hints)
+                && claims.get(&id).is_none_or(|&(c, _)| count > c)
+            {
+                claims.insert(id, (count, i));
             }
         }
         for (&id, &(_, i)) in &claims {

@@ -632,7 +632,9 @@ mod tests {
                 ns.labels.insert("team".into(), format!("t{}", edit % 3));
                 input.namespaces.insert("a".into(), Arc::new(ns));
             }
-            _ => pod(&mut input, "server", &|p| p.node_name = Some(if edit % 2 == 0 { "other" } else { NODE }.into())),
+            _ => pod(&mut input, "server", &|p| {
+                p.node_name = Some(if edit.is_multiple_of(2) { "other" } else { NODE }.into())
+            }),
         }
         Arc::new(input)
     }
