@@ -107,6 +107,9 @@ pub struct FileSource {
     walk_next: bool,
     /// A copy of `input` made ahead ([`FileSource::prepare_next`]).
     spare: Option<Input>,
+    /// Walks of the directory so far.
+    #[cfg(test)]
+    pub(super) walks: usize,
 }
 
 /// What a path named by the watcher now is.
@@ -256,6 +259,8 @@ impl FileSource {
             listing: Listing::default(),
             walk_next: true,
             spare: None,
+            #[cfg(test)]
+            walks: 0,
         }
     }
 
@@ -322,6 +327,10 @@ impl FileSource {
     /// Walks the whole directory, reads the files that changed and returns
     /// the whole current state.
     pub fn load(&mut self) -> Snapshot {
+        #[cfg(test)]
+        {
+            self.walks += 1;
+        }
         let first = !self.loaded_once;
         self.loaded_once = true;
         let listing = match self.check.then(|| trust::check_dir(&self.dir)) {

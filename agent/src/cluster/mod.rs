@@ -111,10 +111,18 @@ impl Source {
         let source = files::FileSource::enforcing(&dir, &opts)?;
         let noted = Arc::new(Mutex::new(Noted { paths: Vec::new(), all: true }));
         let to_note = noted.clone();
-        let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        // The watcher names paths under the directory made absolute: named
+        // again under `dir` as given, they are the paths the source lists.
+        let (absolute, given) = (std::path::absolute(&dir)?, dir.clone());
+        let mut watcher = notify::recommended_watcher(move |mut res: notify::Result<notify::Event>| {
             // Our own reads of the directory raise access events; waking on
             // them would resync in a loop.
             if !matches!(&res, Ok(ev) if ev.kind.is_access()) {
+                for p in res.iter_mut().flat_map(|ev| ev.paths.iter_mut()) {
+                    if let Ok(rel) = p.strip_prefix(&absolute) {
+                        *p = given.join(rel);
+                    }
+                }
                 to_note.lock().expect("noted lock").note(&res);
                 wake();
             }
@@ -258,7 +266,15 @@ mod tests {
         let wake: Wake = Arc::new(move || {
             let _ = tx.send(());
         });
-        let mut source = Source::start(Some(d.clone()), files::Options::default(), wake).await.unwrap();
+        // Named relative to the working directory (the watcher names
+        // absolute paths).
+        let up: PathBuf = std::env::current_dir().unwrap().components().skip(1).map(|_| "..").collect();
+        let relative = up.join(d.strip_prefix("/").unwrap());
+        let mut source = Source::start(Some(relative), files::Options::default(), wake).await.unwrap();
+        let walks = |s: &Source| match s {
+            Source::Files { source, .. } => source.walks,
+            Source::Kube(_) => unreachable!(),
+        };
         let names = |s: &Snapshot| s.input.policies.keys().map(|(_, n)| n.clone()).collect::<Vec<_>>();
         assert_eq!(names(&source.load()), ["a"]);
         let settle = async |woken: &mut tokio::sync::mpsc::UnboundedReceiver<()>| {
@@ -270,11 +286,15 @@ mod tests {
             settle(&mut woken).await;
             assert_eq!(names(&source.load()), want);
         }
+        assert_eq!(walks(&source), 1, "a named file is read without a walk");
         std::fs::remove_file(d.join("a.yaml")).unwrap();
         std::fs::create_dir(d.join("sub")).unwrap();
         std::fs::write(d.join("sub/d.yaml"), policy("d")).unwrap();
         settle(&mut woken).await;
         assert_eq!(names(&source.load()), ["b", "c", "d"]);
+        assert_eq!(walks(&source), 2, "a new directory is walked");
+        assert_eq!(names(&source.load_walking(true)), ["b", "c", "d"]);
+        assert_eq!(walks(&source), 3);
         std::fs::remove_dir_all(&d).unwrap();
     }
 }
