@@ -324,7 +324,7 @@ impl Agent {
     /// when something failed and the pass should be retried.
     async fn pass(&mut self, forced: bool) -> bool {
         let started = Instant::now();
-        let loaded = self.load().await;
+        let loaded = self.load(forced).await;
         let load_time = started.elapsed();
         // Links and routes churn (addresses settling, other interfaces):
         // when neither they nor the input changed and the kernel took the
@@ -375,9 +375,10 @@ impl Agent {
     }
 
     /// The cluster state and a complete view of the node's interfaces
-    /// (else the last complete one, and why).
-    async fn load(&mut self) -> Loaded {
-        let snap = self.source.load();
+    /// (else the last complete one, and why). `walk`: the source reads all
+    /// of its state, not just what it was told changed.
+    async fn load(&mut self, walk: bool) -> Loaded {
+        let snap = self.source.load_walking(walk);
         let (version, stale) = (self.source.loaded_version(), self.source.stale());
         let (ifaces, ifaces_error) =
             match netlink::discover(&self.handle, &self.in_force, self.opts.interfaces_fault.as_deref()).await {

@@ -23,8 +23,13 @@ const PORT_LABEL: u16 = 7011;
 const PORT_RESTART: u16 = 7012;
 const PORT_COLD: u16 = 7013;
 const PORT_BURST: u16 = 7014;
+const PORT_POD: u16 = 7015;
+const PORT_NS: u16 = 7016;
 /// Policies in a burst, one file each, written at once.
 pub const BURST: usize = 1000;
+/// The added pod's addresses (next to the client's and the server's).
+const ADDED_IPS: (std::net::Ipv4Addr, std::net::Ipv6Addr) =
+    (std::net::Ipv4Addr::new(10, 200, 0, 4), std::net::Ipv6Addr::new(0xfd00, 0x200, 0, 0, 0, 0, 0, 4));
 const INTERVAL: Duration = Duration::from_micros(500);
 const QUIET: Duration = Duration::from_millis(400);
 const TIMEOUT: Duration = Duration::from_secs(120);
@@ -38,10 +43,21 @@ pub struct PointResult {
     pub policy_removed_ms: Sample,
     pub label_added_ms: Sample,
     pub label_removed_ms: Sample,
+    /// A local pod added to the manifests (its interface already there),
+    /// then deleted: its peer admits it, then no longer.
+    pub pod_added_ms: Sample,
+    pub pod_deleted_ms: Sample,
+    /// The local pods' namespace labelled, then unlabelled: a policy
+    /// admits peers from namespaces with that label.
+    pub namespace_label_added_ms: Sample,
+    pub namespace_label_removed_ms: Sample,
     /// [`BURST`] policies written at once (one file each): from the first
     /// write to the last one in force, then all removed.
     pub burst_added_ms: Sample,
     pub burst_removed_ms: Sample,
+    /// How long writing the burst's files took (the bench's own share of
+    /// `burst_added_ms`).
+    pub burst_written_ms: Sample,
     /// Agent restarted with a change made while it was down: spawn to the
     /// change in force.
     pub restart_ms: Sample,
@@ -74,6 +90,15 @@ pub struct ChangeBreakdown {
     pub maps_ms: f64,
     pub pass_ms: f64,
     pub first_packet_ms: f64,
+    /// Passes that changed the kernel, from the change written to the
+    /// agent in sync.
+    pub passes: f64,
+}
+
+/// How many passes that changed the kernel the agent has logged.
+fn passes_logged(agent: &Agent) -> usize {
+    let log = std::fs::read_to_string(&agent.stderr).unwrap_or_default();
+    log.lines().filter(|l| l.contains("policy in force")).count()
 }
 
 /// Pass times (load, compile, sync, total; µs) of the agent's last
@@ -94,15 +119,23 @@ fn last_pass(agent: &Agent) -> Option<[f64; 4]> {
     Some([field("load_us")?, field("compile_us")?, field("sync_us")?, field("total_us")?])
 }
 
-/// Collects one change's breakdown per repetition.
+/// Collects one change's breakdown per repetition (and the passes the
+/// agent logged since [`Passes::start`]).
 #[derive(Default)]
-struct Passes(Vec<[f64; 4]>, Vec<f64>);
+struct Passes(Vec<[f64; 4]>, Vec<f64>, Vec<f64>, usize);
 
 impl Passes {
+    /// Before the change is written.
+    fn start(&mut self, agent: &Agent) {
+        self.3 = passes_logged(agent);
+    }
+
+    /// Once the agent is in sync.
     fn note(&mut self, agent: &Agent, first_packet_ms: f64) {
         if let Some(p) = last_pass(agent) {
             self.0.push(p);
             self.1.push(first_packet_ms);
+            self.2.push(passes_logged(agent).saturating_sub(self.3) as f64);
         }
     }
 
@@ -115,6 +148,7 @@ impl Passes {
             maps_ms: med(&|p| p[2]),
             pass_ms: med(&|p| p[3]),
             first_packet_ms: Sample::of(&self.1).median,
+            passes: Sample::of(&self.2).median,
         }
     }
 }
@@ -127,7 +161,30 @@ pub struct Results {
 
 fn gate_policies() -> Vec<Value> {
     let udp = |p: u16| json!([{"protocol": "UDP", "port": p}]);
+    let server = json!({"matchLabels": {"app": "server"}});
+    let egress_to_server = |name: &str, port: u16| {
+        cluster::policy(
+            "ns-0",
+            name,
+            json!({"podSelector": {"matchLabels": {"app": "client"}}, "policyTypes": ["Egress"],
+                   "egress": [{"to": [{"podSelector": server}], "ports": udp(port)}]}),
+        )
+    };
     vec![
+        cluster::policy(
+            "ns-0",
+            "pod-gate-in",
+            json!({"podSelector": server, "policyTypes": ["Ingress"],
+                   "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "client"}}}], "ports": udp(PORT_POD)}]}),
+        ),
+        egress_to_server("pod-gate-out", PORT_POD),
+        cluster::policy(
+            "ns-0",
+            "ns-gate-in",
+            json!({"podSelector": server, "policyTypes": ["Ingress"],
+                   "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"probe-ns": "yes"}}}], "ports": udp(PORT_NS)}]}),
+        ),
+        egress_to_server("ns-gate-out", PORT_NS),
         cluster::policy(
             "ns-0",
             "label-gate-in",
@@ -159,7 +216,8 @@ fn allow_policy(name: &str, port: u16) -> Value {
 }
 
 /// Where an agent's time goes for one change, measured in-process on the
-/// same manifests: (full load, reload after one new file, compile), ms.
+/// same manifests: (full load, reload of one new file named as the
+/// watcher names it, compile), ms.
 fn breakdown(dir: &std::path::Path) -> Result<(f64, f64, f64)> {
     let scratch = dir.with_extension("breakdown");
     let _ = std::fs::remove_dir_all(&scratch);
@@ -171,9 +229,12 @@ fn breakdown(dir: &std::path::Path) -> Result<(f64, f64, f64)> {
     let t = Instant::now();
     let _ = src.load();
     let load = t.elapsed().as_secs_f64() * 1e3;
-    std::fs::write(scratch.join("zz-change.json"), serde_json::to_vec(&allow_policy("zz-change", PORT_ADD))?)?;
+    // As the agent does once a pass is done.
+    src.prepare_next();
+    let changed = scratch.join("zz-change.json");
+    std::fs::write(&changed, serde_json::to_vec(&allow_policy("zz-change", PORT_ADD))?)?;
     let t = Instant::now();
-    let snap = src.load();
+    let snap = src.reload(&[changed]);
     let reload = t.elapsed().as_secs_f64() * 1e3;
     let t = Instant::now();
     let _ = palisade::policy::compile(&snap.input, &cluster::policy_node());
@@ -192,17 +253,42 @@ pub fn run(cfg: &Config) -> Result<Results> {
     let (s4, s6) = cluster::server_ips();
     let client = Pod::create(&node, "pcli", c4, c6)?;
     let server = Pod::create(&node, "psrv", s4, s6)?;
+    let newcomer = Pod::create(&node, "padd", ADDED_IPS.0, ADDED_IPS.1)?;
     let mut out = Results { probe_interval_us: INTERVAL.as_micros() as u64, points: Vec::new() };
     for &(pods, policies) in &cfg.points {
         eprintln!("  programming: {pods} pods, {policies} policies");
-        let r = point(cfg, &node, &client, &server, pods, policies)
+        let r = point(cfg, &node, &client, &server, &newcomer, pods, policies)
             .with_context(|| format!("{pods} pods, {policies} policies"))?;
         out.points.push(r);
     }
     Ok(out)
 }
 
-fn point(cfg: &Config, node: &Node, client: &Pod, server: &Pod, pods: usize, policies: usize) -> Result<PointResult> {
+/// The pod the pod-added measurement adds (its interface is there from the
+/// start, unknown to the agent until its manifest is written).
+fn added_pod(ips: (std::net::Ipv4Addr, std::net::Ipv6Addr)) -> Value {
+    palisade_kit::manifest::pod("ns-0", "added", json!({"app": "client"}), cluster::NODE, ips, &[])
+}
+
+/// The namespaces, `ns-0` labelled for the namespace gate or not.
+fn namespaces(cluster: &Cluster, labelled: bool) -> Value {
+    let mut all = cluster.namespaces.clone();
+    if labelled {
+        all[0]["metadata"]["labels"]["probe-ns"] = json!("yes");
+    }
+    cluster::list(&all)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn point(
+    cfg: &Config,
+    node: &Node,
+    client: &Pod,
+    server: &Pod,
+    newcomer: &Pod,
+    pods: usize,
+    policies: usize,
+) -> Result<PointResult> {
     let cluster = Cluster::new(pods, policies);
     let mut agent = Agent::new(node, "prog")?;
     cluster.write(&agent.state_dir)?;
@@ -242,10 +328,12 @@ fn point(cfg: &Config, node: &Node, client: &Pod, server: &Pod, pods: usize, pol
         let stream = Stream::start(client, server, PORT_ADD, INTERVAL)?;
         std::thread::sleep(Duration::from_millis(50));
         for _ in 0..cfg.reps {
+            p_added.start(&agent);
             let t0 = agent.apply("zz-change.json", &allow_policy("zz-change", PORT_ADD))?;
             added.push(ms(stream.wait_allowed(t0, TIMEOUT)));
             agent.wait_in_sync(TIMEOUT)?;
             p_added.note(&agent, added[added.len() - 1]);
+            p_removed.start(&agent);
             let t0 = agent.remove("zz-change.json")?;
             removed.push(ms(stream.wait_denied(t0, QUIET, TIMEOUT)));
             agent.wait_in_sync(TIMEOUT)?;
@@ -259,10 +347,12 @@ fn point(cfg: &Config, node: &Node, client: &Pod, server: &Pod, pods: usize, pol
         let stream = Stream::start(client, server, PORT_LABEL, INTERVAL)?;
         std::thread::sleep(Duration::from_millis(50));
         for _ in 0..cfg.reps {
+            p_lab.start(&agent);
             let t0 = agent.apply("local-pods.json", &cluster::list(&cluster::local_pods(true)))?;
             lab.push(ms(stream.wait_allowed(t0, TIMEOUT)));
             agent.wait_in_sync(TIMEOUT)?;
             p_lab.note(&agent, lab[lab.len() - 1]);
+            p_unlab.start(&agent);
             let t0 = agent.apply("local-pods.json", &cluster::list(&cluster::local_pods(false)))?;
             unlab.push(ms(stream.wait_denied(t0, QUIET, TIMEOUT)));
             agent.wait_in_sync(TIMEOUT)?;
@@ -270,24 +360,68 @@ fn point(cfg: &Config, node: &Node, client: &Pod, server: &Pod, pods: usize, pol
         }
     }
 
+    // A pod added (its interface was there, unknown), then deleted.
+    let (mut pod_in, mut pod_out) = (Vec::new(), Vec::new());
+    let (mut p_pod_in, mut p_pod_out) = (Passes::default(), Passes::default());
+    {
+        let stream = Stream::start(newcomer, server, PORT_POD, INTERVAL)?;
+        std::thread::sleep(Duration::from_millis(50));
+        for _ in 0..cfg.reps {
+            p_pod_in.start(&agent);
+            let t0 = agent.apply("zz-added-pod.json", &added_pod(ADDED_IPS))?;
+            pod_in.push(ms(stream.wait_allowed(t0, TIMEOUT)));
+            agent.wait_in_sync(TIMEOUT)?;
+            p_pod_in.note(&agent, pod_in[pod_in.len() - 1]);
+            p_pod_out.start(&agent);
+            let t0 = agent.remove("zz-added-pod.json")?;
+            pod_out.push(ms(stream.wait_denied(t0, QUIET, TIMEOUT)));
+            agent.wait_in_sync(TIMEOUT)?;
+            p_pod_out.note(&agent, pod_out[pod_out.len() - 1]);
+        }
+    }
+
+    // The local pods' namespace gains, then loses, probe-ns=yes.
+    let (mut ns_in, mut ns_out) = (Vec::new(), Vec::new());
+    let (mut p_ns_in, mut p_ns_out) = (Passes::default(), Passes::default());
+    {
+        let stream = Stream::start(client, server, PORT_NS, INTERVAL)?;
+        std::thread::sleep(Duration::from_millis(50));
+        for _ in 0..cfg.reps {
+            p_ns_in.start(&agent);
+            let t0 = agent.apply("namespaces.json", &namespaces(&cluster, true))?;
+            ns_in.push(ms(stream.wait_allowed(t0, TIMEOUT)));
+            agent.wait_in_sync(TIMEOUT)?;
+            p_ns_in.note(&agent, ns_in[ns_in.len() - 1]);
+            p_ns_out.start(&agent);
+            let t0 = agent.apply("namespaces.json", &namespaces(&cluster, false))?;
+            ns_out.push(ms(stream.wait_denied(t0, QUIET, TIMEOUT)));
+            agent.wait_in_sync(TIMEOUT)?;
+            p_ns_out.note(&agent, ns_out[ns_out.len() - 1]);
+        }
+    }
+
     // A burst: every policy selects the local pods (each one adds their
-    // entries); the last written lets the probe through, and the source
-    // is read whole each pass, so when it is in force all are.
-    let (mut burst_in, mut burst_out) = (Vec::new(), Vec::new());
+    // entries); the last written lets the probe through, and the agent
+    // reads notified files in the order written, so when it is in force
+    // all are.
+    let (mut burst_in, mut burst_out, mut burst_written) = (Vec::new(), Vec::new(), Vec::new());
     let (mut p_burst_in, mut p_burst_out) = (Passes::default(), Passes::default());
     {
         let stream = Stream::start(client, server, PORT_BURST, INTERVAL)?;
         std::thread::sleep(Duration::from_millis(50));
         let file = |i: usize| format!("zz-burst-{i:04}.json");
         for _ in 0..cfg.reps {
+            p_burst_in.start(&agent);
             let t0 = Instant::now();
             for i in 0..BURST {
                 let port = if i + 1 == BURST { PORT_BURST } else { 20_000 + i as u16 };
                 agent.apply(&file(i), &allow_policy(&format!("zz-burst-{i:04}"), port))?;
             }
+            burst_written.push(ms(Some(t0.elapsed())));
             burst_in.push(ms(stream.wait_allowed(t0, TIMEOUT)));
             agent.wait_in_sync(TIMEOUT)?;
             p_burst_in.note(&agent, burst_in[burst_in.len() - 1]);
+            p_burst_out.start(&agent);
             let t0 = Instant::now();
             for i in 0..BURST {
                 agent.remove(&file(i))?;
@@ -326,8 +460,13 @@ fn point(cfg: &Config, node: &Node, client: &Pod, server: &Pod, pods: usize, pol
         policy_removed_ms: Sample::of(&removed),
         label_added_ms: Sample::of(&lab),
         label_removed_ms: Sample::of(&unlab),
+        pod_added_ms: Sample::of(&pod_in),
+        pod_deleted_ms: Sample::of(&pod_out),
+        namespace_label_added_ms: Sample::of(&ns_in),
+        namespace_label_removed_ms: Sample::of(&ns_out),
         burst_added_ms: Sample::of(&burst_in),
         burst_removed_ms: Sample::of(&burst_out),
+        burst_written_ms: Sample::of(&burst_written),
         restart_ms: Sample::of(&restart),
         cold_ms: Sample::of(&cold),
         cold_status_ms: Sample::of(&cold_status),
@@ -339,6 +478,10 @@ fn point(cfg: &Config, node: &Node, client: &Pod, server: &Pod, pods: usize, pol
             p_removed.breakdown("policy removed"),
             p_lab.breakdown("label added"),
             p_unlab.breakdown("label removed"),
+            p_pod_in.breakdown("pod added"),
+            p_pod_out.breakdown("pod deleted"),
+            p_ns_in.breakdown("namespace label added"),
+            p_ns_out.breakdown("namespace label removed"),
             p_burst_in.breakdown("1,000 policies added at once (last pass)"),
             p_burst_out.breakdown("1,000 policies removed at once (last pass)"),
         ],

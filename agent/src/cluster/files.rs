@@ -101,6 +101,24 @@ pub struct FileSource {
     unsaved: Vec<(PathBuf, Vec<Value>)>,
     /// Files deleted since, whose copies go then too (relative paths).
     unsaved_gone: Vec<String>,
+    /// The directory as last listed, kept current by [`FileSource::reload`].
+    listing: Listing,
+    /// The last walk failed: the next load walks again.
+    walk_next: bool,
+    /// A copy of `input` made ahead ([`FileSource::prepare_next`]).
+    spare: Option<Input>,
+    /// Walks of the directory so far.
+    #[cfg(test)]
+    pub(super) walks: usize,
+}
+
+/// What a path named by the watcher now is.
+enum Noted {
+    /// Not a manifest: nothing listed depends on it.
+    Ignored,
+    Gone,
+    File(Stamp),
+    Refused(String),
 }
 
 fn is_manifest(path: &Path) -> bool {
@@ -114,6 +132,52 @@ fn is_manifest(path: &Path) -> bool {
 struct Listing {
     files: Vec<(PathBuf, Stamp)>,
     refused: Vec<(PathBuf, String)>,
+    /// The directories walked (the top one too).
+    dirs: HashSet<PathBuf>,
+    /// Whether any entry is a symlink: a file listed through one changes
+    /// with no notification naming it.
+    symlinks: bool,
+}
+
+/// What one entry of the directory is to the listing.
+enum Entry {
+    Skip,
+    /// A directory to walk.
+    Dir,
+    File(Stamp),
+    Refused(String),
+}
+
+/// What `path` is to the listing. `root`: the directory, canonical (where
+/// symlinks may point); `link`: whether `path` is a symlink.
+fn entry(path: &Path, root: &Path, check: bool, link: bool) -> Entry {
+    let Ok(meta) = std::fs::metadata(path) else { return Entry::Skip };
+    if !(meta.is_dir() || meta.is_file() && is_manifest(path)) {
+        return Entry::Skip;
+    }
+    let hidden = path.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.'));
+    if link {
+        let target = path.canonicalize().unwrap_or_default();
+        if check && !target.starts_with(root) && !(meta.is_dir() && hidden) {
+            return Entry::Refused(format!("a symlink to {}, outside {}", target.display(), root.display()));
+        }
+        if meta.is_dir() {
+            // Its files are listed where they are (or hidden on
+            // purpose, as in a ConfigMap volume); following it could loop.
+            return Entry::Skip;
+        }
+    }
+    if check
+        && !(meta.is_dir() && hidden)
+        && let Some(why) = trust::weakness(&meta, false)
+    {
+        return Entry::Refused(why);
+    }
+    if meta.is_dir() {
+        return if hidden { Entry::Skip } else { Entry::Dir };
+    }
+    let mtime_ns = i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec());
+    Entry::File(Stamp { len: meta.len(), mtime_ns, ino: meta.ino(), mode: meta.mode(), uid: meta.uid() })
 }
 
 impl Listing {
@@ -131,43 +195,19 @@ fn list(dir: &Path, check: bool) -> std::io::Result<Listing> {
     let mut out = Listing::default();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d)? {
-            let path = entry?.path();
-            let Ok(meta) = std::fs::metadata(&path) else { continue };
-            if !(meta.is_dir() || meta.is_file() && is_manifest(&path)) {
-                continue;
-            }
-            let hidden = path.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.'));
-            if std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink()) {
-                let target = path.canonicalize().unwrap_or_default();
-                if check && !target.starts_with(&root) && !(meta.is_dir() && hidden) {
-                    let why = format!("a symlink to {}, outside {}", target.display(), root.display());
-                    out.refused.push((path, why));
-                    continue;
-                }
-                if meta.is_dir() {
-                    // Its files are listed where they are (or hidden on
-                    // purpose, as in a ConfigMap volume); following it could loop.
-                    continue;
-                }
-            }
-            if check
-                && !(meta.is_dir() && hidden)
-                && let Some(why) = trust::weakness(&meta, false)
-            {
-                out.refused.push((path, why));
-                continue;
-            }
-            if meta.is_dir() {
-                if !hidden {
-                    stack.push(path);
-                }
-            } else {
-                let mtime_ns = i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec());
-                let stamp = Stamp { len: meta.len(), mtime_ns, ino: meta.ino(), mode: meta.mode(), uid: meta.uid() };
-                out.files.push((path, stamp));
+        for e in std::fs::read_dir(&d)? {
+            let e = e?;
+            let link = e.file_type().is_ok_and(|t| t.is_symlink());
+            out.symlinks |= link;
+            let path = e.path();
+            match entry(&path, &root, check, link) {
+                Entry::Skip => {}
+                Entry::Dir => stack.push(path),
+                Entry::File(stamp) => out.files.push((path, stamp)),
+                Entry::Refused(why) => out.refused.push((path, why)),
             }
         }
+        out.dirs.insert(d);
     }
     out.files.sort();
     out.refused.sort();
@@ -216,6 +256,11 @@ impl FileSource {
             object_errors: BTreeMap::new(),
             unsaved: Vec::new(),
             unsaved_gone: Vec::new(),
+            listing: Listing::default(),
+            walk_next: true,
+            spare: None,
+            #[cfg(test)]
+            walks: 0,
         }
     }
 
@@ -279,8 +324,13 @@ impl FileSource {
         Some((check_documents(values, &path.display().to_string(), false).0, at))
     }
 
-    /// Reads what changed and returns the whole current state.
+    /// Walks the whole directory, reads the files that changed and returns
+    /// the whole current state.
     pub fn load(&mut self) -> Snapshot {
+        #[cfg(test)]
+        {
+            self.walks += 1;
+        }
         let first = !self.loaded_once;
         self.loaded_once = true;
         let listing = match self.check.then(|| trust::check_dir(&self.dir)) {
@@ -292,6 +342,7 @@ impl FileSource {
             Err(message) => {
                 // Nothing read changes what is enforced; at start the saved
                 // copies stand for what was.
+                self.walk_next = true;
                 let mut action = "keeping the state read before".to_string();
                 if first && let Some(saved) = &self.saved {
                     for (rel, (values, at)) in saved.all() {
@@ -308,8 +359,98 @@ impl FileSource {
                 return snap;
             }
         };
-        self.fingerprint = fingerprint_of(&listing);
+        self.walk_next = false;
         let gone: Vec<PathBuf> = self.files.keys().filter(|p| !listing.holds(p)).cloned().collect();
+        let changed: Vec<(PathBuf, Stamp)> =
+            listing.files.iter().filter(|(p, s)| self.files.get(p).is_none_or(|f| f.stamp != *s)).cloned().collect();
+        self.listing = listing;
+        self.update(first, gone, changed)
+    }
+
+    /// Reads only `paths` (what the directory's watcher named since the
+    /// last load), without walking the directory: a change costs what its
+    /// files cost. Walks the whole directory ([`FileSource::load`]) when a
+    /// path is not a plain manifest of a directory already walked (a
+    /// directory, a symlink, one under a hidden or refused directory), when
+    /// the directory holds symlinks (a file read through one changes with
+    /// no notification naming it), and before the first walk succeeded.
+    pub fn reload(&mut self, paths: &[PathBuf]) -> Snapshot {
+        if !self.loaded_once || self.walk_next || self.listing.symlinks {
+            return self.load();
+        }
+        if self.check && trust::check_dir(&self.dir).is_err() {
+            return self.load();
+        }
+        let mut touched: Vec<&Path> = Vec::new();
+        for path in paths {
+            let Some(noted) = self.noted(path) else { return self.load() };
+            let listing = &mut self.listing;
+            if let Ok(i) = listing.files.binary_search_by(|(p, _)| p.as_path().cmp(path)) {
+                listing.files.remove(i);
+            }
+            listing.refused.retain(|(p, _)| p != path);
+            match noted {
+                Noted::Ignored => continue,
+                Noted::Gone => {}
+                Noted::File(stamp) => {
+                    let i = listing.files.binary_search_by(|(p, _)| p.as_path().cmp(path)).unwrap_or_else(|i| i);
+                    listing.files.insert(i, (path.clone(), stamp));
+                }
+                Noted::Refused(why) => {
+                    let i = listing.refused.binary_search_by(|(p, _)| p.as_path().cmp(path)).unwrap_or_else(|i| i);
+                    listing.refused.insert(i, (path.clone(), why));
+                }
+            }
+            touched.push(path);
+        }
+        let gone = touched.iter().filter(|p| self.files.contains_key(**p) && !self.listing.holds(p));
+        let gone: Vec<PathBuf> = gone.map(|p| p.to_path_buf()).collect();
+        let changed: Vec<(PathBuf, Stamp)> = touched
+            .iter()
+            .filter_map(|p| {
+                let i = self.listing.files.binary_search_by(|(q, _)| q.as_path().cmp(p)).ok()?;
+                let (path, stamp) = &self.listing.files[i];
+                self.files.get(path).is_none_or(|f| f.stamp != *stamp).then(|| (path.clone(), *stamp))
+            })
+            .collect();
+        self.update(false, gone, changed)
+    }
+
+    /// What `path`, named by the watcher, now is; None when only a walk
+    /// can tell.
+    fn noted(&self, path: &Path) -> Option<Noted> {
+        let parent = path.parent().filter(|_| path.starts_with(&self.dir) && path != self.dir)?;
+        if !self.listing.dirs.contains(parent) {
+            return None;
+        }
+        match std::fs::symlink_metadata(path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if self.listing.dirs.contains(path) || self.listing.refused.iter().any(|(p, _)| p == path) {
+                    None
+                } else if is_manifest(path) {
+                    Some(Noted::Gone)
+                } else {
+                    // Not a manifest nor a directory walked (a temporary
+                    // file): with no symlinks, nothing listed depends on it.
+                    Some(Noted::Ignored)
+                }
+            }
+            Err(_) => None,
+            Ok(meta) if meta.is_dir() || meta.file_type().is_symlink() => None,
+            Ok(_) if !is_manifest(path) => Some(Noted::Ignored),
+            Ok(_) => match entry(path, Path::new(""), self.check, false) {
+                Entry::File(stamp) => Some(Noted::File(stamp)),
+                Entry::Refused(why) => Some(Noted::Refused(why)),
+                Entry::Skip => Some(Noted::Gone),
+                Entry::Dir => None,
+            },
+        }
+    }
+
+    /// Takes the files gone and the files changed (with their stamps in
+    /// the listing) into the state, and returns the snapshot.
+    fn update(&mut self, first: bool, gone: Vec<PathBuf>, changed: Vec<(PathBuf, Stamp)>) -> Snapshot {
+        self.fingerprint = fingerprint_of(&self.listing);
         for path in gone {
             self.unsaved.retain(|(p, _)| *p != path);
             self.set_file(&path, None);
@@ -322,18 +463,16 @@ impl FileSource {
             }
         }
         if first
-            && listing.refused.is_empty()
+            && self.listing.refused.is_empty()
             && let Some(saved) = &self.saved
         {
-            saved.retain(&listing.files.iter().map(|(p, _)| self.rel(p)).collect());
+            saved.retain(&self.listing.files.iter().map(|(p, _)| self.rel(p)).collect());
         }
         let mut save_errors = self.save_pending();
-        for (path, stamp) in &listing.files {
-            if self.files.get(path).is_some_and(|f| f.stamp == *stamp) {
-                continue;
-            }
+        for (path, stamp) in &changed {
+            let stamp = *stamp;
             let source = path.display().to_string();
-            let parsed = read_file(path, *stamp).and_then(|text| parse(&text, &source, self.saved.is_some()));
+            let parsed = read_file(path, stamp).and_then(|text| parse(&text, &source, self.saved.is_some()));
             match parsed {
                 Ok((objects, raw, errors)) => {
                     if first && objects.iter().any(|o| o.result.is_err()) {
@@ -344,7 +483,7 @@ impl FileSource {
                             saved.iter().for_each(|o| self.validator.remember(o));
                         }
                     }
-                    self.set_file(path, Some(FileState { stamp: *stamp, objects, errors }));
+                    self.set_file(path, Some(FileState { stamp, objects, errors }));
                     if first {
                         // Saved file by file: the documents read are
                         // dropped at once (held for every file, a first
@@ -370,13 +509,14 @@ impl FileSource {
                         },
                     };
                     let errors = vec![file_error(path, message, action)];
-                    self.set_file(path, Some(FileState { stamp: *stamp, objects, errors }));
+                    self.set_file(path, Some(FileState { stamp, objects, errors }));
                 }
             }
         }
         // Refused paths (files, directories, symlinks out) keep what their
         // files held before, unchanged.
-        let held: Vec<InputError> = listing
+        let held: Vec<InputError> = self
+            .listing
             .refused
             .iter()
             .map(|(path, why)| {
@@ -469,6 +609,16 @@ impl FileSource {
         out
     }
 
+    /// Copies the state now, off the way of the next change: its snapshot
+    /// is then this copy patched, rather than a copy of every entry made
+    /// on the way. The agent calls it once a pass is done; the copy holds
+    /// the maps' entries, the objects are shared.
+    pub fn prepare_next(&mut self) {
+        if self.spare.is_none() {
+            self.spare = Some(self.input.clone());
+        }
+    }
+
     /// The snapshot, validating again only the keys whose objects changed
     /// (every object of such a key, in file order: the first one wins) and
     /// patching the last snapshot with them. Unchanged objects stay the
@@ -487,12 +637,14 @@ impl FileSource {
         }
         let pairs = pairs.iter().map(|(s, o)| (sources[*s].as_str(), *o));
         let part = if std::mem::take(&mut self.all_dirty) {
+            self.spare = None;
             self.input = Input::default();
             self.object_errors.clear();
             self.validator.snapshot(pairs)
         } else {
             self.validator.snapshot_of(&dirty, pairs)
         };
+        let spare = self.spare.take().map(|spare| (spare, part.input.clone()));
         objects::replace(&mut self.input, &dirty, part.input);
         for key in &dirty {
             self.object_errors.remove(&key.to_string());
@@ -502,7 +654,14 @@ impl FileSource {
         }
         let mut errors: Vec<InputError> = self.files.values().flat_map(|f| f.errors.iter().cloned()).collect();
         errors.extend(self.object_errors.values().flatten().cloned());
-        Snapshot { input: self.input.clone(), errors }
+        let input = match spare {
+            Some((mut spare, part)) => {
+                objects::replace(&mut spare, &dirty, part);
+                spare
+            }
+            None => self.input.clone(),
+        };
+        Snapshot { input, errors }
     }
 }
 
@@ -734,6 +893,102 @@ mod tests {
             }
             last = Some(got);
         }
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn a_reload_reads_only_the_named_paths_and_agrees_with_a_walk() {
+        let d = setup();
+        let m = d.join("m");
+        let (mut noted, mut walked) = (enforcing(&d), enforcing(&d));
+        let ns = "apiVersion: v1\nkind: Namespace\nmetadata: {name: x}\n";
+        std::fs::write(m.join("ns.yaml"), ns).unwrap();
+        noted.load();
+        // Written the way editors and the tests do: a hidden file renamed.
+        let put = |name: &str, text: &str| -> Vec<PathBuf> {
+            std::fs::write(m.join(".tmp"), text).unwrap();
+            std::fs::rename(m.join(".tmp"), m.join(name)).unwrap();
+            vec![m.join(".tmp"), m.join(name)]
+        };
+        let set = |p: &Path, mode: u32| std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+        type Step<'a> = Box<dyn Fn() -> Vec<PathBuf> + 'a>;
+        let steps: Vec<(&str, Step)> = vec![
+            ("a new file", Box::new(|| put("p.yaml", POLICY))),
+            ("an edit", Box::new(|| put("p.yaml", &POLICY.replace("[{port: 80}]", "[{port: 80}, {port: 81}]")))),
+            ("a file that breaks", Box::new(|| put("p.yaml", "{"))),
+            ("a file fixed", Box::new(|| put("p.yaml", POLICY))),
+            (
+                "a file others may write",
+                Box::new(|| {
+                    set(&m.join("p.yaml"), 0o666);
+                    vec![m.join("p.yaml")]
+                }),
+            ),
+            (
+                "refused, then edited",
+                Box::new(|| {
+                    std::fs::write(m.join("p.yaml"), POLICY.replace("port: 80", "port: 82")).unwrap();
+                    vec![m.join("p.yaml")]
+                }),
+            ),
+            (
+                "trusted again",
+                Box::new(|| {
+                    set(&m.join("p.yaml"), 0o644);
+                    vec![m.join("p.yaml")]
+                }),
+            ),
+            (
+                "a new directory",
+                Box::new(|| {
+                    std::fs::create_dir(m.join("sub")).unwrap();
+                    std::fs::write(m.join("sub/q.yaml"), POLICY.replace("name: p", "name: q")).unwrap();
+                    vec![m.join("sub")]
+                }),
+            ),
+            (
+                "a file in it",
+                Box::new(|| {
+                    std::fs::write(m.join("sub/q.yaml"), POLICY.replace("name: p", "name: q").replace("80", "83"))
+                        .unwrap();
+                    vec![m.join("sub/q.yaml")]
+                }),
+            ),
+            (
+                "a file deleted",
+                Box::new(|| {
+                    std::fs::remove_file(m.join("p.yaml")).unwrap();
+                    vec![m.join("p.yaml")]
+                }),
+            ),
+            (
+                "a directory deleted",
+                Box::new(|| {
+                    std::fs::remove_dir_all(m.join("sub")).unwrap();
+                    vec![m.join("sub/q.yaml"), m.join("sub")]
+                }),
+            ),
+        ];
+        for (what, step) in steps {
+            let paths = step();
+            let got = noted.reload(&paths);
+            noted.prepare_next();
+            let want = walked.load();
+            assert_eq!(got.input, want.input, "{what}");
+            assert_eq!(got.errors, want.errors, "{what}");
+            assert_eq!(noted.loaded_fingerprint(), fingerprint(&m, true), "{what}");
+        }
+
+        // Nothing is walked: a change no path names waits for the walk.
+        std::fs::write(m.join("unnamed.yaml"), POLICY).unwrap();
+        assert!(noted.reload(&[]).input.policies.is_empty());
+        assert_eq!(noted.load().input.policies.len(), 1);
+        // A symlink anywhere: every load walks.
+        std::os::unix::fs::symlink(m.join("unnamed.yaml"), m.join("link.yaml")).unwrap();
+        noted.load();
+        std::fs::write(m.join("unnamed.yaml"), POLICY.replace("name: p", "name: r")).unwrap();
+        let s = noted.reload(&[]);
+        assert!(s.input.policies.contains_key(&("x".into(), "r".into())), "walked, read through the symlink");
         std::fs::remove_dir_all(&d).unwrap();
     }
 

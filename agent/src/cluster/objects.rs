@@ -133,7 +133,12 @@ impl Validator {
                 None => {}
             }
         }
-        self.last_good.retain(|k, _| seen.contains_key(k) || scope.is_some_and(|s| !s.contains(k)));
+        // Objects gone forget their last valid version (only those in
+        // scope: a small change does not walk every object).
+        match scope {
+            None => self.last_good.retain(|k, _| seen.contains_key(k)),
+            Some(scope) => scope.iter().filter(|k| !seen.contains_key(k)).for_each(|k| drop(self.last_good.remove(k))),
+        }
         snap
     }
 }
