@@ -722,9 +722,10 @@ impl Report {
                 "≥ 1,000,000 verdict events/s decoded by `palisade observe` without loss (issue 10)".into(),
                 match at {
                     Some(x) => format!(
-                        "{} events/s; agent {} ns of CPU per event there",
+                        "{} events/s; agent {} ns of CPU per event there ({:.0}% of a core)",
                         fmt(x.events_observed_ps),
-                        fmt(x.agent_ns_per_event)
+                        fmt(x.agent_ns_per_event),
+                        x.agent_cpu_pct
                     ),
                     None => "loss at every rate".into(),
                 },
@@ -1194,6 +1195,23 @@ impl Report {
             );
         }
         let _ = writeln!(s, "\nHighest event rate delivered without loss: **{} events/s**.\n", fmt(e.max_lossless_ps));
+        // A step that ran short of its rate with nothing lost was limited
+        // by the generator (on the same CPUs as the agent), not the agent.
+        let short: Vec<String> = e
+            .steps
+            .iter()
+            .filter(|x| x.offered_pps > 0 && x.loss_pct < 0.1 && x.sent_pps < 0.95 * x.offered_pps as f64)
+            .map(|x| format!("{}/s (ran {}/s)", x.offered_pps, fmt(x.sent_pps)))
+            .collect();
+        if !short.is_empty() {
+            let _ = writeln!(
+                s,
+                "The generator fell short of {} with nothing lost: it shares the machine's CPUs with the agent and \
+                 the rest of the machine's load, so there the limit was the generator, not the agent; the agent's \
+                 CPU per event is the figure that carries over.\n",
+                short.join(", ")
+            );
+        }
         if let Some(p) = &e.page {
             s.push_str(&page_md(p));
         }
@@ -1354,5 +1372,37 @@ mod tests {
         }
         let rows = cluster_policy_targets(&results(320.0));
         assert!(rows[0].1.starts_with("worst +6.7% (denied IPv4 TCP: 320 vs 300 ns)"), "{}", rows[0].1);
+    }
+
+    /// A rate the generator could not reach, with nothing lost, is said
+    /// to be the generator's limit; a rate it reached is not named.
+    #[test]
+    fn events_name_the_rates_the_generator_fell_short_of() {
+        let step = |offered: u64, sent: f64, loss_pct: f64| events::Step {
+            offered_pps: offered,
+            sent_pps: sent,
+            dropped_pps: sent,
+            events_written_ps: sent,
+            events_lost_ps: 0.0,
+            events_read_ps: sent,
+            events_observed_ps: sent,
+            loss_pct,
+            agent_cpu_pct: 8.0,
+            observer_cpu_pct: 2.0,
+            agent_ns_per_event: 86.0,
+            observer_ns_per_event: 20.0,
+        };
+        let mut rep = Report::new(true, "test");
+        rep.events = Some(Ok(events::Results {
+            steps: vec![
+                step(1_000_000, 984_218.0, 0.0),
+                step(1_500_000, 675_247.0, 0.0),
+                step(2_000_000, 900_000.0, 5.0),
+            ],
+            ..Default::default()
+        }));
+        let md = rep.events_md(Path::new("/nonexistent"), false);
+        assert!(md.contains("The generator fell short of 1500000/s (ran 675247/s) with nothing lost"), "{md}");
+        assert!(!md.contains("1000000/s (ran") && !md.contains("2000000/s (ran"), "{md}");
     }
 }

@@ -250,7 +250,11 @@ impl Encoder {
         let mut frame = None;
         for ev in events {
             for id in ev.symbols() {
-                if id != 0 && self.name(id).is_some() && !self.sent[id as usize] {
+                // Sent already: the common case, without touching the table.
+                if id == 0 || self.sent.get(id as usize).copied().unwrap_or(false) {
+                    continue;
+                }
+                if self.name(id).is_some() && !self.sent[id as usize] {
                     if let Some(at) = frame.take() {
                         wire::end_frame(&mut self.out, at);
                     }

@@ -5,6 +5,7 @@
 //! The pipeline works in batches: one drain of the ring, one broadcast,
 //! one socket write per batch.
 
+mod group;
 pub mod record;
 pub mod resolve;
 pub mod wire;
@@ -12,6 +13,7 @@ pub mod wire;
 use crate::metrics::Metrics;
 use crate::policy::{Direction, PolicyRef};
 use aya::maps::{MapData, RingBuf};
+pub use group::{Group, group};
 pub use record::{Peer, Verdict, VerdictEvent};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io::Write;
@@ -159,8 +161,8 @@ pub async fn run(
 /// Metrics for a batch: summed per label set first, so a flood costs a
 /// few label lookups per batch, not per event.
 fn account(batch: &[Compact], symbols: &Symbols, metrics: &Metrics) {
-    let mut verdicts: HashMap<(u8, u8, u32, bool), u64> = HashMap::new();
-    let mut isolating: HashMap<(u8, u32), u64> = HashMap::new();
+    let mut verdicts: HashMap<(u8, u8, u32, bool), u64, foldhash::fast::RandomState> = HashMap::default();
+    let mut isolating: HashMap<(u8, u32), u64, foldhash::fast::RandomState> = HashMap::default();
     for c in batch {
         let n = u64::from(c.count.max(1));
         let implicit = c.reason == palisade_common::REASON_NO_RULE;

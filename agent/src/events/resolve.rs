@@ -10,6 +10,10 @@ use super::wire::{Compact, KIND_HOST, KIND_POD, KIND_WORLD, Symbol, Symbols};
 use crate::policy::{Direction, IdentityInfo};
 use palisade_common::{DIR_EGRESS, Event, FAMILY_V4, VERDICT_ALLOWED};
 use std::collections::HashMap;
+
+/// The caches are looked up several times per event: a fast hasher (their
+/// keys come from the kernel's records of this node's traffic).
+type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -22,11 +26,11 @@ pub struct Resolver {
     symbols: Arc<Symbols>,
     clock: Clock,
     /// ifindex -> the local pod's name.
-    locals: HashMap<u32, u32>,
+    locals: Map<u32, u32>,
     /// (family, address, identity) -> (kind, name).
-    remotes: HashMap<(u8, [u8; 16], u32), (u8, u32)>,
-    rules: HashMap<u32, u32>,
-    isolating: HashMap<(u32, u8), u32>,
+    remotes: Map<(u8, [u8; 16], u32), (u8, u32)>,
+    rules: Map<u32, u32>,
+    isolating: Map<(u32, u8), u32>,
 }
 
 impl Resolver {
@@ -35,10 +39,10 @@ impl Resolver {
             view: Arc::new(View::default()),
             symbols,
             clock: Clock::new(),
-            locals: HashMap::new(),
-            remotes: HashMap::new(),
-            rules: HashMap::new(),
-            isolating: HashMap::new(),
+            locals: Map::default(),
+            remotes: Map::default(),
+            rules: Map::default(),
+            isolating: Map::default(),
         }
     }
 

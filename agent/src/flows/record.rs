@@ -76,18 +76,24 @@ impl Record {
 
     /// Adds `count` packets of `key` seen at `at_ms`.
     pub fn add(&self, key: FlowKey, count: u64, at_ms: u64) {
+        self.add_span(key, count, at_ms, at_ms);
+    }
+
+    /// Adds `count` packets of `key` seen from `first_ms` to `last_ms`
+    /// (several events of one flow at once).
+    pub fn add_span(&self, key: FlowKey, count: u64, first_ms: u64, last_ms: u64) {
         let mut i = self.lock();
         i.dirty = true;
         if let Some(st) = i.flows.get_mut(&key) {
             st.count += count;
-            st.first_seen_ms = st.first_seen_ms.min(at_ms);
-            st.last_seen_ms = st.last_seen_ms.max(at_ms);
+            st.first_seen_ms = st.first_seen_ms.min(first_ms);
+            st.last_seen_ms = st.last_seen_ms.max(last_ms);
             return;
         }
         drop(i);
         self.make_room(1);
         let mut i = self.lock();
-        i.flows.insert(Box::new(key), Stats { count, first_seen_ms: at_ms, last_seen_ms: at_ms });
+        i.flows.insert(Box::new(key), Stats { count, first_seen_ms: first_ms, last_seen_ms: last_ms });
     }
 
     /// Counts events the record never got.

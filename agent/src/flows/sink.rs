@@ -3,7 +3,8 @@
 //! record periodically (and expires old keys).
 
 use super::{Record, key, now_ms};
-use crate::events::{Hub, View, wire};
+use crate::events::wire::{self, Compact, Symbols};
+use crate::events::{Hub, View, group};
 use crate::metrics::Metrics;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -37,17 +38,7 @@ pub async fn run(
                         record.missed(batch.seq - n);
                     }
                     next_seq = Some(batch.seq + batch.events.len() as u64);
-                    let v = view.borrow().clone();
-                    for c in &batch.events {
-                        let ev = wire::to_event(c, |id| hub.symbols.get(id).map(|s| (*s).clone()));
-                        if let Some(k) = key::of_event(&ev, &v) {
-                            let at = humantime::parse_rfc3339(&ev.time)
-                                .ok()
-                                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                                .map_or_else(now_ms, |d| d.as_millis() as u64);
-                            record.add(k, u64::from(ev.count.max(1)), at);
-                        }
-                    }
+                    add(&record, &batch.events, &hub.symbols, &view.borrow().clone());
                 }
                 Err(RecvError::Lagged(_)) => {}
                 Err(RecvError::Closed) => return,
@@ -67,6 +58,18 @@ pub async fn run(
     }
 }
 
+/// Adds a batch of events: one key per group of events that say the same
+/// about a flow (one expansion each, not one per event), with the group's
+/// packets and time span.
+fn add(record: &Record, events: &[Compact], symbols: &Symbols, view: &View) {
+    for g in group(events) {
+        let ev = wire::to_event(&g.event, |id| symbols.get(id).map(|s| (*s).clone()));
+        if let Some(k) = key::of_event(&ev, view) {
+            record.add_span(k, g.packets, g.first_ns / 1_000_000, g.last_ns / 1_000_000);
+        }
+    }
+}
+
 /// Saves the record if it changed (also called at shutdown).
 pub fn save(record: &Record, state_dir: Option<&std::path::Path>) {
     if let Err(e) = try_save(record, state_dir) {
@@ -78,5 +81,76 @@ fn try_save(record: &Record, state_dir: Option<&std::path::Path>) -> anyhow::Res
     match state_dir {
         Some(dir) if record.take_dirty() => super::persist::save(dir, &record.snapshot(now_ms())),
         _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::wire::{KIND_POD, Symbol};
+    use crate::flows::Settings;
+    use crate::policy::model::{Pod, Workload};
+    use palisade_common::{DIR_EGRESS, FAMILY_V4, PROTO_TCP, PROTO_UDP, REASON_NO_RULE, VERDICT_DROPPED};
+
+    #[test]
+    fn a_batch_adds_what_its_events_one_by_one_add() {
+        let symbols = Symbols::default();
+        let mut view = View::default();
+        let mut names = Vec::new();
+        for (i, name) in ["a", "b"].into_iter().enumerate() {
+            let ip = std::net::IpAddr::from([10, 0, 0, i as u8 + 1]);
+            let workload = Workload { kind: "Deployment".into(), name: name.into() };
+            let pod = Pod {
+                namespace: "x".into(),
+                name: format!("{name}-0"),
+                labels: Default::default(),
+                node_name: None,
+                host_network: false,
+                ips: vec![ip],
+                ports: vec![],
+                terminated: false,
+                workload,
+            };
+            names.push(symbols.intern(Symbol::Pod { namespace: "x".into(), name: pod.name.clone() }));
+            view.catalog.pods_by_ip.insert(ip, Arc::new(pod));
+        }
+        let ev = |time_ms: u64, sport, dport, protocol, count| Compact {
+            time_ns: time_ms * 1_000_000 + 999_999,
+            src: [10, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            dst: [10, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            sport,
+            dport,
+            count,
+            src_name: names[0],
+            dst_name: names[1],
+            family: FAMILY_V4,
+            protocol,
+            direction: DIR_EGRESS,
+            verdict: VERDICT_DROPPED,
+            reason: REASON_NO_RULE,
+            src_kind: KIND_POD,
+            dst_kind: KIND_POD,
+            ..Default::default()
+        };
+        let batch = [
+            ev(5000, 1, 80, PROTO_TCP, 3),
+            ev(4000, 2, 80, PROTO_TCP, 0),
+            ev(4500, 3, 53, PROTO_UDP, 1),
+            ev(6000, 4, 80, PROTO_TCP, 2),
+            ev(3000, 5, 443, PROTO_TCP, 1),
+        ];
+        let grouped = Record::new("n", Settings::default(), 0);
+        add(&grouped, &batch, &symbols, &view);
+        let one_by_one = Record::new("n", Settings::default(), 0);
+        for c in &batch {
+            let e = wire::to_event(c, |id| symbols.get(id).map(|s| (*s).clone()));
+            let at = humantime::parse_rfc3339(&e.time).unwrap().duration_since(std::time::UNIX_EPOCH).unwrap();
+            one_by_one.add(key::of_event(&e, &view).unwrap(), u64::from(e.count.max(1)), at.as_millis() as u64);
+        }
+        let (g, o) = (grouped.snapshot(0), one_by_one.snapshot(0));
+        assert_eq!(g, o);
+        let counts: Vec<(Option<u16>, u64, u64, u64)> =
+            g.flows.iter().map(|f| (f.key.port, f.stats.count, f.stats.first_seen_ms, f.stats.last_seen_ms)).collect();
+        assert_eq!(counts, [(Some(80), 6, 4000, 6000), (Some(443), 1, 3000, 3000), (Some(53), 1, 4500, 4500)]);
     }
 }

@@ -9,7 +9,8 @@
 use super::source::Source;
 use crate::api::Filter;
 use crate::api::Request;
-use crate::events::{Batch, Peer, Verdict, VerdictEvent, isolation_text, wire};
+use crate::events::wire::{self, Symbols};
+use crate::events::{Batch, Peer, Verdict, VerdictEvent, isolation_text};
 use crate::flows::{Remote, Seen, Snapshot};
 use crate::policy::{Direction, Input, Workload};
 use crate::remote::merge::{Item, Merged, Options as MergeOptions};
@@ -228,10 +229,19 @@ pub fn decided(ev: &VerdictEvent) -> String {
     }
 }
 
+/// An event of the tail: this node's are kept compact and expanded only
+/// when a request reads them (most are replaced unread under a flood).
+enum Tailed {
+    Event(Arc<VerdictEvent>),
+    Compact(wire::Compact),
+}
+
 #[derive(Default)]
 struct State {
     details: HashMap<String, Detail>,
-    tail: VecDeque<(u64, Arc<VerdictEvent>)>,
+    tail: VecDeque<(u64, Tailed)>,
+    /// What the compact events of the tail name.
+    symbols: Option<Arc<Symbols>>,
     seq: u64,
     /// Events the page's aggregation missed because it fell behind.
     lagged: u64,
@@ -240,12 +250,20 @@ struct State {
 
 impl State {
     fn record(&mut self, ev: &Arc<VerdictEvent>, input: Option<&Input>, now: u64) {
+        self.push_tail(Tailed::Event(ev.clone()));
+        self.detail(ev, u64::from(ev.count.max(1)), input, now);
+    }
+
+    fn push_tail(&mut self, ev: Tailed) {
         self.seq += 1;
         if self.tail.len() == TAIL {
             self.tail.pop_front();
         }
-        self.tail.push_back((self.seq, ev.clone()));
+        self.tail.push_back((self.seq, ev));
+    }
 
+    /// Folds what `ev` says about its edge and flow, for `packets` packets.
+    fn detail(&mut self, ev: &VerdictEvent, packets: u64, input: Option<&Input>, now: u64) {
         let (src, dst) = (NodeRef::of_peer(&ev.source, input), NodeRef::of_peer(&ev.destination, input));
         let id = edge_id(&src, &dst, ev.verdict);
         if !self.details.contains_key(&id) && self.details.len() >= MAX_EDGES {
@@ -289,7 +307,7 @@ impl State {
             source_ip: ev.source.ip,
             destination_ip: ev.destination.ip,
         });
-        flow.count += u64::from(ev.count.max(1));
+        flow.count += packets;
         flow.last_ms = now;
         flow.decided = decided(ev);
         flow.source_ip = ev.source.ip;
@@ -309,21 +327,20 @@ impl FlowMap {
         // between; what both hold is folded once.
         let mut live = shared.hub.subscribe();
         let (history, mut next) = shared.hub.history();
-        let names = shared.hub.symbols.clone();
-        let expand = move |c: &wire::Compact| Arc::new(wire::to_event(c, |id| names.get(id).map(|s| (*s).clone())));
-        map.fold(&history.iter().map(&expand).collect::<Vec<_>>(), shared.as_ref());
+        map.lock().symbols = Some(shared.hub.symbols.clone());
+        map.fold_compact(&history, shared.as_ref());
         let task = map.clone();
         tokio::spawn(async move {
             let mut batch = Vec::with_capacity(1024);
             loop {
                 // Events below `next` are in the history already folded;
                 // a gap in the numbers is what this task missed.
-                let mut take = |b: &Batch, batch: &mut Vec<Arc<VerdictEvent>>| {
+                let mut take = |b: &Batch, batch: &mut Vec<wire::Compact>| {
                     if b.seq > next {
                         task.lock().lagged += b.seq - next;
                     }
                     let skip = next.saturating_sub(b.seq) as usize;
-                    batch.extend(b.events.iter().skip(skip).map(&expand));
+                    batch.extend(b.events.iter().skip(skip));
                     next = next.max(b.seq + b.events.len() as u64);
                 };
                 match live.recv().await {
@@ -339,7 +356,7 @@ impl FlowMap {
                         Err(_) => break,
                     }
                 }
-                task.fold(&batch, shared.as_ref());
+                task.fold_compact(&batch, shared.as_ref());
                 batch.clear();
             }
         });
@@ -404,6 +421,35 @@ impl FlowMap {
         let applied = source.applied();
         let input = applied.as_ref().map(|a| a.input.as_ref());
         self.record_all(events, input, now_ms());
+    }
+
+    fn fold_compact(&self, events: &[wire::Compact], source: &dyn Source) {
+        if events.is_empty() {
+            return;
+        }
+        let applied = source.applied();
+        let input = applied.as_ref().map(|a| a.input.as_ref());
+        self.record_compact(events, input, now_ms());
+    }
+
+    /// Folds this node's `events` as seen at `now`: one expansion per
+    /// group of events that say the same about a flow, and only the last
+    /// [`TAIL`] kept (compact) for the tail.
+    pub fn record_compact(&self, events: &[wire::Compact], input: Option<&Input>, now: u64) {
+        let Some(symbols) = self.lock().symbols.clone() else { return };
+        let groups: Vec<(VerdictEvent, u64)> = crate::events::group(events)
+            .iter()
+            .map(|g| (wire::to_event(&g.event, |id| symbols.get(id).map(|s| (*s).clone())), g.packets))
+            .collect();
+        let mut st = self.lock();
+        let unseen = events.len().saturating_sub(TAIL);
+        st.seq += unseen as u64;
+        for c in &events[unseen..] {
+            st.push_tail(Tailed::Compact(*c));
+        }
+        for (ev, packets) in &groups {
+            st.detail(ev, *packets, input, now);
+        }
     }
 
     /// Folds `events` as seen at `now` (milliseconds since the epoch).
@@ -499,11 +545,19 @@ impl FlowMap {
     pub fn tail(&self, filter: &Filter, after: u64, limit: Option<usize>) -> Value {
         let limit = limit.unwrap_or(200).min(TAIL_LIMIT);
         let st = self.lock();
+        let expand = |t: &Tailed| match (t, &st.symbols) {
+            (Tailed::Event(ev), _) => Some(ev.clone()),
+            (Tailed::Compact(c), Some(names)) => {
+                Some(Arc::new(wire::to_event(c, |id| names.get(id).map(|s| (*s).clone()))))
+            }
+            (Tailed::Compact(_), None) => None,
+        };
         let mut events: Vec<Value> = st
             .tail
             .iter()
             .rev()
             .take_while(|(seq, _)| *seq > after)
+            .filter_map(|(seq, t)| Some((seq, expand(t)?)))
             .filter(|(_, ev)| filter.matches_event(ev))
             .take(limit)
             .map(|(seq, ev)| json!({ "seq": seq, "text": ev.to_string(), "event": ev.as_ref() }))
@@ -693,6 +747,65 @@ mod tests {
         assert_eq!(seqs, [(TAIL + 7) as u64, (TAIL + 9) as u64]);
         let text = after["events"][0]["text"].as_str().unwrap();
         assert!(text.starts_with("DROPPED ingress TCP") && text.contains("y/deny-b"), "{text}");
+    }
+
+    #[test]
+    fn compact_batches_fold_as_their_events_one_by_one() {
+        use crate::events::wire::{Compact, KIND_POD, Symbol};
+        use palisade_common::{DIR_INGRESS, FAMILY_V4, PROTO_TCP, REASON_NO_RULE, VERDICT_DROPPED};
+        let symbols = Arc::new(Symbols::default());
+        let a = symbols.intern(Symbol::Pod { namespace: "x".into(), name: "a".into() });
+        let b = symbols.intern(Symbol::Pod { namespace: "y".into(), name: "b".into() });
+        let isolated =
+            symbols.intern(Symbol::Isolating(vec![PolicyRef { namespace: "y".into(), name: "deny-b".into() }]));
+        let ev = |i: u32, dport| Compact {
+            time_ns: 1_700_000_000_000_000_000 + u64::from(i),
+            src: [10, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            dst: [10, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            sport: 40000 + i as u16,
+            dport,
+            count: i % 3,
+            src_name: a,
+            dst_name: b,
+            isolated,
+            family: FAMILY_V4,
+            protocol: PROTO_TCP,
+            direction: DIR_INGRESS,
+            verdict: VERDICT_DROPPED,
+            reason: REASON_NO_RULE,
+            src_kind: KIND_POD,
+            dst_kind: KIND_POD,
+            ..Default::default()
+        };
+        let batch: Vec<Compact> = (0..(TAIL as u32 + 30)).map(|i| ev(i, if i % 7 == 0 { 81 } else { 80 })).collect();
+        let compact = FlowMap::default();
+        compact.lock().symbols = Some(symbols.clone());
+        compact.record_compact(&batch[..20], None, 1000);
+        compact.record_compact(&batch[20..], None, 2000);
+        let expanded = FlowMap::default();
+        let expand = |c: &Compact| Arc::new(wire::to_event(c, |id| symbols.get(id).map(|s| (*s).clone())));
+        expanded.record_all(&batch[..20].iter().map(expand).collect::<Vec<_>>(), None, 1000);
+        expanded.record_all(&batch[20..].iter().map(expand).collect::<Vec<_>>(), None, 2000);
+        let flows = |m: &FlowMap| {
+            let st = m.lock();
+            let mut f: Vec<_> = st.details.values().flat_map(|d| d.flows.values().cloned()).collect();
+            f.sort_by(|x, y| x.key.cmp(&y.key));
+            serde_json::to_value(f).unwrap()
+        };
+        assert_eq!(flows(&compact), flows(&expanded));
+        assert_eq!(
+            flows(&compact)[0]["count"],
+            (0..(TAIL as u32 + 30)).filter(|i| i % 7 != 0).map(|i| u64::from((i % 3).max(1))).sum::<u64>()
+        );
+        let policies = |m: &FlowMap| m.lock().details.values().map(|d| d.policies.clone()).collect::<Vec<_>>();
+        assert_eq!(policies(&compact), policies(&expanded));
+        for after in [0, 25, TAIL as u64 + 20] {
+            assert_eq!(
+                compact.tail(&Filter::default(), after, Some(TAIL_LIMIT)),
+                expanded.tail(&Filter::default(), after, Some(TAIL_LIMIT))
+            );
+        }
+        assert_eq!(compact.tail(&Filter::default(), 0, None)["seq"], TAIL as u64 + 30);
     }
 
     #[test]
