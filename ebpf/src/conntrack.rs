@@ -59,14 +59,19 @@ fn pass_current<C: Skb>(ctx: &C, ct: &mut CtEntry, cfg: &Config, ifindex: u32, d
 /// full parse. The endpoint need not be read: every endpoint change (added,
 /// removed, flags, identity, held closed) bumps the revision, so a current
 /// entry was decided against the endpoint entry in force. Anything else
-/// (false) goes to the full pipeline, which looks again (carrying this
-/// lookup's result through the full parse doubled the verifier's states
-/// past its limit): a packet entering a pod with the defer mark (its
-/// sender's egress is judged first) or the judged mark (netfilter judged
-/// it; its hook only tracks), a [`CT_UPSTREAM`] entry, a stale or expired
-/// one, a miss.
-#[inline(always)]
-pub fn fast(ctx: &TcContext, ifindex: u32, dir: u8, cfg: &Config) -> bool {
+/// (false) goes to the full pipeline, which looks again: a packet entering
+/// a pod with the defer mark (its sender's egress is judged first) or the
+/// judged mark (netfilter judged it; its hook only tracks), a
+/// [`CT_UPSTREAM`] entry, a stale or expired one, a miss.
+///
+/// Not inlined: a BPF-to-BPF call, whose frame (the key) the verifier
+/// drops on return, so the pipeline after it is verified once, not once
+/// per way of leaving the fast path.
+#[inline(never)]
+pub fn fast(ctx: &TcContext, ifindex: u32, dir: u8) -> bool {
+    let Some(cfg) = crate::maps::config_ref() else {
+        return false;
+    };
     if dir == DIR_INGRESS && ctx.mark() & (cfg.defer_mark | cfg.judged_mark) != 0 {
         return false;
     }

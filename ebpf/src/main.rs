@@ -66,13 +66,13 @@ pub struct Flow<'a> {
 /// Host veth TC ingress: packets the pod sends (its egress).
 #[classifier]
 pub fn palisade_from_pod(ctx: TcContext) -> i32 {
-    classify(&ctx, DIR_EGRESS)
+    classify::<DIR_EGRESS>(&ctx)
 }
 
 /// Host veth TC egress: packets delivered to the pod (its ingress).
 #[classifier]
 pub fn palisade_to_pod(ctx: TcContext) -> i32 {
-    classify(&ctx, DIR_INGRESS)
+    classify::<DIR_INGRESS>(&ctx)
 }
 
 /// Node interfaces other than pods': judges the egress of pod traffic that
@@ -95,14 +95,26 @@ pub fn palisade_host_egress(ctx: TcContext) -> i32 {
     judge_deferred(&ctx, &cfg, &pkt)
 }
 
+/// The pod hooks: the fast path, then the rest in a call of its own, so
+/// that neither call's frame adds to the other's: the pipeline's frame
+/// and the fast path's key together would pass the 512 bytes of stack BPF
+/// allows.
 #[inline(always)]
-fn classify(ctx: &TcContext, dir: u8) -> i32 {
+fn classify<const DIR: u8>(ctx: &TcContext) -> i32 {
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    let cfg = maps::config().unwrap_or_default();
     // A tracked flow's plain packet passes on one lookup.
-    if conntrack::fast(ctx, ifindex, dir, &cfg) {
+    if conntrack::fast(ctx, ifindex, DIR) {
         return PASS;
     }
+    classify_full::<DIR>(ctx, ifindex)
+}
+
+/// A pod hook's packet the fast path did not pass. `DIR` is constant: the
+/// pipeline of one direction fits the stack, that of both would not.
+#[inline(never)]
+fn classify_full<const DIR: u8>(ctx: &TcContext, ifindex: u32) -> i32 {
+    let dir = DIR;
+    let cfg = maps::config().unwrap_or_default();
     // Interfaces without an endpoint entry are not ours to judge.
     let Some(ep) = maps::endpoint(ifindex) else {
         return PASS;

@@ -76,6 +76,12 @@ pub fn config() -> Option<Config> {
     CONFIG.get(0).copied()
 }
 
+/// The agent's configuration in place, for the fast path (no copy).
+#[inline(always)]
+pub fn config_ref() -> Option<&'static Config> {
+    CONFIG.get(0)
+}
+
 /// Adds one to a [`stat`] counter.
 #[inline(always)]
 pub fn count(index: u32) {

@@ -32,3 +32,4 @@ mod regressions;
 mod tiers;
 mod unmanaged;
 mod verdicts;
+mod verifier;

@@ -1,0 +1,27 @@
+//! The verifier's cost of the classifiers, which every agent start pays
+//! (start → policy in force). The conntrack fast path once doubled it: its
+//! inlined key parse left the full pipeline to be verified once per way of
+//! leaving it (155k and 705k instructions, 2.4 s; since it is a call of
+//! its own, 53k and 171k, 0.5 s). Bounds: about 1.5× the latter.
+
+use crate::fixture::*;
+
+/// Instructions the verifier processed per program, at most.
+const BUDGET: [(&str, u32); 2] = [("pod egress (from pod)", FROM_POD_MAX), ("pod ingress (to pod)", TO_POD_MAX)];
+const FROM_POD_MAX: u32 = 80_000;
+const TO_POD_MAX: u32 = 260_000;
+
+#[test]
+fn classifiers_verify_within_budget() {
+    let env = Env::new(settings());
+    let mut failures = Vec::new();
+    for ((what, max), dir) in BUDGET.into_iter().zip([Direction::Egress, Direction::Ingress]) {
+        let prog = env.dp.classifier(dir).expect("classifier");
+        let insns = prog.info().expect("program info").verified_instruction_count().expect("verified_insns");
+        eprintln!("{what}: {insns} instructions verified");
+        if insns > max {
+            failures.push(format!("{what}: {insns} instructions verified, budget {max}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
