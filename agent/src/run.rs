@@ -114,17 +114,22 @@ pub async fn run(opts: Options) -> Result<()> {
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut forced = true;
     let mut backoff = MIN_BACKOFF;
+    let mut resync = Resync::new(agent.opts.resync);
     loop {
+        if forced {
+            resync.done(Instant::now());
+        }
+        let until_resync = resync.left(Instant::now());
         let timeout = if agent.pass(forced).await {
             backoff = MIN_BACKOFF;
-            agent.opts.resync
+            until_resync
         } else {
-            let t = backoff.min(agent.opts.resync);
+            let t = backoff.min(until_resync);
             backoff = (backoff * 2).min(MAX_BACKOFF);
             t
         };
         match wait(&mut woken, &mut terminate, timeout).await {
-            Some(timer) => forced = timer,
+            Some(timer) => forced = timer || resync.due(Instant::now()),
             None => break,
         }
     }
@@ -543,6 +548,34 @@ impl Agent {
     }
 }
 
+/// When the next forced pass is due: every `every` however often changes
+/// wake the loop, since only a forced pass compares the whole kernel state
+/// and walks the files source's directory (which heals a notification
+/// lost or never sent).
+struct Resync {
+    every: Duration,
+    at: Instant,
+}
+
+impl Resync {
+    fn new(every: Duration) -> Resync {
+        Resync { every, at: Instant::now() + every }
+    }
+
+    /// A forced pass starts at `now`.
+    fn done(&mut self, now: Instant) {
+        self.at = now + self.every;
+    }
+
+    fn left(&self, now: Instant) -> Duration {
+        self.at.saturating_duration_since(now)
+    }
+
+    fn due(&self, now: Instant) -> bool {
+        now >= self.at
+    }
+}
+
 /// Waits for a wake-up or the timeout; Some(true) when the timeout fired
 /// (a resync or a retry: recompile regardless), None when the agent is
 /// told to stop.
@@ -601,7 +634,22 @@ fn host_network_pods(input: &Input, node: &Node, logged: &mut BTreeSet<(String, 
 
 #[cfg(test)]
 mod tests {
-    use super::ipvs_evidence;
+    use super::{Resync, ipvs_evidence};
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn wakes_more_often_than_the_resync_period_do_not_put_off_the_forced_pass() {
+        let t0 = Instant::now();
+        let mut resync = Resync::new(Duration::from_secs(30));
+        resync.done(t0);
+        // A wake every second: the loop's timeout shrinks to what is left,
+        // and the first wake at or past 30 s is forced.
+        let forced: Vec<u64> = (1..=65).filter(|s| resync.due(t0 + Duration::from_secs(*s))).collect();
+        assert_eq!(forced.first(), Some(&30));
+        assert_eq!(resync.left(t0 + Duration::from_secs(12)), Duration::from_secs(18));
+        resync.done(t0 + Duration::from_secs(30));
+        assert!(!resync.due(t0 + Duration::from_secs(59)) && resync.due(t0 + Duration::from_secs(60)));
+    }
 
     #[test]
     fn ipvs_is_recognised_by_its_interface_or_its_services() {
