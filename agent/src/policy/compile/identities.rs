@@ -409,9 +409,15 @@ impl Identities {
                 *claims_delta.entry(*ip).or_default() += 1;
             }
         }
+        // Any Service's cluster IP, flagged in the map or not: one a pod
+        // also owns is left out of the map with a warning, and its entry
+        // comes back only when the address map is redone whole.
+        let cluster_ips: HashSet<IpAddr> = (prev.services.values().chain(input.services.values()))
+            .flat_map(|s| s.cluster_ips.iter().copied())
+            .collect();
         for (ip, d) in &claims_delta {
             let before = i64::from(self.pod_claims.get(ip).copied().unwrap_or(0));
-            if before > 1 || before + d > 1 || self.node_addrs.contains(ip) || catalog.services_by_ip.contains_key(ip) {
+            if before > 1 || before + d > 1 || self.node_addrs.contains(ip) || cluster_ips.contains(ip) {
                 return None;
             }
         }

@@ -667,6 +667,31 @@ mod tests {
     }
 
     #[test]
+    fn a_pod_leaving_a_service_address_it_held_gives_the_address_back_to_the_service() {
+        // A Service whose cluster IP a pod also owns is left out of the
+        // address map (a warning); when the pod goes, a compile from
+        // scratch flags the address as the Service's again.
+        use crate::policy::compiled::IpPrefix;
+        use ipnet::IpNet;
+        use std::net::IpAddr;
+        let text = "apiVersion: v1\nkind: Service\nmetadata: {name: s, namespace: a}\n\
+                 spec: {clusterIP: 10.0.1.3, ports: [{port: 80}]}\n";
+        let extra = manifests_to_input(text).unwrap();
+        let mut input = (*cluster("app: client", "team: x")).clone();
+        input.services = extra.services;
+        let input = Arc::new(input);
+        let mut compiler = Compiler::default();
+        let prev = compiler.compile(&input, &node()).clone();
+        let mut gone = (*input).clone();
+        gone.pods.remove(&("a".to_string(), "peer-3".to_string()));
+        let gone = Arc::new(gone);
+        let out = compiler.compile(&gone, &node()).clone();
+        assert_eq!(out, compile_with_hints(&gone, &node(), &hints_of(&prev)));
+        let ip = IpPrefix::from_net(IpNet::from("10.0.1.3".parse::<IpAddr>().unwrap()));
+        assert_eq!(out.ips[&ip].flags, palisade_common::IP_SERVICE, "the cluster IP is the Service's again");
+    }
+
+    #[test]
     fn an_unchanged_state_changes_nothing_and_a_restart_keeps_the_kernels_numbers() {
         let mut compiler = Compiler::default();
         let input = cluster("app: client", "team: x");
