@@ -46,18 +46,22 @@ pub struct Group {
     pub last_ns: u64,
 }
 
-/// `events` grouped, in the order each group first appears.
+/// `events` grouped, in the order of each group's latest event: a sink
+/// that keeps what the last event of a flow said (the page's "decided
+/// by") folds the groups as it would have folded the events.
 pub fn group(events: &[Compact]) -> Vec<Group> {
     let mut groups: Vec<Group> = Vec::new();
+    let mut latest: Vec<usize> = Vec::new();
     let mut index: HashMap<Shape, usize, foldhash::fast::RandomState> = HashMap::default();
     // A run of one flow's events (a flood) skips the table.
     let mut last: Option<(Shape, usize)> = None;
-    for c in events {
+    for (at, c) in events.iter().enumerate() {
         let shape = Shape::of(c);
         let i = match last {
             Some((s, i)) if s == shape => i,
             _ => *index.entry(shape).or_insert_with(|| {
                 groups.push(Group { event: *c, events: 0, packets: 0, first_ns: u64::MAX, last_ns: 0 });
+                latest.push(0);
                 groups.len() - 1
             }),
         };
@@ -67,9 +71,12 @@ pub fn group(events: &[Compact]) -> Vec<Group> {
         g.packets += u64::from(c.count.max(1));
         g.first_ns = g.first_ns.min(c.time_ns);
         g.last_ns = g.last_ns.max(c.time_ns);
+        latest[i] = at;
         last = Some((shape, i));
     }
-    groups
+    let mut order: Vec<usize> = (0..groups.len()).collect();
+    order.sort_unstable_by_key(|&i| latest[i]);
+    order.into_iter().map(|i| groups[i].clone()).collect()
 }
 
 #[cfg(test)]
@@ -98,8 +105,9 @@ mod tests {
         let groups = group(&batch);
         let summary: Vec<(u16, u32, u64, u64, u64, u64)> =
             groups.iter().map(|g| (g.event.dport, g.event.rule, g.events, g.packets, g.first_ns, g.last_ns)).collect();
-        assert_eq!(summary, [(53, 0, 3, 4, 10, 50), (54, 0, 1, 1, 20, 20), (53, 7, 1, 5, 40, 40)]);
-        assert_eq!(groups[0].event, batch[4], "the latest event stands for its group");
+        // In the order of each group's latest event.
+        assert_eq!(summary, [(54, 0, 1, 1, 20, 20), (53, 7, 1, 5, 40, 40), (53, 0, 3, 4, 10, 50)]);
+        assert_eq!(groups[2].event, batch[4], "the latest event stands for its group");
         // Without ports, the port fields say nothing.
         let icmp = |dport| Compact { protocol: PROTO_ICMP, dport, ..Default::default() };
         assert_eq!(group(&[icmp(1), icmp(2)]).len(), 1);
