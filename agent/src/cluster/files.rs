@@ -971,7 +971,11 @@ mod tests {
         ];
         for (what, step) in steps {
             let paths = step();
+            let walks = noted.walks;
             let got = noted.reload(&paths);
+            // Only a directory named (new or gone) takes a walk.
+            let walked_here = matches!(what, "a new directory" | "a directory deleted");
+            assert_eq!(noted.walks - walks, usize::from(walked_here), "{what}: walks");
             noted.prepare_next();
             let want = walked.load();
             assert_eq!(got.input, want.input, "{what}");
