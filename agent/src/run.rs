@@ -541,6 +541,8 @@ impl Agent {
                 load_us = times.load.as_micros() as u64,
                 compile_us = times.compile.as_micros() as u64,
                 sync_us = times.sync.as_micros() as u64,
+                links_us = report.links_us,
+                attaches = report.attaches,
                 total_us = times.total.as_micros() as u64,
                 "policy in force"
             );

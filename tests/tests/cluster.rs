@@ -370,7 +370,95 @@ fn cases() -> Vec<palisade_e2e::suite::Case<Env>> {
             );
             Ok(())
         }),
+        ("a_pods_interface_is_attached_before_its_manifest_and_enforced_from_its_first_packet", |e| {
+            // Default mode (the interface's name is not a strict prefix).
+            // Namespace z admits ingress from y only.
+            e.apply(&[np(
+                "z",
+                "from-y",
+                "  podSelector: {}\n  ingress:\n  - from: [{namespaceSelector: {matchLabels: {ns: \"y\"}}}]\n",
+            )])?;
+            let spec = PodSpec {
+                namespace: "z".into(),
+                name: "early".into(),
+                labels: vec![("pod".into(), "early".into())],
+                ip4: Ipv4Addr::new(10, 240, 3, 61),
+                ip6: Ipv6Addr::new(0xfd10, 0x240, 3, 0, 0, 0, 0, 61),
+                node: NODE.into(),
+                ports: vec![Port::new("udp", 80, "UDP")],
+            };
+            // The CNI's work: interface, addresses, routes.
+            let pod = Pod::create("pl-cl-early", "plcldef0", spec)?;
+            let ifindex = if_index("plcldef0")?;
+            let agent = e.agent();
+            let links = agent.bpffs.join("links");
+            let pinned = |hook: &str| links.join(format!("{ifindex}-{hook}")).exists();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !(pinned("from-pod") && pinned("to-pod")) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            ensure!(
+                pinned("from-pod") && pinned("to-pod"),
+                "the pod hooks were not attached to the routed veth before its pod was known"
+            );
+            // Unknown, the pod is not enforced: its traffic passes, both ways,
+            // as with no hook at all.
+            let st = agent.status()?;
+            ensure!(
+                !st["pods"].as_array().is_some_and(|p| p.iter().any(|p| p["name"] == "early")),
+                "the pod is not known yet: {}",
+                st["pods"]
+            );
+            ensure!(probe::probe(e.topo.pod("x/a"), pod.ip(false), 80, Proto::Udp), "unknown pods are not judged");
+            // Its manifest: the next pass attaches nothing, and the first
+            // probe after it is judged by the pod's policy.
+            agent.apply("extra-early.yaml", &pod.manifest())?;
+            let st = agent.wait_in_sync()?;
+            let early = st["pods"].as_array().and_then(|p| p.iter().find(|p| p["name"] == "early")).cloned();
+            ensure!(
+                early.as_ref().is_some_and(|p| p["state"] == "enforced"),
+                "the pod is enforced once its manifest is in: {early:?}"
+            );
+            ensure!(!probe::probe(e.topo.pod("x/a"), pod.ip(false), 80, Proto::Udp), "x may not reach z/early");
+            ensure!(probe::probe(e.topo.pod("y/a"), pod.ip(false), 80, Proto::Udp), "y may reach z/early");
+            let log = plain(&std::fs::read_to_string(&agent.stderr)?);
+            let last = log.lines().rev().find(|l| l.contains("policy in force")).unwrap_or_default();
+            ensure!(last.contains(" attaches=0 "), "the manifest's pass attached programs: {last}");
+            // The pod gone from the manifests (its veth still there): its
+            // hooks stay, nothing judges it any more.
+            agent.remove("extra-early.yaml")?;
+            agent.wait_in_sync()?;
+            ensure!(pinned("from-pod") && pinned("to-pod"), "the hooks stay on the pod's interface");
+            ensure!(
+                probe::probe(e.topo.pod("x/a"), pod.ip(false), 80, Proto::Udp),
+                "a pod no longer known is not judged"
+            );
+            drop(pod);
+            Ok(())
+        }),
     ]
+}
+
+/// A log line without its ANSI styles.
+fn plain(log: &str) -> String {
+    let mut out = String::with_capacity(log.len());
+    let mut chars = log.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            chars.by_ref().find(|c| *c == 'm');
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn if_index(name: &str) -> Result<u32> {
+    let c = std::ffi::CString::new(name)?;
+    // SAFETY: c is a valid NUL-terminated string.
+    let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    ensure!(i != 0, "no interface {name}");
+    Ok(i)
 }
 
 fn tempdir(tag: &str) -> Result<std::path::PathBuf> {

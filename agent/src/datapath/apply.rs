@@ -3,7 +3,7 @@
 //! opens (see [`Datapath::sync`]).
 
 use super::netlink::Interfaces;
-use super::plan::{self, Hold, Plan, Role};
+use super::plan::{self, Hold, Hook, Plan};
 use super::{Datapath, SyncReport};
 use crate::policy::compile::Changes;
 use crate::policy::{Compiled, IpPrefix, PolicyPrefix};
@@ -26,16 +26,16 @@ struct Upsert {
     allowed: HashMap<u32, Vec<(PolicyPrefix, Option<PolicyValue>)>>,
 }
 
-/// (program, TC hook, pin name suffix) per hook of a role.
-fn hooks(role: Role) -> &'static [(&'static str, TcAttachType, &'static str)] {
-    match role {
-        Role::Pod => &[
-            (programs::FROM_POD, TcAttachType::Ingress, "from-pod"),
-            (programs::TO_POD, TcAttachType::Egress, "to-pod"),
-        ],
-        Role::Host => &[(programs::HOST_EGRESS, TcAttachType::Egress, "host-egress")],
+/// (program, TC hook, pin name suffix) of a hook.
+fn program(hook: Hook) -> (&'static str, TcAttachType, &'static str) {
+    match hook {
+        Hook::FromPod => (programs::FROM_POD, TcAttachType::Ingress, "from-pod"),
+        Hook::ToPod => (programs::TO_POD, TcAttachType::Egress, "to-pod"),
+        Hook::HostEgress => (programs::HOST_EGRESS, TcAttachType::Egress, "host-egress"),
     }
 }
+
+const HOOKS: [Hook; 3] = [Hook::HostEgress, Hook::ToPod, Hook::FromPod];
 
 impl Datapath {
     /// Makes the kernel hold `compiled`, with each local pod enforced on the
@@ -296,48 +296,62 @@ impl Datapath {
         }
     }
 
-    /// Puts each interface's programs in place for its role, takes them off
-    /// interfaces that have none any more, and removes the endpoint entries
-    /// of interfaces no pod is enforced on.
+    /// Puts each interface's programs in place, takes off those it should
+    /// not carry (all of them from interfaces that are gone), and removes
+    /// the endpoint entries of interfaces no pod is enforced on.
+    ///
+    /// Only hooks missing or unwanted are touched: an attach (and a
+    /// detach) waits for RCU grace periods under the RTNL lock, tens of
+    /// ms each, so a pod's interface keeps its hooks whether its pod is
+    /// known or not (see [`plan::plan`]) and the pod's manifest costs map
+    /// writes only. A pod whose hooks are not all on is `AttachFailed`
+    /// (its endpoint entry is written, but what lacks a hook is not
+    /// judged), an error in the report until an attach succeeds.
     fn write_links(&mut self, plan: &mut Plan, ifaces: &Interfaces, report: &mut SyncReport) {
-        let mut failed_attach = BTreeMap::new();
-        for (ifindex, role) in &plan.roles {
-            let current = self.realized.attached.get(ifindex).copied();
-            if current == Some(*role) {
-                continue;
-            }
-            if current.is_some() {
-                // The interface changed role (its pod came or went).
-                if let Err(e) = self.detach(*ifindex) {
-                    report.errors.push(format!("detaching from interface {ifindex}: {e:#}"));
-                }
-            }
+        let started = std::time::Instant::now();
+        let mut failed_attach: BTreeMap<u32, String> = BTreeMap::new();
+        for (ifindex, wanted) in &plan.hooks {
             let name = ifaces.names.get(ifindex).cloned().unwrap_or_default();
-            match self.attach(*ifindex, &name, *role) {
-                Ok(()) => {
-                    self.realized.attached.insert(*ifindex, *role);
+            let have = self.realized.attached.get(ifindex).cloned().unwrap_or_default();
+            for &hook in wanted.difference(&have) {
+                let t = std::time::Instant::now();
+                let attached = self.attach(*ifindex, &name, hook);
+                tracing::debug!(ifindex, hook = ?hook, us = t.elapsed().as_micros() as u64, ok = attached.is_ok(), "attach");
+                report.attaches += 1;
+                match attached {
+                    Ok(()) => {
+                        self.realized.attached.entry(*ifindex).or_default().insert(hook);
+                    }
+                    // A pod's (or a pending interface's) missing hook is
+                    // an error; one on an interface no pod is known on
+                    // yet is retried by the next sync (interfaces come
+                    // and go under our feet: a veth being deleted).
+                    Err(e) if hook.is_pod() && plan.entries.contains_key(ifindex) => {
+                        report.errors.push(format!("attaching to {name} ({ifindex}): {e:#}"));
+                        failed_attach.insert(*ifindex, format!("{e:#}"));
+                    }
+                    Err(e) => tracing::debug!("{hook:?} hook on {name} ({ifindex}): {e:#}"),
                 }
-                Err(e) if *role == Role::Pod => {
-                    report.errors.push(format!("attaching to {name} ({ifindex}): {e:#}"));
-                    failed_attach.insert(*ifindex, format!("{e:#}"));
-                }
-                // Interfaces come and go under our feet (a veth being
-                // deleted); the next sync settles it.
-                Err(e) => tracing::debug!("host egress hook on {name} ({ifindex}): {e:#}"),
+            }
+            for &hook in have.difference(wanted) {
+                self.detach_hooks(*ifindex, &[hook], report);
             }
         }
         for st in &mut plan.endpoints {
-            if let Some(msg) = st.ifindex.and_then(|i| failed_attach.get(&i)) {
+            let Some(i) = st.ifindex.filter(|i| plan.entries.contains_key(i)) else { continue };
+            let on = self.realized.attached.get(&i);
+            let whole = [Hook::FromPod, Hook::ToPod].iter().all(|h| on.is_some_and(|on| on.contains(h)));
+            if let Some(msg) = failed_attach.get(&i) {
                 st.state = Enforcement::AttachFailed(msg.clone());
+            } else if !whole {
+                st.state = Enforcement::AttachFailed("the pod hooks are not attached".into());
             }
         }
-        let gone: Vec<u32> = self.realized.attached.keys().copied().filter(|i| !plan.roles.contains_key(i)).collect();
+        let gone: Vec<u32> = self.realized.attached.keys().copied().filter(|i| !plan.hooks.contains_key(i)).collect();
         for ifindex in gone {
-            if let Err(e) = self.detach(ifindex) {
-                report.errors.push(format!("detaching from interface {ifindex}: {e:#}"));
-            }
-            self.realized.attached.remove(&ifindex);
+            self.detach_hooks(ifindex, &HOOKS, report);
         }
+        report.links_us = started.elapsed().as_micros() as u64;
         let stale: Vec<u32> =
             self.realized.endpoints.keys().copied().filter(|i| !plan.entries.contains_key(i)).collect();
         for ifindex in stale {
@@ -349,67 +363,83 @@ impl Datapath {
         }
     }
 
+    /// Takes hooks off an interface, and out of what is realized once off.
+    fn detach_hooks(&mut self, ifindex: u32, hooks: &[Hook], report: &mut SyncReport) {
+        for &hook in hooks {
+            match self.detach(ifindex, hook) {
+                Ok(()) => {
+                    if let Some(on) = self.realized.attached.get_mut(&ifindex) {
+                        on.remove(&hook);
+                    }
+                }
+                Err(e) => report.errors.push(format!("detaching from interface {ifindex}: {e:#}")),
+            }
+        }
+        if self.realized.attached.get(&ifindex).is_some_and(BTreeSet::is_empty) {
+            self.realized.attached.remove(&ifindex);
+        }
+    }
+
     fn link_path(&self, ifindex: u32, hook: &str) -> PathBuf {
         self.dir.join("links").join(format!("{ifindex}-{hook}"))
     }
 
-    /// Puts this agent's programs on an interface: into the links pinned
-    /// there by an earlier agent (an atomic swap), or into new pinned links
-    /// that run before any other TCX program.
-    fn attach(&mut self, ifindex: u32, name: &str, role: Role) -> Result<()> {
-        for &(prog_name, attach_type, hook) in hooks(role) {
-            let path = self.link_path(ifindex, hook);
-            let prog: &mut SchedClassifier =
-                self.ebpf.program_mut(prog_name).ok_or_else(|| anyhow!("program {prog_name} missing"))?.try_into()?;
-            if path.exists() {
-                let adopted = PinnedLink::from_pin(&path)
-                    .map_err(anyhow::Error::from)
-                    .and_then(|p| SchedClassifierLink::try_from(FdLink::from(p)).map_err(anyhow::Error::from))
-                    .and_then(|link| prog.attach_to_link(link).map_err(anyhow::Error::from));
-                match adopted {
-                    Ok(id) => {
-                        // The pin keeps the link; our handle can go.
-                        drop(prog.take_link(id)?);
-                        continue;
-                    }
-                    Err(e) => {
-                        tracing::debug!("pinned link {} unusable ({e:#}); attaching anew", path.display());
-                        std::fs::remove_file(&path).ok();
-                    }
+    /// Puts one of this agent's programs on an interface: into the link
+    /// pinned there by an earlier agent (an atomic swap), or into a new
+    /// pinned link that runs before any other TCX program.
+    fn attach(&mut self, ifindex: u32, name: &str, hook: Hook) -> Result<()> {
+        let (prog_name, attach_type, pin) = program(hook);
+        let path = self.link_path(ifindex, pin);
+        let prog: &mut SchedClassifier =
+            self.ebpf.program_mut(prog_name).ok_or_else(|| anyhow!("program {prog_name} missing"))?.try_into()?;
+        if path.exists() {
+            let adopted = PinnedLink::from_pin(&path)
+                .map_err(anyhow::Error::from)
+                .and_then(|p| SchedClassifierLink::try_from(FdLink::from(p)).map_err(anyhow::Error::from))
+                .and_then(|link| prog.attach_to_link(link).map_err(anyhow::Error::from));
+            match adopted {
+                Ok(id) => {
+                    // The pin keeps the link; our handle can go.
+                    drop(prog.take_link(id)?);
+                    return Ok(());
+                }
+                Err(e) => {
+                    tracing::debug!("pinned link {} unusable ({e:#}); attaching anew", path.display());
+                    std::fs::remove_file(&path).ok();
                 }
             }
-            let id = prog
-                .attach_with_options(name, attach_type, TcAttachOptions::TcxOrder(LinkOrder::first()))
-                .with_context(|| format!("attaching {prog_name}"))?;
-            let link = prog.take_link(id)?;
-            let fd: FdLink = link.try_into().context("TCX link")?;
-            fd.pin(&path).with_context(|| format!("pinning {}", path.display()))?;
+        }
+        let id = prog
+            .attach_with_options(name, attach_type, TcAttachOptions::TcxOrder(LinkOrder::first()))
+            .with_context(|| format!("attaching {prog_name}"))?;
+        let link = prog.take_link(id)?;
+        let fd: FdLink = link.try_into().context("TCX link")?;
+        fd.pin(&path).with_context(|| format!("pinning {}", path.display()))?;
+        Ok(())
+    }
+
+    /// Takes one of this agent's programs off an interface. Removing the
+    /// last reference to a link detaches it; the kernel does that (and
+    /// waits for its grace periods) in a work queue, not in this call.
+    fn detach(&mut self, ifindex: u32, hook: Hook) -> Result<()> {
+        let path = self.link_path(ifindex, program(hook).2);
+        if path.exists() {
+            std::fs::remove_file(&path).with_context(|| format!("unpinning {}", path.display()))?;
         }
         Ok(())
     }
 
-    /// Takes this agent's programs off an interface.
-    fn detach(&mut self, ifindex: u32) -> Result<()> {
-        for hook in ["from-pod", "to-pod", "host-egress"] {
-            let path = self.link_path(ifindex, hook);
-            if path.exists() {
-                // Removing the last reference to a link detaches it.
-                std::fs::remove_file(&path).with_context(|| format!("unpinning {}", path.display()))?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Removes pinned links for interfaces this agent does not enforce on
-    /// (left by an earlier agent for pods that are gone).
+    /// Removes pinned links this agent does not hold (left by an earlier
+    /// agent for pods that are gone, or for hooks no longer wanted).
     /// Also removes the maps of other layout versions: once this agent's
     /// programs run in every link, nothing uses them.
     pub fn collect_garbage(&mut self) {
         if let Ok(entries) = std::fs::read_dir(self.dir.join("links")) {
             for entry in entries.flatten() {
                 let name = entry.file_name().to_string_lossy().to_string();
-                let ifindex = name.split('-').next().and_then(|s| s.parse::<u32>().ok());
-                if ifindex.is_none_or(|i| !self.realized.attached.contains_key(&i)) {
+                let (ifindex, pin) = name.split_once('-').unwrap_or((&name, ""));
+                let ours = ifindex.parse::<u32>().ok().and_then(|i| self.realized.attached.get(&i));
+                if ours.is_none_or(|on| !on.iter().any(|h| program(*h).2 == pin)) {
                     std::fs::remove_file(entry.path()).ok();
                 }
             }

@@ -6,10 +6,10 @@
 use anyhow::{Context, Result, bail};
 use futures_util::{StreamExt, TryStreamExt};
 use rtnetlink::packet_route::address::AddressAttribute;
-use rtnetlink::packet_route::link::LinkAttribute;
+use rtnetlink::packet_route::link::{InfoKind, LinkAttribute, LinkInfo};
 use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteType};
 use rtnetlink::{Handle, MulticastGroup, RouteMessageBuilder};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 
@@ -24,6 +24,10 @@ pub struct Interfaces {
     pub names: BTreeMap<u32, String>,
     /// The node's own addresses (not loopback, not link-local).
     pub host_ips: Vec<IpAddr>,
+    /// Interfaces that are one end of a veth or netkit pair: where CNIs
+    /// put pods (with a host route, a pod's interface before its pod is
+    /// known; see [`super::plan::plan`]).
+    pub veths: BTreeSet<u32>,
 }
 
 impl Interfaces {
@@ -88,8 +92,16 @@ pub async fn snapshot(handle: &Handle) -> Result<Interfaces> {
     let mut links = handle.link().get().execute();
     while let Some(msg) = links.try_next().await.context("dumping links")? {
         for attr in &msg.attributes {
-            if let LinkAttribute::IfName(name) = attr {
-                out.names.insert(msg.header.index, name.clone());
+            match attr {
+                LinkAttribute::IfName(name) => {
+                    out.names.insert(msg.header.index, name.clone());
+                }
+                LinkAttribute::LinkInfo(infos)
+                    if infos.iter().any(|i| matches!(i, LinkInfo::Kind(InfoKind::Veth | InfoKind::Netkit))) =>
+                {
+                    out.veths.insert(msg.header.index);
+                }
+                _ => {}
             }
         }
     }
@@ -160,7 +172,7 @@ mod tests {
         Interfaces {
             routes: routes.iter().map(|(a, i)| (a.parse().unwrap(), *i)).collect(),
             names: links.iter().map(|i| (*i, format!("if{i}"))).collect(),
-            host_ips: vec![],
+            ..Default::default()
         }
     }
 

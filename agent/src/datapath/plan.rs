@@ -11,13 +11,24 @@ use palisade_common::{EP_AUDIT, EP_EGRESS_ISOLATED, EP_INGRESS_ISOLATED, EP_PEND
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
-/// What an interface is to palisade.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Role {
-    /// A local pod's host-side veth: both directions of its policy.
-    Pod,
-    /// Another interface of the node: egress of DNATed pod traffic.
-    Host,
+/// A program on one of an interface's TC hooks. Declared in the order
+/// they are attached in: each goes in front of those already there, so a
+/// pod interface's egress runs `ToPod` before `HostEgress`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Hook {
+    /// TC egress of a node interface: the egress of DNATed pod traffic.
+    HostEgress,
+    /// TC egress of a pod interface: the pod's ingress.
+    ToPod,
+    /// TC ingress of a pod interface: the pod's egress.
+    FromPod,
+}
+
+impl Hook {
+    /// Whether the pod's policy depends on it.
+    pub fn is_pod(self) -> bool {
+        self != Hook::HostEgress
+    }
 }
 
 /// The desired kernel state (the policy map's contents are the compiled
@@ -31,7 +42,8 @@ pub struct Plan {
     /// until [`Plan::add_addresses`] (a sync that knows they did not
     /// change skips them).
     pub ips: BTreeMap<IpPrefix, IpInfo>,
-    pub roles: BTreeMap<u32, Role>,
+    /// The programs each interface should carry.
+    pub hooks: BTreeMap<u32, BTreeSet<Hook>>,
     /// Strict mode: pod interfaces held closed until their pod is known.
     pub pending: Vec<String>,
 }
@@ -71,14 +83,29 @@ pub fn plan(compiled: &Compiled, ifaces: &Interfaces, host: &HostInterfaces, str
         }
     }
 
-    plan.roles = plan.entries.keys().map(|i| (*i, Role::Pod)).collect();
+    // The pod hooks go on every interface with an endpoint entry, and on
+    // every veth a host route leads to: a CNI creates a pod's veth and
+    // route before the pod's address reaches the API, and an interface
+    // without an endpoint entry passes through both hooks untouched (the
+    // classifier judges nothing there), so attaching early changes no
+    // verdict. The pod's manifest then costs map writes only: each attach
+    // waits for RCU grace periods under the RTNL lock (tens of ms).
+    let routed: BTreeSet<u32> = ifaces.routes.values().copied().filter(|i| ifaces.veths.contains(i)).collect();
+    for ifindex in plan.entries.keys().chain(&routed) {
+        plan.hooks.insert(*ifindex, [Hook::FromPod, Hook::ToPod].into());
+    }
+    // The host egress hook stays on a pod interface, behind the pod's own
+    // (which judge DNATed traffic to a known pod first; the host hook then
+    // finds it tracked): before the pod is known it judges DNATed traffic
+    // to it, as on any node interface, and taking it off or putting it
+    // back as pods come and go would cost grace periods again.
     for (ifindex, name) in &ifaces.names {
         let wanted = match host {
             HostInterfaces::All => name != "lo",
             HostInterfaces::Named(names) => names.contains(name),
         };
         if wanted {
-            plan.roles.entry(*ifindex).or_insert(Role::Host);
+            plan.hooks.entry(*ifindex).or_default().insert(Hook::HostEgress);
         }
     }
     plan
@@ -160,8 +187,13 @@ mod tests {
         Interfaces {
             routes: routes.iter().map(|(a, i)| (ip(a), *i)).collect(),
             names: links.iter().map(|(i, n)| (*i, n.to_string())).collect(),
+            veths: links.iter().filter(|(_, n)| n.starts_with("veth")).map(|(i, _)| *i).collect(),
             host_ips: vec![],
         }
+    }
+
+    fn hooks(p: &Plan) -> Vec<(u32, Vec<Hook>)> {
+        p.hooks.iter().map(|(i, h)| (*i, h.iter().copied().collect())).collect()
     }
 
     #[test]
@@ -176,8 +208,8 @@ mod tests {
         assert_eq!(p.endpoints[0].state, Enforcement::Enforced);
         assert_eq!(p.endpoints[0].interface.as_deref(), Some("veth-a"));
         assert!(p.endpoints[0].ingress_isolated && !p.endpoints[0].egress_isolated);
-        let roles: Vec<(u32, Role)> = p.roles.into_iter().collect();
-        assert_eq!(roles, vec![(2, Role::Host), (10, Role::Pod), (11, Role::Pod)], "loopback gets nothing");
+        let pod = vec![Hook::HostEgress, Hook::ToPod, Hook::FromPod];
+        assert_eq!(hooks(&p), vec![(2, vec![Hook::HostEgress]), (10, pod.clone()), (11, pod)], "loopback gets nothing");
         // The pod's own address names its interface, for DNATed traffic.
         assert_eq!(p.ips[&IpPrefix::from_net(ipnet::IpNet::from(ip("10.0.0.1")))].ifindex, 10);
     }
@@ -205,8 +237,14 @@ mod tests {
         assert_eq!(p.entries[&12], Endpoint { identity: 0, flags: EP_PENDING });
         assert_eq!(p.entries[&10].flags & EP_PENDING, 0);
         assert_eq!(p.pending, vec!["veth-new".to_string()]);
-        assert_eq!(p.roles[&12], Role::Pod);
-        assert_eq!(p.roles[&2], Role::Host);
+        assert_eq!(
+            hooks(&p),
+            vec![
+                (2, vec![Hook::HostEgress]),
+                (10, vec![Hook::ToPod, Hook::FromPod]),
+                (12, vec![Hook::ToPod, Hook::FromPod])
+            ]
+        );
     }
 
     #[test]
@@ -231,7 +269,29 @@ mod tests {
         // would take every pod's endpoint away (see `netlink::Interfaces::check`).
         let c = compiled(vec![pod("a", "10.0.0.1", 7, EP_INGRESS_ISOLATED)]);
         let p = plan(&c, &Interfaces::default(), &HostInterfaces::All, &[]);
-        assert!(p.entries.is_empty() && p.roles.is_empty());
+        assert!(p.entries.is_empty() && p.hooks.is_empty());
         assert_eq!(p.endpoints[0].state, Enforcement::NoInterface);
+    }
+
+    #[test]
+    fn a_routed_veth_gets_the_pod_hooks_before_its_pod_is_known() {
+        // The CNI made the veth and its route; the pod's manifest has not
+        // come. The hooks go on now (no endpoint entry: nothing judged
+        // there yet), so the manifest costs no attach. A route to a node
+        // interface that is no veth (a gateway on eth0) gets none.
+        let c = compiled(vec![]);
+        let i = ifaces(&[(2, "eth0"), (12, "veth-new"), (13, "veth-bare")], &[("10.0.0.9", 12), ("10.0.0.1", 2)]);
+        let p = plan(&c, &i, &HostInterfaces::Named(vec!["eth0".into()]), &[]);
+        assert!(p.entries.is_empty() && p.pending.is_empty(), "nothing is enforced or held");
+        assert_eq!(hooks(&p), vec![(2, vec![Hook::HostEgress]), (12, vec![Hook::ToPod, Hook::FromPod])]);
+        // Its pod arrives: the same hooks, and now an endpoint entry.
+        let c = compiled(vec![pod("new", "10.0.0.9", 7, EP_INGRESS_ISOLATED)]);
+        let q = plan(&c, &i, &HostInterfaces::Named(vec!["eth0".into()]), &[]);
+        assert_eq!(q.hooks, p.hooks);
+        assert_eq!(q.entries[&12].identity, 7);
+        // Every node interface keeps the host hook, behind the pod's.
+        let p = plan(&compiled(vec![]), &i, &HostInterfaces::All, &[]);
+        assert_eq!(p.hooks[&12], [Hook::HostEgress, Hook::ToPod, Hook::FromPod].into());
+        assert_eq!(p.hooks[&13], [Hook::HostEgress].into());
     }
 }
