@@ -279,6 +279,38 @@ fn namespaces(cluster: &Cluster, labelled: bool) -> Value {
     cluster::list(&all)
 }
 
+/// One change made and undone `reps` times under one probe stream
+/// (`from` to `to` on `port`): each time, `apply` (returning the instant
+/// it was written) until the first probe passes, then the agent in sync;
+/// `undo` until the first probe is denied, then in sync. The latencies
+/// (ms) and pass breakdowns of both.
+fn toggle(
+    agent: &Agent,
+    reps: usize,
+    (from, to, port): (&Pod, &Pod, u16),
+    apply: impl Fn() -> Result<Instant>,
+    undo: impl Fn() -> Result<Instant>,
+) -> Result<(Vec<f64>, Vec<f64>, Passes, Passes)> {
+    let (mut on, mut off, mut p_on, mut p_off) = (Vec::new(), Vec::new(), Passes::default(), Passes::default());
+    let stream = Stream::start(from, to, port, INTERVAL)?;
+    std::thread::sleep(Duration::from_millis(50));
+    for _ in 0..reps {
+        p_on.start(agent);
+        let t0 = apply()?;
+        let allowed = ms(stream.wait_allowed(t0, TIMEOUT));
+        on.push(allowed);
+        agent.wait_in_sync(TIMEOUT)?;
+        p_on.note(agent, allowed);
+        p_off.start(agent);
+        let t0 = undo()?;
+        let denied = ms(stream.wait_denied(t0, QUIET, TIMEOUT));
+        off.push(denied);
+        agent.wait_in_sync(TIMEOUT)?;
+        p_off.note(agent, denied);
+    }
+    Ok((on, off, p_on, p_off))
+}
+
 #[allow(clippy::too_many_arguments)]
 fn point(
     cfg: &Config,
@@ -321,84 +353,41 @@ fn point(
     }
 
     // One policy added, then removed.
-    let (mut added, mut removed) = (Vec::new(), Vec::new());
-    let (mut p_added, mut p_removed, mut p_lab, mut p_unlab) =
-        (Passes::default(), Passes::default(), Passes::default(), Passes::default());
-    {
-        let stream = Stream::start(client, server, PORT_ADD, INTERVAL)?;
-        std::thread::sleep(Duration::from_millis(50));
-        for _ in 0..cfg.reps {
-            p_added.start(&agent);
-            let t0 = agent.apply("zz-change.json", &allow_policy("zz-change", PORT_ADD))?;
-            added.push(ms(stream.wait_allowed(t0, TIMEOUT)));
-            agent.wait_in_sync(TIMEOUT)?;
-            p_added.note(&agent, added[added.len() - 1]);
-            p_removed.start(&agent);
-            let t0 = agent.remove("zz-change.json")?;
-            removed.push(ms(stream.wait_denied(t0, QUIET, TIMEOUT)));
-            agent.wait_in_sync(TIMEOUT)?;
-            p_removed.note(&agent, removed[removed.len() - 1]);
-        }
-    }
+    let (added, removed, p_added, p_removed) = toggle(
+        &agent,
+        cfg.reps,
+        (client, server, PORT_ADD),
+        || agent.apply("zz-change.json", &allow_policy("zz-change", PORT_ADD)),
+        || agent.remove("zz-change.json"),
+    )?;
 
     // A pod's labels changed (the client gains, then loses, probe=yes).
-    let (mut lab, mut unlab) = (Vec::new(), Vec::new());
-    {
-        let stream = Stream::start(client, server, PORT_LABEL, INTERVAL)?;
-        std::thread::sleep(Duration::from_millis(50));
-        for _ in 0..cfg.reps {
-            p_lab.start(&agent);
-            let t0 = agent.apply("local-pods.json", &cluster::list(&cluster::local_pods(true)))?;
-            lab.push(ms(stream.wait_allowed(t0, TIMEOUT)));
-            agent.wait_in_sync(TIMEOUT)?;
-            p_lab.note(&agent, lab[lab.len() - 1]);
-            p_unlab.start(&agent);
-            let t0 = agent.apply("local-pods.json", &cluster::list(&cluster::local_pods(false)))?;
-            unlab.push(ms(stream.wait_denied(t0, QUIET, TIMEOUT)));
-            agent.wait_in_sync(TIMEOUT)?;
-            p_unlab.note(&agent, unlab[unlab.len() - 1]);
-        }
-    }
+    let (lab, unlab, p_lab, p_unlab) = toggle(
+        &agent,
+        cfg.reps,
+        (client, server, PORT_LABEL),
+        || agent.apply("local-pods.json", &cluster::list(&cluster::local_pods(true))),
+        || agent.apply("local-pods.json", &cluster::list(&cluster::local_pods(false))),
+    )?;
 
-    // A pod added (its interface was there, unknown), then deleted.
-    let (mut pod_in, mut pod_out) = (Vec::new(), Vec::new());
-    let (mut p_pod_in, mut p_pod_out) = (Passes::default(), Passes::default());
-    {
-        let stream = Stream::start(newcomer, server, PORT_POD, INTERVAL)?;
-        std::thread::sleep(Duration::from_millis(50));
-        for _ in 0..cfg.reps {
-            p_pod_in.start(&agent);
-            let t0 = agent.apply("zz-added-pod.json", &added_pod(ADDED_IPS))?;
-            pod_in.push(ms(stream.wait_allowed(t0, TIMEOUT)));
-            agent.wait_in_sync(TIMEOUT)?;
-            p_pod_in.note(&agent, pod_in[pod_in.len() - 1]);
-            p_pod_out.start(&agent);
-            let t0 = agent.remove("zz-added-pod.json")?;
-            pod_out.push(ms(stream.wait_denied(t0, QUIET, TIMEOUT)));
-            agent.wait_in_sync(TIMEOUT)?;
-            p_pod_out.note(&agent, pod_out[pod_out.len() - 1]);
-        }
-    }
+    // A pod added (its interface and route were there, unknown, as a CNI
+    // leaves them before the pod's address reaches the API), then deleted.
+    let (pod_in, pod_out, p_pod_in, p_pod_out) = toggle(
+        &agent,
+        cfg.reps,
+        (newcomer, server, PORT_POD),
+        || agent.apply("zz-added-pod.json", &added_pod(ADDED_IPS)),
+        || agent.remove("zz-added-pod.json"),
+    )?;
 
     // The local pods' namespace gains, then loses, probe-ns=yes.
-    let (mut ns_in, mut ns_out) = (Vec::new(), Vec::new());
-    let (mut p_ns_in, mut p_ns_out) = (Passes::default(), Passes::default());
-    {
-        let stream = Stream::start(client, server, PORT_NS, INTERVAL)?;
-        std::thread::sleep(Duration::from_millis(50));
-        for _ in 0..cfg.reps {
-            p_ns_in.start(&agent);
-            let t0 = agent.apply("namespaces.json", &namespaces(&cluster, true))?;
-            ns_in.push(ms(stream.wait_allowed(t0, TIMEOUT)));
-            agent.wait_in_sync(TIMEOUT)?;
-            p_ns_in.note(&agent, ns_in[ns_in.len() - 1]);
-            p_ns_out.start(&agent);
-            let t0 = agent.apply("namespaces.json", &namespaces(&cluster, false))?;
-            ns_out.push(ms(stream.wait_denied(t0, QUIET, TIMEOUT)));
-            agent.wait_in_sync(TIMEOUT)?;
-            p_ns_out.note(&agent, ns_out[ns_out.len() - 1]);
-        }
-    }
+    let (ns_in, ns_out, p_ns_in, p_ns_out) = toggle(
+        &agent,
+        cfg.reps,
+        (client, server, PORT_NS),
+        || agent.apply("namespaces.json", &namespaces(&cluster, true)),
+        || agent.apply("namespaces.json", &namespaces(&cluster, false)),
+    )?;
 
     // A burst: every policy selects the local pods (each one adds their
     // entries); the last written lets the probe through, and the agent
