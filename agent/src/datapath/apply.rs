@@ -310,35 +310,45 @@ impl Datapath {
     fn write_links(&mut self, plan: &mut Plan, ifaces: &Interfaces, report: &mut SyncReport) {
         let started = std::time::Instant::now();
         let mut failed_attach: BTreeMap<u32, String> = BTreeMap::new();
+        // Missing hooks, those that enforce a pod (or hold one closed)
+        // first: each attach takes tens of ms.
+        let mut missing: Vec<(bool, u32, Hook)> = Vec::new();
         for (ifindex, wanted) in &plan.hooks {
-            let name = ifaces.names.get(ifindex).cloned().unwrap_or_default();
             let have = self.realized.attached.get(ifindex).cloned().unwrap_or_default();
             for &hook in wanted.difference(&have) {
-                let t = std::time::Instant::now();
-                let attached = self.attach(*ifindex, &name, hook);
-                tracing::debug!(ifindex, hook = ?hook, us = t.elapsed().as_micros() as u64, ok = attached.is_ok(), "attach");
-                report.attaches += 1;
-                match attached {
-                    Ok(()) => {
-                        self.realized.attached.entry(*ifindex).or_default().insert(hook);
-                    }
-                    // A pod's (or a pending interface's) missing hook is
-                    // an error; one on an interface no pod is known on
-                    // yet is retried by the next sync (interfaces come
-                    // and go under our feet: a veth being deleted).
-                    Err(e) if hook.is_pod() && plan.entries.contains_key(ifindex) => {
-                        report.errors.push(format!("attaching to {name} ({ifindex}): {e:#}"));
-                        failed_attach.insert(*ifindex, format!("{e:#}"));
-                    }
-                    Err(e) => tracing::debug!("{hook:?} hook on {name} ({ifindex}): {e:#}"),
-                }
+                missing.push((!(hook.is_pod() && plan.entries.contains_key(ifindex)), *ifindex, hook));
             }
             for &hook in have.difference(wanted) {
                 self.detach_hooks(*ifindex, &[hook], report);
             }
         }
+        missing.sort();
+        for (later, ifindex, hook) in missing {
+            let name = ifaces.names.get(&ifindex).cloned().unwrap_or_default();
+            let t = std::time::Instant::now();
+            let attached = self.attach(ifindex, &name, hook);
+            tracing::debug!(ifindex, hook = ?hook, us = t.elapsed().as_micros() as u64, ok = attached.is_ok(), "attach");
+            report.attaches += 1;
+            match attached {
+                Ok(()) => {
+                    self.realized.attached.entry(ifindex).or_default().insert(hook);
+                }
+                // A pod's (or a pending interface's) missing hook is an
+                // error; any other is retried by the next sync
+                // (interfaces come and go under our feet: a veth being
+                // deleted).
+                Err(e) if !later => {
+                    report.errors.push(format!("attaching to {name} ({ifindex}): {e:#}"));
+                    failed_attach.insert(ifindex, format!("{e:#}"));
+                }
+                Err(e) => tracing::debug!("{hook:?} hook on {name} ({ifindex}): {e:#}"),
+            }
+        }
         for st in &mut plan.endpoints {
-            let Some(i) = st.ifindex.filter(|i| plan.entries.contains_key(i)) else { continue };
+            if !matches!(st.state, Enforcement::Enforced | Enforcement::HeldClosed(_)) {
+                continue;
+            }
+            let Some(i) = st.ifindex else { continue };
             let on = self.realized.attached.get(&i);
             let whole = [Hook::FromPod, Hook::ToPod].iter().all(|h| on.is_some_and(|on| on.contains(h)));
             if let Some(msg) = failed_attach.get(&i) {
