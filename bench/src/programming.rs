@@ -43,8 +43,12 @@ pub struct PointResult {
     pub policy_removed_ms: Sample,
     pub label_added_ms: Sample,
     pub label_removed_ms: Sample,
-    /// A local pod added to the manifests (its interface already there),
-    /// then deleted: its peer admits it, then no longer.
+    /// A local pod added to the manifests (its interface and route already
+    /// there, as a CNI leaves them before the pod's address reaches the
+    /// API), then deleted: its peer admits it, then no longer. The packet
+    /// proves the peer's side (the pod's address and identity in force);
+    /// the pod's own hooks need not be on for it, so the pass time (the
+    /// breakdown) is where attaching shows.
     pub pod_added_ms: Sample,
     pub pod_deleted_ms: Sample,
     /// The local pods' namespace labelled, then unlabelled: a policy
