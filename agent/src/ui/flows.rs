@@ -439,7 +439,7 @@ impl FlowMap {
         let Some(symbols) = self.lock().symbols.clone() else { return };
         let groups: Vec<(VerdictEvent, u64)> = crate::events::group(events)
             .iter()
-            .map(|g| (wire::to_event(&g.event, |id| symbols.get(id).map(|s| (*s).clone())), g.packets))
+            .map(|g| (symbols.expand(&g.event), g.packets))
             .collect();
         let mut st = self.lock();
         let unseen = events.len().saturating_sub(TAIL);
@@ -548,7 +548,7 @@ impl FlowMap {
         let expand = |t: &Tailed| match (t, &st.symbols) {
             (Tailed::Event(ev), _) => Some(ev.clone()),
             (Tailed::Compact(c), Some(names)) => {
-                Some(Arc::new(wire::to_event(c, |id| names.get(id).map(|s| (*s).clone()))))
+                Some(Arc::new(names.expand(c)))
             }
             (Tailed::Compact(_), None) => None,
         };
@@ -783,7 +783,7 @@ mod tests {
         compact.record_compact(&batch[..20], None, 1000);
         compact.record_compact(&batch[20..], None, 2000);
         let expanded = FlowMap::default();
-        let expand = |c: &Compact| Arc::new(wire::to_event(c, |id| symbols.get(id).map(|s| (*s).clone())));
+        let expand = |c: &Compact| Arc::new(symbols.expand(c));
         expanded.record_all(&batch[..20].iter().map(expand).collect::<Vec<_>>(), None, 1000);
         expanded.record_all(&batch[20..].iter().map(expand).collect::<Vec<_>>(), None, 2000);
         let flows = |m: &FlowMap| {
