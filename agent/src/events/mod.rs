@@ -213,7 +213,7 @@ fn write_log(batch: &[Compact], symbols: &Symbols, fmt: LogFormat) {
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::with_capacity(64 * 1024, stdout.lock());
     for c in batch.iter().filter(|c| c.verdict() != Verdict::Allowed) {
-        let ev = wire::to_event(c, |id| symbols.get(id).map(|s| (*s).clone()));
+        let ev = symbols.expand(c);
         let _ = match fmt {
             LogFormat::Json => writeln!(out, "{}", serde_json::to_string(&ev).unwrap_or_default()),
             _ => writeln!(out, "{} {}", ev.time, ev),

@@ -212,6 +212,11 @@ impl Symbols {
         let i = (id as usize).checked_sub(1)?;
         self.by_id.read().ok()?.get(i).cloned()
     }
+
+    /// The event in Kubernetes terms, named by this table.
+    pub fn expand(&self, c: &Compact) -> VerdictEvent {
+        to_event(c, |id| self.get(id).map(|s| (*s).clone()))
+    }
 }
 
 /// A client's table of the symbols its connection defined.

@@ -3,7 +3,7 @@
 //! record periodically (and expires old keys).
 
 use super::{Record, key, now_ms};
-use crate::events::wire::{self, Compact, Symbols};
+use crate::events::wire::{Compact, Symbols};
 use crate::events::{Hub, View, group};
 use crate::metrics::Metrics;
 use std::path::PathBuf;
@@ -63,7 +63,7 @@ pub async fn run(
 /// packets and time span.
 fn add(record: &Record, events: &[Compact], symbols: &Symbols, view: &View) {
     for g in group(events) {
-        let ev = wire::to_event(&g.event, |id| symbols.get(id).map(|s| (*s).clone()));
+        let ev = symbols.expand(&g.event);
         if let Some(k) = key::of_event(&ev, view) {
             record.add_span(k, g.packets, g.first_ns / 1_000_000, g.last_ns / 1_000_000);
         }
@@ -143,7 +143,7 @@ mod tests {
         add(&grouped, &batch, &symbols, &view);
         let one_by_one = Record::new("n", Settings::default(), 0);
         for c in &batch {
-            let e = wire::to_event(c, |id| symbols.get(id).map(|s| (*s).clone()));
+            let e = symbols.expand(c);
             let at = humantime::parse_rfc3339(&e.time).unwrap().duration_since(std::time::UNIX_EPOCH).unwrap();
             one_by_one.add(key::of_event(&e, &view).unwrap(), u64::from(e.count.max(1)), at.as_millis() as u64);
         }

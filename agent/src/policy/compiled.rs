@@ -134,17 +134,164 @@ impl std::fmt::Display for RuleInfo {
 }
 
 /// Everything user space needs to turn kernel numbers back into names.
+/// Each pass publishes it to the readers of what is in force (events, the
+/// flow record): cloning it shares its maps (see [`SharedMap`]) instead of
+/// copying them (10-18 ms at 10k pods x 10k policies).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Catalog {
-    pub identities: BTreeMap<u32, IdentityInfo>,
-    pub rules: BTreeMap<u32, RuleInfo>,
+    pub identities: SharedMap<u32, IdentityInfo>,
+    pub rules: SharedMap<u32, RuleInfo>,
     /// Policies that isolate a local identity in a direction.
-    pub isolating: BTreeMap<(u32, Direction), Vec<PolicyRef>>,
+    pub isolating: SharedMap<(u32, Direction), Vec<PolicyRef>>,
     /// Every known pod, by address.
-    pub pods_by_ip: BTreeMap<IpAddr, Arc<Pod>>,
+    pub pods_by_ip: SharedMap<IpAddr, Arc<Pod>>,
     /// Service (namespace, name) by cluster IP.
-    pub services_by_ip: BTreeMap<IpAddr, (String, String)>,
+    pub services_by_ip: SharedMap<IpAddr, (String, String)>,
+    /// The node's own addresses (a handful: copied).
     pub host_ips: BTreeSet<IpAddr>,
+}
+
+/// Shards of a [`SharedMap`].
+const SHARDS: usize = 64;
+
+/// Which shard of a [`SharedMap`] a key lives in.
+pub trait ShardKey: Ord {
+    fn shard(&self) -> usize;
+}
+
+/// Numbers are hashes (`compile::ids`): their top bits spread them, and
+/// keep the shards in key order.
+impl ShardKey for u32 {
+    fn shard(&self) -> usize {
+        (self >> (32 - SHARDS.trailing_zeros())) as usize
+    }
+}
+
+impl ShardKey for (u32, Direction) {
+    fn shard(&self) -> usize {
+        self.0.shard()
+    }
+}
+
+/// Addresses share their top bits: a hash of them instead.
+impl ShardKey for IpAddr {
+    fn shard(&self) -> usize {
+        let folded = match self {
+            IpAddr::V4(a) => u32::from(*a),
+            IpAddr::V6(a) => {
+                let x = u128::from(*a);
+                (x ^ (x >> 32) ^ (x >> 64) ^ (x >> 96)) as u32
+            }
+        };
+        folded.wrapping_mul(0x9e37_79b9).shard()
+    }
+}
+
+/// A map the compiler changes in place and every pass publishes: its
+/// shards are `Arc`s, so a clone copies 64 pointers, and a change copies
+/// only the shard it falls in, and only while a published clone still
+/// holds that shard. So the compiler's output and what readers hold are
+/// one catalog, not copies of it.
+///
+/// Iteration goes shard by shard: in key order for numbers, not for
+/// addresses.
+#[derive(Clone)]
+pub struct SharedMap<K, V> {
+    shards: [Arc<BTreeMap<K, V>>; SHARDS],
+}
+
+impl<K, V> Default for SharedMap<K, V> {
+    fn default() -> Self {
+        SharedMap { shards: std::array::from_fn(|_| Arc::new(BTreeMap::new())) }
+    }
+}
+
+impl<K: ShardKey + Clone, V: Clone + PartialEq> SharedMap<K, V> {
+    pub fn get(&self, k: &K) -> Option<&V> {
+        self.shards[k.shard()].get(k)
+    }
+
+    pub fn contains_key(&self, k: &K) -> bool {
+        self.shards[k.shard()].contains_key(k)
+    }
+
+    /// Inserts, copying the key's shard if a published clone holds it
+    /// (not when the same value is there already).
+    pub fn insert(&mut self, k: K, v: V) -> Option<V> {
+        let shard = &mut self.shards[k.shard()];
+        if shard.get(&k) == Some(&v) {
+            return Some(v);
+        }
+        Arc::make_mut(shard).insert(k, v)
+    }
+
+    /// Removes, copying the key's shard only if the key is there.
+    pub fn remove(&mut self, k: &K) -> Option<V> {
+        let shard = &mut self.shards[k.shard()];
+        if !shard.contains_key(k) {
+            return None;
+        }
+        Arc::make_mut(shard).remove(k)
+    }
+
+    pub fn entry(&mut self, k: K) -> std::collections::btree_map::Entry<'_, K, V> {
+        Arc::make_mut(&mut self.shards[k.shard()]).entry(k)
+    }
+
+    /// Empties the map without copying anything a clone holds.
+    pub fn clear(&mut self) {
+        for s in self.shards.iter_mut().filter(|s| !s.is_empty()) {
+            *s = Arc::new(BTreeMap::new());
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.shards.iter().map(|s| s.len()).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.shards.iter().all(|s| s.is_empty())
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&K, &V)> {
+        self.shards.iter().flat_map(|s| s.iter())
+    }
+}
+
+impl<K: ShardKey + Clone, V: Clone + PartialEq> Extend<(K, V)> for SharedMap<K, V> {
+    fn extend<I: IntoIterator<Item = (K, V)>>(&mut self, iter: I) {
+        for (k, v) in iter {
+            self.insert(k, v);
+        }
+    }
+}
+
+impl<K: ShardKey + Clone, V: Clone + PartialEq> FromIterator<(K, V)> for SharedMap<K, V> {
+    fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
+        let mut m = SharedMap::default();
+        m.extend(iter);
+        m
+    }
+}
+
+impl<K: ShardKey + Clone, V: Clone + PartialEq> std::ops::Index<&K> for SharedMap<K, V> {
+    type Output = V;
+    fn index(&self, k: &K) -> &V {
+        self.get(k).expect("no entry for the key")
+    }
+}
+
+/// Shards are a function of the keys: equal maps have equal shards.
+impl<K: PartialEq, V: PartialEq> PartialEq for SharedMap<K, V> {
+    fn eq(&self, other: &Self) -> bool {
+        self.shards.iter().zip(&other.shards).all(|(a, b)| Arc::ptr_eq(a, b) || a == b)
+    }
+}
+
+impl<K: std::fmt::Debug, V: std::fmt::Debug> std::fmt::Debug for SharedMap<K, V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map().entries(self.shards.iter().flat_map(|s| s.iter())).finish()
+    }
 }
 
 /// The compiler's output: the desired contents of every kernel map.
@@ -156,4 +303,42 @@ pub struct Compiled {
     pub catalog: Catalog,
     /// Things worth a warning that do not stop compilation.
     pub warnings: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_clone_shares_shards_and_a_change_copies_only_its_own() {
+        let mut m: SharedMap<u32, u32> = (0..10_000u32).map(|i| (i.wrapping_mul(0x9e37_79b9), i)).collect();
+        let published = m.clone();
+        let k = 5u32.wrapping_mul(0x9e37_79b9);
+        m.insert(k, 0);
+        m.remove(&6u32.wrapping_mul(0x9e37_79b9));
+        m.remove(&7); // absent: nothing copied
+        let copied = m.shards.iter().zip(&published.shards).filter(|(a, b)| !Arc::ptr_eq(a, b)).count();
+        assert!(copied <= 2, "{copied} shards copied");
+        assert_eq!(published.get(&k), Some(&5), "the published clone keeps what it had");
+        assert_eq!(m.get(&k), Some(&0));
+        assert_eq!((published.len(), m.len()), (10_000, 9_999));
+        let before = m.clone();
+        m.clear();
+        assert!(m.is_empty());
+        assert_eq!(before.len(), 9_999);
+    }
+
+    #[test]
+    fn numbers_iterate_in_key_order_and_equal_maps_compare_equal() {
+        let keys: Vec<u32> = (0..1_000u32).map(|i| i.wrapping_mul(0x9e37_79b9)).collect();
+        let a: SharedMap<u32, ()> = keys.iter().map(|k| (*k, ())).collect();
+        let b: SharedMap<u32, ()> = keys.iter().rev().map(|k| (*k, ())).collect();
+        let mut sorted = keys.clone();
+        sorted.sort();
+        assert_eq!(a.iter().map(|(k, _)| *k).collect::<Vec<_>>(), sorted);
+        assert_eq!(a, b);
+        let ips: SharedMap<IpAddr, u32> =
+            (0..1_000u32).map(|i| (IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i)), i)).collect();
+        assert!(ips.shards.iter().all(|s| !s.is_empty()), "addresses spread over every shard");
+    }
 }

@@ -21,7 +21,7 @@
 
 use crate::api::frames::{Frame, FrameReader};
 use crate::events::VerdictEvent;
-use crate::events::wire::{self, Compact, Symbols};
+use crate::events::wire::{Compact, Symbols};
 use anyhow::{Context, Result, bail};
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -108,7 +108,7 @@ impl Merged {
 
     /// An event in Kubernetes terms.
     pub fn event(&self, c: &Compact) -> VerdictEvent {
-        wire::to_event(c, |id| self.symbols.get(id).map(|s| (*s).clone()))
+        self.symbols.expand(c)
     }
 
     pub fn node(&self, i: u32) -> &str {

@@ -229,19 +229,27 @@ pub fn decided(ev: &VerdictEvent) -> String {
     }
 }
 
-/// An event of the tail: this node's are kept compact and expanded only
-/// when a request reads them (most are replaced unread under a flood).
+/// An event of the tail: this node's are kept compact, with the table
+/// that names them, and expanded only when a request reads them (most are
+/// replaced unread under a flood).
 enum Tailed {
     Event(Arc<VerdictEvent>),
-    Compact(wire::Compact),
+    Compact(wire::Compact, Arc<Symbols>),
+}
+
+impl Tailed {
+    fn expand(&self) -> Arc<VerdictEvent> {
+        match self {
+            Tailed::Event(ev) => ev.clone(),
+            Tailed::Compact(c, symbols) => Arc::new(symbols.expand(c)),
+        }
+    }
 }
 
 #[derive(Default)]
 struct State {
     details: HashMap<String, Detail>,
     tail: VecDeque<(u64, Tailed)>,
-    /// What the compact events of the tail name.
-    symbols: Option<Arc<Symbols>>,
     seq: u64,
     /// Events the page's aggregation missed because it fell behind.
     lagged: u64,
@@ -327,7 +335,6 @@ impl FlowMap {
         // between; what both hold is folded once.
         let mut live = shared.hub.subscribe();
         let (history, mut next) = shared.hub.history();
-        map.lock().symbols = Some(shared.hub.symbols.clone());
         map.fold_compact(&history, shared.as_ref());
         let task = map.clone();
         tokio::spawn(async move {
@@ -423,29 +430,29 @@ impl FlowMap {
         self.record_all(events, input, now_ms());
     }
 
-    fn fold_compact(&self, events: &[wire::Compact], source: &dyn Source) {
+    fn fold_compact(&self, events: &[wire::Compact], shared: &Shared) {
         if events.is_empty() {
             return;
         }
-        let applied = source.applied();
+        let applied = shared.applied();
         let input = applied.as_ref().map(|a| a.input.as_ref());
-        self.record_compact(events, input, now_ms());
+        self.record_compact(events, &shared.hub.symbols, input, now_ms());
     }
 
-    /// Folds this node's `events` as seen at `now`: one expansion per
-    /// group of events that say the same about a flow, and only the last
-    /// [`TAIL`] kept (compact) for the tail.
-    pub fn record_compact(&self, events: &[wire::Compact], input: Option<&Input>, now: u64) {
-        let Some(symbols) = self.lock().symbols.clone() else { return };
-        let groups: Vec<(VerdictEvent, u64)> = crate::events::group(events)
-            .iter()
-            .map(|g| (wire::to_event(&g.event, |id| symbols.get(id).map(|s| (*s).clone())), g.packets))
-            .collect();
+    /// Folds this node's `events`, named by `symbols`, as seen at `now`:
+    /// one expansion per group of events that say the same about a flow,
+    /// and only the last [`TAIL`] kept (compact, with `symbols`) for the
+    /// tail. The table comes with the events, so none is ever left
+    /// unnamed (unfolded, as when the map held a table of its own and had
+    /// none yet).
+    pub fn record_compact(&self, events: &[wire::Compact], symbols: &Arc<Symbols>, input: Option<&Input>, now: u64) {
+        let groups: Vec<(VerdictEvent, u64)> =
+            crate::events::group(events).iter().map(|g| (symbols.expand(&g.event), g.packets)).collect();
         let mut st = self.lock();
         let unseen = events.len().saturating_sub(TAIL);
         st.seq += unseen as u64;
         for c in &events[unseen..] {
-            st.push_tail(Tailed::Compact(*c));
+            st.push_tail(Tailed::Compact(*c, symbols.clone()));
         }
         for (ev, packets) in &groups {
             st.detail(ev, *packets, input, now);
@@ -545,19 +552,12 @@ impl FlowMap {
     pub fn tail(&self, filter: &Filter, after: u64, limit: Option<usize>) -> Value {
         let limit = limit.unwrap_or(200).min(TAIL_LIMIT);
         let st = self.lock();
-        let expand = |t: &Tailed| match (t, &st.symbols) {
-            (Tailed::Event(ev), _) => Some(ev.clone()),
-            (Tailed::Compact(c), Some(names)) => {
-                Some(Arc::new(wire::to_event(c, |id| names.get(id).map(|s| (*s).clone()))))
-            }
-            (Tailed::Compact(_), None) => None,
-        };
         let mut events: Vec<Value> = st
             .tail
             .iter()
             .rev()
             .take_while(|(seq, _)| *seq > after)
-            .filter_map(|(seq, t)| Some((seq, expand(t)?)))
+            .map(|(seq, t)| (seq, t.expand()))
             .filter(|(_, ev)| filter.matches_event(ev))
             .take(limit)
             .map(|(seq, ev)| json!({ "seq": seq, "text": ev.to_string(), "event": ev.as_ref() }))
@@ -779,11 +779,10 @@ mod tests {
         };
         let batch: Vec<Compact> = (0..(TAIL as u32 + 30)).map(|i| ev(i, if i % 7 == 0 { 81 } else { 80 })).collect();
         let compact = FlowMap::default();
-        compact.lock().symbols = Some(symbols.clone());
-        compact.record_compact(&batch[..20], None, 1000);
-        compact.record_compact(&batch[20..], None, 2000);
+        compact.record_compact(&batch[..20], &symbols, None, 1000);
+        compact.record_compact(&batch[20..], &symbols, None, 2000);
         let expanded = FlowMap::default();
-        let expand = |c: &Compact| Arc::new(wire::to_event(c, |id| symbols.get(id).map(|s| (*s).clone())));
+        let expand = |c: &Compact| Arc::new(symbols.expand(c));
         expanded.record_all(&batch[..20].iter().map(expand).collect::<Vec<_>>(), None, 1000);
         expanded.record_all(&batch[20..].iter().map(expand).collect::<Vec<_>>(), None, 2000);
         let flows = |m: &FlowMap| {
@@ -806,6 +805,44 @@ mod tests {
             );
         }
         assert_eq!(compact.tail(&Filter::default(), 0, None)["seq"], TAIL as u64 + 30);
+    }
+
+    /// A page that had never been given a symbol table dropped compact
+    /// batches, silently: the table now comes with each batch.
+    #[test]
+    fn a_fresh_map_folds_a_compact_batch_and_keeps_it_in_the_tail() {
+        use crate::events::wire::{Compact, KIND_POD, Symbol};
+        use palisade_common::{DIR_INGRESS, FAMILY_V4, PROTO_TCP, REASON_NO_RULE, VERDICT_DROPPED};
+        let symbols = Arc::new(Symbols::default());
+        let a = symbols.intern(Symbol::Pod { namespace: "x".into(), name: "a".into() });
+        let b = symbols.intern(Symbol::Pod { namespace: "y".into(), name: "b".into() });
+        let c = Compact {
+            time_ns: 1_700_000_000_000_000_000,
+            src: [10, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            dst: [10, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            sport: 40000,
+            dport: 80,
+            count: 2,
+            src_name: a,
+            dst_name: b,
+            family: FAMILY_V4,
+            protocol: PROTO_TCP,
+            direction: DIR_INGRESS,
+            verdict: VERDICT_DROPPED,
+            reason: REASON_NO_RULE,
+            src_kind: KIND_POD,
+            dst_kind: KIND_POD,
+            ..Default::default()
+        };
+        let map = FlowMap::default();
+        map.record_compact(&[c, c], &symbols, None, 1000);
+        let tail = map.tail(&Filter::default(), 0, None);
+        let events = tail["events"].as_array().unwrap();
+        assert_eq!(events.len(), 2, "{tail}");
+        assert_eq!(events[0]["event"]["source"]["pod"], "a");
+        let st = map.lock();
+        let flows: Vec<u64> = st.details.values().flat_map(|d| d.flows.values().map(|f| f.count)).collect();
+        assert_eq!(flows, [4], "both events' packets on the one flow");
     }
 
     #[test]

@@ -1,5 +1,5 @@
 use super::*;
-use crate::events::wire::Symbol;
+use crate::events::wire::{self, Symbol};
 use tokio::io::AsyncWriteExt;
 
 fn pod(ns: &str, name: &str) -> Symbol {
