@@ -216,6 +216,13 @@ pub struct CtKey {
     pub _pad: [u8; 2],
 }
 
+/// What the pod hooks' conntrack fast path leaves in the skb's `cb[0]`
+/// when it looked the packet's key up and found no entry, so the pipeline
+/// after it does not look the same key up again. A distinctive value, and
+/// written (this or 0) on every packet that goes on to the pipeline, so
+/// whatever else was left in `cb` never reads as a miss.
+pub const CB_FAST_MISSED: u32 = 0x7061_6c31;
+
 /// Verdict stored with a tracked flow: the flow was allowed.
 pub const CT_ALLOWED: u8 = 1;
 /// Verdict stored with a tracked flow: policy denies it but audit let it pass.

@@ -55,25 +55,26 @@ fn pass_current<C: Skb>(ctx: &C, ct: &mut CtEntry, cfg: &Config, ifindex: u32, d
 
 /// The pod hooks' fast path, before anything else: a plain packet (see
 /// [`parse::plain_key`]) of a flow tracked under the current revision
-/// passes on this one lookup (true), without the endpoint lookup or the
-/// full parse. The endpoint need not be read: every endpoint change (added,
-/// removed, flags, identity, held closed) bumps the revision, so a current
-/// entry was decided against the endpoint entry in force. Anything else
-/// (false) goes to the full pipeline, which looks again: a packet entering
-/// a pod with the defer mark (its sender's egress is judged first) or the
-/// judged mark (netfilter judged it; its hook only tracks), a
-/// [`CT_UPSTREAM`] entry, a stale or expired one, a miss.
+/// passes on this one lookup ([`Fast::Pass`]), without the endpoint lookup
+/// or the full parse. The endpoint need not be read: every endpoint change
+/// (added, removed, flags, identity, held closed) bumps the revision, so a
+/// current entry was decided against the endpoint entry in force. Anything
+/// else goes to the full pipeline: a packet entering a pod with the defer
+/// mark (its sender's egress is judged first) or the judged mark
+/// (netfilter judged it; its hook only tracks), a [`CT_UPSTREAM`] entry, a
+/// stale or expired one (looked up again there), a miss ([`Fast::Missed`]:
+/// not looked up again).
 ///
 /// Not inlined: a BPF-to-BPF call, whose frame (the key) the verifier
 /// drops on return, so the pipeline after it is verified once, not once
 /// per way of leaving the fast path.
 #[inline(never)]
-pub fn fast(ctx: &TcContext, ifindex: u32, dir: u8) -> bool {
+pub fn fast(ctx: &TcContext, ifindex: u32, dir: u8) -> Fast {
     let Some(cfg) = crate::maps::config_ref() else {
-        return false;
+        return Fast::Full;
     };
     if dir == DIR_INGRESS && ctx.mark() & (cfg.defer_mark | cfg.judged_mark) != 0 {
-        return false;
+        return Fast::Full;
     }
     let mut key = CtKey {
         ifindex: 0,
@@ -86,18 +87,31 @@ pub fn fast(ctx: &TcContext, ifindex: u32, dir: u8) -> bool {
         _pad: [0; 2],
     };
     if !parse::plain_key(ctx, ifindex, dir, &mut key) {
-        return false;
+        return Fast::Full;
     }
     let Some(ct) = CONNTRACK.get_ptr_mut(&key) else {
-        return false;
+        return Fast::Missed;
     };
     let ct = unsafe { &mut *ct };
     let now = now();
     if ct.revision != cfg.revision || ct.verdict == CT_UPSTREAM || !live(ct, now, key.protocol) {
-        return false;
+        return Fast::Full;
     }
     pass_current(ctx, ct, cfg, ifindex, dir, now);
-    true
+    Fast::Pass
+}
+
+/// What [`fast`] made of a packet.
+#[repr(u32)]
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Fast {
+    /// Passed on its tracked flow.
+    Pass,
+    /// A plain packet whose flow has no entry: the pipeline's own lookup
+    /// (same key) would miss too, so it is skipped (see [`tracked`]).
+    Missed,
+    /// Anything else: the full pipeline, with its own lookup.
+    Full,
 }
 
 /// What connection tracking makes of a packet.
@@ -190,6 +204,10 @@ pub fn fragments(pkt: &mut Packet) -> u8 {
 /// first packet was, whichever way this packet goes.
 #[inline(always)]
 pub fn tracked<C: Skb>(ctx: &C, f: &mut Flow, key: &CtKey) -> Tracked {
+    // The fast path looked this very key up and found nothing.
+    if ctx.fast_missed() {
+        return Tracked::Miss;
+    }
     let Some(ct) = CONNTRACK.get_ptr_mut(key) else {
         return Tracked::Miss;
     };

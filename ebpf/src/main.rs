@@ -28,7 +28,7 @@ use aya_ebpf::{
     macros::classifier,
     programs::TcContext,
 };
-use conntrack::Tracked;
+use conntrack::{Fast, Tracked};
 use events::{drop_packet, emit};
 use maps::count;
 use palisade_common::{
@@ -103,8 +103,9 @@ pub fn palisade_host_egress(ctx: TcContext) -> i32 {
 fn classify<const DIR: u8>(ctx: &TcContext) -> i32 {
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     // A tracked flow's plain packet passes on one lookup.
-    if conntrack::fast(ctx, ifindex, DIR) {
-        return PASS;
+    match conntrack::fast(ctx, ifindex, DIR) {
+        Fast::Pass => return PASS,
+        fast => skb::note_fast_path(ctx, fast == Fast::Missed),
     }
     classify_full::<DIR>(ctx, ifindex)
 }

@@ -7,6 +7,7 @@
 
 use aya_ebpf::programs::{SkBuffContext, TcContext};
 use core::mem::size_of;
+use palisade_common::CB_FAST_MISSED;
 
 pub trait Skb {
     /// Offset of the IP header.
@@ -29,6 +30,18 @@ pub trait Skb {
     /// Adds `bits` to the mark and sets `tc_index` (TC only: a socket
     /// filter never defers, see `policy::mark_deferred`).
     fn set_deferred(&self, bits: u32, tc_index: u32);
+    /// The conntrack fast path looked this packet's key up and found no
+    /// entry (TC only: see [`note_fast_path`]).
+    fn fast_missed(&self) -> bool;
+}
+
+/// Records what the conntrack fast path found, for [`Skb::fast_missed`]:
+/// in `__sk_buff.cb[0]` (the packet's scratch space, which TC programs may
+/// use as they like) rather than as an argument of the pipeline's call,
+/// since the egress pipeline's frame has no 8 bytes left to keep it in.
+#[inline(always)]
+pub fn note_fast_path(ctx: &TcContext, missed: bool) {
+    unsafe { (*ctx.skb.skb).cb[0] = if missed { CB_FAST_MISSED } else { 0 } };
 }
 
 impl Skb for TcContext {
@@ -94,6 +107,11 @@ impl Skb for TcContext {
         self.set_mark(mark | bits);
         unsafe { (*self.skb.skb).tc_index = tc_index };
     }
+
+    #[inline(always)]
+    fn fast_missed(&self) -> bool {
+        unsafe { (*self.skb.skb).cb[0] == CB_FAST_MISSED }
+    }
 }
 
 const ETH_P_IP: u16 = 0x0800;
@@ -149,4 +167,9 @@ impl Skb for SkBuffContext {
 
     #[inline(always)]
     fn set_deferred(&self, _bits: u32, _tc_index: u32) {}
+
+    #[inline(always)]
+    fn fast_missed(&self) -> bool {
+        false
+    }
 }

@@ -74,3 +74,30 @@ fn conntrack_replies_state_and_redecision() {
     let l4 = L4::Tcp(env.fresh(), 80, TCP_SYN);
     assert_eq!(env.egress("solo", world, l4), PASS);
 }
+
+/// The fast path tells the pipeline that its lookup missed through the
+/// skb's `cb[0]`; whatever an earlier layer left there must never make the
+/// pipeline skip the lookup of a flow that is tracked. A flow into web,
+/// its entry made stale by a revision bump (the fast path does not pass
+/// it): web's reply passes only on that entry (web's egress allows nothing
+/// to the client), whatever `cb` held on the way in.
+#[test]
+fn leftover_cb_never_stands_for_a_miss() {
+    let mut env = Env::new(settings());
+    let client = addr("10.70.2.5");
+    let web = env.local("web");
+    let leftovers = [[0; 5], [palisade_common::CB_FAST_MISSED; 5], [palisade_common::CB_FAST_MISSED, 1, 2, 3, 4]];
+    let mut tight = false;
+    for cb in leftovers {
+        let l4 = L4::Tcp(env.fresh(), 80, TCP_SYN);
+        assert!(!env.decide("web", Direction::Egress, client, PROTO_TCP, l4.reply().port()).allowed);
+        assert_eq!(env.run_with_cb(Direction::Ingress, web.ifindex, &packet(client, web.ip4, l4), cb), PASS);
+        let before = env.dp.revision();
+        tight = !tight;
+        let after = env.apply(input(tight));
+        assert!(after != before, "the revision moves");
+        let reply = packet(web.ip4, client, l4.reply());
+        assert_eq!(env.run_with_cb(Direction::Egress, web.ifindex, &reply, cb), PASS, "reply, cb {cb:x?}");
+        assert_eq!(env.run_with_cb(Direction::Egress, web.ifindex, &reply, cb), PASS, "again, current, cb {cb:x?}");
+    }
+}

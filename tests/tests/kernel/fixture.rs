@@ -135,6 +135,8 @@ pub fn settings() -> Settings {
 pub const DEFER_MARK: u32 = 0x40_0000;
 /// Offset of `mark` in `struct __sk_buff` (after `len` and `pkt_type`).
 const SKB_MARK: usize = 8;
+/// Offset of `cb[0]` in `struct __sk_buff`.
+const SKB_CB: usize = 48;
 
 impl Env {
     pub fn new(settings: Settings) -> Env {
@@ -219,6 +221,20 @@ impl Env {
         let prog = self.dp.classifier(hook).expect("classifier");
         let opts = TestRunOptions { data_in: Some(pkt), ctx_in: Some(&ctx), ..TestRunOptions::new() };
         prog.test_run(opts).map(|r| r.return_value)
+    }
+
+    /// Runs one hook's program on `pkt` as if it crossed interface
+    /// `ifindex`, with `cb` in the skb's control buffer (as an earlier
+    /// program or layer might have left it).
+    pub fn run_with_cb(&self, hook: Direction, ifindex: u32, pkt: &[u8], cb: [u32; 5]) -> Verdict {
+        let mut ctx = skb_ctx(ifindex);
+        for (i, w) in cb.iter().enumerate() {
+            ctx[SKB_CB + 4 * i..SKB_CB + 4 * i + 4].copy_from_slice(&w.to_ne_bytes());
+        }
+        let prog = self.dp.classifier(hook).expect("classifier");
+        let opts = TestRunOptions { data_in: Some(pkt), ctx_in: Some(&ctx), ..TestRunOptions::new() };
+        let v = prog.test_run(opts).unwrap_or_else(|e| panic!("{hook:?}, {} bytes: {e}", pkt.len())).return_value;
+        verdict(v).unwrap_or_else(|| panic!("{hook:?}: unexpected return value {v:#x}\n{}", hex(pkt)))
     }
 
     /// Runs the node's host egress hook on `pkt` carrying skb mark `mark`.
