@@ -10,8 +10,10 @@
 //! recomputes only what the change touches: identities where pods or
 //! namespaces changed (whole when cells or the node did); a policy's
 //! entries when the policy, its rule numbers, the local identities it
-//! selects or the peers its rules admit changed. It also says which policy entries changed, so a
-//! sync writes them without comparing the whole map. [`compile`] is the
+//! selects or the peers its rules admit changed (only the entries of
+//! those identities and peers, unless the policy itself changed). It also
+//! says which policy entries changed, so a sync writes them without
+//! comparing the whole map. [`compile`] is the
 //! same compiler from nothing: the output of a change is, by construction
 //! and by test, the output of compiling the new state from scratch.
 
@@ -97,6 +99,8 @@ pub struct Compiler {
     tiered: tiers::Tiered,
     /// How many compiles built identities whole (tests).
     whole_builds: usize,
+    /// How many policy entries parts took out or put in (tests).
+    moved: usize,
     out: Compiled,
     changes: Changes,
 }
@@ -282,17 +286,18 @@ impl Compiler {
         for name in &visit {
             let part = self.parts.get_mut(name).expect("a part for every policy");
             let force = forced.contains(name) || (groups_changed && part.named_egress());
-            if let Some(old) = part.update(ids, &mut self.resolver, force) {
-                for (prefix, ri) in &old {
+            if let Some((out, from)) = part.update(ids, &mut self.resolver, force) {
+                for (prefix, ri) in &out {
                     // A forced part's old entries left above (changed
                     // policy) or carry its old numbers (same orders).
                     remove_contributor(&mut self.contributors, prefix, &part.order(*ri));
                     touched.insert(*prefix);
                 }
-                for (prefix, ri) in &part.entries {
+                for (prefix, ri) in &part.entries[from..] {
                     self.contributors.entry(*prefix).or_default().push((part.order(*ri), part.rule_ids[*ri]));
                     touched.insert(*prefix);
                 }
+                self.moved += out.len() + part.entries.len() - from;
             }
             if part.selected.is_empty() {
                 self.selecting.remove(name);
@@ -664,6 +669,127 @@ mod tests {
             }
         }
         ids::SPACE.with(|s| s.set(0));
+    }
+
+    /// The programming bench's cluster (bench/src/cluster.rs), cut down:
+    /// 100 namespaces, `pods` pods (two local ones in ns-0), `policies`
+    /// generated policies and the two bench policies; plus `extra` objects.
+    fn bench_cluster(pods: usize, policies: usize, extra: &[serde_json::Value]) -> Arc<Input> {
+        use serde_json::json;
+        let pod = |ns: &str, name: &str, labels: serde_json::Value, node: &str, ip4: String, ip6: String| {
+            json!({"apiVersion": "v1", "kind": "Pod",
+                   "metadata": {"namespace": ns, "name": name, "labels": labels},
+                   "spec": {"nodeName": node, "containers": [{"name": "main", "ports": [{"name": "http", "containerPort": 8080}]}]},
+                   "status": {"phase": "Running", "podIP": ip4, "podIPs": [{"ip": ip4}, {"ip": ip6}]}})
+        };
+        let policy = |ns: &str, name: &str, spec: serde_json::Value| {
+            json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+                   "metadata": {"namespace": ns, "name": name}, "spec": spec})
+        };
+        let tiers = ["web", "api", "db", "cache"];
+        let mut objects = Vec::new();
+        for k in 0..100 {
+            objects.push(json!({"apiVersion": "v1", "kind": "Namespace",
+                                "metadata": {"name": format!("ns-{k}"), "labels": {"team": format!("team-{}", k % 10)}}}));
+        }
+        for i in 0..pods - 2 {
+            let labels = json!({"app": format!("app-{}", (i / 100) % 50), "tier": tiers[i % 4]});
+            let (ip4, ip6) = (format!("10.201.{}.{}", (i + 1) / 256, (i + 1) % 256), format!("fd00:201::{:x}", i + 1));
+            objects.push(pod(
+                &format!("ns-{}", i % 100),
+                &format!("pod-{i}"),
+                labels,
+                &format!("remote-{}", i % 64),
+                ip4,
+                ip6,
+            ));
+        }
+        objects.push(pod(
+            "ns-0",
+            "client",
+            json!({"app": "client", "tier": "web"}),
+            NODE,
+            "10.200.0.2".into(),
+            "fd00:200::2".into(),
+        ));
+        objects.push(pod(
+            "ns-0",
+            "server",
+            json!({"app": "server", "tier": "api"}),
+            NODE,
+            "10.200.0.3".into(),
+            "fd00:200::3".into(),
+        ));
+        for j in 0..policies {
+            let team = format!("team-{}", (j / 100) % 10);
+            let spec = match j % 10 {
+                0 => json!({"podSelector": {}, "policyTypes": ["Ingress"],
+                            "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"team": team}}}],
+                                         "ports": [{"protocol": "TCP", "port": 9100 + (j / 100) % 50}]}]}),
+                5 => json!({"podSelector": {}, "policyTypes": ["Egress"], "egress": [
+                    {"to": [{"namespaceSelector": {"matchLabels": {"team": team}}, "podSelector": {"matchLabels": {"tier": "db"}}}],
+                     "ports": [{"protocol": "TCP", "port": 5432}]},
+                    {"to": [{"ipBlock": {"cidr": "10.96.0.0/12"}}], "ports": [{"protocol": "UDP", "port": 53}]}]}),
+                _ => {
+                    let app = (j / 100) % 50;
+                    let port = 8000 + (j % 97) * 32;
+                    let ports = if j % 3 == 0 {
+                        json!([{"protocol": "TCP", "port": port, "endPort": port + 31}])
+                    } else {
+                        json!([{"protocol": "TCP", "port": port}])
+                    };
+                    json!({"podSelector": {"matchLabels": {"app": format!("app-{app}")}}, "policyTypes": ["Ingress"],
+                           "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": format!("app-{}", (app + 1) % 50)}}},
+                                                 {"namespaceSelector": {"matchLabels": {"team": team}},
+                                                  "podSelector": {"matchLabels": {"tier": "web"}}}], "ports": ports}]})
+                }
+            };
+            objects.push(policy(&format!("ns-{}", j % 100), &format!("pol-{j:05}"), spec));
+        }
+        let by_peer = json!([{"protocol": "TCP", "port": 7000, "endPort": 7003}, {"protocol": "UDP", "port": 7000, "endPort": 7003}]);
+        objects.push(policy("ns-0", "bench-server", json!({"podSelector": {"matchLabels": {"app": "server"}},
+            "policyTypes": ["Ingress"], "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "client"}}}], "ports": by_peer},
+            {"ports": [{"protocol": "TCP", "port": 7100}, {"protocol": "UDP", "port": 7100}]}]})));
+        objects.push(policy("ns-0", "bench-client", json!({"podSelector": {"matchLabels": {"app": "client"}},
+            "policyTypes": ["Egress"], "egress": [{"to": [{"podSelector": {"matchLabels": {"app": "server"}}}], "ports": by_peer}]})));
+        objects.extend(extra.iter().cloned());
+        Arc::new(crate::cluster::convert::objects_to_input(objects).expect("valid input"))
+    }
+
+    #[test]
+    fn a_pod_added_or_deleted_moves_only_its_own_entries() {
+        // The bench's pod added (local, in ns-0, a group of its own) and a
+        // remote one (a peer of ns-0's team-0 policies), then deleted.
+        let added = serde_json::json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"namespace": "ns-0", "name": "added", "labels": {"app": "client"}},
+            "spec": {"nodeName": NODE, "containers": [{"name": "main"}]},
+            "status": {"phase": "Running", "podIP": "10.200.0.4", "podIPs": [{"ip": "10.200.0.4"}, {"ip": "fd00:200::4"}]}});
+        let remote = serde_json::json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"namespace": "ns-10", "name": "remote-added", "labels": {"app": "app-7", "tier": "web"}},
+            "spec": {"nodeName": "remote-1", "containers": [{"name": "main"}]},
+            "status": {"phase": "Running", "podIP": "10.202.0.1", "podIPs": [{"ip": "10.202.0.1"}, {"ip": "fd00:202::1"}]}});
+        let node = Node { name: NODE.into(), host_ips: vec![], allow_host: true, audit: false };
+        let base = bench_cluster(2000, 2000, &[]);
+        let mut compiler = Compiler::default();
+        let mut prev = compiler.compile(&base, &node).clone();
+        let states = [
+            bench_cluster(2000, 2000, std::slice::from_ref(&added)),
+            base.clone(),
+            bench_cluster(2000, 2000, std::slice::from_ref(&remote)),
+            base,
+        ];
+        for (step, input) in states.iter().enumerate() {
+            let (builds, moved) = (compiler.whole_builds, compiler.moved);
+            let out = compiler.compile(input, &node).clone();
+            assert_eq!(out, compile_with_hints(input, &node, &hints_of(&prev)), "step {step}");
+            assert_eq!(compiler.whole_builds, builds, "step {step}: identities updated in place");
+            // No two rules give one entry here: each entry moved is one
+            // that changed.
+            let changed = compiler.changes().policy.as_ref().map_or(0, BTreeSet::len);
+            assert!(changed > 0, "step {step} changes entries");
+            assert_eq!(compiler.moved - moved, changed, "step {step}: only the changed entries moved");
+            prev = out;
+        }
     }
 
     #[test]

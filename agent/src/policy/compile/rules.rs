@@ -3,7 +3,8 @@
 //! ports and CIDR containment are resolved here, so the kernel only looks
 //! entries up. A policy's entries (its [`Part`]) depend only on the policy,
 //! its rule numbers, the local identities it selects and the peers its rules
-//! admit: when none of those changed, its entries are reused as they are.
+//! admit: when none of those changed, its entries are reused as they are;
+//! when some local identities or peers did, only their entries move.
 
 use super::identities::{Delta, Identities, PeerKind, Seen};
 use super::{ids, ports};
@@ -103,17 +104,21 @@ impl Part {
         self.policy.egress.iter().flatten().flat_map(|r| &r.ports).any(|p| matches!(p.port, PortMatch::Named(_)))
     }
 
-    /// Brings the part up to date with the identities: recomputes its
-    /// entries if what they depend on changed, or if `force` (the policy or
-    /// its rule numbers changed). Returns the entries it had, if it did.
+    /// Brings the part up to date with the identities. When only some
+    /// local identities came or went, or some peers joined or left a
+    /// rule, only their entries move (a pod added or deleted touches its
+    /// own entries, not every selected identity's); all are recomputed if
+    /// `force` (the policy, its rule numbers or named egress ports may have
+    /// changed). Returns the entries taken out and where the ones put in
+    /// start in `entries` (they end it), if any moved.
     pub fn update(
         &mut self,
         ids: &Identities,
         resolver: &mut Resolver,
         force: bool,
-    ) -> Option<Vec<(PolicyPrefix, usize)>> {
+    ) -> Option<(Vec<(PolicyPrefix, usize)>, usize)> {
         let selected = selected(&self.policy, ids);
-        let peers = if selected.is_empty() {
+        let peers: Vec<PeerSet> = if selected.is_empty() {
             Vec::new()
         } else {
             rules_of(&self.policy).map(|(_, _, r)| resolver.peers(r, &self.policy, ids)).collect()
@@ -122,18 +127,66 @@ impl Part {
             && selected.len() == self.selected.len()
             && selected.iter().zip(&self.selected).all(|(a, b)| a.same(b))
             && peers == self.peers;
-        self.selected = selected;
-        self.peers = peers;
+        // Entries of one (local, peer) pair depend on nothing else (named
+        // egress ports aside, which `force` covers): what stays can stay.
+        let partial = !force
+            && !self.selected.is_empty()
+            && peers.len() == self.peers.len()
+            && peers
+                .iter()
+                .zip(&self.peers)
+                .all(|(a, b)| a == b || matches!((a, b), (PeerSet::Some(_), PeerSet::Some(_))));
+        let old_selected = std::mem::replace(&mut self.selected, selected);
+        let old_peers = std::mem::replace(&mut self.peers, peers);
         if same {
             return None;
         }
-        let mut entries = Vec::new();
-        for (ri, (dir, _, rule)) in rules_of(&self.policy).enumerate() {
-            for local in &self.selected {
-                expand(ids, local, dir, rule, &self.peers[ri], ri, &mut entries);
+        if !partial {
+            let mut entries = Vec::new();
+            for (ri, (dir, _, rule)) in rules_of(&self.policy).enumerate() {
+                for local in &self.selected {
+                    expand(ids, local, dir, rule, &self.peers[ri], ri, &mut entries);
+                }
+            }
+            return Some((std::mem::replace(&mut self.entries, entries), 0));
+        }
+        let old: HashMap<u32, &Local> = old_selected.iter().map(|l| (l.id, l)).collect();
+        let kept: HashSet<u32> =
+            self.selected.iter().filter(|l| old.get(&l.id).is_some_and(|o| o.same(l))).map(|l| l.id).collect();
+        // Per rule, the peers that left and those that joined.
+        let mut left: Vec<HashSet<u32>> = Vec::with_capacity(self.peers.len());
+        let mut joined: Vec<Option<PeerSet>> = Vec::with_capacity(self.peers.len());
+        for (before, now) in old_peers.iter().zip(&self.peers) {
+            match (before, now) {
+                (PeerSet::Some(a), PeerSet::Some(b)) if a != b => {
+                    left.push(a.difference(b).copied().collect());
+                    let new: BTreeSet<u32> = b.difference(a).copied().collect();
+                    joined.push((!new.is_empty()).then(|| PeerSet::Some(Arc::new(new))));
+                }
+                _ => {
+                    left.push(HashSet::new());
+                    joined.push(None);
+                }
             }
         }
-        Some(std::mem::replace(&mut self.entries, entries))
+        let (stay, out): (Vec<_>, Vec<_>) = std::mem::take(&mut self.entries).into_iter().partition(|(p, ri)| {
+            kept.contains(&u32::from_be_bytes(p.key.local)) && !left[*ri].contains(&u32::from_be_bytes(p.key.peer))
+        });
+        self.entries = stay;
+        let from = self.entries.len();
+        for (ri, (dir, _, rule)) in rules_of(&self.policy).enumerate() {
+            for local in &self.selected {
+                if !kept.contains(&local.id) {
+                    expand(ids, local, dir, rule, &self.peers[ri], ri, &mut self.entries);
+                } else if let Some(new) = &joined[ri] {
+                    expand(ids, local, dir, rule, new, ri, &mut self.entries);
+                }
+            }
+        }
+        if out.is_empty() && from == self.entries.len() {
+            return None;
+        }
+        Some((out, from))
     }
 }
 
