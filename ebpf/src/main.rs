@@ -75,10 +75,10 @@ pub fn palisade_to_pod(ctx: TcContext) -> i32 {
     classify::<DIR_INGRESS>(&ctx)
 }
 
-/// Node interfaces other than pods': judges the egress of pod traffic that
-/// kube-proxy DNATed from a Service cluster IP to a backend elsewhere. Only
-/// packets carrying the defer mark are looked at; one that does not parse
-/// drops, since nothing after this hook would judge it.
+/// Node interfaces without the pod hooks: judges the egress of pod traffic
+/// that kube-proxy DNATed from a Service cluster IP to a backend elsewhere.
+/// Only packets carrying the defer mark are looked at (the pod hooks judge
+/// them themselves, see [`classify_full`]).
 #[classifier]
 pub fn palisade_host_egress(ctx: TcContext) -> i32 {
     let Some(cfg) = maps::config() else {
@@ -87,12 +87,19 @@ pub fn palisade_host_egress(ctx: TcContext) -> i32 {
     if !deferred(&ctx, &cfg) {
         return PASS;
     }
+    judge_deferred_here(&ctx, &cfg)
+}
+
+/// A deferred packet on an interface where no pod hook judges it: one that
+/// does not parse drops, since nothing after this hook would judge it.
+#[inline(always)]
+fn judge_deferred_here(ctx: &TcContext, cfg: &Config) -> i32 {
     let mut pkt = Packet::empty();
-    if parse::parse(&ctx, &mut pkt) != Parsed::Ip {
+    if parse::parse(ctx, &mut pkt) != Parsed::Ip {
         count(stat::DROPPED_MALFORMED);
         return DROP;
     }
-    judge_deferred(&ctx, &cfg, &pkt)
+    judge_deferred(ctx, cfg, &pkt)
 }
 
 /// The pod hooks: the fast path, then the rest in a call of its own, so
@@ -107,7 +114,30 @@ fn classify<const DIR: u8>(ctx: &TcContext) -> i32 {
         Fast::Pass => return PASS,
         fast => skb::note_fast_path(ctx, fast == Fast::Missed),
     }
-    classify_full::<DIR>(ctx, ifindex)
+    match classify_full::<DIR>(ctx, ifindex) {
+        // A pod's packet DNATed to a backend on an interface whose pod is
+        // not known yet: its sender's egress is judged, as the host egress
+        // hook would (this interface carries none). In a call of its own
+        // after the pipeline's returned: their frames together would pass
+        // the stack BPF allows.
+        NO_ENDPOINT if DIR == DIR_INGRESS => deferred_without_endpoint(ctx),
+        NO_ENDPOINT => PASS,
+        verdict => verdict,
+    }
+}
+
+/// What [`classify_full`] returns for an interface without an endpoint
+/// entry: no TC action.
+const NO_ENDPOINT: i32 = i32::MIN;
+
+/// A packet delivered to an interface without an endpoint entry: only a
+/// deferred one is judged (see [`judge_deferred_here`]).
+#[inline(never)]
+fn deferred_without_endpoint(ctx: &TcContext) -> i32 {
+    match maps::config() {
+        Some(cfg) if deferred(ctx, &cfg) => judge_deferred_here(ctx, &cfg),
+        _ => PASS,
+    }
 }
 
 /// A pod hook's packet the fast path did not pass. `DIR` is constant: the
@@ -116,9 +146,10 @@ fn classify<const DIR: u8>(ctx: &TcContext) -> i32 {
 fn classify_full<const DIR: u8>(ctx: &TcContext, ifindex: u32) -> i32 {
     let dir = DIR;
     let cfg = maps::config().unwrap_or_default();
-    // Interfaces without an endpoint entry are not ours to judge.
+    // Interfaces without an endpoint entry are not ours to judge (but see
+    // `classify`).
     let Some(ep) = maps::endpoint(ifindex) else {
-        return PASS;
+        return NO_ENDPOINT;
     };
     let mut pkt = Packet::empty();
     match parse::parse(ctx, &mut pkt) {

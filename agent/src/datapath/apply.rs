@@ -313,14 +313,15 @@ impl Datapath {
         // Missing hooks, those that enforce a pod (or hold one closed)
         // first: each attach takes tens of ms.
         let mut missing: Vec<(bool, u32, Hook)> = Vec::new();
+        // Taken off only once the missing ones are on: a host egress hook
+        // making way for the pod hooks judges DNATed traffic meanwhile.
+        let mut unwanted: Vec<(u32, Hook)> = Vec::new();
         for (ifindex, wanted) in &plan.hooks {
             let have = self.realized.attached.get(ifindex).cloned().unwrap_or_default();
             for &hook in wanted.difference(&have) {
                 missing.push((!(hook.is_pod() && plan.entries.contains_key(ifindex)), *ifindex, hook));
             }
-            for &hook in have.difference(wanted) {
-                self.detach_hooks(*ifindex, &[hook], report);
-            }
+            unwanted.extend(have.difference(wanted).map(|h| (*ifindex, *h)));
         }
         missing.sort();
         for (later, ifindex, hook) in missing {
@@ -344,6 +345,9 @@ impl Datapath {
                 Err(e) => tracing::debug!("{hook:?} hook on {name} ({ifindex}): {e:#}"),
             }
         }
+        for (ifindex, hook) in unwanted {
+            self.detach_hooks(ifindex, &[hook], report);
+        }
         for st in &mut plan.endpoints {
             if !matches!(st.state, Enforcement::Enforced | Enforcement::HeldClosed(_)) {
                 continue;
@@ -354,7 +358,9 @@ impl Datapath {
             if let Some(msg) = failed_attach.get(&i) {
                 st.state = Enforcement::AttachFailed(msg.clone());
             } else if !whole {
-                st.state = Enforcement::AttachFailed("the pod hooks are not attached".into());
+                let msg = "the pod hooks are not attached";
+                report.errors.push(format!("interface {i}: {msg}"));
+                st.state = Enforcement::AttachFailed(msg.into());
             }
         }
         let gone: Vec<u32> = self.realized.attached.keys().copied().filter(|i| !plan.hooks.contains_key(i)).collect();

@@ -62,7 +62,8 @@ pub struct Settings {
     pub strict_prefixes: Vec<String>,
 }
 
-/// The node's interfaces (other than pods') that get the host egress hook.
+/// The node's interfaces that get the host egress hook (never those with
+/// the pod hooks, which judge DNATed traffic themselves).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum HostInterfaces {
     /// Every interface but loopback and the pods' own.
@@ -142,8 +143,8 @@ pub struct SyncReport {
     pub errors: Vec<String>,
     /// Strict mode: pod interfaces held closed until their pod is known.
     pub pending: Vec<String>,
-    /// Programs attached (each waits for RCU grace periods), and the
-    /// time spent attaching and detaching (µs).
+    /// Attaches tried (each waits for RCU grace periods), and the time
+    /// spent attaching and detaching (µs).
     pub attaches: usize,
     pub links_us: u64,
 }

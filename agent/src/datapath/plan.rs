@@ -11,9 +11,8 @@ use palisade_common::{EP_AUDIT, EP_EGRESS_ISOLATED, EP_INGRESS_ISOLATED, EP_PEND
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
-/// A program on one of an interface's TC hooks. Declared in the order
-/// they are attached in: each goes in front of those already there, so a
-/// pod interface's egress runs `ToPod` before `HostEgress`.
+/// A program on one of an interface's TC hooks: the pod hooks, or (on
+/// other node interfaces) the host egress hook, never both.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Hook {
     /// TC egress of a node interface: the egress of DNATed pod traffic.
@@ -94,17 +93,16 @@ pub fn plan(compiled: &Compiled, ifaces: &Interfaces, host: &HostInterfaces, str
     for ifindex in plan.entries.keys().chain(&routed) {
         plan.hooks.insert(*ifindex, [Hook::FromPod, Hook::ToPod].into());
     }
-    // The host egress hook stays on a pod interface, behind the pod's own
-    // (which judge DNATed traffic to a known pod first; the host hook then
-    // finds it tracked): before the pod is known it judges DNATed traffic
-    // to it, as on any node interface, and taking it off or putting it
-    // back as pods come and go would cost grace periods again.
+    // The host egress hook goes on the other node interfaces: on a pod
+    // interface, known pod or not, the pod's own ingress hook judges
+    // DNATed traffic to it (a third program there would cost every packet
+    // delivered to a pod).
     for (ifindex, name) in &ifaces.names {
         let wanted = match host {
             HostInterfaces::All => name != "lo",
             HostInterfaces::Named(names) => names.contains(name),
         };
-        if wanted {
+        if wanted && !plan.hooks.contains_key(ifindex) {
             plan.hooks.entry(*ifindex).or_default().insert(Hook::HostEgress);
         }
     }
@@ -208,7 +206,7 @@ mod tests {
         assert_eq!(p.endpoints[0].state, Enforcement::Enforced);
         assert_eq!(p.endpoints[0].interface.as_deref(), Some("veth-a"));
         assert!(p.endpoints[0].ingress_isolated && !p.endpoints[0].egress_isolated);
-        let pod = vec![Hook::HostEgress, Hook::ToPod, Hook::FromPod];
+        let pod = vec![Hook::ToPod, Hook::FromPod];
         assert_eq!(hooks(&p), vec![(2, vec![Hook::HostEgress]), (10, pod.clone()), (11, pod)], "loopback gets nothing");
         // The pod's own address names its interface, for DNATed traffic.
         assert_eq!(p.ips[&IpPrefix::from_net(ipnet::IpNet::from(ip("10.0.0.1")))].ifindex, 10);
@@ -289,9 +287,10 @@ mod tests {
         let q = plan(&c, &i, &HostInterfaces::Named(vec!["eth0".into()]), &[]);
         assert_eq!(q.hooks, p.hooks);
         assert_eq!(q.entries[&12].identity, 7);
-        // Every node interface keeps the host hook, behind the pod's.
+        // Every other node interface gets the host hook; a pod interface
+        // has its pod's hooks only (they judge DNATed traffic to it).
         let p = plan(&compiled(vec![]), &i, &HostInterfaces::All, &[]);
-        assert_eq!(p.hooks[&12], [Hook::HostEgress, Hook::ToPod, Hook::FromPod].into());
+        assert_eq!(p.hooks[&12], [Hook::ToPod, Hook::FromPod].into());
         assert_eq!(p.hooks[&13], [Hook::HostEgress].into());
     }
 }

@@ -239,12 +239,21 @@ impl Env {
 
     /// Runs the node's host egress hook on `pkt` carrying skb mark `mark`.
     pub fn run_host_egress(&self, mark: u32, pkt: &[u8]) -> Verdict {
-        let mut ctx = skb_ctx(1);
+        self.run_marked(None, 1, mark, pkt)
+    }
+
+    /// Runs a pod hook (`Some`) or the host egress hook (`None`) on `pkt`
+    /// carrying skb mark `mark`, as if it crossed interface `ifindex`.
+    pub fn run_marked(&self, hook: Option<Direction>, ifindex: u32, mark: u32, pkt: &[u8]) -> Verdict {
+        let mut ctx = skb_ctx(ifindex);
         ctx[SKB_MARK..SKB_MARK + 4].copy_from_slice(&mark.to_ne_bytes());
-        let prog = self.dp.host_egress().expect("host egress classifier");
+        let prog = match hook {
+            Some(hook) => self.dp.classifier(hook).expect("classifier"),
+            None => self.dp.host_egress().expect("host egress classifier"),
+        };
         let opts = TestRunOptions { data_in: Some(pkt), ctx_in: Some(&ctx), ..TestRunOptions::new() };
-        let v = prog.test_run(opts).unwrap_or_else(|e| panic!("host egress, {} bytes: {e}", pkt.len())).return_value;
-        verdict(v).unwrap_or_else(|| panic!("host egress: unexpected return value {v:#x}\n{}", hex(pkt)))
+        let v = prog.test_run(opts).unwrap_or_else(|e| panic!("{hook:?}, {} bytes: {e}", pkt.len())).return_value;
+        verdict(v).unwrap_or_else(|| panic!("{hook:?}: unexpected return value {v:#x}\n{}", hex(pkt)))
     }
 
     /// Like [`Env::try_run`], insisting on PASS or DROP.
