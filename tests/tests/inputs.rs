@@ -138,7 +138,9 @@ fn cases() -> Vec<palisade_e2e::suite::Case<Env>> {
             ensure!(text.matches("\nkind: ").count() == 20_000);
             let started = Instant::now();
             e.agent().apply("extra-bulk.yaml", &text)?;
-            let st = e.agent().wait_in_sync()?;
+            // A debug build compiles this in ~10 s on an idle machine: the
+            // wait is a hang detector, with room for a loaded one.
+            let st = e.agent().wait_in_sync_for(Duration::from_secs(60))?;
             println!("20,000 objects ({} bytes) in force in {:?}", text.len(), started.elapsed());
             ensure!(errors(&st).is_empty(), "{:#?}", errors(&st).first());
             ensure!(!e.reaches("x/a", "y/b"), "the 20,000th object is not in force");
