@@ -127,50 +127,48 @@ impl Part {
             && selected.len() == self.selected.len()
             && selected.iter().zip(&self.selected).all(|(a, b)| a.same(b))
             && peers == self.peers;
-        // Entries of one (local, peer) pair depend on nothing else (named
-        // egress ports aside, which `force` covers): what stays can stay.
-        let partial = !force
-            && !self.selected.is_empty()
-            && peers.len() == self.peers.len()
-            && peers
-                .iter()
-                .zip(&self.peers)
-                .all(|(a, b)| a == b || matches!((a, b), (PeerSet::Some(_), PeerSet::Some(_))));
         let old_selected = std::mem::replace(&mut self.selected, selected);
         let old_peers = std::mem::replace(&mut self.peers, peers);
         if same {
             return None;
         }
-        if !partial {
-            let mut entries = Vec::new();
-            for (ri, (dir, _, rule)) in rules_of(&self.policy).enumerate() {
-                for local in &self.selected {
-                    expand(ids, local, dir, rule, &self.peers[ri], ri, &mut entries);
-                }
-            }
-            return Some((std::mem::replace(&mut self.entries, entries), 0));
-        }
-        let old: HashMap<u32, &Local> = old_selected.iter().map(|l| (l.id, l)).collect();
-        let kept: HashSet<u32> =
-            self.selected.iter().filter(|l| old.get(&l.id).is_some_and(|o| o.same(l))).map(|l| l.id).collect();
-        // Per rule, the peers that left and those that joined.
-        let mut left: Vec<HashSet<u32>> = Vec::with_capacity(self.peers.len());
-        let mut joined: Vec<Option<PeerSet>> = Vec::with_capacity(self.peers.len());
-        for (before, now) in old_peers.iter().zip(&self.peers) {
-            match (before, now) {
-                (PeerSet::Some(a), PeerSet::Some(b)) if a != b => {
-                    left.push(a.difference(b).copied().collect());
-                    let new: BTreeSet<u32> = b.difference(a).copied().collect();
-                    joined.push((!new.is_empty()).then(|| PeerSet::Some(Arc::new(new))));
-                }
-                _ => {
-                    left.push(HashSet::new());
-                    joined.push(None);
-                }
+        // Entries of one (local, peer) pair depend on nothing else (named
+        // egress ports aside, which `force` covers): those of a local
+        // identity kept as it was stay, but for peers that left its rules.
+        // None is kept when forced: all are recomputed.
+        let kept: HashSet<u32> = if force {
+            HashSet::new()
+        } else {
+            let old: HashMap<u32, &Local> = old_selected.iter().map(|l| (l.id, l)).collect();
+            self.selected.iter().filter(|l| old.get(&l.id).is_some_and(|o| o.same(l))).map(|l| l.id).collect()
+        };
+        // Per rule, for the identities kept (selected before and now, so
+        // every rule's peers are known both times): the peers that left
+        // (`None`: all of them) and those that joined.
+        let mut left: Vec<Option<HashSet<u32>>> = Vec::new();
+        let mut joined: Vec<Option<PeerSet>> = Vec::new();
+        if !kept.is_empty() {
+            for (before, now) in old_peers.iter().zip(&self.peers) {
+                let (l, j) = match (before, now) {
+                    _ if before == now => (Some(HashSet::new()), None),
+                    (PeerSet::Some(a), PeerSet::Some(b)) => {
+                        let new: BTreeSet<u32> = b.difference(a).copied().collect();
+                        (
+                            Some(a.difference(b).copied().collect()),
+                            (!new.is_empty()).then(|| PeerSet::Some(Arc::new(new))),
+                        )
+                    }
+                    // Any peer to some or back (only with the policy, which
+                    // forces): every peer changed.
+                    _ => (None, Some(now.clone())),
+                };
+                left.push(l);
+                joined.push(j);
             }
         }
         let (stay, out): (Vec<_>, Vec<_>) = std::mem::take(&mut self.entries).into_iter().partition(|(p, ri)| {
-            kept.contains(&u32::from_be_bytes(p.key.local)) && !left[*ri].contains(&u32::from_be_bytes(p.key.peer))
+            kept.contains(&u32::from_be_bytes(p.key.local))
+                && left[*ri].as_ref().is_some_and(|l| !l.contains(&u32::from_be_bytes(p.key.peer)))
         });
         self.entries = stay;
         let from = self.entries.len();
