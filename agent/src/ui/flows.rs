@@ -605,6 +605,7 @@ fn query(f: &FlowStat) -> Option<Query> {
 mod tests {
     use super::*;
     use crate::events::record::RuleRef;
+    use crate::events::wire::{Compact, KIND_POD, Symbol};
     use crate::flows::{Flow, FlowKey as RecordKey, Stats};
     use crate::policy::PolicyRef;
 
@@ -648,6 +649,31 @@ mod tests {
             ifindex: 3,
             folded: 0,
         })
+    }
+
+    /// The `i`-th compact event from x/a (10.0.0.1:40000+i) to y/b
+    /// (10.0.0.2:`dport`), TCP over IPv4, dropped at ingress for no rule,
+    /// its names in `symbols`.
+    fn compact_event(symbols: &Symbols, i: u32, dport: u16, count: u32) -> Compact {
+        use palisade_common::{DIR_INGRESS, FAMILY_V4, PROTO_TCP, REASON_NO_RULE, VERDICT_DROPPED};
+        Compact {
+            time_ns: 1_700_000_000_000_000_000 + u64::from(i),
+            src: [10, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            dst: [10, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            sport: 40000 + i as u16,
+            dport,
+            count,
+            src_name: symbols.intern(Symbol::Pod { namespace: "x".into(), name: "a".into() }),
+            dst_name: symbols.intern(Symbol::Pod { namespace: "y".into(), name: "b".into() }),
+            family: FAMILY_V4,
+            protocol: PROTO_TCP,
+            direction: DIR_INGRESS,
+            verdict: VERDICT_DROPPED,
+            reason: REASON_NO_RULE,
+            src_kind: KIND_POD,
+            dst_kind: KIND_POD,
+            ..Default::default()
+        }
     }
 
     fn pod_workload(name: &str) -> Workload {
@@ -751,32 +777,10 @@ mod tests {
 
     #[test]
     fn compact_batches_fold_as_their_events_one_by_one() {
-        use crate::events::wire::{Compact, KIND_POD, Symbol};
-        use palisade_common::{DIR_INGRESS, FAMILY_V4, PROTO_TCP, REASON_NO_RULE, VERDICT_DROPPED};
         let symbols = Arc::new(Symbols::default());
-        let a = symbols.intern(Symbol::Pod { namespace: "x".into(), name: "a".into() });
-        let b = symbols.intern(Symbol::Pod { namespace: "y".into(), name: "b".into() });
         let isolated =
             symbols.intern(Symbol::Isolating(vec![PolicyRef { namespace: "y".into(), name: "deny-b".into() }]));
-        let ev = |i: u32, dport| Compact {
-            time_ns: 1_700_000_000_000_000_000 + u64::from(i),
-            src: [10, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
-            dst: [10, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
-            sport: 40000 + i as u16,
-            dport,
-            count: i % 3,
-            src_name: a,
-            dst_name: b,
-            isolated,
-            family: FAMILY_V4,
-            protocol: PROTO_TCP,
-            direction: DIR_INGRESS,
-            verdict: VERDICT_DROPPED,
-            reason: REASON_NO_RULE,
-            src_kind: KIND_POD,
-            dst_kind: KIND_POD,
-            ..Default::default()
-        };
+        let ev = |i: u32, dport| Compact { isolated, ..compact_event(&symbols, i, dport, i % 3) };
         let batch: Vec<Compact> = (0..(TAIL as u32 + 30)).map(|i| ev(i, if i % 7 == 0 { 81 } else { 80 })).collect();
         let compact = FlowMap::default();
         compact.record_compact(&batch[..20], &symbols, None, 1000);
@@ -811,29 +815,8 @@ mod tests {
     /// batches, silently: the table now comes with each batch.
     #[test]
     fn a_fresh_map_folds_a_compact_batch_and_keeps_it_in_the_tail() {
-        use crate::events::wire::{Compact, KIND_POD, Symbol};
-        use palisade_common::{DIR_INGRESS, FAMILY_V4, PROTO_TCP, REASON_NO_RULE, VERDICT_DROPPED};
         let symbols = Arc::new(Symbols::default());
-        let a = symbols.intern(Symbol::Pod { namespace: "x".into(), name: "a".into() });
-        let b = symbols.intern(Symbol::Pod { namespace: "y".into(), name: "b".into() });
-        let c = Compact {
-            time_ns: 1_700_000_000_000_000_000,
-            src: [10, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
-            dst: [10, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
-            sport: 40000,
-            dport: 80,
-            count: 2,
-            src_name: a,
-            dst_name: b,
-            family: FAMILY_V4,
-            protocol: PROTO_TCP,
-            direction: DIR_INGRESS,
-            verdict: VERDICT_DROPPED,
-            reason: REASON_NO_RULE,
-            src_kind: KIND_POD,
-            dst_kind: KIND_POD,
-            ..Default::default()
-        };
+        let c = compact_event(&symbols, 0, 80, 2);
         let map = FlowMap::default();
         map.record_compact(&[c, c], &symbols, None, 1000);
         let tail = map.tail(&Filter::default(), 0, None);
