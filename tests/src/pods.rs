@@ -70,6 +70,33 @@ pub fn wire(node_ns: Option<&str>, pod_ns: &str, host_if: &str, ip4: Ipv4Addr, i
         .context("host routes")
 }
 
+/// The IPv6 address the fixtures pair with 10.B.C.D (as the topology's
+/// pods): fd10:B:C::D, B's decimal digits the group (10.240.3.60 is
+/// fd10:240:3::3c).
+fn ip6_twin(ip4: Ipv4Addr) -> Ipv6Addr {
+    let [_, b, c, d] = ip4.octets();
+    let b = u16::from_str_radix(&b.to_string(), 16).expect("decimal digits are hex digits");
+    Ipv6Addr::new(0xfd10, b, c.into(), 0, 0, 0, 0, d.into())
+}
+
+/// The pod `id` (namespace/name) as a CNI makes one on this host, outside
+/// any topology: the host side of its veth named `host_if` (its network
+/// namespace `pl-<host_if>`), addressed `ip4` and [`ip6_twin`], labelled
+/// `label`, on `node`, declaring and serving `port`.
+pub fn cni_pod(id: &str, host_if: &str, ip4: Ipv4Addr, node: &str, label: (&str, &str), port: Port) -> Result<Pod> {
+    let (namespace, name) = id.split_once('/').context("a pod id is namespace/name")?;
+    let spec = PodSpec {
+        namespace: namespace.into(),
+        name: name.into(),
+        labels: vec![(label.0.into(), label.1.into())],
+        ip4,
+        ip6: ip6_twin(ip4),
+        node: node.into(),
+        ports: vec![port],
+    };
+    Pod::create(&format!("pl-{host_if}"), host_if, spec)
+}
+
 pub struct Pod {
     pub spec: PodSpec,
     pub netns: Netns,

@@ -5,11 +5,11 @@
 
 use anyhow::{Context, Result, ensure};
 use palisade_e2e::cluster::Cluster;
-use palisade_e2e::pods::{Pod, PodSpec, Port};
+use palisade_e2e::pods::{Port, cni_pod};
 use palisade_e2e::probe::{self, Proto};
 use palisade_e2e::suite::Fixture;
 use palisade_e2e::{NODE, np};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -138,16 +138,14 @@ fn cases() -> Vec<palisade_e2e::suite::Case<Env>> {
         ("service_traffic_is_judged_against_a_backend_on_another_node", |e| {
             // A backend behind another interface of the node (as on another
             // node): only the host egress hook sees the packet after DNAT.
-            let spec = PodSpec {
-                namespace: "z".into(),
-                name: "remote".into(),
-                labels: vec![("app".into(), "remote".into())],
-                ip4: Ipv4Addr::new(10, 241, 3, 5),
-                ip6: Ipv6Addr::new(0xfd10, 0x241, 3, 0, 0, 0, 0, 5),
-                node: "other-node".into(),
-                ports: vec![Port::new("http", 80, "TCP")],
-            };
-            let remote = Pod::create("pl-cl-node2", "plclnode2", spec)?;
+            let remote = cni_pod(
+                "z/remote",
+                "plclnode2",
+                Ipv4Addr::new(10, 241, 3, 5),
+                "other-node",
+                ("app", "remote"),
+                Port::new("http", 80, "TCP"),
+            )?;
             let agent = e.agent();
             agent.apply("extra-remote.yaml", &remote.manifest())?;
             agent.apply("extra-svc.yaml", &service_manifest())?;
@@ -298,19 +296,17 @@ fn cases() -> Vec<palisade_e2e::suite::Case<Env>> {
                 "from-y",
                 "  podSelector: {}\n  ingress:\n  - from: [{namespaceSelector: {matchLabels: {ns: \"y\"}}}]\n",
             )])?;
-            let spec = PodSpec {
-                namespace: "z".into(),
-                name: "new".into(),
-                labels: vec![("pod".into(), "new".into())],
-                ip4: Ipv4Addr::new(10, 240, 3, 60),
-                ip6: Ipv6Addr::new(0xfd10, 0x240, 3, 0, 0, 0, 0, 60),
-                node: NODE.into(),
-                ports: vec![Port::new("udp", 80, "UDP")],
-            };
             // The CNI's work: interface, addresses, routes. The agent does
             // not know the pod yet.
             let created = Instant::now();
-            let pod = Pod::create("pl-cl-new", &format!("{STRICT_PREFIX}0"), spec)?;
+            let pod = cni_pod(
+                "z/new",
+                &format!("{STRICT_PREFIX}0"),
+                Ipv4Addr::new(10, 240, 3, 60),
+                NODE,
+                ("pod", "new"),
+                Port::new("udp", 80, "UDP"),
+            )?;
             let target = SocketAddr::new(pod.ip(false), 80);
             let stop = AtomicBool::new(false);
             let (denied_passed, attempts, allowed_ok) = (AtomicUsize::new(0), AtomicUsize::new(0), AtomicUsize::new(0));
@@ -378,17 +374,15 @@ fn cases() -> Vec<palisade_e2e::suite::Case<Env>> {
                 "from-y",
                 "  podSelector: {}\n  ingress:\n  - from: [{namespaceSelector: {matchLabels: {ns: \"y\"}}}]\n",
             )])?;
-            let spec = PodSpec {
-                namespace: "z".into(),
-                name: "early".into(),
-                labels: vec![("pod".into(), "early".into())],
-                ip4: Ipv4Addr::new(10, 240, 3, 61),
-                ip6: Ipv6Addr::new(0xfd10, 0x240, 3, 0, 0, 0, 0, 61),
-                node: NODE.into(),
-                ports: vec![Port::new("udp", 80, "UDP")],
-            };
             // The CNI's work: interface, addresses, routes.
-            let pod = Pod::create("pl-cl-early", "plcldef0", spec)?;
+            let pod = cni_pod(
+                "z/early",
+                "plcldef0",
+                Ipv4Addr::new(10, 240, 3, 61),
+                NODE,
+                ("pod", "early"),
+                Port::new("udp", 80, "UDP"),
+            )?;
             let ifindex = if_index("plcldef0")?;
             let agent = e.agent();
             let links = agent.bpffs.join("links");

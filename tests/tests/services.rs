@@ -9,7 +9,7 @@
 use anyhow::{Context, Result, ensure};
 use palisade_e2e::cluster::Cluster;
 use palisade_e2e::netns::{Netns, ip};
-use palisade_e2e::pods::{Pod, PodSpec, Port};
+use palisade_e2e::pods::{Pod, Port, cni_pod};
 use palisade_e2e::probe::{self, Proto};
 use palisade_e2e::suite::Fixture;
 use palisade_e2e::{agent, np};
@@ -51,16 +51,14 @@ impl std::ops::Deref for Env {
 impl Fixture for Env {
     fn setup() -> Result<Env> {
         let cluster = Cluster::start("sv", 9, &[])?;
-        let spec = PodSpec {
-            namespace: "z".into(),
-            name: "remote".into(),
-            labels: vec![("app".into(), "remote".into())],
-            ip4: Ipv4Addr::new(10, 241, 9, 5),
-            ip6: Ipv6Addr::new(0xfd10, 0x241, 9, 0, 0, 0, 0, 5),
-            node: "other-node".into(),
-            ports: vec![Port::new("http", 80, "TCP")],
-        };
-        let remote = Pod::create("pl-sv-node2", "plsvnode2", spec)?;
+        let remote = cni_pod(
+            "z/remote",
+            "plsvnode2",
+            Ipv4Addr::new(10, 241, 9, 5),
+            "other-node",
+            ("app", "remote"),
+            Port::new("http", 80, "TCP"),
+        )?;
         // The node's own address, and a host-network server on it.
         let _ = ip(&["link", "del", NODE_BRIDGE]);
         ip(&["link", "add", NODE_BRIDGE, "type", "bridge"])?;
