@@ -114,26 +114,23 @@ fn classify<const DIR: u8>(ctx: &TcContext) -> i32 {
         Fast::Pass => return PASS,
         fast => skb::note_fast_path(ctx, fast == Fast::Missed),
     }
-    match classify_full::<DIR>(ctx, ifindex) {
-        // A pod's packet DNATed to a backend on an interface whose pod is
-        // not known yet: its sender's egress is judged, as the host egress
-        // hook would (this interface carries none). In a call of its own
-        // after the pipeline's returned: their frames together would pass
-        // the stack BPF allows.
-        NO_ENDPOINT if DIR == DIR_INGRESS => deferred_without_endpoint(ctx),
-        NO_ENDPOINT => PASS,
-        verdict => verdict,
+    // A pod's packet DNATed from a Service to the pod behind this
+    // interface: the sender's egress is judged first, now that the backend
+    // is known (also when this interface's pod is not known yet, as the
+    // host egress hook would: this interface carries none). In a call of
+    // its own, before the pipeline's: their frames together would pass the
+    // stack BPF allows, and within the pipeline the verifier walked it
+    // again on every path.
+    if DIR == DIR_INGRESS && deferred_egress(ctx) == DROP {
+        return DROP;
     }
+    classify_full::<DIR>(ctx, ifindex)
 }
 
-/// What [`classify_full`] returns for an interface without an endpoint
-/// entry: no TC action.
-const NO_ENDPOINT: i32 = i32::MIN;
-
-/// A packet delivered to an interface without an endpoint entry: only a
-/// deferred one is judged (see [`judge_deferred_here`]).
+/// A deferred packet delivered to a pod's interface: its sender's egress
+/// (see [`judge_deferred_here`]); PASS for any other packet.
 #[inline(never)]
-fn deferred_without_endpoint(ctx: &TcContext) -> i32 {
+fn deferred_egress(ctx: &TcContext) -> i32 {
     match maps::config() {
         Some(cfg) if deferred(ctx, &cfg) => judge_deferred_here(ctx, &cfg),
         _ => PASS,
@@ -149,13 +146,10 @@ fn classify_full<const DIR: u8>(ctx: &TcContext, ifindex: u32) -> i32 {
     // Interfaces without an endpoint entry are not ours to judge (but see
     // `classify`).
     let Some(ep) = maps::endpoint(ifindex) else {
-        return NO_ENDPOINT;
+        return PASS;
     };
     let mut pkt = Packet::empty();
     match parse::parse(ctx, &mut pkt) {
-        // A pod's packet DNATed from a Service to this pod: the sender's
-        // egress is judged first, now that the backend is known.
-        Parsed::Ip if dir == DIR_INGRESS && deferred(ctx, &cfg) && judge_deferred(ctx, &cfg, &pkt) == DROP => DROP,
         // Judged in netfilter against the client kube-proxy may have
         // SNATed away: only tracked here, for the pod's replies.
         Parsed::Ip if dir == DIR_INGRESS && netfilter::judged(ctx, &cfg) => {

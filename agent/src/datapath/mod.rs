@@ -226,7 +226,7 @@ impl Datapath {
         for name in [programs::FROM_POD, programs::TO_POD, programs::HOST_EGRESS] {
             let prog: &mut SchedClassifier =
                 ebpf.program_mut(name).ok_or_else(|| anyhow!("program {name} missing"))?.try_into()?;
-            prog.load().with_context(|| format!("verifying {name}"))?;
+            verify(name, || prog.load())?;
         }
         let netfilter = load_netfilter(&mut ebpf, dir, settings)?;
         let endpoints: HashMap<_, u32, Endpoint> = take(&mut ebpf, maps::ENDPOINTS)?;
@@ -358,12 +358,30 @@ fn load_netfilter(ebpf: &mut Ebpf, dir: &Path, settings: &Settings) -> Result<Op
     ] {
         let prog: &mut SocketFilter =
             ebpf.program_mut(name).ok_or_else(|| anyhow!("program {name} missing"))?.try_into()?;
-        prog.load().with_context(|| format!("verifying {name}"))?;
+        verify(name, || prog.load())?;
         let path = pins.join(pin);
         let _ = std::fs::remove_file(&path);
         prog.pin(&path).with_context(|| format!("pinning {}", path.display()))?;
     }
     Ok(Some(netfilter::Hooks::new(pins, d, j)))
+}
+
+/// Loads one program through the verifier. The verifier gives up with
+/// EAGAIN when a signal is pending for the thread (a child exiting under a
+/// SIGCHLD handler is enough; a kernel test saw it); libbpf retries that,
+/// and so does this.
+fn verify(name: &str, mut load: impl FnMut() -> Result<(), aya::programs::ProgramError>) -> Result<()> {
+    let mut tries = 1;
+    loop {
+        match load() {
+            Err(aya::programs::ProgramError::LoadError { io_error, .. })
+                if io_error.kind() == std::io::ErrorKind::WouldBlock && tries < 5 =>
+            {
+                tries += 1;
+            }
+            done => return done.with_context(|| format!("verifying {name}")),
+        }
+    }
 }
 
 /// Refuses maps pinned by a build whose layout differs from this one's
