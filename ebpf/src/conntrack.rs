@@ -102,7 +102,6 @@ pub fn fast(ctx: &TcContext, ifindex: u32, dir: u8) -> Fast {
 }
 
 /// What [`fast`] made of a packet.
-#[repr(u32)]
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Fast {
     /// Passed on its tracked flow.

@@ -131,8 +131,13 @@ fn classify<const DIR: u8>(ctx: &TcContext) -> i32 {
 /// (see [`judge_deferred_here`]); PASS for any other packet.
 #[inline(never)]
 fn deferred_egress(ctx: &TcContext) -> i32 {
-    match maps::config() {
-        Some(cfg) if deferred(ctx, &cfg) => judge_deferred_here(ctx, &cfg),
+    // Read in place: most packets carry no mark, and a copy of the config
+    // (the snapshot the pipeline judges by) is taken only for those that do.
+    match maps::config_ref() {
+        Some(cfg) if deferred(ctx, cfg) => {
+            let snapshot = *cfg;
+            judge_deferred_here(ctx, &snapshot)
+        }
         _ => PASS,
     }
 }
