@@ -77,8 +77,8 @@ pub fn palisade_to_pod(ctx: TcContext) -> i32 {
 
 /// Node interfaces without the pod hooks: judges the egress of pod traffic
 /// that kube-proxy DNATed from a Service cluster IP to a backend elsewhere.
-/// Only packets carrying the defer mark are looked at (the pod hooks judge
-/// them themselves, see [`classify_full`]).
+/// Only packets carrying the defer mark are looked at (a pod's hook judges
+/// those delivered to it itself, see [`deferred_egress`]).
 #[classifier]
 pub fn palisade_host_egress(ctx: TcContext) -> i32 {
     let Some(cfg) = maps::config() else {
@@ -90,8 +90,8 @@ pub fn palisade_host_egress(ctx: TcContext) -> i32 {
     judge_deferred_here(&ctx, &cfg)
 }
 
-/// A deferred packet on an interface where no pod hook judges it: one that
-/// does not parse drops, since nothing after this hook would judge it.
+/// A deferred packet, at the host hook or a pod's to-pod hook: one that
+/// does not parse drops, since no hook after this one would judge it.
 #[inline(always)]
 fn judge_deferred_here(ctx: &TcContext, cfg: &Config) -> i32 {
     let mut pkt = Packet::empty();

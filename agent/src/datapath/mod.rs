@@ -375,7 +375,7 @@ fn verify(name: &str, mut load: impl FnMut() -> Result<(), aya::programs::Progra
     loop {
         match load() {
             Err(aya::programs::ProgramError::LoadError { io_error, .. })
-                if io_error.kind() == std::io::ErrorKind::WouldBlock && tries < 5 =>
+                if io_error.raw_os_error() == Some(libc::EAGAIN) && tries < 5 =>
             {
                 tries += 1;
             }

@@ -2,8 +2,11 @@
 //!    parse drops, counted, since no hook after it would judge it. A pod
 //!    interface whose pod is not known yet carries the pod hooks instead,
 //!    and its `to-pod` hook judges deferred packets the same way.
+//! 5. A known pod's `to-pod` hook: a deferred packet is judged twice, by its
+//!    sender's egress first, then by the pod's own ingress.
 
 use crate::fixture::*;
+use palisade_common::REASON_UNATTRIBUTED;
 
 #[test]
 fn a_deferred_packet_that_does_not_parse_drops() {
@@ -40,4 +43,57 @@ fn a_pod_hook_without_its_pod_judges_deferred_packets_as_the_host_hook_does() {
     }
     assert_eq!(env.counter(stat::DROPPED_MALFORMED) - before, 2, "each malformed drop counted");
     println!("to-pod without an endpoint: deferred packets judged as by the host egress hook");
+}
+
+#[test]
+fn a_known_pods_hook_judges_a_deferred_packet_by_its_senders_egress_then_its_own_ingress() {
+    let mut env = Env::new(settings());
+    let (web, db, solo) = (env.local("web"), env.local("db"), env.local("solo"));
+    let remote_ops = addr("10.70.4.5");
+    env.drain();
+    // (what, source, TCP destination port, verdict with the mark, the drop
+    // event's reason and local identity: the sender's or the receiver's)
+    let cases = [
+        ("web -> db 5432: both allow", web.ip4, 5432, PASS, None),
+        ("web -> db 5433: web's egress denies", web.ip4, 5433, DROP, Some((REASON_NO_RULE, web.identity))),
+        (
+            "solo -> db 80: solo's egress allows, db's ingress denies",
+            solo.ip4,
+            80,
+            DROP,
+            Some((REASON_NO_RULE, db.identity)),
+        ),
+    ];
+    for (what, src, dport, expect, event) in cases {
+        let sport = env.fresh();
+        let pkt = packet(src, db.ip4, L4::Tcp(sport, dport, TCP_SYN));
+        assert_eq!(env.run_marked(Some(Direction::Ingress), db.ifindex, DEFER_MARK, &pkt), expect, "{what}");
+        let events = env.drain();
+        let drop = events.iter().find(|e| e.verdict == VERDICT_DROPPED && e.dport == dport);
+        match event {
+            None => assert!(drop.is_none(), "{what}: unexpected drop event {drop:?}"),
+            Some((reason, identity)) => {
+                let e = drop.unwrap_or_else(|| panic!("{what}: no drop event in {events:?}"));
+                assert_eq!((e.reason, e.local_identity), (reason, identity), "{what}: {e:?}");
+            }
+        }
+    }
+    // From an address no local pod holds: web's ingress alone would let ops
+    // in on UDP 53, but nobody's egress can judge it, so it drops.
+    let sport = env.fresh();
+    let pkt = packet(remote_ops, web.ip4, L4::Udp(sport, 53));
+    assert_eq!(env.run_marked(Some(Direction::Ingress), web.ifindex, 0, &pkt), PASS, "ops -> web 53, not deferred");
+    let sport = env.fresh();
+    let pkt = packet(remote_ops, web.ip4, L4::Udp(sport, 53));
+    assert_eq!(
+        env.run_marked(Some(Direction::Ingress), web.ifindex, DEFER_MARK, &pkt),
+        DROP,
+        "ops -> web 53, deferred"
+    );
+    let events = env.drain();
+    assert!(
+        events.iter().any(|e| e.verdict == VERDICT_DROPPED && e.reason == REASON_UNATTRIBUTED),
+        "unattributed drop event in {events:?}"
+    );
+    println!("to-pod of a known pod: deferred packets judged by the sender's egress, then the pod's ingress");
 }

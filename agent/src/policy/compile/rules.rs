@@ -148,6 +148,9 @@ impl Part {
         let mut left: Vec<Option<HashSet<u32>>> = Vec::new();
         let mut joined: Vec<Option<PeerSet>> = Vec::new();
         if !kept.is_empty() {
+            // Kept identities were selected both times, and without `force`
+            // the rules are the same: one peer set per rule each time.
+            debug_assert_eq!(old_peers.len(), self.peers.len(), "peer sets per rule");
             for (before, now) in old_peers.iter().zip(&self.peers) {
                 let (l, j) = match (before, now) {
                     _ if before == now => (Some(HashSet::new()), None),
