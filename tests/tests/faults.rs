@@ -153,7 +153,9 @@ fn cases() -> Vec<palisade_e2e::suite::Case<Env>> {
             Ok(())
         }),
         ("full_policy_map_holds_pods_closed_and_drops_revoked_allows", |e| {
-            e.apply(&[from_yb("a"), from_yb("b")])?;
+            // Both in one file, so that the change below is one rename: a
+            // pass that read one file of two would see half of it.
+            e.apply(&[format!("{}\n---\n{}", from_yb("a"), from_yb("b"))])?;
             e.expect("y/b", "x/a", 80, true)?;
             e.expect("y/b", "x/b", 80, true)?;
             e.expect("y/c", "x/b", 80, false)?;
@@ -178,8 +180,7 @@ fn cases() -> Vec<palisade_e2e::suite::Case<Env>> {
                 "  podSelector: {matchLabels: {pod: b}}\n  ingress:\n  - from: [{podSelector: {matchLabels: {pod: c}}, namespaceSelector: {matchLabels: {ns: \"y\"}}}]\n    ports: [{protocol: TCP, port: 80}]\n",
             );
             let agent = e.agent();
-            agent.apply("policy-0.yaml", &too_big)?;
-            agent.apply("policy-1.yaml", &yc_to_xb)?;
+            agent.apply("policy-0.yaml", &format!("{too_big}\n---\n{yc_to_xb}"))?;
             let st = e.status_until("x/a held closed", |st| state_of(st, "x", "a").starts_with("held-closed"))?;
             ensure!(st["in_sync"] == false, "not in sync while a pod is held closed");
             ensure!(state_of(&st, "x", "b") == "enforced", "x/b fits: {}", state_of(&st, "x", "b"));
@@ -204,7 +205,7 @@ fn cases() -> Vec<palisade_e2e::suite::Case<Env>> {
             let (code, body) = http_get("/readyz")?;
             ensure!(code == 503 && body.contains("policy map full"), "readyz: {code} {body}");
             // A policy that fits releases the pod.
-            agent.apply("policy-0.yaml", &from_yb("a"))?;
+            agent.apply("policy-0.yaml", &format!("{}\n---\n{yc_to_xb}", from_yb("a")))?;
             let st = e.status_until("x/a released", |st| st["in_sync"] == true)?;
             ensure!(state_of(&st, "x", "a") == "enforced", "x/a: {}", state_of(&st, "x", "a"));
             e.expect("y/b", "x/a", 80, true)?;
