@@ -408,7 +408,11 @@ impl Compiler {
                 Some(v) => self.out.policy.insert(prefix, v),
                 None => self.out.policy.remove(&prefix),
             };
-            changed.insert(prefix);
+            // The first compile changes the whole map, which it says with
+            // None: a set of every entry would only add to the peak.
+            if !first {
+                changed.insert(prefix);
+            }
         }
         self.changes = Changes { policy: (!first).then_some(changed), ips: ips_changed };
 
