@@ -109,7 +109,15 @@ pub(super) fn check_documents(
             continue;
         }
         if doc.get("kind").and_then(Value::as_str).is_some_and(|k| k == "List" || k.ends_with("List")) {
-            let items = doc.get("items").and_then(Value::as_array).cloned().unwrap_or_default();
+            // Taken, not copied: a 1000-object list is megabytes of `Value`s,
+            // and a copy of it would set the agent's peak memory at start.
+            let items = match doc {
+                Value::Object(mut o) => match o.remove("items") {
+                    Some(Value::Array(items)) => items,
+                    _ => Vec::new(),
+                },
+                _ => Vec::new(),
+            };
             for (j, item) in items.into_iter().enumerate() {
                 push(item, format!("document {} items[{j}]", i + 1));
             }
