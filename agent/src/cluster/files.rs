@@ -547,7 +547,8 @@ impl FileSource {
         if let Some(state) = state {
             let shared: Arc<Path> = Arc::from(path);
             for (i, o) in state.objects.iter().enumerate() {
-                let at = self.index.entry(o.key.clone()).or_default();
+                // Nearly every key is defined once: room for one, not four.
+                let at = self.index.entry(o.key.clone()).or_insert_with(|| Vec::with_capacity(1));
                 at.push((shared.clone(), i));
                 at.sort();
                 self.dirty.insert(o.key.clone());
