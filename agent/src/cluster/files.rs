@@ -97,8 +97,8 @@ pub struct FileSource {
     input: Input,
     object_errors: BTreeMap<String, Vec<InputError>>,
     /// Files read since their copies were last saved, with their
-    /// documents (see [`FileSource::save_pending`]).
-    unsaved: Vec<(PathBuf, Vec<Value>)>,
+    /// documents as JSON (see [`FileSource::save_pending`]).
+    unsaved: Vec<(PathBuf, Vec<String>)>,
     /// Files deleted since, whose copies go then too (relative paths).
     unsaved_gone: Vec<String>,
     /// The directory as last listed, kept current by [`FileSource::reload`].
@@ -547,7 +547,8 @@ impl FileSource {
         if let Some(state) = state {
             let shared: Arc<Path> = Arc::from(path);
             for (i, o) in state.objects.iter().enumerate() {
-                let at = self.index.entry(o.key.clone()).or_default();
+                // Nearly every key is defined once: room for one, not four.
+                let at = self.index.entry(o.key.clone()).or_insert_with(|| Vec::with_capacity(1));
                 at.push((shared.clone(), i));
                 at.sort();
                 self.dirty.insert(o.key.clone());
@@ -570,7 +571,7 @@ impl FileSource {
             saved.remove(&rel);
         }
         let unsaved = std::mem::take(&mut self.unsaved);
-        let copies: Vec<(String, Vec<Value>)> = unsaved
+        let copies: Vec<(String, Vec<String>)> = unsaved
             .into_iter()
             .filter(|(path, _)| self.files.contains_key(path))
             .map(|(path, raw)| (self.rel(&path), self.copy_of(saved, &path, raw)))
@@ -579,7 +580,7 @@ impl FileSource {
         results.into_iter().filter_map(|(rel, r)| r.err().map(|e| save_error(&self.dir.join(rel), &e))).collect()
     }
 
-    fn save_or_say(&self, path: &Path, raw: Vec<Value>) -> Option<InputError> {
+    fn save_or_say(&self, path: &Path, raw: Vec<String>) -> Option<InputError> {
         let saved = self.saved.as_ref()?;
         let e = saved.write(&self.rel(path), self.copy_of(saved, path, raw)).err()?;
         Some(save_error(path, &e))
@@ -588,10 +589,10 @@ impl FileSource {
     /// The objects `path` puts in force, to save: each object as read if it
     /// is valid, else its last valid version if the saved copy has one, else
     /// as read (it fails the same way again).
-    fn copy_of(&self, saved: &Saved, path: &Path, raw: Vec<Value>) -> Vec<Value> {
+    fn copy_of(&self, saved: &Saved, path: &Path, raw: Vec<String>) -> Vec<String> {
         let rel = self.rel(path);
         let objects = &self.files[path].objects;
-        let mut before: Option<HashMap<super::convert::ObjKey, Value>> = None;
+        let mut before: Option<HashMap<super::convert::ObjKey, String>> = None;
         let mut out = Vec::with_capacity(raw.len());
         for (checked, value) in objects.iter().zip(raw) {
             if checked.result.is_ok() {
@@ -678,9 +679,9 @@ fn read_file(path: &Path, stamp: Stamp) -> Result<String, String> {
     String::from_utf8(text).map_err(|e| format!("not UTF-8: {e}"))
 }
 
-/// A file's objects, the documents they came from (if kept), and the
-/// documents that are not Kubernetes objects.
-pub(super) type Objects = (Vec<Checked>, Vec<Value>, Vec<InputError>);
+/// A file's objects, the documents they came from (if kept, as JSON), and
+/// the documents that are not Kubernetes objects.
+pub(super) type Objects = (Vec<Checked>, Vec<String>, Vec<InputError>);
 
 /// Parses one file into the objects palisade reads (with the documents they
 /// came from when `keep_raw`).

@@ -15,7 +15,7 @@ use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-#[derive(serde::Serialize, serde::Deserialize)]
+#[derive(serde::Deserialize)]
 struct Copy {
     /// Relative to the manifest directory.
     path: String,
@@ -24,6 +24,22 @@ struct Copy {
 
 pub struct Saved {
     dir: PathBuf,
+}
+
+/// Writes a [`Copy`] of objects already in JSON (the files source keeps
+/// them so until saved: a `Value` takes ten times the memory).
+fn write_copy(f: &mut std::fs::File, rel: &str, objects: &[String]) -> Result<()> {
+    let mut w = std::io::BufWriter::new(f);
+    write!(w, "{{\"path\":{},\"objects\":[", serde_json::to_string(rel)?)?;
+    for (i, o) in objects.iter().enumerate() {
+        if i > 0 {
+            w.write_all(b",")?;
+        }
+        w.write_all(o.as_bytes())?;
+    }
+    w.write_all(b"]}")?;
+    w.flush()?;
+    Ok(())
 }
 
 /// FNV-1a: a hash that never changes between builds (file names depend on it).
@@ -66,13 +82,12 @@ impl Saved {
         (copy.path == rel).then_some((copy.objects, path))
     }
 
-    /// Replaces the copy of `rel`, atomically.
-    pub fn write(&self, rel: &str, objects: Vec<Value>) -> Result<()> {
+    /// Replaces the copy of `rel` (its objects as JSON), atomically.
+    pub fn write(&self, rel: &str, objects: Vec<String>) -> Result<()> {
         let path = self.file(rel);
         let tmp = path.with_extension("tmp");
-        let copy = Copy { path: rel.to_string(), objects };
         let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
-        serde_json::to_writer(std::io::BufWriter::new(&mut f), &copy)?;
+        write_copy(&mut f, rel, &objects)?;
         f.flush()?;
         f.sync_all()?;
         std::fs::rename(&tmp, &path)?;
@@ -84,7 +99,7 @@ impl Saved {
     /// file, one sync of the filesystem for them all (a burst of changed
     /// files would otherwise wait on an fsync each), then each renamed in
     /// place and the directory synced once. Returns each file's outcome.
-    pub fn write_many(&self, copies: Vec<(String, Vec<Value>)>) -> Vec<(String, Result<()>)> {
+    pub fn write_many(&self, copies: Vec<(String, Vec<String>)>) -> Vec<(String, Result<()>)> {
         // Nothing to write must not sync: a sync of the filesystem waits for
         // everyone's writes (it took most of a pass on a busy node).
         if copies.is_empty() {
@@ -98,11 +113,10 @@ impl Saved {
         for (rel, objects) in copies {
             let path = self.file(&rel);
             let tmp = path.with_extension("tmp");
-            let copy = Copy { path: rel.clone(), objects };
             let done = (|| -> Result<()> {
                 let mut f =
                     std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
-                serde_json::to_writer(std::io::BufWriter::new(&mut f), &copy)?;
+                write_copy(&mut f, &rel, &objects)?;
                 f.flush()?;
                 Ok(())
             })();

@@ -87,7 +87,7 @@ pub struct Compiler {
     /// Natural rule numbers more than one rule has.
     collisions: usize,
     /// Every entry's contributors; the first in [`Order`] decides.
-    contributors: HashMap<PolicyPrefix, Vec<(Order, u32)>>,
+    contributors: HashMap<PolicyPrefix, Contributors>,
     /// The node allowance's entries.
     host: Vec<PolicyPrefix>,
     /// Identity-derived warnings (address conflicts) and cluster IP ones.
@@ -294,7 +294,7 @@ impl Compiler {
                     touched.insert(*prefix);
                 }
                 for (prefix, ri) in &part.entries[from..] {
-                    self.contributors.entry(*prefix).or_default().push((part.order(*ri), part.rule_ids[*ri]));
+                    add_contributor(&mut self.contributors, *prefix, (part.order(*ri), part.rule_ids[*ri]));
                     touched.insert(*prefix);
                 }
                 self.moved += out.len() + part.entries.len() - from;
@@ -350,7 +350,7 @@ impl Compiler {
                 touched.insert(prefix);
             }
             for prefix in &host {
-                self.contributors.entry(*prefix).or_default().push((Order::Host, RULE_HOST));
+                add_contributor(&mut self.contributors, *prefix, (Order::Host, RULE_HOST));
                 touched.insert(*prefix);
             }
             self.host = host;
@@ -397,7 +397,7 @@ impl Compiler {
             } else {
                 self.contributors
                     .get(&prefix)
-                    .and_then(|c| c.iter().min_by(|a, b| a.0.cmp(&b.0)))
+                    .and_then(|c| c.as_slice().iter().min_by(|a, b| a.0.cmp(&b.0)))
                     .map(|c| PolicyValue::allow(c.1))
             };
             let had = self.out.policy.get(&prefix).copied();
@@ -408,7 +408,11 @@ impl Compiler {
                 Some(v) => self.out.policy.insert(prefix, v),
                 None => self.out.policy.remove(&prefix),
             };
-            changed.insert(prefix);
+            // The first compile changes the whole map, which it says with
+            // None: a set of every entry would only add to the peak.
+            if !first {
+                changed.insert(prefix);
+            }
         }
         self.changes = Changes { policy: (!first).then_some(changed), ips: ips_changed };
 
@@ -453,7 +457,7 @@ impl Compiler {
             if !locals.contains(&pair.0) {
                 continue;
             }
-            if let Some(c) = list.iter().min_by(|a, b| a.0.cmp(&b.0)) {
+            if let Some(c) = list.as_slice().iter().min_by(|a, b| a.0.cmp(&b.0)) {
                 out.entry(pair).or_default().push((*prefix, c.1));
             }
         }
@@ -473,18 +477,56 @@ fn policy_ref(name: &PolicyName) -> PolicyRef {
     PolicyRef { namespace: name.0.clone(), name: name.1.clone() }
 }
 
-fn remove_contributor(
-    contributors: &mut HashMap<PolicyPrefix, Vec<(Order, u32)>>,
-    prefix: &PolicyPrefix,
-    order: &Order,
-) {
-    if let Some(list) = contributors.get_mut(prefix) {
-        if let Some(i) = list.iter().position(|(o, _)| o == order) {
-            list.swap_remove(i);
+/// An entry's contributors (order, rule number). Nearly every entry has
+/// one, held inline: a list each would be an allocation per entry (100k
+/// at 10k pods x 10k policies, a tenth of the agent's memory).
+#[derive(Debug)]
+enum Contributors {
+    One((Order, u32)),
+    Many(Vec<(Order, u32)>),
+}
+
+impl Contributors {
+    fn as_slice(&self) -> &[(Order, u32)] {
+        match self {
+            Contributors::One(c) => std::slice::from_ref(c),
+            Contributors::Many(list) => list,
         }
-        if list.is_empty() {
-            contributors.remove(prefix);
+    }
+}
+
+fn add_contributor(contributors: &mut HashMap<PolicyPrefix, Contributors>, prefix: PolicyPrefix, c: (Order, u32)) {
+    use std::collections::hash_map::Entry;
+    match contributors.entry(prefix) {
+        Entry::Vacant(e) => {
+            e.insert(Contributors::One(c));
         }
+        Entry::Occupied(mut e) => {
+            let list = e.get_mut();
+            match std::mem::replace(list, Contributors::Many(Vec::new())) {
+                Contributors::One(first) => *list = Contributors::Many(vec![first, c]),
+                Contributors::Many(mut all) => {
+                    all.push(c);
+                    *list = Contributors::Many(all);
+                }
+            }
+        }
+    }
+}
+
+fn remove_contributor(contributors: &mut HashMap<PolicyPrefix, Contributors>, prefix: &PolicyPrefix, order: &Order) {
+    let empty = match contributors.get_mut(prefix) {
+        None => return,
+        Some(Contributors::One((o, _))) => o == order,
+        Some(Contributors::Many(list)) => {
+            if let Some(i) = list.iter().position(|(o, _)| o == order) {
+                list.swap_remove(i);
+            }
+            list.is_empty()
+        }
+    };
+    if empty {
+        contributors.remove(prefix);
     }
 }
 
