@@ -91,7 +91,8 @@ pub fn palisade_host_egress(ctx: TcContext) -> i32 {
 }
 
 /// A deferred packet, at the host hook or a pod's to-pod hook: one that
-/// does not parse drops, since no hook after this one would judge it.
+/// does not parse drops, since nothing after this would judge its sender's
+/// egress.
 #[inline(always)]
 fn judge_deferred_here(ctx: &TcContext, cfg: &Config) -> i32 {
     let mut pkt = Packet::empty();

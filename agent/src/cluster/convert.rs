@@ -104,18 +104,15 @@ pub(super) fn check_documents(
             objects.push(Checked::new(&Raw::from_value(k, value)));
         }
     };
-    for (i, doc) in docs.into_iter().enumerate() {
+    for (i, mut doc) in docs.into_iter().enumerate() {
         if doc.is_null() {
             continue;
         }
         if doc.get("kind").and_then(Value::as_str).is_some_and(|k| k == "List" || k.ends_with("List")) {
             // Taken, not copied: a 1000-object list is megabytes of `Value`s,
             // and a copy of it would set the agent's peak memory at start.
-            let items = match doc {
-                Value::Object(mut o) => match o.remove("items") {
-                    Some(Value::Array(items)) => items,
-                    _ => Vec::new(),
-                },
+            let items = match doc.get_mut("items").map(Value::take) {
+                Some(Value::Array(items)) => items,
                 _ => Vec::new(),
             };
             for (j, item) in items.into_iter().enumerate() {

@@ -26,12 +26,14 @@ pub struct Saved {
     dir: PathBuf,
 }
 
-/// Writes a [`Copy`] of objects already in JSON (the files source keeps
-/// them so until saved: a `Value` takes ten times the memory).
+/// Writes a [`Copy`] of objects already in JSON (as the files source keeps
+/// them, see `convert::check_documents`). A copy that is not JSON would be
+/// refused whole when read back, and a broken file would then hold nothing.
 fn write_copy(f: &mut std::fs::File, rel: &str, objects: &[String]) -> Result<()> {
     let mut w = std::io::BufWriter::new(f);
     write!(w, "{{\"path\":{},\"objects\":[", serde_json::to_string(rel)?)?;
     for (i, o) in objects.iter().enumerate() {
+        debug_assert!(serde_json::from_str::<Value>(o).is_ok(), "a saved object is JSON");
         if i > 0 {
             w.write_all(b",")?;
         }

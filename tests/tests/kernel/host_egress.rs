@@ -2,8 +2,10 @@
 //!    parse drops, counted, since no hook after it would judge it. A pod
 //!    interface whose pod is not known yet carries the pod hooks instead,
 //!    and its `to-pod` hook judges deferred packets the same way.
-//! 5. A known pod's `to-pod` hook: a deferred packet is judged twice, by its
-//!    sender's egress first, then by the pod's own ingress.
+//!    A known pod's `to-pod` hook judges a deferred packet twice: by its
+//!    sender's egress first (the sender found by source address; finding
+//!    it by `tc_index` after SNAT is left to the e2e Service tests, since
+//!    BPF_PROG_TEST_RUN takes no `tc_index`), then by the pod's ingress.
 
 use crate::fixture::*;
 use palisade_common::REASON_UNATTRIBUTED;

@@ -479,7 +479,7 @@ fn policy_ref(name: &PolicyName) -> PolicyRef {
 
 /// An entry's contributors (order, rule number). Nearly every entry has
 /// one, held inline: a list each would be an allocation per entry (100k
-/// at 10k pods x 10k policies, a tenth of the agent's memory).
+/// at 10k pods x 10k policies).
 #[derive(Debug)]
 enum Contributors {
     One((Order, u32)),
@@ -515,14 +515,21 @@ fn add_contributor(contributors: &mut HashMap<PolicyPrefix, Contributors>, prefi
 }
 
 fn remove_contributor(contributors: &mut HashMap<PolicyPrefix, Contributors>, prefix: &PolicyPrefix, order: &Order) {
-    let empty = match contributors.get_mut(prefix) {
-        None => return,
-        Some(Contributors::One((o, _))) => o == order,
-        Some(Contributors::Many(list)) => {
+    let Some(c) = contributors.get_mut(prefix) else { return };
+    let empty = match c {
+        Contributors::One((o, _)) => o == order,
+        Contributors::Many(list) => {
             if let Some(i) = list.iter().position(|(o, _)| o == order) {
                 list.swap_remove(i);
             }
-            list.is_empty()
+            // Back inline when one is left (order kept: there is one).
+            if list.len() == 1 {
+                let only = list.pop().expect("one left");
+                *c = Contributors::One(only);
+                false
+            } else {
+                list.is_empty()
+            }
         }
     };
     if empty {
