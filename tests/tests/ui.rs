@@ -200,7 +200,10 @@ impl Browser {
         }
     }
 
-    /// Errors the page logged (uncaught exceptions, failed loads).
+    /// Errors the page logged (uncaught exceptions, failed loads). Not a
+    /// request the browser itself aborted because the host's interfaces
+    /// changed (`ERR_NETWORK_CHANGED`: this suite makes namespaces and
+    /// veths as the page loads); the page asks again on its next poll.
     fn console_errors(&self) -> Result<Vec<String>> {
         let logs = self.cmd("POST", "/se/log", Some(json!({"type": "browser"})))?;
         Ok(logs
@@ -209,6 +212,7 @@ impl Browser {
             .flatten()
             .filter(|l| l["level"] == "SEVERE")
             .map(|l| l["message"].as_str().unwrap_or("").to_string())
+            .filter(|m| !m.contains("net::ERR_NETWORK_CHANGED"))
             .collect())
     }
 
