@@ -27,10 +27,12 @@ pub struct Saved {
 }
 
 /// Writes a [`Copy`] of objects already in JSON (as the files source keeps
-/// them, see `convert::check_documents`). A copy that is not JSON would be
-/// refused whole when read back, and a broken file would then hold nothing.
-fn write_copy(f: &mut std::fs::File, rel: &str, objects: &[String]) -> Result<()> {
-    let mut w = std::io::BufWriter::new(f);
+/// them, see `convert::check_documents`) to `tmp`, readable by its owner alone.
+/// A copy that is not JSON would be refused whole when read back, and a
+/// broken file would then hold nothing.
+fn write_copy(tmp: &Path, rel: &str, objects: &[String]) -> Result<std::fs::File> {
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(tmp)?;
+    let mut w = std::io::BufWriter::new(&mut f);
     write!(w, "{{\"path\":{},\"objects\":[", serde_json::to_string(rel)?)?;
     for (i, o) in objects.iter().enumerate() {
         debug_assert!(serde_json::from_str::<Value>(o).is_ok(), "a saved object is JSON");
@@ -41,7 +43,8 @@ fn write_copy(f: &mut std::fs::File, rel: &str, objects: &[String]) -> Result<()
     }
     w.write_all(b"]}")?;
     w.flush()?;
-    Ok(())
+    drop(w);
+    Ok(f)
 }
 
 /// FNV-1a: a hash that never changes between builds (file names depend on it).
@@ -88,10 +91,7 @@ impl Saved {
     pub fn write(&self, rel: &str, objects: Vec<String>) -> Result<()> {
         let path = self.file(rel);
         let tmp = path.with_extension("tmp");
-        let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
-        write_copy(&mut f, rel, &objects)?;
-        f.flush()?;
-        f.sync_all()?;
+        write_copy(&tmp, rel, &objects)?.sync_all()?;
         std::fs::rename(&tmp, &path)?;
         std::fs::File::open(&self.dir)?.sync_all()?;
         Ok(())
@@ -115,15 +115,8 @@ impl Saved {
         for (rel, objects) in copies {
             let path = self.file(&rel);
             let tmp = path.with_extension("tmp");
-            let done = (|| -> Result<()> {
-                let mut f =
-                    std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
-                write_copy(&mut f, &rel, &objects)?;
-                f.flush()?;
-                Ok(())
-            })();
-            match done {
-                Ok(()) => written.push((rel, tmp, path)),
+            match write_copy(&tmp, &rel, &objects) {
+                Ok(_) => written.push((rel, tmp, path)),
                 Err(e) => out.push((rel, Err(e))),
             }
         }

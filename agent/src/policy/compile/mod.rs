@@ -487,6 +487,14 @@ enum Contributors {
 }
 
 impl Contributors {
+    fn push(&mut self, c: (Order, u32)) {
+        match self {
+            Contributors::Many(all) => all.push(c),
+            // A second contributor is rare; its `Order` clone is an `Arc`'s.
+            Contributors::One(first) => *self = Contributors::Many(vec![first.clone(), c]),
+        }
+    }
+
     fn as_slice(&self) -> &[(Order, u32)] {
         match self {
             Contributors::One(c) => std::slice::from_ref(c),
@@ -501,16 +509,7 @@ fn add_contributor(contributors: &mut HashMap<PolicyPrefix, Contributors>, prefi
         Entry::Vacant(e) => {
             e.insert(Contributors::One(c));
         }
-        Entry::Occupied(mut e) => {
-            let list = e.get_mut();
-            match std::mem::replace(list, Contributors::Many(Vec::new())) {
-                Contributors::One(first) => *list = Contributors::Many(vec![first, c]),
-                Contributors::Many(mut all) => {
-                    all.push(c);
-                    *list = Contributors::Many(all);
-                }
-            }
-        }
+        Entry::Occupied(mut e) => e.get_mut().push(c),
     }
 }
 
