@@ -27,7 +27,7 @@
 use crate::cluster::NODE;
 use anyhow::{Context, Result, bail};
 use ipnet::IpNet;
-use palisade::policy::model::{NamespaceMatch, Peer, PortMatch, Rule};
+use palisade::policy::model::{Labels, NamespaceMatch, Peer, PortMatch, Rule};
 use palisade::policy::{Input, Pod, Policy};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -54,10 +54,10 @@ fn live(input: &Input) -> Vec<&Pod> {
     input.pods.values().filter(|p| !p.terminated && !p.host_network && !p.ips.is_empty()).map(|p| &**p).collect()
 }
 
-static NO_LABELS: BTreeMap<String, String> = BTreeMap::new();
+static NO_LABELS: Labels = Labels::new();
 
 /// A namespace's labels (undeclared namespaces: none; the bench declares all).
-fn ns_labels<'a>(input: &'a Input, ns: &str) -> &'a BTreeMap<String, String> {
+fn ns_labels<'a>(input: &'a Input, ns: &str) -> &'a Labels {
     input.namespaces.get(ns).map(|n| &n.labels).unwrap_or(&NO_LABELS)
 }
 

@@ -47,7 +47,7 @@ pub fn index(input: &Input) -> BTreeMap<(String, Workload), Info> {
             .iter()
             .filter(|(k, v)| {
                 !UNSTABLE.contains(&k.as_str())
-                    && info.pods.iter().all(|p| p.labels.get(*k) == Some(*v) && **v != p.name)
+                    && info.pods.iter().all(|p| p.labels.get(k) == Some(*v) && **v != p.name)
             })
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();

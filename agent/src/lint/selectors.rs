@@ -54,7 +54,7 @@ fn missing_keys(all: &BTreeMap<String, Labels>, s: &Selector) -> Vec<String> {
         .keys()
         .chain(s.requirements.iter().filter(|r| matches!(r.operator, Operator::In | Operator::Exists)).map(|r| &r.key));
     let mut keys: Vec<String> =
-        required.filter(|k| !all.values().any(|l| l.contains_key(*k))).map(|k| k.to_string()).collect();
+        required.filter(|k| !all.values().any(|l| l.contains_key(k))).map(|k| k.to_string()).collect();
     keys.sort();
     keys.dedup();
     keys

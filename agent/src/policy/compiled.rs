@@ -2,7 +2,7 @@
 //! (keys as the kernel holds them), and the catalog user space needs to
 //! turn the kernel's numbers back into names.
 
-use super::model::{Action, Direction, Pod, PolicyRef, Tier};
+use super::model::{Action, Direction, Labels, Pod, PolicyRef, Tier};
 use ipnet::IpNet;
 use palisade_common::{FAMILY_V4, FAMILY_V6, IP_KEY_FAMILY_BITS, IpInfo, IpKey, PolicyKey, PolicyValue};
 use std::collections::{BTreeMap, BTreeSet};
@@ -65,7 +65,7 @@ pub struct LocalEndpoint {
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum IdentityInfo {
     /// A local identity: pods sharing namespace, labels and named ports.
-    Pod { namespace: String, labels: BTreeMap<String, String> },
+    Pod { namespace: String, labels: Labels },
     /// Addresses of pods with local identity `pod`, inside `cell`.
     Address { pod: u32, cell: IpNet },
     /// Addresses of the node itself, inside `cell`.

@@ -6,6 +6,7 @@
 
 pub mod compile;
 pub mod compiled;
+pub mod labels;
 pub mod lookup;
 pub mod model;
 

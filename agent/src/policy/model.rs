@@ -9,7 +9,7 @@ use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-pub type Labels = BTreeMap<String, String>;
+pub use super::labels::Labels;
 
 /// The label every namespace carries (the API server sets it since 1.22).
 pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";

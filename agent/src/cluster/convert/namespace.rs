@@ -31,6 +31,6 @@ impl Namespace {
                 false
             }
         };
-        finish(Namespace { name, labels, audit }, errors)
+        finish(Namespace { name, labels: labels.into(), audit }, errors)
     }
 }

@@ -2,7 +2,7 @@
 
 use super::fields::{meta_names, port_protocol, valid_port, validate_port_name};
 use super::{FieldError, err, finish};
-use crate::policy::model::{NamedPort, Pod, Workload};
+use crate::policy::model::{Labels, NamedPort, Pod, Workload};
 use k8s_openapi::api::core::v1::Pod as K8sPod;
 use std::net::IpAddr;
 
@@ -84,7 +84,7 @@ impl Pod {
         let mut seen = std::collections::HashSet::new();
         ports.retain(|p| seen.insert(p.clone()));
         let phase = status.and_then(|s| s.phase.as_deref());
-        let labels = pod.metadata.labels.clone().unwrap_or_default();
+        let labels: Labels = pod.metadata.labels.clone().unwrap_or_default().into();
         let owners = pod.metadata.owner_references.iter().flatten();
         let controller = owners.clone().find(|o| o.controller == Some(true)).or_else(|| owners.clone().next());
         let workload = Workload::resolve(&name, controller.map(|o| (o.kind.as_str(), o.name.as_str())), &labels);
