@@ -1,8 +1,9 @@
-//! A label set held as one sorted slice. A cluster holds tens of thousands
-//! of them (every pod, namespace, node and selector), and nearly all have
-//! one to three labels: a `BTreeMap` leaf costs about 560 bytes even for
-//! one, this costs the strings and 48 bytes a label. The API is the part of
-//! `BTreeMap`'s the code uses, with the same order, equality and hash.
+//! A label set held as one sorted vector with no spare room. A cluster
+//! holds tens of thousands of them (every pod, namespace, node and
+//! selector), and nearly all have one to three labels: a `BTreeMap` leaf
+//! costs about 560 bytes even for one, this costs the strings and 48 bytes
+//! a label. It offers the part of `BTreeMap`'s API the code uses, with the
+//! same order, equality, hash, Debug and serde form.
 
 use std::fmt;
 
@@ -123,7 +124,9 @@ impl<K: Into<String>, V: Into<String>, const N: usize> From<[(K, V); N]> for Lab
 impl From<std::collections::BTreeMap<String, String>> for Labels {
     fn from(map: std::collections::BTreeMap<String, String>) -> Labels {
         // Already sorted and unique.
-        Labels(map.into_iter().collect())
+        let mut all = Vec::with_capacity(map.len());
+        all.extend(map);
+        Labels(all)
     }
 }
 
