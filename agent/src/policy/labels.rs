@@ -47,10 +47,6 @@ impl Labels {
         Some(value)
     }
 
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
@@ -59,12 +55,8 @@ impl Labels {
         self.0.iter().map(|(k, v)| (k, v))
     }
 
-    pub fn keys(&self) -> impl DoubleEndedIterator<Item = &String> + ExactSizeIterator + Clone {
+    pub fn keys(&self) -> impl Iterator<Item = &String> + Clone {
         self.0.iter().map(|(k, _)| k)
-    }
-
-    pub fn values(&self) -> impl DoubleEndedIterator<Item = &String> + ExactSizeIterator + Clone {
-        self.0.iter().map(|(_, v)| v)
     }
 }
 
@@ -78,15 +70,6 @@ impl<'a> IntoIterator for &'a Labels {
 
     fn into_iter(self) -> Iter<'a> {
         self.iter()
-    }
-}
-
-impl IntoIterator for Labels {
-    type Item = (String, String);
-    type IntoIter = std::vec::IntoIter<(String, String)>;
-
-    fn into_iter(self) -> Self::IntoIter {
-        self.0.into_iter()
     }
 }
 
@@ -105,13 +88,6 @@ impl<K: Into<String>, V: Into<String>> FromIterator<(K, V)> for Labels {
         }
         kept.shrink_to_fit();
         Labels(kept)
-    }
-}
-
-impl<K: Into<String>, V: Into<String>> Extend<(K, V)> for Labels {
-    fn extend<I: IntoIterator<Item = (K, V)>>(&mut self, pairs: I) {
-        let old = std::mem::take(&mut self.0);
-        *self = old.into_iter().chain(pairs.into_iter().map(|(k, v)| (k.into(), v.into()))).collect();
     }
 }
 

@@ -3,7 +3,7 @@
 
 use super::fields::{is_dns_label, meta_names};
 use super::{FieldError, err, finish};
-use crate::policy::model::{NAMESPACE_NAME_LABEL, Namespace};
+use crate::policy::model::{Labels, NAMESPACE_NAME_LABEL, Namespace};
 use k8s_openapi::api::core::v1::Namespace as K8sNamespace;
 
 /// Namespace annotation that puts one namespace in audit mode.
@@ -17,7 +17,7 @@ impl Namespace {
         if !name.is_empty() && !is_dns_label(&name) {
             errors.push(err("metadata.name", format!("{name:?} is not a valid DNS label")));
         }
-        let mut labels = ns.metadata.labels.clone().unwrap_or_default();
+        let mut labels: Labels = ns.metadata.labels.iter().flatten().collect();
         labels.insert(NAMESPACE_NAME_LABEL.to_string(), name.clone());
         let audit = match ns.metadata.annotations.as_ref().and_then(|a| a.get(AUDIT_ANNOTATION)) {
             None => false,
@@ -31,6 +31,6 @@ impl Namespace {
                 false
             }
         };
-        finish(Namespace { name, labels: labels.into(), audit }, errors)
+        finish(Namespace { name, labels, audit }, errors)
     }
 }

@@ -37,7 +37,7 @@ impl NodeObject {
                 )),
             }
         }
-        let labels = node.metadata.labels.clone().unwrap_or_default().into();
+        let labels = node.metadata.labels.iter().flatten().collect();
         Ok((NodeObject { name, labels, ips }, warnings))
     }
 }

@@ -84,7 +84,7 @@ impl Pod {
         let mut seen = std::collections::HashSet::new();
         ports.retain(|p| seen.insert(p.clone()));
         let phase = status.and_then(|s| s.phase.as_deref());
-        let labels: Labels = pod.metadata.labels.clone().unwrap_or_default().into();
+        let labels: Labels = pod.metadata.labels.iter().flatten().collect();
         let owners = pod.metadata.owner_references.iter().flatten();
         let controller = owners.clone().find(|o| o.controller == Some(true)).or_else(|| owners.clone().next());
         let workload = Workload::resolve(&name, controller.map(|o| (o.kind.as_str(), o.name.as_str())), &labels);

@@ -32,7 +32,7 @@ impl Service {
                 }
             }
         }
-        let selector = spec.and_then(|s| s.selector.clone()).unwrap_or_default().into();
+        let selector = spec.and_then(|s| s.selector.as_ref()).into_iter().flatten().collect();
         let ports = spec
             .and_then(|s| s.ports.as_ref())
             .into_iter()
