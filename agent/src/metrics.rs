@@ -297,11 +297,14 @@ impl Metrics {
         self.interface_errors.inc();
     }
 
-    /// Records the number of tracked flows (counted on a slow timer).
-    pub fn tracked_flows(&self, n: usize) {
-        let map = MapLabels { map: "conntrack".into() };
-        self.map_entries.get_or_create(&map).set(n as i64);
-        self.map_capacity.get_or_create(&map).set(i64::from(palisade_common::capacity::CONNTRACK));
+    /// Records the number of tracked flows per family (counted on a slow
+    /// timer) against each table's capacity.
+    pub fn tracked_flows(&self, [v4, v6]: [usize; 2], capacity: u32) {
+        for (name, n) in [("conntrack4", v4), ("conntrack6", v6)] {
+            let map = MapLabels { map: name.into() };
+            self.map_entries.get_or_create(&map).set(n as i64);
+            self.map_capacity.get_or_create(&map).set(i64::from(capacity));
+        }
     }
 
     /// Takes the flow record's size and its loss counters (totals).

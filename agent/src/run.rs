@@ -269,6 +269,7 @@ impl Agent {
             // Kernel counters feed the metrics once a second; the tracked
             // flows (a walk of the whole table) are counted every ten.
             let shared = shared.clone();
+            let capacity = opts.map_sizes.conntrack;
             tokio::spawn(async move {
                 let mut tick = tokio::time::interval(Duration::from_secs(1));
                 for n in 0u64.. {
@@ -276,8 +277,8 @@ impl Agent {
                     shared.metrics.kernel(&shared.pinned.counters());
                     if n % 10 == 0 {
                         let flows = shared.pinned.tracked_flows();
-                        shared.tracked_flows.store(flows, Ordering::Relaxed);
-                        shared.metrics.tracked_flows(flows);
+                        shared.tracked_flows.store(flows[0].max(flows[1]), Ordering::Relaxed);
+                        shared.metrics.tracked_flows(flows, capacity);
                     }
                 }
             });

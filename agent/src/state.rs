@@ -137,7 +137,8 @@ pub struct Shared {
     pub applied: RwLock<Option<Arc<Applied>>>,
     /// The pinned maps, read for counters and trace's kernel check.
     pub pinned: Pinned,
-    /// Tracked flows, counted on a slow timer.
+    /// Tracked flows in the fuller of the two families' tables (each has
+    /// the configured capacity), counted on a slow timer.
     pub tracked_flows: AtomicUsize,
     /// The input version the kernel holds, and how to read the current
     /// one: `in_sync` compares them when asked, so a script that just wrote

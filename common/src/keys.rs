@@ -216,6 +216,59 @@ pub struct CtKey {
     pub _pad: [u8; 2],
 }
 
+/// Key of the IPv4 connection tracking table: a [`CtKey`] of an IPv4
+/// flow, with only the addresses' four bytes. A hash table hashes its
+/// whole key on every lookup (jhash, about a third of a tracked packet's
+/// cost at 44 bytes), so IPv4 flows get a table of their own, keyed by 20.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct CtKey4 {
+    pub ifindex: u32,
+    pub local_port: u16,
+    pub remote_port: u16,
+    pub local: [u8; 4],
+    pub remote: [u8; 4],
+    pub protocol: u8,
+    /// Always zero.
+    pub _pad: [u8; 3],
+}
+
+impl CtKey {
+    /// The key of an IPv4 flow in its own table.
+    #[inline(always)]
+    pub fn v4(&self) -> CtKey4 {
+        let (l, r) = (&self.local, &self.remote);
+        CtKey4 {
+            ifindex: self.ifindex,
+            local_port: self.local_port,
+            remote_port: self.remote_port,
+            local: [l[0], l[1], l[2], l[3]],
+            remote: [r[0], r[1], r[2], r[3]],
+            protocol: self.protocol,
+            _pad: [0; 3],
+        }
+    }
+}
+
+impl CtKey4 {
+    /// The same flow as the pipeline keys it.
+    pub fn wide(&self) -> CtKey {
+        let mut key = CtKey {
+            ifindex: self.ifindex,
+            local_port: self.local_port,
+            remote_port: self.remote_port,
+            local: [0; 16],
+            remote: [0; 16],
+            protocol: self.protocol,
+            family: FAMILY_V4,
+            _pad: [0; 2],
+        };
+        key.local[..4].copy_from_slice(&self.local);
+        key.remote[..4].copy_from_slice(&self.remote);
+        key
+    }
+}
+
 /// What the pod hooks' conntrack fast path leaves in the skb's `cb[0]`
 /// when it looked the packet's key up and found no entry, so the pipeline
 /// after it does not look the same key up again. A distinctive value, and
@@ -240,8 +293,9 @@ pub const CT_UPSTREAM: u8 = 4;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CtEntry {
-    /// Last time a packet of the flow was seen (bpf_ktime_get_ns), refreshed
-    /// at most once a second to keep the hot path write-free.
+    /// Last time a packet of the flow was seen (the programs' clock, see
+    /// [`Config::tick_ns`]), refreshed at most once a second to keep the
+    /// hot path write-free.
     pub last_seen_ns: u64,
     /// Policy revision the verdict was taken under; a stale one is re-decided.
     pub revision: u32,
@@ -352,8 +406,11 @@ pub struct Config {
     /// skb mark bit the netfilter hooks put on DNATed packets whose
     /// ingress they judged (0: no netfilter hooks).
     pub judged_mark: u32,
-    /// Always zero.
-    pub _pad2: u32,
+    /// Nanoseconds per kernel tick, the resolution of the coarse
+    /// monotonic clock: the programs' clock is jiffies times this, a load
+    /// where the coarse clock is a helper call (0: not written yet, the
+    /// coarse clock itself).
+    pub tick_ns: u32,
 }
 
 const _: () = {
@@ -367,6 +424,7 @@ const _: () = {
     assert!(size_of::<Endpoint>() == 8);
     assert!(size_of::<CtKey>() == 44);
     assert!(offset_of!(CtKey, local) == 8);
+    assert!(size_of::<CtKey4>() == 20);
     assert!(size_of::<CtEntry>() == 24);
     assert!(size_of::<SuppressEntry>() == 16);
     assert!(size_of::<SourceKey>() == 20);

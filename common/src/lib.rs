@@ -21,7 +21,7 @@ pub use keys::*;
 
 /// Bumped whenever a map's key or value layout changes, so an agent never
 /// adopts pinned maps (or runs a program against maps) it does not understand.
-pub const LAYOUT_VERSION: u32 = 4;
+pub const LAYOUT_VERSION: u32 = 5;
 
 /// Indexes into the per-CPU counter array.
 pub mod stat {
@@ -73,8 +73,10 @@ pub mod maps {
     pub const HOSTS: &str = "PALISADE_HOSTS";
     /// LPM [`super::PolicyKey`] -> [`super::PolicyValue`].
     pub const POLICY: &str = "PALISADE_POLICY";
-    /// LRU [`super::CtKey`] -> [`super::CtEntry`].
-    pub const CONNTRACK: &str = "PALISADE_CT";
+    /// LRU [`super::CtKey4`] -> [`super::CtEntry`]: IPv4 flows.
+    pub const CONNTRACK4: &str = "PALISADE_CT4";
+    /// LRU [`super::CtKey`] -> [`super::CtEntry`]: IPv6 flows.
+    pub const CONNTRACK6: &str = "PALISADE_CT6";
     /// LRU [`super::SuppressKey`] -> [`super::SuppressEntry`].
     pub const SUPPRESS: &str = "PALISADE_SUPPRESS";
     /// LRU [`super::SourceKey`] -> [`super::SourceBudget`].
@@ -121,7 +123,7 @@ pub mod capacity {
     pub const HOSTS: u32 = 512 * 1024;
     /// Policy entries for the node's identities.
     pub const POLICY: u32 = 1024 * 1024;
-    /// Tracked flows.
+    /// Tracked flows, per address family.
     pub const CONNTRACK: u32 = 256 * 1024;
     /// Flows with a recent drop event.
     pub const SUPPRESS: u32 = 64 * 1024;

@@ -10,6 +10,7 @@ unsafe impl aya::Pod for PolicyKey {}
 unsafe impl aya::Pod for PolicyValue {}
 unsafe impl aya::Pod for Endpoint {}
 unsafe impl aya::Pod for CtKey {}
+unsafe impl aya::Pod for CtKey4 {}
 unsafe impl aya::Pod for CtEntry {}
 unsafe impl aya::Pod for SuppressEntry {}
 unsafe impl aya::Pod for SourceKey {}

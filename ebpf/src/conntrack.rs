@@ -6,14 +6,19 @@
 
 use crate::Flow;
 use crate::events::{drop_packet, emit};
-use crate::maps::{CONNTRACK, FRAGS, count};
-use crate::parse::{self, Frag, Packet};
+use crate::maps::{CONNTRACK4, CONNTRACK6, FRAGS, count};
+use crate::parse::{self, Frag, Packet, Plain};
 use crate::policy::{bare, decide, mark_deferred, own_source};
 use crate::skb::Skb;
-use aya_ebpf::{bindings::BPF_ANY, helpers::bpf_ktime_get_coarse_ns, programs::TcContext};
+use aya_ebpf::{
+    bindings::BPF_ANY,
+    helpers::{bpf_jiffies64, bpf_ktime_get_coarse_ns},
+    programs::TcContext,
+};
+use core::mem::MaybeUninit;
 use palisade_common::{
     CT_ALLOWED, CT_AUDITED, CT_DEFERRED, CT_UPSTREAM, Config, CtEntry, CtKey, DIR_EGRESS, DIR_INGRESS, EP_AUDIT,
-    EVF_FRAGMENT, EVF_REDECIDED, FragKey, FragPorts, PROTO_TCP, REASON_SPOOFED, VERDICT_AUDIT, stat,
+    EVF_FRAGMENT, EVF_REDECIDED, FAMILY_V4, FragKey, FragPorts, PROTO_TCP, REASON_SPOOFED, VERDICT_AUDIT, stat,
 };
 
 /// Tracked TCP flows expire after six hours idle, others after a minute.
@@ -23,13 +28,36 @@ const CT_TIMEOUT_OTHER_NS: u64 = 60 * 1_000_000_000;
 const CT_REFRESH_NS: u64 = 1_000_000_000;
 
 /// The clock of connection tracking and drop suppression, in every hook
-/// (entries are compared across them): the coarse monotonic clock,
-/// advanced every tick, whose read is a few loads where the fine one reads
-/// the TSC. Timeouts and the refresh interval are a second or more, so a
-/// tick of lag does not matter.
+/// (entries are compared across them), in nanoseconds at tick resolution:
+/// jiffies times the tick the agent wrote, since the verifier inlines a
+/// read of jiffies (one load) where the coarse monotonic clock is a helper
+/// call with a seqlock loop, on every tracked packet. Timeouts and the
+/// refresh interval are a second or more, so a tick of lag does not
+/// matter. Before the agent writes the tick, the coarse clock: entries
+/// stamped by the other clock look expired and are decided again.
 #[inline(always)]
-pub fn now() -> u64 {
-    unsafe { bpf_ktime_get_coarse_ns() }
+pub fn now(cfg: &Config) -> u64 {
+    if cfg.tick_ns != 0 {
+        unsafe { bpf_jiffies64() }.wrapping_mul(u64::from(cfg.tick_ns))
+    } else {
+        unsafe { bpf_ktime_get_coarse_ns() }
+    }
+}
+
+/// The flow's entry, in the table of its family (see `CtKey4`).
+#[inline(always)]
+pub fn entry(key: &CtKey) -> Option<*mut CtEntry> {
+    if key.family == FAMILY_V4 { CONNTRACK4.get_ptr_mut(&key.v4()) } else { CONNTRACK6.get_ptr_mut(key) }
+}
+
+/// Enters or replaces the flow's entry.
+#[inline(always)]
+pub fn insert(key: &CtKey, entry: &CtEntry) {
+    let _ = if key.family == FAMILY_V4 {
+        CONNTRACK4.insert(&key.v4(), entry, BPF_ANY as u64)
+    } else {
+        CONNTRACK6.insert(key, entry, BPF_ANY as u64)
+    };
 }
 
 /// The entry is live: seen within its protocol's timeout.
@@ -76,25 +104,25 @@ pub fn fast(ctx: &TcContext, ifindex: u32, dir: u8) -> Fast {
     if dir == DIR_INGRESS && ctx.mark() & (cfg.defer_mark | cfg.judged_mark) != 0 {
         return Fast::Full;
     }
-    let mut key = CtKey {
-        ifindex: 0,
-        local_port: 0,
-        remote_port: 0,
-        local: [0; 16],
-        remote: [0; 16],
-        protocol: 0,
-        family: 0,
-        _pad: [0; 2],
+    let (mut key4, mut key6) = (MaybeUninit::uninit(), MaybeUninit::uninit());
+    // SAFETY: the key plain_key says it wrote, whole.
+    let (ct, protocol) = match parse::plain_key(ctx, ifindex, dir, &mut key4, &mut key6) {
+        Plain::V4 => {
+            let key = unsafe { key4.assume_init_ref() };
+            (CONNTRACK4.get_ptr_mut(key), key.protocol)
+        }
+        Plain::V6 => {
+            let key = unsafe { key6.assume_init_ref() };
+            (CONNTRACK6.get_ptr_mut(key), key.protocol)
+        }
+        Plain::No => return Fast::Full,
     };
-    if !parse::plain_key(ctx, ifindex, dir, &mut key) {
-        return Fast::Full;
-    }
-    let Some(ct) = CONNTRACK.get_ptr_mut(&key) else {
+    let Some(ct) = ct else {
         return Fast::Missed;
     };
     let ct = unsafe { &mut *ct };
-    let now = now();
-    if ct.revision != cfg.revision || ct.verdict == CT_UPSTREAM || !live(ct, now, key.protocol) {
+    let now = now(cfg);
+    if ct.revision != cfg.revision || ct.verdict == CT_UPSTREAM || !live(ct, now, protocol) {
         return Fast::Full;
     }
     pass_current(ctx, ct, cfg, ifindex, dir, now);
@@ -207,7 +235,7 @@ pub fn tracked<C: Skb>(ctx: &C, f: &mut Flow, key: &CtKey) -> Tracked {
     if ctx.fast_missed() {
         return Tracked::Miss;
     }
-    let Some(ct) = CONNTRACK.get_ptr_mut(key) else {
+    let Some(ct) = entry(key) else {
         return Tracked::Miss;
     };
     let ct = unsafe { &mut *ct };
@@ -266,7 +294,7 @@ pub fn tracked<C: Skb>(ctx: &C, f: &mut Flow, key: &CtKey) -> Tracked {
 /// current (then refreshed).
 #[inline(always)]
 pub fn current(f: &Flow, key: &CtKey) -> bool {
-    let Some(ct) = CONNTRACK.get_ptr_mut(key) else {
+    let Some(ct) = entry(key) else {
         return false;
     };
     let ct = unsafe { &mut *ct };
@@ -283,14 +311,14 @@ pub fn current(f: &Flow, key: &CtKey) -> bool {
 #[inline(always)]
 pub fn track(f: &Flow, key: &CtKey, rule: u32, verdict: u8) {
     let entry = CtEntry { last_seen_ns: f.now, revision: f.cfg.revision, rule, origin: f.dir, verdict, _pad: [0; 6] };
-    let _ = CONNTRACK.insert(key, &entry, BPF_ANY as u64);
+    insert(key, &entry);
     count(stat::FLOWS_NEW);
 }
 
 /// Forgets a flow a policy change denies.
 #[inline(always)]
 pub fn forget(key: &CtKey) {
-    let _ = CONNTRACK.remove(key);
+    let _ = if key.family == FAMILY_V4 { CONNTRACK4.remove(&key.v4()) } else { CONNTRACK6.remove(key) };
 }
 
 /// An ICMP error about a tracked flow (path MTU discovery, port
@@ -326,7 +354,7 @@ pub fn related<C: Skb>(ctx: &C, f: &Flow, key: &CtKey) -> bool {
         let pod_sent_it = f.dir == DIR_INGRESS;
         qk.remote_port = echo_role(parse::is_echo_request(q.protocol, q.icmp_type) == pod_sent_it);
     }
-    match CONNTRACK.get_ptr(&qk) {
+    match entry(&qk) {
         Some(ct) => (unsafe { (*ct).revision }) == f.cfg.revision,
         None => false,
     }

@@ -179,12 +179,12 @@ pub fn judge<C: Skb>(ctx: &C, ifindex: u32, ep: &Endpoint, dir: u8, cfg: &Config
     }
     if ep.flags & EP_PENDING != 0 {
         let key = conntrack::ct_key(ifindex, dir, pkt);
-        let f = Flow { ifindex, ep, dir, cfg, pkt, now: conntrack::now(), ev_flags: 0 };
+        let f = Flow { ifindex, ep, dir, cfg, pkt, now: conntrack::now(cfg), ev_flags: 0 };
         return drop_packet(&f, &bare(REASON_PENDING), &key);
     }
     let ev_flags = conntrack::fragments(pkt);
     let key = conntrack::ct_key(ifindex, dir, pkt);
-    let mut f = Flow { ifindex, ep, dir, cfg, pkt, now: conntrack::now(), ev_flags };
+    let mut f = Flow { ifindex, ep, dir, cfg, pkt, now: conntrack::now(cfg), ev_flags };
     match conntrack::tracked(ctx, &mut f, &key) {
         Tracked::Pass => return PASS,
         Tracked::Drop => return DROP,
@@ -253,12 +253,12 @@ pub fn judge_deferred<C: Skb>(ctx: &C, cfg: &Config, pkt: &Packet) -> i32 {
         _ => {
             let nobody = Endpoint { identity: 0, flags: 0 };
             let key = conntrack::ct_key(0, DIR_EGRESS, pkt);
-            let f = Flow { ifindex: 0, ep: &nobody, dir: DIR_EGRESS, cfg, pkt, now: conntrack::now(), ev_flags: 0 };
+            let f = Flow { ifindex: 0, ep: &nobody, dir: DIR_EGRESS, cfg, pkt, now: conntrack::now(cfg), ev_flags: 0 };
             return drop_packet(&f, &bare(REASON_UNATTRIBUTED), &key);
         }
     };
     let key = conntrack::ct_key(ifindex, DIR_EGRESS, pkt);
-    let f = Flow { ifindex, ep: &ep, dir: DIR_EGRESS, cfg, pkt, now: conntrack::now(), ev_flags: 0 };
+    let f = Flow { ifindex, ep: &ep, dir: DIR_EGRESS, cfg, pkt, now: conntrack::now(cfg), ev_flags: 0 };
     // Checked before connection tracking: an untranslated packet has the
     // key of the deferred flow itself.
     let dst = policy::address(pkt.family, &pkt.dst);

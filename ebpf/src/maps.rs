@@ -6,7 +6,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key as LpmKey},
 };
 use palisade_common::{
-    Config, CtEntry, CtKey, Endpoint, FragKey, FragPorts, IpInfo, IpKey, MAP_NO_PREALLOC, POLICY_PREFIX_FULL,
+    Config, CtEntry, CtKey, CtKey4, Endpoint, FragKey, FragPorts, IpInfo, IpKey, MAP_NO_PREALLOC, POLICY_PREFIX_FULL,
     PolicyKey, PolicyMaps, PolicyValue, SourceBudget, SourceKey, SuppressEntry, capacity, ip_key_full_len, stat,
 };
 
@@ -22,8 +22,11 @@ static HOSTS: HashMap<IpKey, IpInfo> = HashMap::pinned(capacity::HOSTS, MAP_NO_P
 #[map(name = "PALISADE_POLICY")]
 static POLICY: LpmTrie<PolicyKey, PolicyValue> = LpmTrie::pinned(capacity::POLICY, 0);
 
-#[map(name = "PALISADE_CT")]
-pub static CONNTRACK: LruHashMap<CtKey, CtEntry> = LruHashMap::pinned(capacity::CONNTRACK, 0);
+#[map(name = "PALISADE_CT4")]
+pub static CONNTRACK4: LruHashMap<CtKey4, CtEntry> = LruHashMap::pinned(capacity::CONNTRACK, 0);
+
+#[map(name = "PALISADE_CT6")]
+pub static CONNTRACK6: LruHashMap<CtKey, CtEntry> = LruHashMap::pinned(capacity::CONNTRACK, 0);
 
 #[map(name = "PALISADE_SUPPRESS")]
 pub static SUPPRESS: LruHashMap<CtKey, SuppressEntry> = LruHashMap::pinned(capacity::SUPPRESS, 0);

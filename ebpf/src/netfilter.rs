@@ -9,12 +9,12 @@
 //! connection tracking as the classifiers. See DESIGN.md, Hooks.
 
 use crate::conntrack::{self, Tracked, ct_key};
-use crate::maps::{self, CONNTRACK, count};
+use crate::maps::{self, count};
 use crate::parse::{self, Packet, Parsed};
 use crate::policy::{self, deferred};
 use crate::skb::Skb;
 use crate::{DROP, Flow, PASS, judge, judge_deferred};
-use aya_ebpf::{bindings::BPF_ANY, macros::socket_filter, programs::SkBuffContext};
+use aya_ebpf::{macros::socket_filter, programs::SkBuffContext};
 use palisade_common::{CT_UPSTREAM, Config, CtEntry, DIR_EGRESS, DIR_INGRESS, stat};
 
 /// What the xt_bpf match returns: a match drops the packet.
@@ -98,8 +98,8 @@ pub fn judged<C: Skb>(ctx: &C, cfg: &Config) -> bool {
 #[inline(always)]
 pub fn track_judged(ifindex: u32, cfg: &Config, pkt: &Packet) -> i32 {
     let key = ct_key(ifindex, DIR_INGRESS, pkt);
-    let now = conntrack::now();
-    if let Some(ct) = CONNTRACK.get_ptr_mut(&key) {
+    let now = conntrack::now(cfg);
+    if let Some(ct) = conntrack::entry(&key) {
         let ct = unsafe { &mut *ct };
         // Not SNATed: the very entry netfilter keeps current.
         if ct.revision == cfg.revision {
@@ -115,7 +115,7 @@ pub fn track_judged(ifindex: u32, cfg: &Config, pkt: &Packet) -> i32 {
         verdict: CT_UPSTREAM,
         _pad: [0; 6],
     };
-    let _ = CONNTRACK.insert(&key, &entry, BPF_ANY as u64);
+    conntrack::insert(&key, &entry);
     PASS
 }
 

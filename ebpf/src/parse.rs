@@ -7,9 +7,10 @@
 
 use crate::skb::Skb;
 use aya_ebpf::programs::TcContext;
+use core::mem::MaybeUninit;
 use network_types::ip::{Ipv4Hdr, Ipv6Hdr};
 use palisade_common::{
-    CtKey, DIR_EGRESS, FAMILY_V4, FAMILY_V6, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP,
+    CtKey, CtKey4, DIR_EGRESS, FAMILY_V4, FAMILY_V6, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP,
 };
 
 const ETH_P_IP: u16 = 0x0800;
@@ -129,66 +130,112 @@ fn plain_l4_min(protocol: u8) -> usize {
     }
 }
 
-/// The connection tracking key of a plain packet at a TC hook, read in a
-/// few word loads in place: IPv4 without options or IPv6 without extension
-/// headers, not a fragment, TCP, UDP or SCTP, with headers and lengths
-/// [`parse`] accepts. Any other packet (false) takes the full parse. For a
-/// packet it takes, the key equals the one the full pipeline builds
-/// (`conntrack::ct_key`), so a lookup with it stands for the pipeline's own.
+/// A plain packet at a TC hook, keyed for its family's connection
+/// tracking table: IPv4 without options or IPv6 without extension headers,
+/// not a fragment, TCP, UDP or SCTP, with headers and lengths [`parse`]
+/// accepts, read in a few word loads in place. Any other packet
+/// ([`Plain::No`]) takes the full parse. For a packet it takes, the key is
+/// the one the full pipeline builds (`conntrack::ct_key`, `CtKey::v4`), so
+/// a lookup with it stands for the pipeline's own. Each key is written
+/// whole, only for its family.
 #[inline(always)]
-pub fn plain_key(ctx: &TcContext, ifindex: u32, dir: u8, key: &mut CtKey) -> bool {
+pub fn plain_key(
+    ctx: &TcContext,
+    ifindex: u32,
+    dir: u8,
+    key4: &mut MaybeUninit<CtKey4>,
+    key6: &mut MaybeUninit<CtKey>,
+) -> Plain {
     const L3: usize = TcContext::L3;
     ctx.pull(L3 + 114);
     let len = ctx.pkt_len();
     let egress = dir == DIR_EGRESS;
-    let l4 = match ctx.l3_protocol() {
-        Some(ETH_P_IP) => ctx.with_header(L3, |ip: &Ip4Words| {
-            let tot_len = u16::from_be(ip.tot_len) as usize;
-            // No options; neither a fragment nor more to come (DF may be
-            // set). A zero total length (BIG TCP) is left to the full parse.
-            if ip.vihl != 0x45 || u16::from_be(ip.frags) & 0x3fff != 0 || tot_len < Ipv4Hdr::LEN || L3 + tot_len > len {
-                return None;
-            }
-            key.protocol = ip.proto;
-            key.family = FAMILY_V4;
-            let (local, remote) = if egress { (ip.src, ip.dst) } else { (ip.dst, ip.src) };
-            key.local = [0; 16];
-            key.remote = [0; 16];
-            key.local[..4].copy_from_slice(&local.to_ne_bytes());
-            key.remote[..4].copy_from_slice(&remote.to_ne_bytes());
-            Some((L3 + Ipv4Hdr::LEN, tot_len - Ipv4Hdr::LEN))
-        }),
-        Some(ETH_P_IPV6) => ctx.with_header(L3, |ip: &Ip6Words| {
-            let payload_len = u16::from_be(ip.payload_len) as usize;
-            // Version 6 (the first nibble, in network order); a zero
-            // payload length (BIG TCP) fails the L4 length check below.
-            if ip.vcf.to_ne_bytes()[0] >> 4 != 6 || L3 + Ipv6Hdr::LEN + payload_len > len {
-                return None;
-            }
-            key.protocol = ip.next_hdr;
-            key.family = FAMILY_V6;
-            let (local, remote) = if egress { (ip.src, ip.dst) } else { (ip.dst, ip.src) };
-            key.local = unsafe { core::mem::transmute::<[u64; 2], [u8; 16]>(local) };
-            key.remote = unsafe { core::mem::transmute::<[u64; 2], [u8; 16]>(remote) };
-            Some((L3 + Ipv6Hdr::LEN, payload_len))
-        }),
-        _ => None,
-    };
-    let Some(Some((l4_off, l4_len))) = l4 else {
-        return false;
-    };
-    let min = plain_l4_min(key.protocol);
-    if min == 0 || l4_len < min {
-        return false;
+    match ctx.l3_protocol() {
+        Some(ETH_P_IP) => {
+            let ip = ctx.with_header(L3, |ip: &Ip4Words| {
+                let tot_len = u16::from_be(ip.tot_len) as usize;
+                // No options; neither a fragment nor more to come (DF may
+                // be set). A zero total length (BIG TCP) is left to the
+                // full parse.
+                if ip.vihl != 0x45
+                    || u16::from_be(ip.frags) & 0x3fff != 0
+                    || tot_len < Ipv4Hdr::LEN
+                    || L3 + tot_len > len
+                {
+                    return None;
+                }
+                let (local, remote) = if egress { (ip.src, ip.dst) } else { (ip.dst, ip.src) };
+                Some((ip.proto, local, remote, tot_len - Ipv4Hdr::LEN))
+            });
+            let Some(Some((protocol, local, remote, l4_len))) = ip else {
+                return Plain::No;
+            };
+            let Some((local_port, remote_port)) = plain_ports(ctx, protocol, L3 + Ipv4Hdr::LEN, l4_len, egress) else {
+                return Plain::No;
+            };
+            key4.write(CtKey4 {
+                ifindex,
+                local_port,
+                remote_port,
+                local: local.to_ne_bytes(),
+                remote: remote.to_ne_bytes(),
+                protocol,
+                _pad: [0; 3],
+            });
+            Plain::V4
+        }
+        Some(ETH_P_IPV6) => {
+            let ip = ctx.with_header(L3, |ip: &Ip6Words| {
+                let payload_len = u16::from_be(ip.payload_len) as usize;
+                // Version 6 (the first nibble, in network order); a zero
+                // payload length (BIG TCP) fails the L4 length check.
+                if ip.vcf.to_ne_bytes()[0] >> 4 != 6 || L3 + Ipv6Hdr::LEN + payload_len > len {
+                    return None;
+                }
+                let (local, remote) = if egress { (ip.src, ip.dst) } else { (ip.dst, ip.src) };
+                Some((ip.next_hdr, local, remote, payload_len))
+            });
+            let Some(Some((protocol, local, remote, l4_len))) = ip else {
+                return Plain::No;
+            };
+            let Some((local_port, remote_port)) = plain_ports(ctx, protocol, L3 + Ipv6Hdr::LEN, l4_len, egress) else {
+                return Plain::No;
+            };
+            key6.write(CtKey {
+                ifindex,
+                local_port,
+                remote_port,
+                local: unsafe { core::mem::transmute::<[u64; 2], [u8; 16]>(local) },
+                remote: unsafe { core::mem::transmute::<[u64; 2], [u8; 16]>(remote) },
+                protocol,
+                family: FAMILY_V6,
+                _pad: [0; 2],
+            });
+            Plain::V6
+        }
+        _ => Plain::No,
     }
-    let Some(ports) = ctx.header::<[u16; 2]>(l4_off) else {
-        return false;
-    };
+}
+
+/// Which key [`plain_key`] wrote, if any.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Plain {
+    No,
+    V4,
+    V6,
+}
+
+/// A plain packet's (local, remote) ports, for [`plain_key`]: TCP, UDP or
+/// SCTP whose L4 header fits its length.
+#[inline(always)]
+fn plain_ports(ctx: &TcContext, protocol: u8, l4_off: usize, l4_len: usize, egress: bool) -> Option<(u16, u16)> {
+    let min = plain_l4_min(protocol);
+    if min == 0 || l4_len < min {
+        return None;
+    }
+    let ports = ctx.header::<[u16; 2]>(l4_off)?;
     let (sport, dport) = (u16::from_be(ports[0]), u16::from_be(ports[1]));
-    key.ifindex = ifindex;
-    (key.local_port, key.remote_port) = if egress { (sport, dport) } else { (dport, sport) };
-    key._pad = [0; 2];
-    true
+    Some(if egress { (sport, dport) } else { (dport, sport) })
 }
 
 /// Parses the packet into `pkt` (which starts out [`Packet::empty`]).

@@ -243,8 +243,8 @@ fn cases() -> Vec<palisade_e2e::suite::Case<Env>> {
             first.kill()?;
             first.wait()?;
             let v = dir.join(format!("v{}", palisade_common::LAYOUT_VERSION));
-            std::fs::rename(v.join("PALISADE_CT"), v.join("swap"))?;
-            std::fs::rename(v.join("PALISADE_FRAGS"), v.join("PALISADE_CT"))?;
+            std::fs::rename(v.join("PALISADE_CT6"), v.join("swap"))?;
+            std::fs::rename(v.join("PALISADE_FRAGS"), v.join("PALISADE_CT6"))?;
             std::fs::rename(v.join("swap"), v.join("PALISADE_FRAGS"))?;
             let refused = start(&dir)?.wait_with_output()?;
             let stderr = String::from_utf8_lossy(&refused.stderr);

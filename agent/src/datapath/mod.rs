@@ -83,7 +83,8 @@ pub struct MapSizes {
     /// Single addresses.
     pub hosts: u32,
     pub policy: u32,
-    /// Tracked flows (an LRU table: full, it forgets the least recent).
+    /// Tracked flows, per address family (LRU tables: full, one forgets
+    /// its least recent).
     pub conntrack: u32,
 }
 
@@ -187,6 +188,17 @@ pub struct Datapath {
     netfilter: Option<netfilter::Hooks>,
 }
 
+/// The kernel's tick in nanoseconds, for the programs' clock (see
+/// `Config::tick_ns`): the resolution of the coarse monotonic clock, which
+/// the kernel reports as exactly one tick. 0, the programs' fallback to the
+/// coarse clock itself, should the kernel not say.
+fn tick_ns() -> u32 {
+    let mut res = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_getres writes one timespec through a valid pointer.
+    let ok = unsafe { libc::clock_getres(libc::CLOCK_MONOTONIC_COARSE, &mut res) } == 0;
+    if ok && res.tv_sec == 0 { u32::try_from(res.tv_nsec).unwrap_or(0) } else { 0 }
+}
+
 fn take<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(ebpf: &mut Ebpf, name: &str) -> Result<T> {
     let map = ebpf.take_map(name).ok_or_else(|| anyhow!("map {name} missing from the object"))?;
     T::try_from(map).with_context(|| format!("map {name}"))
@@ -220,7 +232,8 @@ impl Datapath {
             .map_max_entries(maps::IPS, sizes.ips)
             .map_max_entries(maps::HOSTS, sizes.hosts)
             .map_max_entries(maps::POLICY, sizes.policy)
-            .map_max_entries(maps::CONNTRACK, sizes.conntrack)
+            .map_max_entries(maps::CONNTRACK4, sizes.conntrack)
+            .map_max_entries(maps::CONNTRACK6, sizes.conntrack)
             .load(OBJECT)
             .context("loading the classifier (is this a 6.6+ kernel with BTF, and are we root?)")?;
         for name in [programs::FROM_POD, programs::TO_POD, programs::HOST_EGRESS] {
@@ -264,6 +277,7 @@ impl Datapath {
         config.drop_event_budget = settings.drop_event_budget;
         config.defer_mark = settings.defer_mark;
         config.judged_mark = settings.judged_mark;
+        config.tick_ns = tick_ns();
         let mut dp = Datapath {
             dir: dir.to_path_buf(),
             ebpf,
@@ -391,12 +405,13 @@ fn check_pinned_layout(maps_dir: &Path, sizes: &MapSizes) -> Result<()> {
     use palisade_common::*;
     use std::mem::size_of;
     let lpm = |data: usize| 4 + data;
-    let expected: [(&str, usize, usize, u32); 10] = [
+    let expected: [(&str, usize, usize, u32); 11] = [
         (maps::ENDPOINTS, size_of::<u32>(), size_of::<Endpoint>(), sizes.endpoints),
         (maps::IPS, lpm(size_of::<IpKey>()), size_of::<IpInfo>(), sizes.ips),
         (maps::HOSTS, size_of::<IpKey>(), size_of::<IpInfo>(), sizes.hosts),
         (maps::POLICY, lpm(size_of::<PolicyKey>()), size_of::<PolicyValue>(), sizes.policy),
-        (maps::CONNTRACK, size_of::<CtKey>(), size_of::<CtEntry>(), sizes.conntrack),
+        (maps::CONNTRACK4, size_of::<CtKey4>(), size_of::<CtEntry>(), sizes.conntrack),
+        (maps::CONNTRACK6, size_of::<CtKey>(), size_of::<CtEntry>(), sizes.conntrack),
         (maps::SUPPRESS, size_of::<SuppressKey>(), size_of::<SuppressEntry>(), capacity::SUPPRESS),
         (maps::SOURCES, size_of::<SourceKey>(), size_of::<SourceBudget>(), capacity::SOURCES),
         (maps::FRAGS, size_of::<FragKey>(), size_of::<FragPorts>(), capacity::FRAGS),

@@ -5,8 +5,8 @@ use anyhow::{Context, Result};
 use aya::maps::lpm_trie::Key as LpmKey;
 use aya::maps::{HashMap, LpmTrie, Map, MapData, PerCpuArray};
 use palisade_common::{
-    CtEntry, CtKey, Endpoint, IpInfo, IpKey, LAYOUT_VERSION, POLICY_PREFIX_FULL, PolicyKey, PolicyMaps, PolicyValue,
-    ip_key_full_len, maps, stat,
+    CtEntry, CtKey, CtKey4, Endpoint, IpInfo, IpKey, LAYOUT_VERSION, POLICY_PREFIX_FULL, PolicyKey, PolicyMaps,
+    PolicyValue, ip_key_full_len, maps, stat,
 };
 use std::path::Path;
 
@@ -16,7 +16,8 @@ pub struct Pinned {
     hosts: HashMap<MapData, IpKey, IpInfo>,
     policy: LpmTrie<MapData, PolicyKey, PolicyValue>,
     stats: PerCpuArray<MapData, u64>,
-    conntrack: HashMap<MapData, CtKey, CtEntry>,
+    conntrack4: HashMap<MapData, CtKey4, CtEntry>,
+    conntrack6: HashMap<MapData, CtKey, CtEntry>,
 }
 
 fn open<T: TryFrom<Map, Error = aya::maps::MapError>>(dir: &Path, name: &str) -> Result<T> {
@@ -34,7 +35,8 @@ impl Pinned {
             hosts: open(dir, maps::HOSTS)?,
             policy: open(dir, maps::POLICY)?,
             stats: open(dir, maps::STATS)?,
-            conntrack: open(dir, maps::CONNTRACK)?,
+            conntrack4: open(dir, maps::CONNTRACK4)?,
+            conntrack6: open(dir, maps::CONNTRACK6)?,
         })
     }
 
@@ -47,10 +49,11 @@ impl Pinned {
         sum_counters(&self.stats)
     }
 
-    /// Flows in connection tracking. Walks the whole table (one syscall per
-    /// entry): call it on a slow timer, not per sync.
-    pub fn tracked_flows(&self) -> usize {
-        self.conntrack.keys().count()
+    /// Flows in connection tracking, IPv4 and IPv6 (a table each). Walks
+    /// the whole tables (one syscall per entry): call it on a slow timer,
+    /// not per sync.
+    pub fn tracked_flows(&self) -> [usize; 2] {
+        [self.conntrack4.keys().count(), self.conntrack6.keys().count()]
     }
 }
 

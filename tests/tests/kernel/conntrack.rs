@@ -1,6 +1,7 @@
 //! 2. Connection tracking.
 
 use crate::fixture::*;
+use palisade_common::CtEntry;
 
 #[test]
 fn conntrack_replies_state_and_redecision() {
@@ -99,5 +100,55 @@ fn leftover_cb_never_stands_for_a_miss() {
         let reply = packet(web.ip4, client, l4.reply());
         assert_eq!(env.run_with_cb(Direction::Egress, web.ifindex, &reply, cb), PASS, "reply, cb {cb:x?}");
         assert_eq!(env.run_with_cb(Direction::Egress, web.ifindex, &reply, cb), PASS, "again, current, cb {cb:x?}");
+    }
+}
+
+/// Tracked flows live by the programs' clock (jiffies times the tick the
+/// agent writes): an entry's stamp moves in nanoseconds, and a flow idle
+/// past its protocol's timeout (UDP a minute, TCP six hours) is a new
+/// flow again, while one idle just under it is not. Per family, since
+/// each has a table of its own.
+#[test]
+fn tracked_flows_expire_on_the_programs_clock() {
+    let mut env = Env::new(settings());
+    let solo = env.local("solo");
+    for remote in [addr("8.8.8.8"), addr("2606:4700::1111")] {
+        // solo's egress allows UDP 53 and TCP 80; its ingress nothing.
+        let flow = |env: &Env, l4: L4| {
+            let (lp, rp) = l4.port_pair();
+            env.flows()
+                .into_iter()
+                .find(|(k, _)| k.local_port == lp && k.remote_port == rp && k.ifindex == solo.ifindex)
+                .unwrap_or_else(|| panic!("no entry for {l4:?} to {remote}"))
+        };
+        let udp = L4::Udp(env.fresh(), 53);
+        assert_eq!(env.egress("solo", remote, udp), PASS);
+        let (key, first) = flow(&env, udp);
+        std::thread::sleep(Duration::from_millis(1300));
+        assert_eq!(env.egress("solo", remote, udp), PASS);
+        let (_, later) = flow(&env, udp);
+        let moved = later.last_seen_ns.wrapping_sub(first.last_seen_ns);
+        assert!(
+            (1_200_000_000..1_600_000_000).contains(&moved),
+            "{remote}: a packet 1.3 s later stamps the entry {moved} ns later (refreshed after a second)"
+        );
+
+        let aged = |by_ns: u64| CtEntry { last_seen_ns: later.last_seen_ns.wrapping_sub(by_ns), ..later };
+        env.set_flow(&key, &aged(59_000_000_000));
+        assert_eq!(env.ingress("solo", remote, udp.reply()), PASS, "{remote}: UDP idle 59 s: its reply passes");
+        env.set_flow(&key, &aged(61_000_000_000));
+        assert_eq!(env.ingress("solo", remote, udp.reply()), DROP, "{remote}: UDP idle 61 s: its reply is a new flow");
+
+        let tcp = L4::Tcp(env.fresh(), 80, TCP_SYN);
+        assert_eq!(env.egress("solo", remote, tcp), PASS);
+        let (key, entry) = flow(&env, tcp);
+        let hours = |h: u64, s: u64| CtEntry {
+            last_seen_ns: entry.last_seen_ns.wrapping_sub((h * 3600 + s) * 1_000_000_000),
+            ..entry
+        };
+        env.set_flow(&key, &hours(5, 3599));
+        assert_eq!(env.ingress("solo", remote, tcp.reply()), PASS, "{remote}: TCP idle 6 h less a second");
+        env.set_flow(&key, &hours(6, 1));
+        assert_eq!(env.ingress("solo", remote, tcp.reply()), DROP, "{remote}: TCP idle 6 h and a second");
     }
 }

@@ -20,6 +20,7 @@ use aya::programs::{ProgramError, TestRun, TestRunOptions};
 use palisade::datapath::netlink::Interfaces;
 use palisade::datapath::{self, Datapath, HostInterfaces, MapSizes};
 use palisade::policy::{Compiled, Input, compile, lookup};
+use palisade_common::{CtEntry, CtKey, CtKey4, maps};
 use palisade_e2e::netns::ip;
 use palisade_kit::tc::skb_ctx;
 use std::path::PathBuf;
@@ -316,6 +317,29 @@ impl Env {
         let trie: LpmTrie<MapData, palisade_common::PolicyKey, palisade_common::PolicyValue> =
             LpmTrie::try_from(Map::from_map_data(data).expect("map")).expect("an LPM trie");
         trie.iter().map(|e| e.expect("reading an entry")).map(|(k, v)| (k.prefix_len(), k.data(), v)).collect()
+    }
+
+    /// The flows connection tracking holds, both families' tables, keyed
+    /// as the pipeline keys them.
+    pub fn flows(&self) -> Vec<(CtKey, CtEntry)> {
+        let v4 = self.entries::<CtKey4, CtEntry>(maps::CONNTRACK4).into_iter().map(|(k, v)| (k.wide(), v));
+        v4.chain(self.entries::<CtKey, CtEntry>(maps::CONNTRACK6)).collect()
+    }
+
+    /// Empties both connection tracking tables, returning what they held.
+    pub fn take_flows(&self) -> Vec<(CtKey, CtEntry)> {
+        let v4 = self.take_entries::<CtKey4, CtEntry>(maps::CONNTRACK4).into_iter().map(|(k, v)| (k.wide(), v));
+        v4.chain(self.take_entries::<CtKey, CtEntry>(maps::CONNTRACK6)).collect()
+    }
+
+    /// Overwrites a tracked flow's entry, in its family's table.
+    pub fn set_flow(&self, key: &CtKey, entry: &CtEntry) {
+        let written = if key.family == FAMILY_V4 {
+            self.hash_map::<CtKey4, CtEntry>(maps::CONNTRACK4).insert(key.v4(), entry, 0)
+        } else {
+            self.hash_map::<CtKey, CtEntry>(maps::CONNTRACK6).insert(key, entry, 0)
+        };
+        written.expect("writing a flow's entry");
     }
 
     /// Empties one of the pinned hash maps, returning what it held.

@@ -10,7 +10,7 @@
 
 use crate::fixture::*;
 use crate::oracle::{Oracle, Stage};
-use palisade_common::{CtEntry, CtKey, FragKey, FragPorts, maps};
+use palisade_common::{CtKey, FragKey, FragPorts, maps};
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// Test runs (a packet on one hook).
@@ -482,8 +482,7 @@ fn a_million_packets_match_the_oracle() {
     let (mut state_checks, mut state_entries) = (0u64, 0u64);
     // Empties the kernel's tables and the oracle's, reporting a difference.
     let mut reset = |oracle: &mut Oracle, failures: &mut Vec<String>, when: String| {
-        let tracked: HashSet<CtKey> =
-            env.take_entries::<CtKey, CtEntry>(maps::CONNTRACK).into_iter().map(|(k, _)| k).collect();
+        let tracked: HashSet<CtKey> = env.take_flows().into_iter().map(|(k, _)| k).collect();
         let frags: HashMap<FragKey, FragPorts> = env.take_entries(maps::FRAGS).into_iter().collect();
         if (tracked != oracle.tracked || frags != oracle.frags) && failures.len() < 20 {
             let ct: Vec<_> = tracked.symmetric_difference(&oracle.tracked).collect();
@@ -532,7 +531,7 @@ fn a_million_packets_match_the_oracle() {
                 ));
             }
             // Start both over, so that one mismatch counts once.
-            env.take_entries::<CtKey, CtEntry>(maps::CONNTRACK);
+            env.take_flows();
             env.take_entries::<FragKey, FragPorts>(maps::FRAGS);
             oracle.tracked.clear();
             oracle.frags.clear();

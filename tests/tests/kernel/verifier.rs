@@ -4,8 +4,9 @@
 //! leaving it (155k and 705k instructions, 2.4 s; since it is a call of
 //! its own, 53k and 171k, 0.5 s). The ingress pipeline also held the
 //! deferred-egress check, verified again on each of its paths; since that
-//! is a call of its own before the pipeline, 53k and 71k. Bounds: about
-//! 1.5× those.
+//! is a call of its own before the pipeline, 53k and 71k; with a
+//! conntrack table per address family (each lookup picks one), 69k and
+//! 91k. Bounds: about 1.2-1.5× those.
 
 use crate::fixture::*;
 
