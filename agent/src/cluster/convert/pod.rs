@@ -88,6 +88,10 @@ impl Pod {
         let owners = pod.metadata.owner_references.iter().flatten();
         let controller = owners.clone().find(|o| o.controller == Some(true)).or_else(|| owners.clone().next());
         let workload = Workload::resolve(&name, controller.map(|o| (o.kind.as_str(), o.name.as_str())), &labels);
+        // Held for the pod's life, 50k of them in a large cluster: no room
+        // left from growing the lists.
+        ips.shrink_to_fit();
+        ports.shrink_to_fit();
         let out = Pod {
             namespace,
             name,

@@ -159,13 +159,16 @@ fn rule_from(
     peers_name: &str,
     errors: &mut Vec<FieldError>,
 ) -> Rule {
-    let mut rule = Rule::default();
-    for (i, p) in peers.unwrap_or_default().iter().enumerate() {
+    let (peers, ports) = (peers.unwrap_or_default(), ports.unwrap_or_default());
+    // Sized exactly: rules are held for the policy's life, and a list
+    // grown from empty keeps room for four.
+    let mut rule = Rule { peers: Vec::with_capacity(peers.len()), ports: Vec::with_capacity(ports.len()) };
+    for (i, p) in peers.iter().enumerate() {
         if let Some(peer) = peer_from(p, &format!("{field}.{peers_name}[{i}]"), errors) {
             rule.peers.push(peer);
         }
     }
-    for (i, p) in ports.unwrap_or_default().iter().enumerate() {
+    for (i, p) in ports.iter().enumerate() {
         if let Some(port) = port_from(p, &format!("{field}.ports[{i}]"), errors) {
             rule.ports.push(port);
         }

@@ -30,7 +30,7 @@ use cells::Cells;
 use identities::Identities;
 pub use identities::{Hints, PodKey};
 use palisade_common::{EP_AUDIT, EP_EGRESS_ISOLATED, EP_INGRESS_ISOLATED, PolicyValue};
-use rules::{Order, Part, PolicyName, Resolver};
+use rules::{Claim, Part, PolicyName, Resolver};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
@@ -86,7 +86,7 @@ pub struct Compiler {
     naturals: HashMap<u32, u32>,
     /// Natural rule numbers more than one rule has.
     collisions: usize,
-    /// Every entry's contributors; the first in [`Order`] decides.
+    /// Every entry's contributors; the first claim decides.
     contributors: HashMap<PolicyPrefix, Contributors>,
     /// The node allowance's entries.
     host: Vec<PolicyPrefix>,
@@ -202,7 +202,7 @@ impl Compiler {
             if let Some(part) = self.parts.remove(name) {
                 self.selecting.remove(name);
                 for (prefix, ri) in &part.entries {
-                    remove_contributor(&mut self.contributors, prefix, &part.order(*ri));
+                    remove_contributor(&mut self.contributors, prefix, &part.claim(*ri));
                     touched.insert(*prefix);
                 }
                 for (n, id) in part.naturals.iter().zip(&part.rule_ids) {
@@ -290,11 +290,11 @@ impl Compiler {
                 for (prefix, ri) in &out {
                     // A forced part's old entries left above (changed
                     // policy) or carry its old numbers (same orders).
-                    remove_contributor(&mut self.contributors, prefix, &part.order(*ri));
+                    remove_contributor(&mut self.contributors, prefix, &part.claim(*ri));
                     touched.insert(*prefix);
                 }
                 for (prefix, ri) in &part.entries[from..] {
-                    add_contributor(&mut self.contributors, *prefix, (part.order(*ri), part.rule_ids[*ri]));
+                    add_contributor(&mut self.contributors, *prefix, part.claim(*ri));
                     touched.insert(*prefix);
                 }
                 self.moved += out.len() + part.entries.len() - from;
@@ -346,11 +346,11 @@ impl Compiler {
         }
         if host != self.host {
             for prefix in std::mem::take(&mut self.host) {
-                remove_contributor(&mut self.contributors, &prefix, &Order::Host);
+                remove_contributor(&mut self.contributors, &prefix, &Claim::host(RULE_HOST));
                 touched.insert(prefix);
             }
             for prefix in &host {
-                add_contributor(&mut self.contributors, *prefix, (Order::Host, RULE_HOST));
+                add_contributor(&mut self.contributors, *prefix, Claim::host(RULE_HOST));
                 touched.insert(*prefix);
             }
             self.host = host;
@@ -395,10 +395,7 @@ impl Compiler {
             let want = if self.tiered.pairs.contains(&pair_of(&prefix)) {
                 self.tiered.entries.get(&prefix).copied()
             } else {
-                self.contributors
-                    .get(&prefix)
-                    .and_then(|c| c.as_slice().iter().min_by(|a, b| a.0.cmp(&b.0)))
-                    .map(|c| PolicyValue::allow(c.1))
+                self.contributors.get(&prefix).and_then(Contributors::first).map(|c| PolicyValue::allow(c.rule))
             };
             let had = self.out.policy.get(&prefix).copied();
             if want == had {
@@ -415,6 +412,14 @@ impl Compiler {
             }
         }
         self.changes = Changes { policy: (!first).then_some(changed), ips: ips_changed };
+        if first {
+            // Lists of contributors grew a claim at a time; they are kept.
+            for c in self.contributors.values_mut() {
+                if let Contributors::Many(list) = c {
+                    list.shrink_to_fit();
+                }
+            }
+        }
 
         // Local endpoints: isolated as their policies say, audited as the
         // node or their namespace says.
@@ -457,8 +462,8 @@ impl Compiler {
             if !locals.contains(&pair.0) {
                 continue;
             }
-            if let Some(c) = list.as_slice().iter().min_by(|a, b| a.0.cmp(&b.0)) {
-                out.entry(pair).or_default().push((*prefix, c.1));
+            if let Some(c) = list.first() {
+                out.entry(pair).or_default().push((*prefix, c.rule));
             }
         }
         for list in out.values_mut() {
@@ -477,33 +482,38 @@ fn policy_ref(name: &PolicyName) -> PolicyRef {
     PolicyRef { namespace: name.0.clone(), name: name.1.clone() }
 }
 
-/// An entry's contributors (order, rule number). Nearly every entry has
-/// one, held inline: a list each would be an allocation per entry (100k
-/// at 10k pods x 10k policies).
+/// An entry's contributors. Nearly every entry has one, held inline: a
+/// list each would be an allocation per entry (100k at 10k pods x 10k
+/// policies).
 #[derive(Debug)]
 enum Contributors {
-    One((Order, u32)),
-    Many(Vec<(Order, u32)>),
+    One(Claim),
+    Many(Vec<Claim>),
 }
 
 impl Contributors {
-    fn push(&mut self, c: (Order, u32)) {
+    fn push(&mut self, c: Claim) {
         match self {
             Contributors::Many(all) => all.push(c),
-            // A second contributor is rare; its `Order` clone is an `Arc`'s.
+            // A second contributor is rare; its clone is an `Arc`'s.
             Contributors::One(first) => *self = Contributors::Many(vec![first.clone(), c]),
         }
     }
 
-    fn as_slice(&self) -> &[(Order, u32)] {
+    fn as_slice(&self) -> &[Claim] {
         match self {
             Contributors::One(c) => std::slice::from_ref(c),
             Contributors::Many(list) => list,
         }
     }
+
+    /// The claim that decides.
+    fn first(&self) -> Option<&Claim> {
+        self.as_slice().iter().min_by(|a, b| a.precedes(b))
+    }
 }
 
-fn add_contributor(contributors: &mut HashMap<PolicyPrefix, Contributors>, prefix: PolicyPrefix, c: (Order, u32)) {
+fn add_contributor(contributors: &mut HashMap<PolicyPrefix, Contributors>, prefix: PolicyPrefix, c: Claim) {
     use std::collections::hash_map::Entry;
     match contributors.entry(prefix) {
         Entry::Vacant(e) => {
@@ -513,12 +523,12 @@ fn add_contributor(contributors: &mut HashMap<PolicyPrefix, Contributors>, prefi
     }
 }
 
-fn remove_contributor(contributors: &mut HashMap<PolicyPrefix, Contributors>, prefix: &PolicyPrefix, order: &Order) {
+fn remove_contributor(contributors: &mut HashMap<PolicyPrefix, Contributors>, prefix: &PolicyPrefix, claim: &Claim) {
     let Some(c) = contributors.get_mut(prefix) else { return };
     let empty = match c {
-        Contributors::One((o, _)) => o == order,
+        Contributors::One(o) => o.same_rule(claim),
         Contributors::Many(list) => {
-            if let Some(i) = list.iter().position(|(o, _)| o == order) {
+            if let Some(i) = list.iter().position(|o| o.same_rule(claim)) {
                 list.swap_remove(i);
             }
             // Back inline when one is left (order kept: there is one).

@@ -18,13 +18,42 @@ use std::sync::Arc;
 /// A policy by (namespace, name).
 pub type PolicyName = (String, String);
 
-/// Orders rules so that when two rules produce the same entry, the one kept
-/// is always the same: first policy by namespace/name, then direction and
-/// rule index; the node's allowance last.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub(super) enum Order {
-    Rule(Arc<PolicyName>, Direction, usize),
-    Host,
+/// One rule's claim on a policy entry, with the rule number it would
+/// write. When several rules produce the same entry, the first claim in
+/// [`Claim::precedes`] order decides, so the one kept is always the same:
+/// first policy by namespace/name, then rule in [`rules_of`] order
+/// (ingress before egress, each by index); the node's allowance (no
+/// policy) last. 16 bytes: at 50k pods x 50k policies there are millions.
+#[derive(Clone, Debug)]
+pub(super) struct Claim {
+    pub policy: Option<Arc<PolicyName>>,
+    /// The rule's index in [`rules_of`] order.
+    pub index: u32,
+    pub rule: u32,
+}
+
+const _: () = assert!(std::mem::size_of::<Claim>() == 16);
+
+impl Claim {
+    /// The node allowance's claim.
+    pub fn host(rule: u32) -> Claim {
+        Claim { policy: None, index: 0, rule }
+    }
+
+    pub fn precedes(&self, other: &Claim) -> std::cmp::Ordering {
+        use std::cmp::Ordering::{Equal, Greater, Less};
+        match (&self.policy, &other.policy) {
+            (Some(a), Some(b)) => a.cmp(b).then(self.index.cmp(&other.index)),
+            (Some(_), None) => Less,
+            (None, Some(_)) => Greater,
+            (None, None) => Equal,
+        }
+    }
+
+    /// The same rule's claim (whatever number it had then).
+    pub fn same_rule(&self, other: &Claim) -> bool {
+        self.precedes(other).is_eq()
+    }
 }
 
 /// The peers a rule's `from`/`to` admits.
@@ -78,8 +107,9 @@ pub(super) struct Part {
     pub selected: Vec<Local>,
     /// Each rule's peers ([`rules_of`] order); empty when nothing is selected.
     pub peers: Vec<PeerSet>,
-    /// Its entries, with the rule (index into `rule_ids`) each comes from.
-    pub entries: Vec<(PolicyPrefix, usize)>,
+    /// Its entries, with the rule (index into `rule_ids`) each comes from:
+    /// 20 bytes each, millions at 50k pods x 50k policies.
+    pub entries: Vec<(PolicyPrefix, u32)>,
 }
 
 impl Part {
@@ -88,14 +118,9 @@ impl Part {
         Part { rule_ids: naturals.clone(), naturals, policy, name, selected: vec![], peers: vec![], entries: vec![] }
     }
 
-    /// The order of the rule at `index` ([`rules_of`] order).
-    pub fn order(&self, index: usize) -> Order {
-        let ingress = self.policy.ingress.as_ref().map_or(0, Vec::len);
-        if index < ingress {
-            Order::Rule(self.name.clone(), Direction::Ingress, index)
-        } else {
-            Order::Rule(self.name.clone(), Direction::Egress, index - ingress)
-        }
+    /// The claim of the rule at `index` ([`rules_of`] order).
+    pub fn claim(&self, index: u32) -> Claim {
+        Claim { policy: Some(self.name.clone()), index, rule: self.rule_ids[index as usize] }
     }
 
     /// Whether an entry depends on the named ports of peer pods (egress to
@@ -116,7 +141,7 @@ impl Part {
         ids: &Identities,
         resolver: &mut Resolver,
         force: bool,
-    ) -> Option<(Vec<(PolicyPrefix, usize)>, usize)> {
+    ) -> Option<(Vec<(PolicyPrefix, u32)>, usize)> {
         let selected = selected(&self.policy, ids);
         let peers: Vec<PeerSet> = if selected.is_empty() {
             Vec::new()
@@ -171,7 +196,7 @@ impl Part {
         }
         let (stay, out): (Vec<_>, Vec<_>) = std::mem::take(&mut self.entries).into_iter().partition(|(p, ri)| {
             kept.contains(&u32::from_be_bytes(p.key.local))
-                && left[*ri].as_ref().is_some_and(|l| !l.contains(&u32::from_be_bytes(p.key.peer)))
+                && left[*ri as usize].as_ref().is_some_and(|l| !l.contains(&u32::from_be_bytes(p.key.peer)))
         });
         self.entries = stay;
         let from = self.entries.len();
@@ -187,6 +212,8 @@ impl Part {
         if out.is_empty() && from == self.entries.len() {
             return None;
         }
+        // Kept for the part's life: no room left from growing it.
+        self.entries.shrink_to_fit();
         Some((out, from))
     }
 }
@@ -339,9 +366,10 @@ fn expand(
     rule: &Rule,
     peer_set: &PeerSet,
     ri: usize,
-    out: &mut Vec<(PolicyPrefix, usize)>,
+    out: &mut Vec<(PolicyPrefix, u32)>,
 ) {
     let id = local.id;
+    let ri = ri as u32;
     let any = [PEER_ANY];
     let peer_ids: Box<dyn Iterator<Item = u32> + '_> = match peer_set {
         PeerSet::Any => Box::new(any.iter().copied()),
