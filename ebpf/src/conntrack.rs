@@ -112,7 +112,7 @@ pub fn fast(ctx: &TcContext, ifindex: u32, dir: u8) -> Fast {
             (CONNTRACK4.get_ptr_mut(key), key.protocol)
         }
         Plain::V6 => {
-            let key = unsafe { key6.assume_init_ref() };
+            let key = unsafe { &key6.assume_init_ref().0 };
             (CONNTRACK6.get_ptr_mut(key), key.protocol)
         }
         Plain::No => return Fast::Full,

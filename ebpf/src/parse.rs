@@ -144,7 +144,7 @@ pub fn plain_key(
     ifindex: u32,
     dir: u8,
     key4: &mut MaybeUninit<CtKey4>,
-    key6: &mut MaybeUninit<CtKey>,
+    key6: &mut MaybeUninit<Aligned<CtKey>>,
 ) -> Plain {
     const L3: usize = TcContext::L3;
     ctx.pull(L3 + 114);
@@ -201,7 +201,7 @@ pub fn plain_key(
             let Some((local_port, remote_port)) = plain_ports(ctx, protocol, L3 + Ipv6Hdr::LEN, l4_len, egress) else {
                 return Plain::No;
             };
-            key6.write(CtKey {
+            key6.write(Aligned(CtKey {
                 ifindex,
                 local_port,
                 remote_port,
@@ -210,12 +210,19 @@ pub fn plain_key(
                 protocol,
                 family: FAMILY_V6,
                 _pad: [0; 2],
-            });
+            }));
             Plain::V6
         }
         _ => Plain::No,
     }
 }
+
+/// A key on an 8-byte boundary: an IPv6 key's addresses (at offsets 8
+/// and 24) are then written as 8-byte words, where a 4-byte aligned key
+/// takes twice the loads and stores (the verifier wants stack stores
+/// aligned).
+#[repr(C, align(8))]
+pub struct Aligned<T>(pub T);
 
 /// Which key [`plain_key`] wrote, if any.
 #[derive(Clone, Copy, PartialEq, Eq)]
