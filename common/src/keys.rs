@@ -192,9 +192,11 @@ pub struct Endpoint {
     pub flags: u32,
 }
 
-/// Key of the connection tracking table: one entry per flow per local
-/// endpoint, written from the endpoint's point of view so both hooks of the
-/// interface find it without normalising the tuple.
+/// A flow's key, as the pipeline and drop suppression use it and as the
+/// IPv6 connection tracking table holds it (IPv4 flows: [`CtKey4`]): one
+/// entry per flow per local endpoint, written from the endpoint's point of
+/// view so both hooks of the interface find it without normalising the
+/// tuple.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct CtKey {

@@ -225,7 +225,7 @@ pub fn plain_key(
 pub struct Aligned<T>(pub T);
 
 /// Which key [`plain_key`] wrote, if any.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy)]
 pub enum Plain {
     No,
     V4,

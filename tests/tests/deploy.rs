@@ -407,7 +407,7 @@ fn agent_arguments_probes_and_volumes() {
     };
     assert_eq!(quantity(&resources.requests, "cpu").as_deref(), Some("50m"));
     assert_eq!(quantity(&resources.requests, "memory").as_deref(), Some("64Mi"));
-    assert_eq!(quantity(&resources.limits, "memory").as_deref(), Some("256Mi"));
+    assert_eq!(quantity(&resources.limits, "memory").as_deref(), Some("320Mi"));
     assert_eq!(quantity(&resources.limits, "cpu"), None, "a throttled agent delays enforcement");
 
     // Where the agent pins and where it puts its socket are host paths,

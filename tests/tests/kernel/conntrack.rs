@@ -112,6 +112,10 @@ fn leftover_cb_never_stands_for_a_miss() {
 fn tracked_flows_expire_on_the_programs_clock() {
     let mut env = Env::new(settings());
     let solo = env.local("solo");
+    // The programs read jiffies only once the agent wrote the tick (else
+    // the coarse clock, which would pass the rest of this test as well).
+    let tick = env.config().tick_ns;
+    assert!((100_000..=10_000_000).contains(&tick), "a tick of 0.1 to 10 ms (HZ 100 to 10k), got {tick} ns");
     for remote in [addr("8.8.8.8"), addr("2606:4700::1111")] {
         // solo's egress allows UDP 53 and TCP 80; its ingress nothing.
         let flow = |env: &Env, l4: L4| {

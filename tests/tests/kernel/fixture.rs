@@ -332,6 +332,15 @@ impl Env {
         v4.chain(self.take_entries::<CtKey, CtEntry>(maps::CONNTRACK6)).collect()
     }
 
+    /// The config entry the agent wrote for the programs.
+    pub fn config(&self) -> palisade_common::Config {
+        let path = self._dir.0.join(format!("v{}", palisade_common::LAYOUT_VERSION)).join(maps::CONFIG);
+        let data = MapData::from_pin(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let array: aya::maps::Array<MapData, palisade_common::Config> =
+            aya::maps::Array::try_from(Map::from_map_data(data).expect("map")).expect("an array");
+        array.get(&0, 0).expect("the config entry")
+    }
+
     /// Overwrites a tracked flow's entry, in its family's table.
     pub fn set_flow(&self, key: &CtKey, entry: &CtEntry) {
         let written = if key.family == FAMILY_V4 {

@@ -289,7 +289,7 @@ impl Compiler {
             if let Some((out, from)) = part.update(ids, &mut self.resolver, force) {
                 for (prefix, ri) in &out {
                     // A forced part's old entries left above (changed
-                    // policy) or carry its old numbers (same orders).
+                    // policy) or carry its old numbers (same claims).
                     remove_contributor(&mut self.contributors, prefix, &part.claim(*ri));
                     touched.insert(*prefix);
                 }
