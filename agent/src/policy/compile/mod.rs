@@ -31,7 +31,7 @@ use identities::Identities;
 pub use identities::{Hints, PodKey};
 use palisade_common::{EP_AUDIT, EP_EGRESS_ISOLATED, EP_INGRESS_ISOLATED, PolicyValue};
 use rules::{Claim, Part, PolicyName, Resolver};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, btree_map};
 use std::sync::Arc;
 
 /// What the compiler produces, also reachable from here.
@@ -87,7 +87,7 @@ pub struct Compiler {
     /// Natural rule numbers more than one rule has.
     collisions: usize,
     /// Every entry's contributors; the first claim decides.
-    contributors: HashMap<PolicyPrefix, Contributors>,
+    contributors: Contributions,
     /// The node allowance's entries.
     host: Vec<PolicyPrefix>,
     /// Identity-derived warnings (address conflicts) and cluster IP ones.
@@ -197,13 +197,15 @@ impl Compiler {
 
         // Parts of policies gone or changed leave with their entries and
         // rule numbers.
-        let mut touched: BTreeSet<PolicyPrefix> = BTreeSet::new();
+        // Sorted and deduplicated once at the end: tens of thousands of
+        // them when a local identity comes or goes.
+        let mut touched: Vec<PolicyPrefix> = Vec::new();
         for (name, _) in &policy_changes {
             if let Some(part) = self.parts.remove(name) {
                 self.selecting.remove(name);
                 for (prefix, ri) in &part.entries {
                     remove_contributor(&mut self.contributors, prefix, &part.claim(*ri));
-                    touched.insert(*prefix);
+                    touched.push(*prefix);
                 }
                 for (n, id) in part.naturals.iter().zip(&part.rule_ids) {
                     self.out.catalog.rules.remove(id);
@@ -291,11 +293,11 @@ impl Compiler {
                     // A forced part's old entries left above (changed
                     // policy) or carry its old numbers (same claims).
                     remove_contributor(&mut self.contributors, prefix, &part.claim(*ri));
-                    touched.insert(*prefix);
+                    touched.push(*prefix);
                 }
                 for (prefix, ri) in &part.entries[from..] {
                     add_contributor(&mut self.contributors, *prefix, part.claim(*ri));
-                    touched.insert(*prefix);
+                    touched.push(*prefix);
                 }
                 self.moved += out.len() + part.entries.len() - from;
             }
@@ -347,11 +349,11 @@ impl Compiler {
         if host != self.host {
             for prefix in std::mem::take(&mut self.host) {
                 remove_contributor(&mut self.contributors, &prefix, &Claim::host(RULE_HOST));
-                touched.insert(prefix);
+                touched.push(prefix);
             }
             for prefix in &host {
                 add_contributor(&mut self.contributors, *prefix, Claim::host(RULE_HOST));
-                touched.insert(*prefix);
+                touched.push(*prefix);
             }
             self.host = host;
         }
@@ -390,28 +392,40 @@ impl Compiler {
         }
 
         // The policy map, where it changed.
-        let mut changed = BTreeSet::new();
+        touched.sort_unstable();
+        touched.dedup();
+        let mut changed = Vec::new();
         for prefix in touched {
             let want = if self.tiered.pairs.contains(&pair_of(&prefix)) {
                 self.tiered.entries.get(&prefix).copied()
             } else {
                 self.contributors.get(&prefix).and_then(Contributors::first).map(|c| PolicyValue::allow(c.rule))
             };
-            let had = self.out.policy.get(&prefix).copied();
-            if want == had {
-                continue;
-            }
+            // One search of the map per entry, not a lookup then a write.
             match want {
-                Some(v) => self.out.policy.insert(prefix, v),
-                None => self.out.policy.remove(&prefix),
-            };
+                Some(v) => match self.out.policy.entry(prefix) {
+                    btree_map::Entry::Occupied(e) if *e.get() == v => continue,
+                    btree_map::Entry::Occupied(mut e) => {
+                        e.insert(v);
+                    }
+                    btree_map::Entry::Vacant(e) => {
+                        e.insert(v);
+                    }
+                },
+                None => {
+                    if self.out.policy.remove(&prefix).is_none() {
+                        continue;
+                    }
+                }
+            }
             // The first compile changes the whole map, which it says with
             // None: a set of every entry would only add to the peak.
             if !first {
-                changed.insert(prefix);
+                changed.push(prefix);
             }
         }
-        self.changes = Changes { policy: (!first).then_some(changed), ips: ips_changed };
+        // In order already: the set is built in bulk.
+        self.changes = Changes { policy: (!first).then(|| changed.into_iter().collect()), ips: ips_changed };
         if first {
             // Lists of contributors grew a claim at a time; they are kept.
             for c in self.contributors.values_mut() {
@@ -513,7 +527,11 @@ impl Contributors {
     }
 }
 
-fn add_contributor(contributors: &mut HashMap<PolicyPrefix, Contributors>, prefix: PolicyPrefix, c: Claim) {
+/// Every entry's contributors. foldhash, seeded per process: the
+/// standard SipHash was a tenth of a compile that adds a local identity.
+type Contributions = HashMap<PolicyPrefix, Contributors, foldhash::fast::RandomState>;
+
+fn add_contributor(contributors: &mut Contributions, prefix: PolicyPrefix, c: Claim) {
     use std::collections::hash_map::Entry;
     match contributors.entry(prefix) {
         Entry::Vacant(e) => {
@@ -523,7 +541,7 @@ fn add_contributor(contributors: &mut HashMap<PolicyPrefix, Contributors>, prefi
     }
 }
 
-fn remove_contributor(contributors: &mut HashMap<PolicyPrefix, Contributors>, prefix: &PolicyPrefix, claim: &Claim) {
+fn remove_contributor(contributors: &mut Contributions, prefix: &PolicyPrefix, claim: &Claim) {
     let Some(c) = contributors.get_mut(prefix) else { return };
     let empty = match c {
         Contributors::One(o) => o.same_rule(claim),
