@@ -4,7 +4,7 @@
 
 use super::netlink::Interfaces;
 use super::plan::{self, Hold, Hook, Plan};
-use super::{Datapath, SyncReport};
+use super::{Datapath, SyncReport, batch};
 use crate::policy::compile::Changes;
 use crate::policy::{Compiled, IpPrefix, PolicyPrefix};
 use crate::state::Enforcement;
@@ -13,7 +13,7 @@ use aya::maps::lpm_trie::Key as LpmKey;
 use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::tc::{SchedClassifierLink, TcAttachOptions};
 use aya::programs::{LinkOrder, SchedClassifier, TcAttachType};
-use palisade_common::{IpInfo, LAYOUT_VERSION, PolicyValue, programs};
+use palisade_common::{IpInfo, IpKey, LAYOUT_VERSION, PolicyKey, PolicyValue, programs};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 
@@ -25,6 +25,9 @@ struct Upsert {
     /// Per identity, the allowing entries written, with what each replaced.
     allowed: HashMap<u32, Vec<(PolicyPrefix, Option<PolicyValue>)>>,
 }
+
+/// An address map entry.
+type Address = (IpPrefix, IpInfo);
 
 /// (program, TC hook, pin name suffix) of a hook.
 fn program(hook: Hook) -> (&'static str, TcAttachType, &'static str) {
@@ -177,105 +180,153 @@ impl Datapath {
     }
 
     fn remove_policy(&mut self, stale: Vec<PolicyPrefix>, report: &mut SyncReport) {
-        for k in stale {
-            match self.policy.remove(&LpmKey::new(k.prefix_len, k.key)) {
-                Ok(()) => {
-                    report.changes += 1;
-                    self.realized.policy.remove(&k);
-                }
-                Err(e) => report.errors.push(format!("policy map: removing an entry: {e}")),
+        let keys: Vec<LpmKey<PolicyKey>> = stale.iter().map(|k| LpmKey::new(k.prefix_len, k.key)).collect();
+        let mut next = 0;
+        while next < keys.len() {
+            let result = batch::delete(&self.policy, &keys[next..]);
+            let done = result.as_ref().map_or_else(|s| s.done, |()| keys.len() - next);
+            for k in &stale[next..next + done] {
+                self.realized.policy.remove(k);
+            }
+            report.changes += done;
+            next += done;
+            if let Err(s) = result {
+                report.errors.push(format!("policy map: removing an entry: {}", s.error));
+                next += 1;
             }
         }
     }
 
-    /// Writes the policy entries that differ. A local identity whose
-    /// entries cannot all be written goes in `up.short`; the allowing
-    /// entries this sync wrote for it are taken back (new ones removed,
-    /// changed ones restored): its pods are held closed anyway, nothing it
-    /// allowed stays open until the hold is written, and the room goes to
-    /// identities that fit. Its denies stay: they only close.
+    /// Writes the policy entries that differ, in batches. A local identity
+    /// whose entries cannot all be written goes in `up.short`; the
+    /// allowing entries this sync wrote for it are taken back (new ones
+    /// removed, changed ones restored): its pods are held closed anyway,
+    /// nothing it allowed stays open until the hold is written, and the
+    /// room goes to identities that fit. Its denies stay: they only close.
     fn upsert_policy<'a>(
         &mut self,
         desired: impl Iterator<Item = (&'a PolicyPrefix, &'a PolicyValue)>,
         up: &mut Upsert,
         report: &mut SyncReport,
     ) {
-        for (k, v) in desired {
-            let identity = u32::from_be_bytes(k.key.local);
-            if self.realized.policy.get(k) == Some(v) || up.short.contains(&identity) {
-                continue;
-            }
-            match self.policy.insert(&LpmKey::new(k.prefix_len, k.key), v, 0) {
-                Ok(()) => {
-                    let old = self.realized.policy.insert(*k, *v);
-                    if !v.denies() {
-                        up.allowed.entry(identity).or_default().push((*k, old));
-                    }
-                    report.changes += 1;
+        let identity = |k: &PolicyPrefix| u32::from_be_bytes(k.key.local);
+        let todo: Vec<(PolicyPrefix, PolicyValue)> =
+            desired.filter(|(k, v)| self.realized.policy.get(k) != Some(v)).map(|(k, v)| (*k, *v)).collect();
+        let mut next = 0;
+        while next < todo.len() {
+            // The next batch: entries of identities not found short yet.
+            let mut picked = Vec::new();
+            while next < todo.len() && picked.len() < batch::BATCH {
+                if !up.short.contains(&identity(&todo[next].0)) {
+                    picked.push(next);
                 }
-                Err(e) => {
-                    tracing::debug!("policy map, identity {identity}: {e}");
-                    up.short.insert(identity);
-                    for (k, old) in up.allowed.remove(&identity).unwrap_or_default() {
-                        let key = LpmKey::new(k.prefix_len, k.key);
-                        let undone = match &old {
-                            Some(old) => self.policy.insert(&key, old, 0),
-                            None => self.policy.remove(&key),
-                        };
-                        match (undone, old) {
-                            (Ok(()), Some(old)) => {
-                                self.realized.policy.insert(k, old);
-                            }
-                            (Ok(()), None) => {
-                                self.realized.policy.remove(&k);
-                            }
-                            (Err(e), _) => report.errors.push(format!("policy map: taking back an entry: {e}")),
-                        }
+                next += 1;
+            }
+            let keys: Vec<LpmKey<PolicyKey>> =
+                picked.iter().map(|&i| LpmKey::new(todo[i].0.prefix_len, todo[i].0.key)).collect();
+            let values: Vec<PolicyValue> = picked.iter().map(|&i| todo[i].1).collect();
+            let result = batch::update(&self.policy, &keys, &values);
+            let done = result.as_ref().map_or_else(|s| s.done, |()| picked.len());
+            for &i in &picked[..done] {
+                let (k, v) = todo[i];
+                let old = self.realized.policy.insert(k, v);
+                if !v.denies() {
+                    up.allowed.entry(identity(&k)).or_default().push((k, old));
+                }
+            }
+            report.changes += done;
+            let Err(stopped) = result else { continue };
+            // The entry that failed: its identity is short. Those after it
+            // in this batch go again (less the short identity's).
+            let failed = identity(&todo[picked[done]].0);
+            next = picked[done] + 1;
+            tracing::debug!("policy map, identity {failed}: {}", stopped.error);
+            up.short.insert(failed);
+            for (k, old) in up.allowed.remove(&failed).unwrap_or_default() {
+                let key = LpmKey::new(k.prefix_len, k.key);
+                let undone = match &old {
+                    Some(old) => self.policy.insert(&key, old, 0),
+                    None => self.policy.remove(&key),
+                };
+                match (undone, old) {
+                    (Ok(()), Some(old)) => {
+                        self.realized.policy.insert(k, old);
                     }
+                    (Ok(()), None) => {
+                        self.realized.policy.remove(&k);
+                    }
+                    (Err(e), _) => report.errors.push(format!("policy map: taking back an entry: {e}")),
                 }
             }
         }
     }
 
-    /// Writes the address entries that differ; false if some did not fit.
+    /// Writes the address entries that differ (single addresses in the
+    /// hash map, shorter prefixes in the trie), in batches; false if some
+    /// did not fit.
     fn upsert_ips(&mut self, desired: &BTreeMap<IpPrefix, IpInfo>, report: &mut SyncReport) -> bool {
-        for (k, v) in desired {
-            if self.realized.ips.get(k) == Some(v) {
-                continue;
-            }
-            let written = if k.is_address() {
-                self.hosts.insert(k.key, v, 0)
-            } else {
-                self.ips.insert(&LpmKey::new(k.prefix_len, k.key), v, 0)
-            };
-            match written {
-                Ok(()) => {
-                    self.realized.ips.insert(*k, *v);
-                    report.changes += 1;
-                }
-                Err(e) => {
-                    tracing::debug!("address map: {e}");
-                    return false;
-                }
+        let (hosts, cidrs): (Vec<Address>, Vec<Address>) = desired
+            .iter()
+            .filter(|(k, v)| self.realized.ips.get(k) != Some(v))
+            .map(|(k, v)| (*k, *v))
+            .partition(|(k, _)| k.is_address());
+        let values = |todo: &[Address]| todo.iter().map(|(_, v)| *v).collect::<Vec<_>>();
+        let host_keys: Vec<IpKey> = hosts.iter().map(|(k, _)| k.key).collect();
+        let written = batch::update(&self.hosts, &host_keys, &values(&hosts));
+        let cidr_keys: Vec<LpmKey<IpKey>> = cidrs.iter().map(|(k, _)| LpmKey::new(k.prefix_len, k.key)).collect();
+        let written = written.and_then(|()| {
+            batch::update(&self.ips, &cidr_keys, &values(&cidrs))
+                .map_err(|s| batch::Stopped { done: hosts.len() + s.done, error: s.error })
+        });
+        let done = written.as_ref().map_or_else(|s| s.done, |()| hosts.len() + cidrs.len());
+        for (k, v) in hosts.iter().chain(&cidrs).take(done) {
+            self.realized.ips.insert(*k, *v);
+        }
+        report.changes += done;
+        match written {
+            Ok(()) => true,
+            Err(s) => {
+                tracing::debug!("address map: {}", s.error);
+                false
             }
         }
-        true
     }
 
     fn remove_stale_ips(&mut self, desired: &BTreeMap<IpPrefix, IpInfo>, report: &mut SyncReport) {
-        let stale: Vec<IpPrefix> = self.realized.ips.keys().filter(|k| !desired.contains_key(k)).copied().collect();
-        for k in stale {
-            let removed = if k.is_address() {
-                self.hosts.remove(&k.key)
-            } else {
-                self.ips.remove(&LpmKey::new(k.prefix_len, k.key))
-            };
-            match removed {
-                Ok(()) => {
-                    report.changes += 1;
-                    self.realized.ips.remove(&k);
-                }
-                Err(e) => report.errors.push(format!("address map: removing an entry: {e}")),
+        let (hosts, cidrs): (Vec<IpPrefix>, Vec<IpPrefix>) =
+            self.realized.ips.keys().filter(|k| !desired.contains_key(k)).copied().partition(IpPrefix::is_address);
+        let host_keys: Vec<IpKey> = hosts.iter().map(|k| k.key).collect();
+        let cidr_keys: Vec<LpmKey<IpKey>> = cidrs.iter().map(|k| LpmKey::new(k.prefix_len, k.key)).collect();
+        let mut next = 0;
+        while next < hosts.len() {
+            let result = batch::delete(&self.hosts, &host_keys[next..]);
+            next += self.removed_ips(&hosts[next..], result, report);
+        }
+        let mut next = 0;
+        while next < cidrs.len() {
+            let result = batch::delete(&self.ips, &cidr_keys[next..]);
+            next += self.removed_ips(&cidrs[next..], result, report);
+        }
+    }
+
+    /// Notes a batch of `stale` addresses removed; how many were tried
+    /// (those removed, and the one that failed).
+    fn removed_ips(
+        &mut self,
+        stale: &[IpPrefix],
+        result: Result<(), batch::Stopped>,
+        report: &mut SyncReport,
+    ) -> usize {
+        let done = result.as_ref().map_or_else(|s| s.done, |()| stale.len());
+        for k in &stale[..done] {
+            self.realized.ips.remove(k);
+        }
+        report.changes += done;
+        match result {
+            Ok(()) => done,
+            Err(s) => {
+                report.errors.push(format!("address map: removing an entry: {}", s.error));
+                done + 1
             }
         }
     }

@@ -10,6 +10,7 @@
 //! its programs into existing links atomically (no gap in enforcement).
 
 pub mod apply;
+pub mod batch;
 pub mod bpffs;
 pub mod netfilter;
 pub mod netlink;

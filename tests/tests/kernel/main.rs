@@ -20,6 +20,7 @@ mod cluster;
 mod fixture;
 mod oracle;
 
+mod batch;
 mod conntrack;
 mod ct_full;
 mod events;

@@ -1,0 +1,70 @@
+//! Batched map writes (`palisade::datapath::batch`) against the kernel.
+//! A sync's fail-closed bookkeeping (which entries it believes written,
+//! which identity it holds closed) rests on a stopped batch saying exactly
+//! how many entries took effect before the one that failed, across the
+//! calls a long batch is split into.
+
+use aya::maps::lpm_trie::Key;
+use aya::maps::{HashMap, LpmTrie, MapData};
+use palisade::datapath::batch::{self, BATCH};
+
+/// LPM tries must be created without preallocation.
+const BPF_F_NO_PREALLOC: u32 = 1;
+
+fn trie(capacity: u32) -> LpmTrie<MapData, u32, u32> {
+    LpmTrie::create(capacity, BPF_F_NO_PREALLOC).expect("an LPM trie")
+}
+
+fn keys(range: std::ops::Range<u32>) -> Vec<Key<u32>> {
+    range.map(|i| Key::new(32, i.to_be())).collect()
+}
+
+#[test]
+fn a_batch_stops_at_the_first_entry_that_does_not_fit_and_says_where() {
+    // More than two calls' worth into a trie with room for part of it.
+    let room = BATCH as u32 + 904;
+    let map = trie(room);
+    let all = keys(0..2 * BATCH as u32 + 10);
+    let values: Vec<u32> = (0..all.len() as u32).map(|i| i * 7).collect();
+    let stopped = batch::update(&map, &all, &values).expect_err("more entries than the map has room for");
+    assert_eq!(stopped.done, room as usize, "entries done before the one that failed");
+    assert_eq!(stopped.error.raw_os_error(), Some(libc::ENOSPC), "{}", stopped.error);
+    let held: Vec<(u32, u32)> =
+        map.iter().map(|r| r.expect("entry")).map(|(k, v)| (u32::from_be(k.data()), v)).collect();
+    let mut held = held;
+    held.sort();
+    let want: Vec<(u32, u32)> = (0..room).map(|i| (i, i * 7)).collect();
+    assert_eq!(held, want, "exactly the entries before the failed one are in the map, with their values");
+
+    // Removing: a key that is not there stops the batch after the ones
+    // before it; the rest are untouched.
+    let gone = vec![all[0], Key::new(32, 999_999u32.to_be()), all[2]];
+    let stopped = batch::delete(&map, &gone).expect_err("a missing key");
+    assert_eq!(stopped.done, 1);
+    assert_eq!(stopped.error.raw_os_error(), Some(libc::ENOENT), "{}", stopped.error);
+    assert!(map.get(&all[0], 0).is_err(), "the first key is removed");
+    assert_eq!(map.get(&all[2], 0).expect("the key after the missing one stays"), 14);
+
+    // Whole batches, over several calls.
+    let rest = &all[1..room as usize];
+    batch::delete(&map, rest).expect("every key there");
+    assert_eq!(map.iter().count(), 0, "all removed");
+    batch::update(&map, &all[..room as usize], &values[..room as usize]).expect("room for all");
+    assert_eq!(map.iter().count(), room as usize);
+}
+
+#[test]
+fn a_hash_map_batch_stops_where_it_is_full() {
+    let map: HashMap<MapData, [u8; 17], u64> = HashMap::create(4, 0).expect("a hash map");
+    let keys: Vec<[u8; 17]> = (0..6u8).map(|i| [i; 17]).collect();
+    let values: Vec<u64> = (0..6).collect();
+    let stopped = batch::update(&map, &keys, &values).expect_err("full");
+    assert_eq!(stopped.done, 4);
+    assert_eq!(stopped.error.raw_os_error(), Some(libc::E2BIG), "{}", stopped.error);
+    for (i, k) in keys.iter().enumerate() {
+        assert_eq!(map.get(k, 0).ok(), (i < 4).then_some(i as u64), "key {i}");
+    }
+    // Rewriting entries that are there needs no room.
+    batch::update(&map, &keys[..4], &[9u64; 4]).expect("updates in place");
+    assert_eq!(map.get(&keys[3], 0).expect("there"), 9);
+}
