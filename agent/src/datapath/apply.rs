@@ -292,20 +292,23 @@ impl Datapath {
         }
     }
 
+    /// Removes the address entries no longer wanted: CIDRs first, then
+    /// single addresses (the classifier looks for an address before its
+    /// CIDR, so an address is never judged by a stale CIDR in between).
     fn remove_stale_ips(&mut self, desired: &BTreeMap<IpPrefix, IpInfo>, report: &mut SyncReport) {
         let (hosts, cidrs): (Vec<IpPrefix>, Vec<IpPrefix>) =
             self.realized.ips.keys().filter(|k| !desired.contains_key(k)).copied().partition(IpPrefix::is_address);
-        let host_keys: Vec<IpKey> = hosts.iter().map(|k| k.key).collect();
         let cidr_keys: Vec<LpmKey<IpKey>> = cidrs.iter().map(|k| LpmKey::new(k.prefix_len, k.key)).collect();
-        let mut next = 0;
-        while next < hosts.len() {
-            let result = batch::delete(&self.hosts, &host_keys[next..]);
-            next += self.removed_ips(&hosts[next..], result, report);
-        }
         let mut next = 0;
         while next < cidrs.len() {
             let result = batch::delete(&self.ips, &cidr_keys[next..]);
             next += self.removed_ips(&cidrs[next..], result, report);
+        }
+        let host_keys: Vec<IpKey> = hosts.iter().map(|k| k.key).collect();
+        let mut next = 0;
+        while next < hosts.len() {
+            let result = batch::delete(&self.hosts, &host_keys[next..]);
+            next += self.removed_ips(&hosts[next..], result, report);
         }
     }
 

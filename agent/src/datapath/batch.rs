@@ -4,10 +4,12 @@
 //! policies, and a call per entry cost as much as compiling them.
 //!
 //! The kernel applies a batch in order and stops at the first entry it
-//! cannot write or remove, saying how many went before it: the caller
-//! handles that entry as it would a single write, then goes on after it,
-//! so the maps end as the same writes one by one would leave them. Every
-//! kernel with TCX links (6.6) has batches on hash and LPM trie maps (5.6).
+//! cannot write or remove, saying how many went before it. That entry is
+//! tried once more on its own (a batch refused as a whole, by an LSM or a
+//! kernel quirk, must not fail what a single write does); if it fails
+//! again, the caller learns where, handles it as it would a single write's
+//! failure, and goes on after it. Every kernel with TCX links (6.6) has
+//! batches on hash (5.6) and LPM trie (5.13) maps.
 
 use aya::Pod;
 use aya::maps::IterableMap;
@@ -19,13 +21,15 @@ use std::os::fd::{AsFd, AsRawFd};
 pub const BATCH: usize = 4096;
 
 // `enum bpf_cmd` (include/uapi/linux/bpf.h).
+const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
 const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
 const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
 
 /// The `batch` member of `union bpf_attr`.
 #[repr(C)]
 #[derive(Default)]
-struct Attr {
+struct Batch {
     in_batch: u64,
     out_batch: u64,
     keys: u64,
@@ -36,8 +40,20 @@ struct Attr {
     flags: u64,
 }
 
-/// A batch that stopped: the entries before `done` took effect, entry
-/// `done` failed with `error`, those after it were not tried.
+/// The `map_elem` member of `union bpf_attr` (value 0: a removal).
+#[repr(C)]
+#[derive(Default)]
+struct Elem {
+    map_fd: u32,
+    _pad: u32,
+    key: u64,
+    value: u64,
+    flags: u64,
+}
+
+/// Writing or removing stopped: the entries before `done` took effect,
+/// entry `done` failed (on its own too) with `error`, those after it were
+/// not tried.
 #[derive(Debug)]
 pub struct Stopped {
     pub done: usize,
@@ -47,57 +63,69 @@ pub struct Stopped {
 /// Writes `values[i]` at `keys[i]`, in order (`BPF_ANY`). The map's own
 /// key and value types: the kernel reads entries at its sizes.
 pub fn update<K: Pod, V: Pod>(map: &impl IterableMap<K, V>, keys: &[K], values: &[V]) -> Result<(), Stopped> {
-    let map = map.map().fd().as_fd();
     assert_eq!(keys.len(), values.len(), "a value per key");
+    let map_fd = map.map().fd().as_fd().as_raw_fd() as u32;
     let mut done = 0;
-    for (keys, values) in keys.chunks(BATCH).zip(values.chunks(BATCH)) {
-        let mut attr = Attr {
-            keys: keys.as_ptr() as u64,
-            values: values.as_ptr() as u64,
-            count: keys.len() as u32,
-            map_fd: map.as_raw_fd() as u32,
+    while done < keys.len() {
+        let n = (keys.len() - done).min(BATCH);
+        let mut batch = Batch {
+            keys: keys[done..].as_ptr() as u64,
+            values: values[done..].as_ptr() as u64,
+            count: n as u32,
+            map_fd,
             ..Default::default()
         };
-        call(BPF_MAP_UPDATE_BATCH, &mut attr)
-            .map_err(|error| Stopped { done: done + stopped_at(&attr, keys), error })?;
-        done += keys.len();
+        if call(BPF_MAP_UPDATE_BATCH, &mut batch).is_ok() {
+            done += n;
+            continue;
+        }
+        done += stopped_at(&batch, n);
+        let mut one = Elem { map_fd, key: addr(&keys[done]), value: addr(&values[done]), ..Default::default() };
+        call(BPF_MAP_UPDATE_ELEM, &mut one).map_err(|error| Stopped { done, error })?;
+        done += 1;
     }
     Ok(())
 }
 
 /// Removes `keys`, in order.
 pub fn delete<K: Pod, V: Pod>(map: &impl IterableMap<K, V>, keys: &[K]) -> Result<(), Stopped> {
-    let map = map.map().fd().as_fd();
+    let map_fd = map.map().fd().as_fd().as_raw_fd() as u32;
     let mut done = 0;
-    for keys in keys.chunks(BATCH) {
-        let mut attr = Attr {
-            keys: keys.as_ptr() as u64,
-            count: keys.len() as u32,
-            map_fd: map.as_raw_fd() as u32,
-            ..Default::default()
-        };
-        call(BPF_MAP_DELETE_BATCH, &mut attr)
-            .map_err(|error| Stopped { done: done + stopped_at(&attr, keys), error })?;
-        done += keys.len();
+    while done < keys.len() {
+        let n = (keys.len() - done).min(BATCH);
+        let mut batch = Batch { keys: keys[done..].as_ptr() as u64, count: n as u32, map_fd, ..Default::default() };
+        if call(BPF_MAP_DELETE_BATCH, &mut batch).is_ok() {
+            done += n;
+            continue;
+        }
+        done += stopped_at(&batch, n);
+        let mut one = Elem { map_fd, key: addr(&keys[done]), ..Default::default() };
+        call(BPF_MAP_DELETE_ELEM, &mut one).map_err(|error| Stopped { done, error })?;
+        done += 1;
     }
     Ok(())
 }
 
-/// Where a failed batch of `given` stopped: the kernel writes back how
-/// many entries went before the one that failed, always fewer than it was
+/// Where a failed batch of `given` entries stopped: the kernel writes back
+/// how many went before the one that failed, always fewer than it was
 /// given. A count left as given means it refused the batch before the
 /// first entry: none went.
-fn stopped_at<K>(attr: &Attr, given: &[K]) -> usize {
-    let done = attr.count as usize;
-    if done < given.len() { done } else { 0 }
+fn stopped_at(batch: &Batch, given: usize) -> usize {
+    let done = batch.count as usize;
+    if done < given { done } else { 0 }
 }
 
-/// One bpf(2) call; the kernel writes back `attr.count`.
-fn call(cmd: libc::c_long, attr: &mut Attr) -> io::Result<()> {
-    // SAFETY: `attr` is the `batch` member of `bpf_attr`, its key and
-    // value pointers cover `count` entries of the map's sizes (the
-    // callers' slices of the map's key and value types), and the kernel
-    // reads no further than the size passed.
-    let r = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut Attr, std::mem::size_of::<Attr>()) };
+fn addr<T>(x: &T) -> u64 {
+    x as *const T as u64
+}
+
+/// One bpf(2) call with `attr`, the member of `bpf_attr` that `cmd` reads
+/// (a batch's count is written back).
+fn call<A>(cmd: libc::c_long, attr: &mut A) -> io::Result<()> {
+    // SAFETY: `attr` is that member, its key and value pointers cover its
+    // count of entries (one for a single entry) of the map's sizes (the
+    // callers' slices of the map's own key and value types), and the
+    // kernel reads no further than the size passed.
+    let r = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut A, std::mem::size_of::<A>()) };
     if r < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
 }

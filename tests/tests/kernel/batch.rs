@@ -5,7 +5,7 @@
 //! calls a long batch is split into.
 
 use aya::maps::lpm_trie::Key;
-use aya::maps::{HashMap, LpmTrie, MapData};
+use aya::maps::{Array, HashMap, LpmTrie, MapData};
 use palisade::datapath::batch::{self, BATCH};
 
 /// LPM tries must be created without preallocation.
@@ -45,9 +45,16 @@ fn a_batch_stops_at_the_first_entry_that_does_not_fit_and_says_where() {
     assert!(map.get(&all[0], 0).is_err(), "the first key is removed");
     assert_eq!(map.get(&all[2], 0).expect("the key after the missing one stays"), 14);
 
+    // A key missing in a later call's share stops there.
+    batch::update(&map, &all[..room as usize], &values[..room as usize]).expect("the same entries again");
+    let mut gone = all[..room as usize].to_vec();
+    gone.insert(BATCH + 5, Key::new(32, 999_999u32.to_be()));
+    let stopped = batch::delete(&map, &gone).expect_err("a missing key");
+    assert_eq!(stopped.done, BATCH + 5, "keys removed before the missing one");
+    assert_eq!(map.iter().count(), room as usize - BATCH - 5, "the rest stay");
+    batch::delete(&map, &gone[BATCH + 6..]).expect("the rest");
+
     // Whole batches, over several calls.
-    let rest = &all[1..room as usize];
-    batch::delete(&map, rest).expect("every key there");
     assert_eq!(map.iter().count(), 0, "all removed");
     batch::update(&map, &all[..room as usize], &values[..room as usize]).expect("room for all");
     assert_eq!(map.iter().count(), room as usize);
@@ -55,16 +62,30 @@ fn a_batch_stops_at_the_first_entry_that_does_not_fit_and_says_where() {
 
 #[test]
 fn a_hash_map_batch_stops_where_it_is_full() {
-    let map: HashMap<MapData, [u8; 17], u64> = HashMap::create(4, 0).expect("a hash map");
-    let keys: Vec<[u8; 17]> = (0..6u8).map(|i| [i; 17]).collect();
-    let values: Vec<u64> = (0..6).collect();
-    let stopped = batch::update(&map, &keys, &values).expect_err("full");
-    assert_eq!(stopped.done, 4);
-    assert_eq!(stopped.error.raw_os_error(), Some(libc::E2BIG), "{}", stopped.error);
-    for (i, k) in keys.iter().enumerate() {
-        assert_eq!(map.get(k, 0).ok(), (i < 4).then_some(i as u64), "key {i}");
+    // Preallocated or not (the address map is not).
+    for flags in [0, BPF_F_NO_PREALLOC] {
+        let map: HashMap<MapData, [u8; 17], u64> = HashMap::create(4, flags).expect("a hash map");
+        let keys: Vec<[u8; 17]> = (0..6u8).map(|i| [i; 17]).collect();
+        let values: Vec<u64> = (0..6).collect();
+        let stopped = batch::update(&map, &keys, &values).expect_err("full");
+        assert_eq!(stopped.done, 4, "flags {flags}");
+        assert_eq!(stopped.error.raw_os_error(), Some(libc::E2BIG), "flags {flags}: {}", stopped.error);
+        for (i, k) in keys.iter().enumerate() {
+            assert_eq!(map.get(k, 0).ok(), (i < 4).then_some(i as u64), "flags {flags}: key {i}");
+        }
+        // Rewriting entries that are there needs no room.
+        batch::update(&map, &keys[..4], &[9u64; 4]).expect("updates in place");
+        assert_eq!(map.get(&keys[3], 0).expect("there"), 9);
     }
-    // Rewriting entries that are there needs no room.
-    batch::update(&map, &keys[..4], &[9u64; 4]).expect("updates in place");
-    assert_eq!(map.get(&keys[3], 0).expect("there"), 9);
+}
+
+#[test]
+fn an_entry_a_batch_refuses_is_tried_on_its_own() {
+    // Arrays have no batch removal (ENOTSUPP before the first entry, the
+    // count left as given) and refuse single removals too (EINVAL): the
+    // error reported is the single call's, at the first entry.
+    let map: Array<MapData, u32> = Array::create(4, 0).expect("an array");
+    let stopped = batch::delete(&map, &[0u32, 1]).expect_err("arrays keep their entries");
+    assert_eq!(stopped.done, 0, "nothing removed");
+    assert_eq!(stopped.error.raw_os_error(), Some(libc::EINVAL), "the single removal's error: {}", stopped.error);
 }
