@@ -125,85 +125,6 @@ pub(super) fn check_documents(
     (objects, raw, errors)
 }
 
-/// [`check_documents`] for JSON documents still as text: each object is
-/// read from its text into its type, with no `Value` tree in between
-/// (building and dropping those was a third of a 50k-pod first load).
-/// Anything else (not an object, no apiVersion or kind, a field that does
-/// not read) goes the `Value` way, so what it reports is the same.
-pub(super) fn check_json_documents(
-    docs: &[&serde_json::value::RawValue],
-    source: &str,
-    keep_raw: bool,
-) -> super::files::Objects {
-    /// What is needed of a document before reading it whole.
-    #[derive(serde::Deserialize)]
-    struct Head<'a> {
-        #[serde(rename = "apiVersion", default, borrow)]
-        api_version: Option<std::borrow::Cow<'a, str>>,
-        #[serde(default, borrow)]
-        kind: Option<std::borrow::Cow<'a, str>>,
-        #[serde(default, borrow)]
-        items: Option<Vec<&'a serde_json::value::RawValue>>,
-    }
-    let (mut objects, mut raw, mut errors) = (Vec::new(), Vec::new(), Vec::new());
-    // Document `i` (item `j` of its list) the `Value` way, named as
-    // `check_documents` names it among all of them.
-    let slow = |text: &str, i: usize, j: Option<usize>| {
-        let value: Value = serde_json::from_str(text).unwrap_or(Value::Null);
-        let (doc, named) = match j {
-            None => (value, "document 1".to_string()),
-            Some(_) => (serde_json::json!({"kind": "List", "items": [value]}), "document 1 items[0]".to_string()),
-        };
-        let name = match j {
-            None => format!("document {}", i + 1),
-            Some(j) => format!("document {} items[{j}]", i + 1),
-        };
-        let (o, r, mut e) = check_documents([doc], source, keep_raw);
-        for e in &mut e {
-            e.object = e.object.replacen(&named, &name, 1);
-        }
-        (o, r, e)
-    };
-    let mut take = |(o, r, e): super::files::Objects| {
-        objects.extend(o);
-        raw.extend(r);
-        errors.extend(e);
-    };
-    let named = |h: &Head| -> Option<Option<Kind>> {
-        let api = h.api_version.as_deref().filter(|s| !s.is_empty())?;
-        let kind = h.kind.as_deref().filter(|s| !s.is_empty())?;
-        Some(Kind::of(api, kind))
-    };
-    for (i, doc) in docs.iter().enumerate() {
-        let Ok(head) = serde_json::from_str::<Head>(doc.get()) else {
-            take(slow(doc.get(), i, None));
-            continue;
-        };
-        let items: Vec<(&serde_json::value::RawValue, Option<usize>)> = match head.kind.as_deref() {
-            Some(k) if k == "List" || k.ends_with("List") => {
-                head.items.iter().flatten().enumerate().map(|(j, item)| (*item, Some(j))).collect()
-            }
-            _ => vec![(*doc, None)],
-        };
-        for (item, j) in items {
-            match serde_json::from_str::<Head>(item.get()).ok().as_ref().and_then(named) {
-                // Not an object, or no apiVersion or kind: reported.
-                None => take(slow(item.get(), i, j)),
-                // A kind palisade does not read.
-                Some(None) => {}
-                Some(Some(kind)) => match Raw::from_json(kind, item.get()) {
-                    Some(object) => {
-                        let r = if keep_raw { vec![item.get().to_string()] } else { Vec::new() };
-                        take((vec![Checked::new(&object)], r, Vec::new()));
-                    }
-                    None => take(slow(item.get(), i, j)),
-                },
-            }
-        }
-    }
-    (objects, raw, errors)
-}
-
 /// One problem with one field of an object.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct FieldError {
@@ -303,22 +224,6 @@ impl Raw {
             Kind::Node => de(&value).map(|n| Raw::Node(Box::new(n))),
         };
         parsed.unwrap_or_else(|error| Raw::Broken { kind, value, error })
-    }
-
-    /// An object of a known kind read straight from its JSON text; None
-    /// if it does not read (its `Value` says why: [`Raw::from_value`]).
-    pub fn from_json(kind: Kind, text: &str) -> Option<Raw> {
-        fn de<T: serde::de::DeserializeOwned>(text: &str) -> Option<T> {
-            serde_json::from_str(text).ok()
-        }
-        match kind {
-            Kind::Namespace => de(text).map(Raw::Namespace),
-            Kind::Pod => de(text).map(|p| Raw::Pod(Box::new(p))),
-            Kind::NetworkPolicy => de(text).map(Raw::Policy),
-            Kind::Service => de(text).map(|s| Raw::Service(Box::new(s))),
-            Kind::ClusterNetworkPolicy => de(text).map(|c| Raw::ClusterPolicy(Box::new(c))),
-            Kind::Node => de(text).map(|n| Raw::Node(Box::new(n))),
-        }
     }
 
     pub fn key(&self) -> ObjKey {
@@ -425,64 +330,6 @@ mod tests {
 
     fn key(ns: &str, name: &str) -> (String, String) {
         (ns.to_string(), name.to_string())
-    }
-
-    #[test]
-    fn json_read_straight_from_its_text_is_what_the_value_way_reads() {
-        let pod = |name: &str, port: &str| {
-            format!(
-                r#"{{"apiVersion":"v1","kind":"Pod","metadata":{{"name":"{name}","namespace":"x","labels":{{"app":"a"}}}},"spec":{{"containers":[{{"name":"c","ports":[{{"name":"http","containerPort":{port}}}]}}]}},"status":{{"podIP":"10.0.0.1"}}}}"#
-            )
-        };
-        let policy = |name: &str, port: &str| {
-            format!(
-                r#"{{"apiVersion":"networking.k8s.io/v1","kind":"NetworkPolicy","metadata":{{"name":"{name}","namespace":"x"}},"spec":{{"podSelector":{{}},"ingress":[{{"ports":[{{"port":{port}}}]}}]}}}}"#
-            )
-        };
-        let items = [
-            pod("a", "8080"),
-            "null".into(),
-            "5".into(),
-            r#"{"kind":"Pod","metadata":{"name":"no-api"}}"#.into(),
-            r#"{"apiVersion":"","kind":"Pod","metadata":{"name":"empty-api"}}"#.into(),
-            r#"{"apiVersion":"apps/v1","kind":"Deployment","metadata":{"name":"skipped"}}"#.into(),
-            pod("wrong-type", r#""x""#),
-            pod("out-of-range", "70000"),
-            policy("p", r#""http""#),
-            policy("bad-port", "0"),
-            r#"{"apiVersion":"v1","kind":"Namespace","metadata":{"name":"dup"},"metadata":{"name":"dup2"}}"#.into(),
-        ];
-        let docs = [
-            r#"{"apiVersion":"v1","kind":"Namespace","metadata":{"name":"x","labels":{"team":"a"}}}"#.to_string(),
-            "null".into(),
-            format!(r#"{{"apiVersion":"v1","kind":"List","items":[{}]}}"#, items.join(",")),
-            "[1, 2]".into(),
-            r#"{"kind":"Service","metadata":{"name":"no-api"}}"#.into(),
-            r#"{"apiVersion":"v1","kind":"PodList","items":"not a list"}"#.into(),
-            r#"{"apiVersion":"networking.k8s.io/v1","kind":"NetworkPolicy","metadata":{"name":"q","namespace":"x"},"spec":{"podSelector":{"matchLabels":{"a":5}}}}"#.into(),
-        ];
-        // The straight way reads the valid ones (the rest fall back).
-        assert!(Raw::from_json(Kind::Pod, &pod("a", "8080")).is_some());
-        assert!(Raw::from_json(Kind::NetworkPolicy, &policy("p", r#""http""#)).is_some());
-        assert!(Raw::from_json(Kind::Pod, &pod("wrong-type", r#""x""#)).is_none());
-        let text = docs.join("\n");
-        for keep_raw in [false, true] {
-            let values: Vec<Value> =
-                serde_json::Deserializer::from_str(&text).into_iter().collect::<Result<_, _>>().unwrap();
-            let raws: Vec<&serde_json::value::RawValue> =
-                serde_json::Deserializer::from_str(&text).into_iter().collect::<Result<_, _>>().unwrap();
-            let (o1, r1, e1) = check_documents(values, "f.json", keep_raw);
-            let (o2, r2, e2) = check_json_documents(&raws, "f.json", keep_raw);
-            assert_eq!(format!("{o1:#?}"), format!("{o2:#?}"), "objects");
-            assert_eq!(e1, e2, "errors");
-            let parsed = |r: &[String]| r.iter().map(|s| serde_json::from_str::<Value>(s).unwrap()).collect::<Vec<_>>();
-            assert_eq!(parsed(&r1), parsed(&r2), "documents kept");
-            assert_eq!(r2.len(), if keep_raw { o2.len() } else { 0 });
-            // Both ways met every case: valid, broken and reported.
-            assert_eq!(o2.len(), 8, "{o2:#?}");
-            assert_eq!(o2.iter().filter(|o| o.result.is_err()).count(), 4, "{o2:#?}");
-            assert_eq!(e2.len(), 6, "{e2:#?}");
-        }
     }
 
     #[test]

@@ -12,7 +12,7 @@
 //!   opening the pods it isolated. A file deleted while the agent was down
 //!   was deleted on purpose: its copy goes with it.
 
-use super::convert::{Checked, ObjKey, check_documents, check_json_documents};
+use super::convert::{Checked, ObjKey, check_documents};
 use super::objects::{self, Validator};
 use super::saved::Saved;
 use super::{InputError, Snapshot, trust};
@@ -687,13 +687,11 @@ pub(super) type Objects = (Vec<Checked>, Vec<String>, Vec<InputError>);
 /// came from when `keep_raw`).
 pub(super) fn parse(text: &str, source: &str, keep_raw: bool) -> Result<Objects, String> {
     let docs: Vec<Value> = if source.ends_with(".json") {
-        // JSON is YAML too, but a JSON parser reads it many times faster,
-        // and straight from the text into the objects' types.
-        let docs: Vec<&serde_json::value::RawValue> = serde_json::Deserializer::from_str(text)
-            .into_iter()
+        // JSON is YAML too, but a JSON parser reads it many times faster.
+        serde_json::Deserializer::from_str(text)
+            .into_iter::<Value>()
             .collect::<Result<_, _>>()
-            .map_err(|e| format!("invalid JSON: {e}"))?;
-        return Ok(check_json_documents(&docs, source, keep_raw));
+            .map_err(|e| format!("invalid JSON: {e}"))?
     } else {
         serde_saphyr::from_multiple_with_options(text, yaml_options()).map_err(|e| {
             let first = e.to_string();
