@@ -74,8 +74,9 @@ fn strict_input(source: &str, objects: &[Checked], mut errors: Vec<InputError>) 
 /// Checks the documents of one source (a file's, say). Documents of other
 /// kinds (Deployments...) are skipped, `List`s unpacked; documents that are
 /// not Kubernetes objects at all are reported. With `keep_raw`, also the
-/// documents the objects came from (the file source saves them), as compact
-/// JSON: a tenth of the memory of a `Value`, and they are kept until saved.
+/// documents the objects came from (the file source saves them), as JSON
+/// text (compact from a `Value`; a JSON file's as written): a tenth of the
+/// memory of a `Value`, and they are kept until saved.
 pub(super) fn check_documents(
     docs: impl IntoIterator<Item = Value>,
     source: &str,
@@ -123,6 +124,252 @@ pub(super) fn check_documents(
         }
     }
     (objects, raw, errors)
+}
+
+/// A JSON document read through, as `serde_json::Value` would read it
+/// (strings and their escapes, numbers in range, nesting depth), with
+/// nothing kept: what [`check_json_documents`] may take.
+pub(super) struct JsonChecked;
+
+impl<'de> serde::Deserialize<'de> for JsonChecked {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = JsonChecked;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<JsonChecked, E> {
+                Ok(JsonChecked)
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<JsonChecked, E> {
+                Ok(JsonChecked)
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<JsonChecked, E> {
+                Ok(JsonChecked)
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<JsonChecked, E> {
+                Ok(JsonChecked)
+            }
+            fn visit_str<E>(self, _: &str) -> Result<JsonChecked, E> {
+                Ok(JsonChecked)
+            }
+            fn visit_unit<E>(self) -> Result<JsonChecked, E> {
+                Ok(JsonChecked)
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<JsonChecked, A::Error> {
+                while seq.next_element::<JsonChecked>()?.is_some() {}
+                Ok(JsonChecked)
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<JsonChecked, A::Error> {
+                while map.next_entry::<JsonChecked, JsonChecked>()?.is_some() {}
+                Ok(JsonChecked)
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
+/// The documents of a JSON text, as text, if every one reads as a `Value`
+/// would read it ([`JsonChecked`]); None if one does not (the `Value` way
+/// then says why).
+pub(super) fn json_documents(text: &str) -> Option<Vec<&str>> {
+    let mut stream = serde_json::Deserializer::from_str(text).into_iter::<JsonChecked>();
+    let mut docs = Vec::new();
+    let mut start = 0;
+    while let Some(doc) = stream.next() {
+        doc.ok()?;
+        let end = stream.byte_offset();
+        docs.push(text.get(start..end)?.trim_start());
+        start = end;
+    }
+    Some(docs)
+}
+
+/// The elements of the `"items"` array of a JSON object's text (one that
+/// reads as a `Value`), each as text; None where the key is not written
+/// plainly or holds no array (the `Value` way reads those).
+fn list_items(doc: &str) -> Option<Vec<&str>> {
+    let b = doc.as_bytes();
+    let mut i = ws(b, 0);
+    (b.get(i) == Some(&b'{')).then_some(())?;
+    i += 1;
+    loop {
+        i = ws(b, i);
+        let key_end = string_end(b, i)?;
+        let key = doc.get(i + 1..key_end - 1)?;
+        i = ws(b, key_end);
+        (b.get(i) == Some(&b':')).then_some(())?;
+        i = ws(b, i + 1);
+        if key == "items" {
+            (b.get(i) == Some(&b'[')).then_some(())?;
+            let mut items = Vec::new();
+            i = ws(b, i + 1);
+            if b.get(i) == Some(&b']') {
+                return Some(items);
+            }
+            loop {
+                let end = value_end(b, i)?;
+                items.push(doc.get(i..end)?);
+                i = ws(b, end);
+                match b.get(i)? {
+                    b',' => i = ws(b, i + 1),
+                    b']' => return Some(items),
+                    _ => return None,
+                }
+            }
+        }
+        i = ws(b, value_end(b, i)?);
+        (b.get(i) == Some(&b',')).then_some(())?;
+        i += 1;
+    }
+}
+
+/// The first index at or after `i` that is not JSON whitespace.
+fn ws(b: &[u8], mut i: usize) -> usize {
+    while matches!(b.get(i), Some(b' ' | b'\t' | b'\n' | b'\r')) {
+        i += 1;
+    }
+    i
+}
+
+/// Just past the string that starts at `i`.
+fn string_end(b: &[u8], i: usize) -> Option<usize> {
+    (b.get(i) == Some(&b'"')).then_some(())?;
+    let mut j = i + 1;
+    loop {
+        match b.get(j)? {
+            b'\\' => j += 2,
+            b'"' => return Some(j + 1),
+            _ => j += 1,
+        }
+    }
+}
+
+/// Just past the value that starts at `i`.
+fn value_end(b: &[u8], i: usize) -> Option<usize> {
+    match b.get(i)? {
+        b'"' => string_end(b, i),
+        b'{' | b'[' => {
+            let (mut depth, mut j) = (0usize, i);
+            loop {
+                match b.get(j)? {
+                    b'"' => j = string_end(b, j)?,
+                    b'{' | b'[' => {
+                        depth += 1;
+                        j += 1;
+                    }
+                    b'}' | b']' => {
+                        depth -= 1;
+                        j += 1;
+                        if depth == 0 {
+                            return Some(j);
+                        }
+                    }
+                    _ => j += 1,
+                }
+            }
+        }
+        _ => {
+            let mut j = i;
+            while !matches!(b.get(j), None | Some(b',' | b']' | b'}' | b' ' | b'\t' | b'\n' | b'\r')) {
+                j += 1;
+            }
+            Some(j)
+        }
+    }
+}
+
+/// [`check_documents`] for JSON documents still as text (that read as
+/// [`JsonChecked`]): each object is read from its text into its type, with
+/// no `Value` tree in between (building and dropping those was a third of
+/// a 50k-pod first load). Anything else (not an object, no apiVersion or
+/// kind, a field that does not read) goes the `Value` way, so what it
+/// reports is the same. Err: a document that does not read as a `Value`
+/// (none that [`json_documents`] gave; the caller reads the file the
+/// `Value` way then).
+pub(super) fn check_json_documents(
+    docs: &[&str],
+    source: &str,
+    keep_raw: bool,
+) -> Result<super::files::Objects, serde_json::Error> {
+    /// What is needed of an object before reading it whole.
+    #[derive(serde::Deserialize)]
+    struct Head<'a> {
+        #[serde(rename = "apiVersion", default, borrow)]
+        api_version: Option<std::borrow::Cow<'a, str>>,
+        #[serde(default, borrow)]
+        kind: Option<std::borrow::Cow<'a, str>>,
+        /// Read through only (a repeated key is an error, as a `Value`
+        /// would keep the last); [`list_items`] finds them.
+        #[serde(rename = "items", default)]
+        _items: Option<serde::de::IgnoredAny>,
+    }
+    /// Only an object's text (a `Head` would read an array too).
+    fn head(text: &str) -> Option<Head<'_>> {
+        text.trim_start().starts_with('{').then(|| serde_json::from_str(text).ok()).flatten()
+    }
+    let (mut objects, mut raw, mut errors) = (Vec::new(), Vec::new(), Vec::new());
+    // Document `i` (item `j` of its list) the `Value` way, named as
+    // `check_documents` names it among all of them.
+    let slow = |text: &str, i: usize, j: Option<usize>| -> Result<super::files::Objects, serde_json::Error> {
+        let value: Value = serde_json::from_str(text)?;
+        let (doc, named, name) = match j {
+            None => (value, "document 1".to_string(), format!("document {}", i + 1)),
+            Some(j) => (
+                serde_json::json!({"kind": "List", "items": [value]}),
+                "document 1 items[0]".to_string(),
+                format!("document {} items[{j}]", i + 1),
+            ),
+        };
+        let (o, r, mut e) = check_documents([doc], source, keep_raw);
+        for e in &mut e {
+            e.object = e.object.replacen(&named, &name, 1);
+        }
+        Ok((o, r, e))
+    };
+    let mut take = |(o, r, e): super::files::Objects| {
+        objects.extend(o);
+        raw.extend(r);
+        errors.extend(e);
+    };
+    let named = |h: &Head| -> Option<Option<Kind>> {
+        let api = h.api_version.as_deref().filter(|s| !s.is_empty())?;
+        let kind = h.kind.as_deref().filter(|s| !s.is_empty())?;
+        Some(Kind::of(api, kind))
+    };
+    for (i, &doc) in docs.iter().enumerate() {
+        let Some(list) = head(doc) else {
+            take(slow(doc, i, None)?);
+            continue;
+        };
+        let items: Vec<(&str, Option<usize>)> = match list.kind.as_deref() {
+            Some(k) if k == "List" || k.ends_with("List") => match list_items(doc) {
+                Some(items) => items.into_iter().enumerate().map(|(j, item)| (item, Some(j))).collect(),
+                None => {
+                    take(slow(doc, i, None)?);
+                    continue;
+                }
+            },
+            _ => vec![(doc, None)],
+        };
+        for (item, j) in items {
+            match head(item).as_ref().and_then(named) {
+                // Not an object, or no apiVersion or kind: reported.
+                None => take(slow(item, i, j)?),
+                // A kind palisade does not read.
+                Some(None) => {}
+                Some(Some(kind)) => match Raw::from_json(kind, item) {
+                    Some(object) => {
+                        let r = if keep_raw { vec![item.to_string()] } else { Vec::new() };
+                        take((vec![Checked::new(&object)], r, Vec::new()));
+                    }
+                    None => take(slow(item, i, j)?),
+                },
+            }
+        }
+    }
+    Ok((objects, raw, errors))
 }
 
 /// One problem with one field of an object.
@@ -224,6 +471,22 @@ impl Raw {
             Kind::Node => de(&value).map(|n| Raw::Node(Box::new(n))),
         };
         parsed.unwrap_or_else(|error| Raw::Broken { kind, value, error })
+    }
+
+    /// An object of a known kind read straight from its JSON text; None
+    /// if it does not read (its `Value` says why: [`Raw::from_value`]).
+    pub fn from_json(kind: Kind, text: &str) -> Option<Raw> {
+        fn de<T: serde::de::DeserializeOwned>(text: &str) -> Option<T> {
+            serde_json::from_str(text).ok()
+        }
+        match kind {
+            Kind::Namespace => de(text).map(Raw::Namespace),
+            Kind::Pod => de(text).map(|p| Raw::Pod(Box::new(p))),
+            Kind::NetworkPolicy => de(text).map(Raw::Policy),
+            Kind::Service => de(text).map(|s| Raw::Service(Box::new(s))),
+            Kind::ClusterNetworkPolicy => de(text).map(|c| Raw::ClusterPolicy(Box::new(c))),
+            Kind::Node => de(text).map(|n| Raw::Node(Box::new(n))),
+        }
     }
 
     pub fn key(&self) -> ObjKey {
@@ -330,6 +593,146 @@ mod tests {
 
     fn key(ns: &str, name: &str) -> (String, String) {
         (ns.to_string(), name.to_string())
+    }
+
+    #[test]
+    fn json_read_straight_from_its_text_is_what_the_value_way_reads() {
+        let pod = |name: &str, port: &str| {
+            format!(
+                r#"{{"apiVersion":"v1","kind":"Pod","metadata":{{"name":"{name}","namespace":"x","labels":{{"app":"a"}}}},"spec":{{"containers":[{{"name":"c","ports":[{{"name":"http","containerPort":{port}}}]}}]}},"status":{{"podIP":"10.0.0.1"}}}}"#
+            )
+        };
+        let policy = |name: &str, port: &str| {
+            format!(
+                r#"{{"apiVersion":"networking.k8s.io/v1","kind":"NetworkPolicy","metadata":{{"name":"{name}","namespace":"x"}},"spec":{{"podSelector":{{}},"ingress":[{{"ports":[{{"port":{port}}}]}}]}}}}"#
+            )
+        };
+        let items = [
+            pod("a", "8080"),
+            "null".into(),
+            "5".into(),
+            r#"{"kind":"Pod","metadata":{"name":"no-api"}}"#.into(),
+            r#"{"apiVersion":"","kind":"Pod","metadata":{"name":"empty-api"}}"#.into(),
+            r#"{"apiVersion":"apps/v1","kind":"Deployment","metadata":{"name":"skipped"}}"#.into(),
+            pod("wrong-type", r#""x""#),
+            pod("out-of-range", "70000"),
+            policy("p", r#""http""#),
+            policy("bad-port", "0"),
+            r#"{"apiVersion":"v1","kind":"Namespace","metadata":{"name":"dup"},"metadata":{"name":"dup2"}}"#.into(),
+        ];
+        let docs = [
+            r#"{"apiVersion":"v1","kind":"Namespace","metadata":{"name":"x","labels":{"team":"a"}}}"#.to_string(),
+            "null".into(),
+            format!(r#"{{"apiVersion":"v1","kind":"List","items":[{}]}}"#, items.join(",")),
+            "[1, 2]".into(),
+            r#"{"kind":"Service","metadata":{"name":"no-api"}}"#.into(),
+            r#"{"apiVersion":"v1","kind":"PodList","items":"not a list"}"#.into(),
+            r#"{"apiVersion":"networking.k8s.io/v1","kind":"NetworkPolicy","metadata":{"name":"q","namespace":"x"},"spec":{"podSelector":{"matchLabels":{"a":5}}}}"#.into(),
+        ];
+        // The straight way reads the valid ones (the rest fall back).
+        assert!(Raw::from_json(Kind::Pod, &pod("a", "8080")).is_some());
+        assert!(Raw::from_json(Kind::NetworkPolicy, &policy("p", r#""http""#)).is_some());
+        assert!(Raw::from_json(Kind::Pod, &pod("wrong-type", r#""x""#)).is_none());
+        let text = docs.join("\n");
+        for keep_raw in [false, true] {
+            let values: Vec<Value> =
+                serde_json::Deserializer::from_str(&text).into_iter().collect::<Result<_, _>>().unwrap();
+            let raws = json_documents(&text).unwrap();
+            let (o1, r1, e1) = check_documents(values, "f.json", keep_raw);
+            let (o2, r2, e2) = check_json_documents(&raws, "f.json", keep_raw).unwrap();
+            assert_eq!(format!("{o1:#?}"), format!("{o2:#?}"), "objects");
+            assert_eq!(e1, e2, "errors");
+            let parsed = |r: &[String]| r.iter().map(|s| serde_json::from_str::<Value>(s).unwrap()).collect::<Vec<_>>();
+            assert_eq!(parsed(&r1), parsed(&r2), "documents kept");
+            assert_eq!(r2.len(), if keep_raw { o2.len() } else { 0 });
+            // Both ways met every case: valid, broken and reported.
+            assert_eq!(o2.len(), 8, "{o2:#?}");
+            assert_eq!(o2.iter().filter(|o| o.result.is_err()).count(), 4, "{o2:#?}");
+            assert_eq!(e2.len(), 6, "{e2:#?}");
+        }
+    }
+
+    /// How a JSON file read before it was read straight from its text.
+    fn parse_values(text: &str, keep_raw: bool) -> Result<files::Objects, String> {
+        let docs: Vec<Value> = serde_json::Deserializer::from_str(text)
+            .into_iter()
+            .collect::<Result<_, _>>()
+            .map_err(|e| format!("invalid JSON: {e}"))?;
+        Ok(check_documents(docs, "f.json", keep_raw))
+    }
+
+    #[test]
+    fn json_the_value_way_refuses_is_refused_and_arrays_are_not_objects() {
+        let policy = |port: &str, extra: &str| {
+            format!(
+                r#"{{"apiVersion":"networking.k8s.io/v1","kind":"NetworkPolicy","metadata":{{"name":"deny","namespace":"x"{extra}}},"spec":{{"podSelector":{{}},"ingress":[{{"ports":[{{"port":{port}}}]}}]}}}}"#
+            )
+        };
+        let deep = |n: usize| format!("{}1{}", "[".repeat(n), "]".repeat(n));
+        let files = [
+            // Values a Value refuses, in a field read and in one ignored.
+            policy("1e999", ""),
+            policy("80", r#","x":1e999"#),
+            policy(r#""\ud800""#, ""),
+            policy("80", r#","note":"\udc00""#),
+            policy(&deep(130), ""),
+            policy("80", &format!(r#","deep":{}"#, deep(130))),
+            format!(r#"{{"apiVersion":"v1","kind":"List","items":[{}]}}"#, policy("1e999", "")),
+            // Syntax errors.
+            "[1,]".into(),
+            r#"{"a":1,}"#.into(),
+            // Arrays are not objects, however they line up.
+            format!(r#"["v1","List",[{}]]"#, policy("80", "")),
+            r#"["apps/v1","Deployment"]"#.into(),
+            format!(r#"{{"apiVersion":"v1","kind":"List","items":[["apps/v1","Deployment"],{}]}}"#, policy("80", "")),
+            // And what reads: Lists however their items are written.
+            format!("{}\n{}", policy("80", ""), policy(r#""http""#, r#","labels":{"a":"\u00e9"}"#)),
+            format!(r#"{{"it\u0065ms":[{}],"kind":"List","apiVersion":"v1"}}"#, policy("80", "")),
+            format!(r#"{{"items":[{}],"kind":"List","items":[]}}"#, policy("80", "")),
+            r#"{"kind":"List","items":[]} {"kind":"List","items": [ ]}"#.to_string(),
+            format!(
+                r#" {{ "kind" : "List" , "x" : [ "]" , {{ "\"]" : "}}" }} ] , "items" : [ {} , null , [ "a" ] , "\\" , {} ] }} "#,
+                policy("81", r#","labels":{"a":"[{\"}]"}"#),
+                policy("82", "")
+            ),
+            serde_json::to_string_pretty(&serde_json::json!({"apiVersion": "v1", "kind": "List", "items": [
+                serde_json::from_str::<Value>(&policy("80", "")).unwrap(),
+                serde_json::from_str::<Value>(&policy(r#""http""#, "")).unwrap(),
+            ]}))
+            .unwrap(),
+        ];
+        let mut refused = 0;
+        for (n, text) in files.iter().enumerate() {
+            for keep_raw in [false, true] {
+                let old = parse_values(text, keep_raw);
+                let new = files::parse(text, "f.json", keep_raw);
+                match (old, new) {
+                    (Err(a), Err(b)) => {
+                        assert_eq!(a, b, "file {n}: the same error");
+                        refused += 1;
+                    }
+                    (Ok((o1, r1, e1)), Ok((o2, r2, e2))) => {
+                        assert_eq!(format!("{o1:#?}"), format!("{o2:#?}"), "file {n}: objects");
+                        assert_eq!(e1, e2, "file {n}: errors");
+                        let parsed = |r: &[String]| {
+                            r.iter().map(|s| serde_json::from_str::<Value>(s).unwrap()).collect::<Vec<_>>()
+                        };
+                        assert_eq!(parsed(&r1), parsed(&r2), "file {n}: documents kept");
+                    }
+                    (old, new) => panic!("file {n}: {old:?} against {new:?}"),
+                }
+            }
+        }
+        assert_eq!(refused, 2 * 9, "the files a Value refuses");
+        // The straight way is only as good as `Value` being the plain one:
+        // serde_json's `raw_value` feature makes it read a token key.
+        assert!(serde_json::from_str::<Value>(r#"{"$serde_json::private::RawValue":1}"#).is_ok());
+        // Lists were split, not read the `Value` way.
+        let docs = json_documents(&files[16]).unwrap();
+        assert_eq!(list_items(docs[0]).map(|i| i.len()), Some(5));
+        assert_eq!(list_items(docs[0]).unwrap()[3], r#""\\""#);
+        assert_eq!(list_items(&files[13]), None, "an escaped key goes the Value way");
+        assert_eq!(json_documents(&files[15]).map(|d| d.len()), Some(2));
     }
 
     #[test]

@@ -12,7 +12,7 @@
 //!   opening the pods it isolated. A file deleted while the agent was down
 //!   was deleted on purpose: its copy goes with it.
 
-use super::convert::{Checked, ObjKey, check_documents};
+use super::convert::{Checked, ObjKey, check_documents, check_json_documents, json_documents};
 use super::objects::{self, Validator};
 use super::saved::Saved;
 use super::{InputError, Snapshot, trust};
@@ -687,7 +687,16 @@ pub(super) type Objects = (Vec<Checked>, Vec<String>, Vec<InputError>);
 /// came from when `keep_raw`).
 pub(super) fn parse(text: &str, source: &str, keep_raw: bool) -> Result<Objects, String> {
     let docs: Vec<Value> = if source.ends_with(".json") {
-        // JSON is YAML too, but a JSON parser reads it many times faster.
+        // JSON is YAML too, but a JSON parser reads it many times faster,
+        // and straight from the text into the objects' types. The text is
+        // checked first as a `Value` would be (strings, numbers, depth),
+        // with no tree built; a file that does not check is read the
+        // `Value` way, for the same error.
+        if let Some(docs) = json_documents(text)
+            && let Ok(objects) = check_json_documents(&docs, source, keep_raw)
+        {
+            return Ok(objects);
+        }
         serde_json::Deserializer::from_str(text)
             .into_iter::<Value>()
             .collect::<Result<_, _>>()
