@@ -2590,15 +2590,13 @@ fn apply_edit(g: &mut GenCluster, e: &Edit) {
 /// Objects equal to the previous state's share its `Arc`s, as a source
 /// hands out unchanged objects.
 fn share(input: &mut Input, prev: &Input) {
-    fn each<K: Ord, V: PartialEq>(
-        now: &mut std::collections::BTreeMap<K, std::sync::Arc<V>>,
-        prev: &std::collections::BTreeMap<K, std::sync::Arc<V>>,
+    fn each<K: Ord + Clone, V: PartialEq>(
+        now: &mut palisade::policy::model::ChunkedMap<K, std::sync::Arc<V>>,
+        prev: &palisade::policy::model::ChunkedMap<K, std::sync::Arc<V>>,
     ) {
-        for (k, v) in now.iter_mut() {
-            if let Some(p) = prev.get(k).filter(|p| *p == v) {
-                *v = p.clone();
-            }
-        }
+        let same: Vec<(K, std::sync::Arc<V>)> =
+            now.iter().filter_map(|(k, v)| prev.get(k).filter(|p| *p == v).map(|p| (k.clone(), p.clone()))).collect();
+        now.extend(same);
     }
     each(&mut input.namespaces, &prev.namespaces);
     each(&mut input.pods, &prev.pods);

@@ -233,8 +233,6 @@ fn breakdown(dir: &std::path::Path) -> Result<(f64, f64, f64)> {
     let t = Instant::now();
     let _ = src.load();
     let load = t.elapsed().as_secs_f64() * 1e3;
-    // As the agent does once a pass is done.
-    src.prepare_next();
     let changed = scratch.join("zz-change.json");
     std::fs::write(&changed, serde_json::to_vec(&allow_policy("zz-change", PORT_ADD))?)?;
     let t = Instant::now();

@@ -105,8 +105,6 @@ pub struct FileSource {
     listing: Listing,
     /// The last walk failed: the next load walks again.
     walk_next: bool,
-    /// A copy of `input` made ahead ([`FileSource::prepare_next`]).
-    spare: Option<Input>,
     /// Walks of the directory so far.
     #[cfg(test)]
     pub(super) walks: usize,
@@ -258,7 +256,6 @@ impl FileSource {
             unsaved_gone: Vec::new(),
             listing: Listing::default(),
             walk_next: true,
-            spare: None,
             #[cfg(test)]
             walks: 0,
         }
@@ -610,16 +607,6 @@ impl FileSource {
         out
     }
 
-    /// Copies the state now, off the way of the next change: its snapshot
-    /// is then this copy patched, rather than a copy of every entry made
-    /// on the way. The agent calls it once a pass is done; the copy holds
-    /// the maps' entries, the objects are shared.
-    pub fn prepare_next(&mut self) {
-        if self.spare.is_none() {
-            self.spare = Some(self.input.clone());
-        }
-    }
-
     /// The snapshot, validating again only the keys whose objects changed
     /// (every object of such a key, in file order: the first one wins) and
     /// patching the last snapshot with them. Unchanged objects stay the
@@ -638,14 +625,12 @@ impl FileSource {
         }
         let pairs = pairs.iter().map(|(s, o)| (sources[*s].as_str(), *o));
         let part = if std::mem::take(&mut self.all_dirty) {
-            self.spare = None;
             self.input = Input::default();
             self.object_errors.clear();
             self.validator.snapshot(pairs)
         } else {
             self.validator.snapshot_of(&dirty, pairs)
         };
-        let spare = self.spare.take().map(|spare| (spare, part.input.clone()));
         objects::replace(&mut self.input, &dirty, part.input);
         for key in &dirty {
             self.object_errors.remove(&key.to_string());
@@ -655,14 +640,8 @@ impl FileSource {
         }
         let mut errors: Vec<InputError> = self.files.values().flat_map(|f| f.errors.iter().cloned()).collect();
         errors.extend(self.object_errors.values().flatten().cloned());
-        let input = match spare {
-            Some((mut spare, part)) => {
-                objects::replace(&mut spare, &dirty, part);
-                spare
-            }
-            None => self.input.clone(),
-        };
-        Snapshot { input, errors }
+        // A clone shares the maps' chunks (see `ChunkedMap`).
+        Snapshot { input: self.input.clone(), errors }
     }
 }
 
@@ -986,7 +965,6 @@ mod tests {
             // Only a directory named (new or gone) takes a walk.
             let walked_here = matches!(what, "a new directory" | "a directory deleted");
             assert_eq!(noted.walks - walks, usize::from(walked_here), "{what}: walks");
-            noted.prepare_next();
             let want = walked.load();
             assert_eq!(got.input, want.input, "{what}");
             assert_eq!(got.errors, want.errors, "{what}");

@@ -160,15 +160,10 @@ impl Source {
     }
 
     /// Saves what the last load read and the kernel now holds (the files
-    /// source's copies, [`files::FileSource::save_pending`]), and prepares
-    /// the next load ([`files::FileSource::prepare_next`]).
+    /// source's copies, [`files::FileSource::save_pending`]).
     pub fn save_pending(&mut self) -> Vec<InputError> {
         match self {
-            Source::Files { source, .. } => {
-                let errors = source.save_pending();
-                source.prepare_next();
-                errors
-            }
+            Source::Files { source, .. } => source.save_pending(),
             Source::Kube(_) => Vec::new(),
         }
     }

@@ -4,6 +4,7 @@
 //! writes and user space reads back), [`compile()`] turns one into the
 //! other, and [`lookup`] replays the kernel's decision on the output.
 
+pub mod chunked;
 pub mod compile;
 pub mod compiled;
 pub mod labels;

@@ -4,11 +4,12 @@
 //! does both), plus what the compiler needs to know about its node.
 
 use ipnet::IpNet;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
 
+pub use super::chunked::ChunkedMap;
 pub use super::labels::Labels;
 
 /// The label every namespace carries (the API server sets it since 1.22).
@@ -435,18 +436,18 @@ pub fn named_port(ports: &[NamedPort], name: &str, protocol: Protocol) -> Option
 /// copies of its objects.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Input {
-    pub namespaces: BTreeMap<String, Arc<Namespace>>,
+    pub namespaces: ChunkedMap<String, Arc<Namespace>>,
     /// Keyed by (namespace, name).
-    pub pods: BTreeMap<(String, String), Arc<Pod>>,
+    pub pods: ChunkedMap<(String, String), Arc<Pod>>,
     /// Keyed by (namespace, name).
-    pub policies: BTreeMap<(String, String), Arc<Policy>>,
+    pub policies: ChunkedMap<(String, String), Arc<Policy>>,
     /// Keyed by (namespace, name): their cluster IPs are DNATed by
     /// kube-proxy after the source's egress hook, see the datapath.
-    pub services: BTreeMap<(String, String), Arc<Service>>,
+    pub services: ChunkedMap<(String, String), Arc<Service>>,
     /// ClusterNetworkPolicies by name (cluster-scoped).
-    pub cluster_policies: BTreeMap<String, Arc<ClusterPolicy>>,
+    pub cluster_policies: ChunkedMap<String, Arc<ClusterPolicy>>,
     /// Node objects by name (`nodes` peers of cluster policies).
-    pub nodes: BTreeMap<String, Arc<NodeObject>>,
+    pub nodes: ChunkedMap<String, Arc<NodeObject>>,
 }
 
 /// What the compiler needs to know about the node it compiles for.

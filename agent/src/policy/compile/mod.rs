@@ -25,7 +25,7 @@ mod rules;
 mod tiers;
 
 use super::compiled::{LocalEndpoint, RuleInfo};
-use super::model::{Direction, Input, Node, PolicyRef};
+use super::model::{ChunkedMap, Direction, Input, Node, PolicyRef};
 use cells::Cells;
 use identities::Identities;
 pub use identities::{Hints, PodKey};
@@ -566,49 +566,22 @@ fn remove_contributor(contributors: &mut Contributions, prefix: &PolicyPrefix, c
 
 /// Whether two maps of shared objects hold the same objects (the same
 /// `Arc`s, or equal ones).
-fn same_objects<K: Ord, V: PartialEq>(a: &BTreeMap<K, Arc<V>>, b: &BTreeMap<K, Arc<V>>) -> bool {
-    a.len() == b.len() && a.iter().zip(b).all(|((ka, va), (kb, vb))| ka == kb && (Arc::ptr_eq(va, vb) || va == vb))
+fn same_objects<K: Ord, V: PartialEq>(a: &ChunkedMap<K, Arc<V>>, b: &ChunkedMap<K, Arc<V>>) -> bool {
+    a.len() == b.len() && b.changes_from(a, same_object).next().is_none()
 }
 
 /// The keys whose objects differ between two maps: Some(new object) when
-/// added or changed, None when removed.
+/// added or changed, None when removed. Chunks the maps share (a snapshot
+/// patched from the last) are not looked at.
 fn diff<K: Ord + Clone, V: PartialEq>(
-    old: &BTreeMap<K, Arc<V>>,
-    new: &BTreeMap<K, Arc<V>>,
+    old: &ChunkedMap<K, Arc<V>>,
+    new: &ChunkedMap<K, Arc<V>>,
 ) -> Vec<(K, Option<Arc<V>>)> {
-    let mut out = Vec::new();
-    let (mut a, mut b) = (old.iter().peekable(), new.iter().peekable());
-    loop {
-        match (a.peek(), b.peek()) {
-            (None, None) => break,
-            (Some((ka, _)), None) => {
-                out.push(((*ka).clone(), None));
-                a.next();
-            }
-            (None, Some((kb, vb))) => {
-                out.push(((*kb).clone(), Some((*vb).clone())));
-                b.next();
-            }
-            (Some((ka, va)), Some((kb, vb))) => match ka.cmp(kb) {
-                std::cmp::Ordering::Less => {
-                    out.push(((*ka).clone(), None));
-                    a.next();
-                }
-                std::cmp::Ordering::Greater => {
-                    out.push(((*kb).clone(), Some((*vb).clone())));
-                    b.next();
-                }
-                std::cmp::Ordering::Equal => {
-                    if !(Arc::ptr_eq(va, vb) || va == vb) {
-                        out.push(((*kb).clone(), Some((*vb).clone())));
-                    }
-                    a.next();
-                    b.next();
-                }
-            },
-        }
-    }
-    out
+    new.changes_from(old, same_object).map(|(k, v)| (k.clone(), v.cloned())).collect()
+}
+
+fn same_object<V: PartialEq>(a: &Arc<V>, b: &Arc<V>) -> bool {
+    Arc::ptr_eq(a, b) || a == b
 }
 
 #[cfg(test)]
@@ -682,7 +655,9 @@ mod tests {
         assert_eq!(compiler.changes().policy.as_ref().map(BTreeSet::len), Some(0));
     }
 
-    /// The cluster with `edit` applied to its pods and namespaces.
+    /// The cluster with `edit` applied to its pods, namespaces and
+    /// policies, on a clone of `base` (which shares its maps' chunks, as
+    /// the files source's snapshots do).
     fn edited(base: &Input, edit: usize) -> Arc<Input> {
         fn key(name: &str) -> (String, String) {
             ("a".to_string(), name.to_string())
@@ -695,7 +670,7 @@ mod tests {
             }
         }
         let mut input = base.clone();
-        match edit % 7 {
+        match edit % 9 {
             0 => pod(&mut input, "client", &|p| drop(p.labels.insert("probe".into(), "yes".into()))),
             1 => pod(&mut input, "client", &|p| drop(p.labels.remove("probe"))),
             2 => pod(&mut input, &format!("peer-{}", edit % 20), &|p| {
@@ -713,9 +688,20 @@ mod tests {
                 ns.labels.insert("team".into(), format!("t{}", edit % 3));
                 input.namespaces.insert("a".into(), Arc::new(ns));
             }
-            _ => pod(&mut input, "server", &|p| {
+            6 => pod(&mut input, "server", &|p| {
                 p.node_name = Some(if edit.is_multiple_of(2) { "other" } else { NODE }.into())
             }),
+            7 => {
+                let mut p = (*input.policies[&key("gate")]).clone();
+                p.name = format!("gate-{edit}");
+                input.policies.insert(key(&p.name.clone()), Arc::new(p));
+            }
+            _ => {
+                let copy = input.policies.keys().find(|(_, n)| n.starts_with("gate-")).cloned();
+                if let Some(k) = copy {
+                    input.policies.remove(&k);
+                }
+            }
         }
         Arc::new(input)
     }
