@@ -83,6 +83,22 @@ pub struct PointResult {
     pub fill: Value,
 }
 
+impl PointResult {
+    /// Every single change measured, named as the report names them.
+    pub fn single_changes(&self) -> [(&'static str, &Sample); 8] {
+        [
+            ("policy added", &self.policy_added_ms),
+            ("policy removed", &self.policy_removed_ms),
+            ("label added", &self.label_added_ms),
+            ("label removed", &self.label_removed_ms),
+            ("pod added", &self.pod_added_ms),
+            ("pod deleted", &self.pod_deleted_ms),
+            ("namespace label added", &self.namespace_label_added_ms),
+            ("namespace label removed", &self.namespace_label_removed_ms),
+        ]
+    }
+}
+
 /// One kind of change: the agent's pass as it logs it (reading the source,
 /// compiling, writing the maps), and the first packet with the new verdict,
 /// all from the change written (ms, medians over the repetitions).

@@ -601,16 +601,7 @@ impl Report {
         if let Some(p) = self.prog_ok() {
             // Issue 10's programming targets.
             if let Some(big) = p.points.iter().find(|x| x.pods == 10_000 && x.policies == 10_000) {
-                let changes = [
-                    ("policy added", &big.policy_added_ms),
-                    ("policy removed", &big.policy_removed_ms),
-                    ("label added", &big.label_added_ms),
-                    ("label removed", &big.label_removed_ms),
-                    ("pod added", &big.pod_added_ms),
-                    ("pod deleted", &big.pod_deleted_ms),
-                    ("namespace label added", &big.namespace_label_added_ms),
-                    ("namespace label removed", &big.namespace_label_removed_ms),
-                ];
+                let changes = big.single_changes();
                 rows.push((
                     "single change in force ≤ 20 ms at 10k pods × 10k policies".into(),
                     changes.iter().map(|(c, m)| format!("{c} {} ms", fmt_sample(m))).collect::<Vec<_>>().join(", "),
@@ -627,42 +618,56 @@ impl Report {
                     yes(big.burst_added_ms.median <= 1000.0 && big.burst_removed_ms.median <= 1000.0),
                 ));
             }
-            let huge = p.points.iter().find(|x| x.pods >= 50_000 && x.policies >= 50_000);
+            // The 50k point has a target of its own; the older ones are
+            // judged on the clusters below it.
+            let is_huge = |x: &&programming::PointResult| x.pods >= 50_000 && x.policies >= 50_000;
+            let huge = p.points.iter().find(is_huge);
+            let target =
+                "at 50k pods × 50k policies: cold start ≤ 5 s, every single change ≤ 50 ms, agent RSS ≤ 250 MiB";
             rows.push(match huge {
-                Some(h) => (
-                    "at 50k pods × 50k policies: cold start ≤ 5 s, a change ≤ 50 ms, agent RSS ≤ 250 MiB".into(),
-                    format!(
-                        "cold {} ms, policy added {} ms, label added {} ms, RSS peak {} (BPF maps {})",
-                        fmt_sample(&h.cold_ms),
-                        fmt_sample(&h.policy_added_ms),
-                        fmt_sample(&h.label_added_ms),
-                        mib(h.rss_peak_bytes),
-                        mib(h.map_bytes)
-                    ),
-                    yes(h.cold_ms.median <= 5000.0
-                        && h.policy_added_ms.median <= 50.0
-                        && h.label_added_ms.median <= 50.0
-                        && h.rss_peak_bytes <= 250 << 20),
-                ),
-                None => (
-                    "at 50k pods × 50k policies: cold start ≤ 5 s, a change ≤ 50 ms, agent RSS ≤ 250 MiB".into(),
-                    "not measured in this run (`--programming-points 50000x50000`)".into(),
-                    yes(false),
-                ),
+                Some(h) => {
+                    let changes = h.single_changes();
+                    (
+                        target.into(),
+                        format!(
+                            "cold {} ms; {}; RSS peak {} (BPF maps {})",
+                            fmt_sample(&h.cold_ms),
+                            changes
+                                .iter()
+                                .map(|(c, m)| format!("{c} {} ms", fmt_sample(m)))
+                                .collect::<Vec<_>>()
+                                .join(", "),
+                            mib(h.rss_peak_bytes),
+                            mib(h.map_bytes)
+                        ),
+                        yes(h.cold_ms.median <= 5000.0
+                            && changes.iter().all(|(_, m)| m.median <= 50.0)
+                            && h.rss_peak_bytes <= 250 << 20),
+                    )
+                }
+                None => {
+                    (target.into(), "not measured in this run (`--programming-points 50000x50000`)".into(), yes(false))
+                }
             });
-            if let Some(big) = p.points.iter().max_by_key(|x| x.pods + x.policies) {
+            let smaller = || p.points.iter().filter(|x| !is_huge(x));
+            if let Some(big) = smaller().max_by_key(|x| x.pods + x.policies) {
                 rows.push((
                     format!("cold full sync < 2 s ({} pods, {} policies)", human_n(big.pods), human_n(big.policies)),
                     format!("{} ms to the first packet dropped", fmt_sample(&big.cold_ms)),
                     yes(big.cold_ms.median < 2000.0),
                 ));
+                let peak = smaller().map(|x| x.rss_peak_bytes).max().unwrap_or(0);
+                rows.push((
+                    "agent resident memory < 150 MiB".into(),
+                    format!(
+                        "peak {} (largest cluster: {} pods, {} policies)",
+                        mib(peak),
+                        human_n(big.pods),
+                        human_n(big.policies)
+                    ),
+                    yes(peak < 150 << 20),
+                ));
             }
-            let peak = p.points.iter().map(|x| x.rss_peak_bytes).max().unwrap_or(0);
-            rows.push((
-                "agent resident memory < 150 MiB".into(),
-                format!("peak {} (largest cluster)", mib(peak)),
-                yes(peak < 150 << 20),
-            ));
         }
         if let Some(t) = self.traffic_ok() {
             let layout = t.layouts.first().map(|l| l.0.clone()).unwrap_or_default();
