@@ -381,7 +381,8 @@ impl Report {
             ));
         }
         if let Some(p) = self.prog_ok()
-            && let Some(big) = p.points.iter().max_by_key(|x| (x.pods.min(x.policies), x.pods + x.policies))
+            && let Some(big) =
+                p.points.iter().filter(|x| !x.at_scale()).max_by_key(|x| (x.pods.min(x.policies), x.pods + x.policies))
         {
             lines.push(format!(
                 "| one policy added → in force (first packet), {} pods / {} policies | {} ms |",
@@ -618,10 +619,7 @@ impl Report {
                     yes(big.burst_added_ms.median <= 1000.0 && big.burst_removed_ms.median <= 1000.0),
                 ));
             }
-            // The 50k point has a target of its own; the older ones are
-            // judged on the clusters below it.
-            let is_huge = |x: &&programming::PointResult| x.pods >= 50_000 && x.policies >= 50_000;
-            let huge = p.points.iter().find(is_huge);
+            let huge = p.points.iter().find(|x| x.at_scale());
             let target =
                 "at 50k pods × 50k policies: cold start ≤ 5 s, every single change ≤ 50 ms, agent RSS ≤ 250 MiB";
             rows.push(match huge {
@@ -649,24 +647,29 @@ impl Report {
                     (target.into(), "not measured in this run (`--programming-points 50000x50000`)".into(), yes(false))
                 }
             });
-            let smaller = || p.points.iter().filter(|x| !is_huge(x));
-            if let Some(big) = smaller().max_by_key(|x| x.pods + x.policies) {
-                rows.push((
-                    format!("cold full sync < 2 s ({} pods, {} policies)", human_n(big.pods), human_n(big.policies)),
-                    format!("{} ms to the first packet dropped", fmt_sample(&big.cold_ms)),
-                    yes(big.cold_ms.median < 2000.0),
-                ));
-                let peak = smaller().map(|x| x.rss_peak_bytes).max().unwrap_or(0);
-                rows.push((
-                    "agent resident memory < 150 MiB".into(),
-                    format!(
-                        "peak {} (largest cluster: {} pods, {} policies)",
-                        mib(peak),
-                        human_n(big.pods),
-                        human_n(big.policies)
-                    ),
-                    yes(peak < 150 << 20),
-                ));
+            match p.points.iter().filter(|x| !x.at_scale()).max_by_key(|x| x.pods + x.policies) {
+                Some(big) => {
+                    let cluster = format!("{} pods, {} policies", human_n(big.pods), human_n(big.policies));
+                    rows.push((
+                        format!("cold full sync < 2 s ({cluster})"),
+                        format!("{} ms to the first packet dropped", fmt_sample(&big.cold_ms)),
+                        yes(big.cold_ms.median < 2000.0),
+                    ));
+                    rows.push((
+                        format!("agent resident memory < 150 MiB ({cluster})"),
+                        format!("peak {}", mib(big.rss_peak_bytes)),
+                        yes(big.rss_peak_bytes < 150 << 20),
+                    ));
+                }
+                None => {
+                    for target in ["cold full sync < 2 s", "agent resident memory < 150 MiB"] {
+                        rows.push((
+                            target.into(),
+                            "not measured in this run (no cluster below 50k pods × 50k policies)".into(),
+                            yes(false),
+                        ));
+                    }
+                }
             }
         }
         if let Some(t) = self.traffic_ok() {
@@ -1023,6 +1026,9 @@ impl Report {
             Some(Err(e)) => return format!("{s}Failed: {e}\n\n"),
             Some(Ok(p)) => p,
         };
+        for e in &p.failed {
+            let _ = writeln!(s, "Not measured: {e}\n");
+        }
         let _ = writeln!(
             s,
             "From the change written to the source (a manifest renamed into the watched directory, or the agent \
