@@ -13,7 +13,7 @@ use aya::maps::lpm_trie::Key as LpmKey;
 use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::tc::{SchedClassifierLink, TcAttachOptions};
 use aya::programs::{LinkOrder, SchedClassifier, TcAttachType};
-use palisade_common::{IpInfo, IpKey, LAYOUT_VERSION, PolicyKey, PolicyValue, programs};
+use palisade_common::{EP_PENDING, IpInfo, IpKey, LAYOUT_VERSION, PolicyKey, PolicyValue, programs};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 
@@ -48,25 +48,30 @@ impl Datapath {
     /// the new state would:
     /// 1. Revoked allows (stale policy entries) go first, whatever else
     ///    fails: a revoked allow never stays in force. A rule whose entries
-    ///    merely move may drop a packet until step 2 rewrites them: briefly
+    ///    merely move may drop a packet until step 4 rewrites them: briefly
     ///    closed, never open.
-    /// 2. New policy entries, every denying one before any allowing one (a
-    ///    broad entry turning to allow never goes in before the narrower
-    ///    deny that carves it out). A local identity whose entries cannot
-    ///    all be written (the map is full) has the allows this sync wrote
-    ///    for it taken back and its pods held closed
-    ///    ([`palisade_common::EP_PENDING`]), never left half-enforced.
+    /// 2. New denying policy entries (a broad entry turning to allow never
+    ///    goes in before the narrower deny that carves it out).
     /// 3. New addresses, before stale ones go (step 6): a peer is judged by
     ///    its old or its new identity, never by neither (a removed
     ///    exception would fall back to a broader, allowed CIDR). If they do
     ///    not fit, stale ones go first and the rest is retried; if they
-    ///    still do not fit, every pod is held closed.
-    /// 4. Endpoint entries (flags, identity, holds), then links, then the
-    ///    netfilter hooks' rules.
+    ///    still do not fit, every pod is held closed. Then endpoint entries
+    ///    (flags, identity, holds); those that change are held closed while
+    ///    the addresses move. Both before any new allow: when a group
+    ///    splits, the number its pods had may go to the other part, and the
+    ///    pods and addresses leaving it must not be judged by that part's
+    ///    allows meanwhile. On their new numbers, the denies are in force
+    ///    and the allows not yet: briefly closed, never open.
+    /// 4. New allowing policy entries. A local identity whose entries
+    ///    cannot all be written (the map is full) has the allows this sync
+    ///    wrote for it taken back and its pods held closed
+    ///    ([`palisade_common::EP_PENDING`]), never left half-enforced. Then
+    ///    links, then the netfilter hooks' rules.
     /// 5. Endpoints and links of pods that are gone.
     /// 6. Stale addresses, then revoked denies (ClusterNetworkPolicy Deny
     ///    entries: a missing entry means what the endpoint's flags, written
-    ///    in step 4, say), except those of identities held closed; then the
+    ///    in step 3, say), except those of identities held closed; then the
     ///    revision bump that re-judges tracked flows (rewritten by every
     ///    sync until the kernel has it).
     pub fn sync(&mut self, compiled: &Compiled, ifaces: &Interfaces) -> SyncReport {
@@ -108,18 +113,14 @@ impl Datapath {
         };
         let mut up = Upsert::default();
         self.upsert_policy(desired().filter(|(_, v)| v.denies()), &mut up, &mut report);
-        self.upsert_policy(desired().filter(|(_, v)| !v.denies()), &mut up, &mut report);
-        let short = up.short;
-        let mut policy_whole = short.is_empty() && report.errors.len() == errors;
-        if !short.is_empty() {
-            let ids: Vec<String> = short.iter().map(u32::to_string).collect();
-            report.errors.push(format!(
-                "policy map full ({} entries): the entries of identities {} do not fit; their pods are held closed",
-                self.sizes.policy,
-                ids.join(", ")
-            ));
-            plan.hold_closed(&Hold::Identities(short.clone()), "the policy map is full");
-        }
+        let mut policy_errors = report.errors.len() - errors;
+        // Addresses and endpoints take their new numbers before any allow
+        // goes in: a number a group leaves may now stand for another group,
+        // whose allows must not judge the pods and addresses still on it.
+        // Endpoints that change are held while the addresses move: with
+        // their old flags, a peer on a new number that no entry names yet
+        // could pass.
+        self.hold_changing_endpoints(&plan, &mut report);
         let mut ips_whole = ips_same || self.upsert_ips(&plan.ips, &mut report);
         if !ips_whole {
             self.remove_stale_ips(&plan.ips, &mut report);
@@ -132,7 +133,31 @@ impl Datapath {
             ));
             plan.hold_closed(&Hold::All, "the address maps are full");
         }
+        const FULL: &str = "the policy map is full";
+        if !up.short.is_empty() {
+            plan.hold_closed(&Hold::Identities(up.short.clone()), FULL);
+        }
         self.write_endpoints(&plan, &mut report);
+        let short_of_denies = up.short.len();
+        let before_allows = report.errors.len();
+        self.upsert_policy(desired().filter(|(_, v)| !v.denies()), &mut up, &mut report);
+        policy_errors += report.errors.len() - before_allows;
+        let short = up.short;
+        let mut policy_whole = short.is_empty() && policy_errors == 0;
+        if !short.is_empty() {
+            let ids: Vec<String> = short.iter().map(u32::to_string).collect();
+            report.errors.push(format!(
+                "policy map full ({} entries): the entries of identities {} do not fit; their pods are held closed",
+                self.sizes.policy,
+                ids.join(", ")
+            ));
+        }
+        // Identities short of allows: those allows were taken back, so
+        // their pods were never open; now they are held.
+        if short.len() > short_of_denies {
+            plan.hold_closed(&Hold::Identities(short.clone()), FULL);
+            self.write_endpoints(&plan, &mut report);
+        }
         self.write_links(&mut plan, ifaces, &mut report);
         if let Some(hooks) = &mut self.netfilter
             && let Err(e) = hooks.ensure()
@@ -336,6 +361,26 @@ impl Datapath {
 
     /// Writes endpoint entries that differ, and removes those of
     /// interfaces no pod is enforced on any more.
+    /// Holds closed ([`EP_PENDING`], its identity kept) each endpoint entry
+    /// the plan changes, until [`Datapath::write_endpoints`] writes the new
+    /// one. Plain packets of tracked flows still pass (the revision is
+    /// bumped at the end of the sync); new flows drop meanwhile.
+    fn hold_changing_endpoints(&mut self, plan: &Plan, report: &mut SyncReport) {
+        for (ifindex, ep) in &plan.entries {
+            let Some(old) = self.realized.endpoints.get(ifindex).copied() else { continue };
+            if old == *ep || old.flags & EP_PENDING != 0 {
+                continue;
+            }
+            let held = palisade_common::Endpoint { identity: old.identity, flags: old.flags | EP_PENDING };
+            match self.endpoints.insert(ifindex, held, 0) {
+                Ok(()) => {
+                    self.realized.endpoints.insert(*ifindex, held);
+                }
+                Err(e) => report.errors.push(format!("endpoint map, interface {ifindex}: {e}")),
+            }
+        }
+    }
+
     fn write_endpoints(&mut self, plan: &Plan, report: &mut SyncReport) {
         for (ifindex, ep) in &plan.entries {
             if self.realized.endpoints.get(ifindex) != Some(ep) {
