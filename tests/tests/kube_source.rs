@@ -4,7 +4,8 @@
 //! arrive validated; the ClusterNetworkPolicy CRD missing at start does not
 //! hold the rest back, is said, and is picked up when it is installed (and
 //! let go when it is removed); an invalid ClusterNetworkPolicy is reported
-//! and fails closed.
+//! and fails closed; after the API server was away, the source says stale
+//! until every watch is back.
 
 use palisade::cluster::Snapshot;
 use palisade::cluster::kube::{CRD_NOT_INSTALLED, KubeSource};
@@ -124,4 +125,20 @@ fn nodes_and_cluster_network_policies_through_the_api() {
     until(&mut source, 40, "CRD back", |_, src| src.unavailable().is_none());
     api.apply_cluster_network_policy(cnp("again", "Accept"));
     until(&mut source, 40, "a policy after the CRD came back", |s, _| s.input.cluster_policies.contains_key("again"));
+
+    // The API server away long enough for the watchers' backoff to grow
+    // (0.8 s doubling), then back, and a change made at once. The state is
+    // stale until each watch is answered again: the API server answering
+    // (the probe, every 2 s) is not enough, as a watcher may still be
+    // waiting out its backoff for seconds. So once the source no longer
+    // says stale, the change is there to load.
+    api.stop();
+    until(&mut source, 30, "the API server away said", |_, src| src.stale().is_some());
+    std::thread::sleep(Duration::from_secs(12));
+    api.restart().unwrap();
+    api.apply_manifests("apiVersion: v1\nkind: Namespace\nmetadata: {name: later}\n").unwrap();
+    until(&mut source, 60, "stale no more after the API server came back", |_, src| src.stale().is_none());
+    until(&mut source, 1, "a change made while a watcher waited, once not stale", |s, _| {
+        s.input.namespaces.contains_key("later")
+    });
 }

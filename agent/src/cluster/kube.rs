@@ -37,17 +37,22 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Connection health: watchers report errors (and events), a probe checks
-/// that the API server answers. The state is stale while the probe fails,
-/// while a watcher that must relist (410 Gone, a failed list) has not, and
-/// while a watcher still fails after the last good probe. A watch that
-/// merely reconnects resumes from its resourceVersion and may say nothing
-/// until something changes, so for those the probe stands for recovery.
+/// that the API server answers, and the client's [`WatchTap`] sees each
+/// watch request answered. The state is stale while the probe fails, while
+/// a watcher that must relist (410 Gone, a failed list) has not, and while
+/// a watcher that failed is not watching again: a resumed watch says
+/// nothing until something changes, so its request answered OK after the
+/// failure is the evidence (the API server answering the probe is not: the
+/// watcher may still be waiting out its backoff, and a change made then
+/// would be missed by a status that said in sync).
 #[derive(Default)]
 struct Health {
     /// Kind -> last failure, cleared by the watcher's next good event.
     errors: Mutex<BTreeMap<&'static str, Failure>>,
+    /// Resource (plural) -> when a watch request for it last answered OK.
+    watching: Mutex<BTreeMap<String, Instant>>,
     /// The last probe: when it succeeded, or why it failed.
-    probe: Mutex<Option<Result<Instant, String>>>,
+    probe: Mutex<Option<Result<(), String>>>,
 }
 
 #[derive(Clone)]
@@ -157,18 +162,80 @@ fn spawn_crd_probe(
 
 impl Health {
     fn stale(&self) -> Option<String> {
-        let since = match self.probe.lock().ok()?.clone() {
-            Some(Err(e)) => return Some(format!("the API server does not answer: {e}")),
-            Some(Ok(at)) => Some(at),
-            None => None,
-        };
+        if let Some(Err(e)) = self.probe.lock().ok()?.clone() {
+            return Some(format!("the API server does not answer: {e}"));
+        }
+        let watching = self.watching.lock().ok()?;
         let errors = self.errors.lock().ok()?;
         let failing: Vec<String> = errors
             .iter()
-            .filter(|(_, f)| f.relist || since.is_none_or(|ok| f.at > ok))
+            .filter(|(kind, f)| f.relist || watching.get(**kind).is_none_or(|ok| *ok <= f.at))
             .map(|(kind, f)| format!("{kind}: {}", f.message))
             .collect();
         (!failing.is_empty()).then(|| failing.join("; "))
+    }
+
+    /// A watch request for `resource` answered OK: whether that ends a
+    /// failure status reported.
+    fn watch_answered(&self, resource: &str) -> bool {
+        let was = self.stale();
+        if let Ok(mut w) = self.watching.lock() {
+            w.insert(resource.to_string(), Instant::now());
+        }
+        self.stale() != was
+    }
+}
+
+/// A layer on the API client that tells [`Health`] when a watch request
+/// answers OK, and wakes the agent when that changes what status says.
+#[derive(Clone)]
+struct WatchTap {
+    health: Arc<Health>,
+    wake: Arc<dyn Fn() + Send + Sync>,
+}
+
+impl<S> tower::Layer<S> for WatchTap {
+    type Service = Tapped<S>;
+    fn layer(&self, inner: S) -> Tapped<S> {
+        Tapped { inner, tap: self.clone() }
+    }
+}
+
+#[derive(Clone)]
+struct Tapped<S> {
+    inner: S,
+    tap: WatchTap,
+}
+
+impl<S, B> tower::Service<hyper::Request<kube::client::Body>> for Tapped<S>
+where
+    S: tower::Service<hyper::Request<kube::client::Body>, Response = hyper::Response<B>>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = futures_util::future::BoxFuture<'static, Result<S::Response, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: hyper::Request<kube::client::Body>) -> Self::Future {
+        let uri = req.uri();
+        let watch = uri.query().is_some_and(|q| q.split('&').any(|p| p == "watch=true"));
+        let resource = watch.then(|| uri.path().rsplit('/').next().unwrap_or_default().to_string());
+        let answer = self.inner.call(req);
+        let tap = self.tap.clone();
+        Box::pin(async move {
+            let answer = answer.await;
+            if let (Some(resource), Ok(response)) = (resource, &answer)
+                && response.status().is_success()
+                && tap.health.watch_answered(&resource)
+            {
+                (tap.wake)();
+            }
+            answer
+        })
     }
 }
 
@@ -181,7 +248,7 @@ fn spawn_probe(client: Client, health: Arc<Health>, wake: Arc<dyn Fn() + Send + 
             let was = health.stale();
             let result = api.list_metadata(&kube::api::ListParams::default().limit(1)).await;
             if let Ok(mut p) = health.probe.lock() {
-                *p = Some(result.map(|_| Instant::now()).map_err(|e| e.to_string()));
+                *p = Some(result.map(|_| ()).map_err(|e| e.to_string()));
             }
             if health.stale() != was {
                 wake();
@@ -354,9 +421,13 @@ impl KubeSource {
     /// returns once every store holds a complete first list, so the kernel
     /// is never programmed from a half-loaded state.
     pub async fn start(wake: Arc<dyn Fn() + Send + Sync>, allow_namespace_audit: bool) -> Result<KubeSource> {
-        let client =
-            Client::try_default().await.context("connecting to the Kubernetes API (in-cluster or KUBECONFIG)")?;
         let health = Arc::new(Health::default());
+        let config = kube::Config::infer().await.context("finding the Kubernetes API (in-cluster or KUBECONFIG)")?;
+        let tap = WatchTap { health: health.clone(), wake: wake.clone() };
+        let client = kube::client::ClientBuilder::try_from(config)
+            .context("connecting to the Kubernetes API")?
+            .with_layer(&tap)
+            .build();
         let generation = Arc::new(AtomicU64::new(0));
         let (h, g) = (&health, &generation);
         let namespaces = spawn_watch(
