@@ -141,4 +141,16 @@ fn nodes_and_cluster_network_policies_through_the_api() {
     until(&mut source, 1, "a change made while a watcher waited, once not stale", |s, _| {
         s.input.namespaces.contains_key("later")
     });
+
+    // Loads patch the last state where objects changed: a pod relabelled,
+    // then deleted; what did not change stays the same object.
+    let before = source.load();
+    let relabelled = OBJECTS.split("---\n").nth(1).unwrap().replace("app: a", "app: b");
+    api.apply_manifests(&relabelled).unwrap();
+    let key = ("x".to_string(), "a".to_string());
+    let snap = until(&mut source, 10, "relabelled", |s, _| s.input.pods[&key].labels["app"] == "b");
+    assert!(Arc::ptr_eq(&snap.input.nodes["n1"], &before.input.nodes["n1"]), "an unchanged object is kept");
+    assert!(api.delete::<k8s_openapi::api::core::v1::Pod>(Some("x"), "a"));
+    let snap = until(&mut source, 10, "deleted", |s, _| !s.input.pods.contains_key(&key));
+    assert_eq!((snap.input.namespaces.len(), snap.input.nodes.len()), (before.input.namespaces.len(), 1));
 }
