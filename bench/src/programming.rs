@@ -73,6 +73,10 @@ pub struct PointResult {
     /// reload after one added file, and one full compile (ms).
     pub source_load_ms: f64,
     pub source_reload_ms: f64,
+    /// The Kubernetes source on the same objects through the API: its
+    /// first load, and the load after one pod relabelled (ms).
+    pub kube_load_ms: f64,
+    pub kube_change_ms: f64,
     pub compile_ms: f64,
     /// Where each single change's time went, in the agent (medians, ms).
     pub changes: Vec<ChangeBreakdown>,
@@ -269,6 +273,60 @@ fn breakdown(dir: &std::path::Path) -> Result<(f64, f64, f64)> {
     Ok((load, reload, compile))
 }
 
+/// The Kubernetes source on the same manifests, in-process against the
+/// in-process API server (tests/src/fake_api.rs): its first load (once
+/// every watch has listed), and the load that brings one pod relabelled
+/// (the client gains `probe=yes`), ms. What a cluster's agent reads each
+/// pass, where the file source's figures are the bench agent's.
+fn kube_breakdown(dir: &std::path::Path) -> Result<(f64, f64)> {
+    use k8s_openapi::api::core::v1::{Namespace, Pod};
+    use k8s_openapi::api::networking::v1::NetworkPolicy;
+    use palisade::cluster::kube::KubeSource;
+    let api = palisade_e2e::fake_api::FakeApi::start()?;
+    let mut files: Vec<_> = std::fs::read_dir(dir)?.flatten().map(|e| e.path()).collect();
+    files.sort();
+    for path in files.iter().filter(|p| p.extension().is_some_and(|e| e == "json")) {
+        let doc: Value = serde_json::from_slice(&std::fs::read(path)?)?;
+        for obj in doc["items"].as_array().cloned().unwrap_or_default() {
+            match obj["kind"].as_str().unwrap_or_default() {
+                "Namespace" => drop(api.apply(&serde_json::from_value::<Namespace>(obj)?)),
+                "Pod" => drop(api.apply(&serde_json::from_value::<Pod>(obj)?)),
+                "NetworkPolicy" => drop(api.apply(&serde_json::from_value::<NetworkPolicy>(obj)?)),
+                "ClusterNetworkPolicy" => drop(api.apply_cluster_network_policy(obj)),
+                other => bail!("{}: {other} is not benchmarked through the API", path.display()),
+            }
+        }
+    }
+    // SAFETY: the bench runs one thing at a time; no other thread reads
+    // the environment now, and the variable goes before anything else runs.
+    unsafe { std::env::set_var("KUBECONFIG", api.kubeconfig_path()) };
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let started = rt.block_on(KubeSource::start(std::sync::Arc::new(|| {}), false));
+    unsafe { std::env::remove_var("KUBECONFIG") };
+    let _guard = rt.enter();
+    let mut source = started?;
+    let t = Instant::now();
+    let _ = source.load();
+    let first = t.elapsed().as_secs_f64() * 1e3;
+    for pod in cluster::local_pods(true) {
+        api.apply(&serde_json::from_value::<Pod>(pod)?);
+    }
+    let client = ("ns-0".to_string(), "client".to_string());
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let t = Instant::now();
+        let snap = source.load();
+        let took = t.elapsed().as_secs_f64() * 1e3;
+        if snap.input.pods.get(&client).is_some_and(|p| p.labels.get("probe").is_some_and(|v| v == "yes")) {
+            return Ok((first, took));
+        }
+        if Instant::now() > deadline {
+            bail!("the relabelled client never reached the Kubernetes source");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 fn ms(d: Option<Duration>) -> f64 {
     d.map(|d| d.as_secs_f64() * 1e3).unwrap_or(f64::NAN)
 }
@@ -360,6 +418,7 @@ fn point(
     cluster.write(&agent.state_dir)?;
     std::fs::write(agent.state_dir.join("label-gate.json"), serde_json::to_vec(&cluster::list(&gate_policies()))?)?;
     let (source_load_ms, source_reload_ms, compile_ms) = breakdown(&agent.state_dir)?;
+    let (kube_load_ms, kube_change_ms) = kube_breakdown(&agent.state_dir)?;
 
     // Cold start, nothing pinned: traffic flows until the agent enforces.
     let (mut cold, mut cold_status) = (Vec::new(), Vec::new());
@@ -495,6 +554,8 @@ fn point(
         cold_status_ms: Sample::of(&cold_status),
         source_load_ms,
         source_reload_ms,
+        kube_load_ms,
+        kube_change_ms,
         compile_ms,
         changes: vec![
             p_added.breakdown("policy added"),

@@ -1083,20 +1083,26 @@ impl Report {
             s,
             "Where a change's time goes, measured in-process on the same manifests (one run): the file source's \
              first load, its reload after one new policy file, named as the directory's watcher names it (no \
-             walk of the directory; only that file is read and only its objects validated), and one full compile.\n"
+             walk of the directory; only that file is read and only its objects validated); the Kubernetes \
+             source on the same objects served by the in-process API server (what an agent in a cluster reads): \
+             its first load once every watch has listed, and the load that brings one pod relabelled; and one \
+             full compile.\n"
         );
         let _ = writeln!(
             s,
-            "| pods | policies | source: first load | source: reload after one new file | compile |\n|---:|---:|---:|---:|---:|"
+            "| pods | policies | files: first load | files: reload after one new file | Kubernetes: first load | \
+             Kubernetes: load after one pod relabelled | compile |\n|---:|---:|---:|---:|---:|---:|---:|"
         );
         for x in &p.points {
             let _ = writeln!(
                 s,
-                "| {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} |",
                 human_n(x.pods),
                 human_n(x.policies),
                 fmt(x.source_load_ms),
                 fmt(x.source_reload_ms),
+                fmt(x.kube_load_ms),
+                fmt(x.kube_change_ms),
                 fmt(x.compile_ms)
             );
         }
