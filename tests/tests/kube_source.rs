@@ -126,14 +126,28 @@ fn nodes_and_cluster_network_policies_through_the_api() {
     api.apply_cluster_network_policy(cnp("again", "Accept"));
     until(&mut source, 40, "a policy after the CRD came back", |s, _| s.input.cluster_policies.contains_key("again"));
 
-    // The API server away long enough for the watchers' backoff to grow
-    // (0.8 s doubling), then back, and a change made at once. The state is
+    // The API server away, and the version the watches resume from gone
+    // when it comes back (a compaction): each resumed watch is answered
+    // OK, then 410, and relists. Not stale means relisted, with the change
+    // made while it was away.
+    api.stop();
+    until(&mut source, 30, "the API server away said", |_, src| src.stale().is_some());
+    api.apply_manifests("apiVersion: v1\nkind: Namespace\nmetadata: {name: while-away}\n").unwrap();
+    api.expire_watches();
+    api.restart().unwrap();
+    until(&mut source, 60, "stale no more after a compaction", |_, src| src.stale().is_none());
+    until(&mut source, 1, "a change made while away, once relisted", |s, _| {
+        s.input.namespaces.contains_key("while-away")
+    });
+
+    // Away again, long enough for the watchers' backoff to grow (0.8 s
+    // doubling), then back, and a change made at once. The state is
     // stale until each watch is answered again: the API server answering
     // (the probe, every 2 s) is not enough, as a watcher may still be
     // waiting out its backoff for seconds. So once the source no longer
     // says stale, the change is there to load.
     api.stop();
-    until(&mut source, 30, "the API server away said", |_, src| src.stale().is_some());
+    until(&mut source, 30, "the API server away said again", |_, src| src.stale().is_some());
     std::thread::sleep(Duration::from_secs(12));
     api.restart().unwrap();
     api.apply_manifests("apiVersion: v1\nkind: Namespace\nmetadata: {name: later}\n").unwrap();

@@ -170,29 +170,34 @@ impl Health {
         let errors = self.errors.lock().ok()?;
         let failing: Vec<String> = errors
             .iter()
-            .filter(|(kind, f)| f.relist || watching.get(**kind).is_none_or(|ok| *ok <= f.at))
+            .filter(|(kind, f)| {
+                f.relist || watching.get(**kind).is_none_or(|ok| *ok <= f.at || ok.elapsed() < RESUMED_AFTER)
+            })
             .map(|(kind, f)| format!("{kind}: {}", f.message))
             .collect();
         (!failing.is_empty()).then(|| failing.join("; "))
     }
 
-    /// A watch request for `resource` answered OK: whether that ends a
-    /// failure status reported.
-    fn watch_answered(&self, resource: &str) -> bool {
-        let was = self.stale();
+    /// A watch request for `resource` answered OK.
+    fn watch_answered(&self, resource: &str) {
         if let Ok(mut w) = self.watching.lock() {
             w.insert(resource.to_string(), Instant::now());
         }
-        self.stale() != was
     }
 }
 
+/// How long a watch answered OK must go without a new failure to count as
+/// resumed: an API server whose cache no longer holds the version asked
+/// for answers OK and then sends a 410 at once, and the relist it calls
+/// for must not be preceded by a moment of "in sync". The probe's loop
+/// notices when this has passed and wakes the agent.
+const RESUMED_AFTER: Duration = Duration::from_secs(1);
+
 /// A layer on the API client that tells [`Health`] when a watch request
-/// answers OK, and wakes the agent when that changes what status says.
+/// answers OK.
 #[derive(Clone)]
 struct WatchTap {
     health: Arc<Health>,
-    wake: Arc<dyn Fn() + Send + Sync>,
 }
 
 impl<S> tower::Layer<S> for WatchTap {
@@ -231,9 +236,8 @@ where
             let answer = answer.await;
             if let (Some(resource), Ok(response)) = (resource, &answer)
                 && response.status().is_success()
-                && tap.health.watch_answered(&resource)
             {
-                (tap.wake)();
+                tap.health.watch_answered(&resource);
             }
             answer
         })
@@ -241,18 +245,22 @@ where
 }
 
 /// Checks every few seconds that the API server answers, and wakes the
-/// agent when the answer changes, so status stops (or starts) saying stale.
+/// agent when what status should say changed since the last check (the
+/// answer, or a watch counting as resumed meanwhile), so status stops (or
+/// starts) saying stale.
 fn spawn_probe(client: Client, health: Arc<Health>, wake: Arc<dyn Fn() + Send + Sync>) {
     tokio::spawn(async move {
         let api: Api<Namespace> = Api::all(client);
+        let mut said = health.stale();
         loop {
-            let was = health.stale();
             let result = api.list_metadata(&kube::api::ListParams::default().limit(1)).await;
             if let Ok(mut p) = health.probe.lock() {
                 *p = Some(result.map(|_| ()).map_err(|e| e.to_string()));
             }
-            if health.stale() != was {
+            let now = health.stale();
+            if now != said {
                 wake();
+                said = now;
             }
             tokio::time::sleep(Duration::from_secs(2)).await;
         }
@@ -503,7 +511,7 @@ impl KubeSource {
     pub async fn start(wake: Arc<dyn Fn() + Send + Sync>, allow_namespace_audit: bool) -> Result<KubeSource> {
         let health = Arc::new(Health::default());
         let config = kube::Config::infer().await.context("finding the Kubernetes API (in-cluster or KUBECONFIG)")?;
-        let tap = WatchTap { health: health.clone(), wake: wake.clone() };
+        let tap = WatchTap { health: health.clone() };
         let client = kube::client::ClientBuilder::try_from(config)
             .context("connecting to the Kubernetes API")?
             .with_layer(&tap)
