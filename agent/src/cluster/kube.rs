@@ -43,7 +43,8 @@ use std::time::{Duration, Instant};
 /// a watcher that must relist (410 Gone, a failed list) has not, and while
 /// a watcher that failed is not watching again: a resumed watch says
 /// nothing until something changes, so its request answered OK after the
-/// failure is the evidence (the API server answering the probe is not: the
+/// failure, with no failure for [`RESUMED_AFTER`], is the evidence (the
+/// API server answering the probe is not: the
 /// watcher may still be waiting out its backoff, and a change made then
 /// would be missed by a status that said in sync).
 #[derive(Default)]
