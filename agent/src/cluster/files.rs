@@ -13,10 +13,9 @@
 //!   was deleted on purpose: its copy goes with it.
 
 use super::convert::{Checked, ObjKey, check_documents, check_json_documents, json_documents};
-use super::objects::{self, Validator};
+use super::objects::{Patched, Validator};
 use super::saved::Saved;
 use super::{InputError, Snapshot, trust};
-use crate::policy::Input;
 use anyhow::{Result, bail};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -93,9 +92,8 @@ pub struct FileSource {
     /// all did (nothing built yet).
     dirty: HashSet<ObjKey>,
     all_dirty: bool,
-    /// The last snapshot: its input, and its objects' errors by object.
-    input: Input,
-    object_errors: BTreeMap<String, Vec<InputError>>,
+    /// The last snapshot.
+    last: Patched,
     /// Files read since their copies were last saved, with their
     /// documents as JSON (see [`FileSource::save_pending`]).
     unsaved: Vec<(PathBuf, Vec<String>)>,
@@ -250,8 +248,7 @@ impl FileSource {
             index: HashMap::new(),
             dirty: HashSet::new(),
             all_dirty: true,
-            input: Input::default(),
-            object_errors: BTreeMap::new(),
+            last: Patched::default(),
             unsaved: Vec::new(),
             unsaved_gone: Vec::new(),
             listing: Listing::default(),
@@ -625,23 +622,13 @@ impl FileSource {
         }
         let pairs = pairs.iter().map(|(s, o)| (sources[*s].as_str(), *o));
         let part = if std::mem::take(&mut self.all_dirty) {
-            self.input = Input::default();
-            self.object_errors.clear();
+            self.last = Patched::default();
             self.validator.snapshot(pairs)
         } else {
             self.validator.snapshot_of(&dirty, pairs)
         };
-        objects::replace(&mut self.input, &dirty, part.input);
-        for key in &dirty {
-            self.object_errors.remove(&key.to_string());
-        }
-        for e in part.errors {
-            self.object_errors.entry(e.object.clone()).or_default().push(e);
-        }
-        let mut errors: Vec<InputError> = self.files.values().flat_map(|f| f.errors.iter().cloned()).collect();
-        errors.extend(self.object_errors.values().flatten().cloned());
-        // A clone shares the maps' chunks (see `ChunkedMap`).
-        Snapshot { input: self.input.clone(), errors }
+        self.last.patch(&dirty, part);
+        self.last.snapshot(self.files.values().flat_map(|f| f.errors.iter().cloned()).collect())
     }
 }
 

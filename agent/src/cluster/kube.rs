@@ -16,10 +16,9 @@
 //! failing watch like the others: the state is stale and what is in force
 //! stays.
 
+use super::Snapshot;
 use super::convert::{AUDIT_ANNOTATION, Checked, Kind, ObjKey, Raw, cluster_policy};
-use super::objects::{self, Validator};
-use super::{InputError, Snapshot};
-use crate::policy::model::Input;
+use super::objects::{Patched, Validator};
 use anyhow::{Context, Result};
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::{
@@ -286,11 +285,8 @@ pub struct KubeSource {
     held: HashMap<usize, Held>,
     /// Loads so far: an object not seen by this one is gone.
     loads: u64,
-    /// The last snapshot's input, patched where objects changed (unchanged
-    /// ones stay the same `Arc`s, and a clone shares the maps' chunks).
-    input: Input,
-    /// The last snapshot's errors, by object (as errors name it).
-    object_errors: BTreeMap<String, Vec<InputError>>,
+    /// The last snapshot.
+    last: Patched,
     health: Arc<Health>,
     /// Bumped by every watch event; what a snapshot saw is `loaded`.
     generation: Arc<AtomicU64>,
@@ -595,8 +591,7 @@ impl KubeSource {
             checked: Default::default(),
             held: Default::default(),
             loads: 0,
-            input: Input::default(),
-            object_errors: BTreeMap::new(),
+            last: Patched::default(),
             health,
             generation,
             loaded: 0,
@@ -639,16 +634,9 @@ impl KubeSource {
             let mut items: Vec<&Checked> = dirty.iter().filter_map(|k| self.checked.get(k)).map(|(_, c)| c).collect();
             items.sort_by(|a, b| a.key.cmp(&b.key));
             let part = self.validator.snapshot_of(&dirty, items.into_iter().map(|c| ("kubernetes", c)));
-            objects::replace(&mut self.input, &dirty, part.input);
-            for key in &dirty {
-                self.object_errors.remove(&key.to_string());
-            }
-            for e in part.errors {
-                self.object_errors.entry(e.object.clone()).or_default().push(e);
-            }
+            self.last.patch(&dirty, part);
         }
-        let errors = self.object_errors.values().flatten().cloned().collect();
-        Snapshot { input: self.input.clone(), errors }
+        self.last.snapshot(Vec::new())
     }
 
     /// What the last load saw, and what is current: equal when in sync.

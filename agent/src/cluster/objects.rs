@@ -6,7 +6,7 @@
 use super::convert::{Checked, Kind, ObjKey, Valid};
 use super::{InputError, Snapshot};
 use crate::policy::model::{ClusterPolicy, Input, Namespace, Policy};
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 /// Remembers the last valid version of every object across snapshots.
@@ -143,9 +143,39 @@ impl Validator {
     }
 }
 
+/// A source's last snapshot, patched with the objects of the keys that
+/// changed ([`Validator::snapshot_of`]): its other objects stay the same
+/// `Arc`s, and a clone shares the maps' chunks (see `ChunkedMap`).
+#[derive(Default)]
+pub struct Patched {
+    input: Input,
+    /// Errors by object (as errors name it).
+    errors: BTreeMap<String, Vec<InputError>>,
+}
+
+impl Patched {
+    /// Replaces the objects and errors of `keys` with `part`'s (a snapshot
+    /// of those keys alone).
+    pub fn patch(&mut self, keys: &HashSet<ObjKey>, part: Snapshot) {
+        replace(&mut self.input, keys, part.input);
+        for key in keys {
+            self.errors.remove(&key.to_string());
+        }
+        for e in part.errors {
+            self.errors.entry(e.object.clone()).or_default().push(e);
+        }
+    }
+
+    /// The snapshot, with `errors` before the objects' own.
+    pub fn snapshot(&self, mut errors: Vec<InputError>) -> Snapshot {
+        errors.extend(self.errors.values().flatten().cloned());
+        Snapshot { input: self.input.clone(), errors }
+    }
+}
+
 /// Replaces the objects of `keys` in `input` with those `with` holds (a
 /// snapshot of those keys alone, [`Validator::snapshot_of`]).
-pub fn replace<'a>(input: &mut Input, keys: impl IntoIterator<Item = &'a ObjKey>, with: Input) {
+fn replace<'a>(input: &mut Input, keys: impl IntoIterator<Item = &'a ObjKey>, with: Input) {
     for key in keys {
         let nn = || (key.namespace.clone(), key.name.clone());
         match key.kind {

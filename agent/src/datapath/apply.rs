@@ -359,8 +359,6 @@ impl Datapath {
         }
     }
 
-    /// Writes endpoint entries that differ, and removes those of
-    /// interfaces no pod is enforced on any more.
     /// Holds closed ([`EP_PENDING`], its identity kept) each endpoint entry
     /// the plan changes, until [`Datapath::write_endpoints`] writes the new
     /// one. Plain packets of tracked flows still pass (the revision is
@@ -368,29 +366,34 @@ impl Datapath {
     fn hold_changing_endpoints(&mut self, plan: &Plan, report: &mut SyncReport) {
         for (ifindex, ep) in &plan.entries {
             let Some(old) = self.realized.endpoints.get(ifindex).copied() else { continue };
-            if old == *ep || old.flags & EP_PENDING != 0 {
-                continue;
-            }
-            let held = palisade_common::Endpoint { identity: old.identity, flags: old.flags | EP_PENDING };
-            match self.endpoints.insert(ifindex, held, 0) {
-                Ok(()) => {
-                    self.realized.endpoints.insert(*ifindex, held);
-                }
-                Err(e) => report.errors.push(format!("endpoint map, interface {ifindex}: {e}")),
+            if old != *ep && old.flags & EP_PENDING == 0 {
+                let held = palisade_common::Endpoint { identity: old.identity, flags: old.flags | EP_PENDING };
+                self.write_endpoint(*ifindex, held, report);
             }
         }
     }
 
+    /// Writes the endpoint entries that differ (those of interfaces no pod
+    /// is enforced on go in [`Datapath::write_links`]).
     fn write_endpoints(&mut self, plan: &Plan, report: &mut SyncReport) {
         for (ifindex, ep) in &plan.entries {
-            if self.realized.endpoints.get(ifindex) != Some(ep) {
-                match self.endpoints.insert(ifindex, ep, 0) {
-                    Ok(()) => {
-                        self.realized.endpoints.insert(*ifindex, *ep);
-                        report.changes += 1;
-                    }
-                    Err(e) => report.errors.push(format!("endpoint map, interface {ifindex}: {e}")),
-                }
+            if self.realized.endpoints.get(ifindex) != Some(ep) && self.write_endpoint(*ifindex, *ep, report) {
+                report.changes += 1;
+            }
+        }
+    }
+
+    /// One endpoint entry, in the kernel and in what is realized; false
+    /// (and an error in the report) if the kernel refused it.
+    fn write_endpoint(&mut self, ifindex: u32, ep: palisade_common::Endpoint, report: &mut SyncReport) -> bool {
+        match self.endpoints.insert(ifindex, ep, 0) {
+            Ok(()) => {
+                self.realized.endpoints.insert(ifindex, ep);
+                true
+            }
+            Err(e) => {
+                report.errors.push(format!("endpoint map, interface {ifindex}: {e}"));
+                false
             }
         }
     }
