@@ -197,15 +197,17 @@ impl Compiler {
 
         // Parts of policies gone or changed leave with their entries and
         // rule numbers.
-        // Sorted and deduplicated once at the end: tens of thousands of
-        // them when a local identity comes or goes.
+        // Entries whose deciding claim may have changed, sorted and
+        // deduplicated once at the end: tens of thousands of them when a
+        // local identity comes or goes.
         let mut touched: Vec<PolicyPrefix> = Vec::new();
         for (name, _) in &policy_changes {
             if let Some(part) = self.parts.remove(name) {
                 self.selecting.remove(name);
                 for (prefix, ri) in &part.entries {
-                    remove_contributor(&mut self.contributors, prefix, &part.claim(*ri));
-                    touched.push(*prefix);
+                    if remove_contributor(&mut self.contributors, prefix, &part.claim(*ri)) {
+                        touched.push(*prefix);
+                    }
                 }
                 for (n, id) in part.naturals.iter().zip(&part.rule_ids) {
                     self.out.catalog.rules.remove(id);
@@ -292,15 +294,15 @@ impl Compiler {
                 for (prefix, ri) in &out {
                     // A forced part's old entries left above (changed
                     // policy) or carry its old numbers (same claims).
-                    remove_contributor(&mut self.contributors, prefix, &part.claim(*ri));
-                    touched.push(*prefix);
+                    if remove_contributor(&mut self.contributors, prefix, &part.claim(*ri)) {
+                        touched.push(*prefix);
+                    }
                 }
                 for (prefix, ri) in &part.entries[from..] {
-                    add_contributor(&mut self.contributors, *prefix, part.claim(*ri));
                     // The first compile takes every entry below, once: a
                     // claim at a time, the list grew to 2M at 50k pods x
                     // 50k policies (32 MB, more while it doubled).
-                    if !first {
+                    if add_contributor(&mut self.contributors, *prefix, part.claim(*ri)) && !first {
                         touched.push(*prefix);
                     }
                 }
@@ -353,12 +355,14 @@ impl Compiler {
         }
         if host != self.host {
             for prefix in std::mem::take(&mut self.host) {
-                remove_contributor(&mut self.contributors, &prefix, &Claim::host(RULE_HOST));
-                touched.push(prefix);
+                if remove_contributor(&mut self.contributors, &prefix, &Claim::host(RULE_HOST)) {
+                    touched.push(prefix);
+                }
             }
             for prefix in &host {
-                add_contributor(&mut self.contributors, *prefix, Claim::host(RULE_HOST));
-                touched.push(*prefix);
+                if add_contributor(&mut self.contributors, *prefix, Claim::host(RULE_HOST)) {
+                    touched.push(*prefix);
+                }
             }
             self.host = host;
         }
@@ -407,7 +411,7 @@ impl Compiler {
             let want = if self.tiered.pairs.contains(&pair_of(&prefix)) {
                 self.tiered.entries.get(&prefix).copied()
             } else {
-                self.contributors.get(&prefix).and_then(Contributors::first).map(|c| PolicyValue::allow(c.rule))
+                self.contributors.get(&prefix).map(|c| PolicyValue::allow(c.first().rule))
             };
             // One search of the map per entry, not a lookup then a write.
             match want {
@@ -484,9 +488,7 @@ impl Compiler {
             if !locals.contains(&pair.0) {
                 continue;
             }
-            if let Some(c) = list.first() {
-                out.entry(pair).or_default().push((*prefix, c.rule));
-            }
+            out.entry(pair).or_default().push((*prefix, list.first().rule));
         }
         for list in out.values_mut() {
             list.sort();
@@ -504,9 +506,13 @@ fn policy_ref(name: &PolicyName) -> PolicyRef {
     PolicyRef { namespace: name.0.clone(), name: name.1.clone() }
 }
 
-/// An entry's contributors. Nearly every entry has one, held inline: a
-/// list each would be an allocation per entry (100k at 10k pods x 10k
-/// policies).
+/// An entry's contributors, the deciding claim (the first in
+/// [`Claim::precedes`] order) at the head: it is read for every claim
+/// added, and a new identity's claims mostly land on entries other
+/// policies decide already (ten claims per entry at 50k pods x 50k
+/// policies in the bench's cluster). Nearly every entry has one, held
+/// inline: a list each would be an allocation per entry (100k at 10k pods
+/// x 10k policies).
 #[derive(Debug)]
 enum Contributors {
     One(Claim),
@@ -514,24 +520,30 @@ enum Contributors {
 }
 
 impl Contributors {
-    fn push(&mut self, c: Claim) {
+    /// Adds a claim; whether it decides now.
+    fn push(&mut self, c: Claim) -> bool {
+        let decides = self.first().precedes(&c).is_ge();
         match self {
-            Contributors::Many(all) => all.push(c),
+            Contributors::Many(all) => {
+                all.push(c);
+                if decides {
+                    let last = all.len() - 1;
+                    all.swap(0, last);
+                }
+            }
             // A second contributor is rare; its clone is an `Arc`'s.
+            Contributors::One(first) if decides => *self = Contributors::Many(vec![c, first.clone()]),
             Contributors::One(first) => *self = Contributors::Many(vec![first.clone(), c]),
         }
-    }
-
-    fn as_slice(&self) -> &[Claim] {
-        match self {
-            Contributors::One(c) => std::slice::from_ref(c),
-            Contributors::Many(list) => list,
-        }
+        decides
     }
 
     /// The claim that decides.
-    fn first(&self) -> Option<&Claim> {
-        self.as_slice().iter().min_by(|a, b| a.precedes(b))
+    fn first(&self) -> &Claim {
+        match self {
+            Contributors::One(c) => c,
+            Contributors::Many(list) => &list[0],
+        }
     }
 }
 
@@ -539,25 +551,39 @@ impl Contributors {
 /// standard SipHash was a tenth of a compile that adds a local identity.
 type Contributions = HashMap<PolicyPrefix, Contributors, foldhash::fast::RandomState>;
 
-fn add_contributor(contributors: &mut Contributions, prefix: PolicyPrefix, c: Claim) {
+/// Adds a claim; whether the entry's deciding claim may have changed (the
+/// entry is new, or the claim comes first), so the entry is looked at again.
+#[must_use]
+fn add_contributor(contributors: &mut Contributions, prefix: PolicyPrefix, c: Claim) -> bool {
     use std::collections::hash_map::Entry;
     match contributors.entry(prefix) {
         Entry::Vacant(e) => {
             e.insert(Contributors::One(c));
+            true
         }
         Entry::Occupied(mut e) => e.get_mut().push(c),
     }
 }
 
-fn remove_contributor(contributors: &mut Contributions, prefix: &PolicyPrefix, claim: &Claim) {
-    let Some(c) = contributors.get_mut(prefix) else { return };
+/// Removes a claim; whether the entry's deciding claim may have changed
+/// (it was this rule's).
+#[must_use]
+fn remove_contributor(contributors: &mut Contributions, prefix: &PolicyPrefix, claim: &Claim) -> bool {
+    let Some(c) = contributors.get_mut(prefix) else { return false };
+    let decided = c.first().same_rule(claim);
     let empty = match c {
         Contributors::One(o) => o.same_rule(claim),
         Contributors::Many(list) => {
             if let Some(i) = list.iter().position(|o| o.same_rule(claim)) {
                 list.swap_remove(i);
+                // The deciding claim left: the next one moves to the head.
+                if i == 0
+                    && let Some(next) = (0..list.len()).min_by(|&a, &b| list[a].precedes(&list[b]))
+                {
+                    list.swap(0, next);
+                }
             }
-            // Back inline when one is left (order kept: there is one).
+            // Back inline when one is left.
             if list.len() == 1 {
                 let only = list.pop().expect("one left");
                 *c = Contributors::One(only);
@@ -570,6 +596,7 @@ fn remove_contributor(contributors: &mut Contributions, prefix: &PolicyPrefix, c
     if empty {
         contributors.remove(prefix);
     }
+    decided
 }
 
 /// Whether two maps of shared objects hold the same objects (the same

@@ -43,6 +43,8 @@ impl Claim {
     pub fn precedes(&self, other: &Claim) -> std::cmp::Ordering {
         use std::cmp::Ordering::{Equal, Greater, Less};
         match (&self.policy, &other.policy) {
+            // Most claims compared are of one policy: its one `Arc`.
+            (Some(a), Some(b)) if Arc::ptr_eq(a, b) => self.index.cmp(&other.index),
             (Some(a), Some(b)) => a.cmp(b).then(self.index.cmp(&other.index)),
             (Some(_), None) => Less,
             (None, Some(_)) => Greater,
@@ -194,11 +196,20 @@ impl Part {
                 joined.push(j);
             }
         }
-        let (stay, out): (Vec<_>, Vec<_>) = std::mem::take(&mut self.entries).into_iter().partition(|(p, ri)| {
-            kept.contains(&u32::from_be_bytes(p.key.local))
-                && left[*ri as usize].as_ref().is_some_and(|l| !l.contains(&u32::from_be_bytes(p.key.peer)))
-        });
-        self.entries = stay;
+        // Taken out in place; nothing to walk when every identity stays
+        // with every peer (a pod of a new identity only adds).
+        let none_leave = old_selected.iter().all(|l| kept.contains(&l.id))
+            && left.iter().all(|l| l.as_ref().is_some_and(HashSet::is_empty));
+        let out: Vec<_> = if none_leave {
+            Vec::new()
+        } else {
+            self.entries
+                .extract_if(.., |(p, ri)| {
+                    !(kept.contains(&u32::from_be_bytes(p.key.local))
+                        && left[*ri as usize].as_ref().is_some_and(|l| !l.contains(&u32::from_be_bytes(p.key.peer))))
+                })
+                .collect()
+        };
         let from = self.entries.len();
         for (ri, (dir, _, rule)) in rules_of(&self.policy).enumerate() {
             for local in &self.selected {
