@@ -174,10 +174,28 @@ fn advice_from_recorded_flows_lets_exactly_the_pattern_through() -> Result<()> {
 
     // Observe: the pattern with no policy at all (no pod is isolated).
     talk(&c)?;
-    std::thread::sleep(Duration::from_millis(300));
+    // The record is read once it holds the last flows talk() sent (the
+    // external host to both frontend pods): events reach it in order, so
+    // then it holds them all. A fixed pause read it early once in CI, and
+    // the advice lacked that rule.
     let socket = agent.socket.display().to_string();
-    let (json, _) = palisade(&["flows", "-o", "json", "--socket", &socket])?;
-    let record: Snapshot = serde_json::from_str(&json).context("flows -o json")?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let (json, record) = loop {
+        let (json, _) = palisade(&["flows", "-o", "json", "--socket", &socket])?;
+        let record: Snapshot = serde_json::from_str(&json).context("flows -o json")?;
+        let last = record.flows.iter().any(|f| {
+            f.key.workload.name == "frontend"
+                && f.key.direction.to_string() == "ingress"
+                && f.key.protocol == "TCP"
+                && f.key.port == Some(80)
+                && f.stats.count >= 2
+        });
+        if last {
+            break (json, record);
+        }
+        ensure!(std::time::Instant::now() < deadline, "the record never held external -> frontend TCP/80:\n{json}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
     let fe_api = record.flows.iter().find(|f| {
         f.key.workload.name == "frontend"
             && f.key.direction.to_string() == "egress"
@@ -246,7 +264,7 @@ fn advice_from_recorded_flows_lets_exactly_the_pattern_through() -> Result<()> {
     }
     let _ = std::fs::remove_dir_all(&work);
     if !failures.is_empty() {
-        bail!("{}\n{}", failures.join("\n"), c.log_tail());
+        bail!("{}\nthe advice:\n{yaml}\n{}", failures.join("\n"), c.log_tail());
     }
 
     // The record outlives the agent (SIGKILLed: its last periodic save).
