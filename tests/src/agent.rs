@@ -202,8 +202,15 @@ impl Agent {
 
     /// Removes every manifest whose name starts with `prefix`.
     pub fn remove_prefixed(&self, prefix: &str) -> Result<()> {
+        self.remove_prefixed_except(prefix, &[])
+    }
+
+    /// Removes every manifest whose name starts with `prefix`, but those in
+    /// `keep`.
+    pub fn remove_prefixed_except(&self, prefix: &str, keep: &[String]) -> Result<()> {
         for e in std::fs::read_dir(&self.state_dir)?.flatten() {
-            if e.file_name().to_string_lossy().starts_with(prefix) {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with(prefix) && !keep.contains(&name) {
                 std::fs::remove_file(e.path())?;
             }
         }

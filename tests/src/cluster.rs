@@ -170,21 +170,26 @@ impl Cluster {
     }
 
     /// Replaces all policies with `policies`, valid or not, and returns
-    /// every agent's status once in sync.
+    /// every agent's status once in sync. A policy that stays is edited in
+    /// place, never deleted and created again: an agent may see the two
+    /// apart, and to it a policy created invalid has no last valid version.
     pub fn put(&self, policies: &[String]) -> Result<Vec<Value>> {
         match &self.source {
             Source::Files => {
                 let agent = self.agent();
-                agent.remove_prefixed("policy-")?;
-                for (i, p) in policies.iter().enumerate() {
-                    agent.apply(&format!("policy-{i}.yaml"), p)?;
+                let files: Vec<String> = (0..policies.len()).map(|i| format!("policy-{i}.yaml")).collect();
+                for (file, p) in files.iter().zip(policies) {
+                    agent.apply(file, p)?;
                 }
+                agent.remove_prefixed_except("policy-", &files)?;
             }
             Source::Api(api) => {
-                delete_all::<NetworkPolicy>(api, |_| true);
+                let mut kept = Vec::new();
                 for p in policies {
                     api.apply_manifests(p)?;
+                    kept.extend(policy_keys(p)?);
                 }
+                delete_all::<NetworkPolicy>(api, |k| !kept.contains(k));
             }
         }
         self.wait_in_sync()
@@ -253,6 +258,20 @@ impl Cluster {
         self.wait_in_sync()?;
         Ok(())
     }
+}
+
+/// (namespace, name) of every NetworkPolicy in a manifest text.
+fn policy_keys(text: &str) -> Result<Vec<(String, String)>> {
+    let docs: Vec<Value> = serde_saphyr::from_multiple(text).map_err(|e| anyhow::anyhow!("invalid YAML: {e}"))?;
+    Ok(docs
+        .iter()
+        .filter(|d| d["kind"] == "NetworkPolicy")
+        .map(|d| {
+            let meta = &d["metadata"];
+            let ns = meta["namespace"].as_str().filter(|n| !n.is_empty()).unwrap_or("default");
+            (ns.to_string(), meta["name"].as_str().unwrap_or_default().to_string())
+        })
+        .collect())
 }
 
 fn delete_all<K: k8s_openapi::Resource>(api: &FakeApi, which: impl Fn(&(String, String)) -> bool) {

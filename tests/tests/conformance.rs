@@ -758,6 +758,9 @@ fn cases() -> Vec<palisade_e2e::suite::Case<Env>> {
                 if err["field"] != "spec.ingress[0].ports[0].endPort" || err["object"] != "NetworkPolicy x/p81" {
                     bail!("expected an error naming the object and field, got {}", st["errors"]);
                 }
+                if !err["action"].as_str().is_some_and(|a| a.contains("last valid")) {
+                    bail!("expected the last valid version kept, got {}", st["errors"]);
+                }
             }
             e.tcp(80, |m| {
                 m.to("x/a", false);
