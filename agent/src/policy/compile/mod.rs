@@ -510,9 +510,8 @@ fn policy_ref(name: &PolicyName) -> PolicyRef {
 /// [`Claim::precedes`] order) at the head: it is read for every claim
 /// added, and a new identity's claims mostly land on entries other
 /// policies decide already (ten claims per entry at 50k pods x 50k
-/// policies in the bench's cluster). Nearly every entry has one, held
-/// inline: a list each would be an allocation per entry (100k at 10k pods
-/// x 10k policies).
+/// policies in the bench's cluster, two at 10k x 10k). A lone claim is
+/// held inline: a list each would be an allocation per entry.
 #[derive(Debug)]
 enum Contributors {
     One(Claim),
@@ -531,7 +530,7 @@ impl Contributors {
                     all.swap(0, last);
                 }
             }
-            // A second contributor is rare; its clone is an `Arc`'s.
+            // The lone claim moves into a list; its clone is an `Arc`'s.
             Contributors::One(first) if decides => *self = Contributors::Many(vec![c, first.clone()]),
             Contributors::One(first) => *self = Contributors::Many(vec![first.clone(), c]),
         }

@@ -43,7 +43,7 @@ impl Claim {
     pub fn precedes(&self, other: &Claim) -> std::cmp::Ordering {
         use std::cmp::Ordering::{Equal, Greater, Less};
         match (&self.policy, &other.policy) {
-            // Most claims compared are of one policy: its one `Arc`.
+            // Claims of one policy share its `Arc`: no names compared.
             (Some(a), Some(b)) if Arc::ptr_eq(a, b) => self.index.cmp(&other.index),
             (Some(a), Some(b)) => a.cmp(b).then(self.index.cmp(&other.index)),
             (Some(_), None) => Less,
