@@ -204,7 +204,7 @@ impl Compiler {
         for (name, _) in &policy_changes {
             if let Some(part) = self.parts.remove(name) {
                 self.selecting.remove(name);
-                for (prefix, ri) in &part.entries {
+                for (prefix, ri) in &part.entries() {
                     if remove_contributor(&mut self.contributors, prefix, &part.claim(*ri)) {
                         touched.push(*prefix);
                     }
@@ -290,7 +290,7 @@ impl Compiler {
         for name in &visit {
             let part = self.parts.get_mut(name).expect("a part for every policy");
             let force = forced.contains(name) || (groups_changed && part.named_egress());
-            if let Some((out, from)) = part.update(ids, &mut self.resolver, force) {
+            if let Some((out, put)) = part.update(ids, &mut self.resolver, force) {
                 for (prefix, ri) in &out {
                     // A forced part's old entries left above (changed
                     // policy) or carry its old numbers (same claims).
@@ -298,7 +298,7 @@ impl Compiler {
                         touched.push(*prefix);
                     }
                 }
-                for (prefix, ri) in &part.entries[from..] {
+                for (prefix, ri) in &put {
                     // The first compile takes every entry below, once: a
                     // claim at a time, the list grew to 2M at 50k pods x
                     // 50k policies (32 MB, more while it doubled).
@@ -306,7 +306,7 @@ impl Compiler {
                         touched.push(*prefix);
                     }
                 }
-                self.moved += out.len() + part.entries.len() - from;
+                self.moved += out.len() + put.len();
             }
             if part.selected.is_empty() {
                 self.selecting.remove(name);

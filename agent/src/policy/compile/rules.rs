@@ -4,7 +4,10 @@
 //! entries up. A policy's entries (its [`Part`]) depend only on the policy,
 //! its rule numbers, the local identities it selects and the peers its rules
 //! admit: when none of those changed, its entries are reused as they are;
-//! when some local identities or peers did, only their entries move.
+//! when some local identities or peers did, only their entries move. A part
+//! keeps what its entries were expanded from, not the entries: those that
+//! leave are expanded again (at 50k pods x 50k policies the entries were a
+//! million claims, 30 MB), but for entries to peers' named ports.
 
 use super::identities::{Delta, Identities, PeerKind, Seen};
 use super::{ids, ports};
@@ -65,6 +68,15 @@ pub(super) enum PeerSet {
     Some(Arc<BTreeSet<u32>>),
 }
 
+impl PeerSet {
+    fn admits(&self, peer: u32) -> bool {
+        match self {
+            PeerSet::Any => true,
+            PeerSet::Some(s) => s.contains(&peer),
+        }
+    }
+}
+
 /// A local identity a policy selects, as its entries depend on it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) struct Local {
@@ -97,6 +109,9 @@ pub(super) fn natural(policy: &Policy, dir: Direction, index: usize) -> u32 {
     ids::fold(ids::fnv1a(canon(policy, dir, index).as_bytes()))
 }
 
+/// An entry with the rule that claims it (index into [`Part::rule_ids`]).
+pub(super) type Claimed = (PolicyPrefix, u32);
+
 /// One policy's part of the output, with what it was computed from.
 pub(super) struct Part {
     pub policy: Arc<Policy>,
@@ -109,20 +124,34 @@ pub(super) struct Part {
     pub selected: Vec<Local>,
     /// Each rule's peers ([`rules_of`] order); empty when nothing is selected.
     pub peers: Vec<PeerSet>,
-    /// Its entries, with the rule (index into `rule_ids`) each comes from:
-    /// 20 bytes each, millions at 50k pods x 50k policies.
-    pub entries: Vec<(PolicyPrefix, u32)>,
+    /// Its entries to peers' named ports (egress), with the rule (index
+    /// into `rule_ids`) each comes from: they depend on the peers' ports as
+    /// the identities were then, so they are kept; [`Part::entries`]
+    /// expands the others again from `selected` and `peers`.
+    pub named: Vec<Claimed>,
 }
 
 impl Part {
     pub fn new(name: Arc<PolicyName>, policy: Arc<Policy>) -> Part {
         let naturals = rules_of(&policy).map(|(d, i, _)| natural(&policy, d, i)).collect::<Vec<_>>();
-        Part { rule_ids: naturals.clone(), naturals, policy, name, selected: vec![], peers: vec![], entries: vec![] }
+        Part { rule_ids: naturals.clone(), naturals, policy, name, selected: vec![], peers: vec![], named: vec![] }
     }
 
     /// The claim of the rule at `index` ([`rules_of`] order).
     pub fn claim(&self, index: u32) -> Claim {
         Claim { policy: Some(self.name.clone()), index, rule: self.rule_ids[index as usize] }
+    }
+
+    /// Its entries, with the rule each comes from (index into `rule_ids`),
+    /// as the last [`Part::update`] put them in.
+    pub fn entries(&self) -> Vec<Claimed> {
+        let mut out = self.named.clone();
+        for (ri, (dir, _, rule)) in rules_of(&self.policy).enumerate() {
+            for local in &self.selected {
+                expand(local, dir, rule, &self.peers[ri], ri, &mut out);
+            }
+        }
+        out
     }
 
     /// Whether an entry depends on the named ports of peer pods (egress to
@@ -136,14 +165,14 @@ impl Part {
     /// rule, only their entries move (a pod added or deleted touches its
     /// own entries, not every selected identity's); all are recomputed if
     /// `force` (the policy, its rule numbers or named egress ports may have
-    /// changed). Returns the entries taken out and where the ones put in
-    /// start in `entries` (they end it), if any moved.
+    /// changed). Returns the entries taken out and those put in, if any
+    /// moved.
     pub fn update(
         &mut self,
         ids: &Identities,
         resolver: &mut Resolver,
         force: bool,
-    ) -> Option<(Vec<(PolicyPrefix, u32)>, usize)> {
+    ) -> Option<(Vec<Claimed>, Vec<Claimed>)> {
         let selected = selected(&self.policy, ids);
         let peers: Vec<PeerSet> = if selected.is_empty() {
             Vec::new()
@@ -171,8 +200,8 @@ impl Part {
         };
         // Per rule, for the identities kept (selected before and now, so
         // every rule's peers are known both times): the peers that left
-        // (`None`: all of them) and those that joined.
-        let mut left: Vec<Option<HashSet<u32>>> = Vec::new();
+        // and those that joined (None: none).
+        let mut left: Vec<Option<PeerSet>> = Vec::new();
         let mut joined: Vec<Option<PeerSet>> = Vec::new();
         if !kept.is_empty() {
             // Kept identities were selected both times, and without `force`
@@ -180,52 +209,60 @@ impl Part {
             debug_assert_eq!(old_peers.len(), self.peers.len(), "peer sets per rule");
             for (before, now) in old_peers.iter().zip(&self.peers) {
                 let (l, j) = match (before, now) {
-                    _ if before == now => (Some(HashSet::new()), None),
+                    _ if before == now => (None, None),
                     (PeerSet::Some(a), PeerSet::Some(b)) => {
-                        let new: BTreeSet<u32> = b.difference(a).copied().collect();
-                        (
-                            Some(a.difference(b).copied().collect()),
-                            (!new.is_empty()).then(|| PeerSet::Some(Arc::new(new))),
-                        )
+                        let some = |set: BTreeSet<u32>| (!set.is_empty()).then(|| PeerSet::Some(Arc::new(set)));
+                        (some(a.difference(b).copied().collect()), some(b.difference(a).copied().collect()))
                     }
                     // Any peer to some or back (only with the policy, which
                     // forces): every peer changed.
-                    _ => (None, Some(now.clone())),
+                    _ => (Some(before.clone()), Some(now.clone())),
                 };
                 left.push(l);
                 joined.push(j);
             }
         }
-        // Taken out in place; nothing to walk when every identity stays
-        // with every peer (a pod of a new identity only adds).
-        let none_leave = old_selected.iter().all(|l| kept.contains(&l.id))
-            && left.iter().all(|l| l.as_ref().is_some_and(HashSet::is_empty));
-        let out: Vec<_> = if none_leave {
-            Vec::new()
-        } else {
-            self.entries
-                .extract_if(.., |(p, ri)| {
-                    !(kept.contains(&u32::from_be_bytes(p.key.local))
-                        && left[*ri as usize].as_ref().is_some_and(|l| !l.contains(&u32::from_be_bytes(p.key.peer))))
-                })
-                .collect()
-        };
-        let from = self.entries.len();
-        for (ri, (dir, _, rule)) in rules_of(&self.policy).enumerate() {
-            for local in &self.selected {
-                if !kept.contains(&local.id) {
-                    expand(ids, local, dir, rule, &self.peers[ri], ri, &mut self.entries);
-                } else if let Some(new) = &joined[ri] {
-                    expand(ids, local, dir, rule, new, ri, &mut self.entries);
+        // What leaves is expanded again from what it was expanded from;
+        // nothing when every identity stays with every peer (a pod of a
+        // new identity only adds).
+        let mut out = Vec::new();
+        let none_leave = old_selected.iter().all(|l| kept.contains(&l.id)) && left.iter().all(Option::is_none);
+        if !none_leave {
+            let leaves = |p: &PolicyPrefix, ri: u32| {
+                !kept.contains(&u32::from_be_bytes(p.key.local))
+                    || left[ri as usize].as_ref().is_some_and(|l| l.admits(u32::from_be_bytes(p.key.peer)))
+            };
+            out.extend(self.named.extract_if(.., |(p, ri)| leaves(p, *ri)));
+            for (ri, (dir, _, rule)) in rules_of(&self.policy).enumerate() {
+                for local in &old_selected {
+                    if !kept.contains(&local.id) {
+                        expand(local, dir, rule, &old_peers[ri], ri, &mut out);
+                    } else if let Some(gone) = &left[ri] {
+                        expand(local, dir, rule, gone, ri, &mut out);
+                    }
                 }
             }
         }
-        if out.is_empty() && from == self.entries.len() {
+        let mut put = Vec::new();
+        let named_from = self.named.len();
+        for (ri, (dir, _, rule)) in rules_of(&self.policy).enumerate() {
+            for local in &self.selected {
+                let peers = if !kept.contains(&local.id) { Some(&self.peers[ri]) } else { joined[ri].as_ref() };
+                if let Some(peers) = peers {
+                    expand(local, dir, rule, peers, ri, &mut put);
+                    if dir == Direction::Egress {
+                        expand_named_egress(ids, local, rule, peers, ri, &mut self.named);
+                    }
+                }
+            }
+        }
+        put.extend_from_slice(&self.named[named_from..]);
+        if out.is_empty() && put.is_empty() {
             return None;
         }
         // Kept for the part's life: no room left from growing it.
-        self.entries.shrink_to_fit();
-        Some((out, from))
+        self.named.shrink_to_fit();
+        Some((out, put))
     }
 }
 
@@ -369,28 +406,20 @@ pub(super) fn entry(local: u32, dir: Direction, peer: u32, port: Option<(u8, Opt
     PolicyPrefix { prefix_len, key }
 }
 
-/// Expands one rule (index `ri`) for one selected local identity.
-fn expand(
-    ids: &Identities,
-    local: &Local,
-    dir: Direction,
-    rule: &Rule,
-    peer_set: &PeerSet,
-    ri: usize,
-    out: &mut Vec<(PolicyPrefix, u32)>,
-) {
+/// Expands one rule (index `ri`) for one selected local identity, but for
+/// its entries to peers' named ports ([`expand_named_egress`]).
+fn expand(local: &Local, dir: Direction, rule: &Rule, peer_set: &PeerSet, ri: usize, out: &mut Vec<Claimed>) {
     let id = local.id;
     let ri = ri as u32;
     let any = [PEER_ANY];
-    let peer_ids: Box<dyn Iterator<Item = u32> + '_> = match peer_set {
-        PeerSet::Any => Box::new(any.iter().copied()),
-        PeerSet::Some(s) => Box::new(s.iter().copied()),
+    let peer_ids: &[u32] = match peer_set {
+        PeerSet::Any => &any,
+        PeerSet::Some(s) => &s.iter().copied().collect::<Vec<u32>>(),
     };
     if rule.ports.is_empty() {
-        out.extend(peer_ids.map(|peer| (entry(id, dir, peer, None), ri)));
+        out.extend(peer_ids.iter().map(|&peer| (entry(id, dir, peer, None), ri)));
         return;
     }
-    let peer_ids: Vec<u32> = peer_ids.collect();
     for spec in &rule.ports {
         let proto = spec.protocol.number();
         match &spec.port {
@@ -404,27 +433,40 @@ fn expand(
             }
             // A named port is resolved against the destination pod: the
             // local pod for ingress, each peer pod for egress.
-            PortMatch::Named(name) => match dir {
-                Direction::Ingress => {
-                    if let Some(port) = named_port(&local.ports, name, spec.protocol) {
-                        out.extend(
-                            peer_ids.iter().map(|&peer| (entry(id, dir, peer, Some((proto, Some((port, 16))))), ri)),
-                        );
-                    }
+            PortMatch::Named(name) if dir == Direction::Ingress => {
+                if let Some(port) = named_port(&local.ports, name, spec.protocol) {
+                    out.extend(
+                        peer_ids.iter().map(|&peer| (entry(id, dir, peer, Some((proto, Some((port, 16))))), ri)),
+                    );
                 }
-                Direction::Egress => {
-                    let candidates: Box<dyn Iterator<Item = &super::identities::PeerIdentity>> = match peer_set {
-                        PeerSet::Any => Box::new(ids.peers.values()),
-                        PeerSet::Some(s) => Box::new(s.iter().filter_map(|p| ids.peers.get(p))),
-                    };
-                    for p in candidates {
-                        let PeerKind::Pod(gi) = p.kind else { continue };
-                        if let Some(port) = named_port(&ids.groups[gi].key.ports, name, spec.protocol) {
-                            out.push((entry(id, dir, p.id, Some((proto, Some((port, 16))))), ri));
-                        }
-                    }
-                }
-            },
+            }
+            PortMatch::Named(_) => {}
+        }
+    }
+}
+
+/// Expands one egress rule's named ports (index `ri`) for one selected
+/// local identity: each peer pod's own port of that name.
+fn expand_named_egress(
+    ids: &Identities,
+    local: &Local,
+    rule: &Rule,
+    peer_set: &PeerSet,
+    ri: usize,
+    out: &mut Vec<Claimed>,
+) {
+    for spec in &rule.ports {
+        let PortMatch::Named(name) = &spec.port else { continue };
+        let proto = spec.protocol.number();
+        let candidates: Box<dyn Iterator<Item = &super::identities::PeerIdentity>> = match peer_set {
+            PeerSet::Any => Box::new(ids.peers.values()),
+            PeerSet::Some(s) => Box::new(s.iter().filter_map(|p| ids.peers.get(p))),
+        };
+        for p in candidates {
+            let PeerKind::Pod(gi) = p.kind else { continue };
+            if let Some(port) = named_port(&ids.groups[gi].key.ports, name, spec.protocol) {
+                out.push((entry(local.id, Direction::Egress, p.id, Some((proto, Some((port, 16))))), ri as u32));
+            }
         }
     }
 }
