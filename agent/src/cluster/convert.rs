@@ -503,16 +503,18 @@ impl Raw {
             }
         };
         let namespace = if kind.namespaced() { ns.unwrap_or_else(|| "default".to_string()) } else { String::new() };
-        ObjKey { kind, namespace, name: name.unwrap_or_default() }
+        ObjKey { kind, namespace: namespace.into(), name: name.unwrap_or_default().into() }
     }
 }
 
-/// Identifies an object across versions.
+/// Identifies an object across versions. Sources hold it several times
+/// per object (the object, where it is defined, its last valid version):
+/// the names are shared, not copied.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ObjKey {
     pub kind: Kind,
-    pub namespace: String,
-    pub name: String,
+    pub namespace: Arc<str>,
+    pub name: Arc<str>,
 }
 
 impl std::fmt::Display for ObjKey {

@@ -472,7 +472,7 @@ impl Scan<'_> {
                 None if kind.namespaced() => "default".to_string(),
                 _ => String::new(),
             };
-            let key = ObjKey { kind, namespace, name: m.name.clone().unwrap_or_default() };
+            let key = ObjKey { kind, namespace: namespace.into(), name: m.name.as_deref().unwrap_or_default().into() };
             let version = m.resource_version.as_deref().unwrap_or_default();
             let same = self.checked.get(&key).is_some_and(|(v, _)| !version.is_empty() && v == version);
             if !same {

@@ -177,14 +177,14 @@ impl Patched {
 /// snapshot of those keys alone, [`Validator::snapshot_of`]).
 fn replace<'a>(input: &mut Input, keys: impl IntoIterator<Item = &'a ObjKey>, with: Input) {
     for key in keys {
-        let nn = || (key.namespace.clone(), key.name.clone());
+        let nn = || (key.namespace.to_string(), key.name.to_string());
         match key.kind {
-            Kind::Namespace => input.namespaces.remove(&key.name).map(drop),
+            Kind::Namespace => input.namespaces.remove(&*key.name).map(drop),
             Kind::Pod => input.pods.remove(&nn()).map(drop),
             Kind::NetworkPolicy => input.policies.remove(&nn()).map(drop),
             Kind::Service => input.services.remove(&nn()).map(drop),
-            Kind::ClusterNetworkPolicy => input.cluster_policies.remove(&key.name).map(drop),
-            Kind::Node => input.nodes.remove(&key.name).map(drop),
+            Kind::ClusterNetworkPolicy => input.cluster_policies.remove(&*key.name).map(drop),
+            Kind::Node => input.nodes.remove(&*key.name).map(drop),
         };
     }
     let Input { namespaces, pods, policies, services, cluster_policies, nodes } = with;
