@@ -323,13 +323,13 @@ impl Identities {
         // The groups whose members change, with their new members.
         let mut gone: HashSet<(&str, &str)> = HashSet::new();
         let mut joining: BTreeMap<GroupKey, Vec<Arc<Pod>>> = BTreeMap::new();
-        for (key, now) in &pod_changes {
+        for &(key, now) in &pod_changes {
             if let Some(old) = prev.pods.get(key).filter(|p| takes_part(p)) {
                 joining.entry(key_of(old)).or_default();
                 gone.insert((&old.namespace, &old.name));
             }
-            if let Some(now) = now.as_ref().filter(|p| takes_part(p)) {
-                joining.entry(key_of(now)).or_default().push(now.clone());
+            if let Some(now) = now.filter(|p| takes_part(p)) {
+                joining.entry(key_of(now)).or_default().push(Arc::clone(now));
             }
         }
         struct Next {
@@ -425,8 +425,8 @@ impl Identities {
         // Apply: namespaces first (groups that change take the new one).
         let mut delta = Delta { groups: !next.is_empty(), ..Default::default() };
         let changing: HashSet<&GroupKey> = next.iter().map(|(k, _)| k).collect();
-        for (name, now) in &ns_changes {
-            let ns = now.clone().unwrap_or_else(|| Namespace::implicit(name).into());
+        for &(name, now) in &ns_changes {
+            let ns = now.cloned().unwrap_or_else(|| Namespace::implicit(name).into());
             let from = GroupKey { namespace: name.clone(), labels: Labels::new(), ports: Vec::new() };
             let slots: Vec<usize> = self
                 .index

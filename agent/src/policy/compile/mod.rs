@@ -79,9 +79,10 @@ pub struct Compiler {
     cells: Option<Cells>,
     ids: Option<Identities>,
     resolver: Resolver,
-    parts: BTreeMap<PolicyName, Part>,
+    /// Keyed by the name each part holds (shared, not copied: 50k names).
+    parts: BTreeMap<Arc<PolicyName>, Part>,
     /// Policies whose parts select a local identity.
-    selecting: BTreeSet<PolicyName>,
+    selecting: BTreeSet<Arc<PolicyName>>,
     /// Natural rule number -> how many rules have it.
     naturals: HashMap<u32, u32>,
     /// Natural rule numbers more than one rule has.
@@ -201,7 +202,7 @@ impl Compiler {
         // deduplicated once at the end: tens of thousands of them when a
         // local identity comes or goes.
         let mut touched: Vec<PolicyPrefix> = Vec::new();
-        for (name, _) in &policy_changes {
+        for &(name, _) in &policy_changes {
             if let Some(part) = self.parts.remove(name) {
                 self.selecting.remove(name);
                 for (prefix, ri) in &part.entries() {
@@ -224,8 +225,8 @@ impl Compiler {
             }
         }
         let collided = self.collisions > 0;
-        let mut forced: BTreeSet<PolicyName> = BTreeSet::new();
-        for (name, policy) in &policy_changes {
+        let mut forced: BTreeSet<Arc<PolicyName>> = BTreeSet::new();
+        for &(name, policy) in &policy_changes {
             let Some(policy) = policy else { continue };
             let part = Part::new(Arc::new(name.clone()), policy.clone());
             for n in &part.naturals {
@@ -235,8 +236,8 @@ impl Compiler {
                     self.collisions += 1;
                 }
             }
-            self.parts.insert(name.clone(), part);
-            forced.insert(name.clone());
+            forced.insert(part.name.clone());
+            self.parts.insert(part.name.clone(), part);
         }
 
         // Rule numbers: natural unless two collide; then every rule is
@@ -273,7 +274,7 @@ impl Compiler {
         // identities changed, every policy that selects or selected a
         // local identity (after an update: in a namespace whose local
         // identities changed).
-        let mut visit: BTreeSet<PolicyName> = forced.clone();
+        let mut visit: BTreeSet<Arc<PolicyName>> = forced.clone();
         if rebuilt {
             visit.extend(self.selecting.iter().cloned());
             let namespaces: Vec<&String> = match &delta {
@@ -282,7 +283,10 @@ impl Compiler {
             };
             for ns in namespaces {
                 let from = (ns.clone(), String::new());
-                visit.extend(input.policies.range(from..).take_while(|((n, _), _)| n == ns).map(|(k, _)| k.clone()));
+                let names = input.policies.range(from..).take_while(|((n, _), _)| n == ns);
+                visit.extend(
+                    names.map(|(k, _)| self.parts.get_key_value(k).expect("a part for every policy").0.clone()),
+                );
             }
         }
         // Entries to a named port depend on every pod peer's ports.
@@ -607,11 +611,11 @@ fn same_objects<K: Ord, V: PartialEq>(a: &ChunkedMap<K, Arc<V>>, b: &ChunkedMap<
 /// The keys whose objects differ between two maps: Some(new object) when
 /// added or changed, None when removed. Chunks the maps share (a snapshot
 /// patched from the last) are not looked at.
-fn diff<K: Ord + Clone, V: PartialEq>(
-    old: &ChunkedMap<K, Arc<V>>,
-    new: &ChunkedMap<K, Arc<V>>,
-) -> Vec<(K, Option<Arc<V>>)> {
-    new.changes_from(old, same_object).map(|(k, v)| (k.clone(), v.cloned())).collect()
+fn diff<'a, K: Ord, V: PartialEq>(
+    old: &'a ChunkedMap<K, Arc<V>>,
+    new: &'a ChunkedMap<K, Arc<V>>,
+) -> Vec<(&'a K, Option<&'a Arc<V>>)> {
+    new.changes_from(old, same_object).collect()
 }
 
 fn same_object<V: PartialEq>(a: &Arc<V>, b: &Arc<V>) -> bool {
