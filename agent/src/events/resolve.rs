@@ -106,11 +106,11 @@ impl Resolver {
         }
         let id = match self.view.catalog.rules.get(&rule) {
             Some(r) => self.symbols.intern(Symbol::Rule(RuleRef {
-                namespace: r.policy.as_ref().map(|p| p.namespace.clone()),
+                namespace: r.policy.as_ref().map(|p| p.namespace().to_string()),
                 name: r
                     .policy
                     .as_ref()
-                    .map(|p| p.name.clone())
+                    .map(|p| p.name().to_string())
                     .or_else(|| r.cluster.as_ref().map(|c| c.policy.clone())),
                 direction: r.direction,
                 rule: r.index,

@@ -637,11 +637,7 @@ mod tests {
                 description: "y/allow ingress rule 0".into(),
                 tier: None,
             }),
-            isolated_by: if verdict == Verdict::Allowed {
-                vec![]
-            } else {
-                vec![PolicyRef { namespace: "y".into(), name: "deny-b".into() }]
-            },
+            isolated_by: if verdict == Verdict::Allowed { vec![] } else { vec![PolicyRef::new("y", "deny-b")] },
             count,
             tcp_flags: None,
             redecided: false,
@@ -778,8 +774,7 @@ mod tests {
     #[test]
     fn compact_batches_fold_as_their_events_one_by_one() {
         let symbols = Arc::new(Symbols::default());
-        let isolated =
-            symbols.intern(Symbol::Isolating(vec![PolicyRef { namespace: "y".into(), name: "deny-b".into() }]));
+        let isolated = symbols.intern(Symbol::Isolating(vec![PolicyRef::new("y", "deny-b")]));
         let ev = |i: u32, dport| Compact { isolated, ..compact_event(&symbols, i, dport, i % 3) };
         let batch: Vec<Compact> = (0..(TAIL as u32 + 30)).map(|i| ev(i, if i % 7 == 0 { 81 } else { 80 })).collect();
         let compact = FlowMap::default();

@@ -84,7 +84,7 @@ fn events_describe_verdicts() {
         let v = env.decide(local, dir, remote, l4.protocol(remote.is_ipv6()), l4.port());
         assert!(v.allowed && v.rule != 0, "{local} {dir:?} {remote} {l4:?}");
         let info = &env.compiled.catalog.rules[&v.rule];
-        let want_ref = PolicyRef { namespace: "prod".into(), name: policy.into() };
+        let want_ref = PolicyRef::new("prod", policy);
         assert_eq!((info.policy.as_ref(), info.direction, info.index), (Some(&want_ref), dir, index));
         let got = match dir {
             Direction::Ingress => env.ingress(local, remote, l4),

@@ -30,7 +30,7 @@ use cells::Cells;
 use identities::Identities;
 pub use identities::{Hints, PodKey};
 use palisade_common::{EP_AUDIT, EP_EGRESS_ISOLATED, EP_INGRESS_ISOLATED, PolicyValue};
-use rules::{Claim, Part, PolicyName, Resolver};
+use rules::{Claim, Part, Resolver};
 use std::collections::{BTreeMap, BTreeSet, HashMap, btree_map};
 use std::sync::Arc;
 
@@ -80,9 +80,9 @@ pub struct Compiler {
     ids: Option<Identities>,
     resolver: Resolver,
     /// Keyed by the name each part holds (shared, not copied: 50k names).
-    parts: BTreeMap<Arc<PolicyName>, Part>,
+    parts: BTreeMap<PolicyRef, Part>,
     /// Policies whose parts select a local identity.
-    selecting: BTreeSet<Arc<PolicyName>>,
+    selecting: BTreeSet<PolicyRef>,
     /// Natural rule number -> how many rules have it.
     naturals: HashMap<u32, u32>,
     /// Natural rule numbers more than one rule has.
@@ -225,10 +225,10 @@ impl Compiler {
             }
         }
         let collided = self.collisions > 0;
-        let mut forced: BTreeSet<Arc<PolicyName>> = BTreeSet::new();
+        let mut forced: BTreeSet<PolicyRef> = BTreeSet::new();
         for &(name, policy) in &policy_changes {
             let Some(policy) = policy else { continue };
-            let part = Part::new(Arc::new(name.clone()), policy.clone());
+            let part = Part::new(PolicyRef::new(name.0.clone(), name.1.clone()), policy.clone());
             for n in &part.naturals {
                 let c = self.naturals.entry(*n).or_default();
                 *c += 1;
@@ -265,7 +265,7 @@ impl Compiler {
         for name in &forced {
             let part = &self.parts[name];
             for (ri, (dir, index, _)) in rules::rules_of(&part.policy).enumerate() {
-                let info = RuleInfo { policy: Some(policy_ref(name)), direction: dir, index, cluster: None };
+                let info = RuleInfo { policy: Some(name.clone()), direction: dir, index, cluster: None };
                 self.out.catalog.rules.insert(part.rule_ids[ri], info);
             }
         }
@@ -274,7 +274,7 @@ impl Compiler {
         // identities changed, every policy that selects or selected a
         // local identity (after an update: in a namespace whose local
         // identities changed).
-        let mut visit: BTreeSet<Arc<PolicyName>> = forced.clone();
+        let mut visit: BTreeSet<PolicyRef> = forced.clone();
         if rebuilt {
             visit.extend(self.selecting.iter().cloned());
             let namespaces: Vec<&String> = match &delta {
@@ -333,7 +333,7 @@ impl Compiler {
                 let bit = if dir == Direction::Ingress { EP_INGRESS_ISOLATED } else { EP_EGRESS_ISOLATED };
                 for local in &part.selected {
                     *flags.entry(local.group).or_default() |= bit;
-                    self.out.catalog.isolating.entry((local.id, dir)).or_default().push(policy_ref(name));
+                    self.out.catalog.isolating.entry((local.id, dir)).or_default().push(name.clone());
                 }
             }
         }
@@ -504,10 +504,6 @@ impl Compiler {
 /// The (local identity, direction code) an entry belongs to.
 fn pair_of(prefix: &PolicyPrefix) -> (u32, u8) {
     (u32::from_be_bytes(prefix.key.local), prefix.key.direction)
-}
-
-fn policy_ref(name: &PolicyName) -> PolicyRef {
-    PolicyRef { namespace: name.0.clone(), name: name.1.clone() }
 }
 
 /// An entry's contributors, the deciding claim (the first in

@@ -12,14 +12,13 @@
 use super::identities::{Delta, Identities, PeerKind, Seen};
 use super::{ids, ports};
 use crate::policy::compiled::PolicyPrefix;
-use crate::policy::model::{Direction, NamedPort, NamespaceMatch, Peer, Policy, PortMatch, Rule, Selector, named_port};
+use crate::policy::model::{
+    Direction, NamedPort, NamespaceMatch, Peer, Policy, PolicyRef, PortMatch, Rule, Selector, named_port,
+};
 use ipnet::IpNet;
 use palisade_common::{PEER_ANY, POLICY_PREFIX_ANY_PROTO, POLICY_PREFIX_PROTO, PolicyKey};
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
-
-/// A policy by (namespace, name).
-pub type PolicyName = (String, String);
 
 /// One rule's claim on a policy entry, with the rule number it would
 /// write. When several rules produce the same entry, the first claim in
@@ -29,7 +28,7 @@ pub type PolicyName = (String, String);
 /// policy) last. 16 bytes: at 50k pods x 50k policies there are millions.
 #[derive(Clone, Debug)]
 pub(super) struct Claim {
-    pub policy: Option<Arc<PolicyName>>,
+    pub policy: Option<PolicyRef>,
     /// The rule's index in [`rules_of`] order.
     pub index: u32,
     pub rule: u32,
@@ -46,8 +45,8 @@ impl Claim {
     pub fn precedes(&self, other: &Claim) -> std::cmp::Ordering {
         use std::cmp::Ordering::{Equal, Greater, Less};
         match (&self.policy, &other.policy) {
-            // Claims of one policy share its `Arc`: no names compared.
-            (Some(a), Some(b)) if Arc::ptr_eq(a, b) => self.index.cmp(&other.index),
+            // Claims of one policy share its name: none compared.
+            (Some(a), Some(b)) if a.same(b) => self.index.cmp(&other.index),
             (Some(a), Some(b)) => a.cmp(b).then(self.index.cmp(&other.index)),
             (Some(_), None) => Less,
             (None, Some(_)) => Greater,
@@ -115,7 +114,7 @@ pub(super) type Claimed = (PolicyPrefix, u32);
 /// One policy's part of the output, with what it was computed from.
 pub(super) struct Part {
     pub policy: Arc<Policy>,
-    pub name: Arc<PolicyName>,
+    pub name: PolicyRef,
     /// Each rule's natural number, in [`rules_of`] order.
     pub naturals: Vec<u32>,
     /// Each rule's number, in [`rules_of`] order.
@@ -132,7 +131,7 @@ pub(super) struct Part {
 }
 
 impl Part {
-    pub fn new(name: Arc<PolicyName>, policy: Arc<Policy>) -> Part {
+    pub fn new(name: PolicyRef, policy: Arc<Policy>) -> Part {
         let naturals = rules_of(&policy).map(|(d, i, _)| natural(&policy, d, i)).collect::<Vec<_>>();
         Part { rule_ids: naturals.clone(), naturals, policy, name, selected: vec![], peers: vec![], named: vec![] }
     }

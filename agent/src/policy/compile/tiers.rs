@@ -278,7 +278,7 @@ pub(super) fn resolve(
                 action: r.action,
             };
             let id = numbers[&(p.name.clone(), dir, i)];
-            out.rules.insert(id, RuleInfo { policy: None, direction: dir, index: i, cluster: Some(info) });
+            out.rules.insert(id, RuleInfo { policy: None, direction: dir, index: i, cluster: Some(Box::new(info)) });
         }
     }
 
