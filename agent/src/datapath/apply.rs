@@ -88,9 +88,6 @@ impl Datapath {
         let mut plan = plan::plan(compiled, ifaces, &self.host_interfaces, &self.strict_prefixes);
         let local = plan.local_addresses();
         let ips_same = changes.is_some_and(|c| !c.ips) && self.ips_whole.as_ref() == Some(&local);
-        if !ips_same {
-            plan.add_addresses(compiled);
-        }
         let mut report = SyncReport::default();
         let changed = changes.and_then(|c| c.policy.as_ref()).filter(|_| self.policy_whole);
         let errors = report.errors.len();
@@ -121,10 +118,10 @@ impl Datapath {
         // their old flags, a peer on a new number that no entry names yet
         // could pass.
         self.hold_changing_endpoints(&plan, &mut report);
-        let mut ips_whole = ips_same || self.upsert_ips(&plan.ips, &mut report);
+        let mut ips_whole = ips_same || self.upsert_ips(plan.addresses(compiled), &mut report);
         if !ips_whole {
-            self.remove_stale_ips(&plan.ips, &mut report);
-            ips_whole = self.upsert_ips(&plan.ips, &mut report);
+            self.remove_stale_ips(&compiled.ips, &mut report);
+            ips_whole = self.upsert_ips(plan.addresses(compiled), &mut report);
         }
         if !ips_whole {
             report.errors.push(format!(
@@ -169,7 +166,7 @@ impl Datapath {
         }
         if !ips_same {
             let errors = report.errors.len();
-            self.remove_stale_ips(&plan.ips, &mut report);
+            self.remove_stale_ips(&compiled.ips, &mut report);
             self.ips_whole = (ips_whole && report.errors.len() == errors).then_some(local);
         }
         let errors = report.errors.len();
@@ -289,12 +286,9 @@ impl Datapath {
     /// Writes the address entries that differ (single addresses in the
     /// hash map, shorter prefixes in the trie), in batches; false if some
     /// did not fit.
-    fn upsert_ips(&mut self, desired: &BTreeMap<IpPrefix, IpInfo>, report: &mut SyncReport) -> bool {
-        let (hosts, cidrs): (Vec<Address>, Vec<Address>) = desired
-            .iter()
-            .filter(|(k, v)| self.realized.ips.get(k) != Some(v))
-            .map(|(k, v)| (*k, *v))
-            .partition(|(k, _)| k.is_address());
+    fn upsert_ips(&mut self, desired: impl Iterator<Item = Address>, report: &mut SyncReport) -> bool {
+        let (hosts, cidrs): (Vec<Address>, Vec<Address>) =
+            desired.filter(|(k, v)| self.realized.ips.get(k) != Some(v)).partition(|(k, _)| k.is_address());
         let values = |todo: &[Address]| todo.iter().map(|(_, v)| *v).collect::<Vec<_>>();
         let host_keys: Vec<IpKey> = hosts.iter().map(|(k, _)| k.key).collect();
         let written = batch::update(&self.hosts, &host_keys, &values(&hosts));
