@@ -1040,7 +1040,7 @@ impl Report {
              from) the manifests; a policy pair admits it to the server. Namespace label: the local pods' namespace \
              gains (loses) the label a policy's namespaceSelector admits. Restart: the agent is stopped (enforcement stays pinned), a policy is added while it is down, a \
              new agent starts: spawn to the new policy in force. Cold: nothing pinned, traffic flowing unenforced: \
-             spawn to the first probe dropped (and to `status --wait`). Memory: agent VmRSS/VmHWM; BPF maps: the sum \
+             spawn to the first probe dropped (and to `status --wait`). Memory: agent VmRSS after the cold start (VmHWM after the single changes, before the burst); BPF maps: the sum \
              of `memlock` over the agent's map file descriptors; fill: entries / capacity.\n",
             p.probe_interval_us
         );
