@@ -118,10 +118,10 @@ impl Datapath {
         // their old flags, a peer on a new number that no entry names yet
         // could pass.
         self.hold_changing_endpoints(&plan, &mut report);
-        let mut ips_whole = ips_same || self.upsert_ips(plan.addresses(compiled), &mut report);
+        let mut ips_whole = ips_same || self.upsert_ips(plan::addresses(compiled, &local), &mut report);
         if !ips_whole {
             self.remove_stale_ips(&compiled.ips, &mut report);
-            ips_whole = self.upsert_ips(plan.addresses(compiled), &mut report);
+            ips_whole = self.upsert_ips(plan::addresses(compiled, &local), &mut report);
         }
         if !ips_whole {
             report.errors.push(format!(

@@ -105,6 +105,23 @@ pub fn plan(compiled: &Compiled, ifaces: &Interfaces, host: &HostInterfaces, str
     plan
 }
 
+/// The address maps (single addresses and CIDRs together, in key order):
+/// the compiled ones, the `local` addresses ([`Plan::local_addresses`])
+/// carrying their interface, so a hook that sees a pod's packet elsewhere
+/// (after DNAT) finds the pod's endpoint. Read as they go: a copy was 7 MB
+/// of the first sync's peak at 50k pods.
+pub fn addresses<'a>(compiled: &'a Compiled, local: &[(IpAddr, u32)]) -> impl Iterator<Item = (IpPrefix, IpInfo)> + 'a {
+    let local: BTreeMap<IpPrefix, u32> =
+        local.iter().map(|(ip, ifindex)| (IpPrefix::from_net(ipnet::IpNet::from(*ip)), *ifindex)).collect();
+    compiled.ips.iter().map(move |(k, v)| {
+        let mut v = *v;
+        if let Some(ifindex) = local.get(k) {
+            v.ifindex = *ifindex;
+        }
+        (*k, v)
+    })
+}
+
 /// Which pods to hold closed, and why.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Hold {
@@ -116,30 +133,10 @@ pub enum Hold {
 
 impl Plan {
     /// The addresses of enforced local pods, with their interfaces: what
-    /// [`Plan::addresses`] adds to the compiled address map.
+    /// [`addresses`] adds to the compiled address map.
     pub fn local_addresses(&self) -> Vec<(IpAddr, u32)> {
         let enforced = self.endpoints.iter().filter(|st| st.state == Enforcement::Enforced);
         enforced.filter_map(|st| st.ifindex.map(|i| st.ips.iter().map(move |ip| (*ip, i)))).flatten().collect()
-    }
-
-    /// The address maps (single addresses and CIDRs together, in key
-    /// order): the compiled ones, local pods' addresses carrying their
-    /// interface, so a hook that sees a pod's packet elsewhere (after DNAT)
-    /// finds the pod's endpoint. Read as they go: a copy was 7 MB of the
-    /// first sync's peak at 50k pods.
-    pub fn addresses<'a>(&self, compiled: &'a Compiled) -> impl Iterator<Item = (IpPrefix, IpInfo)> + 'a {
-        let local: BTreeMap<IpPrefix, u32> = self
-            .local_addresses()
-            .into_iter()
-            .map(|(ip, ifindex)| (IpPrefix::from_net(ipnet::IpNet::from(ip)), ifindex))
-            .collect();
-        compiled.ips.iter().map(move |(k, v)| {
-            let mut v = *v;
-            if let Some(ifindex) = local.get(k) {
-                v.ifindex = *ifindex;
-            }
-            (*k, v)
-        })
     }
 
     /// Holds pods closed whose entries could not be written whole: their
@@ -204,7 +201,7 @@ mod tests {
         let i =
             ifaces(&[(1, "lo"), (2, "eth0"), (10, "veth-a"), (11, "veth-b")], &[("10.0.0.1", 10), ("10.0.0.2", 11)]);
         let p = plan(&c, &i, &HostInterfaces::All, &[]);
-        let ips: BTreeMap<IpPrefix, IpInfo> = p.addresses(&c).collect();
+        let ips: BTreeMap<IpPrefix, IpInfo> = addresses(&c, &p.local_addresses()).collect();
         assert_eq!(p.entries[&10], Endpoint { identity: 7, flags: EP_INGRESS_ISOLATED });
         assert_eq!(p.entries[&11], Endpoint { identity: 8, flags: 0 });
         assert_eq!(p.endpoints[0].state, Enforcement::Enforced);
@@ -221,7 +218,7 @@ mod tests {
         let c = compiled(vec![pod("a", "10.0.0.1", 7, 0), pod("b", "10.0.0.2", 8, 0), pod("c", "10.0.0.3", 9, 0)]);
         let i = ifaces(&[(10, "veth-a")], &[("10.0.0.1", 10), ("10.0.0.2", 10)]);
         let p = plan(&c, &i, &HostInterfaces::Named(vec![]), &[]);
-        let ips: BTreeMap<IpPrefix, IpInfo> = p.addresses(&c).collect();
+        let ips: BTreeMap<IpPrefix, IpInfo> = addresses(&c, &p.local_addresses()).collect();
         assert_eq!(p.entries.len(), 1);
         assert_eq!(p.entries[&10].identity, 7, "the first pod keeps the interface");
         assert_eq!(p.endpoints[1].state, Enforcement::Conflict { ifindex: 10 });
