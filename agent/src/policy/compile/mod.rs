@@ -559,8 +559,7 @@ struct Touched(Vec<PolicyPrefix>);
 impl Touched {
     fn push(&mut self, prefix: PolicyPrefix) {
         if self.0.len() == self.0.capacity() {
-            self.0.sort_unstable();
-            self.0.dedup();
+            self.compact();
             // Still over half full: room to double, so each sort is paid
             // for by as many pushes as it looked at.
             if self.0.len() > self.0.capacity() / 2 {
@@ -570,17 +569,29 @@ impl Touched {
         self.0.push(prefix);
     }
 
-    /// The entries named, each once, in order.
-    fn into_sorted(mut self) -> Vec<PolicyPrefix> {
+    fn compact(&mut self) {
         self.0.sort_unstable();
         self.0.dedup();
+    }
+
+    /// The entries named, each once, in order.
+    fn into_sorted(mut self) -> Vec<PolicyPrefix> {
+        self.compact();
         self.0
     }
 }
 
 impl Extend<PolicyPrefix> for Touched {
+    /// Room for more names than the list holds, if that many are known
+    /// to come: the first compile's 100k distinct entries would otherwise
+    /// be sorted at every doubling.
     fn extend<I: IntoIterator<Item = PolicyPrefix>>(&mut self, iter: I) {
-        iter.into_iter().for_each(|p| self.push(p));
+        let iter = iter.into_iter();
+        let coming = iter.size_hint().0;
+        if coming > self.0.len() {
+            self.0.reserve(coming);
+        }
+        iter.for_each(|p| self.push(p));
     }
 }
 
