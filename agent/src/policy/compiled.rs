@@ -42,10 +42,47 @@ impl IpPrefix {
 }
 
 /// An entry of the policy trie.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PolicyPrefix {
     pub prefix_len: u32,
     pub key: PolicyKey,
+}
+
+impl PolicyPrefix {
+    /// The entry as one number whose order is the fields' order (prefix
+    /// length, then the key's big-endian bytes): 32 + 32 + 8 + 32 + 8 + 16
+    /// bits. Compared and hashed field by field, byte arrays went through
+    /// slice comparisons: a quarter of a pod's sync at 10k x 10k was the
+    /// sync's ordered map comparing keys.
+    #[inline]
+    fn packed(&self) -> u128 {
+        let k = &self.key;
+        (u128::from(self.prefix_len) << 96)
+            | (u128::from(u32::from_be_bytes(k.local)) << 64)
+            | (u128::from(k.direction) << 56)
+            | (u128::from(u32::from_be_bytes(k.peer)) << 24)
+            | (u128::from(k.protocol) << 16)
+            | u128::from(u16::from_be_bytes(k.port))
+    }
+}
+
+impl Ord for PolicyPrefix {
+    #[inline]
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.packed().cmp(&other.packed())
+    }
+}
+
+impl PartialOrd for PolicyPrefix {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl std::hash::Hash for PolicyPrefix {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write_u128(self.packed());
+    }
 }
 
 pub use palisade_common::family_addr;
@@ -329,6 +366,36 @@ mod tests {
         m.clear();
         assert!(m.is_empty());
         assert_eq!(before.len(), 9_999);
+    }
+
+    #[test]
+    fn entries_order_as_their_fields_do() {
+        let field_order = |p: &PolicyPrefix| {
+            let k = &p.key;
+            (p.prefix_len, k.local, k.direction, k.peer, k.protocol, k.port)
+        };
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let entries: Vec<PolicyPrefix> = (0..2_000)
+            .map(|_| {
+                let (a, b) = (next(), next());
+                let small = |v: u64| [0, 1, 255, v as u32 % 4].get((v % 5) as usize).copied().unwrap_or(v as u32);
+                PolicyPrefix {
+                    prefix_len: small(a) % 97,
+                    key: PolicyKey::new(small(a >> 8), (b % 3) as u8, small(b >> 8), (a >> 40) as u8, (b >> 40) as u16),
+                }
+            })
+            .collect();
+        for a in &entries {
+            for b in entries.iter().take(200) {
+                assert_eq!(a.cmp(b), field_order(a).cmp(&field_order(b)), "{a:?} vs {b:?}");
+            }
+        }
     }
 
     #[test]
