@@ -125,21 +125,15 @@ impl FromStr for MapSizes {
     }
 }
 
-/// What the agent last wrote (and so believes the kernel holds). The
-/// address and policy entries are hash maps: a sync only looks entries up
-/// one by one (a pod of a new identity at 10k x 10k: 50k entries, each
-/// looked up three or four times), which in ordered maps of 100k entries
-/// was a quarter of the pass.
+/// What the agent last wrote (and so believes the kernel holds).
 #[derive(Default)]
 struct Realized {
-    ips: Entries<IpPrefix, IpInfo>,
-    policy: Entries<PolicyPrefix, PolicyValue>,
+    ips: BTreeMap<IpPrefix, IpInfo>,
+    policy: BTreeMap<PolicyPrefix, PolicyValue>,
     endpoints: BTreeMap<u32, Endpoint>,
     /// Interfaces whose links carry this agent's programs, and which.
     attached: BTreeMap<u32, BTreeSet<Hook>>,
 }
-
-type Entries<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
 /// The outcome of one sync.
 #[derive(Clone, Debug, Default)]
