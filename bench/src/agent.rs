@@ -30,6 +30,10 @@ impl Agent {
         // Verdict lines go nowhere: a container runtime would take them
         // from a pipe; here their cost is the write, not the storage.
         a.stdout = PathBuf::from("/dev/null");
+        // The agent's own saved copies stay on disk, where a node keeps them
+        // (their one sync per burst is the agent's cost); only the
+        // manifests, the stand-in for an API server, go on tmpfs.
+        a.saved_dir = env::disk_dir().join(format!("palisade-bench-saved-{tag}-{}", std::process::id()));
         env::track_bpffs(&a.bpffs);
         Ok(Agent(a))
     }

@@ -102,6 +102,11 @@ fn real_main(args: Args) -> Result<()> {
     // The e2e kit's agent launcher runs $PALISADE_BIN.
     // SAFETY: no other thread exists yet.
     unsafe { std::env::set_var("PALISADE_BIN", &palisade) };
+    if let Some(dir) = env::scratch() {
+        // Every temporary directory (the kit's agents' too) goes there.
+        // SAFETY: no other thread exists yet.
+        unsafe { std::env::set_var("TMPDIR", dir) };
+    }
     let out = args
         .out
         .clone()

@@ -17,6 +17,8 @@ pub struct Machine {
     pub iptables: String,
     pub nft: String,
     pub iperf3: String,
+    /// Where the benchmark's files went (see `env::scratch`).
+    pub scratch: String,
 }
 
 #[derive(Serialize)]
@@ -65,6 +67,11 @@ fn machine() -> Machine {
         iptables: sh("iptables", &["--version"]),
         nft: sh("nft", &["--version"]),
         iperf3: sh("iperf3", &["--version"]),
+        scratch: {
+            let dir = std::env::temp_dir();
+            let tmpfs = crate::env::scratch().is_some_and(|s| s == dir);
+            format!("{}{}", dir.display(), if tmpfs { " (tmpfs)" } else { " (not tmpfs)" })
+        },
     }
 }
 
@@ -419,7 +426,8 @@ impl Report {
         let _ = writeln!(md, "# palisade benchmarks\n");
         let _ = writeln!(
             md,
-            "Produced by `{}` on {} (palisade {}), {} mode, in {:.0} s. Machine: Linux {}, {} × {}, {:.0} GiB; {}; {}; {}. \
+            "Produced by `{}` on {} (palisade {}), {} mode, in {:.0} s. Machine: Linux {}, {} × {}, {:.0} GiB; {}; {}; {}; \
+             manifests in {}, the agents' saved copies in /var/tmp. \
              The machine is shared and noisy: compare figures within this report (every figure stands beside its \
              baseline from the same run), not across machines.\n",
             self.command,
@@ -433,7 +441,8 @@ impl Report {
             self.machine.memory_gib,
             self.machine.iptables,
             self.machine.nft,
-            self.machine.iperf3
+            self.machine.iperf3,
+            self.machine.scratch
         );
         if !self.load.is_empty() {
             let l: Vec<String> = self.load.iter().map(|(s, a, b)| format!("{s} {a} → {b}")).collect();
@@ -1031,8 +1040,8 @@ impl Report {
         }
         let _ = writeln!(
             s,
-            "From the change written to the source (a manifest renamed into the watched directory, or the agent \
-             process spawned) to the change in force in the kernel, proved by a packet: a client pod sends a UDP \
+            "From the change written to the source (a manifest renamed into the watched directory, on tmpfs when \
+             there is one: see the header; or the agent process spawned) to the change in force in the kernel, proved by a packet: a client pod sends a UDP \
              probe to the server pod every {} µs and the server notes which arrive; the latency is the send time of \
              the first probe with the new verdict (resolution: one probe interval). Added/removed: one NetworkPolicy \
              allowing the probe port, both ends. Label: the client pod gains (loses) the label a policy pair \

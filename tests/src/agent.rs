@@ -35,6 +35,9 @@ pub struct Agent {
     pub socket: PathBuf,
     pub stdout: PathBuf,
     pub stderr: PathBuf,
+    /// The agent's `--state-dir` (its saved copies of the manifests);
+    /// removed with the agent.
+    pub saved_dir: PathBuf,
     work: PathBuf,
     child: Option<Child>,
     rt: tokio::runtime::Runtime,
@@ -95,6 +98,7 @@ impl Agent {
             stdout: work.join("agent.out"),
             stderr: work.join("agent.err"),
             state_dir,
+            saved_dir: work.join("saved"),
             kubeconfig: None,
             netns: None,
             work,
@@ -127,7 +131,7 @@ impl Agent {
             .args(if extra.contains(&"--metrics-addr") { &[][..] } else { &["--metrics-addr", ""][..] })
             // Saved copies of the manifests live and die with the test.
             .arg("--state-dir")
-            .arg(self.work.join("saved"))
+            .arg(&self.saved_dir)
             .args(extra)
             .env("RUST_LOG", std::env::var("PALISADE_E2E_LOG").unwrap_or_else(|_| "info".into()))
             .stdout(Stdio::from(out))
@@ -292,6 +296,7 @@ impl Drop for Agent {
         self.kill();
         let _ = Command::new(binary()).args(["uninstall", "--bpffs"]).arg(&self.bpffs).status();
         let _ = std::fs::remove_dir_all(&self.work);
+        let _ = std::fs::remove_dir_all(&self.saved_dir);
         let _ = std::fs::remove_file(&self.pidfile);
     }
 }
