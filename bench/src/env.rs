@@ -67,12 +67,12 @@ pub fn track_bpffs(p: &Path) {
 /// with a disk's rename; an API server hands an agent its changes without
 /// a disk in the way.
 pub fn scratch() -> Option<PathBuf> {
-    let shm = Path::new("/dev/shm");
-    let c = std::ffi::CString::new("/dev/shm").ok()?;
+    const SHM: &str = "/dev/shm";
+    let c = std::ffi::CString::new(SHM).ok()?;
     // SAFETY: a valid C string and a zeroed statfs for the call to fill.
     let mut fs: libc::statfs = unsafe { std::mem::zeroed() };
     let ok = unsafe { libc::statfs(c.as_ptr(), &mut fs) } == 0;
-    (ok && fs.f_type == libc::TMPFS_MAGIC).then(|| shm.to_path_buf())
+    (ok && fs.f_type == libc::TMPFS_MAGIC).then(|| PathBuf::from(SHM))
 }
 
 /// A directory on disk (the machine's temporary directory for files kept

@@ -70,7 +70,12 @@ fn machine() -> Machine {
         scratch: {
             let dir = std::env::temp_dir();
             let tmpfs = crate::env::scratch().is_some_and(|s| s == dir);
-            format!("{}{}", dir.display(), if tmpfs { " (tmpfs)" } else { " (not tmpfs)" })
+            format!(
+                "manifests in {} ({}), the agents' saved copies in {}",
+                dir.display(),
+                if tmpfs { "tmpfs" } else { "not tmpfs" },
+                crate::env::disk_dir().display()
+            )
         },
     }
 }
@@ -427,7 +432,7 @@ impl Report {
         let _ = writeln!(
             md,
             "Produced by `{}` on {} (palisade {}), {} mode, in {:.0} s. Machine: Linux {}, {} × {}, {:.0} GiB; {}; {}; {}; \
-             manifests in {}, the agents' saved copies in /var/tmp. \
+             {}. \
              The machine is shared and noisy: compare figures within this report (every figure stands beside its \
              baseline from the same run), not across machines.\n",
             self.command,
