@@ -133,6 +133,9 @@ pub async fn run(opts: Options) -> Result<()> {
             None => break,
         }
     }
+    for e in agent.source.finish_saving() {
+        tracing::warn!("invalid input: {e}");
+    }
     crate::flows::save_if_changed(&agent.shared.flows, agent.opts.source.state_dir.as_deref());
     tracing::info!("palisade agent stopping; enforcement stays in place (pinned under {})", agent.opts.bpffs.display());
     let _ = std::fs::remove_file(&agent.opts.socket);
@@ -404,7 +407,8 @@ impl Agent {
     }
 
     /// Saves what the source read now that it is in force (off the way
-    /// of the change); what cannot be saved is said in status at once.
+    /// of the change and of the loop); what a save could not save is said
+    /// in status once it has ended (at the next pass).
     fn save_source(&mut self) {
         let errors = self.source.save_pending();
         if errors.is_empty() {

@@ -14,7 +14,7 @@
 
 use super::convert::{Checked, ObjKey, check_documents, check_json_documents, json_documents};
 use super::objects::{Patched, Validator};
-use super::saved::Saved;
+use super::saved::{Outcomes, Saved};
 use super::{InputError, Snapshot, trust};
 use anyhow::{Result, bail};
 use serde_json::Value;
@@ -99,6 +99,9 @@ pub struct FileSource {
     unsaved: Vec<(PathBuf, Vec<String>)>,
     /// Files deleted since, whose copies go then too (relative paths).
     unsaved_gone: Vec<String>,
+    /// The save writing copies off the agent's loop, if one is running:
+    /// each copy's outcome.
+    saving: Option<std::thread::JoinHandle<Outcomes>>,
     /// The directory as last listed, kept current by [`FileSource::reload`].
     listing: Listing,
     /// The last walk failed: the next load walks again.
@@ -251,6 +254,7 @@ impl FileSource {
             last: Patched::default(),
             unsaved: Vec::new(),
             unsaved_gone: Vec::new(),
+            saving: None,
             listing: Listing::default(),
             walk_next: true,
             #[cfg(test)]
@@ -556,24 +560,59 @@ impl FileSource {
     }
 
     /// Saves the copies of the files read since the last save: the agent
-    /// calls it once the kernel holds what they put in force, so the
-    /// writes (and their fsyncs) are not on the way of a change. A crash
-    /// before it leaves the copies one version behind, as a crash before
-    /// the change was read would. Returns what could not be saved.
+    /// calls it once the kernel holds what they put in force. The writes
+    /// (and their sync) run on a thread of their own, one save at a time,
+    /// so they are not on the way of the next change either: the 1,000
+    /// copies of a burst held the agent's loop for hundreds of ms on a
+    /// disk. While one runs, what is read meanwhile waits for the next
+    /// call (the next pass; the resync's at the latest). A crash before a save ends leaves the copies one version
+    /// behind, as a crash before the change was read would. Returns what
+    /// the saves finished since the last call could not save.
     pub fn save_pending(&mut self) -> Vec<InputError> {
-        let Some(saved) = &self.saved else { return Vec::new() };
+        let errors = self.finished_save(false);
+        let Some(saved) = self.saved.as_ref().filter(|_| self.saving.is_none()) else { return errors };
         // A crash before this leaves the copy of a deleted file, which the
         // next start removes (its file is not there).
-        for rel in std::mem::take(&mut self.unsaved_gone) {
-            saved.remove(&rel);
-        }
+        let gone = std::mem::take(&mut self.unsaved_gone);
         let unsaved = std::mem::take(&mut self.unsaved);
+        // Nothing writes the copies now, so the last valid versions read
+        // for the copies of broken objects are the last saved.
         let copies: Vec<(String, Vec<String>)> = unsaved
             .into_iter()
             .filter(|(path, _)| self.files.contains_key(path))
             .map(|(path, raw)| (self.rel(&path), self.copy_of(saved, &path, raw)))
             .collect();
-        let results = saved.write_many(copies);
+        if !gone.is_empty() || !copies.is_empty() {
+            let saved = saved.clone();
+            self.saving = Some(std::thread::spawn(move || {
+                for rel in gone {
+                    saved.remove(&rel);
+                }
+                saved.write_many(copies)
+            }));
+        }
+        errors
+    }
+
+    /// Waits for the save running, then saves what is left and waits for
+    /// that too (the agent stopping). Returns what could not be saved.
+    pub fn finish_saving(&mut self) -> Vec<InputError> {
+        let mut errors = self.finished_save(true);
+        errors.extend(self.save_pending());
+        errors.extend(self.finished_save(true));
+        errors
+    }
+
+    /// What the save running could not save, once it has ended (or after
+    /// waiting for it).
+    fn finished_save(&mut self, wait: bool) -> Vec<InputError> {
+        if !self.saving.as_ref().is_some_and(|h| wait || h.is_finished()) {
+            return Vec::new();
+        }
+        let results = self.saving.take().expect("a save").join().unwrap_or_else(|_| {
+            tracing::error!("saving the manifests' copies failed (the thread panicked); they stay a version behind");
+            Vec::new()
+        });
         results.into_iter().filter_map(|(rel, r)| r.err().map(|e| save_error(&self.dir.join(rel), &e))).collect()
     }
 
@@ -776,6 +815,7 @@ mod tests {
         assert!(s.errors.is_empty(), "{:?}", s.errors);
         assert_eq!(ports(&s), [0]);
         assert!(src.save_pending().is_empty());
+        assert!(src.finish_saving().is_empty());
         std::fs::write(&f, "{").unwrap();
         assert_eq!(ports(&enforcing(&d).load()), [0], "the copy follows the last good content");
 
@@ -952,10 +992,13 @@ mod tests {
             let paths = step();
             let walks = noted.walks;
             let got = noted.reload(&paths);
+            // Both keep their copies in one directory: one save at a time.
+            assert!(noted.finish_saving().is_empty(), "{what}: saved");
             // Only a directory named (new or gone) takes a walk.
             let walked_here = matches!(what, "a new directory" | "a directory deleted");
             assert_eq!(noted.walks - walks, usize::from(walked_here), "{what}: walks");
             let want = walked.load();
+            assert!(walked.finish_saving().is_empty(), "{what}: saved");
             assert_eq!(got.input, want.input, "{what}");
             assert_eq!(got.errors, want.errors, "{what}");
             assert_eq!(noted.loaded_fingerprint(), fingerprint(&m, true), "{what}");

@@ -168,6 +168,15 @@ impl Source {
         }
     }
 
+    /// Saves everything still to save and waits for it (the agent
+    /// stopping).
+    pub fn finish_saving(&mut self) -> Vec<InputError> {
+        match self {
+            Source::Files { source, .. } => source.finish_saving(),
+            Source::Kube(_) => Vec::new(),
+        }
+    }
+
     pub fn describe(&self) -> String {
         match self {
             Source::Files { source, .. } => format!("files:{}", source.dir().display()),

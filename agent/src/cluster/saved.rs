@@ -22,6 +22,10 @@ struct Copy {
     objects: Vec<Value>,
 }
 
+/// Each copy's outcome, by the file's relative path.
+pub type Outcomes = Vec<(String, Result<()>)>;
+
+#[derive(Clone)]
 pub struct Saved {
     dir: PathBuf,
 }
@@ -101,7 +105,7 @@ impl Saved {
     /// file, one sync of the filesystem for them all (a burst of changed
     /// files would otherwise wait on an fsync each), then each renamed in
     /// place and the directory synced once. Returns each file's outcome.
-    pub fn write_many(&self, copies: Vec<(String, Vec<String>)>) -> Vec<(String, Result<()>)> {
+    pub fn write_many(&self, copies: Vec<(String, Vec<String>)>) -> Outcomes {
         // Nothing to write must not sync: a sync of the filesystem waits for
         // everyone's writes (it took most of a pass on a busy node).
         if copies.is_empty() {
