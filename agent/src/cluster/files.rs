@@ -718,6 +718,16 @@ pub(super) fn parse(text: &str, source: &str, keep_raw: bool) -> Result<Objects,
     Ok(check_documents(docs, source, keep_raw))
 }
 
+/// A source dropped leaves no save writing behind it (its outcomes were
+/// for a status no one reads now).
+impl Drop for FileSource {
+    fn drop(&mut self) {
+        if let Some(h) = self.saving.take() {
+            let _ = h.join();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1014,6 +1024,7 @@ mod tests {
         std::fs::write(m.join("unnamed.yaml"), POLICY.replace("name: p", "name: r")).unwrap();
         let s = noted.reload(&[]);
         assert!(s.input.policies.contains_key(&("x".into(), "r".into())), "walked, read through the symlink");
+        drop((noted, walked));
         std::fs::remove_dir_all(&d).unwrap();
     }
 
