@@ -85,14 +85,6 @@ pub fn disk_dir() -> PathBuf {
 /// the pids it recorded), namespaces named `plb-*`, pins under our prefix,
 /// its files (which may hold memory, on tmpfs).
 pub fn clean_leftovers(palisade: &Path) {
-    for dir in [std::env::temp_dir(), disk_dir()] {
-        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-            let name = e.file_name().to_string_lossy().to_string();
-            if name.starts_with("palisade-bench-") || name.starts_with(&format!("palisade-e2e-{AGENT_TAG_PREFIX}")) {
-                let _ = std::fs::remove_dir_all(e.path());
-            }
-        }
-    }
     if let Ok(s) = std::fs::read_to_string(PIDFILE) {
         for pid in s.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
             // Only if it still is one of ours (a palisade or iperf3 process).
@@ -103,6 +95,15 @@ pub fn clean_leftovers(palisade: &Path) {
             }
         }
         let _ = std::fs::remove_file(PIDFILE);
+    }
+    // After the kill: a leftover agent would still write into its directory.
+    for dir in [std::env::temp_dir(), disk_dir()] {
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().to_string();
+            if name.starts_with("palisade-bench-") || name.starts_with(&format!("palisade-e2e-{AGENT_TAG_PREFIX}")) {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
     }
     if let Ok(entries) = std::fs::read_dir("/var/run/netns") {
         for e in entries.flatten() {

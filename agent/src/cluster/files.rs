@@ -565,9 +565,10 @@ impl FileSource {
     /// so they are not on the way of the next change either: the 1,000
     /// copies of a burst held the agent's loop for hundreds of ms on a
     /// disk. While one runs, what is read meanwhile waits for the next
-    /// call (the next pass; the resync's at the latest). A crash before a save ends leaves the copies one version
-    /// behind, as a crash before the change was read would. Returns what
-    /// the saves finished since the last call could not save.
+    /// call (the next pass; the resync's at the latest). A crash before a
+    /// save ends leaves the copies one version behind, as a crash before
+    /// the change was read would. Returns what the saves finished since
+    /// the last call could not save.
     pub fn save_pending(&mut self) -> Vec<InputError> {
         let errors = self.finished_save(false);
         let Some(saved) = self.saved.as_ref().filter(|_| self.saving.is_none()) else { return errors };
