@@ -24,6 +24,9 @@ pub struct Machine {
 #[derive(Serialize)]
 pub struct Report {
     pub quick: bool,
+    /// The profile this runner (and so the agent: xtask builds both
+    /// alike) was built with; a dev build's figures are not palisade's.
+    pub build: &'static str,
     pub command: String,
     pub date: String,
     pub git_rev: String,
@@ -284,6 +287,7 @@ impl Report {
         let dirty = !sh("git", &["status", "--porcelain", "--untracked-files=no"]).is_empty();
         Report {
             quick,
+            build: if cfg!(debug_assertions) { "dev" } else { "release" },
             command: command.to_string(),
             date,
             git_rev: if dirty { format!("{git_rev} (with local changes)") } else { git_rev },
@@ -431,14 +435,20 @@ impl Report {
         let _ = writeln!(md, "# palisade benchmarks\n");
         let _ = writeln!(
             md,
-            "Produced by `{}` on {} (palisade {}), {} mode, in {:.0} s. Machine: Linux {}, {} × {}, {:.0} GiB; {}; {}; {}; \
+            "Produced by `{}` on {} (palisade {}), {} mode, {}, in {:.0} s. Machine: Linux {}, {} × {}, {:.0} GiB; {}; {}; {}; \
              {}. \
              The machine is shared and noisy: compare figures within this report (every figure stands beside its \
              baseline from the same run), not across machines.\n",
             self.command,
             self.date,
             self.git_rev,
-            if self.quick { "quick (CI smoke: few points, one run each)" } else { "full" },
+            if self.quick { "quick (few points, one run each)" } else { "full" },
+            if self.build == "release" {
+                "release build"
+            } else {
+                "**dev build** (unoptimised, as the tests build it: these figures show that the benchmarks run, \
+                 not what palisade does)"
+            },
             self.duration_s,
             self.machine.kernel,
             self.machine.cpus,
