@@ -423,16 +423,16 @@ impl Agent {
         self.reported.extend(errors);
     }
 
-    /// The local identities the kernel holds for local pods (left by an
-    /// earlier agent): the first compile keeps them, so a restart rewrites
-    /// nothing that did not change.
+    /// The policy classes the kernel holds for local pods (left by an
+    /// earlier agent): the first compile keeps them, so a restart moves
+    /// no endpoint entry and no policy entry that did not change.
     fn pinned_hints(&self, input: &Input, ifaces: &Interfaces) -> Hints {
-        let held = self.dp.endpoint_identities();
+        let held = self.dp.endpoint_classes();
         let mut hints = Hints::new();
         for pod in input.pods.values() {
-            let identity = pod.ips.iter().find_map(|ip| ifaces.routes.get(ip)).and_then(|i| held.get(i));
-            if let Some(&id) = identity.filter(|&&id| id != 0) {
-                hints.insert((pod.namespace.clone(), pod.name.clone()), id);
+            let class = pod.ips.iter().find_map(|ip| ifaces.routes.get(ip)).and_then(|i| held.get(i));
+            if let Some(&class) = class.filter(|&&c| c != 0) {
+                hints.classes.insert((pod.namespace.clone(), pod.name.clone()), class);
             }
         }
         hints

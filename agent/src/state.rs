@@ -124,8 +124,9 @@ pub struct Applied {
     pub input: Arc<Input>,
     pub node: Node,
     pub endpoints: Vec<EndpointState>,
-    /// The local identities the kernel was given: compiling `input` with
-    /// them reproduces the numbers in force (they depend on history).
+    /// The local identities and classes the kernel was given: compiling
+    /// `input` with them reproduces the numbers in force (they depend on
+    /// history).
     pub hints: Hints,
 }
 

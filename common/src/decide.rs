@@ -94,7 +94,7 @@ pub fn decide<M: PolicyMaps>(
     if dir == DIR_EGRESS && peer_flags & IP_SERVICE != 0 {
         return Decision { allowed: true, defer: true, reason: REASON_RULE, rule: 0, peer };
     }
-    let mut key = PolicyKey::new(ep.identity, dir, peer, protocol, port);
+    let mut key = PolicyKey::new(ep.class, dir, peer, protocol, port);
     if peer != PEER_ANY
         && let Some(v) = maps.policy(&key)
     {
@@ -165,7 +165,7 @@ mod tests {
         }
     }
 
-    const ISOLATED: Endpoint = Endpoint { identity: 1, flags: EP_INGRESS_ISOLATED | EP_EGRESS_ISOLATED };
+    const ISOLATED: Endpoint = Endpoint { class: 1, flags: EP_INGRESS_ISOLATED | EP_EGRESS_ISOLATED };
 
     fn verdict(ep: &Endpoint, dir: u8, remote: &IpKey, port: u16) -> (bool, bool, u8, u32, u32) {
         let d = decide(&Maps, ep, dir, remote, PROTO_TCP, port, false);
@@ -185,7 +185,7 @@ mod tests {
 
     #[test]
     fn isolation_and_services() {
-        let open = Endpoint { identity: 1, flags: 0 };
+        let open = Endpoint { class: 1, flags: 0 };
         assert_eq!(verdict(&open, DIR_EGRESS, &OTHER, 1), (true, false, REASON_NOT_ISOLATED, 0, 0));
         let named = decide(&Maps, &open, DIR_EGRESS, &HOST, PROTO_TCP, 1, true);
         assert_eq!((named.allowed, named.reason, named.peer), (true, REASON_NOT_ISOLATED, 7), "want_peer names it");
@@ -195,14 +195,14 @@ mod tests {
 
     #[test]
     fn tiered_endpoints_look_up_and_entries_deny() {
-        let tiered = Endpoint { identity: 1, flags: EP_INGRESS_TIERED | EP_EGRESS_TIERED };
+        let tiered = Endpoint { class: 1, flags: EP_INGRESS_TIERED | EP_EGRESS_TIERED };
         assert_eq!(verdict(&tiered, DIR_INGRESS, &OTHER, 22), (false, false, REASON_RULE, 300, PEER_ANY), "deny rule");
         assert_eq!(verdict(&tiered, DIR_INGRESS, &HOST, 22), (true, false, REASON_NOT_ISOLATED, 0, 7), "peer's pass");
         assert_eq!(verdict(&tiered, DIR_INGRESS, &HOST, 80), (true, false, REASON_RULE, 100, 7), "allow rule");
         assert_eq!(verdict(&tiered, DIR_INGRESS, &OTHER, 1), (true, false, REASON_NOT_ISOLATED, 0, PEER_ANY), "miss");
         assert_eq!(verdict(&tiered, DIR_INGRESS, &IN_CIDR, 443), (false, false, REASON_NO_RULE, 0, 8), "implicit deny");
         assert_eq!(verdict(&tiered, DIR_EGRESS, &SERVICE, 22), (true, true, REASON_RULE, 0, 9), "deferred");
-        let both = Endpoint { identity: 1, flags: EP_INGRESS_TIERED | EP_INGRESS_ISOLATED };
+        let both = Endpoint { class: 1, flags: EP_INGRESS_TIERED | EP_INGRESS_ISOLATED };
         assert_eq!(
             verdict(&both, DIR_INGRESS, &OTHER, 1),
             (false, false, REASON_NO_RULE, 0, PEER_ANY),

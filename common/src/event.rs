@@ -46,8 +46,8 @@ pub struct Event {
     pub ts_ns: u64,
     /// Host-side interface of the local pod.
     pub ifindex: u32,
-    /// Identity of the local pod.
-    pub local_identity: u32,
+    /// Policy class of the local pod.
+    pub local_class: u32,
     /// Identity of the peer address (0: unknown).
     pub peer_identity: u32,
     /// Deciding rule (0: none).

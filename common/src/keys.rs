@@ -186,8 +186,10 @@ pub const EP_EGRESS_TIERED: u32 = 1 << 5;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Endpoint {
-    /// Identity of the pod behind the interface.
-    pub identity: u32,
+    /// Policy class of the pod behind the interface: the local field of
+    /// the policy entries that judge its traffic (pods whose policies are
+    /// alike share a class, and so their entries).
+    pub class: u32,
     /// `EP_*` flags.
     pub flags: u32,
 }

@@ -105,7 +105,7 @@ fn emit_folded(f: &Flow, verdict: u8, d: &Decision, n: u32, folded: u32) {
     slot.write(Event {
         ts_ns: unsafe { bpf_ktime_get_ns() },
         ifindex: f.ifindex,
-        local_identity: f.ep.identity,
+        local_class: f.ep.class,
         peer_identity: d.peer,
         rule: d.rule,
         count: n,

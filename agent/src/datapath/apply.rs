@@ -20,9 +20,9 @@ use std::path::PathBuf;
 /// What one sync's policy writes did (see [`Datapath::upsert_policy`]).
 #[derive(Default)]
 struct Upsert {
-    /// Local identities whose entries do not all fit.
+    /// Policy classes whose entries do not all fit.
     short: BTreeSet<u32>,
-    /// Per identity, the allowing entries written, with what each replaced.
+    /// Per class, the allowing entries written, with what each replaced.
     allowed: HashMap<u32, Vec<(PolicyPrefix, Option<PolicyValue>)>>,
 }
 
@@ -57,13 +57,13 @@ impl Datapath {
     ///    exception would fall back to a broader, allowed CIDR). If they do
     ///    not fit, stale ones go first and the rest is retried; if they
     ///    still do not fit, every pod is held closed. Then endpoint entries
-    ///    (flags, identity, holds); those that change are held closed while
+    ///    (flags, class, holds); those that change are held closed while
     ///    the addresses move. Both before any new allow: when a group
     ///    splits, the number its pods had may go to the other part, and the
     ///    pods and addresses leaving it must not be judged by that part's
     ///    allows meanwhile. On their new numbers, the denies are in force
     ///    and the allows not yet: briefly closed, never open.
-    /// 4. New allowing policy entries. A local identity whose entries
+    /// 4. New allowing policy entries. A policy class whose entries
     ///    cannot all be written (the map is full) has the allows this sync
     ///    wrote for it taken back and its pods held closed
     ///    ([`palisade_common::EP_PENDING`]), never left half-enforced. Then
@@ -71,7 +71,7 @@ impl Datapath {
     /// 5. Endpoints and links of pods that are gone.
     /// 6. Stale addresses, then revoked denies (ClusterNetworkPolicy Deny
     ///    entries: a missing entry means what the endpoint's flags, written
-    ///    in step 3, say), except those of identities held closed; then the
+    ///    in step 3, say), except those of classes held closed; then the
     ///    revision bump that re-judges tracked flows (rewritten by every
     ///    sync until the kernel has it).
     pub fn sync(&mut self, compiled: &Compiled, ifaces: &Interfaces) -> SyncReport {
@@ -132,7 +132,7 @@ impl Datapath {
         }
         const FULL: &str = "the policy map is full";
         if !up.short.is_empty() {
-            plan.hold_closed(&Hold::Identities(up.short.clone()), FULL);
+            plan.hold_closed(&Hold::Classes(up.short.clone()), FULL);
         }
         self.write_endpoints(&plan, &mut report);
         let short_of_denies = up.short.len();
@@ -144,15 +144,16 @@ impl Datapath {
         if !short.is_empty() {
             let ids: Vec<String> = short.iter().map(u32::to_string).collect();
             report.errors.push(format!(
-                "policy map full ({} entries): the entries of identities {} do not fit; their pods are held closed",
+                "policy map full ({} entries): the entries of policy classes {} do not fit; their pods are held \
+                 closed",
                 self.sizes.policy,
                 ids.join(", ")
             ));
         }
-        // Identities short of allows: those allows were taken back, so
-        // their pods were never open; now they are held.
+        // Classes short of allows: those allows were taken back, so their
+        // pods were never open; now they are held.
         if short.len() > short_of_denies {
-            plan.hold_closed(&Hold::Identities(short.clone()), FULL);
+            plan.hold_closed(&Hold::Classes(short.clone()), FULL);
             self.write_endpoints(&plan, &mut report);
         }
         self.write_links(&mut plan, ifaces, &mut report);
@@ -195,10 +196,10 @@ impl Datapath {
         self.realized.endpoints.keys().copied().collect()
     }
 
-    /// The local identity of each interface's endpoint entry in the kernel
+    /// The policy class of each interface's endpoint entry in the kernel
     /// (what an earlier agent left, or the last sync wrote).
-    pub fn endpoint_identities(&self) -> BTreeMap<u32, u32> {
-        self.realized.endpoints.iter().map(|(i, e)| (*i, e.identity)).collect()
+    pub fn endpoint_classes(&self) -> BTreeMap<u32, u32> {
+        self.realized.endpoints.iter().map(|(i, e)| (*i, e.class)).collect()
     }
 
     fn remove_policy(&mut self, stale: Vec<PolicyPrefix>, report: &mut SyncReport) {
@@ -219,27 +220,27 @@ impl Datapath {
         }
     }
 
-    /// Writes the policy entries that differ, in batches. A local identity
+    /// Writes the policy entries that differ, in batches. A policy class
     /// whose entries cannot all be written goes in `up.short`; the
     /// allowing entries this sync wrote for it are taken back (new ones
     /// removed, changed ones restored): its pods are held closed anyway,
     /// nothing it allowed stays open until the hold is written, and the
-    /// room goes to identities that fit. Its denies stay: they only close.
+    /// room goes to classes that fit. Its denies stay: they only close.
     fn upsert_policy<'a>(
         &mut self,
         desired: impl Iterator<Item = (&'a PolicyPrefix, &'a PolicyValue)>,
         up: &mut Upsert,
         report: &mut SyncReport,
     ) {
-        let identity = |k: &PolicyPrefix| u32::from_be_bytes(k.key.local);
+        let class = |k: &PolicyPrefix| u32::from_be_bytes(k.key.local);
         let todo: Vec<(PolicyPrefix, PolicyValue)> =
             desired.filter(|(k, v)| self.realized.policy.get(k) != Some(v)).map(|(k, v)| (*k, *v)).collect();
         let mut next = 0;
         while next < todo.len() {
-            // The next batch: entries of identities not found short yet.
+            // The next batch: entries of classes not found short yet.
             let mut picked = Vec::new();
             while next < todo.len() && picked.len() < batch::BATCH {
-                if !up.short.contains(&identity(&todo[next].0)) {
+                if !up.short.contains(&class(&todo[next].0)) {
                     picked.push(next);
                 }
                 next += 1;
@@ -253,16 +254,16 @@ impl Datapath {
                 let (k, v) = todo[i];
                 let old = self.realized.policy.insert(k, v);
                 if !v.denies() {
-                    up.allowed.entry(identity(&k)).or_default().push((k, old));
+                    up.allowed.entry(class(&k)).or_default().push((k, old));
                 }
             }
             report.changes += done;
             let Err(stopped) = result else { continue };
-            // The entry that failed: its identity is short. Those after it
-            // in this batch go again (less the short identity's).
-            let failed = identity(&todo[picked[done]].0);
+            // The entry that failed: its class is short. Those after it
+            // in this batch go again (less the short class's).
+            let failed = class(&todo[picked[done]].0);
             next = picked[done] + 1;
-            tracing::debug!("policy map, identity {failed}: {}", stopped.error);
+            tracing::debug!("policy map, class {failed}: {}", stopped.error);
             up.short.insert(failed);
             for (k, old) in up.allowed.remove(&failed).unwrap_or_default() {
                 let key = LpmKey::new(k.prefix_len, k.key);
@@ -353,7 +354,7 @@ impl Datapath {
         }
     }
 
-    /// Holds closed ([`EP_PENDING`], its identity kept) each endpoint entry
+    /// Holds closed ([`EP_PENDING`], its class kept) each endpoint entry
     /// the plan changes, until [`Datapath::write_endpoints`] writes the new
     /// one. Plain packets of tracked flows still pass (the revision is
     /// bumped at the end of the sync); new flows drop meanwhile.
@@ -361,7 +362,7 @@ impl Datapath {
         for (ifindex, ep) in &plan.entries {
             let Some(old) = self.realized.endpoints.get(ifindex).copied() else { continue };
             if old != *ep && old.flags & EP_PENDING == 0 {
-                let held = palisade_common::Endpoint { identity: old.identity, flags: old.flags | EP_PENDING };
+                let held = palisade_common::Endpoint { class: old.class, flags: old.flags | EP_PENDING };
                 self.write_endpoint(*ifindex, held, report);
             }
         }

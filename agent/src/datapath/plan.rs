@@ -52,7 +52,7 @@ pub fn plan(compiled: &Compiled, ifaces: &Interfaces, host: &HostInterfaces, str
             None => Enforcement::NoInterface,
             Some(i) if plan.entries.contains_key(&i) => Enforcement::Conflict { ifindex: i },
             Some(i) => {
-                plan.entries.insert(i, Endpoint { identity: ep.identity, flags: ep.flags });
+                plan.entries.insert(i, Endpoint { class: ep.class, flags: ep.flags });
                 Enforcement::Enforced
             }
         };
@@ -73,7 +73,7 @@ pub fn plan(compiled: &Compiled, ifaces: &Interfaces, host: &HostInterfaces, str
     // Strict mode: a pod interface seen before its pod is held closed.
     for (ifindex, name) in &ifaces.names {
         if !plan.entries.contains_key(ifindex) && strict_prefixes.iter().any(|p| name.starts_with(p.as_str())) {
-            plan.entries.insert(*ifindex, Endpoint { identity: 0, flags: EP_PENDING });
+            plan.entries.insert(*ifindex, Endpoint { class: 0, flags: EP_PENDING });
             plan.pending.push(name.clone());
         }
     }
@@ -125,8 +125,8 @@ pub fn addresses<'a>(compiled: &'a Compiled, local: &[(IpAddr, u32)]) -> impl It
 /// Which pods to hold closed, and why.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Hold {
-    /// Pods of these local identities (their policy entries are incomplete).
-    Identities(BTreeSet<u32>),
+    /// Pods of these policy classes (their policy entries are incomplete).
+    Classes(BTreeSet<u32>),
     /// Every pod (peer addresses are incomplete, so any verdict may be wrong).
     All,
 }
@@ -143,15 +143,18 @@ impl Plan {
     /// endpoint entries get [`EP_PENDING`] (the classifier drops all but
     /// link plumbing) instead of enforcing a partial state.
     pub fn hold_closed(&mut self, hold: &Hold, why: &str) {
-        let held = |identity: u32| match hold {
-            Hold::All => true,
-            Hold::Identities(ids) => ids.contains(&identity),
-        };
         for st in &mut self.endpoints {
-            if st.state != Enforcement::Enforced || !held(st.identity) {
+            if st.state != Enforcement::Enforced {
                 continue;
             }
             let Some(entry) = st.ifindex.and_then(|i| self.entries.get_mut(&i)) else { continue };
+            let held = match hold {
+                Hold::All => true,
+                Hold::Classes(classes) => classes.contains(&entry.class),
+            };
+            if !held {
+                continue;
+            }
             entry.flags |= EP_PENDING;
             st.state = Enforcement::HeldClosed(why.to_string());
         }
@@ -169,7 +172,14 @@ mod tests {
     }
 
     fn pod(name: &str, addr: &str, identity: u32, flags: u32) -> LocalEndpoint {
-        LocalEndpoint { namespace: "x".into(), name: name.into(), ips: vec![ip(addr)], identity, flags }
+        LocalEndpoint {
+            namespace: "x".into(),
+            name: name.into(),
+            ips: vec![ip(addr)],
+            identity,
+            class: identity,
+            flags,
+        }
     }
 
     fn compiled(pods: Vec<LocalEndpoint>) -> Compiled {
@@ -202,8 +212,8 @@ mod tests {
             ifaces(&[(1, "lo"), (2, "eth0"), (10, "veth-a"), (11, "veth-b")], &[("10.0.0.1", 10), ("10.0.0.2", 11)]);
         let p = plan(&c, &i, &HostInterfaces::All, &[]);
         let ips: BTreeMap<IpPrefix, IpInfo> = addresses(&c, &p.local_addresses()).collect();
-        assert_eq!(p.entries[&10], Endpoint { identity: 7, flags: EP_INGRESS_ISOLATED });
-        assert_eq!(p.entries[&11], Endpoint { identity: 8, flags: 0 });
+        assert_eq!(p.entries[&10], Endpoint { class: 7, flags: EP_INGRESS_ISOLATED });
+        assert_eq!(p.entries[&11], Endpoint { class: 8, flags: 0 });
         assert_eq!(p.endpoints[0].state, Enforcement::Enforced);
         assert_eq!(p.endpoints[0].interface.as_deref(), Some("veth-a"));
         assert!(p.endpoints[0].ingress_isolated && !p.endpoints[0].egress_isolated);
@@ -220,7 +230,7 @@ mod tests {
         let p = plan(&c, &i, &HostInterfaces::Named(vec![]), &[]);
         let ips: BTreeMap<IpPrefix, IpInfo> = addresses(&c, &p.local_addresses()).collect();
         assert_eq!(p.entries.len(), 1);
-        assert_eq!(p.entries[&10].identity, 7, "the first pod keeps the interface");
+        assert_eq!(p.entries[&10].class, 7, "the first pod keeps the interface");
         assert_eq!(p.endpoints[1].state, Enforcement::Conflict { ifindex: 10 });
         assert_eq!(p.endpoints[2].state, Enforcement::NoInterface);
         assert_eq!(p.endpoints[2].state.kind(), "no-interface");
@@ -233,7 +243,7 @@ mod tests {
         let c = compiled(vec![pod("a", "10.0.0.1", 7, 0)]);
         let i = ifaces(&[(2, "eth0"), (10, "veth-a"), (12, "veth-new")], &[("10.0.0.1", 10)]);
         let p = plan(&c, &i, &HostInterfaces::Named(vec!["eth0".into()]), &["veth".into()]);
-        assert_eq!(p.entries[&12], Endpoint { identity: 0, flags: EP_PENDING });
+        assert_eq!(p.entries[&12], Endpoint { class: 0, flags: EP_PENDING });
         assert_eq!(p.entries[&10].flags & EP_PENDING, 0);
         assert_eq!(p.pending, vec!["veth-new".to_string()]);
         assert_eq!(
@@ -251,7 +261,7 @@ mod tests {
         let c = compiled(vec![pod("a", "10.0.0.1", 7, EP_INGRESS_ISOLATED), pod("b", "10.0.0.2", 8, 0)]);
         let i = ifaces(&[(10, "veth-a"), (11, "veth-b")], &[("10.0.0.1", 10), ("10.0.0.2", 11)]);
         let mut p = plan(&c, &i, &HostInterfaces::All, &[]);
-        p.hold_closed(&Hold::Identities([7].into()), "policy map full");
+        p.hold_closed(&Hold::Classes([7].into()), "policy map full");
         assert_eq!(p.entries[&10].flags, EP_INGRESS_ISOLATED | EP_PENDING);
         assert_eq!(p.entries[&11].flags, 0);
         assert_eq!(p.endpoints[0].state, Enforcement::HeldClosed("policy map full".into()));
@@ -287,7 +297,7 @@ mod tests {
         let c = compiled(vec![pod("new", "10.0.0.9", 7, EP_INGRESS_ISOLATED)]);
         let q = plan(&c, &i, &HostInterfaces::Named(vec!["eth0".into()]), &[]);
         assert_eq!(q.hooks, p.hooks);
-        assert_eq!(q.entries[&12].identity, 7);
+        assert_eq!(q.entries[&12].class, 7);
         // Every other node interface gets the host hook; a pod interface
         // has its pod's hooks only (they judge DNATed traffic to it).
         let p = plan(&compiled(vec![]), &i, &HostInterfaces::All, &[]);

@@ -153,11 +153,7 @@ impl Resolver {
             src_name,
             dst_name,
             rule: self.rule(raw.rule),
-            isolated: if raw.verdict == VERDICT_ALLOWED {
-                0
-            } else {
-                self.isolating(raw.local_identity, raw.direction)
-            },
+            isolated: if raw.verdict == VERDICT_ALLOWED { 0 } else { self.isolating(raw.local_class, raw.direction) },
             family: raw.family,
             protocol: raw.protocol,
             direction: raw.direction,

@@ -37,12 +37,12 @@ impl Reach {
         Reach { compiled, candidates: candidates(input) }
     }
 
-    /// The pod's compiled entries, identity and flags (None: not enforced,
+    /// The pod's compiled entries, class and flags (None: not enforced,
     /// such as a host-network pod).
     fn endpoint(&self, pod: &Pod) -> Option<(&Compiled, u32, u32)> {
         let c = self.compiled.get(&node_key(pod))?;
         let ep = c.endpoints.iter().find(|e| e.namespace == pod.namespace && e.name == pod.name)?;
-        Some((c, ep.identity, ep.flags))
+        Some((c, ep.class, ep.flags))
     }
 
     pub fn isolated(&self, pod: &Pod, dir: Direction) -> bool {

@@ -93,7 +93,12 @@ pub struct LocalEndpoint {
     pub namespace: String,
     pub name: String,
     pub ips: Vec<IpAddr>,
+    /// Its local identity (what its addresses are judged as, by identity
+    /// and cell).
     pub identity: u32,
+    /// Its policy class: the local field of the policy entries that judge
+    /// its traffic, and what the kernel's endpoint map holds for it.
+    pub class: u32,
     pub flags: u32,
 }
 
@@ -181,7 +186,7 @@ impl std::fmt::Display for RuleInfo {
 pub struct Catalog {
     pub identities: SharedMap<u32, IdentityInfo>,
     pub rules: SharedMap<u32, RuleInfo>,
-    /// Policies that isolate a local identity in a direction.
+    /// Policies that isolate a policy class in a direction.
     pub isolating: SharedMap<(u32, Direction), Vec<PolicyRef>>,
     /// Every known pod, by address.
     pub pods_by_ip: SharedMap<IpAddr, Arc<Pod>>,

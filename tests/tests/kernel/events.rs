@@ -25,7 +25,7 @@ fn events_describe_verdicts() {
     let expected = Event {
         ts_ns: e.ts_ns,
         ifindex: web.ifindex,
-        local_identity: web.identity,
+        local_class: web.class,
         peer_identity: verdict.peer,
         rule: 0,
         count: 1,
@@ -95,8 +95,8 @@ fn events_describe_verdicts() {
         assert_eq!(events.len(), 1, "{events:?}");
         let e = events[0];
         assert_eq!(
-            (e.verdict, e.reason, e.rule, e.peer_identity, e.local_identity, e.ifindex, e.count),
-            (VERDICT_ALLOWED, REASON_RULE, v.rule, v.peer, l.identity, l.ifindex, 1),
+            (e.verdict, e.reason, e.rule, e.peer_identity, e.local_class, e.ifindex, e.count),
+            (VERDICT_ALLOWED, REASON_RULE, v.rule, v.peer, l.class, l.ifindex, 1),
             "{local} {dir:?} {remote} {l4:?}"
         );
         assert_eq!(e.direction, dir.code());
@@ -130,8 +130,8 @@ fn events_describe_verdicts() {
     assert_eq!(env.run(Direction::Ingress, "web", &bad), DROP);
     let e = env.drain()[0];
     assert_eq!(
-        (e.verdict, e.reason, e.direction, e.ifindex, e.local_identity, e.count),
-        (VERDICT_DROPPED, REASON_MALFORMED, DIR_INGRESS, web.ifindex, web.identity, 1)
+        (e.verdict, e.reason, e.direction, e.ifindex, e.local_class, e.count),
+        (VERDICT_DROPPED, REASON_MALFORMED, DIR_INGRESS, web.ifindex, web.class, 1)
     );
     let c = env.dp.counters();
     assert!(c[stat::EVENTS_SENT as usize] >= 12 && c[stat::EVENTS_LOST as usize] == 0, "{c:?}");

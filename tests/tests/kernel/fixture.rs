@@ -87,7 +87,7 @@ pub struct Local {
     pub name: &'static str,
     pub ifindex: u32,
     pub peer_ifindex: u32,
-    pub identity: u32,
+    pub class: u32,
     pub flags: u32,
     pub ip4: IpAddr,
     pub ip6: IpAddr,
@@ -195,7 +195,7 @@ impl Env {
                     name,
                     ifindex: veth.ifindex,
                     peer_ifindex: veth.peer_ifindex,
-                    identity: ep.identity,
+                    class: ep.class,
                     flags: ep.flags,
                     ip4: addr(ip4),
                     ip6: addr(ip6),
@@ -285,7 +285,7 @@ impl Env {
     /// What the compiled maps say about a first packet.
     pub fn decide(&self, local: &str, dir: Direction, remote: IpAddr, protocol: u8, port: u16) -> lookup::Verdict {
         let l = self.local(local);
-        lookup::decide(&self.compiled, l.identity, l.flags, dir, remote, protocol, port)
+        lookup::decide(&self.compiled, l.class, l.flags, dir, remote, protocol, port)
     }
 
     pub fn drain(&mut self) -> Vec<Event> {

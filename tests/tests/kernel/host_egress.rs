@@ -54,16 +54,16 @@ fn a_known_pods_hook_judges_a_deferred_packet_by_its_senders_egress_then_its_own
     let remote_ops = addr("10.70.4.5");
     env.drain();
     // (what, source, TCP destination port, verdict with the mark, the drop
-    // event's reason and local identity: the sender's or the receiver's)
+    // event's reason and local class: the sender's or the receiver's)
     let cases = [
         ("web -> db 5432: both allow", web.ip4, 5432, PASS, None),
-        ("web -> db 5433: web's egress denies", web.ip4, 5433, DROP, Some((REASON_NO_RULE, web.identity))),
+        ("web -> db 5433: web's egress denies", web.ip4, 5433, DROP, Some((REASON_NO_RULE, web.class))),
         (
             "solo -> db 80: solo's egress allows, db's ingress denies",
             solo.ip4,
             80,
             DROP,
-            Some((REASON_NO_RULE, db.identity)),
+            Some((REASON_NO_RULE, db.class)),
         ),
     ];
     for (what, src, dport, expect, event) in cases {
@@ -76,7 +76,7 @@ fn a_known_pods_hook_judges_a_deferred_packet_by_its_senders_egress_then_its_own
             None => assert!(drop.is_none(), "{what}: unexpected drop event {drop:?}"),
             Some((reason, identity)) => {
                 let e = drop.unwrap_or_else(|| panic!("{what}: no drop event in {events:?}"));
-                assert_eq!((e.reason, e.local_identity), (reason, identity), "{what}: {e:?}");
+                assert_eq!((e.reason, e.local_class), (reason, identity), "{what}: {e:?}");
             }
         }
     }

@@ -325,10 +325,10 @@ impl<'a> Oracle<'a> {
             return Stage::Related;
         }
         let remote = ip_of(k.family, &key.remote);
-        let memo = (local.identity, egress, remote, k.protocol, k.dport);
+        let memo = (local.class, egress, remote, k.protocol, k.dport);
         let compiled = self.compiled;
         let allowed = *self.decisions.entry(memo).or_insert_with(|| {
-            lookup::decide(compiled, local.identity, local.flags, hook, remote, k.protocol, k.dport).allowed
+            lookup::decide(compiled, local.class, local.flags, hook, remote, k.protocol, k.dport).allowed
         });
         if allowed {
             self.tracked.insert(key);

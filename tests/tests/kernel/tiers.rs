@@ -321,7 +321,7 @@ fn a_change_that_does_not_fit_takes_back_what_it_allowed() {
     // Room for the first state's entries alone.
     let room = compile(&before, &node()).policy.len() as u32;
     let mut env = Env::sized_from(settings(), MapSizes { policy: room, ..MapSizes::default() }, before);
-    let web = env.local("web").identity.to_be_bytes();
+    let web = env.local("web").class.to_be_bytes();
     let client = "10.70.2.5";
     let port = env.fresh();
     assert_eq!(env.ingress("web", addr(client), L4::Tcp(port, 80, TCP_SYN)), DROP, "denied before");

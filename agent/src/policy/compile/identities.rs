@@ -7,9 +7,9 @@
 //! other address by its cell.
 //!
 //! Numbers derive from what an identity stands for (see [`ids`]), except
-//! that a local identity keeps the number its pods had (the [`Hints`]): a
-//! pod whose labels change keeps its number, so only the entries whose
-//! selection changed move. The same input and hints always give the same
+//! that a local identity keeps the number its pods had (the hints): a pod
+//! whose labels change keeps its number, so its address entries and the
+//! entries naming it as a peer stay. The same input and hints always give the same
 //! numbers, whether built whole or updated where pods changed.
 
 use super::cells::Cells;
@@ -25,8 +25,9 @@ use std::sync::Arc;
 /// A pod by (namespace, name).
 pub type PodKey = (String, String);
 
-/// The local identity each local pod had: numbers local identities keep.
-pub type Hints = BTreeMap<PodKey, u32>;
+/// A number each local pod had (its local identity, or its policy class):
+/// numbers that are kept where they can be (see [`super::Hints`]).
+pub type Numbers = BTreeMap<PodKey, u32>;
 
 /// What makes pods alike enough to share a local identity.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -148,7 +149,7 @@ impl Identities {
     /// Groups pods into local identities, derives the peer identities and
     /// numbers them all (so no two collide).
     /// `node_peers`: give Node objects' addresses identities of their own.
-    pub fn new(input: &Input, node: &Node, cells: &Cells, hints: &Hints, node_peers: bool) -> Identities {
+    pub fn new(input: &Input, node: &Node, cells: &Cells, hints: &Numbers, node_peers: bool) -> Identities {
         let is_local = |pod: &Pod| pod.node_name.as_deref().is_none_or(|n| n == node.name);
         let mut by_key: BTreeMap<Alike, Vec<&Arc<Pod>>> = BTreeMap::new();
         for pod in input.pods.values().filter(|p| takes_part(p)) {
@@ -309,7 +310,7 @@ impl Identities {
         input: &Input,
         node: &Node,
         cells: &Cells,
-        hints: &Hints,
+        hints: &Numbers,
         catalog: &mut Catalog,
         ips: &mut BTreeMap<IpPrefix, IpInfo>,
     ) -> Option<Delta> {
@@ -654,7 +655,7 @@ impl Identities {
 
 /// The number most of `members` had (the smaller on a tie), and how many
 /// had it.
-fn claim(members: &[Arc<Pod>], hints: &Hints) -> Option<(u32, usize)> {
+pub(super) fn claim(members: &[Arc<Pod>], hints: &Numbers) -> Option<(u32, usize)> {
     let mut votes: BTreeMap<u32, usize> = BTreeMap::new();
     for p in members {
         if let Some(&n) = hints.get(&(p.namespace.clone(), p.name.clone())).filter(|&&n| n >= ids::FIRST_DYNAMIC) {

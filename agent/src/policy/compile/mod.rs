@@ -1,23 +1,25 @@
 //! The compiler: cluster state in, the exact contents of the kernel maps out.
 //!
-//! It works in three steps, one module each: `cells` (the ipBlock CIDRs
+//! It works in four steps, one module each: `cells` (the ipBlock CIDRs
 //! addresses are judged by), `identities` (local and peer identities,
-//! numbered, and the address map), and `rules` (policy entries keyed by
-//! them). Selectors, named ports and CIDR containment are all resolved here,
+//! numbered, and the address map), `classes` (the local identities that
+//! policies treat alike), and `rules` (policy entries keyed by class and
+//! peer identity). Selectors, named ports and CIDR containment are all resolved here,
 //! so the kernel only looks entries up.
 //!
 //! [`Compiler`] keeps each step's results and, given the next state,
 //! recomputes only what the change touches: identities where pods or
 //! namespaces changed (whole when cells or the node did); a policy's
-//! entries when the policy, its rule numbers, the local identities it
-//! selects or the peers its rules admit changed (only the entries of
-//! those identities and peers, unless the policy itself changed). It also
+//! entries when the policy, its rule numbers, the classes it selects or
+//! the peers its rules admit changed (only the entries of those classes
+//! and peers, unless the policy itself changed). It also
 //! says which policy entries changed, so a sync writes them without
 //! comparing the whole map. [`compile`] is the
 //! same compiler from nothing: the output of a change is, by construction
 //! and by test, the output of compiling the new state from scratch.
 
 mod cells;
+mod classes;
 mod identities;
 mod ids;
 mod ports;
@@ -27,8 +29,9 @@ mod tiers;
 use super::compiled::{LocalEndpoint, RuleInfo};
 use super::model::{ChunkedMap, Direction, Input, Node, PolicyRef};
 use cells::Cells;
+use classes::Classes;
 use identities::Identities;
-pub use identities::{Hints, PodKey};
+pub use identities::{Numbers, PodKey};
 use palisade_common::{EP_AUDIT, EP_EGRESS_ISOLATED, EP_INGRESS_ISOLATED, PolicyValue};
 use rules::{Claim, Part, Resolver};
 use std::collections::{BTreeMap, BTreeSet, HashMap, btree_map};
@@ -43,18 +46,39 @@ pub fn compile(input: &Input, node: &Node) -> Compiled {
     compile_with_hints(input, node, &Hints::new())
 }
 
-/// Compiles the whole cluster for one node, local identities keeping the
-/// numbers `hints` gives their pods where they can.
+/// Compiles the whole cluster for one node, local identities and classes
+/// keeping the numbers `hints` gives their pods where they can.
 pub fn compile_with_hints(input: &Input, node: &Node, hints: &Hints) -> Compiled {
     let mut c = Compiler::with_hints(hints.clone());
     c.compile(&Arc::new(input.clone()), node);
     c.into_compiled()
 }
 
-/// The local identity of every local pod in `compiled`: the hints that keep
-/// them on the next compile.
+/// The numbers local pods had, which the next compile keeps where it can:
+/// a pod whose labels change keeps its identity, and a class whose pods
+/// all move to a new one (a relabel that changes which policies select
+/// them) gives that one its number, so only the entries whose selection
+/// changed move.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Hints {
+    pub identities: Numbers,
+    pub classes: Numbers,
+}
+
+impl Hints {
+    pub fn new() -> Hints {
+        Hints::default()
+    }
+}
+
+/// The local identity and class of every local pod in `compiled`: the
+/// hints that keep them on the next compile.
 pub fn hints_of(compiled: &Compiled) -> Hints {
-    compiled.endpoints.iter().map(|e| ((e.namespace.clone(), e.name.clone()), e.identity)).collect()
+    let key = |e: &LocalEndpoint| (e.namespace.clone(), e.name.clone());
+    Hints {
+        identities: compiled.endpoints.iter().map(|e| (key(e), e.identity)).collect(),
+        classes: compiled.endpoints.iter().map(|e| (key(e), e.class)).collect(),
+    }
 }
 
 /// What the last [`Compiler::compile`] changed in the output.
@@ -75,13 +99,15 @@ pub struct Compiler {
     /// Hints for the first compile (after that: the last output's numbers).
     seed: Hints,
     /// The hints the current identities were numbered with.
-    hints_used: Option<Hints>,
+    hints_used: Option<Numbers>,
     cells: Option<Cells>,
     ids: Option<Identities>,
+    /// The policy class of every local identity.
+    classes: Classes,
     resolver: Resolver,
     /// Keyed by the name each part holds (shared, not copied: 50k names).
     parts: BTreeMap<PolicyRef, Part>,
-    /// Policies whose parts select a local identity.
+    /// Policies whose parts select a class.
     selecting: BTreeSet<PolicyRef>,
     /// Natural rule number -> how many rules have it.
     naturals: HashMap<u32, u32>,
@@ -107,7 +133,8 @@ pub struct Compiler {
 }
 
 impl Compiler {
-    /// A compiler whose first compile numbers local identities by `hints`
+    /// A compiler whose first compile numbers local identities and classes
+    /// by `hints`
     /// (what the kernel holds from an earlier agent).
     pub fn with_hints(hints: Hints) -> Compiler {
         Compiler { seed: hints, ..Default::default() }
@@ -168,17 +195,17 @@ impl Compiler {
             || !node_same
             || !node_peers_same
             || self.ids.is_none()
-            || (self.hints_used.as_ref() != Some(&hints) && !self.ids.as_ref().is_some_and(|i| i.clean()));
+            || (self.hints_used.as_ref() != Some(&hints.identities) && !self.ids.as_ref().is_some_and(|i| i.clean()));
         let mut delta = None;
         if !whole && (!pods_same || !namespaces_same) {
             let ids = self.ids.as_mut().expect("identities");
-            delta = ids.update(prev, input, node, cells, &hints, &mut self.out.catalog, &mut self.out.ips);
+            delta = ids.update(prev, input, node, cells, &hints.identities, &mut self.out.catalog, &mut self.out.ips);
             whole = delta.is_none();
         }
         let rebuilt = whole || delta.is_some();
         if whole {
             self.whole_builds += 1;
-            let ids = Identities::new(input, node, cells, &hints, node_peers);
+            let ids = Identities::new(input, node, cells, &hints.identities, node_peers);
             ids.catalog(node, &mut self.out.catalog);
             self.warnings.0 = ids.warnings.clone();
             self.resolver.clear();
@@ -186,7 +213,7 @@ impl Compiler {
         } else if let Some(delta) = &delta {
             self.resolver.apply(delta);
         }
-        self.hints_used = Some(hints);
+        self.hints_used = Some(hints.identities.clone());
         let ids = self.ids.as_ref().expect("identities");
         let mut ips_changed = first || delta.as_ref().is_some_and(|d| d.ips);
         if whole || !services_same {
@@ -267,12 +294,28 @@ impl Compiler {
             }
         }
 
+        // Classes, from the identities and the policies as they are now.
+        let classes = Classes::new(input, ids, node, &hints.classes);
+        let classes_changed = classes != self.classes;
+        self.classes = classes;
+
         // Parts to bring up to date: new and changed policies, and when
         // identities changed, every policy that selects or selected a
         // local identity (after an update: in a namespace whose local
-        // identities changed).
+        // identities changed); when classes changed, every policy that
+        // selects or selected one and every policy of a namespace with
+        // local pods.
         let mut visit: BTreeSet<PolicyRef> = forced.clone();
-        if rebuilt {
+        if classes_changed {
+            visit.extend(self.selecting.iter().cloned());
+            for ns in ids.local_by_ns.keys() {
+                let from = (ns.clone(), String::new());
+                let names = input.policies.range(from..).take_while(|((n, _), _)| n == ns);
+                visit.extend(
+                    names.map(|(k, _)| self.parts.get_key_value(k).expect("a part for every policy").0.clone()),
+                );
+            }
+        } else if rebuilt {
             visit.extend(self.selecting.iter().cloned());
             let namespaces: Vec<&String> = match &delta {
                 Some(d) => d.local_namespaces.iter().collect(),
@@ -291,7 +334,7 @@ impl Compiler {
         for name in &visit {
             let part = self.parts.get_mut(name).expect("a part for every policy");
             let force = forced.contains(name) || (groups_changed && part.named_egress());
-            if let Some((out, put)) = part.update(ids, &mut self.resolver, force) {
+            if let Some((out, put)) = part.update(ids, &self.classes, &mut self.resolver, force) {
                 for (prefix, ri) in &out {
                     // A forced part's old entries left above (changed
                     // policy) or carry its old numbers (same claims).
@@ -316,8 +359,8 @@ impl Compiler {
             }
         }
 
-        // Isolation of each local identity (by group), and who isolates it.
-        let mut flags: BTreeMap<usize, u32> = BTreeMap::new();
+        // Isolation of each class, and who isolates it.
+        let mut flags: BTreeMap<u32, u32> = BTreeMap::new();
         self.out.catalog.isolating.clear();
         for name in &self.selecting {
             let part = &self.parts[name];
@@ -329,7 +372,7 @@ impl Compiler {
                 }
                 let bit = if dir == Direction::Ingress { EP_INGRESS_ISOLATED } else { EP_EGRESS_ISOLATED };
                 for local in &part.selected {
-                    *flags.entry(local.group).or_default() |= bit;
+                    *flags.entry(local.id).or_default() |= bit;
                     self.out.catalog.isolating.entry((local.id, dir)).or_default().push(name.clone());
                 }
             }
@@ -344,10 +387,10 @@ impl Compiler {
                 .insert(RULE_HOST, RuleInfo { policy: None, direction: Direction::Ingress, index: 0, cluster: None });
             let hosts: Vec<u32> =
                 ids.peers.values().filter(|p| p.kind == identities::PeerKind::Host).map(|p| p.id).collect();
-            for (&gi, f) in &flags {
+            for (&class, f) in &flags {
                 if f & EP_INGRESS_ISOLATED != 0 {
                     for &h in &hosts {
-                        host.push(rules::entry(ids.groups[gi].id, Direction::Ingress, h, None));
+                        host.push(rules::entry(class, Direction::Ingress, h, None));
                     }
                 }
             }
@@ -377,10 +420,10 @@ impl Compiler {
             || !nodes_same
             || self.node.as_ref() != Some(node);
         if anything && (!input.cluster_policies.is_empty() || self.tiered != tiers::Tiered::default()) {
-            let np = self.np_entries_of_tiered(input, ids);
+            let np = self.np_entries_of_tiered(input);
             let taken: BTreeSet<u32> =
                 self.out.catalog.rules.iter().filter(|(_, r)| r.cluster.is_none()).map(|(id, _)| *id).collect();
-            let tiered = tiers::resolve(input, node, ids, &np, &flags, &taken);
+            let tiered = tiers::resolve(input, node, ids, &self.classes, &np, &flags, &taken);
             if tiered != self.tiered {
                 let old = std::mem::replace(&mut self.tiered, tiered);
                 for id in old.rules.keys() {
@@ -452,7 +495,9 @@ impl Compiler {
             .local(node)
             .map(|(gi, pod)| {
                 let g = &ids.groups[gi];
-                let mut f = flags.get(&gi).copied().unwrap_or(0) | self.tiered.flags.get(&gi).copied().unwrap_or(0);
+                let class = self.classes.of(gi);
+                let mut f =
+                    flags.get(&class).copied().unwrap_or(0) | self.tiered.flags.get(&class).copied().unwrap_or(0);
                 if node.audit || g.ns.audit {
                     f |= EP_AUDIT;
                 }
@@ -461,6 +506,7 @@ impl Compiler {
                     name: pod.name.clone(),
                     ips: pod.ips.clone(),
                     identity: g.id,
+                    class,
                     flags: f,
                 }
             })
@@ -476,15 +522,14 @@ impl Compiler {
     /// The NetworkPolicy and node allowance entries in force (the first
     /// contributor of each) of every pair a cluster policy may select, with
     /// their rules.
-    fn np_entries_of_tiered(&self, input: &Input, ids: &Identities) -> HashMap<(u32, u8), Vec<(PolicyPrefix, u32)>> {
+    fn np_entries_of_tiered(&self, input: &Input) -> HashMap<(u32, u8), Vec<(PolicyPrefix, u32)>> {
         let mut out: HashMap<(u32, u8), Vec<(PolicyPrefix, u32)>> = HashMap::new();
         if input.cluster_policies.is_empty() {
             return out;
         }
-        let locals: std::collections::HashSet<u32> = ids.groups.iter().filter(|g| g.local).map(|g| g.id).collect();
         for (prefix, list) in &self.contributors {
             let pair = pair_of(prefix);
-            if !locals.contains(&pair.0) {
+            if !self.classes.lead.contains_key(&pair.0) {
                 continue;
             }
             out.entry(pair).or_default().push((*prefix, list.first().rule));
@@ -496,7 +541,7 @@ impl Compiler {
     }
 }
 
-/// The (local identity, direction code) an entry belongs to.
+/// The (class, direction code) an entry belongs to.
 fn pair_of(prefix: &PolicyPrefix) -> (u32, u8) {
     (u32::from_be_bytes(prefix.key.local), prefix.key.direction)
 }
@@ -548,8 +593,8 @@ impl Contributors {
 }
 
 /// Entries whose deciding claim may have changed: tens of thousands when
-/// a local identity comes or goes, named many times over (a pod of a new
-/// identity leaving takes ten claims from each of its 50k entries at 50k
+/// a class comes or goes, named many times over (a pod of a new class
+/// leaving takes ten claims from each of its 50k entries at 50k
 /// pods x 50k policies, each deciding in turn: 500k names, 8 MB of list
 /// and 12 MB while it doubled). Deduplicated before the list grows, so it
 /// holds a few times the entries it names, not every name.
@@ -726,22 +771,28 @@ mod tests {
         c.endpoints.iter().find(|e| e.name == name).unwrap().identity
     }
 
+    fn class_of(c: &Compiled, name: &str) -> u32 {
+        c.endpoints.iter().find(|e| e.name == name).unwrap().class
+    }
+
     #[test]
     fn a_relabel_keeps_the_number_and_moves_only_what_its_selection_changes() {
         let mut compiler = Compiler::default();
         let before = compiler.compile(&cluster("app: client", "team: x"), &node()).clone();
         let client = identity_of(&before, "client");
-        let entries = before.policy.keys().filter(|k| u32::from_be_bytes(k.key.local) == client).count();
+        let class = class_of(&before, "client");
+        let entries = before.policy.keys().filter(|k| u32::from_be_bytes(k.key.local) == class).count();
         assert!(entries > 100, "the client has many entries ({entries})");
 
         let after = compiler.compile(&cluster("app: client, probe: 'yes'", "team: x"), &node()).clone();
         assert_eq!(identity_of(&after, "client"), client, "the client keeps its number");
+        assert_eq!(class_of(&after, "client"), class, "and its class's, which only it had");
         let changed = compiler.changes().policy.clone().unwrap();
         // The gate's egress entry (to the server) is all that is new, and
         // nothing else moved.
         assert_eq!(changed.len(), 1, "{changed:?}");
         let key = changed.first().unwrap().key;
-        assert_eq!((u32::from_be_bytes(key.local), key.direction), (client, Direction::Egress.code()));
+        assert_eq!((u32::from_be_bytes(key.local), key.direction), (class, Direction::Egress.code()));
         assert_eq!(
             after,
             compile_with_hints(&cluster("app: client, probe: 'yes'", "team: x"), &node(), &hints_of(&before))
@@ -985,15 +1036,42 @@ mod tests {
         assert_eq!(compiler.changes().policy, None, "the first compile may change everything");
         compiler.compile(&input, &node());
         assert_eq!(compiler.changes().policy.as_ref().map(BTreeSet::len), Some(0));
-        // An agent restarting after the client's relabel finds the numbers
-        // the kernel holds (hints) and keeps them.
+        // An agent restarting after the client's relabel (which changes
+        // which policies select it) finds the classes the kernel's
+        // endpoint entries hold and keeps them: what it writes is what the
+        // agent before it had, the relabelled client's address aside.
         let relabelled = cluster("app: client, probe: 'yes'", "team: x");
-        let restarted = compile_with_hints(&relabelled, &node(), &hints_of(&first));
-        assert_eq!(identity_of(&restarted, "client"), identity_of(&first, "client"));
-        assert_ne!(
-            identity_of(&compile(&relabelled, &node()), "client"),
-            identity_of(&first, "client"),
-            "without hints the number derives from the labels"
-        );
+        let before = compiler.compile(&relabelled, &node()).clone();
+        let pinned = Hints { identities: Numbers::new(), classes: hints_of(&before).classes };
+        let restarted = compile_with_hints(&relabelled, &node(), &pinned);
+        assert_eq!(class_of(&restarted, "client"), class_of(&first, "client"));
+        assert_eq!(class_of(&restarted, "server"), class_of(&first, "server"));
+        let client = identity_of(&before, "client");
+        let moved = |c: &Compiled| {
+            let peers: BTreeSet<u32> = c
+                .catalog
+                .identities
+                .iter()
+                .filter_map(|(id, info)| match info {
+                    crate::policy::compiled::IdentityInfo::Address { pod, .. } if *pod == identity_of(c, "client") => {
+                        Some(*id)
+                    }
+                    _ => None,
+                })
+                .collect();
+            c.policy
+                .iter()
+                .filter(|(k, _)| !peers.contains(&u32::from_be_bytes(k.key.peer)))
+                .map(|(k, v)| (*k, *v))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(moved(&restarted), moved(&before), "every entry but those naming the client's address");
+        // Identities are not in the kernel: the client's derives from its
+        // labels now, as it would have without the relabel's history.
+        assert_ne!(identity_of(&restarted, "client"), client);
+        assert_eq!(identity_of(&restarted, "client"), identity_of(&compile(&relabelled, &node()), "client"));
+        // With the last compile's hints, a compile from scratch keeps both.
+        let again = compile_with_hints(&relabelled, &node(), &hints_of(&before));
+        assert_eq!(again, before);
     }
 }

@@ -1,14 +1,15 @@
-//! Rules. Each rule expands to policy-trie entries (local identity,
+//! Rules. Each rule expands to policy-trie entries (policy class,
 //! direction, peer identity or any, protocol, port prefix); selectors, named
 //! ports and CIDR containment are resolved here, so the kernel only looks
 //! entries up. A policy's entries (its [`Part`]) depend only on the policy,
-//! its rule numbers, the local identities it selects and the peers its rules
-//! admit: when none of those changed, its entries are reused as they are;
-//! when some local identities or peers did, only their entries move. A part
+//! its rule numbers, the classes it selects and the peers its rules admit:
+//! when none of those changed, its entries are reused as they are; when
+//! some classes or peers did, only their entries move. A part
 //! keeps what its entries were expanded from, not the entries: those that
 //! leave are expanded again (at 50k pods x 50k policies the entries were a
 //! million claims, 30 MB), but for entries to peers' named ports.
 
+use super::classes::Classes;
 use super::identities::{Delta, Identities, PeerKind, Seen};
 use super::{ids, ports};
 use crate::policy::compiled::PolicyPrefix;
@@ -76,12 +77,12 @@ impl PeerSet {
     }
 }
 
-/// A local identity a policy selects, as its entries depend on it.
+/// A policy class a policy selects, as its entries depend on it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) struct Local {
+    /// The class number: the entries' local field.
     pub id: u32,
-    /// Index into [`Identities::groups`] (not part of what entries depend on).
-    pub group: usize,
+    /// Its named ports where they count (see [`Classes::ports`]).
     pub ports: Vec<NamedPort>,
 }
 
@@ -119,7 +120,7 @@ pub(super) struct Part {
     pub naturals: Vec<u32>,
     /// Each rule's number, in [`rules_of`] order.
     pub rule_ids: Vec<u32>,
-    /// The local identities it selects, in key order.
+    /// The classes it selects, in number order.
     pub selected: Vec<Local>,
     /// Each rule's peers ([`rules_of`] order); empty when nothing is selected.
     pub peers: Vec<PeerSet>,
@@ -159,20 +160,21 @@ impl Part {
         self.policy.egress.iter().flatten().flat_map(|r| &r.ports).any(|p| matches!(p.port, PortMatch::Named(_)))
     }
 
-    /// Brings the part up to date with the identities. When only some
-    /// local identities came or went, or some peers joined or left a
-    /// rule, only their entries move (a pod added or deleted touches its
-    /// own entries, not every selected identity's); all are recomputed if
+    /// Brings the part up to date with the identities and classes. When
+    /// only some classes came or went, or some peers joined or left a
+    /// rule, only their entries move (a pod of a new class added or
+    /// deleted touches its class's entries, not every selected class's); all are recomputed if
     /// `force` (the policy, its rule numbers or named egress ports may have
     /// changed). Returns the entries taken out and those put in, if any
     /// moved.
     pub fn update(
         &mut self,
         ids: &Identities,
+        classes: &Classes,
         resolver: &mut Resolver,
         force: bool,
     ) -> Option<(Vec<Claimed>, Vec<Claimed>)> {
-        let selected = selected(&self.policy, ids);
+        let selected = selected(&self.policy, ids, classes);
         let peers: Vec<PeerSet> = if selected.is_empty() {
             Vec::new()
         } else {
@@ -265,14 +267,15 @@ impl Part {
     }
 }
 
-/// The local identities a policy selects.
-fn selected(policy: &Policy, ids: &Identities) -> Vec<Local> {
+/// The classes of the local identities a policy selects, in number order.
+fn selected(policy: &Policy, ids: &Identities, classes: &Classes) -> Vec<Local> {
     let Some(groups) = ids.local_by_ns.get(&policy.namespace) else { return vec![] };
-    groups
+    let numbers: BTreeSet<u32> = groups
         .iter()
         .filter(|&&gi| policy.pod_selector.matches(&ids.groups[gi].key.labels))
-        .map(|&gi| Local { id: ids.groups[gi].id, group: gi, ports: ids.groups[gi].key.ports.clone() })
-        .collect()
+        .map(|&gi| classes.of(gi))
+        .collect();
+    numbers.into_iter().map(|id| Local { id, ports: classes.ports(ids, id) }).collect()
 }
 
 /// Peer identities each selector and ipBlock matches: many rules repeat
@@ -405,7 +408,7 @@ pub(super) fn entry(local: u32, dir: Direction, peer: u32, port: Option<(u8, Opt
     PolicyPrefix { prefix_len, key }
 }
 
-/// Expands one rule (index `ri`) for one selected local identity, but for
+/// Expands one rule (index `ri`) for one selected class, but for
 /// its entries to peers' named ports ([`expand_named_egress`]).
 fn expand(local: &Local, dir: Direction, rule: &Rule, peer_set: &PeerSet, ri: usize, out: &mut Vec<Claimed>) {
     let id = local.id;
@@ -445,7 +448,7 @@ fn expand(local: &Local, dir: Direction, rule: &Rule, peer_set: &PeerSet, ri: us
 }
 
 /// Expands one egress rule's named ports (index `ri`) for one selected
-/// local identity: each peer pod's own port of that name.
+/// class: each peer pod's own port of that name.
 fn expand_named_egress(
     ids: &Identities,
     local: &Local,

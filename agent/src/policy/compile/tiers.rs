@@ -2,7 +2,7 @@
 //! policy trie NetworkPolicy uses, so the kernel still decides a new flow
 //! with at most two lookups (the peer's identity, then any peer).
 //!
-//! For each local identity and direction some ClusterNetworkPolicy selects
+//! For each policy class and direction some ClusterNetworkPolicy selects
 //! (a *tiered* pair), every clause that can decide its traffic is put in
 //! precedence order: the node allowance (`--allow-host`), then Admin rules
 //! (policies by [`ClusterPolicy::order_key`], rules in order), then the
@@ -15,6 +15,7 @@
 //! to what a miss means (isolated: deny; else: allow) are left out, so a
 //! tiered pair that nothing changes costs no entry.
 
+use super::classes::Classes;
 use super::identities::{Identities, PeerKind};
 use super::{ids, ports};
 use crate::policy::compiled::{ClusterRuleInfo, PolicyPrefix, RULE_HOST, RuleInfo};
@@ -57,10 +58,10 @@ impl Val {
 pub(super) struct Tiered {
     /// The whole policy entries of the tiered pairs.
     pub entries: BTreeMap<PolicyPrefix, PolicyValue>,
-    /// (local identity, direction code) pairs whose entries are these.
+    /// (class, direction code) pairs whose entries are these.
     pub pairs: BTreeSet<(u32, u8)>,
-    /// Group index -> `EP_*_TIERED` flags.
-    pub flags: BTreeMap<usize, u32>,
+    /// Class -> `EP_*_TIERED` flags.
+    pub flags: BTreeMap<u32, u32>,
     /// Every ClusterNetworkPolicy rule, by number.
     pub rules: BTreeMap<u32, RuleInfo>,
 }
@@ -213,7 +214,7 @@ impl<'a> Resolver<'a> {
     }
 }
 
-fn selects(subject: &ClusterSubject, g: &super::identities::Group) -> bool {
+pub(super) fn selects(subject: &ClusterSubject, g: &super::identities::Group) -> bool {
     match subject {
         ClusterSubject::Namespaces(ns) => ns.matches(&g.ns.labels),
         ClusterSubject::Pods { namespaces, pods } => namespaces.matches(&g.ns.labels) && pods.matches(&g.key.labels),
@@ -251,16 +252,17 @@ fn span_of(prefix: &PolicyPrefix) -> Span {
     (lo, lo + size - 1)
 }
 
-/// Resolves every tiered pair. `np` holds the NetworkPolicy (and node
-/// allowance) entries in force for each (local identity, direction code)
-/// with their rules; `isolation` the `EP_*_ISOLATED` flags by group;
-/// `taken` the NetworkPolicy rule numbers.
+/// Resolves every tiered pair, once per class (on its lead group). `np`
+/// holds the NetworkPolicy (and node allowance) entries in force for each
+/// (class, direction code) with their rules; `isolation` the
+/// `EP_*_ISOLATED` flags by class; `taken` the NetworkPolicy rule numbers.
 pub(super) fn resolve(
     input: &Input,
     node: &Node,
     ids: &Identities,
+    classes: &Classes,
     np: &HashMap<(u32, u8), Vec<(PolicyPrefix, u32)>>,
-    isolation: &BTreeMap<usize, u32>,
+    isolation: &BTreeMap<u32, u32>,
     taken: &BTreeSet<u32>,
 ) -> Tiered {
     let mut out = Tiered::default();
@@ -295,7 +297,8 @@ pub(super) fn resolve(
         .collect();
     let hosts: BTreeSet<u32> = ids.peers.values().filter(|p| p.kind == PeerKind::Host).map(|p| p.id).collect();
 
-    for (gi, g) in ids.groups.iter().enumerate().filter(|(_, g)| g.local) {
+    for (&class, &gi) in &classes.lead {
+        let g = &ids.groups[gi];
         for dir in [Direction::Ingress, Direction::Egress] {
             let mine: Vec<(&ClusterPolicy, &Clause)> = clauses
                 .iter()
@@ -310,11 +313,11 @@ pub(super) fn resolve(
                 Direction::Ingress => (palisade_common::EP_INGRESS_ISOLATED, EP_INGRESS_TIERED),
                 Direction::Egress => (palisade_common::EP_EGRESS_ISOLATED, EP_EGRESS_TIERED),
             };
-            *out.flags.entry(gi).or_default() |= tier_bit;
-            out.pairs.insert((g.id, code));
-            let isolated = isolation.get(&gi).is_some_and(|f| f & iso_bit != 0);
+            *out.flags.entry(class).or_default() |= tier_bit;
+            out.pairs.insert((class, code));
+            let isolated = isolation.get(&class).is_some_and(|f| f & iso_bit != 0);
             let mut np_entries = NpEntries::default();
-            for (prefix, rule) in np.get(&(g.id, code)).into_iter().flatten() {
+            for (prefix, rule) in np.get(&(class, code)).into_iter().flatten() {
                 let peer = u32::from_be_bytes(prefix.key.peer);
                 np_entries.by_peer.entry(peer).or_default().push((span_of(prefix), prefix.prefix_len, *rule));
             }
@@ -330,13 +333,13 @@ pub(super) fn resolve(
                 isolated,
                 hosts: if dir == Direction::Ingress && node.allow_host { Some(&hosts) } else { None },
             };
-            pair.emit(g.id, &mut out.entries);
+            pair.emit(class, &mut out.entries);
         }
     }
     out
 }
 
-/// One tiered (local identity, direction).
+/// One tiered (class, direction), resolved on the class's lead group.
 struct Pair<'a> {
     ids: &'a Identities,
     local: usize,
@@ -653,7 +656,7 @@ mod tests {
     fn judge(c: &Compiled, pod: &str, dir: Direction, remote: &str, proto: u8, port: u16) -> (bool, String) {
         let ep = c.endpoints.iter().find(|e| e.name == pod).expect("local pod");
         let remote: IpAddr = remote.parse().unwrap();
-        let v = crate::policy::lookup::decide(c, ep.identity, ep.flags, dir, remote, proto, port);
+        let v = crate::policy::lookup::decide(c, ep.class, ep.flags, dir, remote, proto, port);
         let rule = c.catalog.rules.get(&v.rule).map(|r| r.to_string()).unwrap_or_default();
         (v.allowed, rule)
     }
@@ -882,7 +885,7 @@ mod tests {
         let mut input = cluster(NP_ALLOW_B);
         add(&mut input, "only-b", Tier::Admin, 1, "b", vec![rule("x", Action::Deny, vec![team("mon")], vec![])]);
         let with = compile(&input, &node());
-        let cli = with.endpoints.iter().find(|e| e.name == "cli").unwrap().identity;
+        let cli = with.endpoints.iter().find(|e| e.name == "cli").unwrap().class;
         let others = |c: &Compiled| {
             c.policy
                 .iter()
