@@ -48,9 +48,15 @@ pub struct PointResult {
     /// API), then deleted: its peer admits it, then no longer. The packet
     /// proves the peer's side (the pod's address and identity in force);
     /// the pod's own hooks need not be on for it, so the pass time (the
-    /// breakdown) is where attaching shows.
+    /// breakdown) is where attaching shows. Its labels are new (a new
+    /// identity), its policies the client's (the client's policy class).
     pub pod_added_ms: Sample,
     pub pod_deleted_ms: Sample,
+    /// The same with labels that no local pod's policies match (a new
+    /// policy class: every policy entry the client has, and the label
+    /// gate's, written for it), then deleted.
+    pub pod_new_class_added_ms: Sample,
+    pub pod_new_class_deleted_ms: Sample,
     /// The local pods' namespace labelled, then unlabelled: a policy
     /// admits peers from namespaces with that label.
     pub namespace_label_added_ms: Sample,
@@ -97,7 +103,7 @@ impl PointResult {
     }
 
     /// Every single change measured, named as the report names them.
-    pub fn single_changes(&self) -> [(&'static str, &Sample); 8] {
+    pub fn single_changes(&self) -> [(&'static str, &Sample); 10] {
         [
             ("policy added", &self.policy_added_ms),
             ("policy removed", &self.policy_removed_ms),
@@ -105,6 +111,8 @@ impl PointResult {
             ("label removed", &self.label_removed_ms),
             ("pod added", &self.pod_added_ms),
             ("pod deleted", &self.pod_deleted_ms),
+            ("pod of a new class added", &self.pod_new_class_added_ms),
+            ("pod of a new class deleted", &self.pod_new_class_deleted_ms),
             ("namespace label added", &self.namespace_label_added_ms),
             ("namespace label removed", &self.namespace_label_removed_ms),
         ]
@@ -358,10 +366,13 @@ pub fn run(cfg: &Config) -> Result<Results> {
     Ok(out)
 }
 
-/// The pod the pod-added measurement adds (its interface is there from the
-/// start, unknown to the agent until its manifest is written).
-fn added_pod(ips: (std::net::Ipv4Addr, std::net::Ipv6Addr)) -> Value {
-    palisade_kit::manifest::pod("ns-0", "added", json!({"app": "client"}), cluster::NODE, ips, &[])
+/// The pod the pod-added measurements add (its interface is there from the
+/// start, unknown to the agent until its manifest is written): labels no
+/// other pod has, with the client's policies, or with the label gate's
+/// too (which no local pod has then: a policy class of its own).
+fn added_pod(ips: (std::net::Ipv4Addr, std::net::Ipv6Addr), new_class: bool) -> Value {
+    let labels = if new_class { json!({"app": "client", "probe": "yes"}) } else { json!({"app": "client"}) };
+    palisade_kit::manifest::pod("ns-0", "added", labels, cluster::NODE, ips, &[])
 }
 
 /// The namespaces, `ns-0` labelled for the namespace gate or not.
@@ -466,7 +477,14 @@ fn point(
         &agent,
         cfg.reps,
         (newcomer, server, PORT_POD),
-        || agent.apply("zz-added-pod.json", &added_pod(ADDED_IPS)),
+        || agent.apply("zz-added-pod.json", &added_pod(ADDED_IPS, false)),
+        || agent.remove("zz-added-pod.json"),
+    )?;
+    let (class_in, class_out, p_class_in, p_class_out) = toggle(
+        &agent,
+        cfg.reps,
+        (newcomer, server, PORT_POD),
+        || agent.apply("zz-added-pod.json", &added_pod(ADDED_IPS, true)),
         || agent.remove("zz-added-pod.json"),
     )?;
 
@@ -545,6 +563,8 @@ fn point(
         label_removed_ms: Sample::of(&unlab),
         pod_added_ms: Sample::of(&pod_in),
         pod_deleted_ms: Sample::of(&pod_out),
+        pod_new_class_added_ms: Sample::of(&class_in),
+        pod_new_class_deleted_ms: Sample::of(&class_out),
         namespace_label_added_ms: Sample::of(&ns_in),
         namespace_label_removed_ms: Sample::of(&ns_out),
         burst_added_ms: Sample::of(&burst_in),
@@ -565,6 +585,8 @@ fn point(
             p_unlab.breakdown("label removed"),
             p_pod_in.breakdown("pod added"),
             p_pod_out.breakdown("pod deleted"),
+            p_class_in.breakdown("pod of a new class added"),
+            p_class_out.breakdown("pod of a new class deleted"),
             p_ns_in.breakdown("namespace label added"),
             p_ns_out.breakdown("namespace label removed"),
             p_burst_in.breakdown("1,000 policies added at once (last pass)"),

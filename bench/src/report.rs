@@ -1061,7 +1061,10 @@ impl Report {
              the first probe with the new verdict (resolution: one probe interval). Added/removed: one NetworkPolicy \
              allowing the probe port, both ends. Label: the client pod gains (loses) the label a policy pair \
              selects. Pod added/deleted: a third local pod, its interface already there, is written into (removed \
-             from) the manifests; a policy pair admits it to the server. Namespace label: the local pods' namespace \
+             from) the manifests; a policy pair admits it to the server. Its labels are new, its policies the \
+             client's, so it joins the client's policy class; a pod of a new class also carries the label gate's \
+             label, which no local pod has then, so its whole class (every entry the client has, and the gate's) \
+             is written for it. Namespace label: the local pods' namespace \
              gains (loses) the label a policy's namespaceSelector admits. Restart: the agent is stopped (enforcement stays pinned), a policy is added while it is down, a \
              new agent starts: spawn to the new policy in force. Cold: nothing pinned, traffic flowing unenforced: \
              spawn to the first probe dropped (and to `status --wait`). Memory: agent VmRSS after the cold start (VmHWM after the single changes, before the burst); BPF maps: the sum \
@@ -1070,9 +1073,10 @@ impl Report {
         );
         let _ = writeln!(
             s,
-            "| pods | policies | policy added | policy removed | label added | label removed | pod added | pod deleted | namespace label added | namespace label removed | restart + change | cold → first drop | cold → status in sync | RSS (peak) | BPF maps | fill: IPs / policy / endpoints |"
+            "| pods | policies | policy added | policy removed | label added | label removed | pod added | pod deleted | pod of a new class added | deleted | namespace label added | namespace label removed | restart + change | cold → first drop | cold → status in sync | RSS (peak) | BPF maps | fill: IPs / policy / endpoints |"
         );
-        let _ = writeln!(s, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
+        let _ =
+            writeln!(s, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
         for x in &p.points {
             let f = |k: &str| {
                 let v = &x.fill[k];
@@ -1080,7 +1084,7 @@ impl Report {
             };
             let _ = writeln!(
                 s,
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} ({}) | {} | {} / {} / {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} ({}) | {} | {} / {} / {} |",
                 human_n(x.pods),
                 human_n(x.policies),
                 fmt_sample(&x.policy_added_ms),
@@ -1089,6 +1093,8 @@ impl Report {
                 fmt_sample(&x.label_removed_ms),
                 fmt_sample(&x.pod_added_ms),
                 fmt_sample(&x.pod_deleted_ms),
+                fmt_sample(&x.pod_new_class_added_ms),
+                fmt_sample(&x.pod_new_class_deleted_ms),
                 fmt_sample(&x.namespace_label_added_ms),
                 fmt_sample(&x.namespace_label_removed_ms),
                 fmt_sample(&x.restart_ms),
