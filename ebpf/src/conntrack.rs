@@ -85,7 +85,7 @@ fn pass_current<C: Skb>(ctx: &C, ct: &mut CtEntry, cfg: &Config, ifindex: u32, d
 /// [`parse::plain_key`]) of a flow tracked under the current revision
 /// passes on this one lookup ([`Fast::Pass`]), without the endpoint lookup
 /// or the full parse. The endpoint need not be read: every endpoint change
-/// (added, removed, flags, identity, held closed) bumps the revision, so a
+/// (added, removed, flags, class, held closed) bumps the revision, so a
 /// current entry was decided against the endpoint entry in force. Anything
 /// else goes to the full pipeline: a packet entering a pod with the defer
 /// mark (its sender's egress is judged first) or the judged mark

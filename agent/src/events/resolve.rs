@@ -123,15 +123,15 @@ impl Resolver {
         id
     }
 
-    fn isolating(&mut self, identity: u32, dir: u8) -> u32 {
-        if let Some(&id) = self.isolating.get(&(identity, dir)) {
+    fn isolating(&mut self, class: u32, dir: u8) -> u32 {
+        if let Some(&id) = self.isolating.get(&(class, dir)) {
             return id;
         }
-        let id = match self.view.catalog.isolating.get(&(identity, Direction::from_code(dir))) {
+        let id = match self.view.catalog.isolating.get(&(class, Direction::from_code(dir))) {
             Some(by) if !by.is_empty() => self.symbols.intern(Symbol::Isolating(by.clone())),
             _ => 0,
         };
-        self.isolating.insert((identity, dir), id);
+        self.isolating.insert((class, dir), id);
         id
     }
 
