@@ -4,18 +4,17 @@
 //! addresses are judged by), `identities` (local and peer identities,
 //! numbered, and the address map), `classes` (the local identities that
 //! policies treat alike), and `rules` (policy entries keyed by class and
-//! peer identity). Selectors, named ports and CIDR containment are all resolved here,
-//! so the kernel only looks entries up.
+//! peer identity). Selectors, named ports and CIDR containment are all
+//! resolved here, so the kernel only looks entries up.
 //!
 //! [`Compiler`] keeps each step's results and, given the next state,
 //! recomputes only what the change touches: identities where pods or
 //! namespaces changed (whole when cells or the node did); a policy's
 //! entries when the policy, its rule numbers, the classes it selects or
 //! the peers its rules admit changed (only the entries of those classes
-//! and peers, unless the policy itself changed). It also
-//! says which policy entries changed, so a sync writes them without
-//! comparing the whole map. [`compile`] is the
-//! same compiler from nothing: the output of a change is, by construction
+//! and peers, unless the policy itself changed). It also says which
+//! policy entries changed, so a sync writes them without comparing the
+//! whole map. [`compile`] is the same compiler from nothing: the output of a change is, by construction
 //! and by test, the output of compiling the new state from scratch.
 
 mod cells;
@@ -134,8 +133,7 @@ pub struct Compiler {
 
 impl Compiler {
     /// A compiler whose first compile numbers local identities and classes
-    /// by `hints`
-    /// (what the kernel holds from an earlier agent).
+    /// by `hints` (what the kernel holds from an earlier agent).
     pub fn with_hints(hints: Hints) -> Compiler {
         Compiler { seed: hints, ..Default::default() }
     }
