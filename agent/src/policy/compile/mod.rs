@@ -14,8 +14,9 @@
 //! the peers its rules admit changed (only the entries of those classes
 //! and peers, unless the policy itself changed). It also says which
 //! policy entries changed, so a sync writes them without comparing the
-//! whole map. [`compile`] is the same compiler from nothing: the output of a change is, by construction
-//! and by test, the output of compiling the new state from scratch.
+//! whole map. [`compile`] is the same compiler from nothing: the output
+//! of a change is, by construction and by test, the output of compiling
+//! the new state from scratch.
 
 mod cells;
 mod classes;
