@@ -2670,6 +2670,21 @@ fn incremental_compile_equals_compiling_from_scratch() {
                 differences(&inc, &full),
                 describe(&w)
             );
+            // The address entries it reports changed include every one that
+            // differs (a missed one would stay in the kernel), and only
+            // entries of either map.
+            if let (Some((_, before)), Some(changed)) = (&prev, &compiler.changes().ips) {
+                let keys: std::collections::BTreeSet<_> = before.ips.keys().chain(inc.ips.keys()).copied().collect();
+                for k in &keys {
+                    prop_assert!(
+                        before.ips.get(k) == inc.ips.get(k) || changed.contains(k),
+                        "step {}: address {:?} changed unreported",
+                        i,
+                        k
+                    );
+                }
+                prop_assert!(changed.is_subset(&keys), "step {}: reported addresses of neither map", i);
+            }
             // The changes it reports are exactly the policy entries that differ.
             if let (Some((_, before)), Some(changed)) = (&prev, &compiler.changes().policy) {
                 let keys: std::collections::BTreeSet<_> = before.policy.keys().chain(inc.policy.keys()).collect();

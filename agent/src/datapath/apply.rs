@@ -81,13 +81,25 @@ impl Datapath {
     /// [`Datapath::sync`], told what changed since the state the last
     /// sync was given (the compiler knows): when that sync left the policy
     /// map whole, only the changed policy entries are compared and
-    /// written, not the whole map; when it left the address maps whole and
-    /// neither the addresses nor the local pods' interfaces changed, they
-    /// are not compared at all. None: compare everything.
+    /// written, not the whole map; when it left the address maps whole,
+    /// likewise the changed address entries and those of local addresses
+    /// whose interface changed (none: the address maps are not looked
+    /// at). None: compare everything.
     pub fn sync_changes(&mut self, compiled: &Compiled, ifaces: &Interfaces, changes: Option<&Changes>) -> SyncReport {
         let mut plan = plan::plan(compiled, ifaces, &self.host_interfaces, &self.strict_prefixes);
         let local = plan.local_addresses();
-        let ips_same = changes.is_some_and(|c| !c.ips) && self.ips_whole.as_ref() == Some(&local);
+        // The address entries to look at: those the compiler changed and
+        // those of local addresses whose interface changed, when the last
+        // sync left the maps whole; else (None) all.
+        let ip_keys: Option<BTreeSet<IpPrefix>> = match (changes.and_then(|c| c.ips.as_ref()), &self.ips_whole) {
+            (Some(keys), Some(was)) => {
+                let (was, now): (BTreeSet<_>, BTreeSet<_>) = (was.iter().collect(), local.iter().collect());
+                let moved = was.symmetric_difference(&now).map(|(ip, _)| IpPrefix::from_net(ipnet::IpNet::from(*ip)));
+                Some(keys.iter().copied().chain(moved).collect())
+            }
+            _ => None,
+        };
+        let ips_same = ip_keys.as_ref().is_some_and(BTreeSet::is_empty);
         let mut report = SyncReport::default();
         let changed = changes.and_then(|c| c.policy.as_ref()).filter(|_| self.policy_whole);
         let errors = report.errors.len();
@@ -118,9 +130,14 @@ impl Datapath {
         // their old flags, a peer on a new number that no entry names yet
         // could pass.
         self.hold_changing_endpoints(&plan, &mut report);
-        let mut ips_whole = ips_same || self.upsert_ips(plan::addresses(compiled, &local), &mut report);
+        let mut ips_whole = ips_same
+            || match &ip_keys {
+                Some(keys) => self.upsert_ips(plan::addresses_at(compiled, &local, keys), &mut report),
+                None => self.upsert_ips(plan::addresses(compiled, &local), &mut report),
+            };
         if !ips_whole {
-            self.remove_stale_ips(&compiled.ips, &mut report);
+            // Room first: every stale entry goes, then all are tried again.
+            self.remove_stale_ips(&compiled.ips, None, &mut report);
             ips_whole = self.upsert_ips(plan::addresses(compiled, &local), &mut report);
         }
         if !ips_whole {
@@ -167,7 +184,7 @@ impl Datapath {
         }
         if !ips_same {
             let errors = report.errors.len();
-            self.remove_stale_ips(&compiled.ips, &mut report);
+            self.remove_stale_ips(&compiled.ips, ip_keys.as_ref(), &mut report);
             self.ips_whole = (ips_whole && report.errors.len() == errors).then_some(local);
         }
         let errors = report.errors.len();
@@ -312,12 +329,22 @@ impl Datapath {
         }
     }
 
-    /// Removes the address entries no longer wanted: CIDRs first, then
-    /// single addresses (the classifier looks for an address before its
-    /// CIDR, so an address is never judged by a stale CIDR in between).
-    fn remove_stale_ips(&mut self, desired: &BTreeMap<IpPrefix, IpInfo>, report: &mut SyncReport) {
+    /// Removes the address entries no longer wanted (among `keys`, if
+    /// given): CIDRs first, then single addresses (the classifier looks
+    /// for an address before its CIDR, so an address is never judged by a
+    /// stale CIDR in between).
+    fn remove_stale_ips(
+        &mut self,
+        desired: &BTreeMap<IpPrefix, IpInfo>,
+        keys: Option<&BTreeSet<IpPrefix>>,
+        report: &mut SyncReport,
+    ) {
+        let held: Box<dyn Iterator<Item = &IpPrefix>> = match keys {
+            Some(keys) => Box::new(keys.iter().filter(|k| self.realized.ips.contains_key(k))),
+            None => Box::new(self.realized.ips.keys()),
+        };
         let (hosts, cidrs): (Vec<IpPrefix>, Vec<IpPrefix>) =
-            self.realized.ips.keys().filter(|k| !desired.contains_key(k)).copied().partition(IpPrefix::is_address);
+            held.filter(|k| !desired.contains_key(k)).copied().partition(IpPrefix::is_address);
         let cidr_keys: Vec<LpmKey<IpKey>> = cidrs.iter().map(|k| LpmKey::new(k.prefix_len, k.key)).collect();
         let mut next = 0;
         while next < cidrs.len() {

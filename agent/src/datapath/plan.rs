@@ -111,15 +111,32 @@ pub fn plan(compiled: &Compiled, ifaces: &Interfaces, host: &HostInterfaces, str
 /// (after DNAT) finds the pod's endpoint. Read as they go: a copy was 7 MB
 /// of the first sync's peak at 50k pods.
 pub fn addresses<'a>(compiled: &'a Compiled, local: &[(IpAddr, u32)]) -> impl Iterator<Item = (IpPrefix, IpInfo)> + 'a {
-    let local: BTreeMap<IpPrefix, u32> =
-        local.iter().map(|(ip, ifindex)| (IpPrefix::from_net(ipnet::IpNet::from(*ip)), *ifindex)).collect();
-    compiled.ips.iter().map(move |(k, v)| {
-        let mut v = *v;
-        if let Some(ifindex) = local.get(k) {
-            v.ifindex = *ifindex;
-        }
-        (*k, v)
-    })
+    let local = interfaces(local);
+    compiled.ips.iter().map(move |(k, v)| with_interface(&local, k, v))
+}
+
+/// The entries of [`addresses`] at `keys` (those not in the compiled map
+/// are not wanted).
+pub fn addresses_at<'a>(
+    compiled: &'a Compiled,
+    local: &[(IpAddr, u32)],
+    keys: &'a BTreeSet<IpPrefix>,
+) -> impl Iterator<Item = (IpPrefix, IpInfo)> + 'a {
+    let local = interfaces(local);
+    keys.iter().filter_map(move |k| compiled.ips.get_key_value(k).map(|(k, v)| with_interface(&local, k, v)))
+}
+
+/// The prefix of each local address and its interface.
+fn interfaces(local: &[(IpAddr, u32)]) -> BTreeMap<IpPrefix, u32> {
+    local.iter().map(|(ip, ifindex)| (IpPrefix::from_net(ipnet::IpNet::from(*ip)), *ifindex)).collect()
+}
+
+fn with_interface(local: &BTreeMap<IpPrefix, u32>, k: &IpPrefix, v: &IpInfo) -> (IpPrefix, IpInfo) {
+    let mut v = *v;
+    if let Some(ifindex) = local.get(k) {
+        v.ifindex = *ifindex;
+    }
+    (*k, v)
 }
 
 /// Which pods to hold closed, and why.

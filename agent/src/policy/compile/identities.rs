@@ -125,8 +125,8 @@ pub(super) struct Delta {
     pub groups: bool,
     /// Namespaces with a local group that changed, was added or left.
     pub local_namespaces: BTreeSet<String>,
-    /// Whether an entry of the address map changed.
-    pub ips: bool,
+    /// The entries of the address map that changed.
+    pub ips: Vec<IpPrefix>,
 }
 
 /// A [`GroupKey`], borrowed from a pod.
@@ -551,7 +551,9 @@ impl Identities {
                     }
                 }
             }
-            delta.ips |= ips.get(&prefix) != had.as_ref();
+            if ips.get(&prefix) != had.as_ref() {
+                delta.ips.push(prefix);
+            }
         }
         Some(delta)
     }

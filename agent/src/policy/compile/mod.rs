@@ -87,8 +87,9 @@ pub struct Changes {
     /// Policy entries added, removed or changed; None: the whole map may
     /// have (the first compile).
     pub policy: Option<BTreeSet<PolicyPrefix>>,
-    /// Whether the address map may differ from the last compile's.
-    pub ips: bool,
+    /// Address entries added, removed or changed; None: the whole map may
+    /// have (the first compile).
+    pub ips: Option<BTreeSet<IpPrefix>>,
 }
 
 /// The compiler with its memory of the last state (see the module docs).
@@ -214,11 +215,14 @@ impl Compiler {
         }
         self.hints_used = Some(hints.identities.clone());
         let ids = self.ids.as_ref().expect("identities");
-        let mut ips_changed = first || delta.as_ref().is_some_and(|d| d.ips);
+        let mut ips_changed: Option<BTreeSet<IpPrefix>> =
+            (!first).then(|| delta.as_ref().map(|d| d.ips.iter().copied().collect()).unwrap_or_default());
         if whole || !services_same {
             self.warnings.1.clear();
             let ips = ids.address_entries(input, cells, &mut self.out.catalog, &mut self.warnings.1);
-            ips_changed |= ips != self.out.ips;
+            if let Some(keys) = &mut ips_changed {
+                keys.extend(differing(&self.out.ips, &ips));
+            }
             self.out.ips = ips;
         }
 
@@ -538,6 +542,47 @@ impl Compiler {
         }
         out
     }
+}
+
+/// The keys whose entries differ between two maps (one walk over both,
+/// in order).
+fn differing<'a, K: Ord + Copy, V: PartialEq>(
+    a: &'a BTreeMap<K, V>,
+    b: &'a BTreeMap<K, V>,
+) -> impl Iterator<Item = K> + 'a {
+    let (mut x, mut y) = (a.iter().peekable(), b.iter().peekable());
+    std::iter::from_fn(move || {
+        loop {
+            match (x.peek(), y.peek()) {
+                (None, None) => return None,
+                (Some(&(k, _)), None) => {
+                    x.next();
+                    return Some(*k);
+                }
+                (None, Some(&(k, _))) => {
+                    y.next();
+                    return Some(*k);
+                }
+                (Some(&(ka, va)), Some(&(kb, vb))) => match ka.cmp(kb) {
+                    std::cmp::Ordering::Less => {
+                        x.next();
+                        return Some(*ka);
+                    }
+                    std::cmp::Ordering::Greater => {
+                        y.next();
+                        return Some(*kb);
+                    }
+                    std::cmp::Ordering::Equal => {
+                        x.next();
+                        y.next();
+                        if va != vb {
+                            return Some(*ka);
+                        }
+                    }
+                },
+            }
+        }
+    })
 }
 
 /// The (class, direction code) an entry belongs to.
