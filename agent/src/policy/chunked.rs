@@ -120,31 +120,42 @@ impl<K: Ord, V> ChunkedMap<K, V> {
         old: &'a Self,
         same: impl Fn(&V, &V) -> bool,
     ) -> impl Iterator<Item = (&'a K, Option<&'a V>)> {
-        let (mut a, mut b) = (old.unshared(self).peekable(), self.unshared(old).peekable());
-        std::iter::from_fn(move || {
-            loop {
-                return match (a.peek(), b.peek()) {
-                    (None, None) => None,
-                    (Some(_), None) => a.next().map(|(k, _)| (k, None)),
-                    (None, Some(_)) => b.next().map(|(k, v)| (k, Some(v))),
-                    (Some((ka, va)), Some((kb, vb))) => match ka.cmp(kb) {
-                        std::cmp::Ordering::Less => a.next().map(|(k, _)| (k, None)),
-                        std::cmp::Ordering::Greater => b.next().map(|(k, v)| (k, Some(v))),
-                        std::cmp::Ordering::Equal => {
-                            let differs = !same(va, vb);
-                            a.next();
-                            let (k, v) = b.next().expect("peeked");
-                            if differs {
-                                Some((k, Some(v)))
-                            } else {
-                                continue;
-                            }
-                        }
-                    },
-                };
-            }
-        })
+        changes(old.unshared(self), self.unshared(old), same)
     }
+}
+
+/// The keys whose values differ between two walks in key order (by
+/// `same`), in key order: with the new value when added or changed, None
+/// when removed.
+pub fn changes<'a, K: Ord + 'a, V: 'a>(
+    old: impl Iterator<Item = (&'a K, &'a V)>,
+    new: impl Iterator<Item = (&'a K, &'a V)>,
+    same: impl Fn(&V, &V) -> bool,
+) -> impl Iterator<Item = (&'a K, Option<&'a V>)> {
+    let (mut a, mut b) = (old.peekable(), new.peekable());
+    std::iter::from_fn(move || {
+        loop {
+            return match (a.peek(), b.peek()) {
+                (None, None) => None,
+                (Some(_), None) => a.next().map(|(k, _)| (k, None)),
+                (None, Some(_)) => b.next().map(|(k, v)| (k, Some(v))),
+                (Some((ka, va)), Some((kb, vb))) => match ka.cmp(kb) {
+                    std::cmp::Ordering::Less => a.next().map(|(k, _)| (k, None)),
+                    std::cmp::Ordering::Greater => b.next().map(|(k, v)| (k, Some(v))),
+                    std::cmp::Ordering::Equal => {
+                        let differs = !same(va, vb);
+                        a.next();
+                        let (k, v) = b.next().expect("peeked");
+                        if differs {
+                            Some((k, Some(v)))
+                        } else {
+                            continue;
+                        }
+                    }
+                },
+            };
+        }
+    })
 }
 
 impl<K: Ord + Clone, V: Clone> ChunkedMap<K, V> {

@@ -14,12 +14,13 @@
 //! of a class, the new class takes the old one's number, and only the
 //! entries whose selection changed move.
 
-use super::identities::{Identities, Numbers};
+use super::identities::{Identities, Numbers, claim};
 use super::ids;
 use super::tiers;
-use crate::policy::model::{ClusterPort, Input, NamedPort, Node, PortMatch};
+use crate::policy::model::{ClusterPort, Input, NamedPort, Node, Pod, PortMatch};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write;
+use std::sync::Arc;
 
 /// The class of every local identity.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -53,21 +54,16 @@ impl Classes {
         // Numbers. First, each class claims the number most of its local
         // pods had (the smaller on a tie); of classes claiming one number,
         // the one with most such pods gets it (the first in key order on
-        // a tie).
-        let mut votes: BTreeMap<&str, BTreeMap<u32, usize>> = BTreeMap::new();
+        // a tie), as local identities do.
+        let mut pods: BTreeMap<&str, Vec<Arc<Pod>>> = BTreeMap::new();
         for (gi, pod) in ids.local(node) {
-            if let Some(&n) =
-                hints.get(&(pod.namespace.clone(), pod.name.clone())).filter(|&&n| n >= ids::FIRST_DYNAMIC)
-            {
-                *votes.entry(keys[&gi].0.as_str()).or_default().entry(n).or_default() += 1;
-            }
+            pods.entry(keys[&gi].0.as_str()).or_default().push(pod.clone());
         }
         let mut claims: BTreeMap<u32, (usize, &str)> = BTreeMap::new();
-        for (&k, v) in &votes {
-            // max_by_key keeps the last maximum: numbers downwards, so a
-            // tie goes to the smaller one.
-            let Some((&n, &count)) = v.iter().rev().max_by_key(|(_, c)| **c) else { continue };
-            if claims.get(&n).is_none_or(|&(c, _)| count > c) {
+        for (&k, members) in &pods {
+            if let Some((n, count)) = claim(members, hints)
+                && claims.get(&n).is_none_or(|&(c, _)| count > c)
+            {
                 claims.insert(n, (count, k));
             }
         }

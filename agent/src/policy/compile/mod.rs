@@ -26,6 +26,7 @@ mod ports;
 mod rules;
 mod tiers;
 
+use super::chunked::changes;
 use super::compiled::{LocalEndpoint, RuleInfo};
 use super::model::{ChunkedMap, Direction, Input, Node, PolicyRef};
 use cells::Cells;
@@ -221,7 +222,7 @@ impl Compiler {
             self.warnings.1.clear();
             let ips = ids.address_entries(input, cells, &mut self.out.catalog, &mut self.warnings.1);
             if let Some(keys) = &mut ips_changed {
-                keys.extend(differing(&self.out.ips, &ips));
+                keys.extend(changes(self.out.ips.iter(), ips.iter(), |a, b| a == b).map(|(k, _)| *k));
             }
             self.out.ips = ips;
         }
@@ -542,47 +543,6 @@ impl Compiler {
         }
         out
     }
-}
-
-/// The keys whose entries differ between two maps (one walk over both,
-/// in order).
-fn differing<'a, K: Ord + Copy, V: PartialEq>(
-    a: &'a BTreeMap<K, V>,
-    b: &'a BTreeMap<K, V>,
-) -> impl Iterator<Item = K> + 'a {
-    let (mut x, mut y) = (a.iter().peekable(), b.iter().peekable());
-    std::iter::from_fn(move || {
-        loop {
-            match (x.peek(), y.peek()) {
-                (None, None) => return None,
-                (Some(&(k, _)), None) => {
-                    x.next();
-                    return Some(*k);
-                }
-                (None, Some(&(k, _))) => {
-                    y.next();
-                    return Some(*k);
-                }
-                (Some(&(ka, va)), Some(&(kb, vb))) => match ka.cmp(kb) {
-                    std::cmp::Ordering::Less => {
-                        x.next();
-                        return Some(*ka);
-                    }
-                    std::cmp::Ordering::Greater => {
-                        y.next();
-                        return Some(*kb);
-                    }
-                    std::cmp::Ordering::Equal => {
-                        x.next();
-                        y.next();
-                        if va != vb {
-                            return Some(*ka);
-                        }
-                    }
-                },
-            }
-        }
-    })
 }
 
 /// The (class, direction code) an entry belongs to.

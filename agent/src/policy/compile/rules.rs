@@ -163,10 +163,10 @@ impl Part {
     /// Brings the part up to date with the identities and classes. When
     /// only some classes came or went, or some peers joined or left a
     /// rule, only their entries move (a pod of a new class added or
-    /// deleted touches its class's entries, not every selected class's); all are recomputed if
-    /// `force` (the policy, its rule numbers or named egress ports may have
-    /// changed). Returns the entries taken out and those put in, if any
-    /// moved.
+    /// deleted touches its class's entries, not every selected class's);
+    /// all are recomputed if `force` (the policy, its rule numbers or
+    /// named egress ports may have changed). Returns the entries taken out
+    /// and those put in, if any moved.
     pub fn update(
         &mut self,
         ids: &Identities,
