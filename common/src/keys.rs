@@ -292,6 +292,12 @@ pub const CT_DEFERRED: u8 = 3;
 /// (the key holds that address); its replies leaving the pod are judged
 /// there again, after netfilter has undone the SNAT.
 pub const CT_UPSTREAM: u8 = 4;
+/// Verdict stored with a flow policy denies, for the drop-event interval
+/// after its last event: its next packets in the denied direction drop on
+/// the fast path's one lookup, counted in the entry (`suppressed`) for its
+/// next event. In every other respect it stands for no entry: nothing
+/// passes on it, and a packet it does not drop is judged as a new flow.
+pub const CT_DENIED: u8 = 5;
 
 /// Value of the connection tracking table.
 #[repr(C)]
@@ -303,14 +309,19 @@ pub struct CtEntry {
     pub last_seen_ns: u64,
     /// Policy revision the verdict was taken under; a stale one is re-decided.
     pub revision: u32,
-    /// Rule that allowed the flow (0: not isolated).
+    /// Rule that decided the flow (0: not isolated, or no rule).
     pub rule: u32,
-    /// Direction of the flow's first packet ([`DIR_INGRESS`]/[`DIR_EGRESS`]).
+    /// Direction of the flow's first packet ([`DIR_INGRESS`]/[`DIR_EGRESS`]);
+    /// of a [`CT_DENIED`] one, the direction denied.
     pub origin: u8,
-    /// [`CT_ALLOWED`], [`CT_AUDITED`], [`CT_DEFERRED`] or [`CT_UPSTREAM`].
+    /// [`CT_ALLOWED`], [`CT_AUDITED`], [`CT_DEFERRED`], [`CT_UPSTREAM`] or
+    /// [`CT_DENIED`].
     pub verdict: u8,
     /// Always zero.
-    pub _pad: [u8; 6],
+    pub _pad: [u8; 2],
+    /// [`CT_DENIED`]: packets dropped since the flow's last event (its
+    /// `last_seen_ns`), without an event of their own.
+    pub suppressed: u32,
 }
 
 /// Key of the drop-event suppression table (same tuple as connection

@@ -4,12 +4,12 @@
 //! again on its next packet. Also: first fragments' ports, for the
 //! fragments that follow, and ICMP errors about tracked flows.
 
-use crate::Flow;
-use crate::events::{drop_packet, emit};
+use crate::events::{self, drop_packet, emit};
 use crate::maps::{CONNTRACK4, CONNTRACK6, FRAGS, count};
 use crate::parse::{self, Frag, Packet, Plain};
 use crate::policy::{bare, decide, mark_deferred, own_source};
 use crate::skb::Skb;
+use crate::{DROP, Flow};
 use aya_ebpf::{
     bindings::BPF_ANY,
     helpers::{bpf_jiffies64, bpf_ktime_get_coarse_ns},
@@ -17,8 +17,9 @@ use aya_ebpf::{
 };
 use core::mem::MaybeUninit;
 use palisade_common::{
-    CT_ALLOWED, CT_AUDITED, CT_DEFERRED, CT_UPSTREAM, Config, CtEntry, CtKey, DIR_EGRESS, DIR_INGRESS, EP_AUDIT,
-    EVF_FRAGMENT, EVF_REDECIDED, FAMILY_V4, FragKey, FragPorts, PROTO_TCP, REASON_SPOOFED, VERDICT_AUDIT, stat,
+    CT_ALLOWED, CT_AUDITED, CT_DEFERRED, CT_DENIED, CT_UPSTREAM, Config, CtEntry, CtKey, DIR_EGRESS, DIR_INGRESS,
+    Decision, EP_AUDIT, EVF_FRAGMENT, EVF_REDECIDED, FAMILY_V4, FragKey, FragPorts, PROTO_TCP, REASON_SPOOFED,
+    VERDICT_AUDIT, stat,
 };
 
 /// Tracked TCP flows expire after six hours idle, others after a minute.
@@ -60,10 +61,17 @@ pub fn insert(key: &CtKey, entry: &CtEntry) {
     };
 }
 
-/// The entry is live: seen within its protocol's timeout.
+/// The entry is live: seen within its protocol's timeout; a denied flow's,
+/// within the drop-event interval after its last event.
 #[inline(always)]
-fn live(ct: &CtEntry, now: u64, protocol: u8) -> bool {
-    let timeout = if protocol == PROTO_TCP { CT_TIMEOUT_TCP_NS } else { CT_TIMEOUT_OTHER_NS };
+fn live(ct: &CtEntry, now: u64, protocol: u8, cfg: &Config) -> bool {
+    let timeout = if ct.verdict == CT_DENIED {
+        cfg.drop_event_interval_ns
+    } else if protocol == PROTO_TCP {
+        CT_TIMEOUT_TCP_NS
+    } else {
+        CT_TIMEOUT_OTHER_NS
+    };
     now.wrapping_sub(ct.last_seen_ns) < timeout
 }
 
@@ -122,8 +130,17 @@ pub fn fast(ctx: &TcContext, ifindex: u32, dir: u8) -> Fast {
     };
     let ct = unsafe { &mut *ct };
     let now = now(cfg);
-    if ct.revision != cfg.revision || ct.verdict == CT_UPSTREAM || !live(ct, now, protocol) {
+    if ct.revision != cfg.revision || ct.verdict == CT_UPSTREAM || !live(ct, now, protocol, cfg) {
         return Fast::Full;
+    }
+    if ct.verdict == CT_DENIED {
+        if dir != ct.origin {
+            return Fast::Full;
+        }
+        ct.suppressed = ct.suppressed.wrapping_add(1);
+        count(stat::DROPPED_NO_RULE);
+        count(stat::EVENTS_SUPPRESSED);
+        return Fast::Drop;
     }
     pass_current(ctx, ct, cfg, ifindex, dir, now);
     Fast::Pass
@@ -134,6 +151,9 @@ pub fn fast(ctx: &TcContext, ifindex: u32, dir: u8) -> Fast {
 pub enum Fast {
     /// Passed on its tracked flow.
     Pass,
+    /// Dropped on its denied flow's entry ([`CT_DENIED`]), within the
+    /// interval after the flow's last event.
+    Drop,
     /// A plain packet whose flow has no entry: the pipeline's own lookup
     /// (same key) would miss too, so it is skipped (see [`tracked`]).
     Missed,
@@ -239,7 +259,8 @@ pub fn tracked<C: Skb>(ctx: &C, f: &mut Flow, key: &CtKey) -> Tracked {
         return Tracked::Miss;
     };
     let ct = unsafe { &mut *ct };
-    if !live(ct, f.now, f.pkt.protocol) {
+    // A denied flow's entry stands for none (see [`deny`]).
+    if ct.verdict == CT_DENIED || !live(ct, f.now, f.pkt.protocol, f.cfg) {
         return Tracked::Miss;
     }
     if ct.verdict == CT_UPSTREAM {
@@ -285,9 +306,49 @@ pub fn tracked<C: Skb>(ctx: &C, f: &mut Flow, key: &CtKey) -> Tracked {
         emit(f, VERDICT_AUDIT, &d, 1);
         return Tracked::Pass;
     }
-    forget(key);
-    drop_packet(f, &d, key);
+    deny(ctx, f, &d, key, origin);
     Tracked::Drop
+}
+
+/// Drops a packet of a flow policy denies in direction `denied` (the
+/// packet's, or a re-decided flow's first), and tracks the flow as
+/// [`CT_DENIED`]: its next packets that way drop on the fast path's one
+/// lookup until the drop-event interval after its event has passed, each
+/// counted in the entry for the flow's next event (what `SUPPRESS` keeps
+/// for other drops, see `events::drop_packet`). An entry is written when
+/// the flow's event is sent, or over an entry the flow had (a re-decided
+/// flow's, whose verdict must not outlive this): a scan past its source's
+/// event budget, one packet per flow, leaves no entries behind.
+#[inline(always)]
+pub fn deny<C: Skb>(ctx: &C, f: &Flow, d: &Decision, key: &CtKey, denied: u8) -> i32 {
+    count(stat::DROPPED_NO_RULE);
+    let mut n = 1u32;
+    // The fast path looked this very key up and found nothing.
+    let ct = if ctx.fast_missed() { None } else { entry(key) };
+    if let Some(ct) = ct {
+        let ct = unsafe { &mut *ct };
+        if ct.verdict == CT_DENIED {
+            if ct.revision == f.cfg.revision && ct.origin == denied && live(ct, f.now, f.pkt.protocol, f.cfg) {
+                ct.suppressed = ct.suppressed.wrapping_add(1);
+                count(stat::EVENTS_SUPPRESSED);
+                return DROP;
+            }
+            n = n.wrapping_add(ct.suppressed);
+        }
+    }
+    if events::due(f, d, n) || ct.is_some() {
+        let entry = CtEntry {
+            last_seen_ns: f.now,
+            revision: f.cfg.revision,
+            rule: d.rule,
+            origin: denied,
+            verdict: CT_DENIED,
+            _pad: [0; 2],
+            suppressed: 0,
+        };
+        insert(key, &entry);
+    }
+    DROP
 }
 
 /// For the host hook judging a deferred egress: the flow's verdict is
@@ -298,7 +359,10 @@ pub fn current(f: &Flow, key: &CtKey) -> bool {
         return false;
     };
     let ct = unsafe { &mut *ct };
-    if ct.revision == f.cfg.revision && f.now.wrapping_sub(ct.last_seen_ns) < CT_TIMEOUT_OTHER_NS {
+    if ct.revision == f.cfg.revision
+        && ct.verdict != CT_DENIED
+        && f.now.wrapping_sub(ct.last_seen_ns) < CT_TIMEOUT_OTHER_NS
+    {
         if f.now.wrapping_sub(ct.last_seen_ns) > CT_REFRESH_NS {
             ct.last_seen_ns = f.now;
         }
@@ -310,7 +374,15 @@ pub fn current(f: &Flow, key: &CtKey) -> bool {
 /// Enters a newly decided flow.
 #[inline(always)]
 pub fn track(f: &Flow, key: &CtKey, rule: u32, verdict: u8) {
-    let entry = CtEntry { last_seen_ns: f.now, revision: f.cfg.revision, rule, origin: f.dir, verdict, _pad: [0; 6] };
+    let entry = CtEntry {
+        last_seen_ns: f.now,
+        revision: f.cfg.revision,
+        rule,
+        origin: f.dir,
+        verdict,
+        _pad: [0; 2],
+        suppressed: 0,
+    };
     insert(key, &entry);
     count(stat::FLOWS_NEW);
 }
@@ -355,7 +427,10 @@ pub fn related<C: Skb>(ctx: &C, f: &Flow, key: &CtKey) -> bool {
         qk.remote_port = echo_role(parse::is_echo_request(q.protocol, q.icmp_type) == pod_sent_it);
     }
     match entry(&qk) {
-        Some(ct) => (unsafe { (*ct).revision }) == f.cfg.revision,
+        Some(ct) => {
+            let ct = unsafe { &*ct };
+            ct.revision == f.cfg.revision && ct.verdict != CT_DENIED
+        }
         None => false,
     }
 }

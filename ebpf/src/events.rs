@@ -17,7 +17,8 @@ use palisade_common::{
 /// Drops the packet, with at most one event per flow per interval (the
 /// event carries how many drops it stands for) and at most the budget of
 /// events per source per interval. The packet drops whatever happens to
-/// its event: only events are folded.
+/// its event: only events are folded. (Flows policy denies keep the same
+/// count in their conntrack entry instead: `conntrack::deny`.)
 #[inline(always)]
 pub fn drop_packet(f: &Flow, d: &Decision, key: &CtKey) -> i32 {
     count(stat::DROPPED_NO_RULE);
@@ -34,17 +35,24 @@ pub fn drop_packet(f: &Flow, d: &Decision, key: &CtKey) -> i32 {
         s.suppressed = 0;
         s.last_event_ns = f.now;
     }
-    // The flow is due an event: the source's budget decides.
-    let Some(folded) = source_budget(f, n) else {
-        count(stat::EVENTS_FOLDED);
-        return DROP;
-    };
-    if flow.is_none() {
+    if due(f, d, n) && flow.is_none() {
         let s = SuppressEntry { last_event_ns: f.now, suppressed: 0, _pad: 0 };
         let _ = SUPPRESS.insert(key, &s, BPF_ANY as u64);
     }
-    emit_folded(f, VERDICT_DROPPED, d, n, folded);
     DROP
+}
+
+/// The drop event of a flow due one, standing for `n` drops: sent if the
+/// source's budget allows (true), else the drops are folded into the
+/// source's next event.
+#[inline(always)]
+pub fn due(f: &Flow, d: &Decision, n: u32) -> bool {
+    let Some(folded) = source_budget(f, n) else {
+        count(stat::EVENTS_FOLDED);
+        return false;
+    };
+    emit_folded(f, VERDICT_DROPPED, d, n, folded);
+    true
 }
 
 /// Takes one event from the packet source's budget for this interval:

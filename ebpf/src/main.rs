@@ -113,6 +113,7 @@ fn classify<const DIR: u8>(ctx: &TcContext) -> i32 {
     // A tracked flow's plain packet passes on one lookup.
     match conntrack::fast(ctx, ifindex, DIR) {
         Fast::Pass => return PASS,
+        Fast::Drop => return DROP,
         fast => skb::note_fast_path(ctx, fast == Fast::Missed),
     }
     // A pod's packet DNATed from a Service to the pod behind this
@@ -218,7 +219,7 @@ fn new_flow<C: Skb>(ctx: &C, f: &Flow, key: &CtKey) -> i32 {
     } else if f.ep.flags & EP_AUDIT != 0 {
         CT_AUDITED
     } else {
-        return drop_packet(f, &d, key);
+        return conntrack::deny(ctx, f, &d, key, f.dir);
     };
     conntrack::track(f, key, d.rule, verdict);
     if verdict == CT_DEFERRED {

@@ -15,7 +15,7 @@ use crate::policy::{self, deferred};
 use crate::skb::Skb;
 use crate::{DROP, Flow, PASS, judge, judge_deferred};
 use aya_ebpf::{macros::socket_filter, programs::SkBuffContext};
-use palisade_common::{CT_UPSTREAM, Config, CtEntry, DIR_EGRESS, DIR_INGRESS, stat};
+use palisade_common::{CT_DENIED, CT_UPSTREAM, Config, CtEntry, DIR_EGRESS, DIR_INGRESS, stat};
 
 /// What the xt_bpf match returns: a match drops the packet.
 const NF_PASS: i64 = 0;
@@ -102,7 +102,7 @@ pub fn track_judged(ifindex: u32, cfg: &Config, pkt: &Packet) -> i32 {
     if let Some(ct) = conntrack::entry(&key) {
         let ct = unsafe { &mut *ct };
         // Not SNATed: the very entry netfilter keeps current.
-        if ct.revision == cfg.revision {
+        if ct.revision == cfg.revision && ct.verdict != CT_DENIED {
             ct.last_seen_ns = now;
             return PASS;
         }
@@ -113,7 +113,8 @@ pub fn track_judged(ifindex: u32, cfg: &Config, pkt: &Packet) -> i32 {
         rule: 0,
         origin: DIR_INGRESS,
         verdict: CT_UPSTREAM,
-        _pad: [0; 6],
+        _pad: [0; 2],
+        suppressed: 0,
     };
     conntrack::insert(&key, &entry);
     PASS

@@ -1,7 +1,7 @@
 //! 2. Connection tracking.
 
 use crate::fixture::*;
-use palisade_common::CtEntry;
+use palisade_common::{CT_ALLOWED, CT_DENIED, CtEntry};
 
 #[test]
 fn conntrack_replies_state_and_redecision() {
@@ -22,7 +22,8 @@ fn conntrack_replies_state_and_redecision() {
         assert_eq!(env.ingress("solo", remote, l4), DROP, "unsolicited {remote} {l4:?}");
     }
 
-    // Never-allowed packets leave no state behind, in either direction.
+    // Never-allowed packets leave nothing behind that passes, in either
+    // direction (see `denied_flows_drop_on_their_entry_and_pass_nothing`).
     let l4 = L4::Tcp(env.fresh(), 81, TCP_SYN);
     assert_eq!(env.egress("solo", world, l4), DROP);
     assert_eq!(env.ingress("solo", world, l4.reply()), DROP, "reply to a dropped SYN");
@@ -74,6 +75,57 @@ fn conntrack_replies_state_and_redecision() {
     env.apply(input(false));
     let l4 = L4::Tcp(env.fresh(), 80, TCP_SYN);
     assert_eq!(env.egress("solo", world, l4), PASS);
+}
+
+/// A flow policy denies is tracked as `CT_DENIED` while its drop event's
+/// interval lasts: its next packets that way drop on that entry, counted
+/// in it for the flow's next event, and the entry passes nothing: not a
+/// packet the other way, not an ICMP error about the flow, not the flow's
+/// next packet once a policy change allows it (which passes and is
+/// tracked as allowed).
+#[test]
+fn denied_flows_drop_on_their_entry_and_pass_nothing() {
+    let mut env = Env::new(settings());
+    let world = addr("8.8.8.8");
+    let solo = env.local("solo");
+    let solo_ip = solo.ip_like(world);
+    // Under the tight policy solo's egress to TCP 80 is denied; its
+    // ingress is isolated without rules.
+    env.apply(input(true));
+    let l4 = L4::Tcp(env.fresh(), 80, TCP_SYN);
+    let (lp, rp) = l4.port_pair();
+    let entry = |env: &Env| {
+        env.flows()
+            .into_iter()
+            .find(|(k, _)| k.ifindex == solo.ifindex && k.local_port == lp && k.remote_port == rp)
+            .map(|(_, v)| v)
+    };
+    let drops = env.counter(stat::DROPPED_NO_RULE);
+    assert_eq!(env.egress("solo", world, l4), DROP);
+    assert_eq!(env.drain().len(), 1, "the flow's event");
+    let e = entry(&env).expect("the denied flow is tracked");
+    assert_eq!((e.verdict, e.origin, e.suppressed, e.revision), (CT_DENIED, DIR_EGRESS, 0, env.dp.revision()));
+    for _ in 0..3 {
+        assert_eq!(env.egress("solo", world, l4), DROP);
+    }
+    assert_eq!(entry(&env).map(|e| e.suppressed), Some(3), "three drops counted on the entry");
+    assert_eq!(env.counter(stat::DROPPED_NO_RULE) - drops, 4);
+    assert!(env.drain().is_empty(), "suppressed within the interval");
+
+    // An ICMP error about the flow (solo's ingress allows no ICMP), and a
+    // packet the other way (nor anything else): judged by policy.
+    let sent = packet(solo_ip, world, l4);
+    let err = icmp_error(world, solo_ip, 3, 3, &sent[ETH_LEN..]);
+    assert_eq!(env.run(Direction::Ingress, "solo", &err), DROP, "an error about a denied flow");
+    assert_eq!(env.ingress("solo", world, l4.reply()), DROP, "a packet the other way");
+
+    // The old policy allows TCP 80 again: the flow's next packet passes,
+    // on the revision bump, and its reply with it.
+    env.apply(input(false));
+    let ack = L4::Tcp(lp, rp, TCP_ACK);
+    assert_eq!(env.egress("solo", world, ack), PASS, "allowed after the policy change");
+    assert_eq!(entry(&env).map(|e| e.verdict), Some(CT_ALLOWED));
+    assert_eq!(env.ingress("solo", world, ack.reply()), PASS, "and its reply");
 }
 
 /// The fast path tells the pipeline that its lookup missed through the

@@ -3,6 +3,7 @@
 use crate::fixture::*;
 use palisade::policy::PolicyRef;
 use palisade::policy::compile::family_addr;
+use palisade_common::CT_DENIED;
 
 #[test]
 fn events_describe_verdicts() {
@@ -182,6 +183,15 @@ fn port_scan_is_bounded_per_source_and_counted_exactly() {
         assert!(events.iter().all(|e| e.verdict == VERDICT_DROPPED && e.count == 1 && e.folded == 0));
         assert_eq!(folded1 - folded0, drops - u64::from(BUDGET), "{dir:?}: the rest are folded");
         assert_eq!(accounted1 - accounted0, drops, "{dir:?}: sent + lost + suppressed + folded = dropped");
+        // Only the flows whose events were sent are tracked as denied: the
+        // scan past the budget leaves nothing in connection tracking.
+        let (remote_key, web_if) = (family_addr(remote).1, env.local("web").ifindex);
+        let denied = env
+            .flows()
+            .iter()
+            .filter(|(k, v)| k.ifindex == web_if && k.remote == remote_key && v.verdict == CT_DENIED)
+            .count();
+        assert_eq!(denied as u32, BUDGET, "{dir:?}: denied flows tracked");
         // The next interval's first event carries what was folded.
         std::thread::sleep(interval + Duration::from_millis(100));
         let l4 = L4::Udp(sport, 20_000 + PORTS);

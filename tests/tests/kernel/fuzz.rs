@@ -10,7 +10,7 @@
 
 use crate::fixture::*;
 use crate::oracle::{Oracle, Stage};
-use palisade_common::{CtKey, FragKey, FragPorts, maps};
+use palisade_common::{CT_DENIED, FragKey, FragPorts, maps};
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// Test runs (a packet on one hook).
@@ -482,19 +482,24 @@ fn a_million_packets_match_the_oracle() {
     let (mut state_checks, mut state_entries) = (0u64, 0u64);
     // Empties the kernel's tables and the oracle's, reporting a difference.
     let mut reset = |oracle: &mut Oracle, failures: &mut Vec<String>, when: String| {
-        let tracked: HashSet<CtKey> = env.take_flows().into_iter().map(|(k, _)| k).collect();
+        let (mut tracked, mut denied) = (HashSet::new(), HashSet::new());
+        for (k, v) in env.take_flows() {
+            if v.verdict == CT_DENIED { &mut denied } else { &mut tracked }.insert(k);
+        }
         let frags: HashMap<FragKey, FragPorts> = env.take_entries(maps::FRAGS).into_iter().collect();
-        if (tracked != oracle.tracked || frags != oracle.frags) && failures.len() < 20 {
+        if (tracked != oracle.tracked || denied != oracle.denied || frags != oracle.frags) && failures.len() < 20 {
             let ct: Vec<_> = tracked.symmetric_difference(&oracle.tracked).collect();
+            let dn: Vec<_> = denied.symmetric_difference(&oracle.denied).collect();
             let kf: Vec<_> = frags.iter().filter(|(k, v)| oracle.frags.get(k) != Some(v)).collect();
             let of: Vec<_> = oracle.frags.iter().filter(|(k, v)| frags.get(k) != Some(v)).collect();
             failures.push(format!(
-                "{when}: tables differ; flows only one side tracks: {ct:?}; kernel frags {kf:?}; oracle frags {of:?}"
+                "{when}: tables differ; flows only one side tracks: {ct:?}; denied flows only one side tracks: {dn:?}; kernel frags {kf:?}; oracle frags {of:?}"
             ));
         }
         state_checks += 1;
-        state_entries += (tracked.len() + frags.len()) as u64;
+        state_entries += (tracked.len() + denied.len() + frags.len()) as u64;
         oracle.tracked.clear();
+        oracle.denied.clear();
         oracle.frags.clear();
     };
     let start = Instant::now();
@@ -534,6 +539,7 @@ fn a_million_packets_match_the_oracle() {
             env.take_flows();
             env.take_entries::<FragKey, FragPorts>(maps::FRAGS);
             oracle.tracked.clear();
+            oracle.denied.clear();
             oracle.frags.clear();
         }
         if run.is_multiple_of(BATCH) {

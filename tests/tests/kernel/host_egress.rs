@@ -99,3 +99,21 @@ fn a_known_pods_hook_judges_a_deferred_packet_by_its_senders_egress_then_its_own
     );
     println!("to-pod of a known pod: deferred packets judged by the sender's egress, then the pod's ingress");
 }
+
+/// A flow the sender's own hook denied is tracked as denied; the host hook
+/// judging the same flow deferred (its sender's egress, after DNAT picked
+/// this backend) must not take that entry for a verdict that passes.
+#[test]
+fn a_denied_flows_entry_never_passes_its_deferred_twin() {
+    let mut env = Env::new(settings());
+    let web = env.local("web");
+    let backend = addr("10.70.9.9");
+    assert!(!env.decide("web", Direction::Egress, backend, PROTO_TCP, 81).allowed, "web may not reach it");
+    let l4 = L4::Tcp(env.fresh(), 81, TCP_SYN);
+    assert_eq!(env.egress("web", backend, l4), DROP, "sent directly: web's egress denies it");
+    assert!(env.flows().iter().any(|(k, v)| k.ifindex == web.ifindex && v.verdict == palisade_common::CT_DENIED));
+    let pkt = packet(web.ip4, backend, l4);
+    for _ in 0..2 {
+        assert_eq!(env.run_host_egress(DEFER_MARK, &pkt), DROP, "deferred, after DNAT: still denied");
+    }
+}

@@ -277,6 +277,10 @@ pub struct Oracle<'a> {
     locals: Vec<Local>,
     /// Flows policy allowed, as connection tracking keys them.
     pub tracked: HashSet<CtKey>,
+    /// Flows policy denied, which connection tracking keeps as `CT_DENIED`
+    /// (with no budget, every denied flow's event is sent): they change
+    /// no verdict, only where the kernel drops their next packets.
+    pub denied: HashSet<CtKey>,
     /// First fragments seen.
     pub frags: HashMap<FragKey, FragPorts>,
     decisions: HashMap<(u32, bool, IpAddr, u8, u16), bool>,
@@ -284,7 +288,14 @@ pub struct Oracle<'a> {
 
 impl<'a> Oracle<'a> {
     pub fn new(compiled: &'a Compiled, locals: Vec<Local>) -> Oracle<'a> {
-        Oracle { compiled, locals, tracked: HashSet::new(), frags: HashMap::new(), decisions: HashMap::new() }
+        Oracle {
+            compiled,
+            locals,
+            tracked: HashSet::new(),
+            denied: HashSet::new(),
+            frags: HashMap::new(),
+            decisions: HashMap::new(),
+        }
     }
 
     /// What the `hook` program on `ifindex` must do with `p` (a frame the
@@ -331,9 +342,11 @@ impl<'a> Oracle<'a> {
             lookup::decide(compiled, local.class, local.flags, hook, remote, k.protocol, k.dport).allowed
         });
         if allowed {
+            self.denied.remove(&key);
             self.tracked.insert(key);
             Stage::Allowed
         } else {
+            self.denied.insert(key);
             Stage::Denied
         }
     }
