@@ -193,7 +193,17 @@ fn cases() -> Vec<palisade_e2e::suite::Case<Env>> {
             ensure!(first.verdict == Verdict::Dropped && first.destination.pod.as_deref() == Some("b"));
             let dropped = agent.events(&["--verdict", "dropped"])?;
             ensure!(!dropped.is_empty() && dropped.iter().all(|ev| ev.verdict == Verdict::Dropped));
-            let udp = agent.events(&["--protocol", "udp", "--port", "81", "--pod", "y/c"])?;
+            // The agent drains the ring every 20 ms: the UDP flow's events
+            // may not be in its history yet (a query 11 ms after the probe
+            // missed them about one run in three).
+            let deadline = Instant::now() + Duration::from_secs(2);
+            let udp = loop {
+                let udp = agent.events(&["--protocol", "udp", "--port", "81", "--pod", "y/c"])?;
+                if !udp.is_empty() || Instant::now() > deadline {
+                    break udp;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            };
             ensure!(!udp.is_empty(), "the UDP flow to y/c:81 is missing");
             ensure!(udp.iter().all(|ev| {
                 ev.protocol == "UDP"
