@@ -1,8 +1,10 @@
 //! Connection tracking: a flow is judged on its first packet and its
 //! verdict kept per endpoint, so replies and later packets pass on one hash
 //! lookup; a policy change (a new revision) has each tracked flow decided
-//! again on its next packet. Also: first fragments' ports, for the
-//! fragments that follow, and ICMP errors about tracked flows.
+//! again on its next packet. A denied flow is kept for its drop-event
+//! interval, so its next packets drop on that one lookup ([`deny`]).
+//! Also: first fragments' ports, for the fragments that follow, and ICMP
+//! errors about tracked flows.
 
 use crate::events::{self, drop_packet, emit};
 use crate::maps::{CONNTRACK4, CONNTRACK6, FRAGS, count};

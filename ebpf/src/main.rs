@@ -3,7 +3,8 @@
 //! map lookups and never loops over policies or pods.
 //!
 //! First, a plain packet of a flow tracked under the current revision
-//! passes on one lookup ([`conntrack::fast`]). The pipeline for the rest
+//! passes on one lookup ([`conntrack::fast`]), or drops there if policy
+//! denied the flow within its drop-event interval. The pipeline for the rest
 //! ([`judge`]): parse; link plumbing passes; a pending pod
 //! drops; fragments get their first fragment's ports; a tracked flow passes
 //! (or is decided again after a policy change); a packet leaving a pod from
@@ -110,7 +111,8 @@ fn judge_deferred_here(ctx: &TcContext, cfg: &Config) -> i32 {
 #[inline(always)]
 fn classify<const DIR: u8>(ctx: &TcContext) -> i32 {
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    // A tracked flow's plain packet passes on one lookup.
+    // A tracked flow's plain packet passes (a denied one's drops) on one
+    // lookup.
     match conntrack::fast(ctx, ifindex, DIR) {
         Fast::Pass => return PASS,
         Fast::Drop => return DROP,
