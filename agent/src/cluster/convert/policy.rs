@@ -117,8 +117,9 @@ pub(super) fn selector_from(sel: &K8sSelector, field: &str, errors: &mut Vec<Fie
     for (k, v) in sel.match_labels.iter().flatten() {
         validate_label_key(k, &format!("{field}.matchLabels"), errors);
         validate_label_value(v, &format!("{field}.matchLabels[{k}]"), errors);
-        out.match_labels.insert(k.clone(), v.clone());
     }
+    // Built at once: a label set is copied on every insert.
+    out.match_labels = sel.match_labels.iter().flatten().collect();
     for (i, req) in sel.match_expressions.iter().flatten().enumerate() {
         let f = format!("{field}.matchExpressions[{i}]");
         validate_label_key(&req.key, &format!("{f}.key"), errors);
@@ -327,6 +328,17 @@ mod tests {
             fields,
             ["spec.egress[0].to[0]", "spec.egress[0].ports[0].protocol", "spec.egress[0].ports[1].port"]
         );
+    }
+
+    #[test]
+    fn a_selector_is_interned_once_however_many_labels() {
+        // Label by label, each set on the way was hashed and interned too:
+        // quadratic in a hostile manifest's 10,000 labels.
+        let labels: String = (0..3000).map(|i| format!("palisade.test/many-{i:04}: v, ")).collect();
+        let s: K8sSelector = serde_saphyr::from_str(&format!("{{matchLabels: {{{labels}}}}}")).unwrap();
+        let sel = selector_from(&s, "s", &mut vec![]);
+        assert_eq!(sel.match_labels.iter().count(), 3000);
+        assert_eq!(crate::policy::labels::interned_with_first_key("palisade.test/many-0000"), 1);
     }
 
     #[test]
