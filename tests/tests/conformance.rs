@@ -173,6 +173,27 @@ fn cases() -> Vec<palisade_e2e::suite::Case<Env>> {
                 m.each(|from, to| (ns_of(to) == "x" || ns_of(from) == "x").then_some(false));
             })
         }),
+        ("same_policy_name_in_every_namespace", |e| {
+            // One name, three policies: each namespace's admits its own
+            // source. Pods of different namespaces on one node must not
+            // share what one of them allows.
+            let from = |pod: &str| {
+                format!(
+                    "  podSelector: {{}}\n  ingress:\n  - from: [{{podSelector: {{matchLabels: {{pod: {pod}}}}}}}]\n"
+                )
+            };
+            e.apply(&[np("x", "allow", &from("b")), np("y", "allow", &from("c")), np("z", "allow", &from("a"))])?;
+            e.tcp(80, |m| {
+                m.each(|from, to| {
+                    let source = match ns_of(to) {
+                        "x" => "x/b",
+                        "y" => "y/c",
+                        _ => "z/a",
+                    };
+                    Some(from == source)
+                });
+            })
+        }),
         ("allow_from_pods_in_server_namespace_by_pod_selector", |e| {
             e.apply(&[np(
                 "x",

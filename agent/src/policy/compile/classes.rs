@@ -107,7 +107,7 @@ impl Classes {
 }
 
 /// What a local identity's entries depend on: the NetworkPolicies that
-/// select it (they are all in its namespace), the ClusterNetworkPolicies
+/// select it (they are all in its namespace, and named with it), the ClusterNetworkPolicies
 /// that select it, and its named ports if one of those names an ingress
 /// port (resolved on the local pod); and whether those count.
 fn key(input: &Input, ids: &Identities, gi: usize) -> (String, bool) {
@@ -118,7 +118,9 @@ fn key(input: &Input, ids: &Identities, gi: usize) -> (String, bool) {
     let policies = input.policies.range((ns.clone(), String::new())..).take_while(|((n, _), _)| n == ns);
     for ((_, name), p) in policies {
         if p.pod_selector.matches(&g.key.labels) {
-            let _ = write!(k, "{name}\0");
+            // A policy is its namespace and name: policies of one name in
+            // two namespaces are two policies, with entries of their own.
+            let _ = write!(k, "{ns}\0{name}\0");
             named |= p.ingress.iter().flatten().flat_map(|r| &r.ports).any(|p| matches!(p.port, PortMatch::Named(_)));
         }
     }

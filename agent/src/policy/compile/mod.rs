@@ -779,6 +779,41 @@ mod tests {
         c.endpoints.iter().find(|e| e.name == name).unwrap().class
     }
 
+    /// Policies of one name in two namespaces are two policies: the pods
+    /// they select share no class, and neither is allowed by the other's
+    /// rules (they were, when a class was keyed by policy names alone).
+    #[test]
+    fn policies_of_one_name_in_two_namespaces_make_two_classes() {
+        let mut text = String::new();
+        for (ns, port, ip) in [("a", 80, "10.0.0.1"), ("b", 90, "10.0.0.2")] {
+            text += &format!(
+                "apiVersion: v1\nkind: Namespace\nmetadata: {{name: {ns}}}\n---\n\
+                 apiVersion: v1\nkind: Pod\nmetadata: {{name: p, namespace: {ns}, labels: {{app: x}}}}\n\
+                 spec: {{nodeName: {NODE}, containers: [{{name: c}}]}}\nstatus: {{phase: Running, podIP: {ip}}}\n---\n\
+                 apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: allow, namespace: {ns}}}\n\
+                 spec:\n  podSelector: {{}}\n  ingress:\n  - ports: [{{port: {port}}}]\n---\n"
+            );
+        }
+        let c = compile(&manifests_to_input(&text).unwrap(), &node());
+        let ep = |ns: &str| c.endpoints.iter().find(|e| e.namespace == ns).unwrap().clone();
+        let (a, b) = (ep("a"), ep("b"));
+        assert_ne!(a.class, b.class);
+        let allowed = |e: &LocalEndpoint, port| {
+            crate::policy::lookup::decide(
+                &c,
+                e.class,
+                e.flags,
+                Direction::Ingress,
+                "10.9.9.9".parse().unwrap(),
+                6,
+                port,
+            )
+            .allowed
+        };
+        assert_eq!((allowed(&a, 80), allowed(&a, 90)), (true, false), "a's pod: its own policy's port only");
+        assert_eq!((allowed(&b, 80), allowed(&b, 90)), (false, true), "b's pod: its own policy's port only");
+    }
+
     #[test]
     fn a_relabel_keeps_the_number_and_moves_only_what_its_selection_changes() {
         let mut compiler = Compiler::default();
