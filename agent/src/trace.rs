@@ -204,7 +204,7 @@ fn side(
     let node = &node_of(input, node, pod);
     let compiled = compile(input, node);
     let ep = compiled.endpoints.iter().find(|e| e.namespace == pod.namespace && e.name == pod.name);
-    let verdict = ep.map(|e| lookup::decide(&compiled, e.class, e.flags, dir, remote_ip, q.protocol.number(), q.port));
+    let verdict = ep.map(|e| lookup::decide(&compiled, &e.kernel(), dir, remote_ip, q.protocol.number(), q.port));
     let mut policies = Vec::new();
     let mut allowed_by = Vec::new();
     let remote_ns = remote_pod.map(|p| ns(input, &p.namespace));
@@ -666,9 +666,9 @@ pub fn check_kernel(
     let got = pinned.endpoint(ifindex);
     match got {
         None => check.differences.push(format!("no endpoint entry for interface {ifindex}")),
-        Some(e) if e.class != want.class || e.flags != want.flags => check.differences.push(format!(
-            "endpoint entry: class {} flags {:#x}, compiled class {} flags {:#x}",
-            e.class, e.flags, want.class, want.flags
+        Some(e) if e != want.kernel() => check.differences.push(format!(
+            "endpoint entry: class {} parent {} flags {:#x}, compiled class {} parent {} flags {:#x}",
+            e.class, e.parent, e.flags, want.class, want.parent, want.flags
         )),
         Some(_) => {}
     }
@@ -678,7 +678,7 @@ pub fn check_kernel(
         check.differences.push(format!("address {remote_ip}: kernel identity {got_peer}, compiled {want_peer}"));
     }
     if let Some(e) = got {
-        let v = lookup::decide(pinned, e.class, e.flags, side.direction, remote_ip, q.protocol.number(), q.port);
+        let v = lookup::decide(pinned, &e, side.direction, remote_ip, q.protocol.number(), q.port);
         let allowed = v.allowed;
         if allowed != side.allowed {
             check.differences.push(format!(

@@ -197,7 +197,7 @@ fn direction(d: Dir) -> Direction {
 /// pod has no local endpoint.
 fn decide(c: &Compiled, ns: &str, name: &str, dir: Dir, remote: IpAddr, proto: u8, port: u16) -> Option<Verdict> {
     let ep = c.endpoints.iter().find(|e| e.namespace == ns && e.name == name)?;
-    Some(lookup::decide(c, ep.class, ep.flags, direction(dir), remote, proto, port))
+    Some(lookup::decide(c, &ep.kernel(), direction(dir), remote, proto, port))
 }
 
 /// (local pod, direction, remote address, protocol, port, expected).

@@ -365,7 +365,7 @@ mod tests {
         for v6 in [false, true] {
             for proto in [PROTO_TCP, PROTO_UDP] {
                 let mut flow = |from: IpAddr, port: u16| {
-                    out.push(decide(c, server.class, server.flags, Direction::Ingress, from, proto, port));
+                    out.push(decide(c, &server.kernel(), Direction::Ingress, from, proto, port));
                 };
                 let client = ip_of(client_ips(), v6);
                 for port in (PORT_IPERF..=PORT_IPERF + 3).chain([PORT_ANY_PEER, PORT_DENIED]) {

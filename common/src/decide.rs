@@ -60,7 +60,9 @@ pub fn peer_info<M: PolicyMaps>(maps: &M, remote: &IpKey) -> IpInfo {
 /// Judges a flow by policy alone. An endpoint neither isolated by a
 /// NetworkPolicy nor tiered (selected by a ClusterNetworkPolicy) in this
 /// direction is allowed. Otherwise the most specific entry for the peer's
-/// identity decides, else the one for any peer: allow or deny, by its rule.
+/// identity decides, else the one for any peer: allow or deny, by its rule;
+/// the class's own entries first, then (a class with a parent) the
+/// parent's.
 /// No entry: an isolated endpoint is denied, a tiered one allowed (its
 /// entries hold every verdict that differs from that). `dir` is the flow's
 /// direction at the local endpoint `ep`, `port` its destination port;
@@ -94,14 +96,12 @@ pub fn decide<M: PolicyMaps>(
     if dir == DIR_EGRESS && peer_flags & IP_SERVICE != 0 {
         return Decision { allowed: true, defer: true, reason: REASON_RULE, rule: 0, peer };
     }
-    let mut key = PolicyKey::new(ep.class, dir, peer, protocol, port);
-    if peer != PEER_ANY
-        && let Some(v) = maps.policy(&key)
-    {
+    if let Some(v) = entry(maps, ep.class, dir, peer, protocol, port) {
         return by_entry(&v, peer);
     }
-    key.peer = PEER_ANY.to_be_bytes();
-    if let Some(v) = maps.policy(&key) {
+    if ep.parent != 0
+        && let Some(v) = entry(maps, ep.parent, dir, peer, protocol, port)
+    {
         return by_entry(&v, peer);
     }
     if isolated {
@@ -109,6 +109,20 @@ pub fn decide<M: PolicyMaps>(
     } else {
         Decision { allowed: true, defer: false, reason: REASON_NOT_ISOLATED, rule: 0, peer }
     }
+}
+
+/// A class's entry for a flow: the most specific for the peer's identity,
+/// else the one for any peer.
+#[inline(always)]
+fn entry<M: PolicyMaps>(maps: &M, class: u32, dir: u8, peer: u32, protocol: u8, port: u16) -> Option<PolicyValue> {
+    let mut key = PolicyKey::new(class, dir, peer, protocol, port);
+    if peer != PEER_ANY
+        && let Some(v) = maps.policy(&key)
+    {
+        return Some(v);
+    }
+    key.peer = PEER_ANY.to_be_bytes();
+    maps.policy(&key)
 }
 
 /// The decision a policy entry holds. Rule 0 stands for no rule: a
@@ -152,6 +166,9 @@ mod tests {
             (key.addr[..2] == [192, 168]).then_some(IpInfo { identity: 8, flags: 0, ifindex: 0 })
         }
         fn policy(&self, key: &PolicyKey) -> Option<PolicyValue> {
+            if u32::from_be_bytes(key.local) != 1 {
+                return None;
+            }
             match (u32::from_be_bytes(key.peer), u16::from_be_bytes(key.port)) {
                 (7, 80) => Some(PolicyValue::allow(100)),
                 (PEER_ANY, 443) => Some(PolicyValue::allow(200)),
@@ -165,7 +182,7 @@ mod tests {
         }
     }
 
-    const ISOLATED: Endpoint = Endpoint { class: 1, flags: EP_INGRESS_ISOLATED | EP_EGRESS_ISOLATED };
+    const ISOLATED: Endpoint = Endpoint { class: 1, flags: EP_INGRESS_ISOLATED | EP_EGRESS_ISOLATED, parent: 0 };
 
     fn verdict(ep: &Endpoint, dir: u8, remote: &IpKey, port: u16) -> (bool, bool, u8, u32, u32) {
         let d = decide(&Maps, ep, dir, remote, PROTO_TCP, port, false);
@@ -185,7 +202,7 @@ mod tests {
 
     #[test]
     fn isolation_and_services() {
-        let open = Endpoint { class: 1, flags: 0 };
+        let open = Endpoint { class: 1, flags: 0, parent: 0 };
         assert_eq!(verdict(&open, DIR_EGRESS, &OTHER, 1), (true, false, REASON_NOT_ISOLATED, 0, 0));
         let named = decide(&Maps, &open, DIR_EGRESS, &HOST, PROTO_TCP, 1, true);
         assert_eq!((named.allowed, named.reason, named.peer), (true, REASON_NOT_ISOLATED, 7), "want_peer names it");
@@ -194,15 +211,26 @@ mod tests {
     }
 
     #[test]
+    fn a_class_with_a_parent_looks_the_parent_up_on_a_miss() {
+        // Class 2 holds nothing of its own here: its parent's entries judge.
+        let child = Endpoint { class: 2, flags: EP_INGRESS_ISOLATED, parent: 1 };
+        assert_eq!(verdict(&child, DIR_INGRESS, &HOST, 80), (true, false, REASON_RULE, 100, 7), "parent's peer entry");
+        assert_eq!(verdict(&child, DIR_INGRESS, &OTHER, 443), (true, false, REASON_RULE, 200, PEER_ANY), "any peer");
+        assert_eq!(verdict(&child, DIR_INGRESS, &OTHER, 1), (false, false, REASON_NO_RULE, 0, PEER_ANY), "both miss");
+        let orphan = Endpoint { parent: 0, ..child };
+        assert_eq!(verdict(&orphan, DIR_INGRESS, &HOST, 80), (false, false, REASON_NO_RULE, 0, 7), "no parent");
+    }
+
+    #[test]
     fn tiered_endpoints_look_up_and_entries_deny() {
-        let tiered = Endpoint { class: 1, flags: EP_INGRESS_TIERED | EP_EGRESS_TIERED };
+        let tiered = Endpoint { class: 1, flags: EP_INGRESS_TIERED | EP_EGRESS_TIERED, parent: 0 };
         assert_eq!(verdict(&tiered, DIR_INGRESS, &OTHER, 22), (false, false, REASON_RULE, 300, PEER_ANY), "deny rule");
         assert_eq!(verdict(&tiered, DIR_INGRESS, &HOST, 22), (true, false, REASON_NOT_ISOLATED, 0, 7), "peer's pass");
         assert_eq!(verdict(&tiered, DIR_INGRESS, &HOST, 80), (true, false, REASON_RULE, 100, 7), "allow rule");
         assert_eq!(verdict(&tiered, DIR_INGRESS, &OTHER, 1), (true, false, REASON_NOT_ISOLATED, 0, PEER_ANY), "miss");
         assert_eq!(verdict(&tiered, DIR_INGRESS, &IN_CIDR, 443), (false, false, REASON_NO_RULE, 0, 8), "implicit deny");
         assert_eq!(verdict(&tiered, DIR_EGRESS, &SERVICE, 22), (true, true, REASON_RULE, 0, 9), "deferred");
-        let both = Endpoint { class: 1, flags: EP_INGRESS_TIERED | EP_INGRESS_ISOLATED };
+        let both = Endpoint { class: 1, flags: EP_INGRESS_TIERED | EP_INGRESS_ISOLATED, parent: 0 };
         assert_eq!(
             verdict(&both, DIR_INGRESS, &OTHER, 1),
             (false, false, REASON_NO_RULE, 0, PEER_ANY),

@@ -192,6 +192,10 @@ pub struct Endpoint {
     pub class: u32,
     /// `EP_*` flags.
     pub flags: u32,
+    /// The class whose entries judge what the class's own entries do not
+    /// (0: none): a class selected by another class's NetworkPolicies and
+    /// more holds only the entries of the more.
+    pub parent: u32,
 }
 
 /// A flow's key, as the pipeline and drop suppression use it and as the
@@ -436,7 +440,7 @@ const _: () = {
     assert!(POLICY_PREFIX_PROTO as usize == offset_of!(PolicyKey, port) * 8);
     assert!(POLICY_PREFIX_ANY_PROTO as usize == offset_of!(PolicyKey, protocol) * 8);
     assert!(size_of::<PolicyValue>() == 8);
-    assert!(size_of::<Endpoint>() == 8);
+    assert!(size_of::<Endpoint>() == 12);
     assert!(size_of::<CtKey>() == 44);
     assert!(offset_of!(CtKey, local) == 8);
     assert!(size_of::<CtKey4>() == 20);

@@ -21,7 +21,7 @@ pub use keys::*;
 
 /// Bumped whenever a map's key or value layout changes, so an agent never
 /// adopts pinned maps (or runs a program against maps) it does not understand.
-pub const LAYOUT_VERSION: u32 = 6;
+pub const LAYOUT_VERSION: u32 = 7;
 
 /// Indexes into the per-CPU counter array.
 pub mod stat {

@@ -254,7 +254,7 @@ pub fn judge_deferred<C: Skb>(ctx: &C, cfg: &Config, pkt: &Packet) -> i32 {
     let ep = match maps::endpoint(ifindex) {
         Some(ep) if ifindex != 0 => ep,
         _ => {
-            let nobody = Endpoint { class: 0, flags: 0 };
+            let nobody = Endpoint { class: 0, flags: 0, parent: 0 };
             let key = conntrack::ct_key(0, DIR_EGRESS, pkt);
             let f = Flow { ifindex: 0, ep: &nobody, dir: DIR_EGRESS, cfg, pkt, now: conntrack::now(cfg), ev_flags: 0 };
             return drop_packet(&f, &bare(REASON_UNATTRIBUTED), &key);

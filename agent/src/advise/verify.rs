@@ -50,7 +50,7 @@ impl<'a> Verifier<'a> {
     pub fn decide(&self, pod: &Pod, dir: Direction, remote: IpAddr, protocol: Protocol, port: u16) -> Option<bool> {
         let c = self.compiled(&node_of(pod));
         let ep = c.endpoints.iter().find(|e| e.namespace == pod.namespace && e.name == pod.name)?;
-        let v = policy::lookup::decide(c, ep.class, ep.flags, dir, remote, protocol.number(), port);
+        let v = policy::lookup::decide(c, &ep.kernel(), dir, remote, protocol.number(), port);
         Some(v.allowed)
     }
 

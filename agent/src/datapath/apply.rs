@@ -389,7 +389,7 @@ impl Datapath {
         for (ifindex, ep) in &plan.entries {
             let Some(old) = self.realized.endpoints.get(ifindex).copied() else { continue };
             if old != *ep && old.flags & EP_PENDING == 0 {
-                let held = palisade_common::Endpoint { class: old.class, flags: old.flags | EP_PENDING };
+                let held = palisade_common::Endpoint { flags: old.flags | EP_PENDING, ..old };
                 self.write_endpoint(*ifindex, held, report);
             }
         }

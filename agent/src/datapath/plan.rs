@@ -52,7 +52,7 @@ pub fn plan(compiled: &Compiled, ifaces: &Interfaces, host: &HostInterfaces, str
             None => Enforcement::NoInterface,
             Some(i) if plan.entries.contains_key(&i) => Enforcement::Conflict { ifindex: i },
             Some(i) => {
-                plan.entries.insert(i, Endpoint { class: ep.class, flags: ep.flags });
+                plan.entries.insert(i, ep.kernel());
                 Enforcement::Enforced
             }
         };
@@ -73,7 +73,7 @@ pub fn plan(compiled: &Compiled, ifaces: &Interfaces, host: &HostInterfaces, str
     // Strict mode: a pod interface seen before its pod is held closed.
     for (ifindex, name) in &ifaces.names {
         if !plan.entries.contains_key(ifindex) && strict_prefixes.iter().any(|p| name.starts_with(p.as_str())) {
-            plan.entries.insert(*ifindex, Endpoint { class: 0, flags: EP_PENDING });
+            plan.entries.insert(*ifindex, Endpoint { class: 0, flags: EP_PENDING, parent: 0 });
             plan.pending.push(name.clone());
         }
     }
@@ -167,7 +167,7 @@ impl Plan {
             let Some(entry) = st.ifindex.and_then(|i| self.entries.get_mut(&i)) else { continue };
             let held = match hold {
                 Hold::All => true,
-                Hold::Classes(classes) => classes.contains(&entry.class),
+                Hold::Classes(classes) => classes.contains(&entry.class) || classes.contains(&entry.parent),
             };
             if !held {
                 continue;
@@ -195,6 +195,7 @@ mod tests {
             ips: vec![ip(addr)],
             identity,
             class: identity,
+            parent: 0,
             flags,
         }
     }
@@ -229,8 +230,8 @@ mod tests {
             ifaces(&[(1, "lo"), (2, "eth0"), (10, "veth-a"), (11, "veth-b")], &[("10.0.0.1", 10), ("10.0.0.2", 11)]);
         let p = plan(&c, &i, &HostInterfaces::All, &[]);
         let ips: BTreeMap<IpPrefix, IpInfo> = addresses(&c, &p.local_addresses()).collect();
-        assert_eq!(p.entries[&10], Endpoint { class: 7, flags: EP_INGRESS_ISOLATED });
-        assert_eq!(p.entries[&11], Endpoint { class: 8, flags: 0 });
+        assert_eq!(p.entries[&10], Endpoint { class: 7, flags: EP_INGRESS_ISOLATED, parent: 0 });
+        assert_eq!(p.entries[&11], Endpoint { class: 8, flags: 0, parent: 0 });
         assert_eq!(p.endpoints[0].state, Enforcement::Enforced);
         assert_eq!(p.endpoints[0].interface.as_deref(), Some("veth-a"));
         assert!(p.endpoints[0].ingress_isolated && !p.endpoints[0].egress_isolated);
@@ -260,7 +261,7 @@ mod tests {
         let c = compiled(vec![pod("a", "10.0.0.1", 7, 0)]);
         let i = ifaces(&[(2, "eth0"), (10, "veth-a"), (12, "veth-new")], &[("10.0.0.1", 10)]);
         let p = plan(&c, &i, &HostInterfaces::Named(vec!["eth0".into()]), &["veth".into()]);
-        assert_eq!(p.entries[&12], Endpoint { class: 0, flags: EP_PENDING });
+        assert_eq!(p.entries[&12], Endpoint { class: 0, flags: EP_PENDING, parent: 0 });
         assert_eq!(p.entries[&10].flags & EP_PENDING, 0);
         assert_eq!(p.pending, vec!["veth-new".to_string()]);
         assert_eq!(

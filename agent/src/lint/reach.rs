@@ -8,7 +8,7 @@
 use crate::policy::model::Protocol;
 use crate::policy::{Compiled, Direction, Input, Node, Pod, compile, lookup, model::Peer};
 use ipnet::IpNet;
-use palisade_common::{EP_EGRESS_ISOLATED, EP_INGRESS_ISOLATED};
+use palisade_common::{EP_EGRESS_ISOLATED, EP_INGRESS_ISOLATED, Endpoint};
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::IpAddr;
 
@@ -37,12 +37,12 @@ impl Reach {
         Reach { compiled, candidates: candidates(input) }
     }
 
-    /// The pod's compiled entries, class and flags (None: not enforced,
-    /// such as a host-network pod).
-    fn endpoint(&self, pod: &Pod) -> Option<(&Compiled, u32, u32)> {
+    /// The pod's compiled entries and kernel endpoint entry (None: not
+    /// enforced, such as a host-network pod).
+    fn endpoint(&self, pod: &Pod) -> Option<(&Compiled, Endpoint)> {
         let c = self.compiled.get(&node_key(pod))?;
         let ep = c.endpoints.iter().find(|e| e.namespace == pod.namespace && e.name == pod.name)?;
-        Some((c, ep.class, ep.flags))
+        Some((c, ep.kernel()))
     }
 
     pub fn isolated(&self, pod: &Pod, dir: Direction) -> bool {
@@ -50,7 +50,7 @@ impl Reach {
             Direction::Ingress => EP_INGRESS_ISOLATED,
             Direction::Egress => EP_EGRESS_ISOLATED,
         };
-        self.endpoint(pod).is_some_and(|(_, _, flags)| flags & bit != 0)
+        self.endpoint(pod).is_some_and(|(_, ep)| ep.flags & bit != 0)
     }
 
     /// Whether `pod` lets a first packet with `remote` pass in `dir` (the
@@ -59,8 +59,8 @@ impl Reach {
     pub fn allows(&self, pod: &Pod, dir: Direction, remote: IpAddr, protocol: Protocol, port: u16) -> bool {
         match self.endpoint(pod) {
             None => true,
-            Some((c, identity, flags)) => {
-                let v = lookup::decide(c, identity, flags, dir, remote, protocol.number(), port);
+            Some((c, ep)) => {
+                let v = lookup::decide(c, &ep, dir, remote, protocol.number(), port);
                 v.allowed && !v.deferred
             }
         }
@@ -79,7 +79,7 @@ impl Reach {
         let mut seen = HashSet::new();
         let ep = self.endpoint(pod);
         remotes.into_iter().find(|&remote| {
-            if let Some((c, _, _)) = ep {
+            if let Some((c, _)) = ep {
                 let peer = lookup::peer_identity(c, remote);
                 if peer != 0 && !seen.insert((remote.is_ipv4(), peer)) {
                     return false;

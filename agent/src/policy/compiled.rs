@@ -99,7 +99,16 @@ pub struct LocalEndpoint {
     /// Its policy class: the local field of the policy entries that judge
     /// its traffic, and what the kernel's endpoint map holds for it.
     pub class: u32,
+    /// The class whose entries judge what its own do not (0: none).
+    pub parent: u32,
     pub flags: u32,
+}
+
+impl LocalEndpoint {
+    /// Its entry in the kernel's endpoint map.
+    pub fn kernel(&self) -> palisade_common::Endpoint {
+        palisade_common::Endpoint { class: self.class, flags: self.flags, parent: self.parent }
+    }
 }
 
 /// What an identity stands for.

@@ -74,20 +74,19 @@ pub fn peer_identity(maps: &impl PolicyMaps, addr: IpAddr) -> u32 {
 }
 
 /// What the classifier decides for the first packet of a flow on a local
-/// endpoint with `class`/`flags`, given `maps` (the compiled entries or
-/// the pinned kernel maps).
+/// endpoint whose kernel entry is `ep`, given `maps` (the compiled entries
+/// or the pinned kernel maps).
 pub fn decide(
     maps: &impl PolicyMaps,
-    class: u32,
-    flags: u32,
+    ep: &Endpoint,
     dir: Direction,
     remote: IpAddr,
     protocol: u8,
     port: u16,
 ) -> Verdict {
-    let ep = Endpoint { class, flags };
+    let flags = ep.flags;
     let isolated_bit = if dir == Direction::Ingress { EP_INGRESS_ISOLATED } else { EP_EGRESS_ISOLATED };
-    let d = palisade_common::decide(maps, &ep, dir.code(), &IpKey::from_ip(remote), protocol, port, true);
+    let d = palisade_common::decide(maps, ep, dir.code(), &IpKey::from_ip(remote), protocol, port, true);
     Verdict { allowed: d.allowed, rule: d.rule, peer: d.peer, isolated: flags & isolated_bit != 0, deferred: d.defer }
 }
 

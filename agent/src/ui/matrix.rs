@@ -35,7 +35,7 @@ impl Judge<'_> {
         let node = pod.node_name.clone().unwrap_or_else(|| self.node.name.clone());
         let compiled = self.compiled.entry(node).or_insert_with(|| trace::compiled_for(self.input, self.node, pod));
         let ep = compiled.endpoints.iter().find(|e| e.namespace == pod.namespace && e.name == pod.name)?;
-        Some(lookup::decide(compiled, ep.class, ep.flags, dir, remote, protocol.number(), port).allowed)
+        Some(lookup::decide(compiled, &ep.kernel(), dir, remote, protocol.number(), port).allowed)
     }
 }
 

@@ -143,11 +143,36 @@ fn policies(tight: bool) -> Vec<Value> {
 }
 
 pub fn input(tight: bool) -> Input {
+    let locals = LOCALS.iter().map(|(name, ip4, ip6)| k8s_pod("prod", name, name, ip4, ip6, NODE));
+    with_locals(locals, policies(tight))
+}
+
+/// The cluster with db relabelled as a canary web pod (`app: web, role:
+/// canary`) and one policy more, for canaries: egress to the ops
+/// namespace on TCP 9000. Its class is web's policies and that one, so it
+/// takes web's class as its parent.
+pub fn input_canary() -> Input {
+    let locals = LOCALS.iter().map(|&(name, ip4, ip6)| {
+        let labels = if name == "db" { json!({"app": "web", "role": "canary"}) } else { json!({"app": name}) };
+        manifest::pod("prod", name, labels, NODE, (v4(ip4), v6(ip6)), &[("http-alt", 8080)])
+    });
+    let canary = k8s_policy(
+        "canary-egress",
+        json!({
+            "podSelector": {"matchLabels": {"role": "canary"}},
+            "policyTypes": ["Egress"],
+            "egress": [{"to": [{"namespaceSelector": {"matchLabels": {"team": "ops"}}}],
+                        "ports": [{"protocol": "TCP", "port": 9000}]}]
+        }),
+    );
+    with_locals(locals, policies(false).into_iter().chain([canary]).collect())
+}
+
+fn with_locals(locals: impl Iterator<Item = Value>, policies: Vec<Value>) -> Input {
     let namespaces = ["prod", "dev", "ops"].map(
         |team| json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": team, "labels": {"team": team}}}),
     );
-    let locals = LOCALS.iter().map(|(name, ip4, ip6)| k8s_pod("prod", name, name, ip4, ip6, NODE));
     let remotes = REMOTES.iter().map(|(ns, name, app, ip4, ip6)| k8s_pod(ns, name, app, ip4, ip6, OTHER_NODE));
-    let objects = namespaces.into_iter().chain(locals).chain(remotes).chain(policies(tight));
+    let objects = namespaces.into_iter().chain(locals).chain(remotes).chain(policies);
     palisade::cluster::convert::objects_to_input(objects).unwrap_or_else(|errors| panic!("{errors:?}"))
 }

@@ -88,12 +88,18 @@ pub struct Local {
     pub ifindex: u32,
     pub peer_ifindex: u32,
     pub class: u32,
+    pub parent: u32,
     pub flags: u32,
     pub ip4: IpAddr,
     pub ip6: IpAddr,
 }
 
 impl Local {
+    /// Its entry in the kernel's endpoint map.
+    pub fn kernel(&self) -> palisade_common::Endpoint {
+        palisade_common::Endpoint { class: self.class, flags: self.flags, parent: self.parent }
+    }
+
     pub fn ip(&self, v6: bool) -> IpAddr {
         if v6 { self.ip6 } else { self.ip4 }
     }
@@ -196,6 +202,7 @@ impl Env {
                     ifindex: veth.ifindex,
                     peer_ifindex: veth.peer_ifindex,
                     class: ep.class,
+                    parent: ep.parent,
                     flags: ep.flags,
                     ip4: addr(ip4),
                     ip6: addr(ip6),
@@ -285,7 +292,7 @@ impl Env {
     /// What the compiled maps say about a first packet.
     pub fn decide(&self, local: &str, dir: Direction, remote: IpAddr, protocol: u8, port: u16) -> lookup::Verdict {
         let l = self.local(local);
-        lookup::decide(&self.compiled, l.class, l.flags, dir, remote, protocol, port)
+        lookup::decide(&self.compiled, &l.kernel(), dir, remote, protocol, port)
     }
 
     pub fn drain(&mut self) -> Vec<Event> {

@@ -338,9 +338,10 @@ impl<'a> Oracle<'a> {
         let remote = ip_of(k.family, &key.remote);
         let memo = (local.class, egress, remote, k.protocol, k.dport);
         let compiled = self.compiled;
-        let allowed = *self.decisions.entry(memo).or_insert_with(|| {
-            lookup::decide(compiled, local.class, local.flags, hook, remote, k.protocol, k.dport).allowed
-        });
+        let allowed = *self
+            .decisions
+            .entry(memo)
+            .or_insert_with(|| lookup::decide(compiled, &local.kernel(), hook, remote, k.protocol, k.dport).allowed);
         if allowed {
             self.denied.remove(&key);
             self.tracked.insert(key);

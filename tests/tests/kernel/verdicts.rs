@@ -98,3 +98,61 @@ fn verdicts_agree_with_the_compiler() {
     let l4 = L4::Echo(env.fresh());
     assert_eq!(env.ingress("db", addr("10.70.1.10"), l4), DROP);
 }
+
+/// A class with a parent (db relabelled as a canary web pod, with one
+/// canary policy more) holds the canary policy's entries alone, and the
+/// kernel judges it by them, then by web's class's: every packet passes or
+/// drops as it does for web, but the canary's egress to ops on TCP 9000.
+#[test]
+fn a_class_with_a_parent_is_judged_by_its_own_entries_then_the_parents() {
+    let mut env = Env::new(settings());
+    env.apply(crate::cluster::input_canary());
+    let (web, canary) = (env.local("web"), env.local("db"));
+    assert_eq!((canary.parent, web.parent), (web.class, 0), "web's class is the canary's parent");
+    let entries = env.policy_entries();
+    let of = |class: u32| entries.iter().filter(|(_, k, _)| u32::from_be_bytes(k.local) == class).count();
+    assert!(of(web.class) > 20, "web's class holds web's entries ({})", of(web.class));
+    // The canary rule to each ops pod (two of them, two families), and the
+    // node's allowance to its ingress (the node's two addresses).
+    assert_eq!(of(canary.class), 6, "the canary's class holds its one rule's entries");
+
+    let (mut same, mut own, mut passed) = (0, 0, 0);
+    let mut failures = Vec::new();
+    // Local pods' own addresses aside: a pod reaching itself is not a peer.
+    let peers = GRID_PEERS
+        .map(addr)
+        .into_iter()
+        .filter(|p| !p.to_string().starts_with("10.70.1.") && !p.to_string().starts_with("fd00:70:0:1:"));
+    for peer in peers {
+        for dir in [Direction::Ingress, Direction::Egress] {
+            for port in GRID_PORTS {
+                for tcp in [true, false] {
+                    let mut judge = |local: &str| {
+                        let l4 = if tcp { L4::Tcp(env.fresh(), port, TCP_SYN) } else { L4::Udp(env.fresh(), port) };
+                        match dir {
+                            Direction::Ingress => env.ingress(local, peer, l4),
+                            Direction::Egress => env.egress(local, peer, l4),
+                        }
+                    };
+                    let (w, c) = (judge("web"), judge("db"));
+                    let ops = peer.to_string().starts_with("10.70.4.") || peer.to_string().starts_with("fd00:70:0:4:");
+                    if dir == Direction::Egress && ops && tcp && port == 9000 {
+                        own += 1;
+                        if (w, c) != (DROP, PASS) {
+                            failures.push(format!("canary rule, {peer} TCP {port}: web {w:?}, canary {c:?}"));
+                        }
+                    } else {
+                        same += 1;
+                        passed += usize::from(c == PASS);
+                        if w != c {
+                            failures.push(format!("{dir:?} {peer} {port} tcp={tcp}: web {w:?}, canary {c:?}"));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{} differ:\n{}", failures.len(), failures.join("\n"));
+    assert_eq!(own, 4, "the canary's own flows");
+    assert!(passed > 10 && passed < same, "{passed} of {same} flows pass by web's entries");
+}

@@ -6,14 +6,16 @@
 //! deferred-egress check, verified again on each of its paths; since that
 //! is a call of its own before the pipeline, 53k and 71k; with a
 //! conntrack table per address family (each lookup picks one), 69k and
-//! 91k. Bounds: about 1.3× those.
+//! 91k; with denied flows on the fast path, 82k and 112k; with a class's
+//! parent looked up when its own entries miss (two more trie lookups on
+//! every policy decision), 89k and 123k. Bounds: about 1.13× those.
 
 use crate::fixture::*;
 
 /// Instructions the verifier processed per program, at most.
 const BUDGET: [(&str, u32); 2] = [("pod egress (from pod)", FROM_POD_MAX), ("pod ingress (to pod)", TO_POD_MAX)];
-const FROM_POD_MAX: u32 = 90_000;
-const TO_POD_MAX: u32 = 120_000;
+const FROM_POD_MAX: u32 = 100_000;
+const TO_POD_MAX: u32 = 140_000;
 
 #[test]
 fn classifiers_verify_within_budget() {

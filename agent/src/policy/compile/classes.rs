@@ -13,6 +13,20 @@
 //! had (the hints): when a relabel changes which policies select the pods
 //! of a class, the new class takes the old one's number, and only the
 //! entries whose selection changed move.
+//!
+//! A class selected by another class's NetworkPolicies and more (a pod
+//! with one label more than its peers, that one policy selects) takes
+//! that class as its *parent* and holds only the entries of the more: the
+//! kernel looks the parent's entries up when its own miss. NetworkPolicies
+//! only allow, so the verdict is the union either way; what changes is
+//! that a flow both allow is reported by the class's own rule. So a pod
+//! of such a class brings the entries of one policy, not of every policy
+//! that selects it. Parents are chosen from what the classes stand for
+//! alone (the largest such class that has no parent itself, one lookup
+//! deep), so the same state always gives the same parents; classes a
+//! ClusterNetworkPolicy selects take no part (their entries are resolved
+//! whole, denies and all), nor does a parent whose named ports resolve
+//! differently on the child's pods.
 
 use super::identities::{Identities, Numbers, claim};
 use super::ids;
@@ -33,6 +47,11 @@ pub(super) struct Classes {
     /// Classes whose named ports count (a policy that selects them names
     /// an ingress port).
     pub named: HashSet<u32>,
+    /// Class -> its parent, for classes that have one.
+    pub parent: BTreeMap<u32, u32>,
+    /// Class -> the names of the NetworkPolicies (of its namespace) that
+    /// select it, in order; kept for parents.
+    policies: HashMap<u32, Vec<String>>,
 }
 
 impl Classes {
@@ -40,15 +59,13 @@ impl Classes {
     /// as `hints` say where they can. The same input, identities and
     /// hints always give the same classes.
     pub fn new(input: &Input, ids: &Identities, node: &Node, hints: &Numbers) -> Classes {
-        let mut keys: HashMap<usize, (String, bool)> = HashMap::new();
-        let mut by_key: BTreeMap<&str, (Vec<usize>, bool)> = BTreeMap::new();
+        let mut keys: HashMap<usize, Key> = HashMap::new();
+        let mut by_key: BTreeMap<&str, (Vec<usize>, &Key)> = BTreeMap::new();
         for &gi in ids.local_by_ns.values().flatten() {
             keys.insert(gi, key(input, ids, gi));
         }
-        for (&gi, (k, named)) in &keys {
-            let e = by_key.entry(k.as_str()).or_default();
-            e.0.push(gi);
-            e.1 = *named;
+        for (&gi, k) in &keys {
+            by_key.entry(k.text.as_str()).or_insert_with(|| (Vec::new(), k)).0.push(gi);
         }
 
         // Numbers. First, each class claims the number most of its local
@@ -57,7 +74,7 @@ impl Classes {
         // a tie), as local identities do.
         let mut pods: BTreeMap<&str, Vec<Arc<Pod>>> = BTreeMap::new();
         for (gi, pod) in ids.local(node) {
-            pods.entry(keys[&gi].0.as_str()).or_default().push(pod.clone());
+            pods.entry(keys[&gi].text.as_str()).or_default().push(pod.clone());
         }
         let mut claims: BTreeMap<u32, (usize, &str)> = BTreeMap::new();
         for (&k, members) in &pods {
@@ -82,16 +99,63 @@ impl Classes {
         }
 
         let mut out = Classes::default();
-        for (k, (members, named)) in &by_key {
+        for (k, (members, key)) in &by_key {
             let n = number[k];
             let lead = members.iter().copied().min_by(|&a, &b| ids.groups[a].key.cmp(&ids.groups[b].key));
             out.lead.insert(n, lead.expect("a class has members"));
             out.of_group.extend(members.iter().map(|&gi| (gi, n)));
-            if *named {
+            if key.named {
                 out.named.insert(n);
             }
         }
+
+        // Parents: smaller classes first, so a parent is settled (and has
+        // none) before a larger class looks at it. Only classes no
+        // ClusterNetworkPolicy selects, with a NetworkPolicy, take part.
+        let mut alone: Vec<(&Key, u32)> = by_key
+            .iter()
+            .filter(|(_, (_, key))| !key.cluster && !key.policies.is_empty())
+            .map(|(k, (_, key))| (*key, number[k]))
+            .collect();
+        alone.sort_by(|a, b| (a.0.policies.len(), &a.0.text).cmp(&(b.0.policies.len(), &b.0.text)));
+        let ports = |class: u32| &ids.groups[out.lead[&class]].key.ports;
+        let mut parent = BTreeMap::new();
+        let mut roots: Vec<(&Key, u32)> = Vec::new();
+        for &(key, n) in &alone {
+            // The largest root whose policies are some of this class's
+            // (strictly fewer), in its namespace, whose named ports (if
+            // they count) resolve alike on this class's pods; the first in
+            // key order among the largest.
+            let found = roots
+                .iter()
+                .filter(|(p, pn)| {
+                    p.namespace == key.namespace
+                        && p.policies.len() < key.policies.len()
+                        && p.policies.iter().all(|name| key.policies.binary_search(name).is_ok())
+                        && (!p.named || ports(*pn) == ports(n))
+                })
+                .min_by(|a, b| b.0.policies.len().cmp(&a.0.policies.len()).then_with(|| a.0.text.cmp(&b.0.text)));
+            match found {
+                Some(&(_, pn)) => {
+                    parent.insert(n, pn);
+                }
+                None => roots.push((key, n)),
+            }
+        }
+        out.policies = alone.iter().map(|(key, n)| (*n, key.policies.clone())).collect();
+        out.parent = parent;
         out
+    }
+
+    /// Whether a class holds no entries of a NetworkPolicy (of its
+    /// namespace) that selects it, because its parent does.
+    pub fn inherits(&self, class: u32, policy: &str) -> bool {
+        self.parent.get(&class).is_some_and(|p| self.policies[p].binary_search_by(|n| n.as_str().cmp(policy)).is_ok())
+    }
+
+    /// A class's parent (0: none), as the kernel's endpoint entry holds it.
+    pub fn parent_of(&self, class: u32) -> u32 {
+        self.parent.get(&class).copied().unwrap_or(0)
     }
 
     /// The class of a local group.
@@ -106,15 +170,30 @@ impl Classes {
     }
 }
 
+/// What a local identity's entries depend on, spelled out in `text`.
+struct Key {
+    text: String,
+    /// Its named ports count (a policy that selects it names an ingress
+    /// port).
+    named: bool,
+    namespace: String,
+    /// The NetworkPolicies that select it, by name (all are in its
+    /// namespace), in order.
+    policies: Vec<String>,
+    /// A ClusterNetworkPolicy selects it.
+    cluster: bool,
+}
+
 /// What a local identity's entries depend on: the NetworkPolicies that
-/// select it (they are all in its namespace, and named with it), the ClusterNetworkPolicies
-/// that select it, and its named ports if one of those names an ingress
-/// port (resolved on the local pod); and whether those count.
-fn key(input: &Input, ids: &Identities, gi: usize) -> (String, bool) {
+/// select it (they are all in its namespace, and named with it), the
+/// ClusterNetworkPolicies that select it, and its named ports if one of
+/// those names an ingress port (resolved on the local pod).
+fn key(input: &Input, ids: &Identities, gi: usize) -> Key {
     let g = &ids.groups[gi];
     let mut k = String::from("class\0");
     let mut named = false;
     let ns = &g.key.namespace;
+    let mut names = Vec::new();
     let policies = input.policies.range((ns.clone(), String::new())..).take_while(|((n, _), _)| n == ns);
     for ((_, name), p) in policies {
         if p.pod_selector.matches(&g.key.labels) {
@@ -122,13 +201,16 @@ fn key(input: &Input, ids: &Identities, gi: usize) -> (String, bool) {
             // two namespaces are two policies, with entries of their own.
             let _ = write!(k, "{ns}\0{name}\0");
             named |= p.ingress.iter().flatten().flat_map(|r| &r.ports).any(|p| matches!(p.port, PortMatch::Named(_)));
+            names.push(name.clone());
         }
     }
     k.push('\x01');
+    let mut cluster = false;
     for p in input.cluster_policies.values() {
         if tiers::selects(&p.subject, g) {
             let _ = write!(k, "{}\0", p.name);
             named |= p.ingress.iter().flat_map(|r| &r.ports).any(|p| matches!(p, ClusterPort::Named(_)));
+            cluster = true;
         }
     }
     if named {
@@ -137,5 +219,5 @@ fn key(input: &Input, ids: &Identities, gi: usize) -> (String, bool) {
             let _ = write!(k, "{}/{}/{}\0", p.name, p.protocol.number(), p.port);
         }
     }
-    (k, named)
+    Key { text: k, named, namespace: ns.clone(), policies: names, cluster }
 }

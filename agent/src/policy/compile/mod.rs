@@ -356,7 +356,7 @@ impl Compiler {
                 }
                 self.moved += out.len() + put.len();
             }
-            if part.selected.is_empty() {
+            if part.isolates.is_empty() {
                 self.selecting.remove(name);
             } else {
                 self.selecting.insert(name.clone());
@@ -375,9 +375,9 @@ impl Compiler {
                     continue;
                 }
                 let bit = if dir == Direction::Ingress { EP_INGRESS_ISOLATED } else { EP_EGRESS_ISOLATED };
-                for local in &part.selected {
-                    *flags.entry(local.id).or_default() |= bit;
-                    self.out.catalog.isolating.entry((local.id, dir)).or_default().push(name.clone());
+                for &class in &part.isolates {
+                    *flags.entry(class).or_default() |= bit;
+                    self.out.catalog.isolating.entry((class, dir)).or_default().push(name.clone());
                 }
             }
         }
@@ -511,6 +511,7 @@ impl Compiler {
                     ips: pod.ips.clone(),
                     identity: g.id,
                     class,
+                    parent: self.classes.parent_of(class),
                     flags: f,
                 }
             })
@@ -799,16 +800,8 @@ mod tests {
         let (a, b) = (ep("a"), ep("b"));
         assert_ne!(a.class, b.class);
         let allowed = |e: &LocalEndpoint, port| {
-            crate::policy::lookup::decide(
-                &c,
-                e.class,
-                e.flags,
-                Direction::Ingress,
-                "10.9.9.9".parse().unwrap(),
-                6,
-                port,
-            )
-            .allowed
+            crate::policy::lookup::decide(&c, &e.kernel(), Direction::Ingress, "10.9.9.9".parse().unwrap(), 6, port)
+                .allowed
         };
         assert_eq!((allowed(&a, 80), allowed(&a, 90)), (true, false), "a's pod: its own policy's port only");
         assert_eq!((allowed(&b, 80), allowed(&b, 90)), (false, true), "b's pod: its own policy's port only");
@@ -1004,6 +997,84 @@ mod tests {
             "policyTypes": ["Egress"], "egress": [{"to": [{"podSelector": {"matchLabels": {"app": "server"}}}], "ports": by_peer}]})));
         objects.extend(extra.iter().cloned());
         Arc::new(crate::cluster::convert::objects_to_input(objects).expect("valid input"))
+    }
+
+    /// A pod whose policies are the client's and one more (the bench's
+    /// pod of a new class) takes the client's class as its parent: its
+    /// class holds the one policy's entries, and every verdict is the
+    /// client's but for what that policy adds.
+    #[test]
+    fn a_class_of_anothers_policies_and_one_more_holds_only_the_one() {
+        use serde_json::json;
+        let gate = json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+            "metadata": {"namespace": "ns-0", "name": "label-gate"},
+            "spec": {"podSelector": {"matchLabels": {"probe": "yes"}}, "policyTypes": ["Egress"],
+                     "egress": [{"to": [{"podSelector": {"matchLabels": {"app": "server"}}}],
+                                 "ports": [{"protocol": "UDP", "port": 7011}]}]}});
+        let added = json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"namespace": "ns-0", "name": "added", "labels": {"app": "client", "tier": "web", "probe": "yes"}},
+            "spec": {"nodeName": NODE, "containers": [{"name": "main"}]},
+            "status": {"phase": "Running", "podIP": "10.200.0.4", "podIPs": [{"ip": "10.200.0.4"}, {"ip": "fd00:200::4"}]}});
+        let node = Node { name: NODE.into(), host_ips: vec![], allow_host: true, audit: false };
+        let base = bench_cluster(2000, 2000, std::slice::from_ref(&gate));
+        let with = bench_cluster(2000, 2000, &[gate, added]);
+        let mut compiler = Compiler::default();
+        let before = compiler.compile(&base, &node).clone();
+        let after = compiler.compile(&with, &node).clone();
+        assert_eq!(after, compile_with_hints(&with, &node, &hints_of(&before)), "as a compile from scratch");
+        let ep = |c: &Compiled, name: &str| c.endpoints.iter().find(|e| e.name == name).unwrap().clone();
+        let (client, new) = (ep(&after, "client"), ep(&after, "added"));
+        assert_ne!(new.class, client.class);
+        assert_eq!((new.parent, client.parent), (client.class, 0), "the client's class is the parent");
+        let of = |class: u32| after.policy.keys().filter(|k| u32::from_be_bytes(k.key.local) == class).count();
+        let changed = compiler.changes().policy.clone().unwrap();
+        assert!(of(client.class) > 1000, "the client's class has many entries ({})", of(client.class));
+        // The new class holds the gate's entries alone (to the server's
+        // two addresses); the other entries that came are rules admitting
+        // the new pod as a peer.
+        assert_eq!(of(new.class), 2, "the new class holds the gate's entries alone");
+        let peers: Vec<u32> = new.ips.iter().map(|&ip| crate::policy::lookup::peer_identity(&after, ip)).collect();
+        for k in &changed {
+            let (local, peer) = (u32::from_be_bytes(k.key.local), u32::from_be_bytes(k.key.peer));
+            assert!(local == new.class || peers.contains(&peer), "{k:?}");
+        }
+        assert!(changed.len() < 20, "{} entries changed", changed.len());
+
+        // Every verdict the client gets, but the gate's port to the server.
+        use std::net::IpAddr;
+        let server: IpAddr = "10.200.0.3".parse().unwrap();
+        let mut remotes: Vec<IpAddr> = (0..2000)
+            .step_by(37)
+            .map(|i| format!("10.201.{}.{}", (i + 1) / 256, (i + 1) % 256).parse().unwrap())
+            .collect();
+        remotes.extend([server, "10.96.0.10".parse().unwrap(), "192.0.2.1".parse().unwrap()]);
+        let ports: Vec<u16> =
+            [53, 5432, 7000, 7011, 7100].into_iter().chain(9100..9120).chain((8000..11104).step_by(97)).collect();
+        let mut allowed = 0;
+        for dir in [Direction::Ingress, Direction::Egress] {
+            for &remote in &remotes {
+                for proto in [6, 17] {
+                    for &port in &ports {
+                        let judge = |e: &LocalEndpoint| {
+                            crate::policy::lookup::decide(&after, &e.kernel(), dir, remote, proto, port)
+                        };
+                        let (c, n) = (judge(&client), judge(&new));
+                        allowed += usize::from(n.allowed);
+                        if dir == Direction::Egress && remote == server && proto == 17 && port == 7011 {
+                            assert!(n.allowed && !c.allowed, "the gate's port");
+                        } else {
+                            assert_eq!(n, c, "{dir} {remote} {proto}/{port}");
+                        }
+                    }
+                }
+            }
+        }
+        assert!(allowed > 50, "the parent's entries allow ({allowed})");
+
+        // Deleted: what came leaves, nothing else moves.
+        let gone = compiler.compile(&base, &node).clone();
+        assert_eq!(gone, compile_with_hints(&base, &node, &hints_of(&after)));
+        assert_eq!(compiler.changes().policy.as_ref().map(BTreeSet::len), Some(changed.len()));
     }
 
     #[test]

@@ -120,8 +120,11 @@ pub(super) struct Part {
     pub naturals: Vec<u32>,
     /// Each rule's number, in [`rules_of`] order.
     pub rule_ids: Vec<u32>,
-    /// The classes it selects, in number order.
+    /// The classes it selects and holds entries for (not those whose
+    /// parent holds them), in number order.
     pub selected: Vec<Local>,
+    /// Every class it selects, in number order: those it isolates.
+    pub isolates: Vec<u32>,
     /// Each rule's peers ([`rules_of`] order); empty when nothing is selected.
     pub peers: Vec<PeerSet>,
     /// Its entries to peers' named ports (egress), with the rule (index
@@ -134,7 +137,16 @@ pub(super) struct Part {
 impl Part {
     pub fn new(name: PolicyRef, policy: Arc<Policy>) -> Part {
         let naturals = rules_of(&policy).map(|(d, i, _)| natural(&policy, d, i)).collect::<Vec<_>>();
-        Part { rule_ids: naturals.clone(), naturals, policy, name, selected: vec![], peers: vec![], named: vec![] }
+        Part {
+            rule_ids: naturals.clone(),
+            naturals,
+            policy,
+            name,
+            selected: vec![],
+            isolates: vec![],
+            peers: vec![],
+            named: vec![],
+        }
     }
 
     /// The claim of the rule at `index` ([`rules_of`] order).
@@ -174,7 +186,8 @@ impl Part {
         resolver: &mut Resolver,
         force: bool,
     ) -> Option<(Vec<Claimed>, Vec<Claimed>)> {
-        let selected = selected(&self.policy, ids, classes);
+        let (selected, isolates) = selected(&self.policy, ids, classes);
+        self.isolates = isolates;
         let peers: Vec<PeerSet> = if selected.is_empty() {
             Vec::new()
         } else {
@@ -267,15 +280,21 @@ impl Part {
     }
 }
 
-/// The classes of the local identities a policy selects, in number order.
-fn selected(policy: &Policy, ids: &Identities, classes: &Classes) -> Vec<Local> {
-    let Some(groups) = ids.local_by_ns.get(&policy.namespace) else { return vec![] };
+/// The classes of the local identities a policy selects, in number order:
+/// those it holds entries for, and all.
+fn selected(policy: &Policy, ids: &Identities, classes: &Classes) -> (Vec<Local>, Vec<u32>) {
+    let Some(groups) = ids.local_by_ns.get(&policy.namespace) else { return (vec![], vec![]) };
     let numbers: BTreeSet<u32> = groups
         .iter()
         .filter(|&&gi| policy.pod_selector.matches(&ids.groups[gi].key.labels))
         .map(|&gi| classes.of(gi))
         .collect();
-    numbers.into_iter().map(|id| Local { id, ports: classes.ports(ids, id) }).collect()
+    let own = numbers
+        .iter()
+        .filter(|&&id| !classes.inherits(id, &policy.name))
+        .map(|&id| Local { id, ports: classes.ports(ids, id) })
+        .collect();
+    (own, numbers.into_iter().collect())
 }
 
 /// Peer identities each selector and ipBlock matches: many rules repeat

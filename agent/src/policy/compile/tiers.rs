@@ -656,7 +656,7 @@ mod tests {
     fn judge(c: &Compiled, pod: &str, dir: Direction, remote: &str, proto: u8, port: u16) -> (bool, String) {
         let ep = c.endpoints.iter().find(|e| e.name == pod).expect("local pod");
         let remote: IpAddr = remote.parse().unwrap();
-        let v = crate::policy::lookup::decide(c, ep.class, ep.flags, dir, remote, proto, port);
+        let v = crate::policy::lookup::decide(c, &ep.kernel(), dir, remote, proto, port);
         let rule = c.catalog.rules.get(&v.rule).map(|r| r.to_string()).unwrap_or_default();
         (v.allowed, rule)
     }
