@@ -2255,7 +2255,12 @@ fn render(g: &GenCluster) -> World {
         });
         w.pods.push(serde_json::from_value(pod).unwrap());
     }
-    for (i, p) in g.policies.iter().enumerate() {
+    // Each namespace names its policies np0, np1, ...: one name in several
+    // namespaces is several policies, which must not share what they allow.
+    let mut named = [0usize; NAMESPACES.len()];
+    for p in &g.policies {
+        let i = named[p.namespace];
+        named[p.namespace] += 1;
         let mut spec = json!({"podSelector": selector_json(&p.pod_selector)});
         if let Some(types) = &p.types {
             spec["policyTypes"] = json!(types);
