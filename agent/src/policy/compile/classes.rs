@@ -23,7 +23,8 @@
 //! of such a class brings the entries of one policy, not of every policy
 //! that selects it. Parents are chosen from what the classes stand for
 //! alone (the largest such class that has no parent itself, one lookup
-//! deep), so the same state always gives the same parents; classes a
+//! deep, and has a rule: a default deny's class would only cost lookups),
+//! so the same state always gives the same parents; classes a
 //! ClusterNetworkPolicy selects take no part (their entries are resolved
 //! whole, denies and all), nor does a parent whose named ports resolve
 //! differently on the child's pods.
@@ -123,13 +124,16 @@ impl Classes {
         let mut roots: Vec<(&Key, u32)> = Vec::new();
         for &(key, n) in &alone {
             // The largest root whose policies are some of this class's
-            // (strictly fewer), in its namespace, whose named ports (if
-            // they count) resolve alike on this class's pods; the first in
-            // key order among the largest.
+            // (strictly fewer), in its namespace, with a rule among them (a
+            // parent without entries would only cost lookups: a namespace's
+            // default deny), whose named ports (if they count) resolve
+            // alike on this class's pods; the first in key order among the
+            // largest.
             let found = roots
                 .iter()
                 .filter(|(p, pn)| {
-                    p.namespace == key.namespace
+                    p.rules
+                        && p.namespace == key.namespace
                         && p.policies.len() < key.policies.len()
                         && p.policies.iter().all(|name| key.policies.binary_search(name).is_ok())
                         && (!p.named || ports(*pn) == ports(n))
@@ -182,6 +186,8 @@ struct Key {
     policies: Vec<String>,
     /// A ClusterNetworkPolicy selects it.
     cluster: bool,
+    /// One of its NetworkPolicies has a rule (else they give no entries).
+    rules: bool,
 }
 
 /// What a local identity's entries depend on: the NetworkPolicies that
@@ -194,6 +200,7 @@ fn key(input: &Input, ids: &Identities, gi: usize) -> Key {
     let mut named = false;
     let ns = &g.key.namespace;
     let mut names = Vec::new();
+    let mut rules = false;
     let policies = input.policies.range((ns.clone(), String::new())..).take_while(|((n, _), _)| n == ns);
     for ((_, name), p) in policies {
         if p.pod_selector.matches(&g.key.labels) {
@@ -201,6 +208,7 @@ fn key(input: &Input, ids: &Identities, gi: usize) -> Key {
             // two namespaces are two policies, with entries of their own.
             let _ = write!(k, "{ns}\0{name}\0");
             named |= p.ingress.iter().flatten().flat_map(|r| &r.ports).any(|p| matches!(p.port, PortMatch::Named(_)));
+            rules |= p.ingress.iter().chain(&p.egress).any(|r| !r.is_empty());
             names.push(name.clone());
         }
     }
@@ -219,5 +227,5 @@ fn key(input: &Input, ids: &Identities, gi: usize) -> Key {
             let _ = write!(k, "{}/{}/{}\0", p.name, p.protocol.number(), p.port);
         }
     }
-    Key { text: k, named, namespace: ns.clone(), policies: names, cluster }
+    Key { text: k, named, namespace: ns.clone(), policies: names, cluster, rules }
 }

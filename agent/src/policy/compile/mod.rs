@@ -999,6 +999,39 @@ mod tests {
         Arc::new(crate::cluster::convert::objects_to_input(objects).expect("valid input"))
     }
 
+    /// A parent must hold entries: a class whose subset is a namespace's
+    /// default deny alone (no rule, so no entry) has none, as its flows
+    /// would only pay the parent's lookups.
+    #[test]
+    fn a_parent_has_a_rule() {
+        let text = |base: bool| {
+            let mut t = String::from("apiVersion: v1\nkind: Namespace\nmetadata: {name: a}\n---\n");
+            for (name, app, ip) in [("p1", "db", "10.0.0.1"), ("p2", "web", "10.0.0.2")] {
+                t += &format!(
+                    "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: a, labels: {{app: {app}}}}}\n\
+                     spec: {{nodeName: {NODE}, containers: [{{name: c}}]}}\nstatus: {{phase: Running, podIP: {ip}}}\n---\n"
+                );
+            }
+            let np = |name: &str, spec: &str| {
+                format!(
+                    "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: {name}, namespace: a}}\nspec:\n{spec}---\n"
+                )
+            };
+            t += &np("deny", "  podSelector: {}\n  policyTypes: [Ingress]\n");
+            t += &np("allow-web", "  podSelector: {matchLabels: {app: web}}\n  ingress:\n  - ports: [{port: 80}]\n");
+            if base {
+                t += &np("base", "  podSelector: {}\n  ingress:\n  - ports: [{port: 53, protocol: UDP}]\n");
+            }
+            manifests_to_input(&t).unwrap()
+        };
+        let parent = |c: &Compiled| {
+            let ep = |name: &str| c.endpoints.iter().find(|e| e.name == name).unwrap().clone();
+            (ep("p2").parent == ep("p1").class, ep("p2").parent)
+        };
+        assert_eq!(parent(&compile(&text(false), &node())), (false, 0), "the default deny alone: no parent");
+        assert!(parent(&compile(&text(true), &node())).0, "with a rule among p1's policies, p1's class is p2's parent");
+    }
+
     /// A pod whose policies are the client's and one more (the bench's
     /// pod of a new class) takes the client's class as its parent: its
     /// class holds the one policy's entries, and every verdict is the
