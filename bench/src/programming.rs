@@ -25,6 +25,9 @@ const PORT_COLD: u16 = 7013;
 const PORT_BURST: u16 = 7014;
 const PORT_POD: u16 = 7015;
 const PORT_NS: u16 = 7016;
+/// The web tier's own rule (never probed): the client's class has a policy
+/// the bench's pod of a new class lacks, so that class has no parent.
+const PORT_WEB: u16 = 7017;
 /// Policies in a burst, one file each, written at once.
 pub const BURST: usize = 1000;
 /// The added pod's addresses (next to the client's and the server's).
@@ -52,11 +55,18 @@ pub struct PointResult {
     /// identity), its policies the client's (the client's policy class).
     pub pod_added_ms: Sample,
     pub pod_deleted_ms: Sample,
-    /// The same with labels that no local pod's policies match (a new
-    /// policy class: every policy entry the client has, and the label
-    /// gate's, written for it), then deleted.
+    /// The same with labels that put it under a set of policies no local
+    /// pod has, none of whose classes has a subset of them (a new policy
+    /// class without a parent: every entry its policies give, the
+    /// namespace-wide ones and the label gate's, written for it), then
+    /// deleted.
     pub pod_new_class_added_ms: Sample,
     pub pod_new_class_deleted_ms: Sample,
+    /// The same with the client's labels and the label gate's: a new
+    /// class whose policies are the client's and the gate's, so the
+    /// client's class is its parent and it holds the gate's entries alone.
+    pub pod_child_class_added_ms: Sample,
+    pub pod_child_class_deleted_ms: Sample,
     /// The local pods' namespace labelled, then unlabelled: a policy
     /// admits peers from namespaces with that label.
     pub namespace_label_added_ms: Sample,
@@ -103,7 +113,7 @@ impl PointResult {
     }
 
     /// Every single change measured, named as the report names them.
-    pub fn single_changes(&self) -> [(&'static str, &Sample); 10] {
+    pub fn single_changes(&self) -> [(&'static str, &Sample); 12] {
         [
             ("policy added", &self.policy_added_ms),
             ("policy removed", &self.policy_removed_ms),
@@ -113,6 +123,8 @@ impl PointResult {
             ("pod deleted", &self.pod_deleted_ms),
             ("pod of a new class added", &self.pod_new_class_added_ms),
             ("pod of a new class deleted", &self.pod_new_class_deleted_ms),
+            ("pod of a class with a parent added", &self.pod_child_class_added_ms),
+            ("pod of a class with a parent deleted", &self.pod_child_class_deleted_ms),
             ("namespace label added", &self.namespace_label_added_ms),
             ("namespace label removed", &self.namespace_label_removed_ms),
         ]
@@ -213,6 +225,12 @@ fn gate_policies() -> Vec<Value> {
         )
     };
     vec![
+        cluster::policy(
+            "ns-0",
+            "web-gate-out",
+            json!({"podSelector": {"matchLabels": {"tier": "web"}}, "policyTypes": ["Egress"],
+                   "egress": [{"to": [{"podSelector": server}], "ports": udp(PORT_WEB)}]}),
+        ),
         cluster::policy(
             "ns-0",
             "pod-gate-in",
@@ -366,12 +384,28 @@ pub fn run(cfg: &Config) -> Result<Results> {
     Ok(out)
 }
 
+/// Which class the pod the pod-added measurements add falls in.
+#[derive(Clone, Copy)]
+enum Added {
+    /// The client's policies: the client's class.
+    ClientsClass,
+    /// The client's and the label gate's (which no local pod has then): a
+    /// class whose parent is the client's.
+    WithParent,
+    /// The label gate's but not the web tier's: a class of its own, no
+    /// local class's policies among its.
+    NewClass,
+}
+
 /// The pod the pod-added measurements add (its interface is there from the
 /// start, unknown to the agent until its manifest is written): labels no
-/// other pod has, with the client's policies, or with the label gate's
-/// too (which no local pod has then: a policy class of its own).
-fn added_pod(ips: (std::net::Ipv4Addr, std::net::Ipv6Addr), new_class: bool) -> Value {
-    let labels = if new_class { json!({"app": "client", "probe": "yes"}) } else { json!({"app": "client"}) };
+/// other pod has, in the class `added` says.
+fn added_pod(ips: (std::net::Ipv4Addr, std::net::Ipv6Addr), added: Added) -> Value {
+    let labels = match added {
+        Added::ClientsClass => json!({"app": "client", "tier": "web", "added": "yes"}),
+        Added::WithParent => json!({"app": "client", "tier": "web", "added": "yes", "probe": "yes"}),
+        Added::NewClass => json!({"app": "client", "added": "yes", "probe": "yes"}),
+    };
     palisade_kit::manifest::pod("ns-0", "added", labels, cluster::NODE, ips, &[])
 }
 
@@ -477,14 +511,21 @@ fn point(
         &agent,
         cfg.reps,
         (newcomer, server, PORT_POD),
-        || agent.apply("zz-added-pod.json", &added_pod(ADDED_IPS, false)),
+        || agent.apply("zz-added-pod.json", &added_pod(ADDED_IPS, Added::ClientsClass)),
         || agent.remove("zz-added-pod.json"),
     )?;
     let (class_in, class_out, p_class_in, p_class_out) = toggle(
         &agent,
         cfg.reps,
         (newcomer, server, PORT_POD),
-        || agent.apply("zz-added-pod.json", &added_pod(ADDED_IPS, true)),
+        || agent.apply("zz-added-pod.json", &added_pod(ADDED_IPS, Added::NewClass)),
+        || agent.remove("zz-added-pod.json"),
+    )?;
+    let (child_in, child_out, p_child_in, p_child_out) = toggle(
+        &agent,
+        cfg.reps,
+        (newcomer, server, PORT_POD),
+        || agent.apply("zz-added-pod.json", &added_pod(ADDED_IPS, Added::WithParent)),
         || agent.remove("zz-added-pod.json"),
     )?;
 
@@ -565,6 +606,8 @@ fn point(
         pod_deleted_ms: Sample::of(&pod_out),
         pod_new_class_added_ms: Sample::of(&class_in),
         pod_new_class_deleted_ms: Sample::of(&class_out),
+        pod_child_class_added_ms: Sample::of(&child_in),
+        pod_child_class_deleted_ms: Sample::of(&child_out),
         namespace_label_added_ms: Sample::of(&ns_in),
         namespace_label_removed_ms: Sample::of(&ns_out),
         burst_added_ms: Sample::of(&burst_in),
@@ -587,6 +630,8 @@ fn point(
             p_pod_out.breakdown("pod deleted"),
             p_class_in.breakdown("pod of a new class added"),
             p_class_out.breakdown("pod of a new class deleted"),
+            p_child_in.breakdown("pod of a class with a parent added"),
+            p_child_out.breakdown("pod of a class with a parent deleted"),
             p_ns_in.breakdown("namespace label added"),
             p_ns_out.breakdown("namespace label removed"),
             p_burst_in.breakdown("1,000 policies added at once (last pass)"),

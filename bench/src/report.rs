@@ -1069,9 +1069,12 @@ impl Report {
              allowing the probe port, both ends. Label: the client pod gains (loses) the label a policy pair \
              selects. Pod added/deleted: a third local pod, its interface already there, is written into (removed \
              from) the manifests; a policy pair admits it to the server. Its labels are new, its policies the \
-             client's, so it joins the client's policy class; a pod of a new class also carries the label gate's \
-             label, which no local pod has then, so its whole class (every entry the client has, and the gate's) \
-             is written for it. Namespace label: the local pods' namespace \
+             client's, so it joins the client's policy class. A pod of a new class carries the label gate's \
+             label, which no local pod has then, and not the web tier's label, so no local class's policies are \
+             among its: its whole class (every entry its namespace-wide policies give, and the gate's) is written \
+             for it. A pod of a class with a parent carries the client's labels and the gate's: its policies are \
+             the client's and the gate's, so the client's class is its parent and only the gate's entries are \
+             written for it. Namespace label: the local pods' namespace \
              gains (loses) the label a policy's namespaceSelector admits. Restart: the agent is stopped (enforcement stays pinned), a policy is added while it is down, a \
              new agent starts: spawn to the new policy in force. Cold: nothing pinned, traffic flowing unenforced: \
              spawn to the first probe dropped (and to `status --wait`). Memory: agent VmRSS after the cold start (VmHWM after the single changes, before the burst); BPF maps: the sum \
@@ -1080,10 +1083,12 @@ impl Report {
         );
         let _ = writeln!(
             s,
-            "| pods | policies | policy added | policy removed | label added | label removed | pod added | pod deleted | pod of a new class added | deleted | namespace label added | namespace label removed | restart + change | cold → first drop | cold → status in sync | RSS (peak) | BPF maps | fill: IPs / policy / endpoints |"
+            "| pods | policies | policy added | policy removed | label added | label removed | pod added | pod deleted | pod of a new class added | deleted | pod of a class with a parent added | deleted | namespace label added | namespace label removed | restart + change | cold → first drop | cold → status in sync | RSS (peak) | BPF maps | fill: IPs / policy / endpoints |"
         );
-        let _ =
-            writeln!(s, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
+        let _ = writeln!(
+            s,
+            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+        );
         for x in &p.points {
             let f = |k: &str| {
                 let v = &x.fill[k];
@@ -1091,7 +1096,7 @@ impl Report {
             };
             let _ = writeln!(
                 s,
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} ({}) | {} | {} / {} / {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} ({}) | {} | {} / {} / {} |",
                 human_n(x.pods),
                 human_n(x.policies),
                 fmt_sample(&x.policy_added_ms),
@@ -1102,6 +1107,8 @@ impl Report {
                 fmt_sample(&x.pod_deleted_ms),
                 fmt_sample(&x.pod_new_class_added_ms),
                 fmt_sample(&x.pod_new_class_deleted_ms),
+                fmt_sample(&x.pod_child_class_added_ms),
+                fmt_sample(&x.pod_child_class_deleted_ms),
                 fmt_sample(&x.namespace_label_added_ms),
                 fmt_sample(&x.namespace_label_removed_ms),
                 fmt_sample(&x.restart_ms),
