@@ -506,28 +506,20 @@ fn point(
     )?;
 
     // A pod added (its interface and route were there, unknown, as a CNI
-    // leaves them before the pod's address reaches the API), then deleted.
-    let (pod_in, pod_out, p_pod_in, p_pod_out) = toggle(
-        &agent,
-        cfg.reps,
-        (newcomer, server, PORT_POD),
-        || agent.apply("zz-added-pod.json", &added_pod(ADDED_IPS, Added::ClientsClass)),
-        || agent.remove("zz-added-pod.json"),
-    )?;
-    let (class_in, class_out, p_class_in, p_class_out) = toggle(
-        &agent,
-        cfg.reps,
-        (newcomer, server, PORT_POD),
-        || agent.apply("zz-added-pod.json", &added_pod(ADDED_IPS, Added::NewClass)),
-        || agent.remove("zz-added-pod.json"),
-    )?;
-    let (child_in, child_out, p_child_in, p_child_out) = toggle(
-        &agent,
-        cfg.reps,
-        (newcomer, server, PORT_POD),
-        || agent.apply("zz-added-pod.json", &added_pod(ADDED_IPS, Added::WithParent)),
-        || agent.remove("zz-added-pod.json"),
-    )?;
+    // leaves them before the pod's address reaches the API), then deleted:
+    // in the client's class, in a new class, in a class with a parent.
+    let pod_toggle = |added| {
+        toggle(
+            &agent,
+            cfg.reps,
+            (newcomer, server, PORT_POD),
+            || agent.apply("zz-added-pod.json", &added_pod(ADDED_IPS, added)),
+            || agent.remove("zz-added-pod.json"),
+        )
+    };
+    let (pod_in, pod_out, p_pod_in, p_pod_out) = pod_toggle(Added::ClientsClass)?;
+    let (class_in, class_out, p_class_in, p_class_out) = pod_toggle(Added::NewClass)?;
+    let (child_in, child_out, p_child_in, p_child_out) = pod_toggle(Added::WithParent)?;
 
     // The local pods' namespace gains, then loses, probe-ns=yes.
     let (ns_in, ns_out, p_ns_in, p_ns_out) = toggle(
