@@ -132,7 +132,7 @@ struct RunArgs {
     #[arg(long)]
     ui_allow_remote: bool,
     /// Test only: smaller maps, to exceed on purpose (e.g. "policy=64";
-    /// maps: endpoints, ips, hosts, policy, conntrack).
+    /// maps: endpoints, ips, hosts, policy, policy_ports, conntrack).
     #[arg(long, hide = true, default_value = "")]
     map_entries: palisade::datapath::MapSizes,
     /// Test only: interface discovery fails while this file says "fail",

@@ -20,8 +20,9 @@ pub trait PolicyMaps {
     /// The longest CIDR entry containing a full-length address (the IPS
     /// LPM trie, which holds no single addresses).
     fn cidr(&self, key: &IpKey) -> Option<IpInfo>;
-    /// The longest policy entry that is a prefix of a full key (the POLICY
-    /// LPM trie).
+    /// The longest policy entry that is a prefix of a full key: the exact
+    /// entry if there is one (the POLICY_PORTS hash map), else the longest
+    /// shorter one (the POLICY LPM trie, which holds no full keys).
     fn policy(&self, key: &PolicyKey) -> Option<PolicyValue>;
 }
 

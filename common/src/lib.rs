@@ -19,9 +19,10 @@ pub use decide::{Decision, PolicyMaps, decide, peer_info};
 pub use event::*;
 pub use keys::*;
 
-/// Bumped whenever a map's key or value layout changes, so an agent never
-/// adopts pinned maps (or runs a program against maps) it does not understand.
-pub const LAYOUT_VERSION: u32 = 7;
+/// Bumped whenever a map's key or value layout, or which map holds which
+/// entries, changes, so an agent never adopts pinned maps (or runs a
+/// program against maps) it does not understand.
+pub const LAYOUT_VERSION: u32 = 8;
 
 /// Indexes into the per-CPU counter array.
 pub mod stat {
@@ -71,8 +72,14 @@ pub mod maps {
     /// Services, nodes). Looked up first: a full-length match is always the
     /// longest, and a hash lookup costs a fraction of a trie walk.
     pub const HOSTS: &str = "PALISADE_HOSTS";
-    /// LPM [`super::PolicyKey`] -> [`super::PolicyValue`].
+    /// LPM [`super::PolicyKey`] -> [`super::PolicyValue`]: entries shorter
+    /// than a full key (any port, port ranges, any protocol).
     pub const POLICY: &str = "PALISADE_POLICY";
+    /// Hash [`super::PolicyKey`] -> [`super::PolicyValue`]: entries of one
+    /// protocol and port (full keys). Looked up first, as `HOSTS` is: a
+    /// full-length match is always the longest, and a hash lookup or write
+    /// costs a fraction of the trie's.
+    pub const POLICY_PORTS: &str = "PALISADE_POLICY_PORTS";
     /// LRU [`super::CtKey4`] -> [`super::CtEntry`]: IPv4 flows.
     pub const CONNTRACK4: &str = "PALISADE_CT4";
     /// LRU [`super::CtKey`] -> [`super::CtEntry`]: IPv6 flows.
@@ -121,7 +128,7 @@ pub mod capacity {
     pub const IPS: u32 = 512 * 1024;
     /// Single addresses (every pod and Service in the cluster).
     pub const HOSTS: u32 = 512 * 1024;
-    /// Policy entries for the node's identities.
+    /// Policy entries for the node's identities, in each policy map.
     pub const POLICY: u32 = 1024 * 1024;
     /// Tracked flows, per address family.
     pub const CONNTRACK: u32 = 256 * 1024;

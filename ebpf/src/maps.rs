@@ -22,6 +22,9 @@ static HOSTS: HashMap<IpKey, IpInfo> = HashMap::pinned(capacity::HOSTS, MAP_NO_P
 #[map(name = "PALISADE_POLICY")]
 static POLICY: LpmTrie<PolicyKey, PolicyValue> = LpmTrie::pinned(capacity::POLICY, 0);
 
+#[map(name = "PALISADE_POLICY_PORTS")]
+static POLICY_PORTS: HashMap<PolicyKey, PolicyValue> = HashMap::pinned(capacity::POLICY, MAP_NO_PREALLOC);
+
 #[map(name = "PALISADE_CT4")]
 pub static CONNTRACK4: LruHashMap<CtKey4, CtEntry> = LruHashMap::pinned(capacity::CONNTRACK, 0);
 
@@ -63,6 +66,9 @@ impl PolicyMaps for Kernel {
 
     #[inline(always)]
     fn policy(&self, key: &PolicyKey) -> Option<PolicyValue> {
+        if let Some(v) = unsafe { POLICY_PORTS.get(key) } {
+            return Some(*v);
+        }
         POLICY.get(&LpmKey::new(POLICY_PREFIX_FULL, *key)).copied()
     }
 }

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 const METRICS: &str = "127.0.0.1:19471";
 /// Policy map entries: the base policies fit, a policy on ten ports from
 /// three peers does not.
-const POLICY_ENTRIES: &str = "policy=16";
+const POLICY_ENTRIES: &str = "policy=16,policy_ports=16";
 
 struct Env {
     cluster: Cluster,

@@ -13,7 +13,7 @@ use aya::maps::lpm_trie::Key as LpmKey;
 use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::tc::{SchedClassifierLink, TcAttachOptions};
 use aya::programs::{LinkOrder, SchedClassifier, TcAttachType};
-use palisade_common::{EP_PENDING, IpInfo, IpKey, LAYOUT_VERSION, PolicyKey, PolicyValue, programs};
+use palisade_common::{EP_PENDING, IpInfo, IpKey, LAYOUT_VERSION, PolicyValue, programs};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 
@@ -161,8 +161,9 @@ impl Datapath {
         if !short.is_empty() {
             let ids: Vec<String> = short.iter().map(u32::to_string).collect();
             report.errors.push(format!(
-                "policy map full ({} entries): the entries of policy classes {} do not fit; their pods are held \
-                 closed",
+                "policy map full ({} entries of one port, {} others): the entries of policy classes {} do not fit; \
+                 their pods are held closed",
+                self.sizes.policy_ports,
                 self.sizes.policy,
                 ids.join(", ")
             ));
@@ -220,11 +221,10 @@ impl Datapath {
     }
 
     fn remove_policy(&mut self, stale: Vec<PolicyPrefix>, report: &mut SyncReport) {
-        let keys: Vec<LpmKey<PolicyKey>> = stale.iter().map(|k| LpmKey::new(k.prefix_len, k.key)).collect();
         let mut next = 0;
-        while next < keys.len() {
-            let result = batch::delete(&self.policy, &keys[next..]);
-            let done = result.as_ref().map_or_else(|s| s.done, |()| keys.len() - next);
+        while next < stale.len() {
+            let result = self.policy.delete(&stale[next..]);
+            let done = result.as_ref().map_or_else(|s| s.done, |()| stale.len() - next);
             for k in &stale[next..next + done] {
                 self.realized.policy.remove(k);
             }
@@ -262,10 +262,8 @@ impl Datapath {
                 }
                 next += 1;
             }
-            let keys: Vec<LpmKey<PolicyKey>> =
-                picked.iter().map(|&i| LpmKey::new(todo[i].0.prefix_len, todo[i].0.key)).collect();
-            let values: Vec<PolicyValue> = picked.iter().map(|&i| todo[i].1).collect();
-            let result = batch::update(&self.policy, &keys, &values);
+            let entries: Vec<(PolicyPrefix, PolicyValue)> = picked.iter().map(|&i| todo[i]).collect();
+            let result = self.policy.update(&entries);
             let done = result.as_ref().map_or_else(|s| s.done, |()| picked.len());
             for &i in &picked[..done] {
                 let (k, v) = todo[i];
@@ -283,10 +281,9 @@ impl Datapath {
             tracing::debug!("policy map, class {failed}: {}", stopped.error);
             up.short.insert(failed);
             for (k, old) in up.allowed.remove(&failed).unwrap_or_default() {
-                let key = LpmKey::new(k.prefix_len, k.key);
-                let undone = match &old {
-                    Some(old) => self.policy.insert(&key, old, 0),
-                    None => self.policy.remove(&key),
+                let undone = match old {
+                    Some(old) => self.policy.update(&[(k, old)]),
+                    None => self.policy.delete(&[k]),
                 };
                 match (undone, old) {
                     (Ok(()), Some(old)) => {
@@ -295,7 +292,7 @@ impl Datapath {
                     (Ok(()), None) => {
                         self.realized.policy.remove(&k);
                     }
-                    (Err(e), _) => report.errors.push(format!("policy map: taking back an entry: {e}")),
+                    (Err(s), _) => report.errors.push(format!("policy map: taking back an entry: {}", s.error)),
                 }
             }
         }

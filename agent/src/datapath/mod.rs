@@ -16,6 +16,7 @@ pub mod netfilter;
 pub mod netlink;
 pub mod pinned;
 pub mod plan;
+pub mod policy_map;
 
 use crate::policy::{IpPrefix, PolicyPrefix};
 use crate::state::EndpointState;
@@ -24,8 +25,8 @@ use aya::maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, RingBuf};
 use aya::programs::{SchedClassifier, SocketFilter};
 use aya::{Ebpf, EbpfLoader};
 use palisade_common::{
-    CFG_LOG_NEW_FLOWS, Config, Endpoint, IpInfo, IpKey, LAYOUT_VERSION, PolicyKey, PolicyValue, capacity,
-    ip_key_full_len, maps, programs,
+    CFG_LOG_NEW_FLOWS, Config, Endpoint, IpInfo, IpKey, LAYOUT_VERSION, PolicyValue, capacity, ip_key_full_len, maps,
+    programs,
 };
 use plan::Hook;
 use std::collections::{BTreeMap, BTreeSet};
@@ -83,7 +84,10 @@ pub struct MapSizes {
     pub ips: u32,
     /// Single addresses.
     pub hosts: u32,
+    /// Policy entries of no single port (any port, ranges, any protocol).
     pub policy: u32,
+    /// Policy entries of one protocol and port.
+    pub policy_ports: u32,
     /// Tracked flows, per address family (LRU tables: full, one forgets
     /// its least recent).
     pub conntrack: u32,
@@ -96,6 +100,7 @@ impl Default for MapSizes {
             ips: capacity::IPS,
             hosts: capacity::HOSTS,
             policy: capacity::POLICY,
+            policy_ports: capacity::POLICY,
             conntrack: capacity::CONNTRACK,
         }
     }
@@ -117,8 +122,9 @@ impl FromStr for MapSizes {
                 "ips" => sizes.ips = n,
                 "hosts" => sizes.hosts = n,
                 "policy" => sizes.policy = n,
+                "policy_ports" => sizes.policy_ports = n,
                 "conntrack" => sizes.conntrack = n,
-                _ => return Err(format!("{name}: not one of endpoints, ips, hosts, policy, conntrack")),
+                _ => return Err(format!("{name}: not one of endpoints, ips, hosts, policy, policy_ports, conntrack")),
             }
         }
         Ok(sizes)
@@ -166,7 +172,7 @@ pub struct Datapath {
     endpoints: HashMap<MapData, u32, Endpoint>,
     ips: LpmTrie<MapData, IpKey, IpInfo>,
     hosts: HashMap<MapData, IpKey, IpInfo>,
-    policy: LpmTrie<MapData, PolicyKey, PolicyValue>,
+    policy: policy_map::PolicyMap,
     config_map: Array<MapData, Config>,
     stats: PerCpuArray<MapData, u64>,
     config: Config,
@@ -233,6 +239,7 @@ impl Datapath {
             .map_max_entries(maps::IPS, sizes.ips)
             .map_max_entries(maps::HOSTS, sizes.hosts)
             .map_max_entries(maps::POLICY, sizes.policy)
+            .map_max_entries(maps::POLICY_PORTS, sizes.policy_ports)
             .map_max_entries(maps::CONNTRACK4, sizes.conntrack)
             .map_max_entries(maps::CONNTRACK6, sizes.conntrack)
             .load(OBJECT)
@@ -246,7 +253,7 @@ impl Datapath {
         let endpoints: HashMap<_, u32, Endpoint> = take(&mut ebpf, maps::ENDPOINTS)?;
         let ips: LpmTrie<_, IpKey, IpInfo> = take(&mut ebpf, maps::IPS)?;
         let hosts: HashMap<_, IpKey, IpInfo> = take(&mut ebpf, maps::HOSTS)?;
-        let policy: LpmTrie<_, PolicyKey, PolicyValue> = take(&mut ebpf, maps::POLICY)?;
+        let policy = policy_map::PolicyMap::new(take(&mut ebpf, maps::POLICY)?, take(&mut ebpf, maps::POLICY_PORTS)?);
         let config_map: Array<_, Config> = take(&mut ebpf, maps::CONFIG)?;
         let stats = take(&mut ebpf, maps::STATS)?;
         let mut realized = Realized::default();
@@ -262,10 +269,7 @@ impl Datapath {
             let (k, v) = item?;
             realized.ips.insert(IpPrefix { prefix_len: ip_key_full_len(k.family), key: k }, v);
         }
-        for item in policy.iter() {
-            let (k, v) = item?;
-            realized.policy.insert(PolicyPrefix { prefix_len: k.prefix_len(), key: k.data() }, v);
-        }
+        realized.policy.extend(policy.entries()?);
         let mut config = config_map.get(&0, 0).unwrap_or_default();
         // An agent killed between writing entries and bumping the revision
         // left tracked flows that look current but were decided under the
@@ -342,7 +346,7 @@ impl Datapath {
         MapFill {
             endpoints: (self.realized.endpoints.len(), self.sizes.endpoints),
             ips: (self.realized.ips.len(), self.sizes.ips + self.sizes.hosts),
-            policy: (self.realized.policy.len(), self.sizes.policy),
+            policy: (self.realized.policy.len(), self.sizes.policy + self.sizes.policy_ports),
             // Counting the tracked flows walks the whole table: the agent
             // does it on a slow timer (see `pinned::Pinned::tracked_flows`).
             conntrack: (0, self.sizes.conntrack),
@@ -406,11 +410,12 @@ fn check_pinned_layout(maps_dir: &Path, sizes: &MapSizes) -> Result<()> {
     use palisade_common::*;
     use std::mem::size_of;
     let lpm = |data: usize| 4 + data;
-    let expected: [(&str, usize, usize, u32); 11] = [
+    let expected: [(&str, usize, usize, u32); 12] = [
         (maps::ENDPOINTS, size_of::<u32>(), size_of::<Endpoint>(), sizes.endpoints),
         (maps::IPS, lpm(size_of::<IpKey>()), size_of::<IpInfo>(), sizes.ips),
         (maps::HOSTS, size_of::<IpKey>(), size_of::<IpInfo>(), sizes.hosts),
         (maps::POLICY, lpm(size_of::<PolicyKey>()), size_of::<PolicyValue>(), sizes.policy),
+        (maps::POLICY_PORTS, size_of::<PolicyKey>(), size_of::<PolicyValue>(), sizes.policy_ports),
         (maps::CONNTRACK4, size_of::<CtKey4>(), size_of::<CtEntry>(), sizes.conntrack),
         (maps::CONNTRACK6, size_of::<CtKey>(), size_of::<CtEntry>(), sizes.conntrack),
         (maps::SUPPRESS, size_of::<SuppressKey>(), size_of::<SuppressEntry>(), capacity::SUPPRESS),

@@ -15,6 +15,7 @@ pub struct Pinned {
     ips: LpmTrie<MapData, IpKey, IpInfo>,
     hosts: HashMap<MapData, IpKey, IpInfo>,
     policy: LpmTrie<MapData, PolicyKey, PolicyValue>,
+    policy_ports: HashMap<MapData, PolicyKey, PolicyValue>,
     stats: PerCpuArray<MapData, u64>,
     conntrack4: HashMap<MapData, CtKey4, CtEntry>,
     conntrack6: HashMap<MapData, CtKey, CtEntry>,
@@ -34,6 +35,7 @@ impl Pinned {
             ips: open(dir, maps::IPS)?,
             hosts: open(dir, maps::HOSTS)?,
             policy: open(dir, maps::POLICY)?,
+            policy_ports: open(dir, maps::POLICY_PORTS)?,
             stats: open(dir, maps::STATS)?,
             conntrack4: open(dir, maps::CONNTRACK4)?,
             conntrack6: open(dir, maps::CONNTRACK6)?,
@@ -69,6 +71,9 @@ impl PolicyMaps for Pinned {
     }
 
     fn policy(&self, key: &PolicyKey) -> Option<PolicyValue> {
+        if let Ok(v) = self.policy_ports.get(key, 0) {
+            return Some(v);
+        }
         self.policy.get(&LpmKey::new(POLICY_PREFIX_FULL, *key), 0).ok()
     }
 }

@@ -41,7 +41,7 @@ impl IpPrefix {
     }
 }
 
-/// An entry of the policy trie.
+/// A policy entry: a key and how many of its leading bits match.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PolicyPrefix {
     pub prefix_len: u32,
@@ -49,6 +49,16 @@ pub struct PolicyPrefix {
 }
 
 impl PolicyPrefix {
+    /// The entry of one protocol and port.
+    pub fn port(key: PolicyKey) -> PolicyPrefix {
+        PolicyPrefix { prefix_len: palisade_common::POLICY_PREFIX_FULL, key }
+    }
+
+    /// One protocol and port (kept in the exact-match map, not the trie).
+    pub fn is_port(&self) -> bool {
+        self.prefix_len == palisade_common::POLICY_PREFIX_FULL
+    }
+
     /// The entry as one number whose order is the fields' order (prefix
     /// length, then the key's big-endian bytes): 32 + 32 + 8 + 32 + 8 + 16
     /// bits. Compared field by field, the byte arrays went through slice

@@ -20,11 +20,14 @@ use aya::programs::{ProgramError, TestRun, TestRunOptions};
 use palisade::datapath::netlink::Interfaces;
 use palisade::datapath::{self, Datapath, HostInterfaces, MapSizes};
 use palisade::policy::{Compiled, Input, compile, lookup};
-use palisade_common::{CtEntry, CtKey, CtKey4, maps};
+use palisade_common::{CtEntry, CtKey, CtKey4, PolicyKey, PolicyValue, maps};
 use palisade_e2e::netns::ip;
 use palisade_kit::tc::skb_ctx;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
+
+/// A policy map entry: (prefix length, key, value).
+pub type PolicyEntry = (u32, PolicyKey, PolicyValue);
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
@@ -316,14 +319,22 @@ impl Env {
         self.dp.sync(&compiled, &self.ifaces)
     }
 
-    /// What the kernel's policy map holds: (prefix length, key, value).
-    pub fn policy_entries(&self) -> Vec<(u32, palisade_common::PolicyKey, palisade_common::PolicyValue)> {
+    /// What the kernel's policy maps hold: (prefix length, key, value).
+    pub fn policy_entries(&self) -> Vec<PolicyEntry> {
+        let (trie, ports) = self.policy_maps();
+        trie.into_iter().chain(ports.into_iter().map(|(k, v)| (palisade_common::POLICY_PREFIX_FULL, k, v))).collect()
+    }
+
+    /// Each policy map's entries: the trie's, and the one-port hash
+    /// map's (key, value).
+    pub fn policy_maps(&self) -> (Vec<PolicyEntry>, Vec<(PolicyKey, PolicyValue)>) {
         let path =
             self._dir.0.join(format!("v{}", palisade_common::LAYOUT_VERSION)).join(palisade_common::maps::POLICY);
         let data = MapData::from_pin(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        let trie: LpmTrie<MapData, palisade_common::PolicyKey, palisade_common::PolicyValue> =
+        let trie: LpmTrie<MapData, PolicyKey, PolicyValue> =
             LpmTrie::try_from(Map::from_map_data(data).expect("map")).expect("an LPM trie");
-        trie.iter().map(|e| e.expect("reading an entry")).map(|(k, v)| (k.prefix_len(), k.data(), v)).collect()
+        let trie = trie.iter().map(|e| e.expect("reading an entry")).map(|(k, v)| (k.prefix_len(), k.data(), v));
+        (trie.collect(), self.entries(palisade_common::maps::POLICY_PORTS))
     }
 
     /// The flows connection tracking holds, both families' tables, keyed

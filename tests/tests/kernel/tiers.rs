@@ -319,8 +319,9 @@ fn a_change_that_does_not_fit_takes_back_what_it_allowed() {
         ("accept", Tier::Admin, 10, "web", vec![accept()], vec![]),
     ]);
     // Room for the first state's entries alone.
-    let room = compile(&before, &node()).policy.len() as u32;
-    let mut env = Env::sized_from(settings(), MapSizes { policy: room, ..MapSizes::default() }, before);
+    let (ports, rest): (Vec<_>, Vec<_>) = compile(&before, &node()).policy.into_keys().partition(|k| k.is_port());
+    let sizes = MapSizes { policy: rest.len() as u32, policy_ports: ports.len() as u32, ..MapSizes::default() };
+    let mut env = Env::sized_from(settings(), sizes, before);
     let web = env.local("web").class.to_be_bytes();
     let client = "10.70.2.5";
     let port = env.fresh();

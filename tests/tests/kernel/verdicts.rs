@@ -79,6 +79,12 @@ fn verdicts_agree_with_the_compiler() {
     assert!(failures.is_empty(), "{} disagreements:\n{}", failures.len(), failures.join("\n"));
     // The grid exercises both outcomes in quantity, so agreement means something.
     assert!(passed > 500 && dropped > 500, "{passed} passed, {dropped} dropped");
+    // Entries of one port are in the hash map, the rest (ranges, rules
+    // without ports) in the trie: both in use, neither holding the other's.
+    let (trie, ports) = env.policy_maps();
+    let full = palisade_common::POLICY_PREFIX_FULL;
+    assert!(ports.len() > 10 && trie.len() > 10, "{} one-port entries, {} others", ports.len(), trie.len());
+    assert!(trie.iter().all(|(len, ..)| *len < full), "the trie holds no full key");
     // And a few hand-checked rows, so the compiler and kernel cannot agree on nonsense.
     let client = addr("10.70.2.5");
     for (port, want) in [(80, PASS), (81, DROP), (7999, DROP), (8000, PASS), (8100, PASS), (8101, DROP)] {
