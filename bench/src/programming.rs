@@ -26,8 +26,10 @@ const PORT_BURST: u16 = 7014;
 const PORT_POD: u16 = 7015;
 const PORT_NS: u16 = 7016;
 /// The web tier's own rule (never probed): the client's class has a policy
-/// the bench's pod of a new class lacks, so that class has no parent.
+/// the bench's pod of a new class lacks, so neither class is the other.
 const PORT_WEB: u16 = 7017;
+/// The server admits the pod added in `ns-10` on this port.
+const PORT_FAR: u16 = 7018;
 /// Policies in a burst, one file each, written at once.
 pub const BURST: usize = 1000;
 /// The added pod's addresses (next to the client's and the server's).
@@ -56,17 +58,17 @@ pub struct PointResult {
     pub pod_added_ms: Sample,
     pub pod_deleted_ms: Sample,
     /// The same with labels that put it under a set of policies no local
-    /// pod has, none of whose classes has a subset of them (a new policy
-    /// class without a parent: every entry its policies give, the
-    /// namespace-wide ones and the label gate's, written for it), then
-    /// deleted.
+    /// pod has (a new policy class: the entries of its own policies, the
+    /// client's and the label gate's, written for it; the namespace-wide
+    /// ones are its namespace's root's, there already), then deleted.
     pub pod_new_class_added_ms: Sample,
     pub pod_new_class_deleted_ms: Sample,
-    /// The same with the client's labels and the label gate's: a new
-    /// class whose policies are the client's and the gate's, so the
-    /// client's class is its parent and it holds the gate's entries alone.
-    pub pod_child_class_added_ms: Sample,
-    pub pod_child_class_deleted_ms: Sample,
+    /// The same in `ns-10`, where no local pod is (the first of its
+    /// namespace: the root of the namespace comes with it, every entry of
+    /// its namespace-wide policies written), then deleted: the worst case
+    /// of a pod added.
+    pub pod_first_of_namespace_added_ms: Sample,
+    pub pod_first_of_namespace_deleted_ms: Sample,
     /// The local pods' namespace labelled, then unlabelled: a policy
     /// admits peers from namespaces with that label.
     pub namespace_label_added_ms: Sample,
@@ -123,8 +125,8 @@ impl PointResult {
             ("pod deleted", &self.pod_deleted_ms),
             ("pod of a new class added", &self.pod_new_class_added_ms),
             ("pod of a new class deleted", &self.pod_new_class_deleted_ms),
-            ("pod of a class with a parent added", &self.pod_child_class_added_ms),
-            ("pod of a class with a parent deleted", &self.pod_child_class_deleted_ms),
+            ("first pod of its namespace added", &self.pod_first_of_namespace_added_ms),
+            ("first pod of its namespace deleted", &self.pod_first_of_namespace_deleted_ms),
             ("namespace label added", &self.namespace_label_added_ms),
             ("namespace label removed", &self.namespace_label_removed_ms),
         ]
@@ -250,6 +252,13 @@ fn gate_policies() -> Vec<Value> {
             "label-gate-in",
             json!({"podSelector": {"matchLabels": {"app": "server"}}, "policyTypes": ["Ingress"],
                    "ingress": [{"from": [{"podSelector": {"matchLabels": {"probe": "yes"}}}], "ports": udp(PORT_LABEL)}]}),
+        ),
+        cluster::policy(
+            "ns-0",
+            "far-gate-in",
+            json!({"podSelector": server, "policyTypes": ["Ingress"],
+                   "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"team": "team-0"}},
+                                          "podSelector": {"matchLabels": {"far": "yes"}}}], "ports": udp(PORT_FAR)}]}),
         ),
         cluster::policy(
             "ns-0",
@@ -389,24 +398,31 @@ pub fn run(cfg: &Config) -> Result<Results> {
 enum Added {
     /// The client's policies: the client's class.
     ClientsClass,
-    /// The client's and the label gate's (which no local pod has then): a
-    /// class whose parent is the client's.
-    WithParent,
-    /// The label gate's but not the web tier's: a class of its own, no
-    /// local class's policies among its.
+    /// The label gate's but not the web tier's: a class of its own,
+    /// whose parent is its namespace's root.
     NewClass,
+    /// In `ns-10`, which has namespace-wide policies and no local pod:
+    /// its namespace's root comes with it.
+    FirstOfNamespace,
+}
+
+impl Added {
+    /// The port its probes go to the server on (admitting it as a peer).
+    fn port(self) -> u16 {
+        if matches!(self, Added::FirstOfNamespace) { PORT_FAR } else { PORT_POD }
+    }
 }
 
 /// The pod the pod-added measurements add (its interface is there from the
 /// start, unknown to the agent until its manifest is written): labels no
 /// other pod has, in the class `added` says.
 fn added_pod(ips: (std::net::Ipv4Addr, std::net::Ipv6Addr), added: Added) -> Value {
-    let labels = match added {
-        Added::ClientsClass => json!({"app": "client", "tier": "web", "added": "yes"}),
-        Added::WithParent => json!({"app": "client", "tier": "web", "added": "yes", "probe": "yes"}),
-        Added::NewClass => json!({"app": "client", "added": "yes", "probe": "yes"}),
+    let (ns, labels) = match added {
+        Added::ClientsClass => ("ns-0", json!({"app": "client", "tier": "web", "added": "yes"})),
+        Added::NewClass => ("ns-0", json!({"app": "client", "added": "yes", "probe": "yes"})),
+        Added::FirstOfNamespace => ("ns-10", json!({"app": "client", "added": "yes", "far": "yes"})),
     };
-    palisade_kit::manifest::pod("ns-0", "added", labels, cluster::NODE, ips, &[])
+    palisade_kit::manifest::pod(ns, "added", labels, cluster::NODE, ips, &[])
 }
 
 /// The namespaces, `ns-0` labelled for the namespace gate or not.
@@ -507,19 +523,19 @@ fn point(
 
     // A pod added (its interface and route were there, unknown, as a CNI
     // leaves them before the pod's address reaches the API), then deleted:
-    // in the client's class, in a new class, in a class with a parent.
-    let pod_toggle = |added| {
+    // in the client's class, in a new class, the first of its namespace.
+    let pod_toggle = |added: Added| {
         toggle(
             &agent,
             cfg.reps,
-            (newcomer, server, PORT_POD),
+            (newcomer, server, added.port()),
             || agent.apply("zz-added-pod.json", &added_pod(ADDED_IPS, added)),
             || agent.remove("zz-added-pod.json"),
         )
     };
     let (pod_in, pod_out, p_pod_in, p_pod_out) = pod_toggle(Added::ClientsClass)?;
     let (class_in, class_out, p_class_in, p_class_out) = pod_toggle(Added::NewClass)?;
-    let (child_in, child_out, p_child_in, p_child_out) = pod_toggle(Added::WithParent)?;
+    let (first_in, first_out, p_first_in, p_first_out) = pod_toggle(Added::FirstOfNamespace)?;
 
     // The local pods' namespace gains, then loses, probe-ns=yes.
     let (ns_in, ns_out, p_ns_in, p_ns_out) = toggle(
@@ -598,8 +614,8 @@ fn point(
         pod_deleted_ms: Sample::of(&pod_out),
         pod_new_class_added_ms: Sample::of(&class_in),
         pod_new_class_deleted_ms: Sample::of(&class_out),
-        pod_child_class_added_ms: Sample::of(&child_in),
-        pod_child_class_deleted_ms: Sample::of(&child_out),
+        pod_first_of_namespace_added_ms: Sample::of(&first_in),
+        pod_first_of_namespace_deleted_ms: Sample::of(&first_out),
         namespace_label_added_ms: Sample::of(&ns_in),
         namespace_label_removed_ms: Sample::of(&ns_out),
         burst_added_ms: Sample::of(&burst_in),
@@ -622,8 +638,8 @@ fn point(
             p_pod_out.breakdown("pod deleted"),
             p_class_in.breakdown("pod of a new class added"),
             p_class_out.breakdown("pod of a new class deleted"),
-            p_child_in.breakdown("pod of a class with a parent added"),
-            p_child_out.breakdown("pod of a class with a parent deleted"),
+            p_first_in.breakdown("first pod of its namespace added"),
+            p_first_out.breakdown("first pod of its namespace deleted"),
             p_ns_in.breakdown("namespace label added"),
             p_ns_out.breakdown("namespace label removed"),
             p_burst_in.breakdown("1,000 policies added at once (last pass)"),

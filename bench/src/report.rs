@@ -1070,11 +1070,12 @@ impl Report {
              selects. Pod added/deleted: a third local pod, its interface already there, is written into (removed \
              from) the manifests; a policy pair admits it to the server. Its labels are new, its policies the \
              client's, so it joins the client's policy class. A pod of a new class carries the label gate's \
-             label, which no local pod has then, and not the web tier's label, so no local class's policies are \
-             among its: its whole class (every entry its namespace-wide policies give, and the gate's) is written \
-             for it. A pod of a class with a parent carries the client's labels and the gate's: its policies are \
-             the client's and the gate's, so the client's class is its parent and only the gate's entries are \
-             written for it. Namespace label: the local pods' namespace \
+             label, which no local pod has then, and not the web tier's label, so its policies are those of no \
+             local pod: its class's entries (the client's policy's and the gate's) are written for it, and its \
+             parent is its namespace's root, which holds the namespace-wide policies' entries already. The first \
+             pod of its namespace is added in ns-10, where no local pod is and namespace-wide policies are (from 1k \
+             policies up): the namespace's root comes with it, every entry of those policies written, the worst \
+             case of a pod added. Namespace label: the local pods' namespace \
              gains (loses) the label a policy's namespaceSelector admits. Restart: the agent is stopped (enforcement stays pinned), a policy is added while it is down, a \
              new agent starts: spawn to the new policy in force. Cold: nothing pinned, traffic flowing unenforced: \
              spawn to the first probe dropped (and to `status --wait`). Memory: agent VmRSS after the cold start (VmHWM after the single changes, before the burst); BPF maps: the sum \
@@ -1083,7 +1084,7 @@ impl Report {
         );
         let _ = writeln!(
             s,
-            "| pods | policies | policy added | policy removed | label added | label removed | pod added | pod deleted | pod of a new class added | deleted | pod of a class with a parent added | deleted | namespace label added | namespace label removed | restart + change | cold → first drop | cold → status in sync | RSS (peak) | BPF maps | fill: IPs / policy / endpoints |"
+            "| pods | policies | policy added | policy removed | label added | label removed | pod added | pod deleted | pod of a new class added | deleted | first pod of its namespace added | deleted | namespace label added | namespace label removed | restart + change | cold → first drop | cold → status in sync | RSS (peak) | BPF maps | fill: IPs / policy / endpoints |"
         );
         let _ = writeln!(
             s,
@@ -1107,8 +1108,8 @@ impl Report {
                 fmt_sample(&x.pod_deleted_ms),
                 fmt_sample(&x.pod_new_class_added_ms),
                 fmt_sample(&x.pod_new_class_deleted_ms),
-                fmt_sample(&x.pod_child_class_added_ms),
-                fmt_sample(&x.pod_child_class_deleted_ms),
+                fmt_sample(&x.pod_first_of_namespace_added_ms),
+                fmt_sample(&x.pod_first_of_namespace_deleted_ms),
                 fmt_sample(&x.namespace_label_added_ms),
                 fmt_sample(&x.namespace_label_removed_ms),
                 fmt_sample(&x.restart_ms),

@@ -168,6 +168,25 @@ pub fn input_canary() -> Input {
     with_locals(locals, policies(false).into_iter().chain([canary]).collect())
 }
 
+/// The cluster with one namespace-wide policy more in prod (`podSelector:
+/// {}`): ingress from the dev namespace on TCP 2999 and 65535, egress to
+/// 8.8.8.8 on UDP 1. Every local pod has policies of its own besides, so
+/// the namespace's root (the class of that policy alone) has no members.
+pub fn input_namespace_wide() -> Input {
+    let wide = k8s_policy(
+        "prod-wide",
+        json!({
+            "podSelector": {},
+            "policyTypes": ["Ingress", "Egress"],
+            "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"team": "dev"}}}],
+                         "ports": [{"protocol": "TCP", "port": 2999}, {"protocol": "TCP", "port": 65535}]}],
+            "egress": [{"to": [{"ipBlock": {"cidr": "8.8.8.8/32"}}], "ports": [{"protocol": "UDP", "port": 1}]}]
+        }),
+    );
+    let locals = LOCALS.iter().map(|(name, ip4, ip6)| k8s_pod("prod", name, name, ip4, ip6, NODE));
+    with_locals(locals, policies(false).into_iter().chain([wide]).collect())
+}
+
 fn with_locals(locals: impl Iterator<Item = Value>, policies: Vec<Value>) -> Input {
     let namespaces = ["prod", "dev", "ops"].map(
         |team| json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": team, "labels": {"team": team}}}),

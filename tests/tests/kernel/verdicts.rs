@@ -39,9 +39,10 @@ const GRID_PEERS: [&str; 30] = [
 const GRID_PORTS: [u16; 20] =
     [1, 53, 79, 80, 81, 443, 2999, 3000, 3005, 3010, 3011, 5432, 7999, 8000, 8050, 8080, 8100, 8101, 9000, 65535];
 
-#[test]
-fn verdicts_agree_with_the_compiler() {
-    let mut env = Env::new(settings());
+/// Runs the grid (every local pod, both directions, every peer and port,
+/// TCP, UDP, SCTP and a ping) through the kernel and the compiler: how many
+/// packets passed and dropped, and every disagreement.
+fn grid(env: &mut Env) -> (usize, usize, Vec<String>) {
     let mut failures = Vec::new();
     let (mut passed, mut dropped) = (0usize, 0usize);
     let started = Instant::now();
@@ -76,6 +77,13 @@ fn verdicts_agree_with_the_compiler() {
         }
     }
     eprintln!("grid: {passed} passed, {dropped} dropped in {:?}", started.elapsed());
+    (passed, dropped, failures)
+}
+
+#[test]
+fn verdicts_agree_with_the_compiler() {
+    let mut env = Env::new(settings());
+    let (passed, dropped, failures) = grid(&mut env);
     assert!(failures.is_empty(), "{} disagreements:\n{}", failures.len(), failures.join("\n"));
     // The grid exercises both outcomes in quantity, so agreement means something.
     assert!(passed > 500 && dropped > 500, "{passed} passed, {dropped} dropped");
@@ -103,6 +111,43 @@ fn verdicts_agree_with_the_compiler() {
     assert_eq!(env.ingress("db", addr("172.16.5.5"), l4), PASS, "rule without ports admits ICMP");
     let l4 = L4::Echo(env.fresh());
     assert_eq!(env.ingress("db", addr("10.70.1.10"), l4), DROP);
+}
+
+/// A namespace-wide policy's entries are held once, by the namespace's
+/// root, a class no pod has here, which every local pod's class takes as
+/// its parent: the kernel judges each pod by its own entries, then the
+/// root's, as the compiler does, and the namespace-wide rule admits its
+/// flows to and from every pod.
+#[test]
+fn a_namespaces_root_without_members_judges_its_pods() {
+    let mut env = Env::new(settings());
+    env.apply(crate::cluster::input_namespace_wide());
+    let locals = LOCALS.map(|l| env.local(l.0));
+    let root = locals[0].parent;
+    assert!(root != 0 && locals.iter().all(|l| l.parent == root && l.class != root), "{locals:?}");
+    let entries = env.policy_entries();
+    let of = |class: u32| entries.iter().filter(|(_, k, _)| u32::from_be_bytes(k.local) == class).count();
+    // The dev pod (a peer identity for each of its addresses' cells) on
+    // two TCP ports, and 8.8.8.8 on UDP 1.
+    assert_eq!(of(root), 5, "the root holds the namespace-wide rules' entries");
+    let at_2999 = entries.iter().filter(|(_, k, _)| k.port == 2999u16.to_be_bytes());
+    let holders: Vec<u32> = at_2999.map(|(_, k, _)| u32::from_be_bytes(k.local)).collect();
+    assert_eq!(holders, [root, root], "the root's alone, no pod's class's");
+    let (passed, dropped, failures) = grid(&mut env);
+    assert!(failures.is_empty(), "{} disagreements:\n{}", failures.len(), failures.join("\n"));
+    assert!(passed > 500 && dropped > 500, "{passed} passed, {dropped} dropped");
+    for local in LOCALS.map(|l| l.0) {
+        for port in [2999, 65535] {
+            let l4 = L4::Tcp(env.fresh(), port, TCP_SYN);
+            assert_eq!(env.ingress(local, addr("10.70.3.5"), l4), PASS, "dev -> {local}:{port}, by the root");
+        }
+        let l4 = L4::Tcp(env.fresh(), 2999, TCP_SYN);
+        assert_eq!(env.ingress(local, addr("10.70.4.5"), l4), DROP, "ops -> {local}:2999");
+        let l4 = L4::Udp(env.fresh(), 1);
+        assert_eq!(env.egress(local, addr("8.8.8.8"), l4), PASS, "{local} -> 8.8.8.8, by the root");
+        let l4 = L4::Udp(env.fresh(), 1);
+        assert_eq!(env.egress(local, addr("8.8.4.4"), l4), DROP, "{local} -> 8.8.4.4");
+    }
 }
 
 /// A class with a parent (db relabelled as a canary web pod, with one

@@ -28,6 +28,16 @@
 //! ClusterNetworkPolicy selects take no part (their entries are resolved
 //! whole, denies and all), nor does a parent whose named ports resolve
 //! differently on the child's pods.
+//!
+//! Every pod of a namespace is selected by its namespace-wide policies
+//! (`podSelector: {}`), so each namespace with local pods has a class of
+//! those alone, its *root*, whether or not a pod has exactly those
+//! policies (then it is that pod's class; else it has no members): the
+//! smallest class of the namespace, it is the parent of every other
+//! there (the largest root under the rule above), and a pod of labels no
+//! other pod has brings the entries of its own policies, not of every
+//! namespace-wide one. A root whose policies have no rule (a default deny
+//! alone), or name an ingress port (resolved on each pod), is not made.
 
 use super::identities::{Identities, Numbers, claim};
 use super::ids;
@@ -50,6 +60,9 @@ pub(super) struct Classes {
     pub named: HashSet<u32>,
     /// Class -> its parent, for classes that have one.
     pub parent: BTreeMap<u32, u32>,
+    /// Namespace -> its root (the class of its namespace-wide policies),
+    /// where there is one.
+    pub roots: BTreeMap<String, u32>,
     /// Class -> the names of the NetworkPolicies (of its namespace) that
     /// select it, in order; kept for parents.
     policies: HashMap<u32, Vec<String>>,
@@ -78,6 +91,19 @@ impl Classes {
             pods.entry(keys[&gi].text.as_str()).or_default().push(pod.clone());
         }
         let mut claims: BTreeMap<u32, (usize, &str)> = BTreeMap::new();
+        // The namespaces' roots: one per namespace with a local pod that
+        // no ClusterNetworkPolicy selects (those take no parent), the
+        // class of its namespace-wide policies, with or without members.
+        let mut namespaces: BTreeMap<&str, bool> = BTreeMap::new();
+        for (ns, groups) in &ids.local_by_ns {
+            namespaces.insert(ns, groups.iter().any(|gi| !keys[gi].cluster));
+        }
+        let root_keys: Vec<Key> =
+            namespaces.iter().filter(|(_, open)| **open).filter_map(|(ns, _)| root_key(input, ns)).collect();
+        for k in &root_keys {
+            by_key.entry(k.text.as_str()).or_insert_with(|| (Vec::new(), k));
+        }
+
         for (&k, members) in &pods {
             if let Some((n, count)) = claim(members, hints)
                 && claims.get(&n).is_none_or(|&(c, _)| count > c)
@@ -102,8 +128,12 @@ impl Classes {
         let mut out = Classes::default();
         for (k, (members, key)) in &by_key {
             let n = number[k];
+            // A root without members has no lead: its entries depend on
+            // no pod (it names no ingress port).
             let lead = members.iter().copied().min_by(|&a, &b| ids.groups[a].key.cmp(&ids.groups[b].key));
-            out.lead.insert(n, lead.expect("a class has members"));
+            if let Some(lead) = lead {
+                out.lead.insert(n, lead);
+            }
             out.of_group.extend(members.iter().map(|&gi| (gi, n)));
             if key.named {
                 out.named.insert(n);
@@ -148,6 +178,7 @@ impl Classes {
         }
         out.policies = alone.iter().map(|(key, n)| (*n, key.policies.clone())).collect();
         out.parent = parent;
+        out.roots = root_keys.iter().map(|k| (k.namespace.clone(), number[k.text.as_str()])).collect();
         out
     }
 
@@ -160,6 +191,11 @@ impl Classes {
     /// A class's parent (0: none), as the kernel's endpoint entry holds it.
     pub fn parent_of(&self, class: u32) -> u32 {
         self.parent.get(&class).copied().unwrap_or(0)
+    }
+
+    /// The root of a namespace (see the module docs), if it has one.
+    pub fn root(&self, namespace: &str) -> Option<u32> {
+        self.roots.get(namespace).copied()
     }
 
     /// The class of a local group.
@@ -188,6 +224,26 @@ struct Key {
     cluster: bool,
     /// One of its NetworkPolicies has a rule (else they give no entries).
     rules: bool,
+}
+
+/// The key of a namespace's root: its namespace-wide NetworkPolicies,
+/// spelled as [`key`] spells a pod's that only they select (so such a
+/// pod's class is the root). None if they have no rule or one names an
+/// ingress port.
+fn root_key(input: &Input, ns: &str) -> Option<Key> {
+    let mut k = String::from("class\0");
+    let (mut names, mut rules) = (Vec::new(), false);
+    let policies = input.policies.range((ns.to_string(), String::new())..).take_while(|((n, _), _)| n == ns);
+    for ((_, name), p) in policies.filter(|(_, p)| p.pod_selector.is_empty()) {
+        if p.ingress.iter().flatten().flat_map(|r| &r.ports).any(|p| matches!(p.port, PortMatch::Named(_))) {
+            return None;
+        }
+        let _ = write!(k, "{ns}\0{name}\0");
+        rules |= p.ingress.iter().chain(&p.egress).any(|r| !r.is_empty());
+        names.push(name.clone());
+    }
+    k.push('\x01');
+    rules.then(|| Key { text: k, named: false, namespace: ns.to_string(), policies: names, cluster: false, rules })
 }
 
 /// What a local identity's entries depend on: the NetworkPolicies that

@@ -872,9 +872,14 @@ mod tests {
             6 => pod(&mut input, "server", &|p| {
                 p.node_name = Some(if edit.is_multiple_of(2) { "other" } else { NODE }.into())
             }),
+            // A copy of the gate, every other one namespace-wide: the
+            // namespace's root comes and goes.
             7 => {
                 let mut p = (*input.policies[&key("gate")]).clone();
                 p.name = format!("gate-{edit}");
+                if (edit / 9).is_multiple_of(2) {
+                    p.pod_selector = Default::default();
+                }
                 input.policies.insert(key(&p.name.clone()), Arc::new(p));
             }
             _ => {
@@ -896,17 +901,20 @@ mod tests {
             let mut compiler = Compiler::default();
             let mut input = cluster("app: client", "team: x");
             let mut prev = compiler.compile(&input, &node()).clone();
+            let mut rooted = 0;
             for step in 0..60 {
                 input = edited(&input, step);
                 let hints = hints_of(&prev);
                 let builds = compiler.whole_builds;
                 let out = compiler.compile(&input, &node()).clone();
                 assert_eq!(out, compile_with_hints(&input, &node(), &hints), "space {space}, step {step}");
+                rooted += usize::from(out.endpoints.iter().any(|e| e.parent != 0));
                 if space == 0 {
                     assert_eq!(compiler.whole_builds, builds, "step {step} updated identities in place");
                 }
                 prev = out;
             }
+            assert!((3..60).contains(&rooted), "the namespace's root came and went ({rooted} of 60 steps)");
             if space == 61 {
                 assert!(compiler.whole_builds > 1, "collisions build whole");
             }
@@ -1001,10 +1009,13 @@ mod tests {
 
     /// A parent must hold entries: a class whose subset is a namespace's
     /// default deny alone (no rule, so no entry) has none, as its flows
-    /// would only pay the parent's lookups.
+    /// would only pay the parent's lookups. With a namespace-wide rule,
+    /// the namespace's root is every other class's parent: p1's class
+    /// when only the namespace-wide policies select p1, else a class
+    /// without members, which holds their entries.
     #[test]
     fn a_parent_has_a_rule() {
-        let text = |base: bool| {
+        let text = |base: bool, db_rule: bool| {
             let mut t = String::from("apiVersion: v1\nkind: Namespace\nmetadata: {name: a}\n---\n");
             for (name, app, ip) in [("p1", "db", "10.0.0.1"), ("p2", "web", "10.0.0.2")] {
                 t += &format!(
@@ -1022,22 +1033,46 @@ mod tests {
             if base {
                 t += &np("base", "  podSelector: {}\n  ingress:\n  - ports: [{port: 53, protocol: UDP}]\n");
             }
+            if db_rule {
+                t +=
+                    &np("allow-db", "  podSelector: {matchLabels: {app: db}}\n  ingress:\n  - ports: [{port: 5432}]\n");
+            }
             manifests_to_input(&t).unwrap()
         };
-        let parent = |c: &Compiled| {
-            let ep = |name: &str| c.endpoints.iter().find(|e| e.name == name).unwrap().clone();
-            (ep("p2").parent == ep("p1").class, ep("p2").parent)
+        let ep = |c: &Compiled, name: &str| c.endpoints.iter().find(|e| e.name == name).unwrap().clone();
+        let parent = |c: &Compiled| (ep(c, "p2").parent == ep(c, "p1").class, ep(c, "p2").parent);
+        assert_eq!(parent(&compile(&text(false, false), &node())), (false, 0), "the default deny alone: no parent");
+        assert_eq!(parent(&compile(&text(false, true), &node())), (false, 0), "no namespace-wide rule: no root");
+        assert!(parent(&compile(&text(true, false), &node())).0, "p1's policies are the root's: p1's class is it");
+
+        let c = compile(&text(true, true), &node());
+        let (p1, p2) = (ep(&c, "p1"), ep(&c, "p2"));
+        let root = p1.parent;
+        assert!(root != 0 && p2.parent == root && root != p1.class && root != p2.class, "{p1:?} {p2:?}");
+        let of = |class: u32| c.policy.keys().filter(|k| u32::from_be_bytes(k.key.local) == class).count();
+        assert_eq!(of(root), 1, "the root holds base's rule (UDP 53 from anyone)");
+        let dns = |e: &LocalEndpoint| {
+            crate::policy::lookup::decide(&c, &e.kernel(), Direction::Ingress, "10.9.9.9".parse().unwrap(), 17, 53)
         };
-        assert_eq!(parent(&compile(&text(false), &node())), (false, 0), "the default deny alone: no parent");
-        assert!(parent(&compile(&text(true), &node())).0, "with a rule among p1's policies, p1's class is p2's parent");
+        assert!(dns(&p1).allowed && dns(&p2).allowed, "both judged by the root's entry");
+        // The root coming (p1 selected by more) and going, incrementally.
+        let mut compiler = Compiler::default();
+        let mut last = compiler.compile(&Arc::new(text(true, false)), &node()).clone();
+        for step in [text(true, true), text(true, false), text(false, true), text(true, true)] {
+            let now = compiler.compile(&Arc::new(step.clone()), &node()).clone();
+            assert_eq!(now, compile_with_hints(&step, &node(), &hints_of(&last)), "as a compile from scratch");
+            last = now;
+        }
     }
 
-    /// A pod whose policies are the client's and one more (the bench's
-    /// pod of a new class) takes the client's class as its parent: its
-    /// class holds the one policy's entries, and every verdict is the
-    /// client's but for what that policy adds.
+    /// A pod of labels no other local pod has (the bench's pod of a new
+    /// class: the client's app label and the label gate's) takes its
+    /// namespace's root as its parent, as the client does: its class holds
+    /// its own policies' entries, the client's and the gate's, and none of
+    /// the namespace-wide policies' (the root's); every verdict is the
+    /// client's but for what the gate adds.
     #[test]
-    fn a_class_of_anothers_policies_and_one_more_holds_only_the_one() {
+    fn a_class_of_new_labels_holds_only_its_own_policies() {
         use serde_json::json;
         let gate = json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
             "metadata": {"namespace": "ns-0", "name": "label-gate"},
@@ -1045,7 +1080,7 @@ mod tests {
                      "egress": [{"to": [{"podSelector": {"matchLabels": {"app": "server"}}}],
                                  "ports": [{"protocol": "UDP", "port": 7011}]}]}});
         let added = json!({"apiVersion": "v1", "kind": "Pod",
-            "metadata": {"namespace": "ns-0", "name": "added", "labels": {"app": "client", "tier": "web", "probe": "yes"}},
+            "metadata": {"namespace": "ns-0", "name": "added", "labels": {"app": "client", "probe": "yes"}},
             "spec": {"nodeName": NODE, "containers": [{"name": "main"}]},
             "status": {"phase": "Running", "podIP": "10.200.0.4", "podIPs": [{"ip": "10.200.0.4"}, {"ip": "fd00:200::4"}]}});
         let node = Node { name: NODE.into(), host_ips: vec![], allow_host: true, audit: false };
@@ -1056,22 +1091,25 @@ mod tests {
         let after = compiler.compile(&with, &node).clone();
         assert_eq!(after, compile_with_hints(&with, &node, &hints_of(&before)), "as a compile from scratch");
         let ep = |c: &Compiled, name: &str| c.endpoints.iter().find(|e| e.name == name).unwrap().clone();
-        let (client, new) = (ep(&after, "client"), ep(&after, "added"));
+        let (client, server, new) = (ep(&after, "client"), ep(&after, "server"), ep(&after, "added"));
         assert_ne!(new.class, client.class);
-        assert_eq!((new.parent, client.parent), (client.class, 0), "the client's class is the parent");
+        let root = client.parent;
+        assert!(root != 0 && after.endpoints.iter().all(|e| e.class != root), "a root without members");
+        assert_eq!((new.parent, server.parent), (root, root), "every class of ns-0 takes the root");
         let of = |class: u32| after.policy.keys().filter(|k| u32::from_be_bytes(k.key.local) == class).count();
         let changed = compiler.changes().policy.clone().unwrap();
-        assert!(of(client.class) > 1000, "the client's class has many entries ({})", of(client.class));
-        // The new class holds the gate's entries alone (to the server's
-        // two addresses); the other entries that came are rules admitting
+        assert!(of(root) > 1000, "the root has the namespace-wide entries ({})", of(root));
+        assert!(of(client.class) < 10, "the client's class holds its own policy's ({})", of(client.class));
+        // The new class holds the client's policy's entries and the gate's
+        // (to the server); the other entries that came are rules admitting
         // the new pod as a peer.
-        assert_eq!(of(new.class), 2, "the new class holds the gate's entries alone");
+        assert_eq!(of(new.class), of(client.class) + 2, "the new class holds the gate's entries and the client's");
         let peers: Vec<u32> = new.ips.iter().map(|&ip| crate::policy::lookup::peer_identity(&after, ip)).collect();
         for k in &changed {
             let (local, peer) = (u32::from_be_bytes(k.key.local), u32::from_be_bytes(k.key.peer));
             assert!(local == new.class || peers.contains(&peer), "{k:?}");
         }
-        assert!(changed.len() < 20, "{} entries changed", changed.len());
+        assert!(changed.len() < 30, "{} entries changed", changed.len());
 
         // Every verdict the client gets, but the gate's port to the server.
         use std::net::IpAddr;

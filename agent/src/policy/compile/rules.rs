@@ -281,7 +281,8 @@ impl Part {
 }
 
 /// The classes of the local identities a policy selects, in number order:
-/// those it holds entries for, and all.
+/// those it holds entries for (a namespace-wide policy's include its
+/// namespace's root, members or not), and all (those it isolates).
 fn selected(policy: &Policy, ids: &Identities, classes: &Classes) -> (Vec<Local>, Vec<u32>) {
     let Some(groups) = ids.local_by_ns.get(&policy.namespace) else { return (vec![], vec![]) };
     let numbers: BTreeSet<u32> = groups
@@ -289,10 +290,14 @@ fn selected(policy: &Policy, ids: &Identities, classes: &Classes) -> (Vec<Local>
         .filter(|&&gi| policy.pod_selector.matches(&ids.groups[gi].key.labels))
         .map(|&gi| classes.of(gi))
         .collect();
-    let own = numbers
-        .iter()
-        .filter(|&&id| !classes.inherits(id, &policy.name))
-        .map(|&id| Local { id, ports: classes.ports(ids, id) })
+    let mut holding = numbers.clone();
+    if policy.pod_selector.is_empty() {
+        holding.extend(classes.root(&policy.namespace));
+    }
+    let own = holding
+        .into_iter()
+        .filter(|&id| !classes.inherits(id, &policy.name))
+        .map(|id| Local { id, ports: classes.ports(ids, id) })
         .collect();
     (own, numbers.into_iter().collect())
 }
