@@ -8,12 +8,14 @@
 
 use crate::event::{REASON_NO_RULE, REASON_NOT_ISOLATED, REASON_RULE};
 use crate::keys::{
-    DIR_EGRESS, DIR_INGRESS, EP_EGRESS_ISOLATED, EP_EGRESS_TIERED, EP_INGRESS_ISOLATED, EP_INGRESS_TIERED, Endpoint,
-    IP_SERVICE, IpInfo, IpKey, PEER_ANY, PolicyKey, PolicyValue,
+    DIR_EGRESS, DIR_INGRESS, EP_EGRESS_ISOLATED, EP_EGRESS_TIERED, EP_INGRESS_ISOLATED, EP_INGRESS_TIERED, EP_NO_ANY,
+    EP_NO_SHORT, EP_PARENT_NO_ANY, EP_PARENT_NO_SHORT, Endpoint, IP_SERVICE, IpInfo, IpKey, PEER_ANY, PolicyKey,
+    PolicyValue,
 };
 
 /// The three lookups a decision needs, each with the kernel map's
-/// semantics.
+/// semantics. Of the two policy lookups, implement one: `policy` (the
+/// whole lookup) or `policy_in` (the kernel's, which may skip the trie).
 pub trait PolicyMaps {
     /// The exact entry of a single address (the HOSTS hash map).
     fn host(&self, key: &IpKey) -> Option<IpInfo>;
@@ -23,7 +25,19 @@ pub trait PolicyMaps {
     /// The longest policy entry that is a prefix of a full key: the exact
     /// entry if there is one (the POLICY_PORTS hash map), else the longest
     /// shorter one (the POLICY LPM trie, which holds no full keys).
-    fn policy(&self, key: &PolicyKey) -> Option<PolicyValue>;
+    fn policy(&self, key: &PolicyKey) -> Option<PolicyValue> {
+        self.policy_in(key, true)
+    }
+    /// The same, `trie` false for a class the endpoint says holds no
+    /// shorter entry ([`EP_NO_SHORT`]): the kernel probes the hash map
+    /// alone. By default the whole lookup whatever `trie` says, so the
+    /// compiler's own lookups judge by the entries, not by the flags, and a
+    /// flag that hid an entry would show as the kernel disagreeing with
+    /// them.
+    fn policy_in(&self, key: &PolicyKey, trie: bool) -> Option<PolicyValue> {
+        let _ = trie;
+        self.policy(key)
+    }
 }
 
 /// The outcome of judging a flow against policy.
@@ -97,11 +111,13 @@ pub fn decide<M: PolicyMaps>(
     if dir == DIR_EGRESS && peer_flags & IP_SERVICE != 0 {
         return Decision { allowed: true, defer: true, reason: REASON_RULE, rule: 0, peer };
     }
-    if let Some(v) = entry(maps, ep.class, dir, peer, protocol, port) {
+    let own = Shape { short: ep.flags & EP_NO_SHORT == 0, any: ep.flags & EP_NO_ANY == 0 };
+    if let Some(v) = entry(maps, ep.class, own, dir, peer, protocol, port) {
         return by_entry(&v, peer);
     }
+    let parents = Shape { short: ep.flags & EP_PARENT_NO_SHORT == 0, any: ep.flags & EP_PARENT_NO_ANY == 0 };
     if ep.parent != 0
-        && let Some(v) = entry(maps, ep.parent, dir, peer, protocol, port)
+        && let Some(v) = entry(maps, ep.parent, parents, dir, peer, protocol, port)
     {
         return by_entry(&v, peer);
     }
@@ -112,18 +128,38 @@ pub fn decide<M: PolicyMaps>(
     }
 }
 
+/// Which kinds of entry a class may hold, as its endpoint's flags say:
+/// any shorter than a full key, any for any peer. The lookups of a kind
+/// it holds none of are skipped.
+#[derive(Clone, Copy)]
+struct Shape {
+    short: bool,
+    any: bool,
+}
+
 /// A class's entry for a flow: the most specific for the peer's identity,
 /// else the one for any peer.
 #[inline(always)]
-fn entry<M: PolicyMaps>(maps: &M, class: u32, dir: u8, peer: u32, protocol: u8, port: u16) -> Option<PolicyValue> {
+fn entry<M: PolicyMaps>(
+    maps: &M,
+    class: u32,
+    shape: Shape,
+    dir: u8,
+    peer: u32,
+    protocol: u8,
+    port: u16,
+) -> Option<PolicyValue> {
     let mut key = PolicyKey::new(class, dir, peer, protocol, port);
     if peer != PEER_ANY
-        && let Some(v) = maps.policy(&key)
+        && let Some(v) = maps.policy_in(&key, shape.short)
     {
         return Some(v);
     }
+    if !shape.any {
+        return None;
+    }
     key.peer = PEER_ANY.to_be_bytes();
-    maps.policy(&key)
+    maps.policy_in(&key, shape.short)
 }
 
 /// The decision a policy entry holds. Rule 0 stands for no rule: a

@@ -65,9 +65,12 @@ impl PolicyMaps for Kernel {
     }
 
     #[inline(always)]
-    fn policy(&self, key: &PolicyKey) -> Option<PolicyValue> {
+    fn policy_in(&self, key: &PolicyKey, trie: bool) -> Option<PolicyValue> {
         if let Some(v) = unsafe { POLICY_PORTS.get(key) } {
             return Some(*v);
+        }
+        if !trie {
+            return None;
         }
         POLICY.get(&LpmKey::new(POLICY_PREFIX_FULL, *key)).copied()
     }

@@ -13,7 +13,7 @@ use aya::maps::lpm_trie::Key as LpmKey;
 use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::tc::{SchedClassifierLink, TcAttachOptions};
 use aya::programs::{LinkOrder, SchedClassifier, TcAttachType};
-use palisade_common::{EP_PENDING, IpInfo, IpKey, LAYOUT_VERSION, PolicyValue, programs};
+use palisade_common::{EP_PENDING, EP_SKIPS, IpInfo, IpKey, LAYOUT_VERSION, PolicyValue, programs};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 
@@ -379,13 +379,14 @@ impl Datapath {
     }
 
     /// Holds closed ([`EP_PENDING`], its class kept) each endpoint entry
-    /// the plan changes, until [`Datapath::write_endpoints`] writes the new
-    /// one. Plain packets of tracked flows still pass (the revision is
+    /// the plan changes (but in [`EP_SKIPS`] alone), until
+    /// [`Datapath::write_endpoints`] writes the new one. Plain packets of tracked flows still pass (the revision is
     /// bumped at the end of the sync); new flows drop meanwhile.
     fn hold_changing_endpoints(&mut self, plan: &Plan, report: &mut SyncReport) {
         for (ifindex, ep) in &plan.entries {
             let Some(old) = self.realized.endpoints.get(ifindex).copied() else { continue };
-            if old != *ep && old.flags & EP_PENDING == 0 {
+            let skips_alone = palisade_common::Endpoint { flags: ep.flags & !EP_SKIPS | old.flags & EP_SKIPS, ..*ep };
+            if old != skips_alone && old.flags & EP_PENDING == 0 {
                 let held = palisade_common::Endpoint { flags: old.flags | EP_PENDING, ..old };
                 self.write_endpoint(*ifindex, held, report);
             }

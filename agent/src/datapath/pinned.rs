@@ -70,9 +70,12 @@ impl PolicyMaps for Pinned {
         self.ips.get(&LpmKey::new(ip_key_full_len(key.family), *key), 0).ok()
     }
 
-    fn policy(&self, key: &PolicyKey) -> Option<PolicyValue> {
+    fn policy_in(&self, key: &PolicyKey, trie: bool) -> Option<PolicyValue> {
         if let Ok(v) = self.policy_ports.get(key, 0) {
             return Some(v);
+        }
+        if !trie {
+            return None;
         }
         self.policy.get(&LpmKey::new(POLICY_PREFIX_FULL, *key), 0).ok()
     }

@@ -133,6 +133,12 @@ fn a_namespaces_root_without_members_judges_its_pods() {
     let at_2999 = entries.iter().filter(|(_, k, _)| k.port == 2999u16.to_be_bytes());
     let holders: Vec<u32> = at_2999.map(|(_, k, _)| u32::from_be_bytes(k.local)).collect();
     assert_eq!(holders, [root, root], "the root's alone, no pod's class's");
+    // The root's entries are all of one port and a peer: every pod's
+    // lookups of the root skip the trie and the wildcard peer, which the
+    // grid checks against the compiler's whole lookups.
+    use palisade_common::{EP_PARENT_NO_ANY, EP_PARENT_NO_SHORT};
+    let skips = EP_PARENT_NO_SHORT | EP_PARENT_NO_ANY;
+    assert!(locals.iter().all(|l| l.flags & skips == skips), "{locals:?}");
     let (passed, dropped, failures) = grid(&mut env);
     assert!(failures.is_empty(), "{} disagreements:\n{}", failures.len(), failures.join("\n"));
     assert!(passed > 500 && dropped > 500, "{passed} passed, {dropped} dropped");

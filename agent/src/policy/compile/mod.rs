@@ -33,7 +33,10 @@ use cells::Cells;
 use classes::Classes;
 use identities::Identities;
 pub use identities::{Numbers, PodKey};
-use palisade_common::{EP_AUDIT, EP_EGRESS_ISOLATED, EP_INGRESS_ISOLATED, PolicyValue};
+use palisade_common::{
+    EP_AUDIT, EP_EGRESS_ISOLATED, EP_EGRESS_TIERED, EP_INGRESS_ISOLATED, EP_INGRESS_TIERED, EP_NO_ANY, EP_NO_SHORT,
+    EP_PARENT_NO_ANY, EP_PARENT_NO_SHORT, PEER_ANY, POLICY_PREFIX_FULL, PolicyValue,
+};
 use rules::{Claim, Part, Resolver};
 use std::collections::{BTreeMap, BTreeSet, HashMap, btree_map};
 use std::sync::Arc;
@@ -126,6 +129,9 @@ pub struct Compiler {
     node_peers: bool,
     /// The ClusterNetworkPolicy tiers' part of the output.
     tiered: tiers::Tiered,
+    /// Per class, how many of its entries are shorter than a full key and
+    /// how many are for any peer: what its endpoints' lookups may skip.
+    shapes: HashMap<u32, [u32; 2]>,
     /// How many compiles built identities whole (tests).
     whole_builds: usize,
     /// How many policy entries parts took out or put in (tests).
@@ -468,12 +474,14 @@ impl Compiler {
                     }
                     btree_map::Entry::Vacant(e) => {
                         e.insert(v);
+                        reshape(&mut self.shapes, &prefix, true);
                     }
                 },
                 None => {
                     if self.out.policy.remove(&prefix).is_none() {
                         continue;
                     }
+                    reshape(&mut self.shapes, &prefix, false);
                 }
             }
             // The first compile changes the whole map, which it says with
@@ -505,13 +513,18 @@ impl Compiler {
                 if node.audit || g.ns.audit {
                     f |= EP_AUDIT;
                 }
+                let parent = self.classes.parent_of(class);
+                f |= self.skips(class, [EP_NO_SHORT, EP_NO_ANY]);
+                if parent != 0 {
+                    f |= self.skips(parent, [EP_PARENT_NO_SHORT, EP_PARENT_NO_ANY]);
+                }
                 LocalEndpoint {
                     namespace: pod.namespace.clone(),
                     name: pod.name.clone(),
                     ips: pod.ips.clone(),
                     identity: g.id,
                     class,
-                    parent: self.classes.parent_of(class),
+                    parent,
                     flags: f,
                 }
             })
@@ -524,6 +537,17 @@ impl Compiler {
 }
 
 impl Compiler {
+    /// The flags (`[no short, no any]`) saying which lookups a class's
+    /// entries let its endpoints skip: none for a class a
+    /// ClusterNetworkPolicy selects (its entries may deny).
+    fn skips(&self, class: u32, [no_short, no_any]: [u32; 2]) -> u32 {
+        if self.tiered.flags.get(&class).is_some_and(|f| f & (EP_INGRESS_TIERED | EP_EGRESS_TIERED) != 0) {
+            return 0;
+        }
+        let [short, any] = self.shapes.get(&class).copied().unwrap_or_default();
+        (if short == 0 { no_short } else { 0 }) | (if any == 0 { no_any } else { 0 })
+    }
+
     /// The NetworkPolicy and node allowance entries in force (the first
     /// contributor of each) of every pair a cluster policy may select, with
     /// their rules.
@@ -543,6 +567,21 @@ impl Compiler {
             list.sort();
         }
         out
+    }
+}
+
+/// Counts an entry of the policy map in (or out of) its class's shape.
+fn reshape(shapes: &mut HashMap<u32, [u32; 2]>, prefix: &PolicyPrefix, added: bool) {
+    let class = u32::from_be_bytes(prefix.key.local);
+    let kinds = [prefix.prefix_len < POLICY_PREFIX_FULL, u32::from_be_bytes(prefix.key.peer) == PEER_ANY];
+    let shape = shapes.entry(class).or_default();
+    for (count, is) in shape.iter_mut().zip(kinds) {
+        if is {
+            *count = if added { *count + 1 } else { *count - 1 };
+        }
+    }
+    if *shape == [0, 0] {
+        shapes.remove(&class);
     }
 }
 
@@ -1055,6 +1094,11 @@ mod tests {
             crate::policy::lookup::decide(&c, &e.kernel(), Direction::Ingress, "10.9.9.9".parse().unwrap(), 17, 53)
         };
         assert!(dns(&p1).allowed && dns(&p2).allowed, "both judged by the root's entry");
+        // Each class holds one port for any peer (the node has no address,
+        // so no allowance of any port), as the root does.
+        use palisade_common::{EP_NO_SHORT, EP_PARENT_NO_SHORT, EP_SKIPS};
+        let skips = EP_NO_SHORT | EP_PARENT_NO_SHORT;
+        assert_eq!((p1.flags & EP_SKIPS, p2.flags & EP_SKIPS), (skips, skips));
         // The root coming (p1 selected by more) and going, incrementally.
         let mut compiler = Compiler::default();
         let mut last = compiler.compile(&Arc::new(text(true, false)), &node()).clone();
@@ -1096,6 +1140,10 @@ mod tests {
         let root = client.parent;
         assert!(root != 0 && after.endpoints.iter().all(|e| e.class != root), "a root without members");
         assert_eq!((new.parent, server.parent), (root, root), "every class of ns-0 takes the root");
+        // The client's entries are to the server (a range) and the node's
+        // allowance (any port); the root's to team pods on one port each.
+        use palisade_common::{EP_NO_ANY, EP_PARENT_NO_ANY, EP_PARENT_NO_SHORT, EP_SKIPS};
+        assert_eq!(client.flags & EP_SKIPS, EP_NO_ANY | EP_PARENT_NO_SHORT | EP_PARENT_NO_ANY);
         let of = |class: u32| after.policy.keys().filter(|k| u32::from_be_bytes(k.key.local) == class).count();
         let changed = compiler.changes().policy.clone().unwrap();
         assert!(of(root) > 1000, "the root has the namespace-wide entries ({})", of(root));
