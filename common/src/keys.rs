@@ -181,23 +181,19 @@ pub const EP_PENDING: u32 = 1 << 3;
 pub const EP_INGRESS_TIERED: u32 = 1 << 4;
 /// Endpoint flag: the same for egress.
 pub const EP_EGRESS_TIERED: u32 = 1 << 5;
-/// Endpoint flag: the class holds no entry shorter than a full key (none
-/// in the POLICY trie), so its lookups skip the trie. Set only on a class
-/// no ClusterNetworkPolicy selects (its entries all allow: one skipped
-/// could only have allowed), from the entries the compiler gives it; sync
-/// writes a class's new entries around its endpoint entry as for any
-/// change of flags (see `Datapath::sync`).
-pub const EP_NO_SHORT: u32 = 1 << 6;
-/// Endpoint flag: the class holds no any-peer entry, so the wildcard
+/// Endpoint flag: the class's parent holds no entry shorter than a full
+/// key (none in the POLICY trie), so its lookups skip the trie. Set from
+/// the entries the compiler gives the parent; a parent is a class no
+/// ClusterNetworkPolicy selects, so its entries all allow and one skipped
+/// could only have allowed.
+pub const EP_PARENT_NO_SHORT: u32 = 1 << 6;
+/// Endpoint flag: the parent holds no any-peer entry, so its wildcard
 /// lookup is skipped (same conditions).
-pub const EP_NO_ANY: u32 = 1 << 7;
-/// Endpoint flags: [`EP_NO_SHORT`] and [`EP_NO_ANY`] of the parent's entries.
-pub const EP_PARENT_NO_SHORT: u32 = 1 << 8;
-pub const EP_PARENT_NO_ANY: u32 = 1 << 9;
+pub const EP_PARENT_NO_ANY: u32 = 1 << 7;
 /// The flags that only skip lookups: an endpoint whose entry changes in
 /// these alone is judged safely by either (what they skip could only
 /// allow), so sync does not hold it closed while addresses move.
-pub const EP_SKIPS: u32 = EP_NO_SHORT | EP_NO_ANY | EP_PARENT_NO_SHORT | EP_PARENT_NO_ANY;
+pub const EP_SKIPS: u32 = EP_PARENT_NO_SHORT | EP_PARENT_NO_ANY;
 
 /// Value of the endpoint map, keyed by the host-side interface index.
 #[repr(C)]

@@ -82,6 +82,17 @@ impl Classes {
             by_key.entry(k.text.as_str()).or_insert_with(|| (Vec::new(), k)).0.push(gi);
         }
 
+        // The namespaces' roots: one per namespace with a local pod that
+        // no ClusterNetworkPolicy selects (those take no parent), the
+        // class of its namespace-wide policies, with or without members.
+        let root_keys: Vec<Key> = (ids.local_by_ns.iter())
+            .filter(|(_, groups)| groups.iter().any(|gi| !keys[gi].cluster))
+            .filter_map(|(ns, _)| root_key(input, ns))
+            .collect();
+        for k in &root_keys {
+            by_key.entry(k.text.as_str()).or_insert_with(|| (Vec::new(), k));
+        }
+
         // Numbers. First, each class claims the number most of its local
         // pods had (the smaller on a tie); of classes claiming one number,
         // the one with most such pods gets it (the first in key order on
@@ -91,19 +102,6 @@ impl Classes {
             pods.entry(keys[&gi].text.as_str()).or_default().push(pod.clone());
         }
         let mut claims: BTreeMap<u32, (usize, &str)> = BTreeMap::new();
-        // The namespaces' roots: one per namespace with a local pod that
-        // no ClusterNetworkPolicy selects (those take no parent), the
-        // class of its namespace-wide policies, with or without members.
-        let mut namespaces: BTreeMap<&str, bool> = BTreeMap::new();
-        for (ns, groups) in &ids.local_by_ns {
-            namespaces.insert(ns, groups.iter().any(|gi| !keys[gi].cluster));
-        }
-        let root_keys: Vec<Key> =
-            namespaces.iter().filter(|(_, open)| **open).filter_map(|(ns, _)| root_key(input, ns)).collect();
-        for k in &root_keys {
-            by_key.entry(k.text.as_str()).or_insert_with(|| (Vec::new(), k));
-        }
-
         for (&k, members) in &pods {
             if let Some((n, count)) = claim(members, hints)
                 && claims.get(&n).is_none_or(|&(c, _)| count > c)

@@ -34,8 +34,8 @@ use classes::Classes;
 use identities::Identities;
 pub use identities::{Numbers, PodKey};
 use palisade_common::{
-    EP_AUDIT, EP_EGRESS_ISOLATED, EP_EGRESS_TIERED, EP_INGRESS_ISOLATED, EP_INGRESS_TIERED, EP_NO_ANY, EP_NO_SHORT,
-    EP_PARENT_NO_ANY, EP_PARENT_NO_SHORT, PEER_ANY, POLICY_PREFIX_FULL, PolicyValue,
+    EP_AUDIT, EP_EGRESS_ISOLATED, EP_EGRESS_TIERED, EP_INGRESS_ISOLATED, EP_INGRESS_TIERED, EP_PARENT_NO_ANY,
+    EP_PARENT_NO_SHORT, PEER_ANY, POLICY_PREFIX_FULL, PolicyValue,
 };
 use rules::{Claim, Part, Resolver};
 use std::collections::{BTreeMap, BTreeSet, HashMap, btree_map};
@@ -130,7 +130,7 @@ pub struct Compiler {
     /// The ClusterNetworkPolicy tiers' part of the output.
     tiered: tiers::Tiered,
     /// Per class, how many of its entries are shorter than a full key and
-    /// how many are for any peer: what its endpoints' lookups may skip.
+    /// how many are for any peer: what its children's lookups may skip.
     shapes: HashMap<u32, [u32; 2]>,
     /// How many compiles built identities whole (tests).
     whole_builds: usize,
@@ -514,9 +514,8 @@ impl Compiler {
                     f |= EP_AUDIT;
                 }
                 let parent = self.classes.parent_of(class);
-                f |= self.skips(class, [EP_NO_SHORT, EP_NO_ANY]);
                 if parent != 0 {
-                    f |= self.skips(parent, [EP_PARENT_NO_SHORT, EP_PARENT_NO_ANY]);
+                    f |= self.skips(parent);
                 }
                 LocalEndpoint {
                     namespace: pod.namespace.clone(),
@@ -537,15 +536,15 @@ impl Compiler {
 }
 
 impl Compiler {
-    /// The flags (`[no short, no any]`) saying which lookups a class's
-    /// entries let its endpoints skip: none for a class a
-    /// ClusterNetworkPolicy selects (its entries may deny).
-    fn skips(&self, class: u32, [no_short, no_any]: [u32; 2]) -> u32 {
-        if self.tiered.flags.get(&class).is_some_and(|f| f & (EP_INGRESS_TIERED | EP_EGRESS_TIERED) != 0) {
+    /// The flags saying which lookups a parent's entries let its
+    /// children skip: none for a class a ClusterNetworkPolicy selects
+    /// (its entries may deny; no parent is one, this keeps it so).
+    fn skips(&self, parent: u32) -> u32 {
+        if self.tiered.flags.get(&parent).is_some_and(|f| f & (EP_INGRESS_TIERED | EP_EGRESS_TIERED) != 0) {
             return 0;
         }
-        let [short, any] = self.shapes.get(&class).copied().unwrap_or_default();
-        (if short == 0 { no_short } else { 0 }) | (if any == 0 { no_any } else { 0 })
+        let [short, any] = self.shapes.get(&parent).copied().unwrap_or_default();
+        (if short == 0 { EP_PARENT_NO_SHORT } else { 0 }) | (if any == 0 { EP_PARENT_NO_ANY } else { 0 })
     }
 
     /// The NetworkPolicy and node allowance entries in force (the first
@@ -1094,11 +1093,9 @@ mod tests {
             crate::policy::lookup::decide(&c, &e.kernel(), Direction::Ingress, "10.9.9.9".parse().unwrap(), 17, 53)
         };
         assert!(dns(&p1).allowed && dns(&p2).allowed, "both judged by the root's entry");
-        // Each class holds one port for any peer (the node has no address,
-        // so no allowance of any port), as the root does.
-        use palisade_common::{EP_NO_SHORT, EP_PARENT_NO_SHORT, EP_SKIPS};
-        let skips = EP_NO_SHORT | EP_PARENT_NO_SHORT;
-        assert_eq!((p1.flags & EP_SKIPS, p2.flags & EP_SKIPS), (skips, skips));
+        // The root holds one port for any peer.
+        use palisade_common::{EP_PARENT_NO_SHORT, EP_SKIPS};
+        assert_eq!((p1.flags & EP_SKIPS, p2.flags & EP_SKIPS), (EP_PARENT_NO_SHORT, EP_PARENT_NO_SHORT));
         // The root coming (p1 selected by more) and going, incrementally.
         let mut compiler = Compiler::default();
         let mut last = compiler.compile(&Arc::new(text(true, false)), &node()).clone();
@@ -1140,10 +1137,9 @@ mod tests {
         let root = client.parent;
         assert!(root != 0 && after.endpoints.iter().all(|e| e.class != root), "a root without members");
         assert_eq!((new.parent, server.parent), (root, root), "every class of ns-0 takes the root");
-        // The client's entries are to the server (a range) and the node's
-        // allowance (any port); the root's to team pods on one port each.
-        use palisade_common::{EP_NO_ANY, EP_PARENT_NO_ANY, EP_PARENT_NO_SHORT, EP_SKIPS};
-        assert_eq!(client.flags & EP_SKIPS, EP_NO_ANY | EP_PARENT_NO_SHORT | EP_PARENT_NO_ANY);
+        // The root's entries are to team pods on one port each.
+        use palisade_common::{EP_PARENT_NO_ANY, EP_PARENT_NO_SHORT, EP_SKIPS};
+        assert_eq!(client.flags & EP_SKIPS, EP_PARENT_NO_SHORT | EP_PARENT_NO_ANY);
         let of = |class: u32| after.policy.keys().filter(|k| u32::from_be_bytes(k.key.local) == class).count();
         let changed = compiler.changes().policy.clone().unwrap();
         assert!(of(root) > 1000, "the root has the namespace-wide entries ({})", of(root));
