@@ -380,8 +380,9 @@ impl Datapath {
 
     /// Holds closed ([`EP_PENDING`], its class kept) each endpoint entry
     /// the plan changes (but in [`EP_SKIPS`] alone), until
-    /// [`Datapath::write_endpoints`] writes the new one. Plain packets of tracked flows still pass (the revision is
-    /// bumped at the end of the sync); new flows drop meanwhile.
+    /// [`Datapath::write_endpoints`] writes the new one. Plain packets of
+    /// tracked flows still pass (the revision is bumped at the end of the
+    /// sync); new flows drop meanwhile.
     fn hold_changing_endpoints(&mut self, plan: &Plan, report: &mut SyncReport) {
         for (ifindex, ep) in &plan.entries {
             let Some(old) = self.realized.endpoints.get(ifindex).copied() else { continue };
