@@ -69,6 +69,11 @@ pub struct PointResult {
     /// of a pod added.
     pub pod_first_of_namespace_added_ms: Sample,
     pub pod_first_of_namespace_deleted_ms: Sample,
+    /// The same pod as Kubernetes shows it: scheduled to the node first,
+    /// without an address (the agent writes its namespace's root then),
+    /// then addressed, as the kubelet reports once the pod's network is
+    /// up: from the address written. Deleted as above.
+    pub pod_first_of_namespace_scheduled_ms: Sample,
     /// The local pods' namespace labelled, then unlabelled: a policy
     /// admits peers from namespaces with that label.
     pub namespace_label_added_ms: Sample,
@@ -115,7 +120,7 @@ impl PointResult {
     }
 
     /// Every single change measured, named as the report names them.
-    pub fn single_changes(&self) -> [(&'static str, &Sample); 12] {
+    pub fn single_changes(&self) -> [(&'static str, &Sample); 13] {
         [
             ("policy added", &self.policy_added_ms),
             ("policy removed", &self.policy_removed_ms),
@@ -127,6 +132,7 @@ impl PointResult {
             ("pod of a new class deleted", &self.pod_new_class_deleted_ms),
             ("first pod of its namespace added", &self.pod_first_of_namespace_added_ms),
             ("first pod of its namespace deleted", &self.pod_first_of_namespace_deleted_ms),
+            ("first pod of its namespace addressed, scheduled first", &self.pod_first_of_namespace_scheduled_ms),
             ("namespace label added", &self.namespace_label_added_ms),
             ("namespace label removed", &self.namespace_label_removed_ms),
         ]
@@ -425,6 +431,13 @@ fn added_pod(ips: (std::net::Ipv4Addr, std::net::Ipv6Addr), added: Added) -> Val
     palisade_kit::manifest::pod(ns, "added", labels, cluster::NODE, ips, &[])
 }
 
+/// The same pod scheduled to the node, its address not reported yet.
+fn scheduled_pod(added: Added) -> Value {
+    let mut pod = added_pod(ADDED_IPS, added);
+    pod["status"] = json!({"phase": "Pending"});
+    pod
+}
+
 /// The namespaces, `ns-0` labelled for the namespace gate or not.
 fn namespaces(cluster: &Cluster, labelled: bool) -> Value {
     let mut all = cluster.namespaces.clone();
@@ -442,7 +455,20 @@ fn namespaces(cluster: &Cluster, labelled: bool) -> Value {
 fn toggle(
     agent: &Agent,
     reps: usize,
+    probe: (&Pod, &Pod, u16),
+    apply: impl Fn() -> Result<Instant>,
+    undo: impl Fn() -> Result<Instant>,
+) -> Result<(Vec<f64>, Vec<f64>, Passes, Passes)> {
+    toggle_prepared(agent, reps, probe, || Ok(()), apply, undo)
+}
+
+/// [`toggle`], with `prepare` written and in force (the agent in sync)
+/// before each `apply`, untimed.
+fn toggle_prepared(
+    agent: &Agent,
+    reps: usize,
     (from, to, port): (&Pod, &Pod, u16),
+    prepare: impl Fn() -> Result<()>,
     apply: impl Fn() -> Result<Instant>,
     undo: impl Fn() -> Result<Instant>,
 ) -> Result<(Vec<f64>, Vec<f64>, Passes, Passes)> {
@@ -450,6 +476,8 @@ fn toggle(
     let stream = Stream::start(from, to, port, INTERVAL)?;
     std::thread::sleep(Duration::from_millis(50));
     for _ in 0..reps {
+        prepare()?;
+        agent.wait_in_sync(TIMEOUT)?;
         p_on.start(agent);
         let t0 = apply()?;
         let allowed = ms(stream.wait_allowed(t0, TIMEOUT));
@@ -536,6 +564,26 @@ fn point(
     let (pod_in, pod_out, p_pod_in, p_pod_out) = pod_toggle(Added::ClientsClass)?;
     let (class_in, class_out, p_class_in, p_class_out) = pod_toggle(Added::NewClass)?;
     let (first_in, first_out, p_first_in, p_first_out) = pod_toggle(Added::FirstOfNamespace)?;
+    // The same pod scheduled first: its address is the change.
+    let (scheduled_in, _, p_scheduled_in, _) = toggle_prepared(
+        &agent,
+        cfg.reps,
+        (newcomer, server, Added::FirstOfNamespace.port()),
+        || {
+            let passes = passes_logged(&agent);
+            agent.apply("zz-added-pod.json", &scheduled_pod(Added::FirstOfNamespace))?;
+            let t0 = Instant::now();
+            while passes_logged(&agent) == passes {
+                if t0.elapsed() > TIMEOUT {
+                    bail!("the scheduled pod was not read");
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Ok(())
+        },
+        || agent.apply("zz-added-pod.json", &added_pod(ADDED_IPS, Added::FirstOfNamespace)),
+        || agent.remove("zz-added-pod.json"),
+    )?;
 
     // The local pods' namespace gains, then loses, probe-ns=yes.
     let (ns_in, ns_out, p_ns_in, p_ns_out) = toggle(
@@ -616,6 +664,7 @@ fn point(
         pod_new_class_deleted_ms: Sample::of(&class_out),
         pod_first_of_namespace_added_ms: Sample::of(&first_in),
         pod_first_of_namespace_deleted_ms: Sample::of(&first_out),
+        pod_first_of_namespace_scheduled_ms: Sample::of(&scheduled_in),
         namespace_label_added_ms: Sample::of(&ns_in),
         namespace_label_removed_ms: Sample::of(&ns_out),
         burst_added_ms: Sample::of(&burst_in),
@@ -640,6 +689,7 @@ fn point(
             p_class_out.breakdown("pod of a new class deleted"),
             p_first_in.breakdown("first pod of its namespace added"),
             p_first_out.breakdown("first pod of its namespace deleted"),
+            p_scheduled_in.breakdown("first pod of its namespace addressed, scheduled first"),
             p_ns_in.breakdown("namespace label added"),
             p_ns_out.breakdown("namespace label removed"),
             p_burst_in.breakdown("1,000 policies added at once (last pass)"),

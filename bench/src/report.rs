@@ -1075,7 +1075,10 @@ impl Report {
              parent is its namespace's root, which holds the namespace-wide policies' entries already. The first \
              pod of its namespace is added in ns-10, where no local pod is and namespace-wide policies are (from 1k \
              policies up): the namespace's root comes with it, every entry of those policies written, the worst \
-             case of a pod added. Namespace label: the local pods' namespace \
+             case of a pod added. The same, scheduled first: as Kubernetes shows a pod, its manifest is written \
+             first without an address (scheduled to the node; the agent writes its namespace's root then), and \
+             once that is in force, with the address the kubelet reports when the pod's network is up: from the \
+             address written. Namespace label: the local pods' namespace \
              gains (loses) the label a policy's namespaceSelector admits. Restart: the agent is stopped (enforcement stays pinned), a policy is added while it is down, a \
              new agent starts: spawn to the new policy in force. Cold: nothing pinned, traffic flowing unenforced: \
              spawn to the first probe dropped (and to `status --wait`). Memory: agent VmRSS after the cold start (VmHWM after the single changes, before the burst); BPF maps: the sum \
@@ -1084,11 +1087,11 @@ impl Report {
         );
         let _ = writeln!(
             s,
-            "| pods | policies | policy added | policy removed | label added | label removed | pod added | pod deleted | pod of a new class added | deleted | first pod of its namespace added | deleted | namespace label added | namespace label removed | restart + change | cold → first drop | cold → status in sync | RSS (peak) | BPF maps | fill: IPs / policy / endpoints |"
+            "| pods | policies | policy added | policy removed | label added | label removed | pod added | pod deleted | pod of a new class added | deleted | first pod of its namespace added | deleted | the same, scheduled first: addressed | namespace label added | namespace label removed | restart + change | cold → first drop | cold → status in sync | RSS (peak) | BPF maps | fill: IPs / policy / endpoints |"
         );
         let _ = writeln!(
             s,
-            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
         );
         for x in &p.points {
             let f = |k: &str| {
@@ -1097,7 +1100,7 @@ impl Report {
             };
             let _ = writeln!(
                 s,
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} ({}) | {} | {} / {} / {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} ({}) | {} | {} / {} / {} |",
                 human_n(x.pods),
                 human_n(x.policies),
                 fmt_sample(&x.policy_added_ms),
@@ -1110,6 +1113,7 @@ impl Report {
                 fmt_sample(&x.pod_new_class_deleted_ms),
                 fmt_sample(&x.pod_first_of_namespace_added_ms),
                 fmt_sample(&x.pod_first_of_namespace_deleted_ms),
+                fmt_sample(&x.pod_first_of_namespace_scheduled_ms),
                 fmt_sample(&x.namespace_label_added_ms),
                 fmt_sample(&x.namespace_label_removed_ms),
                 fmt_sample(&x.restart_ms),

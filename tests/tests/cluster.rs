@@ -444,7 +444,59 @@ fn cases() -> Vec<palisade_e2e::suite::Case<Env>> {
             drop(pod);
             Ok(())
         }),
+        ("a_pod_scheduled_before_its_address_finds_its_namespaces_root_in_the_kernel", |e| {
+            // Namespace w, where no local pod is, admits ingress from y.
+            e.apply(&[np(
+                "w",
+                "from-y",
+                "  podSelector: {}\n  ingress:\n  - from: [{namespaceSelector: {matchLabels: {ns: \"y\"}}}]\n",
+            )])?;
+            let pod = cni_pod(
+                "w/first",
+                "plcldef1",
+                Ipv4Addr::new(10, 240, 3, 62),
+                NODE,
+                ("pod", "first"),
+                Port::new("udp", 80, "UDP"),
+            )?;
+            let agent = e.agent();
+            let entries = |_: serde_json::Value| kernel_policy_entries(&agent.bpffs);
+            let before = entries(agent.wait_in_sync()?)?;
+            // Scheduled here, its address not reported yet: the root of w
+            // (the policy's entries, one per peer identity of y) goes in.
+            let addressed = pod.manifest();
+            let (head, _) = addressed.split_once("status:").context("a status")?;
+            agent.apply("extra-first.yaml", &format!("{head}status:\n  phase: Pending\n"))?;
+            let scheduled = entries(agent.wait_in_sync()?)?;
+            ensure!(scheduled > before, "the root's entries are in before the address: {before} -> {scheduled}");
+            // Its address: the pod is enforced by the root's entries.
+            agent.apply("extra-first.yaml", &addressed)?;
+            let st = agent.wait_in_sync()?;
+            let first = st["pods"].as_array().and_then(|p| p.iter().find(|p| p["name"] == "first")).cloned();
+            ensure!(first.as_ref().is_some_and(|p| p["state"] == "enforced"), "w/first is enforced: {first:?}");
+            ensure!(probe::probe(e.topo.pod("y/a"), pod.ip(false), 80, Proto::Udp), "y may reach w/first");
+            ensure!(!probe::probe(e.topo.pod("x/a"), pod.ip(false), 80, Proto::Udp), "x may not reach w/first");
+            ensure!(!probe::probe(e.topo.pod("x/a"), pod.ip(true), 80, Proto::Udp), "nor over IPv6");
+            // Gone: so is the root.
+            agent.remove("extra-first.yaml")?;
+            let after = entries(agent.wait_in_sync()?)?;
+            ensure!(after == before, "the root went with the pod: {before} -> {after}");
+            drop(pod);
+            Ok(())
+        }),
     ]
+}
+
+/// How many entries the kernel's policy maps hold (the trie and the
+/// one-port hash), read from the agent's pins.
+fn kernel_policy_entries(bpffs: &std::path::Path) -> Result<usize> {
+    use aya::maps::{HashMap, LpmTrie, Map, MapData};
+    use palisade_common::{PolicyKey, PolicyValue, maps};
+    let dir = bpffs.join(format!("v{}", palisade_common::LAYOUT_VERSION));
+    let map = |name: &str| -> Result<Map> { Ok(Map::from_map_data(MapData::from_pin(dir.join(name))?)?) };
+    let trie: LpmTrie<MapData, PolicyKey, PolicyValue> = map(maps::POLICY)?.try_into()?;
+    let ports: HashMap<MapData, PolicyKey, PolicyValue> = map(maps::POLICY_PORTS)?.try_into()?;
+    Ok(trie.keys().count() + ports.keys().count())
 }
 
 /// A log line without its ANSI styles.

@@ -38,12 +38,15 @@
 //! other pod has brings the entries of its own policies, not of every
 //! namespace-wide one. A root whose policies have no rule (a default deny
 //! alone), or name an ingress port (resolved on each pod), is not made.
+//! A pod scheduled here whose address is not reported yet makes its
+//! namespace's root too: the root's entries, the bulk of a namespace's
+//! first pod, are in the kernel before the pod can send.
 
 use super::identities::{Identities, Numbers, claim};
 use super::ids;
 use super::tiers;
-use crate::policy::model::{ClusterPort, Input, NamedPort, Node, Pod, PortMatch};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use crate::policy::model::{ClusterPort, Input, NamedPort, Namespace, Node, Pod, PortMatch};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt::Write;
 use std::sync::Arc;
 
@@ -84,11 +87,15 @@ impl Classes {
 
         // The namespaces' roots: one per namespace with a local pod that
         // no ClusterNetworkPolicy selects (those take no parent), the
-        // class of its namespace-wide policies, with or without members.
-        let root_keys: Vec<Key> = (ids.local_by_ns.iter())
+        // class of its namespace-wide policies, with or without members;
+        // pods scheduled here without an address yet count, so the root
+        // is in the kernel before their address comes.
+        let mut rooted: BTreeSet<&str> = (ids.local_by_ns.iter())
             .filter(|(_, groups)| groups.iter().any(|gi| !keys[gi].cluster))
-            .filter_map(|(ns, _)| root_key(input, ns))
+            .map(|(ns, _)| ns.as_str())
             .collect();
+        rooted.extend(scheduled(input, node));
+        let root_keys: Vec<Key> = rooted.into_iter().filter_map(|ns| root_key(input, ns)).collect();
         for k in &root_keys {
             by_key.entry(k.text.as_str()).or_insert_with(|| (Vec::new(), k));
         }
@@ -222,6 +229,24 @@ struct Key {
     cluster: bool,
     /// One of its NetworkPolicies has a rule (else they give no entries).
     rules: bool,
+}
+
+/// The namespaces of pods scheduled to `node` that have no address yet
+/// (the kubelet reports it once the pod's network is up) and that no
+/// ClusterNetworkPolicy selects.
+fn scheduled<'a>(input: &'a Input, node: &'a Node) -> impl Iterator<Item = &'a str> {
+    let mut namespaces: HashMap<&str, Arc<Namespace>> = HashMap::new();
+    input
+        .pods
+        .values()
+        .filter(|p| p.ips.is_empty() && !p.terminated && !p.host_network && p.node_name.as_deref() == Some(&node.name))
+        .filter(move |p| {
+            let ns = namespaces.entry(p.namespace.as_str()).or_insert_with(|| {
+                input.namespaces.get(&p.namespace).cloned().unwrap_or_else(|| Namespace::implicit(&p.namespace).into())
+            });
+            !input.cluster_policies.values().any(|c| tiers::selects_labels(&c.subject, &ns.labels, &p.labels))
+        })
+        .map(|p| p.namespace.as_str())
 }
 
 /// The key of a namespace's root: its namespace-wide NetworkPolicies,

@@ -307,18 +307,20 @@ impl Compiler {
         // Classes, from the identities and the policies as they are now.
         let classes = Classes::new(input, ids, node, &hints.classes);
         let classes_changed = classes != self.classes;
-        self.classes = classes;
+        let old_roots = std::mem::replace(&mut self.classes, classes).roots;
 
         // Parts to bring up to date: new and changed policies, and when
         // identities changed, every policy that selects or selected a
         // local identity (after an update: in a namespace whose local
         // identities changed); when classes changed, every policy that
         // selects or selected one and every policy of a namespace with
-        // local pods.
+        // local pods or a root, before or now (a root may have no pods:
+        // theirs are scheduled without an address yet).
         let mut visit: BTreeSet<PolicyRef> = forced.clone();
         if classes_changed {
             visit.extend(self.selecting.iter().cloned());
-            for ns in ids.local_by_ns.keys() {
+            let roots = old_roots.keys().chain(self.classes.roots.keys());
+            for ns in ids.local_by_ns.keys().chain(roots).collect::<BTreeSet<_>>() {
                 let from = (ns.clone(), String::new());
                 let names = input.policies.range(from..).take_while(|((n, _), _)| n == ns);
                 visit.extend(
@@ -1190,6 +1192,73 @@ mod tests {
         let gone = compiler.compile(&base, &node).clone();
         assert_eq!(gone, compile_with_hints(&base, &node, &hints_of(&after)));
         assert_eq!(compiler.changes().policy.as_ref().map(BTreeSet::len), Some(changed.len()));
+    }
+
+    /// A pod scheduled here whose address is not known yet brings its
+    /// namespace's root (the first pod of ns-10, where namespace-wide
+    /// policies are): every entry of those policies is in before the
+    /// address comes, and the address then moves only entries admitting
+    /// it as a peer. Without the pod, the root goes. Each step as a
+    /// compile from scratch.
+    #[test]
+    fn a_pod_scheduled_without_an_address_brings_its_namespaces_root() {
+        use serde_json::json;
+        let pod = |ips: bool| {
+            let mut p = json!({"apiVersion": "v1", "kind": "Pod",
+                "metadata": {"namespace": "ns-10", "name": "first", "labels": {"app": "newcomer"}},
+                "spec": {"nodeName": NODE, "containers": [{"name": "main"}]},
+                "status": {"phase": "Pending"}});
+            if ips {
+                p["status"] = json!({"phase": "Running", "podIP": "10.200.0.9", "podIPs": [{"ip": "10.200.0.9"}]});
+            }
+            p
+        };
+        let node = Node { name: NODE.into(), host_ips: vec![], allow_host: true, audit: false };
+        let elsewhere = {
+            let mut p = pod(false);
+            p["spec"]["nodeName"] = json!("other");
+            p
+        };
+        let steps = [
+            (bench_cluster(2000, 2000, &[]), false),
+            (bench_cluster(2000, 2000, &[elsewhere]), false),
+            (bench_cluster(2000, 2000, &[pod(false)]), true),
+            (bench_cluster(2000, 2000, &[pod(true)]), true),
+            (bench_cluster(2000, 2000, &[pod(false)]), true),
+            (bench_cluster(2000, 2000, &[]), false),
+        ];
+        let mut compiler = Compiler::default();
+        let mut last = compiler.compile(&steps[0].0, &node).clone();
+        let mut root_entries = 0;
+        for (i, (input, rooted)) in steps.iter().enumerate().skip(1) {
+            let now = compiler.compile(input, &node).clone();
+            assert_eq!(now, compile_with_hints(input, &node, &hints_of(&last)), "step {i} as from scratch");
+            let root = compiler.classes.root("ns-10");
+            assert_eq!(root.is_some(), *rooted, "step {i}: the root of ns-10");
+            let changed = compiler.changes().policy.clone().unwrap();
+            match i {
+                1 => assert!(changed.is_empty(), "a pod scheduled elsewhere brings nothing"),
+                2 => {
+                    let root = root.unwrap();
+                    root_entries = now.policy.keys().filter(|k| u32::from_be_bytes(k.key.local) == root).count();
+                    assert!(root_entries > 1000, "the root's entries came ({root_entries})");
+                    assert_eq!(changed.len(), root_entries, "they alone");
+                    assert!(now.endpoints.iter().all(|e| e.namespace == "ns-0"), "no endpoint without an address");
+                }
+                3 => {
+                    let first = now.endpoints.iter().find(|e| e.name == "first").expect("its endpoint");
+                    // Only the namespace-wide policies select it: its
+                    // class is the root, members now.
+                    assert_eq!((first.class, first.parent), (root.unwrap(), 0), "its class is the root");
+                    assert!(changed.len() < 30, "the address moved {} entries", changed.len());
+                    let me = crate::policy::lookup::peer_identity(&now, first.ips[0]);
+                    assert!(changed.iter().all(|k| u32::from_be_bytes(k.key.peer) == me), "{changed:?}");
+                }
+                5 => assert_eq!(changed.len(), root_entries, "the root's entries went"),
+                _ => {}
+            }
+            last = now;
+        }
     }
 
     #[test]

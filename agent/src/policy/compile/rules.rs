@@ -284,7 +284,7 @@ impl Part {
 /// those it holds entries for (a namespace-wide policy's include its
 /// namespace's root, members or not), and all (those it isolates).
 fn selected(policy: &Policy, ids: &Identities, classes: &Classes) -> (Vec<Local>, Vec<u32>) {
-    let Some(groups) = ids.local_by_ns.get(&policy.namespace) else { return (vec![], vec![]) };
+    let groups = ids.local_by_ns.get(&policy.namespace).map_or(&[][..], Vec::as_slice);
     let numbers: BTreeSet<u32> = groups
         .iter()
         .filter(|&&gi| policy.pod_selector.matches(&ids.groups[gi].key.labels))

@@ -20,7 +20,7 @@ use super::identities::{Identities, PeerKind};
 use super::{ids, ports};
 use crate::policy::compiled::{ClusterRuleInfo, PolicyPrefix, RULE_HOST, RuleInfo};
 use crate::policy::model::{
-    Action, ClusterPeer, ClusterPolicy, ClusterPort, ClusterRule, ClusterSubject, Direction, Input, Node, Tier,
+    Action, ClusterPeer, ClusterPolicy, ClusterPort, ClusterRule, ClusterSubject, Direction, Input, Labels, Node, Tier,
 };
 use palisade_common::{EP_EGRESS_TIERED, EP_INGRESS_TIERED, PEER_ANY, POLICY_PREFIX_ANY_PROTO, PolicyKey, PolicyValue};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -215,9 +215,15 @@ impl<'a> Resolver<'a> {
 }
 
 pub(super) fn selects(subject: &ClusterSubject, g: &super::identities::Group) -> bool {
+    selects_labels(subject, &g.ns.labels, &g.key.labels)
+}
+
+/// Whether `subject` selects a pod of `pod` labels in a namespace of
+/// `namespace` labels.
+pub(super) fn selects_labels(subject: &ClusterSubject, namespace: &Labels, pod: &Labels) -> bool {
     match subject {
-        ClusterSubject::Namespaces(ns) => ns.matches(&g.ns.labels),
-        ClusterSubject::Pods { namespaces, pods } => namespaces.matches(&g.ns.labels) && pods.matches(&g.key.labels),
+        ClusterSubject::Namespaces(ns) => ns.matches(namespace),
+        ClusterSubject::Pods { namespaces, pods } => namespaces.matches(namespace) && pods.matches(pod),
     }
 }
 
