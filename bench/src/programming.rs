@@ -72,8 +72,13 @@ pub struct PointResult {
     /// The same pod as Kubernetes shows it: scheduled to the node first,
     /// without an address (the agent writes its namespace's root then),
     /// then addressed, as the kubelet reports once the pod's network is
-    /// up: from the address written. Deleted as above.
+    /// up: from the address written.
     pub pod_first_of_namespace_scheduled_ms: Sample,
+    /// And deleted as Kubernetes shows it: its phase terminal first
+    /// (Succeeded, its addresses still reported), as the kubelet reports
+    /// before the object goes: from the phase written. The root goes with
+    /// the object, after.
+    pub pod_first_of_namespace_terminated_ms: Sample,
     /// The local pods' namespace labelled, then unlabelled: a policy
     /// admits peers from namespaces with that label.
     pub namespace_label_added_ms: Sample,
@@ -120,7 +125,7 @@ impl PointResult {
     }
 
     /// Every single change measured, named as the report names them.
-    pub fn single_changes(&self) -> [(&'static str, &Sample); 13] {
+    pub fn single_changes(&self) -> [(&'static str, &Sample); 14] {
         [
             ("policy added", &self.policy_added_ms),
             ("policy removed", &self.policy_removed_ms),
@@ -133,6 +138,7 @@ impl PointResult {
             ("first pod of its namespace added", &self.pod_first_of_namespace_added_ms),
             ("first pod of its namespace deleted", &self.pod_first_of_namespace_deleted_ms),
             ("first pod of its namespace addressed, scheduled first", &self.pod_first_of_namespace_scheduled_ms),
+            ("first pod of its namespace terminal, deleted after", &self.pod_first_of_namespace_terminated_ms),
             ("namespace label added", &self.namespace_label_added_ms),
             ("namespace label removed", &self.namespace_label_removed_ms),
         ]
@@ -438,6 +444,13 @@ fn scheduled_pod(added: Added) -> Value {
     pod
 }
 
+/// The same pod done: its phase terminal, its addresses still reported.
+fn terminated_pod(added: Added) -> Value {
+    let mut pod = added_pod(ADDED_IPS, added);
+    pod["status"]["phase"] = json!("Succeeded");
+    pod
+}
+
 /// The namespaces, `ns-0` labelled for the namespace gate or not.
 fn namespaces(cluster: &Cluster, labelled: bool) -> Value {
     let mut all = cluster.namespaces.clone();
@@ -564,8 +577,9 @@ fn point(
     let (pod_in, pod_out, p_pod_in, p_pod_out) = pod_toggle(Added::ClientsClass)?;
     let (class_in, class_out, p_class_in, p_class_out) = pod_toggle(Added::NewClass)?;
     let (first_in, first_out, p_first_in, p_first_out) = pod_toggle(Added::FirstOfNamespace)?;
-    // The same pod scheduled first: its address is the change.
-    let (scheduled_in, _, p_scheduled_in, _) = toggle_prepared(
+    // The same pod scheduled first: its address is the change; then its
+    // terminal phase, before the object goes.
+    let (scheduled_in, terminated_out, p_scheduled_in, p_terminated_out) = toggle_prepared(
         &agent,
         cfg.reps,
         (newcomer, server, Added::FirstOfNamespace.port()),
@@ -582,8 +596,10 @@ fn point(
             Ok(())
         },
         || agent.apply("zz-added-pod.json", &added_pod(ADDED_IPS, Added::FirstOfNamespace)),
-        || agent.remove("zz-added-pod.json"),
+        || agent.apply("zz-added-pod.json", &terminated_pod(Added::FirstOfNamespace)),
     )?;
+    agent.remove("zz-added-pod.json")?;
+    agent.wait_in_sync(TIMEOUT)?;
 
     // The local pods' namespace gains, then loses, probe-ns=yes.
     let (ns_in, ns_out, p_ns_in, p_ns_out) = toggle(
@@ -665,6 +681,7 @@ fn point(
         pod_first_of_namespace_added_ms: Sample::of(&first_in),
         pod_first_of_namespace_deleted_ms: Sample::of(&first_out),
         pod_first_of_namespace_scheduled_ms: Sample::of(&scheduled_in),
+        pod_first_of_namespace_terminated_ms: Sample::of(&terminated_out),
         namespace_label_added_ms: Sample::of(&ns_in),
         namespace_label_removed_ms: Sample::of(&ns_out),
         burst_added_ms: Sample::of(&burst_in),
@@ -690,6 +707,7 @@ fn point(
             p_first_in.breakdown("first pod of its namespace added"),
             p_first_out.breakdown("first pod of its namespace deleted"),
             p_scheduled_in.breakdown("first pod of its namespace addressed, scheduled first"),
+            p_terminated_out.breakdown("first pod of its namespace terminal, deleted after"),
             p_ns_in.breakdown("namespace label added"),
             p_ns_out.breakdown("namespace label removed"),
             p_burst_in.breakdown("1,000 policies added at once (last pass)"),

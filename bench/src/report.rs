@@ -1078,7 +1078,9 @@ impl Report {
              case of a pod added. The same, scheduled first: as Kubernetes shows a pod, its manifest is written \
              first without an address (scheduled to the node; the agent writes its namespace's root then), and \
              once that is in force, with the address the kubelet reports when the pod's network is up: from the \
-             address written. Namespace label: the local pods' namespace \
+             address written. Terminal, deleted after: then its phase Succeeded, its addresses still reported, as \
+             the kubelet reports a deleted pod's before the object goes (the root goes with the object, after): \
+             from the phase written. Namespace label: the local pods' namespace \
              gains (loses) the label a policy's namespaceSelector admits. Restart: the agent is stopped (enforcement stays pinned), a policy is added while it is down, a \
              new agent starts: spawn to the new policy in force. Cold: nothing pinned, traffic flowing unenforced: \
              spawn to the first probe dropped (and to `status --wait`). Memory: agent VmRSS after the cold start (VmHWM after the single changes, before the burst); BPF maps: the sum \
@@ -1087,11 +1089,11 @@ impl Report {
         );
         let _ = writeln!(
             s,
-            "| pods | policies | policy added | policy removed | label added | label removed | pod added | pod deleted | pod of a new class added | deleted | first pod of its namespace added | deleted | the same, scheduled first: addressed | namespace label added | namespace label removed | restart + change | cold → first drop | cold → status in sync | RSS (peak) | BPF maps | fill: IPs / policy / endpoints |"
+            "| pods | policies | policy added | policy removed | label added | label removed | pod added | pod deleted | pod of a new class added | deleted | first pod of its namespace added | deleted | the same, scheduled first: addressed | terminal, deleted after | namespace label added | namespace label removed | restart + change | cold → first drop | cold → status in sync | RSS (peak) | BPF maps | fill: IPs / policy / endpoints |"
         );
         let _ = writeln!(
             s,
-            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
         );
         for x in &p.points {
             let f = |k: &str| {
@@ -1100,7 +1102,7 @@ impl Report {
             };
             let _ = writeln!(
                 s,
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} ({}) | {} | {} / {} / {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} ({}) | {} | {} / {} / {} |",
                 human_n(x.pods),
                 human_n(x.policies),
                 fmt_sample(&x.policy_added_ms),
@@ -1114,6 +1116,7 @@ impl Report {
                 fmt_sample(&x.pod_first_of_namespace_added_ms),
                 fmt_sample(&x.pod_first_of_namespace_deleted_ms),
                 fmt_sample(&x.pod_first_of_namespace_scheduled_ms),
+                fmt_sample(&x.pod_first_of_namespace_terminated_ms),
                 fmt_sample(&x.namespace_label_added_ms),
                 fmt_sample(&x.namespace_label_removed_ms),
                 fmt_sample(&x.restart_ms),

@@ -444,7 +444,7 @@ fn cases() -> Vec<palisade_e2e::suite::Case<Env>> {
             drop(pod);
             Ok(())
         }),
-        ("a_pod_scheduled_before_its_address_finds_its_namespaces_root_in_the_kernel", |e| {
+        ("a_pods_namespace_root_is_in_the_kernel_from_its_scheduling_to_its_objects_end", |e| {
             // Namespace w, where no local pod is, admits ingress from y.
             e.apply(&[np(
                 "w",
@@ -477,7 +477,19 @@ fn cases() -> Vec<palisade_e2e::suite::Case<Env>> {
             ensure!(probe::probe(e.topo.pod("y/a"), pod.ip(false), 80, Proto::Udp), "y may reach w/first");
             ensure!(!probe::probe(e.topo.pod("x/a"), pod.ip(false), 80, Proto::Udp), "x may not reach w/first");
             ensure!(!probe::probe(e.topo.pod("x/a"), pod.ip(true), 80, Proto::Udp), "nor over IPv6");
-            // Gone: so is the root.
+            // Its phase terminal (its addresses still reported), as the
+            // kubelet reports a deleted pod's before the object goes: no
+            // longer enforced, its root still there.
+            agent.apply("extra-first.yaml", &addressed.replace("phase: Running", "phase: Succeeded"))?;
+            let st = agent.wait_in_sync()?;
+            ensure!(
+                !st["pods"].as_array().is_some_and(|p| p.iter().any(|p| p["name"] == "first")),
+                "a pod done is not enforced: {}",
+                st["pods"]
+            );
+            let done = entries(st)?;
+            ensure!(done == scheduled, "the root stays while the object does: {scheduled} -> {done}");
+            // The object gone: so is the root.
             agent.remove("extra-first.yaml")?;
             let after = entries(agent.wait_in_sync()?)?;
             ensure!(after == before, "the root went with the pod: {before} -> {after}");

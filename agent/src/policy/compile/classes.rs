@@ -38,9 +38,11 @@
 //! other pod has brings the entries of its own policies, not of every
 //! namespace-wide one. A root whose policies have no rule (a default deny
 //! alone), or name an ingress port (resolved on each pod), is not made.
-//! A pod scheduled here whose address is not reported yet makes its
-//! namespace's root too: the root's entries, the bulk of a namespace's
-//! first pod, are in the kernel before the pod can send.
+//! Every pod scheduled here makes its namespace's root, whether its
+//! address is reported yet or its phase is terminal: the root's entries,
+//! the bulk of a namespace's first pod, are in the kernel before the
+//! pod's address is, and stay until its object goes, after the address
+//! is out of force.
 
 use super::identities::{Identities, Numbers, claim};
 use super::ids;
@@ -88,13 +90,14 @@ impl Classes {
         // The namespaces' roots: one per namespace with a local pod that
         // no ClusterNetworkPolicy selects (those take no parent), the
         // class of its namespace-wide policies, with or without members;
-        // pods scheduled here without an address yet count, so the root
-        // is in the kernel before their address comes.
+        // pods here without an address yet, or whose phase is terminal,
+        // count: the root is in the kernel before the address comes, and
+        // goes when the pod object does.
         let mut rooted: BTreeSet<&str> = (ids.local_by_ns.iter())
             .filter(|(_, groups)| groups.iter().any(|gi| !keys[gi].cluster))
             .map(|(ns, _)| ns.as_str())
             .collect();
-        rooted.extend(scheduled(input, node));
+        rooted.extend(pods_here(input, node));
         let root_keys: Vec<Key> = rooted.into_iter().filter_map(|ns| root_key(input, ns)).collect();
         for k in &root_keys {
             by_key.entry(k.text.as_str()).or_insert_with(|| (Vec::new(), k));
@@ -231,15 +234,16 @@ struct Key {
     rules: bool,
 }
 
-/// The namespaces of pods scheduled to `node` that have no address yet
-/// (the kubelet reports it once the pod's network is up) and that no
-/// ClusterNetworkPolicy selects.
-fn scheduled<'a>(input: &'a Input, node: &'a Node) -> impl Iterator<Item = &'a str> {
+/// The namespaces of pods scheduled to `node` (host-network ones aside)
+/// that no ClusterNetworkPolicy selects, addressed or not, running or
+/// done: the kubelet reports a pod's address once its network is up, and
+/// a deleted pod's terminal phase before its object goes.
+fn pods_here<'a>(input: &'a Input, node: &'a Node) -> impl Iterator<Item = &'a str> {
     let mut namespaces: HashMap<&str, Arc<Namespace>> = HashMap::new();
     input
         .pods
         .values()
-        .filter(|p| p.ips.is_empty() && !p.terminated && !p.host_network && p.node_name.as_deref() == Some(&node.name))
+        .filter(|p| !p.host_network && p.node_name.as_deref() == Some(&node.name))
         .filter(move |p| {
             let ns = namespaces.entry(p.namespace.as_str()).or_insert_with(|| {
                 input.namespaces.get(&p.namespace).cloned().unwrap_or_else(|| Namespace::implicit(&p.namespace).into())

@@ -112,7 +112,9 @@ pub struct Compiler {
     resolver: Resolver,
     /// Keyed by the name each part holds (shared, not copied: 50k names).
     parts: BTreeMap<PolicyRef, Part>,
-    /// Policies whose parts select a class.
+    /// Policies whose parts select a class or hold entries for one (a
+    /// namespace's root without members: its pods have no address yet,
+    /// or are done).
     selecting: BTreeSet<PolicyRef>,
     /// Natural rule number -> how many rules have it.
     naturals: HashMap<u32, u32>,
@@ -364,7 +366,7 @@ impl Compiler {
                 }
                 self.moved += out.len() + put.len();
             }
-            if part.isolates.is_empty() {
+            if part.isolates.is_empty() && part.selected.is_empty() {
                 self.selecting.remove(name);
             } else {
                 self.selecting.insert(name.clone());
@@ -1198,38 +1200,39 @@ mod tests {
     /// namespace's root (the first pod of ns-10, where namespace-wide
     /// policies are): every entry of those policies is in before the
     /// address comes, and the address then moves only entries admitting
-    /// it as a peer. Without the pod, the root goes. Each step as a
-    /// compile from scratch.
+    /// it as a peer; its terminal phase takes those out, the root stays
+    /// until the pod object goes. Each step as a compile from scratch.
     #[test]
-    fn a_pod_scheduled_without_an_address_brings_its_namespaces_root() {
+    fn a_pods_namespace_root_comes_when_it_is_scheduled_and_goes_with_its_object() {
         use serde_json::json;
-        let pod = |ips: bool| {
+        let pod = |phase: &str| {
             let mut p = json!({"apiVersion": "v1", "kind": "Pod",
                 "metadata": {"namespace": "ns-10", "name": "first", "labels": {"app": "newcomer"}},
                 "spec": {"nodeName": NODE, "containers": [{"name": "main"}]},
-                "status": {"phase": "Pending"}});
-            if ips {
-                p["status"] = json!({"phase": "Running", "podIP": "10.200.0.9", "podIPs": [{"ip": "10.200.0.9"}]});
+                "status": {"phase": phase}});
+            if phase != "Pending" {
+                p["status"]["podIP"] = json!("10.200.0.9");
+                p["status"]["podIPs"] = json!([{"ip": "10.200.0.9"}]);
             }
             p
         };
         let node = Node { name: NODE.into(), host_ips: vec![], allow_host: true, audit: false };
         let elsewhere = {
-            let mut p = pod(false);
+            let mut p = pod("Pending");
             p["spec"]["nodeName"] = json!("other");
             p
         };
         let steps = [
             (bench_cluster(2000, 2000, &[]), false),
             (bench_cluster(2000, 2000, &[elsewhere]), false),
-            (bench_cluster(2000, 2000, &[pod(false)]), true),
-            (bench_cluster(2000, 2000, &[pod(true)]), true),
-            (bench_cluster(2000, 2000, &[pod(false)]), true),
+            (bench_cluster(2000, 2000, &[pod("Pending")]), true),
+            (bench_cluster(2000, 2000, &[pod("Running")]), true),
+            (bench_cluster(2000, 2000, &[pod("Succeeded")]), true),
             (bench_cluster(2000, 2000, &[]), false),
         ];
         let mut compiler = Compiler::default();
         let mut last = compiler.compile(&steps[0].0, &node).clone();
-        let mut root_entries = 0;
+        let (mut root_entries, mut me) = (0, 0);
         for (i, (input, rooted)) in steps.iter().enumerate().skip(1) {
             let now = compiler.compile(input, &node).clone();
             assert_eq!(now, compile_with_hints(input, &node, &hints_of(&last)), "step {i} as from scratch");
@@ -1251,11 +1254,16 @@ mod tests {
                     // class is the root, members now.
                     assert_eq!((first.class, first.parent), (root.unwrap(), 0), "its class is the root");
                     assert!(changed.len() < 30, "the address moved {} entries", changed.len());
-                    let me = crate::policy::lookup::peer_identity(&now, first.ips[0]);
+                    me = crate::policy::lookup::peer_identity(&now, first.ips[0]);
                     assert!(changed.iter().all(|k| u32::from_be_bytes(k.key.peer) == me), "{changed:?}");
                 }
-                5 => assert_eq!(changed.len(), root_entries, "the root's entries went"),
-                _ => {}
+                4 => {
+                    assert!(now.endpoints.iter().all(|e| e.name != "first"), "done: no endpoint");
+                    assert!(!changed.is_empty(), "the entries admitting its address went");
+                    assert!(changed.iter().all(|k| u32::from_be_bytes(k.key.peer) == me), "they alone: {changed:?}");
+                }
+                5 => assert_eq!(changed.len(), root_entries, "the root's entries went with the pod object"),
+                _ => unreachable!(),
             }
             last = now;
         }
