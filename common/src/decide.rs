@@ -22,20 +22,18 @@ pub trait PolicyMaps {
     /// LPM trie, which holds no single addresses).
     fn cidr(&self, key: &IpKey) -> Option<IpInfo>;
     /// The longest policy entry that is a prefix of a full key: the exact
-    /// entry if there is one (the POLICY_PORTS hash map), else the longest
-    /// shorter one (the POLICY LPM trie, which holds no full keys).
+    /// entry if there is one (the POLICY_PORTS hash map), else, unless
+    /// `trie` is false, the longest shorter one (the POLICY LPM trie,
+    /// which holds no full keys). `trie` is false for a parent the
+    /// endpoint says holds no shorter entry ([`EP_PARENT_NO_SHORT`]): the
+    /// kernel probes the hash map alone. The compiler's own lookups ignore
+    /// it and judge by the entries, so a flag that hid an entry would show
+    /// as the kernel disagreeing with them.
+    fn policy_in(&self, key: &PolicyKey, trie: bool) -> Option<PolicyValue>;
+
+    /// [`PolicyMaps::policy_in`], the whole lookup.
     fn policy(&self, key: &PolicyKey) -> Option<PolicyValue> {
         self.policy_in(key, true)
-    }
-    /// The same, `trie` false for a parent the endpoint says holds no
-    /// shorter entry ([`EP_PARENT_NO_SHORT`]): the kernel probes the hash map
-    /// alone. By default the whole lookup whatever `trie` says, so the
-    /// compiler's own lookups judge by the entries, not by the flags, and a
-    /// flag that hid an entry would show as the kernel disagreeing with
-    /// them.
-    fn policy_in(&self, key: &PolicyKey, trie: bool) -> Option<PolicyValue> {
-        let _ = trie;
-        self.policy(key)
     }
 }
 
@@ -110,11 +108,7 @@ pub fn decide<M: PolicyMaps>(
     if dir == DIR_EGRESS && peer_flags & IP_SERVICE != 0 {
         return Decision { allowed: true, defer: true, reason: REASON_RULE, rule: 0, peer };
     }
-    // The class's own lookups are all made: flags for them too doubled
-    // the paths the verifier walks (91k / 119k instructions to 108k /
-    // 150k, 100 ms more at every agent start), the parent's cost 3k.
-    let own = Shape { short: true, any: true };
-    if let Some(v) = entry(maps, ep.class, own, dir, peer, protocol, port) {
+    if let Some(v) = entry(maps, ep.class, Shape::ANY, dir, peer, protocol, port) {
         return by_entry(&v, peer);
     }
     let parents = Shape { short: ep.flags & EP_PARENT_NO_SHORT == 0, any: ep.flags & EP_PARENT_NO_ANY == 0 };
@@ -137,6 +131,14 @@ pub fn decide<M: PolicyMaps>(
 struct Shape {
     short: bool,
     any: bool,
+}
+
+impl Shape {
+    /// Every lookup made: a class's own are always (flags for them too
+    /// doubled the paths the verifier walks, 91k / 119k instructions to
+    /// 108k / 150k, 100 ms more at every agent start; the parent's cost
+    /// 3k).
+    const ANY: Shape = Shape { short: true, any: true };
 }
 
 /// A class's entry for a flow: the most specific for the peer's identity,
@@ -204,7 +206,7 @@ mod tests {
         fn cidr(&self, key: &IpKey) -> Option<IpInfo> {
             (key.addr[..2] == [192, 168]).then_some(IpInfo { identity: 8, flags: 0, ifindex: 0 })
         }
-        fn policy(&self, key: &PolicyKey) -> Option<PolicyValue> {
+        fn policy_in(&self, key: &PolicyKey, _trie: bool) -> Option<PolicyValue> {
             if u32::from_be_bytes(key.local) != 1 {
                 return None;
             }

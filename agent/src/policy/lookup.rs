@@ -56,7 +56,8 @@ impl PolicyMaps for Compiled {
         })
     }
 
-    fn policy(&self, key: &PolicyKey) -> Option<PolicyValue> {
+    /// Every entry, whatever `trie` says (see the trait).
+    fn policy_in(&self, key: &PolicyKey, _trie: bool) -> Option<PolicyValue> {
         (POLICY_PREFIX_ANY_PROTO..=POLICY_PREFIX_FULL).rev().find_map(|len| {
             let mut k = *key;
             let mut bytes = [k.protocol, k.port[0], k.port[1]];
