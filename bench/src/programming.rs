@@ -584,13 +584,12 @@ fn point(
         cfg.reps,
         (newcomer, server, Added::FirstOfNamespace.port()),
         || {
+            // Its pass, where the namespace has a root to write (below 1k
+            // policies it has none, and the pass writes nothing).
             let passes = passes_logged(&agent);
             agent.apply("zz-added-pod.json", &scheduled_pod(Added::FirstOfNamespace))?;
             let t0 = Instant::now();
-            while passes_logged(&agent) == passes {
-                if t0.elapsed() > TIMEOUT {
-                    bail!("the scheduled pod was not read");
-                }
+            while passes_logged(&agent) == passes && t0.elapsed() < QUIET {
                 std::thread::sleep(Duration::from_millis(5));
             }
             Ok(())
