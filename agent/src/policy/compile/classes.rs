@@ -75,9 +75,16 @@ pub(super) struct Classes {
 
 impl Classes {
     /// Classifies every local identity of `ids`, numbering the classes
-    /// as `hints` say where they can. The same input, identities and
-    /// hints always give the same classes.
-    pub fn new(input: &Input, ids: &Identities, node: &Node, hints: &Numbers) -> Classes {
+    /// as `hints` say where they can; `here`: the pods scheduled to the
+    /// node (host-network ones aside), whose namespaces have roots. The
+    /// same input, identities and hints always give the same classes.
+    pub fn new<'p>(
+        input: &Input,
+        ids: &Identities,
+        node: &Node,
+        here: impl Iterator<Item = &'p Arc<Pod>>,
+        hints: &Numbers,
+    ) -> Classes {
         let mut keys: HashMap<usize, Key> = HashMap::new();
         let mut by_key: BTreeMap<&str, (Vec<usize>, &Key)> = BTreeMap::new();
         for &gi in ids.local_by_ns.values().flatten() {
@@ -97,7 +104,7 @@ impl Classes {
             .filter(|(_, groups)| groups.iter().any(|gi| !keys[gi].cluster))
             .map(|(ns, _)| ns.as_str())
             .collect();
-        rooted.extend(pods_here(input, node));
+        rooted.extend(namespaces_of(input, here).map(|ns| -> &str { ns }));
         let root_keys: Vec<Key> = rooted.into_iter().filter_map(|ns| root_key(input, ns)).collect();
         for k in &root_keys {
             by_key.entry(k.text.as_str()).or_insert_with(|| (Vec::new(), k));
@@ -234,23 +241,19 @@ struct Key {
     rules: bool,
 }
 
-/// The namespaces of pods scheduled to `node` (host-network ones aside)
-/// that no ClusterNetworkPolicy selects, addressed or not, running or
-/// done: the kubelet reports a pod's address once its network is up, and
-/// a deleted pod's terminal phase before its object goes.
-fn pods_here<'a>(input: &'a Input, node: &'a Node) -> impl Iterator<Item = &'a str> {
+/// The namespaces of `pods` (scheduled here) that no ClusterNetworkPolicy
+/// selects, addressed or not, running or done: the kubelet reports a
+/// pod's address once its network is up, and a deleted pod's terminal
+/// phase before its object goes.
+fn namespaces_of<'p>(input: &Input, pods: impl Iterator<Item = &'p Arc<Pod>>) -> impl Iterator<Item = &'p str> {
     let mut namespaces: HashMap<&str, Arc<Namespace>> = HashMap::new();
-    input
-        .pods
-        .values()
-        .filter(|p| !p.host_network && p.node_name.as_deref() == Some(&node.name))
-        .filter(move |p| {
-            let ns = namespaces.entry(p.namespace.as_str()).or_insert_with(|| {
-                input.namespaces.get(&p.namespace).cloned().unwrap_or_else(|| Namespace::implicit(&p.namespace).into())
-            });
-            !input.cluster_policies.values().any(|c| tiers::selects_labels(&c.subject, &ns.labels, &p.labels))
-        })
-        .map(|p| p.namespace.as_str())
+    pods.filter(move |p| {
+        let ns = namespaces.entry(p.namespace.as_str()).or_insert_with(|| {
+            input.namespaces.get(&p.namespace).cloned().unwrap_or_else(|| Namespace::implicit(&p.namespace).into())
+        });
+        !input.cluster_policies.values().any(|c| tiers::selects_labels(&c.subject, &ns.labels, &p.labels))
+    })
+    .map(|p| p.namespace.as_str())
 }
 
 /// The key of a namespace's root: its namespace-wide NetworkPolicies,

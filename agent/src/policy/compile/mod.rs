@@ -28,7 +28,7 @@ mod tiers;
 
 use super::chunked::changes;
 use super::compiled::{LocalEndpoint, RuleInfo};
-use super::model::{ChunkedMap, Direction, Input, Node, PolicyRef};
+use super::model::{ChunkedMap, Direction, Input, Node, Pod, PolicyRef};
 use cells::Cells;
 use classes::Classes;
 use identities::Identities;
@@ -107,6 +107,10 @@ pub struct Compiler {
     hints_used: Option<Numbers>,
     cells: Option<Cells>,
     ids: Option<Identities>,
+    /// Pods scheduled to this node (host-network ones aside), addressed
+    /// or not, running or done: their namespaces have roots. Kept as pods
+    /// change, not found by a walk of every pod each compile.
+    here: BTreeMap<(String, String), Arc<Pod>>,
     /// The policy class of every local identity.
     classes: Classes,
     resolver: Resolver,
@@ -307,7 +311,18 @@ impl Compiler {
         }
 
         // Classes, from the identities and the policies as they are now.
-        let classes = Classes::new(input, ids, node, &hints.classes);
+        if first || !node_same {
+            self.here =
+                input.pods.iter().filter(|(_, p)| is_here(p, node)).map(|(k, p)| (k.clone(), p.clone())).collect();
+        } else if !pods_same {
+            for (key, pod) in diff(&prev.pods, &input.pods) {
+                match pod.filter(|p| is_here(p, node)) {
+                    Some(p) => self.here.insert(key.clone(), p.clone()),
+                    None => self.here.remove(key),
+                };
+            }
+        }
+        let classes = Classes::new(input, ids, node, self.here.values(), &hints.classes);
         let classes_changed = classes != self.classes;
         let old_roots = std::mem::replace(&mut self.classes, classes).roots;
 
@@ -753,6 +768,11 @@ fn diff<'a, K: Ord, V: PartialEq>(
     new: &'a ChunkedMap<K, Arc<V>>,
 ) -> Vec<(&'a K, Option<&'a Arc<V>>)> {
     new.changes_from(old, same_object).collect()
+}
+
+/// Whether a pod is scheduled to `node` and not on its host network.
+fn is_here(pod: &Pod, node: &Node) -> bool {
+    !pod.host_network && pod.node_name.as_deref() == Some(&node.name)
 }
 
 fn same_object<V: PartialEq>(a: &Arc<V>, b: &Arc<V>) -> bool {
