@@ -382,21 +382,9 @@ fn cases() -> Vec<palisade_e2e::suite::Case<Env>> {
         }),
         ("a_pods_interface_is_attached_before_its_manifest_and_enforced_from_its_first_packet", |e| {
             // Default mode (the interface's name is not a strict prefix).
-            // Namespace z admits ingress from y only.
-            e.apply(&[np(
-                "z",
-                "from-y",
-                "  podSelector: {}\n  ingress:\n  - from: [{namespaceSelector: {matchLabels: {ns: \"y\"}}}]\n",
-            )])?;
-            // The CNI's work: interface, addresses, routes.
-            let pod = cni_pod(
-                "z/early",
-                "plcldef0",
-                Ipv4Addr::new(10, 240, 3, 61),
-                NODE,
-                ("pod", "early"),
-                Port::new("udp", 80, "UDP"),
-            )?;
+            // Namespace z admits ingress from y only; the CNI's work:
+            // interface, addresses, routes.
+            let pod = from_y_only(e, "z/early", "plcldef0", Ipv4Addr::new(10, 240, 3, 61))?;
             let ifindex = if_index("plcldef0")?;
             let agent = e.agent();
             let links = agent.bpffs.join("links");
@@ -446,19 +434,7 @@ fn cases() -> Vec<palisade_e2e::suite::Case<Env>> {
         }),
         ("a_pods_namespace_root_is_in_the_kernel_from_its_scheduling_to_its_objects_end", |e| {
             // Namespace w, where no local pod is, admits ingress from y.
-            e.apply(&[np(
-                "w",
-                "from-y",
-                "  podSelector: {}\n  ingress:\n  - from: [{namespaceSelector: {matchLabels: {ns: \"y\"}}}]\n",
-            )])?;
-            let pod = cni_pod(
-                "w/first",
-                "plcldef1",
-                Ipv4Addr::new(10, 240, 3, 62),
-                NODE,
-                ("pod", "first"),
-                Port::new("udp", 80, "UDP"),
-            )?;
+            let pod = from_y_only(e, "w/first", "plcldef1", Ipv4Addr::new(10, 240, 3, 62))?;
             let agent = e.agent();
             let entries = |_: serde_json::Value| kernel_policy_entries(&agent.bpffs);
             let before = entries(agent.wait_in_sync()?)?;
@@ -497,6 +473,16 @@ fn cases() -> Vec<palisade_e2e::suite::Case<Env>> {
             Ok(())
         }),
     ]
+}
+
+/// A new pod `id` of this node (UDP 80, labelled pod=<name>) behind
+/// `host_if`, as a CNI wires it, in a namespace whose policy admits
+/// ingress from namespace y only.
+fn from_y_only(e: &Env, id: &str, host_if: &str, ip: Ipv4Addr) -> Result<palisade_e2e::pods::Pod> {
+    let (ns, name) = id.split_once('/').context("a pod id is namespace/name")?;
+    let from_y = "  podSelector: {}\n  ingress:\n  - from: [{namespaceSelector: {matchLabels: {ns: \"y\"}}}]\n";
+    e.apply(&[np(ns, "from-y", from_y)])?;
+    cni_pod(id, host_if, ip, NODE, ("pod", name), Port::new("udp", 80, "UDP"))
 }
 
 /// How many entries the kernel's policy maps hold (the trie and the

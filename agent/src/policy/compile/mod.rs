@@ -331,8 +331,8 @@ impl Compiler {
         // local identity (after an update: in a namespace whose local
         // identities changed); when classes changed, every policy that
         // selects or selected one and every policy of a namespace with
-        // local pods or a root, before or now (a root may have no pods:
-        // theirs are scheduled without an address yet).
+        // local pods or a root, before or now (a root may have no
+        // addressed pods: theirs have no address yet, or are done).
         let mut visit: BTreeSet<PolicyRef> = forced.clone();
         if classes_changed {
             visit.extend(self.selecting.iter().cloned());
