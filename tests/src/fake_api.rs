@@ -354,9 +354,9 @@ impl FakeApi {
     }
 
     /// Waits until at least `watches` watches are open and every open watch
-    /// has been sent every change made so far: an agent asked for its
-    /// status afterwards has the changes in hand, or is already busy with
-    /// them.
+    /// has handed every change made so far to its connection to write (not
+    /// merely queued it): an agent asked for its status afterwards has the
+    /// changes in hand, or is already busy with them.
     pub fn wait_delivered(&self, watches: usize) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
@@ -687,7 +687,8 @@ struct State {
     snapshots: VecDeque<Snapshot>,
     next_snapshot: u64,
     requests: Requests,
-    /// Open watches: id -> the version up to which their events are sent.
+    /// Open watches: id -> the version up to which their connection has
+    /// taken their events.
     watches: BTreeMap<u64, u64>,
     next_watch: u64,
 }
@@ -872,31 +873,54 @@ struct WatchSpec {
 /// A watch from version `from` (0: the current state as ADDED events, then
 /// changes).
 fn start_watch(shared: &Arc<Shared>, kind: Kind, from: u64, bookmarks: bool, timeout: Duration) -> Response<Body> {
-    let (tx, rx) = mpsc::unbounded_channel::<Bytes>();
+    let (tx, rx) = mpsc::unbounded_channel::<Line>();
     let mut st = shared.lock();
     // Subscribe under the lock: every change after this snapshot ticks it.
     let changes = shared.changed.subscribe();
     let mut cursor = st.rv;
+    // Sent so far: nothing of the current state until its last line is.
+    let mut sent = 0;
     if from == 0 {
         for obj in st.objects[kind].values() {
-            let _ = tx.send(event_line("ADDED", obj));
+            let _ = tx.send(Line::event("ADDED", obj));
         }
+        let _ = tx.send(Line::sent(cursor));
     } else if from < st.history_start {
-        let _ = tx.send(event_line("ERROR", &expired_body(from, st.history_start)));
+        let _ = tx.send(Line::event("ERROR", &expired_body(from, st.history_start)));
     } else {
         // Resume: the task replays the history after `from`.
         cursor = from.min(st.rv);
+        sent = cursor;
     }
+    let mut id = None;
     if from == 0 || from >= st.history_start {
-        let id = st.next_watch;
+        let watch = st.next_watch;
         st.next_watch += 1;
-        st.watches.insert(id, cursor);
-        let spec = WatchSpec { kind, bookmarks, timeout, epoch: st.epoch, id };
+        st.watches.insert(watch, sent);
+        id = Some(watch);
+        let spec = WatchSpec { kind, bookmarks, timeout, epoch: st.epoch, id: watch };
         tokio::spawn(run_watch(shared.clone(), spec, cursor, changes, tx));
     }
     drop(st);
-    let body = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|line| (Ok::<_, Infallible>(Frame::data(line)), rx))
+    // A change counts as sent when the connection has taken every line
+    // before the mark to write, not when they are queued: a test that
+    // then asks the agent finds them read.
+    let shared = shared.clone();
+    let body = futures_util::stream::unfold(rx, move |mut rx| {
+        let shared = shared.clone();
+        async move {
+            loop {
+                let line = rx.recv().await?;
+                if let (Some(id), Some(at)) = (id, line.sent)
+                    && let Some(sent) = shared.lock().watches.get_mut(&id)
+                {
+                    *sent = (*sent).max(at);
+                }
+                if !line.bytes.is_empty() {
+                    return Some((Ok::<_, Infallible>(Frame::data(line.bytes)), rx));
+                }
+            }
+        }
     });
     Response::builder()
         .status(StatusCode::OK)
@@ -905,12 +929,29 @@ fn start_watch(shared: &Arc<Shared>, kind: Kind, from: u64, bookmarks: bool, tim
         .expect("valid response")
 }
 
+/// What a watch's connection is handed: an event line, or a mark that
+/// every change up to `sent` has been handed over.
+struct Line {
+    bytes: Bytes,
+    sent: Option<u64>,
+}
+
+impl Line {
+    fn event(kind: &str, object: &Value) -> Line {
+        Line { bytes: event_line(kind, object), sent: None }
+    }
+
+    fn sent(version: u64) -> Line {
+        Line { bytes: Bytes::new(), sent: Some(version) }
+    }
+}
+
 async fn run_watch(
     shared: Arc<Shared>,
     spec: WatchSpec,
     mut cursor: u64,
     mut changes: watch::Receiver<u64>,
-    tx: mpsc::UnboundedSender<Bytes>,
+    tx: mpsc::UnboundedSender<Line>,
 ) {
     /// Unregisters the watch however the task ends.
     struct Open<'a>(&'a Shared, u64);
@@ -938,7 +979,7 @@ async fn run_watch(
         tokio::select! {
             changed = changes.changed() => if changed.is_err() { return },
             _ = ticker.tick(), if spec.bookmarks => {
-                if tx.send(bookmark_line(spec.kind, cursor)).is_err() {
+                if tx.send(Line { bytes: bookmark_line(spec.kind, cursor), sent: None }).is_err() {
                     return;
                 }
             }
@@ -948,18 +989,19 @@ async fn run_watch(
     }
 }
 
-/// The events after `cursor` for one watch; true when the watch must end
-/// (expired: the last line is the 410 ERROR).
-fn catch_up(shared: &Shared, spec: &WatchSpec, cursor: &mut u64) -> (Vec<Bytes>, bool) {
-    let mut st = shared.lock();
+/// The lines after `cursor` for one watch, then the mark that they are
+/// sent; true when the watch must end (expired: the last line is the 410
+/// ERROR).
+fn catch_up(shared: &Shared, spec: &WatchSpec, cursor: &mut u64) -> (Vec<Line>, bool) {
+    let st = shared.lock();
     if st.epoch != spec.epoch || *cursor < st.history_start {
-        return (vec![event_line("ERROR", &expired_body(*cursor, st.history_start.max(st.rv)))], true);
+        return (vec![Line::event("ERROR", &expired_body(*cursor, st.history_start.max(st.rv)))], true);
     }
     let start = st.history.partition_point(|c| c.rv <= *cursor);
-    let lines =
-        st.history.range(start..).filter(|c| c.kind == spec.kind).map(|c| event_line(c.op, &c.object)).collect();
+    let mut lines: Vec<Line> =
+        st.history.range(start..).filter(|c| c.kind == spec.kind).map(|c| Line::event(c.op, &c.object)).collect();
     *cursor = st.rv;
-    st.watches.insert(spec.id, *cursor);
+    lines.push(Line::sent(*cursor));
     // A CRD deleted: its objects' DELETED events, then the watch ends.
     let gone = spec.kind == Kind::ClusterNetworkPolicy && !st.crd_installed;
     (lines, gone)
