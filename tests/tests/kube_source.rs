@@ -103,12 +103,14 @@ fn nodes_and_cluster_network_policies_through_the_api() {
     api.set_cluster_network_policy_served(false);
     let snap = until(&mut source, 40, "404 with objects", |_, src| src.unavailable().is_some());
     assert_eq!(snap.input.cluster_policies.len(), held, "a 404 drops no ClusterNetworkPolicy");
+    let watched = api.requests().watches("clusternetworkpolicies");
     api.set_cluster_network_policy_served(true);
     until(&mut source, 40, "served again", |_, src| src.unavailable().is_none());
-    // The watch is current again (the probe may see the CRD before the
-    // watcher has relisted): what is applied now arrives.
+    // Said served once the watch is answered again, not before (the
+    // watcher may be waiting out its backoff): what is applied now arrives.
+    assert!(api.requests().watches("clusternetworkpolicies") > watched, "served said before the watch resumed");
     api.apply_cluster_network_policy(cnp("after-404", "Accept"));
-    until(&mut source, 40, "the watch after the 404", |s, _| s.input.cluster_policies.contains_key("after-404"));
+    until(&mut source, 10, "the watch after the 404", |s, _| s.input.cluster_policies.contains_key("after-404"));
 
     // The CRD removed: its objects go with it, and the source says so.
     api.set_cluster_network_policy_crd(false);
@@ -119,12 +121,15 @@ fn nodes_and_cluster_network_policies_through_the_api() {
     assert!(source.stale().is_none(), "{:?}", source.stale());
     assert_eq!(snap.input.nodes.len(), 1, "the rest stays");
 
-    // Installed again, with nothing in it yet: said at once (the watch
-    // resumes silently, the probe notices), and what comes next arrives.
+    // Installed again, with nothing in it yet: said once the watch
+    // resumes (silently: no event comes until an object changes), and
+    // what comes next arrives.
+    let watched = api.requests().watches("clusternetworkpolicies");
     api.set_cluster_network_policy_crd(true);
     until(&mut source, 40, "CRD back", |_, src| src.unavailable().is_none());
+    assert!(api.requests().watches("clusternetworkpolicies") > watched, "installed said before the watch resumed");
     api.apply_cluster_network_policy(cnp("again", "Accept"));
-    until(&mut source, 40, "a policy after the CRD came back", |s, _| s.input.cluster_policies.contains_key("again"));
+    until(&mut source, 10, "a policy after the CRD came back", |s, _| s.input.cluster_policies.contains_key("again"));
 
     // The API server away, and the version the watches resume from gone
     // when it comes back (a compaction): each resumed watch is answered

@@ -6,9 +6,11 @@
 //! reports itself stale.
 //!
 //! ClusterNetworkPolicies come from a CRD that may not be installed: while
-//! its list answers 404 the source says so ([`KubeSource::unavailable`]);
-//! a probe asks again (1 s doubling to 30 s) and the watcher retries, so a
-//! CRD installed later is picked up. A 404 never drops what the store
+//! its list or watch answers 404 the source says so
+//! ([`KubeSource::unavailable`]); the watcher retries (0.8 s doubling to
+//! 30 s), and the CRD counts as served again once its list or watch
+//! answers, so a CRD installed later is picked up, and said to be only
+//! when it is watched. A 404 never drops what the store
 //! holds: deleting a CRD deletes its objects first (DELETED events empty
 //! the store), so a 404 with objects still there is an API server that
 //! briefly does not serve the resource (a restart, an upgrade), and their
@@ -127,40 +129,6 @@ fn not_found(e: &watcher::Error) -> bool {
     }
 }
 
-/// While the CRD is said to be missing, asks whether it is served now (1 s
-/// doubling to 30 s). Needed besides the watcher: a watcher that lost its
-/// watch to the CRD's removal resumes watching when it comes back, and says
-/// nothing until an object changes.
-fn spawn_crd_probe(
-    api: Api<ClusterNetworkPolicyObject>,
-    served: Arc<Served>,
-    wake: Arc<dyn Fn() + Send + Sync>,
-    generation: Arc<AtomicU64>,
-) {
-    tokio::spawn(async move {
-        let mut said = served.subscribe();
-        loop {
-            if said.wait_for(|s| *s == Some(false)).await.is_err() {
-                return;
-            }
-            let mut delay = Duration::from_secs(1);
-            while *served.borrow() == Some(false) {
-                tokio::time::sleep(delay).await;
-                match api.list_metadata(&kube::api::ListParams::default().limit(1)).await {
-                    Ok(_) => {
-                        if served.send_replace(Some(true)) == Some(false) {
-                            tracing::info!("clusternetworkpolicies: the CRD is installed now");
-                            generation.fetch_add(1, Ordering::SeqCst);
-                            wake();
-                        }
-                    }
-                    Err(_) => delay = (delay * 2).min(Duration::from_secs(30)),
-                }
-            }
-        }
-    });
-}
-
 impl Health {
     fn stale(&self) -> Option<String> {
         if let Some(Err(e)) = self.probe.lock().ok()?.clone() {
@@ -194,11 +162,41 @@ impl Health {
 const RESUMED_AFTER: Duration = Duration::from_secs(1);
 
 /// A layer on the API client that tells [`Health`] when a watch request
-/// answers OK.
+/// answers OK, and says the ClusterNetworkPolicy CRD is served again when
+/// its watch does: a watcher that lost its watch to the CRD's removal
+/// resumes watching (after its backoff, at most 30 s) when it comes back,
+/// and no event says so until an object changes. Not before: while the
+/// watcher waits, what is created is not seen, and status must not say
+/// the CRD is read.
 #[derive(Clone)]
 struct WatchTap {
     health: Arc<Health>,
+    crd: Arc<Served>,
+    generation: Arc<AtomicU64>,
+    wake: Arc<dyn Fn() + Send + Sync>,
 }
+
+impl WatchTap {
+    fn answered(&self, resource: &str) {
+        self.health.watch_answered(resource);
+        if resource == CLUSTER_POLICIES
+            && self.crd.send_if_modified(|s| {
+                let back = *s == Some(false);
+                if back {
+                    *s = Some(true);
+                }
+                back
+            })
+        {
+            tracing::info!("{CLUSTER_POLICIES}: the CRD is installed now");
+            self.generation.fetch_add(1, Ordering::SeqCst);
+            (self.wake)();
+        }
+    }
+}
+
+/// The ClusterNetworkPolicy resource, as watch requests and status name it.
+const CLUSTER_POLICIES: &str = "clusternetworkpolicies";
 
 impl<S> tower::Layer<S> for WatchTap {
     type Service = Tapped<S>;
@@ -237,7 +235,7 @@ where
             if let (Some(resource), Ok(response)) = (resource, &answer)
                 && response.status().is_success()
             {
-                tap.health.watch_answered(&resource);
+                tap.answered(&resource);
             }
             answer
         })
@@ -507,13 +505,15 @@ impl KubeSource {
     /// is never programmed from a half-loaded state.
     pub async fn start(wake: Arc<dyn Fn() + Send + Sync>, allow_namespace_audit: bool) -> Result<KubeSource> {
         let health = Arc::new(Health::default());
+        let generation = Arc::new(AtomicU64::new(0));
+        let crd = Arc::new(Served::new(None));
         let config = kube::Config::infer().await.context("finding the Kubernetes API (in-cluster or KUBECONFIG)")?;
-        let tap = WatchTap { health: health.clone() };
+        let tap =
+            WatchTap { health: health.clone(), crd: crd.clone(), generation: generation.clone(), wake: wake.clone() };
         let client = kube::client::ClientBuilder::try_from(config)
             .context("connecting to the Kubernetes API")?
             .with_layer(&tap)
             .build();
-        let generation = Arc::new(AtomicU64::new(0));
         let (h, g) = (&health, &generation);
         let namespaces = spawn_watch(
             Api::all(client.clone()),
@@ -537,17 +537,15 @@ impl KubeSource {
         let services =
             spawn_watch(Api::all(client.clone()), "services", trim_service, wake.clone(), h.clone(), g.clone(), None);
         let nodes = spawn_watch(Api::all(client.clone()), "nodes", trim_node, wake.clone(), h.clone(), g.clone(), None);
-        let crd = Arc::new(Served::new(None));
         let cluster_policies = spawn_watch(
             Api::all(client.clone()),
-            "clusternetworkpolicies",
+            CLUSTER_POLICIES,
             trim_cluster_policy,
             wake.clone(),
             h.clone(),
             g.clone(),
             Some(crd.clone()),
         );
-        spawn_crd_probe(Api::all(client.clone()), crd.clone(), wake.clone(), generation.clone());
         spawn_probe(client, health.clone(), wake);
         {
             let mut crd_known = crd.subscribe();
