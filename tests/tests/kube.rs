@@ -217,9 +217,9 @@ fn cases() -> Vec<palisade_e2e::suite::Case<Env>> {
             e.expect(|m| {
                 m.each(|_, to| (ns_of(to) == "x").then_some(false));
             })?;
-            // Installed: picked up (the watcher asks again within 30 s).
+            // Installed: picked up (the watcher asks again within a minute).
             e.api.set_cluster_network_policy_crd(true);
-            e.status_until(45, "CRD picked up", |st| !unavailable(st))?;
+            e.status_until(65, "CRD picked up", |st| !unavailable(st))?;
             // An invalid one (a CRD of another version let it through): reported by field.
             e.api.apply_cluster_network_policy(serde_json::json!({
                 "apiVersion": palisade_e2e::fake_api::CNP_API_VERSION, "kind": "ClusterNetworkPolicy",

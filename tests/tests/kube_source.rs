@@ -105,7 +105,7 @@ fn nodes_and_cluster_network_policies_through_the_api() {
     assert_eq!(snap.input.cluster_policies.len(), held, "a 404 drops no ClusterNetworkPolicy");
     let watched = api.requests().watches("clusternetworkpolicies");
     api.set_cluster_network_policy_served(true);
-    until(&mut source, 40, "served again", |_, src| src.unavailable().is_none());
+    until(&mut source, 65, "served again", |_, src| src.unavailable().is_none());
     // Said served once the watch is answered again, not before (the
     // watcher may be waiting out its backoff): what is applied now arrives.
     assert!(api.requests().watches("clusternetworkpolicies") > watched, "served said before the watch resumed");
@@ -126,10 +126,31 @@ fn nodes_and_cluster_network_policies_through_the_api() {
     // what comes next arrives.
     let watched = api.requests().watches("clusternetworkpolicies");
     api.set_cluster_network_policy_crd(true);
-    until(&mut source, 40, "CRD back", |_, src| src.unavailable().is_none());
+    until(&mut source, 65, "CRD back", |_, src| src.unavailable().is_none());
     assert!(api.requests().watches("clusternetworkpolicies") > watched, "installed said before the watch resumed");
     api.apply_cluster_network_policy(cnp("again", "Accept"));
     until(&mut source, 10, "a policy after the CRD came back", |s, _| s.input.cluster_policies.contains_key("again"));
+
+    // Created anew, its old versions compacted away: the resumed watch is
+    // answered OK, then 410, and relists. Said read and not stale means
+    // relisted, with what was created meanwhile (the state is asked
+    // before the load, so the load is at least as new).
+    api.set_cluster_network_policy_crd(false);
+    until(&mut source, 40, "CRD removed again", |_, src| src.unavailable().is_some());
+    api.set_cluster_network_policy_crd(true);
+    api.expire_watches();
+    api.apply_cluster_network_policy(cnp("anew", "Accept"));
+    let deadline = Instant::now() + Duration::from_secs(65);
+    loop {
+        let current = source.unavailable().is_none() && source.stale().is_none();
+        let snap = source.load();
+        if current {
+            assert!(snap.input.cluster_policies.contains_key("anew"), "read and not stale before the relist");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the CRD created anew: not read within 65 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 
     // The API server away, and the version the watches resume from gone
     // when it comes back (a compaction): each resumed watch is answered

@@ -8,13 +8,13 @@
 //! ClusterNetworkPolicies come from a CRD that may not be installed: while
 //! its list or watch answers 404 the source says so
 //! ([`KubeSource::unavailable`]); the watcher retries (0.8 s doubling to
-//! 30 s), and the CRD counts as served again once its list or watch
-//! answers, so a CRD installed later is picked up, and said to be only
-//! when it is watched. A 404 never drops what the store
-//! holds: deleting a CRD deletes its objects first (DELETED events empty
-//! the store), so a 404 with objects still there is an API server that
-//! briefly does not serve the resource (a restart, an upgrade), and their
-//! Admin Denies stay in force. Any other failure of that watch is a
+//! 30 s, plus up to as much again at random), and the CRD counts as
+//! served again once its list or watch answers, so a CRD installed later
+//! is picked up within a minute, and said to be only when it is watched.
+//! A 404 never drops what the store holds: deleting a CRD deletes its
+//! objects first (DELETED events empty the store), so a 404 with objects
+//! still there is an API server that briefly does not serve the resource
+//! (a restart, an upgrade), and their Admin Denies stay in force. Any other failure of that watch is a
 //! failing watch like the others: the state is stale and what is in force
 //! stays.
 
@@ -114,7 +114,7 @@ impl kube::Resource for ClusterNetworkPolicyObject {
 }
 
 /// What status says while the ClusterNetworkPolicy CRD is not served.
-pub const CRD_NOT_INSTALLED: &str = "ClusterNetworkPolicy CRD not installed (clusternetworkpolicies.policy.networking.k8s.io, v1alpha2 not served): NetworkPolicies are enforced, and ClusterNetworkPolicies last seen (if any) stay in force; asking again at least every 30 s";
+pub const CRD_NOT_INSTALLED: &str = "ClusterNetworkPolicy CRD not installed (clusternetworkpolicies.policy.networking.k8s.io, v1alpha2 not served): NetworkPolicies are enforced, and ClusterNetworkPolicies last seen (if any) stay in force; asking again at least every minute";
 
 /// Whether a resource a CRD defines is served: None until its first list
 /// answers, then whether the last list found it (404: not installed).
@@ -146,11 +146,13 @@ impl Health {
         (!failing.is_empty()).then(|| failing.join("; "))
     }
 
-    /// A watch request for `resource` answered OK.
-    fn watch_answered(&self, resource: &str) {
+    /// A watch request for `resource` answered OK, now (returned).
+    fn watch_answered(&self, resource: &str) -> Instant {
+        let now = Instant::now();
         if let Ok(mut w) = self.watching.lock() {
-            w.insert(resource.to_string(), Instant::now());
+            w.insert(resource.to_string(), now);
         }
+        now
     }
 }
 
@@ -164,7 +166,7 @@ const RESUMED_AFTER: Duration = Duration::from_secs(1);
 /// A layer on the API client that tells [`Health`] when a watch request
 /// answers OK, and says the ClusterNetworkPolicy CRD is served again when
 /// its watch does: a watcher that lost its watch to the CRD's removal
-/// resumes watching (after its backoff, at most 30 s) when it comes back,
+/// resumes watching (after its backoff, under a minute) when it comes back,
 /// and no event says so until an object changes. Not before: while the
 /// watcher waits, what is created is not seen, and status must not say
 /// the CRD is read.
@@ -178,7 +180,7 @@ struct WatchTap {
 
 impl WatchTap {
     fn answered(&self, resource: &str) {
-        self.health.watch_answered(resource);
+        let at = self.health.watch_answered(resource);
         if resource == CLUSTER_POLICIES
             && self.crd.send_if_modified(|s| {
                 let back = *s == Some(false);
@@ -189,6 +191,18 @@ impl WatchTap {
             })
         {
             tracing::info!("{CLUSTER_POLICIES}: the CRD is installed now");
+            // Stale until the watch counts as resumed (RESUMED_AFTER): a
+            // CRD created anew answers a watch from an old version OK,
+            // then 410, and the relist must not be preceded by a moment
+            // of "in sync".
+            let failure = Failure {
+                message: "the CRD is installed again; its watch is resuming".to_string(),
+                at: at.checked_sub(Duration::from_nanos(1)).unwrap_or(at),
+                relist: false,
+            };
+            if let Ok(mut errors) = self.health.errors.lock() {
+                errors.insert(CLUSTER_POLICIES, failure);
+            }
             self.generation.fetch_add(1, Ordering::SeqCst);
             (self.wake)();
         }
