@@ -937,8 +937,12 @@ struct Line {
 }
 
 impl Line {
+    fn data(bytes: Bytes) -> Line {
+        Line { bytes, sent: None }
+    }
+
     fn event(kind: &str, object: &Value) -> Line {
-        Line { bytes: event_line(kind, object), sent: None }
+        Line::data(event_line(kind, object))
     }
 
     fn sent(version: u64) -> Line {
@@ -979,7 +983,7 @@ async fn run_watch(
         tokio::select! {
             changed = changes.changed() => if changed.is_err() { return },
             _ = ticker.tick(), if spec.bookmarks => {
-                if tx.send(Line { bytes: bookmark_line(spec.kind, cursor), sent: None }).is_err() {
+                if tx.send(Line::data(bookmark_line(spec.kind, cursor))).is_err() {
                     return;
                 }
             }

@@ -14,9 +14,9 @@
 //! A 404 never drops what the store holds: deleting a CRD deletes its
 //! objects first (DELETED events empty the store), so a 404 with objects
 //! still there is an API server that briefly does not serve the resource
-//! (a restart, an upgrade), and their Admin Denies stay in force. Any other failure of that watch is a
-//! failing watch like the others: the state is stale and what is in force
-//! stays.
+//! (a restart, an upgrade), and their Admin Denies stay in force. Any
+//! other failure of that watch is a failing watch like the others: the
+//! state is stale and what is in force stays.
 
 use super::Snapshot;
 use super::convert::{AUDIT_ANNOTATION, Checked, Kind, ObjKey, Raw, cluster_policy};
@@ -181,20 +181,12 @@ struct WatchTap {
 impl WatchTap {
     fn answered(&self, resource: &str) {
         let at = self.health.watch_answered(resource);
-        if resource == CLUSTER_POLICIES
-            && self.crd.send_if_modified(|s| {
-                let back = *s == Some(false);
-                if back {
-                    *s = Some(true);
-                }
-                back
-            })
-        {
-            tracing::info!("{CLUSTER_POLICIES}: the CRD is installed now");
+        if resource == CLUSTER_POLICIES && crd_served(&self.crd) {
             // Stale until the watch counts as resumed (RESUMED_AFTER): a
             // CRD created anew answers a watch from an old version OK,
             // then 410, and the relist must not be preceded by a moment
-            // of "in sync".
+            // of "in sync". The failure is dated just before the answer,
+            // which is what counts as resuming from it.
             let failure = Failure {
                 message: "the CRD is installed again; its watch is resuming".to_string(),
                 at: at.checked_sub(Duration::from_nanos(1)).unwrap_or(at),
@@ -211,6 +203,16 @@ impl WatchTap {
 
 /// The ClusterNetworkPolicy resource, as watch requests and status name it.
 const CLUSTER_POLICIES: &str = "clusternetworkpolicies";
+
+/// Says the CRD is served (its list or watch answered); whether it was
+/// said missing until now.
+fn crd_served(served: &Served) -> bool {
+    let back = served.send_replace(Some(true)) == Some(false);
+    if back {
+        tracing::info!("{CLUSTER_POLICIES}: the CRD is installed now");
+    }
+    back
+}
 
 impl<S> tower::Layer<S> for WatchTap {
     type Service = Tapped<S>;
@@ -411,11 +413,8 @@ where
                     // A relist fills the store only at InitDone: until then
                     // it still holds the state from before the failure.
                     let current = !matches!(event, watcher::Event::Init | watcher::Event::InitApply(_));
-                    if current
-                        && let Some(served) = &served
-                        && served.send_replace(Some(true)) == Some(false)
-                    {
-                        tracing::info!("{kind}: the CRD is installed now");
+                    if current && let Some(served) = &served {
+                        crd_served(served);
                     }
                     let recovered =
                         current && health.errors.lock().map(|mut e| e.remove(kind).is_some()).unwrap_or(false);
