@@ -19,9 +19,9 @@ use aya_ebpf::{
 };
 use core::mem::MaybeUninit;
 use palisade_common::{
-    CT_ALLOWED, CT_AUDITED, CT_DEFERRED, CT_DENIED, CT_UPSTREAM, Config, CtEntry, CtKey, DIR_EGRESS, DIR_INGRESS,
-    Decision, EP_AUDIT, EVF_FRAGMENT, EVF_REDECIDED, FAMILY_V4, FragKey, FragPorts, PROTO_TCP, REASON_SPOOFED,
-    VERDICT_AUDIT, stat,
+    CT_ALLOWED, CT_AUDITED, CT_DEFERRED, CT_DENIED, CT_UPSTREAM, Config, CtEntry, CtKey, CtKey4, DIR_EGRESS,
+    DIR_INGRESS, Decision, EP_AUDIT, EVF_FRAGMENT, EVF_REDECIDED, FAMILY_V4, FragKey, FragPorts, PROTO_TCP,
+    REASON_SPOOFED, VERDICT_AUDIT, stat,
 };
 
 /// Tracked TCP flows expire after six hours idle, others after a minute.
@@ -116,23 +116,53 @@ pub fn fast(ctx: &TcContext, ifindex: u32, dir: u8) -> Fast {
     }
     let (mut key4, mut key6) = (MaybeUninit::uninit(), MaybeUninit::uninit());
     // SAFETY: the key plain_key says it wrote, whole.
-    let (ct, protocol) = match parse::plain_key(ctx, ifindex, dir, &mut key4, &mut key6) {
-        Plain::V4 => {
-            let key = unsafe { key4.assume_init_ref() };
-            (CONNTRACK4.get_ptr_mut(key), key.protocol)
-        }
-        Plain::V6 => {
-            let key = unsafe { &key6.assume_init_ref().0 };
-            (CONNTRACK6.get_ptr_mut(key), key.protocol)
-        }
-        Plain::No => return Fast::Full,
-    };
-    let Some(ct) = ct else {
+    match parse::plain_key(ctx, ifindex, dir, &mut key4, &mut key6) {
+        Plain::V4 => fast_in(ctx, cfg, unsafe { key4.assume_init_ref() }, ifindex, dir),
+        Plain::V6 => fast_in(ctx, cfg, unsafe { &key6.assume_init_ref().0 }, ifindex, dir),
+        Plain::No => Fast::Full,
+    }
+}
+
+/// A flow key and the conntrack table it is looked up in.
+trait Table {
+    fn lookup(&self) -> Option<*mut CtEntry>;
+    fn protocol(&self) -> u8;
+}
+
+impl Table for CtKey4 {
+    #[inline(always)]
+    fn lookup(&self) -> Option<*mut CtEntry> {
+        CONNTRACK4.get_ptr_mut(self)
+    }
+    #[inline(always)]
+    fn protocol(&self) -> u8 {
+        self.protocol
+    }
+}
+
+impl Table for CtKey {
+    #[inline(always)]
+    fn lookup(&self) -> Option<*mut CtEntry> {
+        CONNTRACK6.get_ptr_mut(self)
+    }
+    #[inline(always)]
+    fn protocol(&self) -> u8 {
+        self.protocol
+    }
+}
+
+/// [`fast`] past the parse, once per family, so that each table's lookup
+/// is a call of its own (written once for both, the compiler made it one
+/// call with either map, which the verifier does not inline: it went
+/// through the generic helper, an indirect call).
+#[inline(always)]
+fn fast_in<K: Table>(ctx: &TcContext, cfg: &Config, key: &K, ifindex: u32, dir: u8) -> Fast {
+    let Some(ct) = key.lookup() else {
         return Fast::Missed;
     };
     let ct = unsafe { &mut *ct };
     let now = now(cfg);
-    if ct.revision != cfg.revision || ct.verdict == CT_UPSTREAM || !live(ct, now, protocol, cfg) {
+    if ct.revision != cfg.revision || ct.verdict == CT_UPSTREAM || !live(ct, now, key.protocol(), cfg) {
         return Fast::Full;
     }
     if ct.verdict == CT_DENIED {
