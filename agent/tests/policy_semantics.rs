@@ -2690,11 +2690,15 @@ fn incremental_compile_equals_compiling_from_scratch() {
                 }
                 prop_assert!(changed.is_subset(&keys), "step {}: reported addresses of neither map", i);
             }
-            // The changes it reports are exactly the policy entries that differ.
+            // The changes it reports are exactly the policy entries that
+            // differ, in key order, each with its value now.
             if let (Some((_, before)), Some(changed)) = (&prev, &compiler.changes().policy) {
                 let keys: std::collections::BTreeSet<_> = before.policy.keys().chain(inc.policy.keys()).collect();
-                let differ: std::collections::BTreeSet<_> =
-                    keys.into_iter().filter(|k| before.policy.get(k) != inc.policy.get(k)).copied().collect();
+                let differ: Vec<_> = keys
+                    .into_iter()
+                    .filter(|k| before.policy.get(k) != inc.policy.get(k))
+                    .map(|k| (*k, inc.policy.get(k).copied()))
+                    .collect();
                 prop_assert_eq!(&differ, changed, "step {}: reported changes", i);
                 steps.fetch_add(1, Ordering::Relaxed);
                 if !differ.is_empty() {

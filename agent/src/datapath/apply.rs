@@ -4,7 +4,7 @@
 
 use super::netlink::Interfaces;
 use super::plan::{self, Hold, Hook, Plan};
-use super::{Datapath, SyncReport, batch};
+use super::{Datapath, PolicyRecord, SyncReport, batch};
 use crate::policy::compile::Changes;
 use crate::policy::{Compiled, IpPrefix, PolicyPrefix};
 use crate::state::Enforcement;
@@ -24,6 +24,57 @@ struct Upsert {
     short: BTreeSet<u32>,
     /// Per class, the allowing entries written, with what each replaced.
     allowed: HashMap<u32, Vec<(PolicyPrefix, Option<PolicyValue>)>>,
+}
+
+/// What one sync does to the policy map, each entry compared once (the
+/// compile's map and the agent's record of the kernel's are both large:
+/// looking an entry up again per step was most of a large change's sync).
+#[derive(Default)]
+struct PolicyWork {
+    /// Entries no longer wanted, allowing and denying.
+    stale_allows: Vec<PolicyPrefix>,
+    stale_denies: Vec<PolicyPrefix>,
+    /// Entries to write (new or changed), denying and allowing.
+    denies: Vec<(PolicyPrefix, PolicyValue)>,
+    allows: Vec<(PolicyPrefix, PolicyValue)>,
+}
+
+impl PolicyWork {
+    /// The entries a compile changed alone, with their values now.
+    fn of_changes(changed: &[(PolicyPrefix, Option<PolicyValue>)], have: &PolicyRecord) -> Self {
+        let mut work = PolicyWork::default();
+        for (k, want) in changed {
+            work.compare(*k, want.as_ref(), have.get(k));
+        }
+        work
+    }
+
+    /// Every entry either side holds.
+    fn of_all(want: &BTreeMap<PolicyPrefix, PolicyValue>, have: &PolicyRecord) -> Self {
+        let mut work = PolicyWork::default();
+        for (k, v) in want {
+            work.compare(*k, Some(v), have.get(k));
+        }
+        for (k, v) in have {
+            if !want.contains_key(k) {
+                work.compare(*k, None, Some(v));
+            }
+        }
+        // The record is unordered; removals go in key order, as the rest.
+        work.stale_allows.sort_unstable();
+        work.stale_denies.sort_unstable();
+        work
+    }
+
+    fn compare(&mut self, k: PolicyPrefix, want: Option<&PolicyValue>, have: Option<&PolicyValue>) {
+        match (want, have) {
+            (None, Some(h)) if h.denies() => self.stale_denies.push(k),
+            (None, Some(_)) => self.stale_allows.push(k),
+            (Some(w), h) if h != Some(w) && w.denies() => self.denies.push((k, *w)),
+            (Some(w), h) if h != Some(w) => self.allows.push((k, *w)),
+            _ => {}
+        }
+    }
 }
 
 /// An address map entry.
@@ -103,25 +154,13 @@ impl Datapath {
         let mut report = SyncReport::default();
         let changed = changes.and_then(|c| c.policy.as_ref()).filter(|_| self.policy_whole);
         let errors = report.errors.len();
-        let stale: Vec<PolicyPrefix> = match changed {
-            Some(keys) => keys
-                .iter()
-                .filter(|k| !compiled.policy.contains_key(k) && self.realized.policy.contains_key(k))
-                .copied()
-                .collect(),
-            None => self.realized.policy.keys().filter(|k| !compiled.policy.contains_key(k)).copied().collect(),
+        let work = match changed {
+            Some(changed) => PolicyWork::of_changes(changed, &self.realized.policy),
+            None => PolicyWork::of_all(&compiled.policy, &self.realized.policy),
         };
-        let (stale_denies, stale_allows): (Vec<PolicyPrefix>, Vec<PolicyPrefix>) =
-            stale.into_iter().partition(|k| self.realized.policy.get(k).is_some_and(PolicyValue::denies));
-        self.remove_policy(stale_allows, &mut report);
-        let desired = || -> Box<dyn Iterator<Item = (&PolicyPrefix, &PolicyValue)>> {
-            match changed {
-                Some(keys) => Box::new(keys.iter().filter_map(|k| compiled.policy.get_key_value(k))),
-                None => Box::new(compiled.policy.iter()),
-            }
-        };
+        self.remove_policy(work.stale_allows, &mut report);
         let mut up = Upsert::default();
-        self.upsert_policy(desired().filter(|(_, v)| v.denies()), &mut up, &mut report);
+        self.upsert_policy(work.denies, &mut up, &mut report);
         let mut policy_errors = report.errors.len() - errors;
         // Addresses and endpoints take their new numbers before any allow
         // goes in: a number a group leaves may now stand for another group,
@@ -154,7 +193,7 @@ impl Datapath {
         self.write_endpoints(&plan, &mut report);
         let short_of_denies = up.short.len();
         let before_allows = report.errors.len();
-        self.upsert_policy(desired().filter(|(_, v)| !v.denies()), &mut up, &mut report);
+        self.upsert_policy(work.allows, &mut up, &mut report);
         policy_errors += report.errors.len() - before_allows;
         let short = up.short;
         let mut policy_whole = short.is_empty() && policy_errors == 0;
@@ -190,7 +229,7 @@ impl Datapath {
         }
         let errors = report.errors.len();
         let held = |k: &PolicyPrefix| short.contains(&u32::from_be_bytes(k.key.local));
-        self.remove_policy(stale_denies.into_iter().filter(|k| !held(k)).collect(), &mut report);
+        self.remove_policy(work.stale_denies.into_iter().filter(|k| !held(k)).collect(), &mut report);
         policy_whole &= report.errors.len() == errors;
         self.policy_whole = policy_whole;
 
@@ -243,15 +282,8 @@ impl Datapath {
     /// removed, changed ones restored): its pods are held closed anyway,
     /// nothing it allowed stays open until the hold is written, and the
     /// room goes to classes that fit. Its denies stay: they only close.
-    fn upsert_policy<'a>(
-        &mut self,
-        desired: impl Iterator<Item = (&'a PolicyPrefix, &'a PolicyValue)>,
-        up: &mut Upsert,
-        report: &mut SyncReport,
-    ) {
+    fn upsert_policy(&mut self, todo: Vec<(PolicyPrefix, PolicyValue)>, up: &mut Upsert, report: &mut SyncReport) {
         let class = |k: &PolicyPrefix| u32::from_be_bytes(k.key.local);
-        let todo: Vec<(PolicyPrefix, PolicyValue)> =
-            desired.filter(|(k, v)| self.realized.policy.get(k) != Some(v)).map(|(k, v)| (*k, *v)).collect();
         let mut next = 0;
         while next < todo.len() {
             // The next batch: entries of classes not found short yet.

@@ -131,11 +131,17 @@ impl FromStr for MapSizes {
     }
 }
 
+/// The agent's record of the policy map: a hash, since a sync looks up
+/// every entry a change touched (a namespace's root is tens of thousands;
+/// in a tree of the whole map each lookup was a walk of cache misses).
+/// foldhash, seeded per process.
+type PolicyRecord = std::collections::HashMap<PolicyPrefix, PolicyValue, foldhash::fast::RandomState>;
+
 /// What the agent last wrote (and so believes the kernel holds).
 #[derive(Default)]
 struct Realized {
     ips: BTreeMap<IpPrefix, IpInfo>,
-    policy: BTreeMap<PolicyPrefix, PolicyValue>,
+    policy: PolicyRecord,
     endpoints: BTreeMap<u32, Endpoint>,
     /// Interfaces whose links carry this agent's programs, and which.
     attached: BTreeMap<u32, BTreeSet<Hook>>,

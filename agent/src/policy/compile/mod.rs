@@ -88,9 +88,11 @@ pub fn hints_of(compiled: &Compiled) -> Hints {
 /// What the last [`Compiler::compile`] changed in the output.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Changes {
-    /// Policy entries added, removed or changed; None: the whole map may
-    /// have (the first compile).
-    pub policy: Option<BTreeSet<PolicyPrefix>>,
+    /// Policy entries added, removed or changed, in key order, each with
+    /// what it is now (None: removed), so the sync writes them without
+    /// looking them up again; None: the whole map may have changed (the
+    /// first compile).
+    pub policy: Option<Vec<(PolicyPrefix, Option<PolicyValue>)>>,
     /// Address entries added, removed or changed; None: the whole map may
     /// have (the first compile).
     pub ips: Option<BTreeSet<IpPrefix>>,
@@ -509,11 +511,10 @@ impl Compiler {
             // The first compile changes the whole map, which it says with
             // None: a set of every entry would only add to the peak.
             if !first {
-                changed.push(prefix);
+                changed.push((prefix, want));
             }
         }
-        // In order already: the set is built in bulk.
-        self.changes = Changes { policy: (!first).then(|| changed.into_iter().collect()), ips: ips_changed };
+        self.changes = Changes { policy: (!first).then_some(changed), ips: ips_changed };
         if first {
             // Lists of contributors grew a claim at a time; they are kept.
             for c in self.contributors.values_mut() {
@@ -802,6 +803,11 @@ mod tests {
 
     const NODE: &str = "n1";
 
+    /// The policy entries the last compile reports changed.
+    fn changed_keys(compiler: &Compiler) -> Vec<PolicyPrefix> {
+        compiler.changes().policy.iter().flatten().map(|(k, _)| *k).collect()
+    }
+
     fn cluster(client_labels: &str, ns_labels: &str) -> Arc<Input> {
         let pod = |name: &str, labels: &str, ip: &str| {
             format!(
@@ -897,7 +903,7 @@ mod tests {
         let after = compiler.compile(&cluster("app: client, probe: 'yes'", "team: x"), &node()).clone();
         assert_eq!(identity_of(&after, "client"), client, "the client keeps its number");
         assert_eq!(class_of(&after, "client"), class, "and its class's, which only it had");
-        let changed = compiler.changes().policy.clone().unwrap();
+        let changed = changed_keys(&compiler);
         // The gate's egress entry (to the server) is all that is new, and
         // nothing else moved.
         assert_eq!(changed.len(), 1, "{changed:?}");
@@ -911,7 +917,7 @@ mod tests {
         // A namespace's labels are not part of a number either.
         let relabelled_ns = compiler.compile(&cluster("app: client, probe: 'yes'", "team: other"), &node()).clone();
         assert_eq!(identity_of(&relabelled_ns, "client"), client);
-        assert_eq!(compiler.changes().policy.as_ref().map(BTreeSet::len), Some(0));
+        assert_eq!(compiler.changes().policy.as_ref().map(Vec::len), Some(0));
     }
 
     /// The cluster with `edit` applied to its pods, namespaces and
@@ -1181,7 +1187,7 @@ mod tests {
         use palisade_common::{EP_PARENT_NO_ANY, EP_PARENT_NO_SHORT, EP_SKIPS};
         assert_eq!(client.flags & EP_SKIPS, EP_PARENT_NO_SHORT | EP_PARENT_NO_ANY);
         let of = |class: u32| after.policy.keys().filter(|k| u32::from_be_bytes(k.key.local) == class).count();
-        let changed = compiler.changes().policy.clone().unwrap();
+        let changed = changed_keys(&compiler);
         assert!(of(root) > 1000, "the root has the namespace-wide entries ({})", of(root));
         assert!(of(client.class) < 10, "the client's class holds its own policy's ({})", of(client.class));
         // The new class holds the client's policy's entries and the gate's
@@ -1229,7 +1235,7 @@ mod tests {
         // Deleted: what came leaves, nothing else moves.
         let gone = compiler.compile(&base, &node).clone();
         assert_eq!(gone, compile_with_hints(&base, &node, &hints_of(&after)));
-        assert_eq!(compiler.changes().policy.as_ref().map(BTreeSet::len), Some(changed.len()));
+        assert_eq!(compiler.changes().policy.as_ref().map(Vec::len), Some(changed.len()));
     }
 
     /// A pod scheduled here whose address is not known yet brings its
@@ -1274,7 +1280,7 @@ mod tests {
             assert_eq!(now, compile_with_hints(input, &node, &hints_of(&last)), "step {i} as from scratch");
             let root = compiler.classes.root("ns-10");
             assert_eq!(root.is_some(), *rooted, "step {i}: the root of ns-10");
-            let changed = compiler.changes().policy.clone().unwrap();
+            let changed = changed_keys(&compiler);
             match i {
                 1 => assert!(changed.is_empty(), "a pod scheduled elsewhere brings nothing"),
                 2 => {
@@ -1334,7 +1340,7 @@ mod tests {
             assert_eq!(compiler.whole_builds, builds, "step {step}: identities updated in place");
             // No two rules give one entry here: each entry moved is one
             // that changed.
-            let changed = compiler.changes().policy.as_ref().map_or(0, BTreeSet::len);
+            let changed = compiler.changes().policy.as_ref().map_or(0, Vec::len);
             assert!(changed > 0, "step {step} changes entries");
             assert_eq!(compiler.moved - moved, changed, "step {step}: only the changed entries moved");
             prev = out;
@@ -1373,7 +1379,7 @@ mod tests {
         let first = compiler.compile(&input, &node()).clone();
         assert_eq!(compiler.changes().policy, None, "the first compile may change everything");
         compiler.compile(&input, &node());
-        assert_eq!(compiler.changes().policy.as_ref().map(BTreeSet::len), Some(0));
+        assert_eq!(compiler.changes().policy.as_ref().map(Vec::len), Some(0));
         // An agent restarting after the client's relabel (which changes
         // which policies select it) finds the classes the kernel's
         // endpoint entries hold and keeps them: what it writes is what the
