@@ -26,9 +26,8 @@ struct Upsert {
     allowed: HashMap<u32, Vec<(PolicyPrefix, Option<PolicyValue>)>>,
 }
 
-/// What one sync does to the policy map, each entry compared once (the
-/// compile's map and the agent's record of the kernel's are both large:
-/// looking an entry up again per step was most of a large change's sync).
+/// What one sync does to the policy map: each entry compared once with
+/// the agent's record, and sorted by what the sync's steps do with it.
 #[derive(Default)]
 struct PolicyWork {
     /// Entries no longer wanted, allowing and denying.
@@ -276,7 +275,7 @@ impl Datapath {
         }
     }
 
-    /// Writes the policy entries that differ, in batches. A policy class
+    /// Writes `todo` (entries that differ from the record), in batches. A policy class
     /// whose entries cannot all be written goes in `up.short`; the
     /// allowing entries this sync wrote for it are taken back (new ones
     /// removed, changed ones restored): its pods are held closed anyway,
