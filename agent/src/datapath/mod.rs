@@ -199,6 +199,9 @@ pub struct Datapath {
     sizes: MapSizes,
     /// The netfilter hooks' rules (None: `judged_mark` 0).
     netfilter: Option<netfilter::Hooks>,
+    /// This process's hold on `dir` ([`bpffs::hold`]); last, so it is let
+    /// go after everything else.
+    _hold: std::fs::File,
 }
 
 /// The kernel's tick in nanoseconds, for the programs' clock (see
@@ -230,6 +233,7 @@ impl Datapath {
             bail!("this build has no eBPF classifier (built with AYA_BUILD_SKIP=1); rebuild without it");
         }
         bpffs::ensure(dir)?;
+        let hold = bpffs::hold(dir)?;
         let maps_dir = dir.join(format!("v{LAYOUT_VERSION}"));
         std::fs::create_dir_all(&maps_dir)?;
         check_pinned_layout(&maps_dir, &sizes)?;
@@ -307,6 +311,7 @@ impl Datapath {
             strict_prefixes: settings.strict_prefixes.clone(),
             sizes,
             netfilter,
+            _hold: hold,
         };
         dp.write_config()?;
         Ok(dp)

@@ -68,10 +68,10 @@ impl Drop for Veth {
 }
 
 /// A private bpffs directory, removed (maps and links with it) on drop.
-struct BpfDir(PathBuf);
+pub struct BpfDir(pub PathBuf);
 
 impl BpfDir {
-    fn new() -> BpfDir {
+    pub fn new() -> BpfDir {
         let n = SEQ.fetch_add(1, Ordering::Relaxed);
         BpfDir(PathBuf::from(format!("/sys/fs/bpf/palisade-kt-{}-{n}", std::process::id())))
     }

@@ -26,6 +26,7 @@ mod ct_full;
 mod events;
 mod fragments;
 mod fuzz;
+mod hold;
 mod host_egress;
 mod icmp_errors;
 mod malformed;
