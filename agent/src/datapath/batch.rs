@@ -8,7 +8,8 @@
 //! tried once more on its own (a batch refused as a whole, by an LSM or a
 //! kernel quirk, must not fail what a single write does); if it fails
 //! again, the caller learns where, handles it as it would a single write's
-//! failure, and goes on after it. Every kernel with TCX links (6.6) has
+//! failure, and goes on after it; but a key a removal does not find is
+//! removed already ([`delete`]). Every kernel with TCX links (6.6) has
 //! batches on hash (5.6) and LPM trie (5.13) maps.
 
 use aya::Pod;
@@ -87,7 +88,10 @@ pub fn update<K: Pod, V: Pod>(map: &impl IterableMap<K, V>, keys: &[K], values: 
     Ok(())
 }
 
-/// Removes `keys`, in order.
+/// Removes `keys`, in order. A key the map does not hold is removed
+/// already: the agent's record of the map said otherwise (someone else
+/// removed it), and failing on it would fail every sync after, the record
+/// never corrected, for an entry that is gone as wanted.
 pub fn delete<K: Pod, V: Pod>(map: &impl IterableMap<K, V>, keys: &[K]) -> Result<(), Stopped> {
     let map_fd = map.map().fd().as_fd().as_raw_fd() as u32;
     let mut done = 0;
@@ -100,8 +104,10 @@ pub fn delete<K: Pod, V: Pod>(map: &impl IterableMap<K, V>, keys: &[K]) -> Resul
         }
         done += stopped_at(&batch, n);
         let mut one = Elem { map_fd, key: addr(&keys[done]), ..Default::default() };
-        call(BPF_MAP_DELETE_ELEM, &mut one).map_err(|error| Stopped { done, error })?;
-        done += 1;
+        match call(BPF_MAP_DELETE_ELEM, &mut one) {
+            Err(error) if error.raw_os_error() != Some(libc::ENOENT) => return Err(Stopped { done, error }),
+            _ => done += 1,
+        }
     }
     Ok(())
 }
