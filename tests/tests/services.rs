@@ -427,7 +427,12 @@ fn cases() -> Vec<palisade_e2e::suite::Case<Env>> {
             );
             let from_xa = "[{podSelector: {matchLabels: {pod: a}}}]";
             e.apply(&[ingress_of_xb(from_xa)])?;
-            ensure!(to_vip(e, "x/a"), "x/b's ingress admits x/a: {:#?}", e.agent().events(&[]));
+            ensure!(
+                to_vip(e, "x/a"),
+                "x/b's ingress admits x/a: {:#?}\n{}",
+                e.agent().events(&[]),
+                e.agent().log_tail()
+            );
             ensure!(!to_vip(e, "z/a"), "and still not z/a");
             // The same over IPv6.
             let backend6 = match e.topo.pod("x/b").ip(true) {
