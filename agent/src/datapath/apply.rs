@@ -525,11 +525,14 @@ impl Datapath {
         let stale: Vec<u32> =
             self.realized.endpoints.keys().copied().filter(|i| !plan.entries.contains_key(i)).collect();
         for ifindex in stale {
-            match self.endpoints.remove(&ifindex) {
-                Ok(()) => report.changes += 1,
-                Err(e) => report.errors.push(format!("endpoint map, interface {ifindex}: {e}")),
+            // Kept in the record if it is still there: tried again.
+            match batch::delete(&self.endpoints, &[ifindex]) {
+                Ok(()) => {
+                    report.changes += 1;
+                    self.realized.endpoints.remove(&ifindex);
+                }
+                Err(s) => report.errors.push(format!("endpoint map, interface {ifindex}: {}", s.error)),
             }
-            self.realized.endpoints.remove(&ifindex);
         }
     }
 

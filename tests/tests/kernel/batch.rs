@@ -96,4 +96,14 @@ fn a_sync_removing_entries_someone_else_removed_goes_on() {
     assert!(!taken.is_empty(), "one-port entries to take");
     env.apply(crate::cluster::input(true));
     env.apply(crate::cluster::input(true));
+    // The same for endpoint entries: a pod deleted whose entry is gone.
+    let endpoints = env.take_entries::<u32, palisade_common::Endpoint>(palisade_common::maps::ENDPOINTS);
+    assert_eq!(endpoints.len(), crate::cluster::LOCALS.len(), "an endpoint entry per local pod");
+    let mut fewer = crate::cluster::input(true);
+    let (name, _, _) = crate::cluster::LOCALS[0];
+    fewer.pods.remove(&("prod".to_string(), name.to_string())).expect("the pod");
+    for _ in 0..2 {
+        let report = env.try_apply(&fewer);
+        assert!(report.errors.is_empty(), "sync errors: {:?}", report.errors);
+    }
 }
