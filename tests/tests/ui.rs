@@ -257,9 +257,29 @@ impl Fixture for Env {
 }
 
 /// The page, loaded and live (it has drawn the map at least once).
+/// Chrome abandons a navigation when the host's interfaces change
+/// (`ERR_NETWORK_CHANGED`: the suite's namespaces and veths come and go as
+/// the page loads) and shows its own error page: then it is opened again.
+/// Seen once in CI on the suite's first load, right after its 13 pods'
+/// namespaces were made: no status at all after 5 s.
 fn load(e: &Env) -> Result<()> {
-    e.browser.open("/")?;
-    e.browser.wait_text("#status", &["live"], Duration::from_secs(5))?;
+    let page = || {
+        e.browser
+            .run("return location.href + ' | ' + document.title + ' | ' + document.body.innerText.slice(0, 300)")
+            .map_or_else(|err| format!("(unreadable: {err})"), |v| v.to_string())
+    };
+    let mut tries = 0;
+    loop {
+        e.browser.open("/")?;
+        if e.browser.wait_for("#status", Duration::from_secs(3)).is_ok() {
+            break;
+        }
+        tries += 1;
+        ensure!(tries < 3, "the page did not load in {tries} tries: {}", page());
+    }
+    e.browser
+        .wait_text("#status", &["live"], Duration::from_secs(5))
+        .with_context(|| format!("the page: {}", page()))?;
     Ok(())
 }
 
