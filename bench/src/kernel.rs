@@ -13,6 +13,11 @@
 //!   in single mode. A new denied flow sends its drop event; the bench
 //!   drains them as the agent would, so the ring never fills.
 //!
+//! Every point is loaded at once, each in a datapath of its own, and the
+//! repetitions go round the points in turn: rows measured minutes apart
+//! differed by a third where nothing of theirs could (an unmanaged
+//! interface's packets with and without ClusterNetworkPolicies).
+//!
 //! A point with ClusterNetworkPolicies measures the same packets on the
 //! cluster of a policies-only point plus generated CNPs (`cluster.rs`),
 //! after checking that they validate, select the server and make its
@@ -23,6 +28,7 @@ use crate::env::{self, BPFFS_PREFIX, Node, Pod};
 use crate::rawbpf;
 use crate::stats::Sample;
 use anyhow::{Context, Result, bail};
+use aya::maps::{MapData, RingBuf};
 use palisade::datapath::netlink::Interfaces;
 use palisade::datapath::{Datapath, HostInterfaces, Settings};
 use palisade::policy::{Direction, compile};
@@ -84,6 +90,8 @@ pub struct Results {
     pub cpu: usize,
     pub repeat: u32,
     pub flows: usize,
+    /// Repetitions of every case at every point.
+    pub reps: usize,
     pub points: Vec<Point>,
     pub measurements: Vec<Measurement>,
 }
@@ -115,11 +123,26 @@ pub fn run(cfg: &Config) -> Result<Results> {
     let (repeat, flows, reps, cpu) = (cfg.repeat, cfg.flows, cfg.reps, cfg.cpu);
     let res = env::run_in(&node.netns, Some(cpu), move || -> Result<Results> {
         let empty = rawbpf::empty_tc_program().context("loading the empty TC program")?;
-        let mut out = Results { cpu, repeat, flows, ..Default::default() };
-        for (pods, policies, cnps) in points {
-            eprintln!("  kernel: {pods} pods, {policies} policies, {cnps} ClusterNetworkPolicies");
-            let size = Size { pods, policies, cnps };
-            let (point, ms) = measure_point(&empty, &ifaces, server_if, spare, size, PointCfg { repeat, flows, reps })?;
+        let mut out = Results { cpu, repeat, flows, reps, ..Default::default() };
+        // Every point loaded side by side (a pin directory each), then
+        // measured a repetition at a time in turn, each repetition starting
+        // one point further on: the machine's drift over the section falls
+        // on every point alike, so rows compare within one run.
+        let mut loaded = Vec::with_capacity(points.len());
+        for (i, &(pods, policies, cnps)) in points.iter().enumerate() {
+            eprintln!("  kernel: loading {pods} pods, {policies} policies, {cnps} ClusterNetworkPolicies");
+            loaded.push(Loaded::new(i, Size { pods, policies, cnps }, &ifaces)?);
+        }
+        let pc = PointCfg { repeat, flows };
+        for rep in 0..reps {
+            eprintln!("  kernel: repetition {} of {reps}", rep + 1);
+            for k in 0..loaded.len() {
+                let at = (rep + k) % loaded.len();
+                loaded[at].measure(&empty, server_if, spare, pc)?;
+            }
+        }
+        for l in loaded {
+            let (point, ms) = l.finish();
             out.points.push(point);
             out.measurements.extend(ms);
         }
@@ -145,84 +168,94 @@ struct Size {
 struct PointCfg {
     repeat: u32,
     flows: usize,
-    reps: usize,
 }
 
-fn measure_point(
-    empty: &std::os::fd::OwnedFd,
-    ifaces: &Interfaces,
-    server_if: u32,
-    spare_if: u32,
+/// A point's cluster compiled and in force in a datapath of its own,
+/// with what its repetitions measured so far.
+struct Loaded {
     size: Size,
-    pc: PointCfg,
-) -> Result<(Point, Vec<Measurement>)> {
-    let Size { pods, policies, cnps } = size;
-    let cluster = Cluster::new(pods, policies).with_cluster_policies(cnps);
-    // Strict: any input error or warning (a CNP that does not validate) fails.
-    let input = cluster.input()?;
-    let server_cnps = cluster::cluster_policies_selecting_server(&input);
-    if cnps > 0 && server_cnps == 0 {
-        bail!("none of the {cnps} ClusterNetworkPolicies selects the server");
-    }
-    let t = Instant::now();
-    let compiled = compile(&input, &cluster::policy_node());
-    let compile_ms = t.elapsed().as_secs_f64() * 1e3;
-    let dir = PathBuf::from(format!("{BPFFS_PREFIX}kernel"));
-    env::track_bpffs(&dir);
-    let _ = palisade::datapath::uninstall(&dir);
-    let settings = Settings {
-        log_new_flows: false,
-        drop_event_interval: Duration::from_secs(1),
-        drop_event_budget: 0,
-        event_buffer_bytes: 1 << 22,
-        defer_mark: 0,
-        judged_mark: 0,
-        host_interfaces: HostInterfaces::Named(vec![]),
-        strict_prefixes: vec![],
-    };
-    let mut dp = Datapath::open(&dir, &settings)?;
-    let mut events = dp.take_events()?;
-    let t = Instant::now();
-    let report = dp.sync(&compiled, ifaces);
-    let sync_ms = t.elapsed().as_secs_f64() * 1e3;
-    if !report.errors.is_empty() {
-        bail!("sync: {:?}", report.errors);
-    }
-    if report.endpoints.iter().any(|e| e.state != palisade::state::Enforcement::Enforced) {
-        bail!("endpoints not enforced: {:?}", report.endpoints);
-    }
-    let tiered = compiled.endpoints.iter().find(|e| e.name == "server").map(|e| e.flags & EP_INGRESS_TIERED != 0);
-    if tiered != Some(cnps > 0) {
-        bail!("the server's ingress tiered: {tiered:?}, with {cnps} ClusterNetworkPolicies");
-    }
-    let point = Point {
-        pods,
-        policies,
-        cluster_policies: cnps,
-        server_cluster_policies: server_cnps,
-        compile_ms,
-        sync_ms,
-        ip_entries: compiled.ips.len(),
-        policy_entries: compiled.policy.len(),
-    };
-    let prog = dp.classifier(Direction::Ingress)?;
-    let prog_fd = prog.fd()?.as_fd();
-    let empty_fd = empty.as_fd();
-    let server_ctx = skb_ctx(server_if);
-    let spare_ctx = skb_ctx(spare_if);
-    let remote_count = pods.saturating_sub(2).max(1);
+    point: Point,
+    dir: PathBuf,
+    // Before `dp`: the ring buffer is the datapath's map.
+    events: RingBuf<MapData>,
+    dp: Datapath,
+    /// (family, proto) -> case -> per-rep (palisade ns, baseline ns)
+    acc: Vec<Acc>,
+    next_sport: u32,
+}
 
-    // (family, proto) -> case -> per-rep (palisade ns, baseline ns)
-    let mut acc: Vec<Acc> = Vec::new();
-    let mut push = |key: (bool, u8), case: &'static str, v: (f64, f64)| {
-        if let Some(e) = acc.iter_mut().find(|e| e.0 == key && e.1 == case) {
-            e.2.push(v);
-        } else {
-            acc.push((key, case, vec![v]));
+impl Loaded {
+    /// Compiles the point's cluster and syncs it into a datapath pinned
+    /// under a directory of its own (the `index`th).
+    fn new(index: usize, size: Size, ifaces: &Interfaces) -> Result<Loaded> {
+        let Size { pods, policies, cnps } = size;
+        let cluster = Cluster::new(pods, policies).with_cluster_policies(cnps);
+        // Strict: any input error or warning (a CNP that does not validate) fails.
+        let input = cluster.input()?;
+        let server_cnps = cluster::cluster_policies_selecting_server(&input);
+        if cnps > 0 && server_cnps == 0 {
+            bail!("none of the {cnps} ClusterNetworkPolicies selects the server");
         }
-    };
-    let mut next_sport: u32 = 1024;
-    for _rep in 0..pc.reps {
+        let t = Instant::now();
+        let compiled = compile(&input, &cluster::policy_node());
+        let compile_ms = t.elapsed().as_secs_f64() * 1e3;
+        let dir = PathBuf::from(format!("{BPFFS_PREFIX}kernel-{index}"));
+        env::track_bpffs(&dir);
+        let _ = palisade::datapath::uninstall(&dir);
+        let settings = Settings {
+            log_new_flows: false,
+            drop_event_interval: Duration::from_secs(1),
+            drop_event_budget: 0,
+            event_buffer_bytes: 1 << 22,
+            defer_mark: 0,
+            judged_mark: 0,
+            host_interfaces: HostInterfaces::Named(vec![]),
+            strict_prefixes: vec![],
+        };
+        let mut dp = Datapath::open(&dir, &settings)?;
+        let events = dp.take_events()?;
+        let t = Instant::now();
+        let report = dp.sync(&compiled, ifaces);
+        let sync_ms = t.elapsed().as_secs_f64() * 1e3;
+        if !report.errors.is_empty() {
+            bail!("sync: {:?}", report.errors);
+        }
+        if report.endpoints.iter().any(|e| e.state != palisade::state::Enforcement::Enforced) {
+            bail!("endpoints not enforced: {:?}", report.endpoints);
+        }
+        let tiered = compiled.endpoints.iter().find(|e| e.name == "server").map(|e| e.flags & EP_INGRESS_TIERED != 0);
+        if tiered != Some(cnps > 0) {
+            bail!("the server's ingress tiered: {tiered:?}, with {cnps} ClusterNetworkPolicies");
+        }
+        let point = Point {
+            pods,
+            policies,
+            cluster_policies: cnps,
+            server_cluster_policies: server_cnps,
+            compile_ms,
+            sync_ms,
+            ip_entries: compiled.ips.len(),
+            policy_entries: compiled.policy.len(),
+        };
+        Ok(Loaded { size, point, dir, events, dp, acc: Vec::new(), next_sport: 1024 })
+    }
+
+    /// One repetition of every case.
+    fn measure(&mut self, empty: &std::os::fd::OwnedFd, server_if: u32, spare_if: u32, pc: PointCfg) -> Result<()> {
+        let prog = self.dp.classifier(Direction::Ingress)?;
+        let prog_fd = prog.fd()?.as_fd();
+        let empty_fd = empty.as_fd();
+        let server_ctx = skb_ctx(server_if);
+        let spare_ctx = skb_ctx(spare_if);
+        let remote_count = self.size.pods.saturating_sub(2).max(1);
+        let (acc, events) = (&mut self.acc, &mut self.events);
+        let mut push = |key: (bool, u8), case: &'static str, v: (f64, f64)| {
+            if let Some(e) = acc.iter_mut().find(|e| e.0 == key && e.1 == case) {
+                e.2.push(v);
+            } else {
+                acc.push((key, case, vec![v]));
+            }
+        };
         for v6 in [false, true] {
             for proto in [palisade_common::PROTO_TCP, palisade_common::PROTO_UDP] {
                 let key = (v6, proto);
@@ -259,9 +292,9 @@ fn measure_point(
                 let mut many_s = Vec::with_capacity(pc.flows);
                 let mut denied_s = Vec::with_capacity(pc.flows);
                 for i in 0..pc.flows {
-                    let sport = (next_sport % 64000 + 1024) as u16;
-                    let dport = cluster::PORT_IPERF + ((next_sport / 64000) % 4) as u16;
-                    next_sport += 1;
+                    let sport = (self.next_sport % 64000 + 1024) as u16;
+                    let dport = cluster::PORT_IPERF + ((self.next_sport / 64000) % 4) as u16;
+                    self.next_sport += 1;
                     let p = packet(cli, srv, proto, sport, dport, TCP_SYN);
                     base_s.push(run(empty_fd, &server_ctx, &p, 1, None)?);
                     spec_s.push(run(prog_fd, &server_ctx, &p, 1, Some(TC_ACT_UNSPEC))?);
@@ -286,29 +319,35 @@ fn measure_point(
                 push(key, "new_denied", (med(denied_s), base));
             }
         }
+        Ok(())
     }
-    drop(events);
-    drop(dp);
-    let _ = palisade::datapath::uninstall(&dir);
-    let mut out = Vec::new();
-    for ((v6, proto), case, v) in acc {
-        let ns = Sample::of(&v.iter().map(|x| x.0).collect::<Vec<_>>());
-        let baseline_ns = Sample::of(&v.iter().map(|x| x.1).collect::<Vec<_>>());
-        let added_ns = Sample::of(&v.iter().map(|x| x.0 - x.1).collect::<Vec<_>>());
-        let ratio = ns.median / baseline_ns.median;
-        out.push(Measurement {
-            pods,
-            policies,
-            cluster_policies: cnps,
-            family: if v6 { "IPv6" } else { "IPv4" },
-            protocol: if proto == palisade_common::PROTO_TCP { "TCP" } else { "UDP" },
-            case,
-            mode: if case.starts_with("new_") { "single" } else { "repeat" },
-            ns,
-            baseline_ns,
-            added_ns,
-            ratio,
-        });
+
+    /// The point and its measurements; its datapath unloaded and unpinned.
+    fn finish(self) -> (Point, Vec<Measurement>) {
+        let Loaded { size: Size { pods, policies, cnps }, point, dir, events, dp, acc, .. } = self;
+        drop(events);
+        drop(dp);
+        let _ = palisade::datapath::uninstall(&dir);
+        let mut out = Vec::new();
+        for ((v6, proto), case, v) in acc {
+            let ns = Sample::of(&v.iter().map(|x| x.0).collect::<Vec<_>>());
+            let baseline_ns = Sample::of(&v.iter().map(|x| x.1).collect::<Vec<_>>());
+            let added_ns = Sample::of(&v.iter().map(|x| x.0 - x.1).collect::<Vec<_>>());
+            let ratio = ns.median / baseline_ns.median;
+            out.push(Measurement {
+                pods,
+                policies,
+                cluster_policies: cnps,
+                family: if v6 { "IPv6" } else { "IPv4" },
+                protocol: if proto == palisade_common::PROTO_TCP { "TCP" } else { "UDP" },
+                case,
+                mode: if case.starts_with("new_") { "single" } else { "repeat" },
+                ns,
+                baseline_ns,
+                added_ns,
+                ratio,
+            });
+        }
+        (point, out)
     }
-    Ok((point, out))
 }

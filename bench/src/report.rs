@@ -825,11 +825,13 @@ impl Report {
              there for the flow's next event, one lookup like a conntrack hit); unmanaged interface (no endpoint: the \
              first lookup exits). Events for new allowed flows are off here (`log_new_flows = false`); their cost is in sections 2 and 4. Cells: ns per \
              packet added over the empty TC program of the same mode and repetition (palisade total / empty), median \
-             of {} ±spread.\n",
+             of {} ±spread. The points are loaded side by side (a datapath each) and measured a repetition at a \
+             time in turn, each repetition starting one point further on, so the machine's drift falls on every row \
+             alike.\n",
             k.cpu,
             k.repeat,
             k.flows,
-            if self.quick { "1 run" } else { "3 runs" }
+            if k.reps == 1 { "1 run".to_string() } else { format!("{} runs", k.reps) }
         );
         if let Some(p) = k.points.iter().find(|p| p.cluster_policies > 0) {
             let _ = writeln!(
