@@ -173,7 +173,7 @@ struct PointCfg {
 /// A point's cluster compiled and in force in a datapath of its own,
 /// with what its repetitions measured so far.
 struct Loaded {
-    size: Size,
+    /// Its size is the point's (pods, policies, cluster_policies).
     point: Point,
     dir: PathBuf,
     // Before `dp`: the ring buffer is the datapath's map.
@@ -237,7 +237,7 @@ impl Loaded {
             ip_entries: compiled.ips.len(),
             policy_entries: compiled.policy.len(),
         };
-        Ok(Loaded { size, point, dir, events, dp, acc: Vec::new(), next_sport: 1024 })
+        Ok(Loaded { point, dir, events, dp, acc: Vec::new(), next_sport: 1024 })
     }
 
     /// One repetition of every case.
@@ -247,7 +247,7 @@ impl Loaded {
         let empty_fd = empty.as_fd();
         let server_ctx = skb_ctx(server_if);
         let spare_ctx = skb_ctx(spare_if);
-        let remote_count = self.size.pods.saturating_sub(2).max(1);
+        let remote_count = self.point.pods.saturating_sub(2).max(1);
         let (acc, events) = (&mut self.acc, &mut self.events);
         let mut push = |key: (bool, u8), case: &'static str, v: (f64, f64)| {
             if let Some(e) = acc.iter_mut().find(|e| e.0 == key && e.1 == case) {
@@ -324,7 +324,8 @@ impl Loaded {
 
     /// The point and its measurements; its datapath unloaded and unpinned.
     fn finish(self) -> (Point, Vec<Measurement>) {
-        let Loaded { size: Size { pods, policies, cnps }, point, dir, events, dp, acc, .. } = self;
+        let Loaded { point, dir, events, dp, acc, .. } = self;
+        let (pods, policies, cnps) = (point.pods, point.policies, point.cluster_policies);
         drop(events);
         drop(dp);
         let _ = palisade::datapath::uninstall(&dir);
