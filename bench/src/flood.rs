@@ -5,6 +5,7 @@
 //! palisade does before its figures count.
 
 use crate::cluster::{PORT_ANY_PEER, PORT_CPS, PORT_DENIED, PORT_RR};
+use crate::cpu::{self, Ticks};
 use crate::env::{self, Pod};
 use anyhow::{Context, Result, bail};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
@@ -70,18 +71,9 @@ pub fn describe(verdicts: &[bool]) -> String {
         .join(", ")
 }
 
-/// One CPU's time from /proc/stat, in clock ticks: (busy, softirq, total).
-fn cpu_ticks(cpu: usize) -> Result<(u64, u64, u64)> {
-    let stat = std::fs::read_to_string("/proc/stat")?;
-    let line = stat
-        .lines()
-        .find(|l| l.split_whitespace().next() == Some(&format!("cpu{cpu}")))
-        .context("no such CPU in /proc/stat")?;
-    let v: Vec<u64> = line.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
-    // user nice system idle iowait irq softirq steal
-    let total: u64 = v.iter().take(8).sum();
-    let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
-    Ok((total - idle, v.get(6).copied().unwrap_or(0), total))
+/// One CPU's time from /proc/stat.
+fn cpu_ticks(cpu: usize) -> Result<Ticks> {
+    cpu::ticks(&format!("cpu{cpu}"))
 }
 
 /// What one CPU did over a measurement.
@@ -93,11 +85,11 @@ pub struct CpuShare {
     pub softirq_pct: f64,
 }
 
-fn share(before: (u64, u64, u64), after: (u64, u64, u64)) -> CpuShare {
-    let total = (after.2 - before.2).max(1) as f64;
+fn share(before: Ticks, after: Ticks) -> CpuShare {
+    let total = (after.total - before.total).max(1) as f64;
     CpuShare {
-        busy_pct: (after.0 - before.0) as f64 / total * 100.0,
-        softirq_pct: (after.1 - before.1) as f64 / total * 100.0,
+        busy_pct: (after.busy - before.busy) as f64 / total * 100.0,
+        softirq_pct: (after.softirq - before.softirq) as f64 / total * 100.0,
     }
 }
 

@@ -8,6 +8,7 @@
 
 mod agent;
 mod cluster;
+mod cpu;
 mod engines;
 mod env;
 mod events;
@@ -156,9 +157,9 @@ fn real_main(args: Args) -> Result<()> {
             points,
             cpu: 1,
         };
-        let before = report::loadavg();
+        let watch = cpu::start("kernel");
         rep.kernel = Some(kernel::run(&cfg).map_err(|e| section_failed("kernel", e)));
-        rep.load.push(("kernel".into(), before, report::loadavg()));
+        rep.load.push(watch.finish());
     }
     if want("traffic") {
         eprintln!("2. real traffic between pods");
@@ -179,9 +180,9 @@ fn real_main(args: Args) -> Result<()> {
             flood_secs: if quick { 1.0 } else { 2.0 },
             work: work.clone(),
         };
-        let before = report::loadavg();
+        let watch = cpu::start("traffic");
         rep.traffic = Some(traffic::run(&cfg).map_err(|e| section_failed("traffic", e)));
-        rep.load.push(("traffic".into(), before, report::loadavg()));
+        rep.load.push(watch.finish());
     }
     if want("programming") {
         eprintln!("3. policy programming latency and footprint");
@@ -199,9 +200,9 @@ fn real_main(args: Args) -> Result<()> {
             },
             reps: args.reps.unwrap_or(if quick { 1 } else { 3 }),
         };
-        let before = report::loadavg();
+        let watch = cpu::start("programming");
         rep.programming = Some(programming::run(&cfg).map_err(|e| section_failed("programming", e)));
-        rep.load.push(("programming".into(), before, report::loadavg()));
+        rep.load.push(watch.finish());
     }
     if want("events") {
         eprintln!("4. verdict event throughput");
@@ -219,16 +220,16 @@ fn real_main(args: Args) -> Result<()> {
             palisade: palisade.clone(),
             page_rate: Some(100_000),
         };
-        let before = report::loadavg();
+        let watch = cpu::start("events");
         rep.events = Some(events::run(&cfg).map_err(|e| section_failed("events", e)));
-        rep.load.push(("events".into(), before, report::loadavg()));
+        rep.load.push(watch.finish());
     }
     if want("merged") {
         eprintln!("5. merged observe: 10 agents' event streams into one");
         let cfg = merged::Config { agents: 10, rate: 10_000, secs: if quick { 3.0 } else { 10.0 } };
-        let before = report::loadavg();
+        let watch = cpu::start("merged");
         rep.merged = Some(merged::run(&cfg).map_err(|e| section_failed("merged", e)));
-        rep.load.push(("merged".into(), before, report::loadavg()));
+        rep.load.push(watch.finish());
     }
     env::cleanup_all();
     let _ = std::fs::remove_dir_all(&work);

@@ -2,7 +2,7 @@
 
 use crate::plot::{self, Series};
 use crate::stats::{Sample, fmt, fmt_ratio, fmt_sample};
-use crate::{events, kernel, merged, programming, traffic};
+use crate::{cpu, events, kernel, merged, programming, traffic};
 use anyhow::Result;
 use serde::Serialize;
 use std::fmt::Write as _;
@@ -32,8 +32,8 @@ pub struct Report {
     pub git_rev: String,
     pub machine: Machine,
     pub duration_s: f64,
-    /// (section, /proc/loadavg before, after): other work on the machine.
-    pub load: Vec<(String, String, String)>,
+    /// Other work on the machine around each section.
+    pub load: Vec<cpu::Section>,
     pub kernel: Option<Result<kernel::Results, String>>,
     pub traffic: Option<Result<traffic::Results, String>>,
     pub programming: Option<Result<programming::Results, String>>,
@@ -81,11 +81,6 @@ fn machine() -> Machine {
             )
         },
     }
-}
-
-pub fn loadavg() -> String {
-    let s = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    s.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
 }
 
 fn human_n(n: usize) -> String {
@@ -464,11 +459,27 @@ impl Report {
             self.machine.scratch
         );
         if !self.load.is_empty() {
-            let l: Vec<String> = self.load.iter().map(|(s, a, b)| format!("{s} {a} → {b}")).collect();
+            let l: Vec<String> = self
+                .load
+                .iter()
+                .map(|w| {
+                    format!(
+                        "{} {} → {} (started after {:.0} s, the CPUs {:.1}% busy over the second before; steal {:.1}%)",
+                        w.name,
+                        w.loadavg_before,
+                        w.loadavg_after,
+                        w.waited_s,
+                        w.busy_before * 100.0,
+                        w.steal * 100.0
+                    )
+                })
+                .collect();
             let _ = writeln!(
                 md,
-                "Load average (1, 5, 15 min) before → after each section, {} CPUs: {}. Anything above 0 is other work \
-                 competing with the measurement.\n",
+                "Other work on the machine, per section: load average (1, 5, 15 min) before → after, {} CPUs; each \
+                 section starts once the CPUs are under 5% busy for a second (waiting at most a minute), and steal is \
+                 the CPU time the hypervisor gave to others while it ran: {}. The load average lags a minute and more \
+                 behind (a build just before a section still shows); busy and steal are what competed.\n",
                 self.machine.cpus,
                 l.join("; ")
             );
@@ -1385,8 +1396,9 @@ const METHOD: &str = "## Method\n\n\
   by a policy-routing blackhole rule in the node (`ip rule … blackhole`).\n\
 - Pinning: pod-side client and server threads (and iperf3 via taskset) are pinned to the CPUs named per layout; \
   softirq work of a veth transfer runs on the sending CPU. The agent is not pinned. Everything the benchmark runs \
-  (its threads, iperf3, the agent) runs at nice -20, so other work on the shared machine disturbs it less; the \
-  load averages above say how much other work there was.\n\
+  (its threads, iperf3, the agent) runs at nice -20, so other work on the shared machine disturbs it less; each \
+  section waits for the CPUs to go quiet first, and the line above the headline says how busy they were and how \
+  much the hypervisor took (steal).\n\
 - Repetition: full mode repeats every measurement 3 times (quick: once) and reports the median and the spread \
   (±half the min–max range, % of the median); ratios are taken within a repetition, then their median reported.\n\
 - Benchmarks measure and report; nothing here fails on a number.\n";
