@@ -427,6 +427,9 @@ fn print_status(st: &serde_json::Value) {
     if let Some(e) = st["interfaces_error"].as_str() {
         println!("interfaces: {e}");
     }
+    if let Some(d) = st["drift"].as_str() {
+        println!("drift: {d}");
+    }
     for u in st["unavailable"].as_array().into_iter().flatten() {
         println!("unavailable: {}", s(u));
     }

@@ -75,6 +75,7 @@ pub struct Metrics {
     map_capacity: Family<MapLabels, Gauge>,
     sync_seconds: Histogram,
     sync_errors: Counter,
+    map_drift: Counter,
     input_errors: Gauge,
     crd_missing: Gauge,
     revision: Gauge,
@@ -113,6 +114,7 @@ impl Metrics {
             map_capacity: Family::default(),
             sync_seconds: Histogram::new([0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0]),
             sync_errors: Counter::default(),
+            map_drift: Counter::default(),
             input_errors: Gauge::default(),
             crd_missing: Gauge::default(),
             revision: Gauge::default(),
@@ -173,6 +175,11 @@ impl Metrics {
             m.sync_seconds.clone(),
         );
         registry.register("sync_errors", "Kernel writes that failed", m.sync_errors.clone());
+        registry.register(
+            "map_drift",
+            "Map entries a full resync found changed behind the agent's back (then rewrote)",
+            m.map_drift.clone(),
+        );
         registry.register("input_errors", "Objects that could not be used as written", m.input_errors.clone());
         registry.register(
             "cluster_network_policy_crd_missing",
@@ -285,6 +292,11 @@ impl Metrics {
                 self.held_closed.get_or_create(&labels).set(1);
             }
         }
+    }
+
+    /// Counts map entries found changed behind the agent's back.
+    pub fn drifted(&self, entries: usize) {
+        self.map_drift.inc_by(entries as u64);
     }
 
     /// Whether the ClusterNetworkPolicy CRD is missing from the API.

@@ -201,6 +201,9 @@ struct Agent {
     reported: Vec<InputError>,
     host_network_logged: BTreeSet<(String, String)>,
     gc_done: bool,
+    /// The last time a full pass found the maps changed behind the
+    /// agent's back (for status), if ever.
+    drift: Option<String>,
 }
 
 impl Agent {
@@ -324,6 +327,7 @@ impl Agent {
             reported: Vec::new(),
             host_network_logged: BTreeSet::new(),
             gc_done: false,
+            drift: None,
         };
         Ok((agent, woken))
     }
@@ -363,13 +367,19 @@ impl Agent {
             self.last_clean = None;
             return false;
         };
+        // A forced pass after the first (the resync timer, a retry)
+        // compares everything with what the maps hold, read back: what
+        // was changed behind the agent's back is rewritten (the first
+        // compares with what the maps held when the datapath opened).
+        let reread = forced && self.compiler.is_some();
         let mut compiler =
             self.compiler.take().unwrap_or_else(|| Compiler::with_hints(self.pinned_hints(&loaded.input, &ifaces)));
         compiler.compile(&loaded.input, &node);
         let compile_time = started.elapsed() - load_time;
-        // A forced pass (the resync timer, a retry) compares everything.
+        let reread_error = if reread { self.reread().err() } else { None };
         let changed = Some(compiler.changes()).filter(|_| !forced);
-        let report = self.sync(compiler.compiled(), &ifaces, changed);
+        let mut report = self.sync(compiler.compiled(), &ifaces, changed);
+        report.errors.extend(reread_error);
         let sync_time = started.elapsed() - load_time - compile_time;
         let clean = report.errors.is_empty() && loaded.ifaces_error.is_none();
         let times = Times { load: load_time, compile: compile_time, sync: sync_time, total: started.elapsed() };
@@ -436,6 +446,24 @@ impl Agent {
             }
         }
         hints
+    }
+
+    /// Reads the maps back for the next sync to compare with; says so
+    /// (log, metric, status) when they held something else than this
+    /// agent wrote.
+    fn reread(&mut self) -> Result<(), String> {
+        let drifted = self.dp.reread().map_err(|e| format!("reading the maps back: {e:#}"))?;
+        if drifted > 0 {
+            let note = format!(
+                "{drifted} map entries differed from what this agent wrote (changed behind its back) at {}: \
+                 rewritten",
+                events::record::rfc3339(SystemTime::now())
+            );
+            tracing::warn!("{note}");
+            self.shared.metrics.drifted(drifted);
+            self.drift = Some(note);
+        }
+        Ok(())
     }
 
     fn sync(&mut self, compiled: &Compiled, ifaces: &Interfaces, changed: Option<&Changes>) -> SyncReport {
@@ -523,6 +551,7 @@ impl Agent {
                 errors: loaded.errors.clone(),
                 sync_errors: report.errors.clone(),
                 warnings: compiled.warnings.clone(),
+                drift: self.drift.clone(),
                 counters: Default::default(),
                 maps: fill,
             };

@@ -114,6 +114,9 @@ pub struct Status {
     /// Problems writing the kernel state.
     pub sync_errors: Vec<String>,
     pub warnings: Vec<String>,
+    /// The last time a full resync found map entries changed behind the
+    /// agent's back (and rewrote them), if ever since it started.
+    pub drift: Option<String>,
     /// Kernel counters (packets, events, flows), named by [`stat::NAMES`].
     pub counters: BTreeMap<String, u64>,
     pub maps: MapFill,

@@ -1,7 +1,8 @@
 //! Faults must never open the node: interface discovery that fails or sees
 //! only part of the node keeps what is in force and says so, and a policy
 //! map too small for the state holds the pods whose entries do not fit
-//! closed, while revoked allows still go.
+//! closed, while revoked allows still go. Map entries another tool
+//! removes are rewritten by the next full resync.
 
 use anyhow::{Context, Result, bail, ensure};
 use palisade_e2e::cluster::Cluster;
@@ -35,7 +36,18 @@ impl Fixture for Env {
         let fault = std::env::temp_dir().join("palisade-e2e-ft-interfaces-fault");
         let _ = std::fs::remove_file(&fault);
         let fault_arg = fault.to_string_lossy().to_string();
-        let args = ["--metrics-addr", METRICS, "--map-entries", POLICY_ENTRIES, "--test-fault-interfaces", &fault_arg];
+        // A full resync every 2 s, for entries changed behind the agent's
+        // back to be rewritten within the test's patience.
+        let args = [
+            "--metrics-addr",
+            METRICS,
+            "--map-entries",
+            POLICY_ENTRIES,
+            "--test-fault-interfaces",
+            &fault_arg,
+            "--resync",
+            "2s",
+        ];
         Ok(Env { cluster: Cluster::start("ft", 7, &args)?, fault })
     }
 
@@ -211,6 +223,39 @@ fn cases() -> Vec<palisade_e2e::suite::Case<Env>> {
             e.expect("y/b", "x/a", 80, true)?;
             let (_, metrics) = http_get("/metrics")?;
             ensure!(!metrics.contains("palisade_endpoint_held_closed{"), "no pod held any more:\n{metrics}");
+            Ok(())
+        }),
+        ("entries_removed_behind_the_agents_back_are_rewritten_by_the_resync", |e| {
+            e.apply(&[from_yb("a")])?;
+            e.expect("y/b", "x/a", 80, true)?;
+            e.expect("z/c", "x/a", 80, false)?;
+            // Another tool removes every endpoint entry: the pods' traffic
+            // goes unjudged until the agent's next full resync.
+            let pinned = e.agent().bpffs.join(format!("v{}", palisade_common::LAYOUT_VERSION));
+            let path = pinned.join(palisade_common::maps::ENDPOINTS);
+            let data = aya::maps::MapData::from_pin(&path).with_context(|| path.display().to_string())?;
+            let mut endpoints: aya::maps::HashMap<_, u32, palisade_common::Endpoint> =
+                aya::maps::HashMap::try_from(aya::maps::Map::from_map_data(data)?)?;
+            let taken: Vec<(u32, palisade_common::Endpoint)> = endpoints.iter().collect::<Result<_, _>>()?;
+            ensure!(!taken.is_empty(), "endpoint entries to remove");
+            for (k, _) in &taken {
+                endpoints.remove(k)?;
+            }
+            let st = e.status_until("the drift noticed", |st| st["drift"].as_str().is_some())?;
+            let note = st["drift"].as_str().unwrap_or_default();
+            ensure!(note.contains(&format!("{} map entries differed", taken.len())), "drift: {note}");
+            for (k, v) in &taken {
+                ensure!(endpoints.get(k, 0).ok() == Some(*v), "interface {k}'s endpoint entry rewritten as it was");
+            }
+            e.expect("y/b", "x/a", 80, true)?;
+            e.expect("z/c", "x/a", 80, false)?;
+            let (_, metrics) = http_get("/metrics")?;
+            let drifted = metrics
+                .lines()
+                .find(|l| l.starts_with("palisade_map_drift_total "))
+                .and_then(|l| l.rsplit(' ').next()?.parse::<usize>().ok())
+                .context("no drift count in metrics")?;
+            ensure!(drifted == taken.len(), "palisade_map_drift_total {drifted}, {} entries removed", taken.len());
             Ok(())
         }),
     ]

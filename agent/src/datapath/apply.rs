@@ -154,8 +154,8 @@ impl Datapath {
         let changed = changes.and_then(|c| c.policy.as_ref()).filter(|_| self.policy_whole);
         let errors = report.errors.len();
         let work = match changed {
-            Some(changed) => PolicyWork::of_changes(changed, &self.realized.policy),
-            None => PolicyWork::of_all(&compiled.policy, &self.realized.policy),
+            Some(changed) => PolicyWork::of_changes(changed, &self.realized.entries.policy),
+            None => PolicyWork::of_all(&compiled.policy, &self.realized.entries.policy),
         };
         self.remove_policy(work.stale_allows, &mut report);
         let mut up = Upsert::default();
@@ -249,13 +249,13 @@ impl Datapath {
 
     /// Interfaces whose endpoint entry is in the kernel now.
     pub fn enforced_interfaces(&self) -> Vec<u32> {
-        self.realized.endpoints.keys().copied().collect()
+        self.realized.entries.endpoints.keys().copied().collect()
     }
 
     /// The policy class of each interface's endpoint entry in the kernel
     /// (what an earlier agent left, or the last sync wrote).
     pub fn endpoint_classes(&self) -> BTreeMap<u32, u32> {
-        self.realized.endpoints.iter().map(|(i, e)| (*i, e.class)).collect()
+        self.realized.entries.endpoints.iter().map(|(i, e)| (*i, e.class)).collect()
     }
 
     fn remove_policy(&mut self, stale: Vec<PolicyPrefix>, report: &mut SyncReport) {
@@ -264,7 +264,7 @@ impl Datapath {
             let result = self.policy.delete(&stale[next..]);
             let done = result.as_ref().map_or_else(|s| s.done, |()| stale.len() - next);
             for k in &stale[next..next + done] {
-                self.realized.policy.remove(k);
+                self.realized.entries.policy.remove(k);
             }
             report.changes += done;
             next += done;
@@ -298,7 +298,7 @@ impl Datapath {
             let done = result.as_ref().map_or_else(|s| s.done, |()| picked.len());
             for &i in &picked[..done] {
                 let (k, v) = todo[i];
-                let old = self.realized.policy.insert(k, v);
+                let old = self.realized.entries.policy.insert(k, v);
                 if !v.denies() {
                     up.allowed.entry(class(&k)).or_default().push((k, old));
                 }
@@ -318,10 +318,10 @@ impl Datapath {
                 };
                 match (undone, old) {
                     (Ok(()), Some(old)) => {
-                        self.realized.policy.insert(k, old);
+                        self.realized.entries.policy.insert(k, old);
                     }
                     (Ok(()), None) => {
-                        self.realized.policy.remove(&k);
+                        self.realized.entries.policy.remove(&k);
                     }
                     (Err(s), _) => report.errors.push(format!("policy map: taking back an entry: {}", s.error)),
                 }
@@ -334,7 +334,7 @@ impl Datapath {
     /// did not fit.
     fn upsert_ips(&mut self, desired: impl Iterator<Item = Address>, report: &mut SyncReport) -> bool {
         let (hosts, cidrs): (Vec<Address>, Vec<Address>) =
-            desired.filter(|(k, v)| self.realized.ips.get(k) != Some(v)).partition(|(k, _)| k.is_address());
+            desired.filter(|(k, v)| self.realized.entries.ips.get(k) != Some(v)).partition(|(k, _)| k.is_address());
         let values = |todo: &[Address]| todo.iter().map(|(_, v)| *v).collect::<Vec<_>>();
         let host_keys: Vec<IpKey> = hosts.iter().map(|(k, _)| k.key).collect();
         let written = batch::update(&self.hosts, &host_keys, &values(&hosts));
@@ -345,7 +345,7 @@ impl Datapath {
         });
         let done = written.as_ref().map_or_else(|s| s.done, |()| hosts.len() + cidrs.len());
         for (k, v) in hosts.iter().chain(&cidrs).take(done) {
-            self.realized.ips.insert(*k, *v);
+            self.realized.entries.ips.insert(*k, *v);
         }
         report.changes += done;
         match written {
@@ -368,8 +368,8 @@ impl Datapath {
         report: &mut SyncReport,
     ) {
         let held: Box<dyn Iterator<Item = &IpPrefix>> = match keys {
-            Some(keys) => Box::new(keys.iter().filter(|k| self.realized.ips.contains_key(k))),
-            None => Box::new(self.realized.ips.keys()),
+            Some(keys) => Box::new(keys.iter().filter(|k| self.realized.entries.ips.contains_key(k))),
+            None => Box::new(self.realized.entries.ips.keys()),
         };
         let (hosts, cidrs): (Vec<IpPrefix>, Vec<IpPrefix>) =
             held.filter(|k| !desired.contains_key(k)).copied().partition(IpPrefix::is_address);
@@ -397,7 +397,7 @@ impl Datapath {
     ) -> usize {
         let done = result.as_ref().map_or_else(|s| s.done, |()| stale.len());
         for k in &stale[..done] {
-            self.realized.ips.remove(k);
+            self.realized.entries.ips.remove(k);
         }
         report.changes += done;
         match result {
@@ -416,7 +416,7 @@ impl Datapath {
     /// sync); new flows drop meanwhile.
     fn hold_changing_endpoints(&mut self, plan: &Plan, report: &mut SyncReport) {
         for (ifindex, ep) in &plan.entries {
-            let Some(old) = self.realized.endpoints.get(ifindex).copied() else { continue };
+            let Some(old) = self.realized.entries.endpoints.get(ifindex).copied() else { continue };
             let skips_alone = palisade_common::Endpoint { flags: ep.flags & !EP_SKIPS | old.flags & EP_SKIPS, ..*ep };
             if old != skips_alone && old.flags & EP_PENDING == 0 {
                 let held = palisade_common::Endpoint { flags: old.flags | EP_PENDING, ..old };
@@ -429,7 +429,7 @@ impl Datapath {
     /// is enforced on go in [`Datapath::write_links`]).
     fn write_endpoints(&mut self, plan: &Plan, report: &mut SyncReport) {
         for (ifindex, ep) in &plan.entries {
-            if self.realized.endpoints.get(ifindex) != Some(ep) && self.write_endpoint(*ifindex, *ep, report) {
+            if self.realized.entries.endpoints.get(ifindex) != Some(ep) && self.write_endpoint(*ifindex, *ep, report) {
                 report.changes += 1;
             }
         }
@@ -440,7 +440,7 @@ impl Datapath {
     fn write_endpoint(&mut self, ifindex: u32, ep: palisade_common::Endpoint, report: &mut SyncReport) -> bool {
         match self.endpoints.insert(ifindex, ep, 0) {
             Ok(()) => {
-                self.realized.endpoints.insert(ifindex, ep);
+                self.realized.entries.endpoints.insert(ifindex, ep);
                 true
             }
             Err(e) => {
@@ -523,13 +523,13 @@ impl Datapath {
         }
         report.links_us = started.elapsed().as_micros() as u64;
         let stale: Vec<u32> =
-            self.realized.endpoints.keys().copied().filter(|i| !plan.entries.contains_key(i)).collect();
+            self.realized.entries.endpoints.keys().copied().filter(|i| !plan.entries.contains_key(i)).collect();
         for ifindex in stale {
             // Kept in the record if it is still there: tried again.
             match batch::delete(&self.endpoints, &[ifindex]) {
                 Ok(()) => {
                     report.changes += 1;
-                    self.realized.endpoints.remove(&ifindex);
+                    self.realized.entries.endpoints.remove(&ifindex);
                 }
                 Err(s) => report.errors.push(format!("endpoint map, interface {ifindex}: {}", s.error)),
             }

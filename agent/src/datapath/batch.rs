@@ -23,6 +23,7 @@ pub const BATCH: usize = 4096;
 
 // `enum bpf_cmd` (include/uapi/linux/bpf.h).
 const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
 const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
 const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
@@ -110,6 +111,48 @@ pub fn delete<K: Pod, V: Pod>(map: &impl IterableMap<K, V>, keys: &[K]) -> Resul
         }
     }
     Ok(())
+}
+
+/// Every entry of a hash map, [`BATCH`] at a time
+/// (`BPF_MAP_LOOKUP_BATCH`): one entry at a time (next key, then its
+/// value: two calls) took 2 µs an entry, 0.3 s for the 150k entries of
+/// 50k pods x 50k policies, which the agent reads back at every resync.
+/// The hash maps have batches since 5.6; an LPM trie has none (iterate it).
+pub fn entries<K: Pod, V: Pod>(map: &impl IterableMap<K, V>) -> io::Result<Vec<(K, V)>> {
+    let map_fd = map.map().fd().as_fd().as_raw_fd() as u32;
+    let (mut keys, mut values) = (Vec::<K>::with_capacity(BATCH), Vec::<V>::with_capacity(BATCH));
+    let mut out = Vec::new();
+    // The position between calls: a bucket number, opaque to us.
+    let (mut token, mut next) = (0u64, 0u64);
+    let mut first = true;
+    loop {
+        let mut batch = Batch {
+            in_batch: if first { 0 } else { addr(&token) },
+            out_batch: (&raw mut next) as u64,
+            keys: keys.as_mut_ptr() as u64,
+            values: values.as_mut_ptr() as u64,
+            count: BATCH as u32,
+            map_fd,
+            ..Default::default()
+        };
+        let r = call(BPF_MAP_LOOKUP_BATCH, &mut batch);
+        let n = (batch.count as usize).min(BATCH);
+        // SAFETY: the kernel wrote `n` whole keys and values of the map's
+        // sizes, which are those of K and V.
+        unsafe {
+            keys.set_len(n);
+            values.set_len(n);
+        }
+        out.extend(keys.drain(..).zip(values.drain(..)));
+        match r {
+            Ok(()) => {}
+            // The end of the map (with the last entries, if any).
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(out),
+            Err(e) => return Err(e),
+        }
+        token = next;
+        first = false;
+    }
 }
 
 /// Where a failed batch of `given` entries stopped: the kernel writes back

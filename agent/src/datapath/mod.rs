@@ -140,11 +140,57 @@ type PolicyRecord = std::collections::HashMap<PolicyPrefix, PolicyValue, foldhas
 /// What the agent last wrote (and so believes the kernel holds).
 #[derive(Default)]
 struct Realized {
+    entries: Entries,
+    /// Interfaces whose links carry this agent's programs, and which.
+    attached: BTreeMap<u32, BTreeSet<Hook>>,
+}
+
+/// The entries of the endpoint, address and policy maps.
+#[derive(Default)]
+struct Entries {
     ips: BTreeMap<IpPrefix, IpInfo>,
     policy: PolicyRecord,
     endpoints: BTreeMap<u32, Endpoint>,
-    /// Interfaces whose links carry this agent's programs, and which.
-    attached: BTreeMap<u32, BTreeSet<Hook>>,
+}
+
+impl Entries {
+    /// How many entries differ between `self` and `other` (in one and not
+    /// the other, or with another value).
+    fn differences(&self, other: &Entries) -> usize {
+        /// Entries of `a` that `b` lacks or holds otherwise, and of `b`
+        /// that `a` lacks.
+        fn differing<'a, K: 'a, V: PartialEq + 'a>(
+            a: impl Iterator<Item = (&'a K, &'a V)>,
+            b: impl Iterator<Item = (&'a K, &'a V)>,
+            in_a: impl Fn(&K) -> Option<&'a V>,
+            in_b: impl Fn(&K) -> Option<&'a V>,
+        ) -> usize {
+            a.filter(|(k, v)| in_b(k) != Some(*v)).count() + b.filter(|(k, _)| in_a(k).is_none()).count()
+        }
+        let (a, b) = (self, other);
+        differing(a.endpoints.iter(), b.endpoints.iter(), |k| a.endpoints.get(k), |k| b.endpoints.get(k))
+            + differing(a.ips.iter(), b.ips.iter(), |k| a.ips.get(k), |k| b.ips.get(k))
+            + differing(a.policy.iter(), b.policy.iter(), |k| a.policy.get(k), |k| b.policy.get(k))
+    }
+}
+
+/// Reads the endpoint, address and policy maps whole.
+fn read_entries(
+    endpoints: &HashMap<MapData, u32, Endpoint>,
+    ips: &LpmTrie<MapData, IpKey, IpInfo>,
+    hosts: &HashMap<MapData, IpKey, IpInfo>,
+    policy: &policy_map::PolicyMap,
+) -> Result<Entries> {
+    let mut out = Entries { endpoints: batch::entries(endpoints)?.into_iter().collect(), ..Default::default() };
+    for item in ips.iter() {
+        let (k, v) = item?;
+        out.ips.insert(IpPrefix { prefix_len: k.prefix_len(), key: k.data() }, v);
+    }
+    for (k, v) in batch::entries(hosts)? {
+        out.ips.insert(IpPrefix { prefix_len: ip_key_full_len(k.family), key: k }, v);
+    }
+    out.policy.extend(policy.entries()?);
+    Ok(out)
 }
 
 /// The outcome of one sync.
@@ -266,20 +312,7 @@ impl Datapath {
         let policy = policy_map::PolicyMap::new(take(&mut ebpf, maps::POLICY)?, take(&mut ebpf, maps::POLICY_PORTS)?);
         let config_map: Array<_, Config> = take(&mut ebpf, maps::CONFIG)?;
         let stats = take(&mut ebpf, maps::STATS)?;
-        let mut realized = Realized::default();
-        for item in endpoints.iter() {
-            let (k, v) = item?;
-            realized.endpoints.insert(k, v);
-        }
-        for item in ips.iter() {
-            let (k, v) = item?;
-            realized.ips.insert(IpPrefix { prefix_len: k.prefix_len(), key: k.data() }, v);
-        }
-        for item in hosts.iter() {
-            let (k, v) = item?;
-            realized.ips.insert(IpPrefix { prefix_len: ip_key_full_len(k.family), key: k }, v);
-        }
-        realized.policy.extend(policy.entries()?);
+        let realized = Realized { entries: read_entries(&endpoints, &ips, &hosts, &policy)?, ..Default::default() };
         let mut config = config_map.get(&0, 0).unwrap_or_default();
         // An agent killed between writing entries and bumping the revision
         // left tracked flows that look current but were decided under the
@@ -315,6 +348,27 @@ impl Datapath {
         };
         dp.write_config()?;
         Ok(dp)
+    }
+
+    /// Reads the maps back and takes what they hold as the record the
+    /// next sync compares with, so that sync rewrites what was changed
+    /// behind the agent's back (`bpftool`, another tool): an endpoint entry
+    /// removed would leave its pod's traffic unjudged until then. Returns
+    /// how many entries differed from the record (the configuration
+    /// counts as one). On an error the record stays as it was.
+    pub fn reread(&mut self) -> Result<usize> {
+        let entries = read_entries(&self.endpoints, &self.ips, &self.hosts, &self.policy)?;
+        let mut drifted = entries.differences(&self.realized.entries);
+        if self.config_map.get(&0, 0).ok() != Some(self.config) {
+            self.config_stale = true;
+            drifted += 1;
+        }
+        if drifted > 0 {
+            self.realized.entries = entries;
+            self.policy_whole = false;
+            self.ips_whole = None;
+        }
+        Ok(drifted)
     }
 
     /// The ring buffer verdict events arrive on.
@@ -355,9 +409,9 @@ impl Datapath {
 
     pub fn fill(&self) -> MapFill {
         MapFill {
-            endpoints: (self.realized.endpoints.len(), self.sizes.endpoints),
-            ips: (self.realized.ips.len(), self.sizes.ips + self.sizes.hosts),
-            policy: (self.realized.policy.len(), self.sizes.policy + self.sizes.policy_ports),
+            endpoints: (self.realized.entries.endpoints.len(), self.sizes.endpoints),
+            ips: (self.realized.entries.ips.len(), self.sizes.ips + self.sizes.hosts),
+            policy: (self.realized.entries.policy.len(), self.sizes.policy + self.sizes.policy_ports),
             // Counting the tracked flows walks the whole table: the agent
             // does it on a slow timer (see `pinned::Pinned::tracked_flows`).
             conntrack: (0, self.sizes.conntrack),

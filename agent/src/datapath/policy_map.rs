@@ -32,8 +32,7 @@ impl PolicyMap {
             let (k, v) = item?;
             out.push((PolicyPrefix { prefix_len: k.prefix_len(), key: k.data() }, v));
         }
-        for item in self.ports.iter() {
-            let (key, v) = item?;
+        for (key, v) in batch::entries(&self.ports)? {
             out.push((PolicyPrefix::port(key), v));
         }
         Ok(out)

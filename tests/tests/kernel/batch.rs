@@ -75,6 +75,32 @@ fn a_hash_map_batch_stops_where_it_is_full() {
 }
 
 #[test]
+fn a_hash_map_is_read_whole_over_several_calls() {
+    // More entries than one call takes, preallocated or not; and empty.
+    for flags in [0, BPF_F_NO_PREALLOC] {
+        let map: HashMap<MapData, [u8; 17], u64> = HashMap::create(4 * BATCH as u32, flags).expect("a hash map");
+        assert!(batch::entries(&map).expect("reading an empty map").is_empty(), "flags {flags}");
+        let n = 2 * BATCH + 123;
+        let keys: Vec<[u8; 17]> = (0..n as u32).map(key17).collect();
+        let values: Vec<u64> = (0..n as u64).map(|i| i * 3).collect();
+        batch::update(&map, &keys, &values).expect("room for all");
+        let mut read = batch::entries(&map).expect("reading the map");
+        read.sort();
+        let mut want: Vec<([u8; 17], u64)> = keys.into_iter().zip(values).collect();
+        want.sort();
+        assert_eq!(read.len(), n, "flags {flags}: every entry once");
+        assert!(read == want, "flags {flags}: every entry with its value");
+    }
+}
+
+fn key17(i: u32) -> [u8; 17] {
+    let mut k = [0u8; 17];
+    k[..4].copy_from_slice(&i.to_be_bytes());
+    k[16] = 4;
+    k
+}
+
+#[test]
 fn an_entry_a_batch_refuses_is_tried_on_its_own() {
     // Arrays have no batch removal (ENOTSUPP before the first entry, the
     // count left as given) and refuse single removals too (EINVAL): the

@@ -379,6 +379,11 @@ impl Env {
         entries
     }
 
+    /// Writes one entry of a pinned hash map, as another tool would.
+    pub fn put_entry<K: aya::Pod, V: aya::Pod>(&self, name: &str, key: K, value: V) {
+        self.hash_map::<K, V>(name).insert(key, value, 0).expect("writing an entry");
+    }
+
     fn hash_map<K: aya::Pod, V: aya::Pod>(&self, name: &str) -> BpfHashMap<MapData, K, V> {
         let path = self._dir.0.join(format!("v{}", palisade_common::LAYOUT_VERSION)).join(name);
         let data = MapData::from_pin(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));

@@ -23,6 +23,7 @@ mod oracle;
 mod batch;
 mod conntrack;
 mod ct_full;
+mod drift;
 mod events;
 mod fragments;
 mod fuzz;
