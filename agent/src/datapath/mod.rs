@@ -359,7 +359,9 @@ impl Datapath {
     pub fn reread(&mut self) -> Result<usize> {
         let entries = read_entries(&self.endpoints, &self.ips, &self.hosts, &self.policy)?;
         let mut drifted = entries.differences(&self.realized.entries);
-        if self.config_map.get(&0, 0).ok() != Some(self.config) {
+        // A config the last sync failed to write is rewritten anyway, and
+        // is no drift.
+        if !self.config_stale && self.config_map.get(&0, 0).ok() != Some(self.config) {
             self.config_stale = true;
             drifted += 1;
         }

@@ -47,4 +47,14 @@ fn a_full_resync_rewrites_entries_changed_behind_the_agents_back() {
     assert_eq!(now.len(), policy.len());
     assert!(policy.iter().all(|e| now.contains(e)), "every policy entry as the agent wrote it");
     assert_eq!(env.dp.reread().expect("reading the maps back"), 0, "nothing left to rewrite");
+
+    // The config: an older revision written back would let flows tracked
+    // since pass on their old verdicts; it counts once and is rewritten
+    // with a new revision.
+    let config = env.config();
+    env.set_config(palisade_common::Config { revision: config.revision.wrapping_sub(1), ..config });
+    assert_eq!(env.dp.reread().expect("reading the maps back"), 1, "the config changed behind the agent's back");
+    env.apply(input(false));
+    assert_eq!(env.config().revision, config.revision.wrapping_add(1), "rewritten, with a revision never used");
+    assert_eq!(env.dp.reread().expect("reading the maps back"), 0, "nothing left to rewrite");
 }

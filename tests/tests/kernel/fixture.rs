@@ -352,11 +352,18 @@ impl Env {
 
     /// The config entry the agent wrote for the programs.
     pub fn config(&self) -> palisade_common::Config {
+        self.config_array().get(&0, 0).expect("the config entry")
+    }
+
+    /// Writes the config entry, as another tool would.
+    pub fn set_config(&self, config: palisade_common::Config) {
+        self.config_array().set(0, config, 0).expect("writing the config");
+    }
+
+    fn config_array(&self) -> aya::maps::Array<MapData, palisade_common::Config> {
         let path = self._dir.0.join(format!("v{}", palisade_common::LAYOUT_VERSION)).join(maps::CONFIG);
         let data = MapData::from_pin(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        let array: aya::maps::Array<MapData, palisade_common::Config> =
-            aya::maps::Array::try_from(Map::from_map_data(data).expect("map")).expect("an array");
-        array.get(&0, 0).expect("the config entry")
+        aya::maps::Array::try_from(Map::from_map_data(data).expect("map")).expect("an array")
     }
 
     /// Overwrites a tracked flow's entry, in its family's table.
