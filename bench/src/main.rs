@@ -85,10 +85,18 @@ fn kernel_point(p: &str) -> Result<(usize, usize, usize)> {
 }
 
 /// A section that could not measure: say so now, report it, go on.
-fn section_failed(name: &str, e: anyhow::Error) -> String {
-    eprintln!("  {name}: FAILED: {e:#}");
-    env::cleanup_all();
-    format!("{e:#}")
+/// Runs one section once the CPUs are quiet, noting what else the machine
+/// did around it in `load`; a section that fails is reported as such and
+/// the next goes on.
+fn section<T>(name: &str, load: &mut Vec<cpu::Section>, run: impl FnOnce() -> Result<T>) -> Option<Result<T, String>> {
+    let watch = cpu::start(name);
+    let out = run().map_err(|e| {
+        eprintln!("  {name}: FAILED: {e:#}");
+        env::cleanup_all();
+        format!("{e:#}")
+    });
+    load.push(watch.finish());
+    Some(out)
 }
 
 fn real_main(args: Args) -> Result<()> {
@@ -157,9 +165,7 @@ fn real_main(args: Args) -> Result<()> {
             points,
             cpu: 1,
         };
-        let watch = cpu::start("kernel");
-        rep.kernel = Some(kernel::run(&cfg).map_err(|e| section_failed("kernel", e)));
-        rep.load.push(watch.finish());
+        rep.kernel = section("kernel", &mut rep.load, || kernel::run(&cfg));
     }
     if want("traffic") {
         eprintln!("2. real traffic between pods");
@@ -180,9 +186,7 @@ fn real_main(args: Args) -> Result<()> {
             flood_secs: if quick { 1.0 } else { 2.0 },
             work: work.clone(),
         };
-        let watch = cpu::start("traffic");
-        rep.traffic = Some(traffic::run(&cfg).map_err(|e| section_failed("traffic", e)));
-        rep.load.push(watch.finish());
+        rep.traffic = section("traffic", &mut rep.load, || traffic::run(&cfg));
     }
     if want("programming") {
         eprintln!("3. policy programming latency and footprint");
@@ -200,9 +204,7 @@ fn real_main(args: Args) -> Result<()> {
             },
             reps: args.reps.unwrap_or(if quick { 1 } else { 3 }),
         };
-        let watch = cpu::start("programming");
-        rep.programming = Some(programming::run(&cfg).map_err(|e| section_failed("programming", e)));
-        rep.load.push(watch.finish());
+        rep.programming = section("programming", &mut rep.load, || programming::run(&cfg));
     }
     if want("events") {
         eprintln!("4. verdict event throughput");
@@ -220,16 +222,12 @@ fn real_main(args: Args) -> Result<()> {
             palisade: palisade.clone(),
             page_rate: Some(100_000),
         };
-        let watch = cpu::start("events");
-        rep.events = Some(events::run(&cfg).map_err(|e| section_failed("events", e)));
-        rep.load.push(watch.finish());
+        rep.events = section("events", &mut rep.load, || events::run(&cfg));
     }
     if want("merged") {
         eprintln!("5. merged observe: 10 agents' event streams into one");
         let cfg = merged::Config { agents: 10, rate: 10_000, secs: if quick { 3.0 } else { 10.0 } };
-        let watch = cpu::start("merged");
-        rep.merged = Some(merged::run(&cfg).map_err(|e| section_failed("merged", e)));
-        rep.load.push(watch.finish());
+        rep.merged = section("merged", &mut rep.load, || merged::run(&cfg));
     }
     env::cleanup_all();
     let _ = std::fs::remove_dir_all(&work);

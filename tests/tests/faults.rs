@@ -67,6 +67,15 @@ fn http_get(path: &str) -> Result<(u16, String)> {
     probe::http_get(METRICS, path)
 }
 
+/// The value of the agent's counter `name` (its line in /metrics).
+fn counter(name: &str) -> Result<u64> {
+    let (_, metrics) = http_get("/metrics")?;
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .with_context(|| format!("no {name} in metrics:\n{metrics}"))
+}
+
 impl Env {
     /// Polls the agent's status until `done` holds (20 s at most).
     fn status_until(&self, what: &str, done: impl Fn(&Value) -> bool) -> Result<Value> {
@@ -148,12 +157,7 @@ fn cases() -> Vec<palisade_e2e::suite::Case<Env>> {
                 e.expect("x/b", "x/a", 80, false)?;
                 let (code, body) = http_get("/readyz")?;
                 ensure!(code == 503 && body.contains("interfaces"), "{fault}: readyz: {code} {body}");
-                let (_, metrics) = http_get("/metrics")?;
-                let failures = metrics
-                    .lines()
-                    .find(|l| l.starts_with("palisade_interface_discovery_errors_total "))
-                    .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-                    .context("no interface discovery error count in metrics")?;
+                let failures = counter("palisade_interface_discovery_errors_total")?;
                 ensure!(failures > 0, "{fault}: the failure is counted");
             }
             // Lifted: the agent retries on its own and catches up.
@@ -249,13 +253,12 @@ fn cases() -> Vec<palisade_e2e::suite::Case<Env>> {
             }
             e.expect("y/b", "x/a", 80, true)?;
             e.expect("z/c", "x/a", 80, false)?;
-            let (_, metrics) = http_get("/metrics")?;
-            let drifted = metrics
-                .lines()
-                .find(|l| l.starts_with("palisade_map_drift_total "))
-                .and_then(|l| l.rsplit(' ').next()?.parse::<usize>().ok())
-                .context("no drift count in metrics")?;
-            ensure!(drifted == taken.len(), "palisade_map_drift_total {drifted}, {} entries removed", taken.len());
+            let drifted = counter("palisade_map_drift_total")?;
+            ensure!(
+                drifted == taken.len() as u64,
+                "palisade_map_drift_total {drifted}, {} entries removed",
+                taken.len()
+            );
             Ok(())
         }),
     ]
