@@ -38,7 +38,7 @@ use palisade_common::{
     EP_PARENT_NO_SHORT, PEER_ANY, POLICY_PREFIX_FULL, PolicyValue,
 };
 use rules::{Claim, Part, Resolver};
-use std::collections::{BTreeMap, BTreeSet, HashMap, btree_map};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, btree_map};
 use std::sync::Arc;
 
 /// What the compiler produces, also reachable from here.
@@ -139,7 +139,7 @@ pub struct Compiler {
     tiered: tiers::Tiered,
     /// Per class, how many of its entries are shorter than a full key and
     /// how many are for any peer: what its children's lookups may skip.
-    shapes: HashMap<u32, [u32; 2]>,
+    shapes: Shapes,
     /// How many compiles built identities whole (tests).
     whole_builds: usize,
     /// How many policy entries parts took out or put in (tests).
@@ -326,7 +326,25 @@ impl Compiler {
         }
         let classes = Classes::new(input, ids, node, self.here.values(), &hints.classes);
         let classes_changed = classes != self.classes;
-        let old_roots = std::mem::replace(&mut self.classes, classes).roots;
+        let old = std::mem::replace(&mut self.classes, classes);
+        // Classes no longer there take every entry keyed by them out at
+        // once, not a claim at a time (a namespace's root leaving: ten
+        // claims on each of 50k entries at 50k pods x 50k policies, each
+        // deciding in turn); parts leave their entries out.
+        let gone: HashSet<u32> = old.numbers().filter(|&c| !self.classes.has(c)).collect();
+        if !gone.is_empty() {
+            let mut drained = Vec::new();
+            self.contributors.retain(|prefix, _| {
+                let keep = !gone.contains(&pair_of(prefix).0);
+                if !keep {
+                    drained.push(*prefix);
+                }
+                keep
+            });
+            drained.sort_unstable();
+            touched.extend(drained);
+        }
+        let old_roots = old.roots;
 
         // Parts to bring up to date: new and changed policies, and when
         // identities changed, every policy that selects or selected a
@@ -365,8 +383,8 @@ impl Compiler {
         for name in &visit {
             let part = self.parts.get_mut(name).expect("a part for every policy");
             let force = forced.contains(name) || (groups_changed && part.named_egress());
-            if let Some((out, put)) = part.update(ids, &self.classes, &mut self.resolver, force) {
-                for (prefix, ri) in &out {
+            if let Some((out, put)) = part.update(ids, &self.classes, &mut self.resolver, force, &gone) {
+                for (prefix, ri) in out.iter().filter(|(p, _)| !gone.contains(&pair_of(p).0)) {
                     // A forced part's old entries left above (changed
                     // policy) or carry its old numbers (same claims).
                     if remove_contributor(&mut self.contributors, prefix, &part.claim(*ri)) {
@@ -592,8 +610,13 @@ impl Compiler {
     }
 }
 
+/// Per class, its entries shorter than a full key and those for any peer;
+/// counted for every entry that comes or goes (foldhash, as the
+/// contributions: a namespace's root is 50k entries at 10k x 10k).
+type Shapes = HashMap<u32, [u32; 2], foldhash::fast::RandomState>;
+
 /// Counts an entry of the policy map in (or out of) its class's shape.
-fn reshape(shapes: &mut HashMap<u32, [u32; 2]>, prefix: &PolicyPrefix, added: bool) {
+fn reshape(shapes: &mut Shapes, prefix: &PolicyPrefix, added: bool) {
     let class = u32::from_be_bytes(prefix.key.local);
     let kinds = [prefix.prefix_len < POLICY_PREFIX_FULL, u32::from_be_bytes(prefix.key.peer) == PEER_ANY];
     let shape = shapes.entry(class).or_default();

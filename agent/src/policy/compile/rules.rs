@@ -178,13 +178,15 @@ impl Part {
     /// deleted touches its class's entries, not every selected class's);
     /// all are recomputed if `force` (the policy, its rule numbers or
     /// named egress ports may have changed). Returns the entries taken out
-    /// and those put in, if any moved.
+    /// and those put in, if any moved; none of `gone`'s, classes no
+    /// longer there, whose entries the caller takes out whole.
     pub fn update(
         &mut self,
         ids: &Identities,
         classes: &Classes,
         resolver: &mut Resolver,
         force: bool,
+        gone: &HashSet<u32>,
     ) -> Option<(Vec<Claimed>, Vec<Claimed>)> {
         let (selected, isolates) = selected(&self.policy, ids, classes);
         self.isolates = isolates;
@@ -248,7 +250,7 @@ impl Part {
             };
             out.extend(self.named.extract_if(.., |(p, ri)| leaves(p, *ri)));
             for (ri, (dir, _, rule)) in rules_of(&self.policy).enumerate() {
-                for local in &old_selected {
+                for local in old_selected.iter().filter(|l| !gone.contains(&l.id)) {
                     if !kept.contains(&local.id) {
                         expand(local, dir, rule, &old_peers[ri], ri, &mut out);
                     } else if let Some(gone) = &left[ri] {
