@@ -1371,6 +1371,34 @@ mod tests {
     }
 
     #[test]
+    fn a_class_that_goes_takes_its_entries_out_whole() {
+        // The bench's first pod of ns-10 (its namespace-wide policies'
+        // root comes with it, a class of its own), added, then deleted:
+        // the class goes, and its entries leave in one pass over the
+        // contributions, not a claim at a time from every part.
+        let first = serde_json::json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"namespace": "ns-10", "name": "added", "labels": {"app": "client", "far": "yes"}},
+            "spec": {"nodeName": NODE, "containers": [{"name": "main"}]},
+            "status": {"phase": "Running", "podIP": "10.200.0.4", "podIPs": [{"ip": "10.200.0.4"}, {"ip": "fd00:200::4"}]}});
+        let node = Node { name: NODE.into(), host_ips: vec![], allow_host: true, audit: false };
+        let base = bench_cluster(2000, 2000, &[]);
+        let mut compiler = Compiler::default();
+        let before = compiler.compile(&base, &node).clone();
+        let with = compiler.compile(&bench_cluster(2000, 2000, std::slice::from_ref(&first)), &node).clone();
+        let came = with.policy.len() - before.policy.len();
+        assert!(came > 1000, "the root brings its namespace-wide policies' entries ({came})");
+        let moved = compiler.moved;
+        let out = compiler.compile(&base, &node).clone();
+        assert_eq!(out, compile_with_hints(&base, &node, &hints_of(&with)));
+        let removed = compiler.changes().policy.as_ref().expect("changes").iter().filter(|(_, v)| v.is_none()).count();
+        assert_eq!(removed, came, "every entry of the class is taken out");
+        // Parts take out only the named-port entries they keep (egress
+        // to a peer's named port): a handful, not the class's thousands.
+        let by_parts = compiler.moved - moved;
+        assert!(by_parts * 100 < came, "parts took out {by_parts} of {came} entries themselves");
+    }
+
+    #[test]
     fn a_pod_leaving_a_service_address_it_held_gives_the_address_back_to_the_service() {
         // A Service whose cluster IP a pod also owns is left out of the
         // address map (a warning); when the pod goes, a compile from
