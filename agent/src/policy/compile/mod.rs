@@ -384,7 +384,7 @@ impl Compiler {
             let part = self.parts.get_mut(name).expect("a part for every policy");
             let force = forced.contains(name) || (groups_changed && part.named_egress());
             if let Some((out, put)) = part.update(ids, &self.classes, &mut self.resolver, force, &gone) {
-                for (prefix, ri) in out.iter().filter(|(p, _)| !gone.contains(&pair_of(p).0)) {
+                for (prefix, ri) in &out {
                     // A forced part's old entries left above (changed
                     // policy) or carry its old numbers (same claims).
                     if remove_contributor(&mut self.contributors, prefix, &part.claim(*ri)) {
@@ -1392,8 +1392,9 @@ mod tests {
         assert_eq!(out, compile_with_hints(&base, &node, &hints_of(&with)));
         let removed = compiler.changes().policy.as_ref().expect("changes").iter().filter(|(_, v)| v.is_none()).count();
         assert_eq!(removed, came, "every entry of the class is taken out");
-        // Parts take out only the named-port entries they keep (egress
-        // to a peer's named port): a handful, not the class's thousands.
+        // Parts take out only the entries that named the pod as a peer
+        // (ns-0's namespace-wide rules admit team-0's namespaces, ns-10
+        // among them): a handful, not the class's thousands.
         let by_parts = compiler.moved - moved;
         assert!(by_parts * 100 < came, "parts took out {by_parts} of {came} entries themselves");
     }

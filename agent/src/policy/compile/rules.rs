@@ -178,8 +178,8 @@ impl Part {
     /// deleted touches its class's entries, not every selected class's);
     /// all are recomputed if `force` (the policy, its rule numbers or
     /// named egress ports may have changed). Returns the entries taken out
-    /// and those put in, if any moved; none of `gone`'s, classes no
-    /// longer there, whose entries the caller takes out whole.
+    /// and those put in, if any moved; none of `gone`'s (classes no
+    /// longer there, whose entries the caller takes out whole).
     pub fn update(
         &mut self,
         ids: &Identities,
@@ -248,7 +248,8 @@ impl Part {
                 !kept.contains(&u32::from_be_bytes(p.key.local))
                     || left[ri as usize].as_ref().is_some_and(|l| l.admits(u32::from_be_bytes(p.key.peer)))
             };
-            out.extend(self.named.extract_if(.., |(p, ri)| leaves(p, *ri)));
+            let taken = self.named.extract_if(.., |(p, ri)| leaves(p, *ri));
+            out.extend(taken.filter(|(p, _)| !gone.contains(&u32::from_be_bytes(p.key.local))));
             for (ri, (dir, _, rule)) in rules_of(&self.policy).enumerate() {
                 for local in old_selected.iter().filter(|l| !gone.contains(&l.id)) {
                     if !kept.contains(&local.id) {
