@@ -213,11 +213,6 @@ impl Classes {
         self.roots.get(namespace).copied()
     }
 
-    /// Whether a class of this number is there (with members, or a root).
-    pub fn has(&self, class: u32) -> bool {
-        self.lead.contains_key(&class) || self.roots.values().any(|&r| r == class)
-    }
-
     /// Every class number: those with members, then the memberless roots.
     pub fn numbers(&self) -> impl Iterator<Item = u32> + '_ {
         self.lead.keys().copied().chain(self.roots.values().copied().filter(|r| !self.lead.contains_key(r)))

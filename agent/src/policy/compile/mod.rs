@@ -331,7 +331,8 @@ impl Compiler {
         // once, not a claim at a time (a namespace's root leaving: ten
         // claims on each of 50k entries at 50k pods x 50k policies, each
         // deciding in turn); parts leave their entries out.
-        let gone: HashSet<u32> = old.numbers().filter(|&c| !self.classes.has(c)).collect();
+        let now: HashSet<u32> = self.classes.numbers().collect();
+        let gone: HashSet<u32> = old.numbers().filter(|c| !now.contains(c)).collect();
         if !gone.is_empty() {
             let mut drained = Vec::new();
             self.contributors.retain(|prefix, _| {
