@@ -18,6 +18,12 @@
 //! differed by a third where nothing of theirs could (an unmanaged
 //! interface's packets with and without ClusterNetworkPolicies).
 //!
+//! The floor: programs doing only the conntrack work every new flow does
+//! (a lookup that misses, an insert; `rawbpf::Floor`) timed in single
+//! mode beside the empty program, once per repetition, so the new-flow
+//! cases can be read against what no classifier with a kernel hash table
+//! for conntrack can go below.
+//!
 //! A point with ClusterNetworkPolicies measures the same packets on the
 //! cluster of a policies-only point plus generated CNPs (`cluster.rs`),
 //! after checking that they validate, select the server and make its
@@ -94,6 +100,22 @@ pub struct Results {
     pub reps: usize,
     pub points: Vec<Point>,
     pub measurements: Vec<Measurement>,
+    /// What the conntrack work of a new flow costs alone (None: not measured).
+    pub floor: Option<Floor>,
+}
+
+/// The floor programs' ns added over the empty program in single mode,
+/// each the median over the flows of a repetition, then over repetitions.
+#[derive(Clone, Debug, Serialize)]
+pub struct Floor {
+    /// Drawing the random key alone.
+    pub key_ns: Sample,
+    /// The key, and a lookup that misses.
+    pub miss_ns: Sample,
+    /// The key, the lookup, and the insert.
+    pub insert_ns: Sample,
+    /// `insert_ns` minus `key_ns` per repetition: the conntrack work alone.
+    pub conntrack_ns: Sample,
 }
 
 /// A valid packet of `proto` (TCP or UDP) with `tcp_flags` (TCP only).
@@ -123,6 +145,8 @@ pub fn run(cfg: &Config) -> Result<Results> {
     let (repeat, flows, reps, cpu) = (cfg.repeat, cfg.flows, cfg.reps, cfg.cpu);
     let res = env::run_in(&node.netns, Some(cpu), move || -> Result<Results> {
         let empty = rawbpf::empty_tc_program().context("loading the empty TC program")?;
+        let floor = rawbpf::floor_programs().context("loading the floor programs")?;
+        let mut floor_reps = Vec::with_capacity(reps);
         let mut out = Results { cpu, repeat, flows, reps, ..Default::default() };
         // Every point loaded side by side (a pin directory each), then
         // measured a repetition at a time in turn, each repetition starting
@@ -136,6 +160,7 @@ pub fn run(cfg: &Config) -> Result<Results> {
         let pc = PointCfg { repeat, flows };
         for rep in 0..reps {
             eprintln!("  kernel: repetition {} of {reps}", rep + 1);
+            floor_reps.push(measure_floor(&empty, &floor, server_if, flows)?);
             for k in 0..loaded.len() {
                 let at = (rep + k) % loaded.len();
                 loaded[at].measure(&empty, server_if, spare, pc)?;
@@ -146,11 +171,43 @@ pub fn run(cfg: &Config) -> Result<Results> {
             out.points.push(point);
             out.measurements.extend(ms);
         }
+        let of = |f: fn(&[f64; 3]) -> f64| Sample::of(&floor_reps.iter().map(f).collect::<Vec<_>>());
+        out.floor = Some(Floor {
+            key_ns: of(|r| r[0]),
+            miss_ns: of(|r| r[1]),
+            insert_ns: of(|r| r[2]),
+            conntrack_ns: of(|r| r[2] - r[0]),
+        });
         Ok(out)
     })??;
     drop((client, server));
     drop(node);
     Ok(res)
+}
+
+/// One repetition of the floor programs: ns added over the empty program
+/// (key, miss, insert), each the median over `flows` single runs, the four
+/// programs run in turn on every flow. The packet is a valid one; they
+/// never read it.
+fn measure_floor(empty: &std::os::fd::OwnedFd, floor: &rawbpf::Floor, ifindex: u32, flows: usize) -> Result<[f64; 3]> {
+    let ctx = skb_ctx(ifindex);
+    let (c4, s4) = (cluster::client_ips().0, cluster::server_ips().0);
+    let p = packet(IpAddr::V4(c4), IpAddr::V4(s4), palisade_common::PROTO_UDP, 40000, cluster::PORT_DENIED, 0);
+    let progs = [empty, &floor.key, &floor.miss, &floor.insert];
+    let mut ns: [Vec<f64>; 4] = Default::default();
+    for _ in 0..flows {
+        for (prog, v) in progs.iter().zip(ns.iter_mut()) {
+            let (ret, d) = rawbpf::test_run(prog.as_fd(), &p, &ctx, 1)?;
+            if ret != TC_ACT_UNSPEC {
+                bail!("a floor program returned {ret:#x}");
+            }
+            v.push(f64::from(d));
+        }
+    }
+    let [mut base, mut key, mut miss, mut insert] = ns;
+    let med = |v: &mut Vec<f64>| crate::stats::quantile(v, 0.5);
+    let base = med(&mut base);
+    Ok([med(&mut key) - base, med(&mut miss) - base, med(&mut insert) - base])
 }
 
 /// ((v6, protocol), case, per repetition (palisade ns, baseline ns)).

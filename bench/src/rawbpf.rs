@@ -1,11 +1,13 @@
-//! The two bpf(2) commands the kernel benchmark needs beyond aya: loading
-//! the empty TC program (the baseline: `r0 = TC_ACT_UNSPEC; exit`) and
-//! BPF_PROG_TEST_RUN on any program fd, so the baseline and palisade's
+//! The bpf(2) commands the kernel benchmark needs beyond aya: loading the
+//! empty TC program (the baseline: `r0 = TC_ACT_UNSPEC; exit`) and the
+//! floor programs (the conntrack work every new flow does, alone), and
+//! BPF_PROG_TEST_RUN on any program fd, so the baselines and palisade's
 //! classifier are timed through exactly the same call.
 
 use anyhow::{Result, bail};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
+const BPF_MAP_CREATE: libc::c_long = 0;
 const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_PROG_TEST_RUN: libc::c_long = 10;
 const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
@@ -48,6 +50,16 @@ struct TestRunAttr {
     _pad: u32,
 }
 
+#[repr(C)]
+#[derive(Default)]
+struct MapCreateAttr {
+    map_type: u32,
+    key_size: u32,
+    value_size: u32,
+    max_entries: u32,
+    map_flags: u32,
+}
+
 fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> std::io::Result<i64> {
     // SAFETY: attr points to a properly laid out bpf_attr prefix of the
     // size we pass; the kernel zero-extends the rest.
@@ -57,18 +69,107 @@ fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> std::io::Result<i64> {
 
 /// Loads `r0 = -1 (TC_ACT_UNSPEC); exit` as a TC classifier.
 pub fn empty_tc_program() -> Result<OwnedFd> {
-    // BPF_ALU64 | BPF_MOV | BPF_K, dst r0, imm -1; then BPF_JMP | BPF_EXIT.
-    let insns: [u64; 2] = [0xb7 | ((-1i32 as u32 as u64) << 32), 0x95];
+    load(&[mov_imm(0, -1), EXIT], "plb_empty")
+}
+
+/// The programs that time a new flow's conntrack work alone, each ending
+/// as the empty program does: `key` draws a random IPv4 flow key (two
+/// `bpf_get_prandom_u32` calls into a zeroed key); `miss` also looks it up
+/// in a table made as the classifier's IPv4 conntrack table is (an LRU
+/// hash of `capacity::CONNTRACK` entries, `CtKey4` to `CtEntry`), where it
+/// is all but never found; `insert` then also enters it, as a new flow's
+/// entry is. Every new flow does at least the last two: `insert` minus
+/// `key` is the floor under the classifier's new-flow cases.
+pub struct Floor {
+    pub key: OwnedFd,
+    pub miss: OwnedFd,
+    pub insert: OwnedFd,
+}
+
+/// Creates the floor programs' table and loads them (see [`Floor`]).
+pub fn floor_programs() -> Result<Floor> {
+    const BPF_MAP_TYPE_LRU_HASH: u32 = 9;
+    let mut attr = MapCreateAttr {
+        map_type: BPF_MAP_TYPE_LRU_HASH,
+        key_size: std::mem::size_of::<palisade_common::CtKey4>() as u32,
+        value_size: std::mem::size_of::<palisade_common::CtEntry>() as u32,
+        max_entries: palisade_common::capacity::CONNTRACK,
+        map_flags: 0,
+    };
+    let fd = bpf(BPF_MAP_CREATE, &mut attr)?;
+    // SAFETY: the kernel returned a new file descriptor we now own (the
+    // programs keep the table once loaded).
+    let table = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    let (key_len, value_len) = (attr.key_size as i16, attr.value_size as i16);
+    if key_len > 24 || value_len > 24 {
+        bail!("conntrack key or entry larger than the floor programs' stack slots");
+    }
+    // The key at fp-24, the entry at fp-48, both zeroed, the key's first
+    // eight bytes random.
+    let mut key = vec![st_dw(-24), st_dw(-16), st_dw(-8), st_dw(-48), st_dw(-40), st_dw(-32)];
+    key.extend([call(7), stx_w(-24, 0), call(7), stx_w(-20, 0)]);
+    let map = |reg: u8| ld_map_fd(reg, table.as_raw_fd());
+    let mut miss = key.clone();
+    miss.extend(map(1));
+    miss.extend([mov_reg(2, 10), add_imm(2, -24), call(1)]);
+    let mut insert = miss.clone();
+    insert.extend(map(1));
+    insert.extend([mov_reg(2, 10), add_imm(2, -24), mov_reg(3, 10), add_imm(3, -48), mov_imm(4, 0), call(2)]);
+    let end = [mov_imm(0, -1), EXIT];
+    let finish = |mut v: Vec<u64>| {
+        v.extend(end);
+        v
+    };
+    Ok(Floor {
+        key: load(&finish(key), "plb_floor_key")?,
+        miss: load(&finish(miss), "plb_floor_miss")?,
+        insert: load(&finish(insert), "plb_floor_ins")?,
+    })
+}
+
+// Instruction encodings: opcode, dst | src << 4, 16-bit offset, 32-bit
+// immediate, little-endian in one u64.
+fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> u64 {
+    u64::from(code) | u64::from(dst | (src << 4)) << 8 | u64::from(off as u16) << 16 | u64::from(imm as u32) << 32
+}
+const EXIT: u64 = 0x95;
+fn mov_imm(dst: u8, imm: i32) -> u64 {
+    insn(0xb7, dst, 0, 0, imm)
+}
+fn mov_reg(dst: u8, src: u8) -> u64 {
+    insn(0xbf, dst, src, 0, 0)
+}
+fn add_imm(dst: u8, imm: i32) -> u64 {
+    insn(0x07, dst, 0, 0, imm)
+}
+/// `*(u64 *)(r10 + off) = 0`
+fn st_dw(off: i16) -> u64 {
+    insn(0x7a, 10, 0, off, 0)
+}
+/// `*(u32 *)(r10 + off) = src`
+fn stx_w(off: i16, src: u8) -> u64 {
+    insn(0x63, 10, src, off, 0)
+}
+fn call(helper: i32) -> u64 {
+    insn(0x85, 0, 0, 0, helper)
+}
+/// `dst = map fd` (a two-slot load, BPF_PSEUDO_MAP_FD).
+fn ld_map_fd(dst: u8, fd: i32) -> [u64; 2] {
+    [insn(0x18, dst, 1, 0, fd), 0]
+}
+
+/// Loads `insns` as a TC classifier named `name`.
+fn load(insns: &[u64], name: &str) -> Result<OwnedFd> {
     let license = b"GPL\0";
     let mut attr = ProgLoadAttr {
         prog_type: BPF_PROG_TYPE_SCHED_CLS,
-        insn_cnt: 2,
+        insn_cnt: insns.len() as u32,
         insns: insns.as_ptr() as u64,
         license: license.as_ptr() as u64,
         ..Default::default()
     };
-    attr.prog_name[..9].copy_from_slice(b"plb_empty");
-    let fd = bpf(BPF_PROG_LOAD, &mut attr)?;
+    attr.prog_name[..name.len()].copy_from_slice(name.as_bytes());
+    let fd = bpf(BPF_PROG_LOAD, &mut attr).map_err(|e| anyhow::anyhow!("loading {name}: {e}"))?;
     // SAFETY: the kernel returned a new file descriptor we now own.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
