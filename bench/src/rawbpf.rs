@@ -100,8 +100,7 @@ pub fn floor_programs() -> Result<Floor> {
     // SAFETY: the kernel returned a new file descriptor we now own (the
     // programs keep the table once loaded).
     let table = unsafe { OwnedFd::from_raw_fd(fd as i32) };
-    let (key_len, value_len) = (attr.key_size as i16, attr.value_size as i16);
-    if key_len > 24 || value_len > 24 {
+    if attr.key_size > 24 || attr.value_size > 24 {
         bail!("conntrack key or entry larger than the floor programs' stack slots");
     }
     // The key at fp-24, the entry at fp-48, both zeroed, the key's first
