@@ -334,14 +334,8 @@ impl Compiler {
         let now: HashSet<u32> = self.classes.numbers().collect();
         let gone: HashSet<u32> = old.numbers().filter(|c| !now.contains(c)).collect();
         if !gone.is_empty() {
-            let mut drained = Vec::new();
-            self.contributors.retain(|prefix, _| {
-                let keep = !gone.contains(&pair_of(prefix).0);
-                if !keep {
-                    drained.push(*prefix);
-                }
-                keep
-            });
+            let mut drained: Vec<PolicyPrefix> =
+                self.contributors.extract_if(|prefix, _| gone.contains(&pair_of(prefix).0)).map(|(p, _)| p).collect();
             drained.sort_unstable();
             touched.extend(drained);
         }

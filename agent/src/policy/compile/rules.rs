@@ -254,8 +254,8 @@ impl Part {
                 for local in old_selected.iter().filter(|l| !gone.contains(&l.id)) {
                     if !kept.contains(&local.id) {
                         expand(local, dir, rule, &old_peers[ri], ri, &mut out);
-                    } else if let Some(gone) = &left[ri] {
-                        expand(local, dir, rule, gone, ri, &mut out);
+                    } else if let Some(peers_left) = &left[ri] {
+                        expand(local, dir, rule, peers_left, ri, &mut out);
                     }
                 }
             }
