@@ -27,6 +27,12 @@ pub const PROTO_SCTP: u8 = 132;
 /// The wildcard peer identity in a [`PolicyKey`]: any source or destination.
 pub const PEER_ANY: u32 = 0;
 
+/// Direction bit of a policy entry keyed by the peer's namespace (its peer
+/// field a namespace number, [`IpInfo::namespace`]), not its identity: a
+/// rule admitting every pod of some namespaces costs an entry per
+/// namespace, not one per pod identity in them.
+pub const DIR_BY_NAMESPACE: u8 = 1 << 7;
+
 /// Key of the IP-to-identity maps: a family byte then the address, so an
 /// IPv6 prefix never covers IPv4 addresses. In the LPM trie the prefix
 /// length is 8 + CIDR bits; single addresses go in the exact-match hash map,
@@ -86,6 +92,9 @@ pub struct IpInfo {
     pub flags: u32,
     /// For a local pod's address: the host interface it is enforced on.
     pub ifindex: u32,
+    /// For a pod's address: its namespace's number (0: none), which the
+    /// entries of rules admitting whole namespaces are keyed by.
+    pub namespace: u32,
 }
 
 /// IP flag: a Service cluster IP. kube-proxy DNATs traffic to it after the
@@ -190,10 +199,17 @@ pub const EP_PARENT_NO_SHORT: u32 = 1 << 6;
 /// Endpoint flag: the parent holds no any-peer entry, so its wildcard
 /// lookup is skipped (same conditions).
 pub const EP_PARENT_NO_ANY: u32 = 1 << 7;
+/// Endpoint flag: the class holds no entry keyed by namespace
+/// ([`DIR_BY_NAMESPACE`]), so that lookup of its own is skipped. A class a
+/// ClusterNetworkPolicy selects holds none (its tiers resolve per peer);
+/// any other's entries all allow.
+pub const EP_NO_NAMESPACE: u32 = 1 << 8;
+/// Endpoint flag: the same for the class's parent.
+pub const EP_PARENT_NO_NAMESPACE: u32 = 1 << 9;
 /// The flags that only skip lookups: an endpoint whose entry changes in
 /// these alone is judged safely by either (what they skip could only
 /// allow), so sync does not hold it closed while addresses move.
-pub const EP_SKIPS: u32 = EP_PARENT_NO_SHORT | EP_PARENT_NO_ANY;
+pub const EP_SKIPS: u32 = EP_PARENT_NO_SHORT | EP_PARENT_NO_ANY | EP_NO_NAMESPACE | EP_PARENT_NO_NAMESPACE;
 
 /// Value of the endpoint map, keyed by the host-side interface index.
 #[repr(C)]
@@ -447,7 +463,7 @@ pub struct Config {
 
 const _: () = {
     assert!(size_of::<IpKey>() == 17);
-    assert!(size_of::<IpInfo>() == 12);
+    assert!(size_of::<IpInfo>() == 16);
     assert!(size_of::<PolicyKey>() == 12);
     assert!(POLICY_PREFIX_FULL as usize == size_of::<PolicyKey>() * 8);
     assert!(POLICY_PREFIX_PROTO as usize == offset_of!(PolicyKey, port) * 8);

@@ -22,7 +22,7 @@ pub use keys::*;
 /// Bumped whenever a map's key or value layout, or which map holds which
 /// entries, changes, so an agent never adopts pinned maps (or runs a
 /// program against maps) it does not understand.
-pub const LAYOUT_VERSION: u32 = 8;
+pub const LAYOUT_VERSION: u32 = 9;
 
 /// Indexes into the per-CPU counter array.
 pub mod stat {

@@ -204,7 +204,7 @@ mod tests {
         let mut c = Compiled::default();
         for p in &pods {
             let key = IpPrefix::from_net(ipnet::IpNet::from(p.ips[0]));
-            c.ips.insert(key, IpInfo { identity: p.identity, flags: 0, ifindex: 0 });
+            c.ips.insert(key, IpInfo { identity: p.identity, flags: 0, ifindex: 0, namespace: 0 });
         }
         c.endpoints = pods;
         c

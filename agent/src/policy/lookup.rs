@@ -100,7 +100,7 @@ mod tests {
     fn compiled_entries_look_up_like_the_kernel_maps() {
         let mut c = Compiled::default();
         let net = |s: &str| IpPrefix::from_net(s.parse().unwrap());
-        let info = |identity| IpInfo { identity, flags: 0, ifindex: 0 };
+        let info = |identity| IpInfo { identity, flags: 0, ifindex: 0, namespace: 0 };
         c.ips.insert(net("10.0.0.0/8"), info(5));
         c.ips.insert(net("10.1.2.3/32"), info(7));
         let key = |s: &str| IpKey::from_ip(s.parse().unwrap());

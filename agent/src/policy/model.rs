@@ -540,7 +540,11 @@ impl Direction {
     }
 
     pub fn from_code(code: u8) -> Direction {
-        if code == palisade_common::DIR_EGRESS { Direction::Egress } else { Direction::Ingress }
+        if code & !palisade_common::DIR_BY_NAMESPACE == palisade_common::DIR_EGRESS {
+            Direction::Egress
+        } else {
+            Direction::Ingress
+        }
     }
 }
 

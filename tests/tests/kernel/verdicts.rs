@@ -127,12 +127,13 @@ fn a_namespaces_root_without_members_judges_its_pods() {
     assert!(root != 0 && locals.iter().all(|l| l.parent == root && l.class != root), "{locals:?}");
     let entries = env.policy_entries();
     let of = |class: u32| entries.iter().filter(|(_, k, _)| u32::from_be_bytes(k.local) == class).count();
-    // The dev pod (a peer identity for each of its addresses' cells) on
-    // two TCP ports, and 8.8.8.8 on UDP 1.
-    assert_eq!(of(root), 5, "the root holds the namespace-wide rules' entries");
+    // The dev namespace (by its number: every pod of it) on two TCP
+    // ports, and 8.8.8.8 on UDP 1.
+    assert_eq!(of(root), 3, "the root holds the namespace-wide rules' entries");
     let at_2999 = entries.iter().filter(|(_, k, _)| k.port == 2999u16.to_be_bytes());
-    let holders: Vec<u32> = at_2999.map(|(_, k, _)| u32::from_be_bytes(k.local)).collect();
-    assert_eq!(holders, [root, root], "the root's alone, no pod's class's");
+    let holders: Vec<(u32, u8)> = at_2999.map(|(_, k, _)| (u32::from_be_bytes(k.local), k.direction)).collect();
+    let by_namespace = palisade_common::DIR_INGRESS | palisade_common::DIR_BY_NAMESPACE;
+    assert_eq!(holders, [(root, by_namespace)], "the root's alone, no pod's class's, keyed by namespace");
     // The root's entries are all of one port and a peer: every pod's
     // lookups of the root skip the trie and the wildcard peer, which the
     // grid checks against the compiler's whole lookups.
@@ -169,9 +170,10 @@ fn a_class_with_a_parent_is_judged_by_its_own_entries_then_the_parents() {
     let entries = env.policy_entries();
     let of = |class: u32| entries.iter().filter(|(_, k, _)| u32::from_be_bytes(k.local) == class).count();
     assert!(of(web.class) > 20, "web's class holds web's entries ({})", of(web.class));
-    // The canary rule to each ops pod (two of them, two families), and the
-    // node's allowance to its ingress (the node's two addresses).
-    assert_eq!(of(canary.class), 6, "the canary's class holds its one rule's entries");
+    // The canary rule to the ops namespace (by its number: every pod of
+    // it), and the node's allowance to its ingress (the node's two
+    // addresses).
+    assert_eq!(of(canary.class), 3, "the canary's class holds its one rule's entries");
 
     let (mut same, mut own, mut passed) = (0, 0, 0);
     let mut failures = Vec::new();

@@ -101,6 +101,51 @@ pub(super) struct Identities {
     clean: bool,
     /// Address conflicts.
     pub warnings: Vec<String>,
+    /// The namespaces selectors may match, with their numbers.
+    pub namespaces: Namespaces,
+}
+
+/// Every namespace a selector may match: those with an object, and those
+/// of pods without one (implicitly labelled, as groups see them). A rule
+/// admitting every pod of some namespaces has its entries keyed by their
+/// numbers ([`palisade_common::DIR_BY_NAMESPACE`]), and a pod's address
+/// carries its namespace's number; a number two of them share is not
+/// used (their rules name the pods' identities instead), so an entry
+/// never admits a namespace it does not name.
+#[derive(Default, PartialEq)]
+pub(super) struct Namespaces {
+    pub all: BTreeMap<String, Arc<Namespace>>,
+    /// Numbers more than one namespace has.
+    shared: HashSet<u32>,
+}
+
+impl Namespaces {
+    fn new(input: &Input, groups: &[Group]) -> Namespaces {
+        let mut all: BTreeMap<String, Arc<Namespace>> =
+            input.namespaces.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        for g in groups.iter().filter(|g| !g.members.is_empty()) {
+            if !all.contains_key(&g.key.namespace) {
+                all.insert(g.key.namespace.clone(), g.ns.clone());
+            }
+        }
+        let mut seen = HashSet::with_capacity(all.len());
+        let shared = all.keys().map(|n| namespace_number(n)).filter(|n| !seen.insert(*n)).collect();
+        Namespaces { all, shared }
+    }
+
+    /// The number a namespace's entries are keyed by, unless another's
+    /// collides with it (or it is unknown: then one it does not see might).
+    pub fn number(&self, name: &str) -> Option<u32> {
+        let n = namespace_number(name);
+        (self.all.contains_key(name) && !self.shared.contains(&n)).then_some(n)
+    }
+}
+
+/// A namespace's number: from its name alone, so a pod's address entry
+/// never changes with other namespaces (whether it is used is
+/// [`Namespaces::number`]'s call).
+pub(super) fn namespace_number(name: &str) -> u32 {
+    ids::fold(ids::hash_parts(&[b"namespace", name.as_bytes()]))
 }
 
 /// A group as the selectors resolved against identities see it, before
@@ -127,6 +172,8 @@ pub(super) struct Delta {
     pub local_namespaces: BTreeSet<String>,
     /// The entries of the address map that changed.
     pub ips: Vec<IpPrefix>,
+    /// Whether the namespaces selectors may match changed.
+    pub namespaces: bool,
 }
 
 /// A [`GroupKey`], borrowed from a pod.
@@ -278,7 +325,9 @@ impl Identities {
             *pod_claims.entry(*ip).or_default() += 1;
         }
         let node_addrs = node.host_ips.iter().chain(nodes.iter().flat_map(|n| &n.ips)).copied().collect();
+        let namespaces = Namespaces::new(input, &groups);
         Identities {
+            namespaces,
             index: groups.iter().enumerate().map(|(gi, g)| (g.key.clone(), gi)).collect(),
             group_by_id: groups.iter().enumerate().map(|(gi, g)| (g.id, gi)).collect(),
             free: Vec::new(),
@@ -537,7 +586,7 @@ impl Identities {
                 Some((id, pod)) => {
                     self.addr_owner.insert(ip, id);
                     catalog.pods_by_ip.insert(ip, pod);
-                    ips.insert(prefix, IpInfo { identity: id, flags: 0, ifindex: 0 });
+                    ips.insert(prefix, IpInfo { identity: id, flags: 0, ifindex: 0, namespace: self.namespace_of(id) });
                 }
                 None => {
                     self.addr_owner.remove(&ip);
@@ -545,7 +594,8 @@ impl Identities {
                     // A cell as long as an address is the address's again.
                     let net = IpNet::from(ip);
                     if cells.all.contains(&net) {
-                        ips.insert(prefix, IpInfo { identity: ids::fold(cidr_hash(net)), flags: 0, ifindex: 0 });
+                        let identity = ids::fold(cidr_hash(net));
+                        ips.insert(prefix, IpInfo { identity, flags: 0, ifindex: 0, namespace: 0 });
                     } else {
                         ips.remove(&prefix);
                     }
@@ -555,7 +605,24 @@ impl Identities {
                 delta.ips.push(prefix);
             }
         }
+        // Namespaces change with their objects, and with the pods of one
+        // without an object.
+        let implicit = |g: &Seen| !input.namespaces.contains_key(&g.namespace);
+        if !ns_changes.is_empty() || delta.before.iter().chain(&delta.after).any(implicit) {
+            let namespaces = Namespaces::new(input, &self.groups);
+            delta.namespaces = namespaces != self.namespaces;
+            self.namespaces = namespaces;
+        }
         Some(delta)
+    }
+
+    /// The namespace number a peer's address carries: its pod's
+    /// namespace's (0: not a pod's).
+    fn namespace_of(&self, peer: u32) -> u32 {
+        match self.peers.get(&peer).map(|p| p.kind) {
+            Some(PeerKind::Pod(gi)) => namespace_number(&self.groups[gi].key.namespace),
+            _ => 0,
+        }
     }
 
     /// Whether no number was probed past a collision (see `clean`).
@@ -613,11 +680,11 @@ impl Identities {
         let mut out = BTreeMap::new();
         for p in self.peers.values() {
             if p.kind == PeerKind::Cidr {
-                out.insert(IpPrefix::from_net(p.cell), IpInfo { identity: p.id, flags: 0, ifindex: 0 });
+                out.insert(IpPrefix::from_net(p.cell), IpInfo { identity: p.id, flags: 0, ifindex: 0, namespace: 0 });
             }
         }
         for (ip, &pi) in &self.addr_owner {
-            let info = IpInfo { identity: pi, flags: 0, ifindex: 0 };
+            let info = IpInfo { identity: pi, flags: 0, ifindex: 0, namespace: self.namespace_of(pi) };
             out.insert(IpPrefix::from_net(IpNet::from(*ip)), info);
         }
         // Service cluster IPs keep the identity of the cell they are in (no
@@ -636,7 +703,7 @@ impl Identities {
                     continue;
                 }
                 let identity = cidr_ids[&cells.of(*ip)];
-                let info = IpInfo { identity, flags: IP_SERVICE, ifindex: 0 };
+                let info = IpInfo { identity, flags: IP_SERVICE, ifindex: 0, namespace: 0 };
                 out.insert(IpPrefix::from_net(IpNet::from(*ip)), info);
                 catalog.services_by_ip.insert(*ip, (svc.namespace.clone(), svc.name.clone()));
             }

@@ -34,8 +34,9 @@ use classes::Classes;
 use identities::Identities;
 pub use identities::{Numbers, PodKey};
 use palisade_common::{
-    EP_AUDIT, EP_EGRESS_ISOLATED, EP_EGRESS_TIERED, EP_INGRESS_ISOLATED, EP_INGRESS_TIERED, EP_PARENT_NO_ANY,
-    EP_PARENT_NO_SHORT, PEER_ANY, POLICY_PREFIX_FULL, PolicyValue,
+    DIR_BY_NAMESPACE, EP_AUDIT, EP_EGRESS_ISOLATED, EP_EGRESS_TIERED, EP_INGRESS_ISOLATED, EP_INGRESS_TIERED,
+    EP_NO_NAMESPACE, EP_PARENT_NO_ANY, EP_PARENT_NO_NAMESPACE, EP_PARENT_NO_SHORT, PEER_ANY, POLICY_PREFIX_FULL,
+    PolicyKey, PolicyValue,
 };
 use rules::{Claim, Part, Resolver};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, btree_map};
@@ -227,6 +228,9 @@ impl Compiler {
             self.ids = Some(ids);
         } else if let Some(delta) = &delta {
             self.resolver.apply(delta);
+            if delta.namespaces {
+                self.resolver.namespaces_changed();
+            }
         }
         self.hints_used = Some(hints.identities.clone());
         let ids = self.ids.as_ref().expect("identities");
@@ -549,6 +553,9 @@ impl Compiler {
                 if node.audit || g.ns.audit {
                     f |= EP_AUDIT;
                 }
+                if self.shapes.get(&class).is_none_or(|s| s[2] == 0) {
+                    f |= EP_NO_NAMESPACE;
+                }
                 let parent = self.classes.parent_of(class);
                 if parent != 0 {
                     f |= self.skips(parent);
@@ -579,24 +586,44 @@ impl Compiler {
         if self.tiered.flags.get(&parent).is_some_and(|f| f & (EP_INGRESS_TIERED | EP_EGRESS_TIERED) != 0) {
             return 0;
         }
-        let [short, any] = self.shapes.get(&parent).copied().unwrap_or_default();
-        (if short == 0 { EP_PARENT_NO_SHORT } else { 0 }) | (if any == 0 { EP_PARENT_NO_ANY } else { 0 })
+        let [short, any, namespace] = self.shapes.get(&parent).copied().unwrap_or_default();
+        (if short == 0 { EP_PARENT_NO_SHORT } else { 0 })
+            | (if any == 0 { EP_PARENT_NO_ANY } else { 0 })
+            | (if namespace == 0 { EP_PARENT_NO_NAMESPACE } else { 0 })
     }
 
     /// The NetworkPolicy and node allowance entries in force (the first
     /// contributor of each) of every pair a cluster policy may select, with
-    /// their rules.
+    /// their rules; those keyed by namespace as the entries of its pods'
+    /// identities (the tiers resolve per peer).
     fn np_entries_of_tiered(&self, input: &Input) -> HashMap<(u32, u8), Vec<(PolicyPrefix, u32)>> {
         let mut out: HashMap<(u32, u8), Vec<(PolicyPrefix, u32)>> = HashMap::new();
         if input.cluster_policies.is_empty() {
             return out;
         }
+        let mut by_namespace: Option<HashMap<u32, Vec<u32>>> = None;
         for (prefix, list) in &self.contributors {
             let pair = pair_of(prefix);
             if !self.classes.lead.contains_key(&pair.0) {
                 continue;
             }
-            out.entry(pair).or_default().push((*prefix, list.first().rule));
+            let rule = list.first().rule;
+            if prefix.key.direction & DIR_BY_NAMESPACE == 0 {
+                out.entry(pair).or_default().push((*prefix, rule));
+                continue;
+            }
+            let ids = self.ids.as_ref().expect("identities");
+            let peers = by_namespace.get_or_insert_with(|| {
+                let mut m: HashMap<u32, Vec<u32>> = HashMap::new();
+                for g in ids.groups.iter().filter(|g| !g.members.is_empty()) {
+                    m.entry(identities::namespace_number(&g.key.namespace)).or_default().extend(&g.peers);
+                }
+                m
+            });
+            for &peer in peers.get(&u32::from_be_bytes(prefix.key.peer)).into_iter().flatten() {
+                let key = PolicyKey { direction: pair.1, peer: peer.to_be_bytes(), ..prefix.key };
+                out.entry(pair).or_default().push((PolicyPrefix { key, ..*prefix }, rule));
+            }
         }
         for list in out.values_mut() {
             list.sort();
@@ -605,29 +632,36 @@ impl Compiler {
     }
 }
 
-/// Per class, its entries shorter than a full key and those for any peer;
-/// counted for every entry that comes or goes (foldhash, as the
-/// contributions: a namespace's root is 50k entries at 10k x 10k).
-type Shapes = HashMap<u32, [u32; 2], foldhash::fast::RandomState>;
+/// Per class, its entries shorter than a full key, those for any peer and
+/// those keyed by namespace; counted for every entry that comes or goes
+/// (foldhash, as the contributions: a namespace's root was 50k entries at
+/// 10k x 10k).
+type Shapes = HashMap<u32, [u32; 3], foldhash::fast::RandomState>;
 
 /// Counts an entry of the policy map in (or out of) its class's shape.
 fn reshape(shapes: &mut Shapes, prefix: &PolicyPrefix, added: bool) {
     let class = u32::from_be_bytes(prefix.key.local);
-    let kinds = [prefix.prefix_len < POLICY_PREFIX_FULL, u32::from_be_bytes(prefix.key.peer) == PEER_ANY];
+    let by_namespace = prefix.key.direction & DIR_BY_NAMESPACE != 0;
+    let kinds = [
+        prefix.prefix_len < POLICY_PREFIX_FULL,
+        !by_namespace && u32::from_be_bytes(prefix.key.peer) == PEER_ANY,
+        by_namespace,
+    ];
     let shape = shapes.entry(class).or_default();
     for (count, is) in shape.iter_mut().zip(kinds) {
         if is {
             *count = if added { *count + 1 } else { *count - 1 };
         }
     }
-    if *shape == [0, 0] {
+    if *shape == [0, 0, 0] {
         shapes.remove(&class);
     }
 }
 
-/// The (class, direction code) an entry belongs to.
+/// The (class, direction code) an entry belongs to, whether keyed by
+/// identity or by namespace.
 fn pair_of(prefix: &PolicyPrefix) -> (u32, u8) {
-    (u32::from_be_bytes(prefix.key.local), prefix.key.direction)
+    (u32::from_be_bytes(prefix.key.local), prefix.key.direction & !DIR_BY_NAMESPACE)
 }
 
 /// An entry's contributors, the deciding claim (the first in
@@ -840,11 +874,14 @@ mod tests {
         for i in 0..20 {
             text += &pod(&format!("peer-{i}"), &format!("app: p{i}"), &format!("10.0.1.{i}"));
         }
-        // Both local pods isolated, allowing every pod on many ports.
+        // Both local pods isolated, allowing every pod with an app label
+        // (every pod, by identity: an empty selector would admit the
+        // namespace by number) on many ports.
         for (name, app) in [("c", "client"), ("s", "server")] {
             text += &format!(
                 "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: {name}, namespace: a}}\n\
-                 spec:\n  podSelector: {{matchLabels: {{app: {app}}}}}\n  ingress:\n  - from: [{{podSelector: {{}}}}]\n    \
+                 spec:\n  podSelector: {{matchLabels: {{app: {app}}}}}\n  ingress:\n  - from: [{{podSelector: \
+                 {{matchExpressions: [{{key: app, operator: Exists}}]}}}}]\n    \
                  ports: [{{port: 1000, endPort: 1100}}]\n---\n"
             );
         }
@@ -992,6 +1029,40 @@ mod tests {
             }
         }
         Arc::new(input)
+    }
+
+    /// A number two namespaces share keys no entry: the rules admitting
+    /// either admit its pods by identity, so neither is admitted for the
+    /// other (numbers folded into one value, every namespace's the same).
+    #[test]
+    fn namespaces_whose_numbers_collide_are_admitted_by_identity() {
+        let text = format!(
+            "apiVersion: v1\nkind: Namespace\nmetadata: {{name: a, labels: {{team: x}}}}\n---\n\
+             apiVersion: v1\nkind: Namespace\nmetadata: {{name: b, labels: {{team: other}}}}\n---\n\
+             apiVersion: v1\nkind: Pod\nmetadata: {{name: server, namespace: a}}\n\
+             spec: {{nodeName: {NODE}, containers: [{{name: c}}]}}\nstatus: {{phase: Running, podIP: 10.0.0.1}}\n---\n\
+             apiVersion: v1\nkind: Pod\nmetadata: {{name: peer, namespace: a}}\n\
+             spec: {{nodeName: other, containers: [{{name: c}}]}}\nstatus: {{phase: Running, podIP: 10.0.0.2}}\n---\n\
+             apiVersion: v1\nkind: Pod\nmetadata: {{name: stranger, namespace: b}}\n\
+             spec: {{nodeName: other, containers: [{{name: c}}]}}\nstatus: {{phase: Running, podIP: 10.0.0.3}}\n---\n\
+             apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: team, namespace: a}}\n\
+             spec:\n  podSelector: {{}}\n  ingress:\n  - from: [{{namespaceSelector: {{matchLabels: {{team: x}}}}}}]\n\
+                 ports: [{{port: 80}}]\n"
+        );
+        let input = manifests_to_input(&text).unwrap();
+        for space in [0, 1] {
+            ids::SPACE.with(|s| s.set(space));
+            let c = compile(&input, &node());
+            let by_namespace = c.policy.keys().filter(|k| k.key.direction & DIR_BY_NAMESPACE != 0).count();
+            assert_eq!(by_namespace, usize::from(space == 0), "space {space}: keyed by namespace unless shared");
+            let server = c.endpoints.iter().find(|e| e.name == "server").unwrap().kernel();
+            let from = |ip: &str| {
+                crate::policy::lookup::decide(&c, &server, Direction::Ingress, ip.parse().unwrap(), 6, 80).allowed
+            };
+            assert!(from("10.0.0.2"), "space {space}: team x's pod is admitted");
+            assert!(!from("10.0.0.3"), "space {space}: the other team's is not");
+        }
+        ids::SPACE.with(|s| s.set(0));
     }
 
     #[test]
@@ -1158,8 +1229,9 @@ mod tests {
         };
         assert!(dns(&p1).allowed && dns(&p2).allowed, "both judged by the root's entry");
         // The root holds one port for any peer.
-        use palisade_common::{EP_PARENT_NO_SHORT, EP_SKIPS};
-        assert_eq!((p1.flags & EP_SKIPS, p2.flags & EP_SKIPS), (EP_PARENT_NO_SHORT, EP_PARENT_NO_SHORT));
+        use palisade_common::{EP_NO_NAMESPACE, EP_PARENT_NO_NAMESPACE, EP_PARENT_NO_SHORT, EP_SKIPS};
+        let skips = EP_PARENT_NO_SHORT | EP_PARENT_NO_NAMESPACE | EP_NO_NAMESPACE;
+        assert_eq!((p1.flags & EP_SKIPS, p2.flags & EP_SKIPS), (skips, skips));
         // The root coming (p1 selected by more) and going, incrementally.
         let mut compiler = Compiler::default();
         let mut last = compiler.compile(&Arc::new(text(true, false)), &node()).clone();
@@ -1201,12 +1273,21 @@ mod tests {
         let root = client.parent;
         assert!(root != 0 && after.endpoints.iter().all(|e| e.class != root), "a root without members");
         assert_eq!((new.parent, server.parent), (root, root), "every class of ns-0 takes the root");
-        // The root's entries are to team pods on one port each.
-        use palisade_common::{EP_PARENT_NO_ANY, EP_PARENT_NO_SHORT, EP_SKIPS};
-        assert_eq!(client.flags & EP_SKIPS, EP_PARENT_NO_SHORT | EP_PARENT_NO_ANY);
+        // The root's entries are to team namespaces on one port each; the
+        // client's class holds none keyed by namespace.
+        use palisade_common::{DIR_BY_NAMESPACE, EP_NO_NAMESPACE, EP_PARENT_NO_ANY, EP_PARENT_NO_SHORT, EP_SKIPS};
+        assert_eq!(client.flags & EP_SKIPS, EP_PARENT_NO_SHORT | EP_PARENT_NO_ANY | EP_NO_NAMESPACE);
         let of = |class: u32| after.policy.keys().filter(|k| u32::from_be_bytes(k.key.local) == class).count();
         let changed = changed_keys(&compiler);
-        assert!(of(root) > 1000, "the root has the namespace-wide entries ({})", of(root));
+        // ns-0's 20 namespace-wide policies admit a team's 10 namespaces
+        // each, on a port: an entry per (namespace, port), not one per
+        // pod identity in them.
+        let by_namespace = |k: &&PolicyPrefix| k.key.direction & DIR_BY_NAMESPACE != 0;
+        assert_eq!(of(root), 200, "the root has the namespace-wide entries");
+        assert_eq!(
+            after.policy.keys().filter(|k| u32::from_be_bytes(k.key.local) == root).filter(by_namespace).count(),
+            200
+        );
         assert!(of(client.class) < 10, "the client's class holds its own policy's ({})", of(client.class));
         // The new class holds the client's policy's entries and the gate's
         // (to the server); the other entries that came are rules admitting
@@ -1304,7 +1385,9 @@ mod tests {
                 2 => {
                     let root = root.unwrap();
                     root_entries = now.policy.keys().filter(|k| u32::from_be_bytes(k.key.local) == root).count();
-                    assert!(root_entries > 1000, "the root's entries came ({root_entries})");
+                    // ns-10's 20 namespace-wide policies, a team's 10
+                    // namespaces each (by number).
+                    assert_eq!(root_entries, 200, "the root's entries came");
                     assert_eq!(changed.len(), root_entries, "they alone");
                     assert!(now.endpoints.iter().all(|e| e.namespace == "ns-0"), "no endpoint without an address");
                 }
@@ -1319,8 +1402,10 @@ mod tests {
                 }
                 4 => {
                     assert!(now.endpoints.iter().all(|e| e.name != "first"), "done: no endpoint");
-                    assert!(!changed.is_empty(), "the entries admitting its address went");
+                    // The entries admitting its address by identity went
+                    // (those admitting ns-10 by number stay, as it does).
                     assert!(changed.iter().all(|k| u32::from_be_bytes(k.key.peer) == me), "they alone: {changed:?}");
+                    assert!(compiler.changes().ips.as_ref().is_some_and(|ips| !ips.is_empty()), "its address went");
                 }
                 5 => assert_eq!(changed.len(), root_entries, "the root's entries went with the pod object"),
                 _ => unreachable!(),
@@ -1332,7 +1417,8 @@ mod tests {
     #[test]
     fn a_pod_added_or_deleted_moves_only_its_own_entries() {
         // The bench's pod added (local, in ns-0, a group of its own) and a
-        // remote one (a peer of ns-0's team-0 policies), then deleted.
+        // remote one (a peer of ns-0's team-0 policies, which admit its
+        // namespace by number: only its addresses change), then deleted.
         let added = serde_json::json!({"apiVersion": "v1", "kind": "Pod",
             "metadata": {"namespace": "ns-0", "name": "added", "labels": {"app": "client"}},
             "spec": {"nodeName": NODE, "containers": [{"name": "main"}]},
@@ -1359,7 +1445,8 @@ mod tests {
             // No two rules give one entry here: each entry moved is one
             // that changed.
             let changed = compiler.changes().policy.as_ref().map_or(0, Vec::len);
-            assert!(changed > 0, "step {step} changes entries");
+            assert_eq!(changed > 0, step < 2, "step {step} changes entries");
+            assert!(compiler.changes().ips.as_ref().is_some_and(|ips| !ips.is_empty()), "step {step}");
             assert_eq!(compiler.moved - moved, changed, "step {step}: only the changed entries moved");
             prev = out;
         }
@@ -1381,17 +1468,18 @@ mod tests {
         let before = compiler.compile(&base, &node).clone();
         let with = compiler.compile(&bench_cluster(2000, 2000, std::slice::from_ref(&first)), &node).clone();
         let came = with.policy.len() - before.policy.len();
-        assert!(came > 1000, "the root brings its namespace-wide policies' entries ({came})");
+        // ns-10's 20 namespace-wide policies, a team's 10 namespaces each.
+        assert_eq!(came, 200, "the root brings its namespace-wide policies' entries");
         let moved = compiler.moved;
         let out = compiler.compile(&base, &node).clone();
         assert_eq!(out, compile_with_hints(&base, &node, &hints_of(&with)));
         let removed = compiler.changes().policy.as_ref().expect("changes").iter().filter(|(_, v)| v.is_none()).count();
         assert_eq!(removed, came, "every entry of the class is taken out");
-        // Parts take out only the entries that named the pod as a peer
-        // (ns-0's namespace-wide rules admit team-0's namespaces, ns-10
-        // among them): a handful, not the class's thousands.
+        // Parts take out only the entries that named the pod as a peer:
+        // none (ns-0's namespace-wide rules admit team-0's namespaces, ns-10
+        // among them, by namespace), not the class's.
         let by_parts = compiler.moved - moved;
-        assert!(by_parts * 100 < came, "parts took out {by_parts} of {came} entries themselves");
+        assert_eq!(by_parts, 0, "parts took out {by_parts} of {came} entries themselves");
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Rules. Each rule expands to policy-trie entries (policy class,
-//! direction, peer identity or any, protocol, port prefix); selectors, named
+//! direction, peer identity, namespace or any, protocol, port prefix); a
+//! peer admitting whole namespaces by their numbers; selectors, named
 //! ports and CIDR containment are resolved here, so the kernel only looks
 //! entries up. A policy's entries (its [`Part`]) depend only on the policy,
 //! its rule numbers, the classes it selects and the peers its rules admit:
@@ -17,7 +18,7 @@ use crate::policy::model::{
     Direction, NamedPort, NamespaceMatch, Peer, Policy, PolicyRef, PortMatch, Rule, Selector, named_port,
 };
 use ipnet::IpNet;
-use palisade_common::{PEER_ANY, POLICY_PREFIX_ANY_PROTO, POLICY_PREFIX_PROTO, PolicyKey};
+use palisade_common::{DIR_BY_NAMESPACE, PEER_ANY, POLICY_PREFIX_ANY_PROTO, POLICY_PREFIX_PROTO, PolicyKey};
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
@@ -65,14 +66,25 @@ impl Claim {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) enum PeerSet {
     Any,
-    Some(Arc<BTreeSet<u32>>),
+    /// Peer identities, and the numbers of namespaces every pod of which
+    /// is admitted (their entries are keyed by namespace: one per
+    /// namespace, not one per identity in it).
+    Some {
+        ids: Arc<BTreeSet<u32>>,
+        namespaces: Arc<BTreeSet<u32>>,
+    },
 }
 
 impl PeerSet {
-    fn admits(&self, peer: u32) -> bool {
+    /// Whether an entry of this rule names one of these peers.
+    fn admits(&self, prefix: &PolicyPrefix) -> bool {
+        let peer = u32::from_be_bytes(prefix.key.peer);
         match self {
             PeerSet::Any => true,
-            PeerSet::Some(s) => s.contains(&peer),
+            PeerSet::Some { namespaces, .. } if prefix.key.direction & DIR_BY_NAMESPACE != 0 => {
+                namespaces.contains(&peer)
+            }
+            PeerSet::Some { ids, .. } => ids.contains(&peer),
         }
     }
 }
@@ -193,7 +205,7 @@ impl Part {
         let peers: Vec<PeerSet> = if selected.is_empty() {
             Vec::new()
         } else {
-            rules_of(&self.policy).map(|(_, _, r)| resolver.peers(r, &self.policy, ids)).collect()
+            rules_of(&self.policy).map(|(d, _, r)| resolver.peers(d, r, &self.policy, ids)).collect()
         };
         let same = !force
             && selected.len() == self.selected.len()
@@ -226,9 +238,13 @@ impl Part {
             for (before, now) in old_peers.iter().zip(&self.peers) {
                 let (l, j) = match (before, now) {
                     _ if before == now => (None, None),
-                    (PeerSet::Some(a), PeerSet::Some(b)) => {
-                        let some = |set: BTreeSet<u32>| (!set.is_empty()).then(|| PeerSet::Some(Arc::new(set)));
-                        (some(a.difference(b).copied().collect()), some(b.difference(a).copied().collect()))
+                    (PeerSet::Some { ids: a, namespaces: an }, PeerSet::Some { ids: b, namespaces: bn }) => {
+                        let some = |ids: BTreeSet<u32>, namespaces: BTreeSet<u32>| {
+                            let (ids, namespaces) = (Arc::new(ids), Arc::new(namespaces));
+                            (!ids.is_empty() || !namespaces.is_empty()).then_some(PeerSet::Some { ids, namespaces })
+                        };
+                        let diff = |x: &BTreeSet<u32>, y: &BTreeSet<u32>| x.difference(y).copied().collect();
+                        (some(diff(a, b), diff(an, bn)), some(diff(b, a), diff(bn, an)))
                     }
                     // Any peer to some or back (only with the policy, which
                     // forces): every peer changed.
@@ -246,7 +262,7 @@ impl Part {
         if !none_leave {
             let leaves = |p: &PolicyPrefix, ri: u32| {
                 !kept.contains(&u32::from_be_bytes(p.key.local))
-                    || left[ri as usize].as_ref().is_some_and(|l| l.admits(u32::from_be_bytes(p.key.peer)))
+                    || left[ri as usize].as_ref().is_some_and(|l| l.admits(p))
             };
             let taken = self.named.extract_if(.., |(p, ri)| leaves(p, *ri));
             out.extend(taken.filter(|(p, _)| !gone.contains(&u32::from_be_bytes(p.key.local))));
@@ -313,12 +329,23 @@ pub(super) struct Resolver {
     /// namespaces; pods).
     pods: HashMap<(String, NamespaceMatch, Selector), Arc<BTreeSet<u32>>>,
     blocks: HashMap<(IpNet, Vec<IpNet>), Arc<BTreeSet<u32>>>,
+    /// The numbers of the namespaces a peer without a pod selector admits
+    /// whole, by (own namespace, or ""; namespaces); None where one has no
+    /// number of its own. Valid while the namespaces are.
+    namespaces: HashMap<(String, NamespaceMatch), Option<Arc<BTreeSet<u32>>>>,
 }
 
 impl Resolver {
     pub fn clear(&mut self) {
         self.pods.clear();
         self.blocks.clear();
+        self.namespaces.clear();
+    }
+
+    /// The namespaces changed (objects, labels, or those of pods without
+    /// an object): the namespace sets are found again.
+    pub fn namespaces_changed(&mut self) {
+        self.namespaces.clear();
     }
 
     /// Brings every set up to date with an identities update: the peers
@@ -341,12 +368,18 @@ impl Resolver {
         }
     }
 
-    /// The peer identities a rule's `from`/`to` admits.
-    fn peers(&mut self, rule: &Rule, policy: &Policy, ids: &Identities) -> PeerSet {
+    /// The peers a rule's `from`/`to` admits: a peer without a pod
+    /// selector by its namespaces' numbers, unless one has none of its own
+    /// or the rule has named ports on the peer (egress: they resolve per
+    /// pod); other peers by identity.
+    fn peers(&mut self, dir: Direction, rule: &Rule, policy: &Policy, ids: &Identities) -> PeerSet {
         if rule.peers.is_empty() {
             return PeerSet::Any;
         }
+        let per_pod_ports =
+            dir == Direction::Egress && rule.ports.iter().any(|p| matches!(p.port, PortMatch::Named(_)));
         let mut sets: Vec<Arc<BTreeSet<u32>>> = Vec::with_capacity(rule.peers.len());
+        let mut namespace_sets: Vec<Arc<BTreeSet<u32>>> = Vec::new();
         for peer in &rule.peers {
             let set = match peer {
                 Peer::Pods { namespaces, pods } => {
@@ -354,6 +387,16 @@ impl Resolver {
                         NamespaceMatch::Own => policy.namespace.clone(),
                         NamespaceMatch::Selector(_) => String::new(),
                     };
+                    if pods.is_empty()
+                        && !per_pod_ports
+                        && let Some(numbers) = self
+                            .namespaces
+                            .entry((own.clone(), namespaces.clone()))
+                            .or_insert_with(|| namespace_numbers(namespaces, &policy.namespace, ids))
+                    {
+                        namespace_sets.push(numbers.clone());
+                        continue;
+                    }
                     let key = (own, namespaces.clone(), pods.clone());
                     self.pods
                         .entry(key)
@@ -383,15 +426,34 @@ impl Resolver {
             };
             sets.push(set);
         }
-        if sets.len() == 1 {
-            return PeerSet::Some(sets.pop().expect("one set"));
-        }
-        let mut all = BTreeSet::new();
-        for s in sets {
-            all.extend(s.iter().copied());
-        }
-        PeerSet::Some(Arc::new(all))
+        PeerSet::Some { ids: union(sets), namespaces: union(namespace_sets) }
     }
+}
+
+/// The union of peer sets (shared, when there is one).
+fn union(mut sets: Vec<Arc<BTreeSet<u32>>>) -> Arc<BTreeSet<u32>> {
+    if sets.len() == 1 {
+        return sets.pop().expect("one set");
+    }
+    let mut all = BTreeSet::new();
+    for s in sets {
+        all.extend(s.iter().copied());
+    }
+    Arc::new(all)
+}
+
+/// The numbers of the namespaces a peer admits every pod of (its own
+/// namespace's, or those its selector matches); None if one of them has
+/// no number of its own.
+fn namespace_numbers(namespaces: &NamespaceMatch, own: &str, ids: &Identities) -> Option<Arc<BTreeSet<u32>>> {
+    let known = &ids.namespaces;
+    let numbers: Option<BTreeSet<u32>> = match namespaces {
+        NamespaceMatch::Own => known.number(own).map(|n| BTreeSet::from([n])),
+        NamespaceMatch::Selector(sel) => {
+            known.all.values().filter(|ns| sel.matches(&ns.labels)).map(|ns| known.number(&ns.name)).collect()
+        }
+    };
+    numbers.map(Arc::new)
 }
 
 /// Takes the matching peers of `delta`'s groups out of `set`, then puts
@@ -413,13 +475,13 @@ fn update_set(set: &mut Arc<BTreeSet<u32>>, delta: &Delta, matches: impl Fn(&See
 }
 
 pub(super) fn entry(local: u32, dir: Direction, peer: u32, port: Option<(u8, Option<(u16, u32)>)>) -> PolicyPrefix {
-    let mut key = PolicyKey {
-        local: local.to_be_bytes(),
-        direction: dir.code(),
-        peer: peer.to_be_bytes(),
-        protocol: 0,
-        port: [0; 2],
-    };
+    keyed(local, dir.code(), peer, port)
+}
+
+/// [`entry`], by direction code ([`DIR_BY_NAMESPACE`] set for a namespace).
+fn keyed(local: u32, direction: u8, peer: u32, port: Option<(u8, Option<(u16, u32)>)>) -> PolicyPrefix {
+    let mut key =
+        PolicyKey { local: local.to_be_bytes(), direction, peer: peer.to_be_bytes(), protocol: 0, port: [0; 2] };
     let prefix_len = match port {
         None => POLICY_PREFIX_ANY_PROTO,
         Some((proto, None)) => {
@@ -440,33 +502,34 @@ pub(super) fn entry(local: u32, dir: Direction, peer: u32, port: Option<(u8, Opt
 fn expand(local: &Local, dir: Direction, rule: &Rule, peer_set: &PeerSet, ri: usize, out: &mut Vec<Claimed>) {
     let id = local.id;
     let ri = ri as u32;
-    let any = [PEER_ANY];
-    let peer_ids: &[u32] = match peer_set {
-        PeerSet::Any => &any,
-        PeerSet::Some(s) => &s.iter().copied().collect::<Vec<u32>>(),
+    let code = dir.code();
+    // (direction code, peer): identities, then namespaces.
+    let peer_ids: Vec<(u8, u32)> = match peer_set {
+        PeerSet::Any => vec![(code, PEER_ANY)],
+        PeerSet::Some { ids, namespaces } => {
+            let by_namespace = namespaces.iter().map(|&n| (code | DIR_BY_NAMESPACE, n));
+            ids.iter().map(|&p| (code, p)).chain(by_namespace).collect()
+        }
     };
+    let each = |port| peer_ids.iter().map(move |&(code, peer)| (keyed(id, code, peer, port), ri));
     if rule.ports.is_empty() {
-        out.extend(peer_ids.iter().map(|&peer| (entry(id, dir, peer, None), ri)));
+        out.extend(each(None));
         return;
     }
     for spec in &rule.ports {
         let proto = spec.protocol.number();
         match &spec.port {
-            PortMatch::Any => out.extend(peer_ids.iter().map(|&peer| (entry(id, dir, peer, Some((proto, None))), ri))),
+            PortMatch::Any => out.extend(each(Some((proto, None)))),
             PortMatch::Range(a, b) => {
                 for (value, bits) in ports::prefixes(*a, *b) {
-                    out.extend(
-                        peer_ids.iter().map(|&peer| (entry(id, dir, peer, Some((proto, Some((value, bits))))), ri)),
-                    );
+                    out.extend(each(Some((proto, Some((value, bits))))));
                 }
             }
             // A named port is resolved against the destination pod: the
             // local pod for ingress, each peer pod for egress.
             PortMatch::Named(name) if dir == Direction::Ingress => {
                 if let Some(port) = named_port(&local.ports, name, spec.protocol) {
-                    out.extend(
-                        peer_ids.iter().map(|&peer| (entry(id, dir, peer, Some((proto, Some((port, 16))))), ri)),
-                    );
+                    out.extend(each(Some((proto, Some((port, 16))))));
                 }
             }
             PortMatch::Named(_) => {}
@@ -489,7 +552,7 @@ fn expand_named_egress(
         let proto = spec.protocol.number();
         let candidates: Box<dyn Iterator<Item = &super::identities::PeerIdentity>> = match peer_set {
             PeerSet::Any => Box::new(ids.peers.values()),
-            PeerSet::Some(s) => Box::new(s.iter().filter_map(|p| ids.peers.get(p))),
+            PeerSet::Some { ids: s, .. } => Box::new(s.iter().filter_map(|p| ids.peers.get(p))),
         };
         for p in candidates {
             let PeerKind::Pod(gi) = p.kind else { continue };

@@ -579,7 +579,7 @@ mod tests {
     use crate::cluster::convert::manifests_to_input;
     use crate::policy::compile::{Compiled, compile};
     use crate::policy::model::{NodeObject, Protocol, Selector};
-    use palisade_common::{EP_AUDIT, PROTO_ICMP, PROTO_TCP, PROTO_UDP};
+    use palisade_common::{EP_AUDIT, EP_SKIPS, PROTO_ICMP, PROTO_TCP, PROTO_UDP};
     use std::net::IpAddr;
 
     const HOST: &str = "192.168.1.1";
@@ -706,7 +706,7 @@ mod tests {
         assert_eq!(ingress(&c, "web", HOST, 80), allowed_by("node traffic to its pods (--allow-host)"));
         assert_eq!(ingress(&c, "cli", "10.0.0.2", 80), open(), "b is no subject");
         let ep = c.endpoints.iter().find(|e| e.name == "db").unwrap();
-        assert_eq!(ep.flags, EP_INGRESS_TIERED, "tiered, not isolated, egress untouched");
+        assert_eq!(ep.flags & !EP_SKIPS, EP_INGRESS_TIERED, "tiered, not isolated, egress untouched");
     }
 
     #[test]
@@ -906,7 +906,7 @@ mod tests {
         audited.audit = true;
         let c = compile(&input, &audited);
         let ep = c.endpoints.iter().find(|e| e.name == "cli").unwrap();
-        assert_eq!(ep.flags, EP_INGRESS_TIERED | EP_AUDIT);
+        assert_eq!(ep.flags & !EP_SKIPS, EP_INGRESS_TIERED | EP_AUDIT);
     }
 
     /// A realistic case: 100 namespaces with a default-deny NetworkPolicy
