@@ -10,6 +10,7 @@ use crate::policy::model::{
     Protocol, Rule, Tier, named_port,
 };
 use crate::policy::{Compiled, Direction, Input, Namespace, Node, Pod, Policy, compile};
+use palisade_common::peer_info;
 use serde::{Deserialize, Serialize};
 use std::net::IpAddr;
 
@@ -672,10 +673,19 @@ pub fn check_kernel(
         )),
         Some(_) => {}
     }
-    let want_peer = lookup::peer_identity(&compiled, remote_ip);
-    let got_peer = lookup::peer_identity(pinned, remote_ip);
-    if want_peer != got_peer {
-        check.differences.push(format!("address {remote_ip}: kernel identity {got_peer}, compiled {want_peer}"));
+    let key = palisade_common::IpKey::from_ip(remote_ip);
+    let (want_peer, got_peer) = (peer_info(&compiled, &key), peer_info(pinned, &key));
+    if want_peer.identity != got_peer.identity {
+        check.differences.push(format!(
+            "address {remote_ip}: kernel identity {}, compiled {}",
+            got_peer.identity, want_peer.identity
+        ));
+    }
+    if want_peer.namespace != got_peer.namespace {
+        check.differences.push(format!(
+            "address {remote_ip}: kernel namespace number {}, compiled {}",
+            got_peer.namespace, want_peer.namespace
+        ));
     }
     if let Some(e) = got {
         let v = lookup::decide(pinned, &e, side.direction, remote_ip, q.protocol.number(), q.port);

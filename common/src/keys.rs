@@ -200,9 +200,9 @@ pub const EP_PARENT_NO_SHORT: u32 = 1 << 6;
 /// lookup is skipped (same conditions).
 pub const EP_PARENT_NO_ANY: u32 = 1 << 7;
 /// Endpoint flag: the class holds no entry keyed by namespace
-/// ([`DIR_BY_NAMESPACE`]), so that lookup of its own is skipped. A class a
-/// ClusterNetworkPolicy selects holds none (its tiers resolve per peer);
-/// any other's entries all allow.
+/// ([`DIR_BY_NAMESPACE`]), so that lookup of its own is skipped. A class
+/// holds none in a direction a ClusterNetworkPolicy selects it for (its
+/// tiers resolve per peer), and those it holds all allow.
 pub const EP_NO_NAMESPACE: u32 = 1 << 8;
 /// Endpoint flag: the same for the class's parent.
 pub const EP_PARENT_NO_NAMESPACE: u32 = 1 << 9;

@@ -157,7 +157,10 @@ impl Datapath {
             Some(changed) => PolicyWork::of_changes(changed, &self.realized.entries.policy),
             None => PolicyWork::of_all(&compiled.policy, &self.realized.entries.policy),
         };
-        self.remove_policy(work.stale_allows, &mut report);
+        // A class whose stale allow stays (its removal failed) is held
+        // closed: an address about to take a number that allow names
+        // (a group's, a namespace's) must not pass by it.
+        let stuck = self.remove_policy(work.stale_allows, &mut report);
         let mut up = Upsert::default();
         self.upsert_policy(work.denies, &mut up, &mut report);
         let mut policy_errors = report.errors.len() - errors;
@@ -184,6 +187,13 @@ impl Datapath {
                 self.sizes.ips, self.sizes.hosts
             ));
             plan.hold_closed(&Hold::All, "the address maps are full");
+        }
+        if !ips_same && !self.disown_leaving_ips(&compiled.ips, ip_keys.as_ref(), &mut report) {
+            report.errors.push("address map: a leaving address kept its namespace: every pod is held closed".into());
+            plan.hold_closed(&Hold::All, "a leaving address kept its namespace number");
+        }
+        if !stuck.is_empty() {
+            plan.hold_closed(&Hold::Classes(stuck), "a stale policy entry could not be removed");
         }
         const FULL: &str = "the policy map is full";
         if !up.short.is_empty() {
@@ -228,6 +238,7 @@ impl Datapath {
         }
         let errors = report.errors.len();
         let held = |k: &PolicyPrefix| short.contains(&u32::from_be_bytes(k.key.local));
+        // (A stale deny that stays only closes.)
         self.remove_policy(work.stale_denies.into_iter().filter(|k| !held(k)).collect(), &mut report);
         policy_whole &= report.errors.len() == errors;
         self.policy_whole = policy_whole;
@@ -258,7 +269,9 @@ impl Datapath {
         self.realized.entries.endpoints.iter().map(|(i, e)| (*i, e.class)).collect()
     }
 
-    fn remove_policy(&mut self, stale: Vec<PolicyPrefix>, report: &mut SyncReport) {
+    /// Removes `stale` entries; the classes of those it could not remove.
+    fn remove_policy(&mut self, stale: Vec<PolicyPrefix>, report: &mut SyncReport) -> BTreeSet<u32> {
+        let mut stuck = BTreeSet::new();
         let mut next = 0;
         while next < stale.len() {
             let result = self.policy.delete(&stale[next..]);
@@ -270,9 +283,11 @@ impl Datapath {
             next += done;
             if let Err(s) = result {
                 report.errors.push(format!("policy map: removing an entry: {}", s.error));
+                stuck.insert(u32::from_be_bytes(stale[next].key.local));
                 next += 1;
             }
         }
+        stuck
     }
 
     /// Writes `todo` (entries that differ from the record), in batches. A policy class
@@ -355,6 +370,29 @@ impl Datapath {
                 false
             }
         }
+    }
+
+    /// Takes the namespace number off the address entries no longer wanted
+    /// (among `keys`, if given), which stay until the end of the sync (a
+    /// removed address would be judged by its CIDR meanwhile): the allows
+    /// written before they go must not pass a pod that is gone by its
+    /// namespace, nor, where the number was another's as well until now,
+    /// by a namespace it is not in. False if one could not be written.
+    fn disown_leaving_ips(
+        &mut self,
+        desired: &BTreeMap<IpPrefix, IpInfo>,
+        keys: Option<&BTreeSet<IpPrefix>>,
+        report: &mut SyncReport,
+    ) -> bool {
+        let held: Box<dyn Iterator<Item = (&IpPrefix, &IpInfo)>> = match keys {
+            Some(keys) => Box::new(keys.iter().filter_map(|k| self.realized.entries.ips.get_key_value(k))),
+            None => Box::new(self.realized.entries.ips.iter()),
+        };
+        let disowned: Vec<Address> = held
+            .filter(|(k, v)| v.namespace != 0 && !desired.contains_key(k))
+            .map(|(k, v)| (*k, IpInfo { namespace: 0, ..*v }))
+            .collect();
+        disowned.is_empty() || self.upsert_ips(disowned.into_iter(), report)
     }
 
     /// Removes the address entries no longer wanted (among `keys`, if
