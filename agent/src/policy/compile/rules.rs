@@ -1,6 +1,6 @@
 //! Rules. Each rule expands to policy-trie entries (policy class,
-//! direction, peer identity, namespace or any, protocol, port prefix); a
-//! peer admitting whole namespaces by their numbers; selectors, named
+//! direction, peer, protocol, port prefix), the peer an identity, any
+//! peer, or a namespace every pod of which the rule admits; selectors, named
 //! ports and CIDR containment are resolved here, so the kernel only looks
 //! entries up. A policy's entries (its [`Part`]) depend only on the policy,
 //! its rule numbers, the classes it selects and the peers its rules admit:
