@@ -384,15 +384,26 @@ impl Datapath {
         keys: Option<&BTreeSet<IpPrefix>>,
         report: &mut SyncReport,
     ) -> bool {
+        let disowned: Vec<Address> = self
+            .leaving_ips(desired, keys)
+            .filter(|(_, v)| v.namespace != 0)
+            .map(|(k, v)| (*k, IpInfo { namespace: 0, ..*v }))
+            .collect();
+        disowned.is_empty() || self.upsert_ips(disowned.into_iter(), report)
+    }
+
+    /// The address entries in the kernel no longer wanted (among `keys`,
+    /// if given).
+    fn leaving_ips<'a>(
+        &'a self,
+        desired: &'a BTreeMap<IpPrefix, IpInfo>,
+        keys: Option<&'a BTreeSet<IpPrefix>>,
+    ) -> impl Iterator<Item = (&'a IpPrefix, &'a IpInfo)> + 'a {
         let held: Box<dyn Iterator<Item = (&IpPrefix, &IpInfo)>> = match keys {
             Some(keys) => Box::new(keys.iter().filter_map(|k| self.realized.entries.ips.get_key_value(k))),
             None => Box::new(self.realized.entries.ips.iter()),
         };
-        let disowned: Vec<Address> = held
-            .filter(|(k, v)| v.namespace != 0 && !desired.contains_key(k))
-            .map(|(k, v)| (*k, IpInfo { namespace: 0, ..*v }))
-            .collect();
-        disowned.is_empty() || self.upsert_ips(disowned.into_iter(), report)
+        held.filter(|(k, _)| !desired.contains_key(k))
     }
 
     /// Removes the address entries no longer wanted (among `keys`, if
@@ -405,12 +416,8 @@ impl Datapath {
         keys: Option<&BTreeSet<IpPrefix>>,
         report: &mut SyncReport,
     ) {
-        let held: Box<dyn Iterator<Item = &IpPrefix>> = match keys {
-            Some(keys) => Box::new(keys.iter().filter(|k| self.realized.entries.ips.contains_key(k))),
-            None => Box::new(self.realized.entries.ips.keys()),
-        };
         let (hosts, cidrs): (Vec<IpPrefix>, Vec<IpPrefix>) =
-            held.filter(|k| !desired.contains_key(k)).copied().partition(IpPrefix::is_address);
+            self.leaving_ips(desired, keys).map(|(k, _)| *k).partition(IpPrefix::is_address);
         let cidr_keys: Vec<LpmKey<IpKey>> = cidrs.iter().map(|k| LpmKey::new(k.prefix_len, k.key)).collect();
         let mut next = 0;
         while next < cidrs.len() {

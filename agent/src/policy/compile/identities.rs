@@ -144,7 +144,7 @@ impl Namespaces {
 /// A namespace's number: from its name alone, so a pod's address entry
 /// never changes with other namespaces (whether it is used is
 /// [`Namespaces::number`]'s call).
-pub(super) fn namespace_number(name: &str) -> u32 {
+fn namespace_number(name: &str) -> u32 {
     ids::fold(ids::hash_parts(&[b"namespace", name.as_bytes()]))
 }
 
@@ -614,6 +614,16 @@ impl Identities {
             self.namespaces = namespaces;
         }
         Some(delta)
+    }
+
+    /// Every pod peer identity by the namespace number its addresses
+    /// carry ([`Identities::namespace_of`]).
+    pub fn peers_by_namespace(&self) -> HashMap<u32, Vec<u32>> {
+        let mut out: HashMap<u32, Vec<u32>> = HashMap::new();
+        for g in self.groups.iter().filter(|g| !g.members.is_empty()) {
+            out.entry(namespace_number(&g.key.namespace)).or_default().extend(&g.peers);
+        }
+        out
     }
 
     /// The namespace number a peer's address carries: its pod's

@@ -612,14 +612,7 @@ impl Compiler {
                 out.entry(pair).or_default().push((*prefix, rule));
                 continue;
             }
-            let ids = self.ids.as_ref().expect("identities");
-            let peers = by_namespace.get_or_insert_with(|| {
-                let mut m: HashMap<u32, Vec<u32>> = HashMap::new();
-                for g in ids.groups.iter().filter(|g| !g.members.is_empty()) {
-                    m.entry(identities::namespace_number(&g.key.namespace)).or_default().extend(&g.peers);
-                }
-                m
-            });
+            let peers = by_namespace.get_or_insert_with(|| self.ids.as_ref().expect("identities").peers_by_namespace());
             for &peer in peers.get(&u32::from_be_bytes(prefix.key.peer)).into_iter().flatten() {
                 let key = PolicyKey { direction: pair.1, peer: peer.to_be_bytes(), ..prefix.key };
                 out.entry(pair).or_default().push((PolicyPrefix { key, ..*prefix }, rule));
