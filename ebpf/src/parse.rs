@@ -19,6 +19,9 @@ const ETH_P_IPV6: u16 = 0x86DD;
 /// IPv6 extension headers walked before giving up on finding the L4 header.
 const MAX_IPV6_EXT: usize = 6;
 
+/// The source and destination ports at the start of an L4 header.
+const PORTS: usize = 4;
+
 /// The parsed view of a packet the classifier needs.
 pub struct Packet {
     pub family: u8,
@@ -147,11 +150,11 @@ pub fn plain_key(
     key6: &mut MaybeUninit<Aligned<CtKey>>,
 ) -> Plain {
     const L3: usize = TcContext::L3;
-    ctx.pull(L3 + 114);
-    let len = ctx.pkt_len();
     let egress = dir == DIR_EGRESS;
     match ctx.l3_protocol() {
         Some(ETH_P_IP) => {
+            ctx.pull(L3 + Ipv4Hdr::LEN + PORTS);
+            let len = ctx.pkt_len();
             let ip = ctx.with_header(L3, |ip: &Ip4Words| {
                 let tot_len = u16::from_be(ip.tot_len) as usize;
                 // No options; neither a fragment nor more to come (DF may
@@ -185,6 +188,8 @@ pub fn plain_key(
             Plain::V4
         }
         Some(ETH_P_IPV6) => {
+            ctx.pull(L3 + Ipv6Hdr::LEN + PORTS);
+            let len = ctx.pkt_len();
             let ip = ctx.with_header(L3, |ip: &Ip6Words| {
                 let payload_len = u16::from_be(ip.payload_len) as usize;
                 // Version 6 (the first nibble, in network order); a zero
@@ -248,10 +253,15 @@ fn plain_ports(ctx: &TcContext, protocol: u8, l4_off: usize, l4_len: usize, egre
 /// Parses the packet into `pkt` (which starts out [`Packet::empty`]).
 #[inline(always)]
 pub fn parse<C: Skb>(ctx: &C, pkt: &mut Packet) -> Parsed {
-    ctx.pull(C::L3 + 114);
     match ctx.l3_protocol() {
-        Some(ETH_P_IP) => parse_v4(ctx, pkt),
-        Some(ETH_P_IPV6) => parse_v6(ctx, pkt),
+        Some(ETH_P_IP) => {
+            ctx.pull(C::L3 + Ipv4Hdr::LEN);
+            parse_v4(ctx, pkt)
+        }
+        Some(ETH_P_IPV6) => {
+            ctx.pull(C::L3 + Ipv6Hdr::LEN);
+            parse_v6(ctx, pkt)
+        }
         Some(_) => Parsed::NotIp,
         None => Parsed::Malformed,
     }

@@ -23,7 +23,14 @@ pub trait Skb {
     fn with_header<T, R>(&self, off: usize, f: impl FnOnce(&T) -> R) -> Option<R>;
     /// A copy of the `T` at `off`, anywhere in the packet.
     fn fetch<T>(&self, off: usize) -> Option<T>;
-    /// Makes the first `want` bytes readable by [`Skb::header`].
+    /// Makes the first `want` bytes readable by [`Skb::header`], if they
+    /// are not already: ask only for headers read in place. A pull
+    /// reallocates and copies the head of a cloned buffer, which every TCP
+    /// segment is (its sender keeps the original to retransmit), and
+    /// payload bytes asked for sit in its pages: asking for 114 bytes past
+    /// the Ethernet header once made the fast path copy every segment a
+    /// pod sent (forwarding copies it anyway; a bridge or local delivery
+    /// does not).
     fn pull(&self, want: usize);
     fn mark(&self) -> u32;
     fn tc_index(&self) -> u32;
