@@ -13,7 +13,7 @@ use aya::maps::lpm_trie::Key as LpmKey;
 use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::tc::{SchedClassifierLink, TcAttachOptions};
 use aya::programs::{LinkOrder, SchedClassifier, TcAttachType};
-use palisade_common::{EP_PENDING, EP_SKIPS, IpInfo, IpKey, LAYOUT_VERSION, PolicyValue, programs};
+use palisade_common::{EP_PENDING, EP_SKIPS, IpInfo, IpKey, PolicyValue, programs};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 
@@ -102,24 +102,26 @@ impl Datapath {
     ///    closed, never open.
     /// 2. New denying policy entries (a broad entry turning to allow never
     ///    goes in before the narrower deny that carves it out).
-    /// 3. New addresses, before stale ones go (step 6): a peer is judged by
-    ///    its old or its new identity, never by neither (a removed
-    ///    exception would fall back to a broader, allowed CIDR). If they do
-    ///    not fit, stale ones go first and the rest is retried; if they
-    ///    still do not fit, every pod is held closed. Then endpoint entries
-    ///    (flags, class, holds); those that change are held closed while
-    ///    the addresses move. Both before any new allow: when a group
-    ///    splits, the number its pods had may go to the other part, and the
-    ///    pods and addresses leaving it must not be judged by that part's
-    ///    allows meanwhile. On their new numbers, the denies are in force
-    ///    and the allows not yet: briefly closed, never open.
+    /// 3. New addresses, then stale ones go: a peer is judged by its old
+    ///    or its new identity, never by neither (a removed exception would
+    ///    fall back to a broader, allowed CIDR). If the new ones do not
+    ///    fit, stale ones go first and the rest is retried; if they still
+    ///    do not fit, or a stale one cannot be removed, every pod is held
+    ///    closed. Then endpoint entries (flags, class, holds); those that
+    ///    change are held closed while the addresses move. All before any
+    ///    new allow: when a group splits, the number its pods had may go to
+    ///    the other part, and the pods and addresses leaving it must not be
+    ///    judged by that part's allows meanwhile; an address whose pod is
+    ///    gone keeps its numbers until it goes, and a new allow may admit
+    ///    them. On their new numbers, the denies are in force and the
+    ///    allows not yet: briefly closed, never open.
     /// 4. New allowing policy entries. A policy class whose entries
     ///    cannot all be written (the map is full) has the allows this sync
     ///    wrote for it taken back and its pods held closed
     ///    ([`palisade_common::EP_PENDING`]), never left half-enforced. Then
     ///    links, then the netfilter hooks' rules.
     /// 5. Endpoints and links of pods that are gone.
-    /// 6. Stale addresses, then revoked denies (ClusterNetworkPolicy Deny
+    /// 6. Revoked denies (ClusterNetworkPolicy Deny
     ///    entries: a missing entry means what the endpoint's flags, written
     ///    in step 3, say), except those of classes held closed; then the
     ///    revision bump that re-judges tracked flows (rewritten by every
@@ -188,9 +190,19 @@ impl Datapath {
             ));
             plan.hold_closed(&Hold::All, "the address maps are full");
         }
-        if !ips_same && !self.disown_leaving_ips(&compiled.ips, ip_keys.as_ref(), &mut report) {
-            report.errors.push("address map: a leaving address kept its namespace: every pod is held closed".into());
-            plan.hold_closed(&Hold::All, "a leaving address kept its namespace number");
+        // Addresses leaving go before any allow is written: until they go
+        // they keep their numbers, which a new allow may admit (a pod that
+        // is gone would pass by a rule that now admits its group or its
+        // namespace). Gone, an address is judged by its CIDR, as the new
+        // state judges it. One that stays holds every pod closed.
+        if !ips_same {
+            let errors = report.errors.len();
+            self.remove_stale_ips(&compiled.ips, ip_keys.as_ref(), &mut report);
+            let removed = report.errors.len() == errors;
+            if !removed {
+                plan.hold_closed(&Hold::All, "a leaving address could not be removed");
+            }
+            self.ips_whole = (ips_whole && removed).then_some(local);
         }
         if !stuck.is_empty() {
             plan.hold_closed(&Hold::Classes(stuck), "a stale policy entry could not be removed");
@@ -230,11 +242,6 @@ impl Datapath {
                 "netfilter hooks: {e:#}; Service traffic to the node itself and Service traffic SNATed to a node \
                  address are not judged"
             ));
-        }
-        if !ips_same {
-            let errors = report.errors.len();
-            self.remove_stale_ips(&compiled.ips, ip_keys.as_ref(), &mut report);
-            self.ips_whole = (ips_whole && report.errors.len() == errors).then_some(local);
         }
         let errors = report.errors.len();
         let held = |k: &PolicyPrefix| short.contains(&u32::from_be_bytes(k.key.local));
@@ -372,26 +379,6 @@ impl Datapath {
         }
     }
 
-    /// Takes the namespace number off the address entries no longer wanted
-    /// (among `keys`, if given), which stay until the end of the sync (a
-    /// removed address would be judged by its CIDR meanwhile): the allows
-    /// written before they go must not pass a pod that is gone by its
-    /// namespace, nor, where the number was another's as well until now,
-    /// by a namespace it is not in. False if one could not be written.
-    fn disown_leaving_ips(
-        &mut self,
-        desired: &BTreeMap<IpPrefix, IpInfo>,
-        keys: Option<&BTreeSet<IpPrefix>>,
-        report: &mut SyncReport,
-    ) -> bool {
-        let disowned: Vec<Address> = self
-            .leaving_ips(desired, keys)
-            .filter(|(_, v)| v.namespace != 0)
-            .map(|(k, v)| (*k, IpInfo { namespace: 0, ..*v }))
-            .collect();
-        disowned.is_empty() || self.upsert_ips(disowned.into_iter(), report)
-    }
-
     /// The address entries in the kernel no longer wanted (among `keys`,
     /// if given).
     fn leaving_ips<'a>(
@@ -483,13 +470,13 @@ impl Datapath {
     /// One endpoint entry, in the kernel and in what is realized; false
     /// (and an error in the report) if the kernel refused it.
     fn write_endpoint(&mut self, ifindex: u32, ep: palisade_common::Endpoint, report: &mut SyncReport) -> bool {
-        match self.endpoints.insert(ifindex, ep, 0) {
+        match batch::update(&self.endpoints, &[ifindex], &[ep]) {
             Ok(()) => {
                 self.realized.entries.endpoints.insert(ifindex, ep);
                 true
             }
-            Err(e) => {
-                report.errors.push(format!("endpoint map, interface {ifindex}: {e}"));
+            Err(s) => {
+                report.errors.push(format!("endpoint map, interface {ifindex}: {}", s.error));
                 false
             }
         }
@@ -662,13 +649,14 @@ impl Datapath {
                 }
             }
         }
-        let current = format!("v{LAYOUT_VERSION}");
+        let current = super::maps_dir(&self.dir);
         if let Ok(entries) = std::fs::read_dir(&self.dir) {
             for entry in entries.flatten() {
                 let name = entry.file_name().to_string_lossy().to_string();
-                let other_version = name.starts_with('v') && name[1..].parse::<u32>().is_ok() && name != current;
+                let other_version =
+                    name.starts_with('v') && name[1..].parse::<u32>().is_ok() && entry.path() != current;
                 if other_version {
-                    tracing::info!("removing maps of layout {name}, replaced by {current}");
+                    tracing::info!("removing maps of layout {name}, replaced by {}", current.display());
                     std::fs::remove_dir_all(entry.path()).ok();
                 }
             }

@@ -14,12 +14,39 @@
 
 use aya::Pod;
 use aya::maps::IterableMap;
+use std::cell::RefCell;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd};
 
 /// Entries per call: large enough that the call's own cost vanishes,
 /// small enough to bound the kernel's copy of keys and values.
 pub const BATCH: usize = 4096;
+
+thread_local! {
+    static WATCH: RefCell<Option<Box<dyn FnMut()>>> = const { RefCell::new(None) };
+}
+
+/// Has `f` called after each entry this thread writes to or removes from
+/// a map, every entry then in a call of its own (None: stop). For tests
+/// that look at the kernel as a packet finds it between two writes of a
+/// sync: the kernel applies a batch an entry at a time in the same order,
+/// so these are the states a batch passes through too.
+pub fn watch(f: Option<Box<dyn FnMut()>>) {
+    WATCH.with(|w| *w.borrow_mut() = f);
+}
+
+/// Entries per call: one while watched.
+fn per_call() -> usize {
+    if WATCH.with(|w| w.borrow().is_some()) { 1 } else { BATCH }
+}
+
+fn written() {
+    WATCH.with(|w| {
+        if let Some(f) = w.borrow_mut().as_mut() {
+            f();
+        }
+    });
+}
 
 // `enum bpf_cmd` (include/uapi/linux/bpf.h).
 const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
@@ -67,9 +94,10 @@ pub struct Stopped {
 pub fn update<K: Pod, V: Pod>(map: &impl IterableMap<K, V>, keys: &[K], values: &[V]) -> Result<(), Stopped> {
     assert_eq!(keys.len(), values.len(), "a value per key");
     let map_fd = map.map().fd().as_fd().as_raw_fd() as u32;
+    let per_call = per_call();
     let mut done = 0;
     while done < keys.len() {
-        let n = (keys.len() - done).min(BATCH);
+        let n = (keys.len() - done).min(per_call);
         let mut batch = Batch {
             keys: keys[done..].as_ptr() as u64,
             values: values[done..].as_ptr() as u64,
@@ -79,12 +107,14 @@ pub fn update<K: Pod, V: Pod>(map: &impl IterableMap<K, V>, keys: &[K], values: 
         };
         if call(BPF_MAP_UPDATE_BATCH, &mut batch).is_ok() {
             done += n;
+            written();
             continue;
         }
         done += stopped_at(&batch, n);
         let mut one = Elem { map_fd, key: addr(&keys[done]), value: addr(&values[done]), ..Default::default() };
         call(BPF_MAP_UPDATE_ELEM, &mut one).map_err(|error| Stopped { done, error })?;
         done += 1;
+        written();
     }
     Ok(())
 }
@@ -95,12 +125,14 @@ pub fn update<K: Pod, V: Pod>(map: &impl IterableMap<K, V>, keys: &[K], values: 
 /// never corrected, for an entry that is gone as wanted.
 pub fn delete<K: Pod, V: Pod>(map: &impl IterableMap<K, V>, keys: &[K]) -> Result<(), Stopped> {
     let map_fd = map.map().fd().as_fd().as_raw_fd() as u32;
+    let per_call = per_call();
     let mut done = 0;
     while done < keys.len() {
-        let n = (keys.len() - done).min(BATCH);
+        let n = (keys.len() - done).min(per_call);
         let mut batch = Batch { keys: keys[done..].as_ptr() as u64, count: n as u32, map_fd, ..Default::default() };
         if call(BPF_MAP_DELETE_BATCH, &mut batch).is_ok() {
             done += n;
+            written();
             continue;
         }
         done += stopped_at(&batch, n);
@@ -109,6 +141,7 @@ pub fn delete<K: Pod, V: Pod>(map: &impl IterableMap<K, V>, keys: &[K]) -> Resul
             Err(error) if error.raw_os_error() != Some(libc::ENOENT) => return Err(Stopped { done, error }),
             _ => done += 1,
         }
+        written();
     }
     Ok(())
 }

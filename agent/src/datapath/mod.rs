@@ -280,7 +280,7 @@ impl Datapath {
         }
         bpffs::ensure(dir)?;
         let hold = bpffs::hold(dir)?;
-        let maps_dir = dir.join(format!("v{LAYOUT_VERSION}"));
+        let maps_dir = maps_dir(dir);
         std::fs::create_dir_all(&maps_dir)?;
         check_pinned_layout(&maps_dir, &sizes)?;
         std::fs::create_dir_all(dir.join("links"))?;
@@ -468,6 +468,12 @@ fn verify(name: &str, mut load: impl FnMut() -> Result<(), aya::programs::Progra
             done => return done.with_context(|| format!("verifying {name}")),
         }
     }
+}
+
+/// Where an agent with bpffs directory `dir` pins its maps (a directory
+/// per layout: an agent of another layout leaves these alone).
+pub fn maps_dir(dir: &Path) -> PathBuf {
+    dir.join(format!("v{LAYOUT_VERSION}"))
 }
 
 /// Refuses maps pinned by a build whose layout differs from this one's

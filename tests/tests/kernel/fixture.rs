@@ -216,6 +216,11 @@ impl Env {
         report.revision
     }
 
+    /// The datapath's bpffs directory.
+    pub fn bpffs(&self) -> &std::path::Path {
+        &self._dir.0
+    }
+
     pub fn local(&self, name: &str) -> Local {
         self.locals.iter().find(|l| l.name == name).cloned().unwrap_or_else(|| panic!("no local pod {name}"))
     }

@@ -21,6 +21,7 @@ mod fixture;
 mod oracle;
 
 mod batch;
+mod between_writes;
 mod conntrack;
 mod ct_full;
 mod drift;
