@@ -101,13 +101,15 @@ impl Datapath {
     ///    merely move may drop a packet until step 4 rewrites them: briefly
     ///    closed, never open.
     /// 2. New denying policy entries (a broad entry turning to allow never
-    ///    goes in before the narrower deny that carves it out).
+    ///    goes in before the narrower deny that carves it out). The pods of
+    ///    a class whose revoked allow stays or whose denies do not fit are
+    ///    held closed in the kernel now, before any address moves.
     /// 3. New addresses, then stale ones go: a peer is judged by its old
     ///    or its new identity, never by neither (a removed exception would
     ///    fall back to a broader, allowed CIDR). If the new ones do not
-    ///    fit, stale ones go first and the rest is retried; if they still
-    ///    do not fit, or a stale one cannot be removed, every pod is held
-    ///    closed. Then endpoint entries (flags, class, holds); those that
+    ///    fit, every pod is held closed in the kernel, stale ones go and
+    ///    the rest is retried; if they still do not fit, or a stale one
+    ///    cannot be removed, every pod stays held closed. Then endpoint entries (flags, class, holds); those that
     ///    change are held closed while the addresses move. All before any
     ///    new allow: when a group splits, the number its pods had may go to
     ///    the other part, and the pods and addresses leaving it must not be
@@ -161,18 +163,30 @@ impl Datapath {
         };
         // A class whose stale allow stays (its removal failed) is held
         // closed: an address about to take a number that allow names
-        // (a group's, a namespace's) must not pass by it.
+        // (a group's, a namespace's) must not pass by it. So is a class
+        // whose new denies do not fit: an address moving to its new
+        // number, or judged by its CIDR once its stale entry goes, must
+        // not pass where the missing deny would stop it (a tiered class's
+        // miss allows). Both holds are in the kernel before any address
+        // moves.
         let stuck = self.remove_policy(work.stale_allows, &mut report);
         let mut up = Upsert::default();
         self.upsert_policy(work.denies, &mut up, &mut report);
         let mut policy_errors = report.errors.len() - errors;
+        if !stuck.is_empty() {
+            plan.hold_closed(&Hold::Classes(stuck), "a stale policy entry could not be removed");
+        }
+        const FULL: &str = "the policy map is full";
+        if !up.short.is_empty() {
+            plan.hold_closed(&Hold::Classes(up.short.clone()), FULL);
+        }
         // Addresses and endpoints take their new numbers before any allow
         // goes in: a number a group leaves may now stand for another group,
         // whose allows must not judge the pods and addresses still on it.
         // Endpoints that change are held while the addresses move: with
         // their old flags, a peer on a new number that no entry names yet
         // could pass.
-        self.hold_changing_endpoints(&plan, &mut report);
+        self.hold_endpoints(&plan, false, &mut report);
         let mut ips_whole = ips_same
             || match &ip_keys {
                 Some(keys) => self.upsert_ips(plan::addresses_at(compiled, &local, keys), &mut report),
@@ -180,6 +194,10 @@ impl Datapath {
             };
         if !ips_whole {
             // Room first: every stale entry goes, then all are tried again.
+            // Every pod is held meanwhile: a stale exception gone before
+            // the entry that replaces it is written would leave its
+            // addresses to a broader CIDR.
+            self.hold_endpoints(&plan, true, &mut report);
             self.remove_stale_ips(&compiled.ips, None, &mut report);
             ips_whole = self.upsert_ips(plan::addresses(compiled, &local), &mut report);
         }
@@ -203,13 +221,6 @@ impl Datapath {
                 plan.hold_closed(&Hold::All, "a leaving address could not be removed");
             }
             self.ips_whole = (ips_whole && removed).then_some(local);
-        }
-        if !stuck.is_empty() {
-            plan.hold_closed(&Hold::Classes(stuck), "a stale policy entry could not be removed");
-        }
-        const FULL: &str = "the policy map is full";
-        if !up.short.is_empty() {
-            plan.hold_closed(&Hold::Classes(up.short.clone()), FULL);
         }
         self.write_endpoints(&plan, &mut report);
         let short_of_denies = up.short.len();
@@ -442,18 +453,32 @@ impl Datapath {
     }
 
     /// Holds closed ([`EP_PENDING`], its class kept) each endpoint entry
-    /// the plan changes (but in [`EP_SKIPS`] alone), until
+    /// in the kernel that the plan changes (but in [`EP_SKIPS`] alone; a
+    /// hold the plan adds is a change), or with `all` every one, until
     /// [`Datapath::write_endpoints`] writes the new one. Plain packets of
     /// tracked flows still pass (the revision is bumped at the end of the
     /// sync); new flows drop meanwhile.
-    fn hold_changing_endpoints(&mut self, plan: &Plan, report: &mut SyncReport) {
-        for (ifindex, ep) in &plan.entries {
-            let Some(old) = self.realized.entries.endpoints.get(ifindex).copied() else { continue };
-            let skips_alone = palisade_common::Endpoint { flags: ep.flags & !EP_SKIPS | old.flags & EP_SKIPS, ..*ep };
-            if old != skips_alone && old.flags & EP_PENDING == 0 {
-                let held = palisade_common::Endpoint { flags: old.flags | EP_PENDING, ..old };
-                self.write_endpoint(*ifindex, held, report);
-            }
+    fn hold_endpoints(&mut self, plan: &Plan, all: bool, report: &mut SyncReport) {
+        let held: Vec<(u32, palisade_common::Endpoint)> = self
+            .realized
+            .entries
+            .endpoints
+            .iter()
+            .filter(|(ifindex, old)| {
+                old.flags & EP_PENDING == 0
+                    && (all
+                        || plan.entries.get(ifindex).is_some_and(|ep| {
+                            **old
+                                != palisade_common::Endpoint {
+                                    flags: ep.flags & !EP_SKIPS | old.flags & EP_SKIPS,
+                                    ..*ep
+                                }
+                        }))
+            })
+            .map(|(ifindex, old)| (*ifindex, palisade_common::Endpoint { flags: old.flags | EP_PENDING, ..*old }))
+            .collect();
+        for (ifindex, ep) in held {
+            self.write_endpoint(ifindex, ep, report);
         }
     }
 

@@ -7,15 +7,21 @@
 //! `Datapath::sync` (DESIGN.md, Sync order) promises it.
 
 use crate::fixture::*;
+use aya::maps::HashMap as BpfHashMap;
 use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
 use aya::{Ebpf, EbpfLoader};
 use palisade::datapath::{self, MapSizes, batch};
-use palisade_common::{PROTO_TCP, PROTO_UDP, maps, programs};
+use palisade::policy::compile;
+use palisade::policy::model::{
+    Action, ClusterPeer, ClusterPolicy, ClusterPort, ClusterRule, ClusterSubject, Protocol, Selector, Tier,
+};
+use palisade_common::{CtEntry, CtKey, CtKey4, PROTO_TCP, PROTO_UDP, maps, programs};
 use palisade_kit::manifest;
 use palisade_kit::tc::skb_ctx;
 use serde_json::{Value, json};
 use std::cell::RefCell;
 use std::rc::Rc;
+use std::sync::Arc;
 
 /// A remote pod: (namespace, name, app label, IPv4, IPv6).
 type Remote = (&'static str, &'static str, &'static str, &'static str, &'static str);
@@ -27,17 +33,22 @@ const MON: Remote = ("ops", "mon", "mon", "10.70.4.5", "fd00:70:0:4::5");
 const TOOL_ON_MONS: Remote = ("dev", "tool2", "tool", "10.70.4.5", "fd00:70:0:4::5");
 const NEWCOMER: Remote = ("prod", "new", "client", "10.70.2.9", "fd00:70:0:2::9");
 
-/// Remote addresses of the grid: every remote pod's, one outside.
-const REMOTE_ADDRESSES: [&str; 10] = [
+/// Remote addresses of the grid: every remote pod's, two no pod has (in
+/// an ipBlock rule's CIDR, one in its except or the other's), one outside.
+const REMOTE_ADDRESSES: [&str; 14] = [
     "10.70.2.5",
     "10.70.3.5",
     "10.70.4.5",
     "10.70.2.9",
+    "10.70.2.77",
+    "10.70.3.77",
     "8.8.8.8",
     "fd00:70:0:2::5",
     "fd00:70:0:3::5",
     "fd00:70:0:4::5",
     "fd00:70:0:2::9",
+    "fd00:70:0:2::77",
+    "fd00:70:0:3::77",
     "2606:4700::1111",
 ];
 
@@ -52,6 +63,9 @@ struct State {
     /// db's app label.
     db_app: &'static str,
     policies: Vec<Value>,
+    /// The team whose namespaces an Admin ClusterNetworkPolicy denies
+    /// web on TCP 80 and 81, if any.
+    denied_team: Option<&'static str>,
 }
 
 fn ingress_rule(peer: Value, port: u16) -> Value {
@@ -65,6 +79,26 @@ fn pods(app: &str) -> Value {
 fn team(t: &str) -> Value {
     json!({"namespaceSelector": {"matchLabels": {"team": t}}})
 }
+
+/// From 10.70.0.0/16 and fd00:70::/32 but `except`, on TCP 81.
+fn cidrs_but(except: &[(&str, &str)]) -> Value {
+    let (v4, v6): (Vec<&str>, Vec<&str>) = except.iter().copied().unzip();
+    json!({"from": [
+        {"ipBlock": {"cidr": "10.70.0.0/16", "except": v4}},
+        {"ipBlock": {"cidr": "fd00:70::/32", "except": v6}}
+    ], "ports": [{"protocol": "TCP", "port": 81}]})
+}
+
+/// The tool's /24 and /64.
+const TOOLS_NET: [(&str, &str); 1] = [("10.70.3.0/24", "fd00:70:0:3::/64")];
+/// The same addresses in halves, and the client's: an address in the
+/// tool's net is excepted before and after, and judged by the broader
+/// CIDR if the whole goes before the halves come.
+const HALVES_AND_CLIENTS_NET: [(&str, &str); 3] = [
+    ("10.70.3.0/25", "fd00:70:0:3::/65"),
+    ("10.70.3.128/25", "fd00:70:0:3:8000::/65"),
+    ("10.70.2.0/24", "fd00:70:0:2::/64"),
+];
 
 /// web's ingress rules, db's (from web on 5432), and solo's egress to
 /// team dev on 80.
@@ -99,56 +133,62 @@ fn states() -> Vec<State> {
         web.push(ingress_rule(team("dev"), 80));
         web
     };
+    let swapped = vec![ingress_rule(pods("tool"), 80), ingress_rule(team("ops"), 81)];
+    let with_cidrs = |except: &[(&str, &str)]| {
+        let mut web = swapped.clone();
+        web.push(cidrs_but(except));
+        web
+    };
+    let state = |what, teams, remotes: &[Remote], db_app, web: Vec<Value>, denied_team| State {
+        what,
+        teams,
+        remotes: remotes.to_vec(),
+        db_app,
+        policies: policies(web),
+        denied_team,
+    };
+    let moved = [CLIENT, TOOL_ON_MONS, TOOL];
+    let added = [CLIENT, TOOL_ON_MONS, TOOL, NEWCOMER];
     vec![
-        State {
-            what: "the start",
-            teams: ("dev", "ops"),
-            remotes: vec![CLIENT, TOOL, MON],
-            db_app: "db",
-            policies: policies(base_web.clone()),
-        },
-        State {
-            what: "a pod deleted while a rule comes that admits its namespace",
-            teams: ("dev", "ops"),
-            remotes: vec![CLIENT, MON],
-            db_app: "db",
-            policies: policies(with_dev()),
-        },
-        State {
-            what: "an address leaving one namespace for another",
-            teams: ("dev", "ops"),
-            remotes: vec![CLIENT, TOOL_ON_MONS],
-            db_app: "db",
-            policies: policies(with_dev()),
-        },
-        State {
-            what: "two namespaces swapping their labels",
-            teams: ("ops", "dev"),
-            remotes: vec![CLIENT, TOOL_ON_MONS, TOOL],
-            db_app: "db",
-            policies: policies(with_dev()),
-        },
-        State {
-            what: "a rule's peer swapped",
-            teams: ("ops", "dev"),
-            remotes: vec![CLIENT, TOOL_ON_MONS, TOOL],
-            db_app: "db",
-            policies: policies(vec![ingress_rule(pods("tool"), 80), ingress_rule(team("ops"), 81)]),
-        },
-        State {
-            what: "a local pod taking another's labels, a pod added",
-            teams: ("ops", "dev"),
-            remotes: vec![CLIENT, TOOL_ON_MONS, TOOL, NEWCOMER],
-            db_app: "web",
-            policies: policies(vec![ingress_rule(pods("tool"), 80), ingress_rule(team("ops"), 81)]),
-        },
-        State {
-            what: "all of it back at once",
-            teams: ("dev", "ops"),
-            remotes: vec![CLIENT, TOOL, MON],
-            db_app: "db",
-            policies: policies(base_web),
-        },
+        state("the start", ("dev", "ops"), &[CLIENT, TOOL, MON], "db", base_web.clone(), None),
+        state(
+            "a pod deleted while a rule comes that admits its namespace",
+            ("dev", "ops"),
+            &[CLIENT, MON],
+            "db",
+            with_dev(),
+            None,
+        ),
+        state(
+            "an address leaving one namespace for another",
+            ("dev", "ops"),
+            &[CLIENT, TOOL_ON_MONS],
+            "db",
+            with_dev(),
+            None,
+        ),
+        state("two namespaces swapping their labels", ("ops", "dev"), &moved, "db", with_dev(), None),
+        state("a rule's peer swapped", ("ops", "dev"), &moved, "db", swapped.clone(), None),
+        state("a local pod taking another's labels, a pod added", ("ops", "dev"), &added, "web", swapped.clone(), None),
+        state("an ipBlock rule with an except", ("ops", "dev"), &added, "web", with_cidrs(&TOOLS_NET), None),
+        state("the except moved", ("ops", "dev"), &added, "web", with_cidrs(&HALVES_AND_CLIENTS_NET), None),
+        state(
+            "a ClusterNetworkPolicy denying a namespace",
+            ("ops", "dev"),
+            &added,
+            "web",
+            with_cidrs(&HALVES_AND_CLIENTS_NET),
+            Some("ops"),
+        ),
+        state(
+            "the deny moved to another namespace",
+            ("ops", "dev"),
+            &added,
+            "web",
+            with_cidrs(&HALVES_AND_CLIENTS_NET),
+            Some("prod"),
+        ),
+        state("all of it back at once", ("dev", "ops"), &[CLIENT, TOOL, MON], "db", base_web, None),
     ]
 }
 
@@ -163,7 +203,28 @@ fn input(s: &State) -> palisade::policy::Input {
         manifest::pod(ns, name, json!({"app": app}), OTHER_NODE, (v4(ip4), v6(ip6)), &[])
     });
     let objects = namespaces.into_iter().chain(locals).chain(remotes).chain(s.policies.iter().cloned());
-    palisade::cluster::convert::objects_to_input(objects).unwrap_or_else(|errors| panic!("{errors:?}"))
+    let mut input = palisade::cluster::convert::objects_to_input(objects).unwrap_or_else(|errors| panic!("{errors:?}"));
+    if let Some(team) = s.denied_team {
+        let sel =
+            |k: &str, v: &str| Selector { match_labels: [(k.to_string(), v.to_string())].into(), requirements: vec![] };
+        let deny = ClusterRule {
+            name: "deny".into(),
+            action: Action::Deny,
+            peers: vec![ClusterPeer::Namespaces(sel("team", team))],
+            ports: vec![ClusterPort::Ports { protocol: Protocol::Tcp, first: 80, last: 81 }],
+        };
+        let subject = ClusterSubject::Pods { namespaces: sel("team", "prod"), pods: sel("app", "web") };
+        let p = ClusterPolicy {
+            name: "deny-team".into(),
+            tier: Tier::Admin,
+            priority: 10,
+            subject,
+            ingress: vec![deny],
+            egress: vec![],
+        };
+        input.cluster_policies.insert("deny-team".into(), Arc::new(p));
+    }
+    input
 }
 
 /// A first packet: through `hook` on `ifindex`, from `src` to `dst`.
@@ -221,8 +282,11 @@ impl Judge {
         Judge { ebpf, next_port: 1024 }
     }
 
-    /// Which probes pass, each as a flow no earlier packet began.
+    /// Which probes pass, each as a flow no earlier packet began (the
+    /// connection tracking tables emptied first).
     fn passes(&mut self, probes: &[Probe]) -> Vec<bool> {
+        clear::<CtKey4>(&mut self.ebpf, maps::CONNTRACK4);
+        clear::<CtKey>(&mut self.ebpf, maps::CONNTRACK6);
         probes
             .iter()
             .map(|p| {
@@ -247,6 +311,47 @@ impl Judge {
     }
 }
 
+/// Empties one of the classifier's hash maps.
+fn clear<K: aya::Pod>(ebpf: &mut Ebpf, name: &str) {
+    let mut map: BpfHashMap<_, K, CtEntry> =
+        BpfHashMap::try_from(ebpf.map_mut(name).expect("the map")).expect("a hash map");
+    let keys: Vec<K> = map.keys().map(|k| k.expect("a key")).collect();
+    for k in &keys {
+        map.remove(k).expect("removing an entry");
+    }
+}
+
+/// Syncs with every write watched (`sync` does it): which probes pass
+/// after each write, and after the sync.
+fn watched(
+    env: &mut Env,
+    judge: &Rc<RefCell<Judge>>,
+    probes: &Rc<Vec<Probe>>,
+    sync: impl FnOnce(&mut Env),
+) -> (Vec<Vec<bool>>, Vec<bool>) {
+    let seen: Rc<RefCell<Vec<Vec<bool>>>> = Rc::default();
+    let (j, p, s) = (judge.clone(), probes.clone(), seen.clone());
+    batch::watch(Some(Box::new(move || s.borrow_mut().push(j.borrow_mut().passes(&p)))));
+    sync(env);
+    batch::watch(None);
+    let after = judge.borrow_mut().passes(probes);
+    (seen.take(), after)
+}
+
+/// The probes that passed after some write though neither the state
+/// before nor the one after passes them.
+fn opened(what: &str, probes: &[Probe], before: &[bool], seen: &[Vec<bool>], after: &[bool]) -> Vec<String> {
+    let mut out = Vec::new();
+    for (write, passes) in seen.iter().enumerate() {
+        for (i, p) in probes.iter().enumerate() {
+            if passes[i] && !before[i] && !after[i] {
+                out.push(format!("{what}: after write {} of {}: {} passed", write + 1, seen.len(), p.what));
+            }
+        }
+    }
+    out
+}
+
 #[test]
 fn no_packet_passes_between_two_writes_that_neither_state_passes() {
     let states = states();
@@ -256,28 +361,12 @@ fn no_packet_passes_between_two_writes_that_neither_state_passes() {
     let mut before = judge.borrow_mut().passes(&probes);
     let mut failures = Vec::new();
     for step in &states[1..] {
-        let seen: Rc<RefCell<Vec<Vec<bool>>>> = Rc::default();
-        let (j, p, s) = (judge.clone(), probes.clone(), seen.clone());
-        batch::watch(Some(Box::new(move || s.borrow_mut().push(j.borrow_mut().passes(&p)))));
-        env.apply(input(step));
-        batch::watch(None);
-        let after = judge.borrow_mut().passes(&probes);
-        let seen = seen.take();
+        let (seen, after) = watched(&mut env, &judge, &probes, |env| {
+            env.apply(input(step));
+        });
         assert!(!seen.is_empty(), "{}: the sync wrote nothing", step.what);
         assert!(before != after, "{}: no probe's verdict changed; the step tests nothing", step.what);
-        for (write, passes) in seen.iter().enumerate() {
-            for (i, p) in probes.iter().enumerate() {
-                if passes[i] && !before[i] && !after[i] {
-                    failures.push(format!(
-                        "{}: after write {} of {}: {} passed",
-                        step.what,
-                        write + 1,
-                        seen.len(),
-                        p.what
-                    ));
-                }
-            }
-        }
+        failures.extend(opened(step.what, &probes, &before, &seen, &after));
         eprintln!(
             "{}: {} writes, {} of {} probes changed",
             step.what,
@@ -287,5 +376,69 @@ fn no_packet_passes_between_two_writes_that_neither_state_passes() {
         );
         before = after;
     }
+    assert!(failures.is_empty(), "{} packets passed between writes:\n{}", failures.len(), failures.join("\n"));
+}
+
+/// A class whose new denies do not fit is held closed before any
+/// address moves. web's egress is tiered and not isolated (a miss
+/// allows); its deny to the tool's pods becomes one to 10.70.0.0/16 and
+/// fd00:70::/32 as the tool's pod goes. The new entries do not fit beside
+/// the old one, and the tool's address, gone, is judged by that CIDR, for
+/// which web holds no entry.
+#[test]
+fn a_class_short_of_its_denies_is_held_before_any_address_moves() {
+    let cluster = |remotes: &[Remote], peer: ClusterPeer| {
+        let state = State {
+            what: "",
+            teams: ("dev", "ops"),
+            remotes: remotes.to_vec(),
+            db_app: "db",
+            policies: vec![],
+            denied_team: None,
+        };
+        let mut input = input(&state);
+        let sel =
+            |k: &str, v: &str| Selector { match_labels: [(k.to_string(), v.to_string())].into(), requirements: vec![] };
+        let deny = ClusterRule {
+            name: "deny".into(),
+            action: Action::Deny,
+            peers: vec![peer],
+            ports: vec![ClusterPort::Ports { protocol: Protocol::Tcp, first: 80, last: 80 }],
+        };
+        let subject = ClusterSubject::Pods { namespaces: sel("team", "prod"), pods: sel("app", "web") };
+        let p = ClusterPolicy {
+            name: "web-out".into(),
+            tier: Tier::Admin,
+            priority: 10,
+            subject,
+            ingress: vec![],
+            egress: vec![deny],
+        };
+        input.cluster_policies.insert("web-out".into(), Arc::new(p));
+        input
+    };
+    let tool = ClusterPeer::Pods {
+        namespaces: Selector::default(),
+        pods: Selector { match_labels: [("app".to_string(), "tool".to_string())].into(), requirements: vec![] },
+    };
+    let nets = ClusterPeer::Networks(vec!["10.70.0.0/16".parse().expect("net"), "fd00:70::/32".parse().expect("net")]);
+    let (old, new) = (cluster(&[CLIENT, TOOL], tool), cluster(&[CLIENT], nets));
+    let ports = |input: &palisade::policy::Input| compile(input, &node()).policy.keys().filter(|k| k.is_port()).count();
+    assert!(ports(&new) > 0 && ports(&old) > 0, "both states hold entries of one port");
+    let sizes = MapSizes { policy_ports: ports(&old) as u32, ..MapSizes::default() };
+    let mut env = Env::sized_from(settings(), sizes, old);
+    let probes = Rc::new(grid(&env));
+    let judge = Rc::new(RefCell::new(Judge::new(&env)));
+    let before = judge.borrow_mut().passes(&probes);
+    let (seen, after) = watched(&mut env, &judge, &probes, |env| {
+        let report = env.try_apply(&new);
+        assert!(report.errors.iter().any(|e| e.contains("policy map full")), "{:?}", report.errors);
+        let web = report.endpoints.iter().find(|e| e.name == "web").expect("web");
+        assert!(matches!(web.state, palisade::state::Enforcement::HeldClosed(_)), "{:?}", web.state);
+    });
+    let to_tool = probes.iter().position(|p| p.what == "Egress of web: 10.70.1.10 -> 10.70.3.5 proto 6 port 80");
+    let to_tool = to_tool.expect("the probe to the tool's address");
+    assert!(!before[to_tool] && !after[to_tool], "denied before and after: {} / {}", before[to_tool], after[to_tool]);
+    let failures = opened("denies short", &probes, &before, &seen, &after);
     assert!(failures.is_empty(), "{} packets passed between writes:\n{}", failures.len(), failures.join("\n"));
 }

@@ -333,8 +333,7 @@ impl Env {
     /// Each policy map's entries: the trie's, and the one-port hash
     /// map's (key, value).
     pub fn policy_maps(&self) -> (Vec<PolicyEntry>, Vec<(PolicyKey, PolicyValue)>) {
-        let path =
-            self._dir.0.join(format!("v{}", palisade_common::LAYOUT_VERSION)).join(palisade_common::maps::POLICY);
+        let path = datapath::maps_dir(&self._dir.0).join(palisade_common::maps::POLICY);
         let data = MapData::from_pin(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         let trie: LpmTrie<MapData, PolicyKey, PolicyValue> =
             LpmTrie::try_from(Map::from_map_data(data).expect("map")).expect("an LPM trie");
@@ -366,7 +365,7 @@ impl Env {
     }
 
     fn config_array(&self) -> aya::maps::Array<MapData, palisade_common::Config> {
-        let path = self._dir.0.join(format!("v{}", palisade_common::LAYOUT_VERSION)).join(maps::CONFIG);
+        let path = datapath::maps_dir(&self._dir.0).join(maps::CONFIG);
         let data = MapData::from_pin(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         aya::maps::Array::try_from(Map::from_map_data(data).expect("map")).expect("an array")
     }
@@ -397,7 +396,7 @@ impl Env {
     }
 
     fn hash_map<K: aya::Pod, V: aya::Pod>(&self, name: &str) -> BpfHashMap<MapData, K, V> {
-        let path = self._dir.0.join(format!("v{}", palisade_common::LAYOUT_VERSION)).join(name);
+        let path = datapath::maps_dir(&self._dir.0).join(name);
         let data = MapData::from_pin(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         BpfHashMap::try_from(Map::from_map_data(data).expect("map")).expect("a hash map")
     }
