@@ -109,12 +109,13 @@ impl Datapath {
     ///    fall back to a broader, allowed CIDR). If the new ones do not
     ///    fit, every pod is held closed in the kernel, stale ones go and
     ///    the rest is retried; if they still do not fit, or a stale one
-    ///    cannot be removed, every pod stays held closed. Then endpoint entries (flags, class, holds); those that
-    ///    change are held closed while the addresses move. All before any
-    ///    new allow: when a group splits, the number its pods had may go to
-    ///    the other part, and the pods and addresses leaving it must not be
-    ///    judged by that part's allows meanwhile; an address whose pod is
-    ///    gone keeps its numbers until it goes, and a new allow may admit
+    ///    cannot be removed, every pod is held closed. Then endpoint
+    ///    entries (flags, class, holds); those that change are held
+    ///    closed while the addresses move. All before any new allow: when
+    ///    a group splits, the number its pods had may go to the other
+    ///    part, and the pods and addresses leaving it must not be judged
+    ///    by that part's allows meanwhile; an address whose pod is gone
+    ///    keeps its numbers until it goes, and a new allow may admit
     ///    them. On their new numbers, the denies are in force and the
     ///    allows not yet: briefly closed, never open.
     /// 4. New allowing policy entries. A policy class whose entries
@@ -123,10 +124,10 @@ impl Datapath {
     ///    ([`palisade_common::EP_PENDING`]), never left half-enforced. Then
     ///    links, then the netfilter hooks' rules.
     /// 5. Endpoints and links of pods that are gone.
-    /// 6. Revoked denies (ClusterNetworkPolicy Deny
-    ///    entries: a missing entry means what the endpoint's flags, written
-    ///    in step 3, say), except those of classes held closed; then the
-    ///    revision bump that re-judges tracked flows (rewritten by every
+    /// 6. Revoked denies (ClusterNetworkPolicy Deny entries: a missing
+    ///    entry means what the endpoint's flags, written in step 3, say),
+    ///    except those of classes held closed; then the revision bump that
+    ///    re-judges tracked flows, after any change (rewritten by every
     ///    sync until the kernel has it).
     pub fn sync(&mut self, compiled: &Compiled, ifaces: &Interfaces) -> SyncReport {
         self.sync_changes(compiled, ifaces, None)
@@ -486,24 +487,23 @@ impl Datapath {
     /// is enforced on go in [`Datapath::write_links`]).
     fn write_endpoints(&mut self, plan: &Plan, report: &mut SyncReport) {
         for (ifindex, ep) in &plan.entries {
-            if self.realized.entries.endpoints.get(ifindex) != Some(ep) && self.write_endpoint(*ifindex, *ep, report) {
-                report.changes += 1;
+            if self.realized.entries.endpoints.get(ifindex) != Some(ep) {
+                self.write_endpoint(*ifindex, *ep, report);
             }
         }
     }
 
-    /// One endpoint entry, in the kernel and in what is realized; false
-    /// (and an error in the report) if the kernel refused it.
-    fn write_endpoint(&mut self, ifindex: u32, ep: palisade_common::Endpoint, report: &mut SyncReport) -> bool {
+    /// One endpoint entry, in the kernel and in what is realized, counted
+    /// as a change (each bumps the revision, a hold included: tracked
+    /// flows pass on the revision alone); an error in the report if the
+    /// kernel refused it.
+    fn write_endpoint(&mut self, ifindex: u32, ep: palisade_common::Endpoint, report: &mut SyncReport) {
         match batch::update(&self.endpoints, &[ifindex], &[ep]) {
             Ok(()) => {
                 self.realized.entries.endpoints.insert(ifindex, ep);
-                true
+                report.changes += 1;
             }
-            Err(s) => {
-                report.errors.push(format!("endpoint map, interface {ifindex}: {}", s.error));
-                false
-            }
+            Err(s) => report.errors.push(format!("endpoint map, interface {ifindex}: {}", s.error)),
         }
     }
 

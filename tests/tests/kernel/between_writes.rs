@@ -205,15 +205,13 @@ fn input(s: &State) -> palisade::policy::Input {
     let objects = namespaces.into_iter().chain(locals).chain(remotes).chain(s.policies.iter().cloned());
     let mut input = palisade::cluster::convert::objects_to_input(objects).unwrap_or_else(|errors| panic!("{errors:?}"));
     if let Some(team) = s.denied_team {
-        let sel =
-            |k: &str, v: &str| Selector { match_labels: [(k.to_string(), v.to_string())].into(), requirements: vec![] };
         let deny = ClusterRule {
             name: "deny".into(),
             action: Action::Deny,
-            peers: vec![ClusterPeer::Namespaces(sel("team", team))],
+            peers: vec![ClusterPeer::Namespaces(selector("team", team))],
             ports: vec![ClusterPort::Ports { protocol: Protocol::Tcp, first: 80, last: 81 }],
         };
-        let subject = ClusterSubject::Pods { namespaces: sel("team", "prod"), pods: sel("app", "web") };
+        let subject = ClusterSubject::Pods { namespaces: selector("team", "prod"), pods: selector("app", "web") };
         let p = ClusterPolicy {
             name: "deny-team".into(),
             tier: Tier::Admin,
@@ -379,6 +377,54 @@ fn no_packet_passes_between_two_writes_that_neither_state_passes() {
     assert!(failures.is_empty(), "{} packets passed between writes:\n{}", failures.len(), failures.join("\n"));
 }
 
+/// The remote pods given, no NetworkPolicy, and an Admin
+/// ClusterNetworkPolicy denying web's egress to `peers` on TCP 80 (web's
+/// egress tiered, not isolated: a miss allows).
+fn web_out(remotes: &[Remote], peers: Vec<ClusterPeer>) -> palisade::policy::Input {
+    let state = State {
+        what: "",
+        teams: ("dev", "ops"),
+        remotes: remotes.to_vec(),
+        db_app: "db",
+        policies: vec![],
+        denied_team: None,
+    };
+    let mut input = input(&state);
+    let deny = ClusterRule {
+        name: "deny".into(),
+        action: Action::Deny,
+        peers,
+        ports: vec![ClusterPort::Ports { protocol: Protocol::Tcp, first: 80, last: 80 }],
+    };
+    let subject = ClusterSubject::Pods { namespaces: selector("team", "prod"), pods: selector("app", "web") };
+    let p = ClusterPolicy {
+        name: "web-out".into(),
+        tier: Tier::Admin,
+        priority: 10,
+        subject,
+        ingress: vec![],
+        egress: vec![deny],
+    };
+    input.cluster_policies.insert("web-out".into(), Arc::new(p));
+    input
+}
+
+fn selector(k: &str, v: &str) -> Selector {
+    Selector { match_labels: [(k.to_string(), v.to_string())].into(), requirements: vec![] }
+}
+
+/// Pods labelled app=`app`, in any namespace.
+fn pods_of(app: &str) -> ClusterPeer {
+    ClusterPeer::Pods { namespaces: Selector::default(), pods: selector("app", app) }
+}
+
+/// Map sizes whose one-port policy map holds `input`'s entries and no more.
+fn policy_ports_for(input: &palisade::policy::Input) -> MapSizes {
+    let ports = compile(input, &node()).policy.keys().filter(|k| k.is_port()).count();
+    assert!(ports > 0, "entries of one port");
+    MapSizes { policy_ports: ports as u32, ..MapSizes::default() }
+}
+
 /// A class whose new denies do not fit is held closed before any
 /// address moves. web's egress is tiered and not isolated (a miss
 /// allows); its deny to the tool's pods becomes one to 10.70.0.0/16 and
@@ -387,45 +433,9 @@ fn no_packet_passes_between_two_writes_that_neither_state_passes() {
 /// which web holds no entry.
 #[test]
 fn a_class_short_of_its_denies_is_held_before_any_address_moves() {
-    let cluster = |remotes: &[Remote], peer: ClusterPeer| {
-        let state = State {
-            what: "",
-            teams: ("dev", "ops"),
-            remotes: remotes.to_vec(),
-            db_app: "db",
-            policies: vec![],
-            denied_team: None,
-        };
-        let mut input = input(&state);
-        let sel =
-            |k: &str, v: &str| Selector { match_labels: [(k.to_string(), v.to_string())].into(), requirements: vec![] };
-        let deny = ClusterRule {
-            name: "deny".into(),
-            action: Action::Deny,
-            peers: vec![peer],
-            ports: vec![ClusterPort::Ports { protocol: Protocol::Tcp, first: 80, last: 80 }],
-        };
-        let subject = ClusterSubject::Pods { namespaces: sel("team", "prod"), pods: sel("app", "web") };
-        let p = ClusterPolicy {
-            name: "web-out".into(),
-            tier: Tier::Admin,
-            priority: 10,
-            subject,
-            ingress: vec![],
-            egress: vec![deny],
-        };
-        input.cluster_policies.insert("web-out".into(), Arc::new(p));
-        input
-    };
-    let tool = ClusterPeer::Pods {
-        namespaces: Selector::default(),
-        pods: Selector { match_labels: [("app".to_string(), "tool".to_string())].into(), requirements: vec![] },
-    };
     let nets = ClusterPeer::Networks(vec!["10.70.0.0/16".parse().expect("net"), "fd00:70::/32".parse().expect("net")]);
-    let (old, new) = (cluster(&[CLIENT, TOOL], tool), cluster(&[CLIENT], nets));
-    let ports = |input: &palisade::policy::Input| compile(input, &node()).policy.keys().filter(|k| k.is_port()).count();
-    assert!(ports(&new) > 0 && ports(&old) > 0, "both states hold entries of one port");
-    let sizes = MapSizes { policy_ports: ports(&old) as u32, ..MapSizes::default() };
+    let (old, new) = (web_out(&[CLIENT, TOOL], vec![pods_of("tool")]), web_out(&[CLIENT], vec![nets]));
+    let sizes = policy_ports_for(&old);
     let mut env = Env::sized_from(settings(), sizes, old);
     let probes = Rc::new(grid(&env));
     let judge = Rc::new(RefCell::new(Judge::new(&env)));
@@ -441,4 +451,24 @@ fn a_class_short_of_its_denies_is_held_before_any_address_moves() {
     assert!(!before[to_tool] && !after[to_tool], "denied before and after: {} / {}", before[to_tool], after[to_tool]);
     let failures = opened("denies short", &probes, &before, &seen, &after);
     assert!(failures.is_empty(), "{} packets passed between writes:\n{}", failures.len(), failures.join("\n"));
+}
+
+/// A hold alone is a change: a class held because its new denies do not
+/// fit has its tracked flows judged again (the revision bumped), and they
+/// drop. Nothing else changes here: web's egress is tiered already, and
+/// no address moves.
+#[test]
+fn a_hold_alone_cuts_tracked_flows() {
+    let old = web_out(&[CLIENT, TOOL], vec![pods_of("tool")]);
+    let new = web_out(&[CLIENT, TOOL], vec![pods_of("tool"), pods_of("client")]);
+    let mut env = Env::sized_from(settings(), policy_ports_for(&old), old);
+    let client = addr(CLIENT.3);
+    let sport = env.fresh();
+    assert_eq!(env.egress("web", client, L4::Tcp(sport, 80, TCP_SYN)), PASS, "allowed before");
+    assert_eq!(env.egress("web", client, L4::Tcp(sport, 80, TCP_ACK)), PASS, "tracked");
+    let revision = env.dp.revision();
+    let report = env.try_apply(&new);
+    assert!(report.errors.iter().any(|e| e.contains("policy map full")), "{:?}", report.errors);
+    assert_ne!(env.dp.revision(), revision, "a hold alone bumps the revision");
+    assert_eq!(env.egress("web", client, L4::Tcp(sport, 80, TCP_ACK)), DROP, "the tracked flow is cut");
 }
