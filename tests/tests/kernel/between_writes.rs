@@ -205,22 +205,8 @@ fn input(s: &State) -> palisade::policy::Input {
     let objects = namespaces.into_iter().chain(locals).chain(remotes).chain(s.policies.iter().cloned());
     let mut input = palisade::cluster::convert::objects_to_input(objects).unwrap_or_else(|errors| panic!("{errors:?}"));
     if let Some(team) = s.denied_team {
-        let deny = ClusterRule {
-            name: "deny".into(),
-            action: Action::Deny,
-            peers: vec![ClusterPeer::Namespaces(selector("team", team))],
-            ports: vec![ClusterPort::Ports { protocol: Protocol::Tcp, first: 80, last: 81 }],
-        };
-        let subject = ClusterSubject::Pods { namespaces: selector("team", "prod"), pods: selector("app", "web") };
-        let p = ClusterPolicy {
-            name: "deny-team".into(),
-            tier: Tier::Admin,
-            priority: 10,
-            subject,
-            ingress: vec![deny],
-            egress: vec![],
-        };
-        input.cluster_policies.insert("deny-team".into(), Arc::new(p));
+        let peers = vec![ClusterPeer::Namespaces(selector("team", team))];
+        deny_web(&mut input, "deny-team", Direction::Ingress, peers, (80, 81));
     }
     input
 }
@@ -390,23 +376,32 @@ fn web_out(remotes: &[Remote], peers: Vec<ClusterPeer>) -> palisade::policy::Inp
         denied_team: None,
     };
     let mut input = input(&state);
+    deny_web(&mut input, "web-out", Direction::Egress, peers, (80, 80));
+    input
+}
+
+/// Adds Admin ClusterNetworkPolicy `name` on web: one Deny rule, in
+/// direction `dir`, to `peers` on TCP `ports` (first, last).
+fn deny_web(
+    input: &mut palisade::policy::Input,
+    name: &str,
+    dir: Direction,
+    peers: Vec<ClusterPeer>,
+    (first, last): (u16, u16),
+) {
     let deny = ClusterRule {
         name: "deny".into(),
         action: Action::Deny,
         peers,
-        ports: vec![ClusterPort::Ports { protocol: Protocol::Tcp, first: 80, last: 80 }],
+        ports: vec![ClusterPort::Ports { protocol: Protocol::Tcp, first, last }],
+    };
+    let (ingress, egress) = match dir {
+        Direction::Ingress => (vec![deny], vec![]),
+        Direction::Egress => (vec![], vec![deny]),
     };
     let subject = ClusterSubject::Pods { namespaces: selector("team", "prod"), pods: selector("app", "web") };
-    let p = ClusterPolicy {
-        name: "web-out".into(),
-        tier: Tier::Admin,
-        priority: 10,
-        subject,
-        ingress: vec![],
-        egress: vec![deny],
-    };
-    input.cluster_policies.insert("web-out".into(), Arc::new(p));
-    input
+    let p = ClusterPolicy { name: name.into(), tier: Tier::Admin, priority: 10, subject, ingress, egress };
+    input.cluster_policies.insert(name.into(), Arc::new(p));
 }
 
 fn selector(k: &str, v: &str) -> Selector {
