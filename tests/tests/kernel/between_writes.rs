@@ -467,3 +467,87 @@ fn a_hold_alone_cuts_tracked_flows() {
     assert_ne!(env.dp.revision(), revision, "a hold alone bumps the revision");
     assert_eq!(env.egress("web", client, L4::Tcp(sport, 80, TCP_ACK)), DROP, "the tracked flow is cut");
 }
+
+/// The start's namespaces and policies, with these remote pods, and web
+/// admitting 10.70.0.0/16 and fd00:70::/32 but `except` on TCP 81.
+fn with_remotes(remotes: &[Remote], except: &[(&str, &str)]) -> palisade::policy::Input {
+    let web = vec![ingress_rule(pods("client"), 80), ingress_rule(team("ops"), 81), cidrs_but(except)];
+    let state = State {
+        what: "",
+        teams: ("dev", "ops"),
+        remotes: remotes.to_vec(),
+        db_app: "db",
+        policies: policies(web),
+        denied_team: None,
+    };
+    input(&state)
+}
+
+/// Map sizes whose address maps hold `input`'s addresses and CIDRs and
+/// no more.
+fn addresses_for(input: &palisade::policy::Input) -> MapSizes {
+    let ips = compile(input, &node()).ips;
+    let hosts = ips.keys().filter(|k| k.is_address()).count() as u32;
+    MapSizes { hosts, ips: ips.len() as u32 - hosts, ..MapSizes::default() }
+}
+
+/// Every endpoint of the report enforced (else: every one held closed).
+fn every_pod(report: &datapath::SyncReport, enforced: bool) -> bool {
+    !report.endpoints.is_empty()
+        && report.endpoints.iter().all(|e| {
+            let held = matches!(e.state, palisade::state::Enforcement::HeldClosed(_));
+            held != enforced
+        })
+}
+
+/// New CIDRs that fit only once the stale ones are gone: every pod is
+/// held while they go, the new ones go in on the retry, and the sync ends
+/// with every pod enforced. The CIDR map holds the start's and no more;
+/// web's except of the tool's net in halves becomes one of the whole: with
+/// the halves gone and the whole not yet in, an address of the tool's net
+/// would pass by the broader CIDR.
+#[test]
+fn new_cidrs_make_room_with_every_pod_held() {
+    let halves = &HALVES_AND_CLIENTS_NET[..2];
+    let old = with_remotes(&[CLIENT, TOOL, MON], halves);
+    let new = with_remotes(&[CLIENT, TOOL, MON], &TOOLS_NET);
+    let mut env = Env::sized_from(settings(), addresses_for(&old), old);
+    let probes = Rc::new(grid(&env));
+    let judge = Rc::new(RefCell::new(Judge::new(&env)));
+    let before = judge.borrow_mut().passes(&probes);
+    let (seen, after) = watched(&mut env, &judge, &probes, |env| {
+        let report = env.try_apply(&new);
+        assert!(report.errors.is_empty(), "{:?}", report.errors);
+        assert!(every_pod(&report, true), "{:?}", report.endpoints);
+    });
+    assert!(seen.iter().any(|passes| !passes.contains(&true)), "no write held every pod: room first did not run");
+    let failures = opened("room first", &probes, &before, &seen, &after);
+    assert!(failures.is_empty(), "{} packets passed between writes:\n{}", failures.len(), failures.join("\n"));
+    assert_eq!(before, after, "the same verdicts, the except written another way");
+}
+
+/// New addresses that do not fit even with the stale ones gone: every
+/// pod is held closed and the sync says why; nothing passes meanwhile.
+/// Once the addresses fit again, the next sync enforces every pod as
+/// before.
+#[test]
+fn addresses_that_do_not_fit_hold_every_pod_until_they_do() {
+    let old = with_remotes(&[CLIENT, TOOL, MON], &TOOLS_NET);
+    let more = with_remotes(&[CLIENT, TOOL, MON, NEWCOMER], &TOOLS_NET);
+    let mut env = Env::sized_from(settings(), addresses_for(&old), old.clone());
+    let probes = Rc::new(grid(&env));
+    let judge = Rc::new(RefCell::new(Judge::new(&env)));
+    let before = judge.borrow_mut().passes(&probes);
+    let (seen, after) = watched(&mut env, &judge, &probes, |env| {
+        let report = env.try_apply(&more);
+        assert!(report.errors.iter().any(|e| e.contains("address maps full")), "{:?}", report.errors);
+        assert!(every_pod(&report, false), "{:?}", report.endpoints);
+    });
+    assert!(!after.contains(&true), "a probe passed with every pod held");
+    let failures = opened("addresses short", &probes, &before, &seen, &after);
+    assert!(failures.is_empty(), "{} packets passed between writes:\n{}", failures.len(), failures.join("\n"));
+    let report = env.try_apply(&old);
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    assert!(every_pod(&report, true), "{:?}", report.endpoints);
+    assert_eq!(judge.borrow_mut().passes(&probes), before, "the verdicts of the start, once the addresses fit");
+}
