@@ -27,6 +27,9 @@ pub enum Enforcement {
     Conflict { ifindex: u32 },
     /// The programs could not be attached to its interface.
     AttachFailed(String),
+    /// The kernel refused its endpoint entry (the endpoint map is full):
+    /// its interface is judged by the entry it had, or, new, not at all.
+    EntryRefused,
     /// Its entries could not be written whole (a map is full): everything
     /// but link plumbing is dropped until they can, never a stale allow.
     HeldClosed(String),
@@ -41,7 +44,7 @@ impl Enforcement {
             Enforcement::Enforced => "enforced",
             Enforcement::NoInterface => "no-interface",
             Enforcement::Conflict { .. } => "conflict",
-            Enforcement::AttachFailed(_) => "error",
+            Enforcement::AttachFailed(_) | Enforcement::EntryRefused => "error",
             Enforcement::HeldClosed(_) => "held-closed",
             Enforcement::HostNetwork => "host-network",
         }
@@ -56,6 +59,11 @@ impl std::fmt::Display for Enforcement {
             Enforcement::NoInterface => write!(f, "{kind}: no host route to the pod's address"),
             Enforcement::Conflict { ifindex } => write!(f, "{kind}: interface {ifindex} already serves another pod"),
             Enforcement::AttachFailed(e) => write!(f, "{kind}: attaching failed: {e}"),
+            Enforcement::EntryRefused => write!(
+                f,
+                "{kind}: the endpoint map refused its entry (see the sync errors); its interface is judged by the \
+                 entry it had, or not at all"
+            ),
             Enforcement::HeldClosed(why) => write!(f, "{kind}: {why}; all traffic dropped until it can be written"),
             Enforcement::HostNetwork => write!(f, "{kind}: NetworkPolicy does not apply"),
         }

@@ -484,11 +484,42 @@ impl Datapath {
     }
 
     /// Writes the endpoint entries that differ (those of interfaces no pod
-    /// is enforced on go in [`Datapath::write_links`]).
+    /// is enforced on go in [`Datapath::write_links`]). If the map refuses
+    /// some (it is full), those of interfaces no pod is enforced on go
+    /// first, as they would at the end of the sync, and the refused are
+    /// tried again: a new pod's interface is not left unjudged for a sync
+    /// while a gone pod's entry takes its room.
     fn write_endpoints(&mut self, plan: &Plan, report: &mut SyncReport) {
+        let errors = report.errors.len();
+        self.write_differing_endpoints(plan, report);
+        if report.errors.len() > errors && self.realized.entries.endpoints.keys().any(|i| !plan.entries.contains_key(i))
+        {
+            report.errors.truncate(errors);
+            self.remove_stale_endpoints(plan, report);
+            self.write_differing_endpoints(plan, report);
+        }
+    }
+
+    fn write_differing_endpoints(&mut self, plan: &Plan, report: &mut SyncReport) {
         for (ifindex, ep) in &plan.entries {
             if self.realized.entries.endpoints.get(ifindex) != Some(ep) {
                 self.write_endpoint(*ifindex, *ep, report);
+            }
+        }
+    }
+
+    /// Removes the endpoint entries of interfaces no pod is enforced on.
+    fn remove_stale_endpoints(&mut self, plan: &Plan, report: &mut SyncReport) {
+        let stale: Vec<u32> =
+            self.realized.entries.endpoints.keys().copied().filter(|i| !plan.entries.contains_key(i)).collect();
+        for ifindex in stale {
+            // Kept in the record if it is still there: tried again.
+            match batch::delete(&self.endpoints, &[ifindex]) {
+                Ok(()) => {
+                    report.changes += 1;
+                    self.realized.entries.endpoints.remove(&ifindex);
+                }
+                Err(s) => report.errors.push(format!("endpoint map, interface {ifindex}: {}", s.error)),
             }
         }
     }
@@ -517,7 +548,8 @@ impl Datapath {
     /// known or not (see [`plan::plan`]) and the pod's manifest costs map
     /// writes only. A pod whose hooks are not all on is `AttachFailed`
     /// (its endpoint entry is written, but what lacks a hook is not
-    /// judged), an error in the report until an attach succeeds.
+    /// judged), an error in the report until an attach succeeds; one
+    /// whose endpoint entry the kernel refused is `EntryRefused`.
     fn write_links(&mut self, plan: &mut Plan, ifaces: &Interfaces, report: &mut SyncReport) {
         let started = std::time::Instant::now();
         let mut failed_attach: BTreeMap<u32, String> = BTreeMap::new();
@@ -566,7 +598,9 @@ impl Datapath {
             let Some(i) = st.ifindex else { continue };
             let on = self.realized.attached.get(&i);
             let whole = [Hook::FromPod, Hook::ToPod].iter().all(|h| on.is_some_and(|on| on.contains(h)));
-            if let Some(msg) = failed_attach.get(&i) {
+            if self.realized.entries.endpoints.get(&i) != plan.entries.get(&i) {
+                st.state = Enforcement::EntryRefused;
+            } else if let Some(msg) = failed_attach.get(&i) {
                 st.state = Enforcement::AttachFailed(msg.clone());
             } else if !whole {
                 let msg = "the pod hooks are not attached";
@@ -579,18 +613,7 @@ impl Datapath {
             self.detach_hooks(ifindex, &HOOKS, report);
         }
         report.links_us = started.elapsed().as_micros() as u64;
-        let stale: Vec<u32> =
-            self.realized.entries.endpoints.keys().copied().filter(|i| !plan.entries.contains_key(i)).collect();
-        for ifindex in stale {
-            // Kept in the record if it is still there: tried again.
-            match batch::delete(&self.endpoints, &[ifindex]) {
-                Ok(()) => {
-                    report.changes += 1;
-                    self.realized.entries.endpoints.remove(&ifindex);
-                }
-                Err(s) => report.errors.push(format!("endpoint map, interface {ifindex}: {}", s.error)),
-            }
-        }
+        self.remove_stale_endpoints(plan, report);
     }
 
     /// Takes hooks off an interface, and out of what is realized once off.

@@ -187,6 +187,15 @@ pub fn input_namespace_wide() -> Input {
     with_locals(locals, policies(false).into_iter().chain([wide]).collect())
 }
 
+/// The cluster with the local pods named in `locals` only, and one more,
+/// `name`, labelled app=`app` on `ip4` and `ip6`.
+pub fn input_with_local(locals: &[&str], name: &str, app: &str, ip4: &str, ip6: &str) -> Input {
+    let kept = LOCALS.iter().filter(|(n, _, _)| locals.contains(n));
+    let locals = kept.map(|(n, ip4, ip6)| k8s_pod("prod", n, n, ip4, ip6, NODE));
+    let added = k8s_pod("prod", name, app, ip4, ip6, NODE);
+    with_locals(locals.chain([added]), policies(false))
+}
+
 fn with_locals(locals: impl Iterator<Item = Value>, policies: Vec<Value>) -> Input {
     let namespaces = ["prod", "dev", "ops"].map(
         |team| json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": team, "labels": {"team": team}}}),

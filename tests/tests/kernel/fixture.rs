@@ -186,6 +186,18 @@ impl Env {
         env
     }
 
+    /// One more pod interface, routed to `ip4` and `ip6`: its host side's
+    /// ifindex.
+    pub fn add_interface(&mut self, ip4: &str, ip6: &str) -> u32 {
+        let veth = Veth::create();
+        let i = veth.ifindex;
+        self.ifaces.routes.insert(addr(ip4), i);
+        self.ifaces.routes.insert(addr(ip6), i);
+        self.ifaces.names.insert(i, veth.host.clone());
+        self._veths.push(veth);
+        i
+    }
+
     /// Compiles `input` and syncs it into the kernel; returns the revision.
     pub fn apply(&mut self, input: Input) -> u32 {
         let compiled = compile(&input, &node());

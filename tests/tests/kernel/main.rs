@@ -25,6 +25,7 @@ mod between_writes;
 mod conntrack;
 mod ct_full;
 mod drift;
+mod endpoint_map_full;
 mod events;
 mod fragments;
 mod fuzz;
