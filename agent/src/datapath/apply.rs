@@ -123,7 +123,9 @@ impl Datapath {
     ///    wrote for it taken back and its pods held closed
     ///    ([`palisade_common::EP_PENDING`]), never left half-enforced. Then
     ///    links, then the netfilter hooks' rules.
-    /// 5. Endpoints and links of pods that are gone.
+    /// 5. Endpoints and links of pods that are gone (their endpoint
+    ///    entries in step 3 when the map refuses a new one: gone, an
+    ///    interface is not judged, as after the sync).
     /// 6. Revoked denies (ClusterNetworkPolicy Deny entries: a missing
     ///    entry means what the endpoint's flags, written in step 3, say),
     ///    except those of classes held closed; then the revision bump that
@@ -273,7 +275,12 @@ impl Datapath {
         }
         report.revision = self.config.revision;
         report.endpoints = plan.endpoints;
-        report.pending = plan.pending;
+        // A pending interface whose hold the kernel refused is not held
+        // (its error is in the report).
+        let held = |name: &String| {
+            ifaces.names.iter().any(|(i, n)| n == name && self.realized.entries.endpoints.get(i) == plan.entries.get(i))
+        };
+        report.pending = plan.pending.iter().filter(|n| held(n)).cloned().collect();
         report
     }
 
@@ -534,7 +541,14 @@ impl Datapath {
                 self.realized.entries.endpoints.insert(ifindex, ep);
                 report.changes += 1;
             }
-            Err(s) => report.errors.push(format!("endpoint map, interface {ifindex}: {}", s.error)),
+            Err(s) => {
+                // Once per sync: a refused entry is tried again by a later
+                // step of the same sync.
+                let e = format!("endpoint map, interface {ifindex}: {}", s.error);
+                if !report.errors.contains(&e) {
+                    report.errors.push(e);
+                }
+            }
         }
     }
 

@@ -38,3 +38,18 @@ fn a_pod_whose_endpoint_entry_is_refused_is_not_reported_enforced() {
     let to_web2 = denied(&mut env, ip4);
     assert_eq!(env.run_on(Direction::Ingress, ifindex, &to_web2), DROP, "judged by web's policy once written");
 }
+
+/// Strict mode: an interface no pod is known for is held closed by an
+/// entry of its own; refused, it is not held, and not listed as pending.
+#[test]
+fn a_pending_interface_whose_hold_is_refused_is_not_listed_as_held() {
+    let strict = Settings { strict_prefixes: vec!["plkt".into()], ..settings() };
+    let sizes = MapSizes { endpoints: LOCALS.len() as u32, ..MapSizes::default() };
+    let mut env = Env::sized(strict, sizes);
+    let ifindex = env.add_interface("10.70.1.40", "fd00:70:0:1::40");
+    let report = env.try_apply(&input(false));
+    assert!(report.errors.iter().any(|e| e.contains("endpoint map")), "{:?}", report.errors);
+    assert!(report.pending.is_empty(), "listed as held though refused: {:?}", report.pending);
+    let pkt = packet(addr("8.8.8.8"), addr("10.70.1.40"), L4::Tcp(env.fresh(), 22, TCP_SYN));
+    assert_eq!(env.run_on(Direction::Ingress, ifindex, &pkt), PASS, "no entry: not judged, as reported");
+}
