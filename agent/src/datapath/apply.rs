@@ -277,9 +277,7 @@ impl Datapath {
         report.endpoints = plan.endpoints;
         // A pending interface whose hold the kernel refused is not held
         // (its error is in the report).
-        let held = |name: &String| {
-            ifaces.names.iter().any(|(i, n)| n == name && self.realized.entries.endpoints.get(i) == plan.entries.get(i))
-        };
+        let held = |name: &String| ifaces.names.iter().any(|(i, n)| n == name && self.entry_written(&plan.entries, *i));
         report.pending = plan.pending.iter().filter(|n| held(n)).cloned().collect();
         report
     }
@@ -467,23 +465,14 @@ impl Datapath {
     /// tracked flows still pass (the revision is bumped at the end of the
     /// sync); new flows drop meanwhile.
     fn hold_endpoints(&mut self, plan: &Plan, all: bool, report: &mut SyncReport) {
-        let held: Vec<(u32, palisade_common::Endpoint)> = self
-            .realized
-            .entries
-            .endpoints
-            .iter()
-            .filter(|(ifindex, old)| {
-                old.flags & EP_PENDING == 0
-                    && (all
-                        || plan.entries.get(ifindex).is_some_and(|ep| {
-                            **old
-                                != palisade_common::Endpoint {
-                                    flags: ep.flags & !EP_SKIPS | old.flags & EP_SKIPS,
-                                    ..*ep
-                                }
-                        }))
-            })
-            .map(|(ifindex, old)| (*ifindex, palisade_common::Endpoint { flags: old.flags | EP_PENDING, ..*old }))
+        use palisade_common::Endpoint;
+        let changes = |ifindex: &u32, old: &Endpoint| {
+            let skips_alone = |ep: &Endpoint| Endpoint { flags: ep.flags & !EP_SKIPS | old.flags & EP_SKIPS, ..*ep };
+            plan.entries.get(ifindex).is_some_and(|ep| *old != skips_alone(ep))
+        };
+        let held: Vec<(u32, Endpoint)> = (self.realized.entries.endpoints.iter())
+            .filter(|(ifindex, old)| old.flags & EP_PENDING == 0 && (all || changes(ifindex, old)))
+            .map(|(ifindex, old)| (*ifindex, Endpoint { flags: old.flags | EP_PENDING, ..*old }))
             .collect();
         for (ifindex, ep) in held {
             self.write_endpoint(ifindex, ep, report);
@@ -499,8 +488,7 @@ impl Datapath {
     fn write_endpoints(&mut self, plan: &Plan, report: &mut SyncReport) {
         let errors = report.errors.len();
         self.write_differing_endpoints(plan, report);
-        if report.errors.len() > errors && self.realized.entries.endpoints.keys().any(|i| !plan.entries.contains_key(i))
-        {
+        if report.errors.len() > errors {
             report.errors.truncate(errors);
             self.remove_stale_endpoints(plan, report);
             self.write_differing_endpoints(plan, report);
@@ -509,10 +497,16 @@ impl Datapath {
 
     fn write_differing_endpoints(&mut self, plan: &Plan, report: &mut SyncReport) {
         for (ifindex, ep) in &plan.entries {
-            if self.realized.entries.endpoints.get(ifindex) != Some(ep) {
+            if !self.entry_written(&plan.entries, *ifindex) {
                 self.write_endpoint(*ifindex, *ep, report);
             }
         }
+    }
+
+    /// The kernel holds the planned endpoint entry for `ifindex` (`planned`:
+    /// the plan's entries; none planned, none held).
+    fn entry_written(&self, planned: &BTreeMap<u32, palisade_common::Endpoint>, ifindex: u32) -> bool {
+        self.realized.entries.endpoints.get(&ifindex) == planned.get(&ifindex)
     }
 
     /// Removes the endpoint entries of interfaces no pod is enforced on.
@@ -612,7 +606,7 @@ impl Datapath {
             let Some(i) = st.ifindex else { continue };
             let on = self.realized.attached.get(&i);
             let whole = [Hook::FromPod, Hook::ToPod].iter().all(|h| on.is_some_and(|on| on.contains(h)));
-            if self.realized.entries.endpoints.get(&i) != plan.entries.get(&i) {
+            if !self.entry_written(&plan.entries, i) {
                 st.state = Enforcement::EntryRefused;
             } else if let Some(msg) = failed_attach.get(&i) {
                 st.state = Enforcement::AttachFailed(msg.clone());

@@ -322,6 +322,30 @@ fn watched(
     (seen.take(), after)
 }
 
+/// A datapath enforcing a first state, the grid of probes, the second
+/// classifier that judges them, and which pass in that state.
+struct Watching {
+    env: Env,
+    probes: Rc<Vec<Probe>>,
+    judge: Rc<RefCell<Judge>>,
+    before: Vec<bool>,
+}
+
+/// [`Watching`] a datapath sized `sizes` enforcing `first`.
+fn watching(sizes: MapSizes, first: palisade::policy::Input) -> Watching {
+    let env = Env::sized_from(settings(), sizes, first);
+    let probes = Rc::new(grid(&env));
+    let judge = Rc::new(RefCell::new(Judge::new(&env)));
+    let before = judge.borrow_mut().passes(&probes);
+    Watching { env, probes, judge, before }
+}
+
+/// Fails with every probe [`opened`] lists.
+fn assert_none_opened(what: &str, probes: &[Probe], before: &[bool], seen: &[Vec<bool>], after: &[bool]) {
+    let failures = opened(what, probes, before, seen, after);
+    assert!(failures.is_empty(), "{} packets passed between writes:\n{}", failures.len(), failures.join("\n"));
+}
+
 /// The probes that passed after some write though neither the state
 /// before nor the one after passes them.
 fn opened(what: &str, probes: &[Probe], before: &[bool], seen: &[Vec<bool>], after: &[bool]) -> Vec<String> {
@@ -339,10 +363,7 @@ fn opened(what: &str, probes: &[Probe], before: &[bool], seen: &[Vec<bool>], aft
 #[test]
 fn no_packet_passes_between_two_writes_that_neither_state_passes() {
     let states = states();
-    let mut env = Env::sized_from(settings(), MapSizes::default(), input(&states[0]));
-    let probes = Rc::new(grid(&env));
-    let judge = Rc::new(RefCell::new(Judge::new(&env)));
-    let mut before = judge.borrow_mut().passes(&probes);
+    let Watching { mut env, probes, judge, mut before } = watching(MapSizes::default(), input(&states[0]));
     let mut failures = Vec::new();
     for step in &states[1..] {
         let (seen, after) = watched(&mut env, &judge, &probes, |env| {
@@ -431,10 +452,7 @@ fn a_class_short_of_its_denies_is_held_before_any_address_moves() {
     let nets = ClusterPeer::Networks(vec!["10.70.0.0/16".parse().expect("net"), "fd00:70::/32".parse().expect("net")]);
     let (old, new) = (web_out(&[CLIENT, TOOL], vec![pods_of("tool")]), web_out(&[CLIENT], vec![nets]));
     let sizes = policy_ports_for(&old);
-    let mut env = Env::sized_from(settings(), sizes, old);
-    let probes = Rc::new(grid(&env));
-    let judge = Rc::new(RefCell::new(Judge::new(&env)));
-    let before = judge.borrow_mut().passes(&probes);
+    let Watching { mut env, probes, judge, before } = watching(sizes, old);
     let (seen, after) = watched(&mut env, &judge, &probes, |env| {
         let report = env.try_apply(&new);
         assert!(report.errors.iter().any(|e| e.contains("policy map full")), "{:?}", report.errors);
@@ -444,8 +462,7 @@ fn a_class_short_of_its_denies_is_held_before_any_address_moves() {
     let to_tool = probes.iter().position(|p| p.what == "Egress of web: 10.70.1.10 -> 10.70.3.5 proto 6 port 80");
     let to_tool = to_tool.expect("the probe to the tool's address");
     assert!(!before[to_tool] && !after[to_tool], "denied before and after: {} / {}", before[to_tool], after[to_tool]);
-    let failures = opened("denies short", &probes, &before, &seen, &after);
-    assert!(failures.is_empty(), "{} packets passed between writes:\n{}", failures.len(), failures.join("\n"));
+    assert_none_opened("denies short", &probes, &before, &seen, &after);
 }
 
 /// A hold alone is a change: a class held because its new denies do not
@@ -511,18 +528,14 @@ fn new_cidrs_make_room_with_every_pod_held() {
     let halves = &HALVES_AND_CLIENTS_NET[..2];
     let old = with_remotes(&[CLIENT, TOOL, MON], halves);
     let new = with_remotes(&[CLIENT, TOOL, MON], &TOOLS_NET);
-    let mut env = Env::sized_from(settings(), addresses_for(&old), old);
-    let probes = Rc::new(grid(&env));
-    let judge = Rc::new(RefCell::new(Judge::new(&env)));
-    let before = judge.borrow_mut().passes(&probes);
+    let Watching { mut env, probes, judge, before } = watching(addresses_for(&old), old);
     let (seen, after) = watched(&mut env, &judge, &probes, |env| {
         let report = env.try_apply(&new);
         assert!(report.errors.is_empty(), "{:?}", report.errors);
         assert!(every_pod(&report, true), "{:?}", report.endpoints);
     });
     assert!(seen.iter().any(|passes| !passes.contains(&true)), "no write held every pod: room first did not run");
-    let failures = opened("room first", &probes, &before, &seen, &after);
-    assert!(failures.is_empty(), "{} packets passed between writes:\n{}", failures.len(), failures.join("\n"));
+    assert_none_opened("room first", &probes, &before, &seen, &after);
     assert_eq!(before, after, "the same verdicts, the except written another way");
 }
 
@@ -534,18 +547,14 @@ fn new_cidrs_make_room_with_every_pod_held() {
 fn addresses_that_do_not_fit_hold_every_pod_until_they_do() {
     let old = with_remotes(&[CLIENT, TOOL, MON], &TOOLS_NET);
     let more = with_remotes(&[CLIENT, TOOL, MON, NEWCOMER], &TOOLS_NET);
-    let mut env = Env::sized_from(settings(), addresses_for(&old), old.clone());
-    let probes = Rc::new(grid(&env));
-    let judge = Rc::new(RefCell::new(Judge::new(&env)));
-    let before = judge.borrow_mut().passes(&probes);
+    let Watching { mut env, probes, judge, before } = watching(addresses_for(&old), old.clone());
     let (seen, after) = watched(&mut env, &judge, &probes, |env| {
         let report = env.try_apply(&more);
         assert!(report.errors.iter().any(|e| e.contains("address maps full")), "{:?}", report.errors);
         assert!(every_pod(&report, false), "{:?}", report.endpoints);
     });
     assert!(!after.contains(&true), "a probe passed with every pod held");
-    let failures = opened("addresses short", &probes, &before, &seen, &after);
-    assert!(failures.is_empty(), "{} packets passed between writes:\n{}", failures.len(), failures.join("\n"));
+    assert_none_opened("addresses short", &probes, &before, &seen, &after);
     let report = env.try_apply(&old);
     assert!(report.errors.is_empty(), "{:?}", report.errors);
     assert!(every_pod(&report, true), "{:?}", report.endpoints);
