@@ -19,10 +19,11 @@
 //! interface's packets with and without ClusterNetworkPolicies).
 //!
 //! The floor: programs doing only the conntrack work every new flow does
-//! (a lookup that misses, an insert; `rawbpf::Floor`) timed in single
-//! mode beside the empty program, once per repetition, so the new-flow
-//! cases can be read against what no classifier with a kernel hash table
-//! for conntrack can go below.
+//! (a lookup that misses, an insert), then also a denied flow's drop event
+//! (`rawbpf::Floor`), timed in single mode beside the empty program, once
+//! per repetition, so the new-flow cases can be read against what no
+//! classifier with a kernel hash table for conntrack (and an event per
+//! denied flow) can go below.
 //!
 //! A point with ClusterNetworkPolicies measures the same packets on the
 //! cluster of a policies-only point plus generated CNPs (`cluster.rs`),
@@ -116,6 +117,10 @@ pub struct Floor {
     pub insert_ns: Sample,
     /// `insert_ns` minus `key_ns` per repetition: the conntrack work alone.
     pub conntrack_ns: Sample,
+    /// The key, the lookup, the insert and a drop event.
+    pub event_ns: Sample,
+    /// `event_ns` minus `key_ns` per repetition: a denied flow's floor.
+    pub denied_ns: Sample,
 }
 
 /// A valid packet of `proto` (TCP or UDP) with `tcp_flags` (TCP only).
@@ -145,7 +150,7 @@ pub fn run(cfg: &Config) -> Result<Results> {
     let (repeat, flows, reps, cpu) = (cfg.repeat, cfg.flows, cfg.reps, cfg.cpu);
     let res = env::run_in(&node.netns, Some(cpu), move || -> Result<Results> {
         let empty = rawbpf::empty_tc_program().context("loading the empty TC program")?;
-        let floor = rawbpf::floor_programs().context("loading the floor programs")?;
+        let mut floor = rawbpf::floor_programs().context("loading the floor programs")?;
         let mut floor_reps = Vec::with_capacity(reps);
         let mut out = Results { cpu, repeat, flows, reps, ..Default::default() };
         // Every point loaded side by side (a pin directory each), then
@@ -160,7 +165,7 @@ pub fn run(cfg: &Config) -> Result<Results> {
         let pc = PointCfg { repeat, flows };
         for rep in 0..reps {
             eprintln!("  kernel: repetition {} of {reps}", rep + 1);
-            floor_reps.push(measure_floor(&empty, &floor, server_if, flows)?);
+            floor_reps.push(measure_floor(&empty, &mut floor, server_if, flows)?);
             for k in 0..loaded.len() {
                 let at = (rep + k) % loaded.len();
                 loaded[at].measure(&empty, server_if, spare, pc)?;
@@ -171,12 +176,14 @@ pub fn run(cfg: &Config) -> Result<Results> {
             out.points.push(point);
             out.measurements.extend(ms);
         }
-        let of = |f: fn(&[f64; 3]) -> f64| Sample::of(&floor_reps.iter().map(f).collect::<Vec<_>>());
+        let of = |f: fn(&[f64; 4]) -> f64| Sample::of(&floor_reps.iter().map(f).collect::<Vec<_>>());
         out.floor = Some(Floor {
             key_ns: of(|r| r[0]),
             miss_ns: of(|r| r[1]),
             insert_ns: of(|r| r[2]),
             conntrack_ns: of(|r| r[2] - r[0]),
+            event_ns: of(|r| r[3]),
+            denied_ns: of(|r| r[3] - r[0]),
         });
         Ok(out)
     })??;
@@ -186,16 +193,21 @@ pub fn run(cfg: &Config) -> Result<Results> {
 }
 
 /// One repetition of the floor programs: ns added over the empty program
-/// (key, miss, insert), each the median over `flows` single runs, the four
-/// programs run in turn on every flow. The packet is a valid one; they
-/// never read it.
-fn measure_floor(empty: &std::os::fd::OwnedFd, floor: &rawbpf::Floor, ifindex: u32, flows: usize) -> Result<[f64; 3]> {
+/// (key, miss, insert, event), each the median over `flows` single runs,
+/// the five programs run in turn on every flow, the event drained after
+/// each. The packet is a valid one; they never read it.
+fn measure_floor(
+    empty: &std::os::fd::OwnedFd,
+    floor: &mut rawbpf::Floor,
+    ifindex: u32,
+    flows: usize,
+) -> Result<[f64; 4]> {
     let ctx = skb_ctx(ifindex);
     let (c4, s4) = (cluster::client_ips().0, cluster::server_ips().0);
     let p = packet(IpAddr::V4(c4), IpAddr::V4(s4), palisade_common::PROTO_UDP, 40000, cluster::PORT_DENIED, 0);
-    let progs = [empty, &floor.key, &floor.miss, &floor.insert];
-    let mut ns: [Vec<f64>; 4] = Default::default();
+    let mut ns: [Vec<f64>; 5] = Default::default();
     for _ in 0..flows {
+        let progs = [empty, &floor.key, &floor.miss, &floor.insert, &floor.event];
         for (prog, v) in progs.iter().zip(ns.iter_mut()) {
             let (ret, d) = rawbpf::test_run(prog.as_fd(), &p, &ctx, 1)?;
             if ret != TC_ACT_UNSPEC {
@@ -203,11 +215,18 @@ fn measure_floor(empty: &std::os::fd::OwnedFd, floor: &rawbpf::Floor, ifindex: u
             }
             v.push(f64::from(d));
         }
+        let mut sent = 0;
+        while floor.events.next().is_some() {
+            sent += 1;
+        }
+        if sent != 1 {
+            bail!("the event floor program sent {sent} events, not 1");
+        }
     }
-    let [mut base, mut key, mut miss, mut insert] = ns;
+    let [mut base, mut key, mut miss, mut insert, mut event] = ns;
     let med = |v: &mut Vec<f64>| crate::stats::quantile(v, 0.5);
     let base = med(&mut base);
-    Ok([med(&mut key) - base, med(&mut miss) - base, med(&mut insert) - base])
+    Ok([med(&mut key) - base, med(&mut miss) - base, med(&mut insert) - base, med(&mut event) - base])
 }
 
 /// ((v6, protocol), case, per repetition (palisade ns, baseline ns)).
@@ -342,38 +361,51 @@ impl Loaded {
                 let base = run(empty_fd, &spare_ctx, &denied, pc.repeat, None)?;
                 let u = run(prog_fd, &spare_ctx, &denied, pc.repeat, Some(TC_ACT_UNSPEC))?;
                 push(key, "unmanaged", (u, base));
-                // Single mode: one fresh flow per call.
-                let mut base_s = Vec::with_capacity(pc.flows);
-                let mut spec_s = Vec::with_capacity(pc.flows);
-                let mut wild_s = Vec::with_capacity(pc.flows);
-                let mut many_s = Vec::with_capacity(pc.flows);
-                let mut denied_s = Vec::with_capacity(pc.flows);
-                for i in 0..pc.flows {
-                    let sport = (self.next_sport % 64000 + 1024) as u16;
-                    let dport = cluster::PORT_IPERF + ((self.next_sport / 64000) % 4) as u16;
-                    self.next_sport += 1;
-                    let p = packet(cli, srv, proto, sport, dport, TCP_SYN);
-                    base_s.push(run(empty_fd, &server_ctx, &p, 1, None)?);
-                    spec_s.push(run(prog_fd, &server_ctx, &p, 1, Some(TC_ACT_UNSPEC))?);
-                    // The client again, on the port only the wildcard rule allows.
-                    let p = packet(cli, srv, proto, sport, cluster::PORT_ANY_PEER, TCP_SYN);
-                    wild_s.push(run(prog_fd, &server_ctx, &p, 1, Some(TC_ACT_UNSPEC))?);
-                    // A different pod of the cluster for every flow.
-                    let peer = cluster::ip_of(cluster::remote_ips(i % remote_count), v6);
-                    let p = packet(peer, srv, proto, sport, cluster::PORT_ANY_PEER, TCP_SYN);
-                    many_s.push(run(prog_fd, &server_ctx, &p, 1, Some(TC_ACT_UNSPEC))?);
-                    // A cluster pod to a port no rule allows: both policy
-                    // probes miss, and the flow's drop event is sent.
-                    let p = packet(remote0, srv, proto, sport, cluster::PORT_DENIED, TCP_SYN);
-                    denied_s.push(run(prog_fd, &server_ctx, &p, 1, Some(TC_ACT_SHOT))?);
-                    while events.next().is_some() {}
+                // Single mode: one fresh flow per call, each case in a pass
+                // of its own over the flows, every run just after the empty
+                // program's (its baseline): run after another case, a case
+                // met the caches that one left (the denied case after a
+                // different peer per flow: +65 ns at 10k and 50k pods,
+                // nothing at 10, where those peers stay in cache).
+                let first = self.next_sport;
+                self.next_sport = self.next_sport.wrapping_add(pc.flows as u32);
+                let single = [
+                    ("new_specific", TC_ACT_UNSPEC),
+                    ("new_wildcard", TC_ACT_UNSPEC),
+                    ("new_many_peers", TC_ACT_UNSPEC),
+                    ("new_denied", TC_ACT_SHOT),
+                ];
+                for (case, verdict) in single {
+                    let mut base_s = Vec::with_capacity(pc.flows);
+                    let mut case_s = Vec::with_capacity(pc.flows);
+                    for i in 0..pc.flows {
+                        let n = first.wrapping_add(i as u32);
+                        let sport = (n % 64000 + 1024) as u16;
+                        let p = match case {
+                            // The client, to a port the rule naming it allows.
+                            "new_specific" => {
+                                let dport = cluster::PORT_IPERF + ((n / 64000) % 4) as u16;
+                                packet(cli, srv, proto, sport, dport, TCP_SYN)
+                            }
+                            // The client again, on the port only the wildcard rule allows.
+                            "new_wildcard" => packet(cli, srv, proto, sport, cluster::PORT_ANY_PEER, TCP_SYN),
+                            // A different pod of the cluster for every flow.
+                            "new_many_peers" => {
+                                let peer = cluster::ip_of(cluster::remote_ips(i % remote_count), v6);
+                                packet(peer, srv, proto, sport, cluster::PORT_ANY_PEER, TCP_SYN)
+                            }
+                            // A cluster pod to a port no rule allows: both
+                            // policy probes miss, and the flow's drop event
+                            // is sent.
+                            _ => packet(remote0, srv, proto, sport, cluster::PORT_DENIED, TCP_SYN),
+                        };
+                        base_s.push(run(empty_fd, &server_ctx, &p, 1, None)?);
+                        case_s.push(run(prog_fd, &server_ctx, &p, 1, Some(verdict))?);
+                        while events.next().is_some() {}
+                    }
+                    let med = |mut v: Vec<f64>| crate::stats::quantile(&mut v, 0.5);
+                    push(key, case, (med(case_s), med(base_s)));
                 }
-                let med = |mut v: Vec<f64>| crate::stats::quantile(&mut v, 0.5);
-                let base = med(base_s);
-                push(key, "new_specific", (med(spec_s), base));
-                push(key, "new_wildcard", (med(wild_s), base));
-                push(key, "new_many_peers", (med(many_s), base));
-                push(key, "new_denied", (med(denied_s), base));
             }
         }
         Ok(())

@@ -1,10 +1,12 @@
 //! The bpf(2) commands the kernel benchmark needs beyond aya: loading the
 //! empty TC program (the baseline: `r0 = TC_ACT_UNSPEC; exit`) and the
-//! floor programs (the conntrack work every new flow does, alone), and
+//! floor programs (the conntrack work every new flow does, and a drop
+//! event, alone), and
 //! BPF_PROG_TEST_RUN on any program fd, so the baselines and palisade's
 //! classifier are timed through exactly the same call.
 
 use anyhow::{Result, bail};
+use aya::maps::{Map, MapData, RingBuf};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
 const BPF_MAP_CREATE: libc::c_long = 0;
@@ -79,11 +81,18 @@ pub fn empty_tc_program() -> Result<OwnedFd> {
 /// hash of `capacity::CONNTRACK` entries, `CtKey4` to `CtEntry`), where it
 /// is all but never found; `insert` then also enters it, as a new flow's
 /// entry is. Every new flow does at least the last two: `insert` minus
-/// `key` is the floor under the classifier's new-flow cases.
+/// `key` is the floor under the classifier's new-flow cases. `event` also
+/// sends a drop event as small as the classifier's (an `Event`, reserved
+/// in a ring buffer of `capacity::EVENTS_BYTES`, stamped with
+/// `bpf_ktime_get_ns`, the rest zeroed, submitted without a wake-up): what
+/// a denied flow's first packet adds at the least.
 pub struct Floor {
     pub key: OwnedFd,
     pub miss: OwnedFd,
     pub insert: OwnedFd,
+    pub event: OwnedFd,
+    /// The ring `event` writes to; drained as the agent would.
+    pub events: RingBuf<MapData>,
 }
 
 /// Creates the floor programs' table and loads them (see [`Floor`]).
@@ -96,10 +105,14 @@ pub fn floor_programs() -> Result<Floor> {
         max_entries: palisade_common::capacity::CONNTRACK,
         map_flags: 0,
     };
-    let fd = bpf(BPF_MAP_CREATE, &mut attr)?;
-    // SAFETY: the kernel returned a new file descriptor we now own (the
-    // programs keep the table once loaded).
-    let table = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    let table = create_map(&mut attr)?;
+    const BPF_MAP_TYPE_RINGBUF: u32 = 27;
+    let mut attr = MapCreateAttr {
+        map_type: BPF_MAP_TYPE_RINGBUF,
+        max_entries: palisade_common::capacity::EVENTS_BYTES,
+        ..Default::default()
+    };
+    let ring = create_map(&mut attr)?;
     if attr.key_size > 24 || attr.value_size > 24 {
         bail!("conntrack key or entry larger than the floor programs' stack slots");
     }
@@ -114,6 +127,17 @@ pub fn floor_programs() -> Result<Floor> {
     let mut insert = miss.clone();
     insert.extend(map(1));
     insert.extend([mov_reg(2, 10), add_imm(2, -24), mov_reg(3, 10), add_imm(3, -48), mov_imm(4, 0), call(2)]);
+    let mut event = insert.clone();
+    const EVENT: i32 = std::mem::size_of::<palisade_common::Event>() as i32;
+    const BPF_RB_NO_WAKEUP: i32 = 1;
+    event.extend(ld_map_fd(1, ring.as_raw_fd()));
+    // r6 = bpf_ringbuf_reserve(ring, EVENT, 0); skipped when the ring is full.
+    event.extend([mov_imm(2, EVENT), mov_imm(3, 0), call(131)]);
+    let mut write = vec![mov_reg(6, 0), call(5), stx_dw(6, 0, 0)];
+    write.extend((8..EVENT as i16).step_by(8).map(|off| st_dw_at(6, off)));
+    write.extend([mov_reg(1, 6), mov_imm(2, BPF_RB_NO_WAKEUP), call(132)]);
+    event.push(jeq_imm(0, 0, write.len() as i16));
+    event.extend(write);
     let end = [mov_imm(0, -1), EXIT];
     let finish = |mut v: Vec<u64>| {
         v.extend(end);
@@ -123,7 +147,17 @@ pub fn floor_programs() -> Result<Floor> {
         key: load(&finish(key), "plb_floor_key")?,
         miss: load(&finish(miss), "plb_floor_miss")?,
         insert: load(&finish(insert), "plb_floor_ins")?,
+        event: load(&finish(event), "plb_floor_event")?,
+        events: RingBuf::try_from(Map::RingBuf(MapData::from_fd(ring)?))?,
     })
+}
+
+/// BPF_MAP_CREATE, the new map's descriptor owned.
+fn create_map(attr: &mut MapCreateAttr) -> Result<OwnedFd> {
+    let fd = bpf(BPF_MAP_CREATE, attr)?;
+    // SAFETY: the kernel returned a new file descriptor we now own (the
+    // programs keep the map once loaded).
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
 // Instruction encodings: opcode, dst | src << 4, 16-bit offset, 32-bit
@@ -143,7 +177,19 @@ fn add_imm(dst: u8, imm: i32) -> u64 {
 }
 /// `*(u64 *)(r10 + off) = 0`
 fn st_dw(off: i16) -> u64 {
-    insn(0x7a, 10, 0, off, 0)
+    st_dw_at(10, off)
+}
+/// `*(u64 *)(dst + off) = 0`
+fn st_dw_at(dst: u8, off: i16) -> u64 {
+    insn(0x7a, dst, 0, off, 0)
+}
+/// `*(u64 *)(dst + off) = src`
+fn stx_dw(dst: u8, off: i16, src: u8) -> u64 {
+    insn(0x7b, dst, src, off, 0)
+}
+/// `if dst == imm goto pc + off`
+fn jeq_imm(dst: u8, imm: i32, off: i16) -> u64 {
+    insn(0x15, dst, 0, off, imm)
 }
 /// `*(u32 *)(r10 + off) = src`
 fn stx_w(off: i16, src: u8) -> u64 {

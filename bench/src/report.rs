@@ -560,9 +560,13 @@ impl Report {
                 {
                     let _ = write!(
                         measured,
-                        " (floor: +{} ns, a conntrack lookup missing and an insert)",
+                        " (floor: +{} ns, a conntrack lookup missing and an insert",
                         fmt(f.conntrack_ns.median)
                     );
+                    if case == "new_denied" {
+                        let _ = write!(measured, "; +{} ns with a drop event", fmt(f.denied_ns.median));
+                    }
+                    measured.push(')');
                 }
                 rows.push((target.into(), measured, yes(w(case) <= limit)));
             }
@@ -834,9 +838,10 @@ impl Report {
              (right lengths and checksums) with `__sk_buff.ifindex` naming the server pod's host veth, pinned to CPU {}. \
              Repeat mode: one call with repeat = {} (conntrack hit; a denied flow's later packets; unmanaged interface). \
              Single mode: one run per call on a fresh flow, median \
-             over {} flows (a repeated packet would hit the conntrack entry its first run created); its baseline is the \
-             empty program in single mode, which includes the kernel's per-call timer overhead; one packet per \
-             syscall also leaves caches colder than repeat mode does. Cases: conntrack hit (a packet of an allowed \
+             over {} flows (a repeated packet would hit the conntrack entry its first run created), each case in a pass \
+             of its own with the empty program run just before every flow (its baseline, in single mode, which \
+             includes the kernel's per-call timer overhead); one packet per syscall also leaves caches colder than \
+             repeat mode does. Cases: conntrack hit (a packet of an allowed \
              flow, repeated); new flow by the most specific rule (from the client pod to a port the rule naming the \
              client allows: the first policy probe hits); by the wildcard rule only (the client to a port only an \
              any-peer rule allows: the first probe misses, the second hits); the same from a different cluster pod \
@@ -939,12 +944,19 @@ impl Report {
                  lookup +{} ns; key, lookup and insert +{} ns. The conntrack work alone, +{} ns, is what no new flow \
                  of any case above can go below while conntrack is a kernel hash table: the key's bucket is a \
                  random one, cold in cache, and the insert takes an element off the LRU's free list. The rest of a \
-                 new flow is the policy decision (its map lookups) and, for a denied one, its drop event.\n",
+                 new flow is the policy decision (its map lookups) and, for a denied one, its drop event. The same \
+                 program sending a drop event as well (an 80-byte event reserved in a ring buffer of {} MiB, \
+                 stamped with `bpf_ktime_get_ns`, submitted without a wake-up, drained after every flow as the \
+                 agent would): +{} ns, so +{} ns with the key's cost taken off, under which no denied flow that \
+                 is tracked and reported can go.\n",
                 palisade_common::capacity::CONNTRACK,
                 fmt_sample(&f.key_ns),
                 fmt_sample(&f.miss_ns),
                 fmt_sample(&f.insert_ns),
-                fmt_sample(&f.conntrack_ns)
+                fmt_sample(&f.conntrack_ns),
+                palisade_common::capacity::EVENTS_BYTES >> 20,
+                fmt_sample(&f.event_ns),
+                fmt_sample(&f.denied_ns)
             );
         }
         if fonts {
@@ -1491,14 +1503,27 @@ mod tests {
     fn new_flow_targets_name_the_floor() {
         let mut k = results(320.0);
         let s = |v: f64| Sample::of(&[v]);
-        k.floor =
-            Some(kernel::Floor { key_ns: s(9.0), miss_ns: s(115.0), insert_ns: s(156.0), conntrack_ns: s(147.0) });
+        k.floor = Some(kernel::Floor {
+            key_ns: s(9.0),
+            miss_ns: s(115.0),
+            insert_ns: s(156.0),
+            conntrack_ns: s(147.0),
+            event_ns: s(221.0),
+            denied_ns: s(212.0),
+        });
         let mut rep = Report::new(true, "test");
         rep.kernel = Some(Ok(k));
         let t = rep.targets();
         let row = |start: &str| t.lines().find(|l| l.starts_with(start)).unwrap_or_default().to_string();
         let denied = row("| new flow denied ≤ +250 ns");
-        assert!(denied.contains("+270 ns worst (floor: +147 ns, a conntrack lookup missing and an insert)"), "{t}");
+        assert!(
+            denied.contains(
+                "+270 ns worst (floor: +147 ns, a conntrack lookup missing and an insert; +212 ns with a drop event)"
+            ),
+            "{t}"
+        );
+        let specific = row("| new flow by the most specific rule");
+        assert!(specific.contains("(floor: +147 ns, a conntrack lookup missing and an insert)"), "{t}");
         let hit = row("| conntrack hit ≤ +60 ns");
         assert!(hit.contains("+70.0 ns worst") && !hit.contains("floor"), "{t}");
     }
