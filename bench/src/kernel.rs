@@ -101,7 +101,8 @@ pub struct Results {
     pub reps: usize,
     pub points: Vec<Point>,
     pub measurements: Vec<Measurement>,
-    /// What the conntrack work of a new flow costs alone (None: not measured).
+    /// What the conntrack work of a new flow costs alone, and with a drop
+    /// event (None: not measured).
     pub floor: Option<Floor>,
 }
 
@@ -246,6 +247,10 @@ struct PointCfg {
     flows: usize,
 }
 
+/// The source port of the repeat-mode flows: below the fresh flows' (see
+/// `Loaded::flows_used`), so no fresh flow is one of them.
+const REPEAT_SPORT: u16 = 1000;
+
 /// A point's cluster compiled and in force in a datapath of its own,
 /// with what its repetitions measured so far.
 struct Loaded {
@@ -257,7 +262,11 @@ struct Loaded {
     dp: Datapath,
     /// (family, proto) -> case -> per-rep (palisade ns, baseline ns)
     acc: Vec<Acc>,
-    next_sport: u32,
+    /// Fresh flows used so far per (family, protocol), each case's flow
+    /// `n` from source port 1024 + n: none is used twice in a run, or a
+    /// "new" flow would hit the conntrack entry an earlier repetition
+    /// left (a TCP entry lives six hours).
+    flows_used: [u32; 4],
 }
 
 impl Loaded {
@@ -313,7 +322,7 @@ impl Loaded {
             ip_entries: compiled.ips.len(),
             policy_entries: compiled.policy.len(),
         };
-        Ok(Loaded { point, dir, events, dp, acc: Vec::new(), next_sport: 1024 })
+        Ok(Loaded { point, dir, events, dp, acc: Vec::new(), flows_used: [0; 4] })
     }
 
     /// One repetition of every case.
@@ -348,12 +357,12 @@ impl Loaded {
                     Ok(f64::from(d))
                 };
                 // Repeat mode.
-                let established = packet(cli, srv, proto, 40000, cluster::PORT_RR, TCP_ACK);
+                let established = packet(cli, srv, proto, REPEAT_SPORT, cluster::PORT_RR, TCP_ACK);
                 let base = run(empty_fd, &server_ctx, &established, pc.repeat, Some(TC_ACT_UNSPEC))?;
                 run(prog_fd, &server_ctx, &established, 1, Some(TC_ACT_UNSPEC))?;
                 let hit = run(prog_fd, &server_ctx, &established, pc.repeat, Some(TC_ACT_UNSPEC))?;
                 push(key, "ct_hit", (hit, base));
-                let denied = packet(remote0, srv, proto, 40000, cluster::PORT_DENIED, TCP_SYN);
+                let denied = packet(remote0, srv, proto, REPEAT_SPORT, cluster::PORT_DENIED, TCP_SYN);
                 let base = run(empty_fd, &server_ctx, &denied, pc.repeat, None)?;
                 run(prog_fd, &server_ctx, &denied, 1, Some(TC_ACT_SHOT))?;
                 let d = run(prog_fd, &server_ctx, &denied, pc.repeat, Some(TC_ACT_SHOT))?;
@@ -367,8 +376,12 @@ impl Loaded {
                 // met the caches that one left (the denied case after a
                 // different peer per flow: +65 ns at 10k and 50k pods,
                 // nothing at 10, where those peers stay in cache).
-                let first = self.next_sport;
-                self.next_sport = self.next_sport.wrapping_add(pc.flows as u32);
+                let used = &mut self.flows_used[usize::from(v6) * 2 + usize::from(proto != palisade_common::PROTO_TCP)];
+                let first = *used;
+                *used += pc.flows as u32;
+                if *used > 64000 {
+                    bail!("more fresh flows than source ports: lower the repetitions or the flows");
+                }
                 let single = [
                     ("new_specific", TC_ACT_UNSPEC),
                     ("new_wildcard", TC_ACT_UNSPEC),
@@ -379,14 +392,10 @@ impl Loaded {
                     let mut base_s = Vec::with_capacity(pc.flows);
                     let mut case_s = Vec::with_capacity(pc.flows);
                     for i in 0..pc.flows {
-                        let n = first.wrapping_add(i as u32);
-                        let sport = (n % 64000 + 1024) as u16;
+                        let sport = (1024 + first + i as u32) as u16;
                         let p = match case {
                             // The client, to a port the rule naming it allows.
-                            "new_specific" => {
-                                let dport = cluster::PORT_IPERF + ((n / 64000) % 4) as u16;
-                                packet(cli, srv, proto, sport, dport, TCP_SYN)
-                            }
+                            "new_specific" => packet(cli, srv, proto, sport, cluster::PORT_IPERF, TCP_SYN),
                             // The client again, on the port only the wildcard rule allows.
                             "new_wildcard" => packet(cli, srv, proto, sport, cluster::PORT_ANY_PEER, TCP_SYN),
                             // A different pod of the cluster for every flow.

@@ -74,8 +74,8 @@ pub fn empty_tc_program() -> Result<OwnedFd> {
     load(&[mov_imm(0, -1), EXIT], "plb_empty")
 }
 
-/// The programs that time a new flow's conntrack work alone, each ending
-/// as the empty program does: `key` draws a random IPv4 flow key (two
+/// The programs that time a new flow's conntrack work alone (and a denied
+/// one's drop event), each ending as the empty program does: `key` draws a random IPv4 flow key (two
 /// `bpf_get_prandom_u32` calls into a zeroed key); `miss` also looks it up
 /// in a table made as the classifier's IPv4 conntrack table is (an LRU
 /// hash of `capacity::CONNTRACK` entries, `CtKey4` to `CtEntry`), where it
@@ -95,7 +95,8 @@ pub struct Floor {
     pub events: RingBuf<MapData>,
 }
 
-/// Creates the floor programs' table and loads them (see [`Floor`]).
+/// Creates the floor programs' table and ring and loads them (see
+/// [`Floor`]).
 pub fn floor_programs() -> Result<Floor> {
     const BPF_MAP_TYPE_LRU_HASH: u32 = 9;
     let mut attr = MapCreateAttr {
@@ -105,17 +106,17 @@ pub fn floor_programs() -> Result<Floor> {
         max_entries: palisade_common::capacity::CONNTRACK,
         map_flags: 0,
     };
+    if attr.key_size > 24 || attr.value_size > 24 {
+        bail!("conntrack key or entry larger than the floor programs' stack slots");
+    }
     let table = create_map(&mut attr)?;
     const BPF_MAP_TYPE_RINGBUF: u32 = 27;
-    let mut attr = MapCreateAttr {
+    let mut ring_attr = MapCreateAttr {
         map_type: BPF_MAP_TYPE_RINGBUF,
         max_entries: palisade_common::capacity::EVENTS_BYTES,
         ..Default::default()
     };
-    let ring = create_map(&mut attr)?;
-    if attr.key_size > 24 || attr.value_size > 24 {
-        bail!("conntrack key or entry larger than the floor programs' stack slots");
-    }
+    let ring = create_map(&mut ring_attr)?;
     // The key at fp-24, the entry at fp-48, both zeroed, the key's first
     // eight bytes random.
     let mut key = vec![st_dw(-24), st_dw(-16), st_dw(-8), st_dw(-48), st_dw(-40), st_dw(-32)];
@@ -131,7 +132,8 @@ pub fn floor_programs() -> Result<Floor> {
     const EVENT: i32 = std::mem::size_of::<palisade_common::Event>() as i32;
     const BPF_RB_NO_WAKEUP: i32 = 1;
     event.extend(ld_map_fd(1, ring.as_raw_fd()));
-    // r6 = bpf_ringbuf_reserve(ring, EVENT, 0); skipped when the ring is full.
+    // r0 = bpf_ringbuf_reserve(ring, EVENT, 0), kept in r6 across the
+    // calls after it; the writes are skipped when the ring is full.
     event.extend([mov_imm(2, EVENT), mov_imm(3, 0), call(131)]);
     let mut write = vec![mov_reg(6, 0), call(5), stx_dw(6, 0, 0)];
     write.extend((8..EVENT as i16).step_by(8).map(|off| st_dw_at(6, off)));
