@@ -382,32 +382,25 @@ impl Loaded {
                 if *used > 64000 {
                     bail!("more fresh flows than source ports: lower the repetitions or the flows");
                 }
+                // (case, the client (None: a different cluster pod per
+                // flow), the port, the verdict): the client to a port the
+                // rule naming it allows; to a port only the wildcard rule
+                // allows; the same from a different pod every flow; a
+                // cluster pod to a port no rule allows (both policy probes
+                // miss, and the flow's drop event is sent).
                 let single = [
-                    ("new_specific", TC_ACT_UNSPEC),
-                    ("new_wildcard", TC_ACT_UNSPEC),
-                    ("new_many_peers", TC_ACT_UNSPEC),
-                    ("new_denied", TC_ACT_SHOT),
+                    ("new_specific", Some(cli), cluster::PORT_IPERF, TC_ACT_UNSPEC),
+                    ("new_wildcard", Some(cli), cluster::PORT_ANY_PEER, TC_ACT_UNSPEC),
+                    ("new_many_peers", None, cluster::PORT_ANY_PEER, TC_ACT_UNSPEC),
+                    ("new_denied", Some(remote0), cluster::PORT_DENIED, TC_ACT_SHOT),
                 ];
-                for (case, verdict) in single {
+                for (case, client, dport, verdict) in single {
                     let mut base_s = Vec::with_capacity(pc.flows);
                     let mut case_s = Vec::with_capacity(pc.flows);
                     for i in 0..pc.flows {
                         let sport = (1024 + first + i as u32) as u16;
-                        let p = match case {
-                            // The client, to a port the rule naming it allows.
-                            "new_specific" => packet(cli, srv, proto, sport, cluster::PORT_IPERF, TCP_SYN),
-                            // The client again, on the port only the wildcard rule allows.
-                            "new_wildcard" => packet(cli, srv, proto, sport, cluster::PORT_ANY_PEER, TCP_SYN),
-                            // A different pod of the cluster for every flow.
-                            "new_many_peers" => {
-                                let peer = cluster::ip_of(cluster::remote_ips(i % remote_count), v6);
-                                packet(peer, srv, proto, sport, cluster::PORT_ANY_PEER, TCP_SYN)
-                            }
-                            // A cluster pod to a port no rule allows: both
-                            // policy probes miss, and the flow's drop event
-                            // is sent.
-                            _ => packet(remote0, srv, proto, sport, cluster::PORT_DENIED, TCP_SYN),
-                        };
+                        let src = client.unwrap_or_else(|| cluster::ip_of(cluster::remote_ips(i % remote_count), v6));
+                        let p = packet(src, srv, proto, sport, dport, TCP_SYN);
                         base_s.push(run(empty_fd, &server_ctx, &p, 1, None)?);
                         case_s.push(run(prog_fd, &server_ctx, &p, 1, Some(verdict))?);
                         while events.next().is_some() {}

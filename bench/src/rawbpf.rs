@@ -1,9 +1,9 @@
 //! The bpf(2) commands the kernel benchmark needs beyond aya: loading the
 //! empty TC program (the baseline: `r0 = TC_ACT_UNSPEC; exit`) and the
 //! floor programs (the conntrack work every new flow does, and a drop
-//! event, alone), and
-//! BPF_PROG_TEST_RUN on any program fd, so the baselines and palisade's
-//! classifier are timed through exactly the same call.
+//! event, alone), and BPF_PROG_TEST_RUN on any program fd, so the
+//! baselines and palisade's classifier are timed through exactly the same
+//! call.
 
 use anyhow::{Result, bail};
 use aya::maps::{Map, MapData, RingBuf};
@@ -75,8 +75,9 @@ pub fn empty_tc_program() -> Result<OwnedFd> {
 }
 
 /// The programs that time a new flow's conntrack work alone (and a denied
-/// one's drop event), each ending as the empty program does: `key` draws a random IPv4 flow key (two
-/// `bpf_get_prandom_u32` calls into a zeroed key); `miss` also looks it up
+/// one's drop event), each ending as the empty program does: `key` draws
+/// a random IPv4 flow key (two `bpf_get_prandom_u32` calls into a zeroed
+/// key); `miss` also looks it up
 /// in a table made as the classifier's IPv4 conntrack table is (an LRU
 /// hash of `capacity::CONNTRACK` entries, `CtKey4` to `CtEntry`), where it
 /// is all but never found; `insert` then also enters it, as a new flow's

@@ -161,27 +161,23 @@ impl Env {
     /// [`Env::sized`] enforcing `first` from the start.
     pub fn sized_from(settings: Settings, sizes: MapSizes, first: Input) -> Env {
         palisade_e2e::require_root().expect("root");
-        let veths: Vec<Veth> = LOCALS.iter().map(|_| Veth::create()).collect();
         let dir = BpfDir::new();
         let mut dp =
             Datapath::open_sized(&dir.0, &settings, sizes).unwrap_or_else(|e| panic!("opening the datapath: {e:#}"));
         let events = dp.take_events().expect("ring buffer");
-        let mut ifaces = Interfaces::default();
-        for ((_, ip4, ip6), veth) in LOCALS.iter().zip(&veths) {
-            ifaces.routes.insert(addr(ip4), veth.ifindex);
-            ifaces.routes.insert(addr(ip6), veth.ifindex);
-            ifaces.names.insert(veth.ifindex, veth.host.clone());
-        }
         let mut env = Env {
             dp,
             events,
             compiled: Compiled::default(),
-            ifaces,
+            ifaces: Interfaces::default(),
             locals: Vec::new(),
             next_port: 20_000,
             _dir: dir,
-            _veths: veths,
+            _veths: Vec::new(),
         };
+        for (_, ip4, ip6) in LOCALS {
+            env.add_interface(ip4, ip6);
+        }
         env.apply(first);
         env
     }
